@@ -1,0 +1,119 @@
+"""Entry functions behind each `mkd` subcommand (typed, unit-testable, no argparse magic)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from megatron_kd.config import load_config, validate
+from megatron_kd.config.loader import RECIPES_ROOT, config_to_dict
+from megatron_kd.errors import ConfigError
+
+
+def cmd_recipes(args) -> int:
+    for path in sorted(RECIPES_ROOT.rglob("*.yaml")):
+        print(path.relative_to(RECIPES_ROOT).with_suffix(""))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from megatron_kd.config.validate import padded_vocab_size
+    from megatron_kd.models.params import count_parameters, human, train_flops_per_token
+
+    cfg = load_config(args.recipe, args.overrides)
+    m = cfg.model
+    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, cfg.parallel.tp)
+    c = count_parameters(m)
+    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
+    groups = m.num_query_groups or m.num_attention_heads
+    rows = [
+        ("model", m.name),
+        ("layers x hidden", f"{m.num_layers} x {m.hidden_size} (ffn {m.ffn_hidden_size}, SwiGLU)"),
+        ("attention", f"{m.num_attention_heads} query heads, {groups} kv heads, head dim {head_dim}"),
+        ("rope", f"base {m.rotary_base}" + (f", scaled x{m.rope_scaling_factor}" if m.rope_scaling else "")),
+        ("vocab", f"{m.vocab_size} (padded to {padded} at tp={cfg.parallel.tp})"),
+        ("embeddings", "untied" if m.untie_embeddings_and_output_weights else "tied"),
+        ("parameters", f"{human(c.total)} ({c.total:,})"),
+        ("  embedding + output", f"{human(c.embedding + c.output)} ({c.embedding + c.output:,})"),
+        ("  non-embedding", f"{human(c.non_embedding)} ({c.non_embedding:,})"),
+        ("train FLOPs/token", f"{human(train_flops_per_token(m, cfg.train.seq_length))} "
+                              f"at seq {cfg.train.seq_length}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    cfg = load_config(args.recipe, args.overrides)
+    if args.world_size is not None:
+        validate(cfg, args.world_size)
+    sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return 0
+
+
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Start `nproc` local ranks of this same command through torchrun (argument list only)."""
+    from megatron_kd.runtime.distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "megatron_kd", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.call(cmd, env=env)
+
+
+def _argv_without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
+
+
+def cmd_train(args) -> int:
+    from megatron_kd.cli.logs import setup_logging
+    from megatron_kd.runtime.distributed import detect_launch_env
+
+    cfg = load_config(args.recipe, args.overrides)
+    launch = detect_launch_env()
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        if launch.launcher != "single":
+            raise ConfigError(
+                f"--nproc is for local launches; under {launch.launcher} the launcher sets the "
+                "process count, so drop --nproc")
+        validate(cfg, args.nproc)
+        return _relaunch_with_torchrun(args.nproc, _argv_without_nproc(args.argv))
+    validate(cfg, launch.world_size)
+    setup_logging(cfg.logging.level, launch.rank)
+
+    from megatron_kd.models.gpt import check_fp8_available
+    from megatron_kd.runtime.distributed import init_distributed, shutdown
+    from megatron_kd.training.loop import run_training
+
+    check_fp8_available(cfg.precision)
+    init_distributed(cfg.parallel, cfg.run.seed, launch)
+    ok = False
+    try:
+        metrics = run_training(cfg)
+        ok = True
+    finally:
+        shutdown(barrier=ok)
+    if launch.rank == 0:
+        print(f"done: {metrics['step']} steps, final loss {metrics['lm loss']:.4f}, "
+              f"run dir {cfg.run.dir}")
+    return 0

@@ -1,0 +1,44 @@
+"""Console logging for every mkd job: rank 0 speaks, other ranks only warn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+# Third-party start-up chatter that says nothing actionable on our supported set-ups.
+_QUIET_WARNINGS = (
+    r".*(Apex|Transformer Engine|TransformerEngine).* not installed.*",
+    r".*Apex is not installed.*",
+    r".*absl.logging is not installed.*",
+    r".*fp8 argument in .* has been deprecated.*",
+    r".*full scope is deprecated.*",
+    r".*MimoModelConfig is experimental.*",
+)
+_QUIET_LOG_MESSAGES = ("GPTModel IS DEPRECATED",)
+
+
+class _DropMessages(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(m in msg for m in _QUIET_LOG_MESSAGES)
+
+
+def setup_logging(level: str = "info", rank: int | None = None) -> None:
+    if rank is None:
+        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    numeric = getattr(logging, level.upper()) if rank == 0 else logging.WARNING
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stdout)
+    fmt = "%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    handler.addFilter(_DropMessages())
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("megatron_kd").setLevel(numeric)
+    logging.getLogger("megatron").setLevel(logging.WARNING if rank == 0 else logging.ERROR)

@@ -1,0 +1,85 @@
+"""`mkd`: one command line for every megatron_kd job.
+
+    mkd recipes                        list the shipped recipes
+    mkd info RECIPE [key=value ...]    architecture, parameter count, FLOPs per token
+    mkd config RECIPE [key=value ...]  validate and print the resolved config
+    mkd train RECIPE [key=value ...] [--nproc N]
+                                       train (one process, torchrun or srun)
+
+Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
+--debug for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megatron_kd.errors import MKDError
+
+EPILOG = """examples:
+  mkd info models/llama3-1b
+  mkd train train/tiny-mock train.steps=20
+  mkd train train/tiny-mock parallel.tp=2 --nproc 2
+  torchrun --nproc-per-node 2 -m megatron_kd train train/tiny-mock parallel.tp=2
+"""
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe path or name under recipes/ (e.g. train/tiny-mock)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override recipe keys, e.g. train.steps=20 parallel.tp=2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from megatron_kd.cli import commands
+
+    parser = argparse.ArgumentParser(
+        prog="mkd", description="Knowledge distillation for LLM pretraining on megatron-core.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p.set_defaults(func=commands.cmd_recipes)
+
+    p = sub.add_parser("info", help="architecture, parameter count and FLOPs of a recipe's model")
+    _add_recipe_args(p)
+    p.set_defaults(func=commands.cmd_info)
+
+    p = sub.add_parser("config", help="validate a recipe and print the resolved config as YAML")
+    _add_recipe_args(p)
+    p.add_argument("--world-size", type=int, default=None,
+                   help="also check the layout against this many processes")
+    p.set_defaults(func=commands.cmd_config)
+
+    p = sub.add_parser("train", help="pretrain a model (teacher or no-KD baseline)",
+                       description="Pretrain a model. Runs as one process, under torchrun, or "
+                                   "under srun without changes; --nproc N starts N local "
+                                   "processes through torchrun.")
+    _add_recipe_args(p)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="start this many local processes (torchrun) when not already launched")
+    p.set_defaults(func=commands.cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MKDError as exc:
+        if args.debug:
+            raise
+        print(f"mkd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mkd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""Typed configuration: one small dataclass per concern, composed into :class:`RunConfig`.
+
+Every field is a recipe key (`section.field`); the comment beside it is its documentation.
+Cross-field rules live in :mod:`megatron_kd.config.validate`, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class ModelConfig:
+    """A llama-style decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases)."""
+
+    name: str = "unnamed"  # a label for logs and reports
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 256  # SwiGLU inner size
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # GQA kv heads; None = multi-head attention
+    kv_channels: Optional[int] = None  # head dim; None = hidden_size / num_attention_heads
+    vocab_size: int = 256  # the tokenizer's true vocabulary size
+    make_vocab_size_divisible_by: int = 128  # padded vocab = multiple of this x TP
+    max_position_embeddings: int = 2048  # longest sequence the model supports
+    rotary_base: int = 10000  # RoPE theta
+    rope_scaling: bool = False  # llama3.1-style RoPE frequency scaling
+    rope_scaling_factor: float = 8.0
+    untie_embeddings_and_output_weights: bool = True  # llama3 unties; qwen3 small models tie
+    qk_layernorm: bool = False  # qwen3-style RMSNorm on queries and keys
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+
+
+@dataclass
+class ParallelConfig:
+    """Model parallel layout; data parallel size is derived: world / (tp * pp)."""
+
+    tp: int = 1  # tensor parallel size
+    pp: int = 1  # pipeline parallel size
+    sequence_parallel: bool = False  # shard activations along sequence in TP regions (tp > 1)
+    distributed_optimizer: bool = False  # shard optimizer state over data parallel ranks
+    world_size: Optional[int] = None  # expected world size; None = take it from the launcher
+
+
+@dataclass
+class PrecisionConfig:
+    """Parameter/compute precision and Transformer Engine FP8 (GPU only)."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    fp8: Optional[Literal["hybrid", "e4m3"]] = None  # None = no FP8 (needs Transformer Engine)
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"
+    fp8_margin: int = 0
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
+    fp8_param: bool = False  # keep parameters in FP8 (saves memory)
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from."""
+
+    mock: bool = False  # megatron-core's MockGPTDataset: random tokens, for smoke runs
+    seed: Optional[int] = None  # data order seed; None = run.seed
+
+
+@dataclass
+class TrainConfig:
+    """Loop shape, optimizer and learning-rate schedule."""
+
+    steps: int = 10  # optimizer steps
+    micro_batch_size: int = 2  # sequences per micro-batch per data-parallel rank
+    global_batch_size: int = 4  # sequences per optimizer step over all data-parallel ranks
+    seq_length: int = 32  # tokens per sequence
+    lr: float = 3.0e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (paper: cosine to 10%)
+    lr_schedule: Literal["constant", "cosine", "linear", "wsd"] = "cosine"
+    warmup_steps: int = 0
+    wsd_decay_fraction: float = 0.1  # WSD: the last fraction of steps decays to the minimum
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1.0e-8
+    clip_grad: float = 1.0  # global grad-norm clip; 0 disables
+
+
+@dataclass
+class CheckpointConfig:
+    """When and where to save (megatron-core dist_checkpointing)."""
+
+    save_interval: int = 0  # save every N steps; 0 = only at the end
+    keep_last: int = 2  # periodic checkpoints kept
+    save_at_end: bool = True
+    load: Optional[str] = None  # a checkpoint to start from; None = resume from run.dir if any
+
+
+@dataclass
+class LoggingConfig:
+    """What gets printed and recorded."""
+
+    log_interval: int = 1  # console line every N steps
+    level: Literal["debug", "info", "warning"] = "info"
+
+
+@dataclass
+class RunInfo:
+    """Identity of a run."""
+
+    name: str = "run"
+    dir: str = "runs/run"  # output directory: resolved config, logs, checkpoints
+    seed: int = 1234
+
+
+@dataclass
+class RunConfig:
+    """Everything a job needs; built only through :func:`megatron_kd.config.load_config`."""
+
+    run: RunInfo = field(default_factory=RunInfo)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

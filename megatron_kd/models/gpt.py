@@ -1,0 +1,141 @@
+"""Typed model config -> megatron-core TransformerConfig -> GPTModel (llama-style).
+
+The one place where our config meets megatron-core's; student and teacher both come through it.
+Transformer Engine's layer spec is used when TE and CUDA are present, the local spec otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron_kd.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
+from megatron_kd.config.validate import padded_vocab_size
+from megatron_kd.errors import SetupError
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def have_transformer_engine() -> bool:
+    """True when Transformer Engine is importable and a GPU is there to run it."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # TE raises various errors without cuDNN/CUDA, not only ImportError
+        return False
+    return True
+
+
+def check_fp8_available(precision: PrecisionConfig) -> None:
+    if precision.fp8 is not None and not have_transformer_engine():
+        raise SetupError(
+            f"precision.fp8={precision.fp8} needs Transformer Engine on a CUDA GPU, and it is not "
+            "importable here; run in an NGC PyTorch container on H100s, or set precision.fp8=null"
+        )
+
+
+def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
+                             precision: PrecisionConfig):
+    """megatron-core TransformerConfig for a llama-style decoder under a parallel layout."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    check_fp8_available(precision)
+    on_gpu = torch.cuda.is_available()
+    dtype = _DTYPES[precision.dtype]
+    fp8_kwargs = {}
+    if precision.fp8 is not None:
+        fp8_kwargs = dict(
+            fp8=precision.fp8,
+            fp8_recipe=precision.fp8_recipe,
+            fp8_margin=precision.fp8_margin,
+            fp8_amax_history_len=precision.fp8_amax_history_len,
+            fp8_amax_compute_algo=precision.fp8_amax_compute_algo,
+            fp8_param=precision.fp8_param,
+        )
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.kv_channels,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        sequence_parallel=parallel.sequence_parallel,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        qk_layernorm=model.qk_layernorm,
+        init_method_std=model.init_method_std,
+        attention_dropout=model.attention_dropout,
+        hidden_dropout=model.hidden_dropout,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=precision.dtype == "bf16",
+        fp16=precision.dtype == "fp16",
+        # On CPU every rank builds the full master weight from the same seed and keeps its
+        # shard, so a model's initial weights do not depend on the TP layout.
+        use_cpu_initialization=not on_gpu,
+        # Fused kernels exist only on GPU (apex/TE/triton); the unfused paths are exact.
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=on_gpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        # Pipeline p2p on CPU must not wait on CUDA streams.
+        batch_p2p_sync=on_gpu,
+        **fp8_kwargs,
+    )
+
+
+def layer_spec(model: ModelConfig, use_te: bool | None = None):
+    """ModuleSpec for one decoder layer: TE fused layers on GPU when available, else local."""
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    if use_te is None:
+        use_te = have_transformer_engine()
+    if use_te:
+        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
+    return specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model.qk_layernorm)
+
+
+def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig,
+                    *, pre_process: bool | None = None, post_process: bool | None = None,
+                    vp_stage: int | None = None):
+    """A megatron-core GPTModel for this pipeline stage, in the configured dtype.
+
+    Needs megatron-core's parallel_state to be initialised (see runtime.distributed).
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    config = build_transformer_config(model, parallel, precision)
+    gpt = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(model),
+        vocab_size=padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp),
+        max_sequence_length=model.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=not model.untie_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_base=model.rotary_base,
+        rope_scaling=model.rope_scaling,
+        rope_scaling_factor=model.rope_scaling_factor,
+        vp_stage=vp_stage,
+    )
+    if precision.dtype != "fp32":
+        gpt = gpt.to(_DTYPES[precision.dtype])
+    if torch.cuda.is_available():
+        gpt = gpt.cuda(torch.cuda.current_device())
+    return gpt

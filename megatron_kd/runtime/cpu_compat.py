@@ -1,0 +1,234 @@
+"""Run megatron-core 0.19.2 on CPU with the gloo backend.
+
+This is the only module in megatron_kd that patches third-party code. megatron-core is written
+for CUDA devices and assumes them in a handful of places; each patch below names the
+megatron-core behaviour it adapts. Nothing here is active when CUDA is available: on a GPU
+cluster megatron-core runs untouched.
+
+Call :func:`activate` once per process, before building any megatron-core object. It is
+idempotent, refuses an untested megatron-core version with a clear message, and is a no-op
+(returning False) when CUDA is available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from megatron_kd.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+#: megatron-core versions whose CUDA assumptions were audited for this module.
+SUPPORTED_MCORE_VERSIONS = ("0.19.2",)
+
+_ACTIVE = False
+_MODE: TorchFunctionMode | None = None
+
+
+def is_active() -> bool:
+    """True once :func:`activate` has patched this process for CPU."""
+    return _ACTIVE
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device == "cuda" or device.startswith("cuda:")
+    # A bare int is a CUDA ordinal in torch's device grammar; megatron-core passes
+    # torch.cuda.current_device() (an int) as `device=` everywhere.
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+_TENSOR_TYPE_TO_CUDA = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Maps CUDA placements to the CPU for every torch call made while active.
+
+    Adapts: hard-coded `device="cuda"`, `device=torch.cuda.current_device()`, `.cuda()` and
+    `.to("cuda")` throughout megatron-core (GlobalMemoryBuffer, tensor-parallel mappings,
+    pipeline schedules' zero loss tensors, p2p buffers, grad clipping, optimizer flags, tied
+    embeddings with PP>1). Also answers `Tensor.type()` with the CUDA type names that the
+    optimizers and grad clipping assert on ('torch.cuda.FloatTensor', ...), since on CPU the
+    same parameters are plain CPU tensors of the same dtype.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _TENSOR_TYPE_TO_CUDA.get(name, name)
+        dev = kwargs.get("device")
+        if dev is not None and _is_cuda_device(dev):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
+
+
+class _NoopStream:
+    """Stand-in for torch.cuda.Stream/Event on CPU, where work is synchronous.
+
+    Adapts: DDP grad buffers and the distributed optimizer call
+    `torch.cuda.current_stream()`, record events and wait on streams; pipeline p2p creates
+    communication streams. On CPU every op has completed when it returns, so waiting is a no-op.
+    """
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_stream(self, *args, **kwargs):
+        pass
+
+    def wait_event(self, *args, **kwargs):
+        pass
+
+    def record_event(self, *args, **kwargs):
+        return _NoopStream()
+
+    def record(self, *args, **kwargs):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def wait(self, *args, **kwargs):
+        pass
+
+    def query(self):
+        return True
+
+    def elapsed_time(self, other):
+        return 0.0
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+@contextlib.contextmanager
+def _null_stream_ctx(*args, **kwargs):
+    yield
+
+
+def _cpu_rng_state(*args, **kwargs) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _set_cpu_rng_state(new_state: torch.Tensor, *args, **kwargs) -> None:
+    torch.set_rng_state(new_state)
+
+
+def _make_cpu_rng_tracker_class():
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
+        """megatron-core's named RNG states (data-parallel, model-parallel, expert), held as
+        CPU generator states.
+
+        Adapts: `CudaRNGStatesTracker.add` seeds with `torch.cuda.manual_seed` and reads
+        `torch.cuda.get_rng_state`; `fork` swaps CUDA generator states and warns when the CPU
+        state changed inside it, which on CPU is exactly what is supposed to happen.
+        """
+
+        def add(self, name, seed):
+            self._is_initialized = True
+            if seed in self.seeds_:
+                raise RuntimeError(f"seed {seed} already exists")
+            if name in self.states_:
+                raise RuntimeError(f"rng state {name} already exists")
+            self.seeds_.add(seed)
+            self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+        @contextlib.contextmanager
+        def fork(self, name=mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            if name not in self.states_:
+                raise RuntimeError(f"rng state {name} is not added")
+            outer = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(outer)
+
+    return CpuRNGStatesTracker
+
+
+def _check_version() -> None:
+    try:
+        from megatron.core import package_info
+    except ImportError as exc:  # pragma: no cover - requirements install it
+        raise SetupError(
+            "megatron-core is not installed; run `make install` (or see README: GPU clusters)"
+        ) from exc
+    version = package_info.__version__
+    if version not in SUPPORTED_MCORE_VERSIONS:
+        raise SetupError(
+            f"megatron-core {version} is installed, but the CPU runtime layer was written for "
+            f"{', '.join(SUPPORTED_MCORE_VERSIONS)}; install megatron-core=="
+            f"{SUPPORTED_MCORE_VERSIONS[-1]} (see requirements.txt) or run on a CUDA machine"
+        )
+
+
+def activate() -> bool:
+    """Patch this process so megatron-core runs on CPU. Returns True when active.
+
+    A no-op returning False when CUDA is available (set MKD_FORCE_CPU=1 to use the CPU path on a
+    GPU machine, e.g. for debugging).
+    """
+    global _ACTIVE, _MODE
+    if _ACTIVE:
+        return True
+    if torch.cuda.is_available() and os.environ.get("MKD_FORCE_CPU") != "1":
+        return False
+    _check_version()
+
+    cuda = torch.cuda
+    # Adapts: torch.cuda.current_device() as the allocation device everywhere; an ordinal that
+    # the function mode below maps to "cpu".
+    cuda.current_device = lambda: 0
+    # Adapts: streams, events and synchronisation (DDP grad buffers, p2p, checkpoint save).
+    cuda.Stream = _NoopStream
+    cuda.Event = _NoopStream
+    cuda.current_stream = lambda *a, **k: _NoopStream()
+    cuda.default_stream = lambda *a, **k: _NoopStream()
+    cuda.stream = _null_stream_ctx
+    cuda.synchronize = _noop
+    cuda.empty_cache = _noop
+    cuda.is_current_stream_capturing = lambda: False
+    cuda.memory_stats = lambda *a, **k: {}
+    cuda.max_memory_allocated = lambda *a, **k: 0
+    cuda.memory_allocated = lambda *a, **k: 0
+    # Adapts: nvtx ranges around pipeline stages and layers, which raise without CUDA.
+    cuda.nvtx.range_push = _noop
+    cuda.nvtx.range_pop = _noop
+    cuda.nvtx.range = _null_stream_ctx
+
+    # Adapts: the RNG tracker (model-parallel / data-parallel named states) and activation
+    # recomputation's save/restore of the device RNG state: on CPU the device RNG is the CPU one.
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = _cpu_rng_state
+    mrandom._set_cuda_rng_state = _set_cpu_rng_state
+    mrandom._CUDA_RNG_STATE_TRACKER = _make_cpu_rng_tracker_class()()
+    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+    _MODE = _CudaToCpuMode()
+    _MODE.__enter__()
+    _ACTIVE = True
+    log.debug("megatron_kd CPU runtime layer active (megatron-core on gloo)")
+    return True

@@ -1,0 +1,130 @@
+"""Process-group start-up and shutdown for one process, torchrun, or srun.
+
+The launcher is read from the environment, so the same command works under all three:
+- torchrun: RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
+- srun: SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, MASTER_ADDR = first host of the job's
+  node list (MASTER_PORT from the environment, else derived from the job id);
+- nothing: a single process on a free local port.
+gloo on CPU (with the CPU runtime layer), NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_kd.config.schema import ParallelConfig
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun", "srun" or "single"
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm node list: 'gpu[01-03,07],login1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu07', 'login1']."""
+    hosts: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
+        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for item in ranges.split(","):
+            lo, _, hi = item.partition("-")
+            if hi:
+                width = len(lo)
+                hosts += [f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1)]
+            else:
+                hosts.append(f"{prefix}{lo}{suffix}")
+    return hosts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
+                         "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        addr = env.get("MASTER_ADDR") or expand_nodelist(nodes)[0]
+        job = int(env.get("SLURM_JOB_ID", "0") or 0)
+        port = int(env.get("MASTER_PORT") or 20000 + job % 20000)
+        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                         int(env.get("SLURM_LOCALID", 0)), addr, port, "srun")
+    return LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
+
+
+def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | None = None,
+                     timeout_s: int = 600) -> LaunchEnv:
+    """Start the default process group and megatron-core's TP/PP/DP groups; seed the RNGs."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    from megatron_kd.runtime import cpu_compat
+
+    launch = launch or detect_launch_env()
+    on_cpu = cpu_compat.activate()
+    if not on_cpu:
+        torch.cuda.set_device(launch.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="gloo" if on_cpu else "nccl",
+            init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+            rank=launch.rank,
+            world_size=launch.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+    )
+    seed_everything(seed)
+    return launch
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on data-parallel replicas; megatron-core's tracker adds the TP-rank offset."""
+    import random
+
+    import numpy as np
+    from megatron.core import parallel_state, tensor_parallel
+
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(seed + 100 * pp_rank)
+    np.random.seed(seed + 100 * pp_rank)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown(barrier: bool = True) -> None:
+    """Destroy megatron-core's groups and the default group so nothing hangs at exit.
+
+    `barrier=False` on error paths, where a peer may already be gone."""
+    try:
+        from megatron.core import parallel_state
+
+        parallel_state.destroy_model_parallel()
+    except ImportError:
+        pass
+    if dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()

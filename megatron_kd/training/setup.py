@@ -1,0 +1,92 @@
+"""Model chunks, DDP, optimizer and LR schedule from a RunConfig (megatron-core throughout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from megatron_kd.config.schema import RunConfig
+from megatron_kd.models.gpt import build_gpt_model
+
+
+@dataclass
+class TrainState:
+    model: list  # DDP-wrapped model chunks (one per virtual stage; one today)
+    optimizer: Any
+    scheduler: Any
+    step: int = 0
+    consumed_samples: int = 0
+
+
+def build_ddp_model(cfg: RunConfig) -> list:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+    )
+    # The loss is a sum over tokens; finalize_model_grads divides by the global token count,
+    # so the objective is the mean over every non-masked token of the global batch.
+    model.config.calculate_per_token_loss = True
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    return [ddp]
+
+
+def build_optimizer(cfg: RunConfig, model_chunks: list):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    tr = cfg.train
+    opt_config = OptimizerConfig(
+        optimizer="adam",
+        lr=tr.lr,
+        min_lr=tr.lr * tr.min_lr_ratio,
+        weight_decay=tr.weight_decay,
+        adam_beta1=tr.adam_beta1,
+        adam_beta2=tr.adam_beta2,
+        adam_eps=tr.adam_eps,
+        clip_grad=tr.clip_grad,
+        bf16=cfg.precision.dtype == "bf16",
+        fp16=cfg.precision.dtype == "fp16",
+        params_dtype=model_chunks[0].module.config.params_dtype,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+    )
+    return get_megatron_optimizer(opt_config, model_chunks)
+
+
+_DECAY_STYLE = {"constant": "constant", "cosine": "cosine", "linear": "linear", "wsd": "WSD"}
+
+
+def build_scheduler(cfg: RunConfig, optimizer):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    tr = cfg.train
+    wsd = tr.lr_schedule == "wsd"
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if tr.warmup_steps else tr.lr,
+        max_lr=tr.lr,
+        min_lr=tr.lr * tr.min_lr_ratio,
+        lr_warmup_steps=tr.warmup_steps,
+        lr_decay_steps=tr.steps,
+        lr_decay_style=_DECAY_STYLE[tr.lr_schedule],
+        start_wd=tr.weight_decay,
+        end_wd=tr.weight_decay,
+        wd_incr_steps=tr.steps,
+        wd_incr_style="constant",
+        wsd_decay_steps=max(1, round(tr.steps * tr.wsd_decay_fraction)) if wsd else None,
+        lr_wsd_decay_style="cosine" if wsd else None,
+    )
+
+
+def build_train_state(cfg: RunConfig) -> TrainState:
+    from megatron.core.distributed import finalize_model_grads
+
+    model = build_ddp_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    config = model[0].module.config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model[0].no_sync
+    return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
