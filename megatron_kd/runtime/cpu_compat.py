@@ -168,14 +168,22 @@ def _make_cpu_rng_tracker_class():
     return CpuRNGStatesTracker
 
 
-def _check_version() -> None:
+def installed_mcore_version() -> str:
+    """The installed distribution's version. (megatron.core.__version__ appends the git hash
+    of whatever repository the process runs in, so it is not used.)"""
+    from importlib import metadata
+
     try:
-        from megatron.core import package_info
-    except ImportError as exc:  # pragma: no cover - requirements install it
+        return metadata.version("megatron-core")
+    except metadata.PackageNotFoundError as exc:
         raise SetupError(
-            "megatron-core is not installed; run `make install` (or see README: GPU clusters)"
+            "megatron-core is not installed; run `make install` (CPU) or "
+            "`pip install -r requirements.txt` (GPU cluster, see README)"
         ) from exc
-    version = package_info.__version__
+
+
+def _check_version() -> None:
+    version = installed_mcore_version()
     if version not in SUPPORTED_MCORE_VERSIONS:
         raise SetupError(
             f"megatron-core {version} is installed, but the CPU runtime layer was written for "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.models.gpt import build_gpt_model
 
@@ -80,10 +82,14 @@ def build_scheduler(cfg: RunConfig, optimizer):
     )
 
 
-def build_train_state(cfg: RunConfig) -> TrainState:
+def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None) -> TrainState:
+    """Model, optimizer and schedule. `init_weights`: a dist checkpoint of weights (any layout)
+    loaded before the optimizer takes its copies of the parameters."""
     from megatron.core.distributed import finalize_model_grads
 
     model = build_ddp_model(cfg)
+    if init_weights is not None:
+        load_model_weights(model[0], init_weights)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     config = model[0].module.config

@@ -1,0 +1,34 @@
+"""Model weights through megatron-core dist_checkpointing (any TP/PP on save and on load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def unwrap(model):
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def save_model_weights(model, directory: str | Path) -> None:
+    """Collective: every rank calls it; writes a resharding-capable checkpoint of the weights."""
+    from megatron.core import dist_checkpointing
+
+    directory = Path(directory)
+    if torch.distributed.get_rank() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(unwrap(model).sharded_state_dict(), str(directory))
+
+
+def load_model_weights(model, directory: str | Path, strict: bool = True) -> None:
+    """Collective: load weights saved at any TP/PP into this rank's shard of `model`."""
+    from megatron.core import dist_checkpointing
+
+    inner = unwrap(model)
+    state = dist_checkpointing.load(inner.sharded_state_dict(), str(directory))
+    inner.load_state_dict(state, strict=strict)
