@@ -19,10 +19,12 @@ def test_tp2_and_pp2_match_tp1(tmp_path):
 
 
 def test_tp2_pp2_training_matches_tp1(tmp_path):
-    """Four ranks: TP=2 x PP=2 trains (DDP, optimizer, pipeline schedule) with the same loss
-    trajectory as TP=1 x DP=4 from the same weights and data."""
+    """Four ranks: TP=2 x PP=2 with sequence parallelism and QK-norm trains (DDP, optimizer,
+    pipeline schedule, TP-summed norm gradients) with the same loss trajectory as TP=1 x DP=4
+    from the same weights and data."""
     results = run_distributed("tests.workers.parallel_parity:training_matches_across_layouts", 4,
-                              tmp_path, tp=2, pp=2, steps=3)
+                              tmp_path, tp=2, pp=2, steps=3, sequence_parallel=True,
+                              qk_layernorm=True)
     ref, par = results[0]["reference"], results[0]["parallel"]
     assert len(ref) == len(par) == 3
     assert ref[-1] < ref[0]  # it learns

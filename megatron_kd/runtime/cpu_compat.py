@@ -56,8 +56,8 @@ _TENSOR_TYPE_TO_CUDA = {
 class _CudaToCpuMode(TorchFunctionMode):
     """Maps CUDA placements to the CPU for every torch call made while active.
 
-    Adapts: hard-coded `device="cuda"`, `device=torch.cuda.current_device()`, `.cuda()` and
-    `.to("cuda")` throughout megatron-core (GlobalMemoryBuffer, tensor-parallel mappings,
+    Adapts: hard-coded `device="cuda"` / `"cuda:N"` / ordinals, `.cuda()` and `.to("cuda")`
+    throughout megatron-core's forward and optimizer code (GlobalMemoryBuffer, tensor-parallel mappings,
     pipeline schedules' zero loss tensors, p2p buffers, grad clipping, optimizer flags, tied
     embeddings with PP>1). Also answers `Tensor.type()` with the CUDA type names that the
     optimizers and grad clipping assert on ('torch.cuda.FloatTensor', ...), since on CPU the
@@ -168,6 +168,31 @@ def _make_cpu_rng_tracker_class():
     return CpuRNGStatesTracker
 
 
+def _patch_torch_norm_for_sequence_parallel() -> None:
+    """Adapts: megatron-core's torch-norm wrapper (the local spec's RMSNorm) asserts
+    "sequence parallel not supported by torch LayerNorm". The norm itself needs nothing special
+    under sequence parallelism: each rank normalises its own sequence shard. What it needs is
+    that its weight gradients (partial sums over the shard) are summed over TP ranks, which
+    finalize_model_grads does for parameters tagged `sequence_parallel`, as TE's norms are."""
+    import copy
+
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    original_new = WrappedTorchNorm.__new__
+
+    def new(cls, config, hidden_size, eps=1e-5, **kwargs):
+        if not config.sequence_parallel:
+            return original_new(cls, config, hidden_size, eps, **kwargs)
+        plain = copy.copy(config)
+        plain.sequence_parallel = False
+        norm = original_new(cls, plain, hidden_size, eps, **kwargs)
+        for param in norm.parameters():
+            param.sequence_parallel = True
+        return norm
+
+    WrappedTorchNorm.__new__ = staticmethod(new)
+
+
 def installed_mcore_version() -> str:
     """The installed distribution's version. (megatron.core.__version__ appends the git hash
     of whatever repository the process runs in, so it is not used.)"""
@@ -206,9 +231,11 @@ def activate() -> bool:
     _check_version()
 
     cuda = torch.cuda
-    # Adapts: torch.cuda.current_device() as the allocation device everywhere; an ordinal that
-    # the function mode below maps to "cpu".
-    cuda.current_device = lambda: 0
+    # Adapts: torch.cuda.current_device() as the allocation device everywhere. It answers the
+    # CPU device itself rather than an ordinal, because the function mode below is not on the
+    # stack inside autograd's backward (it is popped while Tensor.backward is dispatched), and
+    # megatron-core's custom backward functions allocate with device=current_device().
+    cuda.current_device = lambda: torch.device("cpu")
     # Adapts: streams, events and synchronisation (DDP grad buffers, p2p, checkpoint save).
     cuda.Stream = _NoopStream
     cuda.Event = _NoopStream
@@ -234,6 +261,8 @@ def activate() -> bool:
     mrandom._set_cuda_rng_state = _set_cpu_rng_state
     mrandom._CUDA_RNG_STATE_TRACKER = _make_cpu_rng_tracker_class()()
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+    _patch_torch_norm_for_sequence_parallel()
 
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()

@@ -142,7 +142,9 @@ def tp_pp_forward_backward(workdir: str) -> dict:
     return result
 
 
-def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int = 3) -> dict:
+def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int = 3,
+                                    sequence_parallel: bool = False,
+                                    qk_layernorm: bool = False) -> dict:
     """Train `steps` steps at TP=1 (all ranks data-parallel) and at TP=tp x PP=pp from the same
     weights and data order; report both loss trajectories."""
     from megatron_kd.checkpoint.model_io import save_model_weights
@@ -157,7 +159,9 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
     losses = {}
     for name, (t, p) in {"reference": (1, 1), "parallel": (tp, pp)}.items():
         cfg = _cfg(tp=t, pp=p, **{"train.global_batch_size": 8, "train.steps": steps,
-                                  "run.dir": str(work / name), "train.warmup_steps": 0})
+                                  "run.dir": str(work / name), "train.warmup_steps": 0,
+                                  "model.qk_layernorm": qk_layernorm,
+                                  "parallel.sequence_parallel": sequence_parallel and t > 1})
         _relayout(cfg, seed=21 if name == "reference" else 77)
         state = build_train_state(cfg, init_weights=None if name == "reference" else work / "w0")
         if name == "reference":
