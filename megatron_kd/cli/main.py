@@ -67,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`mkd train R --nproc 2 train.steps=5`); argparse leaves
+    # those as extras, which are overrides when they look like key=value.
+    args, extras = parser.parse_known_args(argv)
+    bad = [e for e in extras if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extras:
+        args.overrides = list(args.overrides) + extras
     args.argv = list(argv)
     try:
         return int(args.func(args) or 0)

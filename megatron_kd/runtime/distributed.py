@@ -87,7 +87,10 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
     if not dist.is_initialized():
         dist.init_process_group(
             backend="gloo" if on_cpu else "nccl",
-            init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+            # Under torchrun, env:// reuses the elastic agent's store (its port may be chosen
+            # by the agent); srun and single processes rendezvous on MASTER_ADDR:MASTER_PORT.
+            init_method="env://" if launch.launcher == "torchrun"
+            else f"tcp://{launch.master_addr}:{launch.master_port}",
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=datetime.timedelta(seconds=timeout_s),

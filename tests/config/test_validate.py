@@ -1,0 +1,52 @@
+"""Cross-field rules: each impossible combination fails before any process group starts."""
+
+import pytest
+
+from megatron_kd.config import load_config, padded_vocab_size, validate
+from megatron_kd.errors import ConfigError
+
+CASES = [
+    (["parallel.tp=3"], r"num_attention_heads=4 is not divisible by parallel.tp=3"),
+    (["model.num_attention_heads=4", "model.num_query_groups=1", "parallel.tp=2"],
+     r"num_query_groups=1 \(GQA kv heads\) is not divisible by parallel.tp=2"),
+    (["model.num_query_groups=3"], r"num_attention_heads=4 is not a multiple of model.num_query_groups=3"),
+    (["parallel.pp=3"], r"num_layers=2 is not divisible by parallel.pp=3"),
+    (["model.hidden_size=66"], r"hidden_size=66 is not divisible by model.num_attention_heads=4"),
+    (["train.seq_length=512"], r"seq_length=512 is above model.max_position_embeddings=256"),
+    (["train.global_batch_size=5"], r"global_batch_size=5 is not a multiple of train.micro_batch_size=2"),
+    (["parallel.sequence_parallel=true"], r"sequence_parallel=true needs parallel.tp > 1"),
+    (["train.warmup_steps=50"], r"warmup_steps=50 must be between 0 and train.steps=10"),
+    (["train.min_lr_ratio=1.5"], r"min_lr_ratio must be in \[0, 1\]"),
+    (["precision.fp8=hybrid"], r"precision.fp8 needs precision.dtype=bf16"),
+    (["train.lr=0"], r"train.lr must be > 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CASES)
+def test_invalid_combinations(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("train/tiny-mock", overrides)
+
+
+def test_world_size_rules():
+    cfg = load_config("train/tiny-mock", ["parallel.tp=2"])
+    validate(cfg, 2)
+    validate(cfg, 4)
+    with pytest.raises(ConfigError, match=r"world size 3 is not divisible by parallel.tp x parallel.pp = 2"):
+        validate(cfg, 3)
+    # dp = 4 / 2 = 2 ranks x micro 2 = 4 sequences: global 6 does not split.
+    cfg = load_config("train/tiny-mock", ["parallel.tp=2", "train.global_batch_size=6"])
+    with pytest.raises(ConfigError, match=r"global_batch_size=6 is not divisible by micro_batch_size x data-parallel size = 2 x 2"):
+        validate(cfg, 4)
+    cfg = load_config("train/tiny-mock", ["parallel.world_size=2"])
+    validate(cfg, 2)
+    cfg = load_config("train/tiny-mock", ["parallel.world_size=8", "train.global_batch_size=16"])
+    with pytest.raises(ConfigError, match=r"parallel.world_size=8 but the launcher started 2"):
+        validate(cfg, 2)
+
+
+def test_padded_vocab():
+    assert padded_vocab_size(128256, 128, 1) == 128256
+    assert padded_vocab_size(128256, 128, 8) == 129024
+    assert padded_vocab_size(151936, 128, 4) == 152064  # the Qwen padding users trip over
+    assert padded_vocab_size(250, 64, 2) == 256
