@@ -1,0 +1,39 @@
+# megatron_kd: `make test` and `make demo` set everything up on a fresh machine (Python 3.11,
+# no GPU): they create .venv when missing and install what is needed, once.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install test demo clean help
+
+help:
+	@echo "make install   create .venv with torch (CPU), megatron-core and megatron_kd"
+	@echo "make test      install if needed, then run the test suite"
+	@echo "make demo      install if needed, then run the CPU demo"
+
+install: $(STAMP)
+
+# Re-runs only when a requirements file or pyproject.toml changes. torch (the pinned CPU build)
+# and numpy go first: megatron-core's build and import need them. megatron-core 0.19.2 declares
+# Python >= 3.12 but runs on 3.11, so it is built from its sdist with --ignore-requires-python.
+$(STAMP): requirements.txt requirements-cpu.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -r requirements-cpu.txt
+	$(PIP) --ignore-requires-python --no-binary megatron-core -r requirements.txt -c requirements-cpu.txt
+	$(PIP) -r requirements-dev.txt -c requirements-cpu.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, megatron.core, megatron_kd; print('installed: torch', torch.__version__)" 2>/dev/null
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	bash scripts/demo.sh
+
+clean:
+	rm -rf runs .pytest_cache
