@@ -1,0 +1,16 @@
+"""Shipped sbatch scripts are valid bash and launch through srun, not torchrun."""
+
+import subprocess
+from pathlib import Path
+
+SLURM = Path(__file__).resolve().parents[1] / "slurm"
+
+
+def test_sbatch_scripts_parse_and_use_srun():
+    scripts = sorted(SLURM.glob("*.sbatch"))
+    assert scripts
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        text = script.read_text()
+        assert "srun" in text and "torchrun" not in text
+        assert "python -m megatron_kd" in text
