@@ -23,7 +23,7 @@ def cmd_info(args) -> int:
     from megatron_kd.config.validate import padded_vocab_size
     from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = load_config(args.recipe, args.overrides, purpose="model")
     m = cfg.model
     padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, cfg.parallel.tp)
     c = count_parameters(m)

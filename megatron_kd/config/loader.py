@@ -126,6 +126,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
         return f"list of {_type_name(inner)}"
+    if origin is dict:
+        return "mapping of " + " to ".join(_type_name(a) for a in get_args(tp))
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -152,6 +154,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         raise ConfigError(
             f"{key} = {value!r} in {source} is not one of {', '.join(map(repr, choices))}{hint}"
         )
+    if origin is dict:
+        key_tp, value_tp = get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise bad
+        return {_coerce(k, key_tp, key, source): _coerce(v, value_tp, f"{key}.{k}", source)
+                for k, v in value.items()}
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
         if not isinstance(value, list):
@@ -221,8 +229,9 @@ def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def load_config(recipe: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load, merge, override, type-check and validate a run recipe."""
+def load_config(recipe: str | os.PathLike | None, overrides: list[str] | None = None,
+                purpose: str = "train") -> RunConfig:
+    """Load, merge, override, type-check and validate a recipe (see validate's `purpose`)."""
     from megatron_kd.config.validate import validate
 
     overrides = list(overrides or [])
@@ -235,7 +244,7 @@ def load_config(recipe: str | os.PathLike | None, overrides: list[str] | None = 
     if overrides:
         source = f"{source} (with overrides)"
     cfg = build_dataclass(RunConfig, data, "", source)
-    validate(cfg)
+    validate(cfg, purpose=purpose)
     return cfg
 
 

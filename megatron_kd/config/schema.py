@@ -61,9 +61,15 @@ class PrecisionConfig:
 
 @dataclass
 class DataConfig:
-    """Where tokens come from."""
+    """Where tokens come from: IndexedDataset prefixes (`mkd data preprocess`) or mock data."""
 
-    mock: bool = False  # megatron-core's MockGPTDataset: random tokens, for smoke runs
+    mock: bool = False  # megatron-core's MockGPTDataset: synthetic tokens, for smoke runs
+    tokenizer: Optional[str] = None  # sentencepiece .model or tokenizer.json the data was made with
+    eod_token: Optional[str] = None  # end-of-document piece; None = the tokenizer's eos
+    train: list[str] = field(default_factory=list)  # training prefixes (PATH for PATH.bin/.idx)
+    train_weights: Optional[list[float]] = None  # blend weights, one per prefix; None = by size
+    split: str = "100,0,0"  # train/valid/test split of the training blend (megatron-core style)
+    valid: dict[str, str] = field(default_factory=dict)  # named validation sets: name -> prefix
     seed: Optional[int] = None  # data order seed; None = run.seed
 
 
@@ -71,7 +77,8 @@ class DataConfig:
 class TrainConfig:
     """Loop shape, optimizer and learning-rate schedule."""
 
-    steps: int = 10  # optimizer steps
+    steps: Optional[int] = None  # optimizer steps (give steps or tokens)
+    tokens: Optional[int] = None  # training length in tokens; steps = ceil(tokens / batch tokens)
     micro_batch_size: int = 2  # sequences per micro-batch per data-parallel rank
     global_batch_size: int = 4  # sequences per optimizer step over all data-parallel ranks
     seq_length: int = 32  # tokens per sequence
@@ -89,19 +96,24 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    """When and where to save (megatron-core dist_checkpointing)."""
+    """When and where to save (megatron-core dist_checkpointing, in RUN_DIR/checkpoints)."""
 
-    save_interval: int = 0  # save every N steps; 0 = only at the end
-    keep_last: int = 2  # periodic checkpoints kept
+    save_interval: int = 0  # save every N steps; 0 = no periodic saves
+    keep_last: int = 2  # periodic checkpoints kept (budget and final ones are always kept)
+    save_at_tokens: list[int] = field(default_factory=list)  # teacher zoo: keep one per budget
     save_at_end: bool = True
-    load: Optional[str] = None  # a checkpoint to start from; None = resume from run.dir if any
+    load: Optional[str] = None  # initial weights (a checkpoint dir); ignored when resuming
+    resume: bool = True  # continue from the run dir's latest checkpoint when there is one
 
 
 @dataclass
 class LoggingConfig:
-    """What gets printed and recorded."""
+    """What gets printed and recorded (console, RUN_DIR/metrics.jsonl, TensorBoard)."""
 
-    log_interval: int = 1  # console line every N steps
+    log_interval: int = 1  # console and metrics.jsonl line every N steps
+    eval_interval: int = 0  # validate every N steps (and at the end); 0 = only at the end
+    eval_samples: int = 64  # sequences per validation set and evaluation (capped at its size)
+    tensorboard: bool = True  # write TensorBoard events to RUN_DIR/tensorboard
     level: Literal["debug", "info", "warning"] = "info"
 
 

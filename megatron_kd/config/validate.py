@@ -11,10 +11,11 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: RunConfig, world_size: int | None = None) -> None:
+def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "train") -> None:
     """Raise ConfigError for the first impossible combination found.
 
-    `world_size` is the launcher's; when given, the layout must fit it.
+    `world_size` is the launcher's; when given, the layout must fit it. `purpose="model"`
+    checks only what building the model needs (model recipes, `mkd info`).
     """
     m, par, tr, prec = cfg.model, cfg.parallel, cfg.train, cfg.precision
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -46,24 +47,41 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         _require(tr.seq_length % par.tp == 0,
                  f"train.seq_length={tr.seq_length} must be divisible by parallel.tp={par.tp} "
                  "with sequence parallelism")
+    if prec.fp8 is not None:
+        _require(prec.dtype != "fp32",
+                 "precision.fp8 needs precision.dtype=bf16 (FP8 GEMMs with bf16 elsewhere)")
+    if purpose == "model":
+        return
     _require(tr.seq_length >= 1, f"train.seq_length must be >= 1, got {tr.seq_length}")
     _require(tr.seq_length <= m.max_position_embeddings,
              f"train.seq_length={tr.seq_length} is above model.max_position_embeddings="
              f"{m.max_position_embeddings}; shorten the sequence or raise the model's maximum")
-    _require(tr.steps >= 1, f"train.steps must be >= 1, got {tr.steps}")
+    _require((tr.steps is None) != (tr.tokens is None),
+             "give exactly one of train.steps and train.tokens"
+             + (f" (got steps={tr.steps}, tokens={tr.tokens})" if tr.steps is not None else ""))
+    _require(train_steps(cfg) >= 1,
+             f"training length must be >= 1 step, got steps={tr.steps} tokens={tr.tokens}")
+    _validate_data(cfg)
+    ck, lg = cfg.checkpoint, cfg.logging
+    _require(ck.save_interval >= 0, f"checkpoint.save_interval must be >= 0, got {ck.save_interval}")
+    _require(all(t > 0 for t in ck.save_at_tokens),
+             f"checkpoint.save_at_tokens must be positive token counts, got {ck.save_at_tokens}")
+    _require(lg.log_interval >= 1, f"logging.log_interval must be >= 1, got {lg.log_interval}")
+    _require(lg.eval_interval >= 0, f"logging.eval_interval must be >= 0, got {lg.eval_interval}")
+    _require(lg.eval_samples >= 1, f"logging.eval_samples must be >= 1, got {lg.eval_samples}")
     _require(tr.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1, got {tr.micro_batch_size}")
     _require(tr.global_batch_size % tr.micro_batch_size == 0,
              f"train.global_batch_size={tr.global_batch_size} is not a multiple of "
              f"train.micro_batch_size={tr.micro_batch_size}")
     _require(tr.lr > 0, f"train.lr must be > 0, got {tr.lr}")
     _require(0.0 <= tr.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {tr.min_lr_ratio}")
-    _require(0 <= tr.warmup_steps <= tr.steps,
-             f"train.warmup_steps={tr.warmup_steps} must be between 0 and train.steps={tr.steps}")
+    _require(0 <= tr.warmup_steps <= train_steps(cfg),
+             f"train.warmup_steps={tr.warmup_steps} must be between 0 and the run's "
+             f"{train_steps(cfg)} steps")
+    _require(0.0 < tr.wsd_decay_fraction <= 1.0,
+             f"train.wsd_decay_fraction must be in (0, 1], got {tr.wsd_decay_fraction}")
     _require(tr.clip_grad >= 0, f"train.clip_grad must be >= 0 (0 disables), got {tr.clip_grad}")
     _require(cfg.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}")
-    if prec.fp8 is not None:
-        _require(prec.dtype != "fp32",
-                 "precision.fp8 needs precision.dtype=bf16 (FP8 GEMMs with bf16 elsewhere)")
     world = par.world_size if world_size is None else world_size
     if par.world_size is not None and world_size is not None and par.world_size != world_size:
         raise ConfigError(
@@ -78,6 +96,51 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         _require(tr.global_batch_size % (tr.micro_batch_size * dp) == 0,
                  f"train.global_batch_size={tr.global_batch_size} is not divisible by "
                  f"micro_batch_size x data-parallel size = {tr.micro_batch_size} x {dp}")
+
+
+def tokens_per_step(cfg: RunConfig) -> int:
+    return cfg.train.global_batch_size * cfg.train.seq_length
+
+
+def train_steps(cfg: RunConfig) -> int:
+    """Optimizer steps of the run: train.steps, or train.tokens rounded up to whole steps."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    if cfg.train.tokens is None:
+        return 0
+    return -(-cfg.train.tokens // tokens_per_step(cfg))
+
+
+def parse_split(split: str) -> list[float]:
+    try:
+        parts = [float(x) for x in split.replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ConfigError(f"data.split={split!r} must be three non-negative weights "
+                          "'train,valid,test', e.g. '98,2,0'")
+    return parts
+
+
+def _validate_data(cfg: RunConfig) -> None:
+    d = cfg.data
+    if d.mock:
+        return
+    _require(bool(d.train),
+             "no training data configured: set data.train to IndexedDataset prefixes "
+             "(`mkd data preprocess`, or `mkd data corpus` for the embedded corpus) or "
+             "data.mock=true for a smoke run with megatron-core's mock dataset")
+    _require(d.tokenizer is not None,
+             "data.tokenizer is not set: name the tokenizer the data was made with "
+             "(sentencepiece .model or tokenizer.json)")
+    if d.train_weights is not None:
+        _require(len(d.train_weights) == len(d.train),
+                 f"data.train_weights has {len(d.train_weights)} entries for {len(d.train)} "
+                 "data.train prefixes; give one weight per prefix")
+        _require(all(w >= 0 for w in d.train_weights) and sum(d.train_weights) > 0,
+                 f"data.train_weights must be non-negative and not all zero, got {d.train_weights}")
+    split = parse_split(d.split)
+    _require(split[0] > 0, f"data.split={d.split!r} leaves nothing for training")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:

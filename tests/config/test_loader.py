@@ -16,7 +16,7 @@ def write(path, text):
 
 def test_base_chain_and_overrides(tmp_path):
     write(tmp_path / "models" / "m.yaml", "model:\n  num_layers: 4\n  hidden_size: 32\n  ffn_hidden_size: 64\n")
-    write(tmp_path / "mid.yaml", "base: models/m\ntrain:\n  steps: 7\n  lr: 1.0e-3\n")
+    write(tmp_path / "mid.yaml", "base: models/m\ndata:\n  mock: true\ntrain:\n  steps: 7\n  lr: 1.0e-3\n")
     run = write(tmp_path / "run.yaml", "base: [mid.yaml]\nmodel:\n  hidden_size: 48\n")
     cfg = load_config(run, ["train.steps=9", "train.lr=3e-4", "model.num_query_groups=2"])
     assert cfg.model.num_layers == 4  # from the base's base
@@ -52,7 +52,8 @@ def test_wrong_types(override, message):
 
 def test_token_counts_in_scientific_notation():
     # 1e3 is a string in YAML 1.1; an integer field accepts it when it is a whole number.
-    assert load_config(None, ["train.steps=1e3", "train.warmup_steps=10"]).train.steps == 1000
+    cfg = load_config(None, ["train.tokens=1e6", "train.warmup_steps=10", "data.mock=true"])
+    assert cfg.train.tokens == 1_000_000
 
 
 def test_yaml_syntax_error_has_line_number(tmp_path):

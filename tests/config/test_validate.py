@@ -15,10 +15,17 @@ CASES = [
     (["train.seq_length=512"], r"seq_length=512 is above model.max_position_embeddings=256"),
     (["train.global_batch_size=5"], r"global_batch_size=5 is not a multiple of train.micro_batch_size=2"),
     (["parallel.sequence_parallel=true"], r"sequence_parallel=true needs parallel.tp > 1"),
-    (["train.warmup_steps=50"], r"warmup_steps=50 must be between 0 and train.steps=10"),
+    (["train.warmup_steps=50"], r"warmup_steps=50 must be between 0 and the run's 10 steps"),
     (["train.min_lr_ratio=1.5"], r"min_lr_ratio must be in \[0, 1\]"),
     (["precision.fp8=hybrid"], r"precision.fp8 needs precision.dtype=bf16"),
     (["train.lr=0"], r"train.lr must be > 0"),
+    (["train.tokens=1000"], r"give exactly one of train.steps and train.tokens"),
+    (["data.mock=false"], r"no training data configured"),
+    (["data.mock=false", "data.train=[a]"], r"data.tokenizer is not set"),
+    (["data.mock=false", "data.train=[a,b]", "data.tokenizer=t", "data.train_weights=[1.0]"],
+     r"data.train_weights has 1 entries for 2 data.train prefixes"),
+    (["data.mock=false", "data.train=[a]", "data.tokenizer=t", "data.split=90,10"], r"data.split='90,10' must be three non-negative weights"),
+    (["checkpoint.save_at_tokens=[0]"], r"save_at_tokens must be positive"),
 ]
 
 
