@@ -114,6 +114,7 @@ def cmd_train(args) -> int:
     finally:
         shutdown(barrier=ok)
     if launch.rank == 0:
-        print(f"done: {metrics['step']} steps, final loss {metrics['lm loss']:.4f}, "
+        vals = "".join(f", {k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+        print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
               f"run dir {cfg.run.dir}")
     return 0

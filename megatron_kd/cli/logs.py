@@ -16,7 +16,7 @@ _QUIET_WARNINGS = (
     r".*full scope is deprecated.*",
     r".*MimoModelConfig is experimental.*",
 )
-_QUIET_LOG_MESSAGES = ("GPTModel IS DEPRECATED",)
+_QUIET_LOG_MESSAGES = ("GPTModel IS DEPRECATED", "MCore's async save is deprecated")
 
 
 class _DropMessages(logging.Filter):

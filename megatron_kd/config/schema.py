@@ -79,6 +79,7 @@ class TrainConfig:
 
     steps: Optional[int] = None  # optimizer steps (give steps or tokens)
     tokens: Optional[int] = None  # training length in tokens; steps = ceil(tokens / batch tokens)
+    stop_at_step: Optional[int] = None  # checkpoint and stop here; a later start resumes
     micro_batch_size: int = 2  # sequences per micro-batch per data-parallel rank
     global_batch_size: int = 4  # sequences per optimizer step over all data-parallel ranks
     seq_length: int = 32  # tokens per sequence

@@ -61,6 +61,8 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
              + (f" (got steps={tr.steps}, tokens={tr.tokens})" if tr.steps is not None else ""))
     _require(train_steps(cfg) >= 1,
              f"training length must be >= 1 step, got steps={tr.steps} tokens={tr.tokens}")
+    _require(tr.stop_at_step is None or 1 <= tr.stop_at_step,
+             f"train.stop_at_step must be >= 1, got {tr.stop_at_step}")
     _validate_data(cfg)
     ck, lg = cfg.checkpoint, cfg.logging
     _require(ck.save_interval >= 0, f"checkpoint.save_interval must be >= 0, got {ck.save_interval}")

@@ -1,23 +1,31 @@
-"""Datasets through megatron-core's GPTDataset / BlendedMegatronDatasetBuilder."""
+"""Datasets through megatron-core's GPTDataset / BlendedMegatronDatasetBuilder.
+
+Training: a weighted blend of IndexedDataset prefixes with a train/valid/test split. Validation:
+any number of *named* sets (in-domain, OOD, ...), each evaluated separately; a non-zero valid
+part of `data.split` adds one more, named "heldout". Or megatron-core's mock dataset.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.validate import parse_split
+from megatron_kd.data.preprocess import read_meta
 from megatron_kd.errors import ConfigError
 
 
 @dataclass
 class TokenizerInfo:
-    """The few tokenizer facts megatron-core's datasets read (vocab size and special ids)."""
+    """The few tokenizer facts megatron-core's datasets read, for mock data (no tokenizer file)."""
 
     vocab_size: int
     eod: int
     pad: int = -1
     bos: int | None = None
-
     name: str = "mock"
 
     @property
@@ -30,36 +38,118 @@ class TokenizerInfo:
         return {"class": type(self).__name__, "name": self.name,
                 "vocab_size": self.vocab_size, "eod": self.eod}
 
+    def describe(self) -> dict:
+        return {"kind": "mock", "vocab_size": self.vocab_size, "eod": self.eod}
 
-def build_mock_datasets(cfg: RunConfig, num_train_samples: int, num_valid_samples: int):
-    """megatron-core's MockGPTDataset (deterministic synthetic documents ending in EOD)."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import (
-        BlendedMegatronDatasetBuilder,
-    )
-    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig, MockGPTDataset
 
-    vocab = cfg.model.vocab_size
-    ds_config = GPTDatasetConfig(
+def load_tokenizer(cfg: RunConfig):
+    """The run's tokenizer, checked against the model's vocabulary."""
+    if cfg.data.mock and cfg.data.tokenizer is None:
+        return TokenizerInfo(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
+    from megatron_kd.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(cfg.data.tokenizer, cfg.data.eod_token)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"tokenizer {cfg.data.tokenizer} has {tok.vocab_size} tokens but model.vocab_size="
+            f"{cfg.model.vocab_size}; set model.vocab_size={tok.vocab_size}")
+    return tok
+
+
+def check_prefix(prefix: str, tokenizer, what: str) -> int:
+    """Fail clearly on a missing, truncated or foreign dataset; returns its token count."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+    for f in (idx, bin_):
+        if not f.is_file():
+            raise ConfigError(f"{what} '{prefix}': {f} not found; create it with "
+                              "`mkd data preprocess` (or `mkd data corpus`)")
+    meta = read_meta(prefix)
+    sha = getattr(tokenizer, "sha256", None)
+    if meta and sha and meta.get("tokenizer_sha256") not in (None, sha):
+        raise ConfigError(
+            f"{what} '{prefix}' was tokenized with another tokenizer (sha256 "
+            f"{meta['tokenizer_sha256'][:12]}…) than data.tokenizer ({sha[:12]}…); "
+            "re-run `mkd data preprocess` with the model's tokenizer")
+    try:
+        ds = IndexedDataset(str(prefix))
+    except Exception as exc:
+        raise ConfigError(f"{what} '{prefix}' cannot be read ({exc}); the .idx/.bin pair is "
+                          "corrupt or truncated: re-run `mkd data preprocess`") from exc
+    tokens = int(ds.sequence_lengths.sum())
+    expected = tokens * ds.index.dtype_size
+    if bin_.stat().st_size != expected:
+        raise ConfigError(f"{what} '{prefix}': {bin_} has {bin_.stat().st_size} bytes but its "
+                          f"index describes {expected}; the pair is truncated or mismatched: "
+                          "re-run `mkd data preprocess`")
+    if tokens == 0:
+        raise ConfigError(f"{what} '{prefix}' is empty (0 tokens)")
+    return tokens
+
+
+def _gpt_config(cfg: RunConfig, tokenizer, **kwargs):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+
+    return GPTDatasetConfig(
         random_seed=cfg.data.seed if cfg.data.seed is not None else cfg.run.seed,
         sequence_length=cfg.train.seq_length,
-        split="98,2,0",
-        tokenizer=TokenizerInfo(vocab_size=vocab, eod=vocab - 1),
+        tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,
         path_to_cache=str(Path(cfg.run.dir) / "data_cache"),
+        **kwargs,
     )
-    train, valid, _ = BlendedMegatronDatasetBuilder(
-        MockGPTDataset, [num_train_samples, num_valid_samples, 0], lambda: True, ds_config
-    ).build()
-    return train, valid
 
 
-def build_train_valid_datasets(cfg: RunConfig, num_train_samples: int, num_valid_samples: int):
+def _build_on_rank0_first(build):
+    """Rank 0 writes megatron-core's index cache, the others then read it (no write races)."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    result = build() if rank == 0 else None
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return build() if rank != 0 else result
+
+
+def build_datasets(cfg: RunConfig, tokenizer, num_train_samples: int):
+    """(train dataset, {name: (valid dataset, number of sequences to evaluate)})."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
+
+    seq = cfg.train.seq_length
+    n_eval = cfg.logging.eval_samples
     if cfg.data.mock:
-        return build_mock_datasets(cfg, num_train_samples, num_valid_samples)
-    raise ConfigError(
-        "no training data configured: set data.mock=true for a smoke run with megatron-core's "
-        "mock dataset"
-    )
+        config = _gpt_config(cfg, tokenizer, split="98,2,0")
+        train, valid, _ = _build_on_rank0_first(lambda: BlendedMegatronDatasetBuilder(
+            MockGPTDataset, [num_train_samples, n_eval, 0], lambda: True, config).build())
+        return train, {"mock": (valid, n_eval)}
+
+    tokens = {p: check_prefix(p, tokenizer, "data.train") for p in cfg.data.train}
+    split = parse_split(cfg.data.split)
+    weights = cfg.data.train_weights
+    config = _gpt_config(cfg, tokenizer, blend=(list(cfg.data.train), weights), split=cfg.data.split)
+    heldout_n = 0
+    if split[1] > 0:
+        heldout_tokens = sum(tokens.values()) * split[1] / sum(split)
+        heldout_n = min(n_eval, max(0, int((heldout_tokens - 1) // seq)))
+    sizes = [num_train_samples, heldout_n if heldout_n else 0, 0]
+    train, heldout, _ = _build_on_rank0_first(lambda: BlendedMegatronDatasetBuilder(
+        GPTDataset, sizes, lambda: True, config).build())
+    valid = {}
+    if heldout is not None and heldout_n:
+        valid["heldout"] = (heldout, heldout_n)
+    for name, prefix in cfg.data.valid.items():
+        n_tokens = check_prefix(prefix, tokenizer, f"data.valid.{name}")
+        n = min(n_eval, (n_tokens - 1) // seq)
+        if n < 1:
+            raise ConfigError(f"data.valid.{name} '{prefix}' has {n_tokens} tokens, fewer than one "
+                              f"sequence of train.seq_length={seq}")
+        vconfig = _gpt_config(cfg, tokenizer, blend_per_split=[None, ([prefix], None), None])
+        _, ds, _ = _build_on_rank0_first(lambda: BlendedMegatronDatasetBuilder(
+            GPTDataset, [0, n, 0], lambda: True, vconfig).build())
+        valid[name] = (ds, n)
+    return train, valid

@@ -1,4 +1,4 @@
-"""The pretraining loop: megatron-core's pipeline schedules, DDP and optimizer.
+"""The pretraining loop: megatron-core's pipeline schedules, DDP, optimizer and checkpoints.
 
 `run_training` is what `mkd train` runs on every rank after the process groups are up.
 """
@@ -13,10 +13,18 @@ from pathlib import Path
 
 import torch
 
+from megatron_kd.checkpoint.manager import (
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from megatron_kd.config import dump_config
 from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.data.batches import MicroBatchIterator
-from megatron_kd.data.datasets import build_train_valid_datasets
+from megatron_kd.data.datasets import build_datasets, load_tokenizer
+from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.setup import TrainState, build_train_state
 
 log = logging.getLogger("megatron_kd.train")
@@ -92,47 +100,92 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator) -> dict[str, fl
     state.consumed_samples += cfg.train.global_batch_size
     metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
     metrics = broadcast_from_last_stage(metrics, ["lm loss"])
-    metrics["grad norm"] = float(grad_norm) if grad_norm is not None else math.nan
+    metrics["loss"] = metrics["lm loss"]
+    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
     metrics["lr"] = lr
     metrics["skipped"] = 0.0 if update_ok else 1.0
     return metrics
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
+    """Token budgets crossed by this step (saved at the first step reaching each)."""
+    per_step = tokens_per_step(cfg)
+    before, now = (step - 1) * per_step, step * per_step
+    return [b for b in sorted(set(cfg.checkpoint.save_at_tokens)) if before < b <= now]
 
 
 def run_training(cfg: RunConfig) -> dict[str, float]:
-    """Train for cfg.train.steps; returns the last step's metrics (same on every rank)."""
+    """Train (or resume) to the configured length; returns the last metrics (same on all ranks)."""
     from megatron.core import parallel_state
 
     rank = torch.distributed.get_rank()
     run_dir = Path(cfg.run.dir)
     if rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
+    tokenizer = load_tokenizer(cfg)
     state = build_train_state(cfg)
-    tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
-    train_ds, _ = build_train_valid_datasets(
-        cfg, cfg.train.steps * cfg.train.global_batch_size, cfg.train.global_batch_size)
+    state.tokenizer_info = tokenizer.describe()
+    tokenizer_file = cfg.data.tokenizer
+    total = train_steps(cfg)
+    per_step = tokens_per_step(cfg)
+
+    resume_from = latest_checkpoint(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
+    if resume_from is not None:
+        info = load_checkpoint(resume_from, state)
+        log.info("resumed from %s at step %d (%d tokens)", resume_from, info.step, info.tokens)
+    elif cfg.checkpoint.load:
+        info = load_checkpoint(Path(cfg.checkpoint.load), state, load_optimizer=False)
+        log.info("initial weights from %s (step %d)", cfg.checkpoint.load, info.step)
+
+    train_ds, valid_sets = build_datasets(cfg, tokenizer, total * cfg.train.global_batch_size)
     data_iterator = MicroBatchIterator(
         train_ds, cfg.train.micro_batch_size,
         parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
         consumed_samples=state.consumed_samples)
+    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0)
+    from megatron_kd.training.evaluate import evaluate
+
     for chunk in state.model:
         chunk.train()
-    t_start = time.perf_counter()
     metrics: dict[str, float] = {}
-    while state.step < cfg.train.steps:
-        t0 = time.perf_counter()
-        metrics = train_step(cfg, state, data_iterator)
-        dt = time.perf_counter() - t0
-        if rank == 0 and (state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.steps):
-            elapsed = time.perf_counter() - t_start
-            eta = elapsed / state.step * (cfg.train.steps - state.step)
-            log.info(
-                "step %d/%d | tokens %d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s",
-                state.step, cfg.train.steps, state.step * tokens_per_step, metrics["lm loss"],
-                metrics["lr"], metrics["grad norm"], tokens_per_step / dt, _fmt_eta(eta))
+    start_step, t_start = state.step, time.perf_counter()
+    stop = min(total, cfg.train.stop_at_step or total)
+    try:
+        while state.step < stop:
+            t0 = time.perf_counter()
+            metrics = train_step(cfg, state, data_iterator)
+            dt = time.perf_counter() - t0
+            step = state.step
+            record = {"step": step, "tokens": step * per_step, "loss": metrics["loss"],
+                      "lm_loss": metrics["lm loss"], "lr": metrics["lr"],
+                      "grad_norm": metrics["grad_norm"], "tokens_per_s": per_step / dt}
+            last = step == total
+            if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or last:
+                for name, value in evaluate(cfg, state.model, valid_sets).items():
+                    record[f"val/{name}"] = value
+                    metrics[f"val/{name}"] = value
+            if step % cfg.logging.log_interval == 0 or last or any(k.startswith("val/") for k in record):
+                elapsed = time.perf_counter() - t_start
+                eta = elapsed / (step - start_step) * (total - step)
+                writer.console(step, total, step * per_step, metrics, per_step / dt, eta)
+                vals = {k: v for k, v in record.items() if k.startswith("val/")}
+                if vals:
+                    log.info("validation at step %d: %s", step,
+                             " | ".join(f"{k[4:]} {v:.4f}" for k, v in vals.items()))
+                writer.write(record)
+            for budget in _budgets_due(cfg, step):
+                save_checkpoint(cfg, state, f"tokens_{budget}", "budget", tokenizer_file)
+            if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and not last:
+                save_checkpoint(cfg, state, f"step_{step:07d}", "periodic", tokenizer_file)
+        if state.step > start_step and state.step < total:
+            # Stopped early (stop_at_step): always leave a checkpoint to resume from.
+            save_checkpoint(cfg, state, f"step_{state.step:07d}", "periodic", tokenizer_file)
+        elif cfg.checkpoint.save_at_end and state.step > start_step:
+            save_checkpoint(cfg, state, f"step_{state.step:07d}", "final", tokenizer_file)
+    finally:
+        writer.close()
+    if not metrics:  # resumed a finished run: report its validation losses
+        metrics = {f"val/{k}": v for k, v in evaluate(cfg, state.model, valid_sets).items()}
+        metrics["loss"] = metrics["lm loss"] = math.nan
     metrics["step"] = state.step
     return metrics

@@ -8,6 +8,7 @@ from typing import Any
 
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.validate import train_steps
 from megatron_kd.models.gpt import build_gpt_model
 
 
@@ -18,6 +19,7 @@ class TrainState:
     scheduler: Any
     step: int = 0
     consumed_samples: int = 0
+    tokenizer_info: dict | None = None  # recorded in checkpoints
 
 
 def build_ddp_model(cfg: RunConfig) -> list:
@@ -71,13 +73,13 @@ def build_scheduler(cfg: RunConfig, optimizer):
         max_lr=tr.lr,
         min_lr=tr.lr * tr.min_lr_ratio,
         lr_warmup_steps=tr.warmup_steps,
-        lr_decay_steps=tr.steps,
+        lr_decay_steps=train_steps(cfg),
         lr_decay_style=_DECAY_STYLE[tr.lr_schedule],
         start_wd=tr.weight_decay,
         end_wd=tr.weight_decay,
-        wd_incr_steps=tr.steps,
+        wd_incr_steps=train_steps(cfg),
         wd_incr_style="constant",
-        wsd_decay_steps=max(1, round(tr.steps * tr.wsd_decay_fraction)) if wsd else None,
+        wsd_decay_steps=max(1, round(train_steps(cfg) * tr.wsd_decay_fraction)) if wsd else None,
         lr_wsd_decay_style="cosine" if wsd else None,
     )
 

@@ -1,0 +1,168 @@
+"""Training checkpoints: model + optimizer (dist_checkpointing, reshardable across TP/PP/DP),
+scheduler, per-rank RNG states and the data position; periodic, token-budget and final saves.
+
+Layout of RUN_DIR/checkpoints:
+    step_0000100/        periodic (the last `keep_last` kept)
+    tokens_5000000000/   a token-budget checkpoint (teacher zoo), always kept
+    step_0000500/        final, always kept
+    latest               name of the newest complete checkpoint (written last)
+Each checkpoint holds megatron-core's sharded files, `mkd_state.json` (step, consumed samples,
+tokens, scheduler state, kind), `config.yaml` (the config it was made with), the tokenizer
+file it was made with, and `rng/rank*.pt`.
+A checkpoint is written into NAME.partial and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_kd.checkpoint.model_io import unwrap
+from megatron_kd.config import dump_config
+from megatron_kd.config.schema import RunConfig
+from megatron_kd.errors import ConfigError
+
+log = logging.getLogger("megatron_kd.checkpoint")
+
+STATE_FILE = "mkd_state.json"
+LATEST = "latest"
+# The distributed optimizer's state is saved in the format that loads at any DP/TP/PP.
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    step: int
+    consumed_samples: int
+    tokens: int
+    kind: str
+
+
+def checkpoint_root(cfg: RunConfig) -> Path:
+    return Path(cfg.run.dir) / "checkpoints"
+
+
+def read_state(path: Path) -> dict:
+    f = Path(path) / STATE_FILE
+    if not f.is_file():
+        raise ConfigError(f"'{path}' is not a megatron_kd checkpoint (no {STATE_FILE}); "
+                          "point at a directory under RUN_DIR/checkpoints")
+    return json.loads(f.read_text())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / STATE_FILE).is_file() else None
+
+
+def _barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _sharded_state(model_chunks, optimizer, is_loading: bool) -> dict:
+    model_sd = unwrap(model_chunks[0]).sharded_state_dict()
+    state = {"model": model_sd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=dict(_OPTIM_METADATA))
+    return state
+
+
+def _rng_state() -> dict:
+    from megatron.core import tensor_parallel
+
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file: str | None) -> Path:
+    """Collective. Writes RUN_DIR/checkpoints/NAME and moves `latest` to it."""
+    from megatron.core import dist_checkpointing
+
+    root = checkpoint_root(cfg)
+    final, partial = root / name, root / f"{name}.partial"
+    if _rank() == 0:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    _barrier()
+    dist_checkpointing.save(_sharded_state(state.model, state.optimizer, is_loading=False), str(partial))
+    (partial / "rng").mkdir(exist_ok=True)
+    torch.save(_rng_state(), partial / "rng" / f"rank{_rank()}.pt")
+    _barrier()
+    if _rank() == 0:
+        tokens = state.step * cfg.train.global_batch_size * cfg.train.seq_length
+        meta = {"step": state.step, "consumed_samples": state.consumed_samples, "tokens": tokens,
+                "kind": kind, "scheduler": state.scheduler.state_dict(),
+                "world_size": torch.distributed.get_world_size(),
+                "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
+                "tokenizer": state.tokenizer_info}
+        (partial / STATE_FILE).write_text(json.dumps(meta, indent=2))
+        dump_config(cfg, partial / "config.yaml")
+        if tokenizer_file:
+            shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        tmp = root / f"{LATEST}.tmp"
+        tmp.write_text(name)
+        tmp.replace(root / LATEST)
+        _prune(root, cfg.checkpoint.keep_last)
+    _barrier()
+    log.info("saved checkpoint %s (step %d, %s)", final, state.step, kind)
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    periodic = sorted((p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()
+                       and read_state(p)["kind"] == "periodic"), key=lambda p: read_state(p)["step"])
+    latest = latest_checkpoint(root)
+    for p in periodic[:-keep_last]:
+        if p != latest:
+            shutil.rmtree(p)
+
+
+def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> CheckpointInfo:
+    """Collective. Restores model (any saved TP/PP), optimizer, scheduler, data position; RNG
+    too when the world size is the one it was saved with."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    meta = read_state(path)
+    optimizer = state.optimizer if load_optimizer else None
+    sharded = _sharded_state(state.model, optimizer, is_loading=True)
+    loaded = dist_checkpointing.load(sharded, str(path))
+    unwrap(state.model[0]).load_state_dict(loaded["model"], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+        state.scheduler.load_state_dict(meta["scheduler"])
+        state.step = meta["step"]
+        state.consumed_samples = meta["consumed_samples"]
+        rng_file = path / "rng" / f"rank{_rank()}.pt"
+        if meta.get("world_size") == torch.distributed.get_world_size() and rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=True))
+    return CheckpointInfo(path, meta["step"], meta["consumed_samples"], meta["tokens"], meta["kind"])

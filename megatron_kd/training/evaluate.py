@@ -1,0 +1,44 @@
+"""Validation loss on named sets through megatron-core's forward-only schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from megatron_kd.config.schema import RunConfig
+from megatron_kd.data.batches import MicroBatchIterator
+
+
+def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, float]:
+    """Mean per-token LM loss of each validation set (the same number on every rank).
+
+    Each set's first `n` sequences (n from build_datasets, rounded down to whole micro-batches
+    over the data-parallel ranks) are evaluated, in order, every time.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_kd.training.loop import broadcast_from_last_stage, forward_step, reduce_reports
+
+    dp = parallel_state.get_data_parallel_world_size()
+    micro = cfg.train.micro_batch_size
+    for chunk in model_chunks:
+        chunk.eval()
+    results = {}
+    try:
+        for name, (dataset, n) in valid_sets.items():
+            num_micro = max(1, n // (micro * dp))
+            it = MicroBatchIterator(dataset, micro, parallel_state.get_data_parallel_rank(), dp)
+            with torch.no_grad():
+                reports = get_forward_backward_func()(
+                    forward_step_func=forward_step, data_iterator=it, model=model_chunks,
+                    num_microbatches=num_micro, seq_length=cfg.train.seq_length,
+                    micro_batch_size=micro, forward_only=True)
+            value = reduce_reports(reports).get("lm loss", math.nan) \
+                if parallel_state.is_pipeline_last_stage() else math.nan
+            results[name] = broadcast_from_last_stage({"v": value}, ["v"])["v"]
+    finally:
+        for chunk in model_chunks:
+            chunk.train()
+    return results
