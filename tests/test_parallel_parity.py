@@ -1,5 +1,6 @@
 """Multi-process gloo tests: the same weights give the same function at any TP/PP layout."""
 
+from tests.conftest import corpus_overrides
 from tests.distributed import run_distributed
 
 TOL = 1e-5
@@ -18,14 +19,16 @@ def test_tp2_and_pp2_match_tp1(tmp_path):
     assert results[0]["pp2_stage_params"] != results[1]["pp2_stage_params"]
 
 
-def test_tp2_pp2_training_matches_tp1(tmp_path):
-    """Four ranks: TP=2 x PP=2 with sequence parallelism and QK-norm trains (DDP, optimizer,
-    pipeline schedule, TP-summed norm gradients) with the same loss trajectory as TP=1 x DP=4
-    from the same weights and data."""
+def test_tp2_pp2_training_matches_tp1(tmp_path, text_corpus):
+    """Four ranks on real text: TP=2 x PP=2 with sequence parallelism and QK-norm trains (DDP,
+    optimizer, pipeline schedule, TP-summed norm gradients) with the same loss trajectory and
+    validation loss as TP=1 x DP=4 from the same weights and data."""
     results = run_distributed("tests.workers.parallel_parity:training_matches_across_layouts", 4,
                               tmp_path, tp=2, pp=2, steps=3, sequence_parallel=True,
-                              qk_layernorm=True)
+                              qk_layernorm=True, data=corpus_overrides(text_corpus))
     ref, par = results[0]["reference"], results[0]["parallel"]
+    ref_val, par_val = results[0]["reference_valid"]["indomain"], results[0]["parallel_valid"]["indomain"]
+    assert abs(ref_val - par_val) < 1e-5, (ref_val, par_val)
     assert len(ref) == len(par) == 3
     assert ref[-1] < ref[0]  # it learns
     for a, b in zip(ref, par):

@@ -83,11 +83,12 @@ def _argv_without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def cmd_train(args) -> int:
+def _launch(args, cfg, body) -> int:
+    """Run `body(cfg)` on every rank: relaunch through torchrun for --nproc, else join the
+    launcher's world; process groups up before, torn down after."""
     from megatron_kd.cli.logs import setup_logging
     from megatron_kd.runtime.distributed import detect_launch_env
 
-    cfg = load_config(args.recipe, args.overrides)
     launch = detect_launch_env()
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
@@ -103,18 +104,48 @@ def cmd_train(args) -> int:
 
     from megatron_kd.models.gpt import check_fp8_available
     from megatron_kd.runtime.distributed import init_distributed, shutdown
-    from megatron_kd.training.loop import run_training
 
     check_fp8_available(cfg.precision)
     init_distributed(cfg.parallel, cfg.run.seed, launch)
     ok = False
     try:
-        metrics = run_training(cfg)
+        body(cfg, launch.rank)
         ok = True
     finally:
         shutdown(barrier=ok)
-    if launch.rank == 0:
-        vals = "".join(f", {k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
-        print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
-              f"run dir {cfg.run.dir}")
     return 0
+
+
+def cmd_train(args) -> int:
+    from megatron_kd.training.loop import run_training
+
+    def body(cfg, rank):
+        metrics = run_training(cfg)
+        if rank == 0:
+            vals = "".join(f", {k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+            print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
+                  f"run dir {cfg.run.dir}")
+
+    return _launch(args, load_config(args.recipe, args.overrides), body)
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from megatron_kd.training.evaluate import resolve_checkpoint, run_eval
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    run_dir = ckpt.parent.parent
+    cfg = load_config(ckpt / "config.yaml", [f"run.dir={run_dir}", *args.overrides])
+
+    def body(cfg, rank):
+        r = run_eval(cfg, Path(ckpt))
+        if rank == 0:
+            print(f"{ckpt} (step {r['step']}, {r['tokens']:,} tokens) at seq {r['seq_length']}, "
+                  f"tp={r['tp']} pp={r['pp']}:")
+            for name, loss in r["loss"].items():
+                print(f"  {name:<16} loss {loss:.4f}  ppl {r['perplexity'][name]:.2f}  "
+                      f"({r['sequences'][name]} sequences)")
+            print(f"written: {r['written']}")
+
+    return _launch(args, cfg, body)

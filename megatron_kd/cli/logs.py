@@ -15,6 +15,10 @@ _QUIET_WARNINGS = (
     r".*fp8 argument in .* has been deprecated.*",
     r".*full scope is deprecated.*",
     r".*MimoModelConfig is experimental.*",
+    # torch.distributed.checkpoint, as megatron-core's dist_checkpointing drives it:
+    r".*torch.distributed is disabled, unavailable or uninitialized.*",
+    r".*argument order of load has been changed.*",
+    r".*Please use DTensor instead and we are deprecating ShardedTensor.*",
 )
 _QUIET_LOG_MESSAGES = ("GPTModel IS DEPRECATED", "MCore's async save is deprecated")
 

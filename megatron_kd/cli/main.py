@@ -5,6 +5,9 @@
     mkd config RECIPE [key=value ...]  validate and print the resolved config
     mkd train RECIPE [key=value ...] [--nproc N]
                                        train (one process, torchrun or srun)
+    mkd eval CHECKPOINT [key=value ...] validation losses of a checkpoint
+    mkd data corpus|train-tokenizer|preprocess
+                                       build the embedded corpus / tokenizers / datasets
 
 Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
 --debug for the traceback.
@@ -33,6 +36,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
+    from megatron_kd.cli.data_commands import add_data_parser
 
     parser = argparse.ArgumentParser(
         prog="mkd", description="Knowledge distillation for LLM pretraining on megatron-core.",
@@ -61,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1,
                    help="start this many local processes (torchrun) when not already launched")
     p.set_defaults(func=commands.cmd_train)
+
+    p = sub.add_parser("eval", help="validation loss of a checkpoint on each named set",
+                       description="Evaluate a checkpoint (any TP/PP it was saved with) on the "
+                                   "validation sets of its config, or of the overrides; writes "
+                                   "RUN_DIR/eval/<checkpoint>.json")
+    p.add_argument("checkpoint", help="a checkpoint directory (RUN_DIR/checkpoints/NAME) or a run dir")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. parallel.tp=1 train.seq_length=64 logging.eval_samples=256")
+    p.add_argument("--nproc", type=int, default=1)
+    p.set_defaults(func=commands.cmd_eval)
+
+    add_data_parser(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -42,3 +43,43 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
         for chunk in model_chunks:
             chunk.train()
     return results
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (then its latest checkpoint)."""
+    from megatron_kd.checkpoint.manager import STATE_FILE, latest_checkpoint
+    from megatron_kd.errors import ConfigError
+
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path / "checkpoints")
+    if latest is not None:
+        return latest
+    raise ConfigError(f"'{path}' is neither a checkpoint nor a run directory with checkpoints; "
+                      "pass RUN_DIR or RUN_DIR/checkpoints/NAME")
+
+
+def run_eval(cfg: RunConfig, checkpoint: Path) -> dict:
+    """Load `checkpoint` into the layout of `cfg` and evaluate its validation sets."""
+    import json
+
+    from megatron_kd.checkpoint.manager import load_checkpoint
+    from megatron_kd.data.datasets import build_datasets, load_tokenizer
+    from megatron_kd.training.setup import TrainState, build_ddp_model
+
+    tokenizer = load_tokenizer(cfg)
+    state = TrainState(model=build_ddp_model(cfg), optimizer=None, scheduler=None)
+    info = load_checkpoint(checkpoint, state, load_optimizer=False)
+    _, valid = build_datasets(cfg, tokenizer, cfg.train.global_batch_size)
+    losses = evaluate(cfg, state.model, valid)
+    result = {"checkpoint": str(checkpoint), "step": info.step, "tokens": info.tokens,
+              "seq_length": cfg.train.seq_length, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp,
+              "loss": losses, "perplexity": {k: math.exp(min(v, 50.0)) for k, v in losses.items()},
+              "sequences": {k: n for k, (_, n) in valid.items()}}
+    if torch.distributed.get_rank() == 0:
+        out = checkpoint.parent.parent / "eval" / f"{checkpoint.name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        result["written"] = str(out)
+    return result

@@ -13,13 +13,13 @@ import torch
 VOCAB = 250  # not a multiple of the padding unit: padded slots must stay inert
 
 
-def _cfg(tp=1, pp=1, **overrides):
+def _cfg(tp=1, pp=1, extra=(), **overrides):
     from megatron_kd.config import load_config
 
     ov = [f"parallel.tp={tp}", f"parallel.pp={pp}", f"model.vocab_size={VOCAB}",
           "model.num_layers=4", "model.make_vocab_size_divisible_by=64",
           "train.seq_length=16", "train.micro_batch_size=2"]
-    ov += [f"{k}={v}" for k, v in overrides.items()]
+    ov += [f"{k}={v}" for k, v in overrides.items()] + list(extra)
     return load_config("train/tiny-mock", ov)
 
 
@@ -144,12 +144,14 @@ def tp_pp_forward_backward(workdir: str) -> dict:
 
 def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int = 3,
                                     sequence_parallel: bool = False,
-                                    qk_layernorm: bool = False) -> dict:
+                                    qk_layernorm: bool = False, data: tuple = ()) -> dict:
     """Train `steps` steps at TP=1 (all ranks data-parallel) and at TP=tp x PP=pp from the same
-    weights and data order; report both loss trajectories."""
+    weights and data order (`data`: overrides naming a real corpus; default mock); report both
+    loss trajectories and the validation losses after them."""
     from megatron_kd.checkpoint.model_io import save_model_weights
     from megatron_kd.data.batches import MicroBatchIterator
-    from megatron_kd.data.datasets import build_train_valid_datasets
+    from megatron_kd.data.datasets import build_datasets, load_tokenizer
+    from megatron_kd.training.evaluate import evaluate
     from megatron_kd.runtime.distributed import shutdown
     from megatron_kd.training.loop import train_step
     from megatron_kd.training.setup import build_train_state
@@ -161,14 +163,16 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
         cfg = _cfg(tp=t, pp=p, **{"train.global_batch_size": 8, "train.steps": steps,
                                   "run.dir": str(work / name), "train.warmup_steps": 0,
                                   "model.qk_layernorm": qk_layernorm,
-                                  "parallel.sequence_parallel": sequence_parallel and t > 1})
+                                  "parallel.sequence_parallel": sequence_parallel and t > 1},
+                   extra=data)
         _relayout(cfg, seed=21 if name == "reference" else 77)
         state = build_train_state(cfg, init_weights=None if name == "reference" else work / "w0")
         if name == "reference":
             save_model_weights(state.model[0], work / "w0")
-        train_ds, _ = build_train_valid_datasets(cfg, steps * 8, 8)
+        train_ds, valid = build_datasets(cfg, load_tokenizer(cfg), steps * 8)
         it = MicroBatchIterator(train_ds, 2, parallel_state.get_data_parallel_rank(),
                                 parallel_state.get_data_parallel_world_size())
         losses[name] = [train_step(cfg, state, it)["lm loss"] for _ in range(steps)]
+        losses[f"{name}_valid"] = evaluate(cfg, state.model, valid)
     shutdown()
     return losses
