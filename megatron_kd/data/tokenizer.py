@@ -131,10 +131,11 @@ def train_sentencepiece(inputs: list[Path], out_dir: Path, vocab_size: int,
             vocab_size=vocab_size,
             model_type=model_type,
             byte_fallback=True,
-            character_coverage=1.0,
+            character_coverage=0.9995,  # rare characters go through byte fallback
             pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             user_defined_symbols=list(special_tokens),
-            normalization_rule_name="identity",  # keep text byte-exact
+            normalization_rule_name="identity",  # keep text byte-exact ...
+            remove_extra_whitespaces=False,  # ... including runs of spaces (code, verse)
             split_digits=True,
             input_sentence_size=max_sentences,
             max_sentence_length=1 << 16,
