@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -123,8 +124,12 @@ def cmd_train(args) -> int:
         metrics = run_training(cfg)
         if rank == 0:
             vals = "".join(f", {k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
-            print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
-                  f"run dir {cfg.run.dir}")
+            if math.isnan(metrics["loss"]):
+                print(f"already complete: {metrics['step']} steps{vals}, run dir {cfg.run.dir} "
+                      "(use another run.dir to train again)")
+            else:
+                print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
+                      f"run dir {cfg.run.dir}")
 
     return _launch(args, load_config(args.recipe, args.overrides), body)
 

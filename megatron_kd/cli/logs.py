@@ -14,6 +14,7 @@ _QUIET_WARNINGS = (
     r".*absl.logging is not installed.*",
     r".*fp8 argument in .* has been deprecated.*",
     r".*full scope is deprecated.*",
+    r".*recommended to set the environment variable CUDA_DEVICE_MAX_CONNECTIONS.*",
     r".*MimoModelConfig is experimental.*",
     # torch.distributed.checkpoint, as megatron-core's dist_checkpointing drives it:
     r".*torch.distributed is disabled, unavailable or uninitialized.*",
