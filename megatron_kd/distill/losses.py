@@ -1,0 +1,297 @@
+"""Knowledge-distillation losses on vocab-parallel logits.
+
+`kd_loss(student_logits, teacher_logits, ...)` takes each rank's vocabulary shard `[..., V/TP]`
+and returns the per-token loss `[...]`, identical on every rank of `tp_group`; its backward gives
+each rank exactly the gradient of that loss w.r.t. its own shard (megatron-core's convention for
+`vocab_parallel_cross_entropy`). The full vocabulary is never gathered.
+
+Kinds (temperature T on both logits, loss scaled by T^2 unless `t2_scale=False`):
+- forward_kl: KL(p_T || p_S), the paper's;
+- reverse_kl: KL(p_S || p_T);
+- jsd: generalized JSD, beta*KL(p_T || m) + (1-beta)*KL(p_S || m), m = beta*p_T + (1-beta)*p_S;
+- hard: cross entropy of the student to the teacher's argmax (ties: lowest vocabulary id).
+Teacher truncation (forward_kl): `top_k` / `top_p` keep the teacher's largest probabilities
+(selected exactly over all shards; top-k ties broken toward the lowest id, top-p keeps every
+entry tied at its threshold), renormalised, or with `other_bucket=True` the left-over mass
+of both distributions forms one extra "other" class.
+
+Numerics: fp32 accumulation whatever the input dtype; columns at or past `vocab_size` (TP
+padding) never contribute; masked tokens have zero loss and gradient; the teacher is a constant
+(no gradient). The gradient is computed analytically in the forward pass, chunk by chunk over
+tokens, into one logits-sized buffer; backward only scales it. No autograd graph through softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+KINDS = ("forward_kl", "reverse_kl", "jsd", "hard")
+
+
+@dataclass(frozen=True)
+class KDOptions:
+    kind: str = "forward_kl"
+    temperature: float = 1.0
+    t2_scale: bool = True
+    top_k: int | None = None
+    top_p: float | None = None
+    other_bucket: bool = False
+    jsd_beta: float = 0.5
+    vocab_size: int | None = None  # true vocabulary; None = no padding columns
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kd kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"kd temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"kd top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"kd top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_p is not None:
+            raise ValueError("kd top_k and top_p are exclusive; set one")
+        if (self.top_k or self.top_p) and self.kind != "forward_kl":
+            raise ValueError("kd top_k/top_p truncate the teacher for kind=forward_kl only")
+        if self.kind == "jsd" and not 0 < self.jsd_beta < 1:
+            raise ValueError(f"kd jsd_beta must be in (0, 1) (use forward_kl / reverse_kl for "
+                             f"the end points), got {self.jsd_beta}")
+
+
+def _group_size(group) -> int:
+    """None means no tensor parallelism (not the default world group)."""
+    if group is None or not dist.is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def _group_rank(group) -> int:
+    if group is None or not dist.is_initialized():
+        return 0
+    return dist.get_rank(group)
+
+
+def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
+    if _group_size(group) > 1:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+class _Shard:
+    """Where this rank's columns sit in the vocabulary, and which are real tokens."""
+
+    def __init__(self, width: int, vocab_size: int | None, group, device):
+        self.group = group
+        self.rank = _group_rank(group)
+        self.start = self.rank * width
+        ids = torch.arange(self.start, self.start + width, device=device)
+        self.ids = ids
+        self.valid = None if vocab_size is None else ids < vocab_size
+
+    def mask(self, x: torch.Tensor, fill: float) -> torch.Tensor:
+        return x if self.valid is None else x.masked_fill(~self.valid, fill)
+
+
+def _log_softmax(x: torch.Tensor, shard: _Shard) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p and p over the whole (sharded) vocabulary; padded columns get p = 0, log p = -inf."""
+    x = shard.mask(x, -math.inf)
+    m = x.max(dim=-1, keepdim=True).values
+    m = _all_reduce(m, dist.ReduceOp.MAX, shard.group)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of -inf stays -inf below
+    e = torch.exp(x - m)
+    s = _all_reduce(e.sum(dim=-1, keepdim=True, dtype=torch.float64), dist.ReduceOp.SUM, shard.group)
+    logp = x - m - torch.log(s).float()
+    return logp, e / s.float()
+
+
+def _xlogy_terms(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """p * (log p - log q) with 0 where p == 0 (the KL convention)."""
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+
+
+def _ordered_keys(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys with the same order as the float32 values (for exact threshold search)."""
+    i = x.float().contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(i < 0, -(i & 0x7FFFFFFF) - 1, i)
+
+
+def _threshold_search(keys: torch.Tensor, weight: torch.Tensor | None, target: torch.Tensor,
+                      group) -> torch.Tensor:
+    """Per row, the largest key t with sum(weight[keys >= t]) >= target (weight None = count).
+
+    A bisection over the 32-bit key space with one all-reduce per step: exact, and never holds
+    more than the local shard.
+    """
+    lo = _all_reduce(keys.min(dim=-1).values, dist.ReduceOp.MIN, group)
+    hi = _all_reduce(keys.max(dim=-1).values, dist.ReduceOp.MAX, group)
+    for _ in range(34):
+        mid = lo + (hi - lo + 1) // 2
+        sel = keys >= mid.unsqueeze(-1)
+        amount = sel.sum(-1, dtype=torch.float64) if weight is None else \
+            torch.where(sel, weight, torch.zeros_like(weight)).sum(-1, dtype=torch.float64)
+        amount = _all_reduce(amount, dist.ReduceOp.SUM, group)
+        ok = amount >= target
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid - 1)
+        if bool((lo == hi).all()):
+            break
+    return lo
+
+
+def _top_k_set(c: torch.Tensor, k: int, shard: _Shard) -> torch.Tensor:
+    """Exactly k columns per row with the largest teacher logits (ties -> lowest ids)."""
+    keys = _ordered_keys(shard.mask(c, -math.inf))
+    n_valid = c.shape[-1] if shard.valid is None else int(shard.valid.sum())
+    total = _all_reduce(torch.tensor([n_valid], device=c.device), dist.ReduceOp.SUM, shard.group)
+    k = min(k, int(total.item()))
+    target = torch.full(keys.shape[:-1], float(k), dtype=torch.float64, device=c.device)
+    t = _threshold_search(keys, None, target, shard.group).unsqueeze(-1)
+    above = keys > t
+    ties = keys == t
+    if shard.valid is not None:
+        ties &= shard.valid
+    n_above = _all_reduce(above.sum(-1), dist.ReduceOp.SUM, shard.group)
+    local_ties = ties.sum(-1)
+    # How many tied columns live on lower ranks: an all-gather of per-row tie counts.
+    size = _group_size(shard.group)
+    if size > 1:
+        gathered = [torch.empty_like(local_ties) for _ in range(size)]
+        dist.all_gather(gathered, local_ties.contiguous(), group=shard.group)
+        before = sum(gathered[:shard.rank], torch.zeros_like(local_ties))
+    else:
+        before = torch.zeros_like(local_ties)
+    quota = (k - n_above - before).clamp(min=0)
+    take = ties & (torch.cumsum(ties.to(torch.int64), -1) <= quota.unsqueeze(-1))
+    return above | take
+
+
+def _top_p_set(p_t: torch.Tensor, top_p: float, shard: _Shard) -> torch.Tensor:
+    """The columns whose teacher probability is at least the smallest threshold that keeps
+    mass >= top_p (all ties at the threshold included)."""
+    keys = _ordered_keys(p_t)
+    target = torch.full(keys.shape[:-1], top_p * (1 - 1e-7), dtype=torch.float64, device=p_t.device)
+    t = _threshold_search(keys, p_t.double(), target, shard.group)
+    keep = keys >= t.unsqueeze(-1)
+    return keep & (p_t > 0)
+
+
+def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
+                         shard: _Shard) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss [n] and d loss / d student logits [n, V_local], fp32."""
+    T = opt.temperature
+    scale = T * T if opt.t2_scale else 1.0
+    a = zs.float() / T
+    c = zt.float() / T
+    logp_s, p_s = _log_softmax(a, shard)
+    group = shard.group
+    # Row sums accumulate in float64 (cheap: one value per token) and return to fp32.
+    sum_ = lambda x: _all_reduce(x.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group).float()  # noqa: E731
+
+    if opt.kind == "hard":
+        cm = shard.mask(c, -math.inf)
+        best = _all_reduce(cm.max(-1).values, dist.ReduceOp.MAX, group)
+        big = torch.iinfo(torch.int64).max
+        ids = torch.where(cm == best.unsqueeze(-1), shard.ids.expand_as(cm), torch.full_like(shard.ids, big).expand_as(cm))
+        target = _all_reduce(ids.min(-1).values, dist.ReduceOp.MIN, group)
+        onehot = shard.ids.unsqueeze(0) == target.unsqueeze(-1)
+        loss = -sum_(torch.where(onehot, logp_s, torch.zeros_like(logp_s)))
+        grad = p_s - onehot.float()
+    elif opt.kind == "forward_kl":
+        logp_t, p_t = _log_softmax(c, shard)
+        if opt.top_k is None and opt.top_p is None:
+            loss = sum_(_xlogy_terms(p_t, logp_t, logp_s))
+            grad = p_s - p_t
+        else:
+            keep = _top_k_set(c, opt.top_k, shard) if opt.top_k else _top_p_set(p_t, opt.top_p, shard)
+            kept_t = torch.where(keep, p_t, torch.zeros_like(p_t))
+            mass_t = sum_(kept_t)  # teacher mass kept
+            if opt.other_bucket:
+                q_o = (1 - mass_t).clamp(min=0)
+                s_o = (1 - sum_(torch.where(keep, p_s, torch.zeros_like(p_s)))).clamp(min=1e-30)
+                loss = sum_(_xlogy_terms(kept_t, logp_t, logp_s))
+                loss = loss + torch.where(q_o > 0, q_o * (torch.log(q_o.clamp(min=1e-30)) - torch.log(s_o)),
+                                          torch.zeros_like(q_o))
+                grad = torch.where(keep, p_s - p_t, p_s * (1 - (q_o / s_o).unsqueeze(-1)))
+            else:
+                pt_tilde = kept_t / mass_t.unsqueeze(-1)
+                logpt_tilde = logp_t - torch.log(mass_t).unsqueeze(-1)
+                loss = sum_(_xlogy_terms(pt_tilde, logpt_tilde, logp_s))
+                grad = p_s - pt_tilde
+    elif opt.kind == "reverse_kl":
+        logp_t, p_t = _log_softmax(c, shard)
+        loss = sum_(_xlogy_terms(p_s, logp_s, logp_t))
+        # log p_S - log p_T = (a - c) - (lse_a - lse_c): the constant cancels in the gradient,
+        # so use the raw difference (no cancellation between large log-probabilities).
+        u = torch.where(p_s > 0, a - c, torch.zeros_like(a))
+        grad = p_s * (u - sum_(p_s * u).unsqueeze(-1))
+    else:  # jsd
+        beta = opt.jsd_beta
+        logp_t, p_t = _log_softmax(c, shard)
+        m = beta * p_t + (1 - beta) * p_s
+        logm = torch.log(m.clamp(min=1e-45))
+        logm = torch.where(m > 0, logm, torch.full_like(logm, -math.inf))
+        loss = beta * sum_(_xlogy_terms(p_t, logp_t, logm)) + (1 - beta) * sum_(_xlogy_terms(p_s, logp_s, logm))
+        g = (1 - beta) * torch.where(p_s > 0, logp_s - logm, torch.zeros_like(logp_s))
+        grad = p_s * (g - sum_(p_s * g).unsqueeze(-1))
+    grad = shard.mask(grad, 0.0)
+    return loss * scale, grad * (scale / T)
+
+
+class _KDLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, mask, opt: KDOptions, group, chunk_size):
+        shape = student.shape
+        zs = student.reshape(-1, shape[-1])
+        zt = teacher.detach().reshape(-1, teacher.shape[-1])
+        n = zs.shape[0]
+        shard = _Shard(zs.shape[-1], opt.vocab_size, group, zs.device)
+        loss = torch.zeros(n, dtype=torch.float32, device=zs.device)
+        # The one extra logits-sized buffer: the gradient, in the student's dtype.
+        grad = torch.empty_like(zs) if student.requires_grad else None
+        m = None if mask is None else mask.reshape(-1).to(torch.float32)
+        step = n if not chunk_size else chunk_size
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            l, g = _chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
+            if m is not None:
+                w = m[s:e]
+                l = torch.where(w > 0, l * w, torch.zeros_like(l))
+                g = torch.where(w.unsqueeze(-1) > 0, g * w.unsqueeze(-1), torch.zeros_like(g))
+            loss[s:e] = l
+            if grad is not None:
+                grad[s:e] = g.to(grad.dtype)
+        ctx.save_for_backward(grad)
+        ctx.shape = shape
+        return loss.reshape(shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None, None, None
+        g = grad.mul_(grad_loss.reshape(-1, 1).to(grad.dtype))  # in place: no second buffer
+        return g.reshape(ctx.shape), None, None, None, None, None
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+            kind: str = "forward_kl", temperature: float = 1.0, t2_scale: bool = True,
+            top_k: int | None = None, top_p: float | None = None, other_bucket: bool = False,
+            jsd_beta: float = 0.5, vocab_size: int | None = None,
+            loss_mask: torch.Tensor | None = None, tp_group=None,
+            chunk_size: int | None = None) -> torch.Tensor:
+    """Per-token KD loss `[...]` from vocab-sharded logits `[..., V/TP]` (see module doc).
+
+    `tp_group`: the tensor-parallel group the vocabulary is split over (None: one process).
+    `vocab_size`: the true vocabulary; columns at or past it are padding. `loss_mask`: `[...]`,
+    0 for tokens that must not count. `chunk_size`: tokens per chunk (bounds fp32 temporaries).
+    """
+    opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
+    opt.check()
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape (same padded "
+                         "vocabulary shard); align the teacher's vocabulary first")
+    return _KDLossFunction.apply(student_logits, teacher_logits, loss_mask, opt, tp_group, chunk_size)
