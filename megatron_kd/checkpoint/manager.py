@@ -26,6 +26,7 @@ from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config import dump_config
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
+from megatron_kd.models.gpt import model_padded_vocab
 
 log = logging.getLogger("megatron_kd.checkpoint")
 
@@ -120,6 +121,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
                 "kind": kind, "scheduler": state.scheduler.state_dict(),
                 "world_size": torch.distributed.get_world_size(),
                 "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
+                "padded_vocab_size": model_padded_vocab(cfg.model, cfg.parallel.tp),
                 "tokenizer": state.tokenizer_info}
         (partial / STATE_FILE).write_text(json.dumps(meta, indent=2))
         dump_config(cfg, partial / "config.yaml")

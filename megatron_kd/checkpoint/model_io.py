@@ -26,9 +26,12 @@ def save_model_weights(model, directory: str | Path) -> None:
 
 
 def load_model_weights(model, directory: str | Path, strict: bool = True) -> None:
-    """Collective: load weights saved at any TP/PP into this rank's shard of `model`."""
+    """Collective: load weights saved at any TP/PP into this rank's shard of `model`, from a
+    weights-only checkpoint (save_model_weights) or a training checkpoint (its "model" part)."""
     from megatron.core import dist_checkpointing
 
     inner = unwrap(model)
-    state = dist_checkpointing.load(inner.sharded_state_dict(), str(directory))
-    inner.load_state_dict(state, strict=strict)
+    training_ckpt = (Path(directory) / "mkd_state.json").is_file()
+    sharded = {"model": inner.sharded_state_dict()} if training_ckpt else inner.sharded_state_dict()
+    state = dist_checkpointing.load(sharded, str(directory))
+    inner.load_state_dict(state["model"] if training_ckpt else state, strict=strict)

@@ -120,6 +120,12 @@ def _launch(args, cfg, body) -> int:
 def cmd_train(args) -> int:
     from megatron_kd.training.loop import run_training
 
+    cfg = load_config(args.recipe, args.overrides)
+    if cfg.teacher.checkpoint:  # fail before any process starts: never train against no teacher
+        from megatron_kd.distill.model import resolve_teacher
+
+        resolve_teacher(cfg)
+
     def body(cfg, rank):
         metrics = run_training(cfg)
         if rank == 0:
@@ -131,7 +137,7 @@ def cmd_train(args) -> int:
                 print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
                       f"run dir {cfg.run.dir}")
 
-    return _launch(args, load_config(args.recipe, args.overrides), body)
+    return _launch(args, cfg, body)
 
 
 def cmd_eval(args) -> int:
@@ -139,9 +145,15 @@ def cmd_eval(args) -> int:
 
     from megatron_kd.training.evaluate import resolve_checkpoint, run_eval
 
+    from megatron_kd.checkpoint.manager import read_state
+
     ckpt = resolve_checkpoint(args.checkpoint)
     run_dir = ckpt.parent.parent
-    cfg = load_config(ckpt / "config.yaml", [f"run.dir={run_dir}", *args.overrides])
+    padded = read_state(ckpt).get("padded_vocab_size")
+    base = [f"run.dir={run_dir}", "teacher.checkpoint=null"]  # the student alone
+    if padded:
+        base.append(f"model.padded_vocab_size={padded}")
+    cfg = load_config(ckpt / "config.yaml", [*base, *args.overrides])
 
     def body(cfg, rank):
         r = run_eval(cfg, Path(ckpt))

@@ -23,6 +23,7 @@ class ModelConfig:
     kv_channels: Optional[int] = None  # head dim; None = hidden_size / num_attention_heads
     vocab_size: int = 256  # the tokenizer's true vocabulary size
     make_vocab_size_divisible_by: int = 128  # padded vocab = multiple of this x TP
+    padded_vocab_size: Optional[int] = None  # explicit padded size (set from checkpoints/teachers)
     max_position_embeddings: int = 2048  # longest sequence the model supports
     rotary_base: int = 10000  # RoPE theta
     rope_scaling: bool = False  # llama3.1-style RoPE frequency scaling
@@ -119,6 +120,45 @@ class LoggingConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """A value over training progress (steps; tokens are proportional): from the base value to
+    `final`. constant | linear | cosine | wsd (warm up from `final` over `warmup_fraction`,
+    hold, then decay to `final` over the last `decay_fraction`)."""
+
+    kind: Literal["constant", "linear", "cosine", "wsd"] = "constant"
+    final: Optional[float] = None  # end value; None = the base value (constant)
+    warmup_fraction: float = 0.0
+    decay_fraction: float = 0.1
+
+
+@dataclass
+class KDConfig:
+    """The distillation objective: mix * CE + ... * T^2 * KD (see megatron_kd/distill)."""
+
+    alpha: float = 0.5  # KD weight; 0 = plain pretraining, 1 = pure KD
+    mix: Literal["convex", "keep_ce", "keep_kd", "magnitude_matched"] = "convex"
+    kind: Literal["forward_kl", "reverse_kl", "jsd", "hard"] = "forward_kl"
+    temperature: float = 1.0  # on both logits
+    t2_scale: bool = True  # multiply the KD term by T^2
+    top_k: Optional[int] = None  # keep the teacher's top-k tokens (forward_kl)
+    top_p: Optional[float] = None  # keep the teacher's top-p mass (forward_kl)
+    other_bucket: bool = False  # truncated mass as one extra "other" class
+    jsd_beta: float = 0.5  # generalized JSD interpolation, in (0, 1)
+    alpha_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    temperature_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    chunk_size: Optional[int] = None  # tokens per loss chunk (bounds fp32 temporaries)
+    teacher_metrics: bool = True  # teacher CE, entropy and top-1 agreement each step
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher: its checkpoint (and model recipe, default: the checkpoint's own)."""
+
+    checkpoint: Optional[str] = None  # a checkpoint dir or a run dir (its latest); None = no KD
+    model: Optional[str] = None  # model recipe (e.g. models/llama3-1b); None = from the checkpoint
+
+
+@dataclass
 class RunInfo:
     """Identity of a run."""
 
@@ -139,3 +179,5 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -36,6 +36,10 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     _require(groups % par.tp == 0,
              f"model.num_query_groups={groups} (GQA kv heads) is not divisible by parallel.tp="
              f"{par.tp}; use tp <= {groups} that divides it")
+    if m.padded_vocab_size is not None:
+        _require(m.padded_vocab_size >= m.vocab_size and m.padded_vocab_size % par.tp == 0,
+                 f"model.padded_vocab_size={m.padded_vocab_size} must be >= model.vocab_size="
+                 f"{m.vocab_size} and divisible by parallel.tp={par.tp}")
     _require(m.ffn_hidden_size % par.tp == 0,
              f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={par.tp}")
     _require(m.num_layers % par.pp == 0,
@@ -64,6 +68,7 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     _require(tr.stop_at_step is None or 1 <= tr.stop_at_step,
              f"train.stop_at_step must be >= 1, got {tr.stop_at_step}")
     _validate_data(cfg)
+    _validate_kd(cfg)
     ck, lg = cfg.checkpoint, cfg.logging
     _require(ck.save_interval >= 0, f"checkpoint.save_interval must be >= 0, got {ck.save_interval}")
     _require(all(t > 0 for t in ck.save_at_tokens),
@@ -143,6 +148,32 @@ def _validate_data(cfg: RunConfig) -> None:
                  f"data.train_weights must be non-negative and not all zero, got {d.train_weights}")
     split = parse_split(d.split)
     _require(split[0] > 0, f"data.split={d.split!r} leaves nothing for training")
+
+
+def _validate_kd(cfg: RunConfig) -> None:
+    kd = cfg.kd
+    _require(0.0 <= kd.alpha <= 1.0, f"kd.alpha must be in [0, 1], got {kd.alpha}")
+    _require(kd.temperature > 0, f"kd.temperature must be > 0, got {kd.temperature}")
+    _require(kd.top_k is None or kd.top_k >= 1, f"kd.top_k must be >= 1, got {kd.top_k}")
+    _require(kd.top_p is None or 0 < kd.top_p <= 1, f"kd.top_p must be in (0, 1], got {kd.top_p}")
+    _require(kd.top_k is None or kd.top_p is None, "kd.top_k and kd.top_p are exclusive; set one")
+    _require(not (kd.top_k or kd.top_p) or kd.kind == "forward_kl",
+             f"kd.top_k/top_p truncate the teacher for kd.kind=forward_kl, not {kd.kind}")
+    _require(not kd.other_bucket or bool(kd.top_k or kd.top_p),
+             "kd.other_bucket needs kd.top_k or kd.top_p")
+    _require(0 < kd.jsd_beta < 1, f"kd.jsd_beta must be in (0, 1), got {kd.jsd_beta}")
+    _require(kd.chunk_size is None or kd.chunk_size >= 1, f"kd.chunk_size must be >= 1, got {kd.chunk_size}")
+    for name, sched in (("alpha_schedule", kd.alpha_schedule), ("temperature_schedule", kd.temperature_schedule)):
+        _require(0 <= sched.warmup_fraction < 1 and 0 < sched.decay_fraction <= 1
+                 and sched.warmup_fraction + sched.decay_fraction <= 1,
+                 f"kd.{name}: warmup_fraction and decay_fraction must be in [0, 1) and (0, 1] "
+                 "and add up to at most 1")
+    if kd.alpha_schedule.final is not None:
+        _require(0 <= kd.alpha_schedule.final <= 1,
+                 f"kd.alpha_schedule.final must be in [0, 1], got {kd.alpha_schedule.final}")
+    if kd.temperature_schedule.final is not None:
+        _require(kd.temperature_schedule.final > 0,
+                 f"kd.temperature_schedule.final must be > 0, got {kd.temperature_schedule.final}")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:

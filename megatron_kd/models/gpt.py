@@ -93,6 +93,13 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
     )
 
 
+def model_padded_vocab(model: ModelConfig, tp: int) -> int:
+    """The padded vocabulary the model is built with: explicit, or megatron's rule."""
+    if model.padded_vocab_size is not None:
+        return model.padded_vocab_size
+    return padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, tp)
+
+
 def layer_spec(model: ModelConfig, use_te: bool | None = None):
     """ModuleSpec for one decoder layer: TE fused layers on GPU when available, else local."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
@@ -122,7 +129,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),
-        vocab_size=padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp),
+        vocab_size=model_padded_vocab(model, parallel.tp),
         max_sequence_length=model.max_position_embeddings,
         pre_process=pre_process,
         post_process=post_process,

@@ -20,7 +20,15 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_kd.training.loop import broadcast_from_last_stage, forward_step, reduce_reports
+    from megatron_kd.training.steps import (
+        StepContext,
+        broadcast_from_last_stage,
+        make_forward_step,
+        reduce_reports,
+    )
+
+    model_chunks = student_chunks(model_chunks)
+    forward_step = make_forward_step(StepContext())
 
     dp = parallel_state.get_data_parallel_world_size()
     micro = cfg.train.micro_batch_size
@@ -43,6 +51,17 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
         for chunk in model_chunks:
             chunk.train()
     return results
+
+
+def student_chunks(model_chunks: list) -> list:
+    """The student alone (validation is the student's LM loss; no teacher forward)."""
+    from megatron_kd.distill.model import DistillationModel
+
+    out = []
+    for chunk in model_chunks:
+        inner = getattr(chunk, "module", chunk)
+        out.append(inner.module if isinstance(inner, DistillationModel) else chunk)
+    return out
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from megatron_kd.checkpoint.manager import (
     checkpoint_root,
     latest_checkpoint,
     load_checkpoint,
+    read_state,
     save_checkpoint,
 )
 from megatron_kd.config import dump_config
@@ -26,71 +26,44 @@ from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.setup import TrainState, build_train_state
+from megatron_kd.distill.model import align_padded_vocab, resolve_teacher
+from megatron_kd.distill.schedules import scheduled_value
+from megatron_kd.training.steps import (
+    KD_REPORTS,
+    StepContext,
+    broadcast_from_last_stage,
+    make_forward_step,
+    pipeline_shapes_fn,
+    reduce_reports,
+)
 
 log = logging.getLogger("megatron_kd.train")
 
 
-def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of per-token CE over unmasked tokens, the token count, and a report entry."""
-    losses = output_tensor.float()
-    mask = loss_mask.float()
-    loss_sum = torch.sum(losses.view(-1) * mask.view(-1))
-    num_tokens = mask.sum().to(torch.int)
-    report = torch.stack([loss_sum.detach(), num_tokens.detach().float()])
-    return loss_sum, num_tokens, {"lm loss": report}
-
-
-def forward_step(data_iterator, model):
-    """One micro-batch through the model; megatron-core schedules call this."""
-    batch = next(data_iterator)
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    return output, partial(lm_loss_func, batch["loss_mask"])
-
-
-def reduce_reports(reports: list[dict]) -> dict[str, float]:
-    """Token-weighted means of the per-micro-batch reports, over data-parallel ranks."""
-    from megatron.core import parallel_state
-
-    if not reports:
-        return {}
-    out = {}
-    for key in reports[0]:
-        total = torch.stack([r[key] for r in reports]).sum(0)
-        torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
-        out[key] = (total[0] / total[1].clamp(min=1)).item()
-    return out
-
-
-def broadcast_from_last_stage(values: dict[str, float], keys: list[str]) -> dict[str, float]:
-    """Every rank learns the losses that only the last pipeline stage computed."""
-    from megatron.core import parallel_state
-
-    t = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64)
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        last = parallel_state.get_pipeline_model_parallel_last_rank()
-        torch.distributed.broadcast(t, src=last, group=parallel_state.get_pipeline_model_parallel_group())
-    return dict(zip(keys, t.tolist()))
-
-
-def train_step(cfg: RunConfig, state: TrainState, data_iterator) -> dict[str, float]:
+def train_step(cfg: RunConfig, state: TrainState, data_iterator,
+               ctx: StepContext | None = None) -> dict[str, float]:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    ctx = ctx or StepContext()
     for chunk in state.model:
         chunk.zero_grad_buffer()
     state.optimizer.zero_grad()
     dp = parallel_state.get_data_parallel_world_size()
     num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
+    kwargs = {}
+    shapes_fn = pipeline_shapes_fn(cfg, state.model)
+    if shapes_fn is not None:
+        kwargs["adjust_tensor_shapes_fn"] = shapes_fn
     reports = get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=make_forward_step(ctx),
         data_iterator=data_iterator,
         model=state.model,
         num_microbatches=num_micro,
         seq_length=cfg.train.seq_length,
         micro_batch_size=cfg.train.micro_batch_size,
         forward_only=False,
+        **kwargs,
     )
     lr = state.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
     update_ok, grad_norm, _ = state.optimizer.step()
@@ -99,8 +72,7 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator) -> dict[str, fl
     state.step += 1
     state.consumed_samples += cfg.train.global_batch_size
     metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
-    metrics = broadcast_from_last_stage(metrics, ["lm loss"])
-    metrics["loss"] = metrics["lm loss"]
+    metrics = broadcast_from_last_stage(metrics, ctx.report_keys)
     metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
     metrics["lr"] = lr
     metrics["skipped"] = 0.0 if update_ok else 1.0
@@ -115,21 +87,38 @@ def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
 
 
 def run_training(cfg: RunConfig) -> dict[str, float]:
-    """Train (or resume) to the configured length; returns the last metrics (same on all ranks)."""
+    """Train (or resume) to the configured length; returns the last metrics (same on all ranks).
+    With `teacher.checkpoint` set, the student learns from the frozen teacher (kd section)."""
     from megatron.core import parallel_state
 
     rank = torch.distributed.get_rank()
     run_dir = Path(cfg.run.dir)
+    resume_from = latest_checkpoint(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
+    for source in (resume_from, cfg.checkpoint.load):
+        if source is not None:  # build with the padded vocabulary the weights were saved with
+            saved = read_state(Path(source)).get("padded_vocab_size")
+            cfg.model.padded_vocab_size = saved or cfg.model.padded_vocab_size
+            break
+    teacher, ctx = None, StepContext()
+    if cfg.teacher.checkpoint:
+        ckpt, teacher_model, _ = resolve_teacher(cfg)
+        align_padded_vocab(cfg, teacher_model)
+        teacher = (ckpt, teacher_model)
+        keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if cfg.kd.teacher_metrics or
+                                      not k.startswith(("teacher", "top1"))]
+        ctx = StepContext(kd=cfg.kd, vocab_size=cfg.model.vocab_size, report_keys=keys,
+                          tp_group=parallel_state.get_tensor_model_parallel_group())
+        log.info("distilling from %s (%s): alpha %.3g, %s, T=%.3g, mix %s", ckpt, teacher_model.name,
+                 cfg.kd.alpha, cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
     if rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
     tokenizer = load_tokenizer(cfg)
-    state = build_train_state(cfg)
+    state = build_train_state(cfg, teacher=teacher)
     state.tokenizer_info = tokenizer.describe()
     tokenizer_file = cfg.data.tokenizer
     total = train_steps(cfg)
     per_step = tokens_per_step(cfg)
 
-    resume_from = latest_checkpoint(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
     if resume_from is not None:
         info = load_checkpoint(resume_from, state)
         log.info("resumed from %s at step %d (%d tokens)", resume_from, info.step, info.tokens)
@@ -153,12 +142,17 @@ def run_training(cfg: RunConfig) -> dict[str, float]:
     try:
         while state.step < stop:
             t0 = time.perf_counter()
-            metrics = train_step(cfg, state, data_iterator)
+            if ctx.kd is not None:
+                progress = state.step / max(1, total)
+                ctx.alpha = scheduled_value(cfg.kd.alpha, cfg.kd.alpha_schedule, progress)
+                ctx.temperature = scheduled_value(cfg.kd.temperature, cfg.kd.temperature_schedule, progress)
+            metrics = train_step(cfg, state, data_iterator, ctx)
             dt = time.perf_counter() - t0
             step = state.step
             record = {"step": step, "tokens": step * per_step, "loss": metrics["loss"],
                       "lm_loss": metrics["lm loss"], "lr": metrics["lr"],
                       "grad_norm": metrics["grad_norm"], "tokens_per_s": per_step / dt}
+            record.update({k.replace(" ", "_"): metrics[k] for k in KD_REPORTS if k in metrics})
             last = step == total
             if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or last:
                 for name, value in evaluate(cfg, state.model, valid_sets).items():

@@ -45,8 +45,12 @@ class MetricsWriter:
     def console(self, step: int, total: int, tokens: int, m: dict, tok_per_s: float, eta_s: float):
         if not self.enabled:
             return
-        log.info("step %d/%d | tokens %d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s",
-                 step, total, tokens, m["loss"], m["lr"], m["grad_norm"], tok_per_s, _fmt_eta(eta_s))
+        kd = ""
+        if "kd loss" in m:  # distillation: the two terms and the mix
+            kd = f" (lm {m['lm loss']:.4f}, kd {m['kd loss']:.4f}, alpha {m['alpha']:.3g})"
+        log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s",
+                 step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], tok_per_s,
+                 _fmt_eta(eta_s))
 
     def close(self) -> None:
         if not self.enabled:

@@ -22,10 +22,17 @@ class TrainState:
     tokenizer_info: dict | None = None  # recorded in checkpoints
 
 
-def build_ddp_model(cfg: RunConfig) -> list:
+def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
+    """DDP-wrapped model chunks; with `teacher` = (checkpoint, ModelConfig) the chunk is a
+    DistillationModel whose frozen teacher stays outside DDP's buffers and the optimizer."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision)
+    if teacher is not None:
+        from megatron_kd.distill.model import DistillationModel, build_teacher
+
+        ckpt, teacher_model = teacher
+        model = DistillationModel(model, build_teacher(cfg, teacher_model, ckpt))
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
@@ -33,7 +40,7 @@ def build_ddp_model(cfg: RunConfig) -> list:
     )
     # The loss is a sum over tokens; finalize_model_grads divides by the global token count,
     # so the objective is the mean over every non-masked token of the global batch.
-    model.config.calculate_per_token_loss = True
+    model.config.calculate_per_token_loss = True  # (shared with the student's TransformerConfig)
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     return [ddp]
 
@@ -84,17 +91,19 @@ def build_scheduler(cfg: RunConfig, optimizer):
     )
 
 
-def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None) -> TrainState:
+def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None,
+                      teacher=None) -> TrainState:
     """Model, optimizer and schedule. `init_weights`: a dist checkpoint of weights (any layout)
-    loaded before the optimizer takes its copies of the parameters."""
+    loaded before the optimizer takes its copies of the parameters. `teacher`: see
+    build_ddp_model."""
     from megatron.core.distributed import finalize_model_grads
 
-    model = build_ddp_model(cfg)
+    model = build_ddp_model(cfg, teacher)
     if init_weights is not None:
         load_model_weights(model[0], init_weights)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    config = model[0].module.config
+    config = model[0].config
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = model[0].no_sync
     return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)

@@ -1,0 +1,160 @@
+"""The frozen teacher beside the student.
+
+`DistillationModel` holds the student GPTModel (as `.module`, so megatron-core's wrappers and
+our checkpoint code see only the student: the teacher is outside the optimizer, the DDP
+buffers and the student's checkpoints) and a frozen teacher GPTModel split over the same
+pipeline stages. Between stages the teacher's hidden states travel concatenated to the
+student's (`[s, b, h_student + h_teacher]`); the last stage returns both logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.errors import ConfigError
+
+log = logging.getLogger("megatron_kd.distill")
+
+
+class DistillationModel(torch.nn.Module):
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
+        super().__init__()
+        self.module = student  # named `module` so unwrapping reaches the student
+        self.teacher = teacher
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student_hidden = student.config.hidden_size
+        self.config = student.config
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # always: no dropout, no training-mode behaviour in the teacher
+        return self
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline stages > 0: split what the previous stage sent into the two models."""
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0]
+        if input_tensor is None:
+            self.module.set_input_tensor(None)
+            self.teacher.set_input_tensor(None)
+            return
+        h = self.student_hidden
+        self.module.set_input_tensor(input_tensor[..., :h])
+        self.teacher.set_input_tensor(input_tensor[..., h:].detach())
+
+    def forward(self, input_ids, position_ids, attention_mask, **kwargs):
+        with torch.no_grad():
+            teacher_out = self.teacher(input_ids, position_ids, attention_mask)
+        student_out = self.module(input_ids, position_ids, attention_mask)
+        if self.module.post_process:
+            return student_out, teacher_out
+        return torch.cat([student_out, teacher_out.detach()], dim=-1)
+
+    # Checkpoints hold the student only.
+    def sharded_state_dict(self, *args, **kwargs):
+        return self.module.sharded_state_dict(*args, **kwargs)
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        return self.module.load_state_dict(*args, **kwargs)
+
+
+def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):
+    """adjust_tensor_shapes_fn for megatron-core's 1F1B schedule: the p2p buffers carry both
+    models' hidden states."""
+
+    def adjust(recv, send):
+        widen = lambda shapes: [(*s[:-1], student_hidden + teacher_hidden) if len(s) else s  # noqa: E731
+                                for s in shapes]
+        return widen(recv), widen(send)
+
+    return adjust
+
+
+def resolve_teacher(cfg: RunConfig) -> tuple[Path, ModelConfig, dict]:
+    """(checkpoint dir, teacher ModelConfig, the checkpoint's state) — checked before any
+    process group starts: a KD run never trains against a teacher it cannot load."""
+    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
+    from megatron_kd.training.evaluate import resolve_checkpoint
+
+    ref = cfg.teacher.checkpoint
+    if not Path(ref).exists():
+        raise ConfigError(f"teacher.checkpoint '{ref}' does not exist; train the teacher first "
+                          "(`mkd train ...`) or point at its run dir / checkpoint")
+    ckpt = resolve_checkpoint(ref)
+    state = read_state(ckpt)
+    saved = load_recipe_dict(ckpt / "config.yaml").get("model", {})
+    saved_model = build_dataclass(ModelConfig, saved, "model", str(ckpt / "config.yaml"))
+    if cfg.teacher.model:
+        recipe = resolve_recipe_path(cfg.teacher.model)
+        teacher = build_dataclass(ModelConfig, load_recipe_dict(recipe).get("model", {}), "model", str(recipe))
+        arch = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "num_query_groups", "kv_channels", "vocab_size", "untie_embeddings_and_output_weights",
+                "qk_layernorm")
+        diff = [f"{a}: recipe {getattr(teacher, a)} vs checkpoint {getattr(saved_model, a)}"
+                for a in arch if getattr(teacher, a) != getattr(saved_model, a)]
+        if diff:
+            raise ConfigError(f"teacher checkpoint {ckpt} is another architecture than "
+                              f"teacher.model={cfg.teacher.model} ({'; '.join(diff)}); point "
+                              "teacher.model at the teacher's recipe or drop it")
+    else:
+        teacher = saved_model
+    teacher.padded_vocab_size = state.get("padded_vocab_size") or teacher.padded_vocab_size
+    if teacher.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(f"teacher vocabulary ({teacher.vocab_size}) differs from the student's "
+                          f"model.vocab_size ({cfg.model.vocab_size}); teacher and student must share "
+                          "a tokenizer")
+    student_tok = _sha(cfg.data.tokenizer)
+    teacher_tok = (state.get("tokenizer") or {}).get("sha256")
+    if student_tok and teacher_tok and student_tok != teacher_tok:
+        raise ConfigError(f"teacher {ckpt} was trained with another tokenizer (sha256 "
+                          f"{teacher_tok[:12]}…) than data.tokenizer ({student_tok[:12]}…); KD needs "
+                          "the same tokenizer for teacher and student")
+    return ckpt, teacher, state
+
+
+def _sha(path) -> str | None:
+    from megatron_kd.data.tokenizer import file_sha256
+
+    return file_sha256(Path(path)) if path and Path(path).is_file() else None
+
+
+def align_padded_vocab(cfg: RunConfig, teacher: ModelConfig) -> None:
+    """Student and teacher logits must be sharded alike: give the student the teacher's padded
+    vocabulary when theirs differ (the extra columns are padding and never count)."""
+    from megatron_kd.models.gpt import model_padded_vocab
+
+    tp = cfg.parallel.tp
+    t_pad, s_pad = model_padded_vocab(teacher, tp), model_padded_vocab(cfg.model, tp)
+    if t_pad == s_pad:
+        return
+    if t_pad % tp:
+        raise ConfigError(f"the teacher's padded vocabulary {t_pad} is not divisible by "
+                          f"parallel.tp={tp}; use a tp that divides {t_pad}")
+    log.info("student padded vocabulary %d -> %d to match the teacher", s_pad, t_pad)
+    cfg.model.padded_vocab_size = t_pad
+    teacher.padded_vocab_size = t_pad
+
+
+def build_teacher(cfg: RunConfig, teacher_model: ModelConfig, ckpt: Path):
+    """The teacher for this pipeline stage, weights loaded from `ckpt` and verified."""
+    from megatron_kd.checkpoint.model_io import load_model_weights
+    from megatron_kd.models.gpt import build_gpt_model
+
+    teacher = build_gpt_model(teacher_model, cfg.parallel, cfg.precision)
+    try:
+        load_model_weights(teacher, ckpt, strict=True)
+    except Exception as exc:  # dist_checkpointing raises many types for mismatches
+        reason = " ".join(str(exc).split())[:400]
+        raise ConfigError(f"teacher checkpoint {ckpt} does not load into the teacher model "
+                          f"({teacher_model.name}): {reason}") from exc
+    return teacher

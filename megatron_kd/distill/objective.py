@@ -1,0 +1,94 @@
+"""The mixed objective (1 - α)·CE + α·T²·KD and the per-step distillation metrics.
+
+`make_kd_loss_func` returns what megatron-core's schedules call on the last pipeline stage: a
+function of the student logits giving (sum of per-token losses, token count, reports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_kd.config.schema import KDConfig
+from megatron_kd.distill.losses import _log_softmax, _Shard, kd_loss
+
+
+@dataclass(frozen=True)
+class MixWeights:
+    ce: float
+    kd: float
+
+
+def mix_weights(mix: str, alpha: float) -> MixWeights:
+    """CE and KD weights for each mixing convention (the paper's is "convex")."""
+    if mix == "convex":
+        return MixWeights(1.0 - alpha, alpha)
+    if mix == "keep_ce":
+        return MixWeights(1.0, alpha)
+    if mix == "keep_kd":
+        return MixWeights(1.0 - alpha, 1.0)
+    if mix == "magnitude_matched":  # KD rescaled to CE's magnitude in make_kd_loss_func
+        return MixWeights(1.0 - alpha, alpha)
+    raise ValueError(f"unknown kd.mix {mix!r}")
+
+
+def _pair(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return torch.stack([total.detach().float(), count.detach().float()])
+
+
+def vocab_parallel_argmax(logits: torch.Tensor, shard: _Shard) -> torch.Tensor:
+    """Global argmax id over the sharded vocabulary (ties: lowest id); padding excluded."""
+    x = shard.mask(logits.float(), float("-inf"))
+    local_max, local_idx = x.max(-1)
+    best = local_max.clone()
+    if shard.group is not None and dist.get_world_size(shard.group) > 1:
+        dist.all_reduce(best, op=dist.ReduceOp.MAX, group=shard.group)
+    big = torch.iinfo(torch.int64).max
+    ids = torch.where(local_max == best, local_idx + shard.start, torch.full_like(local_idx, big))
+    if shard.group is not None and dist.get_world_size(shard.group) > 1:
+        dist.all_reduce(ids, op=dist.ReduceOp.MIN, group=shard.group)
+    return ids
+
+
+def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
+                      teacher_logits, vocab_size: int, tp_group):
+    from megatron.core import tensor_parallel
+
+    w = mix_weights(kd.mix, alpha)
+
+    def loss_func(student_logits: torch.Tensor):
+        mask = loss_mask.float()
+        count = mask.sum()
+        ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
+        kd_tok = kd_loss(student_logits, teacher_logits, kind=kd.kind, temperature=temperature,
+                         t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p,
+                         other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta, vocab_size=vocab_size,
+                         loss_mask=mask, tp_group=tp_group, chunk_size=kd.chunk_size)
+        ce_sum = (ce * mask).sum()
+        kd_sum = kd_tok.sum()
+        kd_weight = w.kd
+        if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
+            kd_weight = w.kd * (ce_sum.detach() / kd_sum.detach())
+        total = w.ce * ce_sum + kd_weight * kd_sum
+        reports = {"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
+                   "loss": _pair(total, count),
+                   "alpha": _pair(count * alpha, count),
+                   "temperature": _pair(count * temperature, count)}
+        if kd.teacher_metrics:
+            with torch.no_grad():
+                shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
+                t_ce = tensor_parallel.vocab_parallel_cross_entropy(teacher_logits.float(), labels, tp_group=tp_group)
+                logp_t, p_t = _log_softmax(teacher_logits.float(), shard)
+                ent = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
+                if tp_group is not None and dist.get_world_size(tp_group) > 1:
+                    dist.all_reduce(ent, group=tp_group)
+                agree = (vocab_parallel_argmax(student_logits, shard)
+                         == vocab_parallel_argmax(teacher_logits, shard)).float()
+                reports["teacher lm loss"] = _pair((t_ce * mask).sum(), count)
+                reports["teacher entropy"] = _pair((ent * mask).sum(), count)
+                reports["top1 agreement"] = _pair((agree * mask).sum(), count)
+        return total, count.to(torch.int), reports
+
+    return loss_func

@@ -1,0 +1,94 @@
+"""What megatron-core's schedules call for each micro-batch, and the step-level reductions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from megatron_kd.config.schema import KDConfig, RunConfig
+
+KD_REPORTS = ["kd loss", "alpha", "temperature", "teacher lm loss", "teacher entropy", "top1 agreement"]
+
+
+@dataclass
+class StepContext:
+    """Per-step inputs of the forward step beyond the batch (KD's current α and T)."""
+
+    kd: KDConfig | None = None
+    alpha: float = 0.0
+    temperature: float = 1.0
+    vocab_size: int = 0
+    tp_group: object = None
+    report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
+
+
+def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of per-token CE over unmasked tokens, the token count, and report entries."""
+    losses = output_tensor.float()
+    mask = loss_mask.float()
+    loss_sum = torch.sum(losses.view(-1) * mask.view(-1))
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), num_tokens.detach().float()])
+    return loss_sum, num_tokens, {"lm loss": report, "loss": report}
+
+
+def _batch_to_device(batch: dict) -> dict:
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def make_forward_step(ctx: StepContext):
+    def forward_step(data_iterator, model):
+        batch = _batch_to_device(next(data_iterator))
+        if ctx.kd is None:
+            output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+            return output, partial(lm_loss_func, batch["loss_mask"])
+        from megatron_kd.distill.objective import make_kd_loss_func
+
+        out = model(batch["tokens"], batch["position_ids"], None)
+        if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
+            return out, None
+        student_logits, teacher_logits = out
+        return student_logits, make_kd_loss_func(
+            ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
+            teacher_logits, ctx.vocab_size, ctx.tp_group)
+
+    return forward_step
+
+
+def reduce_reports(reports: list[dict]) -> dict[str, float]:
+    """Token-weighted means of the per-micro-batch reports, over data-parallel ranks."""
+    from megatron.core import parallel_state
+
+    if not reports:
+        return {}
+    out = {}
+    for key in sorted(reports[0]):
+        total = torch.stack([r[key] for r in reports]).sum(0)
+        torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        out[key] = (total[0] / total[1].clamp(min=1)).item()
+    return out
+
+
+def broadcast_from_last_stage(values: dict[str, float], keys: list[str]) -> dict[str, float]:
+    """Every rank learns the values that only the last pipeline stage computed."""
+    from megatron.core import parallel_state
+
+    t = torch.tensor([values.get(k, math.nan) for k in keys], dtype=torch.float64)
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        last = parallel_state.get_pipeline_model_parallel_last_rank()
+        torch.distributed.broadcast(t, src=last, group=parallel_state.get_pipeline_model_parallel_group())
+    return dict(zip(keys, t.tolist()))
+
+
+def pipeline_shapes_fn(cfg: RunConfig, model_chunks: list):
+    """For KD under PP, the p2p tensors carry the teacher's hidden states too."""
+    from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn
+
+    inner = model_chunks[0].module
+    if cfg.parallel.pp > 1 and isinstance(inner, DistillationModel):
+        return pp_tensor_shapes_fn(inner.student_hidden, inner.teacher.config.hidden_size)
+    return None
