@@ -59,36 +59,41 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
     w = mix_weights(kd.mix, alpha)
 
     def loss_func(student_logits: torch.Tensor):
+        # Order matters: megatron-core's vocab_parallel_cross_entropy overwrites its input with
+        # the softmax (in place, for fp32 logits), so every reader of the logits goes first and
+        # each cross entropy is the last use of its logits.
         mask = loss_mask.float()
         count = mask.sum()
-        ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
         kd_tok = kd_loss(student_logits, teacher_logits, kind=kd.kind, temperature=temperature,
                          t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p,
                          other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta, vocab_size=vocab_size,
                          loss_mask=mask, tp_group=tp_group, chunk_size=kd.chunk_size)
+        reports = {}
+        if kd.teacher_metrics:
+            with torch.no_grad():
+                shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
+                logp_t, p_t = _log_softmax(teacher_logits.float(), shard)
+                ent = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
+                del logp_t, p_t
+                if tp_group is not None and dist.get_world_size(tp_group) > 1:
+                    dist.all_reduce(ent, group=tp_group)
+                agree = (vocab_parallel_argmax(student_logits, shard)
+                         == vocab_parallel_argmax(teacher_logits, shard)).float()
+                t_ce = tensor_parallel.vocab_parallel_cross_entropy(
+                    teacher_logits.float(), labels, tp_group=tp_group)
+                reports["teacher lm loss"] = _pair((t_ce * mask).sum(), count)
+                reports["teacher entropy"] = _pair((ent * mask).sum(), count)
+                reports["top1 agreement"] = _pair((agree * mask).sum(), count)
+        ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
         ce_sum = (ce * mask).sum()
         kd_sum = kd_tok.sum()
         kd_weight = w.kd
         if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
             kd_weight = w.kd * (ce_sum.detach() / kd_sum.detach())
         total = w.ce * ce_sum + kd_weight * kd_sum
-        reports = {"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
-                   "loss": _pair(total, count),
-                   "alpha": _pair(count * alpha, count),
-                   "temperature": _pair(count * temperature, count)}
-        if kd.teacher_metrics:
-            with torch.no_grad():
-                shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
-                t_ce = tensor_parallel.vocab_parallel_cross_entropy(teacher_logits.float(), labels, tp_group=tp_group)
-                logp_t, p_t = _log_softmax(teacher_logits.float(), shard)
-                ent = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
-                if tp_group is not None and dist.get_world_size(tp_group) > 1:
-                    dist.all_reduce(ent, group=tp_group)
-                agree = (vocab_parallel_argmax(student_logits, shard)
-                         == vocab_parallel_argmax(teacher_logits, shard)).float()
-                reports["teacher lm loss"] = _pair((t_ce * mask).sum(), count)
-                reports["teacher entropy"] = _pair((ent * mask).sum(), count)
-                reports["top1 agreement"] = _pair((agree * mask).sum(), count)
+        reports.update({"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
+                        "loss": _pair(total, count), "alpha": _pair(count * alpha, count),
+                        "temperature": _pair(count * temperature, count)})
         return total, count.to(torch.int), reports
 
     return loss_func

@@ -79,6 +79,25 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
     return metrics
 
 
+def prepare_kd(cfg: RunConfig):
+    """(teacher spec for build_train_state, StepContext) — (None, plain context) without KD.
+    May set cfg.model.padded_vocab_size to the teacher's (call before building the student)."""
+    from megatron.core import parallel_state
+
+    if not cfg.teacher.checkpoint:
+        return None, StepContext()
+    ckpt, teacher_model, _ = resolve_teacher(cfg)
+    align_padded_vocab(cfg, teacher_model)
+    keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if cfg.kd.teacher_metrics or
+                                  not k.startswith(("teacher", "top1"))]
+    ctx = StepContext(kd=cfg.kd, vocab_size=cfg.model.vocab_size, report_keys=keys,
+                      tp_group=parallel_state.get_tensor_model_parallel_group(),
+                      alpha=cfg.kd.alpha, temperature=cfg.kd.temperature)
+    log.info("distilling from %s (%s): alpha %.3g, %s, T=%.3g, mix %s", ckpt, teacher_model.name,
+             cfg.kd.alpha, cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
+    return (ckpt, teacher_model), ctx
+
+
 def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
     """Token budgets crossed by this step (saved at the first step reaching each)."""
     per_step = tokens_per_step(cfg)
@@ -99,17 +118,7 @@ def run_training(cfg: RunConfig) -> dict[str, float]:
             saved = read_state(Path(source)).get("padded_vocab_size")
             cfg.model.padded_vocab_size = saved or cfg.model.padded_vocab_size
             break
-    teacher, ctx = None, StepContext()
-    if cfg.teacher.checkpoint:
-        ckpt, teacher_model, _ = resolve_teacher(cfg)
-        align_padded_vocab(cfg, teacher_model)
-        teacher = (ckpt, teacher_model)
-        keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if cfg.kd.teacher_metrics or
-                                      not k.startswith(("teacher", "top1"))]
-        ctx = StepContext(kd=cfg.kd, vocab_size=cfg.model.vocab_size, report_keys=keys,
-                          tp_group=parallel_state.get_tensor_model_parallel_group())
-        log.info("distilling from %s (%s): alpha %.3g, %s, T=%.3g, mix %s", ckpt, teacher_model.name,
-                 cfg.kd.alpha, cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
+    teacher, ctx = prepare_kd(cfg)
     if rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
     tokenizer = load_tokenizer(cfg)

@@ -153,7 +153,7 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
     from megatron_kd.data.datasets import build_datasets, load_tokenizer
     from megatron_kd.training.evaluate import evaluate
     from megatron_kd.runtime.distributed import shutdown
-    from megatron_kd.training.loop import train_step
+    from megatron_kd.training.loop import prepare_kd, train_step
     from megatron_kd.training.setup import build_train_state
     from megatron.core import parallel_state
 
@@ -166,13 +166,17 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
                                   "parallel.sequence_parallel": sequence_parallel and t > 1},
                    extra=data)
         _relayout(cfg, seed=21 if name == "reference" else 77)
-        state = build_train_state(cfg, init_weights=None if name == "reference" else work / "w0")
+        teacher, ctx = prepare_kd(cfg)
+        state = build_train_state(cfg, init_weights=None if name == "reference" else work / "w0",
+                                  teacher=teacher)
         if name == "reference":
             save_model_weights(state.model[0], work / "w0")
         train_ds, valid = build_datasets(cfg, load_tokenizer(cfg), steps * 8)
         it = MicroBatchIterator(train_ds, 2, parallel_state.get_data_parallel_rank(),
                                 parallel_state.get_data_parallel_world_size())
-        losses[name] = [train_step(cfg, state, it)["lm loss"] for _ in range(steps)]
+        steps_out = [train_step(cfg, state, it, ctx) for _ in range(steps)]
+        losses[name] = [m["loss"] for m in steps_out]
+        losses[f"{name}_kd"] = [m.get("kd loss") for m in steps_out]
         losses[f"{name}_valid"] = evaluate(cfg, state.model, valid)
     shutdown()
     return losses
