@@ -8,6 +8,9 @@
     mkd eval CHECKPOINT [key=value ...] validation losses of a checkpoint
     mkd data corpus|train-tokenizer|preprocess
                                        build the embedded corpus / tokenizers / datasets
+    mkd convert hf-to-mcore|mcore-to-hf SRC DST
+                                       Hugging Face <-> megatron-core checkpoints
+    mkd check-pair TEACHER STUDENT     tokenizer / vocabulary / length compatibility
 
 Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
 --debug for the traceback.
@@ -36,6 +39,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
+    from megatron_kd.cli.convert_commands import add_convert_parsers
     from megatron_kd.cli.data_commands import add_data_parser
 
     parser = argparse.ArgumentParser(
@@ -77,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_eval)
 
     add_data_parser(sub)
+    add_convert_parsers(sub)
     return parser
 
 

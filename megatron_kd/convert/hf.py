@@ -1,0 +1,234 @@
+"""Hugging Face <-> megatron-core checkpoints for Llama-family and Qwen3-style models.
+
+hf_to_mcore: a HF directory (config.json, *.safetensors [+ index], tokenizer files) becomes a
+megatron_kd checkpoint directory: megatron-core dist_checkpointing files (reshardable: they load
+at any TP/PP), mkd_state.json, config.yaml, model.yaml (a model recipe, usable as `teacher.model`)
+and the tokenizer files. Tensors are streamed from safetensors one at a time into the model, so
+no second full copy of the weights is ever held. Vocabulary padding is added on import.
+
+mcore_to_hf: the reverse (padding removed), written as sharded safetensors with an index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from megatron_kd.config.schema import ModelConfig
+from megatron_kd.errors import ConfigError
+
+log = logging.getLogger("megatron_kd.convert")
+
+SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "generation_config.json")
+_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def read_hf_config(hf_dir: Path) -> dict:
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"'{hf_dir}' is not a Hugging Face model directory (no config.json)")
+    cfg = json.loads(path.read_text())
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in SUPPORTED:
+        raise ConfigError(f"unsupported Hugging Face architecture {arch} in {path}; supported: "
+                          f"{', '.join(SUPPORTED)}")
+    return cfg
+
+
+def _rope(cfg: dict) -> tuple[float, bool, float]:
+    """(theta, llama3 scaling?, factor); transformers 5 nests these in rope_parameters."""
+    params = cfg.get("rope_parameters") or {}
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    scaling = cfg.get("rope_scaling") or (params if params.get("rope_type") not in (None, "default") else None)
+    if not scaling or scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        return theta, False, 8.0
+    kind = scaling.get("rope_type", scaling.get("type"))
+    expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    if kind != "llama3" or any(float(scaling.get(k, v)) != v for k, v in expected.items()):
+        raise ConfigError(f"unsupported RoPE scaling {scaling}; megatron-core supports llama3 scaling "
+                          "with low_freq_factor 1, high_freq_factor 4, original length 8192")
+    return theta, True, float(scaling.get("factor", 8.0))
+
+
+def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
+    arch = SUPPORTED[cfg["architectures"][0]]
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    if arch == "qwen2" or cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ConfigError(f"unsupported Hugging Face model {cfg['architectures'][0]} with biases; "
+                          "megatron_kd's llama-style models have no biases (Llama, Qwen3)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"unsupported activation {cfg.get('hidden_act')}; SwiGLU (silu) only")
+    theta, scaling, factor = _rope(cfg)
+    return ModelConfig(
+        name=name, num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
+        ffn_hidden_size=cfg["intermediate_size"], num_attention_heads=heads,
+        num_query_groups=cfg.get("num_key_value_heads", heads),
+        kv_channels=head_dim if head_dim * heads != cfg["hidden_size"] else None,
+        vocab_size=cfg["vocab_size"], make_vocab_size_divisible_by=128,
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        rotary_base=int(theta), rope_scaling=scaling, rope_scaling_factor=factor,
+        untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", False),
+        qk_layernorm=arch == "qwen3", norm_epsilon=cfg.get("rms_norm_eps", 1e-5),
+        init_method_std=cfg.get("initializer_range", 0.02))
+
+
+def model_config_to_hf(m: ModelConfig, dtype: str) -> dict:
+    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
+    arch = "Qwen3ForCausalLM" if m.qk_layernorm else "LlamaForCausalLM"
+    rope = {"rope_theta": float(m.rotary_base), "rope_type": "default"}
+    if m.rope_scaling:
+        rope = {"rope_theta": float(m.rotary_base), "rope_type": "llama3", "factor": m.rope_scaling_factor,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    return {
+        "architectures": [arch], "model_type": "qwen3" if m.qk_layernorm else "llama",
+        "hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups or m.num_attention_heads, "head_dim": head_dim,
+        "vocab_size": m.vocab_size, "max_position_embeddings": m.max_position_embeddings,
+        "rms_norm_eps": m.norm_epsilon, "rope_parameters": rope, "hidden_act": "silu",
+        "tie_word_embeddings": not m.untie_embeddings_and_output_weights,
+        "attention_bias": False, "mlp_bias": False, "initializer_range": m.init_method_std,
+        "torch_dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
+    }
+
+
+# --- tensor name and layout mapping -------------------------------------------------------
+
+def _qkv_from_hf(q, k, v, m: ModelConfig) -> torch.Tensor:
+    """megatron-core's fused QKV: per query group, its query heads then one key and one value."""
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+    hd = m.kv_channels or m.hidden_size // heads
+    q = q.reshape(groups, heads // groups * hd, -1)
+    k = k.reshape(groups, hd, -1)
+    v = v.reshape(groups, hd, -1)
+    return torch.cat([q, k, v], dim=1).reshape(-1, q.shape[-1])
+
+
+def _qkv_to_hf(qkv, m: ModelConfig):
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+    hd = m.kv_channels or m.hidden_size // heads
+    x = qkv.reshape(groups, (heads // groups + 2) * hd, -1)
+    q, k, v = torch.split(x, [heads // groups * hd, hd, hd], dim=1)
+    return (q.reshape(heads * hd, -1), k.reshape(groups * hd, -1), v.reshape(groups * hd, -1))
+
+
+def _layer_map(i: int, m: ModelConfig) -> dict[str, str]:
+    """megatron name -> HF name for the one-to-one tensors of layer i."""
+    h, mc = f"model.layers.{i}.", f"decoder.layers.{i}."
+    out = {
+        mc + "input_layernorm.weight": h + "input_layernorm.weight",
+        mc + "self_attention.linear_proj.weight": h + "self_attn.o_proj.weight",
+        mc + "pre_mlp_layernorm.weight": h + "post_attention_layernorm.weight",
+        mc + "mlp.linear_fc2.weight": h + "mlp.down_proj.weight",
+    }
+    if m.qk_layernorm:
+        out[mc + "self_attention.q_layernorm.weight"] = h + "self_attn.q_norm.weight"
+        out[mc + "self_attention.k_layernorm.weight"] = h + "self_attn.k_norm.weight"
+    return out
+
+
+class _SafetensorsReader:
+    """Lazy access to the tensors of a HF directory (single file or sharded with an index)."""
+
+    def __init__(self, hf_dir: Path):
+        from safetensors import safe_open
+
+        index = hf_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (hf_dir / "model.safetensors").is_file():
+            with safe_open(hf_dir / "model.safetensors", "pt") as f:
+                weight_map = {k: "model.safetensors" for k in f.keys()}
+        else:
+            raise ConfigError(f"no safetensors weights in {hf_dir} (model.safetensors or its index); "
+                              "only safetensors checkpoints are read (never pickles)")
+        self.dir, self.map, self._open = hf_dir, weight_map, {}
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if name not in self.map:
+            raise ConfigError(f"tensor {name} missing from the Hugging Face checkpoint {self.dir}")
+        file = self.map[name]
+        if file not in self._open:
+            self._open[file] = safe_open(self.dir / file, "pt")
+        return self._open[file].get_tensor(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.map
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, torch.zeros(rows - t.shape[0], *t.shape[1:], dtype=t.dtype)], dim=0)
+
+
+@torch.no_grad()
+def load_hf_weights(model, reader: _SafetensorsReader, m: ModelConfig) -> None:
+    """Copy HF tensors into a TP=1, PP=1 megatron GPTModel, one tensor at a time."""
+    params = dict(model.named_parameters())
+    done = set()
+
+    def put(name: str, value: torch.Tensor):
+        p = params[name]
+        if value.shape != p.shape:
+            raise ConfigError(f"{name}: Hugging Face tensor of shape {tuple(value.shape)} does not fit "
+                              f"{tuple(p.shape)}; the config and weights disagree")
+        p.copy_(value.to(p.dtype))
+        done.add(name)
+
+    rows = params["embedding.word_embeddings.weight"].shape[0]
+    put("embedding.word_embeddings.weight", _pad_rows(reader.get("model.embed_tokens.weight"), rows))
+    for i in range(m.num_layers):
+        pre = f"model.layers.{i}."
+        for mc, hf in _layer_map(i, m).items():
+            put(mc, reader.get(hf))
+        put(f"decoder.layers.{i}.self_attention.linear_qkv.weight",
+            _qkv_from_hf(reader.get(pre + "self_attn.q_proj.weight"), reader.get(pre + "self_attn.k_proj.weight"),
+                         reader.get(pre + "self_attn.v_proj.weight"), m))
+        put(f"decoder.layers.{i}.mlp.linear_fc1.weight",
+            torch.cat([reader.get(pre + "mlp.gate_proj.weight"), reader.get(pre + "mlp.up_proj.weight")]))
+    put("decoder.final_layernorm.weight", reader.get("model.norm.weight"))
+    if m.untie_embeddings_and_output_weights:
+        put("output_layer.weight", _pad_rows(reader.get("lm_head.weight"), rows))
+    missing = set(params) - done
+    if missing:
+        raise ConfigError(f"no Hugging Face tensor for {sorted(missing)[:5]}; unsupported layout")
+
+
+@torch.no_grad()
+def iter_hf_tensors(model, m: ModelConfig):
+    """(HF name, tensor) pairs of a TP=1, PP=1 megatron GPTModel, padding removed."""
+    p = dict(model.named_parameters())
+    yield "model.embed_tokens.weight", p["embedding.word_embeddings.weight"][: m.vocab_size]
+    for i in range(m.num_layers):
+        pre = f"model.layers.{i}."
+        for mc, hf in _layer_map(i, m).items():
+            yield hf, p[mc]
+        q, k, v = _qkv_to_hf(p[f"decoder.layers.{i}.self_attention.linear_qkv.weight"], m)
+        yield pre + "self_attn.q_proj.weight", q
+        yield pre + "self_attn.k_proj.weight", k
+        yield pre + "self_attn.v_proj.weight", v
+        gate, up = torch.chunk(p[f"decoder.layers.{i}.mlp.linear_fc1.weight"], 2, dim=0)
+        yield pre + "mlp.gate_proj.weight", gate
+        yield pre + "mlp.up_proj.weight", up
+    yield "model.norm.weight", p["decoder.final_layernorm.weight"]
+    if m.untie_embeddings_and_output_weights:
+        yield "lm_head.weight", p["output_layer.weight"][: m.vocab_size]
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied

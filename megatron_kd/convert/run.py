@@ -1,0 +1,136 @@
+"""Conversion drivers (one process, TP=1: the dist checkpoint written loads at any TP/PP)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from megatron_kd.config.schema import DataConfig, ParallelConfig, PrecisionConfig, RunConfig
+from megatron_kd.convert.hf import (
+    _DTYPES,
+    _SafetensorsReader,
+    copy_tokenizer_files,
+    hf_to_model_config,
+    iter_hf_tensors,
+    load_hf_weights,
+    model_config_to_hf,
+    read_hf_config,
+)
+from megatron_kd.errors import ConfigError
+
+
+def _ensure_process_group(seed: int = 0) -> None:
+    from megatron_kd.runtime.distributed import init_distributed
+
+    if not torch.distributed.is_initialized():
+        init_distributed(ParallelConfig(), seed)
+
+
+def _tokenizer_in(d: Path) -> Path | None:
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
+    """Convert a HF Llama/Qwen3 directory into a megatron_kd checkpoint directory."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_kd.config import dump_config
+    from megatron_kd.data.tokenizer import Tokenizer
+    from megatron_kd.models.gpt import build_gpt_model, model_padded_vocab
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    hf_cfg = read_hf_config(hf_dir)
+    model_cfg = hf_to_model_config(hf_cfg, hf_dir.name)
+    dtype = dtype or _DTYPES.get(str(hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")), "fp32")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
+    reader = _SafetensorsReader(hf_dir)
+    _ensure_process_group()
+    precision = PrecisionConfig(dtype=dtype)
+    model = build_gpt_model(model_cfg, ParallelConfig(), precision, pre_process=True, post_process=True)
+    print(f"converting {hf_dir} ({hf_cfg['architectures'][0]}, {model_cfg.num_layers} layers) ...",
+          file=sys.stderr)
+    load_hf_weights(model, reader, model_cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(out_dir))
+    copied = copy_tokenizer_files(hf_dir, out_dir)
+    tok_file = _tokenizer_in(out_dir)
+    tok = Tokenizer(tok_file).describe() if tok_file else None
+    run = RunConfig(model=model_cfg, precision=precision,
+                    data=DataConfig(tokenizer=str(tok_file) if tok_file else None))
+    run.run.name, run.run.dir = f"converted-{hf_dir.name}", str(out_dir)
+    dump_config(run, out_dir / "config.yaml")
+    (out_dir / "model.yaml").write_text(
+        "# Model recipe of a converted Hugging Face checkpoint (usable as teacher.model)\n"
+        + yaml.safe_dump({"model": dataclasses.asdict(model_cfg)}, sort_keys=False))
+    state = {"step": 0, "consumed_samples": 0, "tokens": 0, "kind": "converted",
+             "source": str(hf_dir.resolve()), "world_size": 1, "parallel": {"tp": 1, "pp": 1},
+             "padded_vocab_size": model_padded_vocab(model_cfg, 1), "tokenizer": tok,
+             "tokenizer_files": copied}
+    (out_dir / "mkd_state.json").write_text(json.dumps(state, indent=2))
+    return out_dir
+
+
+def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> Path:
+    """Write a megatron_kd checkpoint as a HF directory (sharded safetensors + index)."""
+    from safetensors.torch import save_file
+
+    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.checkpoint.model_io import load_model_weights
+    from megatron_kd.config import load_config
+    from megatron_kd.models.gpt import build_gpt_model
+    from megatron_kd.training.evaluate import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    state = read_state(ckpt)
+    over = ["parallel.tp=1", "parallel.pp=1", "teacher.checkpoint=null"]
+    if state.get("padded_vocab_size"):
+        over.append(f"model.padded_vocab_size={state['padded_vocab_size']}")
+    cfg = load_config(ckpt / "config.yaml", over, purpose="model")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
+    _ensure_process_group()
+    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, pre_process=True, post_process=True)
+    load_model_weights(model, ckpt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One shard at a time in memory: written and dropped when it reaches shard_bytes.
+    n_shards, total_bytes, current, size, weight_map = 0, 0, {}, 0, {}
+
+    def flush():
+        nonlocal current, size, n_shards, total_bytes
+        if current:
+            n_shards += 1
+            name = f"model-{n_shards:05d}.safetensors"
+            save_file(current, str(out_dir / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in current})
+            total_bytes += size
+            current, size = {}, 0
+
+    for name, tensor in iter_hf_tensors(model, cfg.model):
+        t = tensor.detach().contiguous().clone()
+        if size + t.numel() * t.element_size() > shard_bytes:
+            flush()
+        current[name] = t
+        size += t.numel() * t.element_size()
+    flush()
+    total = n_shards
+    final_map = {}
+    for i in range(1, total + 1):  # name shards "-of-N" once N is known
+        old, new = out_dir / f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{total:05d}.safetensors"
+        old.rename(out_dir / new)
+        final_map.update({k: new for k, v in weight_map.items() if v == old.name})
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total_bytes},
+         "weight_map": dict(sorted(final_map.items()))}, indent=2))
+    (out_dir / "config.json").write_text(json.dumps(model_config_to_hf(cfg.model, cfg.precision.dtype), indent=2))
+    copy_tokenizer_files(ckpt, out_dir)
+    return out_dir
