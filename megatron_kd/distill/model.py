@@ -89,7 +89,11 @@ def resolve_teacher(cfg: RunConfig) -> tuple[Path, ModelConfig, dict]:
     ref = cfg.teacher.checkpoint
     if not Path(ref).exists():
         raise ConfigError(f"teacher.checkpoint '{ref}' does not exist; train the teacher first "
-                          "(`mkd train ...`) or point at its run dir / checkpoint")
+                          "(`mkd train ...`) or point at its run dir / checkpoint / HF directory")
+    if (Path(ref) / "config.json").is_file() and not (Path(ref) / "mkd_state.json").is_file():
+        from megatron_kd.convert.cache import ensure_converted
+
+        ref = str(ensure_converted(Path(ref)))
     ckpt = resolve_checkpoint(ref)
     state = read_state(ckpt)
     saved = load_recipe_dict(ckpt / "config.yaml").get("model", {})
@@ -109,23 +113,10 @@ def resolve_teacher(cfg: RunConfig) -> tuple[Path, ModelConfig, dict]:
     else:
         teacher = saved_model
     teacher.padded_vocab_size = state.get("padded_vocab_size") or teacher.padded_vocab_size
-    if teacher.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(f"teacher vocabulary ({teacher.vocab_size}) differs from the student's "
-                          f"model.vocab_size ({cfg.model.vocab_size}); teacher and student must share "
-                          "a tokenizer")
-    student_tok = _sha(cfg.data.tokenizer)
-    teacher_tok = (state.get("tokenizer") or {}).get("sha256")
-    if student_tok and teacher_tok and student_tok != teacher_tok:
-        raise ConfigError(f"teacher {ckpt} was trained with another tokenizer (sha256 "
-                          f"{teacher_tok[:12]}…) than data.tokenizer ({student_tok[:12]}…); KD needs "
-                          "the same tokenizer for teacher and student")
+    from megatron_kd.convert.pair import require_compatible
+
+    require_compatible(str(ckpt), cfg)  # tokenizer meaning, vocabulary, sequence length
     return ckpt, teacher, state
-
-
-def _sha(path) -> str | None:
-    from megatron_kd.data.tokenizer import file_sha256
-
-    return file_sha256(Path(path)) if path and Path(path).is_file() else None
 
 
 def align_padded_vocab(cfg: RunConfig, teacher: ModelConfig) -> None:

@@ -81,3 +81,48 @@ def test_unsupported_architecture_and_bad_dirs(tmp_path):
     assert r.returncode == 2 and "unsupported Hugging Face architecture GPT2LMHeadModel" in r.stderr
     r = mkd("convert", "hf-to-mcore", str(tmp_path / "nothing"), str(tmp_path / "o"), ok=False)
     assert r.returncode == 2 and "not a Hugging Face model directory" in r.stderr
+
+
+def _hf_tokenizer(path, docs, vocab=250):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<|end_of_text|>"]))
+    tok.save(str(path))
+    return path
+
+
+def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
+    """A KD recipe names the HF directory directly: converted once (cached), checked, trained."""
+    from tests.conftest import pydoc_documents
+
+    docs = pydoc_documents()
+    tok = _hf_tokenizer(tmp_path / "tokenizer.json", docs[:200])
+    hf = make_hf_model(tmp_path / "hf", "llama", tokenizer_json=tok)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:120]))
+    mkd("data", "preprocess", "--input", str(tmp_path / "d.jsonl"), "--tokenizer", str(hf / "tokenizer.json"),
+        "--output-prefix", str(tmp_path / "d"))
+    env_cache = {"MKD_CACHE": str(tmp_path / "cache")}
+    common = ["train", "train/tiny-mock", "data.mock=false", f"data.tokenizer={hf / 'tokenizer.json'}",
+              f"data.train=[{tmp_path / 'd'}]", f"data.valid={{indomain: {tmp_path / 'd'}}}",
+              "model.vocab_size=250", "train.steps=3", "logging.eval_samples=8",
+              f"teacher.checkpoint={hf}", "kd.alpha=0.5"]
+    ENV.update(env_cache)
+    try:
+        r = mkd(*common, f"run.dir={tmp_path / 'run'}")
+        assert "done: 3 steps" in r.stdout
+        m = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+        assert all(x["kd_loss"] > 0 and x["teacher_lm_loss"] > 0 for x in m)
+        cached = list((tmp_path / "cache" / "hf").iterdir())
+        assert len(cached) == 1 and (cached[0] / "CONVERTED").is_file()
+        # The pair check agrees; a student tokenized with another tokenizer is refused.
+        r = mkd("check-pair", str(hf), str(tmp_path / "run"))
+        assert "verdict: compatible" in r.stdout and "same meaning for every id" in r.stdout
+        other = _hf_tokenizer(tmp_path / "other.json", docs[200:400])
+        r = mkd(*[c if not c.startswith("data.tokenizer=") else f"data.tokenizer={other}" for c in common],
+                f"run.dir={tmp_path / 'run2'}", ok=False)
+        assert r.returncode == 2 and "tokenizers differ" in r.stderr, r.stderr
+    finally:
+        for k in env_cache:
+            ENV.pop(k, None)

@@ -91,7 +91,7 @@ def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_p
     assert r.returncode == 2 and "is another architecture than teacher.model=models/cpu-small" in r.stderr
     r = mkd(*run(text_corpus, tmp_path / "z", "train.steps=2", f"teacher.checkpoint={teacher}",
                  "model.vocab_size=600"), ok=False)
-    assert r.returncode == 2 and "teacher vocabulary (512) differs" in r.stderr
+    assert r.returncode == 2 and "true vocabulary: teacher 512 vs student 600" in r.stderr
     r = mkd(*run(text_corpus, tmp_path / "w", "train.steps=2", f"teacher.checkpoint={teacher}",
                  "kd.alpha=1.5"), ok=False)
     assert r.returncode == 2 and "kd.alpha must be in [0, 1]" in r.stderr

@@ -1,0 +1,56 @@
+"""A Hugging Face teacher named directly in a KD recipe is converted once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megatron_kd.errors import ConfigError
+
+DONE = "CONVERTED"
+
+
+def cache_dir_for(hf_dir: Path) -> Path:
+    """$MKD_CACHE (default ~/.cache/megatron_kd)/hf/<name>-<hash of path, config and weights>."""
+    root = Path(os.environ.get("MKD_CACHE", Path.home() / ".cache" / "megatron_kd")) / "hf"
+    h = hashlib.sha256(str(hf_dir.resolve()).encode())
+    for f in sorted(hf_dir.glob("*.json")) + sorted(hf_dir.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return root / f"{hf_dir.name}-{h.hexdigest()[:12]}"
+
+
+def ensure_converted(hf_dir: Path, timeout_s: float = 3600) -> Path:
+    """The cached megatron_kd checkpoint of `hf_dir`, converting it first if needed. Rank 0 (or
+    a single process) converts in a clean subprocess; other ranks wait for it."""
+    out = cache_dir_for(hf_dir)
+    if (out / DONE).is_file():
+        return out
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if rank == 0:
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                "MASTER_ADDR", "MASTER_PORT")}
+        r = subprocess.run([sys.executable, "-m", "megatron_kd", "convert", "hf-to-mcore",
+                            str(hf_dir), str(tmp)], capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["conversion failed"])[-1]
+            raise ConfigError(f"converting the Hugging Face teacher {hf_dir} failed: {last}")
+        (tmp / DONE).write_text(str(hf_dir.resolve()))
+        tmp.rename(out)
+        return out
+    deadline = time.time() + timeout_s
+    while not (out / DONE).is_file():
+        if time.time() > deadline:
+            raise ConfigError(f"timed out waiting for rank 0 to convert {hf_dir} into {out}")
+        time.sleep(2)
+    return out
