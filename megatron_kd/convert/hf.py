@@ -165,6 +165,14 @@ class _SafetensorsReader:
         return name in self.map
 
 
+def _progress(what: str, i: int, n: int) -> None:
+    import sys
+
+    bar = "#" * (20 * (i + 1) // n)
+    end = "\n" if i + 1 == n else ""
+    print(f"\r  {what} [{bar:<20}] layer {i + 1}/{n}", end=end, file=sys.stderr, flush=True)
+
+
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     if t.shape[0] == rows:
         return t
@@ -188,6 +196,7 @@ def load_hf_weights(model, reader: _SafetensorsReader, m: ModelConfig) -> None:
     rows = params["embedding.word_embeddings.weight"].shape[0]
     put("embedding.word_embeddings.weight", _pad_rows(reader.get("model.embed_tokens.weight"), rows))
     for i in range(m.num_layers):
+        _progress("import", i, m.num_layers)
         pre = f"model.layers.{i}."
         for mc, hf in _layer_map(i, m).items():
             put(mc, reader.get(hf))
@@ -210,6 +219,7 @@ def iter_hf_tensors(model, m: ModelConfig):
     p = dict(model.named_parameters())
     yield "model.embed_tokens.weight", p["embedding.word_embeddings.weight"][: m.vocab_size]
     for i in range(m.num_layers):
+        _progress("export", i, m.num_layers)
         pre = f"model.layers.{i}."
         for mc, hf in _layer_map(i, m).items():
             yield hf, p[mc]
