@@ -164,5 +164,10 @@ def cmd_eval(args) -> int:
                 print(f"  {name:<16} loss {loss:.4f}  ppl {r['perplexity'][name]:.2f}  "
                       f"({r['sequences'][name]} sequences)")
             print(f"written: {r['written']}")
+            if args.json_out:
+                import json
+
+                Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json_out).write_text(json.dumps(r, indent=2))
 
     return _launch(args, cfg, body)

@@ -11,6 +11,9 @@
     mkd convert hf-to-mcore|mcore-to-hf SRC DST
                                        Hugging Face <-> megatron-core checkpoints
     mkd check-pair TEACHER STUDENT     tokenizer / vocabulary / length compatibility
+    mkd sweep SWEEP.yaml [--local]     expand (and run) a teacher x student x alpha grid
+    mkd report SWEEP_DIR               table, gains, best alpha, compute, plots
+    mkd analyze TEACHER STUDENT        entropy, top-1 agreement, KL and JS
 
 Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
 --debug for the traceback.
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
     from megatron_kd.cli.convert_commands import add_convert_parsers
     from megatron_kd.cli.data_commands import add_data_parser
+    from megatron_kd.cli.study_commands import add_study_parsers
 
     parser = argparse.ArgumentParser(
         prog="mkd", description="Knowledge distillation for LLM pretraining on megatron-core.",
@@ -78,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. parallel.tp=1 train.seq_length=64 logging.eval_samples=256")
     p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--json-out", default=None, help="also write the result JSON here")
     p.set_defaults(func=commands.cmd_eval)
 
     add_data_parser(sub)
     add_convert_parsers(sub)
+    add_study_parsers(sub)
     return parser
 
 

@@ -237,6 +237,8 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
         g = (1 - beta) * torch.where(p_s > 0, logp_s - logm, torch.zeros_like(logp_s))
         grad = p_s * (g - sum_(p_s * g).unsqueeze(-1))
     grad = shard.mask(grad, 0.0)
+    if opt.kind != "hard":  # divergences are >= 0; rounding must not report -1e-9
+        loss = loss.clamp(min=0.0)
     return loss * scale, grad * (scale / T)
 
 

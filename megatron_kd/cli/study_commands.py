@@ -1,0 +1,78 @@
+"""`mkd sweep`, `mkd report`, `mkd analyze`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_study_parsers(sub) -> None:
+    p = sub.add_parser("sweep", help="expand a sweep grid into recipes; --local runs them all")
+    p.add_argument("sweep", help="sweep YAML (e.g. recipes/sweeps/cpu-mini.yaml)")
+    p.add_argument("--local", action="store_true", help="run the points here, one after another "
+                   "(finished runs are skipped, partial ones resume), then write the report")
+    p.add_argument("--nproc", type=int, default=1, help="processes per local run")
+    p.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="table, best alpha, compute and plots of a sweep directory")
+    r.add_argument("sweep_dir")
+    r.set_defaults(func=cmd_report)
+
+    a = sub.add_parser("analyze", help="entropy, top-1 agreement, KL and JS between two models")
+    a.add_argument("teacher", help="teacher checkpoint / run dir / HF dir")
+    a.add_argument("student", help="student checkpoint or run dir (its config gives the data)")
+    a.add_argument("overrides", nargs="*", metavar="key=value")
+    a.add_argument("--nproc", type=int, default=1)
+    a.set_defaults(func=cmd_analyze)
+
+
+def cmd_sweep(args) -> int:
+    from megatron_kd.study.sweep import evaluate_teachers, load_sweep, run_local, write_recipes
+
+    spec = load_sweep(args.sweep)
+    if not args.local:
+        written = write_recipes(spec)
+        print(f"{len(written)} runs in {spec['out']}:")
+        for point, recipe in written:
+            print(f"  mkd train {recipe}")
+        return 0
+    run_local(spec, args.nproc)
+    evaluate_teachers(spec)
+    return cmd_report(type("A", (), {"sweep_dir": spec["out"]})())
+
+
+def cmd_report(args) -> int:
+    from megatron_kd.study.report import build_report
+
+    rep = build_report(Path(args.sweep_dir))
+    print(rep["markdown"])
+    print(f"\nwritten: {Path(args.sweep_dir) / 'report.md'}, report.csv, "
+          + ", ".join(p.name for p in rep["plots"]))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.cli.commands import _launch
+    from megatron_kd.config import load_config
+    from megatron_kd.study.analyze import run_analyze
+    from megatron_kd.training.evaluate import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.student)
+    padded = read_state(ckpt).get("padded_vocab_size")
+    base = [f"run.dir={ckpt.parent.parent}", f"teacher.checkpoint={args.teacher}", "teacher.model=null"]
+    if padded:
+        base.append(f"model.padded_vocab_size={padded}")
+    cfg = load_config(ckpt / "config.yaml", [*base, *args.overrides])
+    out = ckpt.parent.parent / "analyze" / f"{Path(args.teacher).name}__{ckpt.name}.json"
+
+    def body(cfg, rank):
+        res = run_analyze(cfg, ckpt, out)
+        if rank == 0:
+            for name, r in res.items():
+                print(f"{name}: teacher entropy {r['teacher_entropy']:.4f} | student entropy "
+                      f"{r['student_entropy']:.4f} | top-1 agreement {r['top1_agreement']:.4f} | "
+                      f"KL(T||S) {r['kl_teacher_student']:.4f} | KL(S||T) {r['kl_student_teacher']:.4f} "
+                      f"| JS {r['js']:.4f} ({r['tokens']} tokens)")
+            print(f"written: {out}")
+
+    return _launch(args, cfg, body)

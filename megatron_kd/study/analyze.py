@@ -1,0 +1,70 @@
+"""`mkd analyze TEACHER STUDENT`: the paper's logit analysis on a validation set — entropy of
+each model, top-1 agreement, KL(teacher‖student), KL(student‖teacher) and JS between them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from megatron_kd.config.schema import RunConfig
+
+
+def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> dict:
+    from megatron.core import parallel_state
+
+    from megatron_kd.checkpoint.manager import load_checkpoint
+    from megatron_kd.data.batches import MicroBatchIterator
+    from megatron_kd.data.datasets import build_datasets, load_tokenizer
+    from megatron_kd.distill.losses import _log_softmax, _Shard, kd_loss
+    from megatron_kd.distill.objective import vocab_parallel_argmax
+    from megatron_kd.training.loop import prepare_kd
+    from megatron_kd.training.setup import TrainState, build_ddp_model
+
+    if cfg.parallel.pp != 1:
+        from megatron_kd.errors import ConfigError
+
+        raise ConfigError("mkd analyze runs with parallel.pp=1 (any TP); set parallel.pp=1")
+    teacher, _ = prepare_kd(cfg)
+    state = TrainState(model=build_ddp_model(cfg, teacher), optimizer=None, scheduler=None)
+    load_checkpoint(student_ckpt, state, load_optimizer=False)
+    pair = state.model[0].module
+    pair.eval()
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    dp = parallel_state.get_data_parallel_world_size()
+    _, valid = build_datasets(cfg, load_tokenizer(cfg), cfg.train.global_batch_size)
+    V = cfg.model.vocab_size
+    results = {}
+    for name, (ds, n) in valid.items():
+        it = MicroBatchIterator(ds, cfg.train.micro_batch_size, parallel_state.get_data_parallel_rank(), dp)
+        sums = torch.zeros(7, dtype=torch.float64)
+        for _ in range(max(1, n // (cfg.train.micro_batch_size * dp))):
+            b = next(it)
+            with torch.no_grad():
+                s_logits, t_logits = pair(b["tokens"], b["position_ids"], None)
+                shard = _Shard(s_logits.shape[-1], V, tp_group, s_logits.device)
+                mask = b["loss_mask"].float()
+                ent = []
+                for logits in (t_logits, s_logits):
+                    lp, p = _log_softmax(logits.float(), shard)
+                    e = -torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(-1)
+                    if torch.distributed.get_world_size(tp_group) > 1:
+                        torch.distributed.all_reduce(e, group=tp_group)
+                    ent.append((e * mask).sum())
+                agree = (vocab_parallel_argmax(s_logits, shard) == vocab_parallel_argmax(t_logits, shard)).float()
+                kw = dict(vocab_size=V, loss_mask=mask, tp_group=tp_group)
+                fkl = kd_loss(s_logits, t_logits, kind="forward_kl", **kw).sum()
+                rkl = kd_loss(s_logits, t_logits, kind="reverse_kl", **kw).sum()
+                js = kd_loss(s_logits, t_logits, kind="jsd", jsd_beta=0.5, **kw).sum()
+            sums += torch.tensor([ent[0], ent[1], (agree * mask).sum(), fkl, rkl, js, mask.sum()],
+                                 dtype=torch.float64)
+        torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+        c = sums[-1].clamp(min=1)
+        keys = ["teacher_entropy", "student_entropy", "top1_agreement", "kl_teacher_student",
+                "kl_student_teacher", "js"]
+        results[name] = {k: (sums[i] / c).item() for i, k in enumerate(keys)} | {"tokens": int(sums[-1])}
+    if out_json is not None and torch.distributed.get_rank() == 0:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=2))
+    return results

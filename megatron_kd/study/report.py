@@ -1,0 +1,162 @@
+"""`mkd report SWEEP_DIR`: the study's table (Markdown + CSV), best α per teacher, compute
+accounting, and plots (gain vs teacher strength per α; validation curves)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+from megatron_kd.config import load_config
+from megatron_kd.errors import ConfigError
+from megatron_kd.models.params import human, train_flops_per_token
+
+
+def _final(run_dir: Path) -> dict | None:
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return None
+    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    vals = [r for r in rows if any(k.startswith("val/") for k in r)]
+    return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
+    points = json.loads((sweep_dir / "points.json").read_text())
+    teachers = {}
+    for f in (sweep_dir / "teachers").glob("*.json") if (sweep_dir / "teachers").is_dir() else []:
+        teachers[f.stem] = json.loads(f.read_text())
+    rows, sets = [], set()
+    for p in points:
+        run = sweep_dir / "runs" / p["name"]
+        res = _final(run)
+        if res is None:
+            continue
+        cfg = load_config(sweep_dir / "recipes" / f"{p['name']}.yaml")
+        vals = {k[4:]: v for k, v in res["final_val"].items() if k.startswith("val/")}
+        sets |= set(vals)
+        tokens = res["last"]["tokens"]
+        row = {**p, "val": vals, "tokens": tokens, "curve": res["curve"],
+               "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens}
+        if p.get("teacher"):
+            from megatron_kd.distill.model import resolve_teacher
+
+            _, tm, state = resolve_teacher(cfg)
+            per_tok = train_flops_per_token(tm, cfg.train.seq_length)
+            row["teacher_kd_flops"] = per_tok / 3 * tokens  # forward only
+            t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
+            row["teacher_pretrain_flops"] = per_tok * t_tokens
+            t_eval = teachers.get(p["teacher"].replace("/", "-"))
+            row["teacher_val"] = (t_eval or {}).get("loss", {})
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"no finished runs under {sweep_dir}/runs; run `mkd sweep ... --local` first")
+    return rows, teachers, sorted(sets)
+
+
+def baselines(rows: list[dict], sets: list[str]) -> dict:
+    """Per student: mean (and std over seeds) of the baseline's final validation losses."""
+    out = {}
+    for student in {r["student"] for r in rows}:
+        b = [r for r in rows if r["student"] == student and not r.get("teacher")]
+        if not b:
+            continue
+        out[student] = {}
+        for s in sets:
+            xs = [r["val"][s] for r in b if s in r["val"]]
+            if xs:
+                out[student][s] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None)
+    return out
+
+
+def _fmt(x, nd=4) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def build_report(sweep_dir: Path) -> dict:
+    sweep_dir = Path(sweep_dir)
+    rows, _, sets = collect(sweep_dir)
+    base = baselines(rows, sets)
+    for r in rows:
+        b = base.get(r["student"], {})
+        r["gain"] = {s: b[s][0] - r["val"][s] for s in sets if s in b and s in r["val"]}
+    kd_rows = [r for r in rows if r.get("teacher")]
+    best = {}
+    for t in sorted({r["teacher"] for r in kd_rows}):
+        cands = [r for r in kd_rows if r["teacher"] == t and r.get("alpha") is not None]
+        for s in sets:
+            scored = [r for r in cands if s in r["gain"]]
+            if scored:
+                top = max(scored, key=lambda r: r["gain"][s])
+                best.setdefault(t, {})[s] = (top["alpha"], top["gain"][s])
+    header = ["run", "student", "teacher", "alpha", "T", "kind"]
+    header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets] + [f"gain {s}" for s in sets]
+    header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
+    table = []
+    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0)):
+        table.append([r["name"], r["student"], r.get("teacher") or "(baseline)", _fmt(r.get("alpha"), 2),
+                      _fmt(r.get("temperature"), 2), r.get("kind") or ""]
+                     + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
+                     + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
+                     + [human(r["student_flops"]), human(r.get("teacher_kd_flops", 0)),
+                        human(r.get("teacher_pretrain_flops", 0))])
+    with open(sweep_dir / "report.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header] + table)
+    md = [f"# Sweep report: {sweep_dir.name}", "",
+          "Final validation loss (nats/token) per run; gain = the same student's no-KD baseline "
+          "minus the run's loss (positive: distillation helped).", ""]
+    for student, b in base.items():
+        md.append(f"Baseline {student}: " + ", ".join(
+            f"{s} {m:.4f}" + (f" ± {sd:.4f} (seed std)" if sd is not None else "") for s, (m, sd) in b.items()))
+    md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in table]
+    md += ["", "Best α per teacher:", ""]
+    for t, per in best.items():
+        md.append(f"- {t}: " + ", ".join(f"{s}: α={a:g} (gain {g:+.4f})" for s, (a, g) in per.items()))
+    plots = _plots(sweep_dir, rows, sets)
+    md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    (sweep_dir / "report.md").write_text("\n".join(md))
+    return {"rows": rows, "baselines": base, "best_alpha": best, "sets": sets, "plots": plots,
+            "markdown": "\n".join(md)}
+
+
+def _plots(sweep_dir: Path, rows: list[dict], sets: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    kd_rows = [r for r in rows if r.get("teacher") and r.get("gain")]
+    if kd_rows:
+        fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
+        for ax, s in zip(axes[0], sets):
+            for a in sorted({r["alpha"] for r in kd_rows if r.get("alpha") is not None}):
+                pts = sorted((((r.get("teacher_val") or {}).get(s, math.nan)), r["gain"].get(s, math.nan))
+                             for r in kd_rows if r.get("alpha") == a)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"α={a:g}")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel(f"teacher {s} loss (lower = stronger)")
+            ax.set_ylabel(f"gain in student {s} loss")
+            ax.invert_xaxis()
+            ax.legend()
+        fig.tight_layout()
+        out.append(sweep_dir / "gain_vs_teacher.png")
+        fig.savefig(out[-1], dpi=100)
+        plt.close(fig)
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        for r in rows:
+            c = [(v["tokens"], v[f"val/{s}"]) for v in r["curve"] if f"val/{s}" in v]
+            if c:
+                ax.plot([x for x, _ in c], [y for _, y in c], label=r["name"], lw=1)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel(f"val {s} loss")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    out.append(sweep_dir / "loss_curves.png")
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,231 @@
+"""Sweeps: a grid over teacher × student × α × temperature × KD kind/top-k (any subset), plus
+the no-KD baseline of each student, expanded into one resolved recipe per point.
+
+Sweep YAML:
+
+    name: cpu-mini
+    base: kd/_cpu_base              # the training recipe every point starts from
+    out: runs/sweeps/cpu-mini       # sweep directory (recipes/, runs/, results)
+    overrides: [train.steps=200]    # applied to every point
+    seeds: [1234]                   # several seeds: one run per seed (noise bands)
+    baseline: true                  # the no-KD run of each student
+    baseline_seeds: [1235]          # extra baseline seeds only (a cheaper noise band)
+    grid:
+      student: [models/cpu-small]               # model recipes
+      teacher:                                  # explicit teachers ...
+        - {name: tiny-300, checkpoint: runs/teachers/cpu-tiny/checkpoints/tokens_614400,
+           model: models/cpu-tiny, tokens: 614400}
+      teacher_grid:                             # ... and/or a models x token budgets product
+        models: {0.5b: models/llama3-0.5b}
+        tokens: [5e9, 50e9]
+        checkpoint: runs/teachers/{model}/checkpoints/tokens_{tokens}
+      alpha: [0.2, 0.5, 1.0]
+      temperature: [1.0]
+      kind: [forward_kl]
+      top_k: [null]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from megatron_kd.config import dump_config, load_config
+from megatron_kd.config.loader import resolve_recipe_path
+from megatron_kd.errors import ConfigError
+
+GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "temperature", "kind", "top_k"}
+SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid"}
+
+
+@dataclass
+class Point:
+    name: str
+    student: str
+    teacher: dict | None  # None = the baseline
+    overrides: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+def _short(x) -> str:
+    return str(x).replace("models/", "").replace("/", "-")
+
+
+def _num(x) -> str:
+    return f"{float(x):g}"
+
+
+def _teachers(grid: dict) -> list[dict]:
+    out = [dict(t) for t in grid.get("teacher") or []]
+    for t in out:
+        if not isinstance(t, dict) or "checkpoint" not in t:
+            raise ConfigError(f"sweep grid.teacher entries need a checkpoint: {t}")
+        t.setdefault("name", Path(t["checkpoint"]).name)
+    tg = grid.get("teacher_grid")
+    if tg:
+        for key in ("models", "tokens", "checkpoint"):
+            if key not in tg:
+                raise ConfigError(f"sweep grid.teacher_grid needs '{key}'")
+        for (short, recipe), tokens in itertools.product(tg["models"].items(), tg["tokens"]):
+            tok = int(float(tokens))
+            out.append({"name": f"{short}@{_tokens_label(tok)}", "model": recipe, "tokens": tok,
+                        "checkpoint": tg["checkpoint"].format(model=short, tokens=tok)})
+    return out
+
+
+def _tokens_label(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:g}{unit}"
+    return str(n)
+
+
+def load_sweep(path: str | Path) -> dict:
+    p = resolve_recipe_path(path)
+    spec = yaml.safe_load(p.read_text()) or {}
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown sweep key(s) {sorted(unknown)} in {p}; valid: {sorted(SWEEP_KEYS)}")
+    grid = spec.get("grid") or {}
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise ConfigError(f"unknown grid key(s) {sorted(unknown)} in {p}; valid: {sorted(GRID_KEYS)}")
+    if "base" not in spec:
+        raise ConfigError(f"sweep {p} has no `base:` training recipe")
+    spec.setdefault("name", p.stem)
+    spec.setdefault("out", f"runs/sweeps/{spec['name']}")
+    spec["_path"] = str(p)
+    return spec
+
+
+def expand(spec: dict) -> list[Point]:
+    """Every point of the grid (and the baselines), with names that say the point."""
+    grid = spec.get("grid") or {}
+    students = grid.get("student") or [None]
+    teachers = _teachers(grid)
+    axes = {k: grid.get(k) or [None] for k in ("alpha", "temperature", "kind", "top_k")}
+    seeds = spec.get("seeds") or [None]
+    common = list(spec.get("overrides") or [])
+    points = []
+    for seed, student in itertools.product(seeds, students):
+        s_name = _short(student) if student else "student"
+        seed_tag = f"__seed{seed}" if len(seeds) > 1 else ""
+        base_ov = common + ([f"run.seed={seed}"] if seed is not None else [])
+        if spec.get("baseline", True):
+            points.append(Point(f"{s_name}__baseline{seed_tag}", student, None, base_ov + ["kd.alpha=0"],
+                                {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed}))
+        for t, a, temp, kind, top_k in itertools.product(teachers, *axes.values()):
+            parts, ov = [s_name, f"t-{_short(t['name'])}"], list(base_ov)
+            ov += [f"teacher.checkpoint={t['checkpoint']}"]
+            if t.get("model"):
+                ov.append(f"teacher.model={t['model']}")
+            meta = {"student": s_name, "teacher": t["name"], "teacher_model": t.get("model"),
+                    "teacher_tokens": t.get("tokens"), "seed": seed}
+            for key, val, tag in (("alpha", a, "a"), ("temperature", temp, "T"), ("kind", kind, ""),
+                                  ("top_k", top_k, "topk")):
+                if val is not None:
+                    ov.append(f"kd.{key}={val}")
+                    parts.append(f"{tag}{_num(val) if key != 'kind' else val}")
+                    meta[key] = val
+            meta.setdefault("alpha", None)
+            points.append(Point("__".join(parts) + seed_tag, student, t, ov, meta))
+    for seed, student in itertools.product(spec.get("baseline_seeds") or [], students):
+        s_name = _short(student) if student else "student"  # extra baselines: the noise band
+        points.append(Point(f"{s_name}__baseline__seed{seed}", student, None,
+                            common + [f"run.seed={seed}", "kd.alpha=0"],
+                            {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed}))
+    if not points:
+        raise ConfigError(f"sweep {spec['_path']} expands to no runs: give grid.teacher(s) and/or "
+                          "baseline: true")
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise ConfigError("two sweep points got the same name; give the teachers distinct names")
+    return points
+
+
+def resolve_point(spec: dict, point: Point):
+    """The full config of one point (student model from its recipe, run dir in the sweep)."""
+    cfg = load_config(spec["base"], point.overrides + [f"run.name={point.name}",
+                                         f"run.dir={Path(spec['out']) / 'runs' / point.name}"])
+    if point.student:
+        model_part = load_config(point.student, purpose="model").model
+        cfg.model = model_part
+        # re-validate the combination (e.g. heads vs TP) with the student swapped in
+        from megatron_kd.config import validate
+
+        validate(cfg)
+    if point.teacher is None:
+        cfg.teacher.checkpoint = None
+    return cfg
+
+
+def write_recipes(spec: dict) -> list[tuple[Point, Path]]:
+    out = Path(spec["out"])
+    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    written = []
+    for point in expand(spec):
+        cfg = resolve_point(spec, point)
+        path = out / "recipes" / f"{point.name}.yaml"
+        dump_config(cfg, path)
+        written.append((point, path))
+    (out / "points.json").write_text(json.dumps([{"name": p.name, **p.meta} for p, _ in written], indent=2))
+    return written
+
+
+def evaluate_teachers(spec: dict) -> dict:
+    """Each distinct teacher's own validation losses on the sweep's sets (once; cached)."""
+    base = load_config(spec["base"], list(spec.get("overrides") or []))
+    valid = "{" + ", ".join(f"{k}: {v}" for k, v in base.data.valid.items()) + "}"
+    out = Path(spec["out"]) / "teachers"
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for t in _teachers(spec.get("grid") or {}):
+        target = out / f"{_short(t['name'])}.json"
+        if not target.is_file():
+            cmd = [sys.executable, "-m", "megatron_kd", "eval", t["checkpoint"], f"data.valid={valid}",
+                   f"train.seq_length={base.train.seq_length}",
+                   f"logging.eval_samples={base.logging.eval_samples}", "--json-out", str(target)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or ["failed"])[-1]
+                raise ConfigError(f"evaluating teacher {t['name']} failed: {last}")
+        results[t["name"]] = json.loads(target.read_text())
+    return results
+
+
+def finished(run_dir: Path) -> bool:
+    from megatron_kd.checkpoint.manager import latest_checkpoint, read_state
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    return latest is not None and read_state(latest)["kind"] == "final"
+
+
+def run_local(spec: dict, nproc: int = 1) -> list[str]:
+    """Run every point one after another; finished runs are skipped, partial ones resume."""
+    ran = []
+    for point, recipe in write_recipes(spec):
+        run_dir = Path(spec["out"]) / "runs" / point.name
+        if finished(run_dir):
+            print(f"[sweep] {point.name}: finished, skipped", flush=True)
+            continue
+        print(f"[sweep] {point.name}: training", flush=True)
+        cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]
+        if nproc > 1:
+            cmd += ["--nproc", str(nproc)]
+        r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")),
+                           capture_output=True, text=True)
+        (run_dir).mkdir(parents=True, exist_ok=True)
+        (run_dir / "train.log").write_text(r.stdout + r.stderr)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["failed"])[-1]
+            raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
+        print(f"[sweep] {point.name}: {r.stdout.strip().splitlines()[-1]}", flush=True)
+        ran.append(point.name)
+    return ran

@@ -1,0 +1,90 @@
+"""Sweeps, reports and the logit analysis, end to end on CPU."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import corpus_overrides
+from tests.distributed import REPO
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def mkd(*args, ok=True):
+    r = subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    if ok:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def test_paper_sweep_expands_to_the_papers_grid():
+    from megatron_kd.study.sweep import expand, load_sweep
+
+    points = expand(load_sweep("sweeps/paper"))
+    assert len(points) == 4 * 7 * 6 + 1
+    kd = [p for p in points if p.teacher]
+    assert {p.meta["alpha"] for p in kd} == {0.2, 0.4, 0.5, 0.6, 0.8, 1.0}
+    assert {p.meta["teacher_tokens"] for p in kd} == {int(x * 1e9) for x in (5, 10, 30, 50, 80, 100, 300)}
+    names = [p.name for p in points]
+    assert "llama3-1b__t-8b@300B__a0.6__T1__forward_kl" in names and "llama3-1b__baseline" in names
+
+
+def test_empty_grid_is_an_error(tmp_path):
+    (tmp_path / "s.yaml").write_text("base: train/tiny-mock\nbaseline: false\ngrid: {alpha: [0.5]}\n")
+    r = mkd("sweep", str(tmp_path / "s.yaml"), ok=False)
+    assert r.returncode == 2 and "expands to no runs" in r.stderr
+
+
+def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
+    teacher = tmp_path / "teacher"
+    common = corpus_overrides(text_corpus) + ["train.global_batch_size=8", "train.micro_batch_size=4",
+                                              "train.seq_length=32", "logging.eval_samples=16"]
+    mkd("train", "train/tiny-mock", *common, f"run.dir={teacher}", "train.steps=12",
+        "model.num_layers=3", "train.lr=3e-3")
+    sweep = {"name": "two", "base": "train/tiny-mock", "out": str(tmp_path / "sweep"),
+             "overrides": common + ["train.steps=4"], "baseline": True,
+             "grid": {"teacher": [{"name": "t12", "checkpoint": str(teacher), "tokens": 12 * 256}],
+                      "alpha": [0.2, 1.0]}}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(sweep))
+    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local")
+    assert r.stdout.count(": training") == 3
+    out = tmp_path / "sweep"
+    assert (out / "report.md").is_file() and (out / "gain_vs_teacher.png").is_file()
+    assert (out / "loss_curves.png").is_file()
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert len(rows) == 3
+    base = next(r for r in rows if r["teacher"] == "(baseline)")
+    for r in rows:
+        gain = float(base["val indomain"]) - float(r["val indomain"])
+        assert abs(float(r["gain indomain"]) - gain) < 2e-4  # 4-decimal table arithmetic
+    assert {r["alpha"] for r in rows if r["teacher"] == "t12"} == {"0.20", "1.00"}
+    assert rows[0]["teacher indomain"] or rows[1]["teacher indomain"]  # teacher evaluated
+    assert "Best α per teacher" in r_text(out) and "t12" in r_text(out)
+    # Re-running resumes: every finished point is skipped; a removed one is trained again.
+    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local")
+    assert r.stdout.count("finished, skipped") == 3
+    victim = next(p for p in (out / "runs").iterdir() if "a0.2" in p.name)
+    import shutil
+
+    shutil.rmtree(victim)
+    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local")
+    assert r.stdout.count("finished, skipped") == 2 and r.stdout.count(": training") == 1
+
+    # analyze: a model against itself is KL 0 and agreement 1; against its teacher it is not.
+    run = out / "runs" / victim.name
+    r = mkd("analyze", str(run), str(run))
+    res = json.loads(next((run / "analyze").glob("*.json")).read_text())["indomain"]
+    assert res["top1_agreement"] == 1.0 and abs(res["kl_teacher_student"]) < 1e-6 and abs(res["js"]) < 1e-6
+    mkd("analyze", str(teacher), str(run))
+    res = json.loads((run / "analyze" / f"teacher__step_0000004.json").read_text())["indomain"]
+    assert res["kl_teacher_student"] > 0.01 and res["top1_agreement"] < 1.0
+
+
+def r_text(out):
+    return (out / "report.md").read_text()
