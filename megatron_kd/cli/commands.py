@@ -156,13 +156,18 @@ def cmd_eval(args) -> int:
     cfg = load_config(ckpt / "config.yaml", [*base, *args.overrides])
 
     def body(cfg, rank):
-        r = run_eval(cfg, Path(ckpt))
+        tasks = [t for t in (args.tasks or "").split(",") if t]
+        r = run_eval(cfg, Path(ckpt), tasks, args.include_path, args.limit)
         if rank == 0:
             print(f"{ckpt} (step {r['step']}, {r['tokens']:,} tokens) at seq {r['seq_length']}, "
                   f"tp={r['tp']} pp={r['pp']}:")
             for name, loss in r["loss"].items():
                 print(f"  {name:<16} loss {loss:.4f}  ppl {r['perplexity'][name]:.2f}  "
                       f"({r['sequences'][name]} sequences)")
+            for task, metrics in (r.get("tasks") or {}).get("results", {}).items():
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                  if isinstance(v, float) and "stderr" not in k)
+                print(f"  task {task}: {shown}")
             print(f"written: {r['written']}")
             if args.json_out:
                 import json

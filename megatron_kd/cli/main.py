@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. parallel.tp=1 train.seq_length=64 logging.eval_samples=256")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--json-out", default=None, help="also write the result JSON here")
+    p.add_argument("--tasks", default=None, help="lm-eval task names, comma separated")
+    p.add_argument("--include-path", default=None, help="folder of local lm-eval task YAMLs")
+    p.add_argument("--limit", type=int, default=None, help="lm-eval: examples per task")
     p.set_defaults(func=commands.cmd_eval)
 
     add_data_parser(sub)

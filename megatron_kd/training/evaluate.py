@@ -79,8 +79,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
                       "pass RUN_DIR or RUN_DIR/checkpoints/NAME")
 
 
-def run_eval(cfg: RunConfig, checkpoint: Path) -> dict:
-    """Load `checkpoint` into the layout of `cfg` and evaluate its validation sets."""
+def run_eval(cfg: RunConfig, checkpoint: Path, tasks: list[str] | None = None,
+             include_path: str | None = None, limit: int | None = None) -> dict:
+    """Load `checkpoint` into the layout of `cfg` and evaluate its validation sets, and with
+    `tasks` the lm-eval harness tasks too."""
     import json
 
     from megatron_kd.checkpoint.manager import load_checkpoint
@@ -92,10 +94,22 @@ def run_eval(cfg: RunConfig, checkpoint: Path) -> dict:
     info = load_checkpoint(checkpoint, state, load_optimizer=False)
     _, valid = build_datasets(cfg, tokenizer, cfg.train.global_batch_size)
     losses = evaluate(cfg, state.model, valid)
+    tasks_out = None
+    if tasks:
+        from megatron_kd.checkpoint.model_io import unwrap
+        from megatron_kd.errors import ConfigError
+        from megatron_kd.study.lm_eval_adapter import run_tasks
+
+        if cfg.parallel.pp != 1:
+            raise ConfigError("--tasks runs with parallel.pp=1 (any TP); set parallel.pp=1")
+        student = unwrap(state.model[0]).eval()
+        tasks_out = run_tasks(student, tokenizer, cfg, tasks, include_path, limit)
     result = {"checkpoint": str(checkpoint), "step": info.step, "tokens": info.tokens,
               "seq_length": cfg.train.seq_length, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp,
               "loss": losses, "perplexity": {k: math.exp(min(v, 50.0)) for k, v in losses.items()},
               "sequences": {k: n for k, (_, n) in valid.items()}}
+    if tasks_out is not None:
+        result["tasks"] = tasks_out
     if torch.distributed.get_rank() == 0:
         out = checkpoint.parent.parent / "eval" / f"{checkpoint.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
