@@ -19,7 +19,7 @@ $MKD train train/teacher-cpu-medium logging.log_interval=100
 echo
 echo "== 3. the sweep: cpu-small (1.1M) students, alpha in {0.2, 0.5, 1} x {weak, strong} + baselines =="
 mkdir -p runs/sweeps
-$MKD sweep recipes/sweeps/cpu-mini.yaml --local | tee runs/sweeps/cpu-mini.log.txt | grep -E "^\[sweep\]"
+$MKD sweep recipes/sweeps/cpu-mini.yaml --local | tee runs/sweeps/cpu-mini.log.txt | grep --line-buffered -E "^\[sweep\]"
 
 echo
 echo "== 4. the report (runs/sweeps/cpu-mini/report.md, report.csv, *.png) =="

@@ -118,7 +118,12 @@ def _launch(args, cfg, body) -> int:
 
 
 def cmd_train(args) -> int:
+    from megatron_kd.runtime import preemption
+
+    preemption.install()  # first: a warning signal during start-up must not kill the run
     from megatron_kd.training.loop import run_training
+
+    outcome = {}
 
     cfg = load_config(args.recipe, args.overrides)
     if cfg.teacher.checkpoint:  # fail before any process starts: never train against no teacher
@@ -128,7 +133,11 @@ def cmd_train(args) -> int:
 
     def body(cfg, rank):
         metrics = run_training(cfg)
-        if rank == 0:
+        outcome["preempted"] = bool(metrics.get("preempted"))
+        if rank == 0 and outcome["preempted"]:
+            print(f"preempted at step {metrics['step']}: checkpoint saved in {cfg.run.dir}; "
+                  f"exit {preemption.EXIT_PREEMPTED} (requeue and start again to resume)")
+        elif rank == 0:
             vals = "".join(f", {k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
             if math.isnan(metrics["loss"]):
                 print(f"already complete: {metrics['step']} steps{vals}, run dir {cfg.run.dir} "
@@ -137,7 +146,8 @@ def cmd_train(args) -> int:
                 print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
                       f"run dir {cfg.run.dir}")
 
-    return _launch(args, cfg, body)
+    rc = _launch(args, cfg, body)
+    return preemption.EXIT_PREEMPTED if outcome.get("preempted") else rc
 
 
 def cmd_eval(args) -> int:

@@ -27,6 +27,7 @@ from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.setup import TrainState, build_train_state
 from megatron_kd.distill.model import align_padded_vocab, resolve_teacher
+from megatron_kd.runtime import preemption
 from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.training.steps import (
     KD_REPORTS,
@@ -176,11 +177,20 @@ def run_training(cfg: RunConfig) -> dict[str, float]:
                     log.info("validation at step %d: %s", step,
                              " | ".join(f"{k[4:]} {v:.4f}" for k, v in vals.items()))
                 writer.write(record)
+            if preemption.requested():
+                log.warning("preemption signal %s at step %d: checkpointing, then exiting for requeue",
+                            preemption.signal_names(), step)
+                if not last:
+                    save_checkpoint(cfg, state, f"step_{step:07d}", "periodic", tokenizer_file)
+                    metrics["preempted"] = 1.0
+                    break
             for budget in _budgets_due(cfg, step):
                 save_checkpoint(cfg, state, f"tokens_{budget}", "budget", tokenizer_file)
             if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and not last:
                 save_checkpoint(cfg, state, f"step_{step:07d}", "periodic", tokenizer_file)
-        if state.step > start_step and state.step < total:
+        if metrics.get("preempted"):
+            pass  # the checkpoint was just written
+        elif state.step > start_step and state.step < total:
             # Stopped early (stop_at_step): always leave a checkpoint to resume from.
             save_checkpoint(cfg, state, f"step_{state.step:07d}", "periodic", tokenizer_file)
         elif cfg.checkpoint.save_at_end and state.step > start_step:

@@ -1,0 +1,40 @@
+"""Preemption: SIGUSR1 (Slurm's warning before the time limit, `--signal=USR1@N`) and SIGTERM
+(scancel, node drain) ask the run to checkpoint at the next step boundary and exit with
+EXIT_PREEMPTED, which the sbatch script turns into `scontrol requeue`; the next start resumes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+
+log = logging.getLogger("megatron_kd.train")
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again", i.e. requeue
+_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_received: list[int] = []
+
+
+def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
+    _received.append(signum)
+
+
+def install() -> None:
+    """Catch the preemption signals (call as early as possible in the process)."""
+    for sig in _SIGNALS:
+        signal.signal(sig, _handler)
+
+
+def requested() -> bool:
+    """True on every rank once any rank received a preemption signal (one tiny all-reduce)."""
+    flag = torch.tensor([1 if _received else 0], dtype=torch.int32)
+    if torch.cuda.is_available():
+        flag = flag.cuda()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def signal_names() -> str:
+    return ", ".join(signal.Signals(s).name for s in _received) or "(from another rank)"
