@@ -14,6 +14,8 @@
     mkd sweep SWEEP.yaml [--local]     expand (and run) a teacher x student x alpha grid
     mkd report SWEEP_DIR               table, gains, best alpha, compute, plots
     mkd analyze TEACHER STUDENT        entropy, top-1 agreement, KL and JS
+    mkd slurm submit RECIPE [key=value ...] --nodes N --gpus-per-node G [--dry-run]
+                                       sbatch with srun launch and requeue on preemption
 
 Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
 --debug for the traceback.
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
     from megatron_kd.cli.convert_commands import add_convert_parsers
     from megatron_kd.cli.data_commands import add_data_parser
+    from megatron_kd.cli.slurm_commands import add_slurm_parser
     from megatron_kd.cli.study_commands import add_study_parsers
 
     parser = argparse.ArgumentParser(
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_convert_parsers(sub)
     add_study_parsers(sub)
+    add_slurm_parser(sub)
     return parser
 
 

@@ -11,6 +11,10 @@ def add_study_parsers(sub) -> None:
     p.add_argument("--local", action="store_true", help="run the points here, one after another "
                    "(finished runs are skipped, partial ones resume), then write the report")
     p.add_argument("--nproc", type=int, default=1, help="processes per local run")
+    p.add_argument("--slurm", action="store_true", help="submit every unfinished point with sbatch")
+    from megatron_kd.cli.slurm_commands import add_job_options
+
+    add_job_options(p)
     p.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="table, best alpha, compute and plots of a sweep directory")
@@ -29,6 +33,22 @@ def cmd_sweep(args) -> int:
     from megatron_kd.study.sweep import evaluate_teachers, load_sweep, run_local, write_recipes
 
     spec = load_sweep(args.sweep)
+    if args.slurm and args.local:
+        from megatron_kd.errors import ConfigError
+
+        raise ConfigError("choose one of --local and --slurm")
+    if args.slurm:
+        from megatron_kd.cli.slurm_commands import job_spec
+        from megatron_kd.slurm.submit import submit
+        from megatron_kd.study.sweep import finished
+
+        for point, recipe in write_recipes(spec):
+            if finished(Path(spec["out"]) / "runs" / point.name):
+                print(f"[sweep] {point.name}: finished, skipped")
+                continue
+            print(f"[sweep] {point.name}: submitted job {submit(job_spec(args, str(recipe), []))}")
+        print(f"when the jobs are done: mkd report {spec['out']}")
+        return 0
     if not args.local:
         written = write_recipes(spec)
         print(f"{len(written)} runs in {spec['out']}:")

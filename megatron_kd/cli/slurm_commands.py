@@ -1,0 +1,45 @@
+"""`mkd slurm submit`, and the job options `mkd sweep --slurm` shares."""
+
+from __future__ import annotations
+
+
+def add_job_options(p) -> None:
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU (0: CPU tasks)")
+    p.add_argument("--ntasks-per-node", type=int, default=None, help="CPU jobs: tasks per node")
+    p.add_argument("--time", default="04:00:00", help="time limit (Slurm syntax)")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--signal-seconds", type=int, default=300,
+                   help="USR1 this many seconds before the time limit: checkpoint and requeue")
+    p.add_argument("--cpus-per-task", type=int, default=None)
+
+
+def add_slurm_parser(sub) -> None:
+    p = sub.add_parser("slurm", help="submit training jobs to Slurm (srun launch, requeue on preemption)")
+    ssub = p.add_subparsers(dest="slurm_command", metavar="SLURM_COMMAND", required=True)
+    s = ssub.add_parser("submit", help="render the sbatch script for RECIPE and submit it")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    add_job_options(s)
+    s.add_argument("--job-name", default=None)
+    s.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    s.set_defaults(func=cmd_submit)
+
+
+def job_spec(args, recipe: str, overrides: list[str]):
+    from megatron_kd.slurm.submit import JobSpec
+
+    return JobSpec(recipe=recipe, overrides=list(overrides), nodes=args.nodes,
+                   gpus_per_node=args.gpus_per_node, ntasks_per_node=args.ntasks_per_node,
+                   time=args.time, partition=args.partition, account=args.account,
+                   signal_seconds=args.signal_seconds, cpus_per_task=args.cpus_per_task,
+                   job_name=getattr(args, "job_name", None))
+
+
+def cmd_submit(args) -> int:
+    from megatron_kd.slurm.submit import submit
+
+    out = submit(job_spec(args, args.recipe, args.overrides), dry_run=args.dry_run)
+    print(out if args.dry_run else f"submitted job {out}")
+    return 0

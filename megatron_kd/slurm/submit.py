@@ -1,0 +1,132 @@
+"""Render and submit sbatch jobs: srun launch (one task per GPU, no torchrun), NCCL / Transformer
+Engine environment, a warning signal before the time limit, and self-requeue on preemption.
+
+Every user-provided string is shell-quoted (shlex.quote) in the script, and sbatch is called
+with an argument list: nothing reaches a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_kd.config import load_config
+from megatron_kd.config.loader import resolve_recipe_path
+from megatron_kd.errors import ConfigError, SetupError
+from megatron_kd.runtime.preemption import EXIT_PREEMPTED
+
+REPO = Path(__file__).resolve().parents[2]
+
+# megatron-core / NCCL / TE settings for H100 nodes (8 GPUs, NVLink + InfiniBand).
+GPU_ENV = {
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # TP comm/compute overlap ordering
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "NCCL_NVLS_ENABLE": "0",
+    "NCCL_IB_TIMEOUT": "19",
+    "NVTE_FWD_LAYERNORM_SM_MARGIN": "16",
+    "NVTE_BWD_LAYERNORM_SM_MARGIN": "16",
+    "OMP_NUM_THREADS": "1",
+}
+FP8_ENV = {"NVTE_FP8_DPA_BWD": "1", "NVTE_FLASH_ATTN": "1", "NVTE_FUSED_ATTN": "1"}
+
+
+@dataclass
+class JobSpec:
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    nodes: int = 1
+    gpus_per_node: int = 8  # 0 = CPU tasks (gloo), with ntasks_per_node tasks
+    ntasks_per_node: int | None = None
+    time: str = "04:00:00"
+    partition: str | None = None
+    account: str | None = None
+    signal_seconds: int = 300  # USR1 this long before the time limit: checkpoint + requeue
+    job_name: str | None = None
+    cpus_per_task: int | None = None
+    extra_sbatch: list[str] = field(default_factory=list)
+
+
+def _check_value(name: str, value: str) -> str:
+    if any(c in value for c in "\n\r\0"):
+        raise ConfigError(f"--{name} must be one line, got {value!r}")
+    return value
+
+
+def render(spec: JobSpec) -> tuple[str, Path]:
+    """(script text, run dir). The recipe is validated for the job's world size first."""
+    recipe = resolve_recipe_path(spec.recipe)
+    tasks_per_node = spec.ntasks_per_node or spec.gpus_per_node
+    if tasks_per_node < 1 or spec.nodes < 1:
+        raise ConfigError("a job needs --nodes >= 1 and --gpus-per-node >= 1 (or --ntasks-per-node)")
+    world = spec.nodes * tasks_per_node
+    cfg = load_config(recipe, spec.overrides)
+    from megatron_kd.config import validate
+
+    validate(cfg, world)
+    run_dir = Path(cfg.run.dir).resolve() if Path(cfg.run.dir).is_absolute() else (Path.cwd() / cfg.run.dir)
+    name = _check_value("job-name", spec.job_name or f"mkd-{cfg.run.name}")
+    q = shlex.quote
+    lines = ["#!/bin/bash",
+             f"#SBATCH --job-name={q(name)}",
+             f"#SBATCH --nodes={spec.nodes}",
+             f"#SBATCH --ntasks-per-node={tasks_per_node}"]
+    if spec.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={spec.gpus_per_node}")
+    if spec.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={spec.cpus_per_task}")
+    lines.append(f"#SBATCH --time={q(_check_value('time', spec.time))}")
+    for opt, val in (("partition", spec.partition), ("account", spec.account)):
+        if val:
+            lines.append(f"#SBATCH --{opt}={q(_check_value(opt, val))}")
+    lines += [f"#SBATCH --signal=USR1@{int(spec.signal_seconds)}",
+              "#SBATCH --requeue",
+              "#SBATCH --open-mode=append",
+              f"#SBATCH --output={q(str(run_dir / 'slurm' / 'slurm-%j.out'))}"]
+    lines += [f"#SBATCH {_check_value('sbatch', x)}" for x in spec.extra_sbatch]
+    prec = cfg.precision
+    lines += ["", f"# recipe: {recipe}", f"# run dir: {run_dir}",
+              f"# layout: tp={cfg.parallel.tp} pp={cfg.parallel.pp} world={world}",
+              f"# precision: {prec.dtype}" + (
+                  f", fp8={prec.fp8} recipe={prec.fp8_recipe} margin={prec.fp8_margin} "
+                  f"amax_history={prec.fp8_amax_history_len} amax_algo={prec.fp8_amax_compute_algo}"
+                  if prec.fp8 else ", no fp8"),
+              "set -uo pipefail", f"cd {q(str(REPO))}"]
+    env = dict(GPU_ENV) if spec.gpus_per_node else {"OMP_NUM_THREADS": "1"}
+    if prec.fp8:
+        env.update(FP8_ENV)
+    lines += [f"export {k}={q(v)}" for k, v in env.items()]
+    lines += ['export MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
+              'echo "[mkd] job $SLURM_JOB_ID start (restart count ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"']
+    cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe), *spec.overrides]
+    lines += [f"srun --kill-on-bad-exit=1 {' '.join(q(c) for c in cmd)}",
+              "rc=$?",
+              f"if [ \"$rc\" -eq {EXIT_PREEMPTED} ]; then",
+              '    echo "[mkd] preempted: checkpoint saved, requeueing job $SLURM_JOB_ID"',
+              '    scontrol requeue "$SLURM_JOB_ID"',
+              "    exit 0",
+              "fi",
+              'echo "[mkd] job $SLURM_JOB_ID finished with exit code $rc"',
+              'exit "$rc"', ""]
+    return "\n".join(lines), run_dir
+
+
+def submit(spec: JobSpec, dry_run: bool = False) -> str:
+    """Write RUN_DIR/slurm/job-<name>.sbatch and submit it; returns the job id (or the script)."""
+    script, run_dir = render(spec)
+    if dry_run:
+        return script
+    if shutil.which("sbatch") is None:
+        raise SetupError("Slurm's sbatch is not on PATH; run on a Slurm login node, or use "
+                         "`mkd train` / `mkd sweep --local` on this machine")
+    out = run_dir / "slurm"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "job.sbatch"
+    path.write_text(script)
+    r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SetupError(f"sbatch refused the job: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+    return r.stdout.strip().split(";")[0]
