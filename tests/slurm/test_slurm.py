@@ -48,7 +48,7 @@ def test_kd_job_with_two_tasks_runs_to_completion(slurm, text_corpus, tmp_path):
 
 def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm, tmp_path):
     env = env_for(slurm)
-    steps = ["train.steps=5000", "logging.log_interval=1000", "logging.eval_samples=8",
+    steps = ["train.steps=2500", "logging.log_interval=500", "logging.eval_samples=8",
              "checkpoint.keep_last=1"]
     ref = tmp_path / "uninterrupted"
     mkd(env, "train", "train/tiny-mock", *steps, f"run.dir={ref}")
@@ -61,8 +61,8 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert "preemption signal SIGUSR1" in log and "requeueing job" in log, log[-4000:]
     assert "restart count 1" in log and "resumed from" in log
     a, b = metrics(ref), {x["step"]: x for x in metrics(run)}
-    assert b[5000]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
-    assert b[5000]["val/mock"] == pytest.approx(a[-1]["val/mock"], abs=1e-6)
+    assert b[2500]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
+    assert b[2500]["val/mock"] == pytest.approx(a[-1]["val/mock"], abs=1e-6)
 
 
 def test_rendered_h100_scripts_carry_fp8_and_parse(tmp_path):
