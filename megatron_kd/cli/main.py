@@ -16,6 +16,7 @@
     mkd analyze TEACHER STUDENT        entropy, top-1 agreement, KL and JS
     mkd slurm submit RECIPE [key=value ...] --nodes N --gpus-per-node G [--dry-run]
                                        sbatch with srun launch and requeue on preemption
+    mkd plan RECIPE --gpus N           per-GPU memory (student + teacher) and a layout
 
 Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
 --debug for the traceback.
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
     from megatron_kd.cli.convert_commands import add_convert_parsers
     from megatron_kd.cli.data_commands import add_data_parser
-    from megatron_kd.cli.slurm_commands import add_slurm_parser
+    from megatron_kd.cli.slurm_commands import add_plan_parser, add_slurm_parser
     from megatron_kd.cli.study_commands import add_study_parsers
 
     parser = argparse.ArgumentParser(
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parsers(sub)
     add_study_parsers(sub)
     add_slurm_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 

@@ -27,6 +27,61 @@ def add_slurm_parser(sub) -> None:
     s.set_defaults(func=cmd_submit)
 
 
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="per-GPU memory of a run (student + teacher) and a layout that fits")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs of the job (nodes x GPUs per node)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU (H100: 80)")
+    p.set_defaults(func=cmd_plan)
+
+
+def _teacher_model(cfg):
+    from pathlib import Path
+
+    from megatron_kd.config import load_config
+    from megatron_kd.config.loader import build_dataclass, load_recipe_dict
+    from megatron_kd.config.schema import ModelConfig
+
+    if cfg.teacher.model:
+        return load_config(cfg.teacher.model, purpose="model").model
+    if cfg.teacher.checkpoint:
+        from megatron_kd.training.evaluate import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(Path(cfg.teacher.checkpoint))
+        return build_dataclass(ModelConfig, load_recipe_dict(ckpt / "config.yaml").get("model", {}),
+                               "model", str(ckpt / "config.yaml"))
+    return None
+
+
+def cmd_plan(args) -> int:
+    from megatron_kd.config import load_config, validate
+    from megatron_kd.slurm.plan import GiB, estimate, format_plan, suggest
+
+    cfg = load_config(args.recipe, args.overrides)
+    validate(cfg, args.gpus)
+    teacher = _teacher_model(cfg)
+    gpu = args.gpu_memory_gb * GiB
+    plan = estimate(cfg, teacher, args.gpus)
+    who = f"student {cfg.model.name}" + (f" + teacher {teacher.name}" if teacher else "")
+    for line in format_plan(plan, gpu, f"{who} on {args.gpus} GPUs, {cfg.precision.dtype}"
+                                       + (f"+fp8 ({cfg.precision.fp8})" if cfg.precision.fp8 else "")):
+        print(line)
+    if plan.total > gpu:
+        print(f"warning: over the {args.gpu_memory_gb:.0f} GiB per GPU")
+        better = suggest(cfg, teacher, args.gpus, gpu)
+        if better is None:
+            print("no TP x PP layout with the distributed optimizer fits; lower train.micro_batch_size, "
+                  "set kd.chunk_size, or use more GPUs")
+        else:
+            for line in format_plan(better, gpu, "suggested"):
+                print(line)
+            print(f"  overrides: parallel.tp={better.tp} parallel.pp={better.pp} "
+                  "parallel.distributed_optimizer=true")
+        return 5
+    return 0
+
+
 def job_spec(args, recipe: str, overrides: list[str]):
     from megatron_kd.slurm.submit import JobSpec
 

@@ -1,0 +1,118 @@
+"""`mkd plan RECIPE --gpus N`: per-GPU memory of a (KD) run under its TP/PP/DP and precision,
+before anything is launched; warns when over the GPU's memory and suggests a layout that fits.
+
+Estimates (bytes per GPU, the most loaded pipeline stage):
+- weights: params/(TP*PP) x 2 (bf16/fp16) or 4 (fp32); embedding on the first stage and the
+  output layer on the last (both on one stage when PP=1);
+- gradients: fp32 DDP buffers, 4 bytes per parameter;
+- optimizer: fp32 main weights + Adam m and v, 12 bytes per parameter (fp32 training: 8),
+  divided by DP with the distributed optimizer;
+- teacher: weights only (frozen, no grads or optimizer state), in the run's dtype;
+- activations (no recomputation): s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence
+  parallelism), attention kept by flash/fused kernels, times the micro-batches in flight on the
+  first stage (PP for 1F1B);
+- logits on the last stage: student (dtype) + its fp32 copy for CE + teacher (dtype) + the KD
+  gradient buffer (dtype) + fp32 KD temporaries of one chunk, each s*b*V/TP;
+- a fixed reserve for the CUDA context, NCCL and fragmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.models.params import count_parameters
+
+GiB = 1 << 30
+RESERVE = 6 * GiB
+
+
+@dataclass
+class Plan:
+    tp: int
+    pp: int
+    dp: int
+    parts: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+
+def _bytes(dtype: str) -> int:
+    return 4 if dtype == "fp32" else 2
+
+
+def _stage_params(m: ModelConfig, tp: int, pp: int, padded_vocab: int) -> tuple[float, float]:
+    """(params on the heaviest stage / TP, of which vocabulary matrices)."""
+    c = count_parameters(m, padded_vocab)
+    layers = c.per_layer * math.ceil(m.num_layers / pp)
+    vocab_first = c.embedding
+    vocab_last = c.output if m.untie_embeddings_and_output_weights else c.embedding * (pp > 1)
+    vocab = vocab_first + vocab_last if pp == 1 else max(vocab_first, vocab_last)
+    return (layers + vocab + c.final_norm) / tp, vocab / tp
+
+
+def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | None = None,
+             pp: int | None = None, distributed_optimizer: bool | None = None) -> Plan:
+    from megatron_kd.config.validate import padded_vocab_size
+
+    tp = tp or cfg.parallel.tp
+    pp = pp or cfg.parallel.pp
+    dist_opt = cfg.parallel.distributed_optimizer if distributed_optimizer is None else distributed_optimizer
+    dp = max(1, gpus // (tp * pp))
+    m, tr = cfg.model, cfg.train
+    wbytes = _bytes(cfg.precision.dtype)
+    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
+    params, _ = _stage_params(m, tp, pp, padded)
+    opt_bytes = 12 if wbytes == 2 else 8
+    parts = {"student weights": params * wbytes, "gradients": params * 4,
+             "optimizer state": params * opt_bytes / (dp if dist_opt else 1)}
+    if teacher is not None:
+        t_params, _ = _stage_params(teacher, tp, pp, padded)
+        parts["teacher weights"] = t_params * wbytes
+    s, b, h = tr.seq_length, tr.micro_batch_size, m.hidden_size
+    per_layer = s * b * h * (34 / tp if cfg.parallel.sequence_parallel else 10 + 24 / tp)
+    parts["activations"] = per_layer * math.ceil(m.num_layers / pp) * pp * wbytes / 2
+    if teacher is not None:  # the teacher's forward keeps no activations, only a layer's worth
+        parts["activations"] += s * b * teacher.hidden_size * 10 * wbytes / 2
+    tokens_v = s * b * padded / tp
+    chunk = min(s * b, cfg.kd.chunk_size or s * b) / (s * b)
+    logits = tokens_v * (wbytes + 4)
+    if teacher is not None:
+        logits += tokens_v * (wbytes + wbytes + 4 * 3 * chunk)
+    parts["logits (last stage)"] = logits
+    parts["reserve (CUDA, NCCL)"] = RESERVE
+    return Plan(tp, pp, dp, parts)
+
+
+def suggest(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, gpu_bytes: float) -> Plan | None:
+    """The fitting layout with the smallest TP x PP (then the smallest PP), distributed optimizer."""
+    heads = cfg.model.num_attention_heads
+    groups = cfg.model.num_query_groups or heads
+    options = []
+    for tp in (1, 2, 4, 8):
+        for pp in (1, 2, 4, 8, 16):
+            if gpus % (tp * pp) or heads % tp or groups % tp or cfg.model.num_layers % pp:
+                continue
+            if teacher is not None and (teacher.num_attention_heads % tp or teacher.num_layers % pp
+                                        or (teacher.num_query_groups or teacher.num_attention_heads) % tp):
+                continue
+            plan = estimate(cfg, teacher, gpus, tp, pp, distributed_optimizer=True)
+            dp = gpus // (tp * pp)
+            if cfg.train.global_batch_size % (cfg.train.micro_batch_size * dp):
+                continue
+            if plan.total <= gpu_bytes:
+                options.append((tp * pp, pp, plan))
+    return min(options, key=lambda o: (o[0], o[1]))[2] if options else None
+
+
+def format_plan(plan: Plan, gpu_bytes: float, title: str) -> list[str]:
+    lines = [f"{title}: tp={plan.tp} pp={plan.pp} dp={plan.dp}"]
+    width = max(len(k) for k in plan.parts)
+    for k, v in plan.parts.items():
+        lines.append(f"  {k:<{width}}  {v / GiB:8.2f} GiB")
+    verdict = "fits" if plan.total <= gpu_bytes else "DOES NOT FIT"
+    lines.append(f"  {'total per GPU':<{width}}  {plan.total / GiB:8.2f} GiB of {gpu_bytes / GiB:.0f} GiB: {verdict}")
+    return lines

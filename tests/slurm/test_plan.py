@@ -1,0 +1,40 @@
+"""`mkd plan`: the paper's H100 layouts fit 80 GB; an over-budget run gets a layout that fits."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron_kd.config import load_config
+from megatron_kd.slurm.plan import GiB, estimate
+from tests.distributed import REPO
+
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def plan(*args):
+    return subprocess.run([sys.executable, "-m", "megatron_kd", "plan", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("pair", ["0.5b", "1b", "3b", "8b"])
+def test_paper_pairs_fit_h100(pair):
+    r = plan(f"kd/paper-{pair}-to-1b", "--gpus", "32")
+    assert r.returncode == 0 and "fits" in r.stdout, r.stdout + r.stderr
+    assert "teacher weights" in r.stdout
+
+
+def test_over_budget_suggests_a_layout():
+    r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=4", "--gpus", "32")
+    assert r.returncode == 5 and "DOES NOT FIT" in r.stdout and "suggested: tp=4" in r.stdout
+
+
+def test_estimate_scales_with_layout():
+    cfg = load_config("train/llama3-1b-paper")
+    teacher = load_config("models/llama3-8b", purpose="model").model
+    one = estimate(cfg, teacher, 32)
+    tp2 = estimate(cfg, teacher, 32, tp=2)
+    assert tp2.parts["teacher weights"] == pytest.approx(one.parts["teacher weights"] / 2, rel=0.01)
+    assert 8e9 * 2 / GiB * 0.9 < one.parts["teacher weights"] / GiB < 8.1e9 * 2 / GiB
+    assert "teacher weights" not in estimate(cfg, None, 32).parts
