@@ -7,11 +7,12 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install test demo clean help
+.PHONY: install system-deps test demo clean help
+SYSTEM_PKGS := slurmctld slurmd slurm-client munge
 
 help:
 	@echo "make install   create .venv with torch (CPU), megatron-core and megatron_kd"
-	@echo "make test      install if needed, then run the test suite"
+	@echo "make test      install if needed (and Slurm's Debian packages), then run the test suite"
 	@echo "make demo      install if needed, then run the CPU demo"
 
 install: $(STAMP)
@@ -29,7 +30,16 @@ $(STAMP): requirements.txt requirements-cpu.txt requirements-dev.txt pyproject.t
 	$(PY) -c "import torch, megatron.core, megatron_kd; print('installed: torch', torch.__version__)" 2>/dev/null
 	@touch $(STAMP)
 
-test: install
+# The Slurm tests start a real slurmctld/slurmd/munge on localhost: Debian's packages (root).
+system-deps:
+	@if ! command -v slurmctld >/dev/null 2>&1 && ! test -x /usr/sbin/slurmctld; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing $(SYSTEM_PKGS) (for the Slurm tests)"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PKGS) >/dev/null; \
+	  else echo "note: not root, cannot install $(SYSTEM_PKGS); the Slurm tests will fail"; fi; \
+	fi
+
+test: install system-deps
 	$(PY) -m pytest -q
 
 demo: install
