@@ -39,6 +39,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
         sets |= set(vals)
         tokens = res["last"]["tokens"]
         row = {**p, "val": vals, "tokens": tokens, "curve": res["curve"],
+               "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
+               "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
                "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens}
         if p.get("teacher"):
             from megatron_kd.distill.model import resolve_teacher
@@ -115,14 +117,14 @@ def build_report(sweep_dir: Path) -> dict:
     md += ["", "Best α per teacher:", ""]
     for t, per in best.items():
         md.append(f"- {t}: " + ", ".join(f"{s}: α={a:g} (gain {g:+.4f})" for s, (a, g) in per.items()))
-    plots = _plots(sweep_dir, rows, sets)
+    plots = _plots(sweep_dir, rows, sets, base)
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (sweep_dir / "report.md").write_text("\n".join(md))
     return {"rows": rows, "baselines": base, "best_alpha": best, "sets": sets, "plots": plots,
             "markdown": "\n".join(md)}
 
 
-def _plots(sweep_dir: Path, rows: list[dict], sets: list[str]) -> list[Path]:
+def _plots(sweep_dir: Path, rows: list[dict], sets: list[str], base: dict) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,6 +140,9 @@ def _plots(sweep_dir: Path, rows: list[dict], sets: list[str]) -> list[Path]:
                              for r in kd_rows if r.get("alpha") == a)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"α={a:g}")
             ax.axhline(0, color="grey", lw=0.8)
+            sds = [b[s][1] for b in base.values() if s in b and b[s][1] is not None]
+            if sds:  # the baseline's seed-to-seed noise band
+                ax.axhspan(-max(sds), max(sds), color="grey", alpha=0.15, label="baseline seed std")
             ax.set_xlabel(f"teacher {s} loss (lower = stronger)")
             ax.set_ylabel(f"gain in student {s} loss")
             ax.invert_xaxis()
