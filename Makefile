@@ -19,12 +19,16 @@ install: $(STAMP)
 
 # Re-runs only when a requirements file or pyproject.toml changes. torch (the pinned CPU build)
 # and numpy go first: megatron-core's build and import need them. megatron-core 0.19.2 declares
-# Python >= 3.12 but runs on 3.11, so it is built from its sdist with --ignore-requires-python.
+# Python >= 3.12 but runs on 3.11, so it alone is built from its sdist with
+# --ignore-requires-python (applied to everything, that flag would pick sdists of other packages
+# that need 3.12); its dependencies torch, numpy and packaging come from the other lines.
 $(STAMP): requirements.txt requirements-cpu.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) -r requirements-cpu.txt
-	$(PIP) --ignore-requires-python --no-binary megatron-core -r requirements.txt -c requirements-cpu.txt
+	$(PIP) --ignore-requires-python --no-binary megatron-core --no-deps $$(grep -E '^megatron-core==' requirements.txt | cut -d' ' -f1)
+	grep -v -E '^megatron-core==' requirements.txt > $(VENV)/requirements-rest.txt
+	$(PIP) -r $(VENV)/requirements-rest.txt -c requirements-cpu.txt
 	$(PIP) -r requirements-dev.txt -c requirements-cpu.txt
 	$(PIP) --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch, megatron.core, megatron_kd; print('installed: torch', torch.__version__)" 2>/dev/null

@@ -166,5 +166,11 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
         state.consumed_samples = meta["consumed_samples"]
         rng_file = path / "rng" / f"rank{_rank()}.pt"
         if meta.get("world_size") == torch.distributed.get_world_size() and rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=True))
+            try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+                rng = torch.load(rng_file, weights_only=True)
+            except Exception as exc:
+                raise ConfigError(f"refused to load {rng_file}: it is not a plain tensor file "
+                                  f"({type(exc).__name__}); the checkpoint may be tampered with "
+                                  "or corrupt: resume from another one") from exc
+            _set_rng_state(rng)
     return CheckpointInfo(path, meta["step"], meta["consumed_samples"], meta["tokens"], meta["kind"])

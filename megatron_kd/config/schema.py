@@ -94,6 +94,7 @@ class TrainConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1.0e-8
     clip_grad: float = 1.0  # global grad-norm clip; 0 disables
+    max_consecutive_skips: int = 3  # non-finite steps skipped in a row before the run stops
 
 
 @dataclass

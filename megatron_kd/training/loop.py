@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
+from megatron_kd.errors import MKDError
 from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.setup import TrainState, build_train_state
 from megatron_kd.distill.model import align_padded_vocab, resolve_teacher
@@ -67,17 +69,37 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
         **kwargs,
     )
     lr = state.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
-    update_ok, grad_norm, _ = state.optimizer.step()
+    metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
+    metrics = broadcast_from_last_stage(metrics, ctx.report_keys)
+    if state.step + 1 in _injected_nan_steps():
+        for chunk in state.model:  # fault injection for the non-finite guard's tests
+            for p in chunk.parameters():
+                if getattr(p, "main_grad", None) is not None:
+                    p.main_grad.fill_(math.nan)
+    # megatron-core's optimizer step, split so a non-finite loss or gradient norm skips the
+    # update (parameters, Adam state and LR schedule untouched) instead of poisoning the model.
+    found_inf = state.optimizer.prepare_grads()
+    if cfg.train.clip_grad > 0:
+        grad_norm = state.optimizer.clip_grad_norm(cfg.train.clip_grad)
+    else:
+        grad_norm = state.optimizer.get_grad_norm()
+    finite = (not found_inf and grad_norm is not None and math.isfinite(float(grad_norm))
+              and math.isfinite(metrics["loss"]))
+    update_ok = bool(finite and state.optimizer.step_with_ready_grads())
     if update_ok:
         state.scheduler.step(increment=1)
     state.step += 1
     state.consumed_samples += cfg.train.global_batch_size
-    metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
-    metrics = broadcast_from_last_stage(metrics, ctx.report_keys)
     metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
     metrics["lr"] = lr
     metrics["skipped"] = 0.0 if update_ok else 1.0
     return metrics
+
+
+def _injected_nan_steps() -> set[int]:
+    """MKD_INJECT_NAN_STEPS=3,4 makes those steps' gradients NaN (tests of the guard)."""
+    raw = os.environ.get("MKD_INJECT_NAN_STEPS", "")
+    return {int(x) for x in raw.split(",") if x.strip()}
 
 
 def prepare_kd(cfg: RunConfig):
@@ -148,6 +170,7 @@ def run_training(cfg: RunConfig) -> dict[str, float]:
         chunk.train()
     metrics: dict[str, float] = {}
     start_step, t_start = state.step, time.perf_counter()
+    skipped = 0
     stop = min(total, cfg.train.stop_at_step or total)
     try:
         while state.step < stop:
@@ -159,9 +182,21 @@ def run_training(cfg: RunConfig) -> dict[str, float]:
             metrics = train_step(cfg, state, data_iterator, ctx)
             dt = time.perf_counter() - t0
             step = state.step
+            skipped = skipped + 1 if metrics["skipped"] else 0
+            if skipped:
+                log.warning("step %d skipped: non-finite loss %.4g or grad norm %.4g (%d in a row, "
+                            "budget %d)", step, metrics["loss"], metrics["grad_norm"], skipped,
+                            cfg.train.max_consecutive_skips)
+            if skipped > cfg.train.max_consecutive_skips:
+                latest = latest_checkpoint(checkpoint_root(cfg))
+                raise MKDError(
+                    f"{skipped} consecutive steps had a non-finite loss or gradient (step {step}); "
+                    f"stopping. The last good checkpoint is {latest or '(none yet)'}; lower train.lr "
+                    "or check the data, then start again (it resumes from there)")
             record = {"step": step, "tokens": step * per_step, "loss": metrics["loss"],
                       "lm_loss": metrics["lm loss"], "lr": metrics["lr"],
-                      "grad_norm": metrics["grad_norm"], "tokens_per_s": per_step / dt}
+                      "grad_norm": metrics["grad_norm"], "tokens_per_s": per_step / dt,
+                      "skipped": int(metrics["skipped"])}
             record.update({k.replace(" ", "_"): metrics[k] for k in KD_REPORTS if k in metrics})
             last = step == total
             if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or last:

@@ -1,0 +1,57 @@
+"""Non-finite steps are skipped within a budget; past it the run stops keeping the last good
+checkpoint; a checkpoint carrying a malicious pickle is refused."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+from tests.distributed import REPO
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def mkd(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=env or ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_nan_steps_are_skipped_then_budget_stops_the_run(tmp_path):
+    r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'a'}", "train.steps=6",
+            env=dict(ENV, MKD_INJECT_NAN_STEPS="3,4"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+    assert [x["skipped"] for x in m] == [0, 0, 1, 1, 0, 0]
+    assert m[2]["lr"] == m[3]["lr"] == m[4]["lr"]  # the schedule waits for a real update
+    assert all(x["loss"] == x["loss"] for x in m) and m[-1]["val/mock"] < 6  # finite, learning
+    assert "step 3 skipped" in r.stdout
+
+    r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'b'}", "train.steps=8",
+            "train.max_consecutive_skips=2", "checkpoint.save_interval=1",
+            env=dict(ENV, MKD_INJECT_NAN_STEPS="3,4,5,6"))
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert "3 consecutive steps had a non-finite loss or gradient" in last
+    # Skipped steps leave the parameters untouched: the newest checkpoint is still good.
+    latest = (tmp_path / "b" / "checkpoints" / "latest").read_text()
+    assert latest in last and "Traceback" not in r.stderr
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('MKD_PWNED', '/tmp/mkd_pwned')}",))
+
+
+def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "train.stop_at_step=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rng = run / "checkpoints" / "step_0000002" / "rng" / "rank0.pt"
+    marker = tmp_path / "pwned"
+    with open(rng, "wb") as f:
+        pickle.dump({"cpu": _Evil()}, f)
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
+            env=dict(ENV, MKD_PWNED=str(marker)))
+    assert r.returncode == 2 and "refused to load" in r.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
