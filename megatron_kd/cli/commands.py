@@ -70,6 +70,7 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
+    """The command line for the torchrun children (all but --nproc N)."""
     out, skip = [], False
     for a in argv:
         if skip:
@@ -132,7 +133,7 @@ def cmd_train(args) -> int:
         resolve_teacher(cfg)
 
     def body(cfg, rank):
-        metrics = run_training(cfg)
+        metrics = run_training(cfg, overwrite=args.overwrite)
         outcome["preempted"] = bool(metrics.get("preempted"))
         if rank == 0 and outcome["preempted"]:
             print(f"preempted at step {metrics['step']}: checkpoint saved in {cfg.run.dir}; "

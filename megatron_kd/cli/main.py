@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--nproc", type=int, default=1,
                    help="start this many local processes (torchrun) when not already launched")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a different run found in run.dir (default: refuse)")
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("eval", help="validation loss of a checkpoint on each named set",

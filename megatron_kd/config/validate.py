@@ -82,8 +82,8 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
              f"train.micro_batch_size={tr.micro_batch_size}")
     _require(tr.lr > 0, f"train.lr must be > 0, got {tr.lr}")
     _require(0.0 <= tr.min_lr_ratio <= 1.0, f"train.min_lr_ratio must be in [0, 1], got {tr.min_lr_ratio}")
-    _require(0 <= tr.warmup_steps <= train_steps(cfg),
-             f"train.warmup_steps={tr.warmup_steps} must be between 0 and the run's "
+    _require(0 <= tr.warmup_steps < max(1, train_steps(cfg)) or tr.warmup_steps == 0,
+             f"train.warmup_steps={tr.warmup_steps} must be >= 0 and below the run's "
              f"{train_steps(cfg)} steps")
     _require(0.0 < tr.wsd_decay_fraction <= 1.0,
              f"train.wsd_decay_fraction must be in (0, 1], got {tr.wsd_decay_fraction}")

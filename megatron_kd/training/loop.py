@@ -27,6 +27,7 @@ from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.errors import MKDError
 from megatron_kd.training.metrics import MetricsWriter
+from megatron_kd.training.run_dir import check_run_dir
 from megatron_kd.training.setup import TrainState, build_train_state
 from megatron_kd.distill.model import align_padded_vocab, resolve_teacher
 from megatron_kd.runtime import preemption
@@ -128,13 +129,16 @@ def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
     return [b for b in sorted(set(cfg.checkpoint.save_at_tokens)) if before < b <= now]
 
 
-def run_training(cfg: RunConfig) -> dict[str, float]:
+def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
     """Train (or resume) to the configured length; returns the last metrics (same on all ranks).
     With `teacher.checkpoint` set, the student learns from the frozen teacher (kd section)."""
     from megatron.core import parallel_state
 
     rank = torch.distributed.get_rank()
     run_dir = Path(cfg.run.dir)
+    # Every rank checks (so all fail together); only rank 0 deletes on --overwrite.
+    check_run_dir(cfg, overwrite, delete=rank == 0)
+    torch.distributed.barrier()
     resume_from = latest_checkpoint(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
     for source in (resume_from, cfg.checkpoint.load):
         if source is not None:  # build with the padded vocabulary the weights were saved with

@@ -15,7 +15,7 @@ CASES = [
     (["train.seq_length=512"], r"seq_length=512 is above model.max_position_embeddings=256"),
     (["train.global_batch_size=5"], r"global_batch_size=5 is not a multiple of train.micro_batch_size=2"),
     (["parallel.sequence_parallel=true"], r"sequence_parallel=true needs parallel.tp > 1"),
-    (["train.warmup_steps=50"], r"warmup_steps=50 must be between 0 and the run's 10 steps"),
+    (["train.warmup_steps=50"], r"warmup_steps=50 must be >= 0 and below the run's 10 steps"),
     (["train.min_lr_ratio=1.5"], r"min_lr_ratio must be in \[0, 1\]"),
     (["precision.fp8=hybrid"], r"precision.fp8 needs precision.dtype=bf16"),
     (["train.lr=0"], r"train.lr must be > 0"),

@@ -83,15 +83,15 @@ def test_kd_pulls_the_student_towards_the_teacher(text_corpus, teacher, tmp_path
 
 
 def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_path):
-    r = mkd(*run(text_corpus, tmp_path / "x", "train.steps=2", f"teacher.checkpoint={tmp_path / 'nope'}"), ok=False)
+    r = mkd(*run(text_corpus, tmp_path / "x", "train.steps=3", f"teacher.checkpoint={tmp_path / 'nope'}"), ok=False)
     assert r.returncode == 2 and "teacher.checkpoint" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x" / "metrics.jsonl").exists()
-    r = mkd(*run(text_corpus, tmp_path / "y", "train.steps=2", f"teacher.checkpoint={teacher}",
+    r = mkd(*run(text_corpus, tmp_path / "y", "train.steps=3", f"teacher.checkpoint={teacher}",
                  "teacher.model=models/cpu-small"), ok=False)
     assert r.returncode == 2 and "is another architecture than teacher.model=models/cpu-small" in r.stderr
-    r = mkd(*run(text_corpus, tmp_path / "z", "train.steps=2", f"teacher.checkpoint={teacher}",
+    r = mkd(*run(text_corpus, tmp_path / "z", "train.steps=3", f"teacher.checkpoint={teacher}",
                  "model.vocab_size=600"), ok=False)
     assert r.returncode == 2 and "true vocabulary: teacher 512 vs student 600" in r.stderr
-    r = mkd(*run(text_corpus, tmp_path / "w", "train.steps=2", f"teacher.checkpoint={teacher}",
+    r = mkd(*run(text_corpus, tmp_path / "w", "train.steps=3", f"teacher.checkpoint={teacher}",
                  "kd.alpha=1.5"), ok=False)
     assert r.returncode == 2 and "kd.alpha must be in [0, 1]" in r.stderr

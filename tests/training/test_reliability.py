@@ -55,3 +55,21 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
             env=dict(ENV, MKD_PWNED=str(marker)))
     assert r.returncode == 2 and "refused to load" in r.stderr.strip().splitlines()[-1]
     assert not marker.exists()
+
+
+def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
+    run = tmp_path / "run"
+    assert mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3").returncode == 0
+    # The same run, longer: resumes.
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4")
+    assert r.returncode == 0 and "resumed from" in r.stdout
+    # Another model in the same directory: refused, nothing touched.
+    before = (run / "metrics.jsonl").read_text()
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "model.hidden_size=128")
+    assert r.returncode == 2
+    assert "holds a different run (model.hidden_size: 64 -> 128)" in r.stderr.strip().splitlines()[-1]
+    assert (run / "metrics.jsonl").read_text() == before
+    # --overwrite discards it and trains the new one from scratch.
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3", "model.hidden_size=128", "--overwrite")
+    assert r.returncode == 0 and "resumed from" not in r.stdout
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
