@@ -44,7 +44,7 @@ system-deps:
 	fi
 
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 demo: install
 	bash scripts/demo.sh

@@ -15,6 +15,14 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("name", ALL)
 def test_recipe_loads_and_validates(name):
+    if name.startswith("sweeps/"):  # a sweep: every point resolves to a valid run recipe
+        from megatron_kd.study.sweep import expand, load_sweep, resolve_point
+
+        spec = load_sweep(name)
+        points = expand(spec)
+        for point in points[:3] + points[-2:]:
+            assert resolve_point(spec, point).train.global_batch_size >= 1
+        return
     cfg = load_config(name, purpose="model" if name.startswith("models/") else "train")
     assert cfg.model.num_layers >= 1
 
