@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MKD=".venv/bin/mkd"
+# Every run here is one process: let torch use both cores (the Makefile's default of 1 thread is
+# for the tests, whose gloo ranks share the cores).
+export OMP_NUM_THREADS="${DEMO_THREADS:-2}"
 
 echo "== 1. the embedded corpus: KJV (in-domain) and Shakespeare (OOD), tokenized =="
 if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; else $MKD data corpus --out data/corpus; fi

@@ -140,7 +140,7 @@ def train_sentencepiece(inputs: list[Path], out_dir: Path, vocab_size: int,
             input_sentence_size=max_sentences,
             max_sentence_length=1 << 16,
             shuffle_input_sentence=True,
-            num_threads=2,
+            num_threads=1,  # deterministic merges: the same corpus gives the same tokenizer
             minloglevel=2,
         )
     except RuntimeError as exc:
