@@ -139,7 +139,7 @@ def train_sentencepiece(inputs: list[Path], out_dir: Path, vocab_size: int,
             split_digits=True,
             input_sentence_size=max_sentences,
             max_sentence_length=1 << 16,
-            shuffle_input_sentence=True,
+            shuffle_input_sentence=False,  # all sentences are used; a shuffle is seeded by time
             num_threads=1,  # deterministic merges: the same corpus gives the same tokenizer
             minloglevel=2,
         )
