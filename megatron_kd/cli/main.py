@@ -1,4 +1,4 @@
-"""`mkd`: one command line for every megatron_kd job.
+"""`mkd`: one command line for every megatron_kd job (`mkd --help`, `mkd COMMAND --help`).
 
     mkd recipes                        list the shipped recipes
     mkd info RECIPE [key=value ...]    architecture, parameter count, FLOPs per token
@@ -34,6 +34,9 @@ EPILOG = """examples:
   mkd train train/tiny-mock train.steps=20
   mkd train train/tiny-mock parallel.tp=2 --nproc 2
   torchrun --nproc-per-node 2 -m megatron_kd train train/tiny-mock parallel.tp=2
+  mkd train kd/cpu-tiny-to-small kd.alpha=0.2          (distill; needs the teacher trained)
+  mkd sweep recipes/sweeps/cpu-mini.yaml --local && mkd report runs/sweeps/cpu-mini
+  mkd slurm submit kd/paper-8b-to-1b --nodes 4 --gpus-per-node 8 --dry-run
 """
 
 
@@ -69,10 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check the layout against this many processes")
     p.set_defaults(func=commands.cmd_config)
 
-    p = sub.add_parser("train", help="pretrain a model (teacher or no-KD baseline)",
-                       description="Pretrain a model. Runs as one process, under torchrun, or "
-                                   "under srun without changes; --nproc N starts N local "
-                                   "processes through torchrun.")
+    p = sub.add_parser("train", help="train a model: pretraining, or distillation when the "
+                                     "recipe names a teacher",
+                       description="Train a model: pretraining (teachers, no-KD baselines) or, "
+                                   "with teacher.checkpoint set, knowledge distillation. Runs as "
+                                   "one process, under torchrun, or under srun without changes; "
+                                   "--nproc N starts N local processes through torchrun. A run "
+                                   "resumes from RUN_DIR/checkpoints/latest.")
     _add_recipe_args(p)
     p.add_argument("--nproc", type=int, default=1,
                    help="start this many local processes (torchrun) when not already launched")
