@@ -11,6 +11,7 @@ def add_study_parsers(sub) -> None:
     p.add_argument("--local", action="store_true", help="run the points here, one after another "
                    "(finished runs are skipped, partial ones resume), then write the report")
     p.add_argument("--nproc", type=int, default=1, help="processes per local run")
+    p.add_argument("--jobs", type=int, default=1, help="local runs at the same time")
     p.add_argument("--slurm", action="store_true", help="submit every unfinished point with sbatch")
     from megatron_kd.cli.slurm_commands import add_job_options
 
@@ -55,7 +56,7 @@ def cmd_sweep(args) -> int:
         for point, recipe in written:
             print(f"  mkd train {recipe}")
         return 0
-    run_local(spec, args.nproc)
+    run_local(spec, args.nproc, args.jobs)
     evaluate_teachers(spec)
     return cmd_report(type("A", (), {"sweep_dir": spec["out"]})())
 

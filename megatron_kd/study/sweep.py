@@ -207,25 +207,50 @@ def finished(run_dir: Path) -> bool:
     return latest is not None and read_state(latest)["kind"] == "final"
 
 
-def run_local(spec: dict, nproc: int = 1) -> list[str]:
-    """Run every point one after another; finished runs are skipped, partial ones resume."""
-    ran = []
+def run_local(spec: dict, nproc: int = 1, jobs: int = 1) -> list[str]:
+    """Run every point here; finished runs are skipped, partial ones resume. `jobs` points run
+    at the same time (each with `nproc` processes), e.g. one per core for CPU-sized models."""
+    pending = []
     for point, recipe in write_recipes(spec):
         run_dir = Path(spec["out"]) / "runs" / point.name
         if finished(run_dir):
             print(f"[sweep] {point.name}: finished, skipped", flush=True)
-            continue
+        else:
+            pending.append((point, recipe, run_dir))
+    running: list[tuple] = []
+    ran = []
+
+    def reap(block: bool) -> None:
+        for item in list(running):
+            point, run_dir, proc, log = item
+            if not block and proc.poll() is None:
+                continue
+            proc.wait()
+            log.close()
+            running.remove(item)
+            text = (run_dir / "train.log").read_text()
+            if proc.returncode != 0:
+                last = (text.strip().splitlines() or ["failed"])[-1]
+                raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
+            done = [l for l in text.splitlines() if l.startswith(("done:", "already complete:"))]
+            print(f"[sweep] {point.name}: {done[-1] if done else 'finished'}", flush=True)
+            ran.append(point.name)
+
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    for point, recipe, run_dir in pending:
+        while len(running) >= max(1, jobs):
+            reap(block=False)
+            if len(running) >= max(1, jobs):
+                import time
+
+                time.sleep(0.5)
         print(f"[sweep] {point.name}: training", flush=True)
         cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]
         if nproc > 1:
             cmd += ["--nproc", str(nproc)]
-        r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")),
-                           capture_output=True, text=True)
-        (run_dir).mkdir(parents=True, exist_ok=True)
-        (run_dir / "train.log").write_text(r.stdout + r.stderr)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["failed"])[-1]
-            raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
-        print(f"[sweep] {point.name}: {r.stdout.strip().splitlines()[-1]}", flush=True)
-        ran.append(point.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run_dir / "train.log", "w")
+        running.append((point, run_dir, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    while running:
+        reap(block=True)
     return ran
