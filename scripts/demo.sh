@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU mini-study behind `make demo` (about 10 minutes on 2 cores): the paper's question in
+# The CPU mini-study behind `make demo` (about 16 minutes on 2 cores, measured): the paper's question in
 # miniature. corpus -> tokenizer -> teachers of two strengths (checkpoints at token budgets) ->
 # a student distilled from a weak and a strong teacher with alpha in {0.2, 0.5, 1} plus its
 # no-KD baseline (two seeds: the noise band) -> in-domain and OOD evaluation -> report + plots.
