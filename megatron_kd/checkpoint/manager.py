@@ -14,9 +14,11 @@ A checkpoint is written into NAME.partial and renamed into place when complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +102,20 @@ def _set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+@contextlib.contextmanager
+def _preemption_signals_deferred():
+    """Block SIGUSR1/SIGTERM while dist_checkpointing saves. Its helper processes (a spawned
+    multiprocessing manager) inherit the blocked mask, so Slurm's warning signal, sent to every
+    process of the job step, cannot kill them mid-save; in this process the signal stays pending
+    and reaches our handler when the save is done."""
+    sigs = {signal.SIGUSR1, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file: str | None) -> Path:
     """Collective. Writes RUN_DIR/checkpoints/NAME and moves `latest` to it."""
     from megatron.core import dist_checkpointing
@@ -111,7 +127,8 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     _barrier()
-    dist_checkpointing.save(_sharded_state(state.model, state.optimizer, is_loading=False), str(partial))
+    with _preemption_signals_deferred():
+        dist_checkpointing.save(_sharded_state(state.model, state.optimizer, is_loading=False), str(partial))
     (partial / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), partial / "rng" / f"rank{_rank()}.pt")
     _barrier()
