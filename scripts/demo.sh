@@ -16,16 +16,26 @@ if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; els
 echo
 mkdir -p runs
 echo "== 2. teachers: cpu-tiny (0.36M, weaker than the student) and cpu-medium (3.4M) =="
-$MKD train train/teacher-cpu-tiny logging.log_interval=100 > runs/teacher-cpu-tiny.log 2>&1 &
-tiny=$!
-$MKD train train/teacher-cpu-medium logging.log_interval=100 | grep --line-buffered -E "validation|done|complete"
-wait "$tiny" || { cat runs/teacher-cpu-tiny.log; exit 1; }
-grep -E "validation|done|complete" runs/teacher-cpu-tiny.log
+echo "   (the students' no-KD baselines need no teacher: they train beside the teachers)"
+SECONDS=0
+# One core: the medium teacher. The other: the tiny teacher, then the two baselines.
+$MKD train train/teacher-cpu-medium logging.log_interval=100 > runs/teacher-cpu-medium.log 2>&1 &
+medium=$!
+( $MKD train train/teacher-cpu-tiny logging.log_interval=100 > runs/teacher-cpu-tiny.log 2>&1 &&
+  $MKD sweep recipes/sweeps/cpu-mini.yaml --local --jobs 1 --only '*baseline*' > runs/baselines.log 2>&1 ) &
+side=$!
+wait "$medium" || { tail -5 runs/teacher-cpu-medium.log; exit 1; }
+wait "$side" || { tail -5 runs/teacher-cpu-tiny.log runs/baselines.log 2>/dev/null; exit 1; }
+grep -h -E "validation|done|complete" runs/teacher-cpu-tiny.log runs/teacher-cpu-medium.log
+grep -E "^\[sweep\].*(done|finished)" runs/baselines.log
+echo "   (${SECONDS}s)"
 
 echo
-echo "== 3. the sweep: cpu-small (1.1M) students, alpha in {0.2, 0.5, 1} x {weak, strong} + baselines =="
+echo "== 3. the sweep: cpu-small (1.1M) students, alpha in {0.2, 0.5, 1} x {weak, strong} =="
+SECONDS=0
 mkdir -p runs/sweeps
 $MKD sweep recipes/sweeps/cpu-mini.yaml --local --jobs 2 | tee runs/sweeps/cpu-mini.log.txt | grep --line-buffered -E "^\[sweep\]"
+echo "   (${SECONDS}s)"
 
 echo
 echo "== 4. the report (runs/sweeps/cpu-mini/report.md, report.csv, *.png) =="

@@ -13,6 +13,8 @@ def add_study_parsers(sub) -> None:
     p.add_argument("--nproc", type=int, default=1, help="processes per local run")
     p.add_argument("--jobs", type=int, default=1, help="local runs at the same time")
     p.add_argument("--slurm", action="store_true", help="submit every unfinished point with sbatch")
+    p.add_argument("--only", action="append", metavar="GLOB", help="only the points whose names "
+                   "match (repeatable), e.g. --only '*baseline*'; with --local no report is written")
     from megatron_kd.cli.slurm_commands import add_job_options
 
     add_job_options(p)
@@ -43,7 +45,7 @@ def cmd_sweep(args) -> int:
         from megatron_kd.slurm.submit import submit
         from megatron_kd.study.sweep import finished
 
-        for point, recipe in write_recipes(spec):
+        for point, recipe in write_recipes(spec, args.only):
             if finished(Path(spec["out"]) / "runs" / point.name):
                 print(f"[sweep] {point.name}: finished, skipped")
                 continue
@@ -51,12 +53,16 @@ def cmd_sweep(args) -> int:
         print(f"when the jobs are done: mkd report {spec['out']}")
         return 0
     if not args.local:
-        written = write_recipes(spec)
+        written = write_recipes(spec, args.only)
         print(f"{len(written)} runs in {spec['out']}:")
         for point, recipe in written:
             print(f"  mkd train {recipe}")
         return 0
-    run_local(spec, args.nproc, args.jobs)
+    run_local(spec, args.nproc, args.jobs, args.only)
+    if args.only:  # a subset: the report waits for the whole grid (`mkd report` any time)
+        print(f"[sweep] the points matching --only {' '.join(args.only)} are done; "
+              f"the report: mkd report {spec['out']}")
+        return 0
     evaluate_teachers(spec)
     return cmd_report(type("A", (), {"sweep_dir": spec["out"]})())
 

@@ -149,6 +149,9 @@ class KDConfig:
     temperature_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     chunk_size: Optional[int] = None  # tokens per loss chunk (bounds fp32 temporaries)
     teacher_metrics: bool = True  # teacher CE, entropy and top-1 agreement each step
+    # Compute both models' logits chunk by chunk inside the loss (never the full [tokens, V/TP]
+    # logits): output layer + CE + KD fused. Needs a "convex"/"keep_ce"/"keep_kd" mix.
+    fused_output_layer: bool = False
 
 
 @dataclass

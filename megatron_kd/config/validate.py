@@ -163,6 +163,10 @@ def _validate_kd(cfg: RunConfig) -> None:
              "kd.other_bucket needs kd.top_k or kd.top_p")
     _require(0 < kd.jsd_beta < 1, f"kd.jsd_beta must be in (0, 1), got {kd.jsd_beta}")
     _require(kd.chunk_size is None or kd.chunk_size >= 1, f"kd.chunk_size must be >= 1, got {kd.chunk_size}")
+    _require(not (kd.fused_output_layer and kd.mix == "magnitude_matched"),
+             "kd.fused_output_layer computes the gradients in one pass and cannot rescale KD by "
+             "the batch's CE (kd.mix=magnitude_matched); use another kd.mix or "
+             "kd.fused_output_layer=false")
     for name, sched in (("alpha_schedule", kd.alpha_schedule), ("temperature_schedule", kd.temperature_schedule)):
         _require(0 <= sched.warmup_fraction < 1 and 0 < sched.decay_fraction <= 1
                  and sched.warmup_fraction + sched.decay_fraction <= 1,

@@ -242,6 +242,73 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
     return loss * scale, grad * (scale / T)
 
 
+def _valid_width(shard: _Shard) -> int:
+    """Local columns before the padding (padding is a suffix of the vocabulary, so a prefix of
+    every shard is real)."""
+    return shard.ids.numel() if shard.valid is None else int(shard.valid.sum())
+
+
+def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: _Shard,
+                     grad_out: torch.Tensor | None, row_weight: torch.Tensor | None) -> torch.Tensor | None:
+    """Plain forward KL in few passes over the chunk (the common case, and the hot loop).
+
+    With x = a - max(a), y = c - max(c) (a, c the tempered logits):
+      KL = sum_i e^y_i (y_i - x_i) / S_c + log S_a - log S_c,   grad = (e^x/S_a - e^y/S_c)·T
+    (S = row sums of the exponentials), so p and log p are never materialised. Writes the
+    (weighted) gradient into `grad_out` and returns the per-row loss, or None when a row is not
+    finite (±inf / NaN logits): the caller then takes the general path, which defines those.
+    """
+    T = opt.temperature
+    scale = T * T if opt.t2_scale else 1.0
+    nv = _valid_width(shard)
+    n = zs.shape[0]
+    stats = torch.full((2, n), -math.inf, dtype=torch.float32, device=zs.device)
+    a = zs[:, :nv].float()
+    c = zt[:, :nv].float()
+    if T != 1.0:
+        a = a / T
+        c = c / T
+    if nv:
+        stats[0] = a.max(-1).values
+        stats[1] = c.max(-1).values
+    stats = _all_reduce(stats, dist.ReduceOp.MAX, shard.group)
+    if not bool(torch.isfinite(stats).all()):
+        return None
+    x = a - stats[0].unsqueeze(-1)  # new buffers: a / c may alias the caller's logits
+    y = c - stats[1].unsqueeze(-1)
+    del a, c
+    d = y - x
+    x.exp_()
+    y.exp_()
+    sums = torch.stack([x.sum(-1, dtype=torch.float64), y.sum(-1, dtype=torch.float64),
+                        d.mul_(y).sum(-1, dtype=torch.float64)])
+    sums = _all_reduce(sums, dist.ReduceOp.SUM, shard.group)
+    s_a, s_c, cross = sums[0], sums[1], sums[2]
+    loss = (cross / s_c + torch.log(s_a) - torch.log(s_c)).float()
+    if not bool(torch.isfinite(loss).all()):
+        return None
+    loss = loss.clamp(min=0.0) * scale
+    if grad_out is not None:
+        k = scale / T
+        w = torch.full((n,), k, dtype=torch.float64, device=zs.device) if row_weight is None \
+            else row_weight.double() * k
+        coef_s = (w / s_a).float().unsqueeze(-1)
+        coef_t = (-w / s_c).float().unsqueeze(-1)
+        if grad_out.dtype == torch.float32:
+            torch.mul(x, coef_s, out=grad_out[:, :nv])
+            grad_out[:, :nv].addcmul_(y, coef_t)
+        else:
+            grad_out[:, :nv] = x.mul_(coef_s).addcmul_(y, coef_t)
+        grad_out[:, nv:] = 0
+    return loss
+
+
+def default_chunk_size(local_vocab: int) -> int:
+    """Tokens per chunk so that one fp32 chunk temporary is ~16 MiB: the loss's temporaries
+    stay a small fraction of a logits buffer at any sequence length."""
+    return max(1, (1 << 22) // max(1, local_vocab))
+
+
 class _KDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, mask, opt: KDOptions, group, chunk_size):
@@ -254,9 +321,16 @@ class _KDLossFunction(torch.autograd.Function):
         # The one extra logits-sized buffer: the gradient, in the student's dtype.
         grad = torch.empty_like(zs) if student.requires_grad else None
         m = None if mask is None else mask.reshape(-1).to(torch.float32)
-        step = n if not chunk_size else chunk_size
+        step = chunk_size or default_chunk_size(zs.shape[-1])
+        fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         for s in range(0, n, step):
             e = min(n, s + step)
+            w = None if m is None else m[s:e]
+            if fast:
+                l = _forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e], w)
+                if l is not None:
+                    loss[s:e] = l if w is None else torch.where(w > 0, l * w, torch.zeros_like(l))
+                    continue
             l, g = _chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
             if m is not None:
                 w = m[s:e]

@@ -21,7 +21,7 @@ log = logging.getLogger("megatron_kd.distill")
 
 
 class DistillationModel(torch.nn.Module):
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, fused_output_layer: bool = False):
         super().__init__()
         self.module = student  # named `module` so unwrapping reaches the student
         self.teacher = teacher
@@ -30,6 +30,7 @@ class DistillationModel(torch.nn.Module):
             p.requires_grad_(False)
         self.student_hidden = student.config.hidden_size
         self.config = student.config
+        self.fused_output_layer = fused_output_layer
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -49,9 +50,12 @@ class DistillationModel(torch.nn.Module):
         self.teacher.set_input_tensor(input_tensor[..., h:].detach())
 
     def forward(self, input_ids, position_ids, attention_mask, **kwargs):
+        # fused: the last stage returns (final hidden states, output weight) of each model, not
+        # logits; the loss makes the logits chunk by chunk (megatron_kd/distill/fused.py).
+        head = {"output_processor": _hidden_and_weight} if self.fused_output_layer else {}
         with torch.no_grad():
-            teacher_out = self.teacher(input_ids, position_ids, attention_mask)
-        student_out = self.module(input_ids, position_ids, attention_mask)
+            teacher_out = self.teacher(input_ids, position_ids, attention_mask, **head)
+        student_out = self.module(input_ids, position_ids, attention_mask, **head)
         if self.module.post_process:
             return student_out, teacher_out
         return torch.cat([student_out, teacher_out.detach()], dim=-1)
@@ -65,6 +69,12 @@ class DistillationModel(torch.nn.Module):
 
     def load_state_dict(self, *args, **kwargs):
         return self.module.load_state_dict(*args, **kwargs)
+
+
+def _hidden_and_weight(*, hidden_states, output_layer, output_weight, **_):
+    """megatron-core's output_processor hook: skip the output layer, hand back what it needs
+    (final-norm hidden states `[s(/TP under SP), b, h]` and the vocab-parallel weight)."""
+    return hidden_states, output_weight if output_weight is not None else output_layer.weight
 
 
 def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):

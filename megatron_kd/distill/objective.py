@@ -97,3 +97,50 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
         return total, count.to(torch.int), reports
 
     return loss_func
+
+
+def _tokens_first(h: torch.Tensor, tp_group, sequence_parallel: bool, trainable: bool) -> torch.Tensor:
+    """`[s(/TP), b, h]` hidden states -> `[b*s, h]` in the labels' order, whole sequence on every
+    TP rank. The gather / copy's backward sums the vocabulary shards' partial input gradients
+    (what the output layer's ColumnParallelLinear does in the unfused path)."""
+    from megatron.core import tensor_parallel
+
+    if sequence_parallel:
+        h = tensor_parallel.gather_from_sequence_parallel_region(
+            h, tensor_parallel_output_grad=True, group=tp_group)
+    elif trainable:
+        h = tensor_parallel.copy_to_tensor_model_parallel_region(h, group=tp_group)
+    return h.transpose(0, 1).reshape(-1, h.shape[-1])
+
+
+def make_fused_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
+                            student_weight, teacher_hidden, teacher_weight, vocab_size: int,
+                            tp_group, sequence_parallel: bool):
+    """The loss function of kd.fused_output_layer: same objective and reports as
+    make_kd_loss_func, from hidden states and output weights (megatron_kd/distill/fused.py)."""
+    from megatron_kd.distill.fused import fused_output_kd
+
+    w = mix_weights(kd.mix, alpha)
+
+    def loss_func(student_hidden: torch.Tensor):
+        mask = loss_mask.float().reshape(-1)
+        count = mask.sum()
+        with torch.no_grad():
+            h_t = _tokens_first(teacher_hidden, tp_group, sequence_parallel, trainable=False)
+        h_s = _tokens_first(student_hidden, tp_group, sequence_parallel, trainable=True)
+        total, sums = fused_output_kd(
+            h_s, student_weight, h_t, teacher_weight, labels.reshape(-1), mask,
+            ce_weight=w.ce, kd_weight=w.kd, kind=kd.kind, temperature=temperature,
+            t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p, other_bucket=kd.other_bucket,
+            jsd_beta=kd.jsd_beta, vocab_size=vocab_size, tp_group=tp_group,
+            chunk_size=kd.chunk_size, metrics=kd.teacher_metrics)
+        reports = {"lm loss": _pair(sums["ce"], count), "kd loss": _pair(sums["kd"], count),
+                   "loss": _pair(total, count), "alpha": _pair(count * alpha, count),
+                   "temperature": _pair(count * temperature, count)}
+        if kd.teacher_metrics:
+            reports.update({"teacher lm loss": _pair(sums["teacher_ce"], count),
+                            "teacher entropy": _pair(sums["teacher_entropy"], count),
+                            "top1 agreement": _pair(sums["top1_agreement"], count)})
+        return total, count.to(torch.int), reports
+
+    return loss_func

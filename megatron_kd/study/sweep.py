@@ -27,6 +27,7 @@ Sweep YAML:
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import os
@@ -166,16 +167,30 @@ def resolve_point(spec: dict, point: Point):
     return cfg
 
 
-def write_recipes(spec: dict) -> list[tuple[Point, Path]]:
+def select(points: list[Point], only: list[str] | None) -> list[Point]:
+    """The points whose names match any of the `only` globs (all when `only` is empty)."""
+    if not only:
+        return points
+    chosen = [p for p in points if any(fnmatch.fnmatchcase(p.name, pat) for pat in only)]
+    if not chosen:
+        names = ", ".join(p.name for p in points)
+        raise ConfigError(f"no sweep point matches --only {' '.join(only)}; the points are: {names}")
+    return chosen
+
+
+def write_recipes(spec: dict, only: list[str] | None = None) -> list[tuple[Point, Path]]:
+    """One resolved recipe per point (those matching `only`, a list of globs, when given)."""
     out = Path(spec["out"])
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     written = []
-    for point in expand(spec):
+    all_points = expand(spec)
+    for point in select(all_points, only):
         cfg = resolve_point(spec, point)
         path = out / "recipes" / f"{point.name}.yaml"
         dump_config(cfg, path)
         written.append((point, path))
-    (out / "points.json").write_text(json.dumps([{"name": p.name, **p.meta} for p, _ in written], indent=2))
+    # points.json lists the whole grid: the report reads it, whatever subset ran this time.
+    (out / "points.json").write_text(json.dumps([{"name": p.name, **p.meta} for p in all_points], indent=2))
     return written
 
 
@@ -207,11 +222,11 @@ def finished(run_dir: Path) -> bool:
     return latest is not None and read_state(latest)["kind"] == "final"
 
 
-def run_local(spec: dict, nproc: int = 1, jobs: int = 1) -> list[str]:
+def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None = None) -> list[str]:
     """Run every point here; finished runs are skipped, partial ones resume. `jobs` points run
     at the same time (each with `nproc` processes), e.g. one per core for CPU-sized models."""
     pending = []
-    for point, recipe in write_recipes(spec):
+    for point, recipe in write_recipes(spec, only):
         run_dir = Path(spec["out"]) / "runs" / point.name
         if finished(run_dir):
             print(f"[sweep] {point.name}: finished, skipped", flush=True)

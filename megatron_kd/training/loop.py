@@ -116,7 +116,8 @@ def prepare_kd(cfg: RunConfig):
                                   not k.startswith(("teacher", "top1"))]
     ctx = StepContext(kd=cfg.kd, vocab_size=cfg.model.vocab_size, report_keys=keys,
                       tp_group=parallel_state.get_tensor_model_parallel_group(),
-                      alpha=cfg.kd.alpha, temperature=cfg.kd.temperature)
+                      alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
+                      sequence_parallel=cfg.parallel.sequence_parallel)
     log.info("distilling from %s (%s): alpha %.3g, %s, T=%.3g, mix %s", ckpt, teacher_model.name,
              cfg.kd.alpha, cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
     return (ckpt, teacher_model), ctx

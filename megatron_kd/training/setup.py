@@ -32,7 +32,8 @@ def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
         from megatron_kd.distill.model import DistillationModel, build_teacher
 
         ckpt, teacher_model = teacher
-        model = DistillationModel(model, build_teacher(cfg, teacher_model, ckpt))
+        model = DistillationModel(model, build_teacher(cfg, teacher_model, ckpt),
+                                  fused_output_layer=cfg.kd.fused_output_layer)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,

@@ -22,6 +22,7 @@ class StepContext:
     temperature: float = 1.0
     vocab_size: int = 0
     tp_group: object = None
+    sequence_parallel: bool = False
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
 
 
@@ -52,6 +53,13 @@ def make_forward_step(ctx: StepContext):
         if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
             return out, None
         student_logits, teacher_logits = out
+        if ctx.kd.fused_output_layer:  # (hidden states, output weight) of each model
+            from megatron_kd.distill.objective import make_fused_kd_loss_func
+
+            (h_s, w_s), (h_t, w_t) = student_logits, teacher_logits
+            return h_s, make_fused_kd_loss_func(
+                ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
+                w_s, h_t, w_t, ctx.vocab_size, ctx.tp_group, ctx.sequence_parallel)
         return student_logits, make_kd_loss_func(
             ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
             teacher_logits, ctx.vocab_size, ctx.tp_group)

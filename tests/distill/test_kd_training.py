@@ -58,6 +58,20 @@ def test_alpha0_is_plain_pretraining_and_tp2_matches(text_corpus, teacher, tmp_p
     for a, b in zip(metrics(tmp_path / "kd_tp1"), metrics(tmp_path / "kd_tp2")):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["kd_loss"] - b["kd_loss"]) < 1e-5
         assert abs(a["top1_agreement"] - b["top1_agreement"]) < 1e-6
+    # The fused output layer + CE + KD (logits made chunk by chunk inside the loss) trains the same
+    # model: in one process with small chunks, and at TP=2 with sequence parallelism.
+    mkd(*run(text_corpus, tmp_path / "fused_tp1", "train.steps=4", f"teacher.checkpoint={teacher}",
+             "kd.alpha=0.5", "kd.fused_output_layer=true", "kd.chunk_size=24"))
+    mkd(*run(text_corpus, tmp_path / "fused_tp2", "train.steps=4", f"teacher.checkpoint={teacher}",
+             "kd.alpha=0.5", "kd.fused_output_layer=true", "parallel.tp=2",
+             "parallel.sequence_parallel=true"), "--nproc", "2")
+    for name in ("fused_tp1", "fused_tp2"):
+        fused = metrics(tmp_path / name)
+        assert len(fused) == 4
+        for a, b in zip(metrics(tmp_path / "kd_tp1"), fused):
+            for key in ("loss", "lm_loss", "kd_loss", "teacher_lm_loss", "teacher_entropy", "grad_norm"):
+                assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (name, key, a[key], b[key])
+            assert abs(a["top1_agreement"] - b["top1_agreement"]) < 1e-6
 
 
 def test_pp2_kd_training_equals_pp1(text_corpus, teacher, tmp_path):

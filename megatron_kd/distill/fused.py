@@ -1,0 +1,145 @@
+"""Fused output layer + CE + KD: logits are made chunk by chunk and never held whole.
+
+`fused_output_kd(h_s, w_s, h_t, w_t, labels, loss_mask, ...)` takes the final hidden states of
+student and teacher (`[N, H]`, already gathered over the sequence) and their vocab-parallel
+output weights (`[V/TP, H]`). For each chunk of tokens it computes both logits, the student's
+cross entropy and the KD loss, and their gradients w.r.t. the student's hidden states and
+output weight, then drops the chunk's logits. Peak memory is a chunk of logits, not
+`[N, V/TP]`, whatever the sequence length.
+
+It returns the mixed loss `ce_weight·Σ mask·CE + kd_weight·Σ mask·KD` (a scalar: the gradients
+are computed in the forward pass, so the backward only scales them by the incoming scalar) and
+the per-step sums the unfused path reports. The same conventions as the unfused path hold:
+CE is megatron-core's (softmax over every column, padding included), KD is `kd_loss`'s (padding
+excluded), teacher metrics are the unfused objective's. Under TP the caller passes hidden states
+through `copy_to_tensor_model_parallel_region` / the sequence-parallel gather, whose backward sums
+the partial input gradients of the vocabulary shards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from megatron_kd.distill.losses import (KDOptions, _all_reduce, _chunk_loss_and_grad,
+                                        _forward_kl_fast, _log_softmax, _Shard, default_chunk_size)
+
+STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
+
+
+def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
+    """Per-row CE [n] and d CE / d z [n, V_local] (fp32), softmax over every local column."""
+    z = z.float()
+    m = _all_reduce(z.max(-1).values, dist.ReduceOp.MAX, shard.group)
+    e = torch.exp(z - m.unsqueeze(-1))
+    s = _all_reduce(e.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, shard.group)
+    width = z.shape[-1]
+    local = labels - shard.start
+    mine = (local >= 0) & (local < width)
+    picked = z.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
+    target = _all_reduce(torch.where(mine, picked, torch.zeros_like(picked)), dist.ReduceOp.SUM,
+                         shard.group)
+    ce = (torch.log(s) + m.double() - target.double()).float()
+    grad = e.mul_((1.0 / s).float().unsqueeze(-1))
+    rows = mine.nonzero().squeeze(-1)
+    grad[rows, local[rows]] -= 1.0
+    return ce, grad
+
+
+def _argmax(z: torch.Tensor, shard: _Shard) -> torch.Tensor:
+    from megatron_kd.distill.objective import vocab_parallel_argmax
+
+    return vocab_parallel_argmax(z, shard)
+
+
+def _teacher_stats(zs, zt, labels, mask, shard_all, shard_kd) -> torch.Tensor:
+    """Masked sums of teacher CE, teacher entropy and top-1 agreement for one chunk."""
+    t_ce, _ = _vocab_parallel_ce(zt, labels, shard_all)
+    logp_t, p_t = _log_softmax(zt.float(), shard_kd)
+    ent = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
+    ent = _all_reduce(ent, dist.ReduceOp.SUM, shard_kd.group)
+    agree = (_argmax(zs, shard_kd) == _argmax(zt, shard_kd)).float()
+    return torch.stack([(t_ce * mask).sum(), (ent * mask).sum(), (agree * mask).sum()]).double()
+
+
+class _FusedOutputKD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, labels, mask, ce_weight, kd_weight, opt: KDOptions,
+                group, chunk_size, metrics):
+        n = h_s.shape[0]
+        width = w_s.shape[0]
+        shard_kd = _Shard(width, opt.vocab_size, group, h_s.device)  # padding excluded (KD)
+        shard_all = _Shard(width, None, group, h_s.device)  # megatron's CE: every column
+        need_grad = h_s.requires_grad or w_s.requires_grad
+        grad_h = torch.zeros_like(h_s) if need_grad else None
+        grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
+        stats = torch.zeros(len(STATS), dtype=torch.float64, device=h_s.device)
+        m = mask.reshape(-1).float()
+        step = chunk_size or default_chunk_size(width)
+        fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
+        h_t = h_t.detach()
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            w = m[s:e]
+            hs = h_s[s:e].detach()
+            zs = hs @ w_s.detach().t()  # [n_chunk, V/TP] in the model's dtype, as the output layer
+            zt = h_t[s:e] @ w_t.detach().t()
+            if metrics:
+                with torch.no_grad():
+                    stats[2:] += _teacher_stats(zs, zt, labels[s:e], w, shard_all, shard_kd)
+            ce, g = _vocab_parallel_ce(zs, labels[s:e], shard_all)
+            stats[0] += (ce * w).sum(dtype=torch.float64)
+            g.mul_((w * ce_weight).unsqueeze(-1))
+            kd = None
+            if fast:
+                g_kd = torch.empty_like(g)
+                kd = _forward_kl_fast(zs, zt, opt, shard_kd, g_kd, w * kd_weight)
+                if kd is not None:
+                    g.add_(g_kd)
+            if kd is None:
+                kd, g_kd = _chunk_loss_and_grad(zs, zt, opt, shard_kd)
+                g.add_(torch.where(w.unsqueeze(-1) > 0, g_kd * (w * kd_weight).unsqueeze(-1),
+                                   torch.zeros_like(g_kd)))
+            del g_kd, zt
+            stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
+            if need_grad:
+                grad_h[s:e] = (g.to(h_s.dtype) @ w_s.detach()).to(grad_h.dtype)
+                grad_w.addmm_(g.t(), hs.float())
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.w_dtype = w_s.dtype
+        ctx.mark_non_differentiable(stats)
+        total = (ce_weight * stats[0] + kd_weight * stats[1]).float()
+        return total, stats
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_stats):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_h is None:
+            return (None,) * 12
+        g = grad_total.float()
+        return (grad_h.mul_(g.to(grad_h.dtype)), grad_w.mul_(g).to(ctx.w_dtype), None, None, None,
+                None, None, None, None, None, None, None)
+
+
+def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
+                    labels: torch.Tensor, loss_mask: torch.Tensor, *, ce_weight: float,
+                    kd_weight: float, kind: str = "forward_kl", temperature: float = 1.0,
+                    t2_scale: bool = True, top_k: int | None = None, top_p: float | None = None,
+                    other_bucket: bool = False, jsd_beta: float = 0.5,
+                    vocab_size: int | None = None, tp_group=None, chunk_size: int | None = None,
+                    metrics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}).
+
+    h_s `[N, H_s]`, w_s `[V/TP, H_s]`, h_t `[N, H_t]`, w_t `[V/TP, H_t]`, labels and loss_mask `[N]`.
+    """
+    opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
+    opt.check()
+    if w_s.shape[0] != w_t.shape[0]:
+        raise ValueError(f"student and teacher output layers have {w_s.shape[0]} and {w_t.shape[0]} "
+                         "vocabulary rows per rank; align the padded vocabularies first")
+    if h_s.shape[0] != h_t.shape[0] or h_s.shape[0] != labels.numel():
+        raise ValueError(f"token counts differ: student {h_s.shape[0]}, teacher {h_t.shape[0]}, "
+                         f"labels {labels.numel()}")
+    total, stats = _FusedOutputKD.apply(h_s, w_s, h_t, w_t, labels.reshape(-1), loss_mask, float(ce_weight),
+                                        float(kd_weight), opt, tp_group, chunk_size, metrics)
+    return total, dict(zip(STATS, stats.unbind(0)))

@@ -1,0 +1,113 @@
+"""fused_output_kd against a float64 reference and against the unfused path, at TP=1 and TP=2."""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from tests.workers.kd_losses import reference
+
+N, HS, HT, VPAD, VOCAB = 26, 24, 40, 64, 59  # 5 padded columns; 32 per rank at TP=2
+
+CASES = {
+    "fkl": ({"kind": "forward_kl"}, 0.5),
+    "fkl_T2_chunk7": ({"kind": "forward_kl", "temperature": 2.0, "chunk_size": 7}, 0.6),
+    "topk": ({"kind": "forward_kl", "top_k": 5}, 0.8),
+    "rkl": ({"kind": "reverse_kl"}, 0.4),
+    "jsd_keep_ce": ({"kind": "jsd", "jsd_beta": 0.3}, 1.0),
+    "huge_hidden": ({"kind": "forward_kl"}, 0.5),
+}
+
+
+def _inputs(case: str):
+    g = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    scale = 40.0 if case == "huge_hidden" else 1.0  # logits in the hundreds
+    h_s = torch.randn(N, HS, generator=g, dtype=torch.float64) * scale
+    w_s = torch.randn(VPAD, HS, generator=g, dtype=torch.float64) * 0.5
+    h_t = torch.randn(N, HT, generator=g, dtype=torch.float64) * scale
+    w_t = torch.randn(VPAD, HT, generator=g, dtype=torch.float64) * 0.5
+    labels = torch.randint(0, VOCAB, (N,), generator=g)
+    mask = (torch.rand(N, generator=g) > 0.3).double()
+    return h_s, w_s, h_t, w_t, labels, mask
+
+
+def _reference(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w):
+    """float64: (total, ce sum, kd sum, d total/d h_s, d total/d w_s) by the chain rule."""
+    zs, zt = h_s @ w_s.t(), h_t @ w_t.t()
+    kd_opt = {k: v for k, v in opt.items() if k != "chunk_size"}
+    kd_tok, g_kd = reference(zs, zt, kd_opt, mask, VOCAB)  # g_kd already masked
+    ls = F.log_softmax(zs, -1)  # megatron's CE: every column, padding included
+    ce_tok = -ls.gather(-1, labels[:, None]).squeeze(-1)
+    g_ce = (ls.exp() - F.one_hot(labels, VPAD).double()) * mask[:, None]
+    g = ce_w * g_ce + kd_w * g_kd
+    ce_sum, kd_sum = (ce_tok * mask).sum(), kd_tok.sum()
+    return ce_w * ce_sum + kd_w * kd_sum, ce_sum, kd_sum, g @ w_s, g.t() @ h_s
+
+
+def _unfused(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, group, rank, size):
+    """The unfused path in fp32: shard logits, kd_loss, megatron-core's vocab-parallel CE."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron_kd.distill.losses import kd_loss
+
+    kd_opt = {k: v for k, v in opt.items() if k != "chunk_size"}
+    zs = h_s @ w_s.t()
+    zt = h_t @ w_t.t()
+    kd_tok = kd_loss(zs, zt, vocab_size=VOCAB, loss_mask=mask, tp_group=group, **kd_opt)
+    if size == 1:
+        ce_tok = F.cross_entropy(zs, labels, reduction="none")
+    else:  # last reader of zs: it overwrites its input with the softmax
+        ce_tok = vocab_parallel_cross_entropy(zs, labels, tp_group=group)
+    return ce_w * (ce_tok * mask).sum() + kd_w * kd_tok.sum()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12))
+
+
+def compare(workdir: str) -> dict:
+    from megatron_kd.distill.fused import fused_output_kd
+
+    dist.init_process_group("gloo", init_method="env://")
+    rank = dist.get_rank()
+    out = {}
+    for tp in (1, 2):
+        group = None if tp == 1 else dist.new_group([0, 1])
+        r = 0 if tp == 1 else rank
+        width = VPAD // tp
+        cols = slice(r * width, (r + 1) * width)
+        for case, (opt, alpha) in CASES.items():
+            ce_w, kd_w = (1.0, alpha) if "keep_ce" in case else (1 - alpha, alpha)
+            h_s, w_s, h_t, w_t, labels, mask = _inputs(case)
+            ref = _reference(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w)
+            f32 = lambda x: x.float().clone().requires_grad_(True)  # noqa: E731
+            hs, ws = f32(h_s), f32(w_s[cols])
+            total, sums = fused_output_kd(hs, ws, h_t.float(), w_t[cols].float(), labels, mask.float(),
+                                          ce_weight=ce_w, kd_weight=kd_w, vocab_size=VOCAB,
+                                          tp_group=group, **opt)
+            (2.0 * total).backward()  # the incoming gradient scales both results
+            grad_h = hs.grad.clone()
+            if tp > 1:  # what copy_to_tensor_model_parallel_region's backward does
+                dist.all_reduce(grad_h, group=group)
+            hu, wu = f32(h_s), f32(w_s[cols])
+            unf = _unfused(hu, wu, h_t.float(), w_t[cols].float(), labels, mask.float(), opt, kd_w,
+                           ce_w, group, r, tp)
+            (2.0 * unf).backward()
+            grad_hu = hu.grad.clone()
+            if tp > 1:
+                dist.all_reduce(grad_hu, group=group)
+            out[f"tp{tp}/{case}"] = {
+                "loss_vs_f64": _rel(total, ref[0]),
+                "ce_vs_f64": _rel(sums["ce"], ref[1]),
+                "kd_vs_f64": _rel(sums["kd"], ref[2]),
+                "grad_h_vs_f64": _rel(grad_h, 2 * ref[3]),
+                "grad_w_vs_f64": _rel(ws.grad, 2 * ref[4][cols]),
+                "loss_vs_unfused": _rel(total, unf),
+                "grad_h_vs_unfused": _rel(grad_h, grad_hu),
+                "grad_w_vs_unfused": _rel(ws.grad, wu.grad),
+                "stats_finite": all(bool(torch.isfinite(v)) for v in sums.values()),
+            }
+    return out
