@@ -7,13 +7,14 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install system-deps test demo clean help
+.PHONY: install system-deps test demo bench clean help
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
 
 help:
 	@echo "make install   create .venv with torch (CPU), megatron-core and megatron_kd"
 	@echo "make test      install if needed (and Slurm's Debian packages), then run the test suite"
 	@echo "make demo      install if needed, then run the CPU demo"
+	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
 
 install: $(STAMP)
 
@@ -48,6 +49,20 @@ test: install system-deps
 
 demo: install
 	bash scripts/demo.sh
+
+# The benchmarks compare against NVIDIA Model-Optimizer's own loss: its package and what its
+# megatron plugin imports are benchmark dependencies only (requirements-bench.txt).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PIP) -r requirements-bench.txt -c requirements-cpu.txt
+	@touch $@
+
+bench: $(BENCH_STAMP)
+	@mkdir -p bench/results
+	$(PY) bench/kd_loss.py --json-out bench/results/kd_loss_32k.json
+	$(PY) bench/kd_loss.py --tokens 2048 --vocab 131072 --json-out bench/results/kd_loss_128k.json
+	$(PY) bench/fused_output.py --json-out bench/results/fused_output.json
+	$(PY) bench/kd_step.py --json-out bench/results/kd_step.json
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import train_steps
@@ -23,17 +25,19 @@ class TrainState:
 
 
 def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
-    """DDP-wrapped model chunks; with `teacher` = (checkpoint, ModelConfig) the chunk is a
-    DistillationModel whose frozen teacher stays outside DDP's buffers and the optimizer."""
+    """DDP-wrapped model chunks; with `teacher` = (checkpoint, ModelConfig), or a built teacher
+    module (benchmarks), the chunk is a DistillationModel whose frozen teacher stays outside
+    DDP's buffers and the optimizer."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision)
     if teacher is not None:
         from megatron_kd.distill.model import DistillationModel, build_teacher
 
-        ckpt, teacher_model = teacher
-        model = DistillationModel(model, build_teacher(cfg, teacher_model, ckpt),
-                                  fused_output_layer=cfg.kd.fused_output_layer)
+        if not isinstance(teacher, torch.nn.Module):  # (checkpoint, ModelConfig): load it
+            ckpt, teacher_model = teacher
+            teacher = build_teacher(cfg, teacher_model, ckpt)
+        model = DistillationModel(model, teacher, fused_output_layer=cfg.kd.fused_output_layer)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,

@@ -1,0 +1,99 @@
+"""Output layer + CE + KD, unfused (full logits, then kd_loss and CE) vs fused (logits made chunk
+by chunk: megatron_kd/distill/fused.py), forward + backward, as the sequence grows.
+
+    .venv/bin/python bench/fused_output.py
+    .venv/bin/python bench/fused_output.py --tokens 2048 4096 8192 --hidden 512 --vocab 32768
+
+One process (TP=1). The fused path's peak memory should stay flat in the token count; the
+unfused path's grows with `tokens x vocab` (both models' logits, their softmaxes, the gradient).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import gc
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import machine, markdown_table, measure, write_json  # noqa: E402
+
+
+def unfused(h_s, w_s, h_t, w_t, labels, mask, ce_w, kd_w):
+    from megatron_kd.distill.losses import kd_loss
+
+    zs = h_s @ w_s.t()
+    with torch.no_grad():
+        zt = h_t @ w_t.t()
+    kd = kd_loss(zs, zt, loss_mask=mask)
+    ce = F.cross_entropy(zs.float(), labels, reduction="none")
+    return ce_w * (ce * mask).sum() + kd_w * kd.sum()
+
+
+def fused(h_s, w_s, h_t, w_t, labels, mask, ce_w, kd_w):
+    from megatron_kd.distill.fused import fused_output_kd
+
+    total, _ = fused_output_kd(h_s, w_s, h_t, w_t, labels, mask, ce_weight=ce_w, kd_weight=kd_w,
+                               metrics=False)
+    return total
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, nargs="+", default=[2048, 4096, 8192])
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=32768)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--json-out")
+    a = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    rows = []
+    for n in a.tokens:
+        g = torch.Generator().manual_seed(n)
+        mk = lambda *shape: (torch.randn(*shape, generator=g) * 0.5).to(a.device, dtype)  # noqa: E731
+        h_s0, w_s0, h_t, w_t = mk(n, a.hidden), mk(a.vocab, a.hidden), mk(n, a.hidden), mk(a.vocab, a.hidden)
+        labels = torch.randint(0, a.vocab, (n,), generator=g).to(a.device)
+        mask = torch.ones(n, device=a.device)
+        out = {}
+        for name, fn in (("unfused", unfused), ("fused", fused)):
+            h_s = h_s0.clone().requires_grad_(True)
+            w_s = w_s0.clone().requires_grad_(True)
+
+            def step():
+                h_s.grad = w_s.grad = None
+                loss = fn(h_s, w_s, h_t, w_t, labels, mask, 0.5, 0.5)
+                loss.backward()
+                out[name] = (loss.item(), h_s.grad.clone(), w_s.grad.clone())
+
+            gc.collect()
+            r = measure(step, a.device, a.repeats, a.warmup)
+            rows.append({"tokens": n, "impl": name, "ms": f"{r['seconds'] * 1e3:.0f}",
+                         "peak": f"{r['peak_extra_mib']:.0f}",
+                         "logits": f"{n * a.vocab * dtype.itemsize / (1 << 20):.0f}"})
+            del h_s, w_s
+        (lu, gh_u, gw_u), (lf, gh_f, gw_f) = out["unfused"], out["fused"]
+        rel = lambda x, y: float((x.double() - y.double()).abs().max() / y.double().abs().max())  # noqa: E731
+        rows[-1]["diff"] = f"{max(abs(lf - lu) / abs(lu), rel(gh_f, gh_u), rel(gw_f, gw_u)):.1e}"
+    print(f"# output layer + CE + KD fwd+bwd: hidden {a.hidden}, vocab {a.vocab}, {a.dtype}, {a.device}"
+          f"\n# {machine()}")
+    print(markdown_table(rows, [("tokens", "tokens"), ("impl", "path"), ("ms", "fwd+bwd ms"),
+                                ("peak", "peak extra MiB"), ("logits", "one logits MiB"),
+                                ("diff", "max rel. diff fused vs unfused")]))
+    write_json(a.json_out, {"machine": machine(), "args": vars(a), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

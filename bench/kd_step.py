@@ -1,0 +1,133 @@
+"""End to end: one KD training step vs a student-only training step plus a teacher forward,
+the same megatron-core models, batch and optimizer, one process.
+
+    .venv/bin/python bench/kd_step.py                     # cpu-small student, cpu-medium teacher
+    .venv/bin/python bench/kd_step.py --student models/cpu-medium --teacher models/cpu-small
+
+Steps go through megatron_kd's train_step (megatron-core's forward_backward_func, DDP, Adam),
+on synthetic token batches; the teacher has random weights (its cost does not depend on them).
+Target: KD step <= 1.05 x (student step + teacher forward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import machine, markdown_table, write_json  # noqa: E402
+
+
+def _batches(cfg, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    mb, s, v = cfg.train.micro_batch_size, cfg.train.seq_length, cfg.model.vocab_size
+    while True:
+        tokens = torch.randint(0, v, (mb, s + 1), generator=g)
+        yield {"tokens": tokens[:, :-1], "labels": tokens[:, 1:],
+               "loss_mask": torch.ones(mb, s), "position_ids": torch.arange(s).expand(mb, s)}
+
+
+def _median_seconds(fn, steps: int, warmup: int) -> float:
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--student", default="models/cpu-small")
+    p.add_argument("--teacher", default="models/cpu-medium")
+    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--json-out")
+    a = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+
+    from megatron.core import parallel_state
+
+    from megatron_kd.config import load_config
+    from megatron_kd.config.schema import ParallelConfig
+    from megatron_kd.models.gpt import build_gpt_model
+    from megatron_kd.runtime.distributed import LaunchEnv, free_port, init_distributed
+    from megatron_kd.training.loop import train_step
+    from megatron_kd.training.setup import build_train_state
+    from megatron_kd.training.steps import KD_REPORTS, StepContext
+
+    init_distributed(ParallelConfig(), seed=1, launch=LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single"))
+    common = [f"train.seq_length={a.seq_length}", f"train.micro_batch_size={a.micro_batch}",
+              f"train.global_batch_size={a.global_batch}", "train.steps=1000", "data.tokenizer=unused",
+              "train.lr=1e-4"]
+    student_cfg = load_config(a.student, common, purpose="train")
+    teacher_model = load_config(a.teacher, purpose="model").model
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+
+    def teacher_module():
+        torch.manual_seed(2)
+        return build_gpt_model(teacher_model, student_cfg.parallel, student_cfg.precision)
+
+    rows = []
+    # 1. the student alone
+    state = build_train_state(student_cfg)
+    batches = _batches(student_cfg, 0)
+    plain = _median_seconds(lambda: train_step(student_cfg, state, batches, StepContext()), a.steps, a.warmup)
+    del state
+    # 2. the teacher's forward over the same micro-batches (no grad, eval mode)
+    teacher = teacher_module().eval()
+    num_micro = a.global_batch // a.micro_batch
+    batches = _batches(student_cfg, 0)
+
+    def teacher_forward():
+        with torch.no_grad():
+            for _ in range(num_micro):
+                b = next(batches)
+                teacher(b["tokens"], b["position_ids"], None)
+
+    t_fwd = _median_seconds(teacher_forward, a.steps, a.warmup)
+    del teacher
+    budget = plain + t_fwd
+    rows.append({"what": "student step", "ms": plain * 1e3})
+    rows.append({"what": "teacher forward", "ms": t_fwd * 1e3})
+    rows.append({"what": "student step + teacher forward", "ms": budget * 1e3, "ratio": 1.0})
+    # 3. KD steps (unfused and fused output layer; with and without the teacher metrics)
+    for fused in (False, True):
+        for metrics in (True, False):
+            cfg = load_config(a.student, common + ["kd.alpha=0.5", f"kd.fused_output_layer={fused}",
+                                                   f"kd.teacher_metrics={metrics}"], purpose="train")
+            state = build_train_state(cfg, teacher=teacher_module())
+            keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if metrics or not k.startswith(("teacher", "top1"))]
+            ctx = StepContext(kd=cfg.kd, alpha=0.5, vocab_size=cfg.model.vocab_size,
+                              tp_group=tp_group, report_keys=keys)
+            batches = _batches(cfg, 0)
+            sec = _median_seconds(lambda: train_step(cfg, state, batches, ctx), a.steps, a.warmup)
+            del state
+            rows.append({"what": f"KD step ({'fused' if fused else 'unfused'} output layer, teacher "
+                                 f"metrics {'on' if metrics else 'off'})", "ms": sec * 1e3, "ratio": sec / budget})
+    for r in rows:
+        r["ms"] = f"{r['ms']:.1f}"
+        r["ratio"] = f"{r['ratio']:.3f}" if "ratio" in r else ""
+    print(f"# one training step: {a.student} student, {a.teacher} teacher, {a.global_batch} x "
+          f"{a.seq_length} tokens (micro-batch {a.micro_batch}), median of {a.steps}\n# {machine()}")
+    print(markdown_table(rows, [("what", "step"), ("ms", "ms"), ("ratio", "/ (student step + teacher fwd)")]))
+    write_json(a.json_out, {"machine": machine(), "args": vars(a), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
