@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import logging
 import shutil
 import signal
@@ -56,15 +57,55 @@ def read_state(path: Path) -> dict:
     if not f.is_file():
         raise ConfigError(f"'{path}' is not a megatron_kd checkpoint (no {STATE_FILE}); "
                           "point at a directory under RUN_DIR/checkpoints")
-    return json.loads(f.read_text())
+    try:
+        return json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"checkpoint {path} is damaged: {f.name} is not valid JSON ({exc}); "
+                          "delete the checkpoint to resume from an earlier one") from exc
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The checkpoint's state, after checking every file it was saved with is there, whole
+    (sizes recorded at save time): a truncated or partly copied checkpoint fails here, with
+    its name, before any process group starts."""
+    path = Path(path)
+    state = read_state(path)
+    for rel, size in (state.get("files") or {}).items():
+        f = path / rel
+        have = f.stat().st_size if f.is_file() else None
+        if have != size:
+            found = "is missing" if have is None else f"has {have} bytes, {size} were written"
+            raise ConfigError(f"checkpoint {path} is incomplete: {rel} {found} (truncated or partly "
+                              "copied); delete it to resume from an earlier checkpoint, or point "
+                              "at a complete one")
+    return state
+
+
+def remove_partial_saves(root: Path) -> None:
+    """Delete NAME.partial directories: saves that never completed (the process died)."""
+    if root.is_dir():
+        for p in root.glob("*.partial"):
+            log.warning("removing %s: a save that did not complete", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")
+            and (p / STATE_FILE).is_file()]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """What `latest` names; if that is gone (a save killed while replacing a checkpoint of the
+    same name), the complete checkpoint with the most steps."""
     pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    return path if (path / STATE_FILE).is_file() else None
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        if (path / STATE_FILE).is_file():
+            return path
+    found = _complete_checkpoints(root)
+    return max(found, key=lambda p: read_state(p).get("step", -1)) if found else None
 
 
 def _barrier():
@@ -121,6 +162,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
     from megatron.core import dist_checkpointing
 
     root = checkpoint_root(cfg)
+    _SAVING_STEP[0] = state.step
     final, partial = root / name, root / f"{name}.partial"
     if _rank() == 0:
         if partial.exists():
@@ -129,6 +171,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
     _barrier()
     with _preemption_signals_deferred():
         dist_checkpointing.save(_sharded_state(state.model, state.optimizer, is_loading=False), str(partial))
+    _inject_kill("after_shards")
     (partial / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), partial / "rng" / f"rank{_rank()}.pt")
     _barrier()
@@ -140,13 +183,20 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
                 "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
                 "padded_vocab_size": model_padded_vocab(cfg.model, cfg.parallel.tp),
                 "tokenizer": state.tokenizer_info}
-        (partial / STATE_FILE).write_text(json.dumps(meta, indent=2))
         dump_config(cfg, partial / "config.yaml")
         if tokenizer_file:
             shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
-        if final.exists():
-            shutil.rmtree(final)
+        # Every file's size, so a truncated copy is caught before loading (verify_checkpoint).
+        meta["files"] = {str(f.relative_to(partial)): f.stat().st_size
+                         for f in sorted(partial.rglob("*")) if f.is_file()}
+        (partial / STATE_FILE).write_text(json.dumps(meta, indent=2))
+        _inject_kill("before_rename")
+        replaced = root / f"{name}.replaced"
+        if final.exists():  # the old copy stays complete until the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            final.rename(replaced)
         partial.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
         tmp = root / f"{LATEST}.tmp"
         tmp.write_text(name)
         tmp.replace(root / LATEST)
@@ -154,6 +204,17 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
     _barrier()
     log.info("saved checkpoint %s (step %d, %s)", final, state.step, kind)
     return final
+
+
+def _inject_kill(point: str) -> None:
+    """Fault injection for the atomic-save tests: MKD_INJECT_KILL_IN_SAVE=STEP:POINT SIGKILLs
+    this process at POINT of the save made at STEP (a real kill, mid-save)."""
+    want = os.environ.get("MKD_INJECT_KILL_IN_SAVE", "")
+    if want and want == f"{_SAVING_STEP[0]}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_SAVING_STEP = [-1]
 
 
 def _prune(root: Path, keep_last: int) -> None:

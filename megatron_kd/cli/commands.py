@@ -131,6 +131,9 @@ def cmd_train(args) -> int:
         from megatron_kd.distill.model import resolve_teacher
 
         resolve_teacher(cfg)
+    from megatron_kd.training.preflight import preflight_train
+
+    preflight_train(cfg, args.overwrite)
 
     def body(cfg, rank):
         metrics = run_training(cfg, overwrite=args.overwrite)
@@ -156,11 +159,11 @@ def cmd_eval(args) -> int:
 
     from megatron_kd.training.evaluate import resolve_checkpoint, run_eval
 
-    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.checkpoint.manager import verify_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     run_dir = ckpt.parent.parent
-    padded = read_state(ckpt).get("padded_vocab_size")
+    padded = verify_checkpoint(ckpt).get("padded_vocab_size")
     base = [f"run.dir={run_dir}", "teacher.checkpoint=null"]  # the student alone
     if padded:
         base.append(f"model.padded_vocab_size={padded}")

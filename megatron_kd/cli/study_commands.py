@@ -42,7 +42,9 @@ def cmd_sweep(args) -> int:
         raise ConfigError("choose one of --local and --slurm")
     if args.slurm:
         from megatron_kd.cli.slurm_commands import job_spec
-        from megatron_kd.slurm.submit import submit
+        from megatron_kd.slurm.submit import require_sbatch, submit
+
+        require_sbatch()  # before writing anything
         from megatron_kd.study.sweep import finished
 
         for point, recipe in write_recipes(spec, args.only):
@@ -78,14 +80,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.checkpoint.manager import verify_checkpoint
     from megatron_kd.cli.commands import _launch
     from megatron_kd.config import load_config
     from megatron_kd.study.analyze import run_analyze
     from megatron_kd.training.evaluate import resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.student)
-    padded = read_state(ckpt).get("padded_vocab_size")
+    padded = verify_checkpoint(ckpt).get("padded_vocab_size")
     base = [f"run.dir={ckpt.parent.parent}", f"teacher.checkpoint={args.teacher}", "teacher.model=null"]
     if padded:
         base.append(f"model.padded_vocab_size={padded}")

@@ -83,14 +83,14 @@ def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> 
     """Write a megatron_kd checkpoint as a HF directory (sharded safetensors + index)."""
     from safetensors.torch import save_file
 
-    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.checkpoint.manager import verify_checkpoint
     from megatron_kd.checkpoint.model_io import load_model_weights
     from megatron_kd.config import load_config
     from megatron_kd.models.gpt import build_gpt_model
     from megatron_kd.training.evaluate import resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
-    state = read_state(ckpt)
+    state = verify_checkpoint(ckpt)
     over = ["parallel.tp=1", "parallel.pp=1", "teacher.checkpoint=null"]
     if state.get("padded_vocab_size"):
         over.append(f"model.padded_vocab_size={state['padded_vocab_size']}")

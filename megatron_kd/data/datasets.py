@@ -7,9 +7,11 @@ part of `data.split` adds one more, named "heldout". Or megatron-core's mock dat
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from megatron_kd.config.schema import RunConfig
@@ -56,10 +58,36 @@ def load_tokenizer(cfg: RunConfig):
     return tok
 
 
+# megatron-core's .idx layout (MMIDIDX v1): header, version <Q, dtype code <B, sequence count <Q,
+# document count <Q, then int32 lengths, int64 pointers (one per sequence), int64 document ids.
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_DTYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}
+
+
+def _read_index(idx: Path, what: str) -> tuple[int, int]:
+    """(tokens, bytes per token) from a .idx, every size checked against the file's; read here
+    rather than by megatron-core, whose reader asserts (and leaves noisy half-built objects)."""
+    corrupt = f"{what}: {idx} is corrupt or truncated"
+    fix = "; re-run `mkd data preprocess`"
+    size = idx.stat().st_size
+    with open(idx, "rb") as f:
+        head = f.read(34)
+        if len(head) < 34 or head[:9] != _IDX_MAGIC:
+            raise ConfigError(f"{corrupt} (not a megatron .idx header){fix}")
+        version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:34])
+        if version != 1 or code not in _IDX_DTYPE_SIZES:
+            raise ConfigError(f"{corrupt} (version {version}, dtype code {code}){fix}")
+        need = 34 + 12 * n_seq + 8 * n_doc
+        if size < need:
+            raise ConfigError(f"{corrupt} ({size} bytes, its header needs {need}){fix}")
+        lengths = np.fromfile(f, dtype=np.int32, count=n_seq)
+    if (lengths < 0).any():
+        raise ConfigError(f"{corrupt} (negative sequence lengths){fix}")
+    return int(lengths.sum(dtype=np.int64)), _IDX_DTYPE_SIZES[code]
+
+
 def check_prefix(prefix: str, tokenizer, what: str) -> int:
     """Fail clearly on a missing, truncated or foreign dataset; returns its token count."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
     for f in (idx, bin_):
         if not f.is_file():
@@ -72,19 +100,15 @@ def check_prefix(prefix: str, tokenizer, what: str) -> int:
             f"{what} '{prefix}' was tokenized with another tokenizer (sha256 "
             f"{meta['tokenizer_sha256'][:12]}…) than data.tokenizer ({sha[:12]}…); "
             "re-run `mkd data preprocess` with the model's tokenizer")
-    try:
-        ds = IndexedDataset(str(prefix))
-    except Exception as exc:
-        raise ConfigError(f"{what} '{prefix}' cannot be read ({exc}); the .idx/.bin pair is "
-                          "corrupt or truncated: re-run `mkd data preprocess`") from exc
-    tokens = int(ds.sequence_lengths.sum())
-    expected = tokens * ds.index.dtype_size
+    tokens, dtype_size = _read_index(idx, f"{what} '{prefix}'")
+    expected = tokens * dtype_size
     if bin_.stat().st_size != expected:
         raise ConfigError(f"{what} '{prefix}': {bin_} has {bin_.stat().st_size} bytes but its "
                           f"index describes {expected}; the pair is truncated or mismatched: "
                           "re-run `mkd data preprocess`")
     if tokens == 0:
-        raise ConfigError(f"{what} '{prefix}' is empty (0 tokens)")
+        raise ConfigError(f"{what} '{prefix}' is empty (0 tokens); preprocess a corpus with "
+                          "documents into it, or drop it from the recipe")
     return tokens
 
 

@@ -92,7 +92,7 @@ def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):
 def resolve_teacher(cfg: RunConfig) -> tuple[Path, ModelConfig, dict]:
     """(checkpoint dir, teacher ModelConfig, the checkpoint's state) — checked before any
     process group starts: a KD run never trains against a teacher it cannot load."""
-    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.checkpoint.manager import verify_checkpoint
     from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
     from megatron_kd.training.evaluate import resolve_checkpoint
 
@@ -105,7 +105,7 @@ def resolve_teacher(cfg: RunConfig) -> tuple[Path, ModelConfig, dict]:
 
         ref = str(ensure_converted(Path(ref)))
     ckpt = resolve_checkpoint(ref)
-    state = read_state(ckpt)
+    state = verify_checkpoint(ckpt)
     saved = load_recipe_dict(ckpt / "config.yaml").get("model", {})
     saved_model = build_dataclass(ModelConfig, saved, "model", str(ckpt / "config.yaml"))
     if cfg.teacher.model:

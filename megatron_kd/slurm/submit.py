@@ -114,14 +114,18 @@ def render(spec: JobSpec) -> tuple[str, Path]:
     return "\n".join(lines), run_dir
 
 
+def require_sbatch() -> None:
+    if shutil.which("sbatch") is None:
+        raise SetupError("Slurm's sbatch is not on PATH; run on a Slurm login node, or use "
+                         "`mkd train` / `mkd sweep --local` on this machine")
+
+
 def submit(spec: JobSpec, dry_run: bool = False) -> str:
     """Write RUN_DIR/slurm/job-<name>.sbatch and submit it; returns the job id (or the script)."""
     script, run_dir = render(spec)
     if dry_run:
         return script
-    if shutil.which("sbatch") is None:
-        raise SetupError("Slurm's sbatch is not on PATH; run on a Slurm login node, or use "
-                         "`mkd train` / `mkd sweep --local` on this machine")
+    require_sbatch()
     out = run_dir / "slurm"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "job.sbatch"

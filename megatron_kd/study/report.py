@@ -24,6 +24,9 @@ def _final(run_dir: Path) -> dict | None:
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
+    if not (sweep_dir / "points.json").is_file():
+        raise ConfigError(f"{sweep_dir} is not a sweep directory (no points.json); give the `out` "
+                          "directory of a sweep, after `mkd sweep SWEEP.yaml --local` or --slurm")
     points = json.loads((sweep_dir / "points.json").read_text())
     teachers = {}
     for f in (sweep_dir / "teachers").glob("*.json") if (sweep_dir / "teachers").is_dir() else []:

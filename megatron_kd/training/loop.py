@@ -17,8 +17,9 @@ from megatron_kd.checkpoint.manager import (
     checkpoint_root,
     latest_checkpoint,
     load_checkpoint,
-    read_state,
+    remove_partial_saves,
     save_checkpoint,
+    verify_checkpoint,
 )
 from megatron_kd.config import dump_config
 from megatron_kd.config.schema import RunConfig
@@ -139,11 +140,13 @@ def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
     run_dir = Path(cfg.run.dir)
     # Every rank checks (so all fail together); only rank 0 deletes on --overwrite.
     check_run_dir(cfg, overwrite, delete=rank == 0)
+    if rank == 0:
+        remove_partial_saves(checkpoint_root(cfg))  # left by a process killed mid-save
     torch.distributed.barrier()
     resume_from = latest_checkpoint(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
     for source in (resume_from, cfg.checkpoint.load):
         if source is not None:  # build with the padded vocabulary the weights were saved with
-            saved = read_state(Path(source)).get("padded_vocab_size")
+            saved = verify_checkpoint(Path(source)).get("padded_vocab_size")
             cfg.model.padded_vocab_size = saved or cfg.model.padded_vocab_size
             break
     teacher, ctx = prepare_kd(cfg)
