@@ -51,6 +51,15 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     with open(rng, "wb") as f:
         pickle.dump({"cpu": _Evil()}, f)
+    # The swapped file no longer has the size the save recorded: refused before loading.
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
+            env=dict(ENV, MKD_PWNED=str(marker)))
+    assert r.returncode == 2 and "rng/rank0.pt has" in r.stderr.strip().splitlines()[-1]
+    # An attacker who also fixes the recorded size still gets nothing executed: weights_only.
+    state_file = run / "checkpoints" / "step_0000002" / "mkd_state.json"
+    state = json.loads(state_file.read_text())
+    state["files"]["rng/rank0.pt"] = rng.stat().st_size
+    state_file.write_text(json.dumps(state))
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
             env=dict(ENV, MKD_PWNED=str(marker)))
     assert r.returncode == 2 and "refused to load" in r.stderr.strip().splitlines()[-1]
