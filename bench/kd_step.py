@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     init_distributed(ParallelConfig(), seed=1, launch=LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single"))
     common = [f"train.seq_length={a.seq_length}", f"train.micro_batch_size={a.micro_batch}",
-              f"train.global_batch_size={a.global_batch}", "train.steps=1000", "data.tokenizer=unused",
+              f"train.global_batch_size={a.global_batch}", "train.steps=1000", "data.mock=true",
               "train.lr=1e-4"]
     student_cfg = load_config(a.student, common, purpose="train")
     teacher_model = load_config(a.teacher, purpose="model").model

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_kd.distill.losses import (KDOptions, _all_reduce, _chunk_loss_and_grad,
-                                        _forward_kl_fast, _log_softmax, _Shard, default_chunk_size)
+                                        _forward_kl_fast, _row_sum, _Shard, default_chunk_size,
+                                        teacher_metrics)
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
@@ -30,9 +31,9 @@ STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
     """Per-row CE [n] and d CE / d z [n, V_local] (fp32), softmax over every local column."""
     z = z.float()
-    m = _all_reduce(z.max(-1).values, dist.ReduceOp.MAX, shard.group)
+    m = _all_reduce(z.amax(-1), dist.ReduceOp.MAX, shard.group)
     e = torch.exp(z - m.unsqueeze(-1))
-    s = _all_reduce(e.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, shard.group)
+    s = _all_reduce(_row_sum(e), dist.ReduceOp.SUM, shard.group)
     width = z.shape[-1]
     local = labels - shard.start
     mine = (local >= 0) & (local < width)
@@ -44,22 +45,6 @@ def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
     rows = mine.nonzero().squeeze(-1)
     grad[rows, local[rows]] -= 1.0
     return ce, grad
-
-
-def _argmax(z: torch.Tensor, shard: _Shard) -> torch.Tensor:
-    from megatron_kd.distill.objective import vocab_parallel_argmax
-
-    return vocab_parallel_argmax(z, shard)
-
-
-def _teacher_stats(zs, zt, labels, mask, shard_all, shard_kd) -> torch.Tensor:
-    """Masked sums of teacher CE, teacher entropy and top-1 agreement for one chunk."""
-    t_ce, _ = _vocab_parallel_ce(zt, labels, shard_all)
-    logp_t, p_t = _log_softmax(zt.float(), shard_kd)
-    ent = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
-    ent = _all_reduce(ent, dist.ReduceOp.SUM, shard_kd.group)
-    agree = (_argmax(zs, shard_kd) == _argmax(zt, shard_kd)).float()
-    return torch.stack([(t_ce * mask).sum(), (ent * mask).sum(), (agree * mask).sum()]).double()
 
 
 class _FusedOutputKD(torch.autograd.Function):
@@ -75,7 +60,7 @@ class _FusedOutputKD(torch.autograd.Function):
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
         stats = torch.zeros(len(STATS), dtype=torch.float64, device=h_s.device)
         m = mask.reshape(-1).float()
-        step = chunk_size or default_chunk_size(width)
+        step = chunk_size or default_chunk_size(width, h_s.device)
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         h_t = h_t.detach()
         for s in range(0, n, step):
@@ -85,8 +70,8 @@ class _FusedOutputKD(torch.autograd.Function):
             zs = hs @ w_s.detach().t()  # [n_chunk, V/TP] in the model's dtype, as the output layer
             zt = h_t[s:e] @ w_t.detach().t()
             if metrics:
-                with torch.no_grad():
-                    stats[2:] += _teacher_stats(zs, zt, labels[s:e], w, shard_all, shard_kd)
+                per_tok = teacher_metrics(zs, zt, labels[s:e], shard_kd)
+                stats[2:] += (per_tok.double() * w.double()).sum(-1)
             ce, g = _vocab_parallel_ce(zs, labels[s:e], shard_all)
             stats[0] += (ce * w).sum(dtype=torch.float64)
             g.mul_((w * ce_weight).unsqueeze(-1))

@@ -90,15 +90,24 @@ class _Shard:
         ids = torch.arange(self.start, self.start + width, device=device)
         self.ids = ids
         self.valid = None if vocab_size is None else ids < vocab_size
+        # Padding columns anywhere in the (whole, sharded) vocabulary?
+        self.padded = vocab_size is not None and vocab_size < width * _group_size(group)
 
     def mask(self, x: torch.Tensor, fill: float) -> torch.Tensor:
         return x if self.valid is None else x.masked_fill(~self.valid, fill)
 
 
+def _row_sum(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Row sums in float64 for the per-token scalar arithmetic that follows. The reduction runs
+    in the input's fp32 (torch's cascade summation: ~1e-7 relative); asking torch for a float64
+    accumulation instead converts every element and is ~20x slower on CPU."""
+    return x.sum(dim=-1, keepdim=keepdim).double()
+
+
 def _log_softmax(x: torch.Tensor, shard: _Shard) -> tuple[torch.Tensor, torch.Tensor]:
     """log p and p over the whole (sharded) vocabulary; padded columns get p = 0, log p = -inf."""
     x = shard.mask(x, -math.inf)
-    m = x.max(dim=-1, keepdim=True).values
+    m = x.amax(dim=-1, keepdim=True)
     m = _all_reduce(m, dist.ReduceOp.MAX, shard.group)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of -inf stays -inf below
     e = torch.exp(x - m)
@@ -125,8 +134,8 @@ def _threshold_search(keys: torch.Tensor, weight: torch.Tensor | None, target: t
     A bisection over the 32-bit key space with one all-reduce per step: exact, and never holds
     more than the local shard.
     """
-    lo = _all_reduce(keys.min(dim=-1).values, dist.ReduceOp.MIN, group)
-    hi = _all_reduce(keys.max(dim=-1).values, dist.ReduceOp.MAX, group)
+    lo = _all_reduce(keys.amin(dim=-1), dist.ReduceOp.MIN, group)
+    hi = _all_reduce(keys.amax(dim=-1), dist.ReduceOp.MAX, group)
     for _ in range(34):
         mid = lo + (hi - lo + 1) // 2
         sel = keys >= mid.unsqueeze(-1)
@@ -187,15 +196,16 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
     c = zt.float() / T
     logp_s, p_s = _log_softmax(a, shard)
     group = shard.group
-    # Row sums accumulate in float64 (cheap: one value per token) and return to fp32.
+    # The general path (every kind and option, hostile inputs) accumulates row sums in float64:
+    # its gradients are differences of such sums. The plain forward-KL hot path is elsewhere.
     sum_ = lambda x: _all_reduce(x.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group).float()  # noqa: E731
 
     if opt.kind == "hard":
         cm = shard.mask(c, -math.inf)
-        best = _all_reduce(cm.max(-1).values, dist.ReduceOp.MAX, group)
+        best = _all_reduce(cm.amax(-1), dist.ReduceOp.MAX, group)
         big = torch.iinfo(torch.int64).max
         ids = torch.where(cm == best.unsqueeze(-1), shard.ids.expand_as(cm), torch.full_like(shard.ids, big).expand_as(cm))
-        target = _all_reduce(ids.min(-1).values, dist.ReduceOp.MIN, group)
+        target = _all_reduce(ids.amin(-1), dist.ReduceOp.MIN, group)
         onehot = shard.ids.unsqueeze(0) == target.unsqueeze(-1)
         loss = -sum_(torch.where(onehot, logp_s, torch.zeros_like(logp_s)))
         grad = p_s - onehot.float()
@@ -269,8 +279,8 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
         a = a / T
         c = c / T
     if nv:
-        stats[0] = a.max(-1).values
-        stats[1] = c.max(-1).values
+        stats[0] = a.amax(-1)
+        stats[1] = c.amax(-1)
     stats = _all_reduce(stats, dist.ReduceOp.MAX, shard.group)
     if not bool(torch.isfinite(stats).all()):
         return None
@@ -280,8 +290,7 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
     d = y - x
     x.exp_()
     y.exp_()
-    sums = torch.stack([x.sum(-1, dtype=torch.float64), y.sum(-1, dtype=torch.float64),
-                        d.mul_(y).sum(-1, dtype=torch.float64)])
+    sums = torch.stack([_row_sum(x), _row_sum(y), _row_sum(d.mul_(y))])
     sums = _all_reduce(sums, dist.ReduceOp.SUM, shard.group)
     s_a, s_c, cross = sums[0], sums[1], sums[2]
     loss = (cross / s_c + torch.log(s_a) - torch.log(s_c)).float()
@@ -303,10 +312,54 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
     return loss
 
 
-def default_chunk_size(local_vocab: int) -> int:
-    """Tokens per chunk so that one fp32 chunk temporary is ~16 MiB: the loss's temporaries
-    stay a small fraction of a logits buffer at any sequence length."""
-    return max(1, (1 << 22) // max(1, local_vocab))
+def _argmax_ids(x: torch.Tensor, shard: _Shard) -> torch.Tensor:
+    """Global argmax id per row over the (valid columns of the) sharded vocabulary; ties go to
+    the lowest id (torch.argmax returns the first maximum; across shards the lowest rank)."""
+    local_idx = torch.argmax(x, dim=-1)
+    local_max = x.gather(-1, local_idx.unsqueeze(-1)).squeeze(-1)
+    best = _all_reduce(local_max.clone(), dist.ReduceOp.MAX, shard.group)
+    big = torch.iinfo(torch.int64).max
+    ids = torch.where(local_max == best, local_idx + shard.start, torch.full_like(local_idx, big))
+    return _all_reduce(ids, dist.ReduceOp.MIN, shard.group)
+
+
+@torch.no_grad()
+def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    labels: torch.Tensor, shard: _Shard) -> torch.Tensor:
+    """Per-token [3, n]: the teacher's cross entropy to the labels (megatron-core's convention:
+    softmax over every column, padding included), the teacher's entropy (T = 1, real columns)
+    and top-1 agreement between the models. One exp over the teacher's chunk; logits are model
+    outputs (finite)."""
+    nv = _valid_width(shard)
+    c = teacher_logits.float()
+    m = _all_reduce(c.amax(-1), dist.ReduceOp.MAX, shard.group)
+    t = c - m.unsqueeze(-1)
+    e = torch.exp(t)
+    width = c.shape[-1]
+    local = labels.reshape(-1) - shard.start
+    mine = (local >= 0) & (local < width)
+    picked = t.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
+    if shard.padded:  # the entropy's softmax is over the real columns: its own maximum
+        local_max = c[:, :nv].amax(-1) if nv else torch.full_like(m, -math.inf)
+        t_v = c[:, :nv] - _all_reduce(local_max, dist.ReduceOp.MAX, shard.group).unsqueeze(-1)
+        e_v = torch.exp(t_v)
+    else:
+        t_v, e_v = t, e
+    sums = torch.stack([_row_sum(e), _row_sum(e_v), _row_sum(e_v * t_v),
+                        torch.where(mine, picked, torch.zeros_like(picked)).double()])
+    sums = _all_reduce(sums, dist.ReduceOp.SUM, shard.group)
+    ce = torch.log(sums[0]) - sums[3]
+    entropy = torch.log(sums[1]) - sums[2] / sums[1]
+    agree = _argmax_ids(student_logits[:, :nv], shard) == _argmax_ids(teacher_logits[:, :nv], shard)
+    return torch.stack([ce.float(), entropy.float(), agree.float()])
+
+
+def default_chunk_size(local_vocab: int, device: torch.device | str = "cpu") -> int:
+    """Tokens per chunk. CPU: ~1 MiB of fp32 per temporary (cache-sized: 2-3x faster than
+    logits-sized temporaries here, see docs/PERFORMANCE.md), at least 16 tokens. GPU: ~64 MiB
+    (large kernels; still a small fraction of a logits buffer)."""
+    budget, floor = ((1 << 24), 64) if torch.device(device).type == "cuda" else ((1 << 18), 16)
+    return max(floor, budget // max(1, local_vocab))
 
 
 class _KDLossFunction(torch.autograd.Function):
@@ -321,7 +374,7 @@ class _KDLossFunction(torch.autograd.Function):
         # The one extra logits-sized buffer: the gradient, in the student's dtype.
         grad = torch.empty_like(zs) if student.requires_grad else None
         m = None if mask is None else mask.reshape(-1).to(torch.float32)
-        step = chunk_size or default_chunk_size(zs.shape[-1])
+        step = chunk_size or default_chunk_size(zs.shape[-1], zs.device)
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         for s in range(0, n, step):
             e = min(n, s + step)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_kd.config.schema import KDConfig
-from megatron_kd.distill.losses import _log_softmax, _Shard, kd_loss
+from megatron_kd.distill.losses import _Shard, kd_loss, teacher_metrics
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,6 @@ def _pair(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.stack([total.detach().float(), count.detach().float()])
 
 
-def vocab_parallel_argmax(logits: torch.Tensor, shard: _Shard) -> torch.Tensor:
-    """Global argmax id over the sharded vocabulary (ties: lowest id); padding excluded."""
-    x = shard.mask(logits.float(), float("-inf"))
-    local_max, local_idx = x.max(-1)
-    best = local_max.clone()
-    if shard.group is not None and dist.get_world_size(shard.group) > 1:
-        dist.all_reduce(best, op=dist.ReduceOp.MAX, group=shard.group)
-    big = torch.iinfo(torch.int64).max
-    ids = torch.where(local_max == best, local_idx + shard.start, torch.full_like(local_idx, big))
-    if shard.group is not None and dist.get_world_size(shard.group) > 1:
-        dist.all_reduce(ids, op=dist.ReduceOp.MIN, group=shard.group)
-    return ids
-
-
 def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
                       teacher_logits, vocab_size: int, tp_group):
     from megatron.core import tensor_parallel
@@ -70,20 +56,14 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
                          loss_mask=mask, tp_group=tp_group, chunk_size=kd.chunk_size)
         reports = {}
         if kd.teacher_metrics:
-            with torch.no_grad():
-                shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
-                logp_t, p_t = _log_softmax(teacher_logits.float(), shard)
-                ent = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
-                del logp_t, p_t
-                if tp_group is not None and dist.get_world_size(tp_group) > 1:
-                    dist.all_reduce(ent, group=tp_group)
-                agree = (vocab_parallel_argmax(student_logits, shard)
-                         == vocab_parallel_argmax(teacher_logits, shard)).float()
-                t_ce = tensor_parallel.vocab_parallel_cross_entropy(
-                    teacher_logits.float(), labels, tp_group=tp_group)
-                reports["teacher lm loss"] = _pair((t_ce * mask).sum(), count)
-                reports["teacher entropy"] = _pair((ent * mask).sum(), count)
-                reports["top1 agreement"] = _pair((agree * mask).sum(), count)
+            shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
+            width = student_logits.shape[-1]
+            per_tok = teacher_metrics(student_logits.detach().reshape(-1, width),
+                                      teacher_logits.reshape(-1, width), labels, shard)
+            sums = (per_tok * mask.reshape(1, -1)).sum(-1)
+            reports["teacher lm loss"] = _pair(sums[0], count)
+            reports["teacher entropy"] = _pair(sums[1], count)
+            reports["top1 agreement"] = _pair(sums[2], count)
         ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
         ce_sum = (ce * mask).sum()
         kd_sum = kd_tok.sum()

@@ -17,8 +17,7 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
     from megatron_kd.checkpoint.manager import load_checkpoint
     from megatron_kd.data.batches import MicroBatchIterator
     from megatron_kd.data.datasets import build_datasets, load_tokenizer
-    from megatron_kd.distill.losses import _log_softmax, _Shard, kd_loss
-    from megatron_kd.distill.objective import vocab_parallel_argmax
+    from megatron_kd.distill.losses import _argmax_ids, _log_softmax, _Shard, _valid_width, kd_loss
     from megatron_kd.training.loop import prepare_kd
     from megatron_kd.training.setup import TrainState, build_ddp_model
 
@@ -52,7 +51,8 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
                     if torch.distributed.get_world_size(tp_group) > 1:
                         torch.distributed.all_reduce(e, group=tp_group)
                     ent.append((e * mask).sum())
-                agree = (vocab_parallel_argmax(s_logits, shard) == vocab_parallel_argmax(t_logits, shard)).float()
+                nv = _valid_width(shard)  # padding columns never win
+                agree = (_argmax_ids(s_logits[..., :nv], shard) == _argmax_ids(t_logits[..., :nv], shard)).float()
                 kw = dict(vocab_size=V, loss_mask=mask, tp_group=tp_group)
                 fkl = kd_loss(s_logits, t_logits, kind="forward_kl", **kw).sum()
                 rkl = kd_loss(s_logits, t_logits, kind="reverse_kl", **kw).sum()

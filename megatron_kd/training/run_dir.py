@@ -15,7 +15,8 @@ from megatron_kd.errors import ConfigError
 # What may change between starts of the same run: its length, layout, logging and saving.
 _MAY_CHANGE = ("run.name", "run.dir", "parallel.", "logging.", "checkpoint.", "train.steps",
                "train.tokens", "train.stop_at_step", "model.padded_vocab_size", "data.valid",
-               "train.max_consecutive_skips", "kd.teacher_metrics", "kd.chunk_size")
+               "train.max_consecutive_skips", "kd.teacher_metrics", "kd.chunk_size",
+               "kd.fused_output_layer")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

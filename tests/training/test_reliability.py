@@ -1,11 +1,14 @@
 """Non-finite steps are skipped within a budget; past it the run stops keeping the last good
-checkpoint; a checkpoint carrying a malicious pickle is refused."""
+checkpoint; a checkpoint carrying a malicious pickle is refused; a run directory holds one run;
+SIGKILL in the middle of a save or of a run loses nothing and the run resumes exactly."""
 
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 
 from tests.distributed import REPO
 
@@ -82,3 +85,55 @@ def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3", "model.hidden_size=128", "--overwrite")
     assert r.returncode == 0 and "resumed from" not in r.stdout
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def _trajectory(run) -> dict[int, float]:
+    """step -> loss, the last record of each step (a resumed run logs the redone steps again)."""
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        out[m["step"]] = m["loss"]
+    return out
+
+
+def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path):
+    args = ["train", "train/tiny-mock", "train.steps=12", "checkpoint.save_interval=3",
+            "checkpoint.keep_last=2"]
+    assert mkd(*args, f"run.dir={tmp_path / 'ref'}").returncode == 0
+    ref = _trajectory(tmp_path / "ref")
+    assert sorted(ref) == list(range(1, 13))
+
+    # A real SIGKILL inside the save at step 6, after the shards are written, before the rename.
+    run = tmp_path / "killed_in_save"
+    ckpts = run / "checkpoints"
+    r = mkd(*args, f"run.dir={run}", env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="6:after_shards"))
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert (ckpts / "step_0000006.partial").is_dir() and (ckpts / "latest").read_text() == "step_0000003"
+    # Again at step 9, with the whole checkpoint written but not yet renamed into place.
+    r = mkd(*args, f"run.dir={run}", env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="9:before_rename"))
+    assert r.returncode == -signal.SIGKILL and "resumed from" in r.stdout
+    assert (ckpts / "latest").read_text() == "step_0000006" and (ckpts / "step_0000009.partial").is_dir()
+    r = mkd(*args, f"run.dir={run}")
+    assert r.returncode == 0 and f"resumed from {ckpts / 'step_0000006'}" in r.stdout, r.stdout[-2000:]
+    assert not list(ckpts.glob("*.partial"))  # the dead saves are cleaned up
+    got = _trajectory(run)
+    assert sorted(got) == sorted(ref) and all(abs(got[s] - ref[s]) <= 1e-6 for s in ref), (got, ref)
+
+    # SIGKILL from outside at whatever step the run has reached (not at a save).
+    run = tmp_path / "killed_mid_run"
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_kd", *args, f"run.dir={run}"], cwd=REPO,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        f = run / "metrics.jsonl"
+        if f.is_file() and len(f.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    killed_at = len((run / "metrics.jsonl").read_text().splitlines())
+    assert killed_at < 12, "the run finished before it could be killed"
+    r = mkd(*args, f"run.dir={run}")
+    assert r.returncode == 0 and "resumed from" in r.stdout
+    got = _trajectory(run)
+    assert sorted(got) == sorted(ref) and all(abs(got[s] - ref[s]) <= 1e-6 for s in ref), (killed_at, got, ref)
