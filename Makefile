@@ -59,8 +59,8 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 
 bench: $(BENCH_STAMP)
 	@mkdir -p bench/results
-	$(PY) bench/kd_loss.py --json-out bench/results/kd_loss_32k.json
-	$(PY) bench/kd_loss.py --tokens 2048 --vocab 131072 --json-out bench/results/kd_loss_128k.json
+	$(PY) bench/kd_loss.py --repeats 3 --json-out bench/results/kd_loss_32k.json
+	$(PY) bench/kd_loss.py --repeats 3 --tokens 2048 --vocab 131072 --json-out bench/results/kd_loss_128k.json
 	$(PY) bench/fused_output.py --json-out bench/results/fused_output.json
 	$(PY) bench/kd_step.py --json-out bench/results/kd_step.json
 

@@ -7,6 +7,7 @@ one call needs on top of its inputs. On CUDA it is torch's allocator peak minus 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -58,11 +59,17 @@ class PeakMemory:
         return False
 
 
-def measure(fn: Callable[[], None], device: str, repeats: int, warmup: int, group=None) -> dict:
+def measure(fn: Callable[[], None], device: str, repeats: int, warmup: int, group=None,
+            before: Callable[[], None] | None = None) -> dict:
     """Median seconds of `fn` over `repeats` calls after `warmup` calls, and the largest peak
-    extra memory seen; ranks of `group` start each call together."""
+    extra memory seen; `before` runs outside the measurement (e.g. dropping the previous
+    call's gradients, so they are not counted as already there); ranks of `group` start each
+    call together."""
     times, peaks = [], []
     for i in range(warmup + repeats):
+        if before is not None:
+            before()
+        gc.collect()
         if dist.is_initialized():
             dist.barrier(group=group)
         with PeakMemory(device) as mem:

@@ -97,13 +97,14 @@ def bench_rank(rank: int, world: int, a: dict) -> dict:
             s = s0.clone().requires_grad_(True)
 
             def step():
-                s.grad = None
                 loss = fn(s, t0, a["temperature"], group, tp)
                 loss.sum().backward()
                 losses[name] = loss.detach().float().sum().item()
 
-            gc.collect()
-            r = measure(step, device, a["repeats"], a["warmup"], group)
+            def drop_grad():
+                s.grad = None
+
+            r = measure(step, device, a["repeats"], a["warmup"], group, before=drop_grad)
             del s
             gc.collect()
             rows.append({"dtype": dname, "impl": name, **r,
