@@ -96,6 +96,22 @@ def _trajectory(run) -> dict[int, float]:
     return out
 
 
+def mkd_to_be_killed(log, *args, env=None) -> subprocess.Popen:
+    """`mkd` in its own process group, output to a file: a SIGKILLed trainer can leave
+    dist_checkpointing's spawned helper behind, and that orphan would hold a pipe open."""
+    return subprocess.Popen([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=env or ENV,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def reap_group(proc: subprocess.Popen) -> int:
+    rc = proc.wait(timeout=300)
+    try:  # whatever the killed trainer left in its process group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return rc
+
+
 def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path):
     args = ["train", "train/tiny-mock", "train.steps=12", "checkpoint.save_interval=3",
             "checkpoint.keep_last=2"]
@@ -106,12 +122,15 @@ def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path)
     # A real SIGKILL inside the save at step 6, after the shards are written, before the rename.
     run = tmp_path / "killed_in_save"
     ckpts = run / "checkpoints"
-    r = mkd(*args, f"run.dir={run}", env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="6:after_shards"))
-    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    log = tmp_path / "killed.log"
+    rc = reap_group(mkd_to_be_killed(log, *args, f"run.dir={run}",
+                                     env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="6:after_shards")))
+    assert rc == -signal.SIGKILL, log.read_text()[-2000:]
     assert (ckpts / "step_0000006.partial").is_dir() and (ckpts / "latest").read_text() == "step_0000003"
     # Again at step 9, with the whole checkpoint written but not yet renamed into place.
-    r = mkd(*args, f"run.dir={run}", env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="9:before_rename"))
-    assert r.returncode == -signal.SIGKILL and "resumed from" in r.stdout
+    rc = reap_group(mkd_to_be_killed(log, *args, f"run.dir={run}",
+                                     env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="9:before_rename")))
+    assert rc == -signal.SIGKILL and "resumed from" in log.read_text(), log.read_text()[-2000:]
     assert (ckpts / "latest").read_text() == "step_0000006" and (ckpts / "step_0000009.partial").is_dir()
     r = mkd(*args, f"run.dir={run}")
     assert r.returncode == 0 and f"resumed from {ckpts / 'step_0000006'}" in r.stdout, r.stdout[-2000:]
@@ -121,15 +140,14 @@ def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path)
 
     # SIGKILL from outside at whatever step the run has reached (not at a save).
     run = tmp_path / "killed_mid_run"
-    proc = subprocess.Popen([sys.executable, "-m", "megatron_kd", *args, f"run.dir={run}"], cwd=REPO,
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = mkd_to_be_killed(tmp_path / "killed_mid_run.log", *args, f"run.dir={run}")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         f = run / "metrics.jsonl"
         if f.is_file() and len(f.read_text().splitlines()) >= 7:
             break
         time.sleep(0.02)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and anything it started
     proc.wait()
     killed_at = len((run / "metrics.jsonl").read_text().splitlines())
     assert killed_at < 12, "the run finished before it could be killed"
