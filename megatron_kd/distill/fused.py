@@ -21,30 +21,31 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.losses import (KDOptions, _all_reduce, _chunk_loss_and_grad,
+from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce, _chunk_loss_and_grad,
                                         _forward_kl_fast, _row_sum, _Shard, default_chunk_size,
-                                        teacher_metrics)
+                                        shift_exp_label, teacher_metrics)
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
 
-def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
-    """Per-row CE [n] and d CE / d z [n, V_local] (fp32), softmax over every local column."""
-    z = z.float()
-    m = _all_reduce(z.amax(-1), dist.ReduceOp.MAX, shard.group)
-    e = torch.exp(z - m.unsqueeze(-1))
-    s = _all_reduce(_row_sum(e), dist.ReduceOp.SUM, shard.group)
-    width = z.shape[-1]
-    local = labels - shard.start
-    mine = (local >= 0) & (local < width)
-    picked = z.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
-    target = _all_reduce(torch.where(mine, picked, torch.zeros_like(picked)), dist.ReduceOp.SUM,
-                         shard.group)
-    ce = (torch.log(s) + m.double() - target.double()).float()
-    grad = e.mul_((1.0 / s).float().unsqueeze(-1))
+def default_gemm_chunk(local_vocab: int, device: torch.device | str = "cpu") -> int:
+    """Tokens per output-layer chunk: the logits of one chunk are [chunk, V/TP] per model, so
+    memory stays flat in the sequence length, while the chunk is tall enough for efficient
+    GEMMs (output layer, hidden-state and weight gradients). CPU: ~8 MiB of fp32 logits, at
+    least 64 tokens; GPU: ~64 MiB, at least 256."""
+    budget, floor = ((1 << 24), 256) if torch.device(device).type == "cuda" else ((1 << 21), 64)
+    return max(floor, budget // max(1, local_vocab))
+
+
+def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard, out: torch.Tensor):
+    """Per-row CE [n] (softmax over every local column) with d CE / d z written into `out`."""
+    _, e, label_logit, local, mine = shift_exp_label(z, labels, shard)
+    sums = _all_reduce(torch.stack([_row_sum(e), label_logit.double()]), dist.ReduceOp.SUM,
+                       shard.group)
+    torch.mul(e, (1.0 / sums[0]).float().unsqueeze(-1), out=out)
     rows = mine.nonzero().squeeze(-1)
-    grad[rows, local[rows]] -= 1.0
-    return ce, grad
+    out[rows, local[rows]] -= 1.0
+    return (torch.log(sums[0]) - sums[1]).float()
 
 
 class _FusedOutputKD(torch.autograd.Function):
@@ -60,35 +61,26 @@ class _FusedOutputKD(torch.autograd.Function):
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
         stats = torch.zeros(len(STATS), dtype=torch.float64, device=h_s.device)
         m = mask.reshape(-1).float()
-        step = chunk_size or default_chunk_size(width, h_s.device)
+        # Two levels: tall chunks for the matmuls, short sub-chunks (cache-sized temporaries on
+        # CPU) for the softmax arithmetic. `chunk_size` (kd.chunk_size) sets the sub-chunk.
+        sub = chunk_size or default_chunk_size(width, h_s.device)
+        step = max(sub, default_gemm_chunk(width, h_s.device))
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
-        h_t = h_t.detach()
+        scratch = (Scratch(), Scratch())  # the fast path's temporaries; its gradient
+        h_t, w_sd, w_td = h_t.detach(), w_s.detach(), w_t.detach()
         for s in range(0, n, step):
             e = min(n, s + step)
-            w = m[s:e]
             hs = h_s[s:e].detach()
-            zs = hs @ w_s.detach().t()  # [n_chunk, V/TP] in the model's dtype, as the output layer
-            zt = h_t[s:e] @ w_t.detach().t()
-            if metrics:
-                per_tok = teacher_metrics(zs, zt, labels[s:e], shard_kd)
-                stats[2:] += (per_tok.double() * w.double()).sum(-1)
-            ce, g = _vocab_parallel_ce(zs, labels[s:e], shard_all)
-            stats[0] += (ce * w).sum(dtype=torch.float64)
-            g.mul_((w * ce_weight).unsqueeze(-1))
-            kd = None
-            if fast:
-                g_kd = torch.empty_like(g)
-                kd = _forward_kl_fast(zs, zt, opt, shard_kd, g_kd, w * kd_weight)
-                if kd is not None:
-                    g.add_(g_kd)
-            if kd is None:
-                kd, g_kd = _chunk_loss_and_grad(zs, zt, opt, shard_kd)
-                g.add_(torch.where(w.unsqueeze(-1) > 0, g_kd * (w * kd_weight).unsqueeze(-1),
-                                   torch.zeros_like(g_kd)))
-            del g_kd, zt
-            stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
+            zs = hs @ w_sd.t()  # [chunk, V/TP] in the model's dtype, as the output layer
+            zt = h_t[s:e] @ w_td.t()
+            g = torch.empty(zs.shape, dtype=torch.float32, device=zs.device)
+            for i in range(0, e - s, sub):
+                j = min(e - s, i + sub)
+                _loss_rows(zs[i:j], zt[i:j], labels[s + i:s + j], m[s + i:s + j], g[i:j], stats,
+                           ce_weight, kd_weight, opt, shard_kd, shard_all, fast, metrics, scratch)
+            del zt
             if need_grad:
-                grad_h[s:e] = (g.to(h_s.dtype) @ w_s.detach()).to(grad_h.dtype)
+                grad_h[s:e] = (g.to(h_s.dtype) @ w_sd).to(grad_h.dtype)
                 grad_w.addmm_(g.t(), hs.float())
         ctx.save_for_backward(grad_h, grad_w)
         ctx.w_dtype = w_s.dtype
@@ -104,6 +96,29 @@ class _FusedOutputKD(torch.autograd.Function):
         g = grad_total.float()
         return (grad_h.mul_(g.to(grad_h.dtype)), grad_w.mul_(g).to(ctx.w_dtype), None, None, None,
                 None, None, None, None, None, None, None)
+
+
+def _loss_rows(zs, zt, labels, w, g, stats, ce_weight, kd_weight, opt, shard_kd, shard_all, fast,
+               metrics, scratch) -> None:
+    """CE, KD and teacher metrics of a few rows: masked sums into `stats`, the mixed loss's
+    gradient w.r.t. the student logits into `g` (fp32)."""
+    if metrics:
+        per_tok = teacher_metrics(zs, zt, labels, shard_kd)
+        stats[2:] += (per_tok.double() * w.double()).sum(-1)
+    ce = _vocab_parallel_ce(zs, labels, shard_all, g)
+    stats[0] += (ce * w).sum(dtype=torch.float64)
+    g.mul_((w * ce_weight).unsqueeze(-1))
+    kd = None
+    if fast:
+        g_kd = scratch[1].take(1, g.shape[0], g.shape[1], g.device)[0]
+        kd = _forward_kl_fast(zs, zt, opt, shard_kd, g_kd, w * kd_weight, scratch[0])
+        if kd is not None:
+            g.add_(g_kd)
+    if kd is None:
+        kd, g_kd = _chunk_loss_and_grad(zs, zt, opt, shard_kd)
+        g.add_(torch.where(w.unsqueeze(-1) > 0, g_kd * (w * kd_weight).unsqueeze(-1),
+                           torch.zeros_like(g_kd)))
+    stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
 
 
 def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,

@@ -258,36 +258,54 @@ def _valid_width(shard: _Shard) -> int:
     return shard.ids.numel() if shard.valid is None else int(shard.valid.sum())
 
 
+class Scratch:
+    """fp32 temporaries reused from chunk to chunk: a fresh allocation of each chunk's buffers
+    costs page faults and allocator work comparable to the arithmetic done in them on CPU."""
+
+    def __init__(self):
+        self._buf: torch.Tensor | None = None
+
+    def take(self, count: int, rows: int, width: int, device) -> tuple[torch.Tensor, ...]:
+        need = count * rows * width
+        if self._buf is None or self._buf.numel() < need or self._buf.device != torch.device(device):
+            self._buf = torch.empty(need, dtype=torch.float32, device=device)
+        return self._buf[:need].view(count, rows, width).unbind(0)
+
+
 def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: _Shard,
-                     grad_out: torch.Tensor | None, row_weight: torch.Tensor | None) -> torch.Tensor | None:
+                     grad_out: torch.Tensor | None, row_weight: torch.Tensor | None,
+                     scratch: Scratch | None = None) -> torch.Tensor | None:
     """Plain forward KL in few passes over the chunk (the common case, and the hot loop).
 
     With x = a - max(a), y = c - max(c) (a, c the tempered logits):
       KL = sum_i e^y_i (y_i - x_i) / S_c + log S_a - log S_c,   grad = (e^x/S_a - e^y/S_c)·T
-    (S = row sums of the exponentials), so p and log p are never materialised. Writes the
-    (weighted) gradient into `grad_out` and returns the per-row loss, or None when a row is not
-    finite (±inf / NaN logits): the caller then takes the general path, which defines those.
+    (S = row sums of the exponentials), so p and log p are never materialised. Each input is
+    read in its own dtype and converted while it is shifted (one pass, no converted copy), the
+    fp32 temporaries are reused (`scratch`), the gradient is written once in the output dtype.
+    Writes the (weighted) gradient into `grad_out` and returns the per-row loss, or None when a
+    row is not finite (±inf / NaN logits): the caller then takes the general path, which
+    defines those.
     """
     T = opt.temperature
     scale = T * T if opt.t2_scale else 1.0
     nv = _valid_width(shard)
     n = zs.shape[0]
     stats = torch.full((2, n), -math.inf, dtype=torch.float32, device=zs.device)
-    a = zs[:, :nv].float()
-    c = zt[:, :nv].float()
-    if T != 1.0:
-        a = a / T
-        c = c / T
-    if nv:
+    a = zs[:, :nv]
+    c = zt[:, :nv]
+    if nv:  # max(a / T) = max(a) / T for T > 0: the maxima are taken on the raw logits
         stats[0] = a.amax(-1)
         stats[1] = c.amax(-1)
     stats = _all_reduce(stats, dist.ReduceOp.MAX, shard.group)
     if not bool(torch.isfinite(stats).all()):
         return None
-    x = a - stats[0].unsqueeze(-1)  # new buffers: a / c may alias the caller's logits
-    y = c - stats[1].unsqueeze(-1)
-    del a, c
-    d = y - x
+    x, y, d = (scratch or Scratch()).take(3, n, nv, zs.device)
+    torch.sub(a, stats[0].unsqueeze(-1), out=x)  # fp32 out whatever the logits' dtype
+    torch.sub(c, stats[1].unsqueeze(-1), out=y)
+    if T != 1.0:
+        x.mul_(1.0 / T)
+        y.mul_(1.0 / T)
+    torch.sub(y, x, out=d)
     x.exp_()
     y.exp_()
     sums = torch.stack([_row_sum(x), _row_sum(y), _row_sum(d.mul_(y))])
@@ -301,13 +319,9 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
         k = scale / T
         w = torch.full((n,), k, dtype=torch.float64, device=zs.device) if row_weight is None \
             else row_weight.double() * k
-        coef_s = (w / s_a).float().unsqueeze(-1)
-        coef_t = (-w / s_c).float().unsqueeze(-1)
-        if grad_out.dtype == torch.float32:
-            torch.mul(x, coef_s, out=grad_out[:, :nv])
-            grad_out[:, :nv].addcmul_(y, coef_t)
-        else:
-            grad_out[:, :nv] = x.mul_(coef_s).addcmul_(y, coef_t)
+        # fp32 arithmetic, one write in grad_out's dtype.
+        torch.addcmul(x.mul_((w / s_a).float().unsqueeze(-1)), y, (-w / s_c).float().unsqueeze(-1),
+                      out=grad_out[:, :nv])
         grad_out[:, nv:] = 0
     return loss
 
@@ -323,6 +337,21 @@ def _argmax_ids(x: torch.Tensor, shard: _Shard) -> torch.Tensor:
     return _all_reduce(ids, dist.ReduceOp.MIN, shard.group)
 
 
+def shift_exp_label(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
+    """The pieces of a cross entropy over every local column (megatron-core's convention,
+    padding included): t = z - row max (max over the group), e = exp(t) (fp32, new buffers),
+    and the label's shifted logit where this rank holds the label, else 0. Summed over the group,
+    log(sum e) - that logit is the CE; the caller batches those sums into one all-reduce."""
+    m = _all_reduce(z.amax(-1), dist.ReduceOp.MAX, shard.group)
+    t = torch.sub(z, m.float().unsqueeze(-1))  # fp32 whatever z's dtype: one pass
+    e = torch.exp(t)
+    width = z.shape[-1]
+    local = labels.reshape(-1) - shard.start
+    mine = (local >= 0) & (local < width)
+    picked = t.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
+    return t, e, torch.where(mine, picked, torch.zeros_like(picked)), local, mine
+
+
 @torch.no_grad()
 def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                     labels: torch.Tensor, shard: _Shard) -> torch.Tensor:
@@ -331,22 +360,15 @@ def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     and top-1 agreement between the models. One exp over the teacher's chunk; logits are model
     outputs (finite)."""
     nv = _valid_width(shard)
-    c = teacher_logits.float()
-    m = _all_reduce(c.amax(-1), dist.ReduceOp.MAX, shard.group)
-    t = c - m.unsqueeze(-1)
-    e = torch.exp(t)
-    width = c.shape[-1]
-    local = labels.reshape(-1) - shard.start
-    mine = (local >= 0) & (local < width)
-    picked = t.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
+    t, e, label_logit, _, _ = shift_exp_label(teacher_logits, labels, shard)
     if shard.padded:  # the entropy's softmax is over the real columns: its own maximum
-        local_max = c[:, :nv].amax(-1) if nv else torch.full_like(m, -math.inf)
-        t_v = c[:, :nv] - _all_reduce(local_max, dist.ReduceOp.MAX, shard.group).unsqueeze(-1)
+        c = teacher_logits[:, :nv]
+        local_max = c.amax(-1).float() if nv else torch.full(c.shape[:1], -math.inf, device=c.device)
+        t_v = torch.sub(c, _all_reduce(local_max, dist.ReduceOp.MAX, shard.group).unsqueeze(-1))
         e_v = torch.exp(t_v)
     else:
         t_v, e_v = t, e
-    sums = torch.stack([_row_sum(e), _row_sum(e_v), _row_sum(e_v * t_v),
-                        torch.where(mine, picked, torch.zeros_like(picked)).double()])
+    sums = torch.stack([_row_sum(e), _row_sum(e_v), _row_sum(e_v * t_v), label_logit.double()])
     sums = _all_reduce(sums, dist.ReduceOp.SUM, shard.group)
     ce = torch.log(sums[0]) - sums[3]
     entropy = torch.log(sums[1]) - sums[2] / sums[1]
@@ -376,11 +398,13 @@ class _KDLossFunction(torch.autograd.Function):
         m = None if mask is None else mask.reshape(-1).to(torch.float32)
         step = chunk_size or default_chunk_size(zs.shape[-1], zs.device)
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
+        scratch = Scratch()
         for s in range(0, n, step):
             e = min(n, s + step)
             w = None if m is None else m[s:e]
             if fast:
-                l = _forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e], w)
+                l = _forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e],
+                                     w, scratch)
                 if l is not None:
                     loss[s:e] = l if w is None else torch.where(w > 0, l * w, torch.zeros_like(l))
                     continue

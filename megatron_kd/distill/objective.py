@@ -38,6 +38,20 @@ def _pair(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.stack([total.detach().float(), count.detach().float()])
 
 
+def _reports(count, alpha: float, temperature: float, ce_sum, kd_sum, total,
+             teacher_sums=None) -> dict[str, torch.Tensor]:
+    """The per-step reports both loss paths give megatron-core's schedule: (masked sum, token
+    count) pairs, averaged over micro-batches and data-parallel ranks by the training loop.
+    `teacher_sums`: masked sums of teacher CE, teacher entropy and top-1 agreement, or None."""
+    reports = {"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
+               "loss": _pair(total, count), "alpha": _pair(count * alpha, count),
+               "temperature": _pair(count * temperature, count)}
+    if teacher_sums is not None:
+        for key, value in zip(("teacher lm loss", "teacher entropy", "top1 agreement"), teacher_sums):
+            reports[key] = _pair(value, count)
+    return reports
+
+
 def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
                       teacher_logits, vocab_size: int, tp_group):
     from megatron.core import tensor_parallel
@@ -54,16 +68,13 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
                          t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p,
                          other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta, vocab_size=vocab_size,
                          loss_mask=mask, tp_group=tp_group, chunk_size=kd.chunk_size)
-        reports = {}
+        teacher_sums = None
         if kd.teacher_metrics:
             shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
             width = student_logits.shape[-1]
             per_tok = teacher_metrics(student_logits.detach().reshape(-1, width),
                                       teacher_logits.reshape(-1, width), labels, shard)
-            sums = (per_tok * mask.reshape(1, -1)).sum(-1)
-            reports["teacher lm loss"] = _pair(sums[0], count)
-            reports["teacher entropy"] = _pair(sums[1], count)
-            reports["top1 agreement"] = _pair(sums[2], count)
+            teacher_sums = (per_tok * mask.reshape(1, -1)).sum(-1).unbind(0)
         ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
         ce_sum = (ce * mask).sum()
         kd_sum = kd_tok.sum()
@@ -71,9 +82,7 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
         if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
             kd_weight = w.kd * (ce_sum.detach() / kd_sum.detach())
         total = w.ce * ce_sum + kd_weight * kd_sum
-        reports.update({"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
-                        "loss": _pair(total, count), "alpha": _pair(count * alpha, count),
-                        "temperature": _pair(count * temperature, count)})
+        reports = _reports(count, alpha, temperature, ce_sum, kd_sum, total, teacher_sums)
         return total, count.to(torch.int), reports
 
     return loss_func
@@ -114,13 +123,10 @@ def make_fused_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labe
             t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p, other_bucket=kd.other_bucket,
             jsd_beta=kd.jsd_beta, vocab_size=vocab_size, tp_group=tp_group,
             chunk_size=kd.chunk_size, metrics=kd.teacher_metrics)
-        reports = {"lm loss": _pair(sums["ce"], count), "kd loss": _pair(sums["kd"], count),
-                   "loss": _pair(total, count), "alpha": _pair(count * alpha, count),
-                   "temperature": _pair(count * temperature, count)}
+        teacher_sums = None
         if kd.teacher_metrics:
-            reports.update({"teacher lm loss": _pair(sums["teacher_ce"], count),
-                            "teacher entropy": _pair(sums["teacher_entropy"], count),
-                            "top1 agreement": _pair(sums["top1_agreement"], count)})
+            teacher_sums = (sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"])
+        reports = _reports(count, alpha, temperature, sums["ce"], sums["kd"], total, teacher_sums)
         return total, count.to(torch.int), reports
 
     return loss_func

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import sys
 from typing import Any
 
 import torch
@@ -193,6 +195,42 @@ def _patch_torch_norm_for_sequence_parallel() -> None:
     WrappedTorchNorm.__new__ = staticmethod(new)
 
 
+def _eager(fn=None, **kwargs):
+    """torch.compile's signature, returning what it is given (used as a decorator too)."""
+    return fn if fn is not None else (lambda f: f)
+
+
+@contextlib.contextmanager
+def _eager_compile_while_importing_mcore():
+    """Adapts: megatron-core applies `torch.compile` to its fusion kernels and MoE routing while
+    it is being imported (megatron.core.jit.jit_fuser, @torch.compile), and the first such call
+    imports TorchInductor: ~3 s in every process here, for kernels the CPU configuration never
+    calls (bias fusions are off on CPU, models/gpt.py; no MoE). While megatron.core is first
+    imported, torch.compile returns its function unchanged, so those kernels stay eager; it is
+    restored right after. No effect once megatron.core is imported."""
+    if "megatron.core" in sys.modules:
+        yield
+        return
+    compile_ = torch.compile
+    torch.compile = _eager
+    try:
+        yield
+    finally:
+        torch.compile = compile_
+
+
+def _in_process_checkpoint_results() -> None:
+    """Adapts: dist_checkpointing's file writer returns its results through a queue that
+    megatron-core creates on the first save as a *spawned* multiprocessing Manager: a helper
+    process started by re-importing the program (~4 s per process here, and an orphan left
+    behind when a trainer is killed). megatron_kd saves synchronously, in the saving process,
+    so a thread-safe in-process queue carries the same results."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def installed_mcore_version() -> str:
     """The installed distribution's version. (megatron.core.__version__ appends the git hash
     of whatever repository the process runs in, so it is not used.)"""
@@ -253,6 +291,8 @@ def activate() -> bool:
     cuda.nvtx.range_pop = _noop
     cuda.nvtx.range = _null_stream_ctx
 
+    with _eager_compile_while_importing_mcore():
+        import megatron.core  # noqa: F401  (its package import loads most of megatron-core)
     # Adapts: the RNG tracker (model-parallel / data-parallel named states) and activation
     # recomputation's save/restore of the device RNG state: on CPU the device RNG is the CPU one.
     from megatron.core.tensor_parallel import random as mrandom
@@ -263,6 +303,7 @@ def activate() -> bool:
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
     _patch_torch_norm_for_sequence_parallel()
+    _in_process_checkpoint_results()
 
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()

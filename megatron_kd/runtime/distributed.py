@@ -76,12 +76,11 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
 def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | None = None,
                      timeout_s: int = 600) -> LaunchEnv:
     """Start the default process group and megatron-core's TP/PP/DP groups; seed the RNGs."""
-    from megatron.core import parallel_state, tensor_parallel
-
     from megatron_kd.runtime import cpu_compat
 
     launch = launch or detect_launch_env()
-    on_cpu = cpu_compat.activate()
+    on_cpu = cpu_compat.activate()  # first: it adapts megatron-core's import on CPU
+    from megatron.core import parallel_state, tensor_parallel
     if not on_cpu:
         torch.cuda.set_device(launch.local_rank)
     if not dist.is_initialized():

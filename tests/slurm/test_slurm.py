@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,21 +49,36 @@ def test_kd_job_with_two_tasks_runs_to_completion(slurm, text_corpus, tmp_path):
 
 def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm, tmp_path):
     env = env_for(slurm)
-    steps = ["train.steps=2500", "logging.log_interval=500", "logging.eval_samples=8",
+    # ~20 steps/s here. The first run (1-minute limit, warned 40 s before) is warned when
+    # slurmctld's periodic check comes round: 20-80 s after its start, i.e. before step 1500.
+    # The requeued run then gets a longer limit (as an operator would), so one restart finishes
+    # the run. The uninterrupted reference runs meanwhile on the other core.
+    steps = ["train.steps=1500", "logging.log_interval=500", "logging.eval_samples=8",
              "checkpoint.keep_last=1"]
     ref = tmp_path / "uninterrupted"
-    mkd(env, "train", "train/tiny-mock", *steps, f"run.dir={ref}")
+    ref_log = open(tmp_path / "uninterrupted.log", "w")
+    reference = subprocess.Popen([sys.executable, "-m", "megatron_kd", "train", "train/tiny-mock",
+                                  *steps, f"run.dir={ref}"], cwd=REPO, env=env,
+                                 stdout=ref_log, stderr=subprocess.STDOUT)
     run = tmp_path / "preempted"
     r = mkd(env, "slurm", "submit", "train/tiny-mock", *steps, f"run.dir={run}",
             "--gpus-per-node", "0", "--ntasks-per-node", "1", "--time", "1", "--signal-seconds", "40")
     job = r.stdout.split()[-1]
-    assert slurm.wait(job, 900) == "COMPLETED"
-    log = next((run / "slurm").glob("slurm-*.out")).read_text()
+    deadline = time.monotonic() + 300
+    log_file = run / "slurm" / f"slurm-{job}.out"
+    while "requeueing job" not in (log_file.read_text() if log_file.exists() else ""):
+        assert time.monotonic() < deadline and slurm.job_state(job) not in ("FAILED", "CANCELLED"), \
+            log_file.read_text()[-3000:] if log_file.exists() else "no job log"
+        time.sleep(1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], env=slurm.env, check=True)
+    assert slurm.wait(job, 600) == "COMPLETED"
+    assert reference.wait(timeout=600) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
+    log = log_file.read_text()
     assert "preemption signal SIGUSR1" in log and "requeueing job" in log, log[-4000:]
     assert "restart count 1" in log and "resumed from" in log
     a, b = metrics(ref), {x["step"]: x for x in metrics(run)}
-    assert b[2500]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
-    assert b[2500]["val/mock"] == pytest.approx(a[-1]["val/mock"], abs=1e-6)
+    assert b[1500]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
+    assert b[1500]["val/mock"] == pytest.approx(a[-1]["val/mock"], abs=1e-6)
 
 
 def test_rendered_h100_scripts_carry_fp8_and_parse(tmp_path):
