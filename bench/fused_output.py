@@ -36,12 +36,15 @@ def unfused(h_s, w_s, h_t, w_t, labels, mask, ce_w, kd_w):
     return ce_w * (ce * mask).sum() + kd_w * kd.sum()
 
 
-def fused(h_s, w_s, h_t, w_t, labels, mask, ce_w, kd_w):
-    from megatron_kd.distill.fused import fused_output_kd
+def fused(gemm_chunk=None):
+    def run(h_s, w_s, h_t, w_t, labels, mask, ce_w, kd_w):
+        from megatron_kd.distill.fused import fused_output_kd
 
-    total, _ = fused_output_kd(h_s, w_s, h_t, w_t, labels, mask, ce_weight=ce_w, kd_weight=kd_w,
-                               metrics=False)
-    return total
+        total, _ = fused_output_kd(h_s, w_s, h_t, w_t, labels, mask, ce_weight=ce_w, kd_weight=kd_w,
+                                   metrics=False, gemm_chunk_size=gemm_chunk)
+        return total
+
+    return run
 
 
 def main(argv=None) -> int:
@@ -54,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--gemm-chunks", type=int, nargs="*", default=[],
+                   help="also run the fused path with these output-layer chunks (tokens)")
     p.add_argument("--json-out")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -67,7 +72,9 @@ def main(argv=None) -> int:
         labels = torch.randint(0, a.vocab, (n,), generator=g).to(a.device)
         mask = torch.ones(n, device=a.device)
         out = {}
-        for name, fn in (("unfused", unfused), ("fused", fused)):
+        paths = [("unfused", unfused), ("fused", fused())]
+        paths += [(f"fused, {c}-token chunks", fused(c)) for c in a.gemm_chunks]
+        for name, fn in paths:
             h_s = h_s0.clone().requires_grad_(True)
             w_s = w_s0.clone().requires_grad_(True)
 
@@ -85,9 +92,11 @@ def main(argv=None) -> int:
                          "peak": f"{r['peak_extra_mib']:.0f}",
                          "logits": f"{n * a.vocab * dtype.itemsize / (1 << 20):.0f}"})
             del h_s, w_s
-        (lu, gh_u, gw_u), (lf, gh_f, gw_f) = out["unfused"], out["fused"]
+        lu, gh_u, gw_u = out["unfused"]
         rel = lambda x, y: float((x.double() - y.double()).abs().max() / y.double().abs().max())  # noqa: E731
-        rows[-1]["diff"] = f"{max(abs(lf - lu) / abs(lu), rel(gh_f, gh_u), rel(gw_f, gw_u)):.1e}"
+        for row, (name, _) in zip(rows[-len(paths) + 1:], paths[1:]):
+            lf, gh_f, gw_f = out[name]
+            row["diff"] = f"{max(abs(lf - lu) / abs(lu), rel(gh_f, gh_u), rel(gw_f, gw_u)):.1e}"
     print(f"# output layer + CE + KD fwd+bwd: hidden {a.hidden}, vocab {a.vocab}, {a.dtype}, {a.device}"
           f"\n# {machine()}")
     print(markdown_table(rows, [("tokens", "tokens"), ("impl", "path"), ("ms", "fwd+bwd ms"),

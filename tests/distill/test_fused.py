@@ -20,7 +20,7 @@ def test_fused_matches_unfused_and_float64(comparisons):
             for name, err in r.items():
                 if name != "stats_finite":
                     assert err <= 1e-5, (key, name, err)
-    assert len(seen) == 2 * 6
+    assert len(seen) == 2 * 7
 
 
 def test_fused_refuses_mismatched_shapes():

@@ -14,11 +14,16 @@ N, HS, HT, VPAD, VOCAB = 26, 24, 40, 64, 59  # 5 padded columns; 32 per rank at 
 
 CASES = {
     "fkl": ({"kind": "forward_kl"}, 0.5),
-    "fkl_T2_chunk7": ({"kind": "forward_kl", "temperature": 2.0, "chunk_size": 7}, 0.6),
+    # several output-layer chunks (10 tokens, the last one short), each in sub-chunks of 7
+    "fkl_T2_chunk7": ({"kind": "forward_kl", "temperature": 2.0, "chunk_size": 7,
+                       "gemm_chunk_size": 10}, 0.6),
     "topk": ({"kind": "forward_kl", "top_k": 5}, 0.8),
     "rkl": ({"kind": "reverse_kl"}, 0.4),
     "jsd_keep_ce": ({"kind": "jsd", "jsd_beta": 0.3}, 1.0),
     "huge_hidden": ({"kind": "forward_kl"}, 0.5),
+    # the student's padding columns far above its real ones: the one-exp route overflows and
+    # hands the rows to the general one
+    "huge_padding": ({"kind": "forward_kl"}, 0.5),
 }
 
 
@@ -27,6 +32,8 @@ def _inputs(case: str):
     scale = 40.0 if case == "huge_hidden" else 1.0  # logits in the hundreds
     h_s = torch.randn(N, HS, generator=g, dtype=torch.float64) * scale
     w_s = torch.randn(VPAD, HS, generator=g, dtype=torch.float64) * 0.5
+    if case == "huge_padding":
+        w_s[VOCAB:] *= 400.0
     h_t = torch.randn(N, HT, generator=g, dtype=torch.float64) * scale
     w_t = torch.randn(VPAD, HT, generator=g, dtype=torch.float64) * 0.5
     labels = torch.randint(0, VOCAB, (N,), generator=g)
@@ -37,7 +44,7 @@ def _inputs(case: str):
 def _reference(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w):
     """float64: (total, ce sum, kd sum, d total/d h_s, d total/d w_s) by the chain rule."""
     zs, zt = h_s @ w_s.t(), h_t @ w_t.t()
-    kd_opt = {k: v for k, v in opt.items() if k != "chunk_size"}
+    kd_opt = {k: v for k, v in opt.items() if k not in ("chunk_size", "gemm_chunk_size")}
     kd_tok, g_kd = reference(zs, zt, kd_opt, mask, VOCAB)  # g_kd already masked
     ls = F.log_softmax(zs, -1)  # megatron's CE: every column, padding included
     ce_tok = -ls.gather(-1, labels[:, None]).squeeze(-1)
@@ -53,7 +60,7 @@ def _unfused(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, group, rank, siz
 
     from megatron_kd.distill.losses import kd_loss
 
-    kd_opt = {k: v for k, v in opt.items() if k != "chunk_size"}
+    kd_opt = {k: v for k, v in opt.items() if k not in ("chunk_size", "gemm_chunk_size")}
     zs = h_s @ w_s.t()
     zt = h_t @ w_t.t()
     kd_tok = kd_loss(zs, zt, vocab_size=VOCAB, loss_mask=mask, tp_group=group, **kd_opt)
