@@ -31,10 +31,13 @@ from common import machine, markdown_table, measure, run_ranks, write_json  # no
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _ours(s, t, T, group, tp):
-    from megatron_kd.distill.losses import kd_loss
+def _ours_factory(chunk_size):
+    def run(s, t, T, group, tp):
+        from megatron_kd.distill.losses import kd_loss
 
-    return kd_loss(s, t, temperature=T, tp_group=group)
+        return kd_loss(s, t, temperature=T, tp_group=group, chunk_size=chunk_size)
+
+    return run
 
 
 def _plain_torch(s, t, T, group, tp):
@@ -81,8 +84,10 @@ def bench_rank(rank: int, world: int, a: dict) -> dict:
         from megatron.core import parallel_state
 
         group = parallel_state.get_tensor_model_parallel_group() if tp > 1 else None
-    impls = {"megatron_kd": _ours, "plain torch": _plain_torch}
-    if a["modelopt"]:
+    impls = {"megatron_kd": _ours_factory(a["chunk_size"])}
+    if not a["only_ours"]:
+        impls["plain torch"] = _plain_torch
+    if a["modelopt"] and not a["only_ours"]:
         impls["Model-Optimizer"] = _modelopt_factory(tp)
     width = a["vocab"] // tp
     logits_mib = a["tokens"] * width * 4 / (1 << 20)
@@ -135,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-modelopt", dest="modelopt", action="store_false",
                    help="leave Model-Optimizer out (when nvidia-modelopt or megatron-core is absent)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="megatron_kd's tokens per chunk (kd.chunk_size; default: its own rule)")
+    p.add_argument("--only-ours", action="store_true", help="time megatron_kd's loss alone")
     p.add_argument("--json-out")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")

@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce, _argmax_ids,
-                                        _chunk_loss_and_grad, _forward_kl_fast, _row_sum, _Shard,
-                                        _valid_width, default_chunk_size, shift_exp_label,
-                                        teacher_metrics)
+                                        _chunk_loss_and_grad, _forward_kl_fast, _group_size,
+                                        _row_sum, _Shard, _valid_width, default_chunk_size,
+                                        shift_exp_label, teacher_metrics)
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
@@ -34,9 +34,10 @@ STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 def default_gemm_chunk(local_vocab: int, device: torch.device | str = "cpu") -> int:
     """Tokens per output-layer chunk: the logits of one chunk are [chunk, V/TP] per model, so
     memory stays flat in the sequence length, while the chunk is tall enough for efficient
-    GEMMs (output layer, hidden-state and weight gradients). CPU: ~8 MiB of fp32 logits, at
-    least 64 tokens; GPU: ~64 MiB, at least 256."""
-    budget, floor = ((1 << 24), 256) if torch.device(device).type == "cuda" else ((1 << 21), 64)
+    GEMMs (output layer, hidden-state and weight gradients). CPU: ~32 MiB of fp32 logits (256
+    tokens at V/TP = 32768: faster than the unfused path there, docs/PERFORMANCE.md), at least 64
+    tokens; GPU: ~64 MiB, at least 256."""
+    budget, floor = ((1 << 24), 256) if torch.device(device).type == "cuda" else ((1 << 23), 64)
     return max(floor, budget // max(1, local_vocab))
 
 
@@ -66,7 +67,7 @@ class _FusedOutputKD(torch.autograd.Function):
         m = mask.reshape(-1).float()
         # Two levels: tall chunks for the matmuls, short sub-chunks (cache-sized temporaries on
         # CPU) for the softmax arithmetic. `chunk_size` (kd.chunk_size) sets the sub-chunk.
-        sub = chunk_size or default_chunk_size(width, h_s.device)
+        sub = chunk_size or default_chunk_size(width, h_s.device, _group_size(group))
         step = max(sub, gemm_chunk_size or default_gemm_chunk(width, h_s.device))
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         scratch = (Scratch(), Scratch())  # the fast path's temporaries; its gradient

@@ -376,11 +376,16 @@ def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return torch.stack([ce.float(), entropy.float(), agree.float()])
 
 
-def default_chunk_size(local_vocab: int, device: torch.device | str = "cpu") -> int:
-    """Tokens per chunk. CPU: ~1 MiB of fp32 per temporary (cache-sized: 2-3x faster than
-    logits-sized temporaries here, see docs/PERFORMANCE.md), at least 16 tokens. GPU: ~64 MiB
-    (large kernels; still a small fraction of a logits buffer)."""
-    budget, floor = ((1 << 24), 64) if torch.device(device).type == "cuda" else ((1 << 18), 16)
+def default_chunk_size(local_vocab: int, device: torch.device | str = "cpu", tp_size: int = 1) -> int:
+    """Tokens per chunk. GPU: ~64 MiB of fp32 per temporary (large kernels; still a small
+    fraction of a logits buffer). CPU, one rank: ~1 MiB per temporary, at least 16 tokens
+    (cache-sized: faster than larger ones here). CPU under TP: ~16 MiB, because every chunk
+    costs a few all-reduces over gloo and their count, not the cache, decides (8192 x 32768 at
+    TP=2: 4.6 s at 16-token chunks, 2.2 s at 256; docs/PERFORMANCE.md)."""
+    if torch.device(device).type == "cuda":
+        budget, floor = (1 << 24), 64
+    else:
+        budget, floor = ((1 << 18) if tp_size == 1 else (1 << 22)), 16
     return max(floor, budget // max(1, local_vocab))
 
 
@@ -396,7 +401,7 @@ class _KDLossFunction(torch.autograd.Function):
         # The one extra logits-sized buffer: the gradient, in the student's dtype.
         grad = torch.empty_like(zs) if student.requires_grad else None
         m = None if mask is None else mask.reshape(-1).to(torch.float32)
-        step = chunk_size or default_chunk_size(zs.shape[-1], zs.device)
+        step = chunk_size or default_chunk_size(zs.shape[-1], zs.device, _group_size(group))
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         scratch = Scratch()
         for s in range(0, n, step):
