@@ -130,7 +130,8 @@ def bench_rank(rank: int, world: int, a: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tp", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--tp", type=int, nargs="+", default=None,
+                   help="tensor-parallel sizes over gloo (default: 1 2 on CPU, 1 on a GPU)")
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--vocab", type=int, default=32768)
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
@@ -146,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--json-out")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if a.tp is None:
+        a.tp = [1] if a.device == "cuda" else [1, 2]
     if a.device == "cuda" and a.tp != [1]:
         p.error("the GPU variant runs at --tp 1 (one device)")
     out = {"machine": machine(), "args": vars(a), "results": []}

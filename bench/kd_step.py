@@ -35,16 +35,6 @@ def _batches(cfg, seed: int):
                "loss_mask": torch.ones(mb, s), "position_ids": torch.arange(s).expand(mb, s)}
 
 
-def _median_seconds(fn, steps: int, warmup: int) -> float:
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        fn()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--student", default="models/cpu-small")
@@ -82,48 +72,56 @@ def main(argv=None) -> int:
         torch.manual_seed(2)
         return build_gpt_model(teacher_model, student_cfg.parallel, student_cfg.precision)
 
-    rows = []
-    # 1. the student alone
+    # Every configuration is built first, then measured in rounds (one step of each per round),
+    # so a machine that speeds up or slows down over the run affects them all alike.
+    runs = {}
     state = build_train_state(student_cfg)
-    batches = _batches(student_cfg, 0)
-    plain = _median_seconds(lambda: train_step(student_cfg, state, batches, StepContext()), a.steps, a.warmup)
-    del state
-    # 2. the teacher's forward over the same micro-batches (no grad, eval mode)
+    student_batches = _batches(student_cfg, 0)
+    runs["student step"] = lambda: train_step(student_cfg, state, student_batches, StepContext())
     teacher = teacher_module().eval()
     num_micro = a.global_batch // a.micro_batch
-    batches = _batches(student_cfg, 0)
+    teacher_batches = _batches(student_cfg, 0)
 
-    def teacher_forward():
+    def teacher_forward():  # the same micro-batches, no grad, eval mode
         with torch.no_grad():
             for _ in range(num_micro):
-                b = next(batches)
+                b = next(teacher_batches)
                 teacher(b["tokens"], b["position_ids"], None)
 
-    t_fwd = _median_seconds(teacher_forward, a.steps, a.warmup)
-    del teacher
-    budget = plain + t_fwd
-    rows.append({"what": "student step", "ms": plain * 1e3})
-    rows.append({"what": "teacher forward", "ms": t_fwd * 1e3})
-    rows.append({"what": "student step + teacher forward", "ms": budget * 1e3, "ratio": 1.0})
-    # 3. KD steps (unfused and fused output layer; with and without the teacher metrics)
+    runs["teacher forward"] = teacher_forward
     for fused in (False, True):
         for metrics in (True, False):
             cfg = load_config(a.student, common + ["kd.alpha=0.5", f"kd.fused_output_layer={fused}",
                                                    f"kd.teacher_metrics={metrics}"], purpose="train")
-            state = build_train_state(cfg, teacher=teacher_module())
+            kd_state = build_train_state(cfg, teacher=teacher_module())
             keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if metrics or not k.startswith(("teacher", "top1"))]
             ctx = StepContext(kd=cfg.kd, alpha=0.5, vocab_size=cfg.model.vocab_size,
                               tp_group=tp_group, report_keys=keys)
-            batches = _batches(cfg, 0)
-            sec = _median_seconds(lambda: train_step(cfg, state, batches, ctx), a.steps, a.warmup)
-            del state
-            rows.append({"what": f"KD step ({'fused' if fused else 'unfused'} output layer, teacher "
-                                 f"metrics {'on' if metrics else 'off'})", "ms": sec * 1e3, "ratio": sec / budget})
+            name = (f"KD step ({'fused' if fused else 'unfused'} output layer, teacher "
+                    f"metrics {'on' if metrics else 'off'})")
+            runs[name] = (lambda c=cfg, st=kd_state, bt=_batches(cfg, 0), cx=ctx: train_step(c, st, bt, cx))
+    times = {name: [] for name in runs}
+    for i in range(a.warmup + a.steps):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= a.warmup:
+                times[name].append(time.perf_counter() - t0)
+    budget = [s_ + t_ for s_, t_ in zip(times["student step"], times["teacher forward"])]
+    rows = [{"what": "student step", "ms": statistics.median(times["student step"]) * 1e3},
+            {"what": "teacher forward", "ms": statistics.median(times["teacher forward"]) * 1e3},
+            {"what": "student step + teacher forward", "ms": statistics.median(budget) * 1e3,
+             "ratio": 1.0}]
+    for name, ts in list(times.items())[2:]:
+        # the median over rounds of (KD step / (student step + teacher forward)) of that round
+        rows.append({"what": name, "ms": statistics.median(ts) * 1e3,
+                     "ratio": statistics.median(k / b_ for k, b_ in zip(ts, budget))})
     for r in rows:
         r["ms"] = f"{r['ms']:.1f}"
         r["ratio"] = f"{r['ratio']:.3f}" if "ratio" in r else ""
     print(f"# one training step: {a.student} student, {a.teacher} teacher, {a.global_batch} x "
-          f"{a.seq_length} tokens (micro-batch {a.micro_batch}), median of {a.steps}\n# {machine()}")
+          f"{a.seq_length} tokens (micro-batch {a.micro_batch}), median of {a.steps} rounds "
+          f"(one step of each row per round)\n# {machine()}")
     print(markdown_table(rows, [("what", "step"), ("ms", "ms"), ("ratio", "/ (student step + teacher fwd)")]))
     write_json(a.json_out, {"machine": machine(), "args": vars(a), "rows": rows})
     return 0

@@ -29,6 +29,18 @@ def test_kd_loss_and_fused_output_benchmarks_run(tmp_path):
             assert r["loss_rel_diff"] < (1e-5 if r["dtype"] == "fp32" else 1e-2), r
     assert "| TP |" in text
     res, _ = bench("--tokens", "64", "128", "--hidden", "16", "--vocab", "512", "--repeats", "1",
-                   tmp_path=tmp_path, name="fused_output")
+                   "--gemm-chunks", "24", tmp_path=tmp_path, name="fused_output")
     diffs = [float(r["diff"]) for r in res["rows"] if "diff" in r]
-    assert len(diffs) == 2 and max(diffs) < 1e-5
+    assert len(diffs) == 4 and max(diffs) < 1e-5
+
+
+def test_kd_step_benchmark_runs(tmp_path):
+    res, text = bench("--student", "models/cpu-tiny", "--teacher", "models/cpu-tiny", "--steps", "2",
+                      "--warmup", "0", "--seq-length", "32", "--micro-batch", "2", "--global-batch", "4",
+                      "--threads", "1", tmp_path=tmp_path, name="kd_step")
+    rows = {r["what"]: r for r in res["rows"]}
+    assert len(rows) == 7 and "median of 2 rounds" in text
+    for name, r in rows.items():
+        assert float(r["ms"]) > 0
+        if name.startswith("KD step"):
+            assert float(r["ratio"]) > 0
