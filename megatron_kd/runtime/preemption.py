@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import signal
 
-import torch
-
 log = logging.getLogger("megatron_kd.train")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again", i.e. requeue
@@ -21,13 +19,18 @@ def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 def install() -> None:
-    """Catch the preemption signals (call as early as possible in the process)."""
+    """Catch the preemption signals (call as early as possible in the process). This module
+    imports nothing heavy, so the handler is in place within a fraction of a second of the
+    process starting: a warning that arrives while torch and megatron-core are still being
+    imported (seconds) is kept, not fatal (SIGUSR1's default action ends the process)."""
     for sig in _SIGNALS:
         signal.signal(sig, _handler)
 
 
 def requested() -> bool:
     """True on every rank once any rank received a preemption signal (one tiny all-reduce)."""
+    import torch
+
     flag = torch.tensor([1 if _received else 0], dtype=torch.int32)
     if torch.cuda.is_available():
         flag = flag.cuda()
