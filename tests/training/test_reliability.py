@@ -1,6 +1,7 @@
 """Non-finite steps are skipped within a budget; past it the run stops keeping the last good
 checkpoint; a checkpoint carrying a malicious pickle is refused; a run directory holds one run;
-SIGKILL in the middle of a save or of a run loses nothing and the run resumes exactly."""
+SIGKILL in the middle of a save or of a run loses nothing and the run resumes exactly; a
+preemption warning that arrives while the trainer is still starting up is kept, not fatal."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.distributed import REPO
 
@@ -155,3 +157,29 @@ def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path)
     assert r.returncode == 0 and "resumed from" in r.stdout
     got = _trajectory(run)
     assert sorted(got) == sorted(ref) and all(abs(got[s] - ref[s]) <= 1e-6 for s in ref), (killed_at, got, ref)
+
+
+def test_preemption_warning_during_start_up_checkpoints_and_exits_for_requeue(tmp_path):
+    """Slurm's SIGUSR1 can come while torch and megatron-core are still being imported (a
+    requeued job starting late in its time slot): its default action would end the process
+    with no checkpoint. The handler must be in place before torch loads."""
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    proc = mkd_to_be_killed(log, "train", "train/tiny-mock", f"run.dir={run}", "train.steps=20")
+    usr1 = 1 << (signal.SIGUSR1 - 1)
+    deadline = time.monotonic() + 120
+    while True:  # until the process catches SIGUSR1 (its SigCgt mask), then: is torch loaded?
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(next(l for l in status.splitlines() if l.startswith("SigCgt:")).split()[1], 16)
+        if caught & usr1:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.002)
+    # Read after the mask: if torch is not mapped now, the handler was installed before it.
+    torch_loaded = "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()
+    proc.send_signal(signal.SIGUSR1)
+    rc = reap_group(proc)
+    text = log.read_text()
+    assert not torch_loaded, "the preemption handler was installed only after torch was imported"
+    assert rc == 75, text[-3000:]
+    assert "preemption signal SIGUSR1 at step 1" in text and "exit 75" in text, text[-3000:]
+    assert (run / "checkpoints" / "step_0000001").is_dir()
