@@ -71,13 +71,14 @@ class _FusedOutputKD(torch.autograd.Function):
         step = max(sub, gemm_chunk_size or default_gemm_chunk(width, h_s.device))
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         scratch = (Scratch(), Scratch())  # the fast path's temporaries; its gradient
+        chunk_grad = Scratch()  # d loss / d logits of one output-layer chunk, reused
         h_t, w_sd, w_td = h_t.detach(), w_s.detach(), w_t.detach()
         for s in range(0, n, step):
             e = min(n, s + step)
             hs = h_s[s:e].detach()
             zs = hs @ w_sd.t()  # [chunk, V/TP] in the model's dtype, as the output layer
             zt = h_t[s:e] @ w_td.t()
-            g = torch.empty(zs.shape, dtype=torch.float32, device=zs.device)
+            g = chunk_grad.take(1, zs.shape[0], zs.shape[1], zs.device)[0]
             for i in range(0, e - s, sub):
                 j = min(e - s, i + sub)
                 _loss_rows(zs[i:j], zt[i:j], labels[s + i:s + j], m[s + i:s + j], g[i:j], stats,
