@@ -4,7 +4,8 @@
 our checkpoint code see only the student: the teacher is outside the optimizer, the DDP
 buffers and the student's checkpoints) and a frozen teacher GPTModel split over the same
 pipeline stages. Between stages the teacher's hidden states travel concatenated to the
-student's (`[s, b, h_student + h_teacher]`); the last stage returns both logits.
+student's (`[s, b, h_student + h_teacher]`); the last stage returns both logits (sequence-major,
+`[s, b, V/TP]`), or with the fused output layer both models' hidden states and output weights.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class DistillationModel(torch.nn.Module):
     def forward(self, input_ids, position_ids, attention_mask, **kwargs):
         # fused: the last stage returns (final hidden states, output weight) of each model, not
         # logits; the loss makes the logits chunk by chunk (megatron_kd/distill/fused.py).
-        head = {"output_processor": _hidden_and_weight} if self.fused_output_layer else {}
+        # Unfused: sequence-major logits [s, b, V/TP] of each model.
+        head = {"output_processor": _hidden_and_weight if self.fused_output_layer else _sequence_major_logits}
         with torch.no_grad():
             teacher_out = self.teacher(input_ids, position_ids, attention_mask, **head)
         student_out = self.module(input_ids, position_ids, attention_mask, **head)
@@ -75,6 +77,15 @@ def _hidden_and_weight(*, hidden_states, output_layer, output_weight, **_):
     """megatron-core's output_processor hook: skip the output layer, hand back what it needs
     (final-norm hidden states `[s(/TP under SP), b, h]` and the vocab-parallel weight)."""
     return hidden_states, output_weight if output_weight is not None else output_layer.weight
+
+
+def _sequence_major_logits(*, hidden_states, output_layer, output_weight, runtime_gather_output,
+                           scale_logits, **_):
+    """megatron-core's output_processor hook: the logits `[s, b, V/TP]` as the output layer makes
+    them. Without labels GPTModel returns them batch-major, a copy of the whole logits (and one
+    more of their gradient in backward); the KD loss takes labels and mask transposed instead."""
+    logits, _ = output_layer(hidden_states, weight=output_weight, runtime_gather_output=runtime_gather_output)
+    return scale_logits(logits)
 
 
 def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):

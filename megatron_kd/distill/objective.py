@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from megatron_kd.config.schema import KDConfig
 from megatron_kd.distill.losses import _Shard, kd_loss, teacher_metrics
@@ -54,6 +53,42 @@ def _reports(count, alpha: float, temperature: float, ce_sum, kd_sum, total,
 
 def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
                       teacher_logits, vocab_size: int, tp_group):
+    """The loss function of the unfused path, for logits `[..., V/TP]` of both models and labels
+    and loss_mask `[...]` in the same token order: CE, KD and teacher metrics in one pass over the
+    logits (mixed.py), except where that cannot give the same result: kd.mix=magnitude_matched
+    (its KD weight depends on the whole micro-batch's sums) and a KD weight of 0 (α = 0 stays
+    bit for bit the plain pretraining run, megatron-core's CE)."""
+    w = mix_weights(kd.mix, alpha)
+    if kd.mix == "magnitude_matched" or w.kd == 0:
+        return _separate_kd_loss_func(kd, alpha, temperature, labels, loss_mask, teacher_logits,
+                                      vocab_size, tp_group)
+    from megatron_kd.distill.mixed import mixed_kd_loss
+
+    def loss_func(student_logits: torch.Tensor):
+        mask = loss_mask.float()
+        count = mask.sum()
+        total, sums = mixed_kd_loss(
+            student_logits, teacher_logits, labels, mask, ce_weight=w.ce, kd_weight=w.kd,
+            kind=kd.kind, temperature=temperature, t2_scale=kd.t2_scale, top_k=kd.top_k,
+            top_p=kd.top_p, other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta,
+            vocab_size=vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size,
+            metrics=kd.teacher_metrics)
+        return total, count.to(torch.int), _sums_reports(kd, count, alpha, temperature, total, sums)
+
+    return loss_func
+
+
+def _sums_reports(kd: KDConfig, count, alpha, temperature, total, sums) -> dict:
+    teacher_sums = None
+    if kd.teacher_metrics:
+        teacher_sums = (sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"])
+    return _reports(count, alpha, temperature, sums["ce"], sums["kd"], total, teacher_sums)
+
+
+def _separate_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
+                           teacher_logits, vocab_size: int, tp_group):
+    """megatron-core's CE, `kd_loss` and `teacher_metrics`, each its own pass, on sequence-major
+    logits `[s, b, V/TP]` with labels and loss_mask `[s, b]`."""
     from megatron.core import tensor_parallel
 
     w = mix_weights(kd.mix, alpha)
@@ -76,7 +111,9 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
                                       teacher_logits.reshape(-1, width), labels, shard)
             teacher_sums = (per_tok * mask.reshape(1, -1)).sum(-1).unbind(0)
         ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
-        ce_sum = (ce * mask).sum()
+        # Summed in the batch-major order of megatron-core's own LM loss (steps.lm_loss_func):
+        # at α = 0 the run is plain pretraining bit for bit, its reported loss included.
+        ce_sum = torch.sum(ce.t().reshape(-1) * mask.t().reshape(-1))
         kd_sum = kd_tok.sum()
         kd_weight = w.kd
         if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
@@ -123,10 +160,6 @@ def make_fused_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labe
             t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p, other_bucket=kd.other_bucket,
             jsd_beta=kd.jsd_beta, vocab_size=vocab_size, tp_group=tp_group,
             chunk_size=kd.chunk_size, metrics=kd.teacher_metrics)
-        teacher_sums = None
-        if kd.teacher_metrics:
-            teacher_sums = (sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"])
-        reports = _reports(count, alpha, temperature, sums["ce"], sums["kd"], total, teacher_sums)
-        return total, count.to(torch.int), reports
+        return total, count.to(torch.int), _sums_reports(kd, count, alpha, temperature, total, sums)
 
     return loss_func

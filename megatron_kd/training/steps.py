@@ -60,8 +60,10 @@ def make_forward_step(ctx: StepContext):
             return h_s, make_fused_kd_loss_func(
                 ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
                 w_s, h_t, w_t, ctx.vocab_size, ctx.tp_group, ctx.sequence_parallel)
+        # the logits are sequence-major [s, b, V/TP]: labels and mask [b, s] are transposed
         return student_logits, make_kd_loss_func(
-            ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
+            ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(),
+            batch["loss_mask"].t().contiguous(),
             teacher_logits, ctx.vocab_size, ctx.tp_group)
 
     return forward_step

@@ -1,4 +1,6 @@
-"""fused_output_kd against a float64 reference and against the unfused path, at TP=1 and TP=2."""
+"""The one-pass mixed objective, on logits (mixed_kd_loss) and fused with the output layer
+(fused_output_kd), against a float64 reference and against the separate-pass path (megatron-core's
+CE + kd_loss), at TP=1 and TP=2: loss, CE/KD/teacher-metric sums and gradients."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def _inputs(case: str):
 
 
 def _reference(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w):
-    """float64: (total, ce sum, kd sum, d total/d h_s, d total/d w_s) by the chain rule."""
+    """float64: (total, ce sum, kd sum, d total/d h_s, d total/d w_s, d total/d student logits,
+    teacher sums [teacher CE, entropy, top-1 agreement]) by the chain rule."""
     zs, zt = h_s @ w_s.t(), h_t @ w_t.t()
     kd_opt = {k: v for k, v in opt.items() if k not in ("chunk_size", "gemm_chunk_size")}
     kd_tok, g_kd = reference(zs, zt, kd_opt, mask, VOCAB)  # g_kd already masked
@@ -51,7 +54,13 @@ def _reference(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w):
     g_ce = (ls.exp() - F.one_hot(labels, VPAD).double()) * mask[:, None]
     g = ce_w * g_ce + kd_w * g_kd
     ce_sum, kd_sum = (ce_tok * mask).sum(), kd_tok.sum()
-    return ce_w * ce_sum + kd_w * kd_sum, ce_sum, kd_sum, g @ w_s, g.t() @ h_s
+    lt = F.log_softmax(zt, -1)  # the teacher's CE: every column too
+    t_ce = -lt.gather(-1, labels[:, None]).squeeze(-1)
+    lv = F.log_softmax(zt[:, :VOCAB], -1)  # its entropy, agreement: real columns only
+    entropy = -(lv.exp() * lv).sum(-1)
+    agree = (zs[:, :VOCAB].argmax(-1) == zt[:, :VOCAB].argmax(-1)).double()
+    teacher = torch.stack([(t_ce * mask).sum(), (entropy * mask).sum(), (agree * mask).sum()])
+    return ce_w * ce_sum + kd_w * kd_sum, ce_sum, kd_sum, g @ w_s, g.t() @ h_s, g, teacher
 
 
 def _unfused(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, group, rank, size):
@@ -73,6 +82,40 @@ def _unfused(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, group, rank, siz
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12))
+
+
+def _teacher_err(sums, ref) -> float:
+    got = torch.stack([sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"]])
+    return _rel(got, ref[6])
+
+
+def _on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, ref, group, cols, dtype) -> dict:
+    """mixed_kd_loss on [2, N/2, V/TP] logits of `dtype` against the float64 reference (which
+    sees the same rounded logits)."""
+    from megatron_kd.distill.mixed import mixed_kd_loss
+
+    zs, zt = (h_s @ w_s.t()).to(dtype), (h_t @ w_t.t()).to(dtype)
+    if dtype != torch.float32:
+        ref = _reference_on_logits(zs.double(), zt.double(), labels, mask, opt, kd_w, ce_w)
+    s_local = zs[:, cols].reshape(2, N // 2, -1).clone().requires_grad_(True)
+    t_local = zt[:, cols].reshape(2, N // 2, -1).clone()
+    kd_opt = {k: v for k, v in opt.items() if k != "gemm_chunk_size"}
+    total, sums = mixed_kd_loss(s_local, t_local, labels.reshape(2, -1), mask.reshape(2, -1).float(),
+                                ce_weight=ce_w, kd_weight=kd_w, vocab_size=VOCAB, tp_group=group,
+                                **kd_opt)
+    (2.0 * total).backward()
+    tag = "logits" if dtype == torch.float32 else "logits_bf16"
+    return {f"{tag}_loss_vs_f64": _rel(total, ref[0]), f"{tag}_ce_vs_f64": _rel(sums["ce"], ref[1]),
+            f"{tag}_kd_vs_f64": _rel(sums["kd"], ref[2]),
+            f"{tag}_grad_vs_f64": _rel(s_local.grad.reshape(N, -1), 2 * ref[5][:, cols]),
+            f"{tag}_teacher_vs_f64": _teacher_err(sums, ref),
+            f"{tag}_grad_dtype_mismatch": float(s_local.grad.dtype != dtype)}
+
+
+def _reference_on_logits(zs, zt, labels, mask, opt, kd_w, ce_w):
+    """_reference from given logits: identity 'hidden states' and output weights."""
+    eye = torch.eye(VPAD, dtype=torch.float64)
+    return _reference(zs, eye, zt, eye, labels, mask, opt, kd_w, ce_w)
 
 
 def compare(workdir: str) -> dict:
@@ -115,6 +158,10 @@ def compare(workdir: str) -> dict:
                 "loss_vs_unfused": _rel(total, unf),
                 "grad_h_vs_unfused": _rel(grad_h, grad_hu),
                 "grad_w_vs_unfused": _rel(ws.grad, wu.grad),
+                "teacher_vs_f64": _teacher_err(sums, ref),
                 "stats_finite": all(bool(torch.isfinite(v)) for v in sums.values()),
             }
+            for dtype in (torch.float32, torch.bfloat16):
+                out[f"tp{tp}/{case}"].update(_on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w,
+                                                        ce_w, ref, group, cols, dtype))
     return out

@@ -1,0 +1,231 @@
+"""The mixed objective ce_weight·CE + kd_weight·KD, with the teacher metrics, in one pass over
+vocab-parallel logits.
+
+`mixed_kd_loss(student_logits, teacher_logits, labels, loss_mask, ...)` returns the mixed loss
+`ce_weight·Σ mask·CE + kd_weight·Σ mask·KD` (a scalar) and the masked per-step sums
+{ce, kd, teacher_ce, teacher_entropy, top1_agreement}. CE is megatron-core's
+`vocab_parallel_cross_entropy` (softmax over every column, padding included); KD is `kd_loss`'s
+(padding excluded); teacher CE and entropy are the unfused objective's `teacher_metrics`.
+
+Why one pass: computed separately, CE, KD and the teacher metrics each exponentiate the logits
+they read (two exps per model per token and vocabulary column). For the paper's forward KL at
+T = 1, `RowLoss` takes all of them from one exp per model: the student's exponentials serve CE
+and KD, the teacher's serve KD and the teacher's CE and entropy. Other kinds and temperatures
+take the general route (teacher metrics, CE and `kd_loss`'s arithmetic one after another).
+
+The gradient w.r.t. the student logits is computed in the forward pass, chunk by chunk over
+tokens, into one logits-sized buffer (the only one; megatron-core's CE would keep a second, its
+softmax); backward only scales it. `fused_output_kd` (fused.py) calls the same `RowLoss` on
+logits it makes chunk by chunk from hidden states.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce, _argmax_ids,
+                                        _chunk_loss_and_grad, _forward_kl_fast, _group_size,
+                                        _row_sum, _Shard, _valid_width, default_chunk_size,
+                                        shift_exp_label, teacher_metrics)
+
+STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
+
+
+def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard, out: torch.Tensor):
+    """Per-row CE [n] (softmax over every local column) with d CE / d z written into `out`."""
+    _, e, label_logit, local, mine = shift_exp_label(z, labels, shard)
+    sums = _all_reduce(torch.stack([_row_sum(e), label_logit.double()]), dist.ReduceOp.SUM,
+                       shard.group)
+    torch.mul(e, (1.0 / sums[0]).float().unsqueeze(-1), out=out)
+    rows = mine.nonzero().squeeze(-1)
+    out[rows, local[rows]] -= 1.0
+    return (torch.log(sums[0]) - sums[1]).float()
+
+
+def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_size: int = 1) -> int:
+    """Tokens per RowLoss chunk. On one CPU rank ~4 MiB of fp32 per temporary (2^20 elements),
+    larger than `kd_loss`'s 1 MiB: a RowLoss chunk issues ~50 small torch calls (~0.5 ms of
+    Python and dispatch on CPU) and that, not the cache, decides. Measured on 8 x 128 tokens, one
+    micro-batch forward+backward: V = 2048: 24.7 / 20.4 / 17.7 / 34.0 ms at 2^18 / 2^19 / 2^20 /
+    2^21 elements; V = 8192: 101 ms at 2^20 vs 116-119 ms either side; V = 32768: 415 ms vs
+    481 ms at 2^19. Under TP and on GPU: `kd_loss`'s (larger) chunks."""
+    return max(default_chunk_size(local_vocab, device, tp_size), (1 << 20) // max(1, local_vocab))
+
+
+class RowLoss:
+    """CE, KD and teacher metrics of a few rows of logits at a time, for one call: the options,
+    weights, vocabulary shards and reused temporaries every chunk of that call shares."""
+
+    def __init__(self, opt: KDOptions, ce_weight: float, kd_weight: float, width: int, group,
+                 device, metrics: bool):
+        self.opt, self.ce_weight, self.kd_weight, self.metrics = opt, ce_weight, kd_weight, metrics
+        self.shard_kd = _Shard(width, opt.vocab_size, group, device)  # padding excluded (KD)
+        self.shard_all = _Shard(width, None, group, device)  # megatron's CE: every column
+        self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
+        self.one_exp = self.fast and opt.temperature == 1.0
+        self.scratch, self.kd_grad = Scratch(), Scratch()
+
+    def add(self, zs, zt, labels, w, g, stats) -> None:
+        """Masked sums of rows `zs`/`zt` ([n, V/TP], any float dtype) into `stats` ([5] float64),
+        the mixed loss's gradient w.r.t. `zs` into `g` ([n, V/TP] fp32), weighted by `w` [n]."""
+        if self.one_exp:
+            rows = self._ce_kd_at_t1(zs, zt, labels, w, g)
+            if rows is not None:
+                wd = w.double()
+                stats[0] += (rows[0] * wd).sum()
+                stats[1] += torch.where(w > 0, rows[1] * wd, torch.zeros_like(wd)).sum()
+                if self.metrics:
+                    shard = self.shard_kd
+                    nv = _valid_width(shard)
+                    agree = _argmax_ids(zs[:, :nv], shard) == _argmax_ids(zt[:, :nv], shard)
+                    stats[2:] += torch.stack([rows[2], rows[3], agree.double()]).mul_(wd).sum(-1)
+                return
+        self._general(zs, zt, labels, w, g, stats)
+
+    def _general(self, zs, zt, labels, w, g, stats) -> None:
+        """Every kind, temperature and hostile input: teacher metrics, CE and KD one by one."""
+        if self.metrics:
+            per_tok = teacher_metrics(zs, zt, labels, self.shard_kd)
+            stats[2:] += (per_tok.double() * w.double()).sum(-1)
+        ce = _vocab_parallel_ce(zs, labels, self.shard_all, g)
+        stats[0] += (ce * w).sum(dtype=torch.float64)
+        g.mul_((w * self.ce_weight).unsqueeze(-1))
+        kd = None
+        if self.fast:
+            g_kd = self.kd_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
+            kd = _forward_kl_fast(zs, zt, self.opt, self.shard_kd, g_kd, w * self.kd_weight,
+                                  self.scratch)
+            if kd is not None:
+                g.add_(g_kd)
+        if kd is None:
+            kd, g_kd = _chunk_loss_and_grad(zs, zt, self.opt, self.shard_kd)
+            g.add_(torch.where(w.unsqueeze(-1) > 0, g_kd * (w * self.kd_weight).unsqueeze(-1),
+                               torch.zeros_like(g_kd)))
+        stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
+
+    def _ce_kd_at_t1(self, zs, zt, labels, w, g):
+        """Plain forward KL at T = 1: CE, KD and the teacher's CE and entropy from one exp per
+        model. Writes the gradient into `g`; returns [4, n] float64 rows (ce, kd, teacher_ce,
+        teacher_entropy), or None when a row is not finite (the general route takes it).
+
+        Each model's logits are shifted by their maximum over the real columns: the KD and
+        entropy sums never underflow, and a padding column far above that maximum overflows the
+        CE sums (non-finite: general route) rather than losing precision silently."""
+        shard = self.shard_kd
+        nv = _valid_width(shard)
+        n, width = zs.shape
+        maxes = torch.full((2, n), -math.inf, dtype=torch.float32, device=zs.device)
+        if nv:
+            maxes[0] = zs[:, :nv].amax(-1)
+            maxes[1] = zt[:, :nv].amax(-1)
+        maxes = _all_reduce(maxes, dist.ReduceOp.MAX, shard.group)
+        if not bool(torch.isfinite(maxes).all()):
+            return None
+        x, y, e_y, d = self.scratch.take(4, n, width, zs.device)
+        torch.sub(zs, maxes[0].unsqueeze(-1), out=x)  # fp32 whatever the logits' dtype
+        torch.sub(zt, maxes[1].unsqueeze(-1), out=y)
+        local = labels - shard.start
+        mine = (local >= 0) & (local < width)
+        at = local.clamp(0, width - 1).unsqueeze(-1)
+        zero = torch.zeros(n, dtype=torch.float32, device=zs.device)
+        torch.exp(y, out=e_y)
+        xv, yv, eyv, dv = x[:, :nv], y[:, :nv], e_y[:, :nv], d[:, :nv]
+        rows = [torch.where(mine, x.gather(-1, at).squeeze(-1), zero).double(),
+                torch.where(mine, y.gather(-1, at).squeeze(-1), zero).double(),
+                _row_sum(e_y), _row_sum(eyv)]
+        if self.metrics:
+            rows.append(_row_sum(torch.mul(eyv, yv, out=dv)))  # sum e^y·y: the entropy's
+        rows.append(_row_sum(torch.sub(yv, xv, out=dv).mul_(eyv)))  # sum e^y·(y - x): the KL's
+        x.exp_()
+        rows += [_row_sum(x), _row_sum(xv)]
+        sums = _all_reduce(torch.stack(rows), dist.ReduceOp.SUM, shard.group)
+        label_s, label_t, s_ta, s_tv = sums[0], sums[1], sums[2], sums[3]
+        s_sa, s_sv, cross = sums[-2], sums[-1], sums[-3]
+        ce = torch.log(s_sa) - label_s
+        kd = (cross / s_tv + torch.log(s_sv) - torch.log(s_tv)).clamp(min=0.0)
+        teacher_ce = torch.log(s_ta) - label_t
+        entropy = torch.log(s_tv) - sums[4] / s_tv if self.metrics else torch.zeros_like(ce)
+        out = torch.stack([ce, kd, teacher_ce, entropy])
+        if not bool(torch.isfinite(out).all()):
+            return None
+        wd = w.double()
+        ce_w, kd_w = self.ce_weight, self.kd_weight
+        coef_ce = (wd * ce_w / s_sa).float().unsqueeze(-1)
+        coef_s = (wd * (ce_w / s_sa + kd_w / s_sv)).float().unsqueeze(-1)
+        coef_t = (-wd * kd_w / s_tv).float().unsqueeze(-1)
+        torch.addcmul(xv.mul_(coef_s), eyv, coef_t, out=g[:, :nv])
+        torch.mul(x[:, nv:], coef_ce, out=g[:, nv:])  # padding: the CE's softmax only
+        hit = mine.nonzero().squeeze(-1)
+        g[hit, local[hit]] -= (w[hit] * ce_w).to(g.dtype)
+        return out
+
+
+class _MixedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, labels, mask, ce_weight, kd_weight, opt: KDOptions, group,
+                chunk_size, metrics):
+        shape = student.shape
+        zs = student.detach().reshape(-1, shape[-1])
+        zt = teacher.detach().reshape(-1, shape[-1])
+        n, width = zs.shape
+        rows = RowLoss(opt, ce_weight, kd_weight, width, group, zs.device, metrics)
+        stats = torch.zeros(len(STATS), dtype=torch.float64, device=zs.device)
+        m = mask.reshape(-1).float()
+        # The one extra logits-sized buffer: the gradient, in the student's dtype. RowLoss
+        # writes fp32; other dtypes go through a chunk-sized fp32 buffer.
+        grad = torch.empty_like(zs) if student.requires_grad else None
+        direct = grad is not None and grad.dtype == torch.float32
+        chunk_grad = Scratch()
+        step = chunk_size or default_row_chunk(width, zs.device, _group_size(group))
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            g = grad[s:e] if direct else chunk_grad.take(1, e - s, width, zs.device)[0]
+            rows.add(zs[s:e], zt[s:e], labels[s:e], m[s:e], g, stats)
+            if grad is not None and not direct:
+                grad[s:e] = g
+        ctx.save_for_backward(grad)
+        ctx.shape = shape
+        ctx.mark_non_differentiable(stats)
+        return (ce_weight * stats[0] + kd_weight * stats[1]).float(), stats
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_stats):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 10
+        g = grad.mul_(grad_total.to(grad.dtype))  # in place: no second buffer
+        return (g.reshape(ctx.shape),) + (None,) * 9
+
+
+def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  labels: torch.Tensor, loss_mask: torch.Tensor, *, ce_weight: float,
+                  kd_weight: float, kind: str = "forward_kl", temperature: float = 1.0,
+                  t2_scale: bool = True, top_k: int | None = None, top_p: float | None = None,
+                  other_bucket: bool = False, jsd_beta: float = 0.5,
+                  vocab_size: int | None = None, tp_group=None, chunk_size: int | None = None,
+                  metrics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}) from
+    vocab-sharded logits `[..., V/TP]` of both models, labels and loss_mask `[...]`.
+
+    `tp_group`: the group the vocabulary is split over (None: one process); `vocab_size`: the
+    true vocabulary (columns at or past it are padding); `chunk_size`: tokens per chunk (bounds
+    the fp32 temporaries; default `default_row_chunk`); `metrics`: compute the teacher
+    metrics (else their sums are 0).
+    """
+    opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
+    opt.check()
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape (same padded "
+                         "vocabulary shard); align the teacher's vocabulary first")
+    if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \
+            loss_mask.numel() != labels.numel():
+        raise ValueError(f"labels {tuple(labels.shape)} and loss_mask {tuple(loss_mask.shape)} "
+                         f"must have one entry per token of the logits {tuple(student_logits.shape)}")
+    total, stats = _MixedLoss.apply(student_logits, teacher_logits, labels.reshape(-1), loss_mask,
+                                    float(ce_weight), float(kd_weight), opt, tp_group, chunk_size,
+                                    metrics)
+    return total, dict(zip(STATS, stats.unbind(0)))
