@@ -14,8 +14,9 @@ and KD, the teacher's serve KD and the teacher's CE and entropy. Other kinds and
 take the general route (teacher metrics, CE and `kd_loss`'s arithmetic one after another).
 
 The gradient w.r.t. the student logits is computed in the forward pass, chunk by chunk over
-tokens, into one logits-sized buffer (the only one; megatron-core's CE would keep a second, its
-softmax); backward only scales it. `fused_output_kd` (fused.py) calls the same `RowLoss` on
+tokens, into one logits-sized buffer, or over the student's logits themselves
+(`overwrite_logits`, what the training objective does: no logits-sized buffer at all);
+backward only scales it. `fused_output_kd` (fused.py) calls the same `RowLoss` on
 logits it makes chunk by chunk from hidden states.
 """
 
@@ -26,7 +27,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce, _argmax_ids,
+from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce,
                                         _chunk_loss_and_grad, _forward_kl_fast, _group_size,
                                         _row_sum, _Shard, _valid_width, default_chunk_size,
                                         shift_exp_label, teacher_metrics)
@@ -55,6 +56,18 @@ def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_s
     return max(default_chunk_size(local_vocab, device, tp_size), (1 << 20) // max(1, local_vocab))
 
 
+_CPU_SCRATCH = Scratch()
+
+
+def _scratch(device) -> Scratch:
+    """On CPU one process-wide Scratch for the one-exp route's temporaries (4 chunk-sized fp32
+    buffers: 16 MiB at one rank, 64 MiB under TP): freshly mapped memory costs a page fault per
+    4 KiB on first touch, which made the passes that first write a new buffer ~2x slower
+    (measured: the shifts 4.6 -> 2.6 ms per micro-batch at V = 2048). One loss runs at a time in
+    a process. GPU: per call (torch's caching allocator already reuses the memory)."""
+    return _CPU_SCRATCH if torch.device(device).type == "cpu" else Scratch()
+
+
 class RowLoss:
     """CE, KD and teacher metrics of a few rows of logits at a time, for one call: the options,
     weights, vocabulary shards and reused temporaries every chunk of that call shares."""
@@ -66,23 +79,28 @@ class RowLoss:
         self.shard_all = _Shard(width, None, group, device)  # megatron's CE: every column
         self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         self.one_exp = self.fast and opt.temperature == 1.0
-        self.scratch, self.kd_grad = Scratch(), Scratch()
+        self.scratch, self.kd_grad, self.general_grad = _scratch(device), Scratch(), Scratch()
+        self._desc = None  # _first_max_ids' column scores
 
     def add(self, zs, zt, labels, w, g, stats) -> None:
         """Masked sums of rows `zs`/`zt` ([n, V/TP], any float dtype) into `stats` ([5] float64),
         the mixed loss's gradient w.r.t. `zs` into `g` ([n, V/TP] fp32), weighted by `w` [n]."""
         if self.one_exp:
             rows = self._ce_kd_at_t1(zs, zt, labels, w, g)
-            if rows is not None:
+            if rows is not None:  # ce, kd, teacher ce, teacher entropy, top-1 agreement
                 wd = w.double()
                 stats[0] += (rows[0] * wd).sum()
                 stats[1] += torch.where(w > 0, rows[1] * wd, torch.zeros_like(wd)).sum()
                 if self.metrics:
-                    shard = self.shard_kd
-                    nv = _valid_width(shard)
-                    agree = _argmax_ids(zs[:, :nv], shard) == _argmax_ids(zt[:, :nv], shard)
-                    stats[2:] += torch.stack([rows[2], rows[3], agree.double()]).mul_(wd).sum(-1)
+                    stats[2:] += rows[2:].mul_(wd).sum(-1)
                 return
+        if g.untyped_storage().data_ptr() == zs.untyped_storage().data_ptr():
+            # g overwrites the logits (mixed_kd_loss(overwrite_logits=True)), which the general
+            # route reads again after writing its CE gradient: a buffer in between
+            tmp = self.general_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
+            self._general(zs, zt, labels, w, tmp, stats)
+            g.copy_(tmp)
+            return
         self._general(zs, zt, labels, w, g, stats)
 
     def _general(self, zs, zt, labels, w, g, stats) -> None:
@@ -108,8 +126,9 @@ class RowLoss:
 
     def _ce_kd_at_t1(self, zs, zt, labels, w, g):
         """Plain forward KL at T = 1: CE, KD and the teacher's CE and entropy from one exp per
-        model. Writes the gradient into `g`; returns [4, n] float64 rows (ce, kd, teacher_ce,
-        teacher_entropy), or None when a row is not finite (the general route takes it).
+        model. Writes the gradient into `g`; returns [5, n] float64 rows (ce, kd, teacher_ce,
+        teacher_entropy, top1_agreement; the last three 0 without metrics), or None when a row
+        is not finite (the general route takes it).
 
         Each model's logits are shifted by their maximum over the real columns: the KD and
         entropy sums never underflow, and a padding column far above that maximum overflows the
@@ -117,6 +136,7 @@ class RowLoss:
         shard = self.shard_kd
         nv = _valid_width(shard)
         n, width = zs.shape
+        padded = shard.padded  # padding on any rank: the CE's sums differ from the KD's
         maxes = torch.full((2, n), -math.inf, dtype=torch.float32, device=zs.device)
         if nv:
             maxes[0] = zs[:, :nv].amax(-1)
@@ -127,46 +147,74 @@ class RowLoss:
         x, y, e_y, d = self.scratch.take(4, n, width, zs.device)
         torch.sub(zs, maxes[0].unsqueeze(-1), out=x)  # fp32 whatever the logits' dtype
         torch.sub(zt, maxes[1].unsqueeze(-1), out=y)
+        xv, yv, eyv, dv = x[:, :nv], y[:, :nv], e_y[:, :nv], d[:, :nv]
         local = labels - shard.start
         mine = (local >= 0) & (local < width)
         at = local.clamp(0, width - 1).unsqueeze(-1)
         zero = torch.zeros(n, dtype=torch.float32, device=zs.device)
-        torch.exp(y, out=e_y)
-        xv, yv, eyv, dv = x[:, :nv], y[:, :nv], e_y[:, :nv], d[:, :nv]
-        rows = [torch.where(mine, x.gather(-1, at).squeeze(-1), zero).double(),
-                torch.where(mine, y.gather(-1, at).squeeze(-1), zero).double(),
-                _row_sum(e_y), _row_sum(eyv)]
+        # Row sums, all-reduced together: name -> per-row tensor.
+        part = {"label_s": torch.where(mine, x.gather(-1, at).squeeze(-1), zero).double(),
+                "label_t": torch.where(mine, y.gather(-1, at).squeeze(-1), zero).double()}
         if self.metrics:
-            rows.append(_row_sum(torch.mul(eyv, yv, out=dv)))  # sum e^y·y: the entropy's
-        rows.append(_row_sum(torch.sub(yv, xv, out=dv).mul_(eyv)))  # sum e^y·(y - x): the KL's
+            part["first_max"] = self._first_max_ids(xv, yv, dv)
+        torch.exp(y, out=e_y)
+        part["s_tv"] = _row_sum(eyv)  # sum e^y over the real columns: the KD's and entropy's
+        if padded:
+            part["s_ta"] = _row_sum(e_y)  # ... over every column: the teacher CE's
+        if self.metrics:
+            part["entropy_dot"] = _row_sum(torch.mul(eyv, yv, out=dv))  # sum e^y·y
+        part["cross"] = _row_sum(torch.sub(yv, xv, out=dv).mul_(eyv))  # sum e^y·(y - x): the KL's
         x.exp_()
-        rows += [_row_sum(x), _row_sum(xv)]
-        sums = _all_reduce(torch.stack(rows), dist.ReduceOp.SUM, shard.group)
-        label_s, label_t, s_ta, s_tv = sums[0], sums[1], sums[2], sums[3]
-        s_sa, s_sv, cross = sums[-2], sums[-1], sums[-3]
-        ce = torch.log(s_sa) - label_s
-        kd = (cross / s_tv + torch.log(s_sv) - torch.log(s_tv)).clamp(min=0.0)
-        teacher_ce = torch.log(s_ta) - label_t
-        entropy = torch.log(s_tv) - sums[4] / s_tv if self.metrics else torch.zeros_like(ce)
-        out = torch.stack([ce, kd, teacher_ce, entropy])
+        part["s_sv"] = _row_sum(xv)
+        if padded:
+            part["s_sa"] = _row_sum(x)
+        first_max = part.pop("first_max", None)
+        sums = dict(zip(part, _all_reduce(torch.stack(list(part.values())), dist.ReduceOp.SUM,
+                                          shard.group)))
+        s_tv, s_sv = sums["s_tv"], sums["s_sv"]
+        s_ta, s_sa = sums.get("s_ta", s_tv), sums.get("s_sa", s_sv)
+        ce = torch.log(s_sa) - sums["label_s"]
+        kd = (sums["cross"] / s_tv + torch.log(s_sv) - torch.log(s_tv)).clamp(min=0.0)
+        out = torch.zeros(5, n, dtype=torch.float64, device=zs.device)
+        out[0], out[1] = ce, kd
+        if self.metrics:
+            out[2] = torch.log(s_ta) - sums["label_t"]
+            out[3] = torch.log(s_tv) - sums["entropy_dot"] / s_tv
+            ids = _all_reduce(first_max, dist.ReduceOp.MIN, shard.group)
+            out[4] = (ids[0] == ids[1]).double()
         if not bool(torch.isfinite(out).all()):
             return None
         wd = w.double()
         ce_w, kd_w = self.ce_weight, self.kd_weight
-        coef_ce = (wd * ce_w / s_sa).float().unsqueeze(-1)
         coef_s = (wd * (ce_w / s_sa + kd_w / s_sv)).float().unsqueeze(-1)
         coef_t = (-wd * kd_w / s_tv).float().unsqueeze(-1)
         torch.addcmul(xv.mul_(coef_s), eyv, coef_t, out=g[:, :nv])
-        torch.mul(x[:, nv:], coef_ce, out=g[:, nv:])  # padding: the CE's softmax only
+        if nv < width:  # padding: the CE's softmax only
+            torch.mul(x[:, nv:], (wd * ce_w / s_sa).float().unsqueeze(-1), out=g[:, nv:])
         hit = mine.nonzero().squeeze(-1)
         g[hit, local[hit]] -= (w[hit] * ce_w).to(g.dtype)
         return out
 
+    def _first_max_ids(self, xv, yv, tmp) -> torch.Tensor:
+        """[2, n] global vocabulary id of each model's first (lowest-id) maximum on this rank,
+        +inf where this rank has none; the caller all-reduces with MIN. `xv`, `yv` are logits
+        shifted by their global maxima, so exactly 0 at every maximum: two elementwise passes
+        (fp32 out: a bool mask is slower) and a max, 5x faster than torch.argmax on CPU."""
+        nv = xv.shape[-1]
+        if self._desc is None or self._desc.numel() != nv:
+            # nv - j for column j: the lowest column with a maximum scores highest, none gives 0
+            self._desc = torch.arange(nv, 0, -1, dtype=torch.float32, device=xv.device)
+        ids = []
+        for v in (xv, yv):
+            score = torch.eq(v, 0, out=tmp).mul_(self._desc).amax(-1) if nv else \
+                torch.zeros(v.shape[0], device=v.device)
+            ids.append(torch.where(score > 0, self.shard_kd.start + nv - score.double(), math.inf))
+        return torch.stack(ids)
 
 class _MixedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, labels, mask, ce_weight, kd_weight, opt: KDOptions, group,
-                chunk_size, metrics):
+                chunk_size, metrics, overwrite):
         shape = student.shape
         zs = student.detach().reshape(-1, shape[-1])
         zt = teacher.detach().reshape(-1, shape[-1])
@@ -174,9 +222,12 @@ class _MixedLoss(torch.autograd.Function):
         rows = RowLoss(opt, ce_weight, kd_weight, width, group, zs.device, metrics)
         stats = torch.zeros(len(STATS), dtype=torch.float64, device=zs.device)
         m = mask.reshape(-1).float()
-        # The one extra logits-sized buffer: the gradient, in the student's dtype. RowLoss
+        # The gradient, in the student's dtype: written over the student's logits (each chunk is
+        # read before its gradient is written) or into one new logits-sized buffer. RowLoss
         # writes fp32; other dtypes go through a chunk-sized fp32 buffer.
-        grad = torch.empty_like(zs) if student.requires_grad else None
+        grad = None
+        if student.requires_grad:
+            grad = zs if overwrite else torch.empty_like(zs)
         direct = grad is not None and grad.dtype == torch.float32
         chunk_grad = Scratch()
         step = chunk_size or default_row_chunk(width, zs.device, _group_size(group))
@@ -195,9 +246,9 @@ class _MixedLoss(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_stats):
         (grad,) = ctx.saved_tensors
         if grad is None:
-            return (None,) * 10
+            return (None,) * 11
         g = grad.mul_(grad_total.to(grad.dtype))  # in place: no second buffer
-        return (g.reshape(ctx.shape),) + (None,) * 9
+        return (g.reshape(ctx.shape),) + (None,) * 10
 
 
 def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -206,14 +257,17 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                   t2_scale: bool = True, top_k: int | None = None, top_p: float | None = None,
                   other_bucket: bool = False, jsd_beta: float = 0.5,
                   vocab_size: int | None = None, tp_group=None, chunk_size: int | None = None,
-                  metrics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  metrics: bool = True,
+                  overwrite_logits: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}) from
     vocab-sharded logits `[..., V/TP]` of both models, labels and loss_mask `[...]`.
 
     `tp_group`: the group the vocabulary is split over (None: one process); `vocab_size`: the
     true vocabulary (columns at or past it are padding); `chunk_size`: tokens per chunk (bounds
     the fp32 temporaries; default `default_row_chunk`); `metrics`: compute the teacher
-    metrics (else their sums are 0).
+    metrics (else their sums are 0); `overwrite_logits`: write the gradient over
+    `student_logits` (as megatron-core's CE writes its softmax over its input): no new
+    logits-sized buffer, and the logits are gone after the call.
     """
     opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
     opt.check()
@@ -227,5 +281,5 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          f"must have one entry per token of the logits {tuple(student_logits.shape)}")
     total, stats = _MixedLoss.apply(student_logits, teacher_logits, labels.reshape(-1), loss_mask,
                                     float(ce_weight), float(kd_weight), opt, tp_group, chunk_size,
-                                    metrics)
+                                    metrics, overwrite_logits)
     return total, dict(zip(STATS, stats.unbind(0)))

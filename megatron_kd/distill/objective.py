@@ -72,7 +72,7 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
             kind=kd.kind, temperature=temperature, t2_scale=kd.t2_scale, top_k=kd.top_k,
             top_p=kd.top_p, other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta,
             vocab_size=vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size,
-            metrics=kd.teacher_metrics)
+            metrics=kd.teacher_metrics, overwrite_logits=True)  # their last reader
         return total, count.to(torch.int), _sums_reports(kd, count, alpha, temperature, total, sums)
 
     return loss_func

@@ -26,6 +26,8 @@ CASES = {
     # the student's padding columns far above its real ones: the one-exp route overflows and
     # hands the rows to the general one
     "huge_padding": ({"kind": "forward_kl"}, 0.5),
+    # small integer logits: many tied maxima (top-1 agreement takes the lowest id)
+    "ties": ({"kind": "forward_kl"}, 0.5),
 }
 
 
@@ -38,6 +40,13 @@ def _inputs(case: str):
         w_s[VOCAB:] *= 400.0
     h_t = torch.randn(N, HT, generator=g, dtype=torch.float64) * scale
     w_t = torch.randn(VPAD, HT, generator=g, dtype=torch.float64) * 0.5
+    if case == "ties":  # teacher = 2 x student + a 0/1 bump per column: where the student's
+        # maximum is tied, the teacher picks one of the tied columns (not always the lowest)
+        h_s = torch.randint(-1, 2, h_s.shape, generator=g).double()
+        w_s = torch.randint(-1, 2, w_s.shape, generator=g).double()
+        h_t, w_t = torch.zeros_like(h_t), torch.zeros_like(w_t)
+        h_t[:, :HS], w_t[:, :HS] = 2 * h_s, w_s
+        h_t[:, HS], w_t[:, HS] = 1.0, torch.randint(0, 2, (VPAD,), generator=g).double()
     labels = torch.randint(0, VOCAB, (N,), generator=g)
     mask = (torch.rand(N, generator=g) > 0.3).double()
     return h_s, w_s, h_t, w_t, labels, mask
@@ -89,9 +98,10 @@ def _teacher_err(sums, ref) -> float:
     return _rel(got, ref[6])
 
 
-def _on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, ref, group, cols, dtype) -> dict:
+def _on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, ref, group, cols, dtype,
+               overwrite) -> dict:
     """mixed_kd_loss on [2, N/2, V/TP] logits of `dtype` against the float64 reference (which
-    sees the same rounded logits)."""
+    sees the same rounded logits); `overwrite`: the gradient is written over the logits."""
     from megatron_kd.distill.mixed import mixed_kd_loss
 
     zs, zt = (h_s @ w_s.t()).to(dtype), (h_t @ w_t.t()).to(dtype)
@@ -100,11 +110,12 @@ def _on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, ref, group, co
     s_local = zs[:, cols].reshape(2, N // 2, -1).clone().requires_grad_(True)
     t_local = zt[:, cols].reshape(2, N // 2, -1).clone()
     kd_opt = {k: v for k, v in opt.items() if k != "gemm_chunk_size"}
-    total, sums = mixed_kd_loss(s_local, t_local, labels.reshape(2, -1), mask.reshape(2, -1).float(),
+    logits = s_local * 1.0  # a non-leaf, as the output layer's logits
+    total, sums = mixed_kd_loss(logits, t_local, labels.reshape(2, -1), mask.reshape(2, -1).float(),
                                 ce_weight=ce_w, kd_weight=kd_w, vocab_size=VOCAB, tp_group=group,
-                                **kd_opt)
+                                overwrite_logits=overwrite, **kd_opt)
     (2.0 * total).backward()
-    tag = "logits" if dtype == torch.float32 else "logits_bf16"
+    tag = ("logits" if dtype == torch.float32 else "logits_bf16") + ("_overwrite" if overwrite else "")
     return {f"{tag}_loss_vs_f64": _rel(total, ref[0]), f"{tag}_ce_vs_f64": _rel(sums["ce"], ref[1]),
             f"{tag}_kd_vs_f64": _rel(sums["kd"], ref[2]),
             f"{tag}_grad_vs_f64": _rel(s_local.grad.reshape(N, -1), 2 * ref[5][:, cols]),
@@ -162,6 +173,8 @@ def compare(workdir: str) -> dict:
                 "stats_finite": all(bool(torch.isfinite(v)) for v in sums.values()),
             }
             for dtype in (torch.float32, torch.bfloat16):
-                out[f"tp{tp}/{case}"].update(_on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w,
-                                                        ce_w, ref, group, cols, dtype))
+                for overwrite in (False, True):
+                    out[f"tp{tp}/{case}"].update(_on_logits(h_s, w_s, h_t, w_t, labels, mask, opt,
+                                                            kd_w, ce_w, ref, group, cols, dtype,
+                                                            overwrite))
     return out
