@@ -56,16 +56,19 @@ def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_s
     return max(default_chunk_size(local_vocab, device, tp_size), (1 << 20) // max(1, local_vocab))
 
 
-_CPU_SCRATCH = Scratch()
+_CPU_SCRATCH: dict[str, Scratch] = {}
 
 
-def _scratch(device) -> Scratch:
-    """On CPU one process-wide Scratch for the one-exp route's temporaries (4 chunk-sized fp32
-    buffers: 16 MiB at one rank, 64 MiB under TP): freshly mapped memory costs a page fault per
-    4 KiB on first touch, which made the passes that first write a new buffer ~2x slower
-    (measured: the shifts 4.6 -> 2.6 ms per micro-batch at V = 2048). One loss runs at a time in
-    a process. GPU: per call (torch's caching allocator already reuses the memory)."""
-    return _CPU_SCRATCH if torch.device(device).type == "cpu" else Scratch()
+def scratch_for(purpose: str, device) -> Scratch:
+    """On CPU one process-wide Scratch per purpose (RowLoss's 4 chunk-sized fp32 temporaries:
+    16 MiB at one rank, 64 MiB under TP; the fused path's output-layer chunk gradient: 32 MiB):
+    freshly mapped memory costs a page fault per 4 KiB on first touch, which made the passes
+    that first write a new buffer ~2x slower (measured: the shifts 4.6 -> 2.6 ms per
+    micro-batch at V = 2048). One loss runs at a time in a process. GPU: a new one per call
+    (torch's caching allocator already reuses the memory)."""
+    if torch.device(device).type != "cpu":
+        return Scratch()
+    return _CPU_SCRATCH.setdefault(purpose, Scratch())
 
 
 class RowLoss:
@@ -79,7 +82,7 @@ class RowLoss:
         self.shard_all = _Shard(width, None, group, device)  # megatron's CE: every column
         self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         self.one_exp = self.fast and opt.temperature == 1.0
-        self.scratch, self.kd_grad, self.general_grad = _scratch(device), Scratch(), Scratch()
+        self.scratch, self.kd_grad, self.general_grad = scratch_for("rows", device), Scratch(), Scratch()
         self._desc = None  # _first_max_ids' column scores
 
     def add(self, zs, zt, labels, w, g, stats) -> None:
