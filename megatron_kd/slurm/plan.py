@@ -11,8 +11,11 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
 - activations (no recomputation): s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence
   parallelism), attention kept by flash/fused kernels, times the micro-batches in flight on the
   first stage (PP for 1F1B);
-- logits on the last stage: student (dtype) + its fp32 copy for CE + teacher (dtype) + the KD
-  gradient buffer (dtype) + fp32 KD temporaries of one chunk, each s*b*V/TP;
+- logits on the last stage, s*b*V/TP each: without a teacher the student's (dtype) and
+  megatron-core's fp32 copy for its CE; with one, the student's and the teacher's (dtype: the
+  one-pass objective writes its gradient over the student's) plus one loss chunk's fp32
+  temporaries; kd.mix=magnitude_matched (separate passes) adds the fp32 CE copy and the KD
+  gradient buffer; the fused output layer holds one output-layer chunk of each model's logits;
 - a fixed reserve for the CUDA context, NCCL and fragmentation.
 """
 
@@ -77,14 +80,25 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
     parts["activations"] = per_layer * math.ceil(m.num_layers / pp) * pp * wbytes / 2
     if teacher is not None:  # the teacher's forward keeps no activations, only a layer's worth
         parts["activations"] += s * b * teacher.hidden_size * 10 * wbytes / 2
-    tokens_v = s * b * padded / tp
-    chunk = min(s * b, cfg.kd.chunk_size or s * b) / (s * b)
-    logits = tokens_v * (wbytes + 4)
-    if teacher is not None:
-        logits += tokens_v * (wbytes + wbytes + 4 * 3 * chunk)
-    parts["logits (last stage)"] = logits
+    parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes)
     parts["reserve (CUDA, NCCL)"] = RESERVE
     return Plan(tp, pp, dp, parts)
+
+
+def _logits_bytes(cfg: RunConfig, kd: bool, tokens: int, v_local: int, wbytes: int) -> float:
+    if not kd:
+        return tokens * v_local * (wbytes + 4)
+    from megatron_kd.distill.fused import default_gemm_chunk
+    from megatron_kd.distill.mixed import default_row_chunk
+
+    rows = min(tokens, cfg.kd.chunk_size or default_row_chunk(v_local, "cuda", cfg.parallel.tp))
+    temps = rows * v_local * 4 * 5  # RowLoss's 4 fp32 temporaries and a chunk of gradient
+    if cfg.kd.fused_output_layer:
+        chunk = min(tokens, max(rows, default_gemm_chunk(v_local, "cuda")))
+        return chunk * v_local * (2 * wbytes + 4) + temps
+    if cfg.kd.mix == "magnitude_matched":
+        return tokens * v_local * (4 * wbytes + 4) + rows * v_local * 4 * 3
+    return tokens * v_local * 2 * wbytes + temps
 
 
 def suggest(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, gpu_bytes: float) -> Plan | None:
