@@ -62,7 +62,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/kd_loss.py --repeats 3 --json-out bench/results/kd_loss_32k.json
 	$(PY) bench/kd_loss.py --repeats 3 --tokens 2048 --vocab 131072 --json-out bench/results/kd_loss_128k.json
 	$(PY) bench/fused_output.py --gemm-chunks 16 256 --json-out bench/results/fused_output.json
-	$(PY) bench/kd_step.py --json-out bench/results/kd_step.json
+	$(PY) bench/kd_step.py --steps 40 --json-out bench/results/kd_step.json
 
 clean:
 	rm -rf runs .pytest_cache
