@@ -43,7 +43,7 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
             with torch.no_grad():
                 s_logits, t_logits = pair(b["tokens"], b["position_ids"], None)
                 shard = _Shard(s_logits.shape[-1], V, tp_group, s_logits.device)
-                mask = b["loss_mask"].float()
+                mask = b["loss_mask"].float().t()  # the pair's logits are sequence-major [s, b, V/TP]
                 ent = []
                 for logits in (t_logits, s_logits):
                     lp, p = _log_softmax(logits.float(), shard)
