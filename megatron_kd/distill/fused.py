@@ -10,9 +10,10 @@ output weight, then drops the chunk's logits. Peak memory is a chunk of logits, 
 It returns the mixed loss `ce_weight·Σ mask·CE + kd_weight·Σ mask·KD` (a scalar: the gradients
 are computed in the forward pass, so the backward only scales them by the incoming scalar) and
 the per-step sums the unfused path reports: each chunk's CE, KD and teacher metrics are
-mixed.py's `RowLoss`, the same arithmetic as `mixed_kd_loss` on whole logits. Under TP the caller passes hidden states
-through `copy_to_tensor_model_parallel_region` / the sequence-parallel gather, whose backward sums
-the partial input gradients of the vocabulary shards.
+mixed.py's `RowLoss`, the same arithmetic as `mixed_kd_loss` on whole logits. Under TP the
+caller passes hidden states through `copy_to_tensor_model_parallel_region` / the
+sequence-parallel gather, whose backward sums the partial input gradients of the vocabulary
+shards.
 """
 
 from __future__ import annotations

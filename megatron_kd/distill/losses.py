@@ -434,6 +434,13 @@ class _KDLossFunction(torch.autograd.Function):
         return g.reshape(ctx.shape), None, None, None, None, None
 
 
+def require_same_shape(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape (same padded "
+                         "vocabulary shard); align the teacher's vocabulary first")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
             kind: str = "forward_kl", temperature: float = 1.0, t2_scale: bool = True,
             top_k: int | None = None, top_p: float | None = None, other_bucket: bool = False,
@@ -448,8 +455,5 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
     """
     opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
     opt.check()
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same shape (same padded "
-                         "vocabulary shard); align the teacher's vocabulary first")
+    require_same_shape(student_logits, teacher_logits)
     return _KDLossFunction.apply(student_logits, teacher_logits, loss_mask, opt, tp_group, chunk_size)

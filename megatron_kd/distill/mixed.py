@@ -30,7 +30,7 @@ import torch.distributed as dist
 from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce,
                                         _chunk_loss_and_grad, _forward_kl_fast, _group_size,
                                         _row_sum, _Shard, _valid_width, default_chunk_size,
-                                        shift_exp_label, teacher_metrics)
+                                        require_same_shape, shift_exp_label, teacher_metrics)
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
@@ -214,6 +214,7 @@ class RowLoss:
             ids.append(torch.where(score > 0, self.shard_kd.start + nv - score.double(), math.inf))
         return torch.stack(ids)
 
+
 class _MixedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, labels, mask, ce_weight, kd_weight, opt: KDOptions, group,
@@ -274,10 +275,7 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """
     opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
     opt.check()
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same shape (same padded "
-                         "vocabulary shard); align the teacher's vocabulary first")
+    require_same_shape(student_logits, teacher_logits)
     if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \
             loss_mask.numel() != labels.numel():
         raise ValueError(f"labels {tuple(labels.shape)} and loss_mask {tuple(loss_mask.shape)} "
