@@ -14,10 +14,10 @@ the peak above the inputs while one call runs (bench/common.py). Forward KL, T =
 from __future__ import annotations
 
 import argparse
-import warnings
 import gc
 import math
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,8 +34,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def _ours_factory(chunk_size):
     def run(s, t, T, group, tp):
         from megatron_kd.distill.losses import kd_loss
+        from megatron_kd.distill.options import KDOptions
 
-        return kd_loss(s, t, temperature=T, tp_group=group, chunk_size=chunk_size)
+        return kd_loss(s, t, KDOptions(temperature=T), tp_group=group, chunk_size=chunk_size)
 
     return run
 
@@ -74,10 +75,10 @@ def bench_rank(rank: int, world: int, a: dict) -> dict:
     tp = world
     group = None
     if tp > 1:
+        import os
+
         from megatron_kd.config.schema import ParallelConfig
         from megatron_kd.runtime.distributed import LaunchEnv, init_distributed
-
-        import os
 
         init_distributed(ParallelConfig(tp=tp), seed=1, launch=LaunchEnv(
             rank, world, rank, "127.0.0.1", int(os.environ.get("MASTER_PORT", 29500)), "torchrun"))
@@ -110,7 +111,7 @@ def bench_rank(rank: int, world: int, a: dict) -> dict:
                 s.grad = None
 
             r = measure(step, device, a["repeats"], a["warmup"], group, before=drop_grad)
-            del s
+            s = None  # free it before the next implementation (step and drop_grad share the cell)
             gc.collect()
             rows.append({"dtype": dname, "impl": name, **r,
                          "logits_mib": logits_mib * dtype.itemsize / 4})

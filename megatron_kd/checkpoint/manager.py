@@ -26,15 +26,19 @@ from pathlib import Path
 import torch
 
 from megatron_kd.checkpoint.model_io import unwrap
-from megatron_kd.config import dump_config
+from megatron_kd.checkpoint.refs import (
+    LATEST,
+    STATE_FILE,
+    latest_checkpoint,
+    read_state,
+    verify_checkpoint,
+)
+from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
-from megatron_kd.models.gpt import model_padded_vocab
 
 log = logging.getLogger("megatron_kd.checkpoint")
 
-STATE_FILE = "mkd_state.json"
-LATEST = "latest"
 # The distributed optimizer's state is saved in the format that loads at any DP/TP/PP.
 _OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -52,60 +56,12 @@ def checkpoint_root(cfg: RunConfig) -> Path:
     return Path(cfg.run.dir) / "checkpoints"
 
 
-def read_state(path: Path) -> dict:
-    f = Path(path) / STATE_FILE
-    if not f.is_file():
-        raise ConfigError(f"'{path}' is not a megatron_kd checkpoint (no {STATE_FILE}); "
-                          "point at a directory under RUN_DIR/checkpoints")
-    try:
-        return json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"checkpoint {path} is damaged: {f.name} is not valid JSON ({exc}); "
-                          "delete the checkpoint to resume from an earlier one") from exc
-
-
-def verify_checkpoint(path: Path) -> dict:
-    """The checkpoint's state, after checking every file it was saved with is there, whole
-    (sizes recorded at save time): a truncated or partly copied checkpoint fails here, with
-    its name, before any process group starts."""
-    path = Path(path)
-    state = read_state(path)
-    for rel, size in (state.get("files") or {}).items():
-        f = path / rel
-        have = f.stat().st_size if f.is_file() else None
-        if have != size:
-            found = "is missing" if have is None else f"has {have} bytes, {size} were written"
-            raise ConfigError(f"checkpoint {path} is incomplete: {rel} {found} (truncated or partly "
-                              "copied); delete it to resume from an earlier checkpoint, or point "
-                              "at a complete one")
-    return state
-
-
 def remove_partial_saves(root: Path) -> None:
     """Delete NAME.partial directories: saves that never completed (the process died)."""
     if root.is_dir():
         for p in root.glob("*.partial"):
             log.warning("removing %s: a save that did not complete", p)
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _complete_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")
-            and (p / STATE_FILE).is_file()]
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """What `latest` names; if that is gone (a save killed while replacing a checkpoint of the
-    same name), the complete checkpoint with the most steps."""
-    pointer = root / LATEST
-    if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if (path / STATE_FILE).is_file():
-            return path
-    found = _complete_checkpoints(root)
-    return max(found, key=lambda p: read_state(p).get("step", -1)) if found else None
 
 
 def _barrier():
@@ -181,7 +137,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
                 "kind": kind, "scheduler": state.scheduler.state_dict(),
                 "world_size": torch.distributed.get_world_size(),
                 "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
-                "padded_vocab_size": model_padded_vocab(cfg.model, cfg.parallel.tp),
+                "padded_vocab_size": padded_vocab(cfg.model, cfg.parallel.tp),
                 "tokenizer": state.tokenizer_info}
         dump_config(cfg, partial / "config.yaml")
         if tokenizer_file:

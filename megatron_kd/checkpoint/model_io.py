@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_kd.checkpoint.refs import is_checkpoint
+
 
 def unwrap(model):
     """The GPTModel inside DDP / Float16Module wrappers."""
@@ -31,7 +33,7 @@ def load_model_weights(model, directory: str | Path, strict: bool = True) -> Non
     from megatron.core import dist_checkpointing
 
     inner = unwrap(model)
-    training_ckpt = (Path(directory) / "mkd_state.json").is_file()
+    training_ckpt = is_checkpoint(directory)
     sharded = {"model": inner.sharded_state_dict()} if training_ckpt else inner.sharded_state_dict()
     state = dist_checkpointing.load(sharded, str(directory))
     inner.load_state_dict(state["model"] if training_ckpt else state, strict=strict)

@@ -1,4 +1,8 @@
-"""Entry functions behind each `mkd` subcommand (typed, unit-testable, no argparse magic)."""
+"""Entry functions behind each `mkd` subcommand (typed, unit-testable, no argparse magic).
+
+Imports of torch-using modules sit inside the command functions: `mkd --help`, `mkd config` and
+the error paths stay fast (torch ~2 s, megatron-core ~5 s per process) and megatron-core is
+first imported after the CPU compatibility layer is active (runtime.distributed)."""
 
 from __future__ import annotations
 
@@ -6,12 +10,19 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
-from megatron_kd.config import load_config, validate
+from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
+from megatron_kd.config import load_config, padded_vocab, validate
 from megatron_kd.config.loader import RECIPES_ROOT, config_to_dict
 from megatron_kd.errors import ConfigError
+from megatron_kd.models.params import count_parameters, human, train_flops_per_token
+
+# Set by `mkd train --nproc N` for the ranks it starts: the launch has run its start-up checks
+# (teacher resolution with the tokenizer comparison, preflight) once, the ranks skip them.
+CHECKED_ENV = "MKD_LAUNCH_CHECKED"
 
 
 def cmd_recipes(args) -> int:
@@ -21,12 +32,9 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from megatron_kd.config.validate import padded_vocab_size
-    from megatron_kd.models.params import count_parameters, human, train_flops_per_token
-
     cfg = load_config(args.recipe, args.overrides, purpose="model")
     m = cfg.model
-    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, cfg.parallel.tp)
+    padded = padded_vocab(m, cfg.parallel.tp)
     c = count_parameters(m)
     head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
     groups = m.num_query_groups or m.num_attention_heads
@@ -64,7 +72,7 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
            "-m", "megatron_kd", *argv]
-    env = dict(os.environ)
+    env = dict(os.environ, **{CHECKED_ENV: "1"})
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.call(cmd, env=env)
 
@@ -122,21 +130,20 @@ def cmd_train(args) -> int:
     from megatron_kd.runtime import preemption
 
     preemption.install()  # first: a warning signal during start-up must not kill the run
+    from megatron_kd.distill.teacher import resolve_teacher
     from megatron_kd.training.loop import run_training
+    from megatron_kd.training.preflight import preflight_train
 
     outcome = {}
 
     cfg = load_config(args.recipe, args.overrides)
-    if cfg.teacher.checkpoint:  # fail before any process starts: never train against no teacher
-        from megatron_kd.distill.model import resolve_teacher
-
-        resolve_teacher(cfg)
-    from megatron_kd.training.preflight import preflight_train
-
-    preflight_train(cfg, args.overwrite)
+    if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
+        if cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
+            resolve_teacher(cfg)
+        preflight_train(cfg, args.overwrite)
 
     def body(cfg, rank):
-        metrics = run_training(cfg, overwrite=args.overwrite)
+        metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True)
         outcome["preempted"] = bool(metrics.get("preempted"))
         if rank == 0 and outcome["preempted"]:
             print(f"preempted at step {metrics['step']}: checkpoint saved in {cfg.run.dir}; "
@@ -155,23 +162,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
-    from megatron_kd.training.evaluate import resolve_checkpoint, run_eval
-
-    from megatron_kd.checkpoint.manager import verify_checkpoint
+    from megatron_kd.study.evaluation import run_eval
 
     ckpt = resolve_checkpoint(args.checkpoint)
-    run_dir = ckpt.parent.parent
-    padded = verify_checkpoint(ckpt).get("padded_vocab_size")
-    base = [f"run.dir={run_dir}", "teacher.checkpoint=null"]  # the student alone
-    if padded:
-        base.append(f"model.padded_vocab_size={padded}")
-    cfg = load_config(ckpt / "config.yaml", [*base, *args.overrides])
+    cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", "teacher.checkpoint=null",  # the student alone
+                              *args.overrides], state=verify_checkpoint(ckpt))
 
     def body(cfg, rank):
         tasks = [t for t in (args.tasks or "").split(",") if t]
-        r = run_eval(cfg, Path(ckpt), tasks, args.include_path, args.limit)
+        r = run_eval(cfg, ckpt, tasks, args.include_path, args.limit)
         if rank == 0:
             print(f"{ckpt} (step {r['step']}, {r['tokens']:,} tokens) at seq {r['seq_length']}, "
                   f"tp={r['tp']} pp={r['pp']}:")

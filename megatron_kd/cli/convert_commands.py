@@ -60,7 +60,7 @@ def cmd_mcore_to_hf(args) -> int:
 
 
 def cmd_check_pair(args) -> int:
-    from megatron_kd.convert.pair import check_pair
+    from megatron_kd.distill.teacher import check_pair
 
     ok, lines = check_pair(args.teacher, args.student)
     for line in lines:

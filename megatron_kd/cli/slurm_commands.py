@@ -36,31 +36,14 @@ def add_plan_parser(sub) -> None:
     p.set_defaults(func=cmd_plan)
 
 
-def _teacher_model(cfg):
-    from pathlib import Path
-
-    from megatron_kd.config import load_config
-    from megatron_kd.config.loader import build_dataclass, load_recipe_dict
-    from megatron_kd.config.schema import ModelConfig
-
-    if cfg.teacher.model:
-        return load_config(cfg.teacher.model, purpose="model").model
-    if cfg.teacher.checkpoint:
-        from megatron_kd.training.evaluate import resolve_checkpoint
-
-        ckpt = resolve_checkpoint(Path(cfg.teacher.checkpoint))
-        return build_dataclass(ModelConfig, load_recipe_dict(ckpt / "config.yaml").get("model", {}),
-                               "model", str(ckpt / "config.yaml"))
-    return None
-
-
 def cmd_plan(args) -> int:
     from megatron_kd.config import load_config, validate
+    from megatron_kd.distill.teacher import teacher_model
     from megatron_kd.slurm.plan import GiB, estimate, format_plan, suggest
 
     cfg = load_config(args.recipe, args.overrides)
     validate(cfg, args.gpus)
-    teacher = _teacher_model(cfg)
+    teacher = teacher_model(cfg)
     gpu = args.gpu_memory_gb * GiB
     plan = estimate(cfg, teacher, args.gpus)
     who = f"student {cfg.model.name}" + (f" + teacher {teacher.name}" if teacher else "")

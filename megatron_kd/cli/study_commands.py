@@ -80,18 +80,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from megatron_kd.checkpoint.manager import verify_checkpoint
+    from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
     from megatron_kd.cli.commands import _launch
-    from megatron_kd.config import load_config
-    from megatron_kd.study.analyze import run_analyze
-    from megatron_kd.training.evaluate import resolve_checkpoint
+    from megatron_kd.study.analyze import run_analyze  # torch and megatron-core: after parsing
 
     ckpt = resolve_checkpoint(args.student)
-    padded = verify_checkpoint(ckpt).get("padded_vocab_size")
-    base = [f"run.dir={ckpt.parent.parent}", f"teacher.checkpoint={args.teacher}", "teacher.model=null"]
-    if padded:
-        base.append(f"model.padded_vocab_size={padded}")
-    cfg = load_config(ckpt / "config.yaml", [*base, *args.overrides])
+    cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", f"teacher.checkpoint={args.teacher}",
+                              "teacher.model=null", *args.overrides], state=verify_checkpoint(ckpt))
     out = ckpt.parent.parent / "analyze" / f"{Path(args.teacher).name}__{ckpt.name}.json"
 
     def body(cfg, rank):

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.validate import validate
 from megatron_kd.errors import ConfigError
 
 RECIPES_ROOT = Path(os.environ.get("MKD_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
@@ -232,8 +233,6 @@ def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:
 def load_config(recipe: str | os.PathLike | None, overrides: list[str] | None = None,
                 purpose: str = "train") -> RunConfig:
     """Load, merge, override, type-check and validate a recipe (see validate's `purpose`)."""
-    from megatron_kd.config.validate import validate
-
     overrides = list(overrides or [])
     if recipe is None:
         data, source = {}, "overrides"

@@ -150,18 +150,38 @@ def _validate_data(cfg: RunConfig) -> None:
     _require(split[0] > 0, f"data.split={d.split!r} leaves nothing for training")
 
 
+KD_KINDS = ("forward_kl", "reverse_kl", "jsd", "hard")
+
+
+def kd_option_problem(kind: str, temperature: float, top_k: int | None, top_p: float | None,
+                      other_bucket: bool, jsd_beta: float) -> str | None:
+    """The range rules of the KD options, the one copy: the validator (recipe keys) and
+    distill.options.KDOptions (direct callers of the losses) both ask it. None when valid."""
+    if kind not in KD_KINDS:
+        return f"kd kind must be one of {KD_KINDS}, got {kind!r}"
+    if not temperature > 0:  # also catches NaN
+        return f"kd.temperature must be > 0, got {temperature}"
+    if top_k is not None and top_k < 1:
+        return f"kd.top_k must be >= 1, got {top_k}"
+    if top_p is not None and not 0 < top_p <= 1:
+        return f"kd.top_p must be in (0, 1], got {top_p}"
+    if top_k is not None and top_p is not None:
+        return "kd.top_k and kd.top_p are exclusive; set one"
+    if (top_k or top_p) and kind != "forward_kl":
+        return f"kd.top_k/top_p truncate the teacher for kd.kind=forward_kl, not {kind}"
+    if other_bucket and not (top_k or top_p):
+        return "kd.other_bucket needs kd.top_k or kd.top_p"
+    if not 0 < jsd_beta < 1:
+        return (f"kd.jsd_beta must be in (0, 1) (use forward_kl / reverse_kl for the end points), "
+                f"got {jsd_beta}")
+    return None
+
+
 def _validate_kd(cfg: RunConfig) -> None:
     kd = cfg.kd
     _require(0.0 <= kd.alpha <= 1.0, f"kd.alpha must be in [0, 1], got {kd.alpha}")
-    _require(kd.temperature > 0, f"kd.temperature must be > 0, got {kd.temperature}")
-    _require(kd.top_k is None or kd.top_k >= 1, f"kd.top_k must be >= 1, got {kd.top_k}")
-    _require(kd.top_p is None or 0 < kd.top_p <= 1, f"kd.top_p must be in (0, 1], got {kd.top_p}")
-    _require(kd.top_k is None or kd.top_p is None, "kd.top_k and kd.top_p are exclusive; set one")
-    _require(not (kd.top_k or kd.top_p) or kd.kind == "forward_kl",
-             f"kd.top_k/top_p truncate the teacher for kd.kind=forward_kl, not {kd.kind}")
-    _require(not kd.other_bucket or bool(kd.top_k or kd.top_p),
-             "kd.other_bucket needs kd.top_k or kd.top_p")
-    _require(0 < kd.jsd_beta < 1, f"kd.jsd_beta must be in (0, 1), got {kd.jsd_beta}")
+    problem = kd_option_problem(kd.kind, kd.temperature, kd.top_k, kd.top_p, kd.other_bucket, kd.jsd_beta)
+    _require(problem is None, problem or "")
     _require(kd.chunk_size is None or kd.chunk_size >= 1, f"kd.chunk_size must be >= 1, got {kd.chunk_size}")
     _require(not (kd.fused_output_layer and kd.mix == "magnitude_matched"),
              "kd.fused_output_layer computes the gradients in one pass and cannot rescale KD by "
@@ -180,7 +200,16 @@ def _validate_kd(cfg: RunConfig) -> None:
                  f"kd.temperature_schedule.final must be > 0, got {kd.temperature_schedule.final}")
 
 
+def padded_vocab(model, tp: int) -> int:
+    """The padded vocabulary a model is built with at tensor-parallel size `tp`: its explicit
+    `padded_vocab_size` (taken from a checkpoint or a teacher), else megatron's rule. Every
+    place that sizes logits, embeddings or memory asks this function."""
+    if model.padded_vocab_size is not None:
+        return model.padded_vocab_size
+    return padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, tp)
+
+
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Megatron's convention: pad so each TP shard has a multiple of `divisible_by` entries."""
+    """Megatron's rule: pad so each TP shard has a multiple of `divisible_by` entries."""
     multiple = divisible_by * tp
     return ((vocab_size + multiple - 1) // multiple) * multiple

@@ -23,80 +23,8 @@ from megatron_kd.errors import ConfigError
 
 log = logging.getLogger("megatron_kd.convert")
 
-SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "generation_config.json")
-_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def read_hf_config(hf_dir: Path) -> dict:
-    path = Path(hf_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"'{hf_dir}' is not a Hugging Face model directory (no config.json)")
-    cfg = json.loads(path.read_text())
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in SUPPORTED:
-        raise ConfigError(f"unsupported Hugging Face architecture {arch} in {path}; supported: "
-                          f"{', '.join(SUPPORTED)}")
-    return cfg
-
-
-def _rope(cfg: dict) -> tuple[float, bool, float]:
-    """(theta, llama3 scaling?, factor); transformers 5 nests these in rope_parameters."""
-    params = cfg.get("rope_parameters") or {}
-    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    scaling = cfg.get("rope_scaling") or (params if params.get("rope_type") not in (None, "default") else None)
-    if not scaling or scaling.get("rope_type", scaling.get("type")) in (None, "default"):
-        return theta, False, 8.0
-    kind = scaling.get("rope_type", scaling.get("type"))
-    expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    if kind != "llama3" or any(float(scaling.get(k, v)) != v for k, v in expected.items()):
-        raise ConfigError(f"unsupported RoPE scaling {scaling}; megatron-core supports llama3 scaling "
-                          "with low_freq_factor 1, high_freq_factor 4, original length 8192")
-    return theta, True, float(scaling.get("factor", 8.0))
-
-
-def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
-    arch = SUPPORTED[cfg["architectures"][0]]
-    heads = cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    if arch == "qwen2" or cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ConfigError(f"unsupported Hugging Face model {cfg['architectures'][0]} with biases; "
-                          "megatron_kd's llama-style models have no biases (Llama, Qwen3)")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"unsupported activation {cfg.get('hidden_act')}; SwiGLU (silu) only")
-    theta, scaling, factor = _rope(cfg)
-    return ModelConfig(
-        name=name, num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
-        ffn_hidden_size=cfg["intermediate_size"], num_attention_heads=heads,
-        num_query_groups=cfg.get("num_key_value_heads", heads),
-        kv_channels=head_dim if head_dim * heads != cfg["hidden_size"] else None,
-        vocab_size=cfg["vocab_size"], make_vocab_size_divisible_by=128,
-        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-        rotary_base=int(theta), rope_scaling=scaling, rope_scaling_factor=factor,
-        untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", False),
-        qk_layernorm=arch == "qwen3", norm_epsilon=cfg.get("rms_norm_eps", 1e-5),
-        init_method_std=cfg.get("initializer_range", 0.02))
-
-
-def model_config_to_hf(m: ModelConfig, dtype: str) -> dict:
-    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
-    arch = "Qwen3ForCausalLM" if m.qk_layernorm else "LlamaForCausalLM"
-    rope = {"rope_theta": float(m.rotary_base), "rope_type": "default"}
-    if m.rope_scaling:
-        rope = {"rope_theta": float(m.rotary_base), "rope_type": "llama3", "factor": m.rope_scaling_factor,
-                "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    return {
-        "architectures": [arch], "model_type": "qwen3" if m.qk_layernorm else "llama",
-        "hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size,
-        "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
-        "num_key_value_heads": m.num_query_groups or m.num_attention_heads, "head_dim": head_dim,
-        "vocab_size": m.vocab_size, "max_position_embeddings": m.max_position_embeddings,
-        "rms_norm_eps": m.norm_epsilon, "rope_parameters": rope, "hidden_act": "silu",
-        "tie_word_embeddings": not m.untie_embeddings_and_output_weights,
-        "attention_bias": False, "mlp_bias": False, "initializer_range": m.init_method_std,
-        "torch_dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
-    }
 
 
 # --- tensor name and layout mapping -------------------------------------------------------

@@ -10,23 +10,19 @@ from pathlib import Path
 import torch
 import yaml
 
+from megatron_kd.checkpoint.model_io import load_model_weights
+from megatron_kd.checkpoint.refs import STATE_FILE, resolve_checkpoint, saved_config, verify_checkpoint
+from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import DataConfig, ParallelConfig, PrecisionConfig, RunConfig
-from megatron_kd.convert.hf import (
-    _DTYPES,
-    _SafetensorsReader,
-    copy_tokenizer_files,
-    hf_to_model_config,
-    iter_hf_tensors,
-    load_hf_weights,
-    model_config_to_hf,
-    read_hf_config,
-)
+from megatron_kd.convert.hf import _SafetensorsReader, copy_tokenizer_files, iter_hf_tensors, load_hf_weights
+from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
+from megatron_kd.models.gpt import build_gpt_model
+from megatron_kd.models.hf_config import HF_DTYPES, hf_to_model_config, model_config_to_hf, read_hf_config
+from megatron_kd.runtime.distributed import init_distributed
 
 
 def _ensure_process_group(seed: int = 0) -> None:
-    from megatron_kd.runtime.distributed import init_distributed
-
     if not torch.distributed.is_initialized():
         init_distributed(ParallelConfig(), seed)
 
@@ -42,14 +38,10 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     """Convert a HF Llama/Qwen3 directory into a megatron_kd checkpoint directory."""
     from megatron.core import dist_checkpointing
 
-    from megatron_kd.config import dump_config
-    from megatron_kd.data.tokenizer import Tokenizer
-    from megatron_kd.models.gpt import build_gpt_model, model_padded_vocab
-
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_cfg = read_hf_config(hf_dir)
     model_cfg = hf_to_model_config(hf_cfg, hf_dir.name)
-    dtype = dtype or _DTYPES.get(str(hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")), "fp32")
+    dtype = dtype or HF_DTYPES.get(str(hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")), "fp32")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
     reader = _SafetensorsReader(hf_dir)
@@ -73,28 +65,20 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
         + yaml.safe_dump({"model": dataclasses.asdict(model_cfg)}, sort_keys=False))
     state = {"step": 0, "consumed_samples": 0, "tokens": 0, "kind": "converted",
              "source": str(hf_dir.resolve()), "world_size": 1, "parallel": {"tp": 1, "pp": 1},
-             "padded_vocab_size": model_padded_vocab(model_cfg, 1), "tokenizer": tok,
+             "padded_vocab_size": padded_vocab(model_cfg, 1), "tokenizer": tok,
              "tokenizer_files": copied}
-    (out_dir / "mkd_state.json").write_text(json.dumps(state, indent=2))
+    (out_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     return out_dir
 
 
 def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> Path:
     """Write a megatron_kd checkpoint as a HF directory (sharded safetensors + index)."""
-    from safetensors.torch import save_file
-
-    from megatron_kd.checkpoint.manager import verify_checkpoint
-    from megatron_kd.checkpoint.model_io import load_model_weights
-    from megatron_kd.config import load_config
-    from megatron_kd.models.gpt import build_gpt_model
-    from megatron_kd.training.evaluate import resolve_checkpoint
+    from safetensors.torch import save_file  # safetensors: only the exporter needs it
 
     ckpt = resolve_checkpoint(checkpoint)
     state = verify_checkpoint(ckpt)
-    over = ["parallel.tp=1", "parallel.pp=1", "teacher.checkpoint=null"]
-    if state.get("padded_vocab_size"):
-        over.append(f"model.padded_vocab_size={state['padded_vocab_size']}")
-    cfg = load_config(ckpt / "config.yaml", over, purpose="model")
+    cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "teacher.checkpoint=null"],
+                       purpose="model", state=state)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")

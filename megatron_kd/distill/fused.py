@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_kd.distill.losses import KDOptions, _group_size
+from megatron_kd.distill.losses import _group_size
+from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.mixed import STATS, RowLoss, default_row_chunk, scratch_for
 
 
@@ -81,21 +82,16 @@ class _FusedOutputKD(torch.autograd.Function):
 
 
 def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
-                    labels: torch.Tensor, loss_mask: torch.Tensor, *, ce_weight: float,
-                    kd_weight: float, kind: str = "forward_kl", temperature: float = 1.0,
-                    t2_scale: bool = True, top_k: int | None = None, top_p: float | None = None,
-                    other_bucket: bool = False, jsd_beta: float = 0.5,
-                    vocab_size: int | None = None, tp_group=None, chunk_size: int | None = None,
+                    labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
+                    ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
                     gemm_chunk_size: int | None = None,
                     metrics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}).
 
-    h_s `[N, H_s]`, w_s `[V/TP, H_s]`, h_t `[N, H_t]`, w_t `[V/TP, H_t]`, labels and loss_mask `[N]`.
-    `gemm_chunk_size`: tokens per output-layer chunk (default: default_gemm_chunk);
-    `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk).
+    h_s `[N, H_s]`, w_s `[V/TP, H_s]`, h_t `[N, H_t]`, w_t `[V/TP, H_t]`, labels and loss_mask `[N]`;
+    `opt`: the KD options. `gemm_chunk_size`: tokens per output-layer chunk (default:
+    default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk).
     """
-    opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
-    opt.check()
     if w_s.shape[0] != w_t.shape[0]:
         raise ValueError(f"student and teacher output layers have {w_s.shape[0]} and {w_t.shape[0]} "
                          "vocabulary rows per rank; align the padded vocabularies first")

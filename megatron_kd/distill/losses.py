@@ -29,37 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-KINDS = ("forward_kl", "reverse_kl", "jsd", "hard")
-
-
-@dataclass(frozen=True)
-class KDOptions:
-    kind: str = "forward_kl"
-    temperature: float = 1.0
-    t2_scale: bool = True
-    top_k: int | None = None
-    top_p: float | None = None
-    other_bucket: bool = False
-    jsd_beta: float = 0.5
-    vocab_size: int | None = None  # true vocabulary; None = no padding columns
-
-    def check(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kd kind must be one of {KINDS}, got {self.kind!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"kd temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"kd top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"kd top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_p is not None:
-            raise ValueError("kd top_k and top_p are exclusive; set one")
-        if (self.top_k or self.top_p) and self.kind != "forward_kl":
-            raise ValueError("kd top_k/top_p truncate the teacher for kind=forward_kl only")
-        if self.kind == "jsd" and not 0 < self.jsd_beta < 1:
-            raise ValueError(f"kd jsd_beta must be in (0, 1) (use forward_kl / reverse_kl for "
-                             f"the end points), got {self.jsd_beta}")
-
+from megatron_kd.distill.options import KINDS, KDOptions  # noqa: F401  (KINDS: the public list)
 
 def _group_size(group) -> int:
     """None means no tensor parallelism (not the default world group)."""
@@ -441,19 +411,15 @@ def require_same_shape(student_logits: torch.Tensor, teacher_logits: torch.Tenso
                          "vocabulary shard); align the teacher's vocabulary first")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
-            kind: str = "forward_kl", temperature: float = 1.0, t2_scale: bool = True,
-            top_k: int | None = None, top_p: float | None = None, other_bucket: bool = False,
-            jsd_beta: float = 0.5, vocab_size: int | None = None,
-            loss_mask: torch.Tensor | None = None, tp_group=None,
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, opt: KDOptions = KDOptions(),
+            *, loss_mask: torch.Tensor | None = None, tp_group=None,
             chunk_size: int | None = None) -> torch.Tensor:
     """Per-token KD loss `[...]` from vocab-sharded logits `[..., V/TP]` (see module doc).
 
-    `tp_group`: the tensor-parallel group the vocabulary is split over (None: one process).
-    `vocab_size`: the true vocabulary; columns at or past it are padding. `loss_mask`: `[...]`,
-    0 for tokens that must not count. `chunk_size`: tokens per chunk (bounds fp32 temporaries).
+    `opt`: kind, temperature, truncation and the true vocabulary (columns at or past
+    `opt.vocab_size` are padding). `tp_group`: the tensor-parallel group the vocabulary is
+    split over (None: one process). `loss_mask`: `[...]`, 0 for tokens that must not count.
+    `chunk_size`: tokens per chunk (bounds fp32 temporaries).
     """
-    opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
-    opt.check()
     require_same_shape(student_logits, teacher_logits)
     return _KDLossFunction.apply(student_logits, teacher_logits, loss_mask, opt, tp_group, chunk_size)

@@ -27,10 +27,11 @@ import math
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.losses import (KDOptions, Scratch, _all_reduce,
+from megatron_kd.distill.losses import (Scratch, _all_reduce,
                                         _chunk_loss_and_grad, _forward_kl_fast, _group_size,
                                         _row_sum, _Shard, _valid_width, default_chunk_size,
                                         require_same_shape, shift_exp_label, teacher_metrics)
+from megatron_kd.distill.options import KDOptions
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
@@ -256,25 +257,20 @@ class _MixedLoss(torch.autograd.Function):
 
 
 def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                  labels: torch.Tensor, loss_mask: torch.Tensor, *, ce_weight: float,
-                  kd_weight: float, kind: str = "forward_kl", temperature: float = 1.0,
-                  t2_scale: bool = True, top_k: int | None = None, top_p: float | None = None,
-                  other_bucket: bool = False, jsd_beta: float = 0.5,
-                  vocab_size: int | None = None, tp_group=None, chunk_size: int | None = None,
+                  labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
+                  ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
                   metrics: bool = True,
                   overwrite_logits: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}) from
     vocab-sharded logits `[..., V/TP]` of both models, labels and loss_mask `[...]`.
 
-    `tp_group`: the group the vocabulary is split over (None: one process); `vocab_size`: the
-    true vocabulary (columns at or past it are padding); `chunk_size`: tokens per chunk (bounds
-    the fp32 temporaries; default `default_row_chunk`); `metrics`: compute the teacher
-    metrics (else their sums are 0); `overwrite_logits`: write the gradient over
-    `student_logits` (as megatron-core's CE writes its softmax over its input): no new
-    logits-sized buffer, and the logits are gone after the call.
+    `opt`: the KD options (`opt.vocab_size`: the true vocabulary, columns at or past it are
+    padding); `tp_group`: the group the vocabulary is split over (None: one process);
+    `chunk_size`: tokens per chunk (bounds the fp32 temporaries; default `default_row_chunk`);
+    `metrics`: compute the teacher metrics (else their sums are 0); `overwrite_logits`: write
+    the gradient over `student_logits` (as megatron-core's CE writes its softmax over its
+    input): no new logits-sized buffer, and the logits are gone after the call.
     """
-    opt = KDOptions(kind, temperature, t2_scale, top_k, top_p, other_bucket, jsd_beta, vocab_size)
-    opt.check()
     require_same_shape(student_logits, teacher_logits)
     if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \
             loss_mask.numel() != labels.numel():

@@ -10,15 +10,14 @@ student's (`[s, b, h_student + h_teacher]`); the last stage returns both logits 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
+from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.errors import ConfigError
-
-log = logging.getLogger("megatron_kd.distill")
+from megatron_kd.models.gpt import build_gpt_model
 
 
 class DistillationModel(torch.nn.Module):
@@ -100,68 +99,8 @@ def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):
     return adjust
 
 
-def resolve_teacher(cfg: RunConfig) -> tuple[Path, ModelConfig, dict]:
-    """(checkpoint dir, teacher ModelConfig, the checkpoint's state) — checked before any
-    process group starts: a KD run never trains against a teacher it cannot load."""
-    from megatron_kd.checkpoint.manager import verify_checkpoint
-    from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
-    from megatron_kd.training.evaluate import resolve_checkpoint
-
-    ref = cfg.teacher.checkpoint
-    if not Path(ref).exists():
-        raise ConfigError(f"teacher.checkpoint '{ref}' does not exist; train the teacher first "
-                          "(`mkd train ...`) or point at its run dir / checkpoint / HF directory")
-    if (Path(ref) / "config.json").is_file() and not (Path(ref) / "mkd_state.json").is_file():
-        from megatron_kd.convert.cache import ensure_converted
-
-        ref = str(ensure_converted(Path(ref)))
-    ckpt = resolve_checkpoint(ref)
-    state = verify_checkpoint(ckpt)
-    saved = load_recipe_dict(ckpt / "config.yaml").get("model", {})
-    saved_model = build_dataclass(ModelConfig, saved, "model", str(ckpt / "config.yaml"))
-    if cfg.teacher.model:
-        recipe = resolve_recipe_path(cfg.teacher.model)
-        teacher = build_dataclass(ModelConfig, load_recipe_dict(recipe).get("model", {}), "model", str(recipe))
-        arch = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                "num_query_groups", "kv_channels", "vocab_size", "untie_embeddings_and_output_weights",
-                "qk_layernorm")
-        diff = [f"{a}: recipe {getattr(teacher, a)} vs checkpoint {getattr(saved_model, a)}"
-                for a in arch if getattr(teacher, a) != getattr(saved_model, a)]
-        if diff:
-            raise ConfigError(f"teacher checkpoint {ckpt} is another architecture than "
-                              f"teacher.model={cfg.teacher.model} ({'; '.join(diff)}); point "
-                              "teacher.model at the teacher's recipe or drop it")
-    else:
-        teacher = saved_model
-    teacher.padded_vocab_size = state.get("padded_vocab_size") or teacher.padded_vocab_size
-    from megatron_kd.convert.pair import require_compatible
-
-    require_compatible(str(ckpt), cfg)  # tokenizer meaning, vocabulary, sequence length
-    return ckpt, teacher, state
-
-
-def align_padded_vocab(cfg: RunConfig, teacher: ModelConfig) -> None:
-    """Student and teacher logits must be sharded alike: give the student the teacher's padded
-    vocabulary when theirs differ (the extra columns are padding and never count)."""
-    from megatron_kd.models.gpt import model_padded_vocab
-
-    tp = cfg.parallel.tp
-    t_pad, s_pad = model_padded_vocab(teacher, tp), model_padded_vocab(cfg.model, tp)
-    if t_pad == s_pad:
-        return
-    if t_pad % tp:
-        raise ConfigError(f"the teacher's padded vocabulary {t_pad} is not divisible by "
-                          f"parallel.tp={tp}; use a tp that divides {t_pad}")
-    log.info("student padded vocabulary %d -> %d to match the teacher", s_pad, t_pad)
-    cfg.model.padded_vocab_size = t_pad
-    teacher.padded_vocab_size = t_pad
-
-
 def build_teacher(cfg: RunConfig, teacher_model: ModelConfig, ckpt: Path):
     """The teacher for this pipeline stage, weights loaded from `ckpt` and verified."""
-    from megatron_kd.checkpoint.model_io import load_model_weights
-    from megatron_kd.models.gpt import build_gpt_model
-
     teacher = build_gpt_model(teacher_model, cfg.parallel, cfg.precision)
     try:
         load_model_weights(teacher, ckpt, strict=True)

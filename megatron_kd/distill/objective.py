@@ -12,12 +12,34 @@ import torch
 
 from megatron_kd.config.schema import KDConfig
 from megatron_kd.distill.losses import _Shard, kd_loss, teacher_metrics
+from megatron_kd.distill.fused import fused_output_kd
+from megatron_kd.distill.mixed import mixed_kd_loss
+from megatron_kd.distill.options import KDOptions
 
 
 @dataclass(frozen=True)
 class MixWeights:
     ce: float
     kd: float
+
+
+@dataclass(frozen=True)
+class KDObjective:
+    """A run's KD objective, bound once from its KDConfig (and validated then). The scheduled α
+    and T of each step are the only KD values that change; they are passed beside it, so no
+    loss can read the recipe's unscheduled α or T by mistake."""
+
+    opts: KDOptions  # kind, truncation, true vocabulary; temperature replaced per step
+    mix: str
+    chunk_size: int | None
+    teacher_metrics: bool
+    fused_output_layer: bool
+
+    @classmethod
+    def from_config(cls, kd: KDConfig, vocab_size: int) -> "KDObjective":
+        mix_weights(kd.mix, kd.alpha)  # an unknown mix fails here, once
+        return cls(KDOptions.from_config(kd, vocab_size), kd.mix, kd.chunk_size, kd.teacher_metrics,
+                   kd.fused_output_layer)
 
 
 def mix_weights(mix: str, alpha: float) -> MixWeights:
@@ -37,22 +59,20 @@ def _pair(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.stack([total.detach().float(), count.detach().float()])
 
 
-def _reports(count, alpha: float, temperature: float, ce_sum, kd_sum, total,
-             teacher_sums=None) -> dict[str, torch.Tensor]:
+def _reports(count, ce_sum, kd_sum, total, teacher_sums=None) -> dict[str, torch.Tensor]:
     """The per-step reports both loss paths give megatron-core's schedule: (masked sum, token
     count) pairs, averaged over micro-batches and data-parallel ranks by the training loop.
     `teacher_sums`: masked sums of teacher CE, teacher entropy and top-1 agreement, or None."""
     reports = {"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
-               "loss": _pair(total, count), "alpha": _pair(count * alpha, count),
-               "temperature": _pair(count * temperature, count)}
+               "loss": _pair(total, count)}
     if teacher_sums is not None:
         for key, value in zip(("teacher lm loss", "teacher entropy", "top1 agreement"), teacher_sums):
             reports[key] = _pair(value, count)
     return reports
 
 
-def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
-                      teacher_logits, vocab_size: int, tp_group):
+def make_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
+                      teacher_logits, tp_group):
     """The loss function of the unfused path, for logits `[..., V/TP]` of both models and labels
     and loss_mask `[...]` in the same token order: CE, KD and teacher metrics in one pass over the
     logits (mixed.py), except where that cannot give the same result: kd.mix=magnitude_matched
@@ -60,38 +80,36 @@ def make_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, lo
     bit for bit the plain pretraining run, megatron-core's CE)."""
     w = mix_weights(kd.mix, alpha)
     if kd.mix == "magnitude_matched" or w.kd == 0:
-        return _separate_kd_loss_func(kd, alpha, temperature, labels, loss_mask, teacher_logits,
-                                      vocab_size, tp_group)
-    from megatron_kd.distill.mixed import mixed_kd_loss
+        return _separate_kd_loss_func(kd, alpha, temperature, labels, loss_mask, teacher_logits, tp_group)
+    opts = kd.opts.at(temperature)
 
     def loss_func(student_logits: torch.Tensor):
         mask = loss_mask.float()
         count = mask.sum()
         total, sums = mixed_kd_loss(
-            student_logits, teacher_logits, labels, mask, ce_weight=w.ce, kd_weight=w.kd,
-            kind=kd.kind, temperature=temperature, t2_scale=kd.t2_scale, top_k=kd.top_k,
-            top_p=kd.top_p, other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta,
-            vocab_size=vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size,
-            metrics=kd.teacher_metrics, overwrite_logits=True)  # their last reader
-        return total, count.to(torch.int), _sums_reports(kd, count, alpha, temperature, total, sums)
+            student_logits, teacher_logits, labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
+            tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
+            overwrite_logits=True)  # their last reader
+        return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
 
     return loss_func
 
 
-def _sums_reports(kd: KDConfig, count, alpha, temperature, total, sums) -> dict:
+def _sums_reports(kd: KDObjective, count, total, sums) -> dict:
     teacher_sums = None
     if kd.teacher_metrics:
         teacher_sums = (sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"])
-    return _reports(count, alpha, temperature, sums["ce"], sums["kd"], total, teacher_sums)
+    return _reports(count, sums["ce"], sums["kd"], total, teacher_sums)
 
 
-def _separate_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
-                           teacher_logits, vocab_size: int, tp_group):
+def _separate_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
+                           teacher_logits, tp_group):
     """megatron-core's CE, `kd_loss` and `teacher_metrics`, each its own pass, on sequence-major
     logits `[s, b, V/TP]` with labels and loss_mask `[s, b]`."""
     from megatron.core import tensor_parallel
 
     w = mix_weights(kd.mix, alpha)
+    opts = kd.opts.at(temperature)
 
     def loss_func(student_logits: torch.Tensor):
         # Order matters: megatron-core's vocab_parallel_cross_entropy overwrites its input with
@@ -99,13 +117,11 @@ def _separate_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, label
         # each cross entropy is the last use of its logits.
         mask = loss_mask.float()
         count = mask.sum()
-        kd_tok = kd_loss(student_logits, teacher_logits, kind=kd.kind, temperature=temperature,
-                         t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p,
-                         other_bucket=kd.other_bucket, jsd_beta=kd.jsd_beta, vocab_size=vocab_size,
-                         loss_mask=mask, tp_group=tp_group, chunk_size=kd.chunk_size)
+        kd_tok = kd_loss(student_logits, teacher_logits, opts, loss_mask=mask, tp_group=tp_group,
+                         chunk_size=kd.chunk_size)
         teacher_sums = None
         if kd.teacher_metrics:
-            shard = _Shard(student_logits.shape[-1], vocab_size, tp_group, student_logits.device)
+            shard = _Shard(student_logits.shape[-1], opts.vocab_size, tp_group, student_logits.device)
             width = student_logits.shape[-1]
             per_tok = teacher_metrics(student_logits.detach().reshape(-1, width),
                                       teacher_logits.reshape(-1, width), labels, shard)
@@ -119,7 +135,7 @@ def _separate_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, label
         if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
             kd_weight = w.kd * (ce_sum.detach() / kd_sum.detach())
         total = w.ce * ce_sum + kd_weight * kd_sum
-        reports = _reports(count, alpha, temperature, ce_sum, kd_sum, total, teacher_sums)
+        reports = _reports(count, ce_sum, kd_sum, total, teacher_sums)
         return total, count.to(torch.int), reports
 
     return loss_func
@@ -139,14 +155,13 @@ def _tokens_first(h: torch.Tensor, tp_group, sequence_parallel: bool, trainable:
     return h.transpose(0, 1).reshape(-1, h.shape[-1])
 
 
-def make_fused_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labels, loss_mask,
-                            student_weight, teacher_hidden, teacher_weight, vocab_size: int,
-                            tp_group, sequence_parallel: bool):
+def make_fused_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
+                            student_weight, teacher_hidden, teacher_weight, tp_group,
+                            sequence_parallel: bool):
     """The loss function of kd.fused_output_layer: same objective and reports as
     make_kd_loss_func, from hidden states and output weights (megatron_kd/distill/fused.py)."""
-    from megatron_kd.distill.fused import fused_output_kd
-
     w = mix_weights(kd.mix, alpha)
+    opts = kd.opts.at(temperature)
 
     def loss_func(student_hidden: torch.Tensor):
         mask = loss_mask.float().reshape(-1)
@@ -155,11 +170,9 @@ def make_fused_kd_loss_func(kd: KDConfig, alpha: float, temperature: float, labe
             h_t = _tokens_first(teacher_hidden, tp_group, sequence_parallel, trainable=False)
         h_s = _tokens_first(student_hidden, tp_group, sequence_parallel, trainable=True)
         total, sums = fused_output_kd(
-            h_s, student_weight, h_t, teacher_weight, labels.reshape(-1), mask,
-            ce_weight=w.ce, kd_weight=w.kd, kind=kd.kind, temperature=temperature,
-            t2_scale=kd.t2_scale, top_k=kd.top_k, top_p=kd.top_p, other_bucket=kd.other_bucket,
-            jsd_beta=kd.jsd_beta, vocab_size=vocab_size, tp_group=tp_group,
-            chunk_size=kd.chunk_size, metrics=kd.teacher_metrics)
-        return total, count.to(torch.int), _sums_reports(kd, count, alpha, temperature, total, sums)
+            h_s, student_weight, h_t, teacher_weight, labels.reshape(-1), mask, opts,
+            ce_weight=w.ce, kd_weight=w.kd, tp_group=tp_group, chunk_size=kd.chunk_size,
+            metrics=kd.teacher_metrics)
+        return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
 
     return loss_func

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_kd.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
-from megatron_kd.config.validate import padded_vocab_size
+from megatron_kd.config.validate import padded_vocab
 from megatron_kd.errors import SetupError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -93,13 +93,6 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
     )
 
 
-def model_padded_vocab(model: ModelConfig, tp: int) -> int:
-    """The padded vocabulary the model is built with: explicit, or megatron's rule."""
-    if model.padded_vocab_size is not None:
-        return model.padded_vocab_size
-    return padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, tp)
-
-
 def layer_spec(model: ModelConfig, use_te: bool | None = None):
     """ModuleSpec for one decoder layer: TE fused layers on GPU when available, else local."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
@@ -129,7 +122,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),
-        vocab_size=model_padded_vocab(model, parallel.tp),
+        vocab_size=padded_vocab(model, parallel.tp),
         max_sequence_length=model.max_position_embeddings,
         pre_process=pre_process,
         post_process=post_process,

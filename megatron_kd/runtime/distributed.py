@@ -76,7 +76,7 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
 def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | None = None,
                      timeout_s: int = 600) -> LaunchEnv:
     """Start the default process group and megatron-core's TP/PP/DP groups; seed the RNGs."""
-    from megatron_kd.runtime import cpu_compat
+    from megatron_kd.runtime import cpu_compat  # lazy: it patches megatron-core, loaded only to start
 
     launch = launch or detect_launch_env()
     on_cpu = cpu_compat.activate()  # first: it adapts megatron-core's import on CPU

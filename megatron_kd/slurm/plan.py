@@ -21,10 +21,15 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
+from megatron_kd.config import padded_vocab, validate
 from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.distill.fused import default_gemm_chunk
+from megatron_kd.distill.mixed import default_row_chunk
+from megatron_kd.errors import ConfigError
 from megatron_kd.models.params import count_parameters
 
 GiB = 1 << 30
@@ -59,15 +64,13 @@ def _stage_params(m: ModelConfig, tp: int, pp: int, padded_vocab: int) -> tuple[
 
 def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | None = None,
              pp: int | None = None, distributed_optimizer: bool | None = None) -> Plan:
-    from megatron_kd.config.validate import padded_vocab_size
-
     tp = tp or cfg.parallel.tp
     pp = pp or cfg.parallel.pp
     dist_opt = cfg.parallel.distributed_optimizer if distributed_optimizer is None else distributed_optimizer
     dp = max(1, gpus // (tp * pp))
     m, tr = cfg.model, cfg.train
     wbytes = _bytes(cfg.precision.dtype)
-    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
+    padded = padded_vocab(m, tp)
     params, _ = _stage_params(m, tp, pp, padded)
     opt_bytes = 12 if wbytes == 2 else 8
     parts = {"student weights": params * wbytes, "gradients": params * 4,
@@ -88,9 +91,6 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
 def _logits_bytes(cfg: RunConfig, kd: bool, tokens: int, v_local: int, wbytes: int) -> float:
     if not kd:
         return tokens * v_local * (wbytes + 4)
-    from megatron_kd.distill.fused import default_gemm_chunk
-    from megatron_kd.distill.mixed import default_row_chunk
-
     rows = min(tokens, cfg.kd.chunk_size or default_row_chunk(v_local, "cuda", cfg.parallel.tp))
     temps = rows * v_local * 4 * 5  # RowLoss's 4 fp32 temporaries and a chunk of gradient
     if cfg.kd.fused_output_layer:
@@ -102,24 +102,32 @@ def _logits_bytes(cfg: RunConfig, kd: bool, tokens: int, v_local: int, wbytes: i
 
 
 def suggest(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, gpu_bytes: float) -> Plan | None:
-    """The fitting layout with the smallest TP x PP (then the smallest PP), distributed optimizer."""
-    heads = cfg.model.num_attention_heads
-    groups = cfg.model.num_query_groups or heads
+    """The fitting layout with the smallest TP x PP (then the smallest PP), distributed optimizer.
+    Only layouts `mkd train` accepts: each candidate is put to the validator (the student's run
+    on `gpus` processes, and the teacher's model at the same TP/PP)."""
     options = []
     for tp in (1, 2, 4, 8):
         for pp in (1, 2, 4, 8, 16):
-            if gpus % (tp * pp) or heads % tp or groups % tp or cfg.model.num_layers % pp:
-                continue
-            if teacher is not None and (teacher.num_attention_heads % tp or teacher.num_layers % pp
-                                        or (teacher.num_query_groups or teacher.num_attention_heads) % tp):
+            if not _valid_layout(cfg, teacher, gpus, tp, pp):
                 continue
             plan = estimate(cfg, teacher, gpus, tp, pp, distributed_optimizer=True)
-            dp = gpus // (tp * pp)
-            if cfg.train.global_batch_size % (cfg.train.micro_batch_size * dp):
-                continue
             if plan.total <= gpu_bytes:
                 options.append((tp * pp, pp, plan))
     return min(options, key=lambda o: (o[0], o[1]))[2] if options else None
+
+
+def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int, pp: int) -> bool:
+    cand = copy.deepcopy(cfg)
+    cand.parallel.tp, cand.parallel.pp, cand.parallel.distributed_optimizer = tp, pp, True
+    cand.parallel.world_size = None
+    try:
+        validate(cand, gpus)
+        if teacher is not None:
+            cand.model = copy.deepcopy(teacher)
+            validate(cand, gpus, purpose="model")
+    except ConfigError:
+        return False
+    return True
 
 
 def format_plan(plan: Plan, gpu_bytes: float, title: str) -> list[str]:

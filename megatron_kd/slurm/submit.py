@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_kd.config import load_config
+from megatron_kd.config import load_config, validate
 from megatron_kd.config.loader import resolve_recipe_path
 from megatron_kd.errors import ConfigError, SetupError
 from megatron_kd.runtime.preemption import EXIT_PREEMPTED
@@ -64,8 +64,6 @@ def render(spec: JobSpec) -> tuple[str, Path]:
         raise ConfigError("a job needs --nodes >= 1 and --gpus-per-node >= 1 (or --ntasks-per-node)")
     world = spec.nodes * tasks_per_node
     cfg = load_config(recipe, spec.overrides)
-    from megatron_kd.config import validate
-
     validate(cfg, world)
     run_dir = Path(cfg.run.dir).resolve() if Path(cfg.run.dir).is_absolute() else (Path.cwd() / cfg.run.dir)
     name = _check_value("job-name", spec.job_name or f"mkd-{cfg.run.name}")

@@ -8,22 +8,21 @@ from pathlib import Path
 
 import torch
 
+from megatron_kd.checkpoint.manager import load_checkpoint
 from megatron_kd.config.schema import RunConfig
+from megatron_kd.data.batches import MicroBatchIterator
+from megatron_kd.data.datasets import build_datasets, load_tokenizer
+from megatron_kd.distill.losses import _argmax_ids, _log_softmax, _Shard, _valid_width, kd_loss
+from megatron_kd.distill.options import KDOptions
+from megatron_kd.errors import ConfigError
+from megatron_kd.training.loop import prepare_kd
+from megatron_kd.training.setup import TrainState, build_ddp_model
 
 
 def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> dict:
     from megatron.core import parallel_state
 
-    from megatron_kd.checkpoint.manager import load_checkpoint
-    from megatron_kd.data.batches import MicroBatchIterator
-    from megatron_kd.data.datasets import build_datasets, load_tokenizer
-    from megatron_kd.distill.losses import _argmax_ids, _log_softmax, _Shard, _valid_width, kd_loss
-    from megatron_kd.training.loop import prepare_kd
-    from megatron_kd.training.setup import TrainState, build_ddp_model
-
     if cfg.parallel.pp != 1:
-        from megatron_kd.errors import ConfigError
-
         raise ConfigError("mkd analyze runs with parallel.pp=1 (any TP); set parallel.pp=1")
     teacher, _ = prepare_kd(cfg)
     state = TrainState(model=build_ddp_model(cfg, teacher), optimizer=None, scheduler=None)
@@ -53,10 +52,10 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
                     ent.append((e * mask).sum())
                 nv = _valid_width(shard)  # padding columns never win
                 agree = (_argmax_ids(s_logits[..., :nv], shard) == _argmax_ids(t_logits[..., :nv], shard)).float()
-                kw = dict(vocab_size=V, loss_mask=mask, tp_group=tp_group)
-                fkl = kd_loss(s_logits, t_logits, kind="forward_kl", **kw).sum()
-                rkl = kd_loss(s_logits, t_logits, kind="reverse_kl", **kw).sum()
-                js = kd_loss(s_logits, t_logits, kind="jsd", jsd_beta=0.5, **kw).sum()
+                kw = dict(loss_mask=mask, tp_group=tp_group)
+                fkl = kd_loss(s_logits, t_logits, KDOptions("forward_kl", vocab_size=V), **kw).sum()
+                rkl = kd_loss(s_logits, t_logits, KDOptions("reverse_kl", vocab_size=V), **kw).sum()
+                js = kd_loss(s_logits, t_logits, KDOptions("jsd", jsd_beta=0.5, vocab_size=V), **kw).sum()
             sums += torch.tensor([ent[0], ent[1], (agree * mask).sum(), fkl, rkl, js, mask.sum()],
                                  dtype=torch.float64)
         torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())

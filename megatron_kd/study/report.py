@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from megatron_kd.config import load_config
+from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.params import human, train_flops_per_token
 
@@ -46,9 +47,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
                "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
                "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens}
         if p.get("teacher"):
-            from megatron_kd.distill.model import resolve_teacher
-
-            _, tm, state = resolve_teacher(cfg)
+            _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
             per_tok = train_flops_per_token(tm, cfg.train.seq_length)
             row["teacher_kd_flops"] = per_tok / 3 * tokens  # forward only
             t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import yaml
 
-from megatron_kd.config import dump_config, load_config
+from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
+from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.config.loader import resolve_recipe_path
 from megatron_kd.errors import ConfigError
 
@@ -159,8 +160,6 @@ def resolve_point(spec: dict, point: Point):
         model_part = load_config(point.student, purpose="model").model
         cfg.model = model_part
         # re-validate the combination (e.g. heads vs TP) with the student swapped in
-        from megatron_kd.config import validate
-
         validate(cfg)
     if point.teacher is None:
         cfg.teacher.checkpoint = None
@@ -216,8 +215,6 @@ def evaluate_teachers(spec: dict) -> dict:
 
 
 def finished(run_dir: Path) -> bool:
-    from megatron_kd.checkpoint.manager import latest_checkpoint, read_state
-
     latest = latest_checkpoint(run_dir / "checkpoints")
     return latest is not None and read_state(latest)["kind"] == "final"
 

@@ -15,24 +15,25 @@ import torch
 
 from megatron_kd.checkpoint.manager import (
     checkpoint_root,
-    latest_checkpoint,
     load_checkpoint,
     remove_partial_saves,
     save_checkpoint,
-    verify_checkpoint,
 )
+from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
 from megatron_kd.config import dump_config
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
+from megatron_kd.distill.objective import KDObjective
+from megatron_kd.distill.schedules import scheduled_value
+from megatron_kd.distill.teacher import align_padded_vocab, resolve_teacher
 from megatron_kd.errors import MKDError
+from megatron_kd.runtime import preemption
+from megatron_kd.training.evaluate import evaluate
 from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.run_dir import check_run_dir
 from megatron_kd.training.setup import TrainState, build_train_state
-from megatron_kd.distill.model import align_padded_vocab, resolve_teacher
-from megatron_kd.runtime import preemption
-from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.training.steps import (
     KD_REPORTS,
     StepContext,
@@ -104,18 +105,19 @@ def _injected_nan_steps() -> set[int]:
     return {int(x) for x in raw.split(",") if x.strip()}
 
 
-def prepare_kd(cfg: RunConfig):
+def prepare_kd(cfg: RunConfig, check_teacher: bool = True):
     """(teacher spec for build_train_state, StepContext) — (None, plain context) without KD.
-    May set cfg.model.padded_vocab_size to the teacher's (call before building the student)."""
+    May set cfg.model.padded_vocab_size to the teacher's (call before building the student).
+    `check_teacher=False` when this launch already checked the teacher (mkd train does, once)."""
     from megatron.core import parallel_state
 
     if not cfg.teacher.checkpoint:
         return None, StepContext()
-    ckpt, teacher_model, _ = resolve_teacher(cfg)
+    ckpt, teacher_model, _ = resolve_teacher(cfg, check=check_teacher)
     align_padded_vocab(cfg, teacher_model)
     keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if cfg.kd.teacher_metrics or
                                   not k.startswith(("teacher", "top1"))]
-    ctx = StepContext(kd=cfg.kd, vocab_size=cfg.model.vocab_size, report_keys=keys,
+    ctx = StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), report_keys=keys,
                       tp_group=parallel_state.get_tensor_model_parallel_group(),
                       alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
                       sequence_parallel=cfg.parallel.sequence_parallel)
@@ -131,9 +133,10 @@ def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
     return [b for b in sorted(set(cfg.checkpoint.save_at_tokens)) if before < b <= now]
 
 
-def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
+def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool = False) -> dict[str, float]:
     """Train (or resume) to the configured length; returns the last metrics (same on all ranks).
-    With `teacher.checkpoint` set, the student learns from the frozen teacher (kd section)."""
+    With `teacher.checkpoint` set, the student learns from the frozen teacher (kd section);
+    `teacher_checked`: the launch already verified it (resolve_teacher's checks run once)."""
     from megatron.core import parallel_state
 
     rank = torch.distributed.get_rank()
@@ -149,7 +152,7 @@ def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
             saved = verify_checkpoint(Path(source)).get("padded_vocab_size")
             cfg.model.padded_vocab_size = saved or cfg.model.padded_vocab_size
             break
-    teacher, ctx = prepare_kd(cfg)
+    teacher, ctx = prepare_kd(cfg, check_teacher=not teacher_checked)
     if rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
     tokenizer = load_tokenizer(cfg)
@@ -172,7 +175,6 @@ def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
         parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
         consumed_samples=state.consumed_samples)
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0)
-    from megatron_kd.training.evaluate import evaluate
 
     for chunk in state.model:
         chunk.train()
@@ -188,6 +190,8 @@ def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
                 ctx.alpha = scheduled_value(cfg.kd.alpha, cfg.kd.alpha_schedule, progress)
                 ctx.temperature = scheduled_value(cfg.kd.temperature, cfg.kd.temperature_schedule, progress)
             metrics = train_step(cfg, state, data_iterator, ctx)
+            if ctx.kd is not None:  # the loop owns the schedule, so it logs α and T itself
+                metrics["alpha"], metrics["temperature"] = ctx.alpha, ctx.temperature
             dt = time.perf_counter() - t0
             step = state.step
             skipped = skipped + 1 if metrics["skipped"] else 0
@@ -205,7 +209,8 @@ def run_training(cfg: RunConfig, overwrite: bool = False) -> dict[str, float]:
                       "lm_loss": metrics["lm loss"], "lr": metrics["lr"],
                       "grad_norm": metrics["grad_norm"], "tokens_per_s": per_step / dt,
                       "skipped": int(metrics["skipped"])}
-            record.update({k.replace(" ", "_"): metrics[k] for k in KD_REPORTS if k in metrics})
+            record.update({k.replace(" ", "_"): metrics[k] for k in ["alpha", "temperature", *KD_REPORTS]
+                           if k in metrics})
             last = step == total
             if (cfg.logging.eval_interval and step % cfg.logging.eval_interval == 0) or last:
                 for name, value in evaluate(cfg, state.model, valid_sets).items():

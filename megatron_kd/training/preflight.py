@@ -10,8 +10,12 @@ import errno
 import tempfile
 from pathlib import Path
 
+from megatron_kd.checkpoint.manager import checkpoint_root
+from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
 from megatron_kd.config.schema import RunConfig
+from megatron_kd.data.datasets import check_prefix, load_tokenizer
 from megatron_kd.errors import ConfigError
+from megatron_kd.training.run_dir import check_run_dir
 
 
 def check_writable(directory: Path, what: str) -> None:
@@ -44,8 +48,6 @@ def check_data(cfg: RunConfig) -> None:
     with data.tokenizer (see datasets.check_prefix)."""
     if cfg.data.mock:
         return
-    from megatron_kd.data.datasets import check_prefix, load_tokenizer
-
     tokenizer = load_tokenizer(cfg)
     for prefix in cfg.data.train:
         check_prefix(prefix, tokenizer, "data.train")
@@ -54,9 +56,6 @@ def check_data(cfg: RunConfig) -> None:
 
 
 def preflight_train(cfg: RunConfig, overwrite: bool) -> None:
-    from megatron_kd.checkpoint.manager import checkpoint_root, latest_checkpoint, verify_checkpoint
-    from megatron_kd.training.run_dir import check_run_dir
-
     check_run_dir(cfg, overwrite, delete=False)
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)

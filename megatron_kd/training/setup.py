@@ -11,6 +11,7 @@ import torch
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import train_steps
+from megatron_kd.distill.model import DistillationModel, build_teacher
 from megatron_kd.models.gpt import build_gpt_model
 
 
@@ -32,8 +33,6 @@ def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
 
     model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision)
     if teacher is not None:
-        from megatron_kd.distill.model import DistillationModel, build_teacher
-
         if not isinstance(teacher, torch.nn.Module):  # (checkpoint, ModelConfig): load it
             ckpt, teacher_model = teacher
             teacher = build_teacher(cfg, teacher_model, ckpt)

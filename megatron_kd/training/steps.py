@@ -8,19 +8,22 @@ from functools import partial
 
 import torch
 
-from megatron_kd.config.schema import KDConfig, RunConfig
+from megatron_kd.config.schema import RunConfig
+from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn
+from megatron_kd.distill.objective import KDObjective, make_fused_kd_loss_func, make_kd_loss_func
 
-KD_REPORTS = ["kd loss", "alpha", "temperature", "teacher lm loss", "teacher entropy", "top1 agreement"]
+# What the KD loss reports per step (token-weighted means); α and T are logged by the loop.
+KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement"]
 
 
 @dataclass
 class StepContext:
-    """Per-step inputs of the forward step beyond the batch (KD's current α and T)."""
+    """Per-step inputs of the forward step beyond the batch: the run's KD objective (bound once)
+    and this step's scheduled α and T, the only KD values that change."""
 
-    kd: KDConfig | None = None
+    kd: KDObjective | None = None
     alpha: float = 0.0
     temperature: float = 1.0
-    vocab_size: int = 0
     tp_group: object = None
     sequence_parallel: bool = False
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
@@ -47,24 +50,20 @@ def make_forward_step(ctx: StepContext):
         if ctx.kd is None:
             output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
             return output, partial(lm_loss_func, batch["loss_mask"])
-        from megatron_kd.distill.objective import make_kd_loss_func
-
         out = model(batch["tokens"], batch["position_ids"], None)
         if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
             return out, None
         student_logits, teacher_logits = out
         if ctx.kd.fused_output_layer:  # (hidden states, output weight) of each model
-            from megatron_kd.distill.objective import make_fused_kd_loss_func
-
             (h_s, w_s), (h_t, w_t) = student_logits, teacher_logits
             return h_s, make_fused_kd_loss_func(
                 ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
-                w_s, h_t, w_t, ctx.vocab_size, ctx.tp_group, ctx.sequence_parallel)
+                w_s, h_t, w_t, ctx.tp_group, ctx.sequence_parallel)
         # the logits are sequence-major [s, b, V/TP]: labels and mask [b, s] are transposed
         return student_logits, make_kd_loss_func(
             ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(),
             batch["loss_mask"].t().contiguous(),
-            teacher_logits, ctx.vocab_size, ctx.tp_group)
+            teacher_logits, ctx.tp_group)
 
     return forward_step
 
@@ -96,8 +95,6 @@ def broadcast_from_last_stage(values: dict[str, float], keys: list[str]) -> dict
 
 def pipeline_shapes_fn(cfg: RunConfig, model_chunks: list):
     """For KD under PP, the p2p tensors carry the teacher's hidden states too."""
-    from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn
-
     inner = model_chunks[0].module
     if cfg.parallel.pp > 1 and isinstance(inner, DistillationModel):
         return pp_tensor_shapes_fn(inner.student_hidden, inner.teacher.config.hidden_size)

@@ -78,10 +78,9 @@ def _unfused(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, group, rank, siz
 
     from megatron_kd.distill.losses import kd_loss
 
-    kd_opt = {k: v for k, v in opt.items() if k not in ("chunk_size", "gemm_chunk_size")}
     zs = h_s @ w_s.t()
     zt = h_t @ w_t.t()
-    kd_tok = kd_loss(zs, zt, vocab_size=VOCAB, loss_mask=mask, tp_group=group, **kd_opt)
+    kd_tok = kd_loss(zs, zt, _split(opt)[0], loss_mask=mask, tp_group=group)
     if size == 1:
         ce_tok = F.cross_entropy(zs, labels, reduction="none")
     else:  # last reader of zs: it overwrites its input with the softmax
@@ -109,11 +108,11 @@ def _on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, ref, group, co
         ref = _reference_on_logits(zs.double(), zt.double(), labels, mask, opt, kd_w, ce_w)
     s_local = zs[:, cols].reshape(2, N // 2, -1).clone().requires_grad_(True)
     t_local = zt[:, cols].reshape(2, N // 2, -1).clone()
-    kd_opt = {k: v for k, v in opt.items() if k != "gemm_chunk_size"}
+    kd_opt, calls = _split(opt)
     logits = s_local * 1.0  # a non-leaf, as the output layer's logits
-    total, sums = mixed_kd_loss(logits, t_local, labels.reshape(2, -1), mask.reshape(2, -1).float(),
-                                ce_weight=ce_w, kd_weight=kd_w, vocab_size=VOCAB, tp_group=group,
-                                overwrite_logits=overwrite, **kd_opt)
+    total, sums = mixed_kd_loss(logits, t_local, labels.reshape(2, -1), mask.reshape(2, -1).float(), kd_opt,
+                                ce_weight=ce_w, kd_weight=kd_w, tp_group=group,
+                                overwrite_logits=overwrite, chunk_size=calls.get("chunk_size"))
     (2.0 * total).backward()
     tag = ("logits" if dtype == torch.float32 else "logits_bf16") + ("_overwrite" if overwrite else "")
     return {f"{tag}_loss_vs_f64": _rel(total, ref[0]), f"{tag}_ce_vs_f64": _rel(sums["ce"], ref[1]),
@@ -123,19 +122,34 @@ def _on_logits(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w, ref, group, co
             f"{tag}_grad_dtype_mismatch": float(s_local.grad.dtype != dtype)}
 
 
+def _split(opt: dict):
+    """(KDOptions, call arguments such as chunk sizes) from one test case's options."""
+    import dataclasses
+
+    from megatron_kd.distill.options import KDOptions
+
+    fields = {f.name for f in dataclasses.fields(KDOptions)}
+    return (KDOptions(vocab_size=VOCAB, **{k: v for k, v in opt.items() if k in fields}),
+            {k: v for k, v in opt.items() if k not in fields})
+
+
 def _reference_on_logits(zs, zt, labels, mask, opt, kd_w, ce_w):
     """_reference from given logits: identity 'hidden states' and output weights."""
     eye = torch.eye(VPAD, dtype=torch.float64)
     return _reference(zs, eye, zt, eye, labels, mask, opt, kd_w, ce_w)
 
 
-def compare(workdir: str) -> dict:
+def compare(workdir: str | None = None, tps: tuple = (1, 2)) -> dict:
+    """Every case at each TP size in `tps` (on 2 gloo ranks). TP=1 alone, tps=(1,), needs no
+    process group: tests/distill/test_fused.py also runs it in-process, in the fast tier."""
     from megatron_kd.distill.fused import fused_output_kd
 
-    dist.init_process_group("gloo", init_method="env://")
-    rank = dist.get_rank()
+    rank = 0
+    if tuple(tps) != (1,):
+        dist.init_process_group("gloo", init_method="env://")
+        rank = dist.get_rank()
     out = {}
-    for tp in (1, 2):
+    for tp in tps:
         group = None if tp == 1 else dist.new_group([0, 1])
         r = 0 if tp == 1 else rank
         width = VPAD // tp
@@ -146,9 +160,9 @@ def compare(workdir: str) -> dict:
             ref = _reference(h_s, w_s, h_t, w_t, labels, mask, opt, kd_w, ce_w)
             f32 = lambda x: x.float().clone().requires_grad_(True)  # noqa: E731
             hs, ws = f32(h_s), f32(w_s[cols])
-            total, sums = fused_output_kd(hs, ws, h_t.float(), w_t[cols].float(), labels, mask.float(),
-                                          ce_weight=ce_w, kd_weight=kd_w, vocab_size=VOCAB,
-                                          tp_group=group, **opt)
+            kd_opt, calls = _split(opt)
+            total, sums = fused_output_kd(hs, ws, h_t.float(), w_t[cols].float(), labels, mask.float(), kd_opt,
+                                          ce_weight=ce_w, kd_weight=kd_w, tp_group=group, **calls)
             (2.0 * total).backward()  # the incoming gradient scales both results
             grad_h = hs.grad.clone()
             if tp > 1:  # what copy_to_tensor_model_parallel_region's backward does

@@ -98,13 +98,24 @@ INPUTS = ["random", "huge", "neginf", "ties", "masked"]
 
 
 def compare_all(workdir: str) -> dict:
-    from megatron_kd.distill.losses import kd_loss
-
     dist.init_process_group("gloo", init_method="env://")
     rank = dist.get_rank()
     groups = {1: None, 2: None, 4: dist.new_group([0, 1, 2, 3])}
     pair = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     groups[2] = pair[rank // 2]
+    out = compare(groups, rank)
+    dist.destroy_process_group()
+    return out
+
+
+def compare(groups: dict | None = None, rank: int = 0) -> dict:
+    """Every input x option x dtype against the float64 reference, at each TP size in `groups`
+    (TP size -> its process group; this rank's shard). The default, TP=1 alone, needs no process
+    group: tests/distill/test_losses.py also runs it in-process, in the fast tier."""
+    from megatron_kd.distill.losses import kd_loss
+    from megatron_kd.distill.options import KDOptions
+
+    groups = groups or {1: None}
     out = {}
     for inp in INPUTS:
         for name, opt in OPTIONS.items():
@@ -120,14 +131,14 @@ def compare_all(workdir: str) -> dict:
                     ref_loss_d, ref_grad_d = reference(zs_d.float(), zt_d.float(), opt, mask, vocab)
                 else:
                     ref_loss_d, ref_grad_d = ref_loss, ref_grad
-                for tp in (1, 2, 4):
+                for tp in groups:
                     width = FULL // tp
                     r = (rank % tp) if tp > 1 else 0
                     sl = slice(r * width, (r + 1) * width)
                     s_local = zs_d[:, sl].clone().requires_grad_(True)
                     t_local = zt_d[:, sl].clone()
-                    loss = kd_loss(s_local, t_local, vocab_size=vocab, loss_mask=mask,
-                                   tp_group=groups[tp], chunk_size=5, **opt)
+                    loss = kd_loss(s_local, t_local, KDOptions(vocab_size=vocab, **opt), loss_mask=mask,
+                                   tp_group=groups[tp], chunk_size=5)
                     loss.sum().backward()
                     scale = max(1.0, ref_loss_d.abs().max().item())
                     gscale = max(1.0, ref_grad_d.abs().max().item())
@@ -140,5 +151,4 @@ def compare_all(workdir: str) -> dict:
                         "loss_dtype": str(loss.dtype),
                         "grad_dtype": str(s_local.grad.dtype),
                     }
-    dist.destroy_process_group()
     return out

@@ -1,0 +1,184 @@
+"""The teacher of a KD run: which checkpoint, which model, and can it teach this student.
+
+Depends only on checkpoint references, the config and the models: `resolve_teacher` checks a
+KD run's teacher before any process group starts (a run never trains against a teacher it
+cannot load); `check_pair` (`mkd check-pair`) and every KD run make the same tokenizer,
+vocabulary and sequence-length checks. A side is a megatron_kd checkpoint or run dir, a Hugging
+Face directory, or a recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_kd.checkpoint.refs import (
+    is_hf_dir,
+    read_state,
+    resolve_checkpoint,
+    saved_config,
+    saved_model,
+    verify_checkpoint,
+)
+from megatron_kd.config import load_config, padded_vocab
+from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
+from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.data.tokenizer import Tokenizer, file_sha256
+from megatron_kd.errors import ConfigError
+from megatron_kd.models.hf_config import hf_to_model_config, read_hf_config
+
+log = logging.getLogger("megatron_kd.distill")
+
+_ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                 "num_query_groups", "kv_channels", "vocab_size", "untie_embeddings_and_output_weights",
+                 "qk_layernorm")
+
+
+def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConfig, dict]:
+    """(checkpoint dir, teacher ModelConfig with its padded vocabulary, the checkpoint's state).
+
+    `check=True` (once per launch, before any process starts) also verifies the checkpoint's
+    files and that the teacher can distill into this student (tokenizer meaning included);
+    the ranks of a checked launch resolve with `check=False`."""
+    ref = cfg.teacher.checkpoint
+    if not Path(ref).exists():
+        raise ConfigError(f"teacher.checkpoint '{ref}' does not exist; train the teacher first "
+                          "(`mkd train ...`) or point at its run dir / checkpoint / HF directory")
+    ckpt = resolve_checkpoint(ref)
+    state = verify_checkpoint(ckpt) if check else read_state(ckpt)
+    saved = saved_model(ckpt, state)
+    if cfg.teacher.model:
+        recipe = resolve_recipe_path(cfg.teacher.model)
+        teacher = build_dataclass(ModelConfig, load_recipe_dict(recipe).get("model", {}), "model", str(recipe))
+        diff = [f"{a}: recipe {getattr(teacher, a)} vs checkpoint {getattr(saved, a)}"
+                for a in _ARCHITECTURE if getattr(teacher, a) != getattr(saved, a)]
+        if diff:
+            raise ConfigError(f"teacher checkpoint {ckpt} is another architecture than "
+                              f"teacher.model={cfg.teacher.model} ({'; '.join(diff)}); point "
+                              "teacher.model at the teacher's recipe or drop it")
+        teacher.padded_vocab_size = saved.padded_vocab_size
+    else:
+        teacher = saved
+    if check:
+        require_compatible(str(ckpt), cfg)  # tokenizer meaning, vocabulary, sequence length
+    return ckpt, teacher, state
+
+
+def teacher_model(cfg: RunConfig) -> ModelConfig | None:
+    """The teacher's ModelConfig for planning (no file checks): teacher.model's recipe, else the
+    checkpoint's saved model (padded vocabulary applied); None without a teacher."""
+    if cfg.teacher.model:
+        return load_config(cfg.teacher.model, purpose="model").model
+    if cfg.teacher.checkpoint:
+        return saved_model(resolve_checkpoint(cfg.teacher.checkpoint))
+    return None
+
+
+def align_padded_vocab(cfg: RunConfig, teacher: ModelConfig) -> None:
+    """Student and teacher logits must be sharded alike: give the student the teacher's padded
+    vocabulary when theirs differ (the extra columns are padding and never count)."""
+    tp = cfg.parallel.tp
+    t_pad, s_pad = padded_vocab(teacher, tp), padded_vocab(cfg.model, tp)
+    if t_pad == s_pad:
+        return
+    if t_pad % tp:
+        raise ConfigError(f"the teacher's padded vocabulary {t_pad} is not divisible by "
+                          f"parallel.tp={tp}; use a tp that divides {t_pad}")
+    log.info("student padded vocabulary %d -> %d to match the teacher", s_pad, t_pad)
+    cfg.model.padded_vocab_size = t_pad
+    teacher.padded_vocab_size = t_pad
+
+
+# --- can this teacher distill into this student? -------------------------------------------
+
+@dataclass
+class Side:
+    label: str
+    tokenizer: Path | None
+    vocab_size: int
+    padded_vocab: int
+    max_len: int
+    seq_len: int | None = None
+
+
+def describe(ref: str) -> Side:
+    p = Path(ref)
+    if is_hf_dir(p):  # read its config.json directly: no conversion needed to compare
+        m = hf_to_model_config(read_hf_config(p), p.name)
+        tok = next((p / n for n in ("tokenizer.json", "tokenizer.model") if (p / n).is_file()), None)
+        return Side(f"{ref} (Hugging Face)", tok, m.vocab_size, padded_vocab(m, 1), m.max_position_embeddings)
+    if p.is_dir():
+        ckpt = resolve_checkpoint(p)
+        state = read_state(ckpt)
+        cfg = saved_config(ckpt, ["teacher.checkpoint=null"], purpose="model", state=state)
+        name = (state.get("tokenizer") or {}).get("file")
+        tok = ckpt / name if name and (ckpt / name).is_file() else None
+        return Side(f"{ckpt} (checkpoint)", tok, cfg.model.vocab_size, padded_vocab(cfg.model, 1),
+                    cfg.model.max_position_embeddings, cfg.train.seq_length)
+    cfg = load_config(ref, purpose="model")
+    tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    return Side(f"{ref} (recipe)", tok, cfg.model.vocab_size, padded_vocab(cfg.model, cfg.parallel.tp),
+                cfg.model.max_position_embeddings, cfg.train.seq_length)
+
+
+def compare_tokenizers(a: Path, b: Path, vocab_size: int) -> str | None:
+    """None when the two tokenizers mean the same (same piece for every id), else why not."""
+    if file_sha256(a) == file_sha256(b):
+        return None
+    ta, tb = Tokenizer(a), Tokenizer(b)
+    if ta.vocab_size != tb.vocab_size:
+        return f"{ta.vocab_size} vs {tb.vocab_size} pieces"
+    for i in range(min(vocab_size, ta.vocab_size)):
+        pa, pb = ta.id_to_piece(i), tb.id_to_piece(i)
+        if pa != pb:
+            return f"id {i} is {pa!r} in {a} but {pb!r} in {b}"
+    if ta.eod != tb.eod:
+        return f"end-of-document id {ta.eod} vs {tb.eod}"
+    return None
+
+
+def check_sides(t: Side, s: Side) -> tuple[bool, list[str], list[str]]:
+    """(ok, problems, notes)."""
+    problems, notes = [], []
+    if t.vocab_size != s.vocab_size:
+        problems.append(f"true vocabulary: teacher {t.vocab_size} vs student {s.vocab_size}; "
+                        f"fix: build the student with model.vocab_size={t.vocab_size} and the teacher's tokenizer")
+    if t.tokenizer and s.tokenizer:
+        why = compare_tokenizers(t.tokenizer, s.tokenizer, min(t.vocab_size, s.vocab_size))
+        if why:
+            problems.append(f"tokenizers differ ({why}); fix: tokenize the student's data with the "
+                            f"teacher's tokenizer {t.tokenizer} (`mkd data preprocess --tokenizer ...`)")
+        else:
+            notes.append("tokenizers: same meaning for every id")
+    else:
+        notes.append("tokenizers: not both known, not compared")
+    if t.padded_vocab != s.padded_vocab:
+        notes.append(f"padded vocabulary: teacher {t.padded_vocab} vs student {s.padded_vocab} "
+                     f"(handled: the student takes the teacher's {t.padded_vocab})")
+    need = s.seq_len or s.max_len
+    if need > t.max_len:
+        problems.append(f"sequence length: the student uses {need} tokens but the teacher supports "
+                        f"{t.max_len}; fix: train.seq_length<={t.max_len}")
+    return not problems, problems, notes
+
+
+def check_pair(teacher: str, student: str) -> tuple[bool, list[str]]:
+    t, s = describe(teacher), describe(student)
+    ok, problems, notes = check_sides(t, s)
+    lines = [f"teacher: {t.label}: vocab {t.vocab_size} (padded {t.padded_vocab}), max length {t.max_len}",
+             f"student: {s.label}: vocab {s.vocab_size} (padded {s.padded_vocab}), max length {s.max_len}"]
+    lines += [f"  ok: {n}" for n in notes] + [f"  PROBLEM: {p}" for p in problems]
+    lines.append("verdict: compatible" if ok else "verdict: NOT compatible")
+    return ok, lines
+
+
+def require_compatible(teacher: str, student_cfg: RunConfig) -> None:
+    """The KD run's version of check-pair: the first problem as a ConfigError."""
+    t = describe(teacher)
+    s = Side("student", Path(student_cfg.data.tokenizer) if student_cfg.data.tokenizer else None,
+             student_cfg.model.vocab_size, padded_vocab(student_cfg.model, student_cfg.parallel.tp),
+             student_cfg.model.max_position_embeddings, student_cfg.train.seq_length)
+    ok, problems, _ = check_sides(t, s)
+    if not ok:
+        raise ConfigError(f"teacher {teacher} cannot distill into this student: {problems[0]}")
