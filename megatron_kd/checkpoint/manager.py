@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import logging
+import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -31,7 +31,6 @@ from megatron_kd.checkpoint.refs import (
     STATE_FILE,
     latest_checkpoint,
     read_state,
-    verify_checkpoint,
 )
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig

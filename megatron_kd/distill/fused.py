@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from megatron_kd.distill.losses import _group_size
-from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.mixed import STATS, RowLoss, default_row_chunk, scratch_for
+from megatron_kd.distill.options import KDOptions
 
 
 def default_gemm_chunk(local_vocab: int, device: torch.device | str = "cpu") -> int:

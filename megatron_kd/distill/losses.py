@@ -24,12 +24,12 @@ tokens, into one logits-sized buffer; backward only scales it. No autograd graph
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from megatron_kd.distill.options import KINDS, KDOptions  # noqa: F401  (KINDS: the public list)
+
 
 def _group_size(group) -> int:
     """None means no tensor parallelism (not the default world group)."""
@@ -174,7 +174,8 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
         cm = shard.mask(c, -math.inf)
         best = _all_reduce(cm.amax(-1), dist.ReduceOp.MAX, group)
         big = torch.iinfo(torch.int64).max
-        ids = torch.where(cm == best.unsqueeze(-1), shard.ids.expand_as(cm), torch.full_like(shard.ids, big).expand_as(cm))
+        ids = torch.where(cm == best.unsqueeze(-1), shard.ids.expand_as(cm),
+                          torch.full_like(shard.ids, big).expand_as(cm))
         target = _all_reduce(ids.amin(-1), dist.ReduceOp.MIN, group)
         onehot = shard.ids.unsqueeze(0) == target.unsqueeze(-1)
         loss = -sum_(torch.where(onehot, logp_s, torch.zeros_like(logp_s)))
@@ -378,17 +379,17 @@ class _KDLossFunction(torch.autograd.Function):
             e = min(n, s + step)
             w = None if m is None else m[s:e]
             if fast:
-                l = _forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e],
-                                     w, scratch)
-                if l is not None:
-                    loss[s:e] = l if w is None else torch.where(w > 0, l * w, torch.zeros_like(l))
+                lc = _forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e],
+                                      w, scratch)
+                if lc is not None:
+                    loss[s:e] = lc if w is None else torch.where(w > 0, lc * w, torch.zeros_like(lc))
                     continue
-            l, g = _chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
+            lc, g = _chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
             if m is not None:
                 w = m[s:e]
-                l = torch.where(w > 0, l * w, torch.zeros_like(l))
+                lc = torch.where(w > 0, lc * w, torch.zeros_like(lc))
                 g = torch.where(w.unsqueeze(-1) > 0, g * w.unsqueeze(-1), torch.zeros_like(g))
-            loss[s:e] = l
+            loss[s:e] = lc
             if grad is not None:
                 grad[s:e] = g.to(grad.dtype)
         ctx.save_for_backward(grad)

@@ -27,10 +27,20 @@ import math
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.losses import (Scratch, _all_reduce,
-                                        _chunk_loss_and_grad, _forward_kl_fast, _group_size,
-                                        _row_sum, _Shard, _valid_width, default_chunk_size,
-                                        require_same_shape, shift_exp_label, teacher_metrics)
+from megatron_kd.distill.losses import (
+    Scratch,
+    _all_reduce,
+    _chunk_loss_and_grad,
+    _forward_kl_fast,
+    _group_size,
+    _row_sum,
+    _Shard,
+    _valid_width,
+    default_chunk_size,
+    require_same_shape,
+    shift_exp_label,
+    teacher_metrics,
+)
 from megatron_kd.distill.options import KDOptions
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")

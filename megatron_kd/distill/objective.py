@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from megatron_kd.config.schema import KDConfig
-from megatron_kd.distill.losses import _Shard, kd_loss, teacher_metrics
 from megatron_kd.distill.fused import fused_output_kd
+from megatron_kd.distill.losses import _Shard, kd_loss, teacher_metrics
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.options import KDOptions
 

@@ -80,7 +80,7 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
 
     launch = launch or detect_launch_env()
     on_cpu = cpu_compat.activate()  # first: it adapts megatron-core's import on CPU
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
     if not on_cpu:
         torch.cuda.set_device(launch.local_rank)
     if not dist.is_initialized():

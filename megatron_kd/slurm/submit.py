@@ -130,5 +130,6 @@ def submit(spec: JobSpec, dry_run: bool = False) -> str:
     path.write_text(script)
     r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise SetupError(f"sbatch refused the job: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+        why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        raise SetupError(f"sbatch refused the job: {why}")
     return r.stdout.strip().split(";")[0]

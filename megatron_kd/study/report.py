@@ -19,7 +19,7 @@ def _final(run_dir: Path) -> dict | None:
     f = run_dir / "metrics.jsonl"
     if not f.is_file():
         return None
-    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     vals = [r for r in rows if any(k.startswith("val/") for k in r)]
     return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
 

@@ -244,7 +244,7 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
             if proc.returncode != 0:
                 last = (text.strip().splitlines() or ["failed"])[-1]
                 raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
-            done = [l for l in text.splitlines() if l.startswith(("done:", "already complete:"))]
+            done = [line for line in text.splitlines() if line.startswith(("done:", "already complete:"))]
             print(f"[sweep] {point.name}: {done[-1] if done else 'finished'}", flush=True)
             ran.append(point.name)
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 
 def compare(workdir: str, checkpoint: str, tp: int = 1) -> dict:
+    from pathlib import Path
+
     import torch
     from lm_eval.api.instance import Instance
+    from megatron.core import parallel_state
 
-    from megatron_kd.checkpoint.manager import read_state
+    from megatron_kd.checkpoint.refs import read_state
     from megatron_kd.checkpoint.model_io import load_model_weights
     from megatron_kd.config import load_config
     from megatron_kd.data.tokenizer import Tokenizer
     from megatron_kd.models.gpt import build_gpt_model
     from megatron_kd.runtime.distributed import init_distributed, shutdown
     from megatron_kd.study.lm_eval_adapter import MegatronKDLM
-
-    from pathlib import Path
-    from megatron.core import parallel_state
 
     ckpt = Path(checkpoint)
     padded = read_state(ckpt)["padded_vocab_size"]
