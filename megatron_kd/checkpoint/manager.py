@@ -25,12 +25,14 @@ from pathlib import Path
 
 import torch
 
-from megatron_kd.checkpoint.model_io import unwrap
+from megatron_kd.checkpoint.model_io import require_finite_weights, unwrap
 from megatron_kd.checkpoint.refs import (
     LATEST,
     STATE_FILE,
+    file_checksum,
     latest_checkpoint,
     read_state,
+    state_checksum,
 )
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
@@ -141,9 +143,13 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
         dump_config(cfg, partial / "config.yaml")
         if tokenizer_file:
             shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
-        # Every file's size, so a truncated copy is caught before loading (verify_checkpoint).
-        meta["files"] = {str(f.relative_to(partial)): f.stat().st_size
-                         for f in sorted(partial.rglob("*")) if f.is_file()}
+        # Every file's size and checksum, so a truncated, partly copied or corrupted copy is
+        # caught before loading (verify_checkpoint). The files were just written: the reads come
+        # from the page cache (docs: "When things go wrong" has the measured cost).
+        files = [f for f in sorted(partial.rglob("*")) if f.is_file()]
+        meta["files"] = {str(f.relative_to(partial)): f.stat().st_size for f in files}
+        meta["checksums"] = {str(f.relative_to(partial)): file_checksum(f) for f in files}
+        meta["state_crc"] = state_checksum(meta)
         (partial / STATE_FILE).write_text(json.dumps(meta, indent=2))
         _inject_kill("before_rename")
         replaced = root / f"{name}.replaced"
@@ -192,6 +198,7 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
     sharded = _sharded_state(state.model, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(sharded, str(path))
     unwrap(state.model[0]).load_state_dict(loaded["model"], strict=True)
+    require_finite_weights(unwrap(state.model[0]), path)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         state.scheduler.load_state_dict(meta["scheduler"])

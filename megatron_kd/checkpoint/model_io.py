@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from megatron_kd.checkpoint.refs import is_checkpoint
+from megatron_kd.errors import ConfigError
 
 
 def unwrap(model):
@@ -37,3 +38,19 @@ def load_model_weights(model, directory: str | Path, strict: bool = True) -> Non
     sharded = {"model": inner.sharded_state_dict()} if training_ckpt else inner.sharded_state_dict()
     state = dist_checkpointing.load(sharded, str(directory))
     inner.load_state_dict(state["model"] if training_ckpt else state, strict=strict)
+    require_finite_weights(inner, Path(directory))
+
+
+def require_finite_weights(model, path: Path) -> None:
+    """Loaded weights are finite on every rank (a NaN written into a shard would otherwise
+    train NaN, or distill a NaN teacher, with no error)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    flag = torch.tensor([1 if bad else 0], dtype=torch.int32)
+    if torch.cuda.is_available():
+        flag = flag.cuda()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        where = f" ({bad[0]}{' and others' if len(bad) > 1 else ''})" if bad else " (on another rank)"
+        raise ConfigError(f"checkpoint {path} holds non-finite weights{where}; it is corrupt: resume "
+                          "from an earlier checkpoint")

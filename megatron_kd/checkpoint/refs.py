@@ -8,6 +8,7 @@ group starts.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 from megatron_kd.checkpoint.hf_cache import ensure_converted
@@ -37,19 +38,64 @@ def read_state(path: str | Path) -> dict:
                           "point at a directory under RUN_DIR/checkpoints")
     try:
         state = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"checkpoint {path} is damaged: {f.name} is not valid JSON ({exc}); "
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"checkpoint {path} is damaged: {f.name} is not valid JSON ({str(exc)[:120]}); "
                           "delete the checkpoint to resume from an earlier one") from exc
-    if not isinstance(state, dict):
-        raise ConfigError(f"checkpoint {path} is damaged: {f.name} is not a JSON object; "
-                          "delete the checkpoint to resume from an earlier one")
+    problem = _schema_problem(state)
+    if problem is None and "state_crc" in state and state_checksum(state) != state["state_crc"]:
+        problem = "was edited after the save (its own checksum does not match)"
+    if problem:
+        raise ConfigError(f"checkpoint {path} is damaged: {f} {problem}; delete the checkpoint to "
+                          "resume from an earlier one")
     return state
+
+
+# key -> the types its value may have; the first three every checkpoint has
+_STATE_SCHEMA = {"step": (int,), "kind": (str,), "state_crc": (str,), "tokens": (int,), "consumed_samples": (int,),
+                 "padded_vocab_size": (int, type(None)), "files": (dict,), "checksums": (dict,),
+                 "scheduler": (dict,), "world_size": (int,), "tokenizer": (dict, type(None))}
+_REQUIRED = ("step", "kind", "tokens")
+
+
+def _schema_problem(state) -> str | None:
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    for key in _REQUIRED:
+        if key not in state:
+            return f"has no '{key}'"
+    for key, kinds in _STATE_SCHEMA.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, kinds) or isinstance(value, bool)):
+            return f"has '{key}': {json.dumps(value)[:40]}, not {' or '.join(k.__name__ for k in kinds)}"
+    if state["step"] < 0 or state["tokens"] < 0:
+        return "has a negative step or token count"
+    if isinstance(state.get("padded_vocab_size"), int) and state["padded_vocab_size"] < 1:
+        return "has a padded_vocab_size below 1"
+    return None
+
+
+def state_checksum(state: dict) -> str:
+    """CRC-32 of the state's content (all keys but this one), stored in it as `state_crc`:
+    a hand-edited padded_vocab_size or step would otherwise load wrong weights silently."""
+    body = json.dumps({k: v for k, v in state.items() if k != "state_crc"}, sort_keys=True)
+    return f"crc32:{zlib.crc32(body.encode()):08x}"
+
+
+def file_checksum(path: Path) -> str:
+    """CRC-32 of a file's bytes (zlib: ~1 GB/s; enough to catch flipped bytes and files
+    swapped or rewritten with the same size, which the size manifest cannot)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return f"crc32:{crc:08x}"
 
 
 def verify_checkpoint(path: str | Path) -> dict:
     """The checkpoint's state, after checking every file it was saved with is there, whole
-    (sizes recorded at save time): a truncated or partly copied checkpoint fails here, with
-    its name, before any process group starts."""
+    (sizes recorded at save time) and unchanged (a checksum per file, when the checkpoint has
+    them): a truncated, partly copied or corrupted checkpoint fails here, with its name, before
+    any process group starts."""
     path = Path(path)
     state = read_state(path)
     for rel, size in (state.get("files") or {}).items():
@@ -60,27 +106,47 @@ def verify_checkpoint(path: str | Path) -> dict:
             raise ConfigError(f"checkpoint {path} is incomplete: {rel} {found} (truncated or partly "
                               "copied); delete it to resume from an earlier checkpoint, or point "
                               "at a complete one")
+    for rel, want in (state.get("checksums") or {}).items():
+        f = path / rel
+        if not f.is_file():
+            raise ConfigError(f"checkpoint {path} is incomplete: {rel} is missing; delete it to resume "
+                              "from an earlier checkpoint, or point at a complete one")
+        if file_checksum(f) != want:
+            raise ConfigError(f"checkpoint {path} is corrupt: {rel} does not match the checksum written "
+                              "with it (changed after the save); delete it to resume from an earlier "
+                              "checkpoint, or point at a good copy")
     return state
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint directories under RUN_DIR/checkpoints whose save completed."""
+    """Checkpoint directories under RUN_DIR/checkpoints whose save completed (real directories
+    of this run: symbolic links are not followed, so a link loop or a link to another run's
+    checkpoint is never taken for one)."""
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".partial")
-            and is_checkpoint(p)]
+    return [p for p in root.iterdir() if not p.is_symlink() and p.is_dir()
+            and not p.name.endswith(".partial") and is_checkpoint(p)]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
     """What `latest` names; if that is gone (a save killed while replacing a checkpoint of the
-    same name), the complete checkpoint with the most steps."""
+    same name), the complete checkpoint with the most steps. `latest` may only name a
+    checkpoint directory of this run (a plain name in `root`)."""
     pointer = root / LATEST
     if pointer.is_file():
-        path = root / pointer.read_text().strip()
+        try:
+            name = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{pointer} is unreadable ({exc}); delete it (the newest complete "
+                              "checkpoint is then used)") from exc
+        path = root / name
+        if not name or Path(name).name != name or name in (".", "..") or path.is_symlink():
+            raise ConfigError(f"{pointer} names {name[:80]!r}, not a checkpoint of this run; delete it "
+                              "(the newest complete checkpoint is then used)")
         if is_checkpoint(path):
             return path
     found = complete_checkpoints(root)
-    return max(found, key=lambda p: read_state(p).get("step", -1)) if found else None
+    return max(found, key=lambda p: read_state(p)["step"]) if found else None
 
 
 def resolve_checkpoint(ref: str | Path) -> Path:

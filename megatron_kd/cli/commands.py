@@ -136,11 +136,16 @@ def cmd_train(args) -> int:
 
     outcome = {}
 
+    from megatron_kd.runtime.distributed import detect_launch_env
+    from megatron_kd.training.run_dir import lock_run_dir
+
     cfg = load_config(args.recipe, args.overrides)
     if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
         if cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
             resolve_teacher(cfg)
         preflight_train(cfg, args.overwrite)
+        if detect_launch_env().rank == 0:  # the launching process holds it while ranks run
+            lock_run_dir(cfg.run.dir)
 
     def body(cfg, rank):
         metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True)

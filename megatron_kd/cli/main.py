@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_ERROR = 1000  # characters of one error line; a value quoted in a message can be huge
+
+
+def _bounded(message: str) -> str:
+    """One line of at most MAX_ERROR characters (the cut says how much was left out)."""
+    line = " ".join(message.split("\n"))
+    if len(line) <= MAX_ERROR:
+        return line
+    return f"{line[:MAX_ERROR]}... ({len(line) - MAX_ERROR} more characters)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except MKDError as exc:
         if args.debug:
             raise
-        print(f"mkd: error: {exc}", file=sys.stderr)
+        print(f"mkd: error: {_bounded(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("mkd: interrupted", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from megatron_kd.errors import ConfigError
+
 
 def add_job_options(p) -> None:
     p.add_argument("--nodes", type=int, default=1)
@@ -41,6 +43,10 @@ def cmd_plan(args) -> int:
     from megatron_kd.distill.teacher import teacher_model
     from megatron_kd.slurm.plan import GiB, estimate, format_plan, suggest
 
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
+    if not 0 < args.gpu_memory_gb < float("inf"):
+        raise ConfigError(f"--gpu-memory-gb must be a positive number, got {args.gpu_memory_gb}")
     cfg = load_config(args.recipe, args.overrides)
     validate(cfg, args.gpus)
     teacher = teacher_model(cfg)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from megatron_kd.config import yaml_safe
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import validate
 from megatron_kd.errors import ConfigError
@@ -42,13 +43,15 @@ def resolve_recipe_path(name: str | os.PathLike, relative_to: Path | None = None
     )
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml_safe.load(text)
+    except yaml_safe.YAMLRefused as exc:
+        raise ConfigError(f"recipe {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -77,7 +80,7 @@ def load_recipe_dict(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"recipe bases form a cycle: {chain}; remove one `base:` entry")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     bases = data.pop("base", None) or []
     if isinstance(bases, str):
         bases = [bases]
@@ -98,7 +101,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override '{text}' has an empty key part; write e.g. parallel.tp=2")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_safe.load(raw) if raw.strip() else ""
+    except yaml_safe.YAMLRefused as exc:
+        raise ConfigError(f"override '{key}': {exc}") from exc
     except yaml.YAMLError:
         value = raw
     return parts, value

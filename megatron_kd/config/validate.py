@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import unicodedata
+from pathlib import Path
+
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # megatron_kd/
+RECIPES_DIR = PACKAGE_ROOT.parent / "recipes"
+SEED_MAX = 2**32 - 1  # numpy (megatron-core's dataset shuffles) takes seeds in [0, 2**32)
+# The most sequences a run may ask for (steps x global batch): megatron-core builds its sample
+# index up front, 16 bytes a sample (64 GiB here; 2**32 sequences of 4096 tokens = 17.6T tokens).
+MAX_SAMPLES = 2**32
 
 
 def _require(ok: bool, message: str) -> None:
@@ -18,6 +30,7 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     checks only what building the model needs (model recipes, `mkd info`).
     """
     m, par, tr, prec = cfg.model, cfg.parallel, cfg.train, cfg.precision
+    _validate_values(cfg)
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                  "vocab_size", "max_position_embeddings", "make_vocab_size_divisible_by"):
         _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
@@ -54,8 +67,27 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     if prec.fp8 is not None:
         _require(prec.dtype != "fp32",
                  "precision.fp8 needs precision.dtype=bf16 (FP8 GEMMs with bf16 elsewhere)")
+    for name in ("attention_dropout", "hidden_dropout"):
+        _require(0.0 <= getattr(m, name) <= 1.0, f"model.{name} must be in [0, 1], got {getattr(m, name)}")
+    for name in ("norm_epsilon", "init_method_std", "rope_scaling_factor"):
+        _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
+    _require(m.rotary_base > 0, f"model.rotary_base must be > 0, got {m.rotary_base}")
     if purpose == "model":
         return
+    _validate_run_dir(cfg.run.dir)
+    _require(0 <= cfg.run.seed <= SEED_MAX, f"run.seed must be in [0, {SEED_MAX}], got {cfg.run.seed}")
+    _require(cfg.data.seed is None or 0 <= cfg.data.seed <= SEED_MAX,
+             f"data.seed must be in [0, {SEED_MAX}], got {cfg.data.seed}")
+    _require(tr.global_batch_size >= 1, f"train.global_batch_size must be >= 1, got {tr.global_batch_size}")
+    _require(tr.steps is None or tr.steps >= 1, f"train.steps must be >= 1, got {tr.steps}")
+    _require(tr.tokens is None or tr.tokens >= 1, f"train.tokens must be >= 1, got {tr.tokens}")
+    _require(0.0 <= tr.adam_beta1 < 1.0 and 0.0 <= tr.adam_beta2 < 1.0,
+             f"train.adam_beta1 and train.adam_beta2 must be in [0, 1), got {tr.adam_beta1} and {tr.adam_beta2}")
+    _require(tr.adam_eps > 0, f"train.adam_eps must be > 0, got {tr.adam_eps}")
+    _require(tr.weight_decay >= 0, f"train.weight_decay must be >= 0, got {tr.weight_decay}")
+    _require(tr.max_consecutive_skips >= 0,
+             f"train.max_consecutive_skips must be >= 0, got {tr.max_consecutive_skips}")
+    _require(tr.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tr.warmup_steps}")
     _require(tr.seq_length >= 1, f"train.seq_length must be >= 1, got {tr.seq_length}")
     _require(tr.seq_length <= m.max_position_embeddings,
              f"train.seq_length={tr.seq_length} is above model.max_position_embeddings="
@@ -65,6 +97,9 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
              + (f" (got steps={tr.steps}, tokens={tr.tokens})" if tr.steps is not None else ""))
     _require(train_steps(cfg) >= 1,
              f"training length must be >= 1 step, got steps={tr.steps} tokens={tr.tokens}")
+    _require(train_steps(cfg) * max(1, tr.global_batch_size) <= MAX_SAMPLES,
+             f"training length of {train_steps(cfg) * max(1, tr.global_batch_size):.3g} sequences is above "
+             f"the {MAX_SAMPLES:,} a dataset index can hold; lower train.steps or train.tokens")
     _require(tr.stop_at_step is None or 1 <= tr.stop_at_step,
              f"train.stop_at_step must be >= 1, got {tr.stop_at_step}")
     _validate_data(cfg)
@@ -103,6 +138,50 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
         _require(tr.global_batch_size % (tr.micro_batch_size * dp) == 0,
                  f"train.global_batch_size={tr.global_batch_size} is not divisible by "
                  f"micro_batch_size x data-parallel size = {tr.micro_batch_size} x {dp}")
+
+
+def _fields(obj, prefix: str = ""):
+    """(recipe key, value) of every leaf of a config dataclass, lists and dicts included."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, key + ".")
+        elif isinstance(value, (list, tuple)):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            yield from ((f"{key}.{k}", v) for k, v in value.items())
+            yield from ((f"{key} (a name)", k) for k in value)
+        else:
+            yield key, value
+
+
+def _validate_values(cfg: RunConfig) -> None:
+    """Rules for every value, whatever its key: floats are finite (inf/nan would train nonsense
+    and exit 0), strings hold no control characters (a newline in a path reaches generated
+    scripts and log lines as a second line)."""
+    for key, value in _fields(cfg):
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{key} must be a finite number, got {value}")
+        elif isinstance(value, str):
+            bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+            _require(bad is None, f"{key} contains the control character {bad!r}; use a value "
+                                  "without newlines, tabs or other control characters")
+
+
+def _validate_run_dir(run_dir: str) -> None:
+    """The run directory is created, written and (with --overwrite) deleted: never the file
+    system root, the home directory, the working directory itself, or inside the recipes or
+    the package."""
+    _require(run_dir.strip() != "", "run.dir is empty; name a directory for the run, e.g. run.dir=runs/NAME")
+    path = Path(run_dir).expanduser().absolute()
+    resolved = path.resolve()
+    for forbidden, what in ((Path("/"), "the file system root"), (Path.home().resolve(), "your home directory"),
+                            (Path.cwd().resolve(), "the working directory")):
+        _require(resolved != forbidden, f"run.dir={run_dir} is {what}; use a directory of its own, "
+                                        "e.g. run.dir=runs/NAME")
+    for tree, what in ((RECIPES_DIR.resolve(), "the recipes"), (PACKAGE_ROOT.resolve(), "the megatron_kd package")):
+        _require(not resolved.is_relative_to(tree), f"run.dir={run_dir} is inside {what} ({tree}); "
+                                                    "use a directory outside it, e.g. run.dir=runs/NAME")
 
 
 def tokens_per_step(cfg: RunConfig) -> int:
@@ -159,8 +238,8 @@ def kd_option_problem(kind: str, temperature: float, top_k: int | None, top_p: f
     distill.options.KDOptions (direct callers of the losses) both ask it. None when valid."""
     if kind not in KD_KINDS:
         return f"kd kind must be one of {KD_KINDS}, got {kind!r}"
-    if not temperature > 0:  # also catches NaN
-        return f"kd.temperature must be > 0, got {temperature}"
+    if not 0 < temperature < math.inf:  # also catches NaN
+        return f"kd.temperature must be > 0 and finite, got {temperature}"
     if top_k is not None and top_k < 1:
         return f"kd.top_k must be >= 1, got {top_k}"
     if top_p is not None and not 0 < top_p <= 1:

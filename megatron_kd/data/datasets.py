@@ -61,10 +61,12 @@ def load_tokenizer(cfg: RunConfig):
 # document count <Q, then int32 lengths, int64 pointers (one per sequence), int64 document ids.
 _IDX_MAGIC = b"MMIDIDX\x00\x00"
 _IDX_DTYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}
+_IDX_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
+               8: np.uint16}
 
 
-def _read_index(idx: Path, what: str) -> tuple[int, int]:
-    """(tokens, bytes per token) from a .idx, every size checked against the file's; read here
+def _read_index(idx: Path, what: str) -> tuple[int, int, type]:
+    """(tokens, bytes per token, numpy dtype) from a .idx, every size checked against the file's; read here
     rather than by megatron-core, whose reader asserts (and leaves noisy half-built objects)."""
     corrupt = f"{what}: {idx} is corrupt or truncated"
     fix = "; re-run `mkd data preprocess`"
@@ -82,7 +84,15 @@ def _read_index(idx: Path, what: str) -> tuple[int, int]:
         lengths = np.fromfile(f, dtype=np.int32, count=n_seq)
     if (lengths < 0).any():
         raise ConfigError(f"{corrupt} (negative sequence lengths){fix}")
-    return int(lengths.sum(dtype=np.int64)), _IDX_DTYPE_SIZES[code]
+    return int(lengths.sum(dtype=np.int64)), _IDX_DTYPE_SIZES[code], _IDX_DTYPES[code]
+
+
+def largest_token_id(bin_: Path, dtype) -> int:
+    """The largest token id in a .bin, read through a memory map in 64 MiB slices (vectorised;
+    the cost per GB is in the README's "When things go wrong")."""
+    data = np.memmap(bin_, dtype=dtype, mode="r")
+    step = (64 << 20) // data.itemsize
+    return max((int(data[i:i + step].max()) for i in range(0, len(data), step)), default=-1)
 
 
 def check_prefix(prefix: str, tokenizer, what: str) -> int:
@@ -99,7 +109,7 @@ def check_prefix(prefix: str, tokenizer, what: str) -> int:
             f"{what} '{prefix}' was tokenized with another tokenizer (sha256 "
             f"{meta['tokenizer_sha256'][:12]}…) than data.tokenizer ({sha[:12]}…); "
             "re-run `mkd data preprocess` with the model's tokenizer")
-    tokens, dtype_size = _read_index(idx, f"{what} '{prefix}'")
+    tokens, dtype_size, dtype = _read_index(idx, f"{what} '{prefix}'")
     expected = tokens * dtype_size
     if bin_.stat().st_size != expected:
         raise ConfigError(f"{what} '{prefix}': {bin_} has {bin_.stat().st_size} bytes but its "
@@ -108,6 +118,13 @@ def check_prefix(prefix: str, tokenizer, what: str) -> int:
     if tokens == 0:
         raise ConfigError(f"{what} '{prefix}' is empty (0 tokens); preprocess a corpus with "
                           "documents into it, or drop it from the recipe")
+    vocab = getattr(tokenizer, "vocab_size", None)
+    if vocab is not None:
+        top = largest_token_id(bin_, dtype)
+        if top >= vocab:
+            raise ConfigError(f"{what} '{prefix}': token id {top} in {bin_} is not below the tokenizer's "
+                              f"vocabulary of {vocab}; the data was made with another tokenizer or is "
+                              "corrupt: re-run `mkd data preprocess`")
     return tokens
 
 

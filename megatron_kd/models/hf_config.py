@@ -4,11 +4,11 @@ without the converter."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from megatron_kd.config.schema import ModelConfig
 from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
 HF_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -18,7 +18,7 @@ def read_hf_config(hf_dir: Path) -> dict:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"'{hf_dir}' is not a Hugging Face model directory (no config.json)")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path, dict, "Hugging Face config")
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED:
         raise ConfigError(f"unsupported Hugging Face architecture {arch} in {path}; supported: "

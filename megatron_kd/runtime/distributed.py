@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_kd.config.schema import ParallelConfig
+from megatron_kd.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,36 @@ def free_port() -> int:
 
 
 def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
+    """Who launched this process (torchrun's RANK/WORLD_SIZE, srun's SLURM_PROCID/NTASKS, or
+    nobody); malformed launcher variables are a ConfigError naming the variable."""
     env = os.environ if environ is None else environ
+
+    def num(name: str, default=None, low: int = 0) -> int:
+        raw = env.get(name, default)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value < low:
+            raise ConfigError(f"environment variable {name}={raw!r} is not an integer >= {low}; "
+                              "unset it or let the launcher (torchrun, srun) set it")
+        return value
+
     if "RANK" in env and "WORLD_SIZE" in env:
-        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
-                         "torchrun")
+        rank, world = num("RANK"), num("WORLD_SIZE", low=1)
+        if rank >= world:
+            raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; unset both or launch with torchrun")
+        return LaunchEnv(rank, world, num("LOCAL_RANK", 0), env.get("MASTER_ADDR", "127.0.0.1"),
+                         num("MASTER_PORT", 29500, low=1), "torchrun")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
         addr = env.get("MASTER_ADDR") or expand_nodelist(nodes)[0]
-        job = int(env.get("SLURM_JOB_ID", "0") or 0)
-        port = int(env.get("MASTER_PORT") or 20000 + job % 20000)
-        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                         int(env.get("SLURM_LOCALID", 0)), addr, port, "srun")
+        job = num("SLURM_JOB_ID", env.get("SLURM_JOB_ID") or 0)
+        port = num("MASTER_PORT", env.get("MASTER_PORT") or 20000 + job % 20000, low=1)
+        rank, world = num("SLURM_PROCID"), num("SLURM_NTASKS", low=1)
+        if rank >= world:
+            raise ConfigError(f"SLURM_PROCID={rank} is not below SLURM_NTASKS={world}; run under srun")
+        return LaunchEnv(rank, world, num("SLURM_LOCALID", 0), addr, port, "srun")
     return LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
 
 

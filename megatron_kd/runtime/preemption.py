@@ -12,10 +12,21 @@ log = logging.getLogger("megatron_kd.train")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again", i.e. requeue
 _SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 _received: list[int] = []
+_training = [False]  # set when the first step starts: from then on there is a step to finish
 
 
 def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
     _received.append(signum)
+    if signum == signal.SIGTERM and not _training[0]:
+        # Start-up (datasets, models, a teacher being loaded): no step to finish and nothing
+        # new to checkpoint, so stop now instead of after minutes of start-up work. SIGUSR1
+        # (the time-limit warning) stays deferred: the run checkpoints after its first step.
+        raise SystemExit(128 + signum)
+
+
+def training_started() -> None:
+    """From now on SIGTERM asks for a checkpoint at the next step boundary."""
+    _training[0] = True
 
 
 def install() -> None:

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,10 @@ class JobSpec:
 
 
 def _check_value(name: str, value: str) -> str:
-    if any(c in value for c in "\n\r\0"):
-        raise ConfigError(f"--{name} must be one line, got {value!r}")
+    """A value that goes into a `#SBATCH` line or a comment: one line, no control characters
+    (a newline would end the line and start a shell command). Quoting is the caller's."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ConfigError(f"--{name} must be one line without control characters, got {value!r}")
     return value
 
 
@@ -83,10 +86,11 @@ def render(spec: JobSpec) -> tuple[str, Path]:
     lines += [f"#SBATCH --signal=USR1@{int(spec.signal_seconds)}",
               "#SBATCH --requeue",
               "#SBATCH --open-mode=append",
-              f"#SBATCH --output={q(str(run_dir / 'slurm' / 'slurm-%j.out'))}"]
+              f"#SBATCH --output={q(_check_value('run.dir', str(run_dir / 'slurm' / 'slurm-%j.out')))}"]
     lines += [f"#SBATCH {_check_value('sbatch', x)}" for x in spec.extra_sbatch]
     prec = cfg.precision
-    lines += ["", f"# recipe: {recipe}", f"# run dir: {run_dir}",
+    lines += ["", f"# recipe: {_check_value('recipe', str(recipe))}",
+              f"# run dir: {_check_value('run.dir', str(run_dir))}",
               f"# layout: tp={cfg.parallel.tp} pp={cfg.parallel.pp} world={world}",
               f"# precision: {prec.dtype}" + (
                   f", fp8={prec.fp8} recipe={prec.fp8_recipe} margin={prec.fp8_margin} "

@@ -4,7 +4,6 @@ accounting, and plots (gain vs teacher strength per α; validation curves)."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from megatron_kd.config import load_config
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json, read_jsonl
 from megatron_kd.models.params import human, train_flops_per_token
 
 
@@ -19,7 +19,9 @@ def _final(run_dir: Path) -> dict | None:
     f = run_dir / "metrics.jsonl"
     if not f.is_file():
         return None
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(f)
+    if not rows:
+        return None
     vals = [r for r in rows if any(k.startswith("val/") for k in r)]
     return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
 
@@ -28,10 +30,13 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
     if not (sweep_dir / "points.json").is_file():
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no points.json); give the `out` "
                           "directory of a sweep, after `mkd sweep SWEEP.yaml --local` or --slurm")
-    points = json.loads((sweep_dir / "points.json").read_text())
+    points = read_json(sweep_dir / "points.json", list, "sweep points")
+    if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in points):
+        raise ConfigError(f"{sweep_dir / 'points.json'} is not a list of sweep points; re-create it with "
+                          "`mkd sweep SWEEP.yaml`")
     teachers = {}
     for f in (sweep_dir / "teachers").glob("*.json") if (sweep_dir / "teachers").is_dir() else []:
-        teachers[f.stem] = json.loads(f.read_text())
+        teachers[f.stem] = read_json(f, dict, "teacher evaluation")
     rows, sets = [], set()
     for p in points:
         run = sweep_dir / "runs" / p["name"]

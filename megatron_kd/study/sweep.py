@@ -36,12 +36,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
 from megatron_kd.config import dump_config, load_config, validate
-from megatron_kd.config.loader import resolve_recipe_path
+from megatron_kd.config.loader import read_yaml, resolve_recipe_path
 from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json
 
 GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "temperature", "kind", "top_k"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid"}
@@ -91,10 +90,11 @@ def _tokens_label(n: int) -> str:
 
 def load_sweep(path: str | Path) -> dict:
     p = resolve_recipe_path(path)
-    spec = yaml.safe_load(p.read_text()) or {}
+    spec = read_yaml(p)  # line-numbered syntax errors; duplicate keys and alias bombs refused
     unknown = set(spec) - SWEEP_KEYS
     if unknown:
         raise ConfigError(f"unknown sweep key(s) {sorted(unknown)} in {p}; valid: {sorted(SWEEP_KEYS)}")
+    _check_types(spec, p)
     grid = spec.get("grid") or {}
     unknown = set(grid) - GRID_KEYS
     if unknown:
@@ -105,6 +105,49 @@ def load_sweep(path: str | Path) -> dict:
     spec.setdefault("out", f"runs/sweeps/{spec['name']}")
     spec["_path"] = str(p)
     return spec
+
+
+def _check_types(spec: dict, p: Path) -> None:
+    """Each sweep key has the shape expand() reads; a wrong one is one line naming the key."""
+    def need(ok: bool, key: str, shape: str) -> None:
+        if not ok:
+            raise ConfigError(f"sweep {p}: `{key}` must be {shape}; see recipes/sweeps/cpu-mini.yaml")
+
+    def is_list(v, kinds) -> bool:
+        return v is None or (isinstance(v, list) and all(isinstance(x, kinds) and not isinstance(x, bool)
+                                                          for x in v))
+
+    for key in ("name", "base", "out"):
+        need(spec.get(key) is None or isinstance(spec[key], str), key, "a string")
+    need(is_list(spec.get("overrides"), str), "overrides", "a list of key=value strings")
+    need(is_list(spec.get("seeds"), int), "seeds", "a list of integers")
+    need(is_list(spec.get("baseline_seeds"), int), "baseline_seeds", "a list of integers")
+    need(isinstance(spec.get("baseline", True), bool), "baseline", "true or false")
+    grid = spec.get("grid")
+    need(grid is None or isinstance(grid, dict), "grid", "a mapping of axes to lists")
+    grid = grid or {}
+    for key, kinds in (("alpha", (int, float)), ("temperature", (int, float)), ("kind", str),
+                       ("top_k", int), ("student", str)):
+        need(is_list(grid.get(key), kinds), f"grid.{key}", "a list of " + ("strings" if kinds is str else "numbers"))
+    teachers = grid.get("teacher")
+    need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
+         "grid.teacher", "a list of {name, checkpoint, model} mappings")
+    for t in teachers or []:
+        need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
+    tg = grid.get("teacher_grid")
+    if tg is not None:
+        need(isinstance(tg, dict), "grid.teacher_grid", "a mapping with models, tokens and checkpoint")
+        need(isinstance(tg.get("models"), dict), "grid.teacher_grid.models", "a mapping of short names to recipes")
+        need(is_list(tg.get("tokens"), (int, float, str)) and tg.get("tokens") is not None,
+             "grid.teacher_grid.tokens", "a list of token counts")
+        need(isinstance(tg.get("checkpoint"), str), "grid.teacher_grid.checkpoint",
+             "a path pattern with {model} and {tokens}")
+        try:
+            [int(float(x)) for x in tg["tokens"]]
+            tg["checkpoint"].format(model="m", tokens=1)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise ConfigError(f"sweep {p}: grid.teacher_grid is malformed ({exc}); tokens are numbers "
+                              "and checkpoint a pattern using only {model} and {tokens}") from exc
 
 
 def expand(spec: dict) -> list[Point]:
@@ -180,11 +223,13 @@ def select(points: list[Point], only: list[str] | None) -> list[Point]:
 def write_recipes(spec: dict, only: list[str] | None = None) -> list[tuple[Point, Path]]:
     """One resolved recipe per point (those matching `only`, a list of globs, when given)."""
     out = Path(spec["out"])
+    all_points = expand(spec)
+    # Every point resolves (and validates) before anything is written: a bad point leaves no
+    # half-written sweep directory behind.
+    resolved = [(point, resolve_point(spec, point)) for point in select(all_points, only)]
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     written = []
-    all_points = expand(spec)
-    for point in select(all_points, only):
-        cfg = resolve_point(spec, point)
+    for point, cfg in resolved:
         path = out / "recipes" / f"{point.name}.yaml"
         dump_config(cfg, path)
         written.append((point, path))
@@ -210,7 +255,7 @@ def evaluate_teachers(spec: dict) -> dict:
             if r.returncode != 0:
                 last = (r.stderr.strip().splitlines() or ["failed"])[-1]
                 raise ConfigError(f"evaluating teacher {t['name']} failed: {last}")
-        results[t["name"]] = json.loads(target.read_text())
+        results[t["name"]] = read_json(target, dict, "teacher evaluation")
     return results
 
 

@@ -182,6 +182,7 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
     start_step, t_start = state.step, time.perf_counter()
     skipped = 0
     stop = min(total, cfg.train.stop_at_step or total)
+    preemption.training_started()
     try:
         while state.step < stop:
             t0 = time.perf_counter()

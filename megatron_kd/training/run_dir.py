@@ -1,14 +1,17 @@
 """A run directory holds one run: starting a *different* run in it is refused (unless
---overwrite), so a typo in run.dir never resumes from, or overwrites, someone else's work."""
+--overwrite), so a typo in run.dir never resumes from, or overwrites, someone else's work;
+--overwrite never deletes what the run reads (its teacher, its initial weights); and one
+process at a time trains in it (an exclusive lock, held for the run's life)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
-import yaml
-
-from megatron_kd.config.loader import config_to_dict
+from megatron_kd.config.loader import config_to_dict, read_yaml
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
 
@@ -38,7 +41,9 @@ def check_run_dir(cfg: RunConfig, overwrite: bool, delete: bool = True) -> None:
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"run.dir {run_dir} is a file; choose a directory")
         return
-    old = _flat(yaml.safe_load(saved.read_text()) or {})
+    if overwrite:
+        _refuse_deleting_inputs(cfg, run_dir)
+    old = _flat(read_yaml(saved))
     new = _flat(config_to_dict(cfg))
     diff = sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE))
@@ -55,3 +60,37 @@ def check_run_dir(cfg: RunConfig, overwrite: bool, delete: bool = True) -> None:
     raise ConfigError(f"run.dir {run_dir} holds a different run ({shown}"
                       f"{', ...' if len(diff) > 3 else ''}); use another run.dir, or pass "
                       "--overwrite to discard it")
+
+
+def _refuse_deleting_inputs(cfg: RunConfig, run_dir: Path) -> None:
+    """--overwrite deletes the run's outputs; refuse when something the run reads lives there."""
+    here = run_dir.resolve()
+    for key, ref in (("teacher.checkpoint", cfg.teacher.checkpoint), ("checkpoint.load", cfg.checkpoint.load)):
+        if ref and (Path(ref).resolve() == here or Path(ref).resolve().is_relative_to(here)):
+            raise ConfigError(f"--overwrite would delete {ref} ({key}), which this run reads from "
+                              f"{run_dir}; use another run.dir")
+
+
+LOCK_FILE = ".mkd.lock"
+_held: list[int] = []  # open lock descriptors: the kernel releases them when the process ends
+
+
+def lock_run_dir(run_dir: str | Path) -> None:
+    """Hold an exclusive lock on RUN_DIR for the life of this process (released on exit or
+    crash, by the kernel): a second `mkd train` on the same directory is refused in one line
+    instead of both writing checkpoints and metrics over each other."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(f"cannot lock run.dir {run_dir} ({exc.strerror})") from exc
+        raise ConfigError(f"run.dir {run_dir} is in use by a running mkd train (pid {holder}); "
+                          "wait for it to finish, or use another run.dir") from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held.append(fd)

@@ -8,25 +8,18 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.distributed import REPO
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def mkd(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=env or ENV,
-                          capture_output=True, text=True, timeout=300)
+from tests.helpers import ENV, MKD, env_with, mkd, read_metrics
 
 
 def test_nan_steps_are_skipped_then_budget_stops_the_run(tmp_path):
     r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'a'}", "train.steps=6",
-            env=dict(ENV, MKD_INJECT_NAN_STEPS="3,4"))
+            env=env_with(MKD_INJECT_NAN_STEPS="3,4"))
     assert r.returncode == 0, r.stderr[-3000:]
-    m = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+    m = read_metrics(tmp_path / "a")
     assert [x["skipped"] for x in m] == [0, 0, 1, 1, 0, 0]
     assert m[2]["lr"] == m[3]["lr"] == m[4]["lr"]  # the schedule waits for a real update
     assert all(x["loss"] == x["loss"] for x in m) and m[-1]["val/mock"] < 6  # finite, learning
@@ -34,7 +27,7 @@ def test_nan_steps_are_skipped_then_budget_stops_the_run(tmp_path):
 
     r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'b'}", "train.steps=8",
             "train.max_consecutive_skips=2", "checkpoint.save_interval=1",
-            env=dict(ENV, MKD_INJECT_NAN_STEPS="3,4,5,6"))
+            env=env_with(MKD_INJECT_NAN_STEPS="3,4,5,6"), check=False)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert "3 consecutive steps had a non-finite loss or gradient" in last
@@ -58,15 +51,20 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
         pickle.dump({"cpu": _Evil()}, f)
     # The swapped file no longer has the size the save recorded: refused before loading.
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
-            env=dict(ENV, MKD_PWNED=str(marker)))
+            env=env_with(MKD_PWNED=str(marker)), check=False)
     assert r.returncode == 2 and "rng/rank0.pt has" in r.stderr.strip().splitlines()[-1]
     # An attacker who also fixes the recorded size still gets nothing executed: weights_only.
     state_file = run / "checkpoints" / "step_0000002" / "mkd_state.json"
     state = json.loads(state_file.read_text())
     state["files"]["rng/rank0.pt"] = rng.stat().st_size
+    # ... and its checksum, and the state file's own (CRC-32 is no secret: a forger can)
+    from megatron_kd.checkpoint.refs import file_checksum, state_checksum
+
+    state["checksums"]["rng/rank0.pt"] = file_checksum(rng)
+    state["state_crc"] = state_checksum(state)
     state_file.write_text(json.dumps(state))
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
-            env=dict(ENV, MKD_PWNED=str(marker)))
+            env=env_with(MKD_PWNED=str(marker)), check=False)
     assert r.returncode == 2 and "refused to load" in r.stderr.strip().splitlines()[-1]
     assert not marker.exists()
 
@@ -79,7 +77,7 @@ def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
     assert r.returncode == 0 and "resumed from" in r.stdout
     # Another model in the same directory: refused, nothing touched.
     before = (run / "metrics.jsonl").read_text()
-    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "model.hidden_size=128")
+    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "model.hidden_size=128", check=False)
     assert r.returncode == 2
     assert "holds a different run (model.hidden_size: 64 -> 128)" in r.stderr.strip().splitlines()[-1]
     assert (run / "metrics.jsonl").read_text() == before
@@ -91,17 +89,13 @@ def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
 
 def _trajectory(run) -> dict[int, float]:
     """step -> loss, the last record of each step (a resumed run logs the redone steps again)."""
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        out[m["step"]] = m["loss"]
-    return out
+    return {m["step"]: m["loss"] for m in read_metrics(run)}
 
 
 def mkd_to_be_killed(log, *args, env=None) -> subprocess.Popen:
     """`mkd` in its own process group, output to a file: a SIGKILLed trainer can leave
     dist_checkpointing's spawned helper behind, and that orphan would hold a pipe open."""
-    return subprocess.Popen([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=env or ENV,
+    return subprocess.Popen([*MKD, *args], cwd=REPO, env=env or ENV,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -126,12 +120,12 @@ def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path)
     ckpts = run / "checkpoints"
     log = tmp_path / "killed.log"
     rc = reap_group(mkd_to_be_killed(log, *args, f"run.dir={run}",
-                                     env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="6:after_shards")))
+                                     env=env_with(MKD_INJECT_KILL_IN_SAVE="6:after_shards")))
     assert rc == -signal.SIGKILL, log.read_text()[-2000:]
     assert (ckpts / "step_0000006.partial").is_dir() and (ckpts / "latest").read_text() == "step_0000003"
     # Again at step 9, with the whole checkpoint written but not yet renamed into place.
     rc = reap_group(mkd_to_be_killed(log, *args, f"run.dir={run}",
-                                     env=dict(ENV, MKD_INJECT_KILL_IN_SAVE="9:before_rename")))
+                                     env=env_with(MKD_INJECT_KILL_IN_SAVE="9:before_rename")))
     assert rc == -signal.SIGKILL and "resumed from" in log.read_text(), log.read_text()[-2000:]
     assert (ckpts / "latest").read_text() == "step_0000006" and (ckpts / "step_0000009.partial").is_dir()
     r = mkd(*args, f"run.dir={run}")
@@ -169,7 +163,7 @@ def test_preemption_warning_during_start_up_checkpoints_and_exits_for_requeue(tm
     deadline = time.monotonic() + 120
     while True:  # until the process catches SIGUSR1 (its SigCgt mask), then: is torch loaded?
         status = Path(f"/proc/{proc.pid}/status").read_text()
-        caught = int(next(l for l in status.splitlines() if l.startswith("SigCgt:")).split()[1], 16)
+        caught = int(next(s for s in status.splitlines() if s.startswith("SigCgt:")).split()[1], 16)
         if caught & usr1:
             break
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
