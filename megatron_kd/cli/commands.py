@@ -144,7 +144,11 @@ def cmd_train(args) -> int:
         if cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
             resolve_teacher(cfg)
         preflight_train(cfg, args.overwrite)
-        if detect_launch_env().rank == 0:  # the launching process holds it while ranks run
+        launch = detect_launch_env()
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+        validate(cfg, args.nproc if args.nproc > 1 else launch.world_size)  # before the lock makes run.dir
+        if launch.rank == 0:  # the launching process holds it while the ranks run
             lock_run_dir(cfg.run.dir)
 
     def body(cfg, rank):
