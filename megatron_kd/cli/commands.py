@@ -93,29 +93,28 @@ def _argv_without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _launch(args, cfg, body) -> int:
+def _launch(args, cfg, body, before_start=None) -> int:
     """Run `body(cfg)` on every rank: relaunch through torchrun for --nproc, else join the
-    launcher's world; process groups up before, torn down after."""
+    launcher's world; process groups up before, torn down after. `before_start` runs once the
+    launch's own checks passed, before any rank starts (mkd train takes the run-dir lock)."""
     from megatron_kd.cli.logs import setup_logging
-    from megatron_kd.runtime.distributed import detect_launch_env
+    from megatron_kd.models.gpt import check_fp8_available
+    from megatron_kd.runtime.distributed import detect_launch_env, init_distributed, shutdown
 
     launch = detect_launch_env()
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc > 1:
-        if launch.launcher != "single":
-            raise ConfigError(
-                f"--nproc is for local launches; under {launch.launcher} the launcher sets the "
-                "process count, so drop --nproc")
-        validate(cfg, args.nproc)
-        return _relaunch_with_torchrun(args.nproc, _argv_without_nproc(args.argv))
-    validate(cfg, launch.world_size)
-    setup_logging(cfg.logging.level, launch.rank)
-
-    from megatron_kd.models.gpt import check_fp8_available
-    from megatron_kd.runtime.distributed import init_distributed, shutdown
-
+    if args.nproc > 1 and launch.launcher != "single":
+        raise ConfigError(
+            f"--nproc is for local launches; under {launch.launcher} the launcher sets the "
+            "process count, so drop --nproc")
+    validate(cfg, args.nproc if args.nproc > 1 else launch.world_size)
     check_fp8_available(cfg.precision)
+    if before_start is not None:
+        before_start()
+    if args.nproc > 1:
+        return _relaunch_with_torchrun(args.nproc, _argv_without_nproc(args.argv))
+    setup_logging(cfg.logging.level, launch.rank)
     init_distributed(cfg.parallel, cfg.run.seed, launch)
     ok = False
     try:
@@ -140,16 +139,13 @@ def cmd_train(args) -> int:
     from megatron_kd.training.run_dir import lock_run_dir
 
     cfg = load_config(args.recipe, args.overrides)
+    before_start = None
     if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
         if cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
             resolve_teacher(cfg)
         preflight_train(cfg, args.overwrite)
-        launch = detect_launch_env()
-        if args.nproc < 1:
-            raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
-        validate(cfg, args.nproc if args.nproc > 1 else launch.world_size)  # before the lock makes run.dir
-        if launch.rank == 0:  # the launching process holds it while the ranks run
-            lock_run_dir(cfg.run.dir)
+        if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run
+            before_start = lambda: lock_run_dir(cfg.run.dir)  # noqa: E731  (after _launch's checks)
 
     def body(cfg, rank):
         metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True)
@@ -166,7 +162,7 @@ def cmd_train(args) -> int:
                 print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
                       f"run dir {cfg.run.dir}")
 
-    rc = _launch(args, cfg, body)
+    rc = _launch(args, cfg, body, before_start)
     return preemption.EXIT_PREEMPTED if outcome.get("preempted") else rc
 
 
