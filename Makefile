@@ -7,12 +7,15 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install system-deps test demo bench clean help
+.PHONY: install system-deps lint test test-fast demo bench clean help
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
 
 help:
 	@echo "make install   create .venv with torch (CPU), megatron-core and megatron_kd"
-	@echo "make test      install if needed (and Slurm's Debian packages), then run the test suite"
+	@echo "make test      install if needed (and Slurm's Debian packages), then ruff and the whole test suite"
+	@echo "make lint      ruff check (rules in pyproject.toml)"
+	@echo "make test-fast install if needed, then ruff and the fast tier: no slow, multiproc or slurm tests"
+	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
 	@echo "make demo      install if needed, then run the CPU demo"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
 
@@ -41,11 +44,18 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing $(SYSTEM_PKGS) (for the Slurm tests)"; \
 	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PKGS) >/dev/null; \
-	  else echo "note: not root, cannot install $(SYSTEM_PKGS); the Slurm tests will fail"; fi; \
+	  else echo "note: not root, cannot install $(SYSTEM_PKGS); the Slurm tests will be skipped (CI=true: fail)"; fi; \
 	fi
 
-test: install system-deps
+lint: install
+	$(VENV)/bin/ruff check
+
+test: install system-deps lint
 	$(PY) -m pytest -q --durations=12
+
+# The tier to run while working: unit and numerics tests, one process each.
+test-fast: install lint
+	$(PY) -m pytest -q --durations=8 -m "not slow and not multiproc and not slurm"
 
 demo: install
 	bash scripts/demo.sh

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import gc
 import sys
 import warnings
 from pathlib import Path
@@ -108,7 +107,7 @@ def main(argv=None) -> int:
             rows.append({"tokens": n, "impl": name, "ms": f"{r['seconds'] * 1e3:.0f}",
                          "peak": f"{r['peak_extra_mib']:.0f}",
                          "logits": f"{n * a.vocab * dtype.itemsize / (1 << 20):.0f}"})
-            del h_s, w_s
+            h_s = w_s = None  # free them before the next path (step and drop_grads share the cells)
         lu, gh_u, gw_u = out["unfused"]
         rel = lambda x, y: float((x.double() - y.double()).abs().max() / y.double().abs().max())  # noqa: E731
         for row, (name, _) in zip(rows[-len(paths) + 1:], paths[1:]):

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
 
     from megatron_kd.config import load_config
     from megatron_kd.config.schema import ParallelConfig
+    from megatron_kd.distill.objective import KDObjective
     from megatron_kd.models.gpt import build_gpt_model
     from megatron_kd.runtime.distributed import LaunchEnv, free_port, init_distributed
     from megatron_kd.training.loop import train_step
@@ -95,8 +96,8 @@ def main(argv=None) -> int:
                                                    f"kd.teacher_metrics={metrics}"], purpose="train")
             kd_state = build_train_state(cfg, teacher=teacher_module())
             keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if metrics or not k.startswith(("teacher", "top1"))]
-            ctx = StepContext(kd=cfg.kd, alpha=0.5, vocab_size=cfg.model.vocab_size,
-                              tp_group=tp_group, report_keys=keys)
+            ctx = StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), alpha=0.5,
+                              temperature=cfg.kd.temperature, tp_group=tp_group, report_keys=keys)
             name = (f"KD step ({'fused' if fused else 'unfused'} output layer, teacher "
                     f"metrics {'on' if metrics else 'off'})")
             runs[name] = (lambda c=cfg, st=kd_state, bt=_batches(cfg, 0), cx=ctx: train_step(c, st, bt, cx))

@@ -42,7 +42,8 @@ def _imports() -> dict[str, list[tuple[str, int, bool, str]]]:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 # `from megatron_kd.runtime import preemption` imports a module, not a name
-                names = [f"{node.module}.{a.name}" if (PACKAGE.parent / node.module.replace(".", "/") / a.name).with_suffix(".py").exists()
+                where = PACKAGE.parent / node.module.replace(".", "/")
+                names = [f"{node.module}.{a.name}" if (where / a.name).with_suffix(".py").exists()
                          else node.module for a in node.names]
             else:
                 assert not isinstance(node, ast.ImportFrom), f"{path}:{node.lineno}: use absolute imports"

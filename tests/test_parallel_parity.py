@@ -1,8 +1,11 @@
 """Multi-process gloo tests: the same weights give the same function at any TP/PP layout."""
 
+import pytest
+
 from tests.conftest import corpus_overrides
 from tests.distributed import run_distributed
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 TOL = 1e-5
 
 

@@ -30,7 +30,8 @@ def test_recipe_loads_and_validates(name):
 def test_paper_family_sizes():
     # Llama-3.1-8B is 8.03B parameters; these shapes are the paper's (ANCHORS.md).
     assert count_parameters(load_config("models/llama3-8b", purpose="model").model).total == 8_030_261_248
-    sizes = [count_parameters(load_config(f"models/llama3-{s}", purpose="model").model).total for s in ("0.5b", "1b", "3b", "8b")]
+    sizes = [count_parameters(load_config(f"models/llama3-{s}", purpose="model").model).total
+             for s in ("0.5b", "1b", "3b", "8b")]
     assert sizes == sorted(sizes)
     # Qwen3-0.6B: tied embeddings, QK-norm.
     assert count_parameters(load_config("models/qwen3-0.6b", purpose="model").model).total == 596_049_920

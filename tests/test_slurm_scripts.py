@@ -12,7 +12,7 @@ def test_sbatch_scripts_parse_and_use_srun():
     for script in scripts:
         subprocess.run(["bash", "-n", str(script)], check=True)
         text = script.read_text()
-        commands = [l for l in text.splitlines() if not l.lstrip().startswith("#")]
-        assert any(l.startswith("srun ") for l in commands)
-        assert not any("torchrun" in l for l in commands)
+        commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert any(line.startswith("srun ") for line in commands)
+        assert not any("torchrun" in line for line in commands)
         assert "python -m megatron_kd" in text

@@ -2,13 +2,13 @@
 unfused one inside the benchmark too, and the side-by-side loss table has every implementation."""
 
 import json
-import os
 import subprocess
 import sys
 
-from tests.distributed import REPO
+import pytest
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+from tests.distributed import REPO
+from tests.helpers import ENV
 
 
 def bench(*args, tmp_path, name):
@@ -19,6 +19,8 @@ def bench(*args, tmp_path, name):
     return json.loads(out.read_text()), r.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc  # kd_loss at --tp 2
 def test_kd_loss_and_fused_output_benchmarks_run(tmp_path):
     res, text = bench("--tp", "1", "2", "--tokens", "64", "--vocab", "512", "--repeats", "1",
                       "--no-modelopt", tmp_path=tmp_path, name="kd_loss")
@@ -34,6 +36,7 @@ def test_kd_loss_and_fused_output_benchmarks_run(tmp_path):
     assert len(diffs) == 6 and max(diffs) < 1e-5  # separate passes, fused, fused in 24-token chunks
 
 
+@pytest.mark.slow
 def test_kd_step_benchmark_runs(tmp_path):
     res, text = bench("--student", "models/cpu-tiny", "--teacher", "models/cpu-tiny", "--steps", "2",
                       "--warmup", "0", "--seq-length", "32", "--micro-batch", "2", "--global-batch", "4",

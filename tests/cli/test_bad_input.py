@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import REPO
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+from tests.helpers import ENV, mkd
 
 # id -> (exit code, text the one error line must contain)
 EXPECTED = {
@@ -104,9 +103,7 @@ def artifacts(text_corpus, tmp_path_factory):
     os.truncate(a["truncated_bin"] + ".bin", size // 2)
     # A trained teacher (2 steps) and a truncated copy of its checkpoint.
     teacher = tmp / "teacher"
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", "train", "train/tiny-mock",
-                        *corpus_overrides(text_corpus), f"run.dir={teacher}", "train.steps=3"],
-                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    r = mkd("train", "train/tiny-mock", *corpus_overrides(text_corpus), f"run.dir={teacher}", "train.steps=3")
     assert r.returncode == 0, r.stderr[-3000:]
     a["teacher"] = str(teacher)
     ckpt = next(p for p in (teacher / "checkpoints").iterdir() if p.is_dir())

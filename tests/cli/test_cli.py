@@ -1,20 +1,14 @@
 """`mkd` as a user types it: real subprocesses, real megatron-core, gloo on CPU."""
 
-import os
 import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.distributed import REPO
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def mkd(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers import ENV, mkd
 
 
 def final_loss(stdout):
@@ -37,6 +31,8 @@ def test_info_prints_parameter_count():
     assert "128256 (padded to 128256 at tp=1)" in r.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
 def test_train_single_process_then_tp2_under_nproc_then_torchrun(tmp_path):
     # One process.
     r = mkd("train", "train/tiny-mock", "train.steps=4", f"run.dir={tmp_path / 'single'}")
@@ -77,7 +73,8 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
         (["config", "does/not/exist"], 2, "recipe 'does/not/exist' not found"),
     ]
     for args, code, text in cases:
-        r = mkd(*args, f"run.dir={tmp_path / 'x'}") if args[0] == "train" else mkd(*args)
+        run_dir = [f"run.dir={tmp_path / 'x'}"] if args[0] == "train" else []
+        r = mkd(*args, *run_dir, check=False)
         err = r.stderr.strip().splitlines()
         assert r.returncode == code, (args, r.returncode, r.stdout[-2000:], r.stderr[-2000:])
         assert err and err[-1].startswith("mkd: error: ") and text in err[-1], (args, err)

@@ -24,7 +24,8 @@ CASES = [
     (["data.mock=false", "data.train=[a]"], r"data.tokenizer is not set"),
     (["data.mock=false", "data.train=[a,b]", "data.tokenizer=t", "data.train_weights=[1.0]"],
      r"data.train_weights has 1 entries for 2 data.train prefixes"),
-    (["data.mock=false", "data.train=[a]", "data.tokenizer=t", "data.split=90,10"], r"data.split='90,10' must be three non-negative weights"),
+    (["data.mock=false", "data.train=[a]", "data.tokenizer=t", "data.split=90,10"],
+     r"data.split='90,10' must be three non-negative weights"),
     (["checkpoint.save_at_tokens=[0]"], r"save_at_tokens must be positive"),
 ]
 
@@ -43,7 +44,8 @@ def test_world_size_rules():
         validate(cfg, 3)
     # dp = 4 / 2 = 2 ranks x micro 2 = 4 sequences: global 6 does not split.
     cfg = load_config("train/tiny-mock", ["parallel.tp=2", "train.global_batch_size=6"])
-    with pytest.raises(ConfigError, match=r"global_batch_size=6 is not divisible by micro_batch_size x data-parallel size = 2 x 2"):
+    with pytest.raises(ConfigError, match=r"global_batch_size=6 is not divisible by "
+                                          r"micro_batch_size x data-parallel size = 2 x 2"):
         validate(cfg, 4)
     cfg = load_config("train/tiny-mock", ["parallel.world_size=2"])
     validate(cfg, 2)

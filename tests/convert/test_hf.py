@@ -2,24 +2,12 @@
 random models built from configs)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.distributed import REPO, run_distributed
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-
-
-def mkd(*args, ok=True):
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=300)
-    if ok:
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+from tests.distributed import run_distributed
+from tests.helpers import env_with, mkd, read_metrics
 
 
 def make_hf_model(path, kind: str, tokenizer_json=None):
@@ -44,6 +32,8 @@ def make_hf_model(path, kind: str, tokenizer_json=None):
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
 def test_logits_match_transformers_at_tp1_and_tp2_and_round_trip(kind, tmp_path):
     hf = make_hf_model(tmp_path / "hf", kind)
@@ -77,9 +67,9 @@ def test_logits_match_transformers_at_tp1_and_tp2_and_round_trip(kind, tmp_path)
 def test_unsupported_architecture_and_bad_dirs(tmp_path):
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    r = mkd("convert", "hf-to-mcore", str(tmp_path / "gpt2"), str(tmp_path / "o"), ok=False)
+    r = mkd("convert", "hf-to-mcore", str(tmp_path / "gpt2"), str(tmp_path / "o"), check=False)
     assert r.returncode == 2 and "unsupported Hugging Face architecture GPT2LMHeadModel" in r.stderr
-    r = mkd("convert", "hf-to-mcore", str(tmp_path / "nothing"), str(tmp_path / "o"), ok=False)
+    r = mkd("convert", "hf-to-mcore", str(tmp_path / "nothing"), str(tmp_path / "o"), check=False)
     assert r.returncode == 2 and "not a Hugging Face model directory" in r.stderr
 
 
@@ -93,6 +83,7 @@ def _hf_tokenizer(path, docs, vocab=250):
     return path
 
 
+@pytest.mark.slow
 def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
     """A KD recipe names the HF directory directly: converted once (cached), checked, trained."""
     from tests.conftest import pydoc_documents
@@ -103,26 +94,21 @@ def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:120]))
     mkd("data", "preprocess", "--input", str(tmp_path / "d.jsonl"), "--tokenizer", str(hf / "tokenizer.json"),
         "--output-prefix", str(tmp_path / "d"))
-    env_cache = {"MKD_CACHE": str(tmp_path / "cache")}
+    env = env_with(MKD_CACHE=str(tmp_path / "cache"))
     common = ["train", "train/tiny-mock", "data.mock=false", f"data.tokenizer={hf / 'tokenizer.json'}",
               f"data.train=[{tmp_path / 'd'}]", f"data.valid={{indomain: {tmp_path / 'd'}}}",
               "model.vocab_size=250", "train.steps=3", "logging.eval_samples=8",
               f"teacher.checkpoint={hf}", "kd.alpha=0.5"]
-    ENV.update(env_cache)
-    try:
-        r = mkd(*common, f"run.dir={tmp_path / 'run'}")
-        assert "done: 3 steps" in r.stdout
-        m = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
-        assert all(x["kd_loss"] > 0 and x["teacher_lm_loss"] > 0 for x in m)
-        cached = list((tmp_path / "cache" / "hf").iterdir())
-        assert len(cached) == 1 and (cached[0] / "CONVERTED").is_file()
-        # The pair check agrees; a student tokenized with another tokenizer is refused.
-        r = mkd("check-pair", str(hf), str(tmp_path / "run"))
-        assert "verdict: compatible" in r.stdout and "same meaning for every id" in r.stdout
-        other = _hf_tokenizer(tmp_path / "other.json", docs[200:400])
-        r = mkd(*[c if not c.startswith("data.tokenizer=") else f"data.tokenizer={other}" for c in common],
-                f"run.dir={tmp_path / 'run2'}", ok=False)
-        assert r.returncode == 2 and "tokenizers differ" in r.stderr, r.stderr
-    finally:
-        for k in env_cache:
-            ENV.pop(k, None)
+    r = mkd(*common, f"run.dir={tmp_path / 'run'}", env=env)
+    assert "done: 3 steps" in r.stdout
+    m = read_metrics(tmp_path / "run")
+    assert all(x["kd_loss"] > 0 and x["teacher_lm_loss"] > 0 for x in m)
+    cached = list((tmp_path / "cache" / "hf").iterdir())
+    assert len(cached) == 1 and (cached[0] / "CONVERTED").is_file()
+    # The pair check agrees; a student tokenized with another tokenizer is refused.
+    r = mkd("check-pair", str(hf), str(tmp_path / "run"), env=env)
+    assert "verdict: compatible" in r.stdout and "same meaning for every id" in r.stdout
+    other = _hf_tokenizer(tmp_path / "other.json", docs[200:400])
+    r = mkd(*[c if not c.startswith("data.tokenizer=") else f"data.tokenizer={other}" for c in common],
+            f"run.dir={tmp_path / 'run2'}", env=env, check=False)
+    assert r.returncode == 2 and "tokenizers differ" in r.stderr, r.stderr

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 
 from megatron_kd.data.preprocess import preprocess, read_meta
-from megatron_kd.data.tokenizer import Tokenizer, train_sentencepiece
+from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
 from tests.conftest import pydoc_documents
 from tests.distributed import REPO
+from tests.helpers import mkd
 
 
 def test_round_trip_with_several_workers(text_corpus, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     tok = Tokenizer(text_corpus["tokenizer"])
-    docs = [json.loads(l)["text"] for l in open(text_corpus["dir"] / "valid.jsonl")]
+    docs = [json.loads(line)["text"] for line in open(text_corpus["dir"] / "valid.jsonl")]
     # Small batches so all 3 workers get work; order must be preserved anyway.
     s = preprocess([text_corpus["dir"] / "valid.jsonl"], tok.path, tmp_path / "v", workers=3,
                    batch_docs=2, progress=False)
@@ -37,7 +38,8 @@ def test_round_trip_with_several_workers(text_corpus, tmp_path):
 
 def test_txt_input_and_hf_tokenizer_json(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
-    from tokenizers import Tokenizer as HF, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers, trainers
 
     docs = pydoc_documents()[:40]
     (tmp_path / "a.txt").write_text("\n".join(d.replace("\n", " ") for d in docs))
@@ -65,18 +67,17 @@ def test_bad_inputs(tmp_path, text_corpus):
     assert not (tmp_path / "e.bin").exists() and not (tmp_path / "o.idx").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_tokenizer_and_preprocess(tmp_path):
     (tmp_path / "t.txt").write_text("\n".join(pydoc_documents()[:60]))
-    env_run = lambda *a: subprocess.run([sys.executable, "-m", "megatron_kd", *a], cwd=REPO,
-                                        capture_output=True, text=True, timeout=120)
-    r = env_run("data", "train-tokenizer", "--input", str(tmp_path / "t.txt"), "--out",
-                str(tmp_path / "tok"), "--vocab-size", "600")
+    r = mkd("data", "train-tokenizer", "--input", str(tmp_path / "t.txt"), "--out",
+            str(tmp_path / "tok"), "--vocab-size", "600", timeout=120)
     assert r.returncode == 0, r.stderr
     assert "600 pieces, eod id 3" in r.stdout
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"body": d}) + "\n" for d in pydoc_documents()[:20]))
-    r = env_run("data", "preprocess", "--input", str(tmp_path / "d.jsonl"), "--tokenizer",
-                str(tmp_path / "tok" / "tokenizer.model"), "--output-prefix", str(tmp_path / "d"),
-                "--json-key", "body", "--workers", "2")
+    r = mkd("data", "preprocess", "--input", str(tmp_path / "d.jsonl"), "--tokenizer",
+            str(tmp_path / "tok" / "tokenizer.model"), "--output-prefix", str(tmp_path / "d"),
+            "--json-key", "body", "--workers", "2", timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["documents"] == 20
     r = subprocess.run([sys.executable, "tools/preprocess_data.py", "--input", str(tmp_path / "d.jsonl"),

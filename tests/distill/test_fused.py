@@ -1,7 +1,8 @@
 """The one-pass mixed objective: on whole logits (the default unfused path, fp32 and bf16) and
 fused with the output layer (kd.fused_output_layer), it equals a float64 reference and the
 separate-pass path (megatron-core's CE + kd_loss) in loss, CE/KD/teacher-metric sums and the
-gradients of logits, hidden states and output weight, at TP=1 and TP=2."""
+gradients of logits, hidden states and output weight, at TP=1 and TP=2 (2 gloo ranks), and at TP=1
+in this process (the fast tier's copy of the same comparisons)."""
 
 import pytest
 
@@ -13,6 +14,8 @@ def comparisons(tmp_path_factory):
     return run_distributed("tests.workers.fused_kd:compare", 2, tmp_path_factory.mktemp("fused"))
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
 def test_one_pass_objective_matches_separate_passes_and_float64(comparisons):
     seen = set()
     for results in comparisons:  # each rank checks its own shard of the gradients
@@ -27,6 +30,22 @@ def test_one_pass_objective_matches_separate_passes_and_float64(comparisons):
                 if name != "stats_finite":
                     assert err <= tol, (key, name, err)
     assert len(seen) == 2 * 8
+
+
+def test_tp1_in_process_matches_separate_passes_and_float64():
+    """The TP=1 half of the comparisons above, in this process: the same cases and tolerances."""
+    from tests.workers.fused_kd import compare
+
+    results = compare(tps=(1,))
+    for key, r in results.items():
+        assert r["stats_finite"], key
+        assert {"logits_grad_vs_f64", "logits_bf16_grad_vs_f64", "logits_overwrite_grad_vs_f64",
+                "logits_bf16_overwrite_grad_vs_f64", "teacher_vs_f64"} <= set(r)
+        for name, err in r.items():
+            tol = 1e-2 if name.startswith("logits_bf16") and name.endswith("grad_vs_f64") else 1e-5
+            if name != "stats_finite":
+                assert err <= tol, (key, name, err)
+    assert len(results) == 8 and all(k.startswith("tp1/") for k in results)
 
 
 def test_mismatched_shapes_are_refused():

@@ -1,35 +1,19 @@
 """Distillation runs end to end: exactness at α=0, PP/TP parity, learning from the teacher,
 and clear errors for missing or mismatched teachers."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import corpus_overrides
-from tests.distributed import REPO, run_distributed
+from tests.distributed import run_distributed
+from tests.helpers import mkd, read_metrics
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def mkd(*args, ok=True, timeout=300):
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=timeout)
-    if ok:
-        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return r
+pytestmark = pytest.mark.slow  # every test uses the 40-step teacher
 
 
 def run(corpus, run_dir, *extra):
     return ["train", "train/tiny-mock", *corpus_overrides(corpus), f"run.dir={run_dir}",
             "train.global_batch_size=8", "train.micro_batch_size=4", "train.seq_length=32",
             "train.lr=3e-3", "train.warmup_steps=2", "logging.eval_samples=16", *extra]
-
-
-def metrics(run_dir):
-    return [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +25,11 @@ def teacher(text_corpus, tmp_path_factory):
     return d
 
 
+@pytest.mark.multiproc
 def test_alpha0_is_plain_pretraining_and_tp2_matches(text_corpus, teacher, tmp_path):
     mkd(*run(text_corpus, tmp_path / "plain", "train.steps=6"))
     mkd(*run(text_corpus, tmp_path / "kd0", "train.steps=6", f"teacher.checkpoint={teacher}", "kd.alpha=0"))
-    plain, kd0 = metrics(tmp_path / "plain"), metrics(tmp_path / "kd0")
+    plain, kd0 = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "kd0")
     assert [m["loss"] for m in plain] == [m["loss"] for m in kd0]  # bit for bit
     assert plain[-1]["val/indomain"] == kd0[-1]["val/indomain"]
     assert all(m["alpha"] == 0 and m["kd_loss"] > 0 for m in kd0)
@@ -55,7 +40,7 @@ def test_alpha0_is_plain_pretraining_and_tp2_matches(text_corpus, teacher, tmp_p
     mkd(*run(text_corpus, tmp_path / "kd_tp1", "train.steps=4", f"teacher.checkpoint={teacher}", "kd.alpha=0.5"))
     mkd(*run(text_corpus, tmp_path / "kd_tp2", "train.steps=4", f"teacher.checkpoint={teacher}",
              "kd.alpha=0.5", "parallel.tp=2"), "--nproc", "2")
-    for a, b in zip(metrics(tmp_path / "kd_tp1"), metrics(tmp_path / "kd_tp2")):
+    for a, b in zip(read_metrics(tmp_path / "kd_tp1"), read_metrics(tmp_path / "kd_tp2")):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["kd_loss"] - b["kd_loss"]) < 1e-5
         assert abs(a["top1_agreement"] - b["top1_agreement"]) < 1e-6
     # The fused output layer + CE + KD (logits made chunk by chunk inside the loss) trains the same
@@ -66,14 +51,15 @@ def test_alpha0_is_plain_pretraining_and_tp2_matches(text_corpus, teacher, tmp_p
              "kd.alpha=0.5", "kd.fused_output_layer=true", "parallel.tp=2",
              "parallel.sequence_parallel=true"), "--nproc", "2")
     for name in ("fused_tp1", "fused_tp2"):
-        fused = metrics(tmp_path / name)
+        fused = read_metrics(tmp_path / name)
         assert len(fused) == 4
-        for a, b in zip(metrics(tmp_path / "kd_tp1"), fused):
+        for a, b in zip(read_metrics(tmp_path / "kd_tp1"), fused):
             for key in ("loss", "lm_loss", "kd_loss", "teacher_lm_loss", "teacher_entropy", "grad_norm"):
                 assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (name, key, a[key], b[key])
             assert abs(a["top1_agreement"] - b["top1_agreement"]) < 1e-6
 
 
+@pytest.mark.multiproc
 def test_pp2_kd_training_equals_pp1(text_corpus, teacher, tmp_path):
     results = run_distributed("tests.workers.parallel_parity:training_matches_across_layouts", 2,
                               tmp_path, tp=1, pp=2, steps=3,
@@ -92,20 +78,20 @@ def test_kd_pulls_the_student_towards_the_teacher(text_corpus, teacher, tmp_path
     for alpha in (0.0, 0.8):
         d = tmp_path / f"a{alpha}"
         mkd(*run(text_corpus, d, "train.steps=20", f"teacher.checkpoint={teacher}", f"kd.alpha={alpha}"))
-        kl[alpha] = sum(m["kd_loss"] for m in metrics(d)[-5:]) / 5
+        kl[alpha] = sum(m["kd_loss"] for m in read_metrics(d)[-5:]) / 5
     assert kl[0.8] < kl[0.0] * 0.8, kl  # KL(teacher || student) clearly lower with KD
 
 
 def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_path):
-    r = mkd(*run(text_corpus, tmp_path / "x", "train.steps=3", f"teacher.checkpoint={tmp_path / 'nope'}"), ok=False)
+    r = mkd(*run(text_corpus, tmp_path / "x", "train.steps=3", f"teacher.checkpoint={tmp_path / 'nope'}"), check=False)
     assert r.returncode == 2 and "teacher.checkpoint" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x" / "metrics.jsonl").exists()
     r = mkd(*run(text_corpus, tmp_path / "y", "train.steps=3", f"teacher.checkpoint={teacher}",
-                 "teacher.model=models/cpu-small"), ok=False)
+                 "teacher.model=models/cpu-small"), check=False)
     assert r.returncode == 2 and "is another architecture than teacher.model=models/cpu-small" in r.stderr
     r = mkd(*run(text_corpus, tmp_path / "z", "train.steps=3", f"teacher.checkpoint={teacher}",
-                 "model.vocab_size=600"), ok=False)
+                 "model.vocab_size=600"), check=False)
     assert r.returncode == 2 and "true vocabulary: teacher 512 vs student 600" in r.stderr
     r = mkd(*run(text_corpus, tmp_path / "w", "train.steps=3", f"teacher.checkpoint={teacher}",
-                 "kd.alpha=1.5"), ok=False)
+                 "kd.alpha=1.5"), check=False)
     assert r.returncode == 2 and "kd.alpha must be in [0, 1]" in r.stderr

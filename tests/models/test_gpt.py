@@ -8,6 +8,7 @@ from megatron_kd.models.gpt import check_fp8_available, have_transformer_engine
 from tests.distributed import run_distributed
 
 
+@pytest.mark.multiproc  # one rank, but through run_distributed (a subprocess: the CPU layer patches torch)
 def test_built_models_match_analytic_counts(tmp_path):
     (r,) = run_distributed("tests.workers.models:build_and_count", 1, tmp_path)
     assert r["cpu_layer_active"]
@@ -22,5 +23,6 @@ def test_built_models_match_analytic_counts(tmp_path):
 @pytest.mark.skipif(have_transformer_engine(), reason="Transformer Engine present")
 def test_fp8_without_transformer_engine_is_a_clear_error():
     cfg = load_config("train/llama3-1b-mock-h100")
-    with pytest.raises(SetupError, match=r"precision.fp8=hybrid needs Transformer Engine on a CUDA GPU.*set precision.fp8=null"):
+    with pytest.raises(SetupError, match=r"precision.fp8=hybrid needs Transformer Engine on a CUDA GPU"
+                                         r".*set precision.fp8=null"):
         check_fp8_available(cfg.precision)

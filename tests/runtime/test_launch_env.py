@@ -2,9 +2,9 @@
 
 import pytest
 
+from megatron_kd.errors import SetupError
 from megatron_kd.runtime import cpu_compat
 from megatron_kd.runtime.distributed import detect_launch_env, expand_nodelist
-from megatron_kd.errors import SetupError
 
 
 def test_torchrun_env():
@@ -41,7 +41,8 @@ def test_expand_nodelist(nodes, hosts):
 
 def test_unsupported_megatron_version_is_refused(monkeypatch):
     monkeypatch.setattr(cpu_compat, "installed_mcore_version", lambda: "0.12.0")
-    with pytest.raises(SetupError, match=r"megatron-core 0.12.0 is installed, but the CPU runtime layer was written for 0.19.2"):
+    with pytest.raises(SetupError, match=r"megatron-core 0.12.0 is installed, "
+                                         r"but the CPU runtime layer was written for 0.19.2"):
         cpu_compat._check_version()
 
 

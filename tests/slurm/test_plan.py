@@ -1,21 +1,14 @@
 """`mkd plan`: the paper's H100 layouts fit 80 GB; an over-budget run gets a layout that fits."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from megatron_kd.config import load_config
 from megatron_kd.slurm.plan import GiB, estimate
-from tests.distributed import REPO
-
-ENV = dict(os.environ, PYTHONPATH=str(REPO))
+from tests.helpers import mkd
 
 
 def plan(*args):
-    return subprocess.run([sys.executable, "-m", "megatron_kd", "plan", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    return mkd("plan", *args, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("pair", ["0.5b", "1b", "3b", "8b"])

@@ -2,51 +2,43 @@
 two gloo tasks runs to completion; a job past its time limit checkpoints on the warning signal,
 requeues itself, resumes, and ends with the uninterrupted run's losses."""
 
-import json
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.conftest import corpus_overrides
 from tests.distributed import REPO
-
-
-def mkd(env, *args, ok=True):
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-    if ok:
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+from tests.helpers import MKD, env_with, mkd, read_metrics
 
 
 def env_for(slurm):
-    return dict(slurm.env, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    """The test environment with the client commands pointed at the local cluster."""
+    return env_with(SLURM_CONF=slurm.env["SLURM_CONF"])
 
 
-def metrics(run_dir):
-    return [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
-
-
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.multiproc
 def test_kd_job_with_two_tasks_runs_to_completion(slurm, text_corpus, tmp_path):
     env = env_for(slurm)
     teacher = tmp_path / "teacher"
     common = corpus_overrides(text_corpus) + ["train.seq_length=32", "logging.eval_samples=8"]
-    mkd(env, "train", "train/tiny-mock", *common, f"run.dir={teacher}", "train.steps=6")
+    mkd("train", "train/tiny-mock", *common, f"run.dir={teacher}", "train.steps=6", env=env, timeout=600)
     run = tmp_path / "student"
-    r = mkd(env, "slurm", "submit", "train/tiny-mock", *common, f"run.dir={run}", "train.steps=6",
+    r = mkd("slurm", "submit", "train/tiny-mock", *common, f"run.dir={run}", "train.steps=6",
             f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "parallel.tp=2",
-            "--gpus-per-node", "0", "--ntasks-per-node", "2", "--time", "10")
+            "--gpus-per-node", "0", "--ntasks-per-node", "2", "--time", "10", env=env, timeout=600)
     job = r.stdout.split()[-1]
     assert slurm.wait(job, 300) == "COMPLETED", (run / "slurm").glob("*.out")
     log = next((run / "slurm").glob("slurm-*.out")).read_text()
     assert "finished with exit code 0" in log and "done: 6 steps" in log, log[-3000:]
-    m = metrics(run)
+    m = read_metrics(run)
     assert m[-1]["step"] == 6 and m[-1]["kd_loss"] > 0
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm, tmp_path):
     env = env_for(slurm)
     # ~20 steps/s here. The first run (1-minute limit, warned 40 s before) is warned when
@@ -57,12 +49,12 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm, tmp_path):
              "checkpoint.keep_last=1"]
     ref = tmp_path / "uninterrupted"
     ref_log = open(tmp_path / "uninterrupted.log", "w")
-    reference = subprocess.Popen([sys.executable, "-m", "megatron_kd", "train", "train/tiny-mock",
-                                  *steps, f"run.dir={ref}"], cwd=REPO, env=env,
-                                 stdout=ref_log, stderr=subprocess.STDOUT)
+    reference = subprocess.Popen([*MKD, "train", "train/tiny-mock", *steps, f"run.dir={ref}"], cwd=REPO,
+                                 env=env, stdout=ref_log, stderr=subprocess.STDOUT)
     run = tmp_path / "preempted"
-    r = mkd(env, "slurm", "submit", "train/tiny-mock", *steps, f"run.dir={run}",
-            "--gpus-per-node", "0", "--ntasks-per-node", "1", "--time", "1", "--signal-seconds", "40")
+    r = mkd("slurm", "submit", "train/tiny-mock", *steps, f"run.dir={run}",
+            "--gpus-per-node", "0", "--ntasks-per-node", "1", "--time", "1", "--signal-seconds", "40",
+            env=env, timeout=600)
     job = r.stdout.split()[-1]
     deadline = time.monotonic() + 300
     log_file = run / "slurm" / f"slurm-{job}.out"
@@ -76,15 +68,15 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(slurm, tmp_path):
     log = log_file.read_text()
     assert "preemption signal SIGUSR1" in log and "requeueing job" in log, log[-4000:]
     assert "restart count 1" in log and "resumed from" in log
-    a, b = metrics(ref), {x["step"]: x for x in metrics(run)}
+    a, b = read_metrics(ref), {x["step"]: x for x in read_metrics(run)}
     assert b[1500]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
     assert b[1500]["val/mock"] == pytest.approx(a[-1]["val/mock"], abs=1e-6)
 
 
 def test_rendered_h100_scripts_carry_fp8_and_parse(tmp_path):
     for recipe in ("kd/paper-8b-to-1b", "train/llama3-1b-mock-h100"):
-        r = mkd(dict(os.environ, PYTHONPATH=str(REPO)), "slurm", "submit", recipe, "--nodes", "4",
-                "--gpus-per-node", "8", "--partition", "h100; echo pwned", "--dry-run")
+        r = mkd("slurm", "submit", recipe, "--nodes", "4", "--gpus-per-node", "8", "--partition",
+                "h100; echo pwned", "--dry-run")
         script = r.stdout
         assert "fp8=hybrid recipe=delayed" in script and "NVTE_FP8_DPA_BWD=1" in script
         assert "#SBATCH --signal=USR1@300" in script and "#SBATCH --requeue" in script
@@ -94,11 +86,8 @@ def test_rendered_h100_scripts_carry_fp8_and_parse(tmp_path):
 
 
 def test_slurm_missing_and_fp8_without_te_are_clear_errors(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), PATH="/nonexistent")
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", "slurm", "submit", "train/tiny-mock",
-                        f"run.dir={tmp_path / 'x'}", "--gpus-per-node", "0", "--ntasks-per-node", "1"],
-                       cwd=REPO, env=env, capture_output=True, text=True)
+    r = mkd("slurm", "submit", "train/tiny-mock", f"run.dir={tmp_path / 'x'}", "--gpus-per-node", "0",
+            "--ntasks-per-node", "1", env=env_with(PATH="/nonexistent"), check=False)
     assert r.returncode == 3 and "sbatch is not on PATH" in r.stderr
-    r = mkd(dict(os.environ, PYTHONPATH=str(REPO)), "train", "train/llama3-1b-mock-h100",
-            f"run.dir={tmp_path / 'y'}", ok=False)
+    r = mkd("train", "train/llama3-1b-mock-h100", f"run.dir={tmp_path / 'y'}", check=False)
     assert r.returncode == 3 and "needs Transformer Engine" in r.stderr

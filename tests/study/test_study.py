@@ -2,25 +2,12 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from tests.conftest import corpus_overrides
-from tests.distributed import REPO
-
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def mkd(*args, ok=True):
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=600)
-    if ok:
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+from tests.helpers import mkd
 
 
 def test_paper_sweep_expands_to_the_papers_grid():
@@ -37,10 +24,11 @@ def test_paper_sweep_expands_to_the_papers_grid():
 
 def test_empty_grid_is_an_error(tmp_path):
     (tmp_path / "s.yaml").write_text("base: train/tiny-mock\nbaseline: false\ngrid: {alpha: [0.5]}\n")
-    r = mkd("sweep", str(tmp_path / "s.yaml"), ok=False)
+    r = mkd("sweep", str(tmp_path / "s.yaml"), check=False)
     assert r.returncode == 2 and "expands to no runs" in r.stderr
 
 
+@pytest.mark.slow
 def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     teacher = tmp_path / "teacher"
     common = corpus_overrides(text_corpus) + ["train.global_batch_size=8", "train.micro_batch_size=4",
@@ -52,7 +40,7 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
              "grid": {"teacher": [{"name": "t12", "checkpoint": str(teacher), "tokens": 12 * 256}],
                       "alpha": [0.2, 1.0]}}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(sweep))
-    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local")
+    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local", timeout=600)
     assert r.stdout.count(": training") == 3
     out = tmp_path / "sweep"
     assert (out / "report.md").is_file() and (out / "gain_vs_teacher.png").is_file()
@@ -67,13 +55,13 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     assert rows[0]["teacher indomain"] or rows[1]["teacher indomain"]  # teacher evaluated
     assert "Best α per teacher" in r_text(out) and "t12" in r_text(out)
     # Re-running resumes: every finished point is skipped; a removed one is trained again.
-    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local")
+    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local", timeout=600)
     assert r.stdout.count("finished, skipped") == 3
     victim = next(p for p in (out / "runs").iterdir() if "a0.2" in p.name)
     import shutil
 
     shutil.rmtree(victim)
-    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local")
+    r = mkd("sweep", str(tmp_path / "two.yaml"), "--local", timeout=600)
     assert r.stdout.count("finished, skipped") == 2 and r.stdout.count(": training") == 1
 
     # analyze: a model against itself is KL 0 and agreement 1; against its teacher it is not.
@@ -82,7 +70,7 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     res = json.loads(next((run / "analyze").glob("*.json")).read_text())["indomain"]
     assert res["top1_agreement"] == 1.0 and abs(res["kl_teacher_student"]) < 1e-6 and abs(res["js"]) < 1e-6
     mkd("analyze", str(teacher), str(run))
-    res = json.loads((run / "analyze" / f"teacher__step_0000004.json").read_text())["indomain"]
+    res = json.loads((run / "analyze" / "teacher__step_0000004.json").read_text())["indomain"]
     assert res["kl_teacher_student"] > 0.01 and res["top1_agreement"] < 1.0
 
 

@@ -2,27 +2,15 @@
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
+
+import pytest
 
 from tests.conftest import corpus_overrides
-from tests.distributed import REPO
+from tests.helpers import mkd, read_metrics
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+pytestmark = pytest.mark.slow  # 30-step trainings through the CLI
 TOKENS_PER_STEP = 8 * 32  # global batch x sequence length below
-
-
-def mkd(*args, timeout=300):
-    r = subprocess.run([sys.executable, "-m", "megatron_kd", *args], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return r
-
-
-def metrics(run_dir):
-    return [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
 
 
 def run_args(corpus, run_dir, *extra):
@@ -36,7 +24,7 @@ def run_args(corpus, run_dir, *extra):
 def test_learns_resumes_exactly_and_saves_budgets(text_corpus, tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     mkd(*run_args(text_corpus, full))
-    m = metrics(full)
+    m = read_metrics(full)
     assert [r["step"] for r in m] == list(range(1, 31))
     assert all({"step", "tokens", "loss", "lm_loss", "lr"} <= set(r) for r in m)
     val = [r["val/indomain"] for r in m if "val/indomain" in r]
@@ -60,18 +48,19 @@ def test_learns_resumes_exactly_and_saves_budgets(text_corpus, tmp_path):
     assert "done: 15 steps" in r.stdout
     r = mkd(*run_args(text_corpus, split))
     assert "resumed from" in r.stdout and "at step 15" in r.stdout
-    resumed = {x["step"]: x for x in metrics(split)}
+    resumed = {x["step"]: x for x in read_metrics(split)}
     for x in m[15:]:
         assert abs(resumed[x["step"]]["loss"] - x["loss"]) <= 1e-6, (x, resumed[x["step"]])
         assert abs(resumed[x["step"]]["lr"] - x["lr"]) <= 1e-12
     assert abs(resumed[30]["val/indomain"] - m[-1]["val/indomain"]) <= 1e-6
 
 
+@pytest.mark.multiproc
 def test_tp2_checkpoint_evaluates_the_same_at_tp1(text_corpus, tmp_path):
     run = tmp_path / "tp2"
     mkd(*run_args(text_corpus, run, "train.steps=6", "checkpoint.save_at_tokens=[]",
                   "parallel.tp=2"), "--nproc", "2")
-    final_val = metrics(run)[-1]["val/indomain"]
+    final_val = read_metrics(run)[-1]["val/indomain"]
     r = mkd("eval", str(run), "parallel.tp=1")
     out = json.loads((run / "eval" / "step_0000006.json").read_text())
     assert out["tp"] == 1 and out["step"] == 6

@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.distributed import REPO
 from tests.helpers import ENV, MKD, env_with, mkd, read_metrics
 
@@ -69,6 +71,7 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
     run = tmp_path / "run"
     assert mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3").returncode == 0
@@ -108,6 +111,7 @@ def reap_group(proc: subprocess.Popen) -> int:
     return rc
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path):
     args = ["train", "train/tiny-mock", "train.steps=12", "checkpoint.save_interval=3",
             "checkpoint.keep_last=2"]

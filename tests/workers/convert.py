@@ -8,8 +8,8 @@ def logits_match(workdir: str, hf_dir: str, mcore_dir: str, tp: int) -> dict:
     from megatron.core import parallel_state
     from transformers import AutoModelForCausalLM
 
-    from megatron_kd.checkpoint.refs import read_state
     from megatron_kd.checkpoint.model_io import load_model_weights
+    from megatron_kd.checkpoint.refs import read_state
     from megatron_kd.config import load_config
     from megatron_kd.models.gpt import build_gpt_model
     from megatron_kd.runtime.distributed import init_distributed, shutdown

@@ -10,8 +10,8 @@ def compare(workdir: str, checkpoint: str, tp: int = 1) -> dict:
     from lm_eval.api.instance import Instance
     from megatron.core import parallel_state
 
-    from megatron_kd.checkpoint.refs import read_state
     from megatron_kd.checkpoint.model_io import load_model_weights
+    from megatron_kd.checkpoint.refs import read_state
     from megatron_kd.config import load_config
     from megatron_kd.data.tokenizer import Tokenizer
     from megatron_kd.models.gpt import build_gpt_model

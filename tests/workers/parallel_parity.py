@@ -148,14 +148,15 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
     """Train `steps` steps at TP=1 (all ranks data-parallel) and at TP=tp x PP=pp from the same
     weights and data order (`data`: overrides naming a real corpus; default mock); report both
     loss trajectories and the validation losses after them."""
+    from megatron.core import parallel_state
+
     from megatron_kd.checkpoint.model_io import save_model_weights
     from megatron_kd.data.batches import MicroBatchIterator
     from megatron_kd.data.datasets import build_datasets, load_tokenizer
-    from megatron_kd.training.evaluate import evaluate
     from megatron_kd.runtime.distributed import shutdown
+    from megatron_kd.training.evaluate import evaluate
     from megatron_kd.training.loop import prepare_kd, train_step
     from megatron_kd.training.setup import build_train_state
-    from megatron.core import parallel_state
 
     work = Path(workdir)
     losses = {}
