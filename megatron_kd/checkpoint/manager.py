@@ -15,7 +15,6 @@ A checkpoint is written into NAME.partial and renamed into place when complete.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -29,10 +28,9 @@ from megatron_kd.checkpoint.model_io import require_finite_weights, unwrap
 from megatron_kd.checkpoint.refs import (
     LATEST,
     STATE_FILE,
-    file_checksum,
     latest_checkpoint,
     read_state,
-    state_checksum,
+    write_state,
 )
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
@@ -144,13 +142,8 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
         if tokenizer_file:
             shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
         # Every file's size and checksum, so a truncated, partly copied or corrupted copy is
-        # caught before loading (verify_checkpoint). The files were just written: the reads come
-        # from the page cache (docs: "When things go wrong" has the measured cost).
-        files = [f for f in sorted(partial.rglob("*")) if f.is_file()]
-        meta["files"] = {str(f.relative_to(partial)): f.stat().st_size for f in files}
-        meta["checksums"] = {str(f.relative_to(partial)): file_checksum(f) for f in files}
-        meta["state_crc"] = state_checksum(meta)
-        (partial / STATE_FILE).write_text(json.dumps(meta, indent=2))
+        # caught before loading (verify_checkpoint).
+        write_state(partial, meta)
         _inject_kill("before_rename")
         replaced = root / f"{name}.replaced"
         if final.exists():  # the old copy stays complete until the new one is in place

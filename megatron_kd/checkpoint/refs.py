@@ -81,6 +81,20 @@ def state_checksum(state: dict) -> str:
     return f"crc32:{zlib.crc32(body.encode()):08x}"
 
 
+def write_state(directory: Path, meta: dict) -> None:
+    """Write the state file of a checkpoint whose other files are all written: `meta` plus every
+    file's size and checksum (verify_checkpoint checks them) and the state's own checksum. The
+    files were just written, so they are read back from the page cache (see the README for the
+    measured cost)."""
+    files = [f for f in sorted(directory.rglob("*")) if f.is_file() and f.name != STATE_FILE]
+    meta = dict(meta, files={str(f.relative_to(directory)): f.stat().st_size for f in files},
+                checksums={str(f.relative_to(directory)): file_checksum(f) for f in files})
+    meta["state_crc"] = state_checksum(meta)
+    tmp = directory / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(directory / STATE_FILE)
+
+
 def file_checksum(path: Path) -> str:
     """CRC-32 of a file's bytes (zlib: ~1 GB/s; enough to catch flipped bytes and files
     swapped or rewritten with the same size, which the size manifest cannot)."""

@@ -194,3 +194,19 @@ def cmd_eval(args) -> int:
                 Path(args.json_out).write_text(json.dumps(r, indent=2))
 
     return _launch(args, cfg, body)
+
+
+def cmd_init(args) -> int:
+    from megatron_kd.training.seed_checkpoint import check_out_dir, write_seed_checkpoint
+
+    cfg = load_config(args.recipe, args.overrides)
+    out = Path(args.out).absolute()
+    check_out_dir(out)
+
+    def body(cfg, rank):
+        write_seed_checkpoint(cfg, out)
+        if rank == 0:
+            print(f"wrote {out}: the initial weights of {cfg.model.name} for run.seed={cfg.run.seed} "
+                  f"(step 0; loads at any layout: checkpoint.load={out})")
+
+    return _launch(args, cfg, body)

@@ -33,6 +33,7 @@ EPILOG = """examples:
   mkd info models/llama3-1b
   mkd train train/tiny-mock train.steps=20
   mkd train train/tiny-mock parallel.tp=2 --nproc 2
+  mkd init train/tiny-mock --out runs/seed      (initial weights once; checkpoint.load=runs/seed)
   torchrun --nproc-per-node 2 -m megatron_kd train train/tiny-mock parallel.tp=2
   mkd train kd/cpu-tiny-to-small kd.alpha=0.2          (distill; needs the teacher trained)
   mkd sweep recipes/sweeps/cpu-mini.yaml --local && mkd report runs/sweeps/cpu-mini
@@ -99,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", default=None, help="folder of local lm-eval task YAMLs")
     p.add_argument("--limit", type=int, default=None, help="lm-eval: examples per task")
     p.set_defaults(func=commands.cmd_eval)
+
+    p = sub.add_parser("init", help="write a seed checkpoint: the recipe's initial weights, once",
+                       description="Draw the recipe's initial student weights from run.seed (the same "
+                                   "at any TP/PP) and write them as a step-0 checkpoint that loads at "
+                                   "any layout; start runs from it with checkpoint.load=OUT (large "
+                                   "models: every rank then skips the draw).")
+    _add_recipe_args(p)
+    p.add_argument("--out", required=True, help="new directory for the checkpoint")
+    p.add_argument("--nproc", type=int, default=1, help="processes (the layout it is written at; any loads it)")
+    p.set_defaults(func=commands.cmd_init)
 
     add_data_parser(sub)
     add_convert_parsers(sub)

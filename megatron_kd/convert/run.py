@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from megatron_kd.checkpoint.model_io import load_model_weights
-from megatron_kd.checkpoint.refs import STATE_FILE, resolve_checkpoint, saved_config, verify_checkpoint
+from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint, write_state
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import DataConfig, ParallelConfig, PrecisionConfig, RunConfig
 from megatron_kd.convert.hf import _SafetensorsReader, copy_tokenizer_files, iter_hf_tensors, load_hf_weights
@@ -67,7 +67,7 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
              "source": str(hf_dir.resolve()), "world_size": 1, "parallel": {"tp": 1, "pp": 1},
              "padded_vocab_size": padded_vocab(model_cfg, 1), "tokenizer": tok,
              "tokenizer_files": copied}
-    (out_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_state(out_dir, state)  # with every file's size and checksum
     return out_dir
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from megatron_kd.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
 from megatron_kd.config.validate import padded_vocab
 from megatron_kd.errors import SetupError
+from megatron_kd.models.init import init_by_name
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,7 +37,7 @@ def check_fp8_available(precision: PrecisionConfig) -> None:
 
 
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
-                             precision: PrecisionConfig):
+                             precision: PrecisionConfig, perform_initialization: bool = True):
     """megatron-core TransformerConfig for a llama-style decoder under a parallel layout."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -77,8 +78,10 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         pipeline_dtype=dtype,
         bf16=precision.dtype == "bf16",
         fp16=precision.dtype == "fp16",
-        # On CPU every rank builds the full master weight from the same seed and keeps its
-        # shard, so a model's initial weights do not depend on the TP layout.
+        # megatron-core's own initialisation is skipped when models/init.py draws the weights
+        # (students: layout-free); otherwise on CPU every rank builds the full master weight
+        # from the seed and keeps its shard.
+        perform_initialization=perform_initialization,
         use_cpu_initialization=not on_gpu,
         # Fused kernels exist only on GPU (apex/TE/triton); the unfused paths are exact.
         bias_activation_fusion=on_gpu,
@@ -106,9 +109,11 @@ def layer_spec(model: ModelConfig, use_te: bool | None = None):
 
 def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig,
                     *, pre_process: bool | None = None, post_process: bool | None = None,
-                    vp_stage: int | None = None):
+                    vp_stage: int | None = None, init_seed: int | None = None):
     """A megatron-core GPTModel for this pipeline stage, in the configured dtype.
 
+    `init_seed`: draw the initial weights from this seed, the same at any TP/PP (models/init.py);
+    None: megatron-core's own initialisation (for models whose weights are loaded next).
     Needs megatron-core's parallel_state to be initialised (see runtime.distributed).
     """
     from megatron.core import parallel_state
@@ -118,7 +123,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-    config = build_transformer_config(model, parallel, precision)
+    config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),
@@ -134,6 +139,8 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         rope_scaling_factor=model.rope_scaling_factor,
         vp_stage=vp_stage,
     )
+    if init_seed is not None:  # drawn in fp32 on the CPU, cast into each parameter
+        init_by_name(gpt, model, init_seed, parallel.tp, parallel_state.get_tensor_model_parallel_rank())
     if precision.dtype != "fp32":
         gpt = gpt.to(_DTYPES[precision.dtype])
     if torch.cuda.is_available():

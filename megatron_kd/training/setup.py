@@ -31,7 +31,8 @@ def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
     DDP's buffers and the optimizer."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision)
+    # the student starts from weights that depend on run.seed only, not on the layout
+    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed)
     if teacher is not None:
         if not isinstance(teacher, torch.nn.Module):  # (checkpoint, ModelConfig): load it
             ckpt, teacher_model = teacher
