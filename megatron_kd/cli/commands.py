@@ -141,7 +141,9 @@ def cmd_train(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
     before_start = None
     if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
-        if cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
+        if cfg.teacher.cache:  # the cache was made for this run's data, length and teacher
+            _check_cache_for_run(cfg)
+        elif cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
             resolve_teacher(cfg)
         preflight_train(cfg, args.overwrite)
         if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run
@@ -164,6 +166,61 @@ def cmd_train(args) -> int:
 
     rc = _launch(args, cfg, body, before_start)
     return preemption.EXIT_PREEMPTED if outcome.get("preempted") else rc
+
+
+def _check_cache_for_run(cfg) -> None:
+    from megatron_kd.config.validate import train_steps
+    from megatron_kd.distill.cache import check_run
+    from megatron_kd.distill.teacher import resolve_teacher
+
+    ckpt = state = None
+    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).exists():  # its identity must match too
+        ckpt, _, state = resolve_teacher(cfg, check=False)
+    check_run(cfg, train_steps(cfg) * cfg.train.global_batch_size, ckpt, state)
+
+
+def cmd_teacher_cache(args) -> int:
+    from megatron_kd.distill.teacher import resolve_teacher
+    from megatron_kd.training.preflight import check_data
+    from megatron_kd.training.teacher_cache import check_out, plan_cache, verify_cache, write_teacher_cache
+
+    if args.verify:
+        print(verify_cache(Path(args.verify)))
+        return 0
+    if not args.recipe or not args.out:
+        raise ConfigError("give a KD recipe and --out DIR (or --verify DIR); e.g. "
+                          "mkd teacher-cache kd/cpu-tiny-to-small --out runs/cache-tiny --top-k 64")
+    top_k = None
+    if args.top_k != "all":
+        try:
+            top_k = int(args.top_k)
+        except ValueError:
+            top_k = 0
+        if top_k < 1:
+            raise ConfigError(f"--top-k must be a positive integer or 'all', got {args.top_k!r}")
+    cfg = load_config(args.recipe, [*args.overrides, "teacher.cache=null"])
+    if not cfg.teacher.checkpoint:
+        raise ConfigError(f"{args.recipe} names no teacher.checkpoint; the cache job runs a KD recipe's teacher")
+    out = Path(args.out).absolute()
+    checked = os.environ.get(CHECKED_ENV) == "1"
+    _, teacher, _ = resolve_teacher(cfg, check=not checked)
+    cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
+    cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
+    planned = plan_cache(cfg, top_k)
+    if not checked:
+        check_data(cfg)
+        check_out(out, planned)
+
+    def body(cfg, rank):
+        r = write_teacher_cache(cfg, out, top_k, planned)
+        if rank == 0:
+            tokens = r["samples"] * cfg.train.seq_length
+            print(f"teacher cache {out}: {r['samples']} samples ({tokens:,} tokens), top-k "
+                  f"{'all' if top_k is None else top_k}, {r['shards']} shards; the teacher ran over the "
+                  f"{'whole stream' if r['written'] == r['shards'] else 'shards that were missing'}; "
+                  f"train from it with teacher.cache={out}")
+
+    return _launch(args, cfg, body)
 
 
 def cmd_eval(args) -> int:

@@ -34,6 +34,7 @@ EPILOG = """examples:
   mkd train train/tiny-mock train.steps=20
   mkd train train/tiny-mock parallel.tp=2 --nproc 2
   mkd init train/tiny-mock --out runs/seed      (initial weights once; checkpoint.load=runs/seed)
+  mkd teacher-cache kd/cpu-tiny-to-small --out runs/cache --top-k all   (then teacher.cache=runs/cache)
   torchrun --nproc-per-node 2 -m megatron_kd train train/tiny-mock parallel.tp=2
   mkd train kd/cpu-tiny-to-small kd.alpha=0.2          (distill; needs the teacher trained)
   mkd sweep recipes/sweeps/cpu-mini.yaml --local && mkd report runs/sweeps/cpu-mini
@@ -110,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new directory for the checkpoint")
     p.add_argument("--nproc", type=int, default=1, help="processes (the layout it is written at; any loads it)")
     p.set_defaults(func=commands.cmd_init)
+
+    p = sub.add_parser("teacher-cache", help="run a KD recipe's teacher once over its student's data and "
+                                             "cache its outputs for every run of a sweep",
+                       description="Write the teacher-signal cache of a KD recipe: the teacher's top-K "
+                                   "token ids and log-probabilities (or all of them), the mass outside, "
+                                   "the label's log-probability and the entropy, for every token the "
+                                   "recipe's student trains on. parallel.* overrides and --nproc give "
+                                   "the teacher its own layout. Train from it with teacher.cache=DIR.")
+    p.add_argument("recipe", nargs="?", help="the KD recipe (the student's data, length and teacher)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--out", help="the cache directory (an unfinished one is continued)")
+    p.add_argument("--top-k", default="64", help="tokens kept per position, or 'all' (default 64)")
+    p.add_argument("--nproc", type=int, default=1, help="processes for the teacher (its TP x PP x DP)")
+    p.add_argument("--verify", metavar="DIR", help="check every shard of a cache against its manifest")
+    p.set_defaults(func=commands.cmd_teacher_cache)
 
     add_data_parser(sub)
     add_convert_parsers(sub)

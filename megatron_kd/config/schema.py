@@ -160,6 +160,8 @@ class TeacherConfig:
 
     checkpoint: Optional[str] = None  # a checkpoint dir or a run dir (its latest); None = no KD
     model: Optional[str] = None  # model recipe (e.g. models/llama3-1b); None = from the checkpoint
+    # A teacher-signal cache (`mkd teacher-cache`): train from it, build no teacher model
+    cache: Optional[str] = None
 
 
 @dataclass

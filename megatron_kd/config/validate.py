@@ -258,6 +258,9 @@ def kd_option_problem(kind: str, temperature: float, top_k: int | None, top_p: f
 
 def _validate_kd(cfg: RunConfig) -> None:
     kd = cfg.kd
+    _require(not (cfg.teacher.cache and kd.fused_output_layer),
+             "teacher.cache gives the teacher's outputs, not its hidden states: set "
+             "kd.fused_output_layer=false to train from a cache")
     _require(0.0 <= kd.alpha <= 1.0, f"kd.alpha must be in [0, 1], got {kd.alpha}")
     problem = kd_option_problem(kd.kind, kd.temperature, kd.top_k, kd.top_p, kd.other_bucket, kd.jsd_beta)
     _require(problem is None, problem or "")

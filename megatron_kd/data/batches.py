@@ -32,5 +32,7 @@ class MicroBatchIterator:
         idx = [(start + i) % len(self.dataset) for i in range(self.micro)]
         self.consumed_samples += self.micro * self.dp_size
         samples = [self.dataset[i] for i in idx]
-        return {k: torch.stack([torch.as_tensor(s[k]) for s in samples])
-                for k in ("tokens", "labels", "loss_mask", "position_ids")}
+        batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples])
+                 for k in ("tokens", "labels", "loss_mask", "position_ids")}
+        batch["sample_index"] = torch.tensor(idx, dtype=torch.int64)  # the teacher cache's row keys
+        return batch

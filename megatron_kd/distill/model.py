@@ -53,7 +53,7 @@ class DistillationModel(torch.nn.Module):
         # fused: the last stage returns (final hidden states, output weight) of each model, not
         # logits; the loss makes the logits chunk by chunk (megatron_kd/distill/fused.py).
         # Unfused: sequence-major logits [s, b, V/TP] of each model.
-        head = {"output_processor": _hidden_and_weight if self.fused_output_layer else _sequence_major_logits}
+        head = {"output_processor": _hidden_and_weight if self.fused_output_layer else sequence_major_logits}
         with torch.no_grad():
             teacher_out = self.teacher(input_ids, position_ids, attention_mask, **head)
         student_out = self.module(input_ids, position_ids, attention_mask, **head)
@@ -78,7 +78,7 @@ def _hidden_and_weight(*, hidden_states, output_layer, output_weight, **_):
     return hidden_states, output_weight if output_weight is not None else output_layer.weight
 
 
-def _sequence_major_logits(*, hidden_states, output_layer, output_weight, runtime_gather_output,
+def sequence_major_logits(*, hidden_states, output_layer, output_weight, runtime_gather_output,
                            scale_logits, **_):
     """megatron-core's output_processor hook: the logits `[s, b, V/TP]` as the output layer makes
     them. Without labels GPTModel returns them batch-major, a copy of the whole logits (and one

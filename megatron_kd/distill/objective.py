@@ -6,13 +6,14 @@ function of the student logits giving (sum of per-token losses, token count, rep
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from megatron_kd.config.schema import KDConfig
 from megatron_kd.distill.fused import fused_output_kd
-from megatron_kd.distill.losses import _Shard, kd_loss, teacher_metrics
+from megatron_kd.distill.losses import _argmax_ids, _Shard, _valid_width, kd_loss, teacher_metrics
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.options import KDOptions
 
@@ -174,5 +175,42 @@ def make_fused_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, l
             ce_weight=w.ce, kd_weight=w.kd, tp_group=tp_group, chunk_size=kd.chunk_size,
             metrics=kd.teacher_metrics)
         return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
+
+    return loss_func
+
+
+def make_cached_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
+                             teacher_logits, rows: dict, tp_group):
+    """The loss function of a KD step from the teacher cache: the unfused objective on the
+    teacher logits rebuilt from the cache rows (distill/cache.py), with the teacher metrics taken
+    from the cached values (exact, where rebuilt logits would only approximate a top-K teacher).
+    `rows` are sample-major `[b, s, ...]`; labels, loss_mask and the logits sequence-major."""
+    inner = make_kd_loss_func(dataclasses.replace(kd, teacher_metrics=False), alpha, temperature, labels,
+                              loss_mask, teacher_logits, tp_group)
+
+    def loss_func(student_logits: torch.Tensor):
+        mask = loss_mask.float()
+        teacher_sums = None
+        if kd.teacher_metrics:  # before the objective, which writes its gradient over the logits
+            width = student_logits.shape[-1]
+            shard = _Shard(width, kd.opts.vocab_size, tp_group, student_logits.device)
+            nv = _valid_width(shard)
+            student_top = _argmax_ids(student_logits.detach().reshape(-1, width)[:, :nv], shard)
+            if "ids" in rows:
+                teacher_top = rows["ids"][..., 0]
+            else:  # full cache: the first of the largest (the online tie rule)
+                teacher_top = torch.argmax(rows["logp"], dim=-1)
+            teacher_top = teacher_top.t().reshape(-1).to(student_top.device, torch.int64)
+            flat = mask.reshape(-1)
+            agree = (student_top == teacher_top).float()
+            ce = -rows["label_logp"].t().reshape(-1).to(flat.device)
+            ent = rows["entropy"].t().reshape(-1).to(flat.device)
+            teacher_sums = ((ce * flat).sum(), (ent * flat).sum(), (agree * flat).sum())
+        total, count, reports = inner(student_logits)
+        if teacher_sums is not None:
+            c = mask.sum()
+            for key, value in zip(("teacher lm loss", "teacher entropy", "top1 agreement"), teacher_sums):
+                reports[key] = _pair(value, c)
+        return total, count, reports
 
     return loss_func

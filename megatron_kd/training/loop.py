@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
+from megatron_kd.distill.cache import TeacherCache
 from megatron_kd.distill.objective import KDObjective
 from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.distill.teacher import align_padded_vocab, resolve_teacher
@@ -111,19 +113,28 @@ def prepare_kd(cfg: RunConfig, check_teacher: bool = True):
     `check_teacher=False` when this launch already checked the teacher (mkd train does, once)."""
     from megatron.core import parallel_state
 
-    if not cfg.teacher.checkpoint:
+    if not cfg.teacher.checkpoint and not cfg.teacher.cache:
         return None, StepContext()
-    ckpt, teacher_model, _ = resolve_teacher(cfg, check=check_teacher)
-    align_padded_vocab(cfg, teacher_model)
     keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if cfg.kd.teacher_metrics or
                                   not k.startswith(("teacher", "top1"))]
+    if cfg.teacher.cache:  # the teacher's outputs from the cache: no teacher model at all
+        cache = TeacherCache(cfg.teacher.cache)
+        # the student's logits are sharded as the online run's (which takes the teacher's padding)
+        padded = cache.manifest["teacher_padded_vocab"]
+        align_padded_vocab(cfg, dataclasses.replace(cfg.model, padded_vocab_size=padded))
+        teacher, source = None, f"the teacher cache {cfg.teacher.cache} (top-k {cache.top_k})"
+    else:
+        cache = None
+        ckpt, teacher_model, _ = resolve_teacher(cfg, check=check_teacher)
+        align_padded_vocab(cfg, teacher_model)
+        teacher, source = (ckpt, teacher_model), f"{ckpt} ({teacher_model.name})"
     ctx = StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), report_keys=keys,
                       tp_group=parallel_state.get_tensor_model_parallel_group(),
                       alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
-                      sequence_parallel=cfg.parallel.sequence_parallel)
-    log.info("distilling from %s (%s): alpha %.3g, %s, T=%.3g, mix %s", ckpt, teacher_model.name,
-             cfg.kd.alpha, cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
-    return (ckpt, teacher_model), ctx
+                      sequence_parallel=cfg.parallel.sequence_parallel, cache=cache)
+    log.info("distilling from %s: alpha %.3g, %s, T=%.3g, mix %s", source, cfg.kd.alpha, cfg.kd.kind,
+             cfg.kd.temperature, cfg.kd.mix)
+    return teacher, ctx
 
 
 def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
@@ -169,7 +180,9 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
         info = load_checkpoint(Path(cfg.checkpoint.load), state, load_optimizer=False)
         log.info("initial weights from %s (step %d)", cfg.checkpoint.load, info.step)
 
-    train_ds, valid_sets = build_datasets(cfg, tokenizer, total * cfg.train.global_batch_size)
+    # From a cache: the stream is built exactly as the cache job built it (same sample count)
+    n_samples = ctx.cache.manifest["num_samples"] if ctx.cache is not None else total * cfg.train.global_batch_size
+    train_ds, valid_sets = build_datasets(cfg, tokenizer, n_samples)
     data_iterator = MicroBatchIterator(
         train_ds, cfg.train.micro_batch_size,
         parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),

@@ -65,7 +65,8 @@ def check_run_dir(cfg: RunConfig, overwrite: bool, delete: bool = True) -> None:
 def _refuse_deleting_inputs(cfg: RunConfig, run_dir: Path) -> None:
     """--overwrite deletes the run's outputs; refuse when something the run reads lives there."""
     here = run_dir.resolve()
-    for key, ref in (("teacher.checkpoint", cfg.teacher.checkpoint), ("checkpoint.load", cfg.checkpoint.load)):
+    for key, ref in (("teacher.checkpoint", cfg.teacher.checkpoint), ("checkpoint.load", cfg.checkpoint.load),
+                     ("teacher.cache", cfg.teacher.cache)):
         if ref and (Path(ref).resolve() == here or Path(ref).resolve().is_relative_to(here)):
             raise ConfigError(f"--overwrite would delete {ref} ({key}), which this run reads from "
                               f"{run_dir}; use another run.dir")

@@ -9,8 +9,14 @@ from functools import partial
 import torch
 
 from megatron_kd.config.schema import RunConfig
-from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn
-from megatron_kd.distill.objective import KDObjective, make_fused_kd_loss_func, make_kd_loss_func
+from megatron_kd.distill.cache import dense_teacher_logits
+from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn, sequence_major_logits
+from megatron_kd.distill.objective import (
+    KDObjective,
+    make_cached_kd_loss_func,
+    make_fused_kd_loss_func,
+    make_kd_loss_func,
+)
 
 # What the KD loss reports per step (token-weighted means); α and T are logged by the loop.
 KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement"]
@@ -26,6 +32,7 @@ class StepContext:
     temperature: float = 1.0
     tp_group: object = None
     sequence_parallel: bool = False
+    cache: object = None  # a distill.cache.TeacherCache: the teacher's outputs come from it
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
 
 
@@ -50,6 +57,8 @@ def make_forward_step(ctx: StepContext):
         if ctx.kd is None:
             output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
             return output, partial(lm_loss_func, batch["loss_mask"])
+        if ctx.cache is not None:
+            return _forward_from_cache(ctx, batch, model)
         out = model(batch["tokens"], batch["position_ids"], None)
         if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
             return out, None
@@ -66,6 +75,22 @@ def make_forward_step(ctx: StepContext):
             teacher_logits, ctx.tp_group)
 
     return forward_step
+
+
+def _forward_from_cache(ctx: StepContext, batch: dict, model):
+    """KD step with the teacher's outputs read from the cache for this micro-batch's samples."""
+    from megatron.core import parallel_state
+
+    student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
+    if not parallel_state.is_pipeline_last_stage():
+        return student_logits, None
+    rows = ctx.cache.rows(batch["sample_index"].cpu())
+    width = student_logits.shape[-1]
+    start = parallel_state.get_tensor_model_parallel_rank() * width
+    teacher_logits = dense_teacher_logits(rows, start, width, ctx.kd.opts.vocab_size, student_logits.device)
+    return student_logits, make_cached_kd_loss_func(
+        ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
+        teacher_logits, rows, ctx.tp_group)
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:

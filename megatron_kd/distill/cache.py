@@ -1,0 +1,263 @@
+"""The teacher-signal cache: the frozen teacher's outputs over a student's training stream,
+written once (`mkd teacher-cache`, training/teacher_cache.py) and read by every KD run of a
+sweep that trains on that stream (`teacher.cache=DIR`) instead of running the teacher again.
+
+Rows are keyed by the global sample index of megatron-core's GPT dataset stream, so any student
+layout, batch size or resume point reads the same rows. Per token a row holds:
+- top-K caches (`--top-k K`): the teacher's K most likely token ids (int32: any vocabulary) and
+  their log-probabilities (ties at the K-th place go to the lowest id, as the online top-k),
+  the log of the probability mass outside them, the log-probability of the label (megatron-core's
+  CE convention: every column, padding included) and the entropy (real columns);
+- full caches (`--top-k all`): the log-probability of every real token, label and entropy.
+
+The student side turns a micro-batch's rows back into teacher logits for its own vocabulary
+shard (`dense_teacher_logits`) and runs the online objective on them, so the TP convention, the
+one-pass objective and its tests carry over. What that gives exactly:
+- full caches: everything (log-probabilities are logits up to a constant: every kind, any T);
+- top-K caches: forward KL with `kd.top_k <= K` (renormalised, or with `kd.other_bucket`: the
+  mass outside the K is spread over the other real tokens, so the teacher's kept probabilities
+  and its "other" mass are exact; no spread token can outrank the K-th), at T = 1; and `hard`
+  (the teacher's arg-max) at any T. The rest is refused before the run starts (`check_kd`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_kd.config.schema import KDConfig, RunConfig
+from megatron_kd.data.tokenizer import file_sha256
+from megatron_kd.distill.losses import _all_reduce, _Shard
+from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json
+
+MANIFEST = "manifest.json"
+COMPLETE = "COMPLETE"
+PADDING_LOGIT = -1.0e4  # teacher logits of padding columns: never counted by the KD loss
+TOPK_FIELDS = {"ids": np.int32, "logp": np.float32, "other_logp": np.float32,
+               "label_logp": np.float32, "entropy": np.float32}
+FULL_FIELDS = {"logp": np.float32, "label_logp": np.float32, "entropy": np.float32}
+
+
+def shard_dir(root: Path, j: int) -> Path:
+    return Path(root) / f"shard_{j:06d}"
+
+
+# --- the fingerprint: what a cache was made from ------------------------------------------
+
+def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, teacher_state: dict | None) -> dict:
+    """The inputs that decide a cache's bytes (a run reading it must agree on all of them)."""
+    d = cfg.data
+    data = {"mock": d.mock}
+    if not d.mock:
+        data.update(tokenizer_sha256=file_sha256(Path(d.tokenizer)),
+                    train=[{"prefix": str(Path(p).resolve()), "bin_bytes": Path(f"{p}.bin").stat().st_size}
+                           for p in d.train],
+                    train_weights=d.train_weights, split=d.split)
+    out = {"data": data, "seq_length": cfg.train.seq_length,
+           "data_seed": d.seed if d.seed is not None else cfg.run.seed,
+           "vocab_size": cfg.model.vocab_size, "top_k": "all" if top_k is None else int(top_k), "dtype": "fp32"}
+    if teacher_ckpt is not None:
+        out["teacher"] = {"checkpoint": str(Path(teacher_ckpt).resolve()), "step": teacher_state.get("step"),
+                          "state_crc": teacher_state.get("state_crc")}
+    return out
+
+
+def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differing_fields(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def read_manifest(root: Path) -> dict:
+    root = Path(root)
+    if not (root / MANIFEST).is_file():
+        raise ConfigError(f"teacher cache {root} has no {MANIFEST}; write it with `mkd teacher-cache`")
+    m = read_json(root / MANIFEST, dict, "teacher cache manifest")
+    for key in ("fingerprint", "num_samples", "shard_rows", "num_shards"):
+        if key not in m:
+            raise ConfigError(f"teacher cache manifest {root / MANIFEST} has no '{key}'; write the cache again")
+    return m
+
+
+def check_kd(kd: KDConfig, top_k) -> str | None:
+    """Why these KD options cannot be computed exactly from a cache of `top_k` (None: they can)."""
+    if top_k == "all":
+        return None
+    if kd.fused_output_layer:
+        return "kd.fused_output_layer makes the teacher's logits from its hidden states; set it to false"
+    if kd.kind == "hard":
+        return None
+    temps = {kd.temperature, kd.temperature_schedule.final if kd.temperature_schedule.final is not None
+             else kd.temperature}
+    if kd.kind != "forward_kl":
+        return f"kd.kind={kd.kind} needs the teacher's whole distribution; write the cache with --top-k all"
+    if kd.top_p is not None:
+        return "kd.top_p needs the teacher's whole distribution; use kd.top_k or a --top-k all cache"
+    if kd.top_k is None or kd.top_k > top_k:
+        return (f"a top-{top_k} cache gives forward KL exactly only with kd.top_k <= {top_k} (and "
+                "optionally kd.other_bucket=true); set kd.top_k, or write the cache with --top-k all")
+    if temps != {1.0}:
+        return (f"a top-{top_k} cache holds the teacher at temperature 1; kd.temperature (and its "
+                "schedule) must stay 1, or write the cache with --top-k all")
+    return None
+
+
+def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teacher_state: dict | None) -> dict:
+    """Before any process starts: the cache in teacher.cache fits this run. Returns the manifest."""
+    root = Path(cfg.teacher.cache)
+    m = read_manifest(root)
+    if not (root / COMPLETE).is_file():
+        raise ConfigError(f"teacher cache {root} is not complete (the cache job did not finish); run "
+                          "`mkd teacher-cache` again: it continues where it stopped")
+    top_k = m["fingerprint"].get("top_k")
+    mine = fingerprint(cfg, None if top_k == "all" else top_k, teacher_ckpt, teacher_state)
+    if teacher_ckpt is None:
+        mine["teacher"] = m["fingerprint"].get("teacher")
+    diff = differing_fields(m["fingerprint"], mine)
+    if diff:
+        raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
+                          "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
+    if need_samples > m["num_samples"]:
+        raise ConfigError(f"teacher cache {root} covers {m['num_samples']} samples but this run trains on "
+                          f"{need_samples}; write it for the longer run (train.steps/train.tokens)")
+    why = check_kd(cfg.kd, top_k)
+    if why:
+        raise ConfigError(f"teacher cache {root}: {why}")
+    return m
+
+
+# --- writing: the rows of one micro-batch -----------------------------------------------------
+
+def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, top_k: int | None,
+                 group) -> dict[str, torch.Tensor]:
+    """Cache rows `[b, s, ...]` from this TP rank's teacher logits `[s, b, V/TP]` (sequence-major)
+    and labels `[s, b]`; identical on every rank of `group`."""
+    s_len, b, width = logits.shape
+    z = logits.float().reshape(-1, width)
+    lab = labels.reshape(-1)
+    shard = _Shard(width, vocab_size, group, z.device)
+    # label log-probability in megatron-core's CE convention: softmax over every column
+    m_all = _all_reduce(z.amax(-1), dist.ReduceOp.MAX, group)
+    se_all = _all_reduce(torch.exp(z - m_all.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
+    local = (lab >= shard.start) & (lab < shard.start + width)
+    pos = (lab - shard.start).clamp(0, width - 1)
+    label_z = _all_reduce(torch.where(local, z.gather(1, pos.unsqueeze(1)).squeeze(1), torch.zeros_like(m_all)),
+                          dist.ReduceOp.SUM, group)
+    label_logp = label_z - m_all - torch.log(se_all).float()
+    # log-probabilities over the real columns
+    zr = shard.mask(z, -math.inf)
+    m = _all_reduce(zr.amax(-1), dist.ReduceOp.MAX, group)
+    se = _all_reduce(torch.exp(zr - m.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
+    logp = zr - (m + torch.log(se).float()).unsqueeze(-1)
+    p = torch.exp(logp)
+    entropy = -_all_reduce(torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1, dtype=torch.float64),
+                           dist.ReduceOp.SUM, group).float()
+    rows = {"label_logp": label_logp, "entropy": entropy}
+    tp = dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
+    if top_k is None:
+        full = _gather_columns(logp, group, tp)[:, :vocab_size]
+        rows["logp"] = full
+    else:
+        k_local = min(top_k, width)
+        vals, idx = torch.sort(logp, dim=-1, descending=True, stable=True)  # ties: lowest id first
+        cand_v, cand_i = vals[:, :k_local].contiguous(), (idx[:, :k_local] + shard.start).contiguous()
+        if tp > 1:
+            cand_v = torch.cat(_all_gather(cand_v, group, tp), dim=-1)
+            cand_i = torch.cat(_all_gather(cand_i, group, tp), dim=-1)
+        order = torch.argsort(cand_i, dim=-1, stable=True)  # by id, then stably by value
+        cand_v, cand_i = cand_v.gather(1, order), cand_i.gather(1, order)
+        order = torch.argsort(cand_v, dim=-1, descending=True, stable=True)[:, :top_k]
+        top_v, top_i = cand_v.gather(1, order), cand_i.gather(1, order)
+        if top_v.shape[1] < top_k:
+            raise ConfigError(f"--top-k {top_k} is larger than the vocabulary; use --top-k all")
+        inside = (top_i >= shard.start) & (top_i < shard.start + width)
+        pos = torch.where(inside, top_i - shard.start, torch.full_like(top_i, width))  # width: spare column
+        kept = torch.zeros(p.shape[0], width + 1, dtype=torch.bool, device=p.device)
+        kept = kept.scatter_(1, pos, True)[:, :width]
+        rest = _all_reduce(torch.where(kept, torch.zeros_like(p), p).sum(-1, dtype=torch.float64),
+                           dist.ReduceOp.SUM, group)
+        rows.update(ids=top_i.to(torch.int32), logp=top_v, other_logp=torch.log(rest).float())
+    # sequence-major rows (t * b + i) -> sample-major [b, s, ...]
+    return {k: v.reshape(s_len, b, *v.shape[1:]).transpose(0, 1).contiguous() for k, v in rows.items()}
+
+
+def _all_gather(t: torch.Tensor, group, tp: int) -> list[torch.Tensor]:
+    out = [torch.empty_like(t) for _ in range(tp)]
+    dist.all_gather(out, t.contiguous(), group=group)
+    return out
+
+
+def _gather_columns(x: torch.Tensor, group, tp: int) -> torch.Tensor:
+    return x if tp == 1 else torch.cat(_all_gather(x, group, tp), dim=-1)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+class TeacherCache:
+    """A complete cache directory, its shards memory-mapped on first use."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.top_k = self.manifest["fingerprint"]["top_k"]
+        self.rows_per_shard = self.manifest["shard_rows"]
+        self.vocab_size = self.manifest["fingerprint"]["vocab_size"]
+        self.fields = FULL_FIELDS if self.top_k == "all" else TOPK_FIELDS
+        self._maps: dict[int, dict[str, np.ndarray]] = {}
+
+    def _shard(self, j: int) -> dict[str, np.ndarray]:
+        if j not in self._maps:
+            d = shard_dir(self.root, j)
+            try:
+                self._maps[j] = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in self.fields}
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"teacher cache shard {d} is missing or damaged ({exc}); "
+                                  "check it with `mkd teacher-cache --verify`") from exc
+        return self._maps[j]
+
+    def rows(self, sample_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows `[b, s, ...]` of these global sample indices."""
+        out = {f: [] for f in self.fields}
+        for i in sample_index.tolist():
+            j, r = divmod(int(i), self.rows_per_shard)
+            shard = self._shard(j)
+            for f in self.fields:
+                out[f].append(torch.from_numpy(np.array(shard[f][r])))
+        return {f: torch.stack(v) for f, v in out.items()}
+
+
+def dense_teacher_logits(rows: dict[str, torch.Tensor], shard_start: int, width: int, vocab_size: int,
+                         device) -> torch.Tensor:
+    """Teacher logits `[s, b, width]` for this TP rank's vocabulary columns from cache rows: the
+    cached log-probabilities; in a top-K cache the other real columns share the mass outside the
+    K equally; padding columns PADDING_LOGIT."""
+    logp = rows["logp"]
+    b, s = logp.shape[:2]
+    cols = torch.arange(shard_start, shard_start + width)
+    real = cols < vocab_size
+    if "ids" not in rows:  # full cache
+        out = torch.full((b, s, width), PADDING_LOGIT, dtype=torch.float32)
+        n_real = int(real.sum())
+        out[..., :n_real] = logp[..., shard_start:shard_start + n_real]
+    else:
+        k = logp.shape[-1]
+        spread = rows["other_logp"] - math.log(max(1, vocab_size - k))  # [b, s]
+        out = torch.where(real, spread.unsqueeze(-1), torch.tensor(PADDING_LOGIT)).float().contiguous()
+        ids = rows["ids"].long()
+        inside = (ids >= shard_start) & (ids < shard_start + width)
+        pos = torch.where(inside, ids - shard_start, torch.full_like(ids, width))  # width: a spare column
+        wide = torch.cat([out, torch.zeros(b, s, 1)], dim=-1)
+        wide.scatter_(-1, pos, logp.float())
+        out = wide[..., :width]
+    return out.transpose(0, 1).contiguous().to(device)

@@ -1,0 +1,189 @@
+"""`mkd teacher-cache`: run the frozen teacher once over exactly the samples a KD recipe's
+student trains on and write the rows of distill/cache.py, in shards keyed by global sample index.
+
+The job is the teacher's own run: `parallel.*` and the launcher give the teacher any TP/PP/DP.
+Shard j goes to data-parallel rank j % DP; each is written to SHARD.partial and renamed when
+complete, with a CRC-32 per file, so a killed job restarts where it stopped and ends with the
+same bytes. The manifest (fingerprint, shard layout) is written first and checked on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_kd.checkpoint.refs import file_checksum
+from megatron_kd.config import padded_vocab
+from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.validate import train_steps
+from megatron_kd.data.datasets import build_datasets, load_tokenizer
+from megatron_kd.distill.cache import (
+    COMPLETE,
+    FULL_FIELDS,
+    MANIFEST,
+    TOPK_FIELDS,
+    differing_fields,
+    fingerprint,
+    read_manifest,
+    shard_dir,
+    teacher_rows,
+)
+from megatron_kd.distill.model import build_teacher, sequence_major_logits
+from megatron_kd.distill.teacher import resolve_teacher
+from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json
+
+log = logging.getLogger("megatron_kd.cache")
+SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a top-64 cache at 4k tokens)
+
+
+def plan_cache(cfg: RunConfig, top_k: int | None) -> dict:
+    """The manifest a cache for this recipe has (before anything is written or run)."""
+    ckpt, _, state = resolve_teacher(cfg, check=False)
+    n = train_steps(cfg) * cfg.train.global_batch_size
+    per_token = 4 * (cfg.model.vocab_size if top_k is None else 2 * top_k + 1) + 8
+    rows = max(1, min(n, SHARD_BYTES // (per_token * cfg.train.seq_length)))
+    padded = resolve_teacher(cfg, check=False)[1].padded_vocab_size or padded_vocab(cfg.model, cfg.parallel.tp)
+    return {"fingerprint": fingerprint(cfg, top_k, ckpt, state), "num_samples": n, "shard_rows": rows,
+            "teacher_padded_vocab": padded,
+            "num_shards": math.ceil(n / rows), "seq_length": cfg.train.seq_length,
+            "bytes_per_token": per_token, "format": 1}
+
+
+def check_out(out: Path, planned: dict) -> None:
+    """`out` is new, empty, or a cache of the same fingerprint (then the job continues it)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / MANIFEST).is_file():
+        raise ConfigError(f"--out {out} exists and is not a teacher cache; choose a new directory")
+    have = read_manifest(out)
+    diff = differing_fields(have["fingerprint"], planned["fingerprint"])
+    diff += [k for k in ("num_samples", "shard_rows") if have.get(k) != planned.get(k)]
+    if diff:
+        raise ConfigError(f"--out {out} holds a teacher cache of another run ({', '.join(diff)} differ); "
+                          "choose a new directory")
+
+
+def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: dict) -> dict:
+    """Collective: every rank of the teacher's launch. Returns {shards, written, samples}."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    rank = torch.distributed.get_rank()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / MANIFEST).is_file():
+            tmp = out / f"{MANIFEST}.tmp"
+            tmp.write_text(json.dumps(planned, indent=2))
+            tmp.replace(out / MANIFEST)
+        for p in out.glob("*.partial"):  # left by a killed job
+            shutil.rmtree(p, ignore_errors=True)
+    torch.distributed.barrier()
+    ckpt, teacher_model, _ = resolve_teacher(cfg, check=False)
+    teacher = build_teacher(cfg, teacher_model, ckpt)
+    teacher.eval()
+    tokenizer = load_tokenizer(cfg)
+    n = planned["num_samples"]
+    dataset, _ = build_datasets(cfg, tokenizer, n)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    todo = [j for j in range(planned["num_shards"]) if j % dp == dp_rank and not _complete(out, j)]
+    torch.distributed.barrier()  # every rank decided what to do before any shard is written
+    writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+    group = parallel_state.get_tensor_model_parallel_group()
+    micro = cfg.train.micro_batch_size
+    seq = cfg.train.seq_length
+    written = 0
+    for j in todo:
+        first = j * planned["shard_rows"]
+        samples = list(range(first, min(first + planned["shard_rows"], n)))
+        padded = samples + [samples[-1]] * (-len(samples) % micro)  # whole micro-batches
+        collected: list[dict] = []
+
+        def forward_step(data_iterator, model):
+            batch = next(data_iterator)
+            logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
+
+            def loss_func(output):
+                collected.append(teacher_rows(output, batch["labels"].t(), cfg.model.vocab_size, top_k, group))
+                return output.new_zeros(()), torch.tensor(1, dtype=torch.int), {}
+
+            return logits, loss_func
+
+        batches = iter([_batch(dataset, padded[i:i + micro]) for i in range(0, len(padded), micro)])
+        with torch.no_grad():
+            get_forward_backward_func()(forward_step_func=forward_step, data_iterator=batches, model=[teacher],
+                                        num_microbatches=len(padded) // micro, seq_length=seq,
+                                        micro_batch_size=micro, forward_only=True)
+        if writer:
+            rows = {k: torch.cat([c[k] for c in collected])[:len(samples)] for k in collected[0]}
+            _write_shard(out, j, rows)
+            written += 1
+            log.info("teacher cache shard %d/%d: samples %d-%d", j + 1, planned["num_shards"], samples[0],
+                     samples[-1])
+    torch.distributed.barrier()
+    if rank == 0:
+        missing = [j for j in range(planned["num_shards"]) if not _complete(out, j)]
+        if missing:
+            raise ConfigError(f"teacher cache {out}: shards {missing[:5]} were not written; run the job again")
+        (out / COMPLETE).write_text(f"{n} samples, {planned['num_shards']} shards\n")
+    torch.distributed.barrier()
+    return {"shards": planned["num_shards"], "written": written, "samples": n}
+
+
+def _batch(dataset, index: list[int]) -> dict:
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    samples = [dataset[i] for i in index]
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]).to(device)
+            for k in ("tokens", "labels", "position_ids")}
+
+
+def _complete(out: Path, j: int) -> bool:
+    return (shard_dir(out, j) / "crc.json").is_file()
+
+
+def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor]) -> None:
+    final = shard_dir(out, j)
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    fields = FULL_FIELDS if "ids" not in rows else TOPK_FIELDS
+    for name, dtype in fields.items():
+        np.save(partial / f"{name}.npy", rows[name].cpu().numpy().astype(dtype, copy=False))
+    crcs = {f"{name}.npy": file_checksum(partial / f"{name}.npy") for name in fields}
+    (partial / "crc.json").write_text(json.dumps(crcs, indent=1))  # last: marks the shard whole
+    partial.rename(final)
+
+
+def verify_cache(root: Path) -> str:
+    """Every shard present, of the manifest's shapes, with its files' checksums; one line back."""
+    m = read_manifest(root)
+    top_k = m["fingerprint"]["top_k"]
+    fields = FULL_FIELDS if top_k == "all" else TOPK_FIELDS
+    width = m["fingerprint"]["vocab_size"] if top_k == "all" else top_k
+    for j in range(m["num_shards"]):
+        d = shard_dir(root, j)
+        if not (d / "crc.json").is_file():
+            raise ConfigError(f"teacher cache {root}: shard {d.name} is missing or incomplete; run "
+                              "`mkd teacher-cache` again to finish it")
+        crcs = read_json(d / "crc.json", dict, "teacher cache shard checksums")
+        rows = min(m["shard_rows"], m["num_samples"] - j * m["shard_rows"])
+        for name in fields:
+            f = d / f"{name}.npy"
+            if not f.is_file() or crcs.get(f.name) != file_checksum(f):
+                raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is missing or does not match its "
+                                  "checksum; delete that shard directory and run `mkd teacher-cache` again")
+            shape = np.load(f, mmap_mode="r").shape
+            want = (rows, m["seq_length"]) + ((width,) if name in ("ids", "logp") else ())
+            if shape != want:
+                raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} has shape {shape}, the manifest "
+                                  f"says {want}; delete that shard directory and run the job again")
+    if not (Path(root) / COMPLETE).is_file():
+        raise ConfigError(f"teacher cache {root} is not marked complete; run `mkd teacher-cache` again")
+    return (f"teacher cache {root}: {m['num_shards']} shards, {m['num_samples']} samples of "
+            f"{m['seq_length']} tokens, top-k {top_k}: all verified")
