@@ -198,6 +198,8 @@ def cmd_teacher_cache(args) -> int:
             top_k = 0
         if top_k < 1:
             raise ConfigError(f"--top-k must be a positive integer or 'all', got {args.top_k!r}")
+    if args.shard_rows is not None and args.shard_rows < 1:
+        raise ConfigError(f"--shard-rows must be >= 1, got {args.shard_rows}")
     cfg = load_config(args.recipe, [*args.overrides, "teacher.cache=null"])
     if not cfg.teacher.checkpoint:
         raise ConfigError(f"{args.recipe} names no teacher.checkpoint; the cache job runs a KD recipe's teacher")
@@ -206,7 +208,7 @@ def cmd_teacher_cache(args) -> int:
     _, teacher, _ = resolve_teacher(cfg, check=not checked)
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
-    planned = plan_cache(cfg, top_k)
+    planned = plan_cache(cfg, top_k, args.shard_rows)
     if not checked:
         check_data(cfg)
         check_out(out, planned)

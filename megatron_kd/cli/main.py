@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the cache directory (an unfinished one is continued)")
     p.add_argument("--top-k", default="64", help="tokens kept per position, or 'all' (default 64)")
     p.add_argument("--nproc", type=int, default=1, help="processes for the teacher (its TP x PP x DP)")
+    p.add_argument("--shard-rows", type=int, default=None, help="samples per shard (default: ~64 MiB shards)")
     p.add_argument("--verify", metavar="DIR", help="check every shard of a cache against its manifest")
     p.set_defaults(func=commands.cmd_teacher_cache)
 

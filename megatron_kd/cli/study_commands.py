@@ -47,11 +47,23 @@ def cmd_sweep(args) -> int:
         require_sbatch()  # before writing anything
         from megatron_kd.study.sweep import finished
 
+        cache_jobs: dict[str, str] = {}  # one teacher-cache job per cached teacher, first
         for point, recipe in write_recipes(spec, args.only):
             if finished(Path(spec["out"]) / "runs" / point.name):
                 print(f"[sweep] {point.name}: finished, skipped")
                 continue
-            print(f"[sweep] {point.name}: submitted job {submit(job_spec(args, str(recipe), []))}")
+            job = job_spec(args, str(recipe), [])
+            cache = point.meta.get("teacher_cache")
+            if cache and not (Path(cache) / "COMPLETE").is_file():
+                if cache not in cache_jobs:
+                    cj = job_spec(args, str(recipe), [])
+                    cj.command, cj.job_name = "teacher-cache", f"mkd-cache-{Path(cache).name}"
+                    cj.command_args = ["--out", cache, "--top-k", str(point.meta["cache_top_k"])]
+                    cache_jobs[cache] = submit(cj)
+                    print(f"[sweep] teacher {point.meta['teacher']}: cache job {cache_jobs[cache]} -> {cache}")
+                job.dependency = cache_jobs[cache]
+            print(f"[sweep] {point.name}: submitted job {submit(job)}"
+                  + (f" (after cache job {job.dependency})" if job.dependency else ""))
         print(f"when the jobs are done: mkd report {spec['out']}")
         return 0
     if not args.local:

@@ -37,6 +37,7 @@ from megatron_kd.jsonio import read_json
 
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
+SHARD_INDEX = "index.json"  # per shard: each file's bytes and CRC-32, written last
 PADDING_LOGIT = -1.0e4  # teacher logits of padding columns: never counted by the KD loss
 TOPK_FIELDS = {"ids": np.int32, "logp": np.float32, "other_logp": np.float32,
                "label_logp": np.float32, "entropy": np.float32}
@@ -128,6 +129,20 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
     if diff:
         raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
                           "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
+    missing = [j for j in range(m["num_shards"]) if not (shard_dir(root, j) / SHARD_INDEX).is_file()]
+    for j in range(m["num_shards"]):  # present and whole (sizes; `--verify` reads the checksums)
+        if j in missing:
+            continue
+        index = read_json(shard_dir(root, j) / SHARD_INDEX, dict, "teacher cache shard index")
+        for name, info in index.items():
+            f = shard_dir(root, j) / name
+            if not f.is_file() or not isinstance(info, dict) or f.stat().st_size != info.get("bytes"):
+                missing.append(j)
+                break
+    if missing:
+        raise ConfigError(f"teacher cache {root}: shard {shard_dir(root, missing[0]).name} is missing or "
+                          f"truncated ({len(missing)} of {m['num_shards']}); delete the damaged shard "
+                          "directories and run `mkd teacher-cache` again (it writes what is missing)")
     if need_samples > m["num_samples"]:
         raise ConfigError(f"teacher cache {root} covers {m['num_samples']} samples but this run trains on "
                           f"{need_samples}; write it for the longer run (train.steps/train.tokens)")

@@ -49,6 +49,9 @@ class JobSpec:
     job_name: str | None = None
     cpus_per_task: int | None = None
     extra_sbatch: list[str] = field(default_factory=list)
+    command: str = "train"  # the mkd command the job runs (train, or teacher-cache)
+    command_args: list[str] = field(default_factory=list)  # its options, e.g. ["--out", DIR]
+    dependency: str | None = None  # a job id this one starts after (afterok)
 
 
 def _check_value(name: str, value: str) -> str:
@@ -88,6 +91,10 @@ def render(spec: JobSpec) -> tuple[str, Path]:
               "#SBATCH --open-mode=append",
               f"#SBATCH --output={q(_check_value('run.dir', str(run_dir / 'slurm' / 'slurm-%j.out')))}"]
     lines += [f"#SBATCH {_check_value('sbatch', x)}" for x in spec.extra_sbatch]
+    if spec.dependency:
+        if not spec.dependency.isdigit():
+            raise ConfigError(f"a job dependency must be a job id, got {spec.dependency!r}")
+        lines.append(f"#SBATCH --dependency=afterok:{spec.dependency}")
     prec = cfg.precision
     lines += ["", f"# recipe: {_check_value('recipe', str(recipe))}",
               f"# run dir: {_check_value('run.dir', str(run_dir))}",
@@ -103,7 +110,9 @@ def render(spec: JobSpec) -> tuple[str, Path]:
     lines += [f"export {k}={q(v)}" for k, v in env.items()]
     lines += ['export MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
               'echo "[mkd] job $SLURM_JOB_ID start (restart count ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"']
-    cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe), *spec.overrides]
+    if spec.command not in ("train", "teacher-cache"):
+        raise ConfigError(f"a job runs `mkd train` or `mkd teacher-cache`, not {spec.command!r}")
+    cmd = [sys.executable, "-m", "megatron_kd", spec.command, str(recipe), *spec.overrides, *spec.command_args]
     lines += [f"srun --kill-on-bad-exit=1 {' '.join(q(c) for c in cmd)}",
               "rc=$?",
               f"if [ \"$rc\" -eq {EXIT_PREEMPTED} ]; then",

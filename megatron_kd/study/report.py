@@ -26,6 +26,12 @@ def _final(run_dir: Path) -> dict | None:
     return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
 
 
+def _cache_tokens(cache: Path) -> int:
+    f = cache / "manifest.json"
+    m = read_json(f, dict, "teacher cache manifest") if f.is_file() else {}
+    return int(m.get("num_samples", 0)) * int(m.get("seq_length", 0))
+
+
 def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
     if not (sweep_dir / "points.json").is_file():
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no points.json); give the `out` "
@@ -55,6 +61,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
             _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
             per_tok = train_flops_per_token(tm, cfg.train.seq_length)
             row["teacher_kd_flops"] = per_tok / 3 * tokens  # forward only
+            if p.get("teacher_cache"):  # one forward over the cached stream, shared by its points
+                sharing = sum(1 for q in points if q.get("teacher_cache") == p["teacher_cache"])
+                cached = _cache_tokens(Path(p["teacher_cache"]))
+                row["teacher_kd_flops"] = per_tok / 3 * cached / sharing
+                row["teacher_cache_flops"] = per_tok / 3 * cached
             t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
             row["teacher_pretrain_flops"] = per_tok * t_tokens
             t_eval = teachers.get(p["teacher"].replace("/", "-"))
@@ -121,6 +132,13 @@ def build_report(sweep_dir: Path) -> dict:
             f"{s} {m:.4f}" + (f" ± {sd:.4f} (seed std)" if sd is not None else "") for s, (m, sd) in b.items()))
     md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
+    caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
+    online = [r for r in kd_rows if not r.get("teacher_cache")]
+    md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
+               "(one per teacher cache, shared by its runs; the table splits its FLOPs among them)."]
+    varies = {r.get("seed_varies") for r in rows if r.get("seed_varies")}
+    if varies:
+        md.append(f"Seeds varied: {' / '.join(sorted(varies))}.")
     md += ["", "Best α per teacher:", ""]
     for t, per in best.items():
         md.append(f"- {t}: " + ", ".join(f"{s}: α={a:g} (gain {g:+.4f})" for s, (a, g) in per.items()))

@@ -43,7 +43,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
 GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "temperature", "kind", "top_k"}
-SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid"}
+SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid", "data_seed"}
 
 
 @dataclass
@@ -134,6 +134,17 @@ def _check_types(spec: dict, p: Path) -> None:
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
     for t in teachers or []:
         need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
+        cache = t.get("cache")
+        need(cache is None or (isinstance(cache, dict) and set(cache) <= {"top_k"}
+                               and (cache.get("top_k", 64) == "all" or (isinstance(cache.get("top_k", 64), int)
+                                                                     and cache.get("top_k", 64) >= 1))),
+             "grid.teacher[].cache", "a mapping {top_k: K} (K a positive integer or 'all')")
+    need(spec.get("data_seed") is None or (isinstance(spec["data_seed"], int) and spec["data_seed"] >= 0),
+         "data_seed", "a non-negative integer")
+    cached = any(isinstance(t, dict) and t.get("cache") for t in teachers or [])
+    if cached and len(spec.get("seeds") or []) > 1 and spec.get("data_seed") is None:
+        raise ConfigError(f"sweep {p}: a cached teacher serves one data order; with several `seeds`, set "
+                          "`data_seed: N` so the seeds vary the students' initialisation only")
     tg = grid.get("teacher_grid")
     if tg is not None:
         need(isinstance(tg, dict), "grid.teacher_grid", "a mapping with models, tokens and checkpoint")
@@ -158,6 +169,9 @@ def expand(spec: dict) -> list[Point]:
     axes = {k: grid.get(k) or [None] for k in ("alpha", "temperature", "kind", "top_k")}
     seeds = spec.get("seeds") or [None]
     common = list(spec.get("overrides") or [])
+    if spec.get("data_seed") is not None:  # the seeds vary the initialisation; the data order is fixed
+        common.append(f"data.seed={spec['data_seed']}")
+    seed_varies = "initialisation" if spec.get("data_seed") is not None else "initialisation and data order"
     points = []
     for seed, student in itertools.product(seeds, students):
         s_name = _short(student) if student else "student"
@@ -165,14 +179,20 @@ def expand(spec: dict) -> list[Point]:
         base_ov = common + ([f"run.seed={seed}"] if seed is not None else [])
         if spec.get("baseline", True):
             points.append(Point(f"{s_name}__baseline{seed_tag}", student, None, base_ov + ["kd.alpha=0"],
-                                {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed}))
+                                {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
+                                 "seed_varies": seed_varies}))
         for t, a, temp, kind, top_k in itertools.product(teachers, *axes.values()):
             parts, ov = [s_name, f"t-{_short(t['name'])}"], list(base_ov)
             ov += [f"teacher.checkpoint={t['checkpoint']}"]
             if t.get("model"):
                 ov.append(f"teacher.model={t['model']}")
             meta = {"student": s_name, "teacher": t["name"], "teacher_model": t.get("model"),
-                    "teacher_tokens": t.get("tokens"), "seed": seed}
+                    "teacher_tokens": t.get("tokens"), "seed": seed, "seed_varies": seed_varies}
+            if t.get("cache"):  # one teacher pass (the cache job) serves every point of this teacher
+                cache_dir = Path(spec["out"]) / "caches" / _short(t["name"])
+                ov.append(f"teacher.cache={cache_dir}")
+                meta["teacher_cache"] = str(cache_dir)
+                meta["cache_top_k"] = t["cache"].get("top_k", 64)
             for key, val, tag in (("alpha", a, "a"), ("temperature", temp, "T"), ("kind", kind, ""),
                                   ("top_k", top_k, "topk")):
                 if val is not None:
@@ -185,7 +205,8 @@ def expand(spec: dict) -> list[Point]:
         s_name = _short(student) if student else "student"  # extra baselines: the noise band
         points.append(Point(f"{s_name}__baseline__seed{seed}", student, None,
                             common + [f"run.seed={seed}", "kd.alpha=0"],
-                            {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed}))
+                            {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
+                             "seed_varies": seed_varies}))
     if not points:
         raise ConfigError(f"sweep {spec['_path']} expands to no runs: give grid.teacher(s) and/or "
                           "baseline: true")
@@ -206,6 +227,7 @@ def resolve_point(spec: dict, point: Point):
         validate(cfg)
     if point.teacher is None:
         cfg.teacher.checkpoint = None
+        cfg.teacher.cache = None
     return cfg
 
 
@@ -264,6 +286,31 @@ def finished(run_dir: Path) -> bool:
     return latest is not None and read_state(latest)["kind"] == "final"
 
 
+def build_caches(pending: list[tuple], nproc: int) -> None:
+    """Each cached teacher's cache, once, before the points that read it (the teacher runs once
+    for all of them); a complete cache is reused."""
+    by_cache: dict[str, list] = {}
+    for point, recipe, _ in pending:
+        if point.meta.get("teacher_cache"):
+            by_cache.setdefault(point.meta["teacher_cache"], []).append((point, recipe))
+    for cache, users in by_cache.items():
+        point, recipe = users[0]
+        if (Path(cache) / "COMPLETE").is_file():
+            print(f"[sweep] teacher {point.meta['teacher']}: cache {cache} complete, reused by "
+                  f"{len(users)} points", flush=True)
+            continue
+        print(f"[sweep] teacher {point.meta['teacher']}: one teacher pass into {cache} for {len(users)} "
+              "points", flush=True)
+        cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(recipe), "--out", cache,
+               "--top-k", str(point.meta["cache_top_k"])] + (["--nproc", str(nproc)] if nproc > 1 else [])
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["failed"])[-1]
+            raise ConfigError(f"the teacher cache job for {point.meta['teacher']} failed: {last}")
+        print(f"[sweep] {r.stdout.strip().splitlines()[-1]}", flush=True)
+
+
 def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None = None) -> list[str]:
     """Run every point here; finished runs are skipped, partial ones resume. `jobs` points run
     at the same time (each with `nproc` processes), e.g. one per core for CPU-sized models."""
@@ -274,6 +321,7 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
             print(f"[sweep] {point.name}: finished, skipped", flush=True)
         else:
             pending.append((point, recipe, run_dir))
+    build_caches(pending, nproc)
     running: list[tuple] = []
     ran = []
 

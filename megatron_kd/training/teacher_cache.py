@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from megatron_kd.distill.cache import (
     COMPLETE,
     FULL_FIELDS,
     MANIFEST,
+    SHARD_INDEX,
     TOPK_FIELDS,
     differing_fields,
     fingerprint,
@@ -43,12 +46,12 @@ log = logging.getLogger("megatron_kd.cache")
 SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a top-64 cache at 4k tokens)
 
 
-def plan_cache(cfg: RunConfig, top_k: int | None) -> dict:
+def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None) -> dict:
     """The manifest a cache for this recipe has (before anything is written or run)."""
     ckpt, _, state = resolve_teacher(cfg, check=False)
     n = train_steps(cfg) * cfg.train.global_batch_size
     per_token = 4 * (cfg.model.vocab_size if top_k is None else 2 * top_k + 1) + 8
-    rows = max(1, min(n, SHARD_BYTES // (per_token * cfg.train.seq_length)))
+    rows = shard_rows or max(1, min(n, SHARD_BYTES // (per_token * cfg.train.seq_length)))
     padded = resolve_teacher(cfg, check=False)[1].padded_vocab_size or padded_vocab(cfg.model, cfg.parallel.tp)
     return {"fingerprint": fingerprint(cfg, top_k, ckpt, state), "num_samples": n, "shard_rows": rows,
             "teacher_padded_vocab": padded,
@@ -144,7 +147,7 @@ def _batch(dataset, index: list[int]) -> dict:
 
 
 def _complete(out: Path, j: int) -> bool:
-    return (shard_dir(out, j) / "crc.json").is_file()
+    return (shard_dir(out, j) / SHARD_INDEX).is_file()
 
 
 def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor]) -> None:
@@ -155,9 +158,18 @@ def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor]) -> None:
     fields = FULL_FIELDS if "ids" not in rows else TOPK_FIELDS
     for name, dtype in fields.items():
         np.save(partial / f"{name}.npy", rows[name].cpu().numpy().astype(dtype, copy=False))
-    crcs = {f"{name}.npy": file_checksum(partial / f"{name}.npy") for name in fields}
-    (partial / "crc.json").write_text(json.dumps(crcs, indent=1))  # last: marks the shard whole
+    files = {f"{name}.npy": {"bytes": (partial / f"{name}.npy").stat().st_size,
+                             "crc32": file_checksum(partial / f"{name}.npy")} for name in fields}
+    (partial / SHARD_INDEX).write_text(json.dumps(files, indent=1))  # last: marks the shard whole
     partial.rename(final)
+    _inject_kill(j)
+
+
+def _inject_kill(j: int) -> None:
+    """Fault injection for the restart test: MKD_INJECT_KILL_CACHE_SHARD=J SIGKILLs the writer
+    right after shard J is in place (a real kill, mid-job)."""
+    if os.environ.get("MKD_INJECT_KILL_CACHE_SHARD") == str(j):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def verify_cache(root: Path) -> str:
@@ -168,14 +180,14 @@ def verify_cache(root: Path) -> str:
     width = m["fingerprint"]["vocab_size"] if top_k == "all" else top_k
     for j in range(m["num_shards"]):
         d = shard_dir(root, j)
-        if not (d / "crc.json").is_file():
+        if not (d / SHARD_INDEX).is_file():
             raise ConfigError(f"teacher cache {root}: shard {d.name} is missing or incomplete; run "
                               "`mkd teacher-cache` again to finish it")
-        crcs = read_json(d / "crc.json", dict, "teacher cache shard checksums")
+        index = read_json(d / SHARD_INDEX, dict, "teacher cache shard index")
         rows = min(m["shard_rows"], m["num_samples"] - j * m["shard_rows"])
         for name in fields:
             f = d / f"{name}.npy"
-            if not f.is_file() or crcs.get(f.name) != file_checksum(f):
+            if not f.is_file() or (index.get(f.name) or {}).get("crc32") != file_checksum(f):
                 raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is missing or does not match its "
                                   "checksum; delete that shard directory and run `mkd teacher-cache` again")
             shape = np.load(f, mmap_mode="r").shape

@@ -1,0 +1,137 @@
+"""The teacher-signal cache: KD from the cache equals online KD (full caches at the student's TP=1
+and TP=2 from a teacher cache written at another TP; a top-K cache with kd.top_k and the other
+bucket), one cache serves other batch shapes, DP and resume, a killed cache job restarts to the
+same bytes, and bad caches are one line before anything starts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import env_with, mkd, read_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
+
+RUN = ["logging.tensorboard=false", "checkpoint.save_at_end=false", "train.lr=3e-3"]
+
+
+def _losses(run_dir) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir)]
+
+
+def _close(a, b, what):
+    assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 1e-5, (what, a, b)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cache") / "teacher"
+    mkd("train", "train/tiny-mock", "train.steps=3", "run.seed=5", f"run.dir={d}", timeout=600)
+    return d
+
+
+def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
+    kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "kd.temperature=2.0"]
+    cache = tmp_path / "cache-all"
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "parallel.tp=2", "--nproc", 2, "--out", cache,
+            "--top-k", "all", timeout=600)  # the teacher at TP=2
+    assert "the teacher ran over the whole stream" in r.stdout
+    assert "all verified" in mkd("teacher-cache", "--verify", cache).stdout
+    mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'online'}", timeout=600)
+    ref = _losses(tmp_path / "online")
+    assert len(ref) == 4
+    r = mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", f"run.dir={tmp_path / 'tp1'}", timeout=600)
+    assert "distilling from the teacher cache" in r.stdout + r.stderr  # no teacher model built
+    _close(_losses(tmp_path / "tp1"), ref, "cache, student tp1")
+    mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", "parallel.tp=2", "--nproc", 2,
+        f"run.dir={tmp_path / 'tp2'}", timeout=600)
+    _close(_losses(tmp_path / "tp2"), ref, "cache, student tp2")
+    online, cached = read_metrics(tmp_path / "online"), read_metrics(tmp_path / "tp1")
+    for key in ("teacher_lm_loss", "teacher_entropy", "top1_agreement", "kd_loss"):
+        _close([r[key] for r in cached], [r[key] for r in online], key)
+
+
+def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
+    kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "kd.top_k=8", "kd.other_bucket=true"]
+    cache = tmp_path / "cache-16"
+    mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", cache, "--top-k", 16, timeout=600)
+    # top-8 + other bucket, as the online run
+    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"run.dir={tmp_path / 'online'}", timeout=600)
+    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}",
+        f"run.dir={tmp_path / 'cached'}", timeout=600)
+    _close(_losses(tmp_path / "cached"), _losses(tmp_path / "online"), "top-k + other bucket")
+    # other micro/global batch sizes and DP=2 read the same rows (same 16 samples)
+    shape = ["train.steps=8", "train.global_batch_size=2", "train.micro_batch_size=1"]
+    mkd("train", "train/tiny-mock", *kd, *shape, f"run.dir={tmp_path / 'online-dp'}", "--nproc", 2, timeout=600)
+    mkd("train", "train/tiny-mock", *kd, *shape, f"teacher.cache={cache}", f"run.dir={tmp_path / 'cached-dp'}",
+        "--nproc", 2, timeout=600)
+    _close(_losses(tmp_path / "cached-dp"), _losses(tmp_path / "online-dp"), "dp2, other batch shape")
+    # stopped and resumed from the cache: the uninterrupted run's losses
+    run = tmp_path / "resumed"
+    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", "train.stop_at_step=2",
+        f"run.dir={run}", "checkpoint.save_at_end=true", timeout=600)
+    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", f"run.dir={run}",
+        "checkpoint.save_at_end=true", timeout=600)
+    _close(_losses(run), _losses(tmp_path / "cached"), "resumed")
+
+
+def test_killed_cache_job_restarts_to_the_same_bytes(teacher, tmp_path):
+    kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.top_k=4"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", ref, "--top-k", 8, "--shard-rows", 4, timeout=600)
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cut, "--top-k", 8, "--shard-rows", 4,
+            env=env_with(MKD_INJECT_KILL_CACHE_SHARD="1"), check=False, timeout=600)
+    assert r.returncode != 0 and not (cut / "COMPLETE").exists() and (cut / "shard_000001").is_dir()
+    assert not (cut / "shard_000002").exists()
+    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cut, "--top-k", 8, "--shard-rows", 4, timeout=600)
+    shards = sorted(p.name for p in ref.glob("shard_*"))
+    assert shards == sorted(p.name for p in cut.glob("shard_*")) and len(shards) == 4
+    for s in shards:
+        for f in sorted((ref / s).iterdir()):
+            assert f.read_bytes() == (cut / s / f.name).read_bytes(), (s, f.name)
+
+
+def test_bad_caches_are_one_line_before_start(teacher, tmp_path):
+    kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.top_k=4"]
+    cache = tmp_path / "cache"
+    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cache, "--top-k", 8, "--shard-rows", 8, timeout=600)
+
+    def refused(*extra, text):
+        run = tmp_path / "run"
+        r = mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", f"run.dir={run}", *extra, check=False)
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert r.returncode == 2 and len(errors) == 1 and text in errors[0], (extra, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and not run.exists()
+
+    refused("data.seed=99", text="data_seed differ")
+    refused("train.seq_length=16", text="seq_length differ")
+    refused("train.steps=8", text="covers 16 samples but this run trains on 32")
+    refused("kd.kind=reverse_kl", "kd.top_k=null", text="needs the teacher's whole distribution")
+    refused("kd.top_k=null", text="kd.top_k <= 8")
+    refused("kd.temperature=2", text="must stay 1")
+    refused("kd.fused_output_layer=true", text="kd.fused_output_layer")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cache, damaged)
+    shard = damaged / "shard_000001" / "logp.npy"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    cache_good, cache = cache, damaged
+    refused(text="shard_000001 is missing or truncated")
+    shutil.rmtree(damaged / "shard_000001")
+    refused(text="shard_000001 is missing")
+    cache = cache_good
+    flipped = tmp_path / "flipped"
+    shutil.copytree(cache, flipped)
+    f = flipped / "shard_000000" / "logp.npy"
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0xFF
+    f.write_bytes(bytes(data))
+    r = mkd("teacher-cache", "--verify", flipped, check=False)
+    assert r.returncode == 2 and "does not match its checksum" in r.stderr.strip().splitlines()[-1]
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["fingerprint"]["top_k"] == 8 and manifest["num_samples"] == 16
+    # a cache job into a directory holding a cache of another run refuses to touch it
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "data.seed=3", "--out", cache, "--top-k", 8, check=False)
+    assert r.returncode == 2 and "holds a teacher cache of another run" in r.stderr
+    assert json.loads((cache / "manifest.json").read_text()) == manifest
+    assert Path(cache / "COMPLETE").is_file()
