@@ -35,16 +35,20 @@ def add_plan_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--gpus", type=int, required=True, help="GPUs of the job (nodes x GPUs per node)")
     p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU (H100: 80)")
+    p.add_argument("--sweep-points", type=int, default=6,
+                   help="KD runs sharing the teacher, for the cache's compute saving (the paper: 6 alphas)")
     p.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args) -> int:
     from megatron_kd.config import load_config, validate
     from megatron_kd.distill.teacher import teacher_model
-    from megatron_kd.slurm.plan import GiB, estimate, format_plan, suggest
+    from megatron_kd.slurm.plan import GiB, cache_lines, estimate, format_plan, suggest
 
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.sweep_points < 1:
+        raise ConfigError(f"--sweep-points must be >= 1, got {args.sweep_points}")
     if not 0 < args.gpu_memory_gb < float("inf"):
         raise ConfigError(f"--gpu-memory-gb must be a positive number, got {args.gpu_memory_gb}")
     cfg = load_config(args.recipe, args.overrides)
@@ -56,6 +60,9 @@ def cmd_plan(args) -> int:
     for line in format_plan(plan, gpu, f"{who} on {args.gpus} GPUs, {cfg.precision.dtype}"
                                        + (f"+fp8 ({cfg.precision.fp8})" if cfg.precision.fp8 else "")):
         print(line)
+    if teacher is not None:
+        for line in cache_lines(cfg, teacher, args.sweep_points):
+            print(line)
     if plan.total > gpu:
         print(f"warning: over the {args.gpu_memory_gb:.0f} GiB per GPU")
         better = suggest(cfg, teacher, args.gpus, gpu)

@@ -130,6 +130,26 @@ def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: in
     return True
 
 
+def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
+    """Teacher-cache size for this recipe's tokens and an α sweep's compute with and without it."""
+    from megatron_kd.config.validate import tokens_per_step, train_steps
+    from megatron_kd.models.params import human, train_flops_per_token
+
+    tokens = train_steps(cfg) * tokens_per_step(cfg)
+    v = cfg.model.vocab_size
+    lines = [f"teacher cache for {human(tokens)} tokens (mkd teacher-cache; fp32):"]
+    for k in (8, 64, "all"):
+        per_token = 4 * (v if k == "all" else 2 * k + 1) + 8  # ids + log-probs (+ other), label, entropy
+        lines.append(f"  top-{k:<4} {per_token:>7,} bytes/token  {per_token * tokens / GiB:12,.1f} GiB")
+    student = train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens
+    forward = train_flops_per_token(teacher, cfg.train.seq_length) / 3 * tokens
+    online, cached = points * (student + forward), points * student + forward
+    lines.append(f"a {points}-point sweep against this teacher: {online:.3g} FLOPs online, {cached:.3g} from one "
+                 f"cache ({100 * (1 - cached / online):.0f}% less; the teacher forward is "
+                 f"{forward / student:.2f}x a student run)")
+    return lines
+
+
 def format_plan(plan: Plan, gpu_bytes: float, title: str) -> list[str]:
     lines = [f"{title}: tp={plan.tp} pp={plan.pp} dp={plan.dp}"]
     width = max(len(k) for k in plan.parts)

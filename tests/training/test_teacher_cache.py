@@ -135,3 +135,29 @@ def test_bad_caches_are_one_line_before_start(teacher, tmp_path):
     assert r.returncode == 2 and "holds a teacher cache of another run" in r.stderr
     assert json.loads((cache / "manifest.json").read_text()) == manifest
     assert Path(cache / "COMPLETE").is_file()
+
+
+def test_two_alpha_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tmp_path):
+    import yaml
+
+    sweep = {"name": "cached", "base": "train/tiny-mock", "out": str(tmp_path / "sweep"),
+             "overrides": ["logging.tensorboard=false", "train.lr=3e-3", "train.steps=3"], "baseline": True,
+             "seeds": [1, 2], "data_seed": 11,
+             "grid": {"teacher": [{"name": "t3", "checkpoint": str(teacher), "cache": {"top_k": "all"}}],
+                      "alpha": [0.3, 0.8]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
+    passes = [line for line in r.stdout.splitlines() if "one teacher pass" in line]
+    assert len(passes) == 1 and "for 4 points" in passes[0], r.stdout
+    cache = tmp_path / "sweep" / "caches" / "t3"
+    assert (cache / "COMPLETE").is_file()
+    for run in (tmp_path / "sweep" / "runs").iterdir():
+        log = (run / "train.log").read_text()
+        if "baseline" not in run.name:
+            assert f"distilling from the teacher cache {cache}" in log, run.name
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "0 online (one per KD run) and 1 cached" in report
+    assert "Seeds varied: initialisation." in report
+    # run again: every point is finished, the teacher does not run again
+    r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
+    assert r.stdout.count("finished, skipped") == 6 and "one teacher pass" not in r.stdout
