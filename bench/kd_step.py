@@ -38,14 +38,14 @@ def _batches(cfg, seed: int):
         first += mb
 
 
-def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int) -> None:
+def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int | None) -> None:
     """A real teacher cache (one shard) of the teacher's outputs over the first `samples` of the
     batch stream, as `mkd teacher-cache` writes it."""
     import json
 
     import numpy as np
 
-    from megatron_kd.distill.cache import COMPLETE, MANIFEST, TOPK_FIELDS, shard_dir, teacher_rows
+    from megatron_kd.distill.cache import COMPLETE, FULL_FIELDS, MANIFEST, TOPK_FIELDS, shard_dir, teacher_rows
     from megatron_kd.distill.model import sequence_major_logits
 
     stream, parts = _batches(cfg, 0), []
@@ -56,10 +56,10 @@ def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int) -> None:
             parts.append(teacher_rows(z, b["labels"].t(), cfg.model.vocab_size, top_k, None))
     d = shard_dir(root, 0)
     d.mkdir(parents=True)
-    for name, dtype in TOPK_FIELDS.items():
+    for name, dtype in (TOPK_FIELDS if top_k else FULL_FIELDS).items():
         np.save(d / f"{name}.npy", torch.cat([p_[name] for p_ in parts]).numpy().astype(dtype))
     (d / "index.json").write_text("{}")
-    manifest = {"fingerprint": {"top_k": top_k, "vocab_size": cfg.model.vocab_size}, "num_samples": samples,
+    manifest = {"fingerprint": {"top_k": top_k or "all", "vocab_size": cfg.model.vocab_size}, "num_samples": samples,
                 "shard_rows": samples, "num_shards": 1, "seq_length": cfg.train.seq_length,
                 "teacher_padded_vocab": None}
     (root / MANIFEST).write_text(json.dumps(manifest))
@@ -138,15 +138,17 @@ def main(argv=None) -> int:
     from megatron_kd.distill.cache import TeacherCache
 
     cache_root = Path(tempfile.mkdtemp(prefix="mkd-bench-cache-"))
-    _write_cache(cache_root, teacher, student_cfg, (a.warmup + a.steps) * a.global_batch, 64)
-    ccfg = load_config(a.student, common + ["kd.alpha=0.5", "kd.top_k=64", "kd.other_bucket=true"],
-                       purpose="train")
-    c_state = build_train_state(ccfg)
-    c_ctx = StepContext(kd=KDObjective.from_config(ccfg.kd, ccfg.model.vocab_size), alpha=0.5, temperature=1.0,
-                        tp_group=tp_group, report_keys=["loss", "lm loss", *KD_REPORTS],
-                        cache=TeacherCache(cache_root))
-    runs["KD step from a teacher cache (top-64, other bucket)"] = (
-        lambda c=ccfg, st=c_state, bt=_batches(ccfg, 0), cx=c_ctx: train_step(c, st, bt, cx))
+    for label, k, extra in (("all, forward KL", None, []),
+                            ("top-64, kd.top_k=64 + other bucket", 64, ["kd.top_k=64", "kd.other_bucket=true"])):
+        root = cache_root / str(k)
+        _write_cache(root, teacher, student_cfg, (a.warmup + a.steps) * a.global_batch, k)
+        ccfg = load_config(a.student, common + ["kd.alpha=0.5", *extra], purpose="train")
+        c_state = build_train_state(ccfg)
+        c_ctx = StepContext(kd=KDObjective.from_config(ccfg.kd, ccfg.model.vocab_size), alpha=0.5,
+                            temperature=1.0, tp_group=tp_group, report_keys=["loss", "lm loss", *KD_REPORTS],
+                            cache=TeacherCache(root))
+        runs[f"KD step from a teacher cache ({label})"] = (
+            lambda c=ccfg, st=c_state, bt=_batches(ccfg, 0), cx=c_ctx: train_step(c, st, bt, cx))
     times = {name: [] for name in runs}
     for i in range(a.warmup + a.steps):
         for name, fn in runs.items():

@@ -16,6 +16,7 @@ from megatron_kd.distill.fused import fused_output_kd
 from megatron_kd.distill.losses import _argmax_ids, _Shard, _valid_width, kd_loss, teacher_metrics
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.options import KDOptions
+from megatron_kd.distill.sparse import sparse_kd_loss
 
 
 @dataclass(frozen=True)
@@ -179,14 +180,35 @@ def make_fused_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, l
     return loss_func
 
 
+def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict) -> bool:
+    """Whether a KD step from these cache rows takes the sparse objective (distill/sparse.py: a
+    top-K cache, forward KL) or the online objective on rebuilt teacher logits (the rest)."""
+    return ("ids" in rows and kd.opts.kind == "forward_kl" and kd.mix != "magnitude_matched"
+            and mix_weights(kd.mix, alpha).kd != 0)
+
+
 def make_cached_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
                              teacher_logits, rows: dict, tp_group):
     """The loss function of a KD step from the teacher cache: the unfused objective on the
     teacher logits rebuilt from the cache rows (distill/cache.py), with the teacher metrics taken
     from the cached values (exact, where rebuilt logits would only approximate a top-K teacher).
     `rows` are sample-major `[b, s, ...]`; labels, loss_mask and the logits sequence-major."""
-    inner = make_kd_loss_func(dataclasses.replace(kd, teacher_metrics=False), alpha, temperature, labels,
-                              loss_mask, teacher_logits, tp_group)
+    w = mix_weights(kd.mix, alpha)
+    if cache_is_sparse(kd, alpha, rows):
+        # a top-K cache: the kept set is known, so no teacher logits and no top-k search
+        def inner(student_logits: torch.Tensor):
+            mask = loss_mask.float()
+            count = mask.sum()
+            seq = lambda t: t.transpose(0, 1)  # noqa: E731  rows [b, s, ...] -> the logits' token order
+            total, sums = sparse_kd_loss(
+                student_logits, seq(rows["ids"]).to(student_logits.device),
+                seq(rows["logp"]).to(student_logits.device), seq(rows["other_logp"]).to(student_logits.device),
+                labels, mask, top_k=kd.opts.top_k, other_bucket=kd.opts.other_bucket, ce_weight=w.ce,
+                kd_weight=w.kd, vocab_size=kd.opts.vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size)
+            return total, count.to(torch.int), _reports(count, sums["ce"], sums["kd"], total)
+    else:
+        inner = make_kd_loss_func(dataclasses.replace(kd, teacher_metrics=False), alpha, temperature, labels,
+                                  loss_mask, teacher_logits, tp_group)
 
     def loss_func(student_logits: torch.Tensor):
         mask = loss_mask.float()

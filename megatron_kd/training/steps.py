@@ -13,6 +13,7 @@ from megatron_kd.distill.cache import dense_teacher_logits
 from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn, sequence_major_logits
 from megatron_kd.distill.objective import (
     KDObjective,
+    cache_is_sparse,
     make_cached_kd_loss_func,
     make_fused_kd_loss_func,
     make_kd_loss_func,
@@ -87,7 +88,9 @@ def _forward_from_cache(ctx: StepContext, batch: dict, model):
     rows = ctx.cache.rows(batch["sample_index"].cpu())
     width = student_logits.shape[-1]
     start = parallel_state.get_tensor_model_parallel_rank() * width
-    teacher_logits = dense_teacher_logits(rows, start, width, ctx.kd.opts.vocab_size, student_logits.device)
+    teacher_logits = None
+    if not cache_is_sparse(ctx.kd, ctx.alpha, rows):  # the sparse objective needs no teacher logits
+        teacher_logits = dense_teacher_logits(rows, start, width, ctx.kd.opts.vocab_size, student_logits.device)
     return student_logits, make_cached_kd_loss_func(
         ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
         teacher_logits, rows, ctx.tp_group)

@@ -61,6 +61,9 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
     mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}",
         f"run.dir={tmp_path / 'cached'}", timeout=600)
     _close(_losses(tmp_path / "cached"), _losses(tmp_path / "online"), "top-k + other bucket")
+    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", "parallel.tp=2",
+        f"run.dir={tmp_path / 'cached-tp2'}", "--nproc", 2, timeout=600)  # the sparse objective under TP
+    _close(_losses(tmp_path / "cached-tp2"), _losses(tmp_path / "online"), "top-k + other bucket, tp2")
     # other micro/global batch sizes and DP=2 read the same rows (same 16 samples)
     shape = ["train.steps=8", "train.global_batch_size=2", "train.micro_batch_size=1"]
     mkd("train", "train/tiny-mock", *kd, *shape, f"run.dir={tmp_path / 'online-dp'}", "--nproc", 2, timeout=600)

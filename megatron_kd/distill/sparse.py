@@ -1,0 +1,144 @@
+"""The objective of a KD step from a top-K teacher cache, on the student's vocab-parallel logits:
+(w_ce)·CE + (w_kd)·forward KL to the teacher's cached top-k' (k' <= K) tokens, renormalised or
+with the "other" bucket, at T = 1. The same numbers as the online general route on the full
+teacher (distill/losses.py: keep = the teacher's top-k'), without its top-k search (the cache
+already holds the set, sorted, ties to the lowest id) and without teacher logits.
+
+Per token, with p the student's softmax over the real columns and q the teacher's kept
+probabilities (Q their sum):
+- other bucket: KL = sum_k q_k (log q_k - log p_k) + q_o (log q_o - log s_o), with q_o the
+  teacher's mass outside the kept set (exact from the cache) and s_o = 1 - sum_k p_k; the
+  gradient is p - q on the kept columns and p (1 - q_o / s_o) on the other real columns;
+- renormalised: KL to q / Q, gradient p - q / Q on the kept columns and p elsewhere.
+CE follows megatron-core (softmax over every column, padding included). Each TP rank returns
+the same per-token loss, and its backward gives exactly the gradient of its own shard; the
+gradient is written over the logits (their last reader), as the online objective does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from megatron_kd.distill.losses import _all_reduce, _Shard, _valid_width
+from megatron_kd.distill.mixed import default_row_chunk
+
+
+class _SparseKD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, ids, q_logp, other_logp, labels, mask, ce_w, kd_w, other_bucket, vocab_size,
+                group, chunk):
+        width = logits.shape[-1]
+        z = logits.detach().reshape(-1, width)  # a view: the gradient is written over the logits
+        n = z.shape[0]
+        shard = _Shard(width, vocab_size, group, z.device)
+        nv = _valid_width(shard)
+        sums = torch.zeros(2, dtype=torch.float64, device=z.device)
+        scratch = torch.empty(0, device=z.device)
+        for s in range(0, n, chunk):
+            e_ = min(n, s + chunk)
+            rows = e_ - s
+            if scratch.numel() < rows * width:
+                scratch = torch.empty(rows * width, device=z.device)
+            # ex = exp(z - max): the only full-width temporary (fp32), turned into the gradient
+            zc = z[s:e_]
+            m_all = _all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
+            ex = torch.sub(zc, m_all.unsqueeze(-1), out=scratch[:rows * width].view(rows, width)).exp_()
+            s_all = _all_reduce(ex.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
+            lab, w = labels[s:e_], mask[s:e_].float()
+            r_idx = torch.arange(rows, device=z.device)
+            inside = (lab >= shard.start) & (lab < shard.start + width)
+            lpos = (lab - shard.start).clamp(0, width - 1)
+            z_lab = _all_reduce(torch.where(inside, zc[r_idx, lpos].float(), torch.zeros_like(m_all)),
+                                dist.ReduceOp.SUM, group)
+            ce = (torch.log(s_all) + m_all.double() - z_lab.double()).float()  # megatron-core's CE
+            # the student's log-normaliser over the real columns (padding excluded)
+            if shard.padded:
+                zr = zc[:, :nv].float()
+                m_r = _all_reduce(zr.amax(-1) if nv else torch.full_like(m_all, -math.inf), dist.ReduceOp.MAX,
+                                  group)
+                s_r = _all_reduce(torch.exp(zr - m_r.unsqueeze(-1)).sum(-1, dtype=torch.float64),
+                                  dist.ReduceOp.SUM, group)
+                lse_r = m_r.double() + torch.log(s_r)
+            else:
+                lse_r = m_all.double() + torch.log(s_all)
+            # the kept columns: their logits (all-reduced over the shards) give log p exactly
+            idc = ids[s:e_].long()
+            kin = (idc >= shard.start) & (idc < shard.start + width)
+            kpos = (idc - shard.start).clamp(0, width - 1)
+            z_k = torch.where(kin, zc.gather(1, kpos).float(), torch.zeros_like(idc, dtype=torch.float32))
+            z_k = _all_reduce(z_k, dist.ReduceOp.SUM, group)
+            logp_k = z_k.double() - lse_r.unsqueeze(-1)
+            p_k = torch.exp(logp_k)
+            q_lp = q_logp[s:e_].double()
+            q = torch.exp(q_lp)
+            if other_bucket:
+                q_o = torch.exp(other_logp[s:e_].double())
+                s_o = (1.0 - p_k.sum(-1)).clamp(min=1e-30)
+                kl = (q * (q_lp - logp_k)).sum(-1)
+                kl = kl + torch.where(q_o > 0, q_o * (torch.log(q_o.clamp(min=1e-300)) - torch.log(s_o)),
+                                      torch.zeros_like(q_o))
+                target, rest = q, 1.0 - q_o / s_o
+            else:
+                target = q / q.sum(-1, keepdim=True)
+                kl = (target * (torch.log(target) - logp_k)).sum(-1)
+                rest = torch.ones_like(lse_r)
+            kl = kl.clamp(min=0.0).float()
+            # gradient = w * [ce_w (p_all - onehot) + kd_w (p_real scaled by `rest` on the real
+            # columns; p_real - target on the kept ones)], p_all = ex / s_all
+            coef = (w.double() / s_all)  # per row
+            if shard.padded:  # p_real from its own exp: padding logits may dwarf the real ones
+                p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
+                ex.mul_((coef * ce_w).float().unsqueeze(-1))
+                ex[:, :nv].add_(p_r.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
+            else:
+                ex.mul_((coef * (ce_w + kd_w * rest)).float().unsqueeze(-1))
+            g = ex
+            # corrections on a few columns per row: the label, and the kept set
+            lab_fix = torch.where(inside, -ce_w * w, torch.zeros_like(w))
+            g.index_put_((r_idx, lpos), lab_fix, accumulate=True)
+            kfix = kd_w * (p_k - target - p_k * rest.unsqueeze(-1)) * w.double().unsqueeze(-1)
+            rr = r_idx.unsqueeze(-1).expand_as(kpos)
+            g.index_put_((rr[kin], kpos[kin]), kfix.float()[kin], accumulate=True)
+            z[s:e_] = g.to(z.dtype)
+            sums += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
+        total = (ce_w * sums[0] + kd_w * sums[1]).float()
+        ctx.save_for_backward(z)
+        ctx.shape = logits.shape
+        out = sums.float()
+        ctx.mark_non_differentiable(out)
+        return total, out
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_sums):
+        (grad,) = ctx.saved_tensors
+        return (grad.mul_(grad_total.to(grad.dtype)).reshape(ctx.shape),) + (None,) * 11
+
+
+def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torch.Tensor,
+                   other_logp: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, *, top_k: int,
+                   other_bucket: bool, ce_weight: float, kd_weight: float, vocab_size: int, tp_group=None,
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(mixed loss, {ce, kd: masked sums}) from vocab-sharded student logits `[..., V/TP]` and a
+    top-K cache's rows in the same token order (`ids`, `q_logp` `[..., K]`, `other_logp` `[...]`):
+    forward KL to the teacher's top-`top_k` (<= K) tokens. The logits are overwritten with the
+    gradient (they must not be read afterwards)."""
+    width = student_logits.shape[-1]
+    n = student_logits.numel() // width
+    K = ids.shape[-1]
+    if top_k > K:
+        raise ValueError(f"kd top_k={top_k} is larger than the cache's K={K}")
+    ids_f, q_f = ids.reshape(n, K), q_logp.reshape(n, K).float()
+    other = other_logp.reshape(n).double()
+    if top_k < K:  # the cached tokens past k' join the "other" mass
+        tail = torch.logsumexp(q_f[:, top_k:].double(), dim=-1)
+        other = torch.logaddexp(other, tail)
+        ids_f, q_f = ids_f[:, :top_k], q_f[:, :top_k]
+    chunk = chunk_size or default_row_chunk(width, student_logits.device,
+                                            dist.get_world_size(tp_group) if tp_group is not None else 1)
+    total, sums = _SparseKD.apply(student_logits, ids_f.contiguous(), q_f.contiguous(), other.float(),
+                                  labels.reshape(n), loss_mask.reshape(n), float(ce_weight), float(kd_weight),
+                                  bool(other_bucket), int(vocab_size), tp_group, max(1, int(chunk)))
+    return total, {"ce": sums[0], "kd": sums[1]}
