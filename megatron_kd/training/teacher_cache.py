@@ -134,6 +134,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         missing = [j for j in range(planned["num_shards"]) if not _complete(out, j)]
         if missing:
             raise ConfigError(f"teacher cache {out}: shards {missing[:5]} were not written; run the job again")
+        shutil.rmtree(out / "data_cache", ignore_errors=True)  # megatron-core's index files: the job's own
         (out / COMPLETE).write_text(f"{n} samples, {planned['num_shards']} shards\n")
     torch.distributed.barrier()
     return {"shards": planned["num_shards"], "written": written, "samples": n}
