@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 from megatron_kd.config import padded_vocab, validate
 from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.distill.fused import default_gemm_chunk
 from megatron_kd.distill.mixed import default_row_chunk
 from megatron_kd.errors import ConfigError
-from megatron_kd.models.params import count_parameters
+from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 
 GiB = 1 << 30
 RESERVE = 6 * GiB
@@ -132,9 +133,6 @@ def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: in
 
 def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
     """Teacher-cache size for this recipe's tokens and an α sweep's compute with and without it."""
-    from megatron_kd.config.validate import tokens_per_step, train_steps
-    from megatron_kd.models.params import human, train_flops_per_token
-
     tokens = train_steps(cfg) * tokens_per_step(cfg)
     v = cfg.model.vocab_size
     lines = [f"teacher cache for {human(tokens)} tokens (mkd teacher-cache; fp32):"]

@@ -12,7 +12,8 @@ from megatron_kd.config import load_config
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json, read_jsonl
-from megatron_kd.models.params import human, train_flops_per_token
+from megatron_kd.models.params import count_parameters, human, train_flops_per_token
+from megatron_kd.study import analysis
 
 
 def _final(run_dir: Path) -> dict | None:
@@ -56,9 +57,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
         row = {**p, "val": vals, "tokens": tokens, "curve": res["curve"],
                "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
                "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
-               "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens}
+               "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens,
+               "student_params": count_parameters(cfg.model).total}
         if p.get("teacher"):
             _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
+            row["teacher_params"] = count_parameters(tm).total
             per_tok = train_flops_per_token(tm, cfg.train.seq_length)
             row["teacher_kd_flops"] = per_tok / 3 * tokens  # forward only
             if p.get("teacher_cache"):  # one forward over the cached stream, shared by its points
@@ -142,10 +145,12 @@ def build_report(sweep_dir: Path) -> dict:
     md += ["", "Best α per teacher:", ""]
     for t, per in best.items():
         md.append(f"- {t}: " + ", ".join(f"{s}: α={a:g} (gain {g:+.4f})" for s, (a, g) in per.items()))
-    plots = _plots(sweep_dir, rows, sets, base)
+    study = analysis.analyse(rows, sets)
+    md += analysis.markdown(study, sets)
+    plots = _plots(sweep_dir, rows, sets, base) + analysis.plots(sweep_dir, study, sets)
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (sweep_dir / "report.md").write_text("\n".join(md))
-    return {"rows": rows, "baselines": base, "best_alpha": best, "sets": sets, "plots": plots,
+    return {"rows": rows, "baselines": base, "best_alpha": best, "sets": sets, "plots": plots, "study": study,
             "markdown": "\n".join(md)}
 
 
