@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tests.conftest import corpus_overrides
-from tests.helpers import mkd
+from tests.helpers import mkd, read_metrics
 
 
 def test_paper_sweep_expands_to_the_papers_grid():
@@ -76,3 +76,31 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
 
 def r_text(out):
     return (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_seeds_two_teacher_budgets_sweep_reports_bands_and_claims(tmp_path):
+    teacher = tmp_path / "teacher"
+    mkd("train", "train/tiny-mock", f"run.dir={teacher}", "train.steps=4", "train.lr=3e-3",
+        "checkpoint.save_at_tokens=[256, 512]", "logging.tensorboard=false", timeout=600)
+    sweep = {"name": "budgets", "base": "train/tiny-mock", "out": str(tmp_path / "sweep"),
+             "overrides": ["train.steps=3", "train.lr=3e-3", "logging.tensorboard=false", "logging.eval_interval=1"],
+             "seeds": [1, 2], "baseline": True,
+             "grid": {"teacher": [{"name": f"t@{n}", "checkpoint": str(teacher / "checkpoints" / f"tokens_{n}"),
+                                   "tokens": n} for n in (256, 512)],
+                      "alpha": [0.5]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    mkd("sweep", str(tmp_path / "s.yaml"), "--local", timeout=900)
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "## Seed bands and noise" in report and "## The paper's claims" in report
+    rows = [line for line in report.splitlines() if line.startswith("| student")]
+    assert any("(n=2)" in line and "t@256" in line for line in report.splitlines())
+    assert any("(baseline)" in line and "(n=2)" in line for line in report.splitlines()), rows
+    for claim in (1, 2, 3, 4):
+        assert f"\n{claim}. " in report
+    assert "needs teachers of three strengths, the sweep has 2" in report  # claim 2: two budgets only
+    assert (tmp_path / "sweep" / "gain_vs_teacher_tokens.png").is_file()
+    assert (tmp_path / "sweep" / "best_alpha_vs_teacher.png").is_file()
+    # the curves have a point per step (logging.eval_interval=1), not two
+    metrics = read_metrics(tmp_path / "sweep" / "runs" / "student__baseline__seed1")
+    assert sum(1 for m in metrics if "val/mock" in m) == 3
