@@ -98,7 +98,7 @@ def _launch(args, cfg, body, before_start=None) -> int:
     launcher's world; process groups up before, torn down after. `before_start` runs once the
     launch's own checks passed, before any rank starts (mkd train takes the run-dir lock)."""
     from megatron_kd.cli.logs import setup_logging
-    from megatron_kd.models.gpt import check_fp8_available
+    from megatron_kd.models.gpt import check_cuda_features
     from megatron_kd.runtime.distributed import detect_launch_env, init_distributed, shutdown
 
     launch = detect_launch_env()
@@ -109,7 +109,7 @@ def _launch(args, cfg, body, before_start=None) -> int:
             f"--nproc is for local launches; under {launch.launcher} the launcher sets the "
             "process count, so drop --nproc")
     validate(cfg, args.nproc if args.nproc > 1 else launch.world_size)
-    check_fp8_available(cfg.precision)
+    check_cuda_features(cfg)
     if before_start is not None:
         before_start()
     if args.nproc > 1:
@@ -138,6 +138,8 @@ def cmd_train(args) -> int:
     from megatron_kd.runtime.distributed import detect_launch_env
     from megatron_kd.training.run_dir import lock_run_dir
 
+    if args.profile_steps < 0:
+        raise ConfigError(f"--profile-steps must be >= 0, got {args.profile_steps}")
     cfg = load_config(args.recipe, args.overrides)
     before_start = None
     if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
@@ -150,7 +152,8 @@ def cmd_train(args) -> int:
             before_start = lambda: lock_run_dir(cfg.run.dir)  # noqa: E731  (after _launch's checks)
 
     def body(cfg, rank):
-        metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True)
+        metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True,
+                               profile_steps=args.profile_steps)
         outcome["preempted"] = bool(metrics.get("preempted"))
         if rank == 0 and outcome["preempted"]:
             print(f"preempted at step {metrics['step']}: checkpoint saved in {cfg.run.dir}; "

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start this many local processes (torchrun) when not already launched")
     p.add_argument("--overwrite", action="store_true",
                    help="discard a different run found in run.dir (default: refuse)")
+    p.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                   help="time the teacher forward and the KD loss over N steps (after the first) and "
+                        "log their shares of the step (RUN_DIR/profile.json)")
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("eval", help="validation loss of a checkpoint on each named set",

@@ -44,6 +44,10 @@ class ParallelConfig:
     pp: int = 1  # pipeline parallel size
     sequence_parallel: bool = False  # shard activations along sequence in TP regions (tp > 1)
     distributed_optimizer: bool = False  # shard optimizer state over data parallel ranks
+    overlap_grad_reduce: bool = False  # reduce gradient buckets while backward still runs
+    overlap_param_gather: bool = False  # gather updated parameters during the next forward (dist. optimizer; GPU)
+    ddp_bucket_size: Optional[int] = None  # parameters per gradient bucket; None = megatron-core's default
+    grad_reduce_in_fp32: bool = True  # reduce (and accumulate) gradients in fp32 whatever the dtype
     world_size: Optional[int] = None  # expected world size; None = take it from the launcher
 
 
@@ -95,6 +99,10 @@ class TrainConfig:
     adam_eps: float = 1.0e-8
     clip_grad: float = 1.0  # global grad-norm clip; 0 disables
     max_consecutive_skips: int = 3  # non-finite steps skipped in a row before the run stops
+    # activation recomputation: none | selective (attention's core, cheap) | full (whole layers:
+    # `recompute_layers` per recompute unit, uniformly), trading compute for activation memory
+    recompute: Literal["none", "selective", "full"] = "none"
+    recompute_layers: int = 1
 
 
 @dataclass
@@ -162,6 +170,10 @@ class TeacherConfig:
     model: Optional[str] = None  # model recipe (e.g. models/llama3-1b); None = from the checkpoint
     # A teacher-signal cache (`mkd teacher-cache`): train from it, build no teacher model
     cache: Optional[str] = None
+    # The frozen teacher's own precision: None = the run's precision.dtype; fp8 (Transformer
+    # Engine, GPU) runs the teacher's GEMMs in FP8
+    dtype: Optional[Literal["fp32", "bf16", "fp16"]] = None
+    fp8: Optional[Literal["hybrid", "e4m3"]] = None
 
 
 @dataclass

@@ -88,6 +88,22 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     _require(tr.max_consecutive_skips >= 0,
              f"train.max_consecutive_skips must be >= 0, got {tr.max_consecutive_skips}")
     _require(tr.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tr.warmup_steps}")
+    _require(tr.recompute_layers >= 1, f"train.recompute_layers must be >= 1, got {tr.recompute_layers}")
+    if tr.recompute == "full":
+        per_stage = m.num_layers // par.pp
+        _require(per_stage % tr.recompute_layers == 0,
+                 f"train.recompute_layers={tr.recompute_layers} must divide the {per_stage} layers of a pipeline "
+                 "stage (model.num_layers / parallel.pp); choose a divisor")
+    _require(not par.overlap_param_gather or par.distributed_optimizer,
+             "parallel.overlap_param_gather needs parallel.distributed_optimizer=true (the parameters it "
+             "gathers are the optimizer's shards)")
+    _require(par.ddp_bucket_size is None or par.ddp_bucket_size >= 1,
+             f"parallel.ddp_bucket_size must be >= 1 (or null), got {par.ddp_bucket_size}")
+    _require(par.pp == 1 or (cfg.teacher.dtype or prec.dtype) == prec.dtype,
+             f"teacher.dtype={cfg.teacher.dtype} differs from precision.dtype={prec.dtype}, which the pipeline "
+             "stages' messages (both models' hidden states together) cannot carry; use parallel.pp=1 or drop it")
+    _require(cfg.teacher.fp8 is None or (cfg.teacher.dtype or prec.dtype) != "fp32",
+             "teacher.fp8 needs a bf16 teacher (teacher.dtype=bf16, or precision.dtype=bf16)")
     _require(tr.seq_length >= 1, f"train.seq_length must be >= 1, got {tr.seq_length}")
     _require(tr.seq_length <= m.max_position_embeddings,
              f"train.seq_length={tr.seq_length} is above model.max_position_embeddings="

@@ -17,7 +17,8 @@ import torch
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.errors import ConfigError
-from megatron_kd.models.gpt import build_gpt_model
+from megatron_kd.models.gpt import build_gpt_model, teacher_precision
+from megatron_kd.runtime.throughput import PROFILER
 
 
 class DistillationModel(torch.nn.Module):
@@ -54,7 +55,7 @@ class DistillationModel(torch.nn.Module):
         # logits; the loss makes the logits chunk by chunk (megatron_kd/distill/fused.py).
         # Unfused: sequence-major logits [s, b, V/TP] of each model.
         head = {"output_processor": _hidden_and_weight if self.fused_output_layer else sequence_major_logits}
-        with torch.no_grad():
+        with torch.no_grad(), PROFILER.section("teacher forward"):
             teacher_out = self.teacher(input_ids, position_ids, attention_mask, **head)
         student_out = self.module(input_ids, position_ids, attention_mask, **head)
         if self.module.post_process:
@@ -101,7 +102,7 @@ def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):
 
 def build_teacher(cfg: RunConfig, teacher_model: ModelConfig, ckpt: Path):
     """The teacher for this pipeline stage, weights loaded from `ckpt` and verified."""
-    teacher = build_gpt_model(teacher_model, cfg.parallel, cfg.precision)
+    teacher = build_gpt_model(teacher_model, cfg.parallel, teacher_precision(cfg))
     try:
         load_model_weights(teacher, ckpt, strict=True)
     except Exception as exc:  # dist_checkpointing raises many types for mismatches

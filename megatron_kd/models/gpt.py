@@ -28,16 +28,35 @@ def have_transformer_engine() -> bool:
     return True
 
 
-def check_fp8_available(precision: PrecisionConfig) -> None:
+def check_fp8_available(precision: PrecisionConfig, key: str = "precision.fp8") -> None:
     if precision.fp8 is not None and not have_transformer_engine():
         raise SetupError(
-            f"precision.fp8={precision.fp8} needs Transformer Engine on a CUDA GPU, and it is not "
-            "importable here; run in an NGC PyTorch container on H100s, or set precision.fp8=null"
+            f"{key}={precision.fp8} needs Transformer Engine on a CUDA GPU, and it is not "
+            f"importable here; run in an NGC PyTorch container on H100s, or set {key}=null"
         )
 
 
+def check_cuda_features(cfg) -> None:
+    """What runs only on CUDA (the layout of a RunConfig): one clear line on a CPU machine."""
+    check_fp8_available(cfg.precision)
+    if cfg.teacher.fp8 is not None:
+        check_fp8_available(teacher_precision(cfg), "teacher.fp8")
+    if cfg.parallel.overlap_param_gather and not torch.cuda.is_available():
+        raise SetupError("parallel.overlap_param_gather needs CUDA (megatron-core overlaps the gather "
+                         "on CUDA streams); set it to false on this machine")
+
+
+def teacher_precision(cfg) -> PrecisionConfig:
+    """The frozen teacher's precision: teacher.dtype / teacher.fp8 over the run's."""
+    import dataclasses
+
+    return dataclasses.replace(cfg.precision, dtype=cfg.teacher.dtype or cfg.precision.dtype,
+                               fp8=cfg.teacher.fp8 if cfg.teacher.fp8 is not None else cfg.precision.fp8)
+
+
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
-                             precision: PrecisionConfig, perform_initialization: bool = True):
+                             precision: PrecisionConfig, perform_initialization: bool = True,
+                             recompute: tuple[str, int] = ("none", 1)):
     """megatron-core TransformerConfig for a llama-style decoder under a parallel layout."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -45,6 +64,11 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
     on_gpu = torch.cuda.is_available()
     dtype = _DTYPES[precision.dtype]
     fp8_kwargs = {}
+    if recompute[0] == "selective":  # attention's core (scores, softmax): cheap to redo, big to keep
+        fp8_kwargs.update(recompute_granularity="selective")
+    elif recompute[0] == "full":  # whole layers, `recompute[1]` per unit
+        fp8_kwargs.update(recompute_granularity="full", recompute_method="uniform",
+                          recompute_num_layers=recompute[1])
     if precision.fp8 is not None:
         fp8_kwargs = dict(
             fp8=precision.fp8,
@@ -109,7 +133,8 @@ def layer_spec(model: ModelConfig, use_te: bool | None = None):
 
 def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig,
                     *, pre_process: bool | None = None, post_process: bool | None = None,
-                    vp_stage: int | None = None, init_seed: int | None = None):
+                    vp_stage: int | None = None, init_seed: int | None = None,
+                    recompute: tuple[str, int] = ("none", 1)):
     """A megatron-core GPTModel for this pipeline stage, in the configured dtype.
 
     `init_seed`: draw the initial weights from this seed, the same at any TP/PP (models/init.py);
@@ -123,7 +148,8 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-    config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None)
+    config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None,
+                                      recompute=recompute)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),

@@ -170,6 +170,23 @@ def _make_cpu_rng_tracker_class():
     return CpuRNGStatesTracker
 
 
+def _cuda_to_cpu_in_recompute() -> None:
+    """Adapts: activation recomputation. The autograd engine runs a Function's backward without
+    the caller's torch function modes, so the forward that megatron-core's CheckpointFunction
+    replays there (train.recompute) would meet its hard-coded `device="cuda"` (the default causal
+    mask, ...) with the mode off; the replay runs under the mode again."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    for cls in (mrandom.CheckpointFunction, mrandom.CheckpointWithoutOutputFunction):
+        original = cls.backward
+
+        def backward(ctx, *args, _original=original):
+            with _CudaToCpuMode():
+                return _original(ctx, *args)
+
+        cls.backward = staticmethod(backward)
+
+
 def _patch_torch_norm_for_sequence_parallel() -> None:
     """Adapts: megatron-core's torch-norm wrapper (the local spec's RMSNorm) asserts
     "sequence parallel not supported by torch LayerNorm". The norm itself needs nothing special
@@ -303,6 +320,7 @@ def activate() -> bool:
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
     _patch_torch_norm_for_sequence_parallel()
+    _cuda_to_cpu_in_recompute()
     _in_process_checkpoint_results()
 
     _MODE = _CudaToCpuMode()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -31,7 +32,9 @@ from megatron_kd.distill.objective import KDObjective
 from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.distill.teacher import align_padded_vocab, resolve_teacher
 from megatron_kd.errors import MKDError
+from megatron_kd.models.params import train_flops_per_token
 from megatron_kd.runtime import preemption
+from megatron_kd.runtime.throughput import PROFILER, device_name, peak_tflops, step_throughput
 from megatron_kd.training.evaluate import evaluate
 from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.run_dir import check_run_dir
@@ -137,6 +140,18 @@ def prepare_kd(cfg: RunConfig, check_teacher: bool = True):
     return teacher, ctx
 
 
+def _report_profile(run_dir: Path, sections: dict, steps: list[float], last: int, rank: int) -> None:
+    total = sum(steps)
+    shares = {k: v / total for k, v in sections.items()}
+    log.info("profile over %d steps (to step %d): %.1f ms a step; %s", len(steps), last, 1e3 * total / len(steps),
+             "; ".join(f"{k} {1e3 * v / len(steps):.1f} ms ({100 * shares[k]:.1f}%)" for k, v in sections.items())
+             or "no teacher forward or KD loss in these steps")
+    if rank == 0:
+        (run_dir / "profile.json").write_text(json.dumps(
+            {"steps": len(steps), "last_step": last, "step_s": total / len(steps),
+             "sections_s": {k: v / len(steps) for k, v in sections.items()}, "shares": shares}, indent=2))
+
+
 def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
     """Token budgets crossed by this step (saved at the first step reaching each)."""
     per_step = tokens_per_step(cfg)
@@ -144,10 +159,13 @@ def _budgets_due(cfg: RunConfig, step: int) -> list[int]:
     return [b for b in sorted(set(cfg.checkpoint.save_at_tokens)) if before < b <= now]
 
 
-def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool = False) -> dict[str, float]:
+def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool = False,
+                 profile_steps: int = 0) -> dict[str, float]:
     """Train (or resume) to the configured length; returns the last metrics (same on all ranks).
     With `teacher.checkpoint` set, the student learns from the frozen teacher (kd section);
-    `teacher_checked`: the launch already verified it (resolve_teacher's checks run once)."""
+    `teacher_checked`: the launch already verified it (resolve_teacher's checks run once).
+    `profile_steps`: time the teacher forward and the KD loss over that many steps (after the
+    first) and log their shares of the step (RUN_DIR/profile.json)."""
     from megatron.core import parallel_state
 
     rank = torch.distributed.get_rank()
@@ -195,9 +213,17 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
     start_step, t_start = state.step, time.perf_counter()
     skipped = 0
     stop = min(total, cfg.train.stop_at_step or total)
+    world = torch.distributed.get_world_size()
+    flops_per_token = train_flops_per_token(cfg.model, cfg.train.seq_length)
+    if teacher is not None:  # the teacher's forward (none from a cache: it ran once, elsewhere)
+        flops_per_token += train_flops_per_token(teacher[1], cfg.train.seq_length) / 3
+    peak = peak_tflops(device_name(), cfg.precision.dtype, cfg.precision.fp8 is not None)
+    profiled: list[float] = []
     preemption.training_started()
     try:
         while state.step < stop:
+            if profile_steps and state.step == start_step + 1:
+                PROFILER.start()
             t0 = time.perf_counter()
             if ctx.kd is not None:
                 progress = state.step / max(1, total)
@@ -206,8 +232,14 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
             metrics = train_step(cfg, state, data_iterator, ctx)
             if ctx.kd is not None:  # the loop owns the schedule, so it logs α and T itself
                 metrics["alpha"], metrics["temperature"] = ctx.alpha, ctx.temperature
+            if PROFILER.active and torch.cuda.is_available():
+                torch.cuda.synchronize()  # the step's time, for the shares
             dt = time.perf_counter() - t0
             step = state.step
+            if PROFILER.active:
+                profiled.append(dt)
+                if len(profiled) == profile_steps or step == stop:
+                    _report_profile(run_dir, PROFILER.stop(), profiled, step, rank)
             skipped = skipped + 1 if metrics["skipped"] else 0
             if skipped:
                 log.warning("step %d skipped: non-finite loss %.4g or grad norm %.4g (%d in a row, "
@@ -223,6 +255,8 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
                       "lm_loss": metrics["lm loss"], "lr": metrics["lr"],
                       "grad_norm": metrics["grad_norm"], "tokens_per_s": per_step / dt,
                       "skipped": int(metrics["skipped"])}
+            speed = step_throughput(per_step, dt, world, flops_per_token, peak)
+            record.update({k: v for k, v in speed.items() if v is not None})
             record.update({k.replace(" ", "_"): metrics[k] for k in ["alpha", "temperature", *KD_REPORTS]
                            if k in metrics})
             last = step == total
@@ -233,7 +267,9 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
             if step % cfg.logging.log_interval == 0 or last or any(k.startswith("val/") for k in record):
                 elapsed = time.perf_counter() - t_start
                 eta = elapsed / (step - start_step) * (total - step)
-                writer.console(step, total, step * per_step, metrics, per_step / dt, eta)
+                extra = f" | {speed['tflops_per_gpu']:.3g} TFLOP/s/GPU" + (
+                    f" (MFU {100 * speed['mfu']:.1f}%)" if speed["mfu"] is not None else "")
+                writer.console(step, total, step * per_step, metrics, per_step / dt, eta, extra)
                 vals = {k: v for k, v in record.items() if k.startswith("val/")}
                 if vals:
                     log.info("validation at step %d: %s", step,

@@ -42,14 +42,15 @@ class MetricsWriter:
                     self.tb.add_scalar(key, value, step)
             self.tb.flush()
 
-    def console(self, step: int, total: int, tokens: int, m: dict, tok_per_s: float, eta_s: float):
+    def console(self, step: int, total: int, tokens: int, m: dict, tok_per_s: float, eta_s: float,
+                extra: str = ""):
         if not self.enabled:
             return
         kd = ""
         if "kd loss" in m:  # distillation: the two terms and the mix
             kd = f" (lm {m['lm loss']:.4f}, kd {m['kd loss']:.4f}, alpha {m['alpha']:.3g})"
-        log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s",
-                 step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], tok_per_s,
+        log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s%s | ETA %s",
+                 step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], tok_per_s, extra,
                  _fmt_eta(eta_s))
 
     def close(self) -> None:

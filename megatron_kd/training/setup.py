@@ -32,16 +32,20 @@ def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     # the student starts from weights that depend on run.seed only, not on the layout
-    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed)
+    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed,
+                            recompute=(cfg.train.recompute, cfg.train.recompute_layers))
     if teacher is not None:
         if not isinstance(teacher, torch.nn.Module):  # (checkpoint, ModelConfig): load it
             ckpt, teacher_model = teacher
             teacher = build_teacher(cfg, teacher_model, ckpt)
         model = DistillationModel(model, teacher, fused_output_layer=cfg.kd.fused_output_layer)
+    par = cfg.parallel
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
-        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        grad_reduce_in_fp32=par.grad_reduce_in_fp32,
+        overlap_grad_reduce=par.overlap_grad_reduce,
+        overlap_param_gather=par.overlap_param_gather,
+        bucket_size=par.ddp_bucket_size,
+        use_distributed_optimizer=par.distributed_optimizer,
     )
     # The loss is a sum over tokens; finalize_model_grads divides by the global token count,
     # so the objective is the mean over every non-masked token of the global batch.
@@ -111,4 +115,8 @@ def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None,
     config = model[0].config
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = model[0].no_sync
+    if cfg.parallel.overlap_grad_reduce:  # the schedule starts each bucket's reduce as its grads are ready
+        config.grad_sync_func = model[0].start_grad_sync
+    if cfg.parallel.overlap_param_gather:  # parameters gathered chunk by chunk in the next forward
+        config.param_sync_func = model[0].start_param_sync
     return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)

@@ -18,6 +18,7 @@ from megatron_kd.distill.objective import (
     make_fused_kd_loss_func,
     make_kd_loss_func,
 )
+from megatron_kd.runtime.throughput import PROFILER
 
 # What the KD loss reports per step (token-weighted means); α and T are logged by the loop.
 KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement"]
@@ -52,7 +53,27 @@ def _batch_to_device(batch: dict) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _timed(loss_func):
+    """The KD loss under the profiler (`mkd train --profile-steps`); its gradient is computed in
+    the forward, so this is the loss's whole cost."""
+    def timed(output):
+        with PROFILER.section("kd loss"):
+            return loss_func(output)
+
+    return timed
+
+
 def make_forward_step(ctx: StepContext):
+    inner = _make_forward_step(ctx)
+
+    def forward_step(data_iterator, model):
+        output, loss_func = inner(data_iterator, model)
+        return output, (_timed(loss_func) if ctx.kd is not None and loss_func is not None else loss_func)
+
+    return forward_step
+
+
+def _make_forward_step(ctx: StepContext):
     def forward_step(data_iterator, model):
         batch = _batch_to_device(next(data_iterator))
         if ctx.kd is None:
