@@ -111,6 +111,14 @@ EXPECTED = {
     "config_run_dir_root": (2, "run.dir=/ is the file system root"),
     "config_yaml_duplicate_key": (2, "appears twice in one mapping"),
     "info_dropout_above_one": (2, "model.hidden_dropout must be in [0, 1], got 2"),
+    "overlap_param_gather_on_cpu": (3, "parallel.overlap_param_gather needs CUDA"),
+    "overlap_param_gather_without_dist_opt": (2, "needs parallel.distributed_optimizer=true"),
+    "teacher_fp8_on_cpu": (3, "teacher.fp8=hybrid needs Transformer Engine"),
+    "recompute_layers_not_dividing": (2, "train.recompute_layers=3 must divide the 2 layers"),
+    "recompute_unknown": (2, "train.recompute"),
+    "teacher_dtype_with_pp": (2, "teacher.dtype=bf16 differs from precision.dtype=fp32"),
+    "profile_steps_negative": (2, "--profile-steps must be >= 0"),
+    "bucket_size_zero": (2, "parallel.ddp_bucket_size must be >= 1"),
 }
 
 

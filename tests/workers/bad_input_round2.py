@@ -145,6 +145,17 @@ def cases(a: dict) -> dict[str, dict]:
         "config_run_dir_root": {"argv": ["config", "train/tiny-mock", "run.dir=/"]},
         "config_yaml_duplicate_key": {"argv": ["config", a["dup_key_yaml"]]},
         "info_dropout_above_one": {"argv": ["info", "models/tiny", "model.hidden_dropout=2"]},
+        # production-path keys: what needs CUDA, and combinations megatron-core cannot run
+        "overlap_param_gather_on_cpu": t("d89", "parallel.overlap_param_gather=true",
+                                         "parallel.distributed_optimizer=true"),
+        "overlap_param_gather_without_dist_opt": t("d90", "parallel.overlap_param_gather=true"),
+        "teacher_fp8_on_cpu": td("d91", f"teacher.checkpoint={a['teacher']}", "precision.dtype=bf16",
+                                 "teacher.fp8=hybrid"),
+        "recompute_layers_not_dividing": t("d92", "train.recompute=full", "train.recompute_layers=3"),
+        "recompute_unknown": t("d93", "train.recompute=some"),
+        "teacher_dtype_with_pp": t("d94", "teacher.dtype=bf16", "parallel.pp=2", "--nproc", "2"),
+        "profile_steps_negative": t("d95", "--profile-steps", "-1"),
+        "bucket_size_zero": t("d96", "parallel.ddp_bucket_size=0"),
     }
     return c
 
