@@ -67,8 +67,8 @@ def cmd_plan(args) -> int:
         print(f"warning: over the {args.gpu_memory_gb:.0f} GiB per GPU")
         better = suggest(cfg, teacher, args.gpus, gpu)
         if better is None:
-            print("no TP x PP layout with the distributed optimizer fits; lower train.micro_batch_size, "
-                  "set kd.chunk_size, or use more GPUs")
+            print("no TP x PP layout with the distributed optimizer fits; try train.recompute=full, "
+                  "lower train.micro_batch_size, set kd.chunk_size, or use more GPUs")
         else:
             for line in format_plan(better, gpu, "suggested"):
                 print(line)

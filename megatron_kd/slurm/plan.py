@@ -8,9 +8,10 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
 - optimizer: fp32 main weights + Adam m and v, 12 bytes per parameter (fp32 training: 8),
   divided by DP with the distributed optimizer;
 - teacher: weights only (frozen, no grads or optimizer state), in the run's dtype;
-- activations (no recomputation): s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence
-  parallelism), attention kept by flash/fused kernels, times the micro-batches in flight on the
-  first stage (PP for 1F1B);
+- activations: s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence parallelism), attention
+  scores not kept (flash/fused kernels; `train.recompute: selective` gives the same on any
+  kernel); with `train.recompute: full` each recompute unit's input (s*b*h) plus one unit's
+  activations; times the micro-batches in flight on the first stage (PP for 1F1B);
 - logits on the last stage, s*b*V/TP each: without a teacher the student's (dtype) and
   megatron-core's fp32 copy for its CE; with one, the student's and the teacher's (dtype: the
   one-pass objective writes its gradient over the student's) plus one loss chunk's fp32
@@ -81,7 +82,13 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
         parts["teacher weights"] = t_params * wbytes
     s, b, h = tr.seq_length, tr.micro_batch_size, m.hidden_size
     per_layer = s * b * h * (34 / tp if cfg.parallel.sequence_parallel else 10 + 24 / tp)
-    parts["activations"] = per_layer * math.ceil(m.num_layers / pp) * pp * wbytes / 2
+    layers = math.ceil(m.num_layers / pp)
+    if tr.recompute == "full":  # each unit's input kept; one unit's activations live at a time
+        unit = tr.recompute_layers
+        stage = (layers / unit) * s * b * h * 2 + unit * per_layer
+    else:  # selective recompute drops what flash attention already does not keep
+        stage = per_layer * layers
+    parts["activations"] = stage * pp * wbytes / 2
     if teacher is not None:  # the teacher's forward keeps no activations, only a layer's worth
         parts["activations"] += s * b * teacher.hidden_size * 10 * wbytes / 2
     parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes)
