@@ -181,3 +181,28 @@ def test_preemption_warning_during_start_up_checkpoints_and_exits_for_requeue(tm
     assert rc == 75, text[-3000:]
     assert "preemption signal SIGUSR1 at step 1" in text and "exit 75" in text, text[-3000:]
     assert (run / "checkpoints" / "step_0000001").is_dir()
+
+
+def test_sigterm_during_start_up_stops_at_once(tmp_path):
+    """SIGTERM (scancel, a user's kill) while the run is still starting up: no step to finish,
+    nothing new to checkpoint, so the process stops at once instead of after its start-up (which
+    for a large model or dataset index takes minutes)."""
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    proc = mkd_to_be_killed(log, "train", "train/tiny-mock", f"run.dir={run}", "train.steps=20")
+    term = 1 << (signal.SIGTERM - 1)
+    deadline = time.monotonic() + 120
+    while True:  # the handler is in place (SigCgt), torch is still loading or the models are built
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        if int(next(s for s in status.splitlines() if s.startswith("SigCgt:")).split()[1], 16) & term:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.002)
+    time.sleep(0.5)  # well inside start-up (imports, process group, models: seconds)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = reap_group(proc)
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert time.monotonic() - sent < 10, "SIGTERM during start-up was not acted on at once"
+    assert "Traceback" not in text and not (run / "checkpoints").exists(), text[-3000:]
+    assert not (run / "metrics.jsonl").exists()
