@@ -209,6 +209,9 @@ def cmd_teacher_cache(args) -> int:
     out = Path(args.out).absolute()
     checked = os.environ.get(CHECKED_ENV) == "1"
     _, teacher, _ = resolve_teacher(cfg, check=not checked)
+    if top_k is not None and top_k > cfg.model.vocab_size:
+        raise ConfigError(f"--top-k {top_k} is above the vocabulary of {cfg.model.vocab_size}; use a smaller K "
+                          "or --top-k all")
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
     planned = plan_cache(cfg, top_k, args.shard_rows)

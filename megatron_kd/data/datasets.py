@@ -95,8 +95,10 @@ def largest_token_id(bin_: Path, dtype) -> int:
     return max((int(data[i:i + step].max()) for i in range(0, len(data), step)), default=-1)
 
 
-def check_prefix(prefix: str, tokenizer, what: str) -> int:
-    """Fail clearly on a missing, truncated or foreign dataset; returns its token count."""
+def check_prefix(prefix: str, tokenizer, what: str, token_ids: bool = False) -> int:
+    """Fail clearly on a missing, truncated or foreign dataset; returns its token count.
+    `token_ids`: also read the whole .bin for ids beyond the vocabulary (once per launch, in the
+    preflight; not on every rank)."""
     idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
     for f in (idx, bin_):
         if not f.is_file():
@@ -119,7 +121,7 @@ def check_prefix(prefix: str, tokenizer, what: str) -> int:
         raise ConfigError(f"{what} '{prefix}' is empty (0 tokens); preprocess a corpus with "
                           "documents into it, or drop it from the recipe")
     vocab = getattr(tokenizer, "vocab_size", None)
-    if vocab is not None:
+    if token_ids and vocab is not None:
         top = largest_token_id(bin_, dtype)
         if top >= vocab:
             raise ConfigError(f"{what} '{prefix}': token id {top} in {bin_} is not below the tokenizer's "

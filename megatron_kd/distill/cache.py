@@ -23,6 +23,7 @@ one-pass objective and its tests carry over. What that gives exactly:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from megatron_kd.jsonio import read_json
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
 SHARD_INDEX = "index.json"  # per shard: each file's bytes and CRC-32, written last
+OPEN_SHARDS = 4  # memory-mapped shards a reader keeps open (each holds a file and a mapping per field)
 PADDING_LOGIT = -1.0e4  # teacher logits of padding columns: never counted by the KD loss
 TOPK_FIELDS = {"ids": np.int32, "logp": np.float32, "other_logp": np.float32,
                "label_logp": np.float32, "entropy": np.float32}
@@ -64,7 +66,9 @@ def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, te
            "vocab_size": cfg.model.vocab_size, "top_k": "all" if top_k is None else int(top_k), "dtype": "fp32"}
     if teacher_ckpt is not None:
         out["teacher"] = {"checkpoint": str(Path(teacher_ckpt).resolve()), "step": teacher_state.get("step"),
-                          "state_crc": teacher_state.get("state_crc")}
+                          "state_crc": teacher_state.get("state_crc"),
+                          "dtype": cfg.teacher.dtype or cfg.precision.dtype,
+                          "fp8": cfg.teacher.fp8 or cfg.precision.fp8}
     return out
 
 
@@ -229,10 +233,14 @@ class TeacherCache:
         self.rows_per_shard = self.manifest["shard_rows"]
         self.vocab_size = self.manifest["fingerprint"]["vocab_size"]
         self.fields = FULL_FIELDS if self.top_k == "all" else TOPK_FIELDS
-        self._maps: dict[int, dict[str, np.ndarray]] = {}
+        self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
     def _shard(self, j: int) -> dict[str, np.ndarray]:
-        if j not in self._maps:
+        if j in self._maps:
+            self._maps.move_to_end(j)
+        else:
+            while len(self._maps) >= OPEN_SHARDS:  # samples come in order: a few maps suffice
+                self._maps.popitem(last=False)
             d = shard_dir(self.root, j)
             try:
                 self._maps[j] = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in self.fields}

@@ -191,7 +191,9 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
             mass_t = sum_(kept_t)  # teacher mass kept
             if opt.other_bucket:
                 q_o = (1 - mass_t).clamp(min=0)
-                s_o = (1 - sum_(torch.where(keep, p_s, torch.zeros_like(p_s)))).clamp(min=1e-30)
+                # the student's mass outside the kept set, summed directly: 1 - sum(kept) cancels to
+                # nothing when the student is nearly certain of a kept token
+                s_o = sum_(torch.where(keep, torch.zeros_like(p_s), p_s)).clamp(min=1e-30)
                 loss = sum_(_xlogy_terms(kept_t, logp_t, logp_s))
                 loss = loss + torch.where(q_o > 0, q_o * (torch.log(q_o.clamp(min=1e-30)) - torch.log(s_o)),
                                           torch.zeros_like(q_o))

@@ -74,34 +74,48 @@ class _SparseKD(torch.autograd.Function):
             p_k = torch.exp(logp_k)
             q_lp = q_logp[s:e_].double()
             q = torch.exp(q_lp)
+            # the student's real probabilities, and its mass outside the kept set summed directly
+            # (1 - sum p_k cancels to nothing when the student is nearly certain of a kept token)
+            kept = torch.zeros(rows, width + 1, dtype=torch.bool, device=z.device)
+            kept = kept.scatter_(1, torch.where(kin, kpos, torch.full_like(kpos, width)), True)[:, :nv]
+            if shard.padded:  # p_real from its own exp: padding logits may dwarf the real ones
+                p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
+                s_o = torch.where(kept, torch.zeros_like(p_r), p_r).sum(-1, dtype=torch.float64)
+            else:
+                p_r = None
+                s_o = torch.where(kept, torch.zeros_like(ex), ex).sum(-1, dtype=torch.float64) / s_all
+            s_o = _all_reduce(s_o, dist.ReduceOp.SUM, group)
             if other_bucket:
                 q_o = torch.exp(other_logp[s:e_].double())
-                s_o = (1.0 - p_k.sum(-1)).clamp(min=1e-30)
+                s_o = s_o.clamp(min=1e-300)
                 kl = (q * (q_lp - logp_k)).sum(-1)
                 kl = kl + torch.where(q_o > 0, q_o * (torch.log(q_o.clamp(min=1e-300)) - torch.log(s_o)),
                                       torch.zeros_like(q_o))
                 target, rest = q, 1.0 - q_o / s_o
             else:
-                target = q / q.sum(-1, keepdim=True)
-                kl = (target * (torch.log(target) - logp_k)).sum(-1)
+                log_t = q_lp - torch.logsumexp(q_lp, dim=-1, keepdim=True)  # renormalised, no 0 x log 0
+                target = torch.exp(log_t)
+                kl = torch.where(target > 0, target * (log_t - logp_k), torch.zeros_like(target)).sum(-1)
                 rest = torch.ones_like(lse_r)
             kl = kl.clamp(min=0.0).float()
-            # gradient = w * [ce_w (p_all - onehot) + kd_w (p_real scaled by `rest` on the real
-            # columns; p_real - target on the kept ones)], p_all = ex / s_all
+            # gradient = w * [ce_w (p_all - onehot) + kd_w (p_real * rest on the real columns outside
+            # the kept set; p_real - target on the kept ones)], p_all = ex / s_all. The kept columns
+            # are written whole (no large term added and taken away again).
             coef = (w.double() / s_all)  # per row
-            if shard.padded:  # p_real from its own exp: padding logits may dwarf the real ones
-                p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
+            p_all_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype)).double() \
+                * (1.0 / s_all).unsqueeze(-1)
+            if shard.padded:
                 ex.mul_((coef * ce_w).float().unsqueeze(-1))
                 ex[:, :nv].add_(p_r.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
             else:
                 ex.mul_((coef * (ce_w + kd_w * rest)).float().unsqueeze(-1))
             g = ex
-            # corrections on a few columns per row: the label, and the kept set
-            lab_fix = torch.where(inside, -ce_w * w, torch.zeros_like(w))
-            g.index_put_((r_idx, lpos), lab_fix, accumulate=True)
-            kfix = kd_w * (p_k - target - p_k * rest.unsqueeze(-1)) * w.double().unsqueeze(-1)
+            wk = w.double().unsqueeze(-1)
+            kept_g = (ce_w * p_all_k + kd_w * (p_k - target)) * wk
             rr = r_idx.unsqueeze(-1).expand_as(kpos)
-            g.index_put_((rr[kin], kpos[kin]), kfix.float()[kin], accumulate=True)
+            g.index_put_((rr[kin], kpos[kin]), kept_g.float()[kin])
+            lab_fix = torch.where(inside, -ce_w * w, torch.zeros_like(w))  # the label's one-hot
+            g.index_put_((r_idx, lpos), lab_fix, accumulate=True)
             z[s:e_] = g.to(z.dtype)
             sums += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
         total = (ce_w * sums[0] + kd_w * sums[1]).float()

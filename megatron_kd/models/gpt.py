@@ -70,7 +70,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         fp8_kwargs.update(recompute_granularity="full", recompute_method="uniform",
                           recompute_num_layers=recompute[1])
     if precision.fp8 is not None:
-        fp8_kwargs = dict(
+        fp8_kwargs.update(
             fp8=precision.fp8,
             fp8_recipe=precision.fp8_recipe,
             fp8_margin=precision.fp8_margin,

@@ -67,8 +67,11 @@ def init_by_name(gpt, model_cfg: ModelConfig, seed: int, tp: int, tp_rank: int) 
     scaled = std / math.sqrt(2.0 * model_cfg.num_layers)
     for local_name, param in gpt.named_parameters():
         name = layout_free_name(gpt, local_name, param)
-        if name.endswith(("layernorm.weight", "norm.weight")):
-            param.fill_(1.0)
+        if name.endswith(("layernorm.weight", "norm.weight", "layer_norm_weight")):
+            param.fill_(1.0)  # norms (Transformer Engine fuses them into linear_qkv / linear_fc1)
+            continue
+        if name.endswith(("layer_norm_bias", ".bias")):
+            param.zero_()
             continue
         if name.endswith(_SCALED):
             sigma = scaled

@@ -62,6 +62,10 @@ def _check_value(name: str, value: str) -> str:
     return value
 
 
+def _output_pattern(run_dir: Path) -> str:
+    return _check_value("run.dir", str(run_dir / "slurm").replace("%", "%%")) + "/slurm-%j.out"
+
+
 def render(spec: JobSpec) -> tuple[str, Path]:
     """(script text, run dir). The recipe is validated for the job's world size first."""
     recipe = resolve_recipe_path(spec.recipe)
@@ -89,7 +93,8 @@ def render(spec: JobSpec) -> tuple[str, Path]:
     lines += [f"#SBATCH --signal=USR1@{int(spec.signal_seconds)}",
               "#SBATCH --requeue",
               "#SBATCH --open-mode=append",
-              f"#SBATCH --output={q(_check_value('run.dir', str(run_dir / 'slurm' / 'slurm-%j.out')))}"]
+              # sbatch expands %-patterns in the path: a literal % in run.dir is written %%
+              f"#SBATCH --output={q(_output_pattern(run_dir))}"]
     lines += [f"#SBATCH {_check_value('sbatch', x)}" for x in spec.extra_sbatch]
     if spec.dependency:
         if not spec.dependency.isdigit():

@@ -47,15 +47,17 @@ def read_claims(points: list[dict], base: dict, id_set: str, ood_sets: list[str]
         bests = {t: {s: _best(kd, t, s) for s in [id_set, *ood_sets]} for t in weak}
         helped = [(t, s, b) for t, per in bests.items() for s, b in per.items()
                   if b and b["gains"][s]["verdict"] == "helps"]
-        hurt = all(b is None or b["gains"][s]["verdict"] == "hurts" for per in bests.values() for s, b in per.items())
+        found = [(s, b) for per in bests.values() for s, b in per.items() if b is not None]
+        hurt = bool(found) and all(b["gains"][s]["verdict"] == "hurts" for s, b in found)
         detail = "; ".join(f"{t} on {s}: best α={b['alpha']:g}, gain {b['gains'][s]['gain']:+.4f}"
                            + (f" ± {b['gains'][s]['se']:.4f}" if b["gains"][s]["se"] else "")
                            for t, per in bests.items() for s, b in per.items() if b)
-        verdict = "holds" if helped else ("does not hold" if hurt else "within noise")
+        verdict = "holds" if helped else ("does not hold" if hurt else ("within noise" if found else "not tested"))
         out.append({"claim": 1, "verdict": verdict, "why": f"weak teachers {', '.join(weak)}: {detail}"})
 
     # 2. more teacher (parameters or tokens) saturates or reverses the gain
-    ranked = sorted((t for t in teachers if not math.isnan(_strength(kd, t, id_set))),
+    ranked = sorted((t for t in teachers if not math.isnan(_strength(kd, t, id_set))
+                     and _best(kd, t, id_set) is not None),
                     key=lambda t: -_strength(kd, t, id_set))  # weakest first
     if len(ranked) < 3:
         out.append({"claim": 2, "verdict": "not tested", "why": f"needs teachers of three strengths, the "

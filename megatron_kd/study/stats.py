@@ -40,7 +40,8 @@ def band(xs: list[float]) -> Band:
 
 
 def point_key(r: dict) -> tuple:
-    return (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"))
+    """A sweep point's coordinates: every grid axis (seeds pooled)."""
+    return (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"))
 
 
 def group_points(rows: list[dict], sets: list[str]) -> list[dict]:
@@ -52,7 +53,7 @@ def group_points(rows: list[dict], sets: list[str]) -> list[dict]:
     for key, rs in groups.items():
         first = rs[0]
         out.append({"student": key[0], "teacher": key[1], "alpha": key[2], "temperature": key[3],
-                    "kind": key[4], "rows": rs, "seeds": len(rs),
+                    "kind": key[4], "top_k": key[5], "rows": rs, "seeds": len(rs),
                     "val": {s: band([r["val"].get(s) for r in rs]) for s in sets},
                     "teacher_val": first.get("teacher_val") or {}, "teacher_tokens": first.get("teacher_tokens"),
                     "teacher_params": first.get("teacher_params"), "names": [r["name"] for r in rs]})

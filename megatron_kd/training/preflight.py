@@ -50,9 +50,9 @@ def check_data(cfg: RunConfig) -> None:
         return
     tokenizer = load_tokenizer(cfg)
     for prefix in cfg.data.train:
-        check_prefix(prefix, tokenizer, "data.train")
+        check_prefix(prefix, tokenizer, "data.train", token_ids=True)
     for name, prefix in cfg.data.valid.items():
-        check_prefix(prefix, tokenizer, f"data.valid.{name}")
+        check_prefix(prefix, tokenizer, f"data.valid.{name}", token_ids=True)
 
 
 def preflight_train(cfg: RunConfig, overwrite: bool) -> None:

@@ -95,8 +95,11 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     n = planned["num_samples"]
     dataset, _ = build_datasets(cfg, tokenizer, n)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    todo = [j for j in range(planned["num_shards"]) if j % dp == dp_rank and not _complete(out, j)]
-    torch.distributed.barrier()  # every rank decided what to do before any shard is written
+    # rank 0 decides which shards are missing and tells everyone: the ranks of one pipeline must
+    # agree (a file system's attribute cache could let each rank see a different state)
+    missing = [[j for j in range(planned["num_shards"]) if not _complete(out, j)] if rank == 0 else None]
+    torch.distributed.broadcast_object_list(missing, src=0)
+    todo = [j for j in missing[0] if j % dp == dp_rank]
     writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
     group = parallel_state.get_tensor_model_parallel_group()
     micro = cfg.train.micro_batch_size
@@ -130,10 +133,11 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
             log.info("teacher cache shard %d/%d: samples %d-%d", j + 1, planned["num_shards"], samples[0],
                      samples[-1])
     torch.distributed.barrier()
+    left = [[j for j in range(planned["num_shards"]) if not _complete(out, j)] if rank == 0 else None]
+    torch.distributed.broadcast_object_list(left, src=0)
+    if left[0]:  # every rank raises (none waits at a barrier for one that left)
+        raise ConfigError(f"teacher cache {out}: shards {left[0][:5]} were not written; run the job again")
     if rank == 0:
-        missing = [j for j in range(planned["num_shards"]) if not _complete(out, j)]
-        if missing:
-            raise ConfigError(f"teacher cache {out}: shards {missing[:5]} were not written; run the job again")
         shutil.rmtree(out / "data_cache", ignore_errors=True)  # megatron-core's index files: the job's own
         (out / COMPLETE).write_text(f"{n} samples, {planned['num_shards']} shards\n")
     torch.distributed.barrier()

@@ -2,6 +2,8 @@
 (mixed_kd_loss, itself tested against float64): loss, CE and KD sums and the gradient, with
 padding columns, masked tokens, huge logits, k' < K and k' = K, other bucket on and off."""
 
+import math
+
 import pytest
 import torch
 
@@ -59,3 +61,47 @@ def test_k_larger_than_the_cache_is_refused():
     with pytest.raises(ValueError, match="larger than the cache's K=4"):
         sparse_kd_loss(zs.clone(), seq(rows["ids"]), seq(rows["logp"]), seq(rows["other_logp"]), labels, mask,
                        top_k=5, other_bucket=True, ce_weight=0.5, kd_weight=0.5, vocab_size=V)
+
+
+@pytest.mark.parametrize("tail", [-20.0, -30.0])
+def test_nearly_certain_student_against_float64(tail):
+    """The student all but certain of a kept token: its mass outside the kept set (~1e-9 and
+    below) must come from a direct sum, not 1 - sum(kept); both objectives against float64."""
+    k = 4
+    z = torch.full((1, 1, V), tail)
+    z[0, 0, 0] = 0.0
+    q = torch.tensor([0.9, 0.05, 0.02, 0.01], dtype=torch.float64)
+    q_o = 0.02
+    p = torch.softmax(z.double().view(-1)[:V], -1)
+    s_o = p[k:].sum()
+    ref_loss = (q * (q.log() - p[:k].log())).sum() + q_o * (math.log(q_o) - s_o.log())
+    ref_grad = torch.cat([p[:k] - q, p[k:V] * (1 - q_o / s_o)])
+    ids = torch.arange(k).view(1, 1, k).int()
+    labels, mask = torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1)
+    a = z.clone().requires_grad_(True)
+    total, _ = sparse_kd_loss(a * 1.0, ids, q.float().log().view(1, 1, k), torch.tensor([[math.log(q_o)]]),
+                              labels, mask, top_k=k, other_bucket=True, ce_weight=0.0, kd_weight=1.0, vocab_size=V)
+    total.backward()
+    assert abs(total.item() - ref_loss.item()) < 1e-6
+    assert (a.grad.view(-1)[:V].double() - ref_grad).abs().max().item() < 1e-6
+    teacher = torch.full((1, 1, PADDED), -1e4)
+    teacher[0, 0, :k] = q.float().log()
+    teacher[0, 0, k:V] = math.log(q_o / (V - k))
+    b = z.clone().requires_grad_(True)
+    online, _ = mixed_kd_loss(b * 1.0, teacher[..., :V], labels, mask, KDOptions(top_k=k, other_bucket=True,
+                                                                                vocab_size=V),
+                              ce_weight=0.0, kd_weight=1.0, metrics=False)
+    online.backward()
+    assert abs(online.item() - ref_loss.item()) < 1e-6
+    assert (b.grad.view(-1).double() - ref_grad).abs().max().item() < 1e-6
+
+
+def test_renormalised_with_underflowing_teacher_probabilities():
+    zs, _, labels, mask = _case(3, False)
+    n = labels.numel()
+    ids = torch.arange(4).repeat(n).view(*labels.shape, 4).int()
+    q_logp = torch.tensor([0.0, -800.0, -900.0, -1000.0]).repeat(n).view(*labels.shape, 4)
+    total, sums = sparse_kd_loss(zs.clone().requires_grad_(True) * 1.0, ids, q_logp, torch.full(labels.shape, -5.0),
+                                 labels, mask, top_k=4, other_bucket=False, ce_weight=0.5, kd_weight=0.5,
+                                 vocab_size=V)
+    assert math.isfinite(total.item()) and math.isfinite(sums["kd"].item())
