@@ -49,8 +49,8 @@ class MetricsWriter:
         kd = ""
         if "kd loss" in m:  # distillation: the two terms and the mix
             kd = f" (lm {m['lm loss']:.4f}, kd {m['kd loss']:.4f}, alpha {m['alpha']:.3g})"
-        log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s%s | ETA %s",
-                 step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], tok_per_s, extra,
+        log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f%s | %.0f tok/s | ETA %s",
+                 step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], extra, tok_per_s,
                  _fmt_eta(eta_s))
 
     def close(self) -> None:
