@@ -48,8 +48,8 @@ def test_kd_from_scratch_is_layout_free(tmp_path):
     kd = [*STEPS, f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "kd.temperature=2.0"]
     mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'one'}", timeout=600)
     ref = _losses(tmp_path / "one")
-    layout, nproc = LAYOUTS["pp2"]
-    mkd("train", "train/tiny-mock", *kd, *layout, f"run.dir={tmp_path / 'pp2'}", "--nproc", nproc, timeout=600)
-    _close(_losses(tmp_path / "pp2"), ref, "kd pp2")
+    for name, (layout, nproc) in LAYOUTS.items():
+        mkd("train", "train/tiny-mock", *kd, *layout, f"run.dir={tmp_path / name}", "--nproc", nproc, timeout=600)
+        _close(_losses(tmp_path / name), ref, f"kd {name}")
     kd_rows = read_metrics(tmp_path / "pp2")
     assert all(r["alpha"] == 0.5 and r["temperature"] == 2.0 and r["kd_loss"] > 0 for r in kd_rows)
