@@ -76,14 +76,19 @@ class _SparseKD(torch.autograd.Function):
             q = torch.exp(q_lp)
             # the student's real probabilities, and its mass outside the kept set summed directly
             # (1 - sum p_k cancels to nothing when the student is nearly certain of a kept token)
-            kept = torch.zeros(rows, width + 1, dtype=torch.bool, device=z.device)
-            kept = kept.scatter_(1, torch.where(kin, kpos, torch.full_like(kpos, width)), True)[:, :nv]
+            rr = r_idx.unsqueeze(-1).expand_as(kpos)
+            # p_all at the kept columns, read before they are cleared below
+            p_all_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype)).double() \
+                * (1.0 / s_all).unsqueeze(-1)
             if shard.padded:  # p_real from its own exp: padding logits may dwarf the real ones
                 p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
+                kept = torch.zeros(rows, width + 1, dtype=torch.bool, device=z.device)
+                kept = kept.scatter_(1, torch.where(kin, kpos, torch.full_like(kpos, width)), True)[:, :nv]
                 s_o = torch.where(kept, torch.zeros_like(p_r), p_r).sum(-1, dtype=torch.float64)
-            else:
+            else:  # clear the kept columns of ex (they are written whole below) and sum the rest
                 p_r = None
-                s_o = torch.where(kept, torch.zeros_like(ex), ex).sum(-1, dtype=torch.float64) / s_all
+                ex.index_put_((rr[kin], kpos[kin]), torch.zeros((), dtype=ex.dtype, device=ex.device))
+                s_o = ex.sum(-1, dtype=torch.float64) / s_all
             s_o = _all_reduce(s_o, dist.ReduceOp.SUM, group)
             if other_bucket:
                 q_o = torch.exp(other_logp[s:e_].double())
@@ -102,8 +107,6 @@ class _SparseKD(torch.autograd.Function):
             # the kept set; p_real - target on the kept ones)], p_all = ex / s_all. The kept columns
             # are written whole (no large term added and taken away again).
             coef = (w.double() / s_all)  # per row
-            p_all_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype)).double() \
-                * (1.0 / s_all).unsqueeze(-1)
             if shard.padded:
                 ex.mul_((coef * ce_w).float().unsqueeze(-1))
                 ex[:, :nv].add_(p_r.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
@@ -112,7 +115,6 @@ class _SparseKD(torch.autograd.Function):
             g = ex
             wk = w.double().unsqueeze(-1)
             kept_g = (ce_w * p_all_k + kd_w * (p_k - target)) * wk
-            rr = r_idx.unsqueeze(-1).expand_as(kpos)
             g.index_put_((rr[kin], kpos[kin]), kept_g.float()[kin])
             lab_fix = torch.where(inside, -ce_w * w, torch.zeros_like(w))  # the label's one-hot
             g.index_put_((r_idx, lpos), lab_fix, accumulate=True)
