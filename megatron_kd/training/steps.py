@@ -50,7 +50,8 @@ def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def _batch_to_device(batch: dict) -> dict:
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    # sample_index stays on the host: the teacher cache's rows are read there
+    return {k: v if k == "sample_index" else v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _timed(loss_func):

@@ -48,11 +48,11 @@ SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a to
 
 def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None) -> dict:
     """The manifest a cache for this recipe has (before anything is written or run)."""
-    ckpt, _, state = resolve_teacher(cfg, check=False)
+    ckpt, teacher, state = resolve_teacher(cfg, check=False)
     n = train_steps(cfg) * cfg.train.global_batch_size
     per_token = 4 * (cfg.model.vocab_size if top_k is None else 2 * top_k + 1) + 8
     rows = shard_rows or max(1, min(n, SHARD_BYTES // (per_token * cfg.train.seq_length)))
-    padded = resolve_teacher(cfg, check=False)[1].padded_vocab_size or padded_vocab(cfg.model, cfg.parallel.tp)
+    padded = teacher.padded_vocab_size or padded_vocab(cfg.model, cfg.parallel.tp)
     return {"fingerprint": fingerprint(cfg, top_k, ckpt, state), "num_samples": n, "shard_rows": rows,
             "teacher_padded_vocab": padded,
             "num_shards": math.ceil(n / rows), "seq_length": cfg.train.seq_length,

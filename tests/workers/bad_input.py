@@ -19,13 +19,20 @@ import traceback
 from pathlib import Path
 
 
-def cases(a: dict) -> dict[str, dict]:
-    """id -> {argv, env?}. `a`: the artifacts made by the test's fixture (paths)."""
+def case_makers(a: dict):
+    """(run, data, t, td) shared by both rounds of the catalogue: a fresh run dir under
+    tmp/runs, the corpus overrides, and a `mkd train` case on mock data / on the corpus."""
     run = lambda name: f"run.dir={a['tmp']}/runs/{name}"  # noqa: E731
     data = ["data.mock=false", f"data.tokenizer={a['tokenizer']}", f"data.train=[{a['train']}]",
             f"data.valid={{indomain: {a['valid']}}}", "model.vocab_size=512"]
     t = lambda name, *o: {"argv": ["train", "train/tiny-mock", run(name), *o]}  # noqa: E731
     td = lambda name, *o: t(name, *data, *o)  # noqa: E731
+    return run, data, t, td
+
+
+def cases(a: dict) -> dict[str, dict]:
+    """id -> {argv, env?}. `a`: the artifacts made by the test's fixture (paths)."""
+    run, data, t, td = case_makers(a)
     kd = lambda name, *o: td(name, f"teacher.checkpoint={a['teacher']}", *o)  # noqa: E731
     return {
         "unknown_key": t("c1", "train.stpes=3"),

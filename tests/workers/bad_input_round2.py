@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.workers.bad_input import run_case
+from tests.workers.bad_input import case_makers, run_case
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,11 +26,7 @@ def _bomb(levels: int = 6) -> str:
 
 
 def cases(a: dict) -> dict[str, dict]:
-    run = lambda name: f"run.dir={a['tmp']}/runs/{name}"  # noqa: E731
-    data = ["data.mock=false", f"data.tokenizer={a['tokenizer']}", f"data.train=[{a['train']}]",
-            f"data.valid={{indomain: {a['valid']}}}", "model.vocab_size=512"]
-    t = lambda name, *o: {"argv": ["train", "train/tiny-mock", run(name), *o]}  # noqa: E731
-    td = lambda name, *o: t(name, *data, *o)  # noqa: E731
+    run, data, t, td = case_makers(a)
     as_teacher = lambda name, *o: {"argv": ["train", "train/tiny-mock", *data, "train.steps=3", *o]}  # noqa: E731
     c = {
         # numbers: finite, in range
