@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install system-deps lint test test-fast demo bench clean help
+.PHONY: install system-deps lint test test-fast demo study bench clean help
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
 
 help:
@@ -16,7 +16,8 @@ help:
 	@echo "make lint      ruff check (rules in pyproject.toml)"
 	@echo "make test-fast install if needed, then ruff and the fast tier: no slow, multiproc or slurm tests"
 	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
-	@echo "make demo      install if needed, then run the CPU demo"
+	@echo "make demo      install if needed, then run the CPU demo (about 7 minutes on 2 cores)"
+	@echo "make study     install if needed, then the CPU study of the paper's claims (docs/STUDY.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
 
 install: $(STAMP)
@@ -59,6 +60,9 @@ test-fast: install lint
 
 demo: install
 	bash scripts/demo.sh
+
+study: install
+	bash scripts/study.sh
 
 # The benchmarks compare against NVIDIA Model-Optimizer's own loss: its package and what its
 # megatron plugin imports are benchmark dependencies only (requirements-bench.txt).

@@ -15,7 +15,9 @@ from megatron_kd.study.stats import NOISE_SIGMAS, spearman
 
 
 def _best(points: list[dict], teacher: str, s: str) -> dict | None:
-    cands = [p for p in points if p["teacher"] == teacher and not math.isnan(p["gains"][s]["gain"])]
+    """The teacher's fixed-α point with the largest gain on `s` (scheduled-α points aside)."""
+    cands = [p for p in points if p["teacher"] == teacher and p.get("alpha") is not None
+             and not math.isnan(p["gains"][s]["gain"])]
     return max(cands, key=lambda p: p["gains"][s]["gain"]) if cands else None
 
 

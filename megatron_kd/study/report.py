@@ -119,7 +119,8 @@ def build_report(sweep_dir: Path) -> dict:
     header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
     table = []
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0)):
-        table.append([r["name"], r["student"], r.get("teacher") or "(baseline)", _fmt(r.get("alpha"), 2),
+        table.append([r["name"], r["student"], r.get("teacher") or "(baseline)",
+                      r.get("alpha_schedule") or _fmt(r.get("alpha"), 2),
                       _fmt(r.get("temperature"), 2), r.get("kind") or ""]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
                      + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
@@ -181,15 +182,26 @@ def _plots(sweep_dir: Path, rows: list[dict], sets: list[str], base: dict) -> li
         out.append(sweep_dir / "gain_vs_teacher.png")
         fig.savefig(out[-1], dpi=100)
         plt.close(fig)
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
+    # Validation curves, the seeds of a point averaged (one line per point; the baseline bold).
+    curves: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["student"], r.get("teacher") or "(baseline)", r.get("alpha_schedule") or _fmt(r.get("alpha"), 2))
+        for v in r["curve"]:
+            for s in sets:
+                if f"val/{s}" in v:
+                    curves.setdefault(key, {}).setdefault(s, {}).setdefault(v["tokens"], []).append(v[f"val/{s}"])
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 5), squeeze=False)
     for ax, s in zip(axes[0], sets):
-        for r in rows:
-            c = [(v["tokens"], v[f"val/{s}"]) for v in r["curve"] if f"val/{s}" in v]
+        for key, per in sorted(curves.items()):
+            c = sorted((t, statistics.fmean(xs)) for t, xs in per.get(s, {}).items())
             if c:
-                ax.plot([x for x, _ in c], [y for _, y in c], label=r["name"], lw=1)
+                base_line = key[1] == "(baseline)"
+                ax.plot([x for x, _ in c], [y for _, y in c], label=" ".join(k for k in key[1:] if k),
+                        lw=2.5 if base_line else 0.8, color="black" if base_line else None)
         ax.set_xlabel("tokens")
-        ax.set_ylabel(f"val {s} loss")
-    axes[0][-1].legend(fontsize=6)
+        ax.set_ylabel(f"val {s} loss (mean over seeds)")
+    if len(curves) <= 16:
+        axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     out.append(sweep_dir / "loss_curves.png")
     fig.savefig(out[-1], dpi=100)

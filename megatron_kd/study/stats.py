@@ -3,7 +3,8 @@ the noise rule, best α, a fitted student-vs-teacher relation and the paper's fo
 
 Rows carry `student`, `teacher` (None: a baseline), `alpha`, `temperature`, `kind`, `seed`,
 `val` ({set: final loss}) and, for KD rows, `teacher_val` ({set: the teacher's own loss}),
-`teacher_tokens` and `teacher_params` when known. Pure functions: tested on synthetic rows.
+`teacher_tokens` and `teacher_params` when known; a scheduled-α point has `alpha` None and
+`alpha_schedule` (a label such as "1→0 cosine"). Pure functions: tested on synthetic rows.
 
 The noise rule: a gain (the student's mean baseline loss minus a point's mean loss over its
 seeds) is outside the noise when |gain| > 2 x its standard error, the point's and the baseline's
@@ -41,7 +42,8 @@ def band(xs: list[float]) -> Band:
 
 def point_key(r: dict) -> tuple:
     """A sweep point's coordinates: every grid axis (seeds pooled)."""
-    return (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"))
+    return (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"),
+            r.get("alpha_schedule"))
 
 
 def group_points(rows: list[dict], sets: list[str]) -> list[dict]:
@@ -53,10 +55,11 @@ def group_points(rows: list[dict], sets: list[str]) -> list[dict]:
     for key, rs in groups.items():
         first = rs[0]
         out.append({"student": key[0], "teacher": key[1], "alpha": key[2], "temperature": key[3],
-                    "kind": key[4], "top_k": key[5], "rows": rs, "seeds": len(rs),
+                    "kind": key[4], "top_k": key[5], "alpha_schedule": key[6], "rows": rs, "seeds": len(rs),
                     "val": {s: band([r["val"].get(s) for r in rs]) for s in sets},
                     "teacher_val": first.get("teacher_val") or {}, "teacher_tokens": first.get("teacher_tokens"),
-                    "teacher_params": first.get("teacher_params"), "names": [r["name"] for r in rs]})
+                    "teacher_params": first.get("teacher_params"),
+                    "teacher_flops": first.get("teacher_pretrain_flops"), "names": [r["name"] for r in rs]})
     return out
 
 

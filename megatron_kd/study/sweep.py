@@ -20,6 +20,8 @@ Sweep YAML:
         tokens: [5e9, 50e9]
         checkpoint: runs/teachers/{model}/checkpoints/tokens_{tokens}
       alpha: [0.2, 0.5, 1.0]
+      alpha_schedule:                           # extra points per teacher: α over training
+        - {alpha: 1.0, kind: cosine, final: 0.0}  # kd.alpha + kd.alpha_schedule.*
       temperature: [1.0]
       kind: [forward_kl]
       top_k: [null]
@@ -33,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +45,8 @@ from megatron_kd.config.loader import read_yaml, resolve_recipe_path
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
-GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "temperature", "kind", "top_k"}
+GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
+SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid", "data_seed"}
 
 
@@ -78,13 +82,15 @@ def _teachers(grid: dict) -> list[dict]:
             tok = int(float(tokens))
             out.append({"name": f"{short}@{_tokens_label(tok)}", "model": recipe, "tokens": tok,
                         "checkpoint": tg["checkpoint"].format(model=short, tokens=tok)})
+            if tg.get("cache"):
+                out[-1]["cache"] = dict(tg["cache"])
     return out
 
 
 def _tokens_label(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
-            return f"{n / div:g}{unit}"
+            return f"{n / div:.3g}{unit}"
     return str(n)
 
 
@@ -134,18 +140,20 @@ def _check_types(spec: dict, p: Path) -> None:
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
     for t in teachers or []:
         need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
-        cache = t.get("cache")
-        need(cache is None or (isinstance(cache, dict) and set(cache) <= {"top_k"}
-                               and (cache.get("top_k", 64) == "all" or (isinstance(cache.get("top_k", 64), int)
-                                                                     and cache.get("top_k", 64) >= 1))),
-             "grid.teacher[].cache", "a mapping {top_k: K} (K a positive integer or 'all')")
+        need(_cache_ok(t.get("cache")), "grid.teacher[].cache", "a mapping {top_k: K} (K a positive integer or 'all')")
     need(spec.get("data_seed") is None or (isinstance(spec["data_seed"], int) and spec["data_seed"] >= 0),
          "data_seed", "a non-negative integer")
-    cached = any(isinstance(t, dict) and t.get("cache") for t in teachers or [])
+    scheds = grid.get("alpha_schedule")
+    need(scheds is None or (isinstance(scheds, list) and all(
+        isinstance(x, dict) and set(x) <= SCHEDULE_KEYS and isinstance(x.get("alpha"), (int, float))
+        and isinstance(x.get("kind"), str) for x in scheds)), "grid.alpha_schedule",
+        "a list of {alpha, kind, final[, warmup_fraction, decay_fraction]} mappings")
+    tg = grid.get("teacher_grid")
+    cached = any(isinstance(t, dict) and t.get("cache") for t in teachers or []) or (
+        isinstance(tg, dict) and bool(tg.get("cache")))
     if cached and len(spec.get("seeds") or []) > 1 and spec.get("data_seed") is None:
         raise ConfigError(f"sweep {p}: a cached teacher serves one data order; with several `seeds`, set "
                           "`data_seed: N` so the seeds vary the students' initialisation only")
-    tg = grid.get("teacher_grid")
     if tg is not None:
         need(isinstance(tg, dict), "grid.teacher_grid", "a mapping with models, tokens and checkpoint")
         need(isinstance(tg.get("models"), dict), "grid.teacher_grid.models", "a mapping of short names to recipes")
@@ -153,6 +161,10 @@ def _check_types(spec: dict, p: Path) -> None:
              "grid.teacher_grid.tokens", "a list of token counts")
         need(isinstance(tg.get("checkpoint"), str), "grid.teacher_grid.checkpoint",
              "a path pattern with {model} and {tokens}")
+        need(set(tg) <= {"models", "tokens", "checkpoint", "cache"}, "grid.teacher_grid",
+             "a mapping with models, tokens, checkpoint and optionally cache")
+        need(_cache_ok(tg.get("cache")), "grid.teacher_grid.cache",
+             "a mapping {top_k: K} (K a positive integer or 'all')")
         try:
             [int(float(x)) for x in tg["tokens"]]
             tg["checkpoint"].format(model="m", tokens=1)
@@ -161,12 +173,31 @@ def _check_types(spec: dict, p: Path) -> None:
                               "and checkpoint a pattern using only {model} and {tokens}") from exc
 
 
+def _cache_ok(cache) -> bool:
+    k = cache.get("top_k", 64) if isinstance(cache, dict) else None
+    return cache is None or (isinstance(cache, dict) and set(cache) <= {"top_k"}
+                             and (k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)))
+
+
+def _alpha_values(grid: dict) -> list:
+    """The α axis: fixed values, then each α schedule (a mapping) as one more value."""
+    fixed = grid.get("alpha") or []
+    scheds = grid.get("alpha_schedule") or []
+    return (fixed + scheds) or [None]
+
+
+def _schedule_label(s: dict) -> str:
+    """`1→0 cosine`: what the report prints for a scheduled α."""
+    return f"{_num(s['alpha'])}→{_num(s.get('final', s['alpha']))} {s['kind']}"
+
+
 def expand(spec: dict) -> list[Point]:
     """Every point of the grid (and the baselines), with names that say the point."""
     grid = spec.get("grid") or {}
     students = grid.get("student") or [None]
     teachers = _teachers(grid)
-    axes = {k: grid.get(k) or [None] for k in ("alpha", "temperature", "kind", "top_k")}
+    axes = {k: grid.get(k) or [None] for k in ("temperature", "kind", "top_k")}
+    axes = {"alpha": _alpha_values(grid), **axes}
     seeds = spec.get("seeds") or [None]
     common = list(spec.get("overrides") or [])
     if spec.get("data_seed") is not None:  # the seeds vary the initialisation; the data order is fixed
@@ -193,6 +224,11 @@ def expand(spec: dict) -> list[Point]:
                 ov.append(f"teacher.cache={cache_dir}")
                 meta["teacher_cache"] = str(cache_dir)
                 meta["cache_top_k"] = t["cache"].get("top_k", 64)
+            if isinstance(a, dict):  # a scheduled α: its start value plus kd.alpha_schedule.*
+                ov += [f"kd.alpha={a['alpha']}"] + [f"kd.alpha_schedule.{k}={v}" for k, v in a.items() if k != "alpha"]
+                parts.append(f"a{_num(a['alpha'])}-{a['kind']}-{_num(a.get('final', a['alpha']))}")
+                meta["alpha_schedule"] = _schedule_label(a)
+                a = None
             for key, val, tag in (("alpha", a, "a"), ("temperature", temp, "T"), ("kind", kind, ""),
                                   ("top_k", top_k, "topk")):
                 if val is not None:
@@ -286,13 +322,14 @@ def finished(run_dir: Path) -> bool:
     return latest is not None and read_state(latest)["kind"] == "final"
 
 
-def build_caches(pending: list[tuple], nproc: int) -> None:
+def build_caches(pending: list[tuple], nproc: int, jobs: int = 1) -> None:
     """Each cached teacher's cache, once, before the points that read it (the teacher runs once
-    for all of them); a complete cache is reused."""
+    for all of them), `jobs` cache jobs at a time; a complete cache is reused."""
     by_cache: dict[str, list] = {}
     for point, recipe, _ in pending:
         if point.meta.get("teacher_cache"):
             by_cache.setdefault(point.meta["teacher_cache"], []).append((point, recipe))
+    todo = []
     for cache, users in by_cache.items():
         point, recipe = users[0]
         if (Path(cache) / "COMPLETE").is_file():
@@ -304,11 +341,35 @@ def build_caches(pending: list[tuple], nproc: int) -> None:
         cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(recipe), "--out", cache,
                "--top-k", str(point.meta["cache_top_k"])] + (["--nproc", str(nproc)] if nproc > 1 else [])
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["failed"])[-1]
-            raise ConfigError(f"the teacher cache job for {point.meta['teacher']} failed: {last}")
-        print(f"[sweep] {r.stdout.strip().splitlines()[-1]}", flush=True)
+        todo.append((point, cmd))
+    running: list[tuple] = []
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+    def reap(proc, point, log) -> None:
+        proc.wait()
+        log.close()
+        lines = Path(log.name).read_text().strip().splitlines() or ["(no output)"]
+        if proc.returncode != 0:
+            for p, *_ in running:  # the others are stopped: a failed sweep leaves no stray jobs
+                if p is not proc:
+                    p.kill()
+            raise ConfigError(f"the teacher cache job for {point.meta['teacher']} failed: {lines[-1]}; "
+                              f"log: {log.name}")
+        print(f"[sweep] {lines[-1]}", flush=True)
+
+    for point, cmd in todo:
+        while len(running) >= max(1, jobs):
+            done = next((r for r in running if r[0].poll() is not None), None)
+            if done is None:
+                time.sleep(0.5)
+                continue
+            reap(*done)
+            running.remove(done)
+        log = open(f"{cmd[cmd.index('--out') + 1]}.log", "w")  # beside the cache: caches/NAME.log
+        running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), point, log))
+    while running:
+        reap(*running[0])
+        running.pop(0)
 
 
 def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None = None) -> list[str]:
@@ -321,7 +382,7 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
             print(f"[sweep] {point.name}: finished, skipped", flush=True)
         else:
             pending.append((point, recipe, run_dir))
-    build_caches(pending, nproc)
+    build_caches(pending, nproc, jobs)
     running: list[tuple] = []
     ran = []
 
@@ -346,8 +407,6 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
         while len(running) >= max(1, jobs):
             reap(block=False)
             if len(running) >= max(1, jobs):
-                import time
-
                 time.sleep(0.5)
         print(f"[sweep] {point.name}: training", flush=True)
         cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]

@@ -108,3 +108,30 @@ def test_claims_within_noise_and_not_tested():
     assert claims[1]["verdict"] == "not tested" and claims[4]["verdict"] == "not tested"
     a = analyse(_rows(teachers={"t": (2.0, 9, 9, {0.5: (0.1, 0.1)})}), ["indomain"])
     assert {c["claim"]: c["verdict"] for c in a["claims"]}[3] == "not tested"
+
+
+def test_scheduled_alpha_points_are_compared_with_the_best_fixed_alpha_and_kept_out_of_the_claims():
+    from megatron_kd.study.analysis import schedule_rows
+
+    rows = _rows(teachers={"weak": (5.0, 100, 500, {0.2: (0.05, 0.05), 0.8: (-0.10, -0.10)}),
+                           "mid": (3.5, 300, 1000, {0.2: (0.05, 0.10), 0.8: (0.08, 0.12)}),
+                           "strong": (2.0, 900, 2000, {0.2: (0.02, 0.02), 0.8: (0.06, 0.06)})})
+    for t, (g_id, g_ood) in {"weak": (0.15, 0.05), "strong": (0.061, 0.061)}.items():  # 1 -> 0 cosine
+        for i, e in enumerate(SEED_NOISE):
+            rows.append({"name": f"{t}-sched-{i}", "student": "s", "teacher": t, "alpha": None,
+                         "alpha_schedule": "1→0 cosine", "seed": i,
+                         "val": {"indomain": 3.0 - g_id + e, "ood": 4.0 - g_ood + e},
+                         "teacher_val": {"indomain": {"weak": 5.0, "strong": 2.0}[t]}})
+    a = analyse(rows, ["indomain", "ood"])
+    sched = {r["teacher"]: r["sets"] for r in schedule_rows(a)}
+    assert sched["weak"]["indomain"]["best_fixed_alpha"] == 0.2
+    assert sched["weak"]["indomain"]["diff"] == pytest.approx(0.10)
+    assert sched["weak"]["indomain"]["verdict"] == "better"
+    assert sched["weak"]["ood"]["verdict"] == "within noise"
+    assert sched["strong"]["indomain"]["verdict"] == "within noise"
+    # the claims read fixed α only: the weak teacher's best α stays 0.2 although its schedule gains more
+    assert a["best_alpha"]["indomain"]["weak"]["alpha"] == 0.2
+    claim4 = {c["claim"]: c for c in a["claims"]}[4]
+    assert "0.2, 0.8, 0.8" in claim4["why"]
+    text = "\n".join(markdown(a, ["indomain", "ood"]))
+    assert "## α schedules vs the best fixed α" in text and "| 1→0 cosine |" in text

@@ -104,3 +104,26 @@ def test_two_seeds_two_teacher_budgets_sweep_reports_bands_and_claims(tmp_path):
     # the curves have a point per step (logging.eval_interval=1), not two
     metrics = read_metrics(tmp_path / "sweep" / "runs" / "student__baseline__seed1")
     assert sum(1 for m in metrics if "val/mock" in m) == 3
+
+
+def test_cpu_study_sweep_is_the_grid_the_issue_asks_for():
+    """recipes/sweeps/cpu-study.yaml (make study): three teacher sizes around the student's x three
+    budgets, α {0.2, 0.5, 1} plus a schedule, three seeds, three baselines; every point resolves."""
+    from megatron_kd.study.sweep import expand, load_sweep, resolve_point
+
+    spec = load_sweep("sweeps/cpu-study")
+    points = expand(spec)
+    kd = [p for p in points if p.teacher]
+    assert len(points) == 111 and len(kd) == 108
+    assert len({p.meta["teacher"] for p in kd}) == 9
+    assert {p.meta["teacher_model"] for p in kd} == {"models/cpu-micro", "models/cpu-tiny", "models/cpu-small"}
+    assert {p.meta["alpha"] for p in kd} == {0.2, 0.5, 1.0, None}
+    assert {p.meta.get("alpha_schedule") for p in kd} == {None, "1→0 cosine"}
+    assert sorted({p.meta["seed"] for p in points if not p.teacher}) == [1, 2, 3]
+    assert len({p.meta["teacher_cache"] for p in kd}) == 9  # one teacher pass per teacher checkpoint
+    sched = resolve_point(spec, next(p for p in kd if p.meta.get("alpha_schedule")))
+    assert sched.kd.alpha == 1.0 and sched.kd.alpha_schedule.kind == "cosine"
+    assert sched.kd.alpha_schedule.final == 0.0 and sched.model.name == "cpu-tiny"
+    assert sched.kd.top_k == 64 and sched.kd.other_bucket and sched.data.seed == 7
+    base = resolve_point(spec, next(p for p in points if not p.teacher))
+    assert base.teacher.cache is None and base.kd.alpha == 0
