@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Tokenize JSONL/text into a megatron-core IndexedDataset (Megatron-LM style flags).
+"""Tokenize a raw corpus into a megatron-core IndexedDataset, with Megatron-LM's flags.
 
     python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \
-        --tokenizer-model tokenizer.model --json-keys text --workers 8
+        --tokenizer-model tokenizer.model --json-keys text --workers 8 --append-eod
 
-Same as `mkd data preprocess`; writes PREFIX.bin, PREFIX.idx and PREFIX.meta.json.
+Same as `mkd data preprocess` (JSONL/text, gzip/zstd, Parquet, Arrow inputs); writes PREFIX.bin,
+PREFIX.idx and PREFIX.meta.json. The EOD token is always appended (--append-eod is accepted for
+compatibility); the output is byte-identical to Megatron-LM's tools/preprocess_data.py with
+--append-eod, which names it PREFIX_text_document instead.
 """
 
 import argparse
@@ -18,13 +21,16 @@ def parse(argv):
     p.add_argument("--input", nargs="+", required=True)
     p.add_argument("--output-prefix", required=True)
     p.add_argument("--tokenizer-model", required=True, help="sentencepiece .model or tokenizer.json")
-    p.add_argument("--json-keys", default="text")
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="the field holding the text (one)")
     p.add_argument("--workers", type=int, default=2)
-    return p.parse_args(argv)
+    p.add_argument("--append-eod", action="store_true", help="accepted; the EOD token is always appended")
+    a = p.parse_args(argv)
+    if len(a.json_keys) != 1:
+        p.error(f"one --json-keys value only (got {' '.join(a.json_keys)}); run once per field")
+    return a
 
 
 if __name__ == "__main__":
     a = parse(sys.argv[1:])
     sys.exit(main(["data", "preprocess", "--input", *a.input, "--output-prefix", a.output_prefix,
-                   "--tokenizer", a.tokenizer_model, "--json-key", a.json_keys,
-                   "--workers", str(a.workers)]))
+                   "--tokenizer", a.tokenizer_model, "--key", a.json_keys[0], "--workers", str(a.workers)]))

@@ -25,15 +25,22 @@ def add_data_parser(sub) -> None:
     t.add_argument("--special-tokens", nargs="*", default=[], help="extra user-defined pieces")
     t.set_defaults(func=cmd_train_tokenizer)
 
-    q = dsub.add_parser("preprocess", help="tokenize .jsonl/.txt into a megatron-core "
-                                           "IndexedDataset (PREFIX.bin/.idx) with EOD tokens")
-    q.add_argument("--input", nargs="+", required=True, help=".jsonl (one JSON document a line) "
-                                                             "or .txt (one document a line)")
+    q = dsub.add_parser("preprocess", help="tokenize a raw corpus (JSONL/text, gzip/zstd, Parquet, Arrow) into a "
+                                           "megatron-core IndexedDataset (PREFIX.bin/.idx) with EOD tokens")
+    q.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|GLOB",
+                   help=".jsonl/.json (one JSON document a line) or .txt (one document a line), each optionally "
+                        ".gz/.zst; .parquet files; .arrow files or a `datasets` directory (save_to_disk); globs "
+                        "such as 'fineweb/*.parquet' (quoted) expand in sorted order")
     q.add_argument("--tokenizer", required=True, help="sentencepiece .model or tokenizer.json")
     q.add_argument("--output-prefix", required=True)
-    q.add_argument("--json-key", default="text", help="JSONL field holding the text")
+    q.add_argument("--key", "--json-key", dest="json_key", default="text",
+                   help="the JSON field or Parquet/Arrow column holding the text (default: text)")
     q.add_argument("--workers", type=int, default=2)
     q.add_argument("--eod-token", default=None, help="end-of-document piece (default: the eos)")
+    q.add_argument("--shard-tokens", type=float, default=None, metavar="N",
+                   help="start a new output prefix (PREFIX_00000, ...) every N tokens and write PREFIX.blend.yaml "
+                        "(the prefixes and their token counts as blend weights)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     q.set_defaults(func=cmd_preprocess)
 
 
@@ -67,12 +74,22 @@ def cmd_train_tokenizer(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
-    from megatron_kd.data.preprocess import preprocess
+    from megatron_kd.data.preprocess import output_files, preprocess
+    from megatron_kd.errors import ConfigError
 
     _quiet()
-    s = preprocess([Path(p) for p in args.input], Path(args.tokenizer), Path(args.output_prefix),
-                   json_key=args.json_key, workers=args.workers, eod_token=args.eod_token)
-    print(f"{s.output_prefix}.bin/.idx: {s.documents:,} documents, {s.tokens:,} tokens "
-          f"({s.dtype}) in {s.seconds:.1f}s = {s.tokens_per_second:,} tokens/s")
-    print(json.dumps({"documents": s.documents, "tokens": s.tokens}))
+    prefix = Path(args.output_prefix)
+    shard = None if args.shard_tokens is None else int(args.shard_tokens)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    existing = [str(p) for p in output_files(prefix, shard) if p.exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f"{existing[0]} already exists; choose another --output-prefix or pass --overwrite")
+    s = preprocess(list(args.input), Path(args.tokenizer), prefix, json_key=args.json_key,
+                   workers=args.workers, eod_token=args.eod_token, shard_tokens=shard)
+    where = (f"{s.output_prefix}.bin/.idx" if len(s.prefixes) == 1
+             else f"{len(s.prefixes)} prefixes {s.prefixes[0]} ... {s.prefixes[-1]} (blend: {prefix}.blend.yaml)")
+    print(f"{where}: {s.documents:,} documents, {s.tokens:,} tokens ({s.dtype}) in {s.seconds:.1f}s = "
+          f"{s.tokens_per_second:,} tokens/s")
+    print(json.dumps({"documents": s.documents, "tokens": s.tokens, "prefixes": s.prefixes}))
     return 0

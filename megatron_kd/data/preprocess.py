@@ -1,9 +1,19 @@
-"""Text / JSONL -> megatron-core IndexedDataset (.bin/.idx), tokenized by several workers.
+"""Raw corpus -> megatron-core IndexedDataset (.bin/.idx), tokenized by several workers.
 
-Inputs: `.jsonl` (one document per line, text in a configurable field) or `.txt` (one document
-per non-empty line). Every document ends with the tokenizer's end-of-document token. Next to
-`PREFIX.bin/.idx` a `PREFIX.meta.json` records the tokenizer (sha256), document and token counts,
-so a run can refuse data tokenized by another tokenizer than its model's.
+Inputs are what `data/sources.py` reads (JSONL/text, gzip/zstd, Parquet, Arrow/`datasets`
+directories). The output is what Megatron-LM's tools/preprocess_data.py writes for the same
+records with `--append-eod` (tested byte for byte): each record's token ids, then the tokenizer's
+end-of-document id, as one document through megatron-core's IndexedDatasetBuilder; a record of
+pre-split sentences is one document with one sequence per sentence; an empty text is an empty
+document (no EOD), as there. Next to `PREFIX.bin/.idx` a `PREFIX.meta.json` records the tokenizer
+(sha256) and the counts, so a run can refuse data tokenized by another tokenizer.
+
+Streaming: at most `4 x workers` batches are in flight, so memory is bounded by the worker
+batches, not the corpus; the output keeps the input order. Atomic: everything is written under
+`.partial` names and moved into place when the whole job has succeeded (index last); a killed or
+failed job leaves no `.bin/.idx` that looks complete. With `shard_tokens`, a new output prefix
+(`PREFIX_00000`, `PREFIX_00001`, ...) starts once a prefix holds that many tokens, and
+`PREFIX.blend.yaml` lists them with their token counts as blend weights (a recipe fragment).
 """
 
 from __future__ import annotations
@@ -12,16 +22,18 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from megatron_kd.data.sources import iter_records, open_sources
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
 
 _WORKER_TOKENIZER: Tokenizer | None = None
+IN_FLIGHT_PER_WORKER = 4
 
 
 @dataclass
@@ -33,30 +45,8 @@ class PreprocessSummary:
     tokens_per_second: float
     tokenizer_sha256: str
     dtype: str
-
-
-def iter_documents(paths: list[Path], json_key: str) -> Iterator[str]:
-    for path in paths:
-        if not path.is_file():
-            raise ConfigError(f"input '{path}' not found")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if path.suffix in (".jsonl", ".json"):
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg}); one JSON "
-                                          "object per line is expected") from exc
-                    if not isinstance(record, dict) or json_key not in record:
-                        raise ConfigError(f"{path}:{lineno}: no '{json_key}' field; pass "
-                                          "--json-key with the field that holds the text")
-                    text = record[json_key]
-                else:
-                    text = line.rstrip("\n")
-                if text:
-                    yield text
+    prefixes: list[str] = field(default_factory=list)  # the outputs (several with shard_tokens)
+    prefix_tokens: list[int] = field(default_factory=list)
 
 
 def _init_worker(tokenizer_path: str, eod_token: str | None) -> None:
@@ -64,20 +54,24 @@ def _init_worker(tokenizer_path: str, eod_token: str | None) -> None:
     _WORKER_TOKENIZER = Tokenizer(tokenizer_path, eod_token)
 
 
-def _encode_batch(texts: list[str]) -> list[np.ndarray]:
-    tok = _WORKER_TOKENIZER
-    return [np.asarray(tok.encode(t) + [tok.eod], dtype=np.int64) for t in texts]
+def encode_record(tok: Tokenizer, record: str | list[str]) -> tuple[np.ndarray, list[int]]:
+    """One record -> (token ids, sequence lengths), exactly as Megatron-LM's Encoder.encode with
+    --append-eod: empty sentences dropped, EOD added to the last sentence of a non-empty record."""
+    ids: list[int] = []
+    lens: list[int] = []
+    for sentence in ([record] if isinstance(record, str) else record):
+        s = tok.encode(sentence)
+        if s:
+            ids.extend(s)
+            lens.append(len(s))
+    if ids:
+        ids.append(tok.eod)
+        lens[-1] += 1
+    return np.asarray(ids, dtype=np.int64), lens
 
 
-def _batches(docs: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for d in docs:
-        batch.append(d)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _encode_batch(records: list) -> list[tuple[np.ndarray, list[int]]]:
+    return [encode_record(_WORKER_TOKENIZER, r) for r in records]
 
 
 def read_meta(prefix: str | Path) -> dict | None:
@@ -85,47 +79,161 @@ def read_meta(prefix: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def preprocess(inputs: list[Path], tokenizer_path: Path, output_prefix: Path, *,
-               json_key: str = "text", workers: int = 2, eod_token: str | None = None,
-               batch_docs: int = 64, progress: bool = True) -> PreprocessSummary:
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+def output_files(prefix: Path, shard_tokens: int | None) -> list[Path]:
+    """The files a job may replace: PREFIX.{bin,idx,meta.json} or its shards and blend file."""
+    if shard_tokens is None:
+        return [Path(f"{prefix}{s}") for s in (".bin", ".idx", ".meta.json")]
+    shards = sorted(prefix.parent.glob(f"{prefix.name}_[0-9][0-9][0-9][0-9][0-9].*"))
+    return shards + [Path(f"{prefix}.blend.yaml")]
 
+
+class _Writer:
+    """The output prefix(es), all under `.partial` names until `commit`."""
+
+    def __init__(self, prefix: Path, dtype, shard_tokens: int | None):
+        self.prefix, self.dtype, self.shard_tokens = prefix, dtype, shard_tokens
+        self.done: list[tuple[Path, int, int]] = []  # (final prefix, documents, tokens)
+        self.builder = None
+        self._open()
+
+    def _open(self) -> None:
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+        self.name = (self.prefix if self.shard_tokens is None
+                     else self.prefix.with_name(f"{self.prefix.name}_{len(self.done):05d}"))
+        self.tmp = self.name.with_name(self.name.name + ".partial")
+        self.builder = IndexedDatasetBuilder(f"{self.tmp}.bin", dtype=self.dtype)
+        self.docs = self.tokens = 0
+
+    def add(self, ids: np.ndarray, lens: list[int]) -> None:
+        if self.shard_tokens is not None and self.tokens >= self.shard_tokens:
+            self._close()
+            self._open()
+        self.builder.add_document(ids, lens)
+        self.docs += 1
+        self.tokens += int(ids.size)
+
+    def _close(self) -> None:
+        self.builder.finalize(f"{self.tmp}.idx")
+        self.done.append((self.name, self.docs, self.tokens))
+        self.builder = None
+
+    def commit(self, meta: dict) -> None:
+        """Move every prefix into place (meta, bin, then idx: a reader keys on the index)."""
+        self._close()
+        for name, docs, tokens in self.done:
+            tmp = name.with_name(name.name + ".partial")
+            Path(f"{tmp}.meta.json").write_text(json.dumps({**meta, "output_prefix": str(name), "documents": docs,
+                                                             "tokens": tokens}, indent=2))
+        for name, _, _ in self.done:
+            tmp = name.with_name(name.name + ".partial")
+            for suffix in (".meta.json", ".bin", ".idx"):
+                Path(f"{tmp}{suffix}").replace(f"{name}{suffix}")
+        if self.shard_tokens is not None:
+            lines = ["# The blend of `mkd data preprocess --shard-tokens`: a recipe fragment (data.train and its",
+                     "# weights, each prefix's token count: sampled in proportion to its size).", "data:",
+                     "  train:"] + [f"    - {name}" for name, _, _ in self.done] + ["  train_weights:"]
+            lines += [f"    - {tokens}" for _, _, tokens in self.done]
+            tmp = Path(f"{self.prefix}.blend.yaml.partial")
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.replace(f"{self.prefix}.blend.yaml")
+
+    def discard(self) -> None:
+        if self.builder is not None:
+            self.builder.data_file.close()
+        names = [n for n, _, _ in self.done] + ([self.name] if self.builder is not None else [])
+        for name in names:
+            for suffix in (".bin", ".idx", ".meta.json"):
+                Path(f"{name.with_name(name.name + '.partial')}{suffix}").unlink(missing_ok=True)
+
+
+def _records(sources, key, progress_state):
+    """Every record of every source, in order; progress_state[0] = the fraction of input bytes read."""
+    total = sum(s.size for s in sources) or 1
+    before = 0
+    for src in sources:
+        for record, frac in iter_records(src, key):
+            progress_state[0] = (before + frac * src.size) / total
+            yield record
+        before += src.size
+
+
+def _batched(records, size: int):
+    batch: list = []
+    for r in records:
+        batch.append(r)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _eta(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
+               json_key: str = "text", workers: int = 2, eod_token: str | None = None,
+               batch_docs: int = 64, progress: bool = True, shard_tokens: int | None = None) -> PreprocessSummary:
+    from megatron.core.datasets.indexed_dataset import DType
+
+    if shard_tokens is not None and shard_tokens < 1:
+        raise ConfigError(f"--shard-tokens must be a positive number of tokens, got {shard_tokens}")
+    sources = open_sources(list(inputs), json_key)  # every input checked before anything is written
     tokenizer = Tokenizer(tokenizer_path, eod_token)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     output_prefix = Path(output_prefix)
     output_prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp_prefix = output_prefix.with_name(output_prefix.name + ".partial")
-    builder = IndexedDatasetBuilder(f"{tmp_prefix}.bin", dtype=dtype)
-    docs = iter_documents([Path(p) for p in inputs], json_key)
+    writer = _Writer(output_prefix, dtype, shard_tokens)
+    state = [0.0]
     n_docs = n_tokens = 0
     t0 = last = time.perf_counter()
     ctx = mp.get_context("fork")
-    with ctx.Pool(max(1, workers), initializer=_init_worker,
-                  initargs=(str(tokenizer_path), eod_token)) as pool:
-        for encoded in pool.imap(_encode_batch, _batches(docs, batch_docs), chunksize=4):
-            for arr in encoded:
-                builder.add_document(arr, [arr.size])
-                n_docs += 1
-                n_tokens += arr.size
-            now = time.perf_counter()
-            if progress and now - last > 1.0:
-                last = now
-                print(f"\r  {n_docs:,} documents | {n_tokens:,} tokens | "
-                      f"{n_tokens / (now - t0):,.0f} tokens/s", end="", file=sys.stderr, flush=True)
-    if n_docs == 0:
-        Path(f"{tmp_prefix}.bin").unlink(missing_ok=True)
-        raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}; check the files "
-                          f"and --json-key ({json_key})")
-    builder.finalize(f"{tmp_prefix}.idx")
-    seconds = time.perf_counter() - t0
-    summary = PreprocessSummary(str(output_prefix), n_docs, n_tokens, round(seconds, 3),
-                                round(n_tokens / max(seconds, 1e-9)), tokenizer.sha256,
-                                np.dtype(dtype).name)
-    meta = {**asdict(summary), "tokenizer": tokenizer.describe(), "inputs": [str(p) for p in inputs]}
-    # Move into place only when complete, index last, so a crash never leaves a half dataset.
-    Path(f"{tmp_prefix}.bin").replace(f"{output_prefix}.bin")
-    Path(f"{tmp_prefix}.idx").replace(f"{output_prefix}.idx")
-    Path(f"{output_prefix}.meta.json").write_text(json.dumps(meta, indent=2))
-    if progress:
-        print("\r", end="", file=sys.stderr)
+    try:
+        with ctx.Pool(max(1, workers), initializer=_init_worker, initargs=(str(tokenizer_path), eod_token)) as pool:
+            pending: deque = deque()
+            batches = _batched(_records(sources, json_key, state), batch_docs)
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and len(pending) < IN_FLIGHT_PER_WORKER * max(1, workers):
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                    else:
+                        pending.append((pool.apply_async(_encode_batch, (batch,)), state[0]))
+                if not pending:
+                    break
+                result, frac = pending.popleft()
+                for ids, lens in result.get():
+                    writer.add(ids, lens)
+                    n_docs += 1
+                    n_tokens += int(ids.size)
+                now = time.perf_counter()
+                if progress and now - last > 1.0:
+                    last = now
+                    rate = n_tokens / (now - t0)
+                    eta = _eta((now - t0) * (1 - frac) / frac) if frac > 0 else "?"
+                    print(f"\r  {n_docs:,} documents | {n_tokens:,} tokens | {rate:,.0f} tokens/s | "
+                          f"{100 * frac:.0f}% | ETA {eta}  ", end="", file=sys.stderr, flush=True)
+        if n_docs == 0 or n_tokens == 0:
+            raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}; check the files and "
+                              f"--key ({json_key})")
+        seconds = time.perf_counter() - t0
+        summary = PreprocessSummary(str(output_prefix), n_docs, n_tokens, round(seconds, 3),
+                                    round(n_tokens / max(seconds, 1e-9)), tokenizer.sha256, np.dtype(dtype).name)
+        meta = {**asdict(summary), "tokenizer": tokenizer.describe(), "inputs": [str(s.path) for s in sources],
+                "key": json_key}
+        for k in ("prefixes", "prefix_tokens"):
+            meta.pop(k)
+        writer.commit(meta)
+    except BaseException:
+        writer.discard()  # a failed or interrupted job leaves nothing that looks like a dataset
+        raise
+    finally:
+        if progress:
+            print("\r", end="", file=sys.stderr)
+    summary.prefixes = [str(n) for n, _, _ in writer.done]
+    summary.prefix_tokens = [t for _, _, t in writer.done]
     return summary

@@ -59,10 +59,10 @@ def test_bad_inputs(tmp_path, text_corpus):
     with pytest.raises(ConfigError, match="tokenizer '.*nope.model' not found"):
         Tokenizer(tmp_path / "nope.model")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
-    with pytest.raises(ConfigError, match=r"bad.jsonl:2: no 'text' field; pass --json-key"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: no 'text' field; pass --key"):
         preprocess([tmp_path / "bad.jsonl"], text_corpus["tokenizer"], tmp_path / "o", progress=False)
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    with pytest.raises(ConfigError, match="no documents found"):
+    with pytest.raises(ConfigError, match="empty.jsonl. holds no documents"):
         preprocess([tmp_path / "empty.jsonl"], text_corpus["tokenizer"], tmp_path / "e", progress=False)
     assert not (tmp_path / "e.bin").exists() and not (tmp_path / "o.idx").exists()
 
