@@ -7,7 +7,7 @@ Cross-field rules live in :mod:`megatron_kd.config.validate`, not here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 
 @dataclass
@@ -118,14 +118,29 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking (optional package): every metric that goes to TensorBoard, the
+    resolved config and, for sweep points, their coordinates (teacher, α, T, seed) as run config."""
+
+    project: Optional[str] = None  # None = no W&B
+    entity: Optional[str] = None  # team or user; None = the logged-in default
+    name: Optional[str] = None  # run name; None = run.name
+    group: Optional[str] = None  # runs grouped in the UI; `mkd sweep` sets the sweep's name
+    mode: Literal["online", "offline", "disabled"] = "online"  # offline: RUN_DIR/wandb, `wandb sync` later
+    tags: list[str] = field(default_factory=list)
+    point: dict[str, Any] = field(default_factory=dict)  # a sweep point's coordinates (set by `mkd sweep`)
+
+
+@dataclass
 class LoggingConfig:
-    """What gets printed and recorded (console, RUN_DIR/metrics.jsonl, TensorBoard)."""
+    """What gets printed and recorded (console, RUN_DIR/metrics.jsonl, TensorBoard, W&B)."""
 
     log_interval: int = 1  # console and metrics.jsonl line every N steps
     eval_interval: int = 0  # validate every N steps (and at the end); 0 = only at the end
     eval_samples: int = 64  # sequences per validation set and evaluation (capped at its size)
     tensorboard: bool = True  # write TensorBoard events to RUN_DIR/tensorboard
     level: Literal["debug", "info", "warning"] = "info"
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass

@@ -264,6 +264,12 @@ def resolve_point(spec: dict, point: Point):
     if point.teacher is None:
         cfg.teacher.checkpoint = None
         cfg.teacher.cache = None
+    if cfg.logging.wandb.project:  # W&B groups the sweep's runs; the point's coordinates are run config
+        cfg.logging.wandb.group = cfg.logging.wandb.group or spec["name"]
+        cfg.logging.wandb.name = point.name
+        cfg.logging.wandb.point = {k: v for k, v in point.meta.items()
+                                   if k in ("student", "teacher", "teacher_tokens", "alpha", "alpha_schedule",
+                                            "temperature", "kind", "top_k", "seed", "seed_varies")}
     return cfg
 
 

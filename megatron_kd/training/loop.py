@@ -23,6 +23,7 @@ from megatron_kd.checkpoint.manager import (
 )
 from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
 from megatron_kd.config import dump_config
+from megatron_kd.config.loader import config_to_dict
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.data.batches import MicroBatchIterator
@@ -205,7 +206,8 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
         train_ds, cfg.train.micro_batch_size,
         parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
         consumed_samples=state.consumed_samples)
-    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0)
+    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0, wandb=cfg.logging.wandb,
+                           run_name=cfg.run.name, run_config=config_to_dict(cfg))
 
     for chunk in state.model:
         chunk.train()

@@ -1,10 +1,15 @@
-"""Where metrics go: the console line, RUN_DIR/metrics.jsonl and TensorBoard (rank 0 only)."""
+"""Where metrics go: the console line, RUN_DIR/metrics.jsonl, TensorBoard and, when
+logging.wandb.project is set, Weights & Biases (rank 0 only)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
+
+from megatron_kd.config.schema import WandbConfig
+from megatron_kd.errors import SetupError
 
 log = logging.getLogger("megatron_kd.train")
 
@@ -14,10 +19,32 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def import_wandb():
+    """The wandb package, or one line saying how to get it (it is optional)."""
+    try:
+        import wandb  # lazy: optional, only when logging.wandb.project is set
+    except ImportError as exc:
+        raise SetupError("logging.wandb.project is set but the wandb package is not installed: pip install "
+                         "wandb (or unset logging.wandb.project)") from exc
+    return wandb
+
+
+def start_wandb(cfg: WandbConfig, run_dir: Path, run_name: str, config: dict):
+    """A W&B run for this run directory: the same run id on every resume (so one run dir is one
+    W&B run), offline runs under RUN_DIR/wandb."""
+    wandb = import_wandb()
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_name, group=cfg.group,
+                      tags=list(cfg.tags) or None, mode=cfg.mode, dir=str(run_dir), id=run_id, resume="allow",
+                      config={**config, "point": dict(cfg.point)}, settings=wandb.Settings(silent=True))
+
+
 class MetricsWriter:
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool):
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool, wandb: WandbConfig | None = None,
+                 run_name: str = "", run_config: dict | None = None):
         self.enabled = enabled
         self.tb = None
+        self.wandb = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -29,6 +56,8 @@ class MetricsWriter:
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
             else:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if wandb is not None and wandb.project:
+            self.wandb = start_wandb(wandb, run_dir, run_name, run_config or {})
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -41,6 +70,9 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, step)
             self.tb.flush()
+        if self.wandb is not None:  # the same scalars as TensorBoard, at the same step
+            self.wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                           step=record["step"])
 
     def console(self, step: int, total: int, tokens: int, m: dict, tok_per_s: float, eta_s: float,
                 extra: str = ""):
@@ -59,3 +91,5 @@ class MetricsWriter:
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -15,6 +15,7 @@ from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
 from megatron_kd.errors import ConfigError
+from megatron_kd.training.metrics import import_wandb
 from megatron_kd.training.run_dir import check_run_dir
 
 
@@ -56,6 +57,8 @@ def check_data(cfg: RunConfig) -> None:
 
 
 def preflight_train(cfg: RunConfig, overwrite: bool) -> None:
+    if cfg.logging.wandb.project:  # before any process starts: the optional package is there
+        import_wandb()
     check_run_dir(cfg, overwrite, delete=False)
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)
