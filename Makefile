@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install system-deps lint test test-fast demo study bench clean help
+.PHONY: install system-deps lint test test-fast demo study bench gpu-bundle clean help
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make demo      install if needed, then run the CPU demo (about 7 minutes on 2 cores)"
 	@echo "make study     install if needed, then the CPU study of the paper's claims (docs/STUDY.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
+	@echo "make gpu-bundle  fill gpu_bundle/wheels (cp312 wheels, ~25 MiB) for scripts/gpu_check.sh on a GPU machine"
 
 install: $(STAMP)
 
@@ -77,6 +78,18 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/kd_loss.py --repeats 3 --tokens 2048 --vocab 131072 --json-out bench/results/kd_loss_128k.json
 	$(PY) bench/fused_output.py --gemm-chunks 16 256 --json-out bench/results/fused_output.json
 	$(PY) bench/kd_step.py --steps 40 --json-out bench/results/kd_step.json
+
+# scripts/gpu_check.sh runs on a GPU machine with Python 3.12, CUDA torch and triton and no network:
+# what else it imports travels in gpu_bundle/ (git-ignored). --no-deps: torch and triton are there.
+GPU_WHEELS := $$(grep -E '^(megatron-core|pyyaml|psutil|numpy)==' requirements.txt requirements-cpu.txt | cut -d: -f2 | cut -d' ' -f1) \
+	packaging pytest==9.2.0 pluggy iniconfig pygments
+gpu-bundle: install
+	rm -rf gpu_bundle/wheels && mkdir -p gpu_bundle/wheels
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	  -d gpu_bundle/wheels $(GPU_WHEELS)
+	@du -sh gpu_bundle/wheels && ls gpu_bundle/wheels
 
 clean:
 	rm -rf runs .pytest_cache

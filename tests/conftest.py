@@ -7,6 +7,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKD_TEST", "1")
 
+# scripts/gpu_check.sh runs the numerics tests on CUDA: every tensor a test makes without naming a
+# device goes there (the float64 references included).
+if os.environ.get("MKD_TEST_DEVICE"):
+    import torch
+
+    torch.set_default_device(os.environ["MKD_TEST_DEVICE"])
+
 
 def pydoc_documents() -> list[str]:
     """Real English text that ships with every CPython: the pydoc topic help (~0.8 MB)."""
