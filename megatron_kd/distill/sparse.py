@@ -40,19 +40,45 @@ class _SparseKD(torch.autograd.Function):
         for s in range(0, n, chunk):
             e_ = min(n, s + chunk)
             rows = e_ - s
-            if scratch.numel() < rows * width:
-                scratch = torch.empty(rows * width, device=z.device)
-            # ex = exp(z - max): the only full-width temporary (fp32), turned into the gradient
+            # ex = exp(z - max): the only full-width temporary (fp32), turned into the gradient; for
+            # fp32 logits without vocabulary padding it is the logits themselves (their last reader),
+            # which saves the temporary and the final copy
             zc = z[s:e_]
             m_all = _all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
-            ex = torch.sub(zc, m_all.unsqueeze(-1), out=scratch[:rows * width].view(rows, width)).exp_()
-            s_all = _all_reduce(ex.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
             lab, w = labels[s:e_], mask[s:e_].float()
             r_idx = torch.arange(rows, device=z.device)
             inside = (lab >= shard.start) & (lab < shard.start + width)
             lpos = (lab - shard.start).clamp(0, width - 1)
+            idc = ids[s:e_].long()
+            kin = (idc >= shard.start) & (idc < shard.start + width)
+            kpos = (idc - shard.start).clamp(0, width - 1)
+            rr = r_idx.unsqueeze(-1).expand_as(kpos)
+            # the few logits read later (the label's, the kept columns'), before ex may overwrite them
             z_lab = _all_reduce(torch.where(inside, zc[r_idx, lpos].float(), torch.zeros_like(m_all)),
                                 dist.ReduceOp.SUM, group)
+            z_k = torch.where(kin, zc.gather(1, kpos).float(), torch.zeros_like(idc, dtype=torch.float32))
+            z_k = _all_reduce(z_k, dist.ReduceOp.SUM, group)
+            in_place = not shard.padded and zc.dtype == torch.float32
+            if in_place:
+                ex = zc.sub_(m_all.unsqueeze(-1)).exp_()
+            else:
+                if scratch.numel() < rows * width:
+                    scratch = torch.empty(rows * width, device=z.device)
+                ex = torch.sub(zc, m_all.unsqueeze(-1), out=scratch[:rows * width].view(rows, width)).exp_()
+            if not shard.padded:
+                # the kept columns' exps, then the columns cleared (they are written whole below): one
+                # pass sums the rest, the student's mass outside the kept set, directly (1 - sum p_k
+                # cancels to nothing when the student is nearly certain of a kept token), and the
+                # total is that plus the kept exps (positive terms, no cancellation)
+                e_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype))
+                ex.index_put_((rr[kin], kpos[kin]), torch.zeros((), dtype=ex.dtype, device=ex.device))
+                rest_sum = ex.sum(-1, dtype=torch.float64)
+                both = _all_reduce(torch.stack([rest_sum + e_k.sum(-1, dtype=torch.float64), rest_sum]),
+                                   dist.ReduceOp.SUM, group)
+                s_all, s_o = both[0], both[1] / both[0]
+            else:
+                s_all = _all_reduce(ex.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
+                e_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype))
             ce = (torch.log(s_all) + m_all.double() - z_lab.double()).float()  # megatron-core's CE
             # the student's log-normaliser over the real columns (padding excluded)
             if shard.padded:
@@ -65,31 +91,19 @@ class _SparseKD(torch.autograd.Function):
             else:
                 lse_r = m_all.double() + torch.log(s_all)
             # the kept columns: their logits (all-reduced over the shards) give log p exactly
-            idc = ids[s:e_].long()
-            kin = (idc >= shard.start) & (idc < shard.start + width)
-            kpos = (idc - shard.start).clamp(0, width - 1)
-            z_k = torch.where(kin, zc.gather(1, kpos).float(), torch.zeros_like(idc, dtype=torch.float32))
-            z_k = _all_reduce(z_k, dist.ReduceOp.SUM, group)
             logp_k = z_k.double() - lse_r.unsqueeze(-1)
             p_k = torch.exp(logp_k)
             q_lp = q_logp[s:e_].double()
             q = torch.exp(q_lp)
-            # the student's real probabilities, and its mass outside the kept set summed directly
-            # (1 - sum p_k cancels to nothing when the student is nearly certain of a kept token)
-            rr = r_idx.unsqueeze(-1).expand_as(kpos)
-            # p_all at the kept columns, read before they are cleared below
-            p_all_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype)).double() \
-                * (1.0 / s_all).unsqueeze(-1)
+            p_all_k = e_k.double() * (1.0 / s_all).unsqueeze(-1)  # p_all at the kept columns
             if shard.padded:  # p_real from its own exp: padding logits may dwarf the real ones
                 p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
                 kept = torch.zeros(rows, width + 1, dtype=torch.bool, device=z.device)
                 kept = kept.scatter_(1, torch.where(kin, kpos, torch.full_like(kpos, width)), True)[:, :nv]
-                s_o = torch.where(kept, torch.zeros_like(p_r), p_r).sum(-1, dtype=torch.float64)
-            else:  # clear the kept columns of ex (they are written whole below) and sum the rest
+                s_o = _all_reduce(torch.where(kept, torch.zeros_like(p_r), p_r).sum(-1, dtype=torch.float64),
+                                  dist.ReduceOp.SUM, group)
+            else:
                 p_r = None
-                ex.index_put_((rr[kin], kpos[kin]), torch.zeros((), dtype=ex.dtype, device=ex.device))
-                s_o = ex.sum(-1, dtype=torch.float64) / s_all
-            s_o = _all_reduce(s_o, dist.ReduceOp.SUM, group)
             if other_bucket:
                 q_o = torch.exp(other_logp[s:e_].double())
                 s_o = s_o.clamp(min=1e-300)
@@ -118,7 +132,8 @@ class _SparseKD(torch.autograd.Function):
             g.index_put_((rr[kin], kpos[kin]), kept_g.float()[kin])
             lab_fix = torch.where(inside, -ce_w * w, torch.zeros_like(w))  # the label's one-hot
             g.index_put_((r_idx, lpos), lab_fix, accumulate=True)
-            z[s:e_] = g.to(z.dtype)
+            if not in_place:
+                z[s:e_] = g.to(z.dtype)
             sums += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
         total = (ce_w * sums[0] + kd_w * sums[1]).float()
         ctx.save_for_backward(z)
