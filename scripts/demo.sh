@@ -16,19 +16,21 @@ if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; els
 echo
 mkdir -p runs
 echo "== 2. teachers and students: two lanes (one core each), then the rest two at a time =="
-echo "   lane A: cpu-medium teacher (3.4M, larger than the student; checkpoints at 50, 100, 250 steps)"
+echo "   lane A: cpu-medium teacher (3.4M, larger than the student; checkpoints at 50, 100, 250 steps),"
+echo "           then the students of its 100-step checkpoint and one of its 250-step checkpoint"
 echo "   lane B: cpu-tiny teacher (0.36M, weaker than the student), the no-KD baselines (2 seeds), the"
 echo "           students distilled from the tiny teacher, then from cpu-medium's 50-step checkpoint"
-echo "   then:   the students of cpu-medium's 100- and 250-step checkpoints, two at a time"
+echo "   then:   the other two students of cpu-medium's 250-step checkpoint, side by side"
 echo "   students: cpu-small (1.1M), alpha in {0.2, 0.5, 1} per teacher"
 SECONDS=0
 SWEEP=recipes/sweeps/cpu-mini.yaml
 mkdir -p runs/sweeps
-( $MKD train train/teacher-cpu-medium logging.log_interval=100 > runs/teacher-cpu-medium.log 2>&1 ) &
+( $MKD train train/teacher-cpu-medium logging.log_interval=100 > runs/teacher-cpu-medium.log 2>&1 &&
+  $MKD sweep $SWEEP --local --only '*medium@205K*' --only '*medium@512K__a1' > runs/lane-a.log 2>&1 ) &
 lane_a=$!
 # The weak teacher is cpu-tiny's 100-step checkpoint: stop there (its 300-step schedule kept).
 # Then cpu-medium's first budget (50 steps) is on disk (a checkpoint's state file is written
-# last): its students fill lane B while lane A's teacher trains on.
+# last): its students fill lane B while lane A's teacher trains on (the lanes end together).
 FIRST=runs/teachers/cpu-medium/checkpoints/tokens_102400/mkd_state.json
 ( $MKD train train/teacher-cpu-tiny logging.log_interval=100 train.stop_at_step=100 > runs/teacher-cpu-tiny.log 2>&1 &&
   $MKD sweep $SWEEP --local --only '*baseline*' --only '*tiny@*' > runs/lane-b.log 2>&1 &&
@@ -39,7 +41,7 @@ status=0
 wait "$lane_a" || status=1
 wait "$lane_b" || status=1
 if [ "$status" = 0 ]; then
-  $MKD sweep $SWEEP --local --jobs 2 --only '*medium@*' > runs/lane-a.log 2>&1 || status=1
+  $MKD sweep $SWEEP --local --jobs 2 --only '*medium@*' >> runs/lane-a.log 2>&1 || status=1
 fi
 grep -h -E "validation|^done" runs/teacher-cpu-tiny.log runs/teacher-cpu-medium.log || true
 grep -h -E "^\[sweep\].*(done|finished)" runs/lane-a.log runs/lane-b.log 2>/dev/null || true
