@@ -24,6 +24,9 @@ def parse(argv):
     p.add_argument("--json-keys", nargs="+", default=["text"], help="the field holding the text (one)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--append-eod", action="store_true", help="accepted; the EOD token is always appended")
+    p.add_argument("--tokenizer-type", default=None,
+                   help="accepted for Megatron-LM command lines; the kind is read from --tokenizer-model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     a = p.parse_args(argv)
     if len(a.json_keys) != 1:
         p.error(f"one --json-keys value only (got {' '.join(a.json_keys)}); run once per field")
@@ -33,4 +36,5 @@ def parse(argv):
 if __name__ == "__main__":
     a = parse(sys.argv[1:])
     sys.exit(main(["data", "preprocess", "--input", *a.input, "--output-prefix", a.output_prefix,
-                   "--tokenizer", a.tokenizer_model, "--key", a.json_keys[0], "--workers", str(a.workers)]))
+                   "--tokenizer", a.tokenizer_model, "--key", a.json_keys[0], "--workers", str(a.workers)]
+                  + (["--overwrite"] if a.overwrite else [])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -79,7 +80,11 @@ def cmd_preprocess(args) -> int:
 
     _quiet()
     prefix = Path(args.output_prefix)
-    shard = None if args.shard_tokens is None else int(args.shard_tokens)
+    shard = None
+    if args.shard_tokens is not None:
+        if not (math.isfinite(args.shard_tokens) and args.shard_tokens >= 1):
+            raise ConfigError(f"--shard-tokens must be a number of tokens >= 1 (e.g. 5e9), got {args.shard_tokens}")
+        shard = int(args.shard_tokens)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     existing = [str(p) for p in output_files(prefix, shard) if p.exists()]
@@ -87,8 +92,8 @@ def cmd_preprocess(args) -> int:
         raise ConfigError(f"{existing[0]} already exists; choose another --output-prefix or pass --overwrite")
     s = preprocess(list(args.input), Path(args.tokenizer), prefix, json_key=args.json_key,
                    workers=args.workers, eod_token=args.eod_token, shard_tokens=shard)
-    where = (f"{s.output_prefix}.bin/.idx" if len(s.prefixes) == 1
-             else f"{len(s.prefixes)} prefixes {s.prefixes[0]} ... {s.prefixes[-1]} (blend: {prefix}.blend.yaml)")
+    where = (f"{s.output_prefix}.bin/.idx" if shard is None
+             else f"{len(s.prefixes)} prefix(es) {s.prefixes[0]} ... {s.prefixes[-1]} (blend: {prefix}.blend.yaml)")
     print(f"{where}: {s.documents:,} documents, {s.tokens:,} tokens ({s.dtype}) in {s.seconds:.1f}s = "
           f"{s.tokens_per_second:,} tokens/s")
     print(json.dumps({"documents": s.documents, "tokens": s.tokens, "prefixes": s.prefixes}))

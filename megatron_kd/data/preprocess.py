@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +54,7 @@ class PreprocessSummary:
 
 def _init_worker(tokenizer_path: str, eod_token: str | None) -> None:
     global _WORKER_TOKENIZER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (one line)
     _WORKER_TOKENIZER = Tokenizer(tokenizer_path, eod_token)
 
 
@@ -83,8 +87,13 @@ def output_files(prefix: Path, shard_tokens: int | None) -> list[Path]:
     """The files a job may replace: PREFIX.{bin,idx,meta.json} or its shards and blend file."""
     if shard_tokens is None:
         return [Path(f"{prefix}{s}") for s in (".bin", ".idx", ".meta.json")]
-    shards = sorted(prefix.parent.glob(f"{prefix.name}_[0-9][0-9][0-9][0-9][0-9].*"))
-    return shards + [Path(f"{prefix}.blend.yaml")]
+    return _shard_files(prefix) + [Path(f"{prefix}.blend.yaml")]
+
+
+def _shard_files(prefix: Path) -> list[Path]:
+    """PREFIX_NNNNN.{bin,idx,meta.json} on disk (a killed job's .partial files are not outputs)."""
+    return sorted(p for p in prefix.parent.glob(f"{prefix.name}_[0-9][0-9][0-9][0-9][0-9].*")
+                  if ".partial" not in p.name)
 
 
 class _Writer:
@@ -106,7 +115,8 @@ class _Writer:
         self.docs = self.tokens = 0
 
     def add(self, ids: np.ndarray, lens: list[int]) -> None:
-        if self.shard_tokens is not None and self.tokens >= self.shard_tokens:
+        # a new prefix starts with a non-empty document: none holds empty documents only
+        if self.shard_tokens is not None and self.tokens >= self.shard_tokens and ids.size:
             self._close()
             self._open()
         self.builder.add_document(ids, lens)
@@ -130,12 +140,18 @@ class _Writer:
             for suffix in (".meta.json", ".bin", ".idx"):
                 Path(f"{tmp}{suffix}").replace(f"{name}{suffix}")
         if self.shard_tokens is not None:
-            lines = ["# The blend of `mkd data preprocess --shard-tokens`: a recipe fragment (data.train and its",
-                     "# weights, each prefix's token count: sampled in proportion to its size).", "data:",
-                     "  train:"] + [f"    - {name}" for name, _, _ in self.done] + ["  train_weights:"]
-            lines += [f"    - {tokens}" for _, _, tokens in self.done]
+            import yaml  # lazy: only the blend file needs it
+
+            ours = {f"{name}{suffix}" for name, _, _ in self.done for suffix in (".bin", ".idx", ".meta.json")}
+            for stale in _shard_files(self.prefix):  # an overwritten job's extra shards
+                if str(stale) not in ours:
+                    stale.unlink()
+            head = ("# The blend of `mkd data preprocess --shard-tokens`: a recipe fragment (data.train and its\n"
+                    "# weights, each prefix's token count: sampled in proportion to its size).\n")
+            blend = {"data": {"train": [str(n) for n, _, _ in self.done],
+                              "train_weights": [t for _, _, t in self.done]}}
             tmp = Path(f"{self.prefix}.blend.yaml.partial")
-            tmp.write_text("\n".join(lines) + "\n")
+            tmp.write_text(head + yaml.safe_dump(blend, sort_keys=False))
             tmp.replace(f"{self.prefix}.blend.yaml")
 
     def discard(self) -> None:
@@ -169,6 +185,10 @@ def _batched(records, size: int):
         yield batch
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _eta(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -185,14 +205,21 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
     tokenizer = Tokenizer(tokenizer_path, eod_token)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     output_prefix = Path(output_prefix)
-    output_prefix.parent.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(output_prefix, dtype, shard_tokens)
+    try:
+        output_prefix.parent.mkdir(parents=True, exist_ok=True)
+        writer = _Writer(output_prefix, dtype, shard_tokens)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {output_prefix}.* ({exc.strerror or exc}); choose a writable "
+                          "--output-prefix") from exc
     state = [0.0]
     n_docs = n_tokens = 0
     t0 = last = time.perf_counter()
-    ctx = mp.get_context("fork")
+    previous_term = signal.getsignal(signal.SIGTERM)
+    if previous_term in (signal.SIG_DFL, None):  # a terminated job cleans up as a failed one does
+        signal.signal(signal.SIGTERM, _terminate)
     try:
-        with ctx.Pool(max(1, workers), initializer=_init_worker, initargs=(str(tokenizer_path), eod_token)) as pool:
+        with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("fork"), initializer=_init_worker,
+                                 initargs=(str(tokenizer_path), eod_token)) as pool:
             pending: deque = deque()
             batches = _batched(_records(sources, json_key, state), batch_docs)
             exhausted = False
@@ -202,11 +229,16 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                     if batch is None:
                         exhausted = True
                     else:
-                        pending.append((pool.apply_async(_encode_batch, (batch,)), state[0]))
+                        pending.append((pool.submit(_encode_batch, batch), state[0]))
                 if not pending:
                     break
-                result, frac = pending.popleft()
-                for ids, lens in result.get():
+                future, frac = pending.popleft()
+                try:
+                    encoded = future.result()
+                except BrokenProcessPool as exc:
+                    raise ConfigError("a tokenizer worker died (out of memory? killed?); nothing was written: "
+                                      "run again, with fewer --workers if memory is short") from exc
+                for ids, lens in encoded:
                     writer.add(ids, lens)
                     n_docs += 1
                     n_tokens += int(ids.size)
@@ -232,6 +264,8 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
         writer.discard()  # a failed or interrupted job leaves nothing that looks like a dataset
         raise
     finally:
+        if previous_term in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if progress:
             print("\r", end="", file=sys.stderr)
     summary.prefixes = [str(n) for n, _, _ in writer.done]

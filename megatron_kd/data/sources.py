@@ -107,8 +107,8 @@ def _parquet(path: Path, key: str, size: int) -> Source:
     import pyarrow.parquet as pq  # lazy: pyarrow is only for Parquet/Arrow inputs
 
     try:
-        meta = pq.ParquetFile(path).metadata
-        names = meta.schema.names
+        pf = pq.ParquetFile(path)
+        meta, names = pf.metadata, pf.schema_arrow.names  # top-level columns (a list column too)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a corrupt or truncated file
         raise ConfigError(f"input '{path}' is not a readable Parquet file ({_short(exc)}); re-download or "
                           "re-export it") from exc
@@ -134,10 +134,10 @@ def _arrow_dir(path: Path, key: str) -> Source:
                               "again with Dataset.save_to_disk") from exc
         files = tuple(path / n for n in names)
     else:
-        files = tuple(sorted(path.glob("*.arrow")))
+        files = tuple(sorted(p for p in path.glob("*.arrow") if not p.name.startswith("cache-")))
     if not files:
-        raise ConfigError(f"directory '{path}' holds no .arrow files; give a `datasets` directory saved with "
-                          "save_to_disk, or the data files themselves")
+        raise ConfigError(f"directory '{path}' is not a `datasets` directory (no state.json, no .arrow files); "
+                          "give the data files or a glob such as 'DIR/*.parquet' instead")
     return _arrow_files(path, files, key)
 
 
@@ -202,12 +202,47 @@ def iter_records(src: Source, key: str) -> Iterator[tuple[str | list[str], float
         yield from _iter_arrow(src, key)
 
 
+class _ZstdStream(io.RawIOBase):
+    """A zstd file decompressed as it is read, frame after frame; a file that ends inside a frame
+    is an error (zstandard's stream reader returns a silent EOF there)."""
+
+    def __init__(self, raw):
+        self.raw, self.zstd = raw, _zstd()
+        self.dobj, self.pending = self.zstd.ZstdDecompressor().decompressobj(), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self.pending:
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                if not self.dobj.eof and self._started:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return 0
+            self._started = True
+            try:
+                self.pending = self.dobj.decompress(chunk)
+                while self.dobj.eof and self.dobj.unused_data:  # the next frame of a multi-frame file
+                    rest = self.dobj.unused_data
+                    self.dobj = self.zstd.ZstdDecompressor().decompressobj()
+                    self.pending += self.dobj.decompress(rest)
+            except self.zstd.ZstdError as exc:
+                raise OSError(f"zstd: {exc}") from exc
+        n = min(len(buf), len(self.pending))
+        buf[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    _started = False
+
+
 def _open_text(src: Source):
     raw = open(src.path, "rb")
     if src.compression == ".gz":
         stream = gzip.GzipFile(fileobj=raw)
     elif src.compression == ".zst":
-        stream = _zstd().ZstdDecompressor().stream_reader(raw)
+        stream = io.BufferedReader(_ZstdStream(raw), 1 << 16)
     else:
         stream = raw
     return raw, io.TextIOWrapper(stream, encoding="utf-8")
@@ -221,10 +256,7 @@ def _iter_text(src: Source, key: str):
         while True:
             try:
                 line = f.readline()
-            except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip/zstd errors derive from OSError
-                raise ConfigError(f"{src.path}: cannot read past line {lineno} ({_short(exc)}); the file is "
-                                  "corrupt or truncated") from exc
-            except Exception as exc:  # zstandard.ZstdError
+            except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip and _ZstdStream raise these
                 raise ConfigError(f"{src.path}: cannot read past line {lineno} ({_short(exc)}); the file is "
                                   "corrupt or truncated") from exc
             if not line:
@@ -261,8 +293,11 @@ def _text_value(value, where: str, key: str):
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value  # pre-split sentences, as Megatron-LM's tool accepts
-    raise ConfigError(f"{where}: '{key}' is {type(value).__name__ if value is not None else 'null'}, not text; "
-                      "give the field/column that holds the text")
+    if value is None:
+        raise ConfigError(f"{where}: '{key}' is null; remove or fill that record (an empty string is an empty "
+                          "document)")
+    raise ConfigError(f"{where}: '{key}' is {type(value).__name__}, not text; give the field/column that holds the "
+                      "text (--key)")
 
 
 def _iter_parquet(src: Source, key: str):

@@ -3,9 +3,9 @@ logging.wandb.project is set, Weights & Biases (rank 0 only)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import secrets
 from pathlib import Path
 
 from megatron_kd.config.schema import WandbConfig
@@ -30,13 +30,28 @@ def import_wandb():
 
 
 def start_wandb(cfg: WandbConfig, run_dir: Path, run_name: str, config: dict):
-    """A W&B run for this run directory: the same run id on every resume (so one run dir is one
-    W&B run), offline runs under RUN_DIR/wandb."""
+    """A W&B run for this run directory: one run id drawn on the first start and kept in
+    RUN_DIR/wandb/run_id (so a resume continues it and `--overwrite`, which deletes RUN_DIR/wandb,
+    starts a new one); offline runs under RUN_DIR/wandb. Charts use the training `step` as their
+    x-axis (define_metric), so the steps a resumed run logs again are kept, not dropped as
+    W&B drops a `step=` lower than one it has seen."""
     wandb = import_wandb()
-    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
-    return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_name, group=cfg.group,
-                      tags=list(cfg.tags) or None, mode=cfg.mode, dir=str(run_dir), id=run_id, resume="allow",
-                      config={**config, "point": dict(cfg.point)}, settings=wandb.Settings(silent=True))
+    id_file = run_dir / "wandb" / "run_id"
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    if not id_file.is_file():
+        id_file.write_text(secrets.token_hex(8))
+    run_id = id_file.read_text().strip()
+    try:
+        run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_name, group=cfg.group,
+                         tags=list(cfg.tags) or None, mode=cfg.mode, dir=str(run_dir), id=run_id, resume="allow",
+                         config={**config, "point": dict(cfg.point)})
+    except Exception as exc:  # no login, no network, a bad entity: one line, not wandb's traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SetupError(f"W&B could not start a run ({first}); run `wandb login`, or set "
+                         "logging.wandb.mode=offline (sync later with `wandb sync`)") from exc
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
 
 
 class MetricsWriter:
@@ -70,9 +85,8 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, step)
             self.tb.flush()
-        if self.wandb is not None:  # the same scalars as TensorBoard, at the same step
-            self.wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
-                           step=record["step"])
+        if self.wandb is not None:  # the same scalars as TensorBoard, against the same step
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))})
 
     def console(self, step: int, total: int, tokens: int, m: dict, tok_per_s: float, eta_s: float,
                 extra: str = ""):

@@ -52,7 +52,7 @@ def check_run_dir(cfg: RunConfig, overwrite: bool, delete: bool = True) -> None:
     if overwrite:
         if not delete:
             return
-        for sub in ("checkpoints", "tensorboard", "eval", "analyze", "data_cache"):
+        for sub in ("checkpoints", "tensorboard", "eval", "analyze", "data_cache", "wandb"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         return

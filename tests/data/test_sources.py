@@ -50,8 +50,10 @@ def test_parquet_arrow_datasets_and_compressed_jsonl_match_plain_jsonl(text_corp
     expected = _bytes(tmp_path / "ref")
 
     _write_jsonl(tmp_path / "c.jsonl.gz", docs, gzip.open)
-    with open(tmp_path / "c.jsonl.zst", "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as z:
-        z.write("".join(json.dumps({"text": d}) + "\n" for d in docs).encode())
+    lines = "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
+    cut = lines.index(b"\n", len(lines) // 2) + 1  # two zstd frames, as concatenated shards give
+    zc = zstandard.ZstdCompressor()
+    (tmp_path / "c.jsonl.zst").write_bytes(zc.compress(lines[:cut]) + zc.compress(lines[cut:]))
     table = pa.table({"id": list(range(len(docs))), "content": docs})
     (tmp_path / "pq").mkdir()
     half = len(docs) // 2
@@ -61,6 +63,14 @@ def test_parquet_arrow_datasets_and_compressed_jsonl_match_plain_jsonl(text_corp
     ds.save_to_disk(str(tmp_path / "hfds"), num_shards=2)
     with pa.OSFile(str(tmp_path / "c.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table, max_chunksize=40)
+    # a column of pre-split sentences (lists of strings) is one document per row, as in JSONL
+    sents = [["First sentence.", "", " Second one."], ["x"]]
+    pq.write_table(pa.table({"text": sents}), tmp_path / "lists.parquet")
+    with open(tmp_path / "lists.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": r}) + "\n" for r in sents)
+    preprocess([tmp_path / "lists.parquet"], tok, tmp_path / "lp", progress=False)
+    preprocess([tmp_path / "lists.jsonl"], tok, tmp_path / "lj", progress=False)
+    assert _bytes(tmp_path / "lp") == _bytes(tmp_path / "lj")
     for name, inputs, key in (("gz", [tmp_path / "c.jsonl.gz"], "text"), ("zst", [tmp_path / "c.jsonl.zst"], "text"),
                               ("parquet", [str(tmp_path / "pq" / "*.parquet")], "content"),
                               ("datasets", [tmp_path / "hfds"], "content"),
@@ -91,6 +101,10 @@ def test_shard_tokens_splits_the_output_and_writes_the_blend(text_corpus, tmp_pa
     assert all(json.loads(Path(f"{p}.meta.json").read_text())["tokens"] == n
                for p, n in zip(s.prefixes, s.prefix_tokens))
     assert not list(tmp_path.glob("*.partial*"))
+    # written again with fewer shards: the extra shards of the first job are gone
+    fewer = preprocess([tmp_path / "c.jsonl"], tok, tmp_path / "sh", shard_tokens=whole.tokens, progress=False)
+    assert len(fewer.prefixes) == 1
+    assert sorted(p.name for p in tmp_path.glob("sh_*.bin")) == ["sh_00000.bin"]
 
 
 def _megatron_lm_reference(records, tokenizer_path: str, out: Path) -> None:
@@ -174,6 +188,11 @@ def test_bad_inputs_are_one_line_and_leave_nothing(text_corpus, tmp_path):
     text = "".join(json.dumps({"text": d}) + "\n" for d in _docs()).encode()
     (tmp_path / "trunc.jsonl.gz").write_bytes(gzip.compress(text)[:3000])
     (tmp_path / "null.jsonl").write_text('{"text": "ok"}\n{"text": null}\n')
+    import zstandard
+
+    z = zstandard.ZstdCompressor().compress(text)
+    (tmp_path / "trunc.jsonl.zst").write_bytes(z[:-50])
+    pq.write_table(pa.table({"content": ["a", None, "b"]}), tmp_path / "nullrow.parquet")
     (tmp_path / "doc.pdf").write_bytes(b"%PDF")
     cases = [
         ([tmp_path / "good.parquet"], "text", r"good.parquet' has no column 'text' \(columns: content\); pass --key"),
@@ -183,7 +202,10 @@ def test_bad_inputs_are_one_line_and_leave_nothing(text_corpus, tmp_path):
         ([tmp_path / "zero.jsonl"], "text", r"zero.jsonl' is empty \(0 bytes\)"),
         ([tmp_path / "blank.jsonl.gz"], "text", r"blank.jsonl.gz' holds no documents: an empty shard"),
         ([tmp_path / "trunc.jsonl.gz"], "text", r"trunc.jsonl.gz: cannot read past line \d+ .*corrupt or truncated"),
-        ([tmp_path / "null.jsonl"], "text", r"null.jsonl:2: 'text' is null, not text"),
+        ([tmp_path / "null.jsonl"], "text", r"null.jsonl:2: 'text' is null; remove or fill that record"),
+        ([tmp_path / "trunc.jsonl.zst"], "text", r"trunc.jsonl.zst: cannot read past line \d+ \(the zstd stream ends "
+                                                 r"inside a frame\); the file is corrupt or truncated"),
+        ([tmp_path / "nullrow.parquet"], "content", r"nullrow.parquet row 1: 'content' is null"),
         ([tmp_path / "doc.pdf"], "text", r"doc.pdf' has an unknown type"),
         ([tmp_path / "missing.jsonl"], "text", r"missing.jsonl' not found"),
     ]

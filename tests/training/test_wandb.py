@@ -3,7 +3,6 @@ at its step, the resolved config and the sweep point's coordinates; `mkd sweep` 
 asking for W&B without the package is one line before anything starts."""
 
 import glob
-import hashlib
 import json
 import struct
 
@@ -58,7 +57,7 @@ def test_offline_run_records_metrics_config_and_point(tmp_path):
     for r in records:
         if r.WhichOneof("record_type") == "history":
             row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-            history[row["_step"]] = row
+            history[row["step"]] = row
     metrics = read_metrics(run)
     assert sorted(history) == [m["step"] for m in metrics]
     for m in metrics:  # every scalar of metrics.jsonl, at its step
@@ -66,8 +65,14 @@ def test_offline_run_records_metrics_config_and_point(tmp_path):
             if key != "step" and isinstance(value, (int, float)):
                 assert history[m["step"]][key] == pytest.approx(value), key
     assert "val/mock" in history[2] and "val/mock" in history[4]
-    # the run id comes from the run dir: a resumed run continues the same W&B run
-    assert head.run_id == hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
+    # the run id is kept in the run dir: a resumed run continues the same W&B run, --overwrite
+    # starts a new one
+    assert head.run_id == (run / "wandb" / "run_id").read_text()
+    mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "run.seed=99",
+        "logging.wandb.project=mkd-test", "logging.wandb.mode=offline", "logging.wandb.group=g1",
+        "logging.wandb.point={teacher: t@1M, alpha: 0.5, seed: 3}", "--overwrite",
+        env=env_with(WANDB_SILENT="true"), timeout=300)
+    assert (run / "wandb" / "run_id").read_text() != head.run_id
 
 
 def test_sweep_groups_its_points_and_passes_their_coordinates(tmp_path):
