@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_kd.checkpoint.model_io import require_finite_weights, unwrap
+from megatron_kd.checkpoint.model_io import chunks_of, load_model_state, require_finite_weights, sharded_model_state
 from megatron_kd.checkpoint.refs import (
     LATEST,
     STATE_FILE,
@@ -73,7 +73,7 @@ def _rank() -> int:
 
 
 def _sharded_state(model_chunks, optimizer, is_loading: bool) -> dict:
-    model_sd = unwrap(model_chunks[0]).sharded_state_dict()
+    model_sd = sharded_model_state(chunks_of(model_chunks))
     state = {"model": model_sd}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(
@@ -135,7 +135,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
         meta = {"step": state.step, "consumed_samples": state.consumed_samples, "tokens": tokens,
                 "kind": kind, "scheduler": state.scheduler.state_dict(),
                 "world_size": torch.distributed.get_world_size(),
-                "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
+                "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp},
                 "padded_vocab_size": padded_vocab(cfg.model, cfg.parallel.tp),
                 "tokenizer": state.tokenizer_info}
         dump_config(cfg, partial / "config.yaml")
@@ -190,8 +190,8 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
     optimizer = state.optimizer if load_optimizer else None
     sharded = _sharded_state(state.model, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(sharded, str(path))
-    unwrap(state.model[0]).load_state_dict(loaded["model"], strict=True)
-    require_finite_weights(unwrap(state.model[0]), path)
+    load_model_state(chunks_of(state.model), loaded["model"], strict=True)
+    require_finite_weights(state.model, path)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         state.scheduler.load_state_dict(meta["scheduler"])

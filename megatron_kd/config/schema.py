@@ -42,6 +42,7 @@ class ParallelConfig:
 
     tp: int = 1  # tensor parallel size
     pp: int = 1  # pipeline parallel size
+    vpp: int = 1  # virtual stages per pipeline rank (interleaved 1F1B when > 1; needs pp >= 2)
     sequence_parallel: bool = False  # shard activations along sequence in TP regions (tp > 1)
     distributed_optimizer: bool = False  # shard optimizer state over data parallel ranks
     overlap_grad_reduce: bool = False  # reduce gradient buckets while backward still runs

@@ -7,7 +7,7 @@ import math
 import unicodedata
 from pathlib import Path
 
-from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.schema import ModelConfig, ParallelConfig, RunConfig
 from megatron_kd.errors import ConfigError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # megatron_kd/
@@ -35,29 +35,11 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
                  "vocab_size", "max_position_embeddings", "make_vocab_size_divisible_by"):
         _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     _require(par.tp >= 1 and par.pp >= 1, f"parallel.tp and parallel.pp must be >= 1, got tp={par.tp} pp={par.pp}")
-    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
-    if m.kv_channels is None:
-        _require(m.hidden_size % heads == 0,
-                 f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
-                 f"{heads}; change one, or set model.kv_channels")
-    _require(heads % par.tp == 0,
-             f"model.num_attention_heads={heads} is not divisible by parallel.tp={par.tp}; "
-             f"use a tp that divides {heads}")
-    _require(groups >= 1 and heads % groups == 0,
-             f"model.num_attention_heads={heads} is not a multiple of model.num_query_groups="
-             f"{groups}; pick num_query_groups dividing {heads}")
-    _require(groups % par.tp == 0,
-             f"model.num_query_groups={groups} (GQA kv heads) is not divisible by parallel.tp="
-             f"{par.tp}; use tp <= {groups} that divides it")
-    if m.padded_vocab_size is not None:
-        _require(m.padded_vocab_size >= m.vocab_size and m.padded_vocab_size % par.tp == 0,
-                 f"model.padded_vocab_size={m.padded_vocab_size} must be >= model.vocab_size="
-                 f"{m.vocab_size} and divisible by parallel.tp={par.tp}")
-    _require(m.ffn_hidden_size % par.tp == 0,
-             f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={par.tp}")
-    _require(m.num_layers % par.pp == 0,
-             f"model.num_layers={m.num_layers} is not divisible by parallel.pp={par.pp}; "
-             f"use a pp that divides {m.num_layers}")
+    _require(par.vpp >= 1, f"parallel.vpp must be >= 1 (1 = no virtual stages), got {par.vpp}")
+    _require(par.vpp == 1 or par.pp >= 2,
+             f"parallel.vpp={par.vpp} splits each pipeline rank's layers into virtual stages and needs "
+             f"parallel.pp >= 2, got pp={par.pp}; set parallel.vpp=1 or raise parallel.pp")
+    validate_layout(m, par)
     _require(not par.sequence_parallel or par.tp > 1,
              "parallel.sequence_parallel=true needs parallel.tp > 1; set it to false")
     if par.sequence_parallel:
@@ -90,10 +72,10 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     _require(tr.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {tr.warmup_steps}")
     _require(tr.recompute_layers >= 1, f"train.recompute_layers must be >= 1, got {tr.recompute_layers}")
     if tr.recompute == "full":
-        per_stage = m.num_layers // par.pp
+        per_stage = m.num_layers // (par.pp * par.vpp)
         _require(per_stage % tr.recompute_layers == 0,
                  f"train.recompute_layers={tr.recompute_layers} must divide the {per_stage} layers of a pipeline "
-                 "stage (model.num_layers / parallel.pp); choose a divisor")
+                 "stage (model.num_layers / (parallel.pp x parallel.vpp)); choose a divisor")
     _require(not par.overlap_param_gather or par.distributed_optimizer,
              "parallel.overlap_param_gather needs parallel.distributed_optimizer=true (the parameters it "
              "gathers are the optimizer's shards)")
@@ -154,6 +136,46 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
         _require(tr.global_batch_size % (tr.micro_batch_size * dp) == 0,
                  f"train.global_batch_size={tr.global_batch_size} is not divisible by "
                  f"micro_batch_size x data-parallel size = {tr.micro_batch_size} x {dp}")
+        micro = tr.global_batch_size // (tr.micro_batch_size * dp)
+        # the interleaved schedule runs the micro-batches in groups of pp per virtual stage
+        _require(par.vpp == 1 or micro % par.pp == 0,
+                 f"parallel.vpp={par.vpp} needs the micro-batches per step ({micro} = global_batch_size / "
+                 f"(micro_batch_size x data-parallel size {dp})) to be a multiple of parallel.pp={par.pp}; "
+                 f"set train.global_batch_size to a multiple of {tr.micro_batch_size * dp * par.pp}")
+
+
+def validate_layout(m: ModelConfig, par: ParallelConfig, key: str = "model") -> None:
+    """What splitting model `m` over the TP/PP/VPP layout `par` needs (the student's as
+    `model.*`, a teacher's under its own name: the teacher is split over the same layout)."""
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+    if m.kv_channels is None:
+        _require(m.hidden_size % heads == 0,
+                 f"{key}.hidden_size={m.hidden_size} is not divisible by {key}.num_attention_heads="
+                 f"{heads}; change one, or set {key}.kv_channels")
+    _require(heads % par.tp == 0,
+             f"{key}.num_attention_heads={heads} is not divisible by parallel.tp={par.tp}; "
+             f"use a tp that divides {heads}")
+    _require(groups >= 1 and heads % groups == 0,
+             f"{key}.num_attention_heads={heads} is not a multiple of {key}.num_query_groups="
+             f"{groups}; pick num_query_groups dividing {heads}")
+    _require(groups % par.tp == 0,
+             f"{key}.num_query_groups={groups} (GQA kv heads) is not divisible by parallel.tp="
+             f"{par.tp}; use tp <= {groups} that divides it")
+    if m.padded_vocab_size is not None:
+        _require(m.padded_vocab_size >= m.vocab_size and m.padded_vocab_size % par.tp == 0,
+                 f"{key}.padded_vocab_size={m.padded_vocab_size} must be >= {key}.vocab_size="
+                 f"{m.vocab_size} and divisible by parallel.tp={par.tp}")
+    _require(m.ffn_hidden_size % par.tp == 0,
+             f"{key}.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={par.tp}")
+    if par.vpp == 1:
+        _require(m.num_layers % par.pp == 0,
+                 f"{key}.num_layers={m.num_layers} is not divisible by parallel.pp={par.pp}; "
+                 f"use a pp that divides {m.num_layers}")
+    else:
+        chunks = par.pp * par.vpp
+        _require(m.num_layers % chunks == 0,
+                 f"{key}.num_layers={m.num_layers} is not divisible by parallel.pp x parallel.vpp = "
+                 f"{par.pp} x {par.vpp}; choose pp and vpp whose product divides {m.num_layers}")
 
 
 def _fields(obj, prefix: str = ""):

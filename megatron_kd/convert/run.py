@@ -77,7 +77,7 @@ def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> 
 
     ckpt = resolve_checkpoint(checkpoint)
     state = verify_checkpoint(ckpt)
-    cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "teacher.checkpoint=null"],
+    cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "parallel.vpp=1", "teacher.checkpoint=null"],
                        purpose="model", state=state)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -36,3 +36,12 @@ class MicroBatchIterator:
                  for k in ("tokens", "labels", "loss_mask", "position_ids")}
         batch["sample_index"] = torch.tensor(idx, dtype=torch.int64)  # the teacher cache's row keys
         return batch
+
+
+def schedule_iterators(dataset, micro_batch_size: int, dp_rank: int, dp_size: int, chunks: int,
+                       consumed_samples: int = 0):
+    """The data iterator(s) megatron-core's schedule takes: one, or with virtual pipeline
+    stages one per model chunk, each yielding the same micro-batches (every chunk reads
+    micro-batch k when it runs its forward of k; the first uses the tokens, the last the labels)."""
+    its = [MicroBatchIterator(dataset, micro_batch_size, dp_rank, dp_size, consumed_samples) for _ in range(chunks)]
+    return its[0] if chunks == 1 else its

@@ -3,7 +3,7 @@
 `DistillationModel` holds the student GPTModel (as `.module`, so megatron-core's wrappers and
 our checkpoint code see only the student: the teacher is outside the optimizer, the DDP
 buffers and the student's checkpoints) and a frozen teacher GPTModel split over the same
-pipeline stages. Between stages the teacher's hidden states travel concatenated to the
+pipeline (and virtual) stages, chunk by chunk. Between stages the teacher's hidden states travel concatenated to the
 student's (`[s, b, h_student + h_teacher]`); the last stage returns both logits (sequence-major,
 `[s, b, V/TP]`), or with the fused output layer both models' hidden states and output weights.
 """
@@ -17,7 +17,7 @@ import torch
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.errors import ConfigError
-from megatron_kd.models.gpt import build_gpt_model, teacher_precision
+from megatron_kd.models.gpt import build_gpt_chunks, teacher_precision
 from megatron_kd.runtime.throughput import PROFILER
 
 
@@ -88,21 +88,31 @@ def sequence_major_logits(*, hidden_states, output_layer, output_weight, runtime
     return scale_logits(logits)
 
 
-def pp_tensor_shapes_fn(student_hidden: int, teacher_hidden: int):
-    """adjust_tensor_shapes_fn for megatron-core's 1F1B schedule: the p2p buffers carry both
-    models' hidden states."""
+def widened_p2p(student_config, teacher_hidden: int):
+    """(p2p communicator, process groups) for megatron-core's pipeline schedules, 1F1B and
+    interleaved alike, whose messages between stages carry both models' hidden states
+    (`[s, b, h_student + h_teacher]`): the schedules size their receive buffers from the
+    student's hidden size, so the communicator widens every shape it is asked to receive."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+    from megatron.core.process_groups_config import ProcessGroupCollection
 
-    def adjust(recv, send):
-        widen = lambda shapes: [(*s[:-1], student_hidden + teacher_hidden) if len(s) else s  # noqa: E731
-                                for s in shapes]
-        return widen(recv), widen(send)
+    student_hidden = student_config.hidden_size
 
-    return adjust
+    class WidenedP2P(P2PCommunicator):
+        def _communicate(self, *, tensor_shape, **kwargs):
+            if tensor_shape is not None:
+                tensor_shape = (*tensor_shape[:-1], student_hidden + teacher_hidden)
+            return super()._communicate(tensor_shape=tensor_shape, **kwargs)
+
+    pp_group = parallel_state.get_pipeline_model_parallel_group()
+    return WidenedP2P(pp_group=pp_group, config=student_config), ProcessGroupCollection.use_mpu_process_groups()
 
 
-def build_teacher(cfg: RunConfig, teacher_model: ModelConfig, ckpt: Path):
-    """The teacher for this pipeline stage, weights loaded from `ckpt` and verified."""
-    teacher = build_gpt_model(teacher_model, cfg.parallel, teacher_precision(cfg))
+def build_teacher(cfg: RunConfig, teacher_model: ModelConfig, ckpt: Path) -> list:
+    """The teacher's chunks for this rank (as many as the student's: the same pipeline and
+    virtual stages), weights loaded from `ckpt` and verified."""
+    teacher = build_gpt_chunks(teacher_model, cfg.parallel, teacher_precision(cfg))
     try:
         load_model_weights(teacher, ckpt, strict=True)
     except Exception as exc:  # dist_checkpointing raises many types for mismatches

@@ -24,6 +24,7 @@ from megatron_kd.checkpoint.refs import (
 from megatron_kd.config import load_config, padded_vocab
 from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
 from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.config.validate import validate_layout
 from megatron_kd.data.tokenizer import Tokenizer, file_sha256
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.hf_config import hf_to_model_config, read_hf_config
@@ -60,6 +61,7 @@ def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConf
         teacher.padded_vocab_size = saved.padded_vocab_size
     else:
         teacher = saved
+    validate_layout(teacher, cfg.parallel, key="teacher model")  # split over the student's layout
     if check:
         require_compatible(str(ckpt), cfg)  # tokenizer meaning, vocabulary, sequence length
     return ckpt, teacher, state

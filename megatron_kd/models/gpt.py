@@ -87,6 +87,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         kv_channels=model.kv_channels,
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
         sequence_parallel=parallel.sequence_parallel,
         normalization="RMSNorm",
         layernorm_epsilon=model.norm_epsilon,
@@ -116,6 +117,11 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         persist_layer_norm=False,
         # Pipeline p2p on CPU must not wait on CUDA streams.
         batch_p2p_sync=on_gpu,
+        # Interleaved 1F1B: Megatron-LM's default, p2p overlapped with compute as separate sends
+        # and receives. (Batched, the two directions' messages between the same pair of ranks at
+        # PP=2 are matched in posting order, which swaps activations and gradients.)
+        overlap_p2p_comm=parallel.vpp > 1,
+        batch_p2p_comm=parallel.vpp == 1,
         **fp8_kwargs,
     )
 
@@ -134,22 +140,24 @@ def layer_spec(model: ModelConfig, use_te: bool | None = None):
 def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig,
                     *, pre_process: bool | None = None, post_process: bool | None = None,
                     vp_stage: int | None = None, init_seed: int | None = None,
-                    recompute: tuple[str, int] = ("none", 1)):
+                    recompute: tuple[str, int] = ("none", 1), config=None):
     """A megatron-core GPTModel for this pipeline stage, in the configured dtype.
 
     `init_seed`: draw the initial weights from this seed, the same at any TP/PP (models/init.py);
     None: megatron-core's own initialisation (for models whose weights are loaded next).
+    `vp_stage`/`config`: one virtual stage of build_gpt_chunks.
     Needs megatron-core's parallel_state to be initialised (see runtime.distributed).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-    config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None,
-                                      recompute=recompute)
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    if config is None:
+        config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None,
+                                          recompute=recompute)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model),
@@ -172,3 +180,17 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
     if torch.cuda.is_available():
         gpt = gpt.cuda(torch.cuda.current_device())
     return gpt
+
+
+def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, precision: PrecisionConfig, *,
+                     init_seed: int | None = None, recompute: tuple[str, int] = ("none", 1)) -> list:
+    """This rank's model chunks: one GPTModel, or with `parallel.vpp` > 1 one per virtual
+    pipeline stage (interleaved 1F1B). Rank r of PP holds virtual stages r, r + PP, r + 2PP, ...
+    of the PP x VPP equal slices of the layers; the chunks share one TransformerConfig, as
+    megatron-core's schedules expect (they read it from the first chunk)."""
+    if parallel.vpp == 1:
+        return [build_gpt_model(model, parallel, precision, init_seed=init_seed, recompute=recompute)]
+    config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None,
+                                      recompute=recompute)
+    return [build_gpt_model(model, parallel, precision, vp_stage=i, init_seed=init_seed, config=config)
+            for i in range(parallel.vpp)]

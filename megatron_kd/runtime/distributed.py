@@ -116,6 +116,7 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
     )
     seed_everything(seed)
     return launch

@@ -7,7 +7,7 @@ import math
 import torch
 
 from megatron_kd.config.schema import RunConfig
-from megatron_kd.data.batches import MicroBatchIterator
+from megatron_kd.data.batches import schedule_iterators
 from megatron_kd.distill.model import DistillationModel
 from megatron_kd.training.steps import (
     StepContext,
@@ -21,7 +21,8 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
     """Mean per-token LM loss of each validation set (the same number on every rank).
 
     Each set's first `n` sequences (n from build_datasets, rounded down to whole micro-batches
-    over the data-parallel ranks) are evaluated, in order, every time.
+    over the data-parallel ranks, and with virtual pipeline stages to a multiple of PP
+    micro-batches, which that schedule needs) are evaluated, in order, every time.
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -37,7 +38,10 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
     try:
         for name, (dataset, n) in valid_sets.items():
             num_micro = max(1, n // (micro * dp))
-            it = MicroBatchIterator(dataset, micro, parallel_state.get_data_parallel_rank(), dp)
+            if len(model_chunks) > 1:  # interleaved: groups of PP micro-batches
+                pp = parallel_state.get_pipeline_model_parallel_world_size()
+                num_micro = max(pp, num_micro - num_micro % pp)
+            it = schedule_iterators(dataset, micro, parallel_state.get_data_parallel_rank(), dp, len(model_chunks))
             with torch.no_grad():
                 reports = get_forward_backward_func()(
                     forward_step_func=forward_step, data_iterator=it, model=model_chunks,

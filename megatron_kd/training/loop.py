@@ -26,7 +26,7 @@ from megatron_kd.config import dump_config
 from megatron_kd.config.loader import config_to_dict
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
-from megatron_kd.data.batches import MicroBatchIterator
+from megatron_kd.data.batches import schedule_iterators
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.distill.cache import TeacherCache
 from megatron_kd.distill.objective import KDObjective
@@ -45,8 +45,8 @@ from megatron_kd.training.steps import (
     StepContext,
     broadcast_from_last_stage,
     make_forward_step,
-    pipeline_shapes_fn,
     reduce_reports,
+    schedule_kwargs,
 )
 
 log = logging.getLogger("megatron_kd.train")
@@ -63,10 +63,8 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
     state.optimizer.zero_grad()
     dp = parallel_state.get_data_parallel_world_size()
     num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-    kwargs = {}
-    shapes_fn = pipeline_shapes_fn(cfg, state.model)
-    if shapes_fn is not None:
-        kwargs["adjust_tensor_shapes_fn"] = shapes_fn
+    if state.schedule_kwargs is None:  # built once per run
+        state.schedule_kwargs = schedule_kwargs(cfg, state.model)
     reports = get_forward_backward_func()(
         forward_step_func=make_forward_step(ctx),
         data_iterator=data_iterator,
@@ -75,7 +73,7 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
         seq_length=cfg.train.seq_length,
         micro_batch_size=cfg.train.micro_batch_size,
         forward_only=False,
-        **kwargs,
+        **state.schedule_kwargs,
     )
     lr = state.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
     metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
@@ -202,10 +200,9 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
     # From a cache: the stream is built exactly as the cache job built it (same sample count)
     n_samples = ctx.cache.manifest["num_samples"] if ctx.cache is not None else total * cfg.train.global_batch_size
     train_ds, valid_sets = build_datasets(cfg, tokenizer, n_samples)
-    data_iterator = MicroBatchIterator(
-        train_ds, cfg.train.micro_batch_size,
-        parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
-        consumed_samples=state.consumed_samples)
+    data_iterator = schedule_iterators(
+        train_ds, cfg.train.micro_batch_size, parallel_state.get_data_parallel_rank(),
+        parallel_state.get_data_parallel_world_size(), len(state.model), consumed_samples=state.consumed_samples)
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0, wandb=cfg.logging.wandb,
                            run_name=cfg.run.name, run_config=config_to_dict(cfg))
 

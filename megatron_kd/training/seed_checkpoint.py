@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from megatron_kd.checkpoint.model_io import save_model_weights
+from megatron_kd.checkpoint.model_io import save_model_weights, sharded_model_state
 from megatron_kd.checkpoint.refs import write_state
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
-from megatron_kd.models.gpt import build_gpt_model
+from megatron_kd.models.gpt import build_gpt_chunks
 
 
 def check_out_dir(out: Path) -> None:
@@ -33,7 +33,7 @@ def write_seed_checkpoint(cfg: RunConfig, out: Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     torch.distributed.barrier()
-    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed)
+    model = build_gpt_chunks(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed)
     # dist_checkpointing's "model" part, as training checkpoints have it (checkpoint.load reads both)
     save_model_weights(_ModelPart(model), partial)
     torch.distributed.barrier()
@@ -41,7 +41,7 @@ def write_seed_checkpoint(cfg: RunConfig, out: Path) -> Path:
         dump_config(cfg, partial / "config.yaml")
         write_state(partial, {"step": 0, "consumed_samples": 0, "tokens": 0, "kind": "init",
                               "seed": cfg.run.seed, "world_size": torch.distributed.get_world_size(),
-                              "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp},
+                              "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp},
                               "padded_vocab_size": padded_vocab(cfg.model, cfg.parallel.tp),
                               "tokenizer": None})
         if out.exists():
@@ -59,4 +59,4 @@ class _ModelPart(torch.nn.Module):
         self.inner = model
 
     def sharded_state_dict(self):
-        return {"model": self.inner.sharded_state_dict()}
+        return {"model": sharded_model_state(self.inner)}

@@ -6,39 +6,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import train_steps
 from megatron_kd.distill.model import DistillationModel, build_teacher
-from megatron_kd.models.gpt import build_gpt_model
+from megatron_kd.models.gpt import build_gpt_chunks
 
 
 @dataclass
 class TrainState:
-    model: list  # DDP-wrapped model chunks (one per virtual stage; one today)
+    model: list  # DDP-wrapped model chunks (one per virtual pipeline stage; one without)
     optimizer: Any
     scheduler: Any
     step: int = 0
     consumed_samples: int = 0
     tokenizer_info: dict | None = None  # recorded in checkpoints
+    schedule_kwargs: dict | None = None  # extra arguments of the pipeline schedule (training/steps.py)
 
 
 def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
-    """DDP-wrapped model chunks; with `teacher` = (checkpoint, ModelConfig), or a built teacher
-    module (benchmarks), the chunk is a DistillationModel whose frozen teacher stays outside
-    DDP's buffers and the optimizer."""
+    """DDP-wrapped model chunks (one per virtual pipeline stage); with `teacher` =
+    (checkpoint, ModelConfig), or built teacher chunks (benchmarks), each chunk is a
+    DistillationModel whose frozen teacher part (the same layers' share of the teacher) stays
+    outside DDP's buffers and the optimizer."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     # the student starts from weights that depend on run.seed only, not on the layout
-    model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed,
-                            recompute=(cfg.train.recompute, cfg.train.recompute_layers))
+    chunks = build_gpt_chunks(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed,
+                              recompute=(cfg.train.recompute, cfg.train.recompute_layers))
     if teacher is not None:
-        if not isinstance(teacher, torch.nn.Module):  # (checkpoint, ModelConfig): load it
+        if isinstance(teacher, tuple):  # (checkpoint, ModelConfig): load it
             ckpt, teacher_model = teacher
             teacher = build_teacher(cfg, teacher_model, ckpt)
-        model = DistillationModel(model, teacher, fused_output_layer=cfg.kd.fused_output_layer)
+        teacher = teacher if isinstance(teacher, list) else [teacher]
+        chunks = [DistillationModel(s, t, fused_output_layer=cfg.kd.fused_output_layer)
+                  for s, t in zip(chunks, teacher, strict=True)]
     par = cfg.parallel
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=par.grad_reduce_in_fp32,
@@ -49,9 +51,11 @@ def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
     )
     # The loss is a sum over tokens; finalize_model_grads divides by the global token count,
     # so the objective is the mean over every non-masked token of the global batch.
-    model.config.calculate_per_token_loss = True  # (shared with the student's TransformerConfig)
-    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
-    return [ddp]
+    chunks[0].config.calculate_per_token_loss = True  # (one TransformerConfig, shared by the chunks)
+    # Later chunks' gradients are reduced as one bucket (as Megatron-LM does): their backward
+    # ends last, when there is nothing left to overlap with.
+    return [DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0)
+            for i, chunk in enumerate(chunks)]
 
 
 def build_optimizer(cfg: RunConfig, model_chunks: list):
@@ -109,14 +113,15 @@ def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None,
 
     model = build_ddp_model(cfg, teacher)
     if init_weights is not None:
-        load_model_weights(model[0], init_weights)
+        load_model_weights(model, init_weights)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    config = model[0].config
+    config = model[0].config  # the schedule's (shared by the chunks)
     config.finalize_model_grads_func = finalize_model_grads
-    config.no_sync_func = model[0].no_sync
+    one = len(model) == 1  # several chunks: one function per chunk, in chunk order
+    config.no_sync_func = model[0].no_sync if one else [m.no_sync for m in model]
     if cfg.parallel.overlap_grad_reduce:  # the schedule starts each bucket's reduce as its grads are ready
-        config.grad_sync_func = model[0].start_grad_sync
+        config.grad_sync_func = model[0].start_grad_sync if one else [m.start_grad_sync for m in model]
     if cfg.parallel.overlap_param_gather:  # parameters gathered chunk by chunk in the next forward
-        config.param_sync_func = model[0].start_param_sync
+        config.param_sync_func = model[0].start_param_sync if one else [m.start_param_sync for m in model]
     return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)

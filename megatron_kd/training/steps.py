@@ -8,9 +8,10 @@ from functools import partial
 
 import torch
 
+from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.distill.cache import dense_teacher_logits
-from megatron_kd.distill.model import DistillationModel, pp_tensor_shapes_fn, sequence_major_logits
+from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
     KDObjective,
     cache_is_sparse,
@@ -105,7 +106,7 @@ def _forward_from_cache(ctx: StepContext, batch: dict, model):
     from megatron.core import parallel_state
 
     student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
-    if not parallel_state.is_pipeline_last_stage():
+    if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
         return student_logits, None
     rows = ctx.cache.rows(batch["sample_index"].cpu())
     width = student_logits.shape[-1]
@@ -143,9 +144,11 @@ def broadcast_from_last_stage(values: dict[str, float], keys: list[str]) -> dict
     return dict(zip(keys, t.tolist()))
 
 
-def pipeline_shapes_fn(cfg: RunConfig, model_chunks: list):
-    """For KD under PP, the p2p tensors carry the teacher's hidden states too."""
+def schedule_kwargs(cfg: RunConfig, model_chunks: list) -> dict:
+    """Extra arguments of megatron-core's pipeline schedule: for KD with the teacher's model
+    under PP, a p2p communicator whose messages carry the teacher's hidden states too."""
     inner = model_chunks[0].module
-    if cfg.parallel.pp > 1 and isinstance(inner, DistillationModel):
-        return pp_tensor_shapes_fn(inner.student_hidden, inner.teacher.config.hidden_size)
-    return None
+    if cfg.parallel.pp == 1 or not isinstance(inner, DistillationModel):
+        return {}
+    p2p, groups = widened_p2p(inner.config, inner.teacher.config.hidden_size)
+    return {"p2p_communicator": p2p, "pg_collection": groups}

@@ -89,8 +89,9 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
             shutil.rmtree(p, ignore_errors=True)
     torch.distributed.barrier()
     ckpt, teacher_model, _ = resolve_teacher(cfg, check=False)
-    teacher = build_teacher(cfg, teacher_model, ckpt)
-    teacher.eval()
+    teacher = build_teacher(cfg, teacher_model, ckpt)  # one chunk per virtual pipeline stage
+    for chunk in teacher:
+        chunk.eval()
     tokenizer = load_tokenizer(cfg)
     n = planned["num_samples"]
     dataset, _ = build_datasets(cfg, tokenizer, n)
@@ -104,11 +105,12 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     group = parallel_state.get_tensor_model_parallel_group()
     micro = cfg.train.micro_batch_size
     seq = cfg.train.seq_length
-    written = 0
     for j in todo:
         first = j * planned["shard_rows"]
         samples = list(range(first, min(first + planned["shard_rows"], n)))
-        padded = samples + [samples[-1]] * (-len(samples) % micro)  # whole micro-batches
+        # whole micro-batches; with virtual stages a multiple of PP of them (the schedule's groups)
+        group_rows = micro * (cfg.parallel.pp if len(teacher) > 1 else 1)
+        padded = samples + [samples[-1]] * (-len(samples) % group_rows)
         collected: list[dict] = []
 
         def forward_step(data_iterator, model):
@@ -121,15 +123,16 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
 
             return logits, loss_func
 
-        batches = iter([_batch(dataset, padded[i:i + micro]) for i in range(0, len(padded), micro)])
+        batches = [iter([_batch(dataset, padded[i:i + micro]) for i in range(0, len(padded), micro)])
+                   for _ in teacher]
         with torch.no_grad():
-            get_forward_backward_func()(forward_step_func=forward_step, data_iterator=batches, model=[teacher],
+            get_forward_backward_func()(forward_step_func=forward_step,
+                                        data_iterator=batches[0] if len(teacher) == 1 else batches, model=teacher,
                                         num_microbatches=len(padded) // micro, seq_length=seq,
                                         micro_batch_size=micro, forward_only=True)
         if writer:
             rows = {k: torch.cat([c[k] for c in collected])[:len(samples)] for k in collected[0]}
             _write_shard(out, j, rows)
-            written += 1
             log.info("teacher cache shard %d/%d: samples %d-%d", j + 1, planned["num_shards"], samples[0],
                      samples[-1])
     torch.distributed.barrier()
@@ -141,7 +144,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         shutil.rmtree(out / "data_cache", ignore_errors=True)  # megatron-core's index files: the job's own
         (out / COMPLETE).write_text(f"{n} samples, {planned['num_shards']} shards\n")
     torch.distributed.barrier()
-    return {"shards": planned["num_shards"], "written": written, "samples": n}
+    # every shard that was missing has been written, by some rank (the last pipeline stage's)
+    return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n}
 
 
 def _batch(dataset, index: list[int]) -> dict:

@@ -27,6 +27,12 @@ CASES = [
     (["data.mock=false", "data.train=[a]", "data.tokenizer=t", "data.split=90,10"],
      r"data.split='90,10' must be three non-negative weights"),
     (["checkpoint.save_at_tokens=[0]"], r"save_at_tokens must be positive"),
+    (["parallel.vpp=2"], r"parallel.vpp=2 splits each pipeline rank's layers .* needs parallel.pp >= 2, got pp=1"),
+    (["parallel.pp=2", "parallel.vpp=0"], r"parallel.vpp must be >= 1"),
+    (["parallel.pp=2", "parallel.vpp=2"],
+     r"model.num_layers=2 is not divisible by parallel.pp x parallel.vpp = 2 x 2"),
+    (["model.num_layers=8", "parallel.pp=2", "parallel.vpp=2", "train.recompute=full", "train.recompute_layers=4"],
+     r"recompute_layers=4 must divide the 2 layers of a pipeline stage"),
 ]
 
 
@@ -49,6 +55,14 @@ def test_world_size_rules():
         validate(cfg, 4)
     cfg = load_config("train/tiny-mock", ["parallel.world_size=2"])
     validate(cfg, 2)
+    # interleaved 1F1B runs groups of PP micro-batches: 8 / (2 x 1) = 4 at PP=2, not 3
+    cfg = load_config("train/tiny-mock", ["model.num_layers=4", "parallel.pp=2", "parallel.vpp=2",
+                                          "train.global_batch_size=8"])
+    validate(cfg, 2)
+    cfg.train.global_batch_size = 6
+    with pytest.raises(ConfigError, match=r"parallel.vpp=2 needs the micro-batches per step \(3 = .*\) to be a "
+                                          r"multiple of parallel.pp=2; set train.global_batch_size to a multiple of 4"):
+        validate(cfg, 2)
     cfg = load_config("train/tiny-mock", ["parallel.world_size=8", "train.global_batch_size=16"])
     with pytest.raises(ConfigError, match=r"parallel.world_size=8 but the launcher started 2"):
         validate(cfg, 2)

@@ -53,3 +53,37 @@ def test_kd_from_scratch_is_layout_free(tmp_path):
         _close(_losses(tmp_path / name), ref, f"kd {name}")
     kd_rows = read_metrics(tmp_path / "pp2")
     assert all(r["alpha"] == 0.5 and r["temperature"] == 2.0 and r["kd_loss"] > 0 for r in kd_rows)
+
+
+def test_interleaved_pipeline_kd_equals_one_process(tmp_path):
+    """parallel.vpp: PP=2 x VPP=2 (rank 0 holds layers 0 and 2, rank 1 layers 1 and 3, of the
+    student and of the teacher) trains a KD pair as one process does; its checkpoint resumes
+    at PP=1; a teacher cache written at PP=2 x VPP=2 trains a PP=2 x VPP=2 student the same.
+    Tied embeddings: their gradient is summed between the first and the last virtual stage."""
+    four = ["model.num_layers=4", "train.global_batch_size=8"]  # 4 micro-batches a step
+    teacher = tmp_path / "teacher"
+    mkd("train", "train/tiny-mock", "train.steps=3", "run.seed=99", *four, f"run.dir={teacher}", timeout=600)
+    kd = [*STEPS, *four, f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "kd.temperature=2.0",
+          "model.untie_embeddings_and_output_weights=false"]
+    vpp = ["parallel.pp=2", "parallel.vpp=2", "--nproc", 2]
+    mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'one'}", timeout=600)
+    ref = read_metrics(tmp_path / "one")
+    mkd("train", "train/tiny-mock", *kd, *vpp, f"run.dir={tmp_path / 'vpp'}", timeout=600)
+    for a, b in zip(ref, read_metrics(tmp_path / "vpp"), strict=True):
+        for key in ("loss", "lm_loss", "kd_loss", "grad_norm", "val/mock"):
+            assert key not in a or abs(a[key] - b[key]) < 1e-5, (key, a, b)
+    assert "val/mock" in ref[-1]
+    assert all(r["kd_loss"] > 0 for r in ref)
+
+    # stopped at step 2 at PP=2 x VPP=2, resumed at PP=1 (model and optimizer resharded)
+    mkd("train", "train/tiny-mock", *kd, *vpp, "train.stop_at_step=2", f"run.dir={tmp_path / 'resumed'}",
+        timeout=600)
+    mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'resumed'}", timeout=600)
+    _close(_losses(tmp_path / "resumed"), [r["loss"] for r in ref], "vpp checkpoint resumed at pp1")
+
+    # the cache job at PP=2 x VPP=2 (the teacher alone), a PP=2 x VPP=2 student from it
+    cache = tmp_path / "cache"
+    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cache, "--top-k", "all", *vpp, timeout=600)
+    mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", *vpp, f"run.dir={tmp_path / 'cached'}",
+        timeout=600)
+    _close(_losses(tmp_path / "cached"), [r["loss"] for r in ref], "vpp student from a vpp cache")
