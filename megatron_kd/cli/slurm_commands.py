@@ -43,7 +43,7 @@ def add_plan_parser(sub) -> None:
 def cmd_plan(args) -> int:
     from megatron_kd.config import load_config, validate
     from megatron_kd.distill.teacher import teacher_model
-    from megatron_kd.slurm.plan import GiB, cache_lines, estimate, format_plan, suggest
+    from megatron_kd.slurm.plan import GiB, cache_lines, estimate, format_plan, pipeline_line, suggest
 
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
@@ -60,6 +60,8 @@ def cmd_plan(args) -> int:
     for line in format_plan(plan, gpu, f"{who} on {args.gpus} GPUs, {cfg.precision.dtype}"
                                        + (f"+fp8 ({cfg.precision.fp8})" if cfg.precision.fp8 else "")):
         print(line)
+    if pipeline_line(cfg, plan):
+        print(pipeline_line(cfg, plan))
     if teacher is not None:
         for line in cache_lines(cfg, teacher, args.sweep_points):
             print(line)
@@ -72,7 +74,8 @@ def cmd_plan(args) -> int:
         else:
             for line in format_plan(better, gpu, "suggested"):
                 print(line)
-            print(f"  overrides: parallel.tp={better.tp} parallel.pp={better.pp} "
+            vpp = f" parallel.vpp={better.vpp}" if better.vpp != cfg.parallel.vpp else ""
+            print(f"  overrides: parallel.tp={better.tp} parallel.pp={better.pp}{vpp} "
                   "parallel.distributed_optimizer=true")
         return 5
     return 0

@@ -11,7 +11,8 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
 - activations: s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence parallelism), attention
   scores not kept (flash/fused kernels; `train.recompute: selective` gives the same on any
   kernel); with `train.recompute: full` each recompute unit's input (s*b*h) plus one unit's
-  activations; times the micro-batches in flight on the first stage (PP for 1F1B);
+  activations; times the micro-batches in flight on the first stage (PP for 1F1B; interleaved
+  1F1B, `parallel.vpp` = v, keeps (1 + (PP-1)/(PP*v)) times as much, Korthikanti et al. 2022);
 - logits on the last stage, s*b*V/TP each: without a teacher the student's (dtype) and
   megatron-core's fp32 copy for its CE; with one, the student's and the teacher's (dtype: the
   one-pass objective writes its gradient over the student's) plus one loss chunk's fp32
@@ -44,6 +45,7 @@ class Plan:
     pp: int
     dp: int
     parts: dict[str, float]
+    vpp: int = 1
 
     @property
     def total(self) -> float:
@@ -70,6 +72,7 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
     pp = pp or cfg.parallel.pp
     dist_opt = cfg.parallel.distributed_optimizer if distributed_optimizer is None else distributed_optimizer
     dp = max(1, gpus // (tp * pp))
+    vpp = cfg.parallel.vpp if pp > 1 else 1
     m, tr = cfg.model, cfg.train
     wbytes = _bytes(cfg.precision.dtype)
     padded = padded_vocab(m, tp)
@@ -88,12 +91,12 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
         stage = (layers / unit) * s * b * h * 2 + unit * per_layer
     else:  # selective recompute drops what flash attention already does not keep
         stage = per_layer * layers
-    parts["activations"] = stage * pp * wbytes / 2
+    parts["activations"] = stage * pp * (1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1) * wbytes / 2
     if teacher is not None:  # the teacher's forward keeps no activations, only a layer's worth
         parts["activations"] += s * b * teacher.hidden_size * 10 * wbytes / 2
     parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes)
     parts["reserve (CUDA, NCCL)"] = RESERVE
-    return Plan(tp, pp, dp, parts)
+    return Plan(tp, pp, dp, parts, vpp)
 
 
 def _logits_bytes(cfg: RunConfig, kd: bool, tokens: int, v_local: int, wbytes: int) -> float:
@@ -127,6 +130,7 @@ def suggest(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, gpu_bytes: f
 def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int, pp: int) -> bool:
     cand = copy.deepcopy(cfg)
     cand.parallel.tp, cand.parallel.pp, cand.parallel.distributed_optimizer = tp, pp, True
+    cand.parallel.vpp = cfg.parallel.vpp if pp > 1 else 1  # the recipe's virtual stages where they apply
     cand.parallel.world_size = None
     try:
         validate(cand, gpus)
@@ -156,10 +160,27 @@ def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
 
 
 def format_plan(plan: Plan, gpu_bytes: float, title: str) -> list[str]:
-    lines = [f"{title}: tp={plan.tp} pp={plan.pp} dp={plan.dp}"]
+    vpp = f" vpp={plan.vpp}" if plan.vpp > 1 else ""
+    lines = [f"{title}: tp={plan.tp} pp={plan.pp}{vpp} dp={plan.dp}"]
     width = max(len(k) for k in plan.parts)
     for k, v in plan.parts.items():
         lines.append(f"  {k:<{width}}  {v / GiB:8.2f} GiB")
     verdict = "fits" if plan.total <= gpu_bytes else "DOES NOT FIT"
     lines.append(f"  {'total per GPU':<{width}}  {plan.total / GiB:8.2f} GiB of {gpu_bytes / GiB:.0f} GiB: {verdict}")
     return lines
+
+
+def pipeline_line(cfg: RunConfig, plan: Plan) -> str | None:
+    """The pipeline bubble of the run's schedule: (PP-1) / (VPP x M) of a step, M the micro-batches
+    per step of a data-parallel replica (Narayanan et al. 2021); None without PP."""
+    if plan.pp == 1:
+        return None
+    micro = max(1, cfg.train.global_batch_size // (cfg.train.micro_batch_size * plan.dp))
+    bubble = (plan.pp - 1) / (plan.vpp * micro)
+    kind = f"interleaved 1F1B, {plan.vpp} virtual stages per rank" if plan.vpp > 1 else "1F1B"
+    line = f"pipeline: {kind}, {micro} micro-batches a step; bubble (PP-1)/(VPP x M) = {100 * bubble:.1f}% of the step"
+    layers = cfg.model.num_layers // plan.pp
+    if plan.vpp == 1 and layers % 2 == 0 and micro % plan.pp == 0:
+        line += (f"; parallel.vpp=2 halves it (VPP splits each rank's {layers} layers, of the teacher's too, "
+                 "into virtual stages)")
+    return line

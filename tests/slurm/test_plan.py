@@ -35,3 +35,23 @@ def test_estimate_scales_with_layout():
     assert tp2.parts["teacher weights"] == pytest.approx(one.parts["teacher weights"] / 2, rel=0.01)
     assert 8e9 * 2 / GiB * 0.9 < one.parts["teacher weights"] / GiB < 8.1e9 * 2 / GiB
     assert "teacher weights" not in estimate(cfg, None, 32).parts
+
+
+def test_interleaved_pipeline_in_the_plan():
+    cfg = load_config("kd/paper-8b-to-1b", ["parallel.pp=2"])
+    teacher = load_config("models/llama3-8b", purpose="model").model
+    one_f_one_b, student_only = estimate(cfg, teacher, 8), estimate(cfg, None, 8)
+    cfg.parallel.vpp = 4  # 16 student / 32 teacher layers: 2 x 4 chunks of 2 / 4 layers
+    interleaved = estimate(cfg, teacher, 8)
+    # 1 + (PP-1)/(PP x VPP) = 1.125 times the student's 1F1B activations; weights as at PP=2
+    more = interleaved.parts["activations"] - one_f_one_b.parts["activations"]
+    assert more == pytest.approx(student_only.parts["activations"] * 0.125, rel=1e-6)
+    assert interleaved.parts["teacher weights"] == one_f_one_b.parts["teacher weights"]
+    r = plan("kd/paper-8b-to-1b", "parallel.pp=2", "parallel.vpp=4", "--gpus", "8")
+    assert r.returncode == 0 and "tp=1 pp=2 vpp=4 dp=4" in r.stdout, r.stdout + r.stderr
+    # 256 / (1 x 4) = 64 micro-batches: bubble 1 / (4 x 64)
+    assert "interleaved 1F1B, 4 virtual stages per rank, 64 micro-batches a step; bubble (PP-1)/(VPP x M) = 0.4%" \
+        in r.stdout
+    r = plan("kd/paper-8b-to-1b", "parallel.pp=2", "--gpus", "8")
+    assert "1F1B, 64 micro-batches a step; bubble (PP-1)/(VPP x M) = 1.6% of the step; parallel.vpp=2 halves it" \
+        in r.stdout
