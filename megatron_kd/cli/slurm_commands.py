@@ -42,6 +42,7 @@ def add_plan_parser(sub) -> None:
 
 def cmd_plan(args) -> int:
     from megatron_kd.config import load_config, validate
+    from megatron_kd.config.validate import validate_layout
     from megatron_kd.distill.teacher import teacher_model
     from megatron_kd.slurm.plan import GiB, cache_lines, estimate, format_plan, pipeline_line, suggest
 
@@ -54,14 +55,17 @@ def cmd_plan(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
     validate(cfg, args.gpus)
     teacher = teacher_model(cfg)
+    if teacher is not None:  # the teacher is split over the same TP/PP/VPP layout
+        validate_layout(teacher, cfg.parallel, key="the teacher's model")
     gpu = args.gpu_memory_gb * GiB
     plan = estimate(cfg, teacher, args.gpus)
     who = f"student {cfg.model.name}" + (f" + teacher {teacher.name}" if teacher else "")
     for line in format_plan(plan, gpu, f"{who} on {args.gpus} GPUs, {cfg.precision.dtype}"
                                        + (f"+fp8 ({cfg.precision.fp8})" if cfg.precision.fp8 else "")):
         print(line)
-    if pipeline_line(cfg, plan):
-        print(pipeline_line(cfg, plan))
+    pipeline = pipeline_line(cfg, plan, teacher, args.gpus)
+    if pipeline:
+        print(pipeline)
     if teacher is not None:
         for line in cache_lines(cfg, teacher, args.sweep_points):
             print(line)

@@ -45,3 +45,12 @@ def schedule_iterators(dataset, micro_batch_size: int, dp_rank: int, dp_size: in
     micro-batch k when it runs its forward of k; the first uses the tokens, the last the labels)."""
     its = [MicroBatchIterator(dataset, micro_batch_size, dp_rank, dp_size, consumed_samples) for _ in range(chunks)]
     return its[0] if chunks == 1 else its
+
+
+def masked_after(iterator, real: int):
+    """`iterator`'s micro-batches, those after the first `real` with an all-zero loss mask: they
+    fill a schedule's last group of micro-batches and count for nothing."""
+    for i, batch in enumerate(iterator):
+        if i >= real:
+            batch["loss_mask"] = torch.zeros_like(batch["loss_mask"])
+        yield batch

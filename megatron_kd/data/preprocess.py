@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_kd.console import hms
 from megatron_kd.data.sources import iter_records, open_sources
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
@@ -189,11 +190,6 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _eta(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                json_key: str = "text", workers: int = 2, eod_token: str | None = None,
                batch_docs: int = 64, progress: bool = True, shard_tokens: int | None = None) -> PreprocessSummary:
@@ -246,7 +242,7 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                 if progress and now - last > 1.0:
                     last = now
                     rate = n_tokens / (now - t0)
-                    eta = _eta((now - t0) * (1 - frac) / frac) if frac > 0 else "?"
+                    eta = hms((now - t0) * (1 - frac) / frac) if frac > 0 else "?"
                     print(f"\r  {n_docs:,} documents | {n_tokens:,} tokens | {rate:,.0f} tokens/s | "
                           f"{100 * frac:.0f}% | ETA {eta}  ", end="", file=sys.stderr, flush=True)
         if n_docs == 0 or n_tokens == 0:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from megatron_kd.console import first_line
 from megatron_kd.errors import ConfigError
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".txt")
@@ -110,7 +111,7 @@ def _parquet(path: Path, key: str, size: int) -> Source:
         pf = pq.ParquetFile(path)
         meta, names = pf.metadata, pf.schema_arrow.names  # top-level columns (a list column too)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a corrupt or truncated file
-        raise ConfigError(f"input '{path}' is not a readable Parquet file ({_short(exc)}); re-download or "
+        raise ConfigError(f"input '{path}' is not a readable Parquet file ({first_line(exc)}); re-download or "
                           "re-export it") from exc
     if key not in names:
         raise ConfigError(f"Parquet file '{path}' has no column '{key}' (columns: {', '.join(names)}); pass "
@@ -130,7 +131,7 @@ def _arrow_dir(path: Path, key: str) -> Source:
         try:
             names = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"'{state}' is not a `datasets` state file ({_short(exc)}); save the dataset "
+            raise ConfigError(f"'{state}' is not a `datasets` state file ({first_line(exc)}); save the dataset "
                               "again with Dataset.save_to_disk") from exc
         files = tuple(path / n for n in names)
     else:
@@ -162,7 +163,7 @@ def _arrow_files(path: Path, files: tuple[Path, ...], key: str) -> Source:
             names = reader.schema.names
             n = sum(b.num_rows for b in _batches_of(reader))
         except Exception as exc:
-            raise ConfigError(f"input '{f}' is not a readable Arrow file ({_short(exc)}); save the dataset "
+            raise ConfigError(f"input '{f}' is not a readable Arrow file ({first_line(exc)}); save the dataset "
                               "again") from exc
         if key not in names:
             raise ConfigError(f"Arrow data '{f}' has no column '{key}' (columns: {', '.join(names)}); pass "
@@ -186,10 +187,6 @@ def _zstd():
     except ImportError as exc:
         raise ConfigError("a .zst input needs the zstandard package: pip install zstandard") from exc
     return zstandard
-
-
-def _short(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def iter_records(src: Source, key: str) -> Iterator[tuple[str | list[str], float]]:
@@ -257,7 +254,7 @@ def _iter_text(src: Source, key: str):
             try:
                 line = f.readline()
             except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip and _ZstdStream raise these
-                raise ConfigError(f"{src.path}: cannot read past line {lineno} ({_short(exc)}); the file is "
+                raise ConfigError(f"{src.path}: cannot read past line {lineno} ({first_line(exc)}); the file is "
                                   "corrupt or truncated") from exc
             if not line:
                 break

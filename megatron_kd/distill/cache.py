@@ -216,10 +216,12 @@ def _top_k_lowest_id(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     (what a stable descending sort would keep), as (values, columns) in column order. topk finds
     the threshold; a full sort of every row cost 5x more and was most of the cache job's time."""
     t = torch.topk(x, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    above = x > t
-    tied = x == t
-    need = k - above.sum(-1, keepdim=True)
-    keep = above | (tied & (torch.cumsum(tied, dim=-1) <= need))
+    keep = x >= t
+    if int(keep.sum()) != keep.shape[0] * k:  # a tie at some row's boundary (rare): lowest columns first
+        above = x > t
+        tied = keep & ~above
+        need = k - above.sum(-1, keepdim=True)
+        keep = above | (tied & (torch.cumsum(tied, dim=-1) <= need))
     cols = keep.nonzero()[:, 1].reshape(x.shape[0], k)  # row-major: each row's columns ascending
     return x.gather(1, cols), cols
 

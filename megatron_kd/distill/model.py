@@ -3,9 +3,11 @@
 `DistillationModel` holds the student GPTModel (as `.module`, so megatron-core's wrappers and
 our checkpoint code see only the student: the teacher is outside the optimizer, the DDP
 buffers and the student's checkpoints) and a frozen teacher GPTModel split over the same
-pipeline (and virtual) stages, chunk by chunk. Between stages the teacher's hidden states travel concatenated to the
-student's (`[s, b, h_student + h_teacher]`); the last stage returns both logits (sequence-major,
-`[s, b, V/TP]`), or with the fused output layer both models' hidden states and output weights.
+pipeline stages; with virtual stages (`parallel.vpp`) there is one pair per chunk, the
+teacher's chunk i holding its own i-th slice of layers. Between stages the teacher's hidden
+states travel concatenated to the student's (`[s, b, h_student + h_teacher]`, `widened_p2p`);
+the last stage returns both logits (sequence-major, `[s, b, V/TP]`), or with the fused output
+layer both models' hidden states and output weights.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ class DistillationModel(torch.nn.Module):
             self.module.set_input_tensor(None)
             self.teacher.set_input_tensor(None)
             return
-        h = self.student_hidden
-        self.module.set_input_tensor(input_tensor[..., :h])
-        self.teacher.set_input_tensor(input_tensor[..., h:].detach())
+        h = self.student_hidden  # contiguous: Transformer Engine's layers view their input flat
+        self.module.set_input_tensor(input_tensor[..., :h].contiguous())
+        self.teacher.set_input_tensor(input_tensor[..., h:].detach().contiguous())
 
     def forward(self, input_ids, position_ids, attention_mask, **kwargs):
         # fused: the last stage returns (final hidden states, output weight) of each model, not

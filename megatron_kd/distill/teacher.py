@@ -61,7 +61,7 @@ def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConf
         teacher.padded_vocab_size = saved.padded_vocab_size
     else:
         teacher = saved
-    validate_layout(teacher, cfg.parallel, key="teacher model")  # split over the student's layout
+    validate_layout(teacher, cfg.parallel, key="the teacher's model")  # split over the student's layout
     if check:
         require_compatible(str(ckpt), cfg)  # tokenizer meaning, vocabulary, sequence length
     return ckpt, teacher, state

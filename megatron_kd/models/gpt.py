@@ -122,6 +122,10 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         # PP=2 are matched in posting order, which swaps activations and gradients.)
         overlap_p2p_comm=parallel.vpp > 1,
         batch_p2p_comm=parallel.vpp == 1,
+        # Megatron-LM's default on GPU: a stage's output, once sent, keeps only its autograd
+        # graph (backward gets the gradient from the next stage). Not on CPU, where gloo may still
+        # be sending from the storage that would be released.
+        deallocate_pipeline_outputs=on_gpu,
         **fp8_kwargs,
     )
 
@@ -145,7 +149,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
 
     `init_seed`: draw the initial weights from this seed, the same at any TP/PP (models/init.py);
     None: megatron-core's own initialisation (for models whose weights are loaded next).
-    `vp_stage`/`config`: one virtual stage of build_gpt_chunks.
+    `vp_stage`/`config`: one virtual stage of build_gpt_chunks (`config` carries `recompute`).
     Needs megatron-core's parallel_state to be initialised (see runtime.distributed).
     """
     from megatron.core import parallel_state
@@ -188,9 +192,7 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, precision: Pr
     pipeline stage (interleaved 1F1B). Rank r of PP holds virtual stages r, r + PP, r + 2PP, ...
     of the PP x VPP equal slices of the layers; the chunks share one TransformerConfig, as
     megatron-core's schedules expect (they read it from the first chunk)."""
-    if parallel.vpp == 1:
-        return [build_gpt_model(model, parallel, precision, init_seed=init_seed, recompute=recompute)]
     config = build_transformer_config(model, parallel, precision, perform_initialization=init_seed is None,
                                       recompute=recompute)
-    return [build_gpt_model(model, parallel, precision, vp_stage=i, init_seed=init_seed, config=config)
-            for i in range(parallel.vpp)]
+    return [build_gpt_model(model, parallel, precision, vp_stage=i if parallel.vpp > 1 else None,
+                            init_seed=init_seed, config=config) for i in range(parallel.vpp)]

@@ -212,6 +212,54 @@ def _patch_torch_norm_for_sequence_parallel() -> None:
     WrappedTorchNorm.__new__ = staticmethod(new)
 
 
+def _distributed_optimizer_loads_without_apex() -> None:
+    """Adapts: loading a distributed optimizer's checkpoint without Apex or Transformer Engine
+    (megatron-core then uses torch's Adam, whose per-parameter state holds a `step` tensor).
+    Describing what to load reads that step from the optimizer's state, which a freshly built
+    optimizer does not have yet (AssertionError): it gets zero Adam state first (the load
+    overwrites it). Loading then gives every state a `step` and copies each of the state's
+    tensors from the checkpoint's shard, which keeps the step per group, not per parameter
+    (KeyError 'step'): the step is set aside while the others are copied. And that step is one
+    tensor shared by every parameter's state, which torch's Adam increments once per parameter
+    each step (wrong bias correction from the first step after a resume): each gets its own."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    sharded_state_dict = DistributedOptimizer.sharded_state_dict
+    set_states = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def sharded_state_dict_(self, model_sharded_state_dict, is_loading=False, *args, **kwargs):
+        if is_loading:
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    state = self.optimizer.state[p]
+                    if not state:
+                        state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(p),
+                                     exp_avg_sq=torch.zeros_like(p))
+        return sharded_state_dict(self, model_sharded_state_dict, is_loading, *args, **kwargs)
+
+    def set_states_(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None)
+        try:
+            return set_states(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    load_state_dict = DistributedOptimizer.load_state_dict
+
+    def load_state_dict_(self, state_dict):
+        load_state_dict(self, state_dict)
+        for state in self.optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+    DistributedOptimizer.sharded_state_dict = sharded_state_dict_
+    DistributedOptimizer.load_state_dict = load_state_dict_
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states_
+
+
 def _eager(fn=None, **kwargs):
     """torch.compile's signature, returning what it is given (used as a decorator too)."""
     return fn if fn is not None else (lambda f: f)
@@ -322,6 +370,7 @@ def activate() -> bool:
     _patch_torch_norm_for_sequence_parallel()
     _cuda_to_cpu_in_recompute()
     _in_process_checkpoint_results()
+    _distributed_optimizer_loads_without_apex()
 
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()

@@ -7,7 +7,8 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
 - gradients: fp32 DDP buffers, 4 bytes per parameter;
 - optimizer: fp32 main weights + Adam m and v, 12 bytes per parameter (fp32 training: 8),
   divided by DP with the distributed optimizer;
-- teacher: weights only (frozen, no grads or optimizer state), in the run's dtype;
+- teacher: weights only (frozen, no grads or optimizer state), in the run's dtype; under PP its
+  hidden states in the stage inputs kept for backward, one per micro-batch in flight;
 - activations: s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence parallelism), attention
   scores not kept (flash/fused kernels; `train.recompute: selective` gives the same on any
   kernel); with `train.recompute: full` each recompute unit's input (s*b*h) plus one unit's
@@ -94,6 +95,10 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
     parts["activations"] = stage * pp * (1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1) * wbytes / 2
     if teacher is not None:  # the teacher's forward keeps no activations, only a layer's worth
         parts["activations"] += s * b * teacher.hidden_size * 10 * wbytes / 2
+        if pp > 1:  # and its hidden states in the stage inputs kept for backward (micro-batches in flight)
+            in_flight = pp * (1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1)
+            parts["activations"] += in_flight * s / (tp if cfg.parallel.sequence_parallel else 1) * b \
+                * teacher.hidden_size * wbytes
     parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes)
     parts["reserve (CUDA, NCCL)"] = RESERVE
     return Plan(tp, pp, dp, parts, vpp)
@@ -127,10 +132,12 @@ def suggest(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, gpu_bytes: f
     return min(options, key=lambda o: (o[0], o[1]))[2] if options else None
 
 
-def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int, pp: int) -> bool:
+def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int, pp: int,
+                  vpp: int | None = None) -> bool:
     cand = copy.deepcopy(cfg)
     cand.parallel.tp, cand.parallel.pp, cand.parallel.distributed_optimizer = tp, pp, True
-    cand.parallel.vpp = cfg.parallel.vpp if pp > 1 else 1  # the recipe's virtual stages where they apply
+    # the recipe's virtual stages where they apply
+    cand.parallel.vpp = vpp or (cfg.parallel.vpp if pp > 1 else 1)
     cand.parallel.world_size = None
     try:
         validate(cand, gpus)
@@ -170,7 +177,7 @@ def format_plan(plan: Plan, gpu_bytes: float, title: str) -> list[str]:
     return lines
 
 
-def pipeline_line(cfg: RunConfig, plan: Plan) -> str | None:
+def pipeline_line(cfg: RunConfig, plan: Plan, teacher: ModelConfig | None, gpus: int) -> str | None:
     """The pipeline bubble of the run's schedule: (PP-1) / (VPP x M) of a step, M the micro-batches
     per step of a data-parallel replica (Narayanan et al. 2021); None without PP."""
     if plan.pp == 1:
@@ -179,8 +186,6 @@ def pipeline_line(cfg: RunConfig, plan: Plan) -> str | None:
     bubble = (plan.pp - 1) / (plan.vpp * micro)
     kind = f"interleaved 1F1B, {plan.vpp} virtual stages per rank" if plan.vpp > 1 else "1F1B"
     line = f"pipeline: {kind}, {micro} micro-batches a step; bubble (PP-1)/(VPP x M) = {100 * bubble:.1f}% of the step"
-    layers = cfg.model.num_layers // plan.pp
-    if plan.vpp == 1 and layers % 2 == 0 and micro % plan.pp == 0:
-        line += (f"; parallel.vpp=2 halves it (VPP splits each rank's {layers} layers, of the teacher's too, "
-                 "into virtual stages)")
+    if plan.vpp == 1 and _valid_layout(cfg, teacher, gpus, plan.tp, plan.pp, vpp=2):
+        line += "; parallel.vpp=2 halves it (each rank's layers, the teacher's too, in 2 virtual stages)"
     return line

@@ -23,7 +23,7 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
     from megatron.core import parallel_state
 
     if cfg.parallel.pp != 1:
-        raise ConfigError("mkd analyze runs with parallel.pp=1 (any TP); set parallel.pp=1")
+        raise ConfigError("mkd analyze runs with parallel.pp=1 (any TP); set parallel.pp=1 parallel.vpp=1")
     teacher, _ = prepare_kd(cfg)
     state = TrainState(model=build_ddp_model(cfg, teacher), optimizer=None, scheduler=None)
     load_checkpoint(student_ckpt, state, load_optimizer=False)

@@ -31,11 +31,11 @@ def run_eval(cfg: RunConfig, checkpoint: Path, tasks: list[str] | None = None,
         from megatron_kd.study.lm_eval_adapter import run_tasks  # lazy: lm-eval is optional (and ~3 s to import)
 
         if cfg.parallel.pp != 1:
-            raise ConfigError("--tasks runs with parallel.pp=1 (any TP); set parallel.pp=1")
+            raise ConfigError("--tasks runs with parallel.pp=1 (any TP); set parallel.pp=1 parallel.vpp=1")
         student = unwrap(state.model[0]).eval()
         tasks_out = run_tasks(student, tokenizer, cfg, tasks, include_path, limit)
     result = {"checkpoint": str(checkpoint), "step": info.step, "tokens": info.tokens,
-              "seq_length": cfg.train.seq_length, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp,
+              "seq_length": cfg.train.seq_length, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp,
               "loss": losses, "perplexity": {k: math.exp(min(v, 50.0)) for k, v in losses.items()},
               "sequences": {k: n for k, (_, n) in valid.items()}}
     if tasks_out is not None:

@@ -32,10 +32,8 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
-import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.config.loader import read_yaml, resolve_recipe_path
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
+from megatron_kd.study.jobs import Job, run_jobs
 
 GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
@@ -338,44 +337,23 @@ def build_caches(pending: list[tuple], nproc: int, jobs: int = 1) -> None:
     todo = []
     for cache, users in by_cache.items():
         point, recipe = users[0]
+        teacher = point.meta["teacher"]
         if (Path(cache) / "COMPLETE").is_file():
-            print(f"[sweep] teacher {point.meta['teacher']}: cache {cache} complete, reused by "
-                  f"{len(users)} points", flush=True)
+            print(f"[sweep] teacher {teacher}: cache {cache} complete, reused by {len(users)} points", flush=True)
             continue
-        print(f"[sweep] teacher {point.meta['teacher']}: one teacher pass into {cache} for {len(users)} "
-              "points", flush=True)
         cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(recipe), "--out", cache,
                "--top-k", str(point.meta["cache_top_k"])] + (["--nproc", str(nproc)] if nproc > 1 else [])
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        todo.append((point, cmd))
-    running: list[tuple] = []
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        log = Path(f"{cache}.log")  # beside the cache: caches/NAME.log
 
-    def reap(proc, point, log) -> None:
-        proc.wait()
-        log.close()
-        lines = Path(log.name).read_text().strip().splitlines() or ["(no output)"]
-        if proc.returncode != 0:
-            for p, *_ in running:  # the others are stopped: a failed sweep leaves no stray jobs
-                if p is not proc:
-                    p.kill()
-            raise ConfigError(f"the teacher cache job for {point.meta['teacher']} failed: {lines[-1]}; "
-                              f"log: {log.name}")
-        print(f"[sweep] {lines[-1]}", flush=True)
+        def done(code: int, text: str, teacher=teacher, log=log) -> None:
+            last = (text.strip().splitlines() or ["(no output)"])[-1]
+            if code != 0:
+                raise ConfigError(f"the teacher cache job for {teacher} failed: {last}; log: {log}")
+            print(f"[sweep] {last}", flush=True)
 
-    for point, cmd in todo:
-        while len(running) >= max(1, jobs):
-            done = next((r for r in running if r[0].poll() is not None), None)
-            if done is None:
-                time.sleep(0.5)
-                continue
-            reap(*done)
-            running.remove(done)
-        log = open(f"{cmd[cmd.index('--out') + 1]}.log", "w")  # beside the cache: caches/NAME.log
-        running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), point, log))
-    while running:
-        reap(*running[0])
-        running.pop(0)
+        todo.append(Job(cmd, log, done, start=f"[sweep] teacher {teacher}: one teacher pass into {cache} for "
+                                              f"{len(users)} points"))
+    run_jobs(todo, jobs)
 
 
 def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None = None) -> list[str]:
@@ -389,38 +367,20 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
         else:
             pending.append((point, recipe, run_dir))
     build_caches(pending, nproc, jobs)
-    running: list[tuple] = []
     ran = []
+    todo = []
+    for point, recipe, run_dir in pending:
+        cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]
+        cmd += ["--nproc", str(nproc)] if nproc > 1 else []
 
-    def reap(block: bool) -> None:
-        for item in list(running):
-            point, run_dir, proc, log = item
-            if not block and proc.poll() is None:
-                continue
-            proc.wait()
-            log.close()
-            running.remove(item)
-            text = (run_dir / "train.log").read_text()
-            if proc.returncode != 0:
+        def done(code: int, text: str, point=point, log=run_dir / "train.log") -> None:
+            if code != 0:
                 last = (text.strip().splitlines() or ["failed"])[-1]
-                raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
-            done = [line for line in text.splitlines() if line.startswith(("done:", "already complete:"))]
-            print(f"[sweep] {point.name}: {done[-1] if done else 'finished'}", flush=True)
+                raise ConfigError(f"sweep point {point.name} failed ({last}); log: {log}")
+            ends = [line for line in text.splitlines() if line.startswith(("done:", "already complete:"))]
+            print(f"[sweep] {point.name}: {ends[-1] if ends else 'finished'}", flush=True)
             ran.append(point.name)
 
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    for point, recipe, run_dir in pending:
-        while len(running) >= max(1, jobs):
-            reap(block=False)
-            if len(running) >= max(1, jobs):
-                time.sleep(0.5)
-        print(f"[sweep] {point.name}: training", flush=True)
-        cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]
-        if nproc > 1:
-            cmd += ["--nproc", str(nproc)]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(run_dir / "train.log", "w")
-        running.append((point, run_dir, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    while running:
-        reap(block=True)
+        todo.append(Job(cmd, run_dir / "train.log", done, start=f"[sweep] {point.name}: training"))
+    run_jobs(todo, jobs)
     return ran

@@ -7,7 +7,7 @@ import math
 import torch
 
 from megatron_kd.config.schema import RunConfig
-from megatron_kd.data.batches import schedule_iterators
+from megatron_kd.data.batches import masked_after, schedule_iterators
 from megatron_kd.distill.model import DistillationModel
 from megatron_kd.training.steps import (
     StepContext,
@@ -21,8 +21,9 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
     """Mean per-token LM loss of each validation set (the same number on every rank).
 
     Each set's first `n` sequences (n from build_datasets, rounded down to whole micro-batches
-    over the data-parallel ranks, and with virtual pipeline stages to a multiple of PP
-    micro-batches, which that schedule needs) are evaluated, in order, every time.
+    over the data-parallel ranks) are evaluated, in order, every time, at any layout. (With
+    virtual pipeline stages the schedule runs micro-batches in groups of PP: the last group is
+    filled with micro-batches whose loss mask is zero.)
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -37,11 +38,12 @@ def evaluate(cfg: RunConfig, model_chunks: list, valid_sets: dict) -> dict[str, 
     results = {}
     try:
         for name, (dataset, n) in valid_sets.items():
-            num_micro = max(1, n // (micro * dp))
+            real = num_micro = max(1, n // (micro * dp))
+            it = schedule_iterators(dataset, micro, parallel_state.get_data_parallel_rank(), dp, len(model_chunks))
             if len(model_chunks) > 1:  # interleaved: groups of PP micro-batches
                 pp = parallel_state.get_pipeline_model_parallel_world_size()
-                num_micro = max(pp, num_micro - num_micro % pp)
-            it = schedule_iterators(dataset, micro, parallel_state.get_data_parallel_rank(), dp, len(model_chunks))
+                num_micro = -(-real // pp) * pp
+                it = [masked_after(chunk_it, real) for chunk_it in it]
             with torch.no_grad():
                 reports = get_forward_backward_func()(
                     forward_step_func=forward_step, data_iterator=it, model=model_chunks,

@@ -9,14 +9,10 @@ import secrets
 from pathlib import Path
 
 from megatron_kd.config.schema import WandbConfig
+from megatron_kd.console import first_line, hms
 from megatron_kd.errors import SetupError
 
 log = logging.getLogger("megatron_kd.train")
-
-
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def import_wandb():
@@ -46,7 +42,7 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, run_name: str, config: dict):
                          tags=list(cfg.tags) or None, mode=cfg.mode, dir=str(run_dir), id=run_id, resume="allow",
                          config={**config, "point": dict(cfg.point)})
     except Exception as exc:  # no login, no network, a bad entity: one line, not wandb's traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc, 300)
         raise SetupError(f"W&B could not start a run ({first}); run `wandb login`, or set "
                          "logging.wandb.mode=offline (sync later with `wandb sync`)") from exc
     run.define_metric("step")
@@ -97,7 +93,7 @@ class MetricsWriter:
             kd = f" (lm {m['lm loss']:.4f}, kd {m['kd loss']:.4f}, alpha {m['alpha']:.3g})"
         log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f%s | %.0f tok/s | ETA %s",
                  step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], extra, tok_per_s,
-                 _fmt_eta(eta_s))
+                 hms(eta_s))
 
     def close(self) -> None:
         if not self.enabled:

@@ -123,8 +123,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
 
             return logits, loss_func
 
-        batches = [iter([_batch(dataset, padded[i:i + micro]) for i in range(0, len(padded), micro)])
-                   for _ in teacher]
+        micro_batches = [_batch(dataset, padded[i:i + micro]) for i in range(0, len(padded), micro)]
+        batches = [iter(micro_batches) for _ in teacher]  # each chunk reads the same ones
         with torch.no_grad():
             get_forward_backward_func()(forward_step_func=forward_step,
                                         data_iterator=batches[0] if len(teacher) == 1 else batches, model=teacher,

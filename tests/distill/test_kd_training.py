@@ -98,6 +98,6 @@ def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_p
     # the teacher is split over the student's pipeline and virtual stages too
     r = mkd(*run(text_corpus, tmp_path / "v", "train.steps=3", f"teacher.checkpoint={teacher}", "model.num_layers=8",
                  "parallel.pp=2", "parallel.vpp=4"), "--nproc", "2", check=False)
-    assert r.returncode == 2 and "teacher model.num_layers=4 is not divisible by parallel.pp x parallel.vpp = 2 x 4" \
-        in r.stderr, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert "the teacher's model.num_layers=4 is not divisible by parallel.pp x parallel.vpp = 2 x 4" in r.stderr
     assert not (tmp_path / "v").exists()

@@ -1,6 +1,7 @@
 """Same seed, same run, at any layout: training from scratch (no weights loaded) gives the same
 losses at every step at PP=2 and TP=2 x PP=2 as in one process, for plain pretraining and for a
-KD pair; a seed checkpoint written at TP=1 and loaded at TP=2 x PP=2 starts the same run."""
+KD pair, and at PP=2 x VPP=2 (interleaved 1F1B) for a KD pair; a seed checkpoint written at TP=1
+and loaded at TP=2 x PP=2 starts the same run."""
 
 import pytest
 
@@ -42,29 +43,37 @@ def test_pretraining_from_scratch_is_layout_free(tmp_path):
     _close(_losses(tmp_path / "from-seed"), ref, "seed checkpoint at tp2pp2")
 
 
-def test_kd_from_scratch_is_layout_free(tmp_path):
-    teacher = tmp_path / "teacher"
-    mkd("train", "train/tiny-mock", "train.steps=3", "run.seed=99", f"run.dir={teacher}", timeout=600)
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A 4-layer tiny teacher (3 steps): it splits into PP=2 stages and PP=2 x VPP=2 chunks."""
+    d = tmp_path_factory.mktemp("teacher")
+    mkd("train", "train/tiny-mock", "train.steps=3", "run.seed=99", "model.num_layers=4",
+        "train.global_batch_size=8", f"run.dir={d}", timeout=600)
+    return d
+
+
+def test_kd_from_scratch_is_layout_free(teacher, tmp_path):
+    # (PP=2 alone: tests/distill/test_kd_training.py, and PP=2 x VPP=2 below)
     kd = [*STEPS, f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "kd.temperature=2.0"]
     mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'one'}", timeout=600)
     ref = _losses(tmp_path / "one")
-    for name, (layout, nproc) in LAYOUTS.items():
-        mkd("train", "train/tiny-mock", *kd, *layout, f"run.dir={tmp_path / name}", "--nproc", nproc, timeout=600)
-        _close(_losses(tmp_path / name), ref, f"kd {name}")
-    kd_rows = read_metrics(tmp_path / "pp2")
+    layout, nproc = LAYOUTS["tp2pp2"]
+    mkd("train", "train/tiny-mock", *kd, *layout, f"run.dir={tmp_path / 'tp2pp2'}", "--nproc", nproc, timeout=600)
+    _close(_losses(tmp_path / "tp2pp2"), ref, "kd tp2pp2")
+    kd_rows = read_metrics(tmp_path / "tp2pp2")
     assert all(r["alpha"] == 0.5 and r["temperature"] == 2.0 and r["kd_loss"] > 0 for r in kd_rows)
 
 
-def test_interleaved_pipeline_kd_equals_one_process(tmp_path):
+def test_interleaved_pipeline_kd_equals_one_process(teacher, tmp_path):
     """parallel.vpp: PP=2 x VPP=2 (rank 0 holds layers 0 and 2, rank 1 layers 1 and 3, of the
-    student and of the teacher) trains a KD pair as one process does; its checkpoint resumes
-    at PP=1; a teacher cache written at PP=2 x VPP=2 trains a PP=2 x VPP=2 student the same.
-    Tied embeddings: their gradient is summed between the first and the last virtual stage."""
+    student and of the teacher) trains a KD pair as one process does, and validates on the same
+    3 micro-batches (the schedule's groups of PP filled with masked ones); a checkpoint written
+    at PP=2 x VPP=2 x DP=2 with the distributed optimizer resumes at PP=1; a teacher cache
+    written at PP=2 x VPP=2 trains a PP=2 x VPP=2 student the same. Tied embeddings: their
+    gradient is summed between the first and the last virtual stage."""
     four = ["model.num_layers=4", "train.global_batch_size=8"]  # 4 micro-batches a step
-    teacher = tmp_path / "teacher"
-    mkd("train", "train/tiny-mock", "train.steps=3", "run.seed=99", *four, f"run.dir={teacher}", timeout=600)
     kd = [*STEPS, *four, f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "kd.temperature=2.0",
-          "model.untie_embeddings_and_output_weights=false"]
+          "model.untie_embeddings_and_output_weights=false", "logging.eval_samples=6"]
     vpp = ["parallel.pp=2", "parallel.vpp=2", "--nproc", 2]
     mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'one'}", timeout=600)
     ref = read_metrics(tmp_path / "one")
@@ -75,10 +84,11 @@ def test_interleaved_pipeline_kd_equals_one_process(tmp_path):
     assert "val/mock" in ref[-1]
     assert all(r["kd_loss"] > 0 for r in ref)
 
-    # stopped at step 2 at PP=2 x VPP=2, resumed at PP=1 (model and optimizer resharded)
-    mkd("train", "train/tiny-mock", *kd, *vpp, "train.stop_at_step=2", f"run.dir={tmp_path / 'resumed'}",
-        timeout=600)
-    mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'resumed'}", timeout=600)
+    # stopped at step 2 at PP=2 x VPP=2 x DP=2, resumed at PP=1 (model and distributed optimizer resharded)
+    dist_opt = [*kd, "parallel.distributed_optimizer=true", f"run.dir={tmp_path / 'resumed'}"]
+    mkd("train", "train/tiny-mock", *dist_opt, "train.stop_at_step=2", "parallel.pp=2", "parallel.vpp=2",
+        "--nproc", 4, timeout=600)
+    mkd("train", "train/tiny-mock", *dist_opt, timeout=600)
     _close(_losses(tmp_path / "resumed"), [r["loss"] for r in ref], "vpp checkpoint resumed at pp1")
 
     # the cache job at PP=2 x VPP=2 (the teacher alone), a PP=2 x VPP=2 student from it
