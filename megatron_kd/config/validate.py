@@ -211,7 +211,10 @@ def _validate_run_dir(run_dir: str) -> None:
     system root, the home directory, the working directory itself, or inside the recipes or
     the package."""
     _require(run_dir.strip() != "", "run.dir is empty; name a directory for the run, e.g. run.dir=runs/NAME")
-    path = Path(run_dir).expanduser().absolute()
+    _require(not run_dir.startswith("~"),
+             f"run.dir={run_dir} starts with '~', which is not expanded here (nor by the shell after '='); "
+             "write the full path, e.g. run.dir=$HOME/runs/NAME")
+    path = Path(run_dir).absolute()
     resolved = path.resolve()
     for forbidden, what in ((Path("/"), "the file system root"), (Path.home().resolve(), "your home directory"),
                             (Path.cwd().resolve(), "the working directory")):

@@ -190,6 +190,14 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def progress_line(n_docs: int, n_tokens: int, elapsed: float, frac: float) -> str:
+    """The progress line: counts, speed, the share of the input read (by bytes or rows) and the
+    time left at the speed so far."""
+    eta = hms(elapsed * (1 - frac) / frac) if frac > 0 else "?"
+    return (f"{n_docs:,} documents | {n_tokens:,} tokens | {n_tokens / max(elapsed, 1e-9):,.0f} tokens/s | "
+            f"{100 * frac:.0f}% | ETA {eta}")
+
+
 def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                json_key: str = "text", workers: int = 2, eod_token: str | None = None,
                batch_docs: int = 64, progress: bool = True, shard_tokens: int | None = None) -> PreprocessSummary:
@@ -241,10 +249,8 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                 now = time.perf_counter()
                 if progress and now - last > 1.0:
                     last = now
-                    rate = n_tokens / (now - t0)
-                    eta = hms((now - t0) * (1 - frac) / frac) if frac > 0 else "?"
-                    print(f"\r  {n_docs:,} documents | {n_tokens:,} tokens | {rate:,.0f} tokens/s | "
-                          f"{100 * frac:.0f}% | ETA {eta}  ", end="", file=sys.stderr, flush=True)
+                    print(f"\r  {progress_line(n_docs, n_tokens, now - t0, frac)}  ", end="", file=sys.stderr,
+                          flush=True)
         if n_docs == 0 or n_tokens == 0:
             raise ConfigError(f"no documents found in {', '.join(map(str, inputs))}; check the files and "
                               f"--key ({json_key})")

@@ -27,6 +27,7 @@ CASES = [
     (["data.mock=false", "data.train=[a]", "data.tokenizer=t", "data.split=90,10"],
      r"data.split='90,10' must be three non-negative weights"),
     (["checkpoint.save_at_tokens=[0]"], r"save_at_tokens must be positive"),
+    (["run.dir=~/runs/x"], r"run.dir=~/runs/x starts with '~', which is not expanded here"),
     (["parallel.vpp=2"], r"parallel.vpp=2 splits each pipeline rank's layers .* needs parallel.pp >= 2, got pp=1"),
     (["parallel.pp=2", "parallel.vpp=0"], r"parallel.vpp must be >= 1"),
     (["parallel.pp=2", "parallel.vpp=2"],

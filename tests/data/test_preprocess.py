@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_kd.data.preprocess import preprocess, read_meta
+from megatron_kd.data.preprocess import preprocess, progress_line, read_meta
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
 from tests.conftest import pydoc_documents
@@ -87,3 +87,11 @@ def test_cli_train_tokenizer_and_preprocess(tmp_path):
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "d2.bin").read_bytes() == (tmp_path / "d.bin").read_bytes()
+
+
+def test_progress_line_arithmetic():
+    # a quarter of the input in 30 s: 90 s left; 1.2M tokens in 30 s: 40,000 tokens/s
+    assert progress_line(1234, 1_200_000, 30.0, 0.25) == \
+        "1,234 documents | 1,200,000 tokens | 40,000 tokens/s | 25% | ETA 0:01:30"
+    assert progress_line(5, 10, 2.0, 0.0).endswith("| 0% | ETA ?")
+    assert progress_line(10, 10, 4000.0, 0.5).endswith("ETA 1:06:40")
