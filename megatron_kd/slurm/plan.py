@@ -92,11 +92,11 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
         stage = (layers / unit) * s * b * h * 2 + unit * per_layer
     else:  # selective recompute drops what flash attention already does not keep
         stage = per_layer * layers
-    parts["activations"] = stage * pp * (1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1) * wbytes / 2
+    in_flight = pp * (1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1)  # stage-sized micro-batches kept
+    parts["activations"] = stage * in_flight * wbytes / 2
     if teacher is not None:  # the teacher's forward keeps no activations, only a layer's worth
         parts["activations"] += s * b * teacher.hidden_size * 10 * wbytes / 2
-        if pp > 1:  # and its hidden states in the stage inputs kept for backward (micro-batches in flight)
-            in_flight = pp * (1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1)
+        if pp > 1:  # and its hidden states in the stage inputs kept for backward
             parts["activations"] += in_flight * s / (tp if cfg.parallel.sequence_parallel else 1) * b \
                 * teacher.hidden_size * wbytes
     parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes)

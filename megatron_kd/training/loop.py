@@ -46,7 +46,6 @@ from megatron_kd.training.steps import (
     broadcast_from_last_stage,
     make_forward_step,
     reduce_reports,
-    schedule_kwargs,
 )
 
 log = logging.getLogger("megatron_kd.train")
@@ -63,8 +62,6 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
     state.optimizer.zero_grad()
     dp = parallel_state.get_data_parallel_world_size()
     num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-    if state.schedule_kwargs is None:  # built once per run
-        state.schedule_kwargs = schedule_kwargs(cfg, state.model)
     reports = get_forward_backward_func()(
         forward_step_func=make_forward_step(ctx),
         data_iterator=data_iterator,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import train_steps
 from megatron_kd.distill.model import DistillationModel, build_teacher
 from megatron_kd.models.gpt import build_gpt_chunks
+from megatron_kd.training.steps import schedule_kwargs
 
 
 @dataclass
@@ -21,7 +22,7 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     tokenizer_info: dict | None = None  # recorded in checkpoints
-    schedule_kwargs: dict | None = None  # extra arguments of the pipeline schedule (training/steps.py)
+    schedule_kwargs: dict = field(default_factory=dict)  # extra arguments of the pipeline schedule
 
 
 def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
@@ -124,4 +125,5 @@ def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None,
         config.grad_sync_func = model[0].start_grad_sync if one else [m.start_grad_sync for m in model]
     if cfg.parallel.overlap_param_gather:  # parameters gathered chunk by chunk in the next forward
         config.param_sync_func = model[0].start_param_sync if one else [m.start_param_sync for m in model]
-    return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
+    return TrainState(model=model, optimizer=optimizer, scheduler=scheduler,
+                      schedule_kwargs=schedule_kwargs(cfg, model))
