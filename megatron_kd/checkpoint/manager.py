@@ -32,6 +32,7 @@ from megatron_kd.checkpoint.refs import (
     read_state,
     write_state,
 )
+from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
@@ -137,7 +138,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
                 "world_size": torch.distributed.get_world_size(),
                 "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp},
                 "padded_vocab_size": padded_vocab(cfg.model, cfg.parallel.tp),
-                "tokenizer": state.tokenizer_info}
+                "tokenizer": state.tokenizer_info, "teacher": state.teacher_identity}
         dump_config(cfg, partial / "config.yaml")
         if tokenizer_file:
             shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
@@ -187,6 +188,7 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
 
     path = Path(path)
     meta = read_state(path)
+    check_checkpoint_pickles(path)  # before megatron-core unpickles anything in it
     optimizer = state.optimizer if load_optimizer else None
     sharded = _sharded_state(state.model, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(sharded, str(path))

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from megatron_kd.checkpoint.refs import is_checkpoint
+from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles
 from megatron_kd.errors import ConfigError
 
 
@@ -59,6 +60,7 @@ def load_model_weights(model, directory: str | Path, strict: bool = True) -> Non
     from megatron.core import dist_checkpointing
 
     chunks = chunks_of(model)
+    check_checkpoint_pickles(directory)  # before megatron-core unpickles anything in it
     training_ckpt = is_checkpoint(directory)
     sharded = sharded_model_state(chunks)
     state = dist_checkpointing.load({"model": sharded} if training_ckpt else sharded, str(directory))

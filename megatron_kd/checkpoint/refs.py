@@ -42,7 +42,9 @@ def read_state(path: str | Path) -> dict:
         raise ConfigError(f"checkpoint {path} is damaged: {f.name} is not valid JSON ({str(exc)[:120]}); "
                           "delete the checkpoint to resume from an earlier one") from exc
     problem = _schema_problem(state)
-    if problem is None and "state_crc" in state and state_checksum(state) != state["state_crc"]:
+    if problem is None and "state_crc" not in state:
+        problem = "has no 'state_crc' (every save writes one: it was removed or hand-written)"
+    if problem is None and state_checksum(state) != state["state_crc"]:
         problem = "was edited after the save (its own checksum does not match)"
     if problem:
         raise ConfigError(f"checkpoint {path} is damaged: {f} {problem}; delete the checkpoint to "
@@ -53,7 +55,8 @@ def read_state(path: str | Path) -> dict:
 # key -> the types its value may have; the first three every checkpoint has
 _STATE_SCHEMA = {"step": (int,), "kind": (str,), "state_crc": (str,), "tokens": (int,), "consumed_samples": (int,),
                  "padded_vocab_size": (int, type(None)), "files": (dict,), "checksums": (dict,),
-                 "scheduler": (dict,), "world_size": (int,), "tokenizer": (dict, type(None))}
+                 "scheduler": (dict,), "world_size": (int,), "tokenizer": (dict, type(None)),
+                 "teacher": (dict, type(None))}
 _REQUIRED = ("step", "kind", "tokens")
 
 
@@ -109,7 +112,7 @@ def verify_checkpoint(path: str | Path) -> dict:
     """The checkpoint's state, after checking every file it was saved with is there, whole
     (sizes recorded at save time) and unchanged (a checksum per file, when the checkpoint has
     them): a truncated, partly copied or corrupted checkpoint fails here, with its name, before
-    any process group starts."""
+    any process group starts; and that every pickle in it is plain data (safe_load)."""
     path = Path(path)
     state = read_state(path)
     for rel, size in (state.get("files") or {}).items():
@@ -129,6 +132,9 @@ def verify_checkpoint(path: str | Path) -> dict:
             raise ConfigError(f"checkpoint {path} is corrupt: {rel} does not match the checksum written "
                               "with it (changed after the save); delete it to resume from an earlier "
                               "checkpoint, or point at a good copy")
+    from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles  # lazy: it imports torch
+
+    check_checkpoint_pickles(path)  # every pickle in it holds data only (nothing runs on load)
     return state
 
 

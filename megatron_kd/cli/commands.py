@@ -6,6 +6,7 @@ first imported after the CPU compatibility layer is active (runtime.distributed)
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -231,9 +232,37 @@ def cmd_teacher_cache(args) -> int:
     return _launch(args, cfg, body)
 
 
+EVAL_RESULT_KEYS = {"checkpoint", "step", "tokens", "loss"}  # a file `mkd eval --json-out` wrote
+
+
+def check_json_out(target: str) -> Path:
+    """`--json-out` writes only where `mkd eval` owns the file: never inside a checkpoint or a
+    run directory (their files are the run's, its state file included), never over a file that
+    is not an earlier eval result. Checked before the eval runs."""
+    path = Path(target).absolute()
+    for d in path.parents:
+        run_dir = (d / "checkpoints").is_dir() and (d / "config.yaml").is_file() or (d / ".mkd.lock").exists()
+        if (d / "mkd_state.json").is_file() or run_dir:
+            raise ConfigError(f"--json-out {target} is inside {d}, a checkpoint or run directory whose files "
+                              "belong to it (the eval already writes RUN_DIR/eval/NAME.json); choose a path "
+                              "outside it")
+    if path.is_dir() or path.is_symlink():
+        raise ConfigError(f"--json-out {target} is a directory or a link; give a file path")
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            old = None
+        if not (isinstance(old, dict) and EVAL_RESULT_KEYS <= set(old)):
+            raise ConfigError(f"--json-out {target} exists and is not an earlier `mkd eval` result; it is left "
+                              "as it is: choose another path or remove it yourself")
+    return path
+
+
 def cmd_eval(args) -> int:
     from megatron_kd.study.evaluation import run_eval
 
+    json_out = check_json_out(args.json_out) if args.json_out else None
     ckpt = resolve_checkpoint(args.checkpoint)
     cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", "teacher.checkpoint=null",  # the student alone
                               *args.overrides], state=verify_checkpoint(ckpt))
@@ -252,11 +281,11 @@ def cmd_eval(args) -> int:
                                   if isinstance(v, float) and "stderr" not in k)
                 print(f"  task {task}: {shown}")
             print(f"written: {r['written']}")
-            if args.json_out:
-                import json
-
-                Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json_out).write_text(json.dumps(r, indent=2))
+            if json_out:
+                json_out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = json_out.with_name(f".{json_out.name}.tmp")
+                tmp.write_text(json.dumps(r, indent=2))
+                tmp.replace(json_out)
 
     return _launch(args, cfg, body)
 

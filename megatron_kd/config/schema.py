@@ -77,6 +77,9 @@ class DataConfig:
     split: str = "100,0,0"  # train/valid/test split of the training blend (megatron-core style)
     valid: dict[str, str] = field(default_factory=dict)  # named validation sets: name -> prefix
     seed: Optional[int] = None  # data order seed; None = run.seed
+    # Data without a tokenizer record (PREFIX.meta.json, written by `mkd data preprocess`), e.g.
+    # made by Megatron-LM's own tool, is refused unless this says its tokenizer is data.tokenizer.
+    trust_unverified: bool = False
 
 
 @dataclass

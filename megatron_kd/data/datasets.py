@@ -16,9 +16,9 @@ import torch
 
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import parse_split
-from megatron_kd.data.preprocess import read_meta
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json
 
 
 @dataclass
@@ -95,16 +95,20 @@ def largest_token_id(bin_: Path, dtype) -> int:
     return max((int(data[i:i + step].max()) for i in range(0, len(data), step)), default=-1)
 
 
-def check_prefix(prefix: str, tokenizer, what: str, token_ids: bool = False) -> int:
+def check_prefix(prefix: str, tokenizer, what: str, token_ids: bool = False,
+                 trust_unverified: bool = False) -> int:
     """Fail clearly on a missing, truncated or foreign dataset; returns its token count.
     `token_ids`: also read the whole .bin for ids beyond the vocabulary (once per launch, in the
-    preflight; not on every rank)."""
+    preflight; not on every rank). Data without a record of its tokenizer is refused unless
+    `trust_unverified` (data.trust_unverified): ids of another tokenizer would train silently."""
     idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
     for f in (idx, bin_):
         if not f.is_file():
             raise ConfigError(f"{what} '{prefix}': {f} not found; create it with "
                               "`mkd data preprocess` (or `mkd data corpus`)")
-    meta = read_meta(prefix)
+    meta = None
+    if Path(f"{prefix}.meta.json").is_file():
+        meta = read_json(Path(f"{prefix}.meta.json"), dict, f"{what} tokenizer record")
     sha = getattr(tokenizer, "sha256", None)
     if meta and sha and meta.get("tokenizer_sha256") not in (None, sha):
         raise ConfigError(
@@ -120,6 +124,11 @@ def check_prefix(prefix: str, tokenizer, what: str, token_ids: bool = False) -> 
     if tokens == 0:
         raise ConfigError(f"{what} '{prefix}' is empty (0 tokens); preprocess a corpus with "
                           "documents into it, or drop it from the recipe")
+    if sha and not (meta and meta.get("tokenizer_sha256")) and not trust_unverified:
+        raise ConfigError(f"{what} '{prefix}' has no record of the tokenizer it was made with "
+                          f"({prefix}.meta.json); re-run `mkd data preprocess` with data.tokenizer, or set "
+                          "data.trust_unverified=true if it was made with this tokenizer (e.g. by "
+                          "Megatron-LM's tools/preprocess_data.py)")
     vocab = getattr(tokenizer, "vocab_size", None)
     if token_ids and vocab is not None:
         top = largest_token_id(bin_, dtype)
@@ -170,7 +179,8 @@ def build_datasets(cfg: RunConfig, tokenizer, num_train_samples: int):
             MockGPTDataset, [num_train_samples, n_eval, 0], lambda: True, config).build())
         return train, {"mock": (valid, n_eval)}
 
-    tokens = {p: check_prefix(p, tokenizer, "data.train") for p in cfg.data.train}
+    trust = cfg.data.trust_unverified
+    tokens = {p: check_prefix(p, tokenizer, "data.train", trust_unverified=trust) for p in cfg.data.train}
     split = parse_split(cfg.data.split)
     weights = cfg.data.train_weights
     config = _gpt_config(cfg, tokenizer, blend=(list(cfg.data.train), weights), split=cfg.data.split)
@@ -185,7 +195,8 @@ def build_datasets(cfg: RunConfig, tokenizer, num_train_samples: int):
     if heldout is not None and heldout_n:
         valid["heldout"] = (heldout, heldout_n)
     for name, prefix in cfg.data.valid.items():
-        n_tokens = check_prefix(prefix, tokenizer, f"data.valid.{name}")
+        n_tokens = check_prefix(prefix, tokenizer, f"data.valid.{name}",
+                                trust_unverified=cfg.data.trust_unverified)
         n = min(n_eval, (n_tokens - 1) // seq)
         if n < 1:
             raise ConfigError(f"data.valid.{name} '{prefix}' has {n_tokens} tokens, fewer than one "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.data.tokenizer import file_sha256
 from megatron_kd.distill.losses import _all_reduce, _Shard
@@ -85,14 +86,63 @@ def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def read_manifest(root: Path) -> dict:
+    """The manifest of a cache, its fields of the right types and consistent with each other (a
+    hand-edited count is one line, not a wrong row read later)."""
     root = Path(root)
     if not (root / MANIFEST).is_file():
         raise ConfigError(f"teacher cache {root} has no {MANIFEST}; write it with `mkd teacher-cache`")
-    m = read_json(root / MANIFEST, dict, "teacher cache manifest")
-    for key in ("fingerprint", "num_samples", "shard_rows", "num_shards"):
+    where = root / MANIFEST
+    m = read_json(where, dict, "teacher cache manifest")
+    for key in ("fingerprint", "num_samples", "shard_rows", "num_shards", "seq_length"):
         if key not in m:
-            raise ConfigError(f"teacher cache manifest {root / MANIFEST} has no '{key}'; write the cache again")
+            raise ConfigError(f"teacher cache manifest {where} has no '{key}'; write the cache again")
+    for key in ("num_samples", "shard_rows", "num_shards", "seq_length"):
+        if not isinstance(m[key], int) or isinstance(m[key], bool) or m[key] < 1:
+            raise ConfigError(f"teacher cache manifest {where} has '{key}': {str(m[key])[:40]}, not an "
+                              "integer >= 1; write the cache again")
+    fp = m["fingerprint"]
+    top_k, vocab = (fp.get("top_k"), fp.get("vocab_size")) if isinstance(fp, dict) else (None, None)
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1 or not (
+            top_k == "all" or (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= vocab)):
+        raise ConfigError(f"teacher cache manifest {where} has no valid fingerprint (vocab_size, top_k); "
+                          "write the cache again")
+    if m["num_shards"] != -(-m["num_samples"] // m["shard_rows"]):
+        raise ConfigError(f"teacher cache manifest {where} is inconsistent: {m['num_samples']} samples in "
+                          f"shards of {m['shard_rows']} rows are not {m['num_shards']} shards (edited?); "
+                          "write the cache again")
     return m
+
+
+def check_shard(root: Path, m: dict, j: int, fields: dict) -> None:
+    """Shard `j` is what the job wrote: each file's CRC-32 as its index records, the shapes the
+    manifest implies, and (top-K caches) every id inside the vocabulary. Read once per shard,
+    streaming (the CRC reads the file in 16 MiB pieces; the id check is one pass over the map)."""
+    d = shard_dir(root, j)
+    if not (d / SHARD_INDEX).is_file():
+        raise ConfigError(f"teacher cache {root}: shard {d.name} is missing or incomplete; run "
+                          "`mkd teacher-cache` again to finish it")
+    index = read_json(d / SHARD_INDEX, dict, "teacher cache shard index")
+    top_k, vocab = m["fingerprint"]["top_k"], m["fingerprint"]["vocab_size"]
+    width = vocab if top_k == "all" else top_k
+    rows = min(m["shard_rows"], m["num_samples"] - j * m["shard_rows"])
+    fix = "delete that shard directory and run `mkd teacher-cache` again (it writes what is missing)"
+    for name in fields:
+        f = d / f"{name}.npy"
+        info = index.get(f.name)
+        if not f.is_file() or not isinstance(info, dict) or info.get("crc32") != file_checksum(f):
+            raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is missing or does not match its "
+                              f"checksum (changed after it was written); {fix}")
+        try:
+            arr = np.load(f, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is not a NumPy array ({exc}); {fix}") from exc
+        want = (rows, m["seq_length"]) + ((width,) if name in ("ids", "logp") else ())
+        if arr.shape != want or arr.dtype != np.dtype(fields[name]):
+            raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} holds {arr.dtype} {arr.shape}, the "
+                              f"manifest says {np.dtype(fields[name])} {want}; {fix}")
+        if name == "ids" and arr.size and (int(arr.min()) < 0 or int(arr.max()) >= vocab):
+            raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} holds token ids outside [0, {vocab}) "
+                              f"(from {int(arr.min())} to {int(arr.max())}); {fix}")
 
 
 def check_kd(kd: KDConfig, top_k) -> str | None:
@@ -249,6 +299,7 @@ class TeacherCache:
         self.vocab_size = self.manifest["fingerprint"]["vocab_size"]
         self.fields = FULL_FIELDS if self.top_k == "all" else TOPK_FIELDS
         self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._checked: set[int] = set()
 
     def _shard(self, j: int) -> dict[str, np.ndarray]:
         if j in self._maps:
@@ -257,6 +308,9 @@ class TeacherCache:
             while len(self._maps) >= OPEN_SHARDS:  # samples come in order: a few maps suffice
                 self._maps.popitem(last=False)
             d = shard_dir(self.root, j)
+            if j not in self._checked:  # checksums, shapes and ids, the first time a shard is used
+                check_shard(self.root, self.manifest, j, self.fields)
+                self._checked.add(j)
             try:
                 self._maps[j] = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in self.fields}
             except (OSError, ValueError) as exc:

@@ -77,6 +77,46 @@ def teacher_model(cfg: RunConfig) -> ModelConfig | None:
     return None
 
 
+def teacher_identity(cfg: RunConfig) -> dict | None:
+    """What a KD run learns from, recorded in each of its checkpoints: the teacher checkpoint
+    (resolved: a run dir means its latest checkpoint), its step and state checksum; or the
+    teacher cache and the teacher it was made from. None without a teacher."""
+    if cfg.teacher.cache:
+        from megatron_kd.distill.cache import read_manifest  # lazy: the cache reader needs torch
+
+        fp = read_manifest(Path(cfg.teacher.cache))["fingerprint"]
+        return {"cache": str(Path(cfg.teacher.cache).resolve()), "teacher": fp.get("teacher"),
+                "top_k": fp.get("top_k")}
+    if cfg.teacher.checkpoint:
+        ckpt = resolve_checkpoint(cfg.teacher.checkpoint)
+        state = read_state(ckpt)
+        return {"checkpoint": str(ckpt.resolve()), "step": state["step"], "state_crc": state["state_crc"]}
+    return None
+
+
+def _describe_identity(ident: dict | None) -> str:
+    if not ident:
+        return "no teacher"
+    if "cache" in ident:
+        t = ident.get("teacher") or {}
+        return f"teacher cache {ident['cache']} (of {t.get('checkpoint', '?')} at step {t.get('step', '?')})"
+    return f"{ident['checkpoint']} at step {ident['step']} ({ident['state_crc']})"
+
+
+def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path) -> None:
+    """A run resumes against the teacher its checkpoint was trained with, or not at all: a
+    teacher retrained in place, another cache, or a teacher added or removed is one line naming
+    both. Checkpoints written before the record existed (no 'teacher' key) are let through."""
+    if "teacher" not in saved_state:
+        return
+    saved, now = saved_state["teacher"], teacher_identity(cfg)
+    if saved != now:
+        hint = (f"set teacher.checkpoint={saved['checkpoint']} to resume against the teacher it started with, "
+                if saved and "checkpoint" in saved else "")
+        raise ConfigError(f"checkpoint {ckpt} was trained against {_describe_identity(saved)}, but this run "
+                          f"names {_describe_identity(now)}; {hint}or start a new run.dir (or --overwrite)")
+
+
 def align_padded_vocab(cfg: RunConfig, teacher: ModelConfig) -> None:
     """Student and teacher logits must be sharded alike: give the student the teacher's padded
     vocabulary when theirs differ (the extra columns are padding and never count)."""

@@ -31,7 +31,7 @@ from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.distill.cache import TeacherCache
 from megatron_kd.distill.objective import KDObjective
 from megatron_kd.distill.schedules import scheduled_value
-from megatron_kd.distill.teacher import align_padded_vocab, resolve_teacher
+from megatron_kd.distill.teacher import align_padded_vocab, resolve_teacher, teacher_identity
 from megatron_kd.errors import MKDError
 from megatron_kd.models.params import train_flops_per_token
 from megatron_kd.runtime import preemption
@@ -183,6 +183,7 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
     tokenizer = load_tokenizer(cfg)
     state = build_train_state(cfg, teacher=teacher)
     state.tokenizer_info = tokenizer.describe()
+    state.teacher_identity = teacher_identity(cfg)
     tokenizer_file = cfg.data.tokenizer
     total = train_steps(cfg)
     per_step = tokens_per_step(cfg)

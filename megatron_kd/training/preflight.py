@@ -14,6 +14,7 @@ from megatron_kd.checkpoint.manager import checkpoint_root
 from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
+from megatron_kd.distill.teacher import check_same_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.training.metrics import import_wandb
 from megatron_kd.training.run_dir import check_run_dir
@@ -51,9 +52,10 @@ def check_data(cfg: RunConfig) -> None:
         return
     tokenizer = load_tokenizer(cfg)
     for prefix in cfg.data.train:
-        check_prefix(prefix, tokenizer, "data.train", token_ids=True)
+        check_prefix(prefix, tokenizer, "data.train", token_ids=True, trust_unverified=cfg.data.trust_unverified)
     for name, prefix in cfg.data.valid.items():
-        check_prefix(prefix, tokenizer, f"data.valid.{name}", token_ids=True)
+        check_prefix(prefix, tokenizer, f"data.valid.{name}", token_ids=True,
+                     trust_unverified=cfg.data.trust_unverified)
 
 
 def preflight_train(cfg: RunConfig, overwrite: bool) -> None:
@@ -65,7 +67,7 @@ def preflight_train(cfg: RunConfig, overwrite: bool) -> None:
     if cfg.checkpoint.resume and not overwrite:
         latest = latest_checkpoint(checkpoint_root(cfg))
         if latest is not None:
-            verify_checkpoint(latest)
+            check_same_teacher(cfg, verify_checkpoint(latest), latest)
     if cfg.checkpoint.load:
         if not Path(cfg.checkpoint.load).is_dir():
             raise ConfigError(f"checkpoint.load '{cfg.checkpoint.load}' does not exist; point at a "

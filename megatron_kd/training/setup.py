@@ -22,6 +22,7 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     tokenizer_info: dict | None = None  # recorded in checkpoints
+    teacher_identity: dict | None = None  # recorded in checkpoints: a resume must name the same teacher
     schedule_kwargs: dict = field(default_factory=dict)  # extra arguments of the pipeline schedule
 
 

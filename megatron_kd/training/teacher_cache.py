@@ -31,6 +31,7 @@ from megatron_kd.distill.cache import (
     MANIFEST,
     SHARD_INDEX,
     TOPK_FIELDS,
+    check_shard,
     differing_fields,
     fingerprint,
     read_manifest,
@@ -40,7 +41,6 @@ from megatron_kd.distill.cache import (
 from megatron_kd.distill.model import build_teacher, sequence_major_logits
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
-from megatron_kd.jsonio import read_json
 
 log = logging.getLogger("megatron_kd.cache")
 SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a top-64 cache at 4k tokens)
@@ -186,24 +186,8 @@ def verify_cache(root: Path) -> str:
     m = read_manifest(root)
     top_k = m["fingerprint"]["top_k"]
     fields = FULL_FIELDS if top_k == "all" else TOPK_FIELDS
-    width = m["fingerprint"]["vocab_size"] if top_k == "all" else top_k
     for j in range(m["num_shards"]):
-        d = shard_dir(root, j)
-        if not (d / SHARD_INDEX).is_file():
-            raise ConfigError(f"teacher cache {root}: shard {d.name} is missing or incomplete; run "
-                              "`mkd teacher-cache` again to finish it")
-        index = read_json(d / SHARD_INDEX, dict, "teacher cache shard index")
-        rows = min(m["shard_rows"], m["num_samples"] - j * m["shard_rows"])
-        for name in fields:
-            f = d / f"{name}.npy"
-            if not f.is_file() or (index.get(f.name) or {}).get("crc32") != file_checksum(f):
-                raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is missing or does not match its "
-                                  "checksum; delete that shard directory and run `mkd teacher-cache` again")
-            shape = np.load(f, mmap_mode="r").shape
-            want = (rows, m["seq_length"]) + ((width,) if name in ("ids", "logp") else ())
-            if shape != want:
-                raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} has shape {shape}, the manifest "
-                                  f"says {want}; delete that shard directory and run the job again")
+        check_shard(root, m, j, fields)
     if not (Path(root) / COMPLETE).is_file():
         raise ConfigError(f"teacher cache {root} is not marked complete; run `mkd teacher-cache` again")
     return (f"teacher cache {root}: {m['num_shards']} shards, {m['num_samples']} samples of "
