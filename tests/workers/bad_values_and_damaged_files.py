@@ -1,7 +1,7 @@
-"""The bad-input catalogue, second round (tests/cli/test_bad_input_round2.py): the hostile round's
-cases, run like the first round's (tests/workers/bad_input.py) through `mkd`'s real entry point.
+"""The bad-input catalogue of values and damaged files (tests/cli/test_bad_values_and_damaged_files.py): the
+cases, run like the first catalogue's (tests/workers/bad_input.py) through `mkd`'s real entry point.
 
-    python -m tests.workers.bad_input_round2 ARTIFACTS.json RESULTS.json
+    python -m tests.workers.bad_values_and_damaged_files ARTIFACTS.json RESULTS.json
 """
 
 from __future__ import annotations

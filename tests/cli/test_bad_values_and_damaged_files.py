@@ -1,4 +1,4 @@
-"""The bad-input catalogue, second round: the cases of a hostile round against the CLI (issue
+"""The bad-input catalogue of values and damaged files: the cases of a hostile round against the CLI (issue
 #20), each held to the first round's rules (tests/cli/test_bad_input.py): the exit code, exactly
 one `error:` line of bounded length naming the problem and the fix, no traceback, nothing
 created, the neighbouring teacher run untouched (hash)."""
@@ -17,7 +17,7 @@ from megatron_kd.data.datasets import _read_index
 from tests.cli.test_bad_input import _copy_prefix, _digest, artifacts  # noqa: F401  (the fixture)
 from tests.distributed import REPO
 from tests.helpers import ENV
-from tests.workers.bad_input_round2 import _bomb
+from tests.workers.bad_values_and_damaged_files import _bomb
 
 pytestmark = pytest.mark.slow
 
@@ -204,13 +204,13 @@ def artifacts2(artifacts):  # noqa: F811  (the first round's fixture, extended)
 @pytest.fixture(scope="module")
 def results2(artifacts2):
     tmp = Path(artifacts2["tmp"]) / "round2"
-    r = subprocess.run([sys.executable, "-m", "tests.workers.bad_input_round2", str(tmp / "artifacts.json"),
+    r = subprocess.run([sys.executable, "-m", "tests.workers.bad_values_and_damaged_files", str(tmp / "artifacts.json"),
                         str(tmp / "results.json")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads((tmp / "results.json").read_text())
 
 
-def test_round2_catalogue_is_complete(results2):
+def test_values_and_files_catalogue_is_complete(results2):
     from tests.cli.test_bad_input import EXPECTED as ROUND1
 
     assert set(results2) == set(EXPECTED)
@@ -218,7 +218,7 @@ def test_round2_catalogue_is_complete(results2):
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
-def test_bad_input_round2(case, results2, artifacts2):
+def test_bad_value_or_damaged_file(case, results2, artifacts2):
     r = results2[case]
     code, text = EXPECTED[case]
     assert r["escaped"] is None, (case, r["escaped"])
