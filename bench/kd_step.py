@@ -43,10 +43,9 @@ def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int | None) -> N
     batch stream, as `mkd teacher-cache` writes it."""
     import json
 
-    import numpy as np
-
-    from megatron_kd.distill.cache import COMPLETE, FULL_FIELDS, MANIFEST, TOPK_FIELDS, shard_dir, teacher_rows
+    from megatron_kd.distill.cache import COMPLETE, FULL_FIELDS, MANIFEST, TOPK_FIELDS, teacher_rows
     from megatron_kd.distill.model import sequence_major_logits
+    from megatron_kd.training.teacher_cache import _write_shard
 
     stream, parts = _batches(cfg, 0), []
     with torch.no_grad():
@@ -54,11 +53,9 @@ def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int | None) -> N
             b = next(stream)
             z = teacher(b["tokens"], b["position_ids"], None, output_processor=sequence_major_logits)
             parts.append(teacher_rows(z, b["labels"].t(), cfg.model.vocab_size, top_k, None))
-    d = shard_dir(root, 0)
-    d.mkdir(parents=True)
-    for name, dtype in (TOPK_FIELDS if top_k else FULL_FIELDS).items():
-        np.save(d / f"{name}.npy", torch.cat([p_[name] for p_ in parts]).numpy().astype(dtype))
-    (d / "index.json").write_text("{}")
+    root.mkdir(parents=True)
+    fields = TOPK_FIELDS if top_k else FULL_FIELDS
+    _write_shard(root, 0, {name: torch.cat([p_[name] for p_ in parts]) for name in fields})  # with its CRCs
     manifest = {"fingerprint": {"top_k": top_k or "all", "vocab_size": cfg.model.vocab_size}, "num_samples": samples,
                 "shard_rows": samples, "num_shards": 1, "seq_length": cfg.train.seq_length,
                 "teacher_padded_vocab": None}
