@@ -148,7 +148,7 @@ def cmd_train(args) -> int:
             _check_cache_for_run(cfg)
         elif cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
             resolve_teacher(cfg)
-        preflight_train(cfg, args.overwrite)
+        preflight_train(cfg, args.overwrite, world_size=args.nproc)
         if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run
             before_start = lambda: lock_run_dir(cfg.run.dir)  # noqa: E731  (after _launch's checks)
 
@@ -266,6 +266,9 @@ def cmd_eval(args) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", "teacher.checkpoint=null",  # the student alone
                               *args.overrides], state=verify_checkpoint(ckpt))
+    from megatron_kd.training.preflight import check_memory
+
+    check_memory(cfg, training=False)  # forward only: weights, activations, logits
 
     def body(cfg, rank):
         tasks = [t for t in (args.tasks or "").split(",") if t]
@@ -296,6 +299,9 @@ def cmd_init(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
     out = Path(args.out).absolute()
     check_out_dir(out)
+    from megatron_kd.training.preflight import check_memory
+
+    check_memory(cfg)  # the weights and the optimizer state it writes must fit
 
     def body(cfg, rank):
         write_seed_checkpoint(cfg, out)

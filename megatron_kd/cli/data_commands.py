@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 
@@ -87,6 +89,11 @@ def cmd_preprocess(args) -> int:
         shard = int(args.shard_tokens)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    # the cores this process may run on (Slurm / taskset / containers), else the machine's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.workers > cores:  # more tokenizer processes than cores only add start-up and memory
+        print(f"--workers {args.workers} is above this machine's {cores} cores; using {cores}", file=sys.stderr)
+        args.workers = cores
     existing = [str(p) for p in output_files(prefix, shard) if p.exists()]
     if existing and not args.overwrite:
         raise ConfigError(f"{existing[0]} already exists; choose another --output-prefix or pass --overwrite")

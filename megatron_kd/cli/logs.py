@@ -31,8 +31,9 @@ class _DropMessages(logging.Filter):
 
 
 def setup_logging(level: str = "info", rank: int | None = None) -> None:
-    if rank is None:
-        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+    if rank is None:  # a malformed RANK is the launch check's to report (one line), not the logger's
+        raw = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+        rank = int(raw) if raw.strip().isdigit() else 0
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     numeric = getattr(logging, level.upper()) if rank == 0 else logging.WARNING

@@ -18,16 +18,29 @@
                                        sbatch with srun launch and requeue on preemption
     mkd plan RECIPE --gpus N           per-GPU memory (student + teacher) and a layout
 
-Errors in input are printed as one line starting with "mkd: error:" and exit non-zero; add
---debug for the traceback.
+Errors are printed as one line starting with "mkd: error:" (what, where, the fix) and end the
+command with a documented exit code; add --debug for the traceback. Exit codes:
+
+    0    success
+    1    an unexpected error: a bug in mkd (the traceback is printed; please report it)
+    2    input error: recipe, override, sweep, hand-edited JSON, nesting too deep, unknown task
+    3    setup error: missing package, wrong version, no GPU, the launch environment
+    4    OS or resource error: disk full, name too long, permission denied, out of memory
+    5    mkd plan: the run does not fit the GPUs' memory (a layout that fits is suggested)
+    75   preempted (mkd train saved a checkpoint; requeue to resume)
+    130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import sys
 
 from megatron_kd.errors import MKDError
+
+EXIT_INPUT, EXIT_OS = 2, 4
 
 EPILOG = """examples:
   mkd info models/llama3-1b
@@ -39,6 +52,11 @@ EPILOG = """examples:
   mkd train kd/cpu-tiny-to-small kd.alpha=0.2          (distill; needs the teacher trained)
   mkd sweep recipes/sweeps/cpu-mini.yaml --local && mkd report runs/sweeps/cpu-mini
   mkd slurm submit kd/paper-8b-to-1b --nodes 4 --gpus-per-node 8 --dry-run
+
+exit codes: 0 success, 1 a bug (traceback printed: please report it), 2 input error,
+  3 setup error, 4 OS or resource error (disk full, name too long, permission, memory),
+  5 `mkd plan`: does not fit, 75 preempted (requeue to resume), 130 interrupted;
+  --debug shows the traceback of any error
 """
 
 
@@ -48,6 +66,14 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="override recipe keys, e.g. train.steps=20 parallel.tp=2")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the one `mkd: error:` line every other error is (exit 2),
+    pointing at --help instead of printing the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT, f"mkd: error: {self.prog}: {_bounded(message)}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
     from megatron_kd.cli.convert_commands import add_convert_parsers
@@ -55,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli.slurm_commands import add_plan_parser, add_slurm_parser
     from megatron_kd.cli.study_commands import add_study_parsers
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mkd", description="Knowledge distillation for LLM pretraining on megatron-core.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -150,6 +176,56 @@ def _bounded(message: str) -> str:
     return f"{line[:MAX_ERROR]}... ({len(line) - MAX_ERROR} more characters)"
 
 
+_OS_FIXES = {  # errno -> (what happened, the fix)
+    errno.ENOSPC: ("no space left on the device", "free space there or write elsewhere (run.dir=, --out)"),
+    errno.EDQUOT: ("disk quota exceeded", "free space in your quota or write elsewhere (run.dir=, --out)"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter name or path (most file systems allow 255 "
+                                               "bytes per name)"),
+    errno.EACCES: ("permission denied", "choose a path you can read and write, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a path you own, or fix its permissions"),
+    errno.EROFS: ("read-only file system", "write to a writable directory (run.dir=, --out)"),
+    errno.ENOENT: ("no such file or directory", "check the path"),
+    errno.EEXIST: ("file exists", "remove it or choose another path"),
+    errno.EISDIR: ("is a directory", "give a file path"),
+    errno.ENOTDIR: ("not a directory", "check each folder of the path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or run fewer jobs at once"),
+    errno.EADDRINUSE: ("address already in use", "another process took the port; run again, or set "
+                                                 "MASTER_PORT to a free port"),
+    errno.ENOMEM: ("out of memory", "use a smaller model, train.seq_length or train.micro_batch_size"),
+}
+
+
+def _os_line(exc: OSError) -> str:
+    what, fix = _OS_FIXES.get(exc.errno, (exc.strerror or type(exc).__name__, "check the path and retry"))
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f": {' -> '.join(paths)}" if paths else ""
+    if exc.errno == errno.ENAMETOOLONG and paths:
+        longest = max(len(part.encode()) for part in paths[0].split("/"))
+        where += f" (its longest name is {longest} bytes)"
+    return f"{what}{where}; {fix}"
+
+
+def describe(exc: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for the failure classes a user can act on; None for anything else
+    (an unexpected exception is a bug: its traceback is shown, not hidden)."""
+    if isinstance(exc, json.JSONDecodeError):  # a JSON file read outside jsonio's checks
+        return f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix or re-create the " \
+               "file", EXIT_INPUT
+    if isinstance(exc, RecursionError):
+        return "an input is nested too deeply to read (a recipe, override or JSON value thousands of " \
+               "levels deep); flatten it", EXIT_INPUT
+    memory = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    if memory:  # torch's CPU allocator raises RuntimeError; its CUDA one OutOfMemoryError
+        detail = " ".join(str(exc).split())[-160:]  # torch's says how many bytes, at the end
+        return (f"out of memory{f' ({detail})' if detail else ''}: the model or batch is too big for this "
+                "machine; use a smaller model (model.hidden_size, model.num_layers, model.vocab_size), "
+                "train.seq_length or train.micro_batch_size, or more processes (`mkd plan`)", EXIT_OS)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _os_line(exc), EXIT_OS
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -172,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mkd: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the known failure classes are one line; anything else is a bug
+        known = describe(exc)
+        if known is None or args.debug:
+            raise
+        message, code = known
+        print(f"mkd: error: {_bounded(message)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import argparse
+
 from megatron_kd.errors import ConfigError
 
 
+def _at_least(name: str, least: int, most: int | None = None):
+    """An argparse type: an integer in [least, most] (checked while parsing: `mkd sweep --slurm`
+    refuses a bad value before it writes any recipe)."""
+    bound = f"from {least} to {most}" if most is not None else f">= {least}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a job needs --{name} {bound}, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"a job needs --{name} {bound}, got {value}")
+        return value
+    return parse
+
+
+def _slurm_time(text: str) -> str:
+    from megatron_kd.slurm.submit import time_limit_seconds
+
+    try:
+        time_limit_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--time {text!r} ")) from None
+    return text
+
+
 def add_job_options(p) -> None:
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU (0: CPU tasks)")
-    p.add_argument("--ntasks-per-node", type=int, default=None, help="CPU jobs: tasks per node")
-    p.add_argument("--time", default="04:00:00", help="time limit (Slurm syntax)")
+    from megatron_kd.slurm.submit import MAX_SIGNAL_SECONDS
+
+    p.add_argument("--nodes", type=_at_least("nodes", 1), default=1)
+    p.add_argument("--gpus-per-node", type=_at_least("gpus-per-node", 0), default=8,
+                   help="one task per GPU (0: CPU tasks)")
+    p.add_argument("--ntasks-per-node", type=_at_least("ntasks-per-node", 1), default=None,
+                   help="CPU jobs: tasks per node")
+    p.add_argument("--time", type=_slurm_time, default="04:00:00",
+                   help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED")
     p.add_argument("--partition", default=None)
     p.add_argument("--account", default=None)
-    p.add_argument("--signal-seconds", type=int, default=300,
+    p.add_argument("--signal-seconds", type=_at_least("signal-seconds", 1, MAX_SIGNAL_SECONDS), default=300,
                    help="USR1 this many seconds before the time limit: checkpoint and requeue")
-    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--cpus-per-task", type=_at_least("cpus-per-task", 1), default=None)
 
 
 def add_slurm_parser(sub) -> None:

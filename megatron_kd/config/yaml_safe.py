@@ -1,21 +1,39 @@
 """YAML as recipes and sweeps are read: PyYAML's safe loader, plus two refusals. A key given
 twice in one mapping is an error naming both lines (PyYAML keeps the last silently), and a
 document whose aliases expand past MAX_NODES nodes is refused before it is built (a "billion
-laughs" document otherwise exhausts memory as soon as anything walks or prints it)."""
+laughs" document otherwise exhausts memory as soon as anything walks or prints it). Nesting
+deeper than MAX_DEPTH levels (aliases expanded) is refused too: PyYAML's composer and
+constructor recurse once per level, so a document thousands of levels deep would otherwise end
+in a RecursionError (and every later walk of the value could too)."""
 
 from __future__ import annotations
 
 import yaml
 
 MAX_NODES = 100_000  # expanded nodes of one document; recipes and sweeps have a few hundred
+MAX_DEPTH = 64  # nesting levels of one document; recipes and sweeps nest four or five
 
 
 class YAMLRefused(ValueError):
     """A well-formed document that is refused; the message names the line(s)."""
 
 
+def _too_deep(line: int) -> YAMLRefused:
+    return YAMLRefused(f"line {line}: values nested more than {MAX_DEPTH} levels deep; flatten them")
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        # Counted while composing, before the recursion that a deep document would exhaust.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _too_deep(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode):
@@ -39,7 +57,13 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 
 def _expanded_size(node, memo: dict, active: set) -> int:
-    """Nodes in `node` with every alias expanded (memoised: aliases share node objects)."""
+    """Nodes in `node` with every alias expanded (memoised: aliases share node objects); also
+    refuses an expansion deeper than MAX_DEPTH (a chain of aliases nests without deep text)."""
+    return _expanded(node, memo, active)[0]
+
+
+def _expanded(node, memo: dict, active: set) -> tuple[int, int]:
+    """(expanded size, expanded depth) of `node`."""
     key = id(node)
     if key in memo:
         return memo[key]
@@ -47,23 +71,22 @@ def _expanded_size(node, memo: dict, active: set) -> int:
         raise YAMLRefused(f"line {node.start_mark.line + 1}: an alias refers to itself; remove the "
                           "recursion")
     active.add(key)
-    size = 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            size += _expanded_size(k, memo, active) + _expanded_size(v, memo, active)
-            if size > MAX_NODES:
-                break
-    elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            size += _expanded_size(v, memo, active)
-            if size > MAX_NODES:
+    size, depth = 1, 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        for child in children:
+            child_size, child_depth = _expanded(child, memo, active)
+            size, depth = size + child_size, max(depth, child_depth + 1)
+            if size > MAX_NODES or depth > MAX_DEPTH:
                 break
     active.discard(key)
-    memo[key] = size
+    memo[key] = (size, depth)
     if size > MAX_NODES:
         raise YAMLRefused(f"line {node.start_mark.line + 1}: aliases expand to more than "
                           f"{MAX_NODES:,} values; write the values out instead of nesting aliases")
-    return size
+    if depth > MAX_DEPTH:
+        raise _too_deep(node.start_mark.line + 1)
+    return size, depth
 
 
 def load(text: str):

@@ -18,6 +18,7 @@ failed job leaves no `.bin/.idx` that looks complete. With `shard_tokens`, a new
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import signal
@@ -198,6 +199,18 @@ def progress_line(n_docs: int, n_tokens: int, elapsed: float, frac: float) -> st
             f"{100 * frac:.0f}% | ETA {eta}")
 
 
+def cap_workers_to_batches(workers: int, batches):
+    """(workers, batches): no more workers than there are batches of documents, when the input is
+    that small (a fork pool starts every worker at once; 150 for three lines is waste). Reads at
+    most the batches the first fill of the pool would read anyway."""
+    head = list(itertools.islice(batches, max(1, workers)))
+    if len(head) < workers:
+        print(f"--workers {workers}: the input has {len(head)} batch(es) of documents; using "
+              f"{max(1, len(head))} worker(s)", file=sys.stderr)
+        workers = max(1, len(head))
+    return workers, itertools.chain(head, batches)
+
+
 def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                json_key: str = "text", workers: int = 2, eod_token: str | None = None,
                batch_docs: int = 64, progress: bool = True, shard_tokens: int | None = None) -> PreprocessSummary:
@@ -222,10 +235,11 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
     if previous_term in (signal.SIG_DFL, None):  # a terminated job cleans up as a failed one does
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        batches = _batched(_records(sources, json_key, state), batch_docs)
+        workers, batches = cap_workers_to_batches(workers, batches)
         with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("fork"), initializer=_init_worker,
                                  initargs=(str(tokenizer_path), eod_token)) as pool:
             pending: deque = deque()
-            batches = _batched(_records(sources, json_key, state), batch_docs)
             exhausted = False
             while pending or not exhausted:
                 while not exhausted and len(pending) < IN_FLIGHT_PER_WORKER * max(1, workers):

@@ -7,6 +7,7 @@ with an argument list: nothing reaches a shell unquoted.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -62,12 +63,64 @@ def _check_value(name: str, value: str) -> str:
     return value
 
 
+# Slurm's time formats (sbatch --time): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_TIME = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d{1,2})(?::(?P<dm>\d{1,2})(?::(?P<ds>\d{1,2}))?)?"
+                   r"|(?P<h>\d+):(?P<hm>\d{1,2}):(?P<hs>\d{1,2})|(?P<m>\d+)(?::(?P<ms>\d{1,2}))?)")
+UNLIMITED = ("unlimited", "infinite")
+MAX_SIGNAL_SECONDS = 65535  # sbatch --signal's sig_time is 16 bits
+TIME_FORMS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED, e.g. 04:00:00 or 2-00:00:00"
+
+
+def time_limit_seconds(value: str) -> float:
+    """Seconds of a Slurm time limit (inf for UNLIMITED/INFINITE or 0); ValueError, with the
+    accepted forms, for anything else."""
+    text = str(value).strip()
+    if text.lower() in UNLIMITED:
+        return float("inf")
+    m = _TIME.fullmatch(text)
+    if m is None:
+        raise ValueError(f"--time {value!r} is not a Slurm time limit; write {TIME_FORMS}")
+    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    if any(g.get(k, 0) > 59 for k in ("dm", "ds", "hm", "hs", "ms")) or g.get("dh", 0) > 23:
+        raise ValueError(f"--time {value!r} has minutes or seconds above 59 (or hours above 23 after a "
+                         f"day count); write {TIME_FORMS}")
+    seconds = (g.get("d", 0) * 24 + g.get("dh", 0) + g.get("h", 0)) * 3600 \
+        + (g.get("dm", 0) + g.get("hm", 0) + g.get("m", 0)) * 60 + g.get("ds", 0) + g.get("hs", 0) + g.get("ms", 0)
+    return float("inf") if seconds == 0 else float(seconds)  # Slurm: a limit of 0 is no limit
+
+
+def check_job(spec: JobSpec) -> None:
+    """The job's counts and times are values Slurm accepts and that make sense (one line each,
+    before anything is rendered or written)."""
+    def count(name: str, value, least: int) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ConfigError(f"--{name} must be an integer >= {least}, got {value!r}")
+
+    count("nodes", spec.nodes, 1)
+    count("gpus-per-node", spec.gpus_per_node, 0)
+    count("ntasks-per-node", spec.ntasks_per_node, 1)
+    count("cpus-per-task", spec.cpus_per_task, 1)
+    count("signal-seconds", spec.signal_seconds, 1)
+    if spec.signal_seconds > MAX_SIGNAL_SECONDS:
+        raise ConfigError(f"--signal-seconds must be at most {MAX_SIGNAL_SECONDS} (Slurm's limit), got "
+                          f"{spec.signal_seconds}")
+    try:
+        limit = time_limit_seconds(_check_value("time", spec.time))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if spec.signal_seconds >= limit:
+        raise ConfigError(f"--signal-seconds {spec.signal_seconds} is not below the --time limit {spec.time} "
+                          f"({limit:g} s): the checkpoint signal would come at the start; lower it or raise "
+                          "--time")
+
+
 def _output_pattern(run_dir: Path) -> str:
     return _check_value("run.dir", str(run_dir / "slurm").replace("%", "%%")) + "/slurm-%j.out"
 
 
 def render(spec: JobSpec) -> tuple[str, Path]:
     """(script text, run dir). The recipe is validated for the job's world size first."""
+    check_job(spec)
     recipe = resolve_recipe_path(spec.recipe)
     tasks_per_node = spec.ntasks_per_node or spec.gpus_per_node
     if tasks_per_node < 1 or spec.nodes < 1:

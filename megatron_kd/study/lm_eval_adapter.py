@@ -7,10 +7,14 @@ decoding. `run_tasks` drives lm_eval.simple_evaluate offline (local task YAMLs).
 
 from __future__ import annotations
 
+import difflib
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from megatron_kd.errors import ConfigError, SetupError
 
 try:  # lm-eval is an optional dependency of the evaluation path
     from lm_eval.api.model import LM
@@ -107,18 +111,48 @@ class MegatronKDLM(LM):
         return outputs
 
 
+def task_manager(include_path: str | None):
+    """lm-eval's TaskManager over its own tasks and `include_path` (a folder of task YAMLs)."""
+    if include_path and not Path(include_path).is_dir():
+        raise ConfigError(f"--include-path {include_path} is not a directory; give the folder of your "
+                          "lm-eval task YAMLs")
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise SetupError("--tasks needs lm-eval: pip install lm-eval (or drop --tasks)") from exc
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+def check_tasks(tasks: list[str], manager) -> None:
+    """Every name in `tasks` is a task, group or tag lm-eval knows (or a glob matching some, or a
+    task YAML file): an unknown one is one line with the close names, before anything loads
+    (lm-eval itself raises a KeyError once the model is up)."""
+    known = manager.all_tasks
+    unknown = [t for t in tasks if t not in known and not manager.match_tasks([t])
+               and not (t.endswith((".yaml", ".yml")) and Path(t).is_file())]
+    if unknown:
+        hints = []
+        for t in unknown:
+            close = difflib.get_close_matches(t, known, n=3, cutoff=0.6)
+            hints.append(f"{t!r}" + (f" (close: {', '.join(close)})" if close else ""))
+        where = f" or under --include-path {manager.include_path}" if manager.include_path else ""
+        raise ConfigError(f"unknown lm-eval task(s) {'; '.join(hints)[:600]}: not among lm-eval's "
+                          f"{len(known):,} tasks{where}; check the name (`lm-eval ls tasks`) or add its "
+                          "YAML with --include-path")
+
+
 def run_tasks(model, tokenizer, cfg, tasks: list[str], include_path: str | None,
               limit: int | None = None, batch_size: int = 8) -> dict:
     """lm_eval.simple_evaluate on `tasks` (offline: local task YAMLs and data files)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    manager = task_manager(include_path)
+    check_tasks(tasks, manager)
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
     from megatron.core import parallel_state
 
     lm = MegatronKDLM(model, tokenizer, cfg.train.seq_length, batch_size,
                       parallel_state.get_tensor_model_parallel_group())
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                           log_samples=False, bootstrap_iters=0)
     return {"results": res.get("results", {}), "versions": res.get("versions", {}),

@@ -4,6 +4,7 @@ accounting, and plots (gain vs teacher strength per α; validation curves)."""
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -11,9 +12,18 @@ from pathlib import Path
 from megatron_kd.config import load_config
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
-from megatron_kd.jsonio import read_json, read_jsonl
+from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 from megatron_kd.study import analysis
+
+log = logging.getLogger("megatron_kd")
+
+# What the report reads of each file (hand-edited ones fail as one line naming file and field).
+POINT_FIELDS = {"name": str}
+POINT_OPTIONAL = {"student": str, "teacher": str, "alpha": float, "temperature": float, "kind": str,
+                  "top_k": int, "teacher_tokens": (int, float), "teacher_cache": str, "alpha_schedule": str,
+                  "teacher_model": str, "seed": int, "seed_varies": str}
+_RERUN = "fix the line or re-run the point (`mkd sweep ... --local --only NAME`)"
 
 
 def _final(run_dir: Path) -> dict | None:
@@ -23,14 +33,30 @@ def _final(run_dir: Path) -> dict | None:
     rows = read_jsonl(f)
     if not rows:
         return None
+    for i, r in enumerate(rows):  # every line the report reads: the curve's and the last
+        val = {k: v for k, v in r.items() if k.startswith("val/")}
+        if val or i == len(rows) - 1:
+            require_fields(r, {"tokens": int, **{k: float for k in val}}, f"{f} (record {i + 1})", _RERUN)
     vals = [r for r in rows if any(k.startswith("val/") for k in r)]
     return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
 
 
 def _cache_tokens(cache: Path) -> int:
-    f = cache / "manifest.json"
-    m = read_json(f, dict, "teacher cache manifest") if f.is_file() else {}
-    return int(m.get("num_samples", 0)) * int(m.get("seq_length", 0))
+    from megatron_kd.distill.cache import MANIFEST, read_manifest  # lazy: the cache reader imports torch
+
+    if not (cache / MANIFEST).is_file():
+        return 0
+    m = read_manifest(cache)
+    return m["num_samples"] * m["seq_length"]
+
+
+def _teacher_eval(f: Path) -> dict:
+    t = read_json(f, dict, "teacher evaluation")
+    fix = "delete it (the sweep evaluates the teacher again)"
+    require_fields(t, {}, f"teacher evaluation {f}", fix, optional={"loss": dict})
+    require_fields(t.get("loss") or {}, {}, f"teacher evaluation {f} 'loss'", fix,
+                   optional={k: float for k in t.get("loss") or {}})
+    return t
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
@@ -38,17 +64,22 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no points.json); give the `out` "
                           "directory of a sweep, after `mkd sweep SWEEP.yaml --local` or --slurm")
     points = read_json(sweep_dir / "points.json", list, "sweep points")
-    if not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in points):
-        raise ConfigError(f"{sweep_dir / 'points.json'} is not a list of sweep points; re-create it with "
-                          "`mkd sweep SWEEP.yaml`")
+    for i, p in enumerate(points):
+        require_fields(p, POINT_FIELDS, f"{sweep_dir / 'points.json'} point {i + 1}",
+                       "re-create it with `mkd sweep SWEEP.yaml`", optional=POINT_OPTIONAL)
     teachers = {}
     for f in (sweep_dir / "teachers").glob("*.json") if (sweep_dir / "teachers").is_dir() else []:
-        teachers[f.stem] = read_json(f, dict, "teacher evaluation")
-    rows, sets = [], set()
+        teachers[f.stem] = _teacher_eval(f)
+    rows, sets, no_val = [], set(), []
     for p in points:
         run = sweep_dir / "runs" / p["name"]
         res = _final(run)
         if res is None:
+            continue
+        if not res["curve"]:  # e.g. its last line (the final validation) was cut short
+            log.warning("run %s has no validation loss in %s (cut short?); left out of the report",
+                        p["name"], run / "metrics.jsonl")
+            no_val.append(p["name"])
             continue
         cfg = load_config(sweep_dir / "recipes" / f"{p['name']}.yaml")
         vals = {k[4:]: v for k, v in res["final_val"].items() if k.startswith("val/")}
@@ -74,9 +105,28 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
             t_eval = teachers.get(p["teacher"].replace("/", "-"))
             row["teacher_val"] = (t_eval or {}).get("loss", {})
         rows.append(row)
+    if not rows and no_val:
+        raise ConfigError(f"no run under {sweep_dir}/runs has a validation loss ({', '.join(no_val)[:300]}: "
+                          "its metrics.jsonl has no val/ line, cut short?); re-run the point(s) with "
+                          "`mkd sweep ... --local`")
     if not rows:
         raise ConfigError(f"no finished runs under {sweep_dir}/runs; run `mkd sweep ... --local` first")
     return rows, teachers, sorted(sets)
+
+
+def finite_rows(rows: list[dict], sets: list[str]) -> list[dict]:
+    """The rows whose losses are all finite (plots cannot place a NaN: a diverged run); the others
+    are named in a warning, and stay in the tables."""
+    keep = []
+    for r in rows:
+        bad = [s for s in sets if not math.isfinite(r["val"].get(s, 0.0))
+               or not math.isfinite((r.get("teacher_val") or {}).get(s, 0.0))]
+        if bad:
+            log.warning("run %s: the %s loss is not finite (diverged?); left out of the plots",
+                        r["name"], ", ".join(bad))
+        else:
+            keep.append(r)
+    return keep
 
 
 def baselines(rows: list[dict], sets: list[str]) -> dict:
@@ -148,7 +198,12 @@ def build_report(sweep_dir: Path) -> dict:
         md.append(f"- {t}: " + ", ".join(f"{s}: α={a:g} (gain {g:+.4f})" for s, (a, g) in per.items()))
     study = analysis.analyse(rows, sets)
     md += analysis.markdown(study, sets)
-    plots = _plots(sweep_dir, rows, sets, base) + analysis.plots(sweep_dir, study, sets)
+    plotted = finite_rows(rows, sets)
+    left_out = [r["name"] for r in rows if r not in plotted]
+    if left_out:
+        md += ["", f"Left out of the plots (a loss that is not finite): {', '.join(left_out)}."]
+    plots = _plots(sweep_dir, plotted, sets, base) if plotted else []
+    plots += analysis.plots(sweep_dir, analysis.analyse(plotted, sets), sets) if plotted else []
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (sweep_dir / "report.md").write_text("\n".join(md))
     return {"rows": rows, "baselines": base, "best_alpha": best, "sets": sets, "plots": plots, "study": study,

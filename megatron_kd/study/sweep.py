@@ -47,6 +47,7 @@ from megatron_kd.study.jobs import Job, run_jobs
 GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid", "data_seed"}
+MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
 
 
 @dataclass
@@ -109,7 +110,29 @@ def load_sweep(path: str | Path) -> dict:
     spec.setdefault("name", p.stem)
     spec.setdefault("out", f"runs/sweeps/{spec['name']}")
     spec["_path"] = str(p)
+    check_size(spec)
     return spec
+
+
+def grid_size(spec: dict) -> int:
+    """The runs `expand` would make, from the axis lengths alone (nothing is expanded: a grid of
+    a million points is refused in milliseconds, not after minutes of expansion)."""
+    grid = spec.get("grid") or {}
+    n = lambda key: len(grid.get(key) or []) or 1  # noqa: E731  (an absent axis is one value)
+    tg = grid.get("teacher_grid") or {}
+    teachers = len(grid.get("teacher") or []) + (len(tg.get("models") or {}) * len(tg.get("tokens") or [])
+                                                 if isinstance(tg, dict) else 0)
+    alphas = (len(grid.get("alpha") or []) + len(grid.get("alpha_schedule") or [])) or 1
+    per_student = teachers * alphas * n("temperature") * n("kind") * n("top_k") + bool(spec.get("baseline", True))
+    students, seeds = n("student"), len(spec.get("seeds") or []) or 1
+    return seeds * students * per_student + len(spec.get("baseline_seeds") or []) * students
+
+
+def check_size(spec: dict) -> None:
+    size = grid_size(spec)
+    if size > MAX_POINTS:
+        raise ConfigError(f"sweep {spec['_path']} would expand to {size:,} runs, above the limit of "
+                          f"{MAX_POINTS:,}; split it into smaller sweeps or shorten the grid's axes")
 
 
 def _check_types(spec: dict, p: Path) -> None:
@@ -192,6 +215,7 @@ def _schedule_label(s: dict) -> str:
 
 def expand(spec: dict) -> list[Point]:
     """Every point of the grid (and the baselines), with names that say the point."""
+    check_size(spec)  # before any expansion
     grid = spec.get("grid") or {}
     students = grid.get("student") or [None]
     teachers = _teachers(grid)

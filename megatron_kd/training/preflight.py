@@ -1,21 +1,24 @@
 """Checks a training run makes before any process starts (so a 64-rank job fails in seconds,
 with one line, instead of after the process groups and models are up): the run directory is
 this run's and writable, every data prefix is whole and made with the model's tokenizer, and
-the checkpoint it would resume from or load is complete. Reads only; changes nothing.
+the checkpoint it would resume from or load is complete, and the model fits this machine's
+memory (`check_memory`). Reads only; changes nothing.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
 from pathlib import Path
 
 from megatron_kd.checkpoint.manager import checkpoint_root
 from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
-from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
 from megatron_kd.distill.teacher import check_same_teacher
 from megatron_kd.errors import ConfigError
+from megatron_kd.training.memory import GiB, estimate
 from megatron_kd.training.metrics import import_wandb
 from megatron_kd.training.run_dir import check_run_dir
 
@@ -58,9 +61,66 @@ def check_data(cfg: RunConfig) -> None:
                      trust_unverified=cfg.data.trust_unverified)
 
 
-def preflight_train(cfg: RunConfig, overwrite: bool) -> None:
+FORWARD_PARTS = ("student weights", "teacher weights", "activations", "logits (last stage)")
+
+
+def machine_memory() -> tuple[float, str]:
+    """(bytes one process can use, what they are): the GPU's memory on CUDA, else the memory
+    available now (psutil: what the OS can hand out without swapping)."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return float(props.total_memory), f"the GPU's {props.total_memory / GiB:.1f} GiB ({props.name})"
+    import psutil
+
+    free = float(psutil.virtual_memory().available)
+    return free, f"this machine's {free / GiB:.1f} GiB of available memory"
+
+
+def check_memory(cfg: RunConfig, teacher: ModelConfig | None = None, training: bool = True,
+                 world_size: int | None = None) -> None:
+    """Refuse, before any allocation, a run whose one process cannot fit: weights, gradients and
+    optimizer state (training) and activations and logits, by the same arithmetic as `mkd plan`
+    (slurm/plan.py's estimate at the run's layout). A floor, not a forecast: what passes can
+    still run out (other processes, fragmentation), what fails cannot fit."""
+    import torch
+
+    from megatron_kd.models.gpt import check_cuda_features  # lazy: it imports megatron-core
+
+    check_cuda_features(cfg)  # what this machine cannot run at all (fp8 on CPU) is the first line
+    # the processes of this launch (the distributed optimizer divides its state by DP)
+    launched = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 0) \
+        if str(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "").isdigit() else 0
+    world = max(world_size or 0, launched) or cfg.parallel.tp * cfg.parallel.pp
+    plan = estimate(cfg, teacher, world)
+    parts = {k: v for k, v in plan.parts.items() if training or k in FORWARD_PARTS}
+    if not torch.cuda.is_available():  # no CUDA context, NCCL buffers or allocator reserve
+        parts.pop("reserve (CUDA, NCCL)", None)
+    need = sum(parts.values())
+    have, what = machine_memory()
+    if need > have:
+        top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
+        shares = ", ".join(f"{k} {v / GiB:,.1f} GiB" for k, v in top)
+        raise ConfigError(f"the model of {cfg.run.name or 'this run'} needs at least {need / GiB:,.1f} GiB per "
+                          f"process ({shares}; `mkd plan` arithmetic at tp={plan.tp} pp={plan.pp}), more than "
+                          f"{what}; use a smaller model (model.hidden_size, model.num_layers, model.vocab_size), "
+                          "a shorter train.seq_length or train.micro_batch_size, or more tp/pp")
+
+
+def _teacher_in_memory(cfg: RunConfig) -> ModelConfig | None:
+    """The teacher model a KD run holds (none when it reads a cache), for the memory check."""
+    if cfg.teacher.cache or not cfg.teacher.checkpoint or not Path(cfg.teacher.checkpoint).exists():
+        return None
+    from megatron_kd.distill.teacher import teacher_model  # lazy: only KD runs with a checkpoint
+
+    return teacher_model(cfg)
+
+
+def preflight_train(cfg: RunConfig, overwrite: bool, world_size: int | None = None) -> None:
     if cfg.logging.wandb.project:  # before any process starts: the optional package is there
         import_wandb()
+    check_memory(cfg, _teacher_in_memory(cfg), world_size=world_size)
     check_run_dir(cfg, overwrite, delete=False)
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)

@@ -48,6 +48,10 @@ def test_hostile_strings_stay_data(field, tmp_path):
             spec.recipe = str(d / "r.yaml")
         else:
             setattr(spec, field, payload)
+        if field == "time":  # a time limit has a format: a payload is refused before anything renders
+            with pytest.raises(ConfigError, match="is not a Slurm time limit"):
+                render(spec)
+            continue
         script, _ = render(spec)
         subprocess.run(["bash", "-n"], input=script, text=True, check=True)
         _run_preamble(script, sandbox)
