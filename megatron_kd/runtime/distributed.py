@@ -63,32 +63,41 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
     nobody); malformed launcher variables are a ConfigError naming the variable."""
     env = os.environ if environ is None else environ
 
-    def num(name: str, default=None, low: int = 0) -> int:
+    def num(name: str, default=None, low: int = 0, high: int | None = None) -> int:
         raw = env.get(name, default)
         try:
             value = int(raw)
         except (TypeError, ValueError):
             value = None
-        if value is None or value < low:
-            raise ConfigError(f"environment variable {name}={raw!r} is not an integer >= {low}; "
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ConfigError(f"environment variable {name}={str(raw)[:40]!r} is not an integer {bound}; "
                               "unset it or let the launcher (torchrun, srun) set it")
         return value
+
+    def port(default) -> int:
+        return num("MASTER_PORT", default, low=1, high=65535)
 
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world = num("RANK"), num("WORLD_SIZE", low=1)
         if rank >= world:
             raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; unset both or launch with torchrun")
         return LaunchEnv(rank, world, num("LOCAL_RANK", 0), env.get("MASTER_ADDR", "127.0.0.1"),
-                         num("MASTER_PORT", 29500, low=1), "torchrun")
+                         port(29500), "torchrun")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
-        addr = env.get("MASTER_ADDR") or expand_nodelist(nodes)[0]
+        try:
+            addr = env.get("MASTER_ADDR") or expand_nodelist(nodes)[0]
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(f"the Slurm node list {nodes[:80]!r} (SLURM_STEP_NODELIST / SLURM_JOB_NODELIST) "
+                              "is not one Slurm writes (e.g. 'gpu[01-03,07]'); unset it, or set MASTER_ADDR "
+                              "to the first node") from exc
         job = num("SLURM_JOB_ID", env.get("SLURM_JOB_ID") or 0)
-        port = num("MASTER_PORT", env.get("MASTER_PORT") or 20000 + job % 20000, low=1)
+        master_port = port(env.get("MASTER_PORT") or 20000 + job % 20000)
         rank, world = num("SLURM_PROCID"), num("SLURM_NTASKS", low=1)
         if rank >= world:
             raise ConfigError(f"SLURM_PROCID={rank} is not below SLURM_NTASKS={world}; run under srun")
-        return LaunchEnv(rank, world, num("SLURM_LOCALID", 0), addr, port, "srun")
+        return LaunchEnv(rank, world, num("SLURM_LOCALID", 0), addr, master_port, "srun")
     return LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
 
 

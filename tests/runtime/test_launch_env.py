@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_kd.errors import SetupError
+from megatron_kd.errors import ConfigError, SetupError
 from megatron_kd.runtime import cpu_compat
 from megatron_kd.runtime.distributed import detect_launch_env, expand_nodelist
 
@@ -48,3 +48,16 @@ def test_unsupported_megatron_version_is_refused(monkeypatch):
 
 def test_installed_megatron_version_is_supported():
     assert cpu_compat.installed_mcore_version() in cpu_compat.SUPPORTED_MCORE_VERSIONS
+
+
+@pytest.mark.parametrize("env, text", [
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "99999"}, "MASTER_PORT='99999' is not an integer in [1, 65535]"),
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc' is not an integer >= 0"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node[a-c]"}, "is not one Slurm writes"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "n1", "MASTER_PORT": "0"},
+     "MASTER_PORT='0' is not an integer in [1, 65535]"),
+])
+def test_malformed_launcher_variables_are_one_line(env, text):
+    with pytest.raises(ConfigError) as err:
+        detect_launch_env(env)
+    assert text in str(err.value) and "\n" not in str(err.value)
