@@ -216,9 +216,15 @@ def cmd_teacher_cache(args) -> int:
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
     planned = plan_cache(cfg, top_k, args.shard_rows)
+    before_start = None
     if not checked:
         check_data(cfg)
         check_out(out, planned)
+        from megatron_kd.runtime.distributed import detect_launch_env
+        from megatron_kd.training.run_dir import lock_run_dir
+
+        if detect_launch_env().rank == 0:  # one cache job per --out: a second is refused, not raced
+            before_start = lambda: lock_run_dir(out, "mkd teacher-cache", "--out")  # noqa: E731
 
     def body(cfg, rank):
         r = write_teacher_cache(cfg, out, top_k, planned)
@@ -229,7 +235,7 @@ def cmd_teacher_cache(args) -> int:
                   f"{'whole stream' if r['written'] == r['shards'] else 'shards that were missing'}; "
                   f"train from it with teacher.cache={out}")
 
-    return _launch(args, cfg, body)
+    return _launch(args, cfg, body, before_start)
 
 
 EVAL_RESULT_KEYS = {"checkpoint", "step", "tokens", "loss"}  # a file `mkd eval --json-out` wrote

@@ -76,7 +76,7 @@ LOCK_FILE = ".mkd.lock"
 _held: list[int] = []  # open lock descriptors: the kernel releases them when the process ends
 
 
-def lock_run_dir(run_dir: str | Path) -> None:
+def lock_run_dir(run_dir: str | Path, job: str = "mkd train", key: str = "run.dir") -> None:
     """Hold an exclusive lock on RUN_DIR for the life of this process (released on exit or
     crash, by the kernel): a second `mkd train` on the same directory is refused in one line
     instead of both writing checkpoints and metrics over each other."""
@@ -89,9 +89,9 @@ def lock_run_dir(run_dir: str | Path) -> None:
         holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise ConfigError(f"cannot lock run.dir {run_dir} ({exc.strerror})") from exc
-        raise ConfigError(f"run.dir {run_dir} is in use by a running mkd train (pid {holder}); "
-                          "wait for it to finish, or use another run.dir") from exc
+            raise ConfigError(f"cannot lock {key} {run_dir} ({exc.strerror})") from exc
+        raise ConfigError(f"{key} {run_dir} is in use by a running {job} (pid {holder}); "
+                          f"wait for it to finish, or use another {key}") from exc
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _held.append(fd)

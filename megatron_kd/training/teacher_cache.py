@@ -41,6 +41,7 @@ from megatron_kd.distill.cache import (
 from megatron_kd.distill.model import build_teacher, sequence_major_logits
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
+from megatron_kd.training.run_dir import LOCK_FILE
 
 log = logging.getLogger("megatron_kd.cache")
 SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a top-64 cache at 4k tokens)
@@ -61,7 +62,7 @@ def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None)
 
 def check_out(out: Path, planned: dict) -> None:
     """`out` is new, empty, or a cache of the same fingerprint (then the job continues it)."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    if not out.exists() or (out.is_dir() and not any(p.name != LOCK_FILE for p in out.iterdir())):
         return
     if not (out / MANIFEST).is_file():
         raise ConfigError(f"--out {out} exists and is not a teacher cache; choose a new directory")
