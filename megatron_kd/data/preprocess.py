@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing as mp
+import re
 import signal
 import sys
 import time
@@ -211,6 +212,20 @@ def cap_workers_to_batches(workers: int, batches):
     return workers, itertools.chain(head, batches)
 
 
+def _refuse_replacing_inputs(inputs: list[Path], prefix: Path) -> None:
+    """No output may be an input (or the tokenizer), `--overwrite` or not: PREFIX.{bin,idx,
+    meta.json}, PREFIX.blend.yaml and the shards PREFIX_NNNNN.* are compared with every input by
+    resolved path, so a prefix that collides with an input (e.g. `--input docs.meta.json
+    --output-prefix docs`) is refused before anything is written, never replaced at the end."""
+    shard = re.compile(re.escape(prefix.name) + r"_\d{5}\.(bin|idx|meta\.json)")
+    outputs = {Path(f"{prefix}{ext}").resolve() for ext in (".bin", ".idx", ".meta.json", ".blend.yaml")}
+    for path in inputs:
+        resolved = Path(path).resolve()
+        if resolved in outputs or (resolved.parent == prefix.resolve().parent and shard.fullmatch(resolved.name)):
+            raise ConfigError(f"--output-prefix {prefix} would write over the input {path}; inputs are never "
+                              "replaced: choose another --output-prefix")
+
+
 def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
                json_key: str = "text", workers: int = 2, eod_token: str | None = None,
                batch_docs: int = 64, progress: bool = True, shard_tokens: int | None = None) -> PreprocessSummary:
@@ -219,6 +234,7 @@ def preprocess(inputs: list, tokenizer_path: Path, output_prefix: Path, *,
     if shard_tokens is not None and shard_tokens < 1:
         raise ConfigError(f"--shard-tokens must be a positive number of tokens, got {shard_tokens}")
     sources = open_sources(list(inputs), json_key)  # every input checked before anything is written
+    _refuse_replacing_inputs([src.path for src in sources] + [Path(tokenizer_path)], Path(output_prefix))
     tokenizer = Tokenizer(tokenizer_path, eod_token)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     output_prefix = Path(output_prefix)
