@@ -163,7 +163,26 @@ def iter_hf_tensors(model, m: ModelConfig):
         yield "lm_head.weight", p["output_layer.weight"][: m.vocab_size]
 
 
+def check_links(src: Path) -> None:
+    """Every file of `src` that conversion reads or copies stays inside it: a symbolic link to
+    elsewhere (a `tokenizer.json` pointing at ~/.ssh/id_rsa) would be copied into a checkpoint
+    others load. The one layout allowed besides is the Hugging Face hub cache's, where a
+    snapshot's files link to the model's `blobs/` (models--NAME/snapshots/REV/* -> ../../blobs/*)."""
+    src = Path(src)
+    root = src.resolve()
+    hub_blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    for f in sorted(src.iterdir()):
+        if not f.is_symlink():
+            continue
+        target = f.resolve()
+        inside = target.is_relative_to(root) or (hub_blobs is not None and target.is_relative_to(hub_blobs))
+        if not inside:
+            raise ConfigError(f"{f} is a link to {target}, outside {src}; conversion reads and copies only "
+                              "files inside the directory: replace the link by the file itself")
+
+
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    check_links(src)
     copied = []
     for name in TOKENIZER_FILES:
         if (src / name).is_file():

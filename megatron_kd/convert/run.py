@@ -14,7 +14,13 @@ from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint, write_state
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import DataConfig, ParallelConfig, PrecisionConfig, RunConfig
-from megatron_kd.convert.hf import _SafetensorsReader, copy_tokenizer_files, iter_hf_tensors, load_hf_weights
+from megatron_kd.convert.hf import (
+    _SafetensorsReader,
+    check_links,
+    copy_tokenizer_files,
+    iter_hf_tensors,
+    load_hf_weights,
+)
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.gpt import build_gpt_model
@@ -44,6 +50,7 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     dtype = dtype or HF_DTYPES.get(str(hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")), "fp32")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
+    check_links(hf_dir)  # before anything is read or written
     reader = _SafetensorsReader(hf_dir)
     _ensure_process_group()
     precision = PrecisionConfig(dtype=dtype)
