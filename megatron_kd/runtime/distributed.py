@@ -10,7 +10,9 @@ gloo on CPU (with the CPU runtime layer), NCCL on GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import errno
 import os
 import re
 import socket
@@ -50,6 +52,9 @@ def expand_nodelist(nodelist: str) -> list[str]:
             else:
                 hosts.append(f"{prefix}{lo}{suffix}")
     return hosts
+
+
+PORT_ATTEMPTS = 3  # a single process's rendezvous port lost to another process: this many tries
 
 
 def free_port() -> int:
@@ -111,17 +116,27 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
     from megatron.core import parallel_state
     if not on_cpu:
         torch.cuda.set_device(launch.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend="gloo" if on_cpu else "nccl",
-            # Under torchrun, env:// reuses the elastic agent's store (its port may be chosen
-            # by the agent); srun and single processes rendezvous on MASTER_ADDR:MASTER_PORT.
-            init_method="env://" if launch.launcher == "torchrun"
-            else f"tcp://{launch.master_addr}:{launch.master_port}",
-            rank=launch.rank,
-            world_size=launch.world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+    for attempt in range(PORT_ATTEMPTS):
+        if dist.is_initialized():
+            break
+        try:
+            dist.init_process_group(
+                backend="gloo" if on_cpu else "nccl",
+                # Under torchrun, env:// reuses the elastic agent's store (its port may be chosen
+                # by the agent); srun and single processes rendezvous on MASTER_ADDR:MASTER_PORT.
+                init_method="env://" if launch.launcher == "torchrun"
+                else f"tcp://{launch.master_addr}:{launch.master_port}",
+                rank=launch.rank,
+                world_size=launch.world_size,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
+        except (RuntimeError, OSError) as exc:
+            # A single process picks a free port and binds it a moment later: another process
+            # may take it in between (EADDRINUSE). Only then, and only alone, try another port.
+            taken = "address already in use" in str(exc).lower() or getattr(exc, "errno", None) == errno.EADDRINUSE
+            if launch.launcher != "single" or not taken or attempt == PORT_ATTEMPTS - 1:
+                raise
+            launch = dataclasses.replace(launch, master_port=free_port())
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
