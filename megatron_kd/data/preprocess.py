@@ -158,12 +158,18 @@ class _Writer:
             tmp.replace(f"{self.prefix}.blend.yaml")
 
     def discard(self) -> None:
+        """Remove every partial file, also when the disk is full: closing the open .bin then
+        fails to flush its buffer (ENOSPC), which must not stop the clean-up that frees the space."""
         if self.builder is not None:
-            self.builder.data_file.close()
+            try:
+                self.builder.data_file.close()
+            except OSError:
+                pass
         names = [n for n, _, _ in self.done] + ([self.name] if self.builder is not None else [])
         for name in names:
             for suffix in (".bin", ".idx", ".meta.json"):
                 Path(f"{name.with_name(name.name + '.partial')}{suffix}").unlink(missing_ok=True)
+        Path(f"{self.prefix}.blend.yaml.partial").unlink(missing_ok=True)
 
 
 def _records(sources, key, progress_state):
