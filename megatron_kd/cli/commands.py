@@ -116,7 +116,7 @@ def _launch(args, cfg, body, before_start=None) -> int:
     if args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, _argv_without_nproc(args.argv))
     setup_logging(cfg.logging.level, launch.rank)
-    init_distributed(cfg.parallel, cfg.run.seed, launch)
+    init_distributed(cfg.parallel, cfg.run.seed, launch, timeout_s=cfg.run.rendezvous_timeout_s)
     ok = False
     try:
         body(cfg, launch.rank)

@@ -202,6 +202,9 @@ class RunInfo:
     name: str = "run"
     dir: str = "runs/run"  # output directory: resolved config, logs, checkpoints
     seed: int = 1234
+    # How long the processes wait for each other: the rendezvous at start-up (a leftover RANK /
+    # WORLD_SIZE in a shell ends here, not in a hang) and any later collective.
+    rendezvous_timeout_s: int = 600
 
 
 @dataclass

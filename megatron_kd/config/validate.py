@@ -58,6 +58,8 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
         return
     _validate_run_dir(cfg.run.dir)
     _require(0 <= cfg.run.seed <= SEED_MAX, f"run.seed must be in [0, {SEED_MAX}], got {cfg.run.seed}")
+    _require(1 <= cfg.run.rendezvous_timeout_s <= 86400,
+             f"run.rendezvous_timeout_s must be in [1, 86400] seconds, got {cfg.run.rendezvous_timeout_s}")
     _require(cfg.data.seed is None or 0 <= cfg.data.seed <= SEED_MAX,
              f"data.seed must be in [0, {SEED_MAX}], got {cfg.data.seed}")
     _require(tr.global_batch_size >= 1, f"train.global_batch_size must be >= 1, got {tr.global_batch_size}")

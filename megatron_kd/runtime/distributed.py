@@ -15,14 +15,17 @@ import datetime
 import errno
 import os
 import re
+import signal
 import socket
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from megatron_kd.config.schema import ParallelConfig
-from megatron_kd.errors import ConfigError
+from megatron_kd.errors import ConfigError, SetupError
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,31 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
     from megatron.core import parallel_state
     if not on_cpu:
         torch.cuda.set_device(launch.local_rank)
+    if launch.world_size > 1 and not (os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")):
+        # not started by torchrun or Slurm: say what this process waits for, and where from
+        print(f"rank {launch.rank}: waiting up to {timeout_s} s for {launch.world_size} processes at "
+              f"{launch.master_addr}:{launch.master_port} (RANK / WORLD_SIZE from the environment; unset "
+              "them for a single process)", file=sys.stderr, flush=True)
+    # The rendezvous blocks in C++, where a Python signal handler never runs: SIGTERM keeps its
+    # default action meanwhile (nothing to save yet), so a stuck start-up ends at once.
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_DFL) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        launch = _init_process_group(launch, on_cpu, timeout_s)
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+    )
+    seed_everything(seed)
+    return launch
+
+
+def _init_process_group(launch: LaunchEnv, on_cpu: bool, timeout_s: int) -> LaunchEnv:
+    """The default process group; a timed-out rendezvous is one line naming what it waited for."""
     for attempt in range(PORT_ATTEMPTS):
         if dist.is_initialized():
             break
@@ -131,18 +159,17 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
                 timeout=datetime.timedelta(seconds=timeout_s),
             )
         except (RuntimeError, OSError) as exc:
+            if "timeout" in str(exc).lower() or "timed out" in str(exc).lower():
+                raise SetupError(f"rank {launch.rank} waited {timeout_s} s for {launch.world_size} processes at "
+                                 f"{launch.master_addr}:{launch.master_port} ({launch.launcher} variables) and "
+                                 "they did not all come; unset RANK / WORLD_SIZE for one process, or start "
+                                 "every rank (torchrun, srun); run.rendezvous_timeout_s sets the wait") from exc
             # A single process picks a free port and binds it a moment later: another process
             # may take it in between (EADDRINUSE). Only then, and only alone, try another port.
             taken = "address already in use" in str(exc).lower() or getattr(exc, "errno", None) == errno.EADDRINUSE
             if launch.launcher != "single" or not taken or attempt == PORT_ATTEMPTS - 1:
                 raise
             launch = dataclasses.replace(launch, master_port=free_port())
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tp,
-        pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
-    )
-    seed_everything(seed)
     return launch
 
 

@@ -16,7 +16,7 @@ from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
 
 # What may change between starts of the same run: its length, layout, logging and saving.
-_MAY_CHANGE = ("run.name", "run.dir", "parallel.", "logging.", "checkpoint.", "train.steps",
+_MAY_CHANGE = ("run.name", "run.dir", "run.rendezvous_timeout_s", "parallel.", "logging.", "checkpoint.", "train.steps",
                "train.tokens", "train.stop_at_step", "model.padded_vocab_size", "data.valid",
                "train.max_consecutive_skips", "kd.teacher_metrics", "kd.chunk_size",
                "kd.fused_output_layer")
@@ -45,8 +45,10 @@ def check_run_dir(cfg: RunConfig, overwrite: bool, delete: bool = True) -> None:
         _refuse_deleting_inputs(cfg, run_dir)
     old = _flat(read_yaml(saved))
     new = _flat(config_to_dict(cfg))
+    # a key added to the schema after the run started reads as its default (not as a change)
+    defaults = _flat(config_to_dict(RunConfig()))
     diff = sorted(k for k in set(old) | set(new)
-                  if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE))
+                  if old.get(k, defaults.get(k)) != new.get(k) and not k.startswith(_MAY_CHANGE))
     if not diff:
         return
     if overwrite:
