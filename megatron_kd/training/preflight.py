@@ -90,8 +90,8 @@ def check_memory(cfg: RunConfig, teacher: ModelConfig | None = None, training: b
 
     check_cuda_features(cfg)  # what this machine cannot run at all (fp8 on CPU) is the first line
     # the processes of this launch (the distributed optimizer divides its state by DP)
-    launched = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 0) \
-        if str(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "").isdigit() else 0
+    raw = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or ""
+    launched = int(raw) if raw.isdigit() else 0
     world = max(world_size or 0, launched) or cfg.parallel.tp * cfg.parallel.pp
     plan = estimate(cfg, teacher, world)
     parts = {k: v for k, v in plan.parts.items() if training or k in FORWARD_PARTS}
