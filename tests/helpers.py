@@ -4,6 +4,7 @@ tests/distributed.py's run_distributed instead."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -46,3 +47,20 @@ def read_metrics(run_dir: Path | str) -> list[dict]:
     """A run's metrics.jsonl: one dict per logged step, in the order written."""
     with open(Path(run_dir) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f]
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A real file system of `size` (a tmpfs mounted at `path`) that fills up; the test is
+    skipped where mounting needs a root this process is not (the suite runs as root here and
+    in CI)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        import pytest
+
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

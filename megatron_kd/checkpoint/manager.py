@@ -15,6 +15,7 @@ A checkpoint is written into NAME.partial and renamed into place when complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -113,6 +114,16 @@ def _preemption_signals_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+FULL_BELOW = 64 << 20  # bytes free: a write that failed with less left is taken for a full disk
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < FULL_BELOW
+    except OSError:
+        return False
+
+
 def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file: str | None) -> Path:
     """Collective. Writes RUN_DIR/checkpoints/NAME and moves `latest` to it."""
     from megatron.core import dist_checkpointing
@@ -125,11 +136,20 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     _barrier()
-    with _preemption_signals_deferred():
-        dist_checkpointing.save(_sharded_state(state.model, state.optimizer, is_loading=False), str(partial))
-    _inject_kill("after_shards")
-    (partial / "rng").mkdir(exist_ok=True)
-    torch.save(_rng_state(), partial / "rng" / f"rank{_rank()}.pt")
+    try:
+        with _preemption_signals_deferred():
+            dist_checkpointing.save(_sharded_state(state.model, state.optimizer, is_loading=False), str(partial))
+        _inject_kill("after_shards")
+        (partial / "rng").mkdir(exist_ok=True)
+        torch.save(_rng_state(), partial / "rng" / f"rank{_rank()}.pt")
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        # A failed write (a full disk) gives its space back: the half-written copy is useless,
+        # and the previous checkpoint stays in place.
+        full = _disk_full(partial)
+        shutil.rmtree(partial, ignore_errors=True)
+        if full:  # megatron-core's writer workers report only "an error is caught", no errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial)) from exc
+        raise
     _barrier()
     if _rank() == 0:
         tokens = state.step * cfg.train.global_batch_size * cfg.train.seq_length
@@ -139,12 +159,16 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
                 "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp},
                 "padded_vocab_size": padded_vocab(cfg.model, cfg.parallel.tp),
                 "tokenizer": state.tokenizer_info, "teacher": state.teacher_identity}
-        dump_config(cfg, partial / "config.yaml")
-        if tokenizer_file:
-            shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
-        # Every file's size and checksum, so a truncated, partly copied or corrupted copy is
-        # caught before loading (verify_checkpoint).
-        write_state(partial, meta)
+        try:
+            dump_config(cfg, partial / "config.yaml")
+            if tokenizer_file:
+                shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
+            # Every file's size and checksum, so a truncated, partly copied or corrupted copy is
+            # caught before loading (verify_checkpoint).
+            write_state(partial, meta)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         _inject_kill("before_rename")
         replaced = root / f"{name}.replaced"
         if final.exists():  # the old copy stays complete until the new one is in place

@@ -100,9 +100,11 @@ def _launch(args, cfg, body, before_start=None) -> int:
     launch's own checks passed, before any rank starts (mkd train takes the run-dir lock)."""
     from megatron_kd.cli.logs import setup_logging
     from megatron_kd.models.gpt import check_cuda_features
-    from megatron_kd.runtime.distributed import detect_launch_env, init_distributed, shutdown
+    from megatron_kd.runtime.distributed import check_master_addr, detect_launch_env, init_distributed, shutdown
 
     launch = detect_launch_env()
+    if launch.world_size > 1:  # before anything is written: a host that never resolves is one line
+        check_master_addr(launch)
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and launch.launcher != "single":
@@ -137,7 +139,7 @@ def cmd_train(args) -> int:
     outcome = {}
 
     from megatron_kd.runtime.distributed import detect_launch_env
-    from megatron_kd.training.run_dir import lock_run_dir
+    from megatron_kd.training.run_dir import lock_run_dir, remove_unused_run_dir
 
     if args.profile_steps < 0:
         raise ConfigError(f"--profile-steps must be >= 0, got {args.profile_steps}")
@@ -150,7 +152,8 @@ def cmd_train(args) -> int:
             resolve_teacher(cfg)
         preflight_train(cfg, args.overwrite, world_size=args.nproc)
         if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run
-            before_start = lambda: lock_run_dir(cfg.run.dir)  # noqa: E731  (after _launch's checks)
+            def before_start():  # after _launch's checks
+                outcome["created_dir"] = lock_run_dir(cfg.run.dir)
 
     def body(cfg, rank):
         metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True,
@@ -168,7 +171,12 @@ def cmd_train(args) -> int:
                 print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
                       f"run dir {cfg.run.dir}")
 
-    rc = _launch(args, cfg, body, before_start)
+    rc = 1
+    try:
+        rc = _launch(args, cfg, body, before_start)
+    finally:
+        if rc != 0 and outcome.get("created_dir"):  # a launch that failed before its first step
+            remove_unused_run_dir(cfg.run.dir)
     return preemption.EXIT_PREEMPTED if outcome.get("preempted") else rc
 
 
@@ -220,6 +228,9 @@ def cmd_teacher_cache(args) -> int:
     if not checked:
         check_data(cfg)
         check_out(out, planned)
+        from megatron_kd.training.preflight import check_memory
+
+        check_memory(cfg, training=False, world_size=args.nproc)  # the teacher's forward must fit
         from megatron_kd.runtime.distributed import detect_launch_env
         from megatron_kd.training.run_dir import lock_run_dir
 
@@ -275,9 +286,13 @@ def cmd_eval(args) -> int:
     from megatron_kd.training.preflight import check_memory
 
     check_memory(cfg, training=False)  # forward only: weights, activations, logits
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    if tasks and os.environ.get(CHECKED_ENV) != "1":  # an unknown task is refused before the model loads
+        from megatron_kd.study.lm_eval_adapter import check_tasks, task_manager  # lazy: lm-eval is optional
+
+        check_tasks(tasks, task_manager(args.include_path))
 
     def body(cfg, rank):
-        tasks = [t for t in (args.tasks or "").split(",") if t]
         r = run_eval(cfg, ckpt, tasks, args.include_path, args.limit)
         if rank == 0:
             print(f"{ckpt} (step {r['step']}, {r['tokens']:,} tokens) at seq {r['seq_length']}, "

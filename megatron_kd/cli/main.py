@@ -205,9 +205,24 @@ def _os_line(exc: OSError) -> str:
     return f"{what}{where}; {fix}"
 
 
-def describe(exc: BaseException) -> tuple[str, int] | None:
-    """(one line, exit code) for the failure classes a user can act on; None for anything else
-    (an unexpected exception is a bug: its traceback is shown, not hidden)."""
+def _causes(exc: BaseException):
+    """`exc` and what caused it (libraries wrap an OSError in their own exception: megatron-core's
+    dataset builder raises a bare Exception from ENOSPC). Only explicit causes (`raise ... from`):
+    an error met while handling another is a different failure, not its explanation."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__
+
+
+# How libraries word a failed write when they drop the errno: torch.save's writer, numpy's
+# memmap, safetensors (Rust: "os error 28" is ENOSPC)
+_WRITE_FAILED = ("file write failed", "failed writing file", "not enough free space", "no space left on device",
+                 "os error 28", "disk quota exceeded")
+
+
+def _describe_one(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, json.JSONDecodeError):  # a JSON file read outside jsonio's checks
         return f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix or re-create the " \
                "file", EXIT_INPUT
@@ -223,6 +238,21 @@ def describe(exc: BaseException) -> tuple[str, int] | None:
                 "train.seq_length or train.micro_batch_size, or more processes (`mkd plan`)", EXIT_OS)
     if isinstance(exc, OSError) and exc.errno is not None:
         return _os_line(exc), EXIT_OS
+    if any(m in str(exc).lower() for m in _WRITE_FAILED):
+        detail = " ".join(str(exc).split())[-160:]
+        return (f"a file write failed ({detail}): the disk is probably full or over quota; free space "
+                "there or write elsewhere (run.dir=, --out)", EXIT_OS)
+    return None
+
+
+def describe(exc: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for the failure classes a user can act on, found in `exc` or in what
+    caused it; None for anything else (an unexpected exception is a bug: its traceback is shown,
+    not hidden)."""
+    for e in _causes(exc):
+        known = _describe_one(e)
+        if known is not None:
+            return known
     return None
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,6 +35,26 @@ def _ensure_process_group(seed: int = 0) -> None:
         init_distributed(ParallelConfig(), seed)
 
 
+@contextlib.contextmanager
+def _staged(out_dir: Path):
+    """Write into OUT.partial and rename it to OUT once complete: a conversion that fails (bad
+    weights, a full disk, Ctrl-C) leaves nothing at OUT to block the corrected re-run, and its
+    partial copy is removed."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a conversion killed before it could clean up
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        out_dir.rmdir()  # empty (checked above)
+    partial.rename(out_dir)
+
+
 def _tokenizer_in(d: Path) -> Path | None:
     for name in ("tokenizer.json", "tokenizer.model"):
         if (d / name).is_file():
@@ -42,13 +64,11 @@ def _tokenizer_in(d: Path) -> Path | None:
 
 def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     """Convert a HF Llama/Qwen3 directory into a megatron_kd checkpoint directory."""
-    from megatron.core import dist_checkpointing
-
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_cfg = read_hf_config(hf_dir)
     model_cfg = hf_to_model_config(hf_cfg, hf_dir.name)
     dtype = dtype or HF_DTYPES.get(str(hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")), "fp32")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
     check_links(hf_dir)  # before anything is read or written
     reader = _SafetensorsReader(hf_dir)
@@ -58,41 +78,55 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     print(f"converting {hf_dir} ({hf_cfg['architectures'][0]}, {model_cfg.num_layers} layers) ...",
           file=sys.stderr)
     load_hf_weights(model, reader, model_cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(out_dir))
-    copied = copy_tokenizer_files(hf_dir, out_dir)
-    tok_file = _tokenizer_in(out_dir)
+    with _staged(out_dir) as stage:
+        _write_mcore(model, model_cfg, precision, hf_dir, stage, out_dir)
+    return out_dir
+
+
+def _write_mcore(model, model_cfg, precision, hf_dir: Path, stage: Path, out_dir: Path) -> None:
+    """The converted checkpoint's files, written into `stage` (renamed to `out_dir` after)."""
+    from megatron.core import dist_checkpointing
+
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(stage))
+    copied = copy_tokenizer_files(hf_dir, stage)
+    tok_file = _tokenizer_in(stage)
     tok = Tokenizer(tok_file).describe() if tok_file else None
+    final_tok = out_dir / tok_file.name if tok_file else None  # where it is once renamed
     run = RunConfig(model=model_cfg, precision=precision,
-                    data=DataConfig(tokenizer=str(tok_file) if tok_file else None))
+                    data=DataConfig(tokenizer=str(final_tok) if final_tok else None))
     run.run.name, run.run.dir = f"converted-{hf_dir.name}", str(out_dir)
-    dump_config(run, out_dir / "config.yaml")
-    (out_dir / "model.yaml").write_text(
+    dump_config(run, stage / "config.yaml")
+    (stage / "model.yaml").write_text(
         "# Model recipe of a converted Hugging Face checkpoint (usable as teacher.model)\n"
         + yaml.safe_dump({"model": dataclasses.asdict(model_cfg)}, sort_keys=False))
     state = {"step": 0, "consumed_samples": 0, "tokens": 0, "kind": "converted",
              "source": str(hf_dir.resolve()), "world_size": 1, "parallel": {"tp": 1, "pp": 1},
              "padded_vocab_size": padded_vocab(model_cfg, 1), "tokenizer": tok,
              "tokenizer_files": copied}
-    write_state(out_dir, state)  # with every file's size and checksum
-    return out_dir
+    write_state(stage, state)  # with every file's size and checksum
 
 
 def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> Path:
     """Write a megatron_kd checkpoint as a HF directory (sharded safetensors + index)."""
-    from safetensors.torch import save_file  # safetensors: only the exporter needs it
-
     ckpt = resolve_checkpoint(checkpoint)
     state = verify_checkpoint(ckpt)
     cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "parallel.vpp=1", "teacher.checkpoint=null"],
                        purpose="model", state=state)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
     _ensure_process_group()
     model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, pre_process=True, post_process=True)
     load_model_weights(model, ckpt)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with _staged(out_dir) as stage:
+        _write_hf(model, cfg, ckpt, stage, shard_bytes)
+    return out_dir
+
+
+def _write_hf(model, cfg, ckpt: Path, stage: Path, shard_bytes: int) -> None:
+    """The HF directory's files (sharded safetensors, index, config, tokenizer) in `stage`."""
+    from safetensors.torch import save_file  # safetensors: only the exporter needs it
+
     # One shard at a time in memory: written and dropped when it reaches shard_bytes.
     n_shards, total_bytes, current, size, weight_map = 0, 0, {}, 0, {}
 
@@ -101,7 +135,7 @@ def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> 
         if current:
             n_shards += 1
             name = f"model-{n_shards:05d}.safetensors"
-            save_file(current, str(out_dir / name), metadata={"format": "pt"})
+            save_file(current, str(stage / name), metadata={"format": "pt"})
             weight_map.update({k: name for k in current})
             total_bytes += size
             current, size = {}, 0
@@ -116,12 +150,11 @@ def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> 
     total = n_shards
     final_map = {}
     for i in range(1, total + 1):  # name shards "-of-N" once N is known
-        old, new = out_dir / f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{total:05d}.safetensors"
-        old.rename(out_dir / new)
+        old, new = stage / f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{total:05d}.safetensors"
+        old.rename(stage / new)
         final_map.update({k: new for k, v in weight_map.items() if v == old.name})
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(
+    (stage / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total_bytes},
          "weight_map": dict(sorted(final_map.items()))}, indent=2))
-    (out_dir / "config.json").write_text(json.dumps(model_config_to_hf(cfg.model, cfg.precision.dtype), indent=2))
-    copy_tokenizer_files(ckpt, out_dir)
-    return out_dir
+    (stage / "config.json").write_text(json.dumps(model_config_to_hf(cfg.model, cfg.precision.dtype), indent=2))
+    copy_tokenizer_files(ckpt, stage)

@@ -109,6 +109,18 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
     return LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
 
 
+def check_master_addr(launch: LaunchEnv) -> None:
+    """MASTER_ADDR must name a host this machine can resolve: an unresolvable one otherwise
+    stalls in the C++ rendezvous until its timeout, retrying the lookup."""
+    try:
+        socket.getaddrinfo(launch.master_addr, launch.master_port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        source = "MASTER_ADDR" if os.environ.get("MASTER_ADDR") else "the first host of the Slurm node list"
+        raise ConfigError(f"the rendezvous host {launch.master_addr[:80]!r} ({source}) does not resolve "
+                          f"({getattr(exc, 'strerror', None) or exc}); set MASTER_ADDR to a reachable host "
+                          "name or address, or unset RANK / WORLD_SIZE for one process") from exc
+
+
 def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | None = None,
                      timeout_s: int = 600) -> LaunchEnv:
     """Start the default process group and megatron-core's TP/PP/DP groups; seed the RNGs."""
@@ -119,6 +131,8 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
     from megatron.core import parallel_state
     if not on_cpu:
         torch.cuda.set_device(launch.local_rank)
+    if launch.world_size > 1:
+        check_master_addr(launch)
     if launch.world_size > 1 and not (os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")):
         # not started by torchrun or Slurm: say what this process waits for, and where from
         print(f"rank {launch.rank}: waiting up to {timeout_s} s for {launch.world_size} processes at "

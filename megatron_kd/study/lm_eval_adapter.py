@@ -8,6 +8,7 @@ decoding. `run_tasks` drives lm_eval.simple_evaluate offline (local task YAMLs).
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from pathlib import Path
 
@@ -111,8 +112,11 @@ class MegatronKDLM(LM):
         return outputs
 
 
+@functools.lru_cache(maxsize=4)
 def task_manager(include_path: str | None):
-    """lm-eval's TaskManager over its own tasks and `include_path` (a folder of task YAMLs)."""
+    """lm-eval's TaskManager over its own tasks and `include_path` (a folder of task YAMLs); built
+    once per process (indexing lm-eval's tasks takes seconds, and `mkd eval` checks the names
+    before the model loads, then runs them)."""
     if include_path and not Path(include_path).is_dir():
         raise ConfigError(f"--include-path {include_path} is not a directory; give the folder of your "
                           "lm-eval task YAMLs")

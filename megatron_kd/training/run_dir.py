@@ -78,11 +78,13 @@ LOCK_FILE = ".mkd.lock"
 _held: list[int] = []  # open lock descriptors: the kernel releases them when the process ends
 
 
-def lock_run_dir(run_dir: str | Path, job: str = "mkd train", key: str = "run.dir") -> None:
+def lock_run_dir(run_dir: str | Path, job: str = "mkd train", key: str = "run.dir") -> bool:
     """Hold an exclusive lock on RUN_DIR for the life of this process (released on exit or
     crash, by the kernel): a second `mkd train` on the same directory is refused in one line
-    instead of both writing checkpoints and metrics over each other."""
+    instead of both writing checkpoints and metrics over each other. True when this call made
+    the directory (a launch that then fails removes it again: remove_unused_run_dir)."""
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -97,3 +99,22 @@ def lock_run_dir(run_dir: str | Path, job: str = "mkd train", key: str = "run.di
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _held.append(fd)
+    return created
+
+
+# What a run writes before its first step: derived from the recipe and data, nothing to keep.
+_STARTUP_FILES = {LOCK_FILE, "config.yaml", "data_cache", "tensorboard", "metrics.jsonl", "checkpoints"}
+
+
+def remove_unused_run_dir(run_dir: str | Path) -> bool:
+    """After a failed launch: remove RUN_DIR if the launch made it and nothing of a run is in it
+    (no checkpoint, no metrics line), so a corrected re-run starts clean rather than against a
+    directory that reads as another run's. True when removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= _STARTUP_FILES:
+        return False
+    metrics, ckpts = run_dir / "metrics.jsonl", run_dir / "checkpoints"
+    if (metrics.is_file() and metrics.stat().st_size) or (ckpts.is_dir() and any(ckpts.iterdir())):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True

@@ -38,7 +38,35 @@ RAISED = {
                                      "allocate 512000000000 bytes"), 4, "512000000000 bytes"),
     "recursion": (RecursionError("maximum recursion depth exceeded"), 2, "nested too deeply"),
     "json": (json.JSONDecodeError("Expecting value", "{x", 1), 2, "invalid JSON (Expecting value"),
+    "torch_save_full": (RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+                                     "writing file data/0: file write failed"), 4, "disk is probably full"),
+    "rust_writer_full": (Exception("Error while serializing: I/O error: No space left on device (os error 28)"),
+                         4, "disk is probably full"),
 }
+
+
+def _wrapped_enospc():
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/cache/idx.npy")
+    except OSError as exc:  # how megatron-core's dataset builder reports it
+        raise Exception("Failed to write dataset materials to the data cache directory") from exc
+
+
+def test_a_wrapped_os_error_is_described_by_its_cause(capsys, monkeypatch):
+    monkeypatch.setattr(commands, "cmd_recipes", lambda args: _wrapped_enospc())
+    one_error(capsys, 4, main(["recipes"]), "no space left on the device: /data/cache/idx.npy")
+
+
+def test_an_error_met_while_handling_another_is_not_explained_by_it(monkeypatch):
+    def buggy(args):
+        try:
+            open("/nonexistent/file")
+        except FileNotFoundError:
+            return {}["missing"]  # a bug inside the handler: not "no such file"
+
+    monkeypatch.setattr(commands, "cmd_recipes", buggy)
+    with pytest.raises(KeyError):
+        main(["recipes"])
 
 
 @pytest.mark.parametrize("case", sorted(RAISED))

@@ -5,23 +5,17 @@ the test suite runs as root here and in CI; elsewhere it is skipped)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
 from megatron_kd.cli.main import main
+from tests import helpers
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+    with helpers.small_disk(tmp_path / "small", "256k") as mnt:
+        yield mnt
 
 
 def test_full_disk_leaves_no_partial_files(small_disk, text_corpus, tmp_path, capsys):

@@ -48,3 +48,18 @@ def test_forward_only_leaves_out_training_state(monkeypatch):
             preflight.check_memory(cfg, training=training)
         need[training] = float(str(e.value).split("at least ")[1].split(" GiB")[0].replace(",", ""))
     assert 0 < need[False] < need[True]  # no gradients or optimizer state in a forward pass
+
+
+def test_teacher_cache_job_is_refused_before_the_teacher_runs(tmp_path, capsys, monkeypatch):
+    from tests.helpers import mkd
+
+    teacher = tmp_path / "teacher"
+    mkd("init", "train/tiny-mock", "model.vocab_size=2048", f"run.dir={tmp_path / 'unused'}", "--out", teacher)
+    monkeypatch.setattr(preflight, "machine_memory", lambda: (1024.0, "a 1 KiB test machine"))
+    out = tmp_path / "cache"
+    rc = main(["teacher-cache", "kd/cpu-tiny-to-small", f"teacher.checkpoint={teacher}", "teacher.model=null",
+               "data.mock=true", "--out", str(out)])
+    text = "".join(capsys.readouterr())
+    lines = [line for line in text.splitlines() if "error:" in line]
+    assert rc == 2 and len(lines) == 1 and "more than a 1 KiB test machine" in lines[0], text
+    assert not out.exists()
