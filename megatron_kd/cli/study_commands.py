@@ -20,8 +20,18 @@ def add_study_parsers(sub) -> None:
     add_job_options(p)
     p.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("report", help="table, best alpha, compute and plots of a sweep directory")
+    r = sub.add_parser("report", help="paired gains, claims as tests, best alpha and plots of a sweep directory",
+                       description="Read a sweep directory's finished runs and write report.md, report.json "
+                                   "(each point's paired gain and interval, each claim's verdict), report.csv "
+                                   "and the figures beside them.")
     r.add_argument("sweep_dir")
+    r.add_argument("--level", type=float, default=0.95,
+                   help="two-sided confidence level of every interval and test (default 0.95)")
+    r.add_argument("--equivalence", type=float, default=0.01, metavar="NATS",
+                   help="claim 2's equivalence margin: a change of gain below it counts as none (default 0.01)")
+    r.add_argument("--in-domain", default=None, metavar="SET",
+                   help="the in-domain validation set (default: indomain, heldout or mock if present, else the "
+                        "first); every other set is out-of-distribution")
     r.set_defaults(func=cmd_report)
 
     a = sub.add_parser("analyze", help="entropy, top-1 agreement, KL and JS between two models")
@@ -84,9 +94,10 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from megatron_kd.study.report import build_report
 
-    rep = build_report(Path(args.sweep_dir))
+    rep = build_report(Path(args.sweep_dir), getattr(args, "level", 0.95), getattr(args, "equivalence", 0.01),
+                       getattr(args, "in_domain", None))
     print(rep["markdown"])
-    print(f"\nwritten: {Path(args.sweep_dir) / 'report.md'}, report.csv, "
+    print(f"\nwritten: {Path(args.sweep_dir) / 'report.md'}, report.json, report.csv, "
           + ", ".join(p.name for p in rep["plots"]))
     return 0
 

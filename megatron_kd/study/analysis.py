@@ -1,49 +1,86 @@
-"""The study section of `mkd report`: seed bands and the noise rule per point, the fitted
-student-vs-teacher relation per α, the four claims (stats.py, claims.py), and their plots."""
+"""The study section of `mkd report`: paired gains per point (paired.py), best α from seed
+means, the α schedules against the best fixed α, the four claims as stated tests (claims.py),
+and their plots. Pure functions of the report's rows: tested on synthetic sweeps."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from megatron_kd.study.claims import CLAIMS, read_claims
-from megatron_kd.study.stats import NOISE_SIGMAS, best_alpha, fit_quadratic, gain, group_points
+from megatron_kd.study.claims import CLAIMS, best_alpha, read_claims
+from megatron_kd.study.paired import PairedFit
+from megatron_kd.study.stats import point_key
 
 ID_SETS = ("indomain", "heldout", "mock")
+LEVEL = 0.95
+EQUIVALENCE = 0.01  # nats: a difference of gains below this counts as none (claim 2's margin)
 
 
-def split_sets(sets: list[str]) -> tuple[str, list[str]]:
-    """(the in-domain set, the out-of-distribution ones): `indomain`, `heldout` or `mock` if
-    present (else the first), every other set OOD."""
-    id_set = next((s for s in ID_SETS if s in sets), sets[0])
+def split_sets(sets: list[str], in_domain: str | None = None) -> tuple[str, list[str]]:
+    """(the in-domain set, the out-of-distribution ones): `in_domain` if given, else
+    `indomain`, `heldout` or `mock` if present (else the first); every other set OOD."""
+    id_set = in_domain or next((s for s in ID_SETS if s in sets), sets[0])
     return id_set, [s for s in sets if s != id_set]
 
 
-def analyse(rows: list[dict], sets: list[str]) -> dict:
-    points = group_points(rows, sets)
-    base = {}
-    for p in points:
-        if not p["teacher"]:
-            base.setdefault(p["student"], {}).update(p["val"])
-    for p in points:
-        p["gains"] = {s: gain(p, base.get(p["student"], {}).get(s), s) for s in sets} if p["teacher"] else {}
-    id_set, ood = split_sets(sets)
-    kd = [p for p in points if p["teacher"]]
-    fits = {}
-    for a in sorted({p["alpha"] for p in kd if p.get("alpha") is not None}):
-        pts = [(p["teacher_val"].get(id_set), p["val"][id_set].mean) for p in kd if p.get("alpha") == a]
-        pts = [(x, y) for x, y in pts if x is not None and not math.isnan(y)]
-        fit = fit_quadratic([x for x, _ in pts], [y for _, y in pts])
-        if fit:
-            fit["n"] = len(pts)
-            if fit["x_best"] is not None:  # the teacher (budget) closest to the predicted best strength
-                near = min(kd, key=lambda p: abs(p["teacher_val"].get(id_set, math.inf) - fit["x_best"]))
-                fit["nearest_teacher"], fit["nearest_tokens"] = near["teacher"], near.get("teacher_tokens")
-            fits[a] = fit
-    student_params = {r["student"]: r.get("student_params") for r in rows if r.get("student_params")}
-    claims = read_claims(points, base, id_set, ood, student_params)
-    return {"points": points, "baselines": base, "id_set": id_set, "ood_sets": ood, "fits": fits,
-            "claims": claims, "best_alpha": {s: best_alpha(points, s) for s in sets}}
+def seed_key(r: dict) -> tuple:
+    """What a run shares with the baseline it is paired with: its seeds."""
+    return (r.get("seed"), r.get("data_seed"))
+
+
+def _cells(rows: list[dict], value) -> dict:
+    cells: dict = {}
+    for r in rows:
+        v = value(r)
+        if v is not None:
+            cells.setdefault(point_key(r), {})[seed_key(r)] = v
+    return cells
+
+
+def _verdict(e, level: float) -> str:
+    ci = e.interval(level)
+    if ci is None:
+        return "unknown"
+    return "helps" if ci[0] > 0 else "hurts" if ci[1] < 0 else "within noise"
+
+
+def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence: float = EQUIVALENCE,
+            in_domain: str | None = None, n_boot: int = 1000) -> dict:
+    id_set, ood = split_sets(sets, in_domain)
+    out = {"id_set": id_set, "ood_sets": ood, "level": level, "equivalence": equivalence, "students": {}}
+    for student in sorted({r["student"] for r in rows}):
+        rs = [r for r in rows if r["student"] == student]
+        base_rows = [r for r in rs if not r.get("teacher")]
+        if not base_rows:
+            continue
+        baseline = point_key(base_rows[0])
+        fits = {s: PairedFit(_cells(rs, lambda r, s=s: r["val"].get(s)), baseline) for s in sets}
+        zfits = {s: PairedFit(_cells(rs, lambda r, s=s: (r["val"][s] - r["val"][id_set])
+                                     if s in r["val"] and id_set in r["val"] else None), baseline) for s in ood}
+        points = []
+        for key in sorted({point_key(r) for r in rs}, key=repr):
+            first = next(r for r in rs if point_key(r) == key)
+            p = {"key": key, "student": student, "teacher": first.get("teacher"), "alpha": first.get("alpha"),
+                 "alpha_schedule": first.get("alpha_schedule"), "temperature": first.get("temperature"),
+                 "kind": first.get("kind"), "teacher_val": first.get("teacher_val") or {},
+                 "teacher_tokens": first.get("teacher_tokens"), "teacher_params": first.get("teacher_params"),
+                 "teacher_model": first.get("teacher_model"), "teacher_flops": first.get("teacher_pretrain_flops"),
+                 "seeds": fits[id_set].n_seeds(key), "names": [r["name"] for r in rs if point_key(r) == key],
+                 "mean": {s: fits[s].mean(key) for s in sets}, "gains": {}}
+            if p["teacher"]:
+                for s in sets:
+                    e = fits[s].gain(key)
+                    ci = e.interval(level)
+                    p["gains"][s] = {"gain": e.value, "se": e.se, "df": e.df, "interval": ci,
+                                     "p": e.p_two_sided(), "verdict": _verdict(e, level)}
+            points.append(p)
+        kd = [p for p in points if p["teacher"] and p.get("alpha") is not None]
+        out["students"][student] = {
+            "baseline": baseline, "fits": fits, "zfits": zfits, "points": points,
+            "noise": {s: {"sigma": f.sigma, "df": f.df, "source": f.source} for s, f in fits.items()},
+            "best_alpha": {s: best_alpha(kd, fits[s], level) for s in sets},
+            "claims": read_claims(kd, fits, zfits, baseline, id_set, ood, level, equivalence, n_boot)}
+    return out
 
 
 def alpha_label(p: dict) -> str:
@@ -53,80 +90,77 @@ def alpha_label(p: dict) -> str:
     return f"{p['alpha']:g}" if p.get("alpha") is not None else ""
 
 
-def schedule_rows(a: dict) -> list[dict]:
-    """Each scheduled-α point against its teacher's best fixed α (the "proper balancing" question:
-    does moving α over training beat the best constant?), per set, with the noise rule."""
+def schedule_rows(st: dict, level: float) -> list[dict]:
+    """Each scheduled-α point against its teacher's best fixed α by seed means (the "proper
+    balancing" question), per set: the paired difference of the two points with its interval."""
     out = []
-    kd = [p for p in a["points"] if p["teacher"]]
+    kd = [p for p in st["points"] if p["teacher"]]
     for p in kd:
         if not p.get("alpha_schedule"):
             continue
         row = {"teacher": p["teacher"], "schedule": p["alpha_schedule"], "sets": {}}
-        for s, g in p["gains"].items():
-            fixed = [q for q in kd if q["teacher"] == p["teacher"] and q.get("alpha") is not None
-                     and not math.isnan(q["gains"][s]["gain"])]
-            if not fixed or math.isnan(g["gain"]):
+        for s, fit in st["fits"].items():
+            fixed = [q for q in kd if q["teacher"] == p["teacher"] and q.get("alpha") is not None]
+            if not fixed:
                 continue
-            top = max(fixed, key=lambda q: q["gains"][s]["gain"])
-            d = g["gain"] - top["gains"][s]["gain"]
-            se = math.hypot(p["val"][s].se or 0.0, top["val"][s].se or 0.0) or None
-            verdict = ("unknown" if se is None else "better" if d > NOISE_SIGMAS * se
-                       else "worse" if d < -NOISE_SIGMAS * se else "within noise")
-            row["sets"][s] = {"gain": g["gain"], "best_fixed_alpha": top["alpha"],
-                              "best_fixed_gain": top["gains"][s]["gain"], "diff": d, "se": se, "verdict": verdict}
+            top = max(fixed, key=lambda q: fit.gain(q["key"]).value)
+            d = fit.contrast({top["key"]: 1.0, p["key"]: -1.0})
+            row["sets"][s] = {"gain": fit.gain(p["key"]).value, "best_fixed_alpha": top["alpha"],
+                              "best_fixed_gain": fit.gain(top["key"]).value, "diff": d.value,
+                              "interval": d.interval(level), "verdict": {"helps": "better", "hurts": "worse"}.get(
+                                  _verdict(d, level), _verdict(d, level))}
         out.append(row)
     return out
 
 
-def _pm(b, nd: int = 4) -> str:
-    if b is None or b.n == 0:
-        return ""
-    return f"{b.mean:.{nd}f}" + (f" ± {b.se:.{nd}f}" if b.se is not None else "") + f" (n={b.n})"
+def _ci(ci, nd: int = 4) -> str:
+    return f" [{ci[0]:+.{nd}f}, {ci[1]:+.{nd}f}]" if ci else ""
 
 
 def markdown(a: dict, sets: list[str]) -> list[str]:
-    md = ["", "## Seed bands and noise", "",
-          f"Per point, mean ± standard error over its seeds. Gain = the student's mean baseline loss minus "
-          f"the point's; it is outside the noise when |gain| > {NOISE_SIGMAS:g} × its standard error (the "
-          "point's and the baseline's added in quadrature; a side with one seed takes the baselines' seed "
-          "standard deviation instead).", ""]
-    head = ["student", "teacher", "α", "T", "seeds"] + [f"val {s}" for s in sets] + [f"gain {s}" for s in sets]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in sorted(a["points"], key=lambda p: (p["student"], str(p["teacher"]), p.get("alpha") or 0)):
-        g = [(f"{p['gains'][s]['gain']:+.4f}" + (f" ± {p['gains'][s]['se']:.4f}" if p["gains"][s]["se"] else "")
-              + f" ({p['gains'][s]['verdict']})") if p["teacher"] and not math.isnan(p["gains"][s]["gain"])
-             else "" for s in sets]
-        md.append("| " + " | ".join([p["student"], p["teacher"] or "(baseline)", alpha_label(p),
-                                     f"{p['temperature']:g}" if p.get("temperature") else "",
-                                     str(p["seeds"])] + [_pm(p["val"].get(s)) for s in sets] + g) + " |")
-    md += ["", f"## Student vs teacher ({a['id_set']})", "",
-           "Per α, the student's loss as a quadratic in the teacher's own loss, L_s = a + b·L_t + c·L_t², by "
-           "least squares (the simpler form: a distillation scaling law in the spirit of Busbridge et al. 2025 "
-           "has more parameters than a toy sweep has teachers). c > 0 puts the best teacher at L_t* = −b/2c; "
-           "inside the measured range it is a reversal (claim 2).", ""]
-    if not a["fits"]:
-        md.append("No fit: it needs four or more teachers (three distinct strengths) per α.")
-    for alpha, f in a["fits"].items():
-        best = (f"best teacher loss {f['x_best']:.3f} ({'inside' if f['inside'] else 'outside'} the range; nearest: "
-                f"{f.get('nearest_teacher')}" + (f", {f['nearest_tokens']:,} tokens" if f.get("nearest_tokens")
-                                                  else "") + ")") if f["x_best"] is not None else "no interior best"
-        md.append(f"- α={alpha:g}: a={f['a']:.4f}, b={f['b']:.4f}, c={f['c']:.4f} over {f['n']} points, residual "
-                  f"rms {f['rms']:.4f} (residuals {', '.join(f'{r:+.4f}' for r in f['residuals'])}); {best}")
-    sched = schedule_rows(a)
-    if sched:
-        md += ["", "## α schedules vs the best fixed α", "",
-               "Each scheduled α against the same teacher's best constant α (difference of gains; the "
-               "constant was picked as the best of several, which favours it).", ""]
-        for r in sched:
-            md.append(f"- {r['teacher']}, α {r['schedule']}: " + "; ".join(
-                f"{s}: gain {v['gain']:+.4f} vs {v['best_fixed_gain']:+.4f} at α={v['best_fixed_alpha']:g}, "
-                f"difference {v['diff']:+.4f}" + (f" ± {v['se']:.4f}" if v["se"] else "") + f" ({v['verdict']})"
-                for s, v in r["sets"].items()))
-    md += ["", "## The paper's claims", "",
-           "Each claim reads the best fixed α per teacher; picking the best of several α values favours a "
-           "positive gain, so a \"holds\" that rests on one point near the 2-SE line is weak evidence.", ""]
-    for c in a["claims"]:
-        md.append(f"{c['claim']}. {CLAIMS[c['claim']]}: **{c['verdict']}** — {c['why']}")
+    level = a["level"]
+    pct = f"{100 * level:g} %"
+    md = []
+    for student, st in a["students"].items():
+        md += ["", f"## Paired gains ({student})", "",
+               f"Gain = the baseline's loss minus the point's, paired by seed (the same initialisation and data "
+               f"order) and estimated by a point × seed model over every run of the student; intervals are "
+               f"{pct} two-sided, from the t distribution at the model's degrees of freedom. Noise per set:", ""]
+        for s, n in st["noise"].items():
+            md.append(f"- {s}: " + (f"residual sd {n['sigma']:.4f}; " if n["sigma"] else "") + n["source"])
+        head = ["teacher", "α", "T", "seeds"] + [f"loss {s}" for s in sets] + [f"gain {s}" for s in sets]
+        md += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for p in sorted(st["points"], key=lambda p: (str(p["teacher"]), p.get("alpha") or 0, alpha_label(p))):
+            g = [(f"{p['gains'][s]['gain']:+.4f}{_ci(p['gains'][s]['interval'])} ({p['gains'][s]['verdict']})")
+                 if p["teacher"] and not math.isnan(p["gains"][s]["gain"]) else "" for s in sets]
+            md.append("| " + " | ".join([p["teacher"] or "(baseline)", alpha_label(p),
+                                         f"{p['temperature']:g}" if p.get("temperature") else "", str(p["seeds"])]
+                                        + [f"{p['mean'][s]:.4f}" for s in sets] + g) + " |")
+        md += ["", "Best α per teacher, from seed means (α = 0, no KD, competes; the interval is that of the "
+                   "chosen point and, as the best of several, optimistic):", ""]
+        for t in sorted({p["teacher"] for p in st["points"] if p["teacher"]}):
+            md.append(f"- {t}: " + "; ".join(
+                f"{s}: α={v[t]['alpha']:g} (gain {v[t]['gain']:+.4f}{_ci(v[t]['interval'])})"
+                for s, v in st["best_alpha"].items() if t in v))
+        sched = schedule_rows(st, level)
+        if sched:
+            md += ["", "α schedules against the same teacher's best fixed α (paired difference of the two "
+                       "points; the constant is the best of several, which favours it):", ""]
+            for r in sched:
+                md.append(f"- {r['teacher']}, α {r['schedule']}: " + "; ".join(
+                    f"{s}: {v['gain']:+.4f} vs {v['best_fixed_gain']:+.4f} at α={v['best_fixed_alpha']:g}, "
+                    f"difference {v['diff']:+.4f}{_ci(v['interval'])} ({v['verdict']})" for s, v in r["sets"].items()))
+        md += ["", "No student-vs-teacher law is fitted here: per α the sweep has one loss per teacher, too few "
+                   "to identify a saturating form's parameters with intervals, and a quadratic can predict a "
+                   "negative loss. The distillation-law fit belongs to `mkd advise` (study v3).", ""]
+        md += ["", f"## The paper's claims ({student})", "",
+               f"Each claim as a test: its null hypothesis, its statistic, and “holds” only when the primary "
+               f"test's p-value, Holm-adjusted over the claims tested, is below {1 - level:g}. Claim 2 reads "
+               f"“saturates” only through an equivalence test (±{a['equivalence']:g} nats).", ""]
+        for c in st["claims"]:
+            ps = (f" (p = {c['p']:.3g}, Holm {c['p_holm']:.3g})" if c.get("p") is not None else "")
+            md.append(f"{c['claim']}. {CLAIMS[c['claim']]}: **{c['verdict']}**{ps} — null: {c['null']}. "
+                      f"{c['why']}")
     return md
 
 
@@ -136,11 +170,16 @@ def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kd = [p for p in a["points"] if p["teacher"]]
     out = []
+    kd = [p for st in a["students"].values() for p in st["points"] if p["teacher"]]
     if not kd:
         return out
-    id_set = a["id_set"]
+    id_set, pct = a["id_set"], f"{100 * a['level']:g} %"
+
+    def err(g):  # the interval as error bars (zero where there is no noise estimate)
+        ci = g["interval"]
+        return (g["gain"] - ci[0], ci[1] - g["gain"]) if ci else (0.0, 0.0)
+
     # gain vs teacher tokens (top row) and teacher pretraining compute (bottom row) per teacher
     # model and α, in-domain and OOD side by side
     fig, axes = plt.subplots(2, len(sets), figsize=(5 * len(sets), 8), squeeze=False)
@@ -150,30 +189,32 @@ def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
         for ax, s in zip(axes[row], sets):
             for model in models:
                 for alpha in sorted({p["alpha"] for p in kd if p.get("alpha") is not None}):
-                    pts = sorted((p.get(key) or 0, p["gains"][s]["gain"], p["gains"][s]["se"] or 0)
-                                 for p in kd if p.get("alpha") == alpha and p["teacher"].split("@")[0] == model)
+                    pts = sorted(((p.get(key) or 0, p["gains"][s]["gain"], err(p["gains"][s]))
+                                  for p in kd if p.get("alpha") == alpha and p["teacher"].split("@")[0] == model),
+                                 key=lambda t: t[0])
                     ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts],
-                                yerr=[NOISE_SIGMAS * e for *_, e in pts], fmt="o-", capsize=3,
+                                yerr=[[e[0] for *_, e in pts], [e[1] for *_, e in pts]], fmt="o-", capsize=3,
                                 label=f"{model} α={alpha:g}" if len(models) > 1 else f"α={alpha:g}")
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xscale("symlog" if key == "teacher_tokens" else "log")
             ax.set_xlabel(label)
-            ax.set_ylabel(f"gain in student {s} loss (±2 SE)")
+            ax.set_ylabel(f"paired gain in student {s} loss ({pct} interval)")
             ax.set_title(f"{s}" + (" (in-domain)" if s == id_set else " (OOD)"))
             ax.legend(fontsize=6)
     fig.tight_layout()
     out.append(sweep_dir / "gain_vs_teacher_tokens.png")
     fig.savefig(out[-1], dpi=100)
     plt.close(fig)
-    # best α vs teacher strength
-    best = a["best_alpha"][id_set]
-    xs = [(next(p for p in kd if p["teacher"] == t)["teacher_val"].get(id_set, math.nan), v["alpha"])
-          for t, v in best.items()]
+    # best α (from seed means, α = 0 competing) vs teacher strength
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([x for x, _ in xs], [y for _, y in xs], "o")
+    for student, st in a["students"].items():
+        best = st["best_alpha"][id_set]
+        xs = [(next(p for p in st["points"] if p["teacher"] == t)["teacher_val"].get(id_set, math.nan), v["alpha"])
+              for t, v in best.items()]
+        ax.plot([x for x, _ in xs], [y for _, y in xs], "o", label=student)
     ax.invert_xaxis()
     ax.set_xlabel(f"teacher {id_set} loss (lower = stronger)")
-    ax.set_ylabel("best α")
+    ax.set_ylabel("best α (seed means; 0 = no KD)")
     fig.tight_layout()
     out.append(sweep_dir / "best_alpha_vs_teacher.png")
     fig.savefig(out[-1], dpi=100)

@@ -1,142 +1,262 @@
-"""The sweep read against the paper's four claims (Lu & Liu 2026), each as holds / does not hold /
-within noise / not tested, with the numbers behind the verdict. Points come from
-stats.group_points with `gains` ({set: stats.gain(...)}) filled in.
+"""The paper's four claims (Lu & Liu 2026) as stated tests on a sweep's paired fits (paired.py):
+each has a null hypothesis, a statistic and a verdict — holds / does not hold / mixed /
+inconclusive / not tested — with its numbers. "Holds" needs its primary test's p-value, Holm-
+adjusted over the claims tested, below 1 - level; a claim resting on several comparisons (every
+weak teacher, α and set) takes the smallest p times their number (Bonferroni), so picking the
+best of many never passes for evidence. Under no effect no claim says "holds" more often than
+the level allows (tests/study/test_claims_null.py simulates it).
 
-Teacher strength is the teacher's own in-domain validation loss (lower = stronger). A teacher is
-"weak" when the student's own no-KD baseline beats it in-domain, or when it has fewer parameters
-than the student (when both are known).
+Teacher strength is the teacher's own in-domain loss (lower = stronger). "Weak" is measured: a
+teacher whose in-domain loss is above the student's own baseline.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
-from megatron_kd.study.stats import NOISE_SIGMAS, spearman
+import numpy as np
 
+from megatron_kd.study.paired import Estimate, holm
+from megatron_kd.study.stats import spearman
 
-def _best(points: list[dict], teacher: str, s: str) -> dict | None:
-    """The teacher's fixed-α point with the largest gain on `s` (scheduled-α points aside)."""
-    cands = [p for p in points if p["teacher"] == teacher and p.get("alpha") is not None
-             and not math.isnan(p["gains"][s]["gain"])]
-    return max(cands, key=lambda p: p["gains"][s]["gain"]) if cands else None
-
-
-def _strength(points: list[dict], teacher: str, id_set: str) -> float:
-    p = next(p for p in points if p["teacher"] == teacher)
-    return p["teacher_val"].get(id_set, math.nan)
-
-
-def read_claims(points: list[dict], base: dict, id_set: str, ood_sets: list[str],
-                student_params: dict | None = None) -> list[dict]:
-    """[{claim, verdict, why}] for the four claims."""
-    kd = [p for p in points if p["teacher"]]
-    teachers = sorted({p["teacher"] for p in kd})
-    out = []
-
-    # 1. weak (small or under-trained) teachers improve the student, with a proper mix
-    weak = []
-    for t in teachers:
-        p = next(q for q in kd if q["teacher"] == t)
-        b = base.get(p["student"], {}).get(id_set)
-        small = (p.get("teacher_params") and (student_params or {}).get(p["student"])
-                 and p["teacher_params"] < student_params[p["student"]])
-        if small or (b is not None and _strength(kd, t, id_set) > b.mean):
-            weak.append(t)
-    if not weak:
-        out.append({"claim": 1, "verdict": "not tested", "why": "no teacher in the sweep is weaker than "
-                    "the student's own baseline (or smaller than the student)"})
-    else:
-        bests = {t: {s: _best(kd, t, s) for s in [id_set, *ood_sets]} for t in weak}
-        helped = [(t, s, b) for t, per in bests.items() for s, b in per.items()
-                  if b and b["gains"][s]["verdict"] == "helps"]
-        found = [(s, b) for per in bests.values() for s, b in per.items() if b is not None]
-        hurt = bool(found) and all(b["gains"][s]["verdict"] == "hurts" for s, b in found)
-        detail = "; ".join(f"{t} on {s}: best α={b['alpha']:g}, gain {b['gains'][s]['gain']:+.4f}"
-                           + (f" ± {b['gains'][s]['se']:.4f}" if b["gains"][s]["se"] else "")
-                           for t, per in bests.items() for s, b in per.items() if b)
-        verdict = "holds" if helped else ("does not hold" if hurt else ("within noise" if found else "not tested"))
-        out.append({"claim": 1, "verdict": verdict, "why": f"weak teachers {', '.join(weak)}: {detail}"})
-
-    # 2. more teacher (parameters or tokens) saturates or reverses the gain
-    ranked = sorted((t for t in teachers if not math.isnan(_strength(kd, t, id_set))
-                     and _best(kd, t, id_set) is not None),
-                    key=lambda t: -_strength(kd, t, id_set))  # weakest first
-    if len(ranked) < 3:
-        out.append({"claim": 2, "verdict": "not tested", "why": f"needs teachers of three strengths, the "
-                    f"sweep has {len(ranked)}"})
-    else:
-        g = {t: _best(kd, t, id_set) for t in ranked}
-        strongest = g[ranked[-1]]["gains"][id_set]
-        weaker = [g[t]["gains"][id_set] for t in ranked[:-1]]
-        top_weaker = max(weaker, key=lambda x: x["gain"])
-        se = math.hypot(strongest["se"] or 0.0, top_weaker["se"] or 0.0) or None
-        weakest = weaker[0]
-        diff = strongest["gain"] - top_weaker["gain"]
-        rise = strongest["gain"] - weakest["gain"]
-        if se is None:
-            verdict = "unknown (one seed, no noise estimate)"
-        elif diff < -NOISE_SIGMAS * se:
-            verdict = "holds (reverses)"
-        elif abs(diff) <= NOISE_SIGMAS * se and rise > NOISE_SIGMAS * math.hypot(strongest["se"] or 0,
-                                                                                  weakest["se"] or 0):
-            verdict = "holds (saturates)"
-        elif diff > NOISE_SIGMAS * se:
-            verdict = "does not hold (still growing)"
-        else:
-            verdict = "within noise"
-        curve = ", ".join(f"{t} (teacher loss {_strength(kd, t, id_set):.3f}): {g[t]['gains'][id_set]['gain']:+.4f}"
-                          for t in ranked)
-        out.append({"claim": 2, "verdict": verdict, "why": f"best in-domain gain by teacher strength, weakest "
-                    f"first: {curve}; strongest minus best weaker {diff:+.4f}"
-                    + (f" (2σ = {NOISE_SIGMAS * se:.4f})" if se else "")})
-
-    # 3. KD helps out-of-distribution more than in-domain
-    if not ood_sets:
-        out.append({"claim": 3, "verdict": "not tested", "why": "no out-of-distribution validation set"})
-    else:
-        diffs = []
-        for t in teachers:
-            b = _best(kd, t, id_set)
-            if b is None:
-                continue
-            for s in ood_sets:
-                gi, go = b["gains"][id_set], b["gains"][s]
-                if math.isnan(go["gain"]):
-                    continue
-                se = math.hypot(gi["se"] or 0.0, go["se"] or 0.0) or None
-                diffs.append((t, s, go["gain"] - gi["gain"], se))
-        above = [d for d in diffs if d[3] and d[2] > NOISE_SIGMAS * d[3]]
-        below = [d for d in diffs if d[3] and d[2] < -NOISE_SIGMAS * d[3]]
-        if not diffs:
-            verdict = "not tested"
-        elif len(above) > len(diffs) / 2:
-            verdict = "holds"
-        elif len(below) > len(diffs) / 2:
-            verdict = "does not hold"
-        else:
-            verdict = "within noise"
-        out.append({"claim": 3, "verdict": verdict, "why": "; ".join(
-            f"{t}: {s} gain minus {id_set} gain {d:+.4f}" + (f" ± {se:.4f}" if se else "") for t, s, d, se in diffs)})
-
-    # 4. the best α grows with the teacher's strength
-    pairs = [(-_strength(kd, t, id_set), _best(kd, t, id_set)) for t in ranked]
-    pairs = [(x, b["alpha"]) for x, b in pairs if b is not None]
-    rho = spearman([x for x, _ in pairs], [a for _, a in pairs])
-    if len(pairs) < 2:
-        out.append({"claim": 4, "verdict": "not tested", "why": "needs two teachers"})
-    else:
-        alphas = [a for _, a in pairs]  # weakest first
-        if rho is not None:
-            verdict = "holds" if rho > 0.5 else ("does not hold" if rho < -0.5 else "within noise")
-        else:
-            verdict = "holds" if alphas[-1] > alphas[0] else ("does not hold" if alphas[-1] < alphas[0]
-                                                             else "within noise")
-        out.append({"claim": 4, "verdict": verdict, "why": "best α by teacher strength, weakest first: "
-                    + ", ".join(f"{a:g}" for a in alphas) + (f"; Spearman ρ = {rho:+.2f}" if rho is not None else "")})
-    return out
-
-
-CLAIMS = {1: "with a proper LM/KD mix, small or under-trained teachers improve the student",
+CLAIMS = {1: "with a proper LM/KD mix, weak teachers (worse than the student's own baseline) improve the student",
           2: "more teacher (parameters or training tokens) saturates or reverses the gain",
           3: "KD helps out-of-distribution more than in-domain",
           4: "the best α grows with the teacher's strength"}
+
+
+def _fmt(e: Estimate, level: float) -> str:
+    ci = e.interval(level)
+    return f"{e.value:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else " (no noise estimate)")
+
+
+def _bonferroni(ps: list) -> float | None:
+    ps = [p for p in ps if p is not None]
+    return min(1.0, min(ps) * len(ps)) if ps else None
+
+
+def best_alpha(kd: list[dict], fit, level: float) -> dict:
+    """Per teacher: the α with the largest mean gain over seeds, α = 0 (no KD: the baseline)
+    competing, with that gain's interval (a best-of-k pick: the interval is optimistic)."""
+    out = {}
+    for t in sorted({p["teacher"] for p in kd}):
+        cands = [(0.0, Estimate(0.0, 0.0, max(fit.df, 1)))]
+        cands += [(p["alpha"], fit.gain(p["key"])) for p in kd if p["teacher"] == t]
+        cands = [(a, e) for a, e in cands if not math.isnan(e.value)]
+        a, e = max(cands, key=lambda c: c[1].value)
+        out[t] = {"alpha": a, "gain": e.value, "interval": e.interval(level), "candidates": len(cands)}
+    return out
+
+
+def claim1(kd, fits, baseline_id, id_set, sets, level) -> dict:
+    base = fits[id_set].mean(baseline_id)
+    weak = sorted({p["teacher"] for p in kd if p["teacher_val"].get(id_set, -math.inf) > base})
+    null = "no weak teacher improves the student at any α on any set"
+    if not weak:
+        return {"verdict": "not tested", "null": null, "p": None,
+                "why": f"no teacher is worse in-domain than the student's baseline ({base:.4f})"}
+    tests = [(p, s, fits[s].gain(p["key"])) for p in kd if p["teacher"] in weak for s in sets]
+    p_claim = _bonferroni([e.p_greater() for *_, e in tests])
+    top = max(tests, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
+    hurt = all(fits[s].gain(p["key"]).interval(level) is not None
+               and fits[s].gain(p["key"]).interval(level)[1] < 0 for p in kd if p["teacher"] in weak
+               for s in [id_set])
+    verdict = "does not hold" if hurt else None
+    why = (f"{len(weak)} weak teacher(s) ({', '.join(weak)}), {len(tests)} comparisons (α x set); largest: "
+           f"{top[0]['teacher']} α={top[0]['alpha']:g} on {top[1]}: gain {_fmt(top[2], level)}; "
+           f"Bonferroni p = {p_claim:.3g}" if p_claim is not None else "no noise estimate")
+    if hurt:
+        why += "; every weak teacher hurts in-domain at every α"
+    return {"verdict": verdict, "null": null, "p": p_claim, "why": why, "statistic": "max one-sided t over "
+            "weak teacher x α x set, Bonferroni", "weak": weak}
+
+
+def _axes(kd: list[dict]) -> list[tuple[str, list[str], dict]]:
+    """Teacher axes of 3+ teachers: one model's training tokens, or the sizes at one budget."""
+    info = {}
+    for p in kd:
+        model = p.get("teacher_model") or p["teacher"].split("@")[0]
+        info[p["teacher"]] = (model, p.get("teacher_tokens"), p.get("teacher_params"))
+    axes = []
+    for model in sorted({m for m, _, _ in info.values()}):
+        ts = sorted((t for t, (m, tok, _) in info.items() if m == model and tok), key=lambda t: info[t][1])
+        if len(ts) >= 3:
+            axes.append((f"{model}: tokens", ts, {t: info[t][1] for t in ts}))
+    for tok in sorted({tok for _, tok, _ in info.values() if tok}):
+        ts = sorted((t for t, (_, tk, par) in info.items() if tk == tok and par), key=lambda t: info[t][2])
+        if len(ts) >= 3 and len({info[t][2] for t in ts}) == len(ts):
+            axes.append((f"{tok:,} tokens: size", ts, {t: info[t][2] for t in ts}))
+    return axes
+
+
+def claim2(kd, fits, id_set, level, margin) -> dict:
+    null = ("along a teacher axis the gain still changes by more than the equivalence margin and a "
+            "stronger teacher is not worse")
+    fit = fits[id_set]
+    axes, results = _axes(kd), []
+    for name, ts, xs in axes:
+        alphas = sorted({p["alpha"] for p in kd if p["teacher"] in ts})
+        # one α for the whole axis: the best mean gain averaged over the axis
+        by = {(p["teacher"], p["alpha"]): p for p in kd if p["teacher"] in ts}
+        alpha = max(alphas, key=lambda a: np.nanmean([fit.gain(by[(t, a)]["key"]).value
+                                                       for t in ts if (t, a) in by]))
+        pts = [by[(t, alpha)] for t in ts if (t, alpha) in by]
+        if len(pts) < 3:
+            continue
+        gains = [fit.gain(p["key"]) for p in pts]
+        helped = any(g.interval(level) and g.interval(level)[0] > 0 for g in gains)
+        last = fit.contrast({pts[-2]["key"]: 1.0, pts[-1]["key"]: -1.0})  # gain(strongest) - gain(next)
+        x = np.log10([float(xs[p["teacher"]]) for p in pts])
+        w = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # least-squares slope of gain on log10 x
+        slope = fit.contrast({fit.baseline: 0.0, **{p["key"]: -wi for p, wi in zip(pts, w)}})
+        r = {"axis": name, "alpha": alpha, "teachers": [p["teacher"] for p in pts], "tested": helped,
+             "last_step": last, "slope": slope}
+        if helped:
+            ci90 = Estimate(last.value, last.se, last.df).interval(1 - 2 * (1 - level) / 2)
+            p_rev = last.p_less()
+            p_tost = (max(last.p_greater(-margin), last.p_less(margin))
+                      if last.se is not None and last.df > 0 else None)
+            ci = last.interval(level)
+            r["p"] = _bonferroni([p_rev, p_tost])
+            if ci and ci[1] < 0:
+                r["reading"] = "reverses"
+            elif ci90 and -margin < ci90[0] and ci90[1] < margin:
+                r["reading"] = "saturates"
+            elif ci and ci[0] > 0:
+                r["reading"] = "still growing"
+            else:
+                r["reading"] = "inconclusive"
+        results.append(r)
+    tested = [r for r in results if r["tested"]]
+    if not results:
+        return {"verdict": "not tested", "null": null, "p": None,
+                "why": "needs a teacher axis of three or more strengths (one model at 3+ budgets, or 3+ sizes "
+                       "at one budget)"}
+    if not tested:
+        return {"verdict": "not tested", "null": null, "p": None, "axes": results,
+                "why": "a claim about a gain needs a gain: no teacher on any axis helps the student in-domain"}
+    p_claim = _bonferroni([r["p"] for r in tested])
+    readings = {r["reading"] for r in tested}
+    verdict = None if readings & {"saturates", "reverses"} else "inconclusive"
+    if readings == {"still growing"}:
+        verdict = "does not hold"
+    elif "still growing" in readings and readings & {"saturates", "reverses"}:
+        verdict = "mixed"
+    why = "; ".join(f"{r['axis']} at α={r['alpha']:g} ({', '.join(r['teachers'])}): last step "
+                    f"{_fmt(r['last_step'], level)}, slope per decade {_fmt(r['slope'], level)}: "
+                    + (r.get("reading") or "no gain, not tested") for r in results)
+    return {"verdict": verdict, "null": null, "p": p_claim, "axes": results, "margin": margin,
+            "statistic": f"last step along each axis: reverses (below 0) or saturates (within ±{margin:g}, "
+                         "two one-sided tests)", "why": why}
+
+
+def claim3(kd, zfits, ood_sets, level) -> dict:
+    null = "OOD gain minus in-domain gain is zero"
+    if not ood_sets:
+        return {"verdict": "not tested", "null": null, "p": None, "why": "no out-of-distribution validation set"}
+    ps, parts, above, below = [], [], 0, 0
+    for s in ood_sets:
+        z = zfits[s]
+        keys = [p["key"] for p in kd]
+        mean = z.contrast({z.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
+        ps.append(mean.p_greater())
+        for k in keys:  # per point, Bonferroni over the points
+            e = z.gain(k)
+            pg, pl = e.p_greater(), e.p_less()
+            above += pg is not None and pg * len(keys) < 1 - level
+            below += pl is not None and pl * len(keys) < 1 - level
+        parts.append(f"{s}: mean over {len(keys)} KD points {_fmt(mean, level)}")
+        parts[-1] += f" ({above} point(s) significantly above, {below} below)"
+    p_claim = _bonferroni(ps)
+    verdict = "mixed" if above and below else None
+    if verdict is None:
+        means = [zfits[s].contrast({zfits[s].baseline: 1.0, **{p["key"]: -1.0 / len(kd) for p in kd}})
+                 for s in ood_sets]
+        if all(m.interval(level) and m.interval(level)[1] < 0 for m in means):
+            verdict = "does not hold"
+    return {"verdict": verdict, "null": null, "p": p_claim, "statistic": "per run: (OOD − in-domain) loss "
+            "difference, paired model; the mean over KD points", "why": "; ".join(parts)}
+
+
+def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
+    null = "the best α is unrelated to the teacher's strength"
+    ts = sorted(t for t in {p["teacher"] for p in kd} if not math.isnan(strength.get(t, math.nan)))
+    if len(ts) < 3:
+        return {"verdict": "not tested", "null": null, "p": None, "why": f"needs three teachers, has {len(ts)}"}
+    best = best_alpha([p for p in kd if p["teacher"] in ts], fit, level)
+    alphas = [best[t]["alpha"] for t in ts]
+    x = [-strength[t] for t in ts]  # stronger = larger
+    if len(set(alphas)) == 1:
+        what = "no teacher helps at any α (best α = 0 throughout)" if alphas[0] == 0 else \
+            f"every teacher's best α is {alphas[0]:g}"
+        return {"verdict": "not tested" if alphas[0] == 0 else "inconclusive", "null": null, "p": None,
+                "why": what}
+    rho = spearman(x, alphas)
+    # permutation p (one-sided, ρ > 0): exact for up to 8 teachers, else 5,000 random orders
+    rx, ry = _ranks(np.asarray(x)), _ranks(np.asarray(alphas, dtype=float))
+    perms = np.array(list(itertools.permutations(range(len(ts))))) if len(ts) <= 8 else \
+        np.argsort(rng.random((5000, len(ts))), axis=1)
+    null_rhos = _corr_rows(rx, ry[perms])
+    p = float((1 + np.sum(null_rhos >= rho - 1e-12)) / (1 + len(null_rhos)))
+    p_neg = float((1 + np.sum(null_rhos <= rho + 1e-12)) / (1 + len(null_rhos)))
+    # bootstrap over seeds (paired: one draw of seeds for every point) for ρ's interval
+    cand = [[(0.0, None)] + [(q["alpha"], q["key"]) for q in kd if q["teacher"] == t] for t in ts]
+    keys = [fit.baseline] + [k for c in cand for _, k in c[1:]]
+    pos = {k: i for i, k in enumerate(keys)}
+    m = fit.seed_matrix(keys)
+    boot = []
+    if n_boot and m.shape[1] > 1:
+        idx = rng.integers(0, m.shape[1], (n_boot, m.shape[1]))
+        with np.errstate(all="ignore"):
+            means = np.nanmean(m[:, idx], axis=2)  # [point, draw]
+        gains = means[0] - means  # [point, draw]
+        picks = np.stack([np.array([a for a, _ in c])[np.argmax(np.stack(
+            [np.zeros(n_boot)] + [gains[pos[k]] for _, k in c[1:]]), axis=0)] for c in cand], axis=1)
+        ranked = np.apply_along_axis(_ranks, 1, picks)
+        r = _corr_rows(rx, ranked)
+        boot = r[~np.isnan(r)]
+    ci = (float(np.percentile(boot, 100 * (1 - level) / 2)), float(np.percentile(boot, 100 * (1 + level) / 2))) \
+        if len(boot) else None
+    verdict = "does not hold" if p_neg < 1 - level and rho < 0 else None
+    order = ", ".join(f"{t} {best[t]['alpha']:g}" for t in sorted(ts, key=lambda t: -strength[t]))
+    return {"verdict": verdict, "null": null, "p": p, "rho": rho, "rho_interval": ci,
+            "statistic": "Spearman ρ of best α (seed means, α = 0 competing) with strength; permutation p",
+            "why": f"best α, weakest first: {order}; ρ = {rho:+.2f}"
+                   + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}] (bootstrap over seeds)" if ci else "")
+                   + f"; permutation p = {p:.3g}"}
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's ρ needs."""
+    from scipy.stats import rankdata
+
+    return rankdata(v).astype(float)
+
+
+def _corr_rows(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Pearson correlation of `rx` with each row of `ry` (NaN where a row is constant)."""
+    a = rx - rx.mean()
+    b = ry - ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((a ** 2).sum() * (b ** 2).sum(axis=1))
+    with np.errstate(all="ignore"):
+        return np.where(den > 0, (b @ a) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: str, ood_sets: list[str],
+                level: float = 0.95, margin: float = 0.01, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """[{claim, verdict, null, statistic, p, p_holm, why, ...}] for the four claims (fixed-α
+    points only: `kd` holds one dict per point with key, teacher, alpha, teacher_val, ...)."""
+    rng = np.random.default_rng(seed)
+    strength = {p["teacher"]: p["teacher_val"].get(id_set, math.nan) for p in kd}
+    out = {1: claim1(kd, fits, baseline_id, id_set, [id_set, *ood_sets], level),
+           2: claim2(kd, fits, id_set, level, margin),
+           3: claim3(kd, zfits, ood_sets, level),
+           4: claim4(kd, fits[id_set], level, strength, n_boot, rng)}
+    adjusted = holm({k: c["p"] for k, c in out.items()})  # every claim with a primary test
+    for k, c in out.items():
+        c["claim"] = k
+        c["p_holm"] = adjusted.get(k)
+        if c["verdict"] is None:
+            c["verdict"] = "holds" if c["p_holm"] is not None and c["p_holm"] < 1 - level else "inconclusive"
+    return [out[k] for k in sorted(out)]

@@ -4,6 +4,7 @@ accounting, and plots (gain vs teacher strength per α; validation curves)."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import statistics
@@ -148,30 +149,71 @@ def _fmt(x, nd=4) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def build_report(sweep_dir: Path) -> dict:
+def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
+    """Each run's own gain: its student's baseline *of the same seed* minus the run's loss (the
+    baselines' mean where no baseline shares its seed)."""
+    base = baselines(rows, sets)
+    by_seed = {(r["student"], r.get("seed"), r.get("data_seed")): r for r in rows if not r.get("teacher")}
+    for r in rows:
+        twin = by_seed.get((r["student"], r.get("seed"), r.get("data_seed")))
+        b = base.get(r["student"], {})
+        r["gain"] = {s: (twin["val"][s] if twin and s in twin["val"] else b[s][0]) - r["val"][s]
+                     for s in sets if s in b and s in r["val"]}
+        r["gain_paired"] = twin is not None
+
+
+def _claims_json(c: dict) -> dict:
+    keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "why", "rho", "rho_interval", "weak", "margin")
+    out = {k: c[k] for k in keep if k in c}
+    if "axes" in c:
+        out["axes"] = [{"axis": r["axis"], "alpha": r["alpha"], "teachers": r["teachers"], "tested": r["tested"],
+                        "reading": r.get("reading"), "last_step": _est(r["last_step"]), "slope": _est(r["slope"])}
+                       for r in c["axes"]]
+    return out
+
+
+def _est(e) -> dict:
+    return {"value": e.value, "se": e.se, "df": e.df}
+
+
+def report_json(study: dict, sets: list[str]) -> dict:
+    """report.json: each point's paired gain and interval per set, each claim's verdict."""
+    out = {"level": study["level"], "equivalence": study["equivalence"], "in_domain": study["id_set"],
+           "ood": study["ood_sets"], "students": {}}
+    for student, st in study["students"].items():
+        out["students"][student] = {
+            "noise": st["noise"],
+            "points": [{"teacher": p["teacher"], "alpha": p["alpha"], "alpha_schedule": p["alpha_schedule"],
+                        "temperature": p["temperature"], "kind": p["kind"], "seeds": p["seeds"], "runs": p["names"],
+                        "loss": p["mean"], "gain": {s: {"gain": g["gain"], "se": g["se"], "df": g["df"],
+                                                        "interval": g["interval"], "p": g["p"],
+                                                        "verdict": g["verdict"]} for s, g in p["gains"].items()}}
+                       for p in st["points"]],
+            "best_alpha": st["best_alpha"],
+            "claims": [_claims_json(c) for c in st["claims"]]}
+    return out
+
+
+def build_report(sweep_dir: Path, level: float = analysis.LEVEL, equivalence: float = analysis.EQUIVALENCE,
+                 in_domain: str | None = None) -> dict:
     sweep_dir = Path(sweep_dir)
     rows, _, sets = collect(sweep_dir)
+    if in_domain is not None and in_domain not in sets:
+        raise ConfigError(f"--in-domain {in_domain!r} is not a validation set of this sweep ({', '.join(sets)})")
+    if not 0.5 <= level < 1:
+        raise ConfigError(f"--level {level} must be in [0.5, 1), e.g. 0.95 for 95 % intervals")
+    if not equivalence > 0:
+        raise ConfigError(f"--equivalence {equivalence} must be > 0 nats, e.g. 0.01")
     base = baselines(rows, sets)
-    for r in rows:
-        b = base.get(r["student"], {})
-        r["gain"] = {s: b[s][0] - r["val"][s] for s in sets if s in b and s in r["val"]}
-    kd_rows = [r for r in rows if r.get("teacher")]
-    best = {}
-    for t in sorted({r["teacher"] for r in kd_rows}):
-        cands = [r for r in kd_rows if r["teacher"] == t and r.get("alpha") is not None]
-        for s in sets:
-            scored = [r for r in cands if s in r["gain"]]
-            if scored:
-                top = max(scored, key=lambda r: r["gain"][s])
-                best.setdefault(t, {})[s] = (top["alpha"], top["gain"][s])
-    header = ["run", "student", "teacher", "alpha", "T", "kind"]
+    paired_run_gains(rows, sets)
+    header = ["run", "student", "teacher", "alpha", "T", "kind", "seed"]
     header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets] + [f"gain {s}" for s in sets]
     header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
     table = []
-    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0)):
+    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
         table.append([r["name"], r["student"], r.get("teacher") or "(baseline)",
                       r.get("alpha_schedule") or _fmt(r.get("alpha"), 2),
-                      _fmt(r.get("temperature"), 2), r.get("kind") or ""]
+                      _fmt(r.get("temperature"), 2), r.get("kind") or "", str(r.get("seed", ""))]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
                      + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
                      + [human(r["student_flops"]), human(r.get("teacher_kd_flops", 0)),
@@ -179,35 +221,59 @@ def build_report(sweep_dir: Path) -> dict:
     with open(sweep_dir / "report.csv", "w", newline="") as f:
         csv.writer(f).writerows([header] + table)
     md = [f"# Sweep report: {sweep_dir.name}", "",
-          "Final validation loss (nats/token) per run; gain = the same student's no-KD baseline "
-          "minus the run's loss (positive: distillation helped).", ""]
+          "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
+          "baseline of the same seed minus the run's (positive: distillation helped; the baselines' mean "
+          "where no baseline shares the seed). Per-run gains are single seeds: read the paired gains and "
+          "the claims below, not this table's best row.", ""]
     for student, b in base.items():
         md.append(f"Baseline {student}: " + ", ".join(
             f"{s} {m:.4f}" + (f" ± {sd:.4f} (seed std)" if sd is not None else "") for s, (m, sd) in b.items()))
     md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
     caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
+    kd_rows = [r for r in rows if r.get("teacher")]
     online = [r for r in kd_rows if not r.get("teacher_cache")]
     md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
                "(one per teacher cache, shared by its runs; the table splits its FLOPs among them)."]
     varies = {r.get("seed_varies") for r in rows if r.get("seed_varies")}
     if varies:
         md.append(f"Seeds varied: {' / '.join(sorted(varies))}.")
-    md += ["", "Best α per teacher:", ""]
-    for t, per in best.items():
-        md.append(f"- {t}: " + ", ".join(f"{s}: α={a:g} (gain {g:+.4f})" for s, (a, g) in per.items()))
-    study = analysis.analyse(rows, sets)
+    study = analysis.analyse(rows, sets, level, equivalence, in_domain)
     md += analysis.markdown(study, sets)
     plotted = finite_rows(rows, sets)
     left_out = [r["name"] for r in rows if r not in plotted]
     if left_out:
         md += ["", f"Left out of the plots (a loss that is not finite): {', '.join(left_out)}."]
     plots = _plots(sweep_dir, plotted, sets, base) if plotted else []
-    plots += analysis.plots(sweep_dir, analysis.analyse(plotted, sets), sets) if plotted else []
+    plots += analysis.plots(sweep_dir, analysis.analyse(plotted, sets, level, equivalence, in_domain, n_boot=0),
+                            sets) if plotted else []
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (sweep_dir / "report.md").write_text("\n".join(md))
-    return {"rows": rows, "baselines": base, "best_alpha": best, "sets": sets, "plots": plots, "study": study,
+    doc = report_json(study, sets)
+    tmp = sweep_dir / ".report.json.tmp"
+    tmp.write_text(json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False))
+    tmp.replace(sweep_dir / "report.json")
+    return {"rows": rows, "baselines": base, "sets": sets, "plots": plots, "study": study, "json": doc,
             "markdown": "\n".join(md)}
+
+
+def _finite(x):
+    """NaN and infinities as null: report.json is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _json_default(x):
+    if isinstance(x, tuple):
+        return list(x)
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON: {type(x).__name__}")
 
 
 def _plots(sweep_dir: Path, rows: list[dict], sets: list[str], base: dict) -> list[Path]:

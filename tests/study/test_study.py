@@ -73,6 +73,9 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     assert res["kl_teacher_student"] > 0.01 and res["top1_agreement"] < 1.0
 
 
+VERDICTS = {"holds", "does not hold", "mixed", "inconclusive", "not tested"}
+
+
 def r_text(out):
     return (out / "report.md").read_text()
 
@@ -91,13 +94,18 @@ def test_two_seeds_two_teacher_budgets_sweep_reports_bands_and_claims(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     mkd("sweep", str(tmp_path / "s.yaml"), "--local", timeout=900)
     report = (tmp_path / "sweep" / "report.md").read_text()
-    assert "## Seed bands and noise" in report and "## The paper's claims" in report
-    rows = [line for line in report.splitlines() if line.startswith("| student")]
-    assert any("(n=2)" in line and "t@256" in line for line in report.splitlines())
-    assert any("(baseline)" in line and "(n=2)" in line for line in report.splitlines()), rows
+    assert "## Paired gains (student)" in report and "## The paper's claims (student)" in report
+    lines = report.splitlines()
+    assert any(line.startswith("| t@256 | 0.5 |") and "| 2 |" in line for line in lines), lines
+    assert any(line.startswith("| (baseline) |") and "| 2 |" in line for line in lines)
+    assert "point x seed model over 6 runs of 3 points, 2 degrees of freedom" in report
     for claim in (1, 2, 3, 4):
         assert f"\n{claim}. " in report
-    assert "needs teachers of three strengths, the sweep has 2" in report  # claim 2: two budgets only
+    assert "needs a teacher axis of three or more strengths" in report  # claim 2: two budgets only
+    doc = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    claims = doc["students"]["student"]["claims"]
+    assert [c["claim"] for c in claims] == [1, 2, 3, 4] and claims[1]["verdict"] == "not tested"
+    assert all(c["verdict"] in VERDICTS for c in claims)
     assert (tmp_path / "sweep" / "gain_vs_teacher_tokens.png").is_file()
     assert (tmp_path / "sweep" / "best_alpha_vs_teacher.png").is_file()
     # the curves have a point per step (logging.eval_interval=1), not two
