@@ -24,7 +24,14 @@ def add_study_parsers(sub) -> None:
                        description="Read a sweep directory's finished runs and write report.md, report.json "
                                    "(each point's paired gain and interval, each claim's verdict), report.csv "
                                    "and the figures beside them.")
-    r.add_argument("sweep_dir")
+    r.add_argument("sweep_dir", nargs="?", help="a sweep's `out` directory (or give --table)")
+    r.add_argument("--table", metavar="FILE.csv",
+                   help="report from a results table instead, one row per run: run, student, student_params, "
+                        "student_tokens, teacher (empty: baseline), teacher_params, teacher_tokens, alpha, "
+                        "alpha_schedule, seed, data_seed, val/<set>..., teacher_val/<set>...; optional flops, "
+                        "teacher_pretrain_flops, teacher_pass_flops, temperature, kind, top_k, teacher_model "
+                        "(a sweep's report.csv is this table)")
+    r.add_argument("--out", metavar="DIR", help="with --table: where the report goes (default FILE_report/)")
     r.add_argument("--level", type=float, default=0.95,
                    help="two-sided confidence level of every interval and test (default 0.95)")
     r.add_argument("--equivalence", type=float, default=0.01, metavar="NATS",
@@ -92,12 +99,24 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from megatron_kd.study.report import build_report
+    from megatron_kd.errors import ConfigError
+    from megatron_kd.study.report import build_report, build_report_from_table
 
-    rep = build_report(Path(args.sweep_dir), getattr(args, "level", 0.95), getattr(args, "equivalence", 0.01),
-                       getattr(args, "in_domain", None))
+    level, eq, in_domain = getattr(args, "level", 0.95), getattr(args, "equivalence", 0.01), \
+        getattr(args, "in_domain", None)
+    table = getattr(args, "table", None)
+    if bool(table) == bool(args.sweep_dir):
+        raise ConfigError("give a sweep directory or --table FILE.csv (one of them), e.g. mkd report "
+                          "runs/sweeps/cpu-mini, or mkd report --table results.csv --out reports/mine")
+    if getattr(args, "out", None) and not table:
+        raise ConfigError("--out is for --table; a sweep's report is written into its directory")
+    if table:
+        rep = build_report_from_table(Path(table), Path(args.out) if args.out else None, level, eq, in_domain)
+    else:
+        rep = build_report(Path(args.sweep_dir), level, eq, in_domain)
+    where = rep["out_dir"]
     print(rep["markdown"])
-    print(f"\nwritten: {Path(args.sweep_dir) / 'report.md'}, report.json, report.csv, "
+    print(f"\nwritten: {where / 'report.md'}, report.json, report.csv, "
           + ", ".join(p.name for p in rep["plots"]))
     return 0
 

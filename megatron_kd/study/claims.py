@@ -138,10 +138,11 @@ def claim2(kd, fits, id_set, level, margin) -> dict:
                 "why": "a claim about a gain needs a gain: no teacher on any axis helps the student in-domain"}
     p_claim = _bonferroni([r["p"] for r in tested])
     readings = {r["reading"] for r in tested}
-    verdict = None if readings & {"saturates", "reverses"} else "inconclusive"
-    if readings == {"still growing"}:
-        verdict = "does not hold"
-    elif "still growing" in readings and readings & {"saturates", "reverses"}:
+    # holds only through a saturating or reversing axis (then Holm decides); an axis whose gain
+    # is still significantly growing, with none saturating, is evidence against
+    verdict = None if readings & {"saturates", "reverses"} else \
+        "does not hold" if "still growing" in readings else "inconclusive"
+    if "still growing" in readings and readings & {"saturates", "reverses"}:
         verdict = "mixed"
     why = "; ".join(f"{r['axis']} at α={r['alpha']:g} ({', '.join(r['teachers'])}): last step "
                     f"{_fmt(r['last_step'], level)}, slope per decade {_fmt(r['slope'], level)}: "

@@ -3,7 +3,6 @@ accounting, and plots (gain vs teacher strength per α; validation curves)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -16,6 +15,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 from megatron_kd.study import analysis
+from megatron_kd.study.table import read_table, write_table
 
 log = logging.getLogger("megatron_kd")
 
@@ -86,7 +86,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
         vals = {k[4:]: v for k, v in res["final_val"].items() if k.startswith("val/")}
         sets |= set(vals)
         tokens = res["last"]["tokens"]
-        row = {**p, "val": vals, "tokens": tokens, "curve": res["curve"],
+        row = {**p, "val": vals, "tokens": tokens, "student_tokens": tokens, "curve": res["curve"],
+               "data_seed": cfg.data.seed, "teacher_tokens": p.get("teacher_tokens"),
                "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
                "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
                "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens,
@@ -103,6 +104,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
                 row["teacher_cache_flops"] = per_tok / 3 * cached
             t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
             row["teacher_pretrain_flops"] = per_tok * t_tokens
+            row["teacher_tokens"] = t_tokens or None
             t_eval = teachers.get(p["teacher"].replace("/", "-"))
             row["teacher_val"] = (t_eval or {}).get("loss", {})
         rows.append(row)
@@ -196,10 +198,32 @@ def report_json(study: dict, sets: list[str]) -> dict:
 
 def build_report(sweep_dir: Path, level: float = analysis.LEVEL, equivalence: float = analysis.EQUIVALENCE,
                  in_domain: str | None = None) -> dict:
+    """The report of a sweep directory, written beside it (report.md, report.json, report.csv
+    in the results-table format, figures)."""
     sweep_dir = Path(sweep_dir)
     rows, _, sets = collect(sweep_dir)
+    return write_report(rows, sets, sweep_dir, f"Sweep report: {sweep_dir.name}", level, equivalence, in_domain)
+
+
+def build_report_from_table(table: Path, out_dir: Path | None = None, level: float = analysis.LEVEL,
+                            equivalence: float = analysis.EQUIVALENCE, in_domain: str | None = None) -> dict:
+    """The same report from a results table (study/table.py), written to `out_dir` (default:
+    beside the table, in TABLE_report/)."""
+    table = Path(table)
+    rows, sets = read_table(table)
+    out_dir = Path(out_dir) if out_dir else table.with_name(f"{table.stem}_report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "report.csv").resolve() == table.resolve():
+        raise ConfigError(f"--out {out_dir} would write its report.csv over the table {table}; choose another --out")
+    return write_report(rows, sets, out_dir, f"Report: {table.name}", level, equivalence, in_domain)
+
+
+def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, level: float,
+                 equivalence: float, in_domain: str | None) -> dict:
+    sweep_dir = out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     if in_domain is not None and in_domain not in sets:
-        raise ConfigError(f"--in-domain {in_domain!r} is not a validation set of this sweep ({', '.join(sets)})")
+        raise ConfigError(f"--in-domain {in_domain!r} is not a validation set of these runs ({', '.join(sets)})")
     if not 0.5 <= level < 1:
         raise ConfigError(f"--level {level} must be in [0.5, 1), e.g. 0.95 for 95 % intervals")
     if not equivalence > 0:
@@ -216,11 +240,10 @@ def build_report(sweep_dir: Path, level: float = analysis.LEVEL, equivalence: fl
                       _fmt(r.get("temperature"), 2), r.get("kind") or "", str(r.get("seed", ""))]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
                      + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
-                     + [human(r["student_flops"]), human(r.get("teacher_kd_flops", 0)),
-                        human(r.get("teacher_pretrain_flops", 0))])
-    with open(sweep_dir / "report.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header] + table)
-    md = [f"# Sweep report: {sweep_dir.name}", "",
+                     + [human(r.get("student_flops") or 0), human(r.get("teacher_kd_flops") or 0),
+                        human(r.get("teacher_pretrain_flops") or 0)])
+    write_table(sweep_dir / "report.csv", rows, sets)
+    md = [f"# {title}", "",
           "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
           "baseline of the same seed minus the run's (positive: distillation helped; the baselines' mean "
           "where no baseline shares the seed). Per-run gains are single seeds: read the paired gains and "
@@ -254,6 +277,7 @@ def build_report(sweep_dir: Path, level: float = analysis.LEVEL, equivalence: fl
     tmp.write_text(json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False))
     tmp.replace(sweep_dir / "report.json")
     return {"rows": rows, "baselines": base, "sets": sets, "plots": plots, "study": study, "json": doc,
+            "out_dir": out_dir,
             "markdown": "\n".join(md)}
 
 
@@ -307,10 +331,12 @@ def _plots(sweep_dir: Path, rows: list[dict], sets: list[str], base: dict) -> li
     curves: dict[tuple, dict] = {}
     for r in rows:
         key = (r["student"], r.get("teacher") or "(baseline)", r.get("alpha_schedule") or _fmt(r.get("alpha"), 2))
-        for v in r["curve"]:
+        for v in r.get("curve") or []:  # a results table has none
             for s in sets:
                 if f"val/{s}" in v:
                     curves.setdefault(key, {}).setdefault(s, {}).setdefault(v["tokens"], []).append(v[f"val/{s}"])
+    if not curves:
+        return out
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 5), squeeze=False)
     for ax, s in zip(axes[0], sets):
         for key, per in sorted(curves.items()):

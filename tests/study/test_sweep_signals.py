@@ -26,8 +26,11 @@ JOB = textwrap.dedent("""
     time.sleep(120)
 """)
 
+# The runner restores Python's Ctrl-C handler: a shell's background job (CI, nohup) inherits
+# SIGINT ignored, and a terminal's sweep does not.
 RUNNER = textwrap.dedent("""
-    import sys
+    import signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     from megatron_kd.study.jobs import Job, run_jobs
     pids, logs = sys.argv[1], Path(sys.argv[2])

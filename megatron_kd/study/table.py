@@ -1,0 +1,122 @@
+"""The results table `mkd report --table` reads and every sweep report writes (report.csv): one
+row per run, so results from another framework or a paper's tables read with the same
+statistics. Columns (README "The results table"):
+
+  run, student, student_params, student_tokens, teacher (empty: a baseline), teacher_params,
+  teacher_tokens, alpha, alpha_schedule (empty unless scheduled), seed, data_seed,
+  val/<set> per validation set, teacher_val/<set> per set (the teacher's own loss),
+  and optional: flops (the student's training FLOPs), teacher_pretrain_flops,
+  teacher_pass_flops (its forward passes for this run), temperature, kind, top_k, teacher_model.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from megatron_kd.errors import ConfigError
+
+REQUIRED = ["run", "student", "student_params", "student_tokens", "teacher", "teacher_params", "teacher_tokens",
+            "alpha", "alpha_schedule", "seed", "data_seed"]
+OPTIONAL = ["flops", "teacher_pretrain_flops", "teacher_pass_flops", "temperature", "kind", "top_k",
+            "teacher_model"]
+_NUMBERS = {"student_params": float, "student_tokens": int, "teacher_params": float, "teacher_tokens": int,
+            "alpha": float, "seed": int, "data_seed": int, "flops": float, "teacher_pretrain_flops": float,
+            "teacher_pass_flops": float, "temperature": float, "top_k": int}
+# the report's row fields each column fills
+_FIELD = {"run": "name", "flops": "student_flops", "teacher_pass_flops": "teacher_kd_flops"}
+
+
+def _cell(v) -> str:
+    if hasattr(v, "item"):  # a numpy scalar
+        v = v.item()
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
+    """The report's rows as the table: floats at full precision (a table read back gives the
+    same report)."""
+    head = REQUIRED + [f"val/{s}" for s in sets] + [f"teacher_val/{s}" for s in sets] + OPTIONAL
+    out = []
+    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r["name"])):
+        line = {c: _cell(r.get(_FIELD.get(c, c))) for c in REQUIRED + OPTIONAL}
+        line["student_tokens"] = _cell(r.get("student_tokens", r.get("tokens")))
+        if not r.get("teacher"):
+            line["teacher"] = ""
+        for s in sets:
+            line[f"val/{s}"] = _cell(r["val"].get(s))
+            line[f"teacher_val/{s}"] = _cell((r.get("teacher_val") or {}).get(s))
+        out.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=head)
+        w.writeheader()
+        w.writerows(out)
+    tmp.replace(path)
+
+
+def read_table(path: Path) -> tuple[list[dict], list[str]]:
+    """(rows as the report reads them, validation sets) from a results table; a bad table is one
+    line naming the row and column."""
+    path = Path(path)
+    fix = "fix the table (columns: `mkd report --help`)"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            head = reader.fieldnames or []
+            lines = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a readable CSV table ({exc}); {fix}") from exc
+    missing = [c for c in REQUIRED if c not in head]
+    sets = [c[4:] for c in head if c.startswith("val/") and c[4:]]
+    if missing or not sets:
+        what = f"missing column(s) {', '.join(missing)}" if missing else "no val/<set> column"
+        raise ConfigError(f"{path}: {what}; {fix}")
+    unknown = [c for c in head if c not in REQUIRED + OPTIONAL and not c.startswith(("val/", "teacher_val/"))]
+    if unknown:
+        raise ConfigError(f"{path}: unknown column(s) {', '.join(unknown)[:200]}; {fix}")
+    rows, seen = [], {}
+    for i, line in enumerate(lines, start=2):  # line 1 is the header
+        name = (line.get("run") or "").strip()
+        where = f"{path} row {i}" + (f" (run {name[:60]})" if name else "")
+        if not name:
+            raise ConfigError(f"{where} column run: empty; every row names its run")
+        if name in seen:
+            raise ConfigError(f"{where} column run: {name[:60]!r} repeats row {seen[name]}; one row per run")
+        seen[name] = i
+        r = {"name": name, "student": (line.get("student") or "").strip(), "val": {}, "teacher_val": {}}
+        if not r["student"]:
+            raise ConfigError(f"{where} column student: empty; {fix}")
+        for col in REQUIRED[2:] + OPTIONAL:
+            raw = (line.get(col) or "").strip()
+            if col in _NUMBERS and raw:
+                try:
+                    v = _NUMBERS[col](float(raw)) if _NUMBERS[col] is int else float(raw)
+                except ValueError:
+                    raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a number; {fix}") from None
+                r[_FIELD.get(col, col)] = v
+            elif col not in _NUMBERS:
+                r[col] = raw or None
+        r["tokens"] = r.get("student_tokens")
+        for s in sets:
+            for prefix, into in (("val/", "val"), ("teacher_val/", "teacher_val")):
+                raw = (line.get(prefix + s) or "").strip()
+                if not raw:
+                    continue
+                try:
+                    r[into][s] = float(raw)
+                except ValueError:
+                    raise ConfigError(f"{where} column {prefix}{s}: {raw[:40]!r} is not a number; {fix}") from None
+        if not r["val"]:
+            raise ConfigError(f"{where}: no val/<set> loss; {fix}")
+        if not r.get("teacher"):
+            r["teacher"] = None
+        elif r.get("alpha") is None and not r.get("alpha_schedule"):
+            raise ConfigError(f"{where} column alpha: empty for a KD run; give α or an alpha_schedule label")
+        rows.append(r)
+    if not rows:
+        raise ConfigError(f"{path}: no rows; {fix}")
+    return rows, sets
