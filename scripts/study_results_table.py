@@ -50,7 +50,8 @@ def main(src: str, dst: str) -> None:
                      temperature=float(c[4]), kind=c[5], top_k=64,
                      teacher_val={"indomain": float(c[6]), "ood": float(c[7])},
                      teacher_pretrain_flops=per_tok[model] * tokens,
-                     teacher_kd_flops=per_tok[model] / 3 * STUDENT_TOKENS)  # its pass over this run's stream
+                     teacher_pass_flops=per_tok[model] / 3 * STUDENT_TOKENS,  # its pass over this run's stream
+                     teacher_pass_shared_by=12)  # one cache per teacher, read by its 12 points
             if "→" in alpha:
                 r.update(alpha=None, alpha_schedule=alpha)
             else:

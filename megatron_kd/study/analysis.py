@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from megatron_kd.models.params import human
 from megatron_kd.study.claims import CLAIMS, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.stats import point_key
@@ -50,7 +51,7 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
     out = {"id_set": id_set, "ood_sets": ood, "level": level, "equivalence": equivalence, "students": {}}
     for student in sorted({r["student"] for r in rows}):
         rs = [r for r in rows if r["student"] == student]
-        base_rows = [r for r in rs if not r.get("teacher")]
+        base_rows = [r for r in rs if not r.get("teacher") and r.get("baseline_tokens") is None]
         if not base_rows:
             continue
         baseline = point_key(base_rows[0])
@@ -65,7 +66,8 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
                  "kind": first.get("kind"), "teacher_val": first.get("teacher_val") or {},
                  "teacher_tokens": first.get("teacher_tokens"), "teacher_params": first.get("teacher_params"),
                  "teacher_model": first.get("teacher_model"), "teacher_flops": first.get("teacher_pretrain_flops"),
-                 "seeds": fits[id_set].n_seeds(key), "names": [r["name"] for r in rs if point_key(r) == key],
+                 "baseline_tokens": first.get("baseline_tokens"), "seeds": fits[id_set].n_seeds(key),
+                 "names": [r["name"] for r in rs if point_key(r) == key],
                  "mean": {s: fits[s].mean(key) for s in sets}, "gains": {}}
             if p["teacher"]:
                 for s in sets:
@@ -133,7 +135,9 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
         for p in sorted(st["points"], key=lambda p: (str(p["teacher"]), p.get("alpha") or 0, alpha_label(p))):
             g = [(f"{p['gains'][s]['gain']:+.4f}{_ci(p['gains'][s]['interval'])} ({p['gains'][s]['verdict']})")
                  if p["teacher"] and not math.isnan(p["gains"][s]["gain"]) else "" for s in sets]
-            md.append("| " + " | ".join([p["teacher"] or "(baseline)", alpha_label(p),
+            name = p["teacher"] or ("(baseline)" if p.get("baseline_tokens") is None
+                                    else f"(baseline, {human(p['baseline_tokens'])} tokens)")
+            md.append("| " + " | ".join([name, alpha_label(p),
                                          f"{p['temperature']:g}" if p.get("temperature") else "", str(p["seeds"])]
                                         + [f"{p['mean'][s]:.4f}" for s in sets] + g) + " |")
         md += ["", "Best α per teacher, from seed means (α = 0, no KD, competes; the interval is that of the "

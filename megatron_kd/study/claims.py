@@ -194,6 +194,9 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
         return {"verdict": "not tested" if alphas[0] == 0 else "inconclusive", "null": null, "p": None,
                 "why": what}
     rho = spearman(x, alphas)
+    if rho is None:  # the teachers are equally strong on this set: no order to correlate with
+        return {"verdict": "not tested", "null": null, "p": None,
+                "why": f"the {len(ts)} teachers' own losses are all equal ({-x[0]:.4f}): no strength order"}
     # permutation p (one-sided, ρ > 0): exact for up to 8 teachers, else 5,000 random orders
     rx, ry = _ranks(np.asarray(x)), _ranks(np.asarray(alphas, dtype=float))
     perms = np.array(list(itertools.permutations(range(len(ts))))) if len(ts) <= 8 else \

@@ -14,7 +14,7 @@ from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
-from megatron_kd.study import analysis
+from megatron_kd.study import analysis, compute, compute_report
 from megatron_kd.study.table import read_table, write_table
 
 log = logging.getLogger("megatron_kd")
@@ -23,7 +23,7 @@ log = logging.getLogger("megatron_kd")
 POINT_FIELDS = {"name": str}
 POINT_OPTIONAL = {"student": str, "teacher": str, "alpha": float, "temperature": float, "kind": str,
                   "top_k": int, "teacher_tokens": (int, float), "teacher_cache": str, "alpha_schedule": str,
-                  "teacher_model": str, "seed": int, "seed_varies": str}
+                  "teacher_model": str, "seed": int, "seed_varies": str, "baseline_steps": int}
 _RERUN = "fix the line or re-run the point (`mkd sweep ... --local --only NAME`)"
 
 
@@ -40,15 +40,6 @@ def _final(run_dir: Path) -> dict | None:
             require_fields(r, {"tokens": int, **{k: float for k in val}}, f"{f} (record {i + 1})", _RERUN)
     vals = [r for r in rows if any(k.startswith("val/") for k in r)]
     return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
-
-
-def _cache_tokens(cache: Path) -> int:
-    from megatron_kd.distill.cache import MANIFEST, read_manifest  # lazy: the cache reader imports torch
-
-    if not (cache / MANIFEST).is_file():
-        return 0
-    m = read_manifest(cache)
-    return m["num_samples"] * m["seq_length"]
 
 
 def _teacher_eval(f: Path) -> dict:
@@ -96,12 +87,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
             _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
             row["teacher_params"] = count_parameters(tm).total
             per_tok = train_flops_per_token(tm, cfg.train.seq_length)
-            row["teacher_kd_flops"] = per_tok / 3 * tokens  # forward only
+            row["teacher_pass_flops"] = per_tok / 3 * tokens  # forward only, over this run's stream
             if p.get("teacher_cache"):  # one forward over the cached stream, shared by its points
-                sharing = sum(1 for q in points if q.get("teacher_cache") == p["teacher_cache"])
-                cached = _cache_tokens(Path(p["teacher_cache"]))
-                row["teacher_kd_flops"] = per_tok / 3 * cached / sharing
-                row["teacher_cache_flops"] = per_tok / 3 * cached
+                row["teacher_pass_shared_by"] = sum(1 for q in points if q.get("teacher_cache") == p["teacher_cache"])
             t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
             row["teacher_pretrain_flops"] = per_tok * t_tokens
             row["teacher_tokens"] = t_tokens or None
@@ -136,7 +124,7 @@ def baselines(rows: list[dict], sets: list[str]) -> dict:
     """Per student: mean (and std over seeds) of the baseline's final validation losses."""
     out = {}
     for student in {r["student"] for r in rows}:
-        b = [r for r in rows if r["student"] == student and not r.get("teacher")]
+        b = [r for r in rows if r["student"] == student and not r.get("teacher") and r.get("baseline_tokens") is None]
         if not b:
             continue
         out[student] = {}
@@ -155,7 +143,8 @@ def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
     """Each run's own gain: its student's baseline *of the same seed* minus the run's loss (the
     baselines' mean where no baseline shares its seed)."""
     base = baselines(rows, sets)
-    by_seed = {(r["student"], r.get("seed"), r.get("data_seed")): r for r in rows if not r.get("teacher")}
+    by_seed = {(r["student"], r.get("seed"), r.get("data_seed")): r for r in rows
+               if not r.get("teacher") and r.get("baseline_tokens") is None}
     for r in rows:
         twin = by_seed.get((r["student"], r.get("seed"), r.get("data_seed")))
         b = base.get(r["student"], {})
@@ -228,6 +217,7 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
         raise ConfigError(f"--level {level} must be in [0.5, 1), e.g. 0.95 for 95 % intervals")
     if not equivalence > 0:
         raise ConfigError(f"--equivalence {equivalence} must be > 0 nats, e.g. 0.01")
+    compute.mark_baseline_lengths(rows)
     base = baselines(rows, sets)
     paired_run_gains(rows, sets)
     header = ["run", "student", "teacher", "alpha", "T", "kind", "seed"]
@@ -235,13 +225,13 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
     table = []
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
+        f = compute.run_flops(r)
         table.append([r["name"], r["student"], r.get("teacher") or "(baseline)",
                       r.get("alpha_schedule") or _fmt(r.get("alpha"), 2),
                       _fmt(r.get("temperature"), 2), r.get("kind") or "", str(r.get("seed", ""))]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
                      + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
-                     + [human(r.get("student_flops") or 0), human(r.get("teacher_kd_flops") or 0),
-                        human(r.get("teacher_pretrain_flops") or 0)])
+                     + [human(f.get("student") or 0), human(f.get("shared") or 0), human(f.get("pretrain") or 0)])
     write_table(sweep_dir / "report.csv", rows, sets)
     md = [f"# {title}", "",
           "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
@@ -257,12 +247,15 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     kd_rows = [r for r in rows if r.get("teacher")]
     online = [r for r in kd_rows if not r.get("teacher_cache")]
     md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
-               "(one per teacher cache, shared by its runs; the table splits its FLOPs among them)."]
+               "(one per teacher cache, shared by its runs; the table's teacher KD FLOPs split it among them: "
+               "accounting (a) below)."]
     varies = {r.get("seed_varies") for r in rows if r.get("seed_varies")}
     if varies:
         md.append(f"Seeds varied: {' / '.join(sorted(varies))}.")
     study = analysis.analyse(rows, sets, level, equivalence, in_domain)
     md += analysis.markdown(study, sets)
+    cs = compute.compute_study(rows, study, sets, level)
+    md += compute_report.markdown(cs, sets, level, study["id_set"])
     plotted = finite_rows(rows, sets)
     left_out = [r["name"] for r in rows if r not in plotted]
     if left_out:
@@ -270,9 +263,12 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     plots = _plots(sweep_dir, plotted, sets, base) if plotted else []
     plots += analysis.plots(sweep_dir, analysis.analyse(plotted, sets, level, equivalence, in_domain, n_boot=0),
                             sets) if plotted else []
+    plots += compute_report.plot(sweep_dir, compute.compute_study(plotted, analysis.analyse(
+        plotted, sets, level, equivalence, in_domain, n_boot=0), sets, level), sets) if plotted else []
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     (sweep_dir / "report.md").write_text("\n".join(md))
     doc = report_json(study, sets)
+    doc["compute"] = compute_report.report_json(cs)
     tmp = sweep_dir / ".report.json.tmp"
     tmp.write_text(json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False))
     tmp.replace(sweep_dir / "report.json")

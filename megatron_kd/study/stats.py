@@ -8,9 +8,10 @@ import statistics
 
 
 def point_key(r: dict) -> tuple:
-    """A sweep point's coordinates: every grid axis (seeds pooled)."""
+    """A sweep point's coordinates: every grid axis (seeds pooled), and a baseline's length when it
+    is not its student's KD length (compute.mark_baseline_lengths)."""
     return (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"),
-            r.get("alpha_schedule"))
+            r.get("alpha_schedule"), r.get("baseline_tokens"))
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

@@ -10,6 +10,8 @@ Sweep YAML:
     seeds: [1234]                   # several seeds: one run per seed (noise bands)
     baseline: true                  # the no-KD run of each student
     baseline_seeds: [1235]          # extra baseline seeds only (a cheaper noise band)
+    baseline_steps: [100, 400]      # baselines at other lengths, each seed: the supervised
+                                    # frontier `mkd report` compares KD's total compute with
     grid:
       student: [models/cpu-small]               # model recipes
       teacher:                                  # explicit teachers ...
@@ -46,7 +48,8 @@ from megatron_kd.study.jobs import Job, run_jobs
 
 GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
-SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "grid", "data_seed"}
+SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
+              "data_seed"}
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
 
 
@@ -125,7 +128,8 @@ def grid_size(spec: dict) -> int:
     alphas = (len(grid.get("alpha") or []) + len(grid.get("alpha_schedule") or [])) or 1
     per_student = teachers * alphas * n("temperature") * n("kind") * n("top_k") + bool(spec.get("baseline", True))
     students, seeds = n("student"), len(spec.get("seeds") or []) or 1
-    return seeds * students * per_student + len(spec.get("baseline_seeds") or []) * students
+    extra = len(spec.get("baseline_seeds") or []) + seeds * len(spec.get("baseline_steps") or [])
+    return seeds * students * per_student + extra * students
 
 
 def check_size(spec: dict) -> None:
@@ -150,6 +154,8 @@ def _check_types(spec: dict, p: Path) -> None:
     need(is_list(spec.get("overrides"), str), "overrides", "a list of key=value strings")
     need(is_list(spec.get("seeds"), int), "seeds", "a list of integers")
     need(is_list(spec.get("baseline_seeds"), int), "baseline_seeds", "a list of integers")
+    need(is_list(spec.get("baseline_steps"), int) and all(x >= 1 for x in spec.get("baseline_steps") or []),
+         "baseline_steps", "a list of step counts (integers >= 1)")
     need(isinstance(spec.get("baseline", True), bool), "baseline", "true or false")
     grid = spec.get("grid")
     need(grid is None or isinstance(grid, dict), "grid", "a mapping of axes to lists")
@@ -235,6 +241,11 @@ def expand(spec: dict) -> list[Point]:
             points.append(Point(f"{s_name}__baseline{seed_tag}", student, None, base_ov + ["kd.alpha=0"],
                                 {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
                                  "seed_varies": seed_varies}))
+        for steps in spec.get("baseline_steps") or []:  # the same run at another length, its own schedule
+            points.append(Point(f"{s_name}__baseline-{steps}steps{seed_tag}", student, None,
+                                base_ov + ["kd.alpha=0", f"train.steps={steps}", "train.tokens=null"],
+                                {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
+                                 "seed_varies": seed_varies, "baseline_steps": steps}))
         for t, a, temp, kind, top_k in itertools.product(teachers, *axes.values()):
             parts, ov = [s_name, f"t-{_short(t['name'])}"], list(base_ov)
             ov += [f"teacher.checkpoint={t['checkpoint']}"]

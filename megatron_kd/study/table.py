@@ -6,7 +6,10 @@ statistics. Columns (README "The results table"):
   teacher_tokens, alpha, alpha_schedule (empty unless scheduled), seed, data_seed,
   val/<set> per validation set, teacher_val/<set> per set (the teacher's own loss),
   and optional: flops (the student's training FLOPs), teacher_pretrain_flops,
-  teacher_pass_flops (its forward passes for this run), temperature, kind, top_k, teacher_model.
+  teacher_pass_flops (its forward pass over this run's tokens, as if for this run alone),
+  teacher_pass_shared_by (runs that share one pass, e.g. of a teacher cache; default 1),
+  temperature, kind, top_k, teacher_model. Missing FLOPs are estimated as 6·N·D (training)
+  and 2·N·D (forward), and the report says so.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from megatron_kd.errors import ConfigError
 
 REQUIRED = ["run", "student", "student_params", "student_tokens", "teacher", "teacher_params", "teacher_tokens",
             "alpha", "alpha_schedule", "seed", "data_seed"]
-OPTIONAL = ["flops", "teacher_pretrain_flops", "teacher_pass_flops", "temperature", "kind", "top_k",
-            "teacher_model"]
+OPTIONAL = ["flops", "teacher_pretrain_flops", "teacher_pass_flops", "teacher_pass_shared_by", "temperature",
+            "kind", "top_k", "teacher_model"]
 _NUMBERS = {"student_params": float, "student_tokens": int, "teacher_params": float, "teacher_tokens": int,
             "alpha": float, "seed": int, "data_seed": int, "flops": float, "teacher_pretrain_flops": float,
-            "teacher_pass_flops": float, "temperature": float, "top_k": int}
+            "teacher_pass_flops": float, "teacher_pass_shared_by": int, "temperature": float, "top_k": int}
 # the report's row fields each column fills
-_FIELD = {"run": "name", "flops": "student_flops", "teacher_pass_flops": "teacher_kd_flops"}
+_FIELD = {"run": "name", "flops": "student_flops"}
 
 
 def _cell(v) -> str:

@@ -36,19 +36,23 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     mkd("train", "train/tiny-mock", *common, f"run.dir={teacher}", "train.steps=12",
         "model.num_layers=3", "train.lr=3e-3")
     sweep = {"name": "two", "base": "train/tiny-mock", "out": str(tmp_path / "sweep"),
-             "overrides": common + ["train.steps=4"], "baseline": True,
+             "overrides": common + ["train.steps=4"], "baseline": True, "baseline_steps": [3],
              "grid": {"teacher": [{"name": "t12", "checkpoint": str(teacher), "tokens": 12 * 256}],
                       "alpha": [0.2, 1.0]}}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(sweep))
     r = mkd("sweep", str(tmp_path / "two.yaml"), "--local", timeout=600)
-    assert r.stdout.count(": training") == 3
+    assert r.stdout.count(": training") == 4
     out = tmp_path / "sweep"
     assert (out / "report.md").is_file() and (out / "gain_vs_teacher.png").is_file()
     assert (out / "loss_curves.png").is_file()
     rows = list(csv.DictReader(open(out / "report.csv")))  # the results table (study/table.py)
-    assert len(rows) == 3
-    base = next(r for r in rows if r["teacher"] == "")
+    assert len(rows) == 4
+    base = next(r for r in rows if r["teacher"] == "" and "steps" not in r["run"])
     assert int(base["student_tokens"]) == 4 * 256 and float(base["flops"]) > 0
+    short = next(r for r in rows if r["run"].endswith("baseline-3steps"))  # baseline_steps: a frontier node
+    assert int(short["student_tokens"]) == 3 * 256 and float(short["flops"]) == float(base["flops"]) * 3 / 4
+    assert "Is distillation worth its compute here?" in r_text(out) and "baseline, 768 tokens" in r_text(out)
+    assert (out / "loss_vs_compute.png").is_file()
     assert {float(r["alpha"]) for r in rows if r["teacher"] == "t12"} == {0.2, 1.0}
     assert all(r["teacher_val/indomain"] for r in rows if r["teacher"])  # teacher evaluated
     assert all(int(r["teacher_tokens"]) == 12 * 256 for r in rows if r["teacher"])
@@ -59,7 +63,7 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
 
     shutil.rmtree(victim)
     r = mkd("sweep", str(tmp_path / "two.yaml"), "--local", timeout=600)
-    assert r.stdout.count("finished, skipped") == 2 and r.stdout.count(": training") == 1
+    assert r.stdout.count("finished, skipped") == 3 and r.stdout.count(": training") == 1
     assert f"{victim.name}: training" in r.stdout
 
     # analyze: a model against itself is KL 0 and agreement 1; against its teacher it is not.

@@ -1,0 +1,130 @@
+"""The report's section "Is distillation worth its compute here?" (compute.py's numbers as
+Markdown, report.json and a figure: loss against total compute with the frontier and the KD
+points)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from megatron_kd.models.params import human
+from megatron_kd.study.compute import ACCOUNTINGS, GAIN_ACCOUNTINGS
+
+
+def _alpha(q: dict) -> str:
+    return q.get("alpha_schedule") or (f"{q['alpha']:g}" if q.get("alpha") is not None else "")
+
+
+def _gain(g: dict, nd: int = 3) -> str:
+    if g["gain"] is None:
+        return g["verdict"]
+    bound = {"at most": "≤ ", "at least": "≥ "}.get(g["kind"], "")
+    ci = f" [{g['interval'][0]:+.{nd}f}, {g['interval'][1]:+.{nd}f}]" if g["interval"] else ""
+    return f"{bound}{g['gain']:+.{nd}f}{ci} ({g['verdict']})"
+
+
+def _tally(answers: list[dict]) -> str:
+    names = {}
+    for a in answers:
+        names.setdefault(a["verdict"], []).append(a["teacher"])
+    order = ["worth it", "not worth it", "within noise", "beyond the frontier", "below the frontier",
+             "no noise estimate", "no frontier"]
+    return "; ".join(f"{v}: {len(names[v])} ({', '.join(names[v])})" for v in order if v in names)
+
+
+def markdown(cs: dict, sets: list[str], level: float, id_set: str) -> list[str]:
+    pct = f"{100 * level:g} %"
+    md = []
+    for student, c in cs.items():
+        md += ["", f"## Is distillation worth its compute here? ({student})", "",
+               "Would the compute a KD run spends have bought a lower loss spent on the student's own "
+               "supervised training? Total FLOPs per run, under three accountings:", ""]
+        md += [f"- ({k}) {v}" for k, v in ACCOUNTINGS.items()]
+        md += ["", f"The supervised frontier is {student}'s loss against its own training FLOPs from every run "
+                   "that trains it without KD: its baselines (per length; add `baseline_steps: [...]` to the "
+                   "sweep for more) and teacher-zoo runs of the same model. At each compute it is the best "
+                   "loss measured at that compute or less, joined in log-log, never extrapolated: beyond its "
+                   "largest compute a gain is an upper bound (≤), below its smallest a lower bound (≥). "
+                   "Compute-matched gain = the frontier's loss at the point's total compute minus the point's "
+                   f"loss ({pct} intervals; each run's "
+                   "noise is the seed spread pooled over the student's replicated points, unpaired).", ""]
+        for s in sets:
+            info = c["sets"][s]
+            noise = (f"per-run sd {info['sd']:.4f} ({info['df']} degrees of freedom)" if info["sd"] is not None
+                     else "no per-run noise estimate (no point has two seeds)")
+            md.append(f"Frontier on {s} ({noise}): " + "; ".join(
+                f"{n['label']} {human(n['compute'])}FLOP → {n['loss']:.4f}"
+                + (f" (frontier {n['frontier']:.4f})" if abs(n["frontier"] - n["loss"]) > 1e-12 else "")
+                for n in info["nodes"]) + ("" if info["nodes"] else "none"))
+        if not c["points"]:
+            continue
+        for s in sets:
+            label = f"{s} (in-domain)" if s == id_set else f"{s} (OOD)"
+            md += ["", f"**{label}**, each teacher at its best α by seed means (the best of several, so "
+                       "optimistic for KD):", "",
+                   "| teacher | α | (a) FLOPs | (b) FLOPs | (c) FLOPs | gain at (b) | gain at (c) |",
+                   "|---|---|---|---|---|---|---|"]
+            by = {a["teacher"]: a for a in c["answers"][s]["b"]}
+            for a_c in c["answers"][s]["c"]:
+                a_b = by[a_c["teacher"]]
+                q = next(p for p in c["points"] if p["teacher"] == a_c["teacher"]
+                         and _alpha(p) == _alpha(a_c))
+                md.append(f"| {a_c['teacher']} | {_alpha(a_c)} | " + " | ".join(
+                    human(q["compute"][k]) if q["compute"][k] is not None else "?" for k in ACCOUNTINGS)
+                    + f" | {_gain(a_b)} | {_gain(a_c)} |")
+            md.append("")
+            for k in GAIN_ACCOUNTINGS:
+                md.append(f"- Answer on {s}, ({k}) {ACCOUNTINGS[k]}: {_tally(c['answers'][s][k])}.")
+        est = sorted({e for p in c["points"] for e in p["estimated"]})
+        if est:
+            md += ["", f"FLOPs estimated as 6·N·D (training) and 2·N·D (forward) for: {', '.join(est)} "
+                       "(the table gave no FLOPs column)."]
+    return md
+
+
+def report_json(cs: dict) -> dict:
+    out = {}
+    for student, c in cs.items():
+        out[student] = {
+            "frontier": {s: {"sd": v["sd"], "df": v["df"], "nodes": v["nodes"]} for s, v in c["sets"].items()},
+            "points": [{k: p[k] for k in ("teacher", "alpha", "alpha_schedule", "seeds", "loss", "compute",
+                                          "matched_gain", "estimated")} for p in c["points"]],
+            "answers": c["answers"]}
+    return out
+
+
+def plot(out_dir: Path, cs: dict, sets: list[str]) -> list[Path]:
+    """loss vs total compute: the frontier (line), its nodes, and each teacher's best-α point
+    under (b) (circle) and (c) (triangle), one panel per set."""
+    if not any(c["points"] for c in cs.values()):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(cs), len(sets), figsize=(5.5 * len(sets), 4.5 * len(cs)), squeeze=False)
+    for row, (student, c) in enumerate(cs.items()):
+        for ax, s in zip(axes[row], sets):
+            nodes = c["sets"][s]["nodes"]
+            if nodes:
+                ax.plot([n["compute"] for n in nodes], [n["frontier"] for n in nodes], "k-", lw=1.5,
+                        label="supervised frontier")
+                ax.plot([n["compute"] for n in nodes], [n["loss"] for n in nodes], "ks", ms=5)
+            for k, marker in (("b", "o"), ("c", "^")):
+                pts = [(a["compute"], next(p for p in c["points"] if p["teacher"] == a["teacher"]
+                                           and _alpha(p) == _alpha(a))["loss"][s]) for a in c["answers"][s][k]
+                       if a["compute"]]
+                pts = [(x, y) for x, y in pts if math.isfinite(y)]
+                if pts:
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker, ls="none", alpha=0.7,
+                            label=f"KD, best α, compute ({k})")
+            ax.set_xscale("log")
+            ax.set_xlabel("total training FLOPs")
+            ax.set_ylabel(f"{student} {s} loss")
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "loss_vs_compute.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
