@@ -19,7 +19,7 @@ echo "== 2. teachers and students: two lanes (one core each), then the rest two 
 echo "   lane A: cpu-medium teacher (3.4M, larger than the student; checkpoints at 50, 100, 250 steps),"
 echo "           then the students of its 100-step checkpoint and one of its 250-step checkpoint"
 echo "   lane B: cpu-tiny teacher (0.36M, weaker than the student), the no-KD baselines (2 seeds, and"
-echo "           one of 200 steps: the supervised frontier), the"
+echo "           one of 160 steps: the supervised frontier), the"
 echo "           students distilled from the tiny teacher, then from cpu-medium's 50-step checkpoint"
 echo "   then:   the other two students of cpu-medium's 250-step checkpoint, side by side"
 echo "   students: cpu-small (1.1M), alpha in {0.2, 0.5, 1} per teacher, each teacher checkpoint run once"
