@@ -16,7 +16,7 @@ help:
 	@echo "make lint      ruff check (rules in pyproject.toml)"
 	@echo "make test-fast install if needed, then ruff and the fast tier: no slow, multiproc or slurm tests"
 	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
-	@echo "make demo      install if needed, then run the CPU demo (about 9 minutes on 2 cores)"
+	@echo "make demo      install if needed, then run the CPU demo (about 12 minutes on 2 cores, install included)"
 	@echo "make study     install if needed, then the CPU study of the paper's claims (docs/STUDY.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
 	@echo "make gpu-bundle  fill gpu_bundle/wheels (cp312 wheels, ~25 MiB) for scripts/gpu_check.sh on a GPU machine"

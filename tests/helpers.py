@@ -43,6 +43,18 @@ def mkd(*args, env: dict[str, str] | None = None, cwd: Path | str = REPO, timeou
     return r
 
 
+def mkd_in_process(capsys, *args) -> tuple[int, str, str]:
+    """`mkd ARGS...` run in this process: (exit code, stdout, stderr). For what fails or ends
+    before any process group starts (refusals, --verify, reports): no interpreter start and no
+    megatron-core import per call (~5 s each as a subprocess)."""
+    from megatron_kd.cli.main import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def read_metrics(run_dir: Path | str) -> list[dict]:
     """A run's metrics.jsonl: one dict per logged step, in the order written."""
     with open(Path(run_dir) / "metrics.jsonl") as f:

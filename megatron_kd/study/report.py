@@ -146,6 +146,9 @@ def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
     by_seed = {(r["student"], r.get("seed"), r.get("data_seed")): r for r in rows
                if not r.get("teacher") and r.get("baseline_tokens") is None}
     for r in rows:
+        if r.get("baseline_tokens") is not None:  # a baseline of another length: a frontier point, no gain
+            r["gain"], r["gain_paired"] = {}, False
+            continue
         twin = by_seed.get((r["student"], r.get("seed"), r.get("data_seed")))
         b = base.get(r["student"], {})
         r["gain"] = {s: (twin["val"][s] if twin and s in twin["val"] else b[s][0]) - r["val"][s]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.distributed import REPO
-from tests.helpers import ENV, mkd
+from tests.helpers import ENV, mkd, mkd_in_process
 
 
 def final_loss(stdout):
@@ -18,17 +18,17 @@ def final_loss(stdout):
 
 
 def test_help_lists_commands():
-    r = mkd("--help")
+    r = mkd("--help")  # a real process: the entry point as a user starts it
     assert r.returncode == 0
     for word in ("train", "info", "config", "recipes"):
         assert word in r.stdout
 
 
-def test_info_prints_parameter_count():
-    r = mkd("info", "models/llama3-8b")
-    assert r.returncode == 0, r.stderr
-    assert "8.03B (8,030,261,248)" in r.stdout
-    assert "128256 (padded to 128256 at tp=1)" in r.stdout
+def test_info_prints_parameter_count(capsys):
+    rc, out, err = mkd_in_process(capsys, "info", "models/llama3-8b")
+    assert rc == 0, err
+    assert "8.03B (8,030,261,248)" in out
+    assert "128256 (padded to 128256 at tp=1)" in out
 
 
 @pytest.mark.slow
@@ -63,7 +63,7 @@ def test_train_single_process_then_tp2_under_nproc_then_torchrun(tmp_path):
     assert final_loss(r.stdout)[0] == 3
 
 
-def test_bad_input_is_one_line_and_non_zero(tmp_path):
+def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys):
     cases = [
         (["train", "train/tiny-mock", "parallel.tp=3"], 2, "num_attention_heads=4 is not divisible by parallel.tp=3"),
         (["train", "train/tiny-mock", "train.stpes=3"], 2, "did you mean 'train.steps'"),
@@ -74,8 +74,8 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
     ]
     for args, code, text in cases:
         run_dir = [f"run.dir={tmp_path / 'x'}"] if args[0] == "train" else []
-        r = mkd(*args, *run_dir, check=False)
-        err = r.stderr.strip().splitlines()
-        assert r.returncode == code, (args, r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+        rc, out, stderr = mkd_in_process(capsys, *args, *run_dir)  # refused before anything starts
+        err = stderr.strip().splitlines()
+        assert rc == code, (args, rc, out[-2000:], stderr[-2000:])
         assert err and err[-1].startswith("mkd: error: ") and text in err[-1], (args, err)
-        assert "Traceback" not in r.stderr, args
+        assert "Traceback" not in stderr, args

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.distributed import run_distributed
-from tests.helpers import env_with, mkd, read_metrics
+from tests.helpers import env_with, mkd, mkd_in_process, read_metrics
 
 
 def make_hf_model(path, kind: str, tokenizer_json=None):
@@ -64,13 +64,13 @@ def test_logits_match_transformers_at_tp1_and_tp2_and_round_trip(kind, tmp_path)
     assert type(reloaded).__name__ == ("LlamaForCausalLM" if kind == "llama" else "Qwen3ForCausalLM")
 
 
-def test_unsupported_architecture_and_bad_dirs(tmp_path):
+def test_unsupported_architecture_and_bad_dirs(tmp_path, capsys):
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    r = mkd("convert", "hf-to-mcore", str(tmp_path / "gpt2"), str(tmp_path / "o"), check=False)
-    assert r.returncode == 2 and "unsupported Hugging Face architecture GPT2LMHeadModel" in r.stderr
-    r = mkd("convert", "hf-to-mcore", str(tmp_path / "nothing"), str(tmp_path / "o"), check=False)
-    assert r.returncode == 2 and "not a Hugging Face model directory" in r.stderr
+    rc, _, err = mkd_in_process(capsys, "convert", "hf-to-mcore", tmp_path / "gpt2", tmp_path / "o")
+    assert rc == 2 and "unsupported Hugging Face architecture GPT2LMHeadModel" in err
+    rc, _, err = mkd_in_process(capsys, "convert", "hf-to-mcore", tmp_path / "nothing", tmp_path / "o")
+    assert rc == 2 and "not a Hugging Face model directory" in err
 
 
 def _hf_tokenizer(path, docs, vocab=250):

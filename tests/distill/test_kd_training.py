@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import corpus_overrides
 from tests.distributed import run_distributed
-from tests.helpers import mkd, read_metrics
+from tests.helpers import mkd, mkd_in_process, read_metrics
 
 pytestmark = pytest.mark.slow  # every test uses the 40-step teacher
 
@@ -82,22 +82,22 @@ def test_kd_pulls_the_student_towards_the_teacher(text_corpus, teacher, tmp_path
     assert kl[0.8] < kl[0.0] * 0.8, kl  # KL(teacher || student) clearly lower with KD
 
 
-def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_path):
-    r = mkd(*run(text_corpus, tmp_path / "x", "train.steps=3", f"teacher.checkpoint={tmp_path / 'nope'}"), check=False)
-    assert r.returncode == 2 and "teacher.checkpoint" in r.stderr and "does not exist" in r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "x" / "metrics.jsonl").exists()
-    r = mkd(*run(text_corpus, tmp_path / "y", "train.steps=3", f"teacher.checkpoint={teacher}",
-                 "teacher.model=models/cpu-small"), check=False)
-    assert r.returncode == 2 and "is another architecture than teacher.model=models/cpu-small" in r.stderr
-    r = mkd(*run(text_corpus, tmp_path / "z", "train.steps=3", f"teacher.checkpoint={teacher}",
-                 "model.vocab_size=600"), check=False)
-    assert r.returncode == 2 and "true vocabulary: teacher 512 vs student 600" in r.stderr
-    r = mkd(*run(text_corpus, tmp_path / "w", "train.steps=3", f"teacher.checkpoint={teacher}",
-                 "kd.alpha=1.5"), check=False)
-    assert r.returncode == 2 and "kd.alpha must be in [0, 1]" in r.stderr
+def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_path, capsys):
+    def refused(run_dir, *extra):  # before anything starts: in this process (no subprocess start)
+        rc, _, err = mkd_in_process(capsys, *run(text_corpus, run_dir, "train.steps=3", *extra))
+        assert rc == 2 and "Traceback" not in err, err[-2000:]
+        return err
+
+    err = refused(tmp_path / "x", f"teacher.checkpoint={tmp_path / 'nope'}")
+    assert "teacher.checkpoint" in err and "does not exist" in err
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
+    err = refused(tmp_path / "y", f"teacher.checkpoint={teacher}", "teacher.model=models/cpu-small")
+    assert "is another architecture than teacher.model=models/cpu-small" in err
+    err = refused(tmp_path / "z", f"teacher.checkpoint={teacher}", "model.vocab_size=600")
+    assert "true vocabulary: teacher 512 vs student 600" in err
+    assert "kd.alpha must be in [0, 1]" in refused(tmp_path / "w", f"teacher.checkpoint={teacher}", "kd.alpha=1.5")
     # the teacher is split over the student's pipeline and virtual stages too
-    r = mkd(*run(text_corpus, tmp_path / "v", "train.steps=3", f"teacher.checkpoint={teacher}", "model.num_layers=8",
-                 "parallel.pp=2", "parallel.vpp=4"), "--nproc", "2", check=False)
-    assert r.returncode == 2, r.stderr
-    assert "the teacher's model.num_layers=4 is not divisible by parallel.pp x parallel.vpp = 2 x 4" in r.stderr
+    err = refused(tmp_path / "v", f"teacher.checkpoint={teacher}", "model.num_layers=8", "parallel.pp=2",
+                  "parallel.vpp=4", "--nproc", "2")
+    assert "the teacher's model.num_layers=4 is not divisible by parallel.pp x parallel.vpp = 2 x 4" in err
     assert not (tmp_path / "v").exists()

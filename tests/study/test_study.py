@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tests.conftest import corpus_overrides
-from tests.helpers import mkd, read_metrics
+from tests.helpers import mkd, mkd_in_process
 
 
 def test_paper_sweep_expands_to_the_papers_grid():
@@ -22,10 +22,10 @@ def test_paper_sweep_expands_to_the_papers_grid():
     assert "llama3-1b__t-8b@300B__a0.6__T1__forward_kl" in names and "llama3-1b__baseline" in names
 
 
-def test_empty_grid_is_an_error(tmp_path):
+def test_empty_grid_is_an_error(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("base: train/tiny-mock\nbaseline: false\ngrid: {alpha: [0.5]}\n")
-    r = mkd("sweep", str(tmp_path / "s.yaml"), check=False)
-    assert r.returncode == 2 and "expands to no runs" in r.stderr
+    rc, _, err = mkd_in_process(capsys, "sweep", str(tmp_path / "s.yaml"))
+    assert rc == 2 and "expands to no runs" in err
 
 
 @pytest.mark.slow
@@ -76,47 +76,10 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     assert res["kl_teacher_student"] > 0.01 and res["top1_agreement"] < 1.0
 
 
-VERDICTS = {"holds", "does not hold", "mixed", "inconclusive", "not tested"}
 
 
 def r_text(out):
     return (out / "report.md").read_text()
-
-
-@pytest.mark.slow
-def test_two_seeds_two_teacher_budgets_sweep_reports_bands_and_claims(tmp_path):
-    teacher = tmp_path / "teacher"
-    mkd("train", "train/tiny-mock", f"run.dir={teacher}", "train.steps=4", "train.lr=3e-3",
-        "checkpoint.save_at_tokens=[256, 512]", "logging.tensorboard=false", timeout=600)
-    sweep = {"name": "budgets", "base": "train/tiny-mock", "out": str(tmp_path / "sweep"),
-             "overrides": ["train.steps=3", "train.lr=3e-3", "logging.tensorboard=false", "logging.eval_interval=1"],
-             "seeds": [1, 2], "baseline": True,
-             "grid": {"teacher": [{"name": f"t@{n}", "checkpoint": str(teacher / "checkpoints" / f"tokens_{n}"),
-                                   "tokens": n} for n in (256, 512)],
-                      "alpha": [0.5]}}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
-    mkd("sweep", str(tmp_path / "s.yaml"), "--local", timeout=900)
-    report = (tmp_path / "sweep" / "report.md").read_text()
-    assert "## Paired gains (student)" in report and "## The paper's claims (student)" in report
-    lines = report.splitlines()
-    assert any(line.startswith("| t@256 | 0.5 |") and "| 2 |" in line for line in lines), lines
-    assert any(line.startswith("| (baseline) |") and "| 2 |" in line for line in lines)
-    assert "point x seed model over 6 runs of 3 points, 2 degrees of freedom" in report
-    for claim in (1, 2, 3, 4):
-        assert f"\n{claim}. " in report
-    assert "needs a teacher axis of three or more strengths" in report  # claim 2: two budgets only
-    doc = json.loads((tmp_path / "sweep" / "report.json").read_text())
-    claims = doc["students"]["student"]["claims"]
-    assert [c["claim"] for c in claims] == [1, 2, 3, 4] and claims[1]["verdict"] == "not tested"
-    assert all(c["verdict"] in VERDICTS for c in claims)
-    # the exported table reads back into the same report
-    mkd("report", "--table", str(tmp_path / "sweep" / "report.csv"), "--out", str(tmp_path / "again"))
-    assert json.loads((tmp_path / "again" / "report.json").read_text()) == doc
-    assert (tmp_path / "sweep" / "gain_vs_teacher_tokens.png").is_file()
-    assert (tmp_path / "sweep" / "best_alpha_vs_teacher.png").is_file()
-    # the curves have a point per step (logging.eval_interval=1), not two
-    metrics = read_metrics(tmp_path / "sweep" / "runs" / "student__baseline__seed1")
-    assert sum(1 for m in metrics if "val/mock" in m) == 3
 
 
 def test_cpu_study_sweep_is_the_grid_the_issue_asks_for():

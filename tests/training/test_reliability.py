@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import REPO
-from tests.helpers import ENV, MKD, env_with, mkd, read_metrics
+from tests.helpers import ENV, MKD, env_with, mkd, mkd_in_process, read_metrics
 
 
 def test_nan_steps_are_skipped_then_budget_stops_the_run(tmp_path):
@@ -72,7 +72,7 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
+def test_a_different_run_in_the_run_dir_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     assert mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3").returncode == 0
     # The same run, longer: resumes.
@@ -80,9 +80,10 @@ def test_a_different_run_in_the_run_dir_is_refused(tmp_path):
     assert r.returncode == 0 and "resumed from" in r.stdout
     # Another model in the same directory: refused, nothing touched.
     before = (run / "metrics.jsonl").read_text()
-    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "model.hidden_size=128", check=False)
-    assert r.returncode == 2
-    assert "holds a different run (model.hidden_size: 64 -> 128)" in r.stderr.strip().splitlines()[-1]
+    rc, _, err = mkd_in_process(capsys, "train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
+                                "model.hidden_size=128")  # refused before anything starts
+    assert rc == 2
+    assert "holds a different run (model.hidden_size: 64 -> 128)" in err.strip().splitlines()[-1]
     assert (run / "metrics.jsonl").read_text() == before
     # --overwrite discards it and trains the new one from scratch.
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3", "model.hidden_size=128", "--overwrite")

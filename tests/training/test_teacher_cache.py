@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import env_with, mkd, read_metrics
+from tests.helpers import env_with, mkd, mkd_in_process, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -95,17 +95,18 @@ def test_killed_cache_job_restarts_to_the_same_bytes(teacher, tmp_path):
             assert f.read_bytes() == (cut / s / f.name).read_bytes(), (s, f.name)
 
 
-def test_bad_caches_are_one_line_before_start(teacher, tmp_path):
+def test_bad_caches_are_one_line_before_start(teacher, tmp_path, capsys):
     kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.top_k=4"]
     cache = tmp_path / "cache"
     mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cache, "--top-k", 8, "--shard-rows", 8, timeout=600)
 
     def refused(*extra, text):
         run = tmp_path / "run"
-        r = mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", f"run.dir={run}", *extra, check=False)
-        errors = [line for line in r.stderr.splitlines() if "error:" in line]
-        assert r.returncode == 2 and len(errors) == 1 and text in errors[0], (extra, r.stderr[-2000:])
-        assert "Traceback" not in r.stderr and not run.exists()
+        rc, _, err = mkd_in_process(capsys, "train", "train/tiny-mock", *kd, f"teacher.cache={cache}",
+                                    f"run.dir={run}", *extra)
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert rc == 2 and len(errors) == 1 and text in errors[0], (extra, err[-2000:])
+        assert "Traceback" not in err and not run.exists()
 
     refused("data.seed=99", text="data_seed differ")
     refused("train.seq_length=16", text="seq_length differ")
@@ -129,13 +130,14 @@ def test_bad_caches_are_one_line_before_start(teacher, tmp_path):
     data = bytearray(f.read_bytes())
     data[-5] ^= 0xFF
     f.write_bytes(bytes(data))
-    r = mkd("teacher-cache", "--verify", flipped, check=False)
-    assert r.returncode == 2 and "does not match its checksum" in r.stderr.strip().splitlines()[-1]
+    rc, _, err = mkd_in_process(capsys, "teacher-cache", "--verify", flipped)
+    assert rc == 2 and "does not match its checksum" in err.strip().splitlines()[-1]
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["fingerprint"]["top_k"] == 8 and manifest["num_samples"] == 16
     # a cache job into a directory holding a cache of another run refuses to touch it
-    r = mkd("teacher-cache", "train/tiny-mock", *kd, "data.seed=3", "--out", cache, "--top-k", 8, check=False)
-    assert r.returncode == 2 and "holds a teacher cache of another run" in r.stderr
+    rc, _, err = mkd_in_process(capsys, "teacher-cache", "train/tiny-mock", *kd, "data.seed=3", "--out", cache,
+                                "--top-k", 8)
+    assert rc == 2 and "holds a teacher cache of another run" in err
     assert json.loads((cache / "manifest.json").read_text()) == manifest
     assert Path(cache / "COMPLETE").is_file()
 
@@ -161,6 +163,21 @@ def test_two_alpha_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tm
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "0 online (one per KD run) and 1 cached" in report
     assert "Seeds varied: initialisation." in report
+    # the report of a real two-seed sweep: paired (a point x seed model), the claims as tests,
+    # each verdict one of five; its exported table reads back into the same report
+    assert "## Paired gains (student)" in report and "## The paper's claims (student)" in report
+    lines = report.splitlines()
+    assert any(line.startswith("| t3 | 0.3 |") and "| 2 |" in line for line in lines), lines
+    assert any(line.startswith("| (baseline) |") and "| 2 |" in line for line in lines)
+    assert "point x seed model over 6 runs of 3 points, 2 degrees of freedom" in report
+    assert "## Is distillation worth its compute here? (student)" in report
+    doc = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    claims = doc["students"]["student"]["claims"]
+    assert [c["claim"] for c in claims] == [1, 2, 3, 4]
+    assert {c["verdict"] for c in claims} <= {"holds", "does not hold", "mixed", "inconclusive", "not tested"}
+    assert {p["compute"]["a"] < p["compute"]["b"] for p in doc["compute"]["student"]["points"]} == {True}
+    mkd("report", "--table", str(tmp_path / "sweep" / "report.csv"), "--out", str(tmp_path / "again"))
+    assert json.loads((tmp_path / "again" / "report.json").read_text()) == doc
     # run again: every point is finished, the teacher does not run again
     r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
     assert r.stdout.count("finished, skipped") == 6 and "one teacher pass" not in r.stdout
