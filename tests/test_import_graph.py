@@ -121,3 +121,15 @@ def test_lazy_imports_say_why():
                    for _, line, top, text in found
                    if not top and _package(mod) != "cli" and "# lazy:" not in text]
     assert not unexplained, "lazy imports without a reason:\n" + "\n".join(unexplained)
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What modules share is public (e.g. distill/vocab_parallel.py for the KD objectives):
+    `from megatron_kd.x import _name` couples a module to another's internals."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("megatron_kd"):
+                bad += [f"{_module_name(path)}:{node.lineno}: {a.name} from {node.module}"
+                        for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "private names imported across modules:\n  " + "\n  ".join(bad)

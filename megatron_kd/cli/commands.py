@@ -94,10 +94,10 @@ def _argv_without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _launch(args, cfg, body, before_start=None) -> int:
+def launch_ranks(args, cfg, body, before_start=None) -> int:
     """Run `body(cfg)` on every rank: relaunch through torchrun for --nproc, else join the
     launcher's world; process groups up before, torn down after. `before_start` runs once the
-    launch's own checks passed, before any rank starts (mkd train takes the run-dir lock)."""
+    launcher's own checks passed, before any rank starts (mkd train takes the run-dir lock)."""
     from megatron_kd.cli.logs import setup_logging
     from megatron_kd.models.gpt import check_cuda_features
     from megatron_kd.runtime.distributed import check_master_addr, detect_launch_env, init_distributed, shutdown
@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
             resolve_teacher(cfg)
         preflight_train(cfg, args.overwrite, world_size=args.nproc)
         if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run
-            def before_start():  # after _launch's checks
+            def before_start():  # after launch_ranks' checks
                 outcome["created_dir"] = lock_run_dir(cfg.run.dir)
 
     def body(cfg, rank):
@@ -173,7 +173,7 @@ def cmd_train(args) -> int:
 
     rc = 1
     try:
-        rc = _launch(args, cfg, body, before_start)
+        rc = launch_ranks(args, cfg, body, before_start)
     finally:
         if rc != 0 and outcome.get("created_dir"):  # a launch that failed before its first step
             remove_unused_run_dir(cfg.run.dir)
@@ -246,7 +246,7 @@ def cmd_teacher_cache(args) -> int:
                   f"{'whole stream' if r['written'] == r['shards'] else 'shards that were missing'}; "
                   f"train from it with teacher.cache={out}")
 
-    return _launch(args, cfg, body, before_start)
+    return launch_ranks(args, cfg, body, before_start)
 
 
 EVAL_RESULT_KEYS = {"checkpoint", "step", "tokens", "loss"}  # a file `mkd eval --json-out` wrote
@@ -311,7 +311,7 @@ def cmd_eval(args) -> int:
                 tmp.write_text(json.dumps(r, indent=2))
                 tmp.replace(json_out)
 
-    return _launch(args, cfg, body)
+    return launch_ranks(args, cfg, body)
 
 
 def cmd_init(args) -> int:
@@ -330,4 +330,4 @@ def cmd_init(args) -> int:
             print(f"wrote {out}: the initial weights of {cfg.model.name} for run.seed={cfg.run.seed} "
                   f"(step 0; loads at any layout: checkpoint.load={out})")
 
-    return _launch(args, cfg, body)
+    return launch_ranks(args, cfg, body)

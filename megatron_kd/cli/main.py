@@ -256,8 +256,8 @@ def describe(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line as `mkd` reads it (a bad one is the parser's one-line error, exit 2)."""
     parser = build_parser()
     # Overrides may come after options (`mkd train R --nproc 2 train.steps=5`); argparse leaves
     # those as extras, which are overrides when they look like key=value.
@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         args.overrides = list(args.overrides) + extras
     args.argv = list(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except MKDError as exc:

@@ -124,7 +124,7 @@ def cmd_report(args) -> int:
 
 def cmd_analyze(args) -> int:
     from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
-    from megatron_kd.cli.commands import _launch
+    from megatron_kd.cli.commands import launch_ranks
     from megatron_kd.study.analyze import run_analyze  # torch and megatron-core: after parsing
 
     ckpt = resolve_checkpoint(args.student)
@@ -142,4 +142,4 @@ def cmd_analyze(args) -> int:
                       f"| JS {r['js']:.4f} ({r['tokens']} tokens)")
             print(f"written: {out}")
 
-    return _launch(args, cfg, body)
+    return launch_ranks(args, cfg, body)

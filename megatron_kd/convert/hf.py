@@ -62,7 +62,7 @@ def _layer_map(i: int, m: ModelConfig) -> dict[str, str]:
     return out
 
 
-class _SafetensorsReader:
+class SafetensorsReader:
     """Lazy access to the tensors of a HF directory (single file or sharded with an index)."""
 
     def __init__(self, hf_dir: Path):
@@ -108,7 +108,7 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def load_hf_weights(model, reader: _SafetensorsReader, m: ModelConfig) -> None:
+def load_hf_weights(model, reader: SafetensorsReader, m: ModelConfig) -> None:
     """Copy HF tensors into a TP=1, PP=1 megatron GPTModel, one tensor at a time."""
     params = dict(model.named_parameters())
     done = set()

@@ -17,7 +17,7 @@ from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import DataConfig, ParallelConfig, PrecisionConfig, RunConfig
 from megatron_kd.convert.hf import (
-    _SafetensorsReader,
+    SafetensorsReader,
     check_links,
     copy_tokenizer_files,
     iter_hf_tensors,
@@ -71,7 +71,7 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
     check_links(hf_dir)  # before anything is read or written
-    reader = _SafetensorsReader(hf_dir)
+    reader = SafetensorsReader(hf_dir)
     _ensure_process_group()
     precision = PrecisionConfig(dtype=dtype)
     model = build_gpt_model(model_cfg, ParallelConfig(), precision, pre_process=True, post_process=True)

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.data.tokenizer import file_sha256
-from megatron_kd.distill.losses import _all_reduce, _Shard
+from megatron_kd.distill.vocab_parallel import Shard, all_reduce
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
@@ -215,22 +215,22 @@ def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, to
     s_len, b, width = logits.shape
     z = logits.float().reshape(-1, width)
     lab = labels.reshape(-1)
-    shard = _Shard(width, vocab_size, group, z.device)
+    shard = Shard(width, vocab_size, group, z.device)
     # label log-probability in megatron-core's CE convention: softmax over every column
-    m_all = _all_reduce(z.amax(-1), dist.ReduceOp.MAX, group)
-    se_all = _all_reduce(torch.exp(z - m_all.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
+    m_all = all_reduce(z.amax(-1), dist.ReduceOp.MAX, group)
+    se_all = all_reduce(torch.exp(z - m_all.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
     local = (lab >= shard.start) & (lab < shard.start + width)
     pos = (lab - shard.start).clamp(0, width - 1)
-    label_z = _all_reduce(torch.where(local, z.gather(1, pos.unsqueeze(1)).squeeze(1), torch.zeros_like(m_all)),
+    label_z = all_reduce(torch.where(local, z.gather(1, pos.unsqueeze(1)).squeeze(1), torch.zeros_like(m_all)),
                           dist.ReduceOp.SUM, group)
     label_logp = label_z - m_all - torch.log(se_all).float()
     # log-probabilities over the real columns
     zr = shard.mask(z, -math.inf)
-    m = _all_reduce(zr.amax(-1), dist.ReduceOp.MAX, group)
-    se = _all_reduce(torch.exp(zr - m.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
+    m = all_reduce(zr.amax(-1), dist.ReduceOp.MAX, group)
+    se = all_reduce(torch.exp(zr - m.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
     logp = zr - (m + torch.log(se).float()).unsqueeze(-1)
     p = torch.exp(logp)
-    entropy = -_all_reduce(torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1, dtype=torch.float64),
+    entropy = -all_reduce(torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1, dtype=torch.float64),
                            dist.ReduceOp.SUM, group).float()
     rows = {"label_logp": label_logp, "entropy": entropy}
     tp = dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
@@ -254,7 +254,7 @@ def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, to
         pos = torch.where(inside, top_i - shard.start, torch.full_like(top_i, width))  # width: spare column
         kept = torch.zeros(p.shape[0], width + 1, dtype=torch.bool, device=p.device)
         kept = kept.scatter_(1, pos, True)[:, :width]
-        rest = _all_reduce(torch.where(kept, torch.zeros_like(p), p).sum(-1, dtype=torch.float64),
+        rest = all_reduce(torch.where(kept, torch.zeros_like(p), p).sum(-1, dtype=torch.float64),
                            dist.ReduceOp.SUM, group)
         rows.update(ids=top_i.to(torch.int32), logp=top_v, other_logp=torch.log(rest).float())
     # sequence-major rows (t * b + i) -> sample-major [b, s, ...]

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from megatron_kd.distill.losses import _group_size
 from megatron_kd.distill.mixed import STATS, RowLoss, default_row_chunk, scratch_for
 from megatron_kd.distill.options import KDOptions
+from megatron_kd.distill.vocab_parallel import group_size
 
 
 def default_gemm_chunk(local_vocab: int, device: torch.device | str = "cpu") -> int:
@@ -49,7 +49,7 @@ class _FusedOutputKD(torch.autograd.Function):
         m = mask.reshape(-1).float()
         # Two levels: tall chunks for the matmuls, short sub-chunks (cache-sized temporaries on
         # CPU) for the softmax arithmetic. `chunk_size` (kd.chunk_size) sets the sub-chunk.
-        sub = chunk_size or default_row_chunk(width, h_s.device, _group_size(group))
+        sub = chunk_size or default_row_chunk(width, h_s.device, group_size(group))
         step = max(sub, gemm_chunk_size or default_gemm_chunk(width, h_s.device))
         chunk_grad = scratch_for("fused_chunk_grad", h_s.device)  # d loss / d logits of a chunk
         h_t, w_sd, w_td = h_t.detach(), w_s.detach(), w_t.detach()

@@ -29,61 +29,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_kd.distill.options import KINDS, KDOptions  # noqa: F401  (KINDS: the public list)
-
-
-def _group_size(group) -> int:
-    """None means no tensor parallelism (not the default world group)."""
-    if group is None or not dist.is_initialized():
-        return 1
-    return dist.get_world_size(group)
-
-
-def _group_rank(group) -> int:
-    if group is None or not dist.is_initialized():
-        return 0
-    return dist.get_rank(group)
-
-
-def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
-    if _group_size(group) > 1:
-        dist.all_reduce(t, op=op, group=group)
-    return t
-
-
-class _Shard:
-    """Where this rank's columns sit in the vocabulary, and which are real tokens."""
-
-    def __init__(self, width: int, vocab_size: int | None, group, device):
-        self.group = group
-        self.rank = _group_rank(group)
-        self.start = self.rank * width
-        ids = torch.arange(self.start, self.start + width, device=device)
-        self.ids = ids
-        self.valid = None if vocab_size is None else ids < vocab_size
-        # Padding columns anywhere in the (whole, sharded) vocabulary?
-        self.padded = vocab_size is not None and vocab_size < width * _group_size(group)
-
-    def mask(self, x: torch.Tensor, fill: float) -> torch.Tensor:
-        return x if self.valid is None else x.masked_fill(~self.valid, fill)
-
-
-def _row_sum(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
-    """Row sums in float64 for the per-token scalar arithmetic that follows. The reduction runs
-    in the input's fp32 (torch's cascade summation: ~1e-7 relative); asking torch for a float64
-    accumulation instead converts every element and is ~20x slower on CPU."""
-    return x.sum(dim=-1, keepdim=keepdim).double()
-
-
-def _log_softmax(x: torch.Tensor, shard: _Shard) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p and p over the whole (sharded) vocabulary; padded columns get p = 0, log p = -inf."""
-    x = shard.mask(x, -math.inf)
-    m = x.amax(dim=-1, keepdim=True)
-    m = _all_reduce(m, dist.ReduceOp.MAX, shard.group)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of -inf stays -inf below
-    e = torch.exp(x - m)
-    s = _all_reduce(e.sum(dim=-1, keepdim=True, dtype=torch.float64), dist.ReduceOp.SUM, shard.group)
-    logp = x - m - torch.log(s).float()
-    return logp, e / s.float()
+from megatron_kd.distill.vocab_parallel import (
+    Shard,
+    all_reduce,
+    argmax_ids,
+    group_size,
+    log_softmax,
+    row_sum,
+    valid_width,
+)
 
 
 def _xlogy_terms(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -104,14 +58,14 @@ def _threshold_search(keys: torch.Tensor, weight: torch.Tensor | None, target: t
     A bisection over the 32-bit key space with one all-reduce per step: exact, and never holds
     more than the local shard.
     """
-    lo = _all_reduce(keys.amin(dim=-1), dist.ReduceOp.MIN, group)
-    hi = _all_reduce(keys.amax(dim=-1), dist.ReduceOp.MAX, group)
+    lo = all_reduce(keys.amin(dim=-1), dist.ReduceOp.MIN, group)
+    hi = all_reduce(keys.amax(dim=-1), dist.ReduceOp.MAX, group)
     for _ in range(34):
         mid = lo + (hi - lo + 1) // 2
         sel = keys >= mid.unsqueeze(-1)
         amount = sel.sum(-1, dtype=torch.float64) if weight is None else \
             torch.where(sel, weight, torch.zeros_like(weight)).sum(-1, dtype=torch.float64)
-        amount = _all_reduce(amount, dist.ReduceOp.SUM, group)
+        amount = all_reduce(amount, dist.ReduceOp.SUM, group)
         ok = amount >= target
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid - 1)
@@ -120,11 +74,11 @@ def _threshold_search(keys: torch.Tensor, weight: torch.Tensor | None, target: t
     return lo
 
 
-def _top_k_set(c: torch.Tensor, k: int, shard: _Shard) -> torch.Tensor:
+def _top_k_set(c: torch.Tensor, k: int, shard: Shard) -> torch.Tensor:
     """Exactly k columns per row with the largest teacher logits (ties -> lowest ids)."""
     keys = _ordered_keys(shard.mask(c, -math.inf))
     n_valid = c.shape[-1] if shard.valid is None else int(shard.valid.sum())
-    total = _all_reduce(torch.tensor([n_valid], device=c.device), dist.ReduceOp.SUM, shard.group)
+    total = all_reduce(torch.tensor([n_valid], device=c.device), dist.ReduceOp.SUM, shard.group)
     k = min(k, int(total.item()))
     target = torch.full(keys.shape[:-1], float(k), dtype=torch.float64, device=c.device)
     t = _threshold_search(keys, None, target, shard.group).unsqueeze(-1)
@@ -132,10 +86,10 @@ def _top_k_set(c: torch.Tensor, k: int, shard: _Shard) -> torch.Tensor:
     ties = keys == t
     if shard.valid is not None:
         ties &= shard.valid
-    n_above = _all_reduce(above.sum(-1), dist.ReduceOp.SUM, shard.group)
+    n_above = all_reduce(above.sum(-1), dist.ReduceOp.SUM, shard.group)
     local_ties = ties.sum(-1)
     # How many tied columns live on lower ranks: an all-gather of per-row tie counts.
-    size = _group_size(shard.group)
+    size = group_size(shard.group)
     if size > 1:
         gathered = [torch.empty_like(local_ties) for _ in range(size)]
         dist.all_gather(gathered, local_ties.contiguous(), group=shard.group)
@@ -147,7 +101,7 @@ def _top_k_set(c: torch.Tensor, k: int, shard: _Shard) -> torch.Tensor:
     return above | take
 
 
-def _top_p_set(p_t: torch.Tensor, top_p: float, shard: _Shard) -> torch.Tensor:
+def _top_p_set(p_t: torch.Tensor, top_p: float, shard: Shard) -> torch.Tensor:
     """The columns whose teacher probability is at least the smallest threshold that keeps
     mass >= top_p (all ties at the threshold included)."""
     keys = _ordered_keys(p_t)
@@ -157,31 +111,31 @@ def _top_p_set(p_t: torch.Tensor, top_p: float, shard: _Shard) -> torch.Tensor:
     return keep & (p_t > 0)
 
 
-def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
-                         shard: _Shard) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
+                         shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss [n] and d loss / d student logits [n, V_local], fp32."""
     T = opt.temperature
     scale = T * T if opt.t2_scale else 1.0
     a = zs.float() / T
     c = zt.float() / T
-    logp_s, p_s = _log_softmax(a, shard)
+    logp_s, p_s = log_softmax(a, shard)
     group = shard.group
     # The general path (every kind and option, hostile inputs) accumulates row sums in float64:
     # its gradients are differences of such sums. The plain forward-KL hot path is elsewhere.
-    sum_ = lambda x: _all_reduce(x.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group).float()  # noqa: E731
+    sum_ = lambda x: all_reduce(x.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group).float()  # noqa: E731
 
     if opt.kind == "hard":
         cm = shard.mask(c, -math.inf)
-        best = _all_reduce(cm.amax(-1), dist.ReduceOp.MAX, group)
+        best = all_reduce(cm.amax(-1), dist.ReduceOp.MAX, group)
         big = torch.iinfo(torch.int64).max
         ids = torch.where(cm == best.unsqueeze(-1), shard.ids.expand_as(cm),
                           torch.full_like(shard.ids, big).expand_as(cm))
-        target = _all_reduce(ids.amin(-1), dist.ReduceOp.MIN, group)
+        target = all_reduce(ids.amin(-1), dist.ReduceOp.MIN, group)
         onehot = shard.ids.unsqueeze(0) == target.unsqueeze(-1)
         loss = -sum_(torch.where(onehot, logp_s, torch.zeros_like(logp_s)))
         grad = p_s - onehot.float()
     elif opt.kind == "forward_kl":
-        logp_t, p_t = _log_softmax(c, shard)
+        logp_t, p_t = log_softmax(c, shard)
         if opt.top_k is None and opt.top_p is None:
             loss = sum_(_xlogy_terms(p_t, logp_t, logp_s))
             grad = p_s - p_t
@@ -204,7 +158,7 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
                 loss = sum_(_xlogy_terms(pt_tilde, logpt_tilde, logp_s))
                 grad = p_s - pt_tilde
     elif opt.kind == "reverse_kl":
-        logp_t, p_t = _log_softmax(c, shard)
+        logp_t, p_t = log_softmax(c, shard)
         loss = sum_(_xlogy_terms(p_s, logp_s, logp_t))
         # log p_S - log p_T = (a - c) - (lse_a - lse_c): the constant cancels in the gradient,
         # so use the raw difference (no cancellation between large log-probabilities).
@@ -212,7 +166,7 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
         grad = p_s * (u - sum_(p_s * u).unsqueeze(-1))
     else:  # jsd
         beta = opt.jsd_beta
-        logp_t, p_t = _log_softmax(c, shard)
+        logp_t, p_t = log_softmax(c, shard)
         m = beta * p_t + (1 - beta) * p_s
         logm = torch.log(m.clamp(min=1e-45))
         logm = torch.where(m > 0, logm, torch.full_like(logm, -math.inf))
@@ -223,12 +177,6 @@ def _chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
     if opt.kind != "hard":  # divergences are >= 0; rounding must not report -1e-9
         loss = loss.clamp(min=0.0)
     return loss * scale, grad * (scale / T)
-
-
-def _valid_width(shard: _Shard) -> int:
-    """Local columns before the padding (padding is a suffix of the vocabulary, so a prefix of
-    every shard is real)."""
-    return shard.ids.numel() if shard.valid is None else int(shard.valid.sum())
 
 
 class Scratch:
@@ -245,7 +193,7 @@ class Scratch:
         return self._buf[:need].view(count, rows, width).unbind(0)
 
 
-def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: _Shard,
+def forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: Shard,
                      grad_out: torch.Tensor | None, row_weight: torch.Tensor | None,
                      scratch: Scratch | None = None) -> torch.Tensor | None:
     """Plain forward KL in few passes over the chunk (the common case, and the hot loop).
@@ -261,7 +209,7 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
     """
     T = opt.temperature
     scale = T * T if opt.t2_scale else 1.0
-    nv = _valid_width(shard)
+    nv = valid_width(shard)
     n = zs.shape[0]
     stats = torch.full((2, n), -math.inf, dtype=torch.float32, device=zs.device)
     a = zs[:, :nv]
@@ -269,7 +217,7 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
     if nv:  # max(a / T) = max(a) / T for T > 0: the maxima are taken on the raw logits
         stats[0] = a.amax(-1)
         stats[1] = c.amax(-1)
-    stats = _all_reduce(stats, dist.ReduceOp.MAX, shard.group)
+    stats = all_reduce(stats, dist.ReduceOp.MAX, shard.group)
     if not bool(torch.isfinite(stats).all()):
         return None
     x, y, d = (scratch or Scratch()).take(3, n, nv, zs.device)
@@ -281,8 +229,8 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
     torch.sub(y, x, out=d)
     x.exp_()
     y.exp_()
-    sums = torch.stack([_row_sum(x), _row_sum(y), _row_sum(d.mul_(y))])
-    sums = _all_reduce(sums, dist.ReduceOp.SUM, shard.group)
+    sums = torch.stack([row_sum(x), row_sum(y), row_sum(d.mul_(y))])
+    sums = all_reduce(sums, dist.ReduceOp.SUM, shard.group)
     s_a, s_c, cross = sums[0], sums[1], sums[2]
     loss = (cross / s_c + torch.log(s_a) - torch.log(s_c)).float()
     if not bool(torch.isfinite(loss).all()):
@@ -299,23 +247,12 @@ def _forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: 
     return loss
 
 
-def _argmax_ids(x: torch.Tensor, shard: _Shard) -> torch.Tensor:
-    """Global argmax id per row over the (valid columns of the) sharded vocabulary; ties go to
-    the lowest id (torch.argmax returns the first maximum; across shards the lowest rank)."""
-    local_idx = torch.argmax(x, dim=-1)
-    local_max = x.gather(-1, local_idx.unsqueeze(-1)).squeeze(-1)
-    best = _all_reduce(local_max.clone(), dist.ReduceOp.MAX, shard.group)
-    big = torch.iinfo(torch.int64).max
-    ids = torch.where(local_max == best, local_idx + shard.start, torch.full_like(local_idx, big))
-    return _all_reduce(ids, dist.ReduceOp.MIN, shard.group)
-
-
-def shift_exp_label(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
+def shift_exp_label(z: torch.Tensor, labels: torch.Tensor, shard: Shard):
     """The pieces of a cross entropy over every local column (megatron-core's convention,
     padding included): t = z - row max (max over the group), e = exp(t) (fp32, new buffers),
     and the label's shifted logit where this rank holds the label, else 0. Summed over the group,
     log(sum e) - that logit is the CE; the caller batches those sums into one all-reduce."""
-    m = _all_reduce(z.amax(-1), dist.ReduceOp.MAX, shard.group)
+    m = all_reduce(z.amax(-1), dist.ReduceOp.MAX, shard.group)
     t = torch.sub(z, m.float().unsqueeze(-1))  # fp32 whatever z's dtype: one pass
     e = torch.exp(t)
     width = z.shape[-1]
@@ -327,25 +264,25 @@ def shift_exp_label(z: torch.Tensor, labels: torch.Tensor, shard: _Shard):
 
 @torch.no_grad()
 def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    labels: torch.Tensor, shard: _Shard) -> torch.Tensor:
+                    labels: torch.Tensor, shard: Shard) -> torch.Tensor:
     """Per-token [3, n]: the teacher's cross entropy to the labels (megatron-core's convention:
     softmax over every column, padding included), the teacher's entropy (T = 1, real columns)
     and top-1 agreement between the models. One exp over the teacher's chunk; logits are model
     outputs (finite)."""
-    nv = _valid_width(shard)
+    nv = valid_width(shard)
     t, e, label_logit, _, _ = shift_exp_label(teacher_logits, labels, shard)
     if shard.padded:  # the entropy's softmax is over the real columns: its own maximum
         c = teacher_logits[:, :nv]
         local_max = c.amax(-1).float() if nv else torch.full(c.shape[:1], -math.inf, device=c.device)
-        t_v = torch.sub(c, _all_reduce(local_max, dist.ReduceOp.MAX, shard.group).unsqueeze(-1))
+        t_v = torch.sub(c, all_reduce(local_max, dist.ReduceOp.MAX, shard.group).unsqueeze(-1))
         e_v = torch.exp(t_v)
     else:
         t_v, e_v = t, e
-    sums = torch.stack([_row_sum(e), _row_sum(e_v), _row_sum(e_v * t_v), label_logit.double()])
-    sums = _all_reduce(sums, dist.ReduceOp.SUM, shard.group)
+    sums = torch.stack([row_sum(e), row_sum(e_v), row_sum(e_v * t_v), label_logit.double()])
+    sums = all_reduce(sums, dist.ReduceOp.SUM, shard.group)
     ce = torch.log(sums[0]) - sums[3]
     entropy = torch.log(sums[1]) - sums[2] / sums[1]
-    agree = _argmax_ids(student_logits[:, :nv], shard) == _argmax_ids(teacher_logits[:, :nv], shard)
+    agree = argmax_ids(student_logits[:, :nv], shard) == argmax_ids(teacher_logits[:, :nv], shard)
     return torch.stack([ce.float(), entropy.float(), agree.float()])
 
 
@@ -369,24 +306,24 @@ class _KDLossFunction(torch.autograd.Function):
         zs = student.reshape(-1, shape[-1])
         zt = teacher.detach().reshape(-1, teacher.shape[-1])
         n = zs.shape[0]
-        shard = _Shard(zs.shape[-1], opt.vocab_size, group, zs.device)
+        shard = Shard(zs.shape[-1], opt.vocab_size, group, zs.device)
         loss = torch.zeros(n, dtype=torch.float32, device=zs.device)
         # The one extra logits-sized buffer: the gradient, in the student's dtype.
         grad = torch.empty_like(zs) if student.requires_grad else None
         m = None if mask is None else mask.reshape(-1).to(torch.float32)
-        step = chunk_size or default_chunk_size(zs.shape[-1], zs.device, _group_size(group))
+        step = chunk_size or default_chunk_size(zs.shape[-1], zs.device, group_size(group))
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         scratch = Scratch()
         for s in range(0, n, step):
             e = min(n, s + step)
             w = None if m is None else m[s:e]
             if fast:
-                lc = _forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e],
+                lc = forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e],
                                       w, scratch)
                 if lc is not None:
                     loss[s:e] = lc if w is None else torch.where(w > 0, lc * w, torch.zeros_like(lc))
                     continue
-            lc, g = _chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
+            lc, g = chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
             if m is not None:
                 w = m[s:e]
                 lc = torch.where(w > 0, lc * w, torch.zeros_like(lc))

@@ -29,27 +29,23 @@ import torch.distributed as dist
 
 from megatron_kd.distill.losses import (
     Scratch,
-    _all_reduce,
-    _chunk_loss_and_grad,
-    _forward_kl_fast,
-    _group_size,
-    _row_sum,
-    _Shard,
-    _valid_width,
+    chunk_loss_and_grad,
     default_chunk_size,
+    forward_kl_fast,
     require_same_shape,
     shift_exp_label,
     teacher_metrics,
 )
 from megatron_kd.distill.options import KDOptions
+from megatron_kd.distill.vocab_parallel import Shard, all_reduce, group_size, row_sum, valid_width
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
 
-def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: _Shard, out: torch.Tensor):
+def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: Shard, out: torch.Tensor):
     """Per-row CE [n] (softmax over every local column) with d CE / d z written into `out`."""
     _, e, label_logit, local, mine = shift_exp_label(z, labels, shard)
-    sums = _all_reduce(torch.stack([_row_sum(e), label_logit.double()]), dist.ReduceOp.SUM,
+    sums = all_reduce(torch.stack([row_sum(e), label_logit.double()]), dist.ReduceOp.SUM,
                        shard.group)
     torch.mul(e, (1.0 / sums[0]).float().unsqueeze(-1), out=out)
     rows = mine.nonzero().squeeze(-1)
@@ -89,8 +85,8 @@ class RowLoss:
     def __init__(self, opt: KDOptions, ce_weight: float, kd_weight: float, width: int, group,
                  device, metrics: bool):
         self.opt, self.ce_weight, self.kd_weight, self.metrics = opt, ce_weight, kd_weight, metrics
-        self.shard_kd = _Shard(width, opt.vocab_size, group, device)  # padding excluded (KD)
-        self.shard_all = _Shard(width, None, group, device)  # megatron's CE: every column
+        self.shard_kd = Shard(width, opt.vocab_size, group, device)  # padding excluded (KD)
+        self.shard_all = Shard(width, None, group, device)  # megatron's CE: every column
         self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         self.one_exp = self.fast and opt.temperature == 1.0
         self.scratch, self.kd_grad, self.general_grad = scratch_for("rows", device), Scratch(), Scratch()
@@ -128,12 +124,12 @@ class RowLoss:
         kd = None
         if self.fast:
             g_kd = self.kd_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
-            kd = _forward_kl_fast(zs, zt, self.opt, self.shard_kd, g_kd, w * self.kd_weight,
+            kd = forward_kl_fast(zs, zt, self.opt, self.shard_kd, g_kd, w * self.kd_weight,
                                   self.scratch)
             if kd is not None:
                 g.add_(g_kd)
         if kd is None:
-            kd, g_kd = _chunk_loss_and_grad(zs, zt, self.opt, self.shard_kd)
+            kd, g_kd = chunk_loss_and_grad(zs, zt, self.opt, self.shard_kd)
             g.add_(torch.where(w.unsqueeze(-1) > 0, g_kd * (w * self.kd_weight).unsqueeze(-1),
                                torch.zeros_like(g_kd)))
         stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
@@ -148,14 +144,14 @@ class RowLoss:
         entropy sums never underflow, and a padding column far above that maximum overflows the
         CE sums (non-finite: general route) rather than losing precision silently."""
         shard = self.shard_kd
-        nv = _valid_width(shard)
+        nv = valid_width(shard)
         n, width = zs.shape
         padded = shard.padded  # padding on any rank: the CE's sums differ from the KD's
         maxes = torch.full((2, n), -math.inf, dtype=torch.float32, device=zs.device)
         if nv:
             maxes[0] = zs[:, :nv].amax(-1)
             maxes[1] = zt[:, :nv].amax(-1)
-        maxes = _all_reduce(maxes, dist.ReduceOp.MAX, shard.group)
+        maxes = all_reduce(maxes, dist.ReduceOp.MAX, shard.group)
         if not bool(torch.isfinite(maxes).all()):
             return None
         x, y, e_y, d = self.scratch.take(4, n, width, zs.device)
@@ -172,18 +168,18 @@ class RowLoss:
         if self.metrics:
             part["first_max"] = self._first_max_ids(xv, yv, dv)
         torch.exp(y, out=e_y)
-        part["s_tv"] = _row_sum(eyv)  # sum e^y over the real columns: the KD's and entropy's
+        part["s_tv"] = row_sum(eyv)  # sum e^y over the real columns: the KD's and entropy's
         if padded:
-            part["s_ta"] = _row_sum(e_y)  # ... over every column: the teacher CE's
+            part["s_ta"] = row_sum(e_y)  # ... over every column: the teacher CE's
         if self.metrics:
-            part["entropy_dot"] = _row_sum(torch.mul(eyv, yv, out=dv))  # sum e^y·y
-        part["cross"] = _row_sum(torch.sub(yv, xv, out=dv).mul_(eyv))  # sum e^y·(y - x): the KL's
+            part["entropy_dot"] = row_sum(torch.mul(eyv, yv, out=dv))  # sum e^y·y
+        part["cross"] = row_sum(torch.sub(yv, xv, out=dv).mul_(eyv))  # sum e^y·(y - x): the KL's
         x.exp_()
-        part["s_sv"] = _row_sum(xv)
+        part["s_sv"] = row_sum(xv)
         if padded:
-            part["s_sa"] = _row_sum(x)
+            part["s_sa"] = row_sum(x)
         first_max = part.pop("first_max", None)
-        sums = dict(zip(part, _all_reduce(torch.stack(list(part.values())), dist.ReduceOp.SUM,
+        sums = dict(zip(part, all_reduce(torch.stack(list(part.values())), dist.ReduceOp.SUM,
                                           shard.group)))
         s_tv, s_sv = sums["s_tv"], sums["s_sv"]
         s_ta, s_sa = sums.get("s_ta", s_tv), sums.get("s_sa", s_sv)
@@ -194,7 +190,7 @@ class RowLoss:
         if self.metrics:
             out[2] = torch.log(s_ta) - sums["label_t"]
             out[3] = torch.log(s_tv) - sums["entropy_dot"] / s_tv
-            ids = _all_reduce(first_max, dist.ReduceOp.MIN, shard.group)
+            ids = all_reduce(first_max, dist.ReduceOp.MIN, shard.group)
             out[4] = (ids[0] == ids[1]).double()
         if not bool(torch.isfinite(out).all()):
             return None
@@ -245,7 +241,7 @@ class _MixedLoss(torch.autograd.Function):
             grad = zs if overwrite else torch.empty_like(zs)
         direct = grad is not None and grad.dtype == torch.float32
         chunk_grad = Scratch()
-        step = chunk_size or default_row_chunk(width, zs.device, _group_size(group))
+        step = chunk_size or default_row_chunk(width, zs.device, group_size(group))
         for s in range(0, n, step):
             e = min(n, s + step)
             g = grad[s:e] if direct else chunk_grad.take(1, e - s, width, zs.device)[0]

@@ -13,10 +13,11 @@ import torch
 
 from megatron_kd.config.schema import KDConfig
 from megatron_kd.distill.fused import fused_output_kd
-from megatron_kd.distill.losses import _argmax_ids, _Shard, _valid_width, kd_loss, teacher_metrics
+from megatron_kd.distill.losses import kd_loss, teacher_metrics
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.sparse import sparse_kd_loss
+from megatron_kd.distill.vocab_parallel import Shard, argmax_ids, valid_width
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def _separate_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, la
                          chunk_size=kd.chunk_size)
         teacher_sums = None
         if kd.teacher_metrics:
-            shard = _Shard(student_logits.shape[-1], opts.vocab_size, tp_group, student_logits.device)
+            shard = Shard(student_logits.shape[-1], opts.vocab_size, tp_group, student_logits.device)
             width = student_logits.shape[-1]
             per_tok = teacher_metrics(student_logits.detach().reshape(-1, width),
                                       teacher_logits.reshape(-1, width), labels, shard)
@@ -215,9 +216,9 @@ def make_cached_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, 
         teacher_sums = None
         if kd.teacher_metrics:  # before the objective, which writes its gradient over the logits
             width = student_logits.shape[-1]
-            shard = _Shard(width, kd.opts.vocab_size, tp_group, student_logits.device)
-            nv = _valid_width(shard)
-            student_top = _argmax_ids(student_logits.detach().reshape(-1, width)[:, :nv], shard)
+            shard = Shard(width, kd.opts.vocab_size, tp_group, student_logits.device)
+            nv = valid_width(shard)
+            student_top = argmax_ids(student_logits.detach().reshape(-1, width)[:, :nv], shard)
             if "ids" in rows:
                 teacher_top = rows["ids"][..., 0]
             else:  # full cache: the first of the largest (the online tie rule)

@@ -22,8 +22,8 @@ import math
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.losses import _all_reduce, _group_size, _row_sum, _Shard, _valid_width
 from megatron_kd.distill.mixed import default_row_chunk
+from megatron_kd.distill.vocab_parallel import Shard, all_reduce, group_size, row_sum, valid_width
 
 
 class _SparseKD(torch.autograd.Function):
@@ -33,12 +33,12 @@ class _SparseKD(torch.autograd.Function):
         width = logits.shape[-1]
         z = logits.detach().reshape(-1, width)  # a view: the gradient is written over the logits
         n = z.shape[0]
-        shard = _Shard(width, vocab_size, group, z.device)
-        nv = _valid_width(shard)
+        shard = Shard(width, vocab_size, group, z.device)
+        nv = valid_width(shard)
         # one rank holds the whole vocabulary (no TP): every label and kept id is a column here, so
         # the kept columns are read and written by index, without masks (boolean indexing costs a
         # nonzero() and a copy per use)
-        whole = _group_size(group) == 1
+        whole = group_size(group) == 1
         sums = torch.zeros(2, dtype=torch.float64, device=z.device)
         scratch = torch.empty(0, device=z.device)
         for s in range(0, n, chunk):
@@ -48,7 +48,7 @@ class _SparseKD(torch.autograd.Function):
             # fp32 logits without vocabulary padding it is the logits themselves (their last reader),
             # which saves the temporary and the final copy
             zc = z[s:e_]
-            m_all = _all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
+            m_all = all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
             lab, w = labels[s:e_], mask[s:e_].float()
             r_idx = torch.arange(rows, device=z.device)
             inside = (lab >= shard.start) & (lab < shard.start + width)
@@ -61,10 +61,10 @@ class _SparseKD(torch.autograd.Function):
             if whole:
                 z_lab, z_k = zc[r_idx, lpos].float(), zc.gather(1, kpos).float()
             else:
-                z_lab = _all_reduce(torch.where(inside, zc[r_idx, lpos].float(), torch.zeros_like(m_all)),
+                z_lab = all_reduce(torch.where(inside, zc[r_idx, lpos].float(), torch.zeros_like(m_all)),
                                     dist.ReduceOp.SUM, group)
                 z_k = torch.where(kin, zc.gather(1, kpos).float(), torch.zeros_like(idc, dtype=torch.float32))
-                z_k = _all_reduce(z_k, dist.ReduceOp.SUM, group)
+                z_k = all_reduce(z_k, dist.ReduceOp.SUM, group)
             in_place = not shard.padded and zc.dtype == torch.float32
             if in_place:
                 ex = zc.sub_(m_all.unsqueeze(-1)).exp_()
@@ -83,20 +83,20 @@ class _SparseKD(torch.autograd.Function):
                 else:
                     e_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype))
                     ex.index_put_((rr[kin], kpos[kin]), torch.zeros((), dtype=ex.dtype, device=ex.device))
-                rest_sum = _row_sum(ex)
-                both = _all_reduce(torch.stack([rest_sum + e_k.sum(-1, dtype=torch.float64), rest_sum]),
+                rest_sum = row_sum(ex)
+                both = all_reduce(torch.stack([rest_sum + e_k.sum(-1, dtype=torch.float64), rest_sum]),
                                    dist.ReduceOp.SUM, group)
                 s_all, s_o = both[0], both[1] / both[0]
             else:
-                s_all = _all_reduce(_row_sum(ex), dist.ReduceOp.SUM, group)
+                s_all = all_reduce(row_sum(ex), dist.ReduceOp.SUM, group)
                 e_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype))
             ce = (torch.log(s_all) + m_all.double() - z_lab.double()).float()  # megatron-core's CE
             # the student's log-normaliser over the real columns (padding excluded)
             if shard.padded:
                 zr = zc[:, :nv].float()
-                m_r = _all_reduce(zr.amax(-1) if nv else torch.full_like(m_all, -math.inf), dist.ReduceOp.MAX,
+                m_r = all_reduce(zr.amax(-1) if nv else torch.full_like(m_all, -math.inf), dist.ReduceOp.MAX,
                                   group)
-                s_r = _all_reduce(_row_sum(torch.exp(zr - m_r.unsqueeze(-1))), dist.ReduceOp.SUM, group)
+                s_r = all_reduce(row_sum(torch.exp(zr - m_r.unsqueeze(-1))), dist.ReduceOp.SUM, group)
                 lse_r = m_r.double() + torch.log(s_r)
             else:
                 lse_r = m_all.double() + torch.log(s_all)
@@ -110,7 +110,7 @@ class _SparseKD(torch.autograd.Function):
                 p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
                 kept = torch.zeros(rows, width + 1, dtype=torch.bool, device=z.device)
                 kept = kept.scatter_(1, torch.where(kin, kpos, torch.full_like(kpos, width)), True)[:, :nv]
-                s_o = _all_reduce(_row_sum(torch.where(kept, torch.zeros_like(p_r), p_r)), dist.ReduceOp.SUM, group)
+                s_o = all_reduce(row_sum(torch.where(kept, torch.zeros_like(p_r), p_r)), dist.ReduceOp.SUM, group)
             else:
                 p_r = None
             if other_bucket:
@@ -179,7 +179,7 @@ def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torc
         tail = torch.logsumexp(q_f[:, top_k:].double(), dim=-1)
         other = torch.logaddexp(other, tail)
         ids_f, q_f = ids_f[:, :top_k], q_f[:, :top_k]
-    tp = _group_size(tp_group)
+    tp = group_size(tp_group)
     if chunk_size is None and student_logits.dtype == torch.float32 and vocab_size >= width * tp:
         # exponentiated in place (no full-width temporary): chunks would only bound the [rows, K]
         # arrays, and each costs ~50 small calls; one chunk measured 1.3-1.5x faster than 2^20-element

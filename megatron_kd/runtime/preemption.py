@@ -24,8 +24,18 @@ def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
         raise SystemExit(128 + signum)
 
 
+def check_start_up() -> None:
+    """Stop now if SIGTERM came during start-up. The handler's SystemExit can be swallowed:
+    megatron-core wraps optional imports in bare `except:` (zmq, msgpack, cuda bindings), and a
+    signal that lands in one of them is recorded but not acted on. Called before the run writes
+    anything and again as training starts."""
+    if signal.SIGTERM in _received and not _training[0]:
+        raise SystemExit(128 + signal.SIGTERM)
+
+
 def training_started() -> None:
     """From now on SIGTERM asks for a checkpoint at the next step boundary."""
+    check_start_up()
     _training[0] = True
 
 

@@ -12,8 +12,9 @@ from megatron_kd.checkpoint.manager import load_checkpoint
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
-from megatron_kd.distill.losses import _argmax_ids, _log_softmax, _Shard, _valid_width, kd_loss
+from megatron_kd.distill.losses import kd_loss
 from megatron_kd.distill.options import KDOptions
+from megatron_kd.distill.vocab_parallel import Shard, argmax_ids, log_softmax, valid_width
 from megatron_kd.errors import ConfigError
 from megatron_kd.training.loop import prepare_kd
 from megatron_kd.training.setup import TrainState, build_ddp_model
@@ -41,17 +42,17 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
             b = next(it)
             with torch.no_grad():
                 s_logits, t_logits = pair(b["tokens"], b["position_ids"], None)
-                shard = _Shard(s_logits.shape[-1], V, tp_group, s_logits.device)
+                shard = Shard(s_logits.shape[-1], V, tp_group, s_logits.device)
                 mask = b["loss_mask"].float().t()  # the pair's logits are sequence-major [s, b, V/TP]
                 ent = []
                 for logits in (t_logits, s_logits):
-                    lp, p = _log_softmax(logits.float(), shard)
+                    lp, p = log_softmax(logits.float(), shard)
                     e = -torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(-1)
                     if torch.distributed.get_world_size(tp_group) > 1:
                         torch.distributed.all_reduce(e, group=tp_group)
                     ent.append((e * mask).sum())
-                nv = _valid_width(shard)  # padding columns never win
-                agree = (_argmax_ids(s_logits[..., :nv], shard) == _argmax_ids(t_logits[..., :nv], shard)).float()
+                nv = valid_width(shard)  # padding columns never win
+                agree = (argmax_ids(s_logits[..., :nv], shard) == argmax_ids(t_logits[..., :nv], shard)).float()
                 kw = dict(loss_mask=mask, tp_group=tp_group)
                 fkl = kd_loss(s_logits, t_logits, KDOptions("forward_kl", vocab_size=V), **kw).sum()
                 rkl = kd_loss(s_logits, t_logits, KDOptions("reverse_kl", vocab_size=V), **kw).sum()

@@ -201,6 +201,7 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
     data_iterator = schedule_iterators(
         train_ds, cfg.train.micro_batch_size, parallel_state.get_data_parallel_rank(),
         parallel_state.get_data_parallel_world_size(), len(state.model), consumed_samples=state.consumed_samples)
+    preemption.check_start_up()  # a SIGTERM swallowed during start-up: stop before writing metrics
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0, wandb=cfg.logging.wandb,
                            run_name=cfg.run.name, run_config=config_to_dict(cfg))
 
