@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "megatron_kd"
 
 # Lower layers never import higher ones; packages in one layer do not import each other.
 LAYERS = [
-    {"errors", "console"},
+    {"errors", "console", "files"},
     {"jsonio"},
     {"config"},
     {"models", "data", "runtime"},

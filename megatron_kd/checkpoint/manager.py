@@ -37,6 +37,7 @@ from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 
 log = logging.getLogger("megatron_kd.checkpoint")
 
@@ -176,9 +177,7 @@ def save_checkpoint(cfg: RunConfig, state, name: str, kind: str, tokenizer_file:
             final.rename(replaced)
         partial.rename(final)
         shutil.rmtree(replaced, ignore_errors=True)
-        tmp = root / f"{LATEST}.tmp"
-        tmp.write_text(name)
-        tmp.replace(root / LATEST)
+        write_text_atomic(root / LATEST, name)
         _prune(root, cfg.checkpoint.keep_last)
     _barrier()
     log.info("saved checkpoint %s (step %d, %s)", final, state.step, kind)

@@ -15,6 +15,7 @@ from megatron_kd.checkpoint.hf_cache import ensure_converted
 from megatron_kd.config.loader import build_dataclass, load_config, load_recipe_dict
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 
 STATE_FILE = "mkd_state.json"  # step, tokens, kind, padded vocabulary, file sizes
 LATEST = "latest"  # RUN_DIR/checkpoints/latest names the newest complete checkpoint
@@ -93,9 +94,7 @@ def write_state(directory: Path, meta: dict) -> None:
     meta = dict(meta, files={str(f.relative_to(directory)): f.stat().st_size for f in files},
                 checksums={str(f.relative_to(directory)): file_checksum(f) for f in files})
     meta["state_crc"] = state_checksum(meta)
-    tmp = directory / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(directory / STATE_FILE)
+    write_text_atomic(directory / STATE_FILE, json.dumps(meta, indent=2))
 
 
 def file_checksum(path: Path) -> str:

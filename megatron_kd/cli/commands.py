@@ -19,6 +19,7 @@ from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify
 from megatron_kd.config import load_config, padded_vocab, validate
 from megatron_kd.config.loader import RECIPES_ROOT, config_to_dict
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 
 # Set by `mkd train --nproc N` for the ranks it starts: the launch has run its start-up checks
@@ -307,9 +308,7 @@ def cmd_eval(args) -> int:
             print(f"written: {r['written']}")
             if json_out:
                 json_out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = json_out.with_name(f".{json_out.name}.tmp")
-                tmp.write_text(json.dumps(r, indent=2))
-                tmp.replace(json_out)
+                write_text_atomic(json_out, json.dumps(r, indent=2))
 
     return launch_ranks(args, cfg, body)
 

@@ -22,6 +22,7 @@ from megatron_kd.config import yaml_safe
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import validate
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 
 RECIPES_ROOT = Path(os.environ.get("MKD_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
 
@@ -259,6 +260,4 @@ def config_to_dict(cfg: Any) -> dict:
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config (what actually ran) as YAML."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

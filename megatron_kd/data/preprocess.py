@@ -37,6 +37,7 @@ from megatron_kd.console import hms
 from megatron_kd.data.sources import iter_records, open_sources
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 
 _WORKER_TOKENIZER: Tokenizer | None = None
 IN_FLIGHT_PER_WORKER = 4
@@ -153,9 +154,7 @@ class _Writer:
                     "# weights, each prefix's token count: sampled in proportion to its size).\n")
             blend = {"data": {"train": [str(n) for n, _, _ in self.done],
                               "train_weights": [t for _, _, t in self.done]}}
-            tmp = Path(f"{self.prefix}.blend.yaml.partial")
-            tmp.write_text(head + yaml.safe_dump(blend, sort_keys=False))
-            tmp.replace(f"{self.prefix}.blend.yaml")
+            write_text_atomic(f"{self.prefix}.blend.yaml", head + yaml.safe_dump(blend, sort_keys=False))
 
     def discard(self) -> None:
         """Remove every partial file, also when the disk is full: closing the open .bin then

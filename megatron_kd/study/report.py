@@ -12,6 +12,7 @@ from pathlib import Path
 from megatron_kd.config import load_config
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 from megatron_kd.study import analysis, compute, compute_report
@@ -272,9 +273,8 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     (sweep_dir / "report.md").write_text("\n".join(md))
     doc = report_json(study, sets)
     doc["compute"] = compute_report.report_json(cs)
-    tmp = sweep_dir / ".report.json.tmp"
-    tmp.write_text(json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False))
-    tmp.replace(sweep_dir / "report.json")
+    write_text_atomic(sweep_dir / "report.json",
+                      json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False))
     return {"rows": rows, "baselines": base, "sets": sets, "plots": plots, "study": study, "json": doc,
             "out_dir": out_dir,
             "markdown": "\n".join(md)}

@@ -15,10 +15,12 @@ statistics. Columns (README "The results table"):
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 
 REQUIRED = ["run", "student", "student_params", "student_tokens", "teacher", "teacher_params", "teacher_tokens",
             "alpha", "alpha_schedule", "seed", "data_seed"]
@@ -53,12 +55,11 @@ def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
             line[f"val/{s}"] = _cell(r["val"].get(s))
             line[f"teacher_val/{s}"] = _cell((r.get("teacher_val") or {}).get(s))
         out.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=head)
-        w.writeheader()
-        w.writerows(out)
-    tmp.replace(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=head)
+    w.writeheader()
+    w.writerows(out)
+    write_text_atomic(path, buf.getvalue())
 
 
 def read_table(path: Path) -> tuple[list[dict], list[str]]:

@@ -41,6 +41,7 @@ from megatron_kd.distill.cache import (
 from megatron_kd.distill.model import build_teacher, sequence_major_logits
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.training.run_dir import LOCK_FILE
 
 log = logging.getLogger("megatron_kd.cache")
@@ -83,9 +84,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / MANIFEST).is_file():
-            tmp = out / f"{MANIFEST}.tmp"
-            tmp.write_text(json.dumps(planned, indent=2))
-            tmp.replace(out / MANIFEST)
+            write_text_atomic(out / MANIFEST, json.dumps(planned, indent=2))
         for p in out.glob("*.partial"):  # left by a killed job
             shutil.rmtree(p, ignore_errors=True)
     torch.distributed.barrier()
