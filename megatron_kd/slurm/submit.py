@@ -19,6 +19,7 @@ from pathlib import Path
 from megatron_kd.config import load_config, validate
 from megatron_kd.config.loader import resolve_recipe_path
 from megatron_kd.errors import ConfigError, SetupError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.runtime.preemption import EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,7 +199,7 @@ def submit(spec: JobSpec, dry_run: bool = False) -> str:
     out = run_dir / "slurm"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "job.sbatch"
-    path.write_text(script)
+    write_text_atomic(path, script)
     r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
     if r.returncode != 0:
         why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"

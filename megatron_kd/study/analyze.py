@@ -16,6 +16,7 @@ from megatron_kd.distill.losses import kd_loss
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.vocab_parallel import Shard, argmax_ids, log_softmax, valid_width
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.training.loop import prepare_kd
 from megatron_kd.training.setup import TrainState, build_ddp_model
 
@@ -66,5 +67,5 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
         results[name] = {k: (sums[i] / c).item() for i, k in enumerate(keys)} | {"tokens": int(sums[-1])}
     if out_json is not None and torch.distributed.get_rank() == 0:
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(results, indent=2))
+        write_text_atomic(out_json, json.dumps(results, indent=2))
     return results

@@ -13,6 +13,7 @@ from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.training.evaluate import evaluate
 from megatron_kd.training.setup import TrainState, build_ddp_model
 
@@ -43,6 +44,6 @@ def run_eval(cfg: RunConfig, checkpoint: Path, tasks: list[str] | None = None,
     if torch.distributed.get_rank() == 0:
         out = checkpoint.parent.parent / "eval" / f"{checkpoint.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+        write_text_atomic(out, json.dumps(result, indent=2))
         result["written"] = str(out)
     return result

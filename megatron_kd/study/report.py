@@ -270,7 +270,7 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     plots += compute_report.plot(sweep_dir, compute.compute_study(plotted, analysis.analyse(
         plotted, sets, level, equivalence, in_domain, n_boot=0), sets, level), sets) if plotted else []
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
-    (sweep_dir / "report.md").write_text("\n".join(md))
+    write_text_atomic(sweep_dir / "report.md", "\n".join(md))
     doc = report_json(study, sets)
     doc["compute"] = compute_report.report_json(cs)
     write_text_atomic(sweep_dir / "report.json",

@@ -43,6 +43,7 @@ from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
 from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.config.loader import read_yaml, resolve_recipe_path
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
 
@@ -332,7 +333,7 @@ def write_recipes(spec: dict, only: list[str] | None = None) -> list[tuple[Point
         dump_config(cfg, path)
         written.append((point, path))
     # points.json lists the whole grid: the report reads it, whatever subset ran this time.
-    (out / "points.json").write_text(json.dumps([{"name": p.name, **p.meta} for p in all_points], indent=2))
+    write_text_atomic(out / "points.json", json.dumps([{"name": p.name, **p.meta} for p in all_points], indent=2))
     return written
 
 

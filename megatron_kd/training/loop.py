@@ -33,6 +33,7 @@ from megatron_kd.distill.objective import KDObjective
 from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.distill.teacher import align_padded_vocab, resolve_teacher, teacher_identity
 from megatron_kd.errors import MKDError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.models.params import train_flops_per_token
 from megatron_kd.runtime import preemption
 from megatron_kd.runtime.throughput import PROFILER, device_name, peak_tflops, step_throughput
@@ -143,7 +144,7 @@ def _report_profile(run_dir: Path, sections: dict, steps: list[float], last: int
              "; ".join(f"{k} {1e3 * v / len(steps):.1f} ms ({100 * shares[k]:.1f}%)" for k, v in sections.items())
              or "no teacher forward or KD loss in these steps")
     if rank == 0:
-        (run_dir / "profile.json").write_text(json.dumps(
+        write_text_atomic(run_dir / "profile.json", json.dumps(
             {"steps": len(steps), "last_step": last, "step_s": total / len(steps),
              "sections_s": {k: v / len(steps) for k, v in sections.items()}, "shares": shares}, indent=2))
 

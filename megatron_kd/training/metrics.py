@@ -11,6 +11,7 @@ from pathlib import Path
 from megatron_kd.config.schema import WandbConfig
 from megatron_kd.console import first_line, hms
 from megatron_kd.errors import SetupError
+from megatron_kd.files import write_text_atomic
 
 log = logging.getLogger("megatron_kd.train")
 
@@ -35,7 +36,7 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, run_name: str, config: dict):
     id_file = run_dir / "wandb" / "run_id"
     id_file.parent.mkdir(parents=True, exist_ok=True)
     if not id_file.is_file():
-        id_file.write_text(secrets.token_hex(8))
+        write_text_atomic(id_file, secrets.token_hex(8))
     run_id = id_file.read_text().strip()
     try:
         run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_name, group=cfg.group,

@@ -142,7 +142,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         raise ConfigError(f"teacher cache {out}: shards {left[0][:5]} were not written; run the job again")
     if rank == 0:
         shutil.rmtree(out / "data_cache", ignore_errors=True)  # megatron-core's index files: the job's own
-        (out / COMPLETE).write_text(f"{n} samples, {planned['num_shards']} shards\n")
+        write_text_atomic(out / COMPLETE, f"{n} samples, {planned['num_shards']} shards\n")
     torch.distributed.barrier()
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
     return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n}
