@@ -44,18 +44,20 @@ GAIN_ACCOUNTINGS = ("b", "c")
 def run_flops(r: dict) -> dict:
     """A run's FLOPs by part: from its columns, else 6·N·D training and 2·N·D forward (said)."""
     est = []
-    student = r.get("student_flops")
-    if student is None and r.get("student_params") and r.get("student_tokens"):
-        student, _ = 6.0 * r["student_params"] * r["student_tokens"], est.append("student")
-    out = {"student": student, "estimated": est}
+
+    def part(column, name, per_param_token, params, tokens):
+        if r.get(column) is not None:
+            return r[column]
+        if r.get(params) and r.get(tokens):
+            est.append(name)
+            return per_param_token * r[params] * r[tokens]
+        return None
+
+    out = {"student": part("student_flops", "student", 6.0, "student_params", "student_tokens"), "estimated": est}
     if not r.get("teacher"):
         return out
-    alone = r.get("teacher_pass_flops")
-    if alone is None and r.get("teacher_params") and r.get("student_tokens"):
-        alone, _ = 2.0 * r["teacher_params"] * r["student_tokens"], est.append("teacher pass")
-    pretrain = r.get("teacher_pretrain_flops")
-    if pretrain is None and r.get("teacher_params") and r.get("teacher_tokens"):
-        pretrain, _ = 6.0 * r["teacher_params"] * r["teacher_tokens"], est.append("teacher pretraining")
+    alone = part("teacher_pass_flops", "teacher pass", 2.0, "teacher_params", "student_tokens")
+    pretrain = part("teacher_pretrain_flops", "teacher pretraining", 6.0, "teacher_params", "teacher_tokens")
     shared_by = max(1, int(r.get("teacher_pass_shared_by") or 1))
     out.update(alone=alone, shared=alone / shared_by if alone is not None else None, pretrain=pretrain)
     return out
@@ -79,13 +81,13 @@ def same_architecture(r: dict, student: str) -> bool:
     return bool(r.get("teacher_params")) and r.get("teacher_params") == r.get("student_params")
 
 
-def run_noise(rows: list[dict], s: str, key) -> tuple[float | None, int]:
+def run_noise(rows: list[dict], s: str) -> tuple[float | None, int]:
     """(per-run sd, degrees of freedom): the seed spread pooled over points with >= 2 runs."""
     groups: dict = {}
     for r in rows:
         v = r["val"].get(s)
         if v is not None and math.isfinite(v):
-            groups.setdefault(key(r), []).append(v)
+            groups.setdefault(point_key(r), []).append(v)
     ss = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in groups.values() if len(g) > 1)
     df = sum(len(g) - 1 for g in groups.values() if len(g) > 1)
     return (math.sqrt(ss / df) if df else None), df
@@ -106,10 +108,6 @@ class Frontier:
             self.block.append(b)
             self.value.append(nodes[b][1])
             self.weight.append(nodes[b][2])
-
-    @property
-    def span(self) -> tuple[float, float] | None:
-        return (self.nodes[0][0], self.nodes[-1][0]) if self.nodes else None
 
     def at(self, compute: float, sd: float | None) -> dict | None:
         """The frontier's loss at `compute`: {value, var, kind}; kind "interpolated", or "at most"
@@ -211,7 +209,7 @@ def compute_study(rows: list[dict], study: dict, sets: list[str], level: float) 
         rs = [r for r in rows if r["student"] == student]
         per_set = {}
         for s in sets:
-            sd, df = run_noise(rs, s, point_key)
+            sd, df = run_noise(rs, s)
             front = Frontier(frontier_nodes(rs, student, s))
             per_set[s] = {"front": front, "sd": sd, "df": df,
                           "nodes": [{"compute": c, "loss": y, "runs": n, "label": lab, "frontier": v}

@@ -264,11 +264,14 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     left_out = [r["name"] for r in rows if r not in plotted]
     if left_out:
         md += ["", f"Left out of the plots (a loss that is not finite): {', '.join(left_out)}."]
-    plots = _plots(sweep_dir, plotted, sets, base) if plotted else []
-    plots += analysis.plots(sweep_dir, analysis.analyse(plotted, sets, level, equivalence, in_domain, n_boot=0),
-                            sets) if plotted else []
-    plots += compute_report.plot(sweep_dir, compute.compute_study(plotted, analysis.analyse(
-        plotted, sets, level, equivalence, in_domain, n_boot=0), sets, level), sets) if plotted else []
+    plots = []
+    if plotted:  # the figures' numbers: those of the tables unless a diverged run was left out
+        shown, shown_cs = study, cs
+        if len(plotted) < len(rows):
+            shown = analysis.analyse(plotted, sets, level, equivalence, in_domain, n_boot=0)
+            shown_cs = compute.compute_study(plotted, shown, sets, level)
+        plots = _plots(sweep_dir, plotted, sets, base) + analysis.plots(sweep_dir, shown, sets)
+        plots += compute_report.plot(sweep_dir, shown_cs, sets)
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     write_text_atomic(sweep_dir / "report.md", "\n".join(md))
     doc = report_json(study, sets)
