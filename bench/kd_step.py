@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         for metrics in (True, False):
             cfg = load_config(a.student, common + ["kd.alpha=0.5", f"kd.fused_output_layer={fused}",
                                                    f"kd.teacher_metrics={metrics}"], purpose="train")
-            kd_state = build_train_state(cfg, teacher=teacher_module())
+            kd_state = build_train_state(cfg, teacher=[teacher_module()])
             keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if metrics or not k.startswith(("teacher", "top1"))]
             ctx = StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), alpha=0.5,
                               temperature=cfg.kd.temperature, tp_group=tp_group, report_keys=keys)

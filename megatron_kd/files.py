@@ -23,3 +23,25 @@ def write_text_atomic(path: Path | str, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path | str):
+    """Build a new directory as OUT.partial and rename it to OUT once complete (one process):
+    a writer that fails (bad input, a full disk, Ctrl-C) leaves nothing at OUT to block the
+    corrected re-run, and its partial copy is removed. OUT must not exist or be empty (checked
+    by the caller, which knows the flag to name)."""
+    import shutil
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a writer killed before it could clean up
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()  # empty (checked by the caller)
+    partial.rename(out)

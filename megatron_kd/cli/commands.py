@@ -7,7 +7,6 @@ first imported after the CPU compatibility layer is active (runtime.distributed)
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -134,6 +133,7 @@ def cmd_train(args) -> int:
 
     preemption.install()  # first: a warning signal during start-up must not kill the run
     from megatron_kd.distill.teacher import resolve_teacher
+    from megatron_kd.training.faults import Faults
     from megatron_kd.training.loop import run_training
     from megatron_kd.training.preflight import preflight_train
 
@@ -157,20 +157,11 @@ def cmd_train(args) -> int:
                 outcome["created_dir"] = lock_run_dir(cfg.run.dir)
 
     def body(cfg, rank):
-        metrics = run_training(cfg, overwrite=args.overwrite, teacher_checked=True,
-                               profile_steps=args.profile_steps)
-        outcome["preempted"] = bool(metrics.get("preempted"))
-        if rank == 0 and outcome["preempted"]:
-            print(f"preempted at step {metrics['step']}: checkpoint saved in {cfg.run.dir}; "
-                  f"exit {preemption.EXIT_PREEMPTED} (requeue and start again to resume)")
-        elif rank == 0:
-            vals = "".join(f", {k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
-            if math.isnan(metrics["loss"]):
-                print(f"already complete: {metrics['step']} steps{vals}, run dir {cfg.run.dir} "
-                      "(use another run.dir to train again)")
-            else:
-                print(f"done: {metrics['step']} steps, final loss {metrics['loss']:.4f}{vals}, "
-                      f"run dir {cfg.run.dir}")
+        result = run_training(cfg, overwrite=args.overwrite, teacher_checked=True,
+                              profile_steps=args.profile_steps, faults=Faults.from_env())
+        outcome["preempted"] = result.status == "preempted"
+        if rank == 0:
+            print(describe_result(result, cfg.run.dir))
 
     rc = 1
     try:
@@ -179,6 +170,26 @@ def cmd_train(args) -> int:
         if rc != 0 and outcome.get("created_dir"):  # a launch that failed before its first step
             remove_unused_run_dir(cfg.run.dir)
     return preemption.EXIT_PREEMPTED if outcome.get("preempted") else rc
+
+
+def describe_result(result, run_dir: str) -> str:
+    """The line `mkd train` ends with, on rank 0 (the sweep runner reads its first word)."""
+    from megatron_kd.runtime import preemption
+
+    m = result.metrics
+    vals = "".join(f", {k[4:]} {v:.4f}" for k, v in m.items() if k.startswith("val/"))
+    if result.status == "preempted":
+        return (f"preempted at step {result.step}: checkpoint saved in {run_dir}; "
+                f"exit {preemption.EXIT_PREEMPTED} (requeue and start again to resume)")
+    if result.status == "already_complete":
+        return f"already complete: {result.step} steps{vals}, run dir {run_dir} (use another run.dir to train again)"
+    if result.steps_run == 0:  # stopped: train.stop_at_step at or below the step it resumed at
+        return (f"stopped: the run is at step {result.step} of {result.total}, at or past train.stop_at_step{vals}; "
+                f"raise or drop train.stop_at_step to continue, run dir {run_dir}")
+    line = f"done: {result.step} steps, final loss {m['loss']:.4f}{vals}, run dir {run_dir}"
+    if result.status == "stopped":
+        line += f" (train.stop_at_step: {result.step} of {result.total} steps; start again to continue)"
+    return line
 
 
 def _check_cache_for_run(cfg) -> None:

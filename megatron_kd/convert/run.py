@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 import yaml
 
+from megatron_kd.checkpoint.checkpointer import (
+    check_new_checkpoint_dir,
+    checkpoint_record,
+    sharded_state,
+    write_checkpoint,
+)
 from megatron_kd.checkpoint.model_io import load_model_weights
-from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint, write_state
-from megatron_kd.config import dump_config, padded_vocab
+from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
 from megatron_kd.config.schema import DataConfig, ParallelConfig, PrecisionConfig, RunConfig
 from megatron_kd.convert.hf import (
     SafetensorsReader,
@@ -24,7 +27,7 @@ from megatron_kd.convert.hf import (
     load_hf_weights,
 )
 from megatron_kd.data.tokenizer import Tokenizer
-from megatron_kd.errors import ConfigError
+from megatron_kd.files import staged_directory
 from megatron_kd.models.gpt import build_gpt_model
 from megatron_kd.models.hf_config import HF_DTYPES, hf_to_model_config, model_config_to_hf, read_hf_config
 from megatron_kd.runtime.distributed import init_distributed
@@ -35,41 +38,13 @@ def _ensure_process_group(seed: int = 0) -> None:
         init_distributed(ParallelConfig(), seed)
 
 
-@contextlib.contextmanager
-def _staged(out_dir: Path):
-    """Write into OUT.partial and rename it to OUT once complete: a conversion that fails (bad
-    weights, a full disk, Ctrl-C) leaves nothing at OUT to block the corrected re-run, and its
-    partial copy is removed."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # a conversion killed before it could clean up
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    partial.rename(out_dir)
-
-
-def _tokenizer_in(d: Path) -> Path | None:
-    for name in ("tokenizer.json", "tokenizer.model"):
-        if (d / name).is_file():
-            return d / name
-    return None
-
-
 def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     """Convert a HF Llama/Qwen3 directory into a megatron_kd checkpoint directory."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_cfg = read_hf_config(hf_dir)
     model_cfg = hf_to_model_config(hf_cfg, hf_dir.name)
     dtype = dtype or HF_DTYPES.get(str(hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")), "fp32")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
+    check_new_checkpoint_dir(out_dir, "output directory")
     check_links(hf_dir)  # before anything is read or written
     reader = SafetensorsReader(hf_dir)
     _ensure_process_group()
@@ -78,32 +53,25 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     print(f"converting {hf_dir} ({hf_cfg['architectures'][0]}, {model_cfg.num_layers} layers) ...",
           file=sys.stderr)
     load_hf_weights(model, reader, model_cfg)
-    with _staged(out_dir) as stage:
-        _write_mcore(model, model_cfg, precision, hf_dir, stage, out_dir)
-    return out_dir
-
-
-def _write_mcore(model, model_cfg, precision, hf_dir: Path, stage: Path, out_dir: Path) -> None:
-    """The converted checkpoint's files, written into `stage` (renamed to `out_dir` after)."""
-    from megatron.core import dist_checkpointing
-
-    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(stage))
-    copied = copy_tokenizer_files(hf_dir, stage)
-    tok_file = _tokenizer_in(stage)
-    tok = Tokenizer(tok_file).describe() if tok_file else None
-    final_tok = out_dir / tok_file.name if tok_file else None  # where it is once renamed
+    tok_name = next((n for n in ("tokenizer.json", "tokenizer.model") if (hf_dir / n).is_file()), None)
     run = RunConfig(model=model_cfg, precision=precision,
-                    data=DataConfig(tokenizer=str(final_tok) if final_tok else None))
+                    data=DataConfig(tokenizer=str(out_dir / tok_name) if tok_name else None))
     run.run.name, run.run.dir = f"converted-{hf_dir.name}", str(out_dir)
-    dump_config(run, stage / "config.yaml")
-    (stage / "model.yaml").write_text(
-        "# Model recipe of a converted Hugging Face checkpoint (usable as teacher.model)\n"
-        + yaml.safe_dump({"model": dataclasses.asdict(model_cfg)}, sort_keys=False))
-    state = {"step": 0, "consumed_samples": 0, "tokens": 0, "kind": "converted",
-             "source": str(hf_dir.resolve()), "world_size": 1, "parallel": {"tp": 1, "pp": 1},
-             "padded_vocab_size": padded_vocab(model_cfg, 1), "tokenizer": tok,
-             "tokenizer_files": copied}
-    write_state(stage, state)  # with every file's size and checksum
+
+    def write_files(stage: Path) -> dict:
+        """The converted checkpoint's files, written into `stage` (renamed to `out_dir` after)."""
+        from megatron.core import dist_checkpointing
+
+        dist_checkpointing.save(sharded_state(model), str(stage))
+        copied = copy_tokenizer_files(hf_dir, stage)
+        (stage / "model.yaml").write_text(
+            "# Model recipe of a converted Hugging Face checkpoint (usable as teacher.model)\n"
+            + yaml.safe_dump({"model": dataclasses.asdict(model_cfg)}, sort_keys=False))
+        tok = Tokenizer(stage / tok_name).describe() if tok_name else None
+        return {"tokenizer": tok, "tokenizer_files": copied}
+
+    write_checkpoint(out_dir, run, checkpoint_record(run, "converted", source=str(hf_dir.resolve())), write_files)
+    return out_dir
 
 
 def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> Path:
@@ -113,12 +81,11 @@ def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> 
     cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "parallel.vpp=1", "teacher.checkpoint=null"],
                        purpose="model", state=state)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(f"output directory {out_dir} is not empty; choose a new one")
+    check_new_checkpoint_dir(out_dir, "output directory")
     _ensure_process_group()
     model = build_gpt_model(cfg.model, cfg.parallel, cfg.precision, pre_process=True, post_process=True)
     load_model_weights(model, ckpt)
-    with _staged(out_dir) as stage:
+    with staged_directory(out_dir) as stage:
         _write_hf(model, cfg, ckpt, stage, shard_bytes)
     return out_dir
 

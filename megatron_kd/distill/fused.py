@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_kd.distill.mixed import STATS, RowLoss, default_row_chunk, scratch_for
+from megatron_kd.distill.losses import ScratchPool
+from megatron_kd.distill.mixed import STATS, RowLoss, default_row_chunk
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.vocab_parallel import group_size
 
@@ -38,10 +39,11 @@ def default_gemm_chunk(local_vocab: int, device: torch.device | str = "cpu") -> 
 class _FusedOutputKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, labels, mask, ce_weight, kd_weight, opt: KDOptions,
-                group, chunk_size, gemm_chunk_size, metrics):
+                group, chunk_size, gemm_chunk_size, metrics, scratch):
         n = h_s.shape[0]
         width = w_s.shape[0]
-        rows = RowLoss(opt, ce_weight, kd_weight, width, group, h_s.device, metrics)
+        scratch = scratch or ScratchPool()
+        rows = RowLoss(opt, ce_weight, kd_weight, width, group, h_s.device, metrics, scratch)
         need_grad = h_s.requires_grad or w_s.requires_grad
         grad_h = torch.zeros_like(h_s) if need_grad else None
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
@@ -51,7 +53,7 @@ class _FusedOutputKD(torch.autograd.Function):
         # CPU) for the softmax arithmetic. `chunk_size` (kd.chunk_size) sets the sub-chunk.
         sub = chunk_size or default_row_chunk(width, h_s.device, group_size(group))
         step = max(sub, gemm_chunk_size or default_gemm_chunk(width, h_s.device))
-        chunk_grad = scratch_for("fused_chunk_grad", h_s.device)  # d loss / d logits of a chunk
+        chunk_grad = scratch.get("fused_chunk_grad", h_s.device)  # d loss / d logits of a chunk
         h_t, w_sd, w_td = h_t.detach(), w_s.detach(), w_t.detach()
         for s in range(0, n, step):
             e = min(n, s + step)
@@ -76,21 +78,23 @@ class _FusedOutputKD(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_stats):
         grad_h, grad_w = ctx.saved_tensors
         if grad_h is None:
-            return (None,) * 13
+            return (None,) * 14
         g = grad_total.float()
-        return (grad_h.mul_(g.to(grad_h.dtype)), grad_w.mul_(g).to(ctx.w_dtype)) + (None,) * 11
+        return (grad_h.mul_(g.to(grad_h.dtype)), grad_w.mul_(g).to(ctx.w_dtype)) + (None,) * 12
 
 
 def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
                     labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
                     ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
                     gemm_chunk_size: int | None = None,
-                    metrics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    metrics: bool = True,
+                    scratch: ScratchPool | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}).
 
     h_s `[N, H_s]`, w_s `[V/TP, H_s]`, h_t `[N, H_t]`, w_t `[V/TP, H_t]`, labels and loss_mask `[N]`;
     `opt`: the KD options. `gemm_chunk_size`: tokens per output-layer chunk (default:
-    default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk).
+    default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk);
+    `scratch`: the caller's reusable temporaries (KDObjective.scratch; None: fresh ones).
     """
     if w_s.shape[0] != w_t.shape[0]:
         raise ValueError(f"student and teacher output layers have {w_s.shape[0]} and {w_t.shape[0]} "
@@ -100,5 +104,5 @@ def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t
                          f"labels {labels.numel()}")
     total, stats = _FusedOutputKD.apply(h_s, w_s, h_t, w_t, labels.reshape(-1), loss_mask, float(ce_weight),
                                         float(kd_weight), opt, tp_group, chunk_size,
-                                        gemm_chunk_size, metrics)
+                                        gemm_chunk_size, metrics, scratch)
     return total, dict(zip(STATS, stats.unbind(0)))

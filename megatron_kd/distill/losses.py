@@ -193,6 +193,23 @@ class Scratch:
         return self._buf[:need].view(count, rows, width).unbind(0)
 
 
+class ScratchPool:
+    """One Scratch per purpose, kept by the run's KD objective (KDObjective.scratch) and passed
+    to every loss call. On CPU the buffers live as long as the objective: freshly mapped memory
+    costs a page fault per 4 KiB on first touch, which made the passes that first write a new
+    buffer ~2x slower (measured: the shifts 4.6 -> 2.6 ms per micro-batch at V = 2048). One loss
+    runs at a time per objective. GPU: a new Scratch per call (torch's caching allocator already
+    reuses the memory)."""
+
+    def __init__(self):
+        self._by_purpose: dict[str, Scratch] = {}
+
+    def get(self, purpose: str, device) -> Scratch:
+        if torch.device(device).type != "cpu":
+            return Scratch()
+        return self._by_purpose.setdefault(purpose, Scratch())
+
+
 def forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: Shard,
                      grad_out: torch.Tensor | None, row_weight: torch.Tensor | None,
                      scratch: Scratch | None = None) -> torch.Tensor | None:

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from megatron_kd.distill.losses import (
     Scratch,
+    ScratchPool,
     chunk_loss_and_grad,
     default_chunk_size,
     forward_kl_fast,
@@ -63,33 +64,19 @@ def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_s
     return max(default_chunk_size(local_vocab, device, tp_size), (1 << 20) // max(1, local_vocab))
 
 
-_CPU_SCRATCH: dict[str, Scratch] = {}
-
-
-def scratch_for(purpose: str, device) -> Scratch:
-    """On CPU one process-wide Scratch per purpose (RowLoss's 4 chunk-sized fp32 temporaries:
-    16 MiB at one rank, 64 MiB under TP; the fused path's output-layer chunk gradient: 32 MiB):
-    freshly mapped memory costs a page fault per 4 KiB on first touch, which made the passes
-    that first write a new buffer ~2x slower (measured: the shifts 4.6 -> 2.6 ms per
-    micro-batch at V = 2048). One loss runs at a time in a process. GPU: a new one per call
-    (torch's caching allocator already reuses the memory)."""
-    if torch.device(device).type != "cpu":
-        return Scratch()
-    return _CPU_SCRATCH.setdefault(purpose, Scratch())
-
-
 class RowLoss:
     """CE, KD and teacher metrics of a few rows of logits at a time, for one call: the options,
     weights, vocabulary shards and reused temporaries every chunk of that call shares."""
 
     def __init__(self, opt: KDOptions, ce_weight: float, kd_weight: float, width: int, group,
-                 device, metrics: bool):
+                 device, metrics: bool, scratch: ScratchPool | None = None):
         self.opt, self.ce_weight, self.kd_weight, self.metrics = opt, ce_weight, kd_weight, metrics
         self.shard_kd = Shard(width, opt.vocab_size, group, device)  # padding excluded (KD)
         self.shard_all = Shard(width, None, group, device)  # megatron's CE: every column
         self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         self.one_exp = self.fast and opt.temperature == 1.0
-        self.scratch, self.kd_grad, self.general_grad = scratch_for("rows", device), Scratch(), Scratch()
+        self.scratch = (scratch or ScratchPool()).get("rows", device)  # RowLoss's 4 chunk temporaries
+        self.kd_grad, self.general_grad = Scratch(), Scratch()
         self._desc = None  # _first_max_ids' column scores
 
     def add(self, zs, zt, labels, w, g, stats) -> None:
@@ -225,12 +212,12 @@ class RowLoss:
 class _MixedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, labels, mask, ce_weight, kd_weight, opt: KDOptions, group,
-                chunk_size, metrics, overwrite):
+                chunk_size, metrics, overwrite, scratch):
         shape = student.shape
         zs = student.detach().reshape(-1, shape[-1])
         zt = teacher.detach().reshape(-1, shape[-1])
         n, width = zs.shape
-        rows = RowLoss(opt, ce_weight, kd_weight, width, group, zs.device, metrics)
+        rows = RowLoss(opt, ce_weight, kd_weight, width, group, zs.device, metrics, scratch)
         stats = torch.zeros(len(STATS), dtype=torch.float64, device=zs.device)
         m = mask.reshape(-1).float()
         # The gradient, in the student's dtype: written over the student's logits (each chunk is
@@ -257,16 +244,16 @@ class _MixedLoss(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_stats):
         (grad,) = ctx.saved_tensors
         if grad is None:
-            return (None,) * 11
+            return (None,) * 12
         g = grad.mul_(grad_total.to(grad.dtype))  # in place: no second buffer
-        return (g.reshape(ctx.shape),) + (None,) * 10
+        return (g.reshape(ctx.shape),) + (None,) * 11
 
 
 def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                   labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
                   ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
-                  metrics: bool = True,
-                  overwrite_logits: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  metrics: bool = True, overwrite_logits: bool = False,
+                  scratch: ScratchPool | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}) from
     vocab-sharded logits `[..., V/TP]` of both models, labels and loss_mask `[...]`.
 
@@ -275,7 +262,8 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     `chunk_size`: tokens per chunk (bounds the fp32 temporaries; default `default_row_chunk`);
     `metrics`: compute the teacher metrics (else their sums are 0); `overwrite_logits`: write
     the gradient over `student_logits` (as megatron-core's CE writes its softmax over its
-    input): no new logits-sized buffer, and the logits are gone after the call.
+    input): no new logits-sized buffer, and the logits are gone after the call; `scratch`: the
+    caller's reusable temporaries (KDObjective.scratch; None: fresh ones for this call).
     """
     require_same_shape(student_logits, teacher_logits)
     if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \
@@ -284,5 +272,5 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          f"must have one entry per token of the logits {tuple(student_logits.shape)}")
     total, stats = _MixedLoss.apply(student_logits, teacher_logits, labels.reshape(-1), loss_mask,
                                     float(ce_weight), float(kd_weight), opt, tp_group, chunk_size,
-                                    metrics, overwrite_logits)
+                                    metrics, overwrite_logits, scratch)
     return total, dict(zip(STATS, stats.unbind(0)))

@@ -12,6 +12,7 @@ layer both models' hidden states and output weights.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -20,12 +21,13 @@ from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.gpt import build_gpt_chunks, teacher_precision
-from megatron_kd.runtime.throughput import PROFILER
 
 
 class DistillationModel(torch.nn.Module):
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, fused_output_layer: bool = False):
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, fused_output_layer: bool = False,
+                 profiler=None):
         super().__init__()
+        self.profiler = profiler  # a runtime.throughput.Profiler timing the teacher's forward, or None
         self.module = student  # named `module` so unwrapping reaches the student
         self.teacher = teacher
         self.teacher.eval()
@@ -57,7 +59,8 @@ class DistillationModel(torch.nn.Module):
         # logits; the loss makes the logits chunk by chunk (megatron_kd/distill/fused.py).
         # Unfused: sequence-major logits [s, b, V/TP] of each model.
         head = {"output_processor": _hidden_and_weight if self.fused_output_layer else sequence_major_logits}
-        with torch.no_grad(), PROFILER.section("teacher forward"):
+        timed = self.profiler.section("teacher forward") if self.profiler else contextlib.nullcontext()
+        with torch.no_grad(), timed:
             teacher_out = self.teacher(input_ids, position_ids, attention_mask, **head)
         student_out = self.module(input_ids, position_ids, attention_mask, **head)
         if self.module.post_process:

@@ -7,13 +7,13 @@ function of the student logits giving (sum of per-token losses, token count, rep
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from megatron_kd.config.schema import KDConfig
 from megatron_kd.distill.fused import fused_output_kd
-from megatron_kd.distill.losses import kd_loss, teacher_metrics
+from megatron_kd.distill.losses import ScratchPool, kd_loss, teacher_metrics
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.sparse import sparse_kd_loss
@@ -37,6 +37,8 @@ class KDObjective:
     chunk_size: int | None
     teacher_metrics: bool
     fused_output_layer: bool
+    # the loss's reusable temporaries, for the objective's life (not part of its identity)
+    scratch: ScratchPool = field(default_factory=ScratchPool, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, kd: KDConfig, vocab_size: int) -> "KDObjective":
@@ -92,7 +94,7 @@ def make_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels,
         total, sums = mixed_kd_loss(
             student_logits, teacher_logits, labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
             tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
-            overwrite_logits=True)  # their last reader
+            overwrite_logits=True, scratch=kd.scratch)  # their last reader
         return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
 
     return loss_func
@@ -175,7 +177,7 @@ def make_fused_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, l
         total, sums = fused_output_kd(
             h_s, student_weight, h_t, teacher_weight, labels.reshape(-1), mask, opts,
             ce_weight=w.ce, kd_weight=w.kd, tp_group=tp_group, chunk_size=kd.chunk_size,
-            metrics=kd.teacher_metrics)
+            metrics=kd.teacher_metrics, scratch=kd.scratch)
         return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
 
     return loss_func

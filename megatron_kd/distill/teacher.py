@@ -117,19 +117,17 @@ def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path) -> None:
                           f"names {_describe_identity(now)}; {hint}or start a new run.dir (or --overwrite)")
 
 
-def align_padded_vocab(cfg: RunConfig, teacher: ModelConfig) -> None:
-    """Student and teacher logits must be sharded alike: give the student the teacher's padded
-    vocabulary when theirs differ (the extra columns are padding and never count)."""
-    tp = cfg.parallel.tp
-    t_pad, s_pad = padded_vocab(teacher, tp), padded_vocab(cfg.model, tp)
-    if t_pad == s_pad:
-        return
-    if t_pad % tp:
-        raise ConfigError(f"the teacher's padded vocabulary {t_pad} is not divisible by "
-                          f"parallel.tp={tp}; use a tp that divides {t_pad}")
-    log.info("student padded vocabulary %d -> %d to match the teacher", s_pad, t_pad)
-    cfg.model.padded_vocab_size = t_pad
-    teacher.padded_vocab_size = t_pad
+def aligned_padded_vocab(student_padded: int, teacher_padded: int, tp: int) -> int:
+    """The padded vocabulary both models of a KD run are built with: their logits must be
+    sharded alike, so the student takes the teacher's when theirs differ (the extra columns are
+    padding and never count)."""
+    if teacher_padded == student_padded:
+        return student_padded
+    if teacher_padded % tp:
+        raise ConfigError(f"the teacher's padded vocabulary {teacher_padded} is not divisible by "
+                          f"parallel.tp={tp}; use a tp that divides {teacher_padded}")
+    log.info("student padded vocabulary %d -> %d to match the teacher", student_padded, teacher_padded)
+    return teacher_padded
 
 
 # --- can this teacher distill into this student? -------------------------------------------

@@ -89,5 +89,3 @@ class Profiler:
         self.active = False
         return dict(self.totals)
 
-
-PROFILER = Profiler()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_kd.checkpoint.manager import load_checkpoint
+from megatron_kd.checkpoint.checkpointer import load_checkpoint
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.data.batches import MicroBatchIterator
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
@@ -17,7 +17,8 @@ from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.vocab_parallel import Shard, argmax_ids, log_softmax, valid_width
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
-from megatron_kd.training.loop import prepare_kd
+from megatron_kd.training.loop import teacher_chunks
+from megatron_kd.training.resolve import resolve_run
 from megatron_kd.training.setup import TrainState, build_ddp_model
 
 
@@ -26,8 +27,9 @@ def run_analyze(cfg: RunConfig, student_ckpt: Path, out_json: Path | None) -> di
 
     if cfg.parallel.pp != 1:
         raise ConfigError("mkd analyze runs with parallel.pp=1 (any TP); set parallel.pp=1 parallel.vpp=1")
-    teacher, _ = prepare_kd(cfg)
-    state = TrainState(model=build_ddp_model(cfg, teacher), optimizer=None, scheduler=None)
+    run = resolve_run(cfg, resume=False)
+    cfg = run.cfg
+    state = TrainState(model=build_ddp_model(cfg, teacher_chunks(run)), optimizer=None, scheduler=None)
     load_checkpoint(student_ckpt, state, load_optimizer=False)
     pair = state.model[0].module
     pair.eval()

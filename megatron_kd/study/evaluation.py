@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_kd.checkpoint.manager import load_checkpoint
+from megatron_kd.checkpoint.checkpointer import load_checkpoint
 from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.data.datasets import build_datasets, load_tokenizer

@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from megatron_kd.checkpoint.manager import checkpoint_root
-from megatron_kd.checkpoint.refs import latest_checkpoint, verify_checkpoint
+from megatron_kd.checkpoint.checkpointer import Checkpointer
+from megatron_kd.checkpoint.refs import verify_checkpoint
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
 from megatron_kd.distill.teacher import check_same_teacher
@@ -125,7 +125,7 @@ def preflight_train(cfg: RunConfig, overwrite: bool, world_size: int | None = No
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)
     if cfg.checkpoint.resume and not overwrite:
-        latest = latest_checkpoint(checkpoint_root(cfg))
+        latest = Checkpointer(cfg).latest()
         if latest is not None:
             check_same_teacher(cfg, verify_checkpoint(latest), latest)
     if cfg.checkpoint.load:

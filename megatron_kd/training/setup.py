@@ -9,7 +9,7 @@ from typing import Any
 from megatron_kd.checkpoint.model_io import load_model_weights
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import train_steps
-from megatron_kd.distill.model import DistillationModel, build_teacher
+from megatron_kd.distill.model import DistillationModel
 from megatron_kd.models.gpt import build_gpt_chunks
 from megatron_kd.training.steps import schedule_kwargs
 
@@ -26,22 +26,18 @@ class TrainState:
     schedule_kwargs: dict = field(default_factory=dict)  # extra arguments of the pipeline schedule
 
 
-def build_ddp_model(cfg: RunConfig, teacher=None) -> list:
-    """DDP-wrapped model chunks (one per virtual pipeline stage); with `teacher` =
-    (checkpoint, ModelConfig), or built teacher chunks (benchmarks), each chunk is a
-    DistillationModel whose frozen teacher part (the same layers' share of the teacher) stays
-    outside DDP's buffers and the optimizer."""
+def build_ddp_model(cfg: RunConfig, teacher: list | None = None, profiler=None) -> list:
+    """DDP-wrapped model chunks (one per virtual pipeline stage). With `teacher` (this rank's
+    frozen teacher chunks, one per student chunk: training/loop.teacher_chunks) each chunk is a
+    DistillationModel whose teacher part (the same layers' share of the teacher) stays outside
+    DDP's buffers and the optimizer."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     # the student starts from weights that depend on run.seed only, not on the layout
     chunks = build_gpt_chunks(cfg.model, cfg.parallel, cfg.precision, init_seed=cfg.run.seed,
                               recompute=(cfg.train.recompute, cfg.train.recompute_layers))
     if teacher is not None:
-        if isinstance(teacher, tuple):  # (checkpoint, ModelConfig): load it
-            ckpt, teacher_model = teacher
-            teacher = build_teacher(cfg, teacher_model, ckpt)
-        teacher = teacher if isinstance(teacher, list) else [teacher]
-        chunks = [DistillationModel(s, t, fused_output_layer=cfg.kd.fused_output_layer)
+        chunks = [DistillationModel(s, t, fused_output_layer=cfg.kd.fused_output_layer, profiler=profiler)
                   for s, t in zip(chunks, teacher, strict=True)]
     par = cfg.parallel
     ddp_config = DistributedDataParallelConfig(
@@ -107,13 +103,13 @@ def build_scheduler(cfg: RunConfig, optimizer):
 
 
 def build_train_state(cfg: RunConfig, init_weights: str | Path | None = None,
-                      teacher=None) -> TrainState:
+                      teacher=None, profiler=None) -> TrainState:
     """Model, optimizer and schedule. `init_weights`: a dist checkpoint of weights (any layout)
     loaded before the optimizer takes its copies of the parameters. `teacher`: see
-    build_ddp_model."""
+    build_ddp_model; `profiler`: times the teacher's forward (mkd train --profile-steps)."""
     from megatron.core.distributed import finalize_model_grads
 
-    model = build_ddp_model(cfg, teacher)
+    model = build_ddp_model(cfg, teacher, profiler)
     if init_weights is not None:
         load_model_weights(model, init_weights)
     optimizer = build_optimizer(cfg, model)

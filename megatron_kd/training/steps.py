@@ -19,7 +19,7 @@ from megatron_kd.distill.objective import (
     make_fused_kd_loss_func,
     make_kd_loss_func,
 )
-from megatron_kd.runtime.throughput import PROFILER
+from megatron_kd.runtime.throughput import Profiler
 
 # What the KD loss reports per step (token-weighted means); α and T are logged by the loop.
 KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement"]
@@ -37,6 +37,7 @@ class StepContext:
     sequence_parallel: bool = False
     cache: object = None  # a distill.cache.TeacherCache: the teacher's outputs come from it
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
+    profiler: Profiler | None = None  # times the KD loss (mkd train --profile-steps)
 
 
 def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -55,11 +56,11 @@ def _batch_to_device(batch: dict) -> dict:
     return {k: v if k == "sample_index" else v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _timed(loss_func):
+def _timed(loss_func, profiler: Profiler):
     """The KD loss under the profiler (`mkd train --profile-steps`); its gradient is computed in
     the forward, so this is the loss's whole cost."""
     def timed(output):
-        with PROFILER.section("kd loss"):
+        with profiler.section("kd loss"):
             return loss_func(output)
 
     return timed
@@ -70,7 +71,9 @@ def make_forward_step(ctx: StepContext):
 
     def forward_step(data_iterator, model):
         output, loss_func = inner(data_iterator, model)
-        return output, (_timed(loss_func) if ctx.kd is not None and loss_func is not None else loss_func)
+        if ctx.profiler is not None and ctx.kd is not None and loss_func is not None:
+            loss_func = _timed(loss_func, ctx.profiler)
+        return output, loss_func
 
     return forward_step
 

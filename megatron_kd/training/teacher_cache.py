@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,7 @@ from megatron_kd.distill.model import build_teacher, sequence_major_logits
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
+from megatron_kd.training.faults import Faults
 from megatron_kd.training.run_dir import LOCK_FILE
 
 log = logging.getLogger("megatron_kd.cache")
@@ -88,6 +87,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         for p in out.glob("*.partial"):  # left by a killed job
             shutil.rmtree(p, ignore_errors=True)
     torch.distributed.barrier()
+    shard_written = Faults.from_env().cache_shard_hook()  # None unless a restart test asks
     ckpt, teacher_model, _ = resolve_teacher(cfg, check=False)
     teacher = build_teacher(cfg, teacher_model, ckpt)  # one chunk per virtual pipeline stage
     for chunk in teacher:
@@ -133,6 +133,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         if writer:
             rows = {k: torch.cat([c[k] for c in collected])[:len(samples)] for k in collected[0]}
             _write_shard(out, j, rows)
+            if shard_written is not None:
+                shard_written(j)
             log.info("teacher cache shard %d/%d: samples %d-%d", j + 1, planned["num_shards"], samples[0],
                      samples[-1])
     torch.distributed.barrier()
@@ -171,14 +173,6 @@ def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor]) -> None:
                              "crc32": file_checksum(partial / f"{name}.npy")} for name in fields}
     (partial / SHARD_INDEX).write_text(json.dumps(files, indent=1))  # last: marks the shard whole
     partial.rename(final)
-    _inject_kill(j)
-
-
-def _inject_kill(j: int) -> None:
-    """Fault injection for the restart test: MKD_INJECT_KILL_CACHE_SHARD=J SIGKILLs the writer
-    right after shard J is in place (a real kill, mid-job)."""
-    if os.environ.get("MKD_INJECT_KILL_CACHE_SHARD") == str(j):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def verify_cache(root: Path) -> str:

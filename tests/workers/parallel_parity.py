@@ -155,7 +155,8 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
     from megatron_kd.data.datasets import build_datasets, load_tokenizer
     from megatron_kd.runtime.distributed import shutdown
     from megatron_kd.training.evaluate import evaluate
-    from megatron_kd.training.loop import prepare_kd, train_step
+    from megatron_kd.training.loop import kd_step_context, teacher_chunks, train_step
+    from megatron_kd.training.resolve import resolve_run
     from megatron_kd.training.setup import build_train_state
 
     work = Path(workdir)
@@ -167,9 +168,10 @@ def training_matches_across_layouts(workdir: str, tp: int, pp: int, steps: int =
                                   "parallel.sequence_parallel": sequence_parallel and t > 1},
                    extra=data)
         _relayout(cfg, seed=21 if name == "reference" else 77)
-        teacher, ctx = prepare_kd(cfg)
+        run = resolve_run(cfg, resume=False)
+        cfg, ctx = run.cfg, kd_step_context(run)
         state = build_train_state(cfg, init_weights=None if name == "reference" else work / "w0",
-                                  teacher=teacher)
+                                  teacher=teacher_chunks(run))
         if name == "reference":
             save_model_weights(state.model[0], work / "w0")
         train_ds, valid = build_datasets(cfg, load_tokenizer(cfg), steps * 8)

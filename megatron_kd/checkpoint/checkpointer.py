@@ -1,0 +1,303 @@
+"""The one owner of how a checkpoint is written: the staged directory, the state file's format,
+the checksum manifest, discovery of the newest one, and when a run saves.
+
+Every checkpoint the package writes goes through `write_checkpoint`: a run's periodic, token
+budget and final saves (`Checkpointer.save`), the seed checkpoint of `mkd init`, and a converted
+Hugging Face model. Layout of RUN_DIR/checkpoints:
+    step_0000100/        periodic (the last `keep_last` kept)
+    tokens_5000000000/   a token-budget checkpoint (teacher zoo), always kept
+    step_0000500/        final, always kept
+    latest               name of the newest complete checkpoint (written last)
+Each checkpoint holds megatron-core's sharded files, `mkd_state.json` (step, consumed samples,
+tokens, kind, layout, padded vocabulary, tokenizer, every file's size and checksum),
+`config.yaml` (the config it was made with), the tokenizer file, and for a run's saves the
+scheduler state and `rng/rank*.pt`. It is written into NAME.partial and renamed into place when
+complete, so a process killed mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_kd.checkpoint.model_io import chunks_of, load_model_state, require_finite_weights, sharded_model_state
+from megatron_kd.checkpoint.refs import LATEST, STATE_FILE, latest_checkpoint, read_state, write_state
+from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles
+from megatron_kd.config import dump_config, padded_vocab
+from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.validate import tokens_per_step
+from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
+
+log = logging.getLogger("megatron_kd.checkpoint")
+
+# The distributed optimizer's state is saved in the format that loads at any DP/TP/PP.
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+FULL_BELOW = 64 << 20  # bytes free: a write that failed with less left is taken for a full disk
+
+# Called as save_hook(point, step) at "after_shards" and "before_rename" of every save: the
+# kill-mid-save tests install one (training/faults.py); None in a normal run.
+SaveHook = Callable[[str, int], None]
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    step: int
+    consumed_samples: int
+    tokens: int
+    kind: str
+
+
+def _barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def sharded_state(model_chunks, optimizer=None, is_loading: bool = False) -> dict:
+    """What dist_checkpointing saves: the model under "model", the optimizer beside it."""
+    model_sd = sharded_model_state(chunks_of(model_chunks))
+    state = {"model": model_sd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=dict(_OPTIM_METADATA))
+    return state
+
+
+def checkpoint_record(cfg: RunConfig, kind: str, *, step: int = 0, consumed_samples: int = 0,
+                      tokenizer: dict | None = None, **extra) -> dict:
+    """The state file's fields every checkpoint has (write_state adds the file manifest)."""
+    return {"step": step, "consumed_samples": consumed_samples,
+            "tokens": step * cfg.train.global_batch_size * cfg.train.seq_length, "kind": kind,
+            "world_size": _world(),
+            "parallel": {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp},
+            "padded_vocab_size": padded_vocab(cfg.model, cfg.parallel.tp), "tokenizer": tokenizer,
+            **extra}
+
+
+@contextlib.contextmanager
+def _preemption_signals_deferred():
+    """Block SIGUSR1/SIGTERM while dist_checkpointing saves. Its helper processes (a spawned
+    multiprocessing manager) inherit the blocked mask, so Slurm's warning signal, sent to every
+    process of the job step, cannot kill them mid-save; in this process the signal stays pending
+    and reaches our handler when the save is done."""
+    sigs = {signal.SIGUSR1, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < FULL_BELOW
+    except OSError:
+        return False
+
+
+def write_checkpoint(out: Path, cfg: RunConfig, record: dict, write_shards: Callable[[Path], dict | None],
+                     tokenizer_file: str | None = None, save_hook: SaveHook | None = None) -> Path:
+    """Collective (every rank of the job). Writes checkpoint `out`: `write_shards(stage)` runs on
+    every rank and writes the sharded files (and any extra ones) into OUT.partial, returning
+    fields to add to the record (or None); then rank 0 writes config.yaml, the tokenizer file and
+    the state file with every file's checksum, and renames OUT.partial to OUT (an existing OUT
+    stays complete until the new one is in place). A failure removes the partial copy and
+    leaves OUT as it was; a full disk is reported as one (ENOSPC)."""
+    out = Path(out)
+    partial, step = out.with_name(out.name + ".partial"), record["step"]
+    if _rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # a save killed before it could clean up
+        partial.mkdir(parents=True)
+    _barrier()
+    try:
+        with _preemption_signals_deferred():
+            extra = write_shards(partial) or {}
+        if save_hook:
+            save_hook("after_shards", step)
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        # A failed write (a full disk) gives its space back: the half-written copy is useless.
+        full = _disk_full(partial)
+        shutil.rmtree(partial, ignore_errors=True)
+        if full:  # megatron-core's writer workers report only "an error is caught", no errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial)) from exc
+        raise
+    _barrier()
+    if _rank() == 0:
+        try:
+            dump_config(cfg, partial / "config.yaml")
+            if tokenizer_file:
+                shutil.copy2(tokenizer_file, partial / Path(tokenizer_file).name)
+            write_state(partial, {**record, **extra})  # every file's size and checksum
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if save_hook:
+            save_hook("before_rename", step)
+        replaced = out.with_name(out.name + ".replaced")
+        if out.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+            out.rename(replaced)
+        partial.rename(out)
+        shutil.rmtree(replaced, ignore_errors=True)
+    _barrier()
+    return out
+
+
+def check_new_checkpoint_dir(out: Path, flag: str = "--out") -> None:
+    """A standalone checkpoint (seed, conversion) goes to a new or empty directory."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{flag} {out} exists and is not an empty directory; choose a new one")
+
+
+def _rng_state() -> dict:
+    from megatron.core import tensor_parallel
+
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+@dataclass(frozen=True)
+class SaveDue:
+    name: str
+    kind: str  # periodic | budget | final
+
+
+class Checkpointer:
+    """A run's checkpoints: where they live, which is newest, when one is due, and the save.
+
+    The save policy (`due`, `due_at_end`) is plain arithmetic on steps, so it is unit-tested
+    without a model; `save` is collective."""
+
+    def __init__(self, cfg: RunConfig, save_hook: SaveHook | None = None):
+        self.cfg = cfg
+        self.root = Path(cfg.run.dir) / "checkpoints"
+        self.save_hook = save_hook
+        self.per_step = tokens_per_step(cfg)
+        self.last_periodic_step: int | None = None  # a stop at this step needs no second save
+
+    # --- discovery ----------------------------------------------------------------------
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.root)
+
+    def remove_partial_saves(self) -> None:
+        """Delete NAME.partial directories: saves that never completed (the process died)."""
+        if self.root.is_dir():
+            for p in self.root.glob("*.partial"):
+                log.warning("removing %s: a save that did not complete", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+    # --- policy -------------------------------------------------------------------------
+    def due(self, step: int, total: int, preempted: bool = False) -> list[SaveDue]:
+        """The saves after `step` of `total`: each token budget first crossed at this step,
+        then a periodic one (interval, or preemption) unless this is the last step, which the
+        end-of-run save covers."""
+        ck = self.cfg.checkpoint
+        before, now = (step - 1) * self.per_step, step * self.per_step
+        saves = [SaveDue(f"tokens_{b}", "budget") for b in sorted(set(ck.save_at_tokens)) if before < b <= now]
+        if step != total and (preempted or (ck.save_interval and step % ck.save_interval == 0)):
+            saves.append(SaveDue(_step_name(step), "periodic"))
+        return saves
+
+    def due_at_end(self, step: int, start_step: int, total: int) -> SaveDue | None:
+        """After the loop: a run stopped early (stop_at_step, preemption) always leaves a
+        checkpoint to resume from (unless one was just written at this step); a finished run saves its final
+        one (checkpoint.save_at_end); nothing when no step ran."""
+        if step == start_step:
+            return None
+        if step < total:
+            return None if step == self.last_periodic_step else SaveDue(_step_name(step), "periodic")
+        return SaveDue(_step_name(step), "final") if self.cfg.checkpoint.save_at_end else None
+
+    # --- writing ------------------------------------------------------------------------
+    def save(self, state, due: SaveDue, tokenizer_file: str | None) -> Path:
+        """Collective. Writes RUN_DIR/checkpoints/NAME (model, optimizer, scheduler, RNG, data
+        position) and moves `latest` to it."""
+        from megatron.core import dist_checkpointing
+
+        def write_shards(stage: Path) -> None:
+            dist_checkpointing.save(sharded_state(state.model, state.optimizer), str(stage))
+            (stage / "rng").mkdir(exist_ok=True)
+            torch.save(_rng_state(), stage / "rng" / f"rank{_rank()}.pt")
+
+        record = checkpoint_record(self.cfg, due.kind, step=state.step, consumed_samples=state.consumed_samples,
+                                   tokenizer=state.tokenizer_info, scheduler=state.scheduler.state_dict(),
+                                   teacher=state.teacher_identity)
+        final = write_checkpoint(self.root / due.name, self.cfg, record, write_shards, tokenizer_file, self.save_hook)
+        if _rank() == 0:
+            write_text_atomic(self.root / LATEST, due.name)
+            self._prune()
+        _barrier()
+        if due.kind == "periodic":
+            self.last_periodic_step = state.step
+        log.info("saved checkpoint %s (step %d, %s)", final, state.step, due.kind)
+        return final
+
+    def _prune(self) -> None:
+        periodic = sorted((p for p in self.root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()
+                           and read_state(p)["kind"] == "periodic"), key=lambda p: read_state(p)["step"])
+        latest = self.latest()
+        for p in periodic[:-self.cfg.checkpoint.keep_last]:
+            if p != latest:
+                shutil.rmtree(p)
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> CheckpointInfo:
+    """Collective. Restores model (any saved TP/PP), optimizer, scheduler, data position; RNG
+    too when the world size is the one it was saved with."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    meta = read_state(path)
+    check_checkpoint_pickles(path)  # before megatron-core unpickles anything in it
+    optimizer = state.optimizer if load_optimizer else None
+    loaded = dist_checkpointing.load(sharded_state(state.model, optimizer, is_loading=True), str(path))
+    load_model_state(chunks_of(state.model), loaded["model"], strict=True)
+    require_finite_weights(state.model, path)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+        state.scheduler.load_state_dict(meta["scheduler"])
+        state.step = meta["step"]
+        state.consumed_samples = meta["consumed_samples"]
+        rng_file = path / "rng" / f"rank{_rank()}.pt"
+        if meta.get("world_size") == _world() and rng_file.is_file():
+            try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+                rng = torch.load(rng_file, weights_only=True)
+            except Exception as exc:
+                raise ConfigError(f"refused to load {rng_file}: it is not a plain tensor file "
+                                  f"({type(exc).__name__}); the checkpoint may be tampered with "
+                                  "or corrupt: resume from another one") from exc
+            _set_rng_state(rng)
+    return CheckpointInfo(path, meta["step"], meta["consumed_samples"], meta["tokens"], meta["kind"])

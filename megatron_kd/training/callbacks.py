@@ -1,0 +1,184 @@
+"""The callbacks of a training run (training/trainer.py), in the order run_training installs them:
+the KD schedule, profiling, the non-finite-step budget, throughput, evaluation, logging,
+preemption and checkpointing. Each takes what it needs in its constructor (no process-wide
+state), so a test can drive one with a fake trainer and fake steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from megatron_kd.distill.schedules import scheduled_value
+from megatron_kd.errors import MKDError
+from megatron_kd.files import write_text_atomic
+from megatron_kd.runtime.throughput import Profiler, step_throughput
+from megatron_kd.training.steps import KD_REPORTS
+from megatron_kd.training.trainer import Callback, StepOutput, Trainer
+
+log = logging.getLogger("megatron_kd.train")
+
+
+class KDSchedule(Callback):
+    """Sets each step's α and T on the step context (kd.alpha_schedule, kd.temperature_schedule,
+    over the run's progress) and logs them with the KD reports."""
+
+    def __init__(self, ctx, kd_cfg):
+        self.ctx, self.kd = ctx, kd_cfg
+
+    def before_step(self, trainer: Trainer) -> None:
+        progress = trainer.state.step / max(1, trainer.total)
+        self.ctx.alpha = scheduled_value(self.kd.alpha, self.kd.alpha_schedule, progress)
+        self.ctx.temperature = scheduled_value(self.kd.temperature, self.kd.temperature_schedule, progress)
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        out.metrics["alpha"], out.metrics["temperature"] = self.ctx.alpha, self.ctx.temperature
+        out.record.update({k.replace(" ", "_"): out.metrics[k] for k in ["alpha", "temperature", *KD_REPORTS]
+                           if k in out.metrics})
+
+
+class Profile(Callback):
+    """`mkd train --profile-steps N`: times the teacher forward and the KD loss (sections of
+    `profiler`, which the model and the loss share) over N steps after the first, then logs
+    their shares of the step and writes RUN_DIR/profile.json (rank 0)."""
+
+    def __init__(self, profiler: Profiler, steps: int, run_dir: Path, write: bool):
+        self.profiler, self.steps, self.run_dir, self.write = profiler, steps, run_dir, write
+        self.times: list[float] = []
+
+    def before_step(self, trainer: Trainer) -> None:
+        if trainer.state.step == trainer.start_step + 1 and not self.profiler.active:
+            self.profiler.start()
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        if not self.profiler.active:
+            return
+        self.times.append(out.seconds)
+        if len(self.times) == self.steps or out.step == trainer.stop:
+            self._report(self.profiler.stop(), out.step)
+
+    def _report(self, sections: dict, last: int) -> None:
+        n, total = len(self.times), sum(self.times)
+        shares = {k: v / total for k, v in sections.items()}
+        log.info("profile over %d steps (to step %d): %.1f ms a step; %s", n, last, 1e3 * total / n,
+                 "; ".join(f"{k} {1e3 * v / n:.1f} ms ({100 * shares[k]:.1f}%)" for k, v in sections.items())
+                 or "no teacher forward or KD loss in these steps")
+        if self.write:
+            write_text_atomic(self.run_dir / "profile.json", json.dumps(
+                {"steps": n, "last_step": last, "step_s": total / n,
+                 "sections_s": {k: v / n for k, v in sections.items()}, "shares": shares}, indent=2))
+
+
+class SkipBudget(Callback):
+    """A step whose loss or gradient norm is not finite is skipped by train_step (no update);
+    more than `budget` in a row stop the run with one line naming the last good checkpoint."""
+
+    def __init__(self, budget: int, latest_checkpoint: Callable[[], Path | None]):
+        self.budget, self.latest = budget, latest_checkpoint
+        self.in_a_row = 0
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        m = out.metrics
+        self.in_a_row = self.in_a_row + 1 if m["skipped"] else 0
+        if not self.in_a_row:
+            return
+        log.warning("step %d skipped: non-finite loss %.4g or grad norm %.4g (%d in a row, budget %d)",
+                    out.step, m["loss"], m["grad_norm"], self.in_a_row, self.budget)
+        if self.in_a_row > self.budget:
+            raise MKDError(
+                f"{self.in_a_row} consecutive steps had a non-finite loss or gradient (step {out.step}); "
+                f"stopping. The last good checkpoint is {self.latest() or '(none yet)'}; lower train.lr "
+                "or check the data, then start again (it resumes from there)")
+
+
+class Throughput(Callback):
+    """Tokens/s per GPU, TFLOP/s per GPU and MFU (with a known peak) into the record."""
+
+    def __init__(self, world: int, flops_per_token: float, peak_tflops: float | None):
+        self.world, self.flops, self.peak = world, flops_per_token, peak_tflops
+        self.last: dict | None = None
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        speed = step_throughput(trainer.tokens_per_step, out.seconds, self.world, self.flops, self.peak)
+        out.record.update({k: v for k, v in speed.items() if v is not None})
+        self.last = speed
+
+
+class Evaluation(Callback):
+    """Validation losses every `interval` steps and at the last one (val/NAME in record and
+    metrics). `evaluate()` returns {name: loss}."""
+
+    def __init__(self, interval: int, evaluate: Callable[[], dict]):
+        self.interval, self.evaluate = interval, evaluate
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        if (self.interval and out.step % self.interval == 0) or out.last:
+            for name, value in self.evaluate().items():
+                out.record[f"val/{name}"] = out.metrics[f"val/{name}"] = value
+
+
+class Logging(Callback):
+    """The console line every `interval` steps (and at evaluations and the last step), and the
+    record to metrics.jsonl / TensorBoard / W&B (`writer`: training/metrics.MetricsWriter)."""
+
+    def __init__(self, writer, interval: int, throughput: Throughput | None = None):
+        self.writer, self.interval, self.throughput = writer, interval, throughput
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        validated = any(k.startswith("val/") for k in out.record)
+        if not (out.step % self.interval == 0 or out.last or validated):
+            return
+        elapsed = time.perf_counter() - trainer.started_at
+        eta = elapsed / max(1, out.step - trainer.start_step) * (trainer.total - out.step)
+        extra = ""
+        if self.throughput is not None and self.throughput.last is not None:
+            speed = self.throughput.last
+            extra = f" | {speed['tflops_per_gpu']:.3g} TFLOP/s/GPU" + (
+                f" (MFU {100 * speed['mfu']:.1f}%)" if speed["mfu"] is not None else "")
+        tps = trainer.tokens_per_step / out.seconds
+        self.writer.console(out.step, trainer.total, out.step * trainer.tokens_per_step, out.metrics, tps, eta, extra)
+        vals = {k: v for k, v in out.record.items() if k.startswith("val/")}
+        if vals:
+            log.info("validation at step %d: %s", out.step, " | ".join(f"{k[4:]} {v:.4f}" for k, v in vals.items()))
+        self.writer.write(out.record)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Preemption(Callback):
+    """A preemption signal (SIGUSR1 / SIGTERM, on any rank: `requested()` agrees across ranks)
+    ends the run after this step; Checkpointing, installed after it, writes the checkpoint. At
+    the last step the run just completes (its final save is the checkpoint)."""
+
+    def __init__(self, requested: Callable[[], bool], signal_names: Callable[[], str]):
+        self.requested, self.signal_names = requested, signal_names
+        self.preempted = False
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        if self.requested():
+            log.warning("preemption signal %s at step %d: checkpointing, then exiting for requeue",
+                        self.signal_names(), out.step)
+            if not out.last:
+                self.preempted = True
+                trainer.request_stop("preempted")
+
+
+class Checkpointing(Callback):
+    """Saves what the Checkpointer's policy says is due: token budgets, periodic saves, the
+    preemption checkpoint, and at the end the stop or final one. `save(due)` is collective."""
+
+    def __init__(self, checkpointer, save: Callable, preemption: Preemption | None = None):
+        self.checkpointer, self.save, self.preemption = checkpointer, save, preemption
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        preempted = self.preemption is not None and self.preemption.preempted
+        for due in self.checkpointer.due(out.step, trainer.total, preempted=preempted):
+            self.save(due)
+
+    def on_end(self, trainer: Trainer, status: str) -> None:
+        due = self.checkpointer.due_at_end(trainer.state.step, trainer.start_step, trainer.total)
+        if due is not None:
+            self.save(due)
