@@ -325,11 +325,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_init(args) -> int:
-    from megatron_kd.training.seed_checkpoint import check_out_dir, write_seed_checkpoint
+    from megatron_kd.checkpoint.checkpointer import check_new_checkpoint_dir
+    from megatron_kd.training.seed_checkpoint import write_seed_checkpoint
 
     cfg = load_config(args.recipe, args.overrides)
     out = Path(args.out).absolute()
-    check_out_dir(out)
+    check_new_checkpoint_dir(out)
     from megatron_kd.training.preflight import check_memory
 
     check_memory(cfg)  # the weights and the optimizer state it writes must fit

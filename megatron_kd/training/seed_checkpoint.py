@@ -9,17 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_kd.checkpoint.checkpointer import (
-    check_new_checkpoint_dir,
     checkpoint_record,
     sharded_state,
     write_checkpoint,
 )
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.models.gpt import build_gpt_chunks
-
-
-def check_out_dir(out: Path) -> None:
-    check_new_checkpoint_dir(out)
 
 
 def write_seed_checkpoint(cfg: RunConfig, out: Path) -> Path:
