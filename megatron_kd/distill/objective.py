@@ -1,13 +1,16 @@
 """The mixed objective (1 - α)·CE + α·T²·KD and the per-step distillation metrics.
 
-`make_kd_loss_func` returns what megatron-core's schedules call on the last pipeline stage: a
-function of the student logits giving (sum of per-token losses, token count, reports).
+`make_loss_func` is the one entrance: given what the teacher gave this micro-batch (its logits,
+its hidden states and output weight, or the cache's rows) it returns what megatron-core's
+schedules call on the last pipeline stage, a function of the student's output giving (sum of
+per-token losses, token count, reports). Every route gives the same report type (`LossSums`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable, Union
 
 import torch
 
@@ -55,82 +58,125 @@ def mix_weights(mix: str, alpha: float) -> MixWeights:
         return MixWeights(1.0, alpha)
     if mix == "keep_kd":
         return MixWeights(1.0 - alpha, 1.0)
-    if mix == "magnitude_matched":  # KD rescaled to CE's magnitude in make_kd_loss_func
+    if mix == "magnitude_matched":  # KD rescaled to CE's magnitude in _separate_passes
         return MixWeights(1.0 - alpha, alpha)
     raise ValueError(f"unknown kd.mix {mix!r}")
 
 
-def _pair(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    return torch.stack([total.detach().float(), count.detach().float()])
+@dataclass(frozen=True)
+class OnlineLogits:
+    """The teacher's vocab-parallel logits, in the student logits' token order."""
+
+    logits: torch.Tensor
 
 
-def _reports(count, ce_sum, kd_sum, total, teacher_sums=None) -> dict[str, torch.Tensor]:
-    """The per-step reports both loss paths give megatron-core's schedule: (masked sum, token
-    count) pairs, averaged over micro-batches and data-parallel ranks by the training loop.
-    `teacher_sums`: masked sums of teacher CE, teacher entropy and top-1 agreement, or None."""
-    reports = {"lm loss": _pair(ce_sum, count), "kd loss": _pair(kd_sum, count),
-               "loss": _pair(total, count)}
-    if teacher_sums is not None:
-        for key, value in zip(("teacher lm loss", "teacher entropy", "top1 agreement"), teacher_sums):
-            reports[key] = _pair(value, count)
-    return reports
+@dataclass(frozen=True)
+class FusedOutput:
+    """kd.fused_output_layer: the teacher's last hidden states and both output weights; the
+    student's output is its hidden states (megatron_kd/distill/fused.py)."""
+
+    student_weight: torch.Tensor
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    sequence_parallel: bool
 
 
-def make_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
-                      teacher_logits, tp_group):
-    """The loss function of the unfused path, for logits `[..., V/TP]` of both models and labels
-    and loss_mask `[...]` in the same token order: CE, KD and teacher metrics in one pass over the
-    logits (mixed.py), except where that cannot give the same result: kd.mix=magnitude_matched
-    (its KD weight depends on the whole micro-batch's sums) and a KD weight of 0 (α = 0 stays
-    bit for bit the plain pretraining run, megatron-core's CE)."""
+@dataclass(frozen=True)
+class CachedRows:
+    """The teacher cache's rows for the micro-batch (sample-major `[b, s, ...]`), and the teacher
+    logits rebuilt from them where the objective needs logits (None for the sparse one)."""
+
+    rows: dict
+    logits: torch.Tensor | None
+
+
+TeacherSignal = Union[OnlineLogits, FusedOutput, CachedRows]
+TEACHER_REPORTS = ("teacher lm loss", "teacher entropy", "top1 agreement")
+
+
+@dataclass(frozen=True)
+class LossSums:
+    """A micro-batch's masked sums: the mixed loss, its CE and KD terms, and (kd.teacher_metrics)
+    the teacher's CE, entropy and top-1 agreement with the student."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor
+    teacher: tuple | None = None
+
+    def reports(self, count: torch.Tensor) -> dict[str, torch.Tensor]:
+        """megatron-core's per-step reports: (masked sum, token count) pairs, averaged over
+        micro-batches and data-parallel ranks by the training loop."""
+        pairs = {"lm loss": self.ce, "kd loss": self.kd, "loss": self.total}
+        if self.teacher is not None:
+            pairs.update(zip(TEACHER_REPORTS, self.teacher))
+        return {key: torch.stack([value.detach().float(), count.detach().float()]) for key, value in pairs.items()}
+
+
+def _teacher_sums(sums: dict, kd: KDObjective) -> tuple | None:
+    if not kd.teacher_metrics:
+        return None
+    return sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"]
+
+
+def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
+                   teacher: TeacherSignal, tp_group) -> Callable:
+    """The loss function of a KD micro-batch. Labels and loss_mask are in the student output's
+    token order (sequence-major `[s, b]` for logits); the student's output is its logits
+    `[..., V/TP]`, or its hidden states for FusedOutput."""
     w = mix_weights(kd.mix, alpha)
-    if kd.mix == "magnitude_matched" or w.kd == 0:
-        return _separate_kd_loss_func(kd, alpha, temperature, labels, loss_mask, teacher_logits, tp_group)
     opts = kd.opts.at(temperature)
+    if isinstance(teacher, FusedOutput):
+        objective = _fused(kd, w, opts, labels, teacher, tp_group)
+    elif isinstance(teacher, CachedRows):
+        objective = _from_cache(kd, alpha, w, opts, labels, teacher, tp_group)
+    elif kd.mix == "magnitude_matched" or w.kd == 0:
+        # the one-pass objective cannot give the same result here: magnitude_matched's KD weight
+        # depends on the whole micro-batch's sums, and α = 0 stays bit for bit the plain
+        # pretraining run (megatron-core's CE)
+        objective = _separate_passes(kd, w, opts, labels, teacher.logits, tp_group)
+    else:
+        objective = _one_pass(kd, w, opts, labels, teacher.logits, tp_group)
 
-    def loss_func(student_logits: torch.Tensor):
+    def loss_func(student_output: torch.Tensor):
         mask = loss_mask.float()
         count = mask.sum()
-        total, sums = mixed_kd_loss(
-            student_logits, teacher_logits, labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
-            tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
-            overwrite_logits=True, scratch=kd.scratch)  # their last reader
-        return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
+        sums = objective(student_output, mask)
+        return sums.total, count.to(torch.int), sums.reports(count)
 
     return loss_func
 
 
-def _sums_reports(kd: KDObjective, count, total, sums) -> dict:
-    teacher_sums = None
-    if kd.teacher_metrics:
-        teacher_sums = (sums["teacher_ce"], sums["teacher_entropy"], sums["top1_agreement"])
-    return _reports(count, sums["ce"], sums["kd"], total, teacher_sums)
+def _one_pass(kd, w, opts, labels, teacher_logits, tp_group):
+    """CE, KD and teacher metrics in one pass over the logits (mixed.py)."""
+    def objective(student_logits, mask):
+        total, sums = mixed_kd_loss(
+            student_logits, teacher_logits, labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
+            tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
+            overwrite_logits=True, scratch=kd.scratch)  # their last reader
+        return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd))
+
+    return objective
 
 
-def _separate_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
-                           teacher_logits, tp_group):
+def _separate_passes(kd, w, opts, labels, teacher_logits, tp_group):
     """megatron-core's CE, `kd_loss` and `teacher_metrics`, each its own pass, on sequence-major
     logits `[s, b, V/TP]` with labels and loss_mask `[s, b]`."""
     from megatron.core import tensor_parallel
 
-    w = mix_weights(kd.mix, alpha)
-    opts = kd.opts.at(temperature)
-
-    def loss_func(student_logits: torch.Tensor):
+    def objective(student_logits, mask):
         # Order matters: megatron-core's vocab_parallel_cross_entropy overwrites its input with
         # the softmax (in place, for fp32 logits), so every reader of the logits goes first and
         # each cross entropy is the last use of its logits.
-        mask = loss_mask.float()
-        count = mask.sum()
         kd_tok = kd_loss(student_logits, teacher_logits, opts, loss_mask=mask, tp_group=tp_group,
                          chunk_size=kd.chunk_size)
-        teacher_sums = None
+        teacher = None
         if kd.teacher_metrics:
-            shard = Shard(student_logits.shape[-1], opts.vocab_size, tp_group, student_logits.device)
             width = student_logits.shape[-1]
+            shard = Shard(width, opts.vocab_size, tp_group, student_logits.device)
             per_tok = teacher_metrics(student_logits.detach().reshape(-1, width),
                                       teacher_logits.reshape(-1, width), labels, shard)
-            teacher_sums = (per_tok * mask.reshape(1, -1)).sum(-1).unbind(0)
+            teacher = tuple((per_tok * mask.reshape(1, -1)).sum(-1).unbind(0))
         ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
         # Summed in the batch-major order of megatron-core's own LM loss (steps.lm_loss_func):
         # at α = 0 the run is plain pretraining bit for bit, its reported loss included.
@@ -139,11 +185,9 @@ def _separate_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, la
         kd_weight = w.kd
         if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
             kd_weight = w.kd * (ce_sum.detach() / kd_sum.detach())
-        total = w.ce * ce_sum + kd_weight * kd_sum
-        reports = _reports(count, ce_sum, kd_sum, total, teacher_sums)
-        return total, count.to(torch.int), reports
+        return LossSums(w.ce * ce_sum + kd_weight * kd_sum, ce_sum, kd_sum, teacher)
 
-    return loss_func
+    return objective
 
 
 def _tokens_first(h: torch.Tensor, tp_group, sequence_parallel: bool, trainable: bool) -> torch.Tensor:
@@ -160,27 +204,20 @@ def _tokens_first(h: torch.Tensor, tp_group, sequence_parallel: bool, trainable:
     return h.transpose(0, 1).reshape(-1, h.shape[-1])
 
 
-def make_fused_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
-                            student_weight, teacher_hidden, teacher_weight, tp_group,
-                            sequence_parallel: bool):
-    """The loss function of kd.fused_output_layer: same objective and reports as
-    make_kd_loss_func, from hidden states and output weights (megatron_kd/distill/fused.py)."""
-    w = mix_weights(kd.mix, alpha)
-    opts = kd.opts.at(temperature)
-
-    def loss_func(student_hidden: torch.Tensor):
-        mask = loss_mask.float().reshape(-1)
-        count = mask.sum()
+def _fused(kd, w, opts, labels, teacher: FusedOutput, tp_group):
+    """kd.fused_output_layer: the same objective from hidden states and output weights, labels
+    and loss_mask batch-major `[b, s]` (the hidden states' order after _tokens_first)."""
+    def objective(student_hidden, mask):
         with torch.no_grad():
-            h_t = _tokens_first(teacher_hidden, tp_group, sequence_parallel, trainable=False)
-        h_s = _tokens_first(student_hidden, tp_group, sequence_parallel, trainable=True)
+            h_t = _tokens_first(teacher.hidden, tp_group, teacher.sequence_parallel, trainable=False)
+        h_s = _tokens_first(student_hidden, tp_group, teacher.sequence_parallel, trainable=True)
         total, sums = fused_output_kd(
-            h_s, student_weight, h_t, teacher_weight, labels.reshape(-1), mask, opts,
+            h_s, teacher.student_weight, h_t, teacher.weight, labels.reshape(-1), mask.reshape(-1), opts,
             ce_weight=w.ce, kd_weight=w.kd, tp_group=tp_group, chunk_size=kd.chunk_size,
             metrics=kd.teacher_metrics, scratch=kd.scratch)
-        return total, count.to(torch.int), _sums_reports(kd, count, total, sums)
+        return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd))
 
-    return loss_func
+    return objective
 
 
 def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict) -> bool:
@@ -190,52 +227,47 @@ def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict) -> bool:
             and mix_weights(kd.mix, alpha).kd != 0)
 
 
-def make_cached_kd_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, loss_mask,
-                             teacher_logits, rows: dict, tp_group):
-    """The loss function of a KD step from the teacher cache: the unfused objective on the
-    teacher logits rebuilt from the cache rows (distill/cache.py), with the teacher metrics taken
-    from the cached values (exact, where rebuilt logits would only approximate a top-K teacher).
-    `rows` are sample-major `[b, s, ...]`; labels, loss_mask and the logits sequence-major."""
-    w = mix_weights(kd.mix, alpha)
-    if cache_is_sparse(kd, alpha, rows):
-        # a top-K cache: the kept set is known, so no teacher logits and no top-k search
-        def inner(student_logits: torch.Tensor):
-            mask = loss_mask.float()
-            count = mask.sum()
-            seq = lambda t: t.transpose(0, 1)  # noqa: E731  rows [b, s, ...] -> the logits' token order
+def _from_cache(kd, alpha, w, opts, labels, teacher: CachedRows, tp_group):
+    """A KD step from the teacher cache: the sparse objective on a top-K cache's rows, else the
+    online objective on the teacher logits rebuilt from them (distill/cache.py). The teacher
+    metrics come from the cached values (exact, where rebuilt logits would only approximate a
+    top-K teacher)."""
+    rows = teacher.rows
+    if cache_is_sparse(kd, alpha, rows):  # the kept set is known: no teacher logits, no top-k search
+        def inner(student_logits, mask):
+            seq = lambda t: t.transpose(0, 1).to(student_logits.device)  # noqa: E731  [b, s, ...] -> [s, b, ...]
             total, sums = sparse_kd_loss(
-                student_logits, seq(rows["ids"]).to(student_logits.device),
-                seq(rows["logp"]).to(student_logits.device), seq(rows["other_logp"]).to(student_logits.device),
-                labels, mask, top_k=kd.opts.top_k, other_bucket=kd.opts.other_bucket, ce_weight=w.ce,
-                kd_weight=w.kd, vocab_size=kd.opts.vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size)
-            return total, count.to(torch.int), _reports(count, sums["ce"], sums["kd"], total)
+                student_logits, seq(rows["ids"]), seq(rows["logp"]), seq(rows["other_logp"]), labels, mask,
+                top_k=kd.opts.top_k, other_bucket=kd.opts.other_bucket, ce_weight=w.ce, kd_weight=w.kd,
+                vocab_size=kd.opts.vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size)
+            return LossSums(total, sums["ce"], sums["kd"])
     else:
-        inner = make_kd_loss_func(dataclasses.replace(kd, teacher_metrics=False), alpha, temperature, labels,
-                                  loss_mask, teacher_logits, tp_group)
+        without_metrics = dataclasses.replace(kd, teacher_metrics=False)
+        if kd.mix == "magnitude_matched" or w.kd == 0:
+            inner = _separate_passes(without_metrics, w, opts, labels, teacher.logits, tp_group)
+        else:
+            inner = _one_pass(without_metrics, w, opts, labels, teacher.logits, tp_group)
 
-    def loss_func(student_logits: torch.Tensor):
-        mask = loss_mask.float()
-        teacher_sums = None
-        if kd.teacher_metrics:  # before the objective, which writes its gradient over the logits
-            width = student_logits.shape[-1]
-            shard = Shard(width, kd.opts.vocab_size, tp_group, student_logits.device)
-            nv = valid_width(shard)
-            student_top = argmax_ids(student_logits.detach().reshape(-1, width)[:, :nv], shard)
-            if "ids" in rows:
-                teacher_top = rows["ids"][..., 0]
-            else:  # full cache: the first of the largest (the online tie rule)
-                teacher_top = torch.argmax(rows["logp"], dim=-1)
-            teacher_top = teacher_top.t().reshape(-1).to(student_top.device, torch.int64)
-            flat = mask.reshape(-1)
-            agree = (student_top == teacher_top).float()
-            ce = -rows["label_logp"].t().reshape(-1).to(flat.device)
-            ent = rows["entropy"].t().reshape(-1).to(flat.device)
-            teacher_sums = ((ce * flat).sum(), (ent * flat).sum(), (agree * flat).sum())
-        total, count, reports = inner(student_logits)
-        if teacher_sums is not None:
-            c = mask.sum()
-            for key, value in zip(("teacher lm loss", "teacher entropy", "top1 agreement"), teacher_sums):
-                reports[key] = _pair(value, c)
-        return total, count, reports
+    def objective(student_logits, mask):
+        cached = _cached_teacher_sums(kd, rows, student_logits, mask, tp_group) if kd.teacher_metrics else None
+        return dataclasses.replace(inner(student_logits, mask), teacher=cached)
 
-    return loss_func
+    return objective
+
+
+def _cached_teacher_sums(kd, rows, student_logits, mask, tp_group) -> tuple:
+    """Teacher CE, entropy and top-1 agreement from the cache rows; read before the objective,
+    which writes its gradient over the logits."""
+    width = student_logits.shape[-1]
+    shard = Shard(width, kd.opts.vocab_size, tp_group, student_logits.device)
+    student_top = argmax_ids(student_logits.detach().reshape(-1, width)[:, :valid_width(shard)], shard)
+    if "ids" in rows:
+        teacher_top = rows["ids"][..., 0]
+    else:  # full cache: the first of the largest (the online tie rule)
+        teacher_top = torch.argmax(rows["logp"], dim=-1)
+    teacher_top = teacher_top.t().reshape(-1).to(student_top.device, torch.int64)
+    flat = mask.reshape(-1)
+    agree = (student_top == teacher_top).float()
+    ce = -rows["label_logp"].t().reshape(-1).to(flat.device)
+    ent = rows["entropy"].t().reshape(-1).to(flat.device)
+    return (ce * flat).sum(), (ent * flat).sum(), (agree * flat).sum()

@@ -18,12 +18,107 @@ gradient is written over the logits (their last reader), as the online objective
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from megatron_kd.distill.mixed import default_row_chunk
 from megatron_kd.distill.vocab_parallel import Shard, all_reduce, group_size, row_sum, valid_width
+
+
+@dataclass
+class _Columns:
+    """Where a chunk's label and kept tokens sit on this rank's vocabulary shard. `*_here`: the
+    id is one of this rank's columns; `*_col`: its column (clamped, so reads stay in bounds)."""
+
+    row: torch.Tensor  # [rows] 0..rows-1
+    label_here: torch.Tensor
+    label_col: torch.Tensor
+    kept_here: torch.Tensor  # [rows, k]
+    kept_col: torch.Tensor
+    kept_row: torch.Tensor  # the row of each kept entry, for index_put_
+
+    @classmethod
+    def of(cls, labels, ids, shard: Shard, width: int) -> "_Columns":
+        row = torch.arange(labels.shape[0], device=labels.device)
+        kept_col = (ids - shard.start).clamp(0, width - 1)
+        return cls(row, (labels >= shard.start) & (labels < shard.start + width),
+                   (labels - shard.start).clamp(0, width - 1), (ids >= shard.start) & (ids < shard.start + width),
+                   kept_col, row.unsqueeze(-1).expand_as(kept_col))
+
+
+def _read_logits(zc, cols: _Columns, whole: bool, group):
+    """The label's logit and the kept columns' logits of every row (summed over the shards, so
+    each rank holds all of them), read before the exponentials may overwrite the logits."""
+    if whole:
+        return zc[cols.row, cols.label_col].float(), zc.gather(1, cols.kept_col).float()
+    label_z = torch.where(cols.label_here, zc[cols.row, cols.label_col].float(), torch.zeros_like(cols.label_col,
+                                                                                                  dtype=torch.float32))
+    kept_z = torch.where(cols.kept_here, zc.gather(1, cols.kept_col).float(),
+                         torch.zeros_like(cols.kept_col, dtype=torch.float32))
+    return all_reduce(label_z, dist.ReduceOp.SUM, group), all_reduce(kept_z, dist.ReduceOp.SUM, group)
+
+
+def _student_mass(ex, cols: _Columns, padded: bool, whole: bool, group):
+    """From ex = exp(z - max): (the softmax's normaliser over every column, the student's
+    probability outside the kept set or None where padding needs it computed apart, the kept
+    columns' exps). Without padding the kept columns are cleared (they are written whole later)
+    and one pass sums the rest directly: 1 - sum p_k would cancel to nothing when the student is
+    nearly certain of a kept token, and the normaliser is that sum plus the kept exps (positive
+    terms, no cancellation)."""
+    if padded:
+        total = all_reduce(row_sum(ex), dist.ReduceOp.SUM, group)
+        kept_ex = torch.where(cols.kept_here, ex.gather(1, cols.kept_col), torch.zeros_like(cols.kept_col,
+                                                                                            dtype=ex.dtype))
+        return total, None, kept_ex
+    if whole:
+        kept_ex = ex.gather(1, cols.kept_col)
+        ex.scatter_(1, cols.kept_col, 0.0)
+    else:
+        kept_ex = torch.where(cols.kept_here, ex.gather(1, cols.kept_col), torch.zeros_like(cols.kept_col,
+                                                                                            dtype=ex.dtype))
+        ex.index_put_((cols.kept_row[cols.kept_here], cols.kept_col[cols.kept_here]),
+                      torch.zeros((), dtype=ex.dtype, device=ex.device))
+    rest = row_sum(ex)
+    both = all_reduce(torch.stack([rest + kept_ex.sum(-1, dtype=torch.float64), rest]), dist.ReduceOp.SUM, group)
+    return both[0], both[1] / both[0], kept_ex
+
+
+def _real_columns(zc, cols: _Columns, n_valid: int, width: int, max_all, total, padded: bool, group):
+    """The student's log-normaliser over the real columns (padding excluded); with padding also
+    its probabilities there (from their own exp: padding logits may dwarf the real ones) and its
+    mass outside the kept set."""
+    if not padded:
+        return max_all.double() + torch.log(total), None, None
+    real = zc[:, :n_valid].float()
+    max_real = all_reduce(real.amax(-1) if n_valid else torch.full_like(max_all, -math.inf), dist.ReduceOp.MAX,
+                          group)
+    lse_real = max_real.double() + torch.log(all_reduce(row_sum(torch.exp(real - max_real.unsqueeze(-1))),
+                                                        dist.ReduceOp.SUM, group))
+    p_real = torch.exp(zc[:, :n_valid].float() - lse_real.float().unsqueeze(-1))
+    spare = torch.where(cols.kept_here, cols.kept_col, torch.full_like(cols.kept_col, width))  # width: a spare column
+    kept = torch.zeros(zc.shape[0], width + 1, dtype=torch.bool, device=zc.device).scatter_(1, spare, True)
+    other_mass = all_reduce(row_sum(torch.where(kept[:, :n_valid], torch.zeros_like(p_real), p_real)),
+                            dist.ReduceOp.SUM, group)
+    return lse_real, p_real, other_mass
+
+
+def _kl_to_teacher(q_logp, other_logp, logp_kept, other_mass, other_bucket: bool):
+    """Per row: (forward KL, the target probabilities at the kept columns, the factor of p on the
+    real columns outside the kept set in the KD gradient)."""
+    q = torch.exp(q_logp)
+    if other_bucket:
+        q_other = torch.exp(other_logp)
+        other_mass = other_mass.clamp(min=1e-300)
+        kl = (q * (q_logp - logp_kept)).sum(-1)
+        kl = kl + torch.where(q_other > 0, q_other * (torch.log(q_other.clamp(min=1e-300)) - torch.log(other_mass)),
+                              torch.zeros_like(q_other))
+        return kl.clamp(min=0.0).float(), q, 1.0 - q_other / other_mass
+    log_target = q_logp - torch.logsumexp(q_logp, dim=-1, keepdim=True)  # renormalised, no 0 x log 0
+    target = torch.exp(log_target)
+    kl = torch.where(target > 0, target * (log_target - logp_kept), torch.zeros_like(target)).sum(-1)
+    return kl.clamp(min=0.0).float(), target, torch.ones_like(q_logp[:, 0])
 
 
 class _SparseKD(torch.autograd.Function):
@@ -34,125 +129,69 @@ class _SparseKD(torch.autograd.Function):
         z = logits.detach().reshape(-1, width)  # a view: the gradient is written over the logits
         n = z.shape[0]
         shard = Shard(width, vocab_size, group, z.device)
-        nv = valid_width(shard)
+        n_valid = valid_width(shard)
         # one rank holds the whole vocabulary (no TP): every label and kept id is a column here, so
         # the kept columns are read and written by index, without masks (boolean indexing costs a
         # nonzero() and a copy per use)
         whole = group_size(group) == 1
+        # exp(z - max) is the only full-width temporary (fp32), turned into the gradient; for fp32
+        # logits without vocabulary padding it is the logits themselves (their last reader), which
+        # saves the temporary and the final copy
+        in_place = not shard.padded and z.dtype == torch.float32
         sums = torch.zeros(2, dtype=torch.float64, device=z.device)
         scratch = torch.empty(0, device=z.device)
-        for s in range(0, n, chunk):
-            e_ = min(n, s + chunk)
-            rows = e_ - s
-            # ex = exp(z - max): the only full-width temporary (fp32), turned into the gradient; for
-            # fp32 logits without vocabulary padding it is the logits themselves (their last reader),
-            # which saves the temporary and the final copy
-            zc = z[s:e_]
-            m_all = all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
-            lab, w = labels[s:e_], mask[s:e_].float()
-            r_idx = torch.arange(rows, device=z.device)
-            inside = (lab >= shard.start) & (lab < shard.start + width)
-            lpos = (lab - shard.start).clamp(0, width - 1)
-            idc = ids[s:e_].long()
-            kin = (idc >= shard.start) & (idc < shard.start + width)
-            kpos = (idc - shard.start).clamp(0, width - 1)
-            rr = r_idx.unsqueeze(-1).expand_as(kpos)
-            # the few logits read later (the label's, the kept columns'), before ex may overwrite them
-            if whole:
-                z_lab, z_k = zc[r_idx, lpos].float(), zc.gather(1, kpos).float()
-            else:
-                z_lab = all_reduce(torch.where(inside, zc[r_idx, lpos].float(), torch.zeros_like(m_all)),
-                                    dist.ReduceOp.SUM, group)
-                z_k = torch.where(kin, zc.gather(1, kpos).float(), torch.zeros_like(idc, dtype=torch.float32))
-                z_k = all_reduce(z_k, dist.ReduceOp.SUM, group)
-            in_place = not shard.padded and zc.dtype == torch.float32
+        for begin in range(0, n, chunk):
+            end = min(n, begin + chunk)
+            rows = end - begin
+            zc = z[begin:end]
+            w = mask[begin:end].float()
+            cols = _Columns.of(labels[begin:end], ids[begin:end].long(), shard, width)
+            max_all = all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
+            label_z, kept_z = _read_logits(zc, cols, whole, group)
             if in_place:
-                ex = zc.sub_(m_all.unsqueeze(-1)).exp_()
+                ex = zc.sub_(max_all.unsqueeze(-1)).exp_()
             else:
                 if scratch.numel() < rows * width:
                     scratch = torch.empty(rows * width, device=z.device)
-                ex = torch.sub(zc, m_all.unsqueeze(-1), out=scratch[:rows * width].view(rows, width)).exp_()
-            if not shard.padded:
-                # the kept columns' exps, then the columns cleared (they are written whole below): one
-                # pass sums the rest, the student's mass outside the kept set, directly (1 - sum p_k
-                # cancels to nothing when the student is nearly certain of a kept token), and the
-                # total is that plus the kept exps (positive terms, no cancellation)
-                if whole:
-                    e_k = ex.gather(1, kpos)
-                    ex.scatter_(1, kpos, 0.0)
-                else:
-                    e_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype))
-                    ex.index_put_((rr[kin], kpos[kin]), torch.zeros((), dtype=ex.dtype, device=ex.device))
-                rest_sum = row_sum(ex)
-                both = all_reduce(torch.stack([rest_sum + e_k.sum(-1, dtype=torch.float64), rest_sum]),
-                                   dist.ReduceOp.SUM, group)
-                s_all, s_o = both[0], both[1] / both[0]
-            else:
-                s_all = all_reduce(row_sum(ex), dist.ReduceOp.SUM, group)
-                e_k = torch.where(kin, ex.gather(1, kpos), torch.zeros_like(kpos, dtype=ex.dtype))
-            ce = (torch.log(s_all) + m_all.double() - z_lab.double()).float()  # megatron-core's CE
-            # the student's log-normaliser over the real columns (padding excluded)
+                ex = torch.sub(zc, max_all.unsqueeze(-1), out=scratch[:rows * width].view(rows, width)).exp_()
+            total, other_mass, kept_ex = _student_mass(ex, cols, shard.padded, whole, group)
+            ce = (torch.log(total) + max_all.double() - label_z.double()).float()  # megatron-core's CE
+            lse_real, p_real, padded_other = _real_columns(zc, cols, n_valid, width, max_all, total, shard.padded,
+                                                           group)
             if shard.padded:
-                zr = zc[:, :nv].float()
-                m_r = all_reduce(zr.amax(-1) if nv else torch.full_like(m_all, -math.inf), dist.ReduceOp.MAX,
-                                  group)
-                s_r = all_reduce(row_sum(torch.exp(zr - m_r.unsqueeze(-1))), dist.ReduceOp.SUM, group)
-                lse_r = m_r.double() + torch.log(s_r)
-            else:
-                lse_r = m_all.double() + torch.log(s_all)
+                other_mass = padded_other
             # the kept columns: their logits (all-reduced over the shards) give log p exactly
-            logp_k = z_k.double() - lse_r.unsqueeze(-1)
-            p_k = torch.exp(logp_k)
-            q_lp = q_logp[s:e_].double()
-            q = torch.exp(q_lp)
-            p_all_k = e_k.double() * (1.0 / s_all).unsqueeze(-1)  # p_all at the kept columns
-            if shard.padded:  # p_real from its own exp: padding logits may dwarf the real ones
-                p_r = torch.exp(zc[:, :nv].float() - lse_r.float().unsqueeze(-1))
-                kept = torch.zeros(rows, width + 1, dtype=torch.bool, device=z.device)
-                kept = kept.scatter_(1, torch.where(kin, kpos, torch.full_like(kpos, width)), True)[:, :nv]
-                s_o = all_reduce(row_sum(torch.where(kept, torch.zeros_like(p_r), p_r)), dist.ReduceOp.SUM, group)
-            else:
-                p_r = None
-            if other_bucket:
-                q_o = torch.exp(other_logp[s:e_].double())
-                s_o = s_o.clamp(min=1e-300)
-                kl = (q * (q_lp - logp_k)).sum(-1)
-                kl = kl + torch.where(q_o > 0, q_o * (torch.log(q_o.clamp(min=1e-300)) - torch.log(s_o)),
-                                      torch.zeros_like(q_o))
-                target, rest = q, 1.0 - q_o / s_o
-            else:
-                log_t = q_lp - torch.logsumexp(q_lp, dim=-1, keepdim=True)  # renormalised, no 0 x log 0
-                target = torch.exp(log_t)
-                kl = torch.where(target > 0, target * (log_t - logp_k), torch.zeros_like(target)).sum(-1)
-                rest = torch.ones_like(lse_r)
-            kl = kl.clamp(min=0.0).float()
+            logp_kept = kept_z.double() - lse_real.unsqueeze(-1)
+            kl, target, rest = _kl_to_teacher(q_logp[begin:end].double(), other_logp[begin:end].double(),
+                                              logp_kept, other_mass, other_bucket)
             # gradient = w * [ce_w (p_all - onehot) + kd_w (p_real * rest on the real columns outside
-            # the kept set; p_real - target on the kept ones)], p_all = ex / s_all. The kept columns
+            # the kept set; p_real - target on the kept ones)], p_all = ex / total. The kept columns
             # are written whole (no large term added and taken away again).
-            coef = (w.double() / s_all)  # per row
+            coef = w.double() / total
             if shard.padded:
                 ex.mul_((coef * ce_w).float().unsqueeze(-1))
-                ex[:, :nv].add_(p_r.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
+                ex[:, :n_valid].add_(p_real.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
             else:
                 ex.mul_((coef * (ce_w + kd_w * rest)).float().unsqueeze(-1))
-            g = ex
-            wk = w.double().unsqueeze(-1)
-            kept_g = (ce_w * p_all_k + kd_w * (p_k - target)) * wk
+            p_all_kept = kept_ex.double() * (1.0 / total).unsqueeze(-1)
+            kept_grad = (ce_w * p_all_kept + kd_w * (torch.exp(logp_kept) - target)) * w.double().unsqueeze(-1)
+            kept_grad = kept_grad.float()
             if whole:
-                g.scatter_(1, kpos, kept_g.float())
+                ex.scatter_(1, cols.kept_col, kept_grad)
             else:
-                g.index_put_((rr[kin], kpos[kin]), kept_g.float()[kin])
-            lab_fix = torch.where(inside, -ce_w * w, torch.zeros_like(w))  # the label's one-hot
-            g.index_put_((r_idx, lpos), lab_fix, accumulate=True)
+                here = cols.kept_here
+                ex.index_put_((cols.kept_row[here], cols.kept_col[here]), kept_grad[here])
+            label_onehot = torch.where(cols.label_here, -ce_w * w, torch.zeros_like(w))
+            ex.index_put_((cols.row, cols.label_col), label_onehot, accumulate=True)
             if not in_place:
-                z[s:e_] = g.to(z.dtype)
+                z[begin:end] = ex.to(z.dtype)
             sums += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
-        total = (ce_w * sums[0] + kd_w * sums[1]).float()
+        loss = (ce_w * sums[0] + kd_w * sums[1]).float()
         ctx.save_for_backward(z)
         ctx.shape = logits.shape
         out = sums.float()
         ctx.mark_non_differentiable(out)
-        return total, out
+        return loss, out
 
     @staticmethod
     def backward(ctx, grad_total, grad_sums):

@@ -63,12 +63,13 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
     check_fp8_available(precision)
     on_gpu = torch.cuda.is_available()
     dtype = _DTYPES[precision.dtype]
-    fp8_kwargs = {}
+    recompute_kwargs = {}
     if recompute[0] == "selective":  # attention's core (scores, softmax): cheap to redo, big to keep
-        fp8_kwargs.update(recompute_granularity="selective")
+        recompute_kwargs.update(recompute_granularity="selective")
     elif recompute[0] == "full":  # whole layers, `recompute[1]` per unit
-        fp8_kwargs.update(recompute_granularity="full", recompute_method="uniform",
-                          recompute_num_layers=recompute[1])
+        recompute_kwargs.update(recompute_granularity="full", recompute_method="uniform",
+                                recompute_num_layers=recompute[1])
+    fp8_kwargs = {}
     if precision.fp8 is not None:
         fp8_kwargs.update(
             fp8=precision.fp8,
@@ -126,6 +127,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
         # graph (backward gets the gradient from the next stage). Not on CPU, where gloo may still
         # be sending from the storage that would be released.
         deallocate_pipeline_outputs=on_gpu,
+        **recompute_kwargs,
         **fp8_kwargs,
     )
 

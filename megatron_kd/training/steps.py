@@ -13,11 +13,12 @@ from megatron_kd.config.schema import RunConfig
 from megatron_kd.distill.cache import dense_teacher_logits
 from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
+    CachedRows,
+    FusedOutput,
     KDObjective,
+    OnlineLogits,
     cache_is_sparse,
-    make_cached_kd_loss_func,
-    make_fused_kd_loss_func,
-    make_kd_loss_func,
+    make_loss_func,
 )
 from megatron_kd.runtime.throughput import Profiler
 
@@ -92,14 +93,13 @@ def _make_forward_step(ctx: StepContext):
         student_logits, teacher_logits = out
         if ctx.kd.fused_output_layer:  # (hidden states, output weight) of each model
             (h_s, w_s), (h_t, w_t) = student_logits, teacher_logits
-            return h_s, make_fused_kd_loss_func(
+            return h_s, make_loss_func(
                 ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
-                w_s, h_t, w_t, ctx.tp_group, ctx.sequence_parallel)
+                FusedOutput(w_s, h_t, w_t, ctx.sequence_parallel), ctx.tp_group)
         # the logits are sequence-major [s, b, V/TP]: labels and mask [b, s] are transposed
-        return student_logits, make_kd_loss_func(
+        return student_logits, make_loss_func(
             ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(),
-            batch["loss_mask"].t().contiguous(),
-            teacher_logits, ctx.tp_group)
+            batch["loss_mask"].t().contiguous(), OnlineLogits(teacher_logits), ctx.tp_group)
 
     return forward_step
 
@@ -117,9 +117,9 @@ def _forward_from_cache(ctx: StepContext, batch: dict, model):
     teacher_logits = None
     if not cache_is_sparse(ctx.kd, ctx.alpha, rows):  # the sparse objective needs no teacher logits
         teacher_logits = dense_teacher_logits(rows, start, width, ctx.kd.opts.vocab_size, student_logits.device)
-    return student_logits, make_cached_kd_loss_func(
+    return student_logits, make_loss_func(
         ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
-        teacher_logits, rows, ctx.tp_group)
+        CachedRows(rows, teacher_logits), ctx.tp_group)
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:

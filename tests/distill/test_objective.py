@@ -35,3 +35,74 @@ def test_schedules():
     assert all(v == 0.6 for v in values[10:81])  # stable
     assert values[90] == pytest.approx(0.3) and values[100] == pytest.approx(0.0, abs=1e-12)  # decay
     assert all(not math.isnan(v) for v in values)
+
+
+def _kd(**over):
+    from megatron_kd.config.schema import KDConfig
+    from megatron_kd.distill.objective import KDObjective
+
+    return KDObjective.from_config(KDConfig(**over), 48)
+
+
+def _batch(seed=0, s=5, b=3, width=48):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    zs = torch.randn(s, b, width, generator=g) * 3
+    zt = torch.randn(s, b, width, generator=g) * 3
+    labels = torch.randint(0, width, (s, b), generator=g)
+    mask = (torch.rand(s, b, generator=g) > 0.25).float()
+    return zs, zt, labels, mask
+
+
+def test_one_entrance_online_route_gives_mixed_loss_and_one_report_type():
+    """make_loss_func on the teacher's logits (TP=1, no group): the one-pass objective's numbers
+    as the report pairs (masked sum, token count), teacher metrics included."""
+    import torch
+
+    from megatron_kd.distill.mixed import mixed_kd_loss
+    from megatron_kd.distill.objective import OnlineLogits, make_loss_func
+
+    kd = _kd(alpha=0.4, temperature=2.0)
+    zs, zt, labels, mask = _batch()
+    total_ref, sums_ref = mixed_kd_loss(zs.clone(), zt, labels, mask, kd.opts.at(2.0), ce_weight=0.6,
+                                        kd_weight=0.4, metrics=True)
+    loss_func = make_loss_func(kd, 0.4, 2.0, labels, mask, OnlineLogits(zt), None)
+    total, count, reports = loss_func(zs.clone())
+    assert int(count) == int(mask.sum())
+    assert torch.allclose(total, total_ref)
+    assert set(reports) == {"loss", "lm loss", "kd loss", "teacher lm loss", "teacher entropy", "top1 agreement"}
+    expected = {"loss": total_ref, "lm loss": sums_ref["ce"], "kd loss": sums_ref["kd"],
+                "teacher lm loss": sums_ref["teacher_ce"], "teacher entropy": sums_ref["teacher_entropy"],
+                "top1 agreement": sums_ref["top1_agreement"]}
+    for key, value in expected.items():
+        assert reports[key].shape == (2,) and float(reports[key][1]) == float(mask.sum())
+        assert float(reports[key][0]) == pytest.approx(float(value), rel=1e-5), key
+    # without teacher metrics the same route reports the three loss pairs only
+    _, _, plain = make_loss_func(_kd(alpha=0.4, teacher_metrics=False), 0.4, 1.0, labels, mask,
+                                 OnlineLogits(zt), None)(zs.clone())
+    assert set(plain) == {"loss", "lm loss", "kd loss"}
+
+
+def test_one_entrance_cache_route_sparse_and_dense_agree_with_cached_teacher_metrics():
+    """A top-K cache's rows: the sparse objective (forward KL) and the dense route on rebuilt
+    logits (reverse KL) each report the teacher metrics from the cached values, equal to those
+    the online route computes from the full teacher."""
+    from megatron_kd.distill.cache import dense_teacher_logits, teacher_rows
+    from megatron_kd.distill.objective import CachedRows, OnlineLogits, cache_is_sparse, make_loss_func
+
+    zs, zt, labels, mask = _batch(seed=1)
+    rows = teacher_rows(zt, labels, 48, 48, None)  # K = V: the kept set is everything
+    kd = _kd(alpha=0.5, top_k=48)
+    assert cache_is_sparse(kd, 0.5, rows) and not cache_is_sparse(kd, 0.0, rows)
+    _, _, online = make_loss_func(kd, 0.5, 1.0, labels, mask, OnlineLogits(zt), None)(zs.clone())
+    _, _, sparse = make_loss_func(kd, 0.5, 1.0, labels, mask, CachedRows(rows, None), None)(zs.clone())
+    rkl = _kd(alpha=0.5, kind="reverse_kl")
+    assert not cache_is_sparse(rkl, 0.5, rows)
+    rebuilt = dense_teacher_logits(rows, 0, 48, 48, "cpu")
+    _, _, dense = make_loss_func(rkl, 0.5, 1.0, labels, mask, CachedRows(rows, rebuilt), None)(zs.clone())
+    assert set(sparse) == set(online) == set(dense)
+    for key in online:
+        assert float(sparse[key][0]) == pytest.approx(float(online[key][0]), rel=1e-4, abs=1e-4), key
+    for key in ("lm loss", "teacher lm loss", "teacher entropy", "top1 agreement"):
+        assert float(dense[key][0]) == pytest.approx(float(online[key][0]), rel=1e-4, abs=1e-4), key
