@@ -38,12 +38,14 @@ def _batches(cfg, seed: int):
         first += mb
 
 
-def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int | None) -> None:
+def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int | None, values: str = "fp32",
+                 zstd: int = 0) -> None:
     """A real teacher cache (one shard) of the teacher's outputs over the first `samples` of the
     batch stream, as `mkd teacher-cache` writes it."""
     import json
 
     from megatron_kd.distill.cache import COMPLETE, FULL_FIELDS, MANIFEST, TOPK_FIELDS, teacher_rows
+    from megatron_kd.distill.cache_encoding import FORMAT, Encoding
     from megatron_kd.distill.model import sequence_major_logits
     from megatron_kd.training.teacher_cache import _write_shard
 
@@ -55,10 +57,11 @@ def _write_cache(root: Path, teacher, cfg, samples: int, top_k: int | None) -> N
             parts.append(teacher_rows(z, b["labels"].t(), cfg.model.vocab_size, top_k, None))
     root.mkdir(parents=True)
     fields = TOPK_FIELDS if top_k else FULL_FIELDS
-    _write_shard(root, 0, {name: torch.cat([p_[name] for p_ in parts]) for name in fields})  # with its CRCs
+    encoding = Encoding.for_vocab(cfg.model.vocab_size, values, zstd)
+    _write_shard(root, 0, {name: torch.cat([p_[name] for p_ in parts]) for name in fields}, encoding)  # with CRCs
     manifest = {"fingerprint": {"top_k": top_k or "all", "vocab_size": cfg.model.vocab_size}, "num_samples": samples,
                 "shard_rows": samples, "num_shards": 1, "seq_length": cfg.train.seq_length,
-                "teacher_padded_vocab": None}
+                "teacher_padded_vocab": None, "format": FORMAT, "encoding": encoding.to_manifest()}
     (root / MANIFEST).write_text(json.dumps(manifest))
     (root / COMPLETE).write_text("")
 
@@ -135,10 +138,12 @@ def main(argv=None) -> int:
     from megatron_kd.distill.cache import TeacherCache
 
     cache_root = Path(tempfile.mkdtemp(prefix="mkd-bench-cache-"))
-    for label, k, extra in (("all, forward KL", None, []),
-                            ("top-64, kd.top_k=64 + other bucket", 64, ["kd.top_k=64", "kd.other_bucket=true"])):
-        root = cache_root / str(k)
-        _write_cache(root, teacher, student_cfg, (a.warmup + a.steps) * a.global_batch, k)
+    top64 = ["kd.top_k=64", "kd.other_bucket=true"]
+    for label, k, extra, values, zstd in (("all, forward KL", None, [], "fp32", 0),
+                                          ("top-64, kd.top_k=64 + other bucket", 64, top64, "fp32", 0),
+                                          ("top-64 fp16 + zstd 3, kd.top_k=64 + other bucket", 64, top64, "fp16", 3)):
+        root = cache_root / f"{k}-{values}-{zstd}"
+        _write_cache(root, teacher, student_cfg, (a.warmup + a.steps) * a.global_batch, k, values, zstd)
         ccfg = load_config(a.student, common + ["kd.alpha=0.5", *extra], purpose="train")
         c_state = build_train_state(ccfg)
         c_ctx = StepContext(kd=KDObjective.from_config(ccfg.kd, ccfg.model.vocab_size), alpha=0.5,

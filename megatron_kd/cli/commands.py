@@ -204,6 +204,7 @@ def _check_cache_for_run(cfg) -> None:
 
 
 def cmd_teacher_cache(args) -> int:
+    from megatron_kd.distill.cache_encoding import Encoding
     from megatron_kd.distill.teacher import resolve_teacher
     from megatron_kd.training.preflight import check_data
     from megatron_kd.training.teacher_cache import check_out, plan_cache, verify_cache, write_teacher_cache
@@ -224,6 +225,8 @@ def cmd_teacher_cache(args) -> int:
             raise ConfigError(f"--top-k must be a positive integer or 'all', got {args.top_k!r}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise ConfigError(f"--shard-rows must be >= 1, got {args.shard_rows}")
+    if not 0 <= args.zstd <= 22:
+        raise ConfigError(f"--zstd must be a level in 1..22 (0 = off), got {args.zstd}")
     cfg = load_config(args.recipe, [*args.overrides, "teacher.cache=null"])
     if not cfg.teacher.checkpoint:
         raise ConfigError(f"{args.recipe} names no teacher.checkpoint; the cache job runs a KD recipe's teacher")
@@ -235,7 +238,8 @@ def cmd_teacher_cache(args) -> int:
                           "or --top-k all")
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
-    planned = plan_cache(cfg, top_k, args.shard_rows)
+    encoding = Encoding.for_vocab(cfg.model.vocab_size, args.dtype, args.zstd)
+    planned = plan_cache(cfg, top_k, args.shard_rows, encoding)
     before_start = None
     if not checked:
         check_data(cfg)
@@ -254,7 +258,8 @@ def cmd_teacher_cache(args) -> int:
         if rank == 0:
             tokens = r["samples"] * cfg.train.seq_length
             print(f"teacher cache {out}: {r['samples']} samples ({tokens:,} tokens), top-k "
-                  f"{'all' if top_k is None else top_k}, {r['shards']} shards; the teacher ran over the "
+                  f"{'all' if top_k is None else top_k} ({encoding.describe()}), {r['shards']} shards; "
+                  "the teacher ran over the "
                   f"{'whole stream' if r['written'] == r['shards'] else 'shards that were missing'}; "
                   f"train from it with teacher.cache={out}")
 

@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", default="64", help="tokens kept per position, or 'all' (default 64)")
     p.add_argument("--nproc", type=int, default=1, help="processes for the teacher (its TP x PP x DP)")
     p.add_argument("--shard-rows", type=int, default=None, help="samples per shard (default: ~64 MiB shards)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="precision of the stored log-probabilities: fp32 exact (default); fp16 half the "
+                        "bytes, within 2^-11 relative (the 16-bit choice); bf16 within 2^-8. Token ids "
+                        "always take the fewest bits the vocabulary needs")
+    p.add_argument("--zstd", type=int, default=0, metavar="LEVEL",
+                   help="compress each shard file with zstd at this level (1-22; default 0 = off)")
     p.add_argument("--verify", metavar="DIR", help="check every shard of a cache against its manifest")
     p.set_defaults(func=commands.cmd_teacher_cache)
 

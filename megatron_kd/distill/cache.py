@@ -4,11 +4,15 @@ sweep that trains on that stream (`teacher.cache=DIR`) instead of running the te
 
 Rows are keyed by the global sample index of megatron-core's GPT dataset stream, so any student
 layout, batch size or resume point reads the same rows. Per token a row holds:
-- top-K caches (`--top-k K`): the teacher's K most likely token ids (int32: any vocabulary) and
-  their log-probabilities (ties at the K-th place go to the lowest id, as the online top-k),
+- top-K caches (`--top-k K`): the teacher's K most likely token ids and their
+  log-probabilities (ties at the K-th place go to the lowest id, as the online top-k),
   the log of the probability mass outside them, the log-probability of the label (megatron-core's
   CE convention: every column, padding included) and the entropy (real columns);
 - full caches (`--top-k all`): the log-probability of every real token, label and entropy.
+
+How they are stored (value precision, id width, zstd) is the manifest's encoding
+(distill/cache_encoding.py, with each encoding's error bound); the reader decodes to float32
+values and int32 ids, so nothing downstream depends on it.
 
 The student side turns a micro-batch's rows back into teacher logits for its own vocabulary
 shard (`dense_teacher_logits`) and runs the online objective on them, so the TP convention, the
@@ -33,6 +37,7 @@ import torch.distributed as dist
 from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.data.tokenizer import file_sha256
+from megatron_kd.distill.cache_encoding import Encoding
 from megatron_kd.distill.vocab_parallel import Shard, all_reduce
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
@@ -42,9 +47,8 @@ COMPLETE = "COMPLETE"
 SHARD_INDEX = "index.json"  # per shard: each file's bytes and CRC-32, written last
 OPEN_SHARDS = 4  # memory-mapped shards a reader keeps open (each holds a file and a mapping per field)
 PADDING_LOGIT = -1.0e4  # teacher logits of padding columns: never counted by the KD loss
-TOPK_FIELDS = {"ids": np.int32, "logp": np.float32, "other_logp": np.float32,
-               "label_logp": np.float32, "entropy": np.float32}
-FULL_FIELDS = {"logp": np.float32, "label_logp": np.float32, "entropy": np.float32}
+TOPK_FIELDS = ("ids", "logp", "other_logp", "label_logp", "entropy")  # the rows' fields, decoded
+FULL_FIELDS = ("logp", "label_logp", "entropy")
 
 
 def shard_dir(root: Path, j: int) -> Path:
@@ -53,7 +57,8 @@ def shard_dir(root: Path, j: int) -> Path:
 
 # --- the fingerprint: what a cache was made from ------------------------------------------
 
-def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, teacher_state: dict | None) -> dict:
+def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, teacher_state: dict | None,
+                dtype: str = "fp32") -> dict:
     """The inputs that decide a cache's bytes (a run reading it must agree on all of them)."""
     d = cfg.data
     data = {"mock": d.mock}
@@ -64,7 +69,7 @@ def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, te
                     train_weights=d.train_weights, split=d.split)
     out = {"data": data, "seq_length": cfg.train.seq_length,
            "data_seed": d.seed if d.seed is not None else cfg.run.seed,
-           "vocab_size": cfg.model.vocab_size, "top_k": "all" if top_k is None else int(top_k), "dtype": "fp32"}
+           "vocab_size": cfg.model.vocab_size, "top_k": "all" if top_k is None else int(top_k), "dtype": dtype}
     if teacher_ckpt is not None:
         out["teacher"] = {"checkpoint": str(Path(teacher_ckpt).resolve()), "step": teacher_state.get("step"),
                           "state_crc": teacher_state.get("state_crc"),
@@ -110,10 +115,11 @@ def read_manifest(root: Path) -> dict:
         raise ConfigError(f"teacher cache manifest {where} is inconsistent: {m['num_samples']} samples in "
                           f"shards of {m['shard_rows']} rows are not {m['num_shards']} shards (edited?); "
                           "write the cache again")
+    Encoding.from_manifest(m, where)  # an encoding this version cannot read is one line here
     return m
 
 
-def check_shard(root: Path, m: dict, j: int, fields: dict) -> None:
+def check_shard(root: Path, m: dict, j: int) -> None:
     """Shard `j` is what the job wrote: each file's CRC-32 as its index records, the shapes the
     manifest implies, and (top-K caches) every id inside the vocabulary. Read once per shard,
     streaming (the CRC reads the file in 16 MiB pieces; the id check is one pass over the map)."""
@@ -123,26 +129,32 @@ def check_shard(root: Path, m: dict, j: int, fields: dict) -> None:
                           "`mkd teacher-cache` again to finish it")
     index = read_json(d / SHARD_INDEX, dict, "teacher cache shard index")
     top_k, vocab = m["fingerprint"]["top_k"], m["fingerprint"]["vocab_size"]
+    enc = Encoding.from_manifest(m, Path(root) / MANIFEST)
     width = vocab if top_k == "all" else top_k
     rows = min(m["shard_rows"], m["num_samples"] - j * m["shard_rows"])
     fix = "delete that shard directory and run `mkd teacher-cache` again (it writes what is missing)"
-    for name in fields:
-        f = d / f"{name}.npy"
+    arrays = {}
+    for name, dtype in enc.files(top_k).items():
+        f = d / enc.file_name(name)
         info = index.get(f.name)
         if not f.is_file() or not isinstance(info, dict) or info.get("crc32") != file_checksum(f):
             raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is missing or does not match its "
                               f"checksum (changed after it was written); {fix}")
         try:
-            arr = np.load(f, mmap_mode="r")
+            arr = enc.load(f)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is not a NumPy array ({exc}); {fix}") from exc
-        want = (rows, m["seq_length"]) + ((width,) if name in ("ids", "logp") else ())
-        if arr.shape != want or arr.dtype != np.dtype(fields[name]):
+        want = enc.shape(name, rows, m["seq_length"], width)
+        if arr.shape != want or arr.dtype != dtype:
             raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} holds {arr.dtype} {arr.shape}, the "
-                              f"manifest says {np.dtype(fields[name])} {want}; {fix}")
-        if name == "ids" and arr.size and (int(arr.min()) < 0 or int(arr.max()) >= vocab):
-            raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} holds token ids outside [0, {vocab}) "
-                              f"(from {int(arr.min())} to {int(arr.max())}); {fix}")
+                              f"manifest says {dtype} {want} ({enc.describe()}); {fix}")
+        arrays[name] = arr
+    if "ids" in arrays and arrays["ids"].size:
+        ids = enc.decode({k: v for k, v in arrays.items() if k.startswith("ids")})["ids"]
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            raise ConfigError(f"teacher cache {root}: {d.name}/ids holds token ids outside [0, {vocab}) "
+                              f"(from {low} to {high}); {fix}")
 
 
 def check_kd(kd: KDConfig, top_k) -> str | None:
@@ -176,7 +188,9 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
         raise ConfigError(f"teacher cache {root} is not complete (the cache job did not finish); run "
                           "`mkd teacher-cache` again: it continues where it stopped")
     top_k = m["fingerprint"].get("top_k")
-    mine = fingerprint(cfg, None if top_k == "all" else top_k, teacher_ckpt, teacher_state)
+    # any value encoding serves any run (the reader decodes it)
+    mine = fingerprint(cfg, None if top_k == "all" else top_k, teacher_ckpt, teacher_state,
+                       dtype=m["fingerprint"].get("dtype", "fp32"))
     if teacher_ckpt is None:
         mine["teacher"] = m["fingerprint"].get("teacher")
     diff = differing_fields(m["fingerprint"], mine)
@@ -297,7 +311,8 @@ class TeacherCache:
         self.top_k = self.manifest["fingerprint"]["top_k"]
         self.rows_per_shard = self.manifest["shard_rows"]
         self.vocab_size = self.manifest["fingerprint"]["vocab_size"]
-        self.fields = FULL_FIELDS if self.top_k == "all" else TOPK_FIELDS
+        self.encoding = Encoding.from_manifest(self.manifest, self.root / MANIFEST)
+        self.files = self.encoding.files(self.top_k)
         self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._checked: set[int] = set()
 
@@ -309,24 +324,24 @@ class TeacherCache:
                 self._maps.popitem(last=False)
             d = shard_dir(self.root, j)
             if j not in self._checked:  # checksums, shapes and ids, the first time a shard is used
-                check_shard(self.root, self.manifest, j, self.fields)
+                check_shard(self.root, self.manifest, j)
                 self._checked.add(j)
             try:
-                self._maps[j] = {f: np.load(d / f"{f}.npy", mmap_mode="r") for f in self.fields}
+                self._maps[j] = {f: self.encoding.load(d / self.encoding.file_name(f)) for f in self.files}
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"teacher cache shard {d} is missing or damaged ({exc}); "
                                   "check it with `mkd teacher-cache --verify`") from exc
         return self._maps[j]
 
     def rows(self, sample_index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The rows `[b, s, ...]` of these global sample indices."""
-        out = {f: [] for f in self.fields}
+        """The rows `[b, s, ...]` of these global sample indices (float32 values, int32 ids)."""
+        out = {f: [] for f in self.files}
         for i in sample_index.tolist():
             j, r = divmod(int(i), self.rows_per_shard)
             shard = self._shard(j)
-            for f in self.fields:
-                out[f].append(torch.from_numpy(np.array(shard[f][r])))
-        return {f: torch.stack(v) for f, v in out.items()}
+            for f in self.files:
+                out[f].append(np.array(shard[f][r]))
+        return self.encoding.decode({f: np.stack(v) for f, v in out.items()})
 
 
 def dense_teacher_logits(rows: dict[str, torch.Tensor], shard_start: int, width: int, vocab_size: int,

@@ -66,14 +66,30 @@ def _valid_layout(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: in
     return True
 
 
+PAPER_TEACHER_CHECKPOINTS = 28  # the paper's grid: teacher sizes x training-token budgets (docs/STUDY.md)
+
+
 def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
-    """Teacher-cache size for this recipe's tokens and an α sweep's compute with and without it."""
+    """Teacher-cache size per encoding for this recipe's tokens, the paper grid's total, and an α
+    sweep's compute with and without a cache."""
+    from megatron_kd.distill.cache_encoding import Encoding
+
     tokens = train_steps(cfg) * tokens_per_step(cfg)
     v = cfg.model.vocab_size
-    lines = [f"teacher cache for {human(tokens)} tokens (mkd teacher-cache; fp32):"]
+    encodings = {values: Encoding.for_vocab(v, values) for values in ("fp32", "fp16")}
+    ids = encodings["fp16"].describe().split(", ")[1]
+    lines = [f"teacher cache for {human(tokens)} tokens (mkd teacher-cache --top-k K --dtype D; {ids}; "
+             "zstd shrinks it further):"]
     for k in (8, 64, "all"):
-        per_token = 4 * (v if k == "all" else 2 * k + 1) + 8  # ids + log-probs (+ other), label, entropy
-        lines.append(f"  top-{k:<4} {per_token:>7,} bytes/token  {per_token * tokens / GiB:12,.1f} GiB")
+        cells = []
+        for values, enc in encodings.items():
+            per_token = enc.bytes_per_token(v, k)
+            cells.append(f"{values} {per_token:>9,.1f} B/token {per_token * tokens / GiB:12,.1f} GiB")
+        lines.append(f"  top-{k:<4} " + "   ".join(cells))
+    grid = {k: encodings["fp16"].bytes_per_token(v, k) * tokens * PAPER_TEACHER_CHECKPOINTS / 2 ** 40
+            for k in (8, 64)}
+    lines.append(f"  the paper's grid ({PAPER_TEACHER_CHECKPOINTS} teacher checkpoints) at these tokens, fp16: "
+                 f"top-8 {grid[8]:,.1f} TiB, top-64 {grid[64]:,.1f} TiB")
     student = train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens
     forward = train_flops_per_token(teacher, cfg.train.seq_length) / 3 * tokens
     online, cached = points * (student + forward), points * student + forward

@@ -15,7 +15,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from megatron_kd.checkpoint.refs import file_checksum
@@ -25,10 +24,8 @@ from megatron_kd.config.validate import train_steps
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.distill.cache import (
     COMPLETE,
-    FULL_FIELDS,
     MANIFEST,
     SHARD_INDEX,
-    TOPK_FIELDS,
     check_shard,
     differing_fields,
     fingerprint,
@@ -36,6 +33,7 @@ from megatron_kd.distill.cache import (
     shard_dir,
     teacher_rows,
 )
+from megatron_kd.distill.cache_encoding import FORMAT, Encoding
 from megatron_kd.distill.model import build_teacher, sequence_major_logits
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
@@ -47,17 +45,19 @@ log = logging.getLogger("megatron_kd.cache")
 SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a top-64 cache at 4k tokens)
 
 
-def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None) -> dict:
+def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None,
+               encoding: Encoding | None = None) -> dict:
     """The manifest a cache for this recipe has (before anything is written or run)."""
     ckpt, teacher, state = resolve_teacher(cfg, check=False)
+    encoding = encoding or Encoding.for_vocab(cfg.model.vocab_size)
     n = train_steps(cfg) * cfg.train.global_batch_size
-    per_token = 4 * (cfg.model.vocab_size if top_k is None else 2 * top_k + 1) + 8
-    rows = shard_rows or max(1, min(n, SHARD_BYTES // (per_token * cfg.train.seq_length)))
+    per_token = encoding.bytes_per_token(cfg.model.vocab_size, "all" if top_k is None else top_k)
+    rows = shard_rows or max(1, min(n, int(SHARD_BYTES // (per_token * cfg.train.seq_length))))
     padded = teacher.padded_vocab_size or padded_vocab(cfg.model, cfg.parallel.tp)
-    return {"fingerprint": fingerprint(cfg, top_k, ckpt, state), "num_samples": n, "shard_rows": rows,
-            "teacher_padded_vocab": padded,
+    return {"fingerprint": fingerprint(cfg, top_k, ckpt, state, dtype=encoding.values), "num_samples": n,
+            "shard_rows": rows, "teacher_padded_vocab": padded,
             "num_shards": math.ceil(n / rows), "seq_length": cfg.train.seq_length,
-            "bytes_per_token": per_token, "format": 1}
+            "bytes_per_token": per_token, "format": FORMAT, "encoding": encoding.to_manifest()}
 
 
 def check_out(out: Path, planned: dict) -> None:
@@ -68,7 +68,7 @@ def check_out(out: Path, planned: dict) -> None:
         raise ConfigError(f"--out {out} exists and is not a teacher cache; choose a new directory")
     have = read_manifest(out)
     diff = differing_fields(have["fingerprint"], planned["fingerprint"])
-    diff += [k for k in ("num_samples", "shard_rows") if have.get(k) != planned.get(k)]
+    diff += [k for k in ("num_samples", "shard_rows", "encoding") if have.get(k) != planned.get(k)]
     if diff:
         raise ConfigError(f"--out {out} holds a teacher cache of another run ({', '.join(diff)} differ); "
                           "choose a new directory")
@@ -80,6 +80,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     rank = torch.distributed.get_rank()
+    encoding = Encoding.from_manifest(planned, "the planned manifest")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / MANIFEST).is_file():
@@ -132,7 +133,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
                                         micro_batch_size=micro, forward_only=True)
         if writer:
             rows = {k: torch.cat([c[k] for c in collected])[:len(samples)] for k in collected[0]}
-            _write_shard(out, j, rows)
+            _write_shard(out, j, rows, encoding)
             if shard_written is not None:
                 shard_written(j)
             log.info("teacher cache shard %d/%d: samples %d-%d", j + 1, planned["num_shards"], samples[0],
@@ -161,16 +162,16 @@ def _complete(out: Path, j: int) -> bool:
     return (shard_dir(out, j) / SHARD_INDEX).is_file()
 
 
-def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor]) -> None:
+def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor], encoding: Encoding) -> None:
     final = shard_dir(out, j)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    fields = FULL_FIELDS if "ids" not in rows else TOPK_FIELDS
-    for name, dtype in fields.items():
-        np.save(partial / f"{name}.npy", rows[name].cpu().numpy().astype(dtype, copy=False))
-    files = {f"{name}.npy": {"bytes": (partial / f"{name}.npy").stat().st_size,
-                             "crc32": file_checksum(partial / f"{name}.npy")} for name in fields}
+    files = {}
+    for name, array in encoding.encode(rows).items():
+        f = partial / encoding.file_name(name)
+        encoding.save(f, array)
+        files[f.name] = {"bytes": f.stat().st_size, "crc32": file_checksum(f)}
     (partial / SHARD_INDEX).write_text(json.dumps(files, indent=1))  # last: marks the shard whole
     partial.rename(final)
 
@@ -179,10 +180,9 @@ def verify_cache(root: Path) -> str:
     """Every shard present, of the manifest's shapes, with its files' checksums; one line back."""
     m = read_manifest(root)
     top_k = m["fingerprint"]["top_k"]
-    fields = FULL_FIELDS if top_k == "all" else TOPK_FIELDS
     for j in range(m["num_shards"]):
-        check_shard(root, m, j, fields)
+        check_shard(root, m, j)
     if not (Path(root) / COMPLETE).is_file():
         raise ConfigError(f"teacher cache {root} is not marked complete; run `mkd teacher-cache` again")
     return (f"teacher cache {root}: {m['num_shards']} shards, {m['num_samples']} samples of "
-            f"{m['seq_length']} tokens, top-k {top_k}: all verified")
+            f"{m['seq_length']} tokens, top-k {top_k}, {Encoding.from_manifest(m, root).describe()}: all verified")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from megatron_kd.distill.cache import COMPLETE, MANIFEST, TeacherCache, shard_dir, teacher_rows
+from megatron_kd.distill.cache_encoding import Encoding
 from megatron_kd.errors import ConfigError
 from megatron_kd.training.teacher_cache import _write_shard, verify_cache
 
@@ -31,9 +32,10 @@ def good_cache(tmp_path_factory) -> Path:
         b = min(ROWS, SAMPLES - j * ROWS)
         logits = torch.randn(SEQ, b, VOCAB) * 3
         labels = torch.randint(0, VOCAB, (SEQ, b))
-        _write_shard(root, j, teacher_rows(logits, labels, VOCAB, TOP_K, None))
+        _write_shard(root, j, teacher_rows(logits, labels, VOCAB, TOP_K, None), Encoding())
     manifest = {"fingerprint": {"top_k": TOP_K, "vocab_size": VOCAB}, "num_samples": SAMPLES,
                 "shard_rows": ROWS, "num_shards": num_shards, "seq_length": SEQ, "teacher_padded_vocab": VOCAB}
+    # format 1 (no "encoding"): fp32 values, int32 ids, as caches written before encodings
     (root / MANIFEST).write_text(json.dumps(manifest))
     (root / COMPLETE).write_text("")
     return root
@@ -83,6 +85,12 @@ CASES = {
     "num_samples_not_an_int": (_manifest(num_samples="7"), None, "not an integer >= 1"),
     "top_k_above_vocabulary": (_manifest(fingerprint={"top_k": 99, "vocab_size": VOCAB}), None,
                                "no valid fingerprint"),
+    "unknown_format": (_manifest(format=3), None, "which this version does not read"),
+    "unknown_value_encoding": (_manifest(format=2, encoding={"values": "fp8", "id_bits": 6, "zstd": 0}), None,
+                               "unknown cache value encoding 'fp8'"),
+    # the manifest says 16-bit values, the files hold fp32: the shapes/dtypes check names both
+    "encoding_edited": (_manifest(format=2, encoding={"values": "fp16", "id_bits": 32, "zstd": 0}), 0,
+                        "the manifest says float16"),
 }
 
 

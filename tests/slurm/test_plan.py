@@ -59,3 +59,18 @@ def test_interleaved_pipeline_in_the_plan():
     r = plan("kd/paper-8b-to-1b", "parallel.pp=2", "--gpus", "8")
     assert "1F1B, 64 micro-batches a step; bubble (PP-1)/(VPP x M) = 1.6% of the step; parallel.vpp=2 halves it" \
         in r.stdout
+
+
+def test_cache_sizes_per_encoding_and_the_paper_grid():
+    """The cache lines of `mkd plan` (in process: no launch): fp32 and fp16 per K with the
+    vocabulary's id width, and the 28-checkpoint grid's total."""
+    from megatron_kd.distill.teacher import teacher_model
+    from megatron_kd.slurm.plan import cache_lines
+
+    cfg = load_config("kd/paper-8b-to-1b")
+    lines = cache_lines(cfg, teacher_model(cfg), 6)
+    assert "17-bit ids" in lines[0] and "50.00B tokens" in lines[0]
+    top8 = next(line for line in lines if line.strip().startswith("top-8 "))
+    assert "fp32      61.0 B/token" in top8 and "fp16      39.0 B/token" in top8  # 8 x (2 + 17/8) + 3 x 2
+    grid = next(line for line in lines if "paper's grid" in line)
+    assert "top-8 49.7 TiB" in grid  # 39 B x 50e9 tokens x 28 checkpoints

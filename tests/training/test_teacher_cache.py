@@ -61,6 +61,17 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
     mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}",
         f"run.dir={tmp_path / 'cached'}", timeout=600)
     _close(_losses(tmp_path / "cached"), _losses(tmp_path / "online"), "top-k + other bucket")
+    # a compact cache (bf16 values, 8-bit ids, zstd): within 1e-3 of the fp32 cache's losses
+    compact = tmp_path / "cache-16-bf16"
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", compact, "--top-k", 16,
+            "--dtype", "bf16", "--zstd", 3, timeout=600)
+    assert "(bf16 values, 8-bit ids, zstd 3)" in r.stdout
+    assert sum(f.stat().st_size for f in compact.rglob("*.zst")) < 0.5 * sum(
+        f.stat().st_size for f in cache.rglob("*.npy"))
+    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={compact}",
+        f"run.dir={tmp_path / 'compact'}", timeout=600)
+    a, b = _losses(tmp_path / "compact"), _losses(tmp_path / "cached")
+    assert len(a) == len(b) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
     mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", "parallel.tp=2",
         f"run.dir={tmp_path / 'cached-tp2'}", "--nproc", 2, timeout=600)  # the sparse objective under TP
     _close(_losses(tmp_path / "cached-tp2"), _losses(tmp_path / "online"), "top-k + other bucket, tp2")

@@ -1,0 +1,208 @@
+"""How a teacher cache's rows are stored on disk: the precision of its values, the width of its
+token ids and an optional zstd compression of each file (`mkd teacher-cache --dtype --zstd`).
+
+The rows' values (the kept log-probabilities, the "other" mass, the label's log-probability and
+the entropy) are stored as:
+- fp32: exact (the cache equals the online teacher to float32 rounding);
+- fp16: round to nearest, a relative error of at most 2^-11 on |x| >= 2^-14 and an absolute one
+  of 2^-25 below; values under -65504 (never a real log-probability's magnitude; exp() of it is 0
+  in float32 anyway) are clamped there (-inf, a zero mass, stays -inf). At log p = -10 that is <= 4.9e-3 nats;
+- bf16: round to nearest, a relative error of at most 2^-8 (~0.4 %): ~0.04 nats at log p = -10.
+  Offered for compatibility with bf16 pipelines; fp16 is the 16-bit encoding to choose.
+What an error of δ_k on the kept log q_k does to the KD term: the target q_k becomes
+q_k·exp(δ_k), so its L1 change is at most Σ_k q_k (exp(|δ_k|) - 1) ≈ ε·Σ_k q_k |log q_k| (ε the
+relative bound): the teacher's entropy over the kept set times 2^-11 for fp16, which bounds the
+change of the KD gradient (p - q) per token, and the KL value moves by at most about as much times
+(1 + max |log q_k - log p_k|). `value_error_bound` states the per-entry bound; the tests check it.
+
+Token ids take the fewest bits the vocabulary needs: uint8 up to 256 tokens, uint16 up to 65,536,
+and beyond that (17 to 24 bits: 131,072 tokens is 17) the low 16 bits as uint16 plus the high
+bits packed per sample ("ids_high": `bits - 16` bit planes, 1 bit per id at 17 bits).
+Vocabularies above 2^24 keep int32.
+
+A format-1 cache (before encodings) is fp32 values and int32 ids without compression.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_kd.errors import ConfigError
+
+VALUE_DTYPES = ("fp32", "fp16", "bf16")
+VALUE_FIELDS = ("logp", "other_logp", "label_logp", "entropy")
+FORMAT = 2  # the manifest's "format": 1 = fp32 / int32 (before encodings), 2 = with "encoding"
+FP16_MIN = -65504.0
+_STORED = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16 as its raw bits
+ZSTD_LEVELS = range(0, 23)  # 0 = off
+
+
+def value_error_bound(values: str, x: torch.Tensor) -> torch.Tensor:
+    """The largest |stored - x| per entry that an encoding of the values allows."""
+    x = x.double().abs()
+    if values == "fp32":
+        return torch.zeros_like(x)
+    if values == "fp16":
+        return x * 2.0 ** -11 + 2.0 ** -25
+    return x * 2.0 ** -8 + 2.0 ** -134
+
+
+@dataclass(frozen=True)
+class Encoding:
+    values: str = "fp32"
+    id_bits: int = 32
+    zstd: int = 0  # zstd level per file; 0 = uncompressed (and memory-mapped when read)
+
+    def __post_init__(self):
+        if self.values not in VALUE_DTYPES:
+            raise ConfigError(f"unknown cache value encoding {self.values!r}; use one of {', '.join(VALUE_DTYPES)}")
+        if not 1 <= self.id_bits <= 32:
+            raise ConfigError(f"cache id_bits must be in 1..32, got {self.id_bits}")
+        if self.zstd not in ZSTD_LEVELS:
+            raise ConfigError(f"--zstd must be a level in 0..22 (0 = off), got {self.zstd}")
+
+    @classmethod
+    def for_vocab(cls, vocab_size: int, values: str = "fp32", zstd: int = 0) -> "Encoding":
+        return cls(values, max(1, (vocab_size - 1).bit_length()), zstd)
+
+    @classmethod
+    def from_manifest(cls, m: dict, where) -> "Encoding":
+        """The encoding a manifest records (format 1: fp32 / int32); one line for one this version
+        does not know."""
+        fmt = m.get("format", 1)
+        if fmt == 1 and "encoding" not in m:
+            return cls()
+        e = m.get("encoding")
+        if fmt != FORMAT or not isinstance(e, dict) or set(e) != {"values", "id_bits", "zstd"}:
+            raise ConfigError(f"teacher cache manifest {where} has format {str(fmt)[:20]} / encoding "
+                              f"{str(e)[:60]}, which this version does not read (it reads format 1 and "
+                              f"{FORMAT}); update megatron_kd or write the cache again")
+        try:
+            if not all(isinstance(e[k], int) and not isinstance(e[k], bool) for k in ("id_bits", "zstd")):
+                raise ConfigError("id_bits and zstd must be integers")
+            return cls(e["values"], e["id_bits"], e["zstd"])
+        except ConfigError as exc:
+            raise ConfigError(f"teacher cache manifest {where}: {exc}; write the cache again") from exc
+
+    def to_manifest(self) -> dict:
+        return {"values": self.values, "id_bits": self.id_bits, "zstd": self.zstd}
+
+    def describe(self) -> str:
+        ids = "int32" if self.id_bits > 24 else f"{self.id_bits}-bit"
+        return f"{self.values} values, {ids} ids" + (f", zstd {self.zstd}" if self.zstd else "")
+
+    # --- what is stored ---
+
+    @property
+    def _id_dtype(self):
+        if self.id_bits > 24:
+            return np.int32
+        return np.uint8 if self.id_bits <= 8 else np.uint16
+
+    @property
+    def _high_bits(self) -> int:
+        return self.id_bits - 16 if 16 < self.id_bits <= 24 else 0
+
+    def files(self, top_k) -> dict[str, np.dtype]:
+        """Each stored array's name and dtype."""
+        names = ("logp", "label_logp", "entropy") if top_k == "all" else VALUE_FIELDS
+        out = {name: np.dtype(_STORED[self.values]) for name in names}
+        if top_k != "all":
+            out["ids"] = np.dtype(self._id_dtype)
+            if self._high_bits:
+                out["ids_high"] = np.dtype(np.uint8)
+        return out
+
+    def shape(self, name: str, rows: int, seq: int, width: int) -> tuple:
+        """The stored array's shape in a shard of `rows` samples (`width`: K or the vocabulary)."""
+        if name == "ids_high":
+            return rows, math.ceil(seq * width * self._high_bits / 8)
+        return (rows, seq) + ((width,) if name in ("ids", "logp") else ())
+
+    def file_name(self, name: str) -> str:
+        return f"{name}.npy" + (".zst" if self.zstd else "")
+
+    def bytes_per_token(self, vocab_size: int, top_k) -> float:
+        """Stored bytes per token before compression."""
+        value = 4 if self.values == "fp32" else 2
+        if top_k == "all":
+            return value * (vocab_size + 2)
+        id_bytes = np.dtype(self._id_dtype).itemsize + self._high_bits / 8
+        return top_k * (value + id_bytes) + 3 * value
+
+    # --- encoding and decoding ---
+
+    def encode(self, rows: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Cache rows `[b, s, ...]` (float32 values, integer ids) -> the stored arrays."""
+        out = {}
+        for name in rows:
+            if name == "ids":
+                continue
+            x = rows[name].detach().cpu().float()
+            if self.values == "fp16":
+                # clamped into fp16's range, but a log of 0 stays -inf (an empty "other" mass)
+                x = torch.where(x == -math.inf, x, x.clamp(min=FP16_MIN))
+                out[name] = x.numpy().astype(np.float16)
+            elif self.values == "bf16":
+                out[name] = x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+            else:
+                out[name] = x.numpy()
+        if "ids" in rows:
+            ids = rows["ids"].detach().cpu().numpy().astype(np.int64)
+            out["ids"] = (ids & 0xFFFF if self._high_bits else ids).astype(self._id_dtype)
+            if self._high_bits:
+                high = (ids >> 16).astype(np.uint8)[..., None]  # [b, s, K, 1]
+                planes = np.unpackbits(high, axis=-1, bitorder="little")[..., :self._high_bits]
+                out["ids_high"] = np.packbits(planes.reshape(ids.shape[0], -1), axis=-1)
+        return out
+
+    def decode(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Stored arrays (sample-major, any leading rows) -> rows: float32 values, int32 ids."""
+        out = {}
+        for name, a in arrays.items():
+            if name in ("ids", "ids_high"):
+                continue
+            if self.values == "bf16":
+                out[name] = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16).float()
+            else:
+                out[name] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+        if "ids" in arrays:
+            ids = np.asarray(arrays["ids"]).astype(np.int32)
+            if self._high_bits:
+                n = ids.shape[0]
+                count = int(np.prod(ids.shape[1:])) * self._high_bits
+                planes = np.unpackbits(np.asarray(arrays["ids_high"]), axis=-1, count=count)
+                high = np.packbits(planes.reshape(n, -1, self._high_bits), axis=-1, bitorder="little")
+                ids |= high.reshape(ids.shape).astype(np.int32) << 16
+            out["ids"] = torch.from_numpy(ids)
+        return out
+
+    # --- files ---
+
+    def save(self, path: Path, array: np.ndarray) -> None:
+        if not self.zstd:
+            np.save(path, array)
+            return
+        import zstandard
+
+        buf = io.BytesIO()
+        np.save(buf, array)
+        Path(path).write_bytes(zstandard.ZstdCompressor(level=self.zstd).compress(buf.getvalue()))
+
+    def load(self, path: Path) -> np.ndarray:
+        """A stored array: memory-mapped when uncompressed, else decompressed whole."""
+        if not self.zstd:
+            return np.load(path, mmap_mode="r")
+        import zstandard
+
+        try:
+            data = zstandard.ZstdDecompressor().decompress(Path(path).read_bytes())
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"not a zstd frame ({exc})") from exc
+        return np.load(io.BytesIO(data))
