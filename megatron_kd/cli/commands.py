@@ -216,6 +216,12 @@ def cmd_teacher_cache(args) -> int:
         raise ConfigError("give a KD recipe and --out DIR (or --verify DIR); e.g. "
                           "mkd teacher-cache kd/cpu-tiny-to-small --out runs/cache-tiny --top-k 64")
     top_k = None
+    if args.sample is not None:
+        if args.sample < 1 or args.top_k is not None:
+            raise ConfigError(f"--sample N needs N >= 1 and no --top-k (got --sample {args.sample}, "
+                              f"--top-k {args.top_k}); e.g. --sample 32")
+        args.top_k = str(args.sample)
+    args.top_k = args.top_k or "64"
     if args.top_k != "all":
         try:
             top_k = int(args.top_k)
@@ -239,7 +245,7 @@ def cmd_teacher_cache(args) -> int:
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
     encoding = Encoding.for_vocab(cfg.model.vocab_size, args.dtype, args.zstd)
-    planned = plan_cache(cfg, top_k, args.shard_rows, encoding)
+    planned = plan_cache(cfg, top_k, args.shard_rows, encoding, sampled=args.sample is not None)
     before_start = None
     if not checked:
         check_data(cfg)
@@ -258,7 +264,8 @@ def cmd_teacher_cache(args) -> int:
         if rank == 0:
             tokens = r["samples"] * cfg.train.seq_length
             print(f"teacher cache {out}: {r['samples']} samples ({tokens:,} tokens), top-k "
-                  f"{'all' if top_k is None else top_k} ({encoding.describe()}), {r['shards']} shards; "
+                  f"{'all' if top_k is None else top_k}{' sampled' if args.sample else ''} ({encoding.describe()}), "
+                  f"{r['shards']} shards; "
                   "the teacher ran over the "
                   f"{'whole stream' if r['written'] == r['shards'] else 'shards that were missing'}; "
                   f"train from it with teacher.cache={out}")

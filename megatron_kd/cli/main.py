@@ -151,9 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="the KD recipe (the student's data, length and teacher)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--out", help="the cache directory (an unfinished one is continued)")
-    p.add_argument("--top-k", default="64", help="tokens kept per position, or 'all' (default 64)")
+    p.add_argument("--top-k", default=None, help="tokens kept per position, or 'all' (default 64)")
     p.add_argument("--nproc", type=int, default=1, help="processes for the teacher (its TP x PP x DP)")
     p.add_argument("--shard-rows", type=int, default=None, help="samples per shard (default: ~64 MiB shards)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="random-sampling KD: store N draws per token from the teacher's distribution "
+                        "(unbiased KD gradient; train with kd.top_k=null) instead of the top-K")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="precision of the stored log-probabilities: fp32 exact (default); fp16 half the "
                         "bytes, within 2^-11 relative (the 16-bit choice); bf16 within 2^-8. Token ids "

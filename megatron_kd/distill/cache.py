@@ -8,7 +8,15 @@ layout, batch size or resume point reads the same rows. Per token a row holds:
   log-probabilities (ties at the K-th place go to the lowest id, as the online top-k),
   the log of the probability mass outside them, the log-probability of the label (megatron-core's
   CE convention: every column, padding included) and the entropy (real columns);
-- full caches (`--top-k all`): the log-probability of every real token, label and entropy.
+- full caches (`--top-k all`): the log-probability of every real token, label and entropy;
+- sampled caches (`--sample N`, "random-sampling KD", Anshumann et al. 2025): N draws per token
+  from the teacher's distribution (T = 1, the teacher itself as the proposal, so every draw has
+  weight 1), stored as the drawn ids with log(count / N) in N slots (the slots no draw filled
+  hold the teacher's most likely undrawn ids at log 0 = -inf), the label and the entropy. The
+  sparse objective, renormalised, then has the target count / N on the drawn ids and 0
+  elsewhere: E[count / N] = q, so the KD gradient p - count / N is an unbiased estimate of full
+  forward KL's p - q (a top-K cache's p - q_K / Q is not). The reported KD loss is the KL to the
+  draws' empirical distribution, not to the teacher.
 
 How they are stored (value precision, id width, zstd) is the manifest's encoding
 (distill/cache_encoding.py, with each encoding's error bound); the reader decodes to float32
@@ -58,7 +66,7 @@ def shard_dir(root: Path, j: int) -> Path:
 # --- the fingerprint: what a cache was made from ------------------------------------------
 
 def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, teacher_state: dict | None,
-                dtype: str = "fp32") -> dict:
+                dtype: str = "fp32", sampled: bool = False) -> dict:
     """The inputs that decide a cache's bytes (a run reading it must agree on all of them)."""
     d = cfg.data
     data = {"mock": d.mock}
@@ -70,6 +78,8 @@ def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, te
     out = {"data": data, "seq_length": cfg.train.seq_length,
            "data_seed": d.seed if d.seed is not None else cfg.run.seed,
            "vocab_size": cfg.model.vocab_size, "top_k": "all" if top_k is None else int(top_k), "dtype": dtype}
+    if sampled:  # top_k is then the draws per token (the slots of a row)
+        out["sampled"] = True
     if teacher_ckpt is not None:
         out["teacher"] = {"checkpoint": str(Path(teacher_ckpt).resolve()), "step": teacher_state.get("step"),
                           "state_crc": teacher_state.get("state_crc"),
@@ -157,9 +167,20 @@ def check_shard(root: Path, m: dict, j: int) -> None:
                               f"(from {low} to {high}); {fix}")
 
 
-def check_kd(kd: KDConfig, top_k) -> str | None:
-    """Why these KD options cannot be computed exactly from a cache of `top_k` (None: they can)."""
+def check_kd(kd: KDConfig, top_k, sampled: bool = False) -> str | None:
+    """Why these KD options cannot be computed exactly (or, from a sampled cache, without bias)
+    from a cache of `top_k` (None: they can)."""
     if top_k == "all":
+        return None
+    if sampled:
+        temps = {kd.temperature, kd.temperature_schedule.final if kd.temperature_schedule.final is not None
+                 else kd.temperature}
+        if kd.kind != "forward_kl" or kd.fused_output_layer or kd.mix == "magnitude_matched":
+            return ("a sampled cache serves forward KL (kd.kind=forward_kl, a convex/keep_ce/keep_kd mix, "
+                    "kd.fused_output_layer=false) only; write a --top-k all cache for the rest")
+        if kd.top_k is not None or kd.top_p is not None or kd.other_bucket or temps != {1.0}:
+            return ("a sampled cache estimates the teacher's whole distribution at temperature 1: set "
+                    "kd.top_k=null, kd.top_p=null, kd.other_bucket=false and keep kd.temperature at 1")
         return None
     if kd.fused_output_layer:
         return "kd.fused_output_layer makes the teacher's logits from its hidden states; set it to false"
@@ -189,8 +210,9 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
                           "`mkd teacher-cache` again: it continues where it stopped")
     top_k = m["fingerprint"].get("top_k")
     # any value encoding serves any run (the reader decodes it)
+    sampled = bool(m["fingerprint"].get("sampled"))
     mine = fingerprint(cfg, None if top_k == "all" else top_k, teacher_ckpt, teacher_state,
-                       dtype=m["fingerprint"].get("dtype", "fp32"))
+                       dtype=m["fingerprint"].get("dtype", "fp32"), sampled=sampled)
     if teacher_ckpt is None:
         mine["teacher"] = m["fingerprint"].get("teacher")
     diff = differing_fields(m["fingerprint"], mine)
@@ -214,7 +236,7 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
     if need_samples > m["num_samples"]:
         raise ConfigError(f"teacher cache {root} covers {m['num_samples']} samples but this run trains on "
                           f"{need_samples}; write it for the longer run (train.steps/train.tokens)")
-    why = check_kd(cfg.kd, top_k)
+    why = check_kd(cfg.kd, top_k, sampled)
     if why:
         raise ConfigError(f"teacher cache {root}: {why}")
     return m
@@ -223,9 +245,10 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
 # --- writing: the rows of one micro-batch -----------------------------------------------------
 
 def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, top_k: int | None,
-                 group) -> dict[str, torch.Tensor]:
+                 group, sample_generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Cache rows `[b, s, ...]` from this TP rank's teacher logits `[s, b, V/TP]` (sequence-major)
-    and labels `[s, b]`; identical on every rank of `group`."""
+    and labels `[s, b]`; identical on every rank of `group`. With `sample_generator`: a sampled
+    cache's rows, `top_k` draws per token from that generator (the same on every rank)."""
     s_len, b, width = logits.shape
     z = logits.float().reshape(-1, width)
     lab = labels.reshape(-1)
@@ -251,6 +274,8 @@ def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, to
     if top_k is None:
         full = _gather_columns(logp, group, tp)[:, :vocab_size]
         rows["logp"] = full
+    elif sample_generator is not None:
+        rows.update(_sampled(_gather_columns(logp, group, tp)[:, :vocab_size], top_k, sample_generator))
     else:
         k_local = min(top_k, width)
         cand_v, cand_i = _top_k_lowest_id(logp, k_local)
@@ -273,6 +298,20 @@ def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, to
         rows.update(ids=top_i.to(torch.int32), logp=top_v, other_logp=torch.log(rest).float())
     # sequence-major rows (t * b + i) -> sample-major [b, s, ...]
     return {k: v.reshape(s_len, b, *v.shape[1:]).transpose(0, 1).contiguous() for k, v in rows.items()}
+
+
+def _sampled(logp: torch.Tensor, draws: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`draws` samples per row of the teacher's distribution: the drawn ids (most drawn first,
+    then by teacher probability) with log(count / draws), the rest of the slots filled with the
+    most likely undrawn ids at -inf, and no mass outside (the draws' estimate sums to 1)."""
+    p = torch.exp(logp.double())
+    drawn = torch.multinomial(p.float().cpu(), draws, replacement=True, generator=generator).to(p.device)
+    counts = torch.zeros_like(p).scatter_add_(1, drawn, torch.ones_like(drawn, dtype=p.dtype))
+    order = torch.topk(counts + p, draws, dim=-1).indices  # p < 1: counts first, then probability
+    kept = counts.gather(1, order)
+    value = torch.where(kept > 0, torch.log(kept / draws), torch.full_like(kept, -math.inf))
+    return {"ids": order.to(torch.int32), "logp": value.float(),
+            "other_logp": torch.full((p.shape[0],), -math.inf)}
 
 
 def _top_k_lowest_id(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,6 +348,7 @@ class TeacherCache:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.top_k = self.manifest["fingerprint"]["top_k"]
+        self.sampled = bool(self.manifest["fingerprint"].get("sampled"))
         self.rows_per_shard = self.manifest["shard_rows"]
         self.vocab_size = self.manifest["fingerprint"]["vocab_size"]
         self.encoding = Encoding.from_manifest(self.manifest, self.root / MANIFEST)

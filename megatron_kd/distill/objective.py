@@ -88,6 +88,7 @@ class CachedRows:
 
     rows: dict
     logits: torch.Tensor | None
+    sampled: bool = False  # a sampled cache (random-sampling KD, distill/cache.py)
 
 
 TeacherSignal = Union[OnlineLogits, FusedOutput, CachedRows]
@@ -220,11 +221,12 @@ def _fused(kd, w, opts, labels, teacher: FusedOutput, tp_group):
     return objective
 
 
-def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict) -> bool:
+def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict, sampled: bool = False) -> bool:
     """Whether a KD step from these cache rows takes the sparse objective (distill/sparse.py: a
-    top-K cache, forward KL) or the online objective on rebuilt teacher logits (the rest)."""
+    top-K or sampled cache, forward KL) or the online objective on rebuilt teacher logits (the
+    rest). A sampled cache always takes the sparse one: its rows rebuild no teacher logits."""
     return ("ids" in rows and kd.opts.kind == "forward_kl" and kd.mix != "magnitude_matched"
-            and mix_weights(kd.mix, alpha).kd != 0)
+            and (sampled or mix_weights(kd.mix, alpha).kd != 0))
 
 
 def _from_cache(kd, alpha, w, opts, labels, teacher: CachedRows, tp_group):
@@ -233,12 +235,13 @@ def _from_cache(kd, alpha, w, opts, labels, teacher: CachedRows, tp_group):
     metrics come from the cached values (exact, where rebuilt logits would only approximate a
     top-K teacher)."""
     rows = teacher.rows
-    if cache_is_sparse(kd, alpha, rows):  # the kept set is known: no teacher logits, no top-k search
+    if cache_is_sparse(kd, alpha, rows, teacher.sampled):  # the kept set is known: no teacher logits
         def inner(student_logits, mask):
             seq = lambda t: t.transpose(0, 1).to(student_logits.device)  # noqa: E731  [b, s, ...] -> [s, b, ...]
             total, sums = sparse_kd_loss(
                 student_logits, seq(rows["ids"]), seq(rows["logp"]), seq(rows["other_logp"]), labels, mask,
-                top_k=kd.opts.top_k, other_bucket=kd.opts.other_bucket, ce_weight=w.ce, kd_weight=w.kd,
+                top_k=kd.opts.top_k or rows["ids"].shape[-1], other_bucket=kd.opts.other_bucket,
+                ce_weight=w.ce, kd_weight=w.kd,
                 vocab_size=kd.opts.vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size)
             return LossSums(total, sums["ce"], sums["kd"])
     else:

@@ -72,7 +72,7 @@ PAPER_TEACHER_CHECKPOINTS = 28  # the paper's grid: teacher sizes x training-tok
 def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
     """Teacher-cache size per encoding for this recipe's tokens, the paper grid's total, and an α
     sweep's compute with and without a cache."""
-    from megatron_kd.distill.cache_encoding import Encoding
+    from megatron_kd.distill.cache_encoding import Encoding  # lazy: numpy and torch, only for the cache lines
 
     tokens = train_steps(cfg) * tokens_per_step(cfg)
     v = cfg.model.vocab_size

@@ -115,11 +115,12 @@ def _forward_from_cache(ctx: StepContext, batch: dict, model):
     width = student_logits.shape[-1]
     start = parallel_state.get_tensor_model_parallel_rank() * width
     teacher_logits = None
-    if not cache_is_sparse(ctx.kd, ctx.alpha, rows):  # the sparse objective needs no teacher logits
+    sampled = getattr(ctx.cache, "sampled", False)
+    if not cache_is_sparse(ctx.kd, ctx.alpha, rows, sampled):  # the sparse objective needs no teacher logits
         teacher_logits = dense_teacher_logits(rows, start, width, ctx.kd.opts.vocab_size, student_logits.device)
     return student_logits, make_loss_func(
         ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
-        CachedRows(rows, teacher_logits), ctx.tp_group)
+        CachedRows(rows, teacher_logits, sampled), ctx.tp_group)
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:

@@ -46,15 +46,17 @@ SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a to
 
 
 def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None,
-               encoding: Encoding | None = None) -> dict:
-    """The manifest a cache for this recipe has (before anything is written or run)."""
+               encoding: Encoding | None = None, sampled: bool = False) -> dict:
+    """The manifest a cache for this recipe has (before anything is written or run). `sampled`:
+    `top_k` is the draws per token of a sampled cache (distill/cache.py)."""
     ckpt, teacher, state = resolve_teacher(cfg, check=False)
     encoding = encoding or Encoding.for_vocab(cfg.model.vocab_size)
     n = train_steps(cfg) * cfg.train.global_batch_size
     per_token = encoding.bytes_per_token(cfg.model.vocab_size, "all" if top_k is None else top_k)
     rows = shard_rows or max(1, min(n, int(SHARD_BYTES // (per_token * cfg.train.seq_length))))
     padded = teacher.padded_vocab_size or padded_vocab(cfg.model, cfg.parallel.tp)
-    return {"fingerprint": fingerprint(cfg, top_k, ckpt, state, dtype=encoding.values), "num_samples": n,
+    return {"fingerprint": fingerprint(cfg, top_k, ckpt, state, dtype=encoding.values, sampled=sampled),
+            "num_samples": n,
             "shard_rows": rows, "teacher_padded_vocab": padded,
             "num_shards": math.ceil(n / rows), "seq_length": cfg.train.seq_length,
             "bytes_per_token": per_token, "format": FORMAT, "encoding": encoding.to_manifest()}
@@ -106,6 +108,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     group = parallel_state.get_tensor_model_parallel_group()
     micro = cfg.train.micro_batch_size
     seq = cfg.train.seq_length
+    sampled = bool(planned["fingerprint"].get("sampled"))
     for j in todo:
         first = j * planned["shard_rows"]
         samples = list(range(first, min(first + planned["shard_rows"], n)))
@@ -119,7 +122,13 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
             logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
 
             def loss_func(output):
-                collected.append(teacher_rows(output, batch["labels"].t(), cfg.model.vocab_size, top_k, group))
+                generator = None
+                if sampled:  # the draws depend on the data seed and the samples only: a restart redraws them
+                    first = padded[len(collected) * micro]
+                    generator = torch.Generator().manual_seed(
+                        planned["fingerprint"]["data_seed"] * 1_000_003 + first)
+                collected.append(teacher_rows(output, batch["labels"].t(), cfg.model.vocab_size, top_k, group,
+                                              generator))
                 return output.new_zeros(()), torch.tensor(1, dtype=torch.int), {}
 
             return logits, loss_func

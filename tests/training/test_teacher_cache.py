@@ -72,6 +72,23 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
         f"run.dir={tmp_path / 'compact'}", timeout=600)
     a, b = _losses(tmp_path / "compact"), _losses(tmp_path / "cached")
     assert len(a) == len(b) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
+    # random-sampling KD: 16 draws per token (fp16), read by the sparse objective, refused with top_k
+    sampled = tmp_path / "cache-sampled"
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", sampled, "--sample", 16,
+            "--dtype", "fp16", timeout=600)
+    assert "top-k 16 sampled (fp16 values, 8-bit ids)" in r.stdout
+    full_kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "train.steps=4"]
+    r = mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={sampled}",
+            f"run.dir={tmp_path / 'sampled-topk'}", timeout=600, check=False)
+    assert r.returncode != 0 and "set kd.top_k=null" in r.stderr
+    mkd("train", "train/tiny-mock", *full_kd, f"teacher.cache={sampled}", f"run.dir={tmp_path / 'sampled'}",
+        timeout=600)
+    mkd("train", "train/tiny-mock", *full_kd, f"run.dir={tmp_path / 'online-full'}", timeout=600)
+    got, want = read_metrics(tmp_path / "sampled"), read_metrics(tmp_path / "online-full")
+    # the same CE path and teacher metrics; the KD term an estimate of full KD's (close, not equal)
+    assert abs(got[0]["lm_loss"] - want[0]["lm_loss"]) < 1e-5
+    assert abs(got[0]["teacher_lm_loss"] - want[0]["teacher_lm_loss"]) < 1e-3
+    assert all(abs(g["lm_loss"] - w["lm_loss"]) < 0.05 for g, w in zip(got, want)), (got, want)
     mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", "parallel.tp=2",
         f"run.dir={tmp_path / 'cached-tp2'}", "--nproc", 2, timeout=600)  # the sparse objective under TP
     _close(_losses(tmp_path / "cached-tp2"), _losses(tmp_path / "online"), "top-k + other bucket, tp2")
