@@ -189,6 +189,9 @@ class TeacherConfig:
     model: Optional[str] = None  # model recipe (e.g. models/llama3-1b); None = from the checkpoint
     # A teacher-signal cache (`mkd teacher-cache`): train from it, build no teacher model
     cache: Optional[str] = None
+    # > 0: teacher.cache may still be being written (its `mkd teacher-cache` job started beside
+    # this run, on its own GPUs): the manifest and each shard are waited for up to this long
+    cache_wait_s: float = 0.0
     # The frozen teacher's own precision: None = the run's precision.dtype; fp8 (Transformer
     # Engine, GPU) runs the teacher's GEMMs in FP8
     dtype: Optional[Literal["fp32", "bf16", "fp16"]] = None

@@ -304,6 +304,8 @@ def _validate_kd(cfg: RunConfig) -> None:
     _require(not (cfg.teacher.cache and kd.fused_output_layer),
              "teacher.cache gives the teacher's outputs, not its hidden states: set "
              "kd.fused_output_layer=false to train from a cache")
+    wait = cfg.teacher.cache_wait_s
+    _require(0.0 <= wait < float("inf"), f"teacher.cache_wait_s must be a number of seconds >= 0, got {wait}")
     _require(0.0 <= kd.alpha <= 1.0, f"kd.alpha must be in [0, 1], got {kd.alpha}")
     problem = kd_option_problem(kd.kind, kd.temperature, kd.top_k, kd.top_p, kd.other_bucket, kd.jsd_beta)
     _require(problem is None, problem or "")

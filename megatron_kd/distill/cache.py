@@ -34,7 +34,11 @@ one-pass objective and its tests carry over. What that gives exactly:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import math
+import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -61,6 +65,39 @@ FULL_FIELDS = ("logp", "label_logp", "entropy")
 
 def shard_dir(root: Path, j: int) -> Path:
     return Path(root) / f"shard_{j:06d}"
+
+
+# --- streaming: a cache that is still being written ------------------------------------------
+
+WRITER_LOCK = ".mkd.lock"  # held by the `mkd teacher-cache` job writing the directory (run_dir.lock_run_dir)
+
+
+def writer_state(root: Path) -> str:
+    """Whether a cache job holds the directory's lock now, in words for an error line."""
+    lock = Path(root) / WRITER_LOCK
+    if not lock.is_file():
+        return "no cache job has started on it"
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            return f"its cache job (pid {holder}) is still running: raise teacher.cache_wait_s"
+        raise
+    finally:
+        os.close(fd)
+    return "no cache job is running on it (it died or finished early): run `mkd teacher-cache` again"
+
+
+def wait_for(path: Path, wait_s: float, poll_s: float = 0.5) -> bool:
+    """True once `path` exists, waiting up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    return True
 
 
 # --- the fingerprint: what a cache was made from ------------------------------------------
@@ -204,10 +241,16 @@ def check_kd(kd: KDConfig, top_k, sampled: bool = False) -> str | None:
 def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teacher_state: dict | None) -> dict:
     """Before any process starts: the cache in teacher.cache fits this run. Returns the manifest."""
     root = Path(cfg.teacher.cache)
+    wait = cfg.teacher.cache_wait_s
+    if wait > 0 and not wait_for(root / MANIFEST, wait):
+        raise ConfigError(f"teacher cache {root} has no manifest after teacher.cache_wait_s={wait:g}s; "
+                          f"{writer_state(root)}")
     m = read_manifest(root)
-    if not (root / COMPLETE).is_file():
+    streaming = wait > 0 and not (root / COMPLETE).is_file()  # the shards are waited for as they are read
+    if not streaming and not (root / COMPLETE).is_file():
         raise ConfigError(f"teacher cache {root} is not complete (the cache job did not finish); run "
-                          "`mkd teacher-cache` again: it continues where it stopped")
+                          "`mkd teacher-cache` again: it continues where it stopped, or set "
+                          "teacher.cache_wait_s=SECONDS to train beside it while it writes")
     top_k = m["fingerprint"].get("top_k")
     # any value encoding serves any run (the reader decodes it)
     sampled = bool(m["fingerprint"].get("sampled"))
@@ -220,8 +263,10 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
         raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
                           "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
     missing = [j for j in range(m["num_shards"]) if not (shard_dir(root, j) / SHARD_INDEX).is_file()]
+    if streaming:
+        missing = []  # the ones written so far are checked below; the rest when they are read
     for j in range(m["num_shards"]):  # present and whole (sizes; `--verify` reads the checksums)
-        if j in missing:
+        if j in missing or not (shard_dir(root, j) / SHARD_INDEX).is_file():
             continue
         index = read_json(shard_dir(root, j) / SHARD_INDEX, dict, "teacher cache shard index")
         for name, info in index.items():
@@ -344,8 +389,12 @@ def _gather_columns(x: torch.Tensor, group, tp: int) -> torch.Tensor:
 class TeacherCache:
     """A complete cache directory, its shards memory-mapped on first use."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, wait_s: float = 0.0):
         self.root = Path(root)
+        self.wait_s = wait_s  # teacher.cache_wait_s: a shard not written yet is waited for this long
+        if wait_s > 0 and not wait_for(self.root / MANIFEST, wait_s):
+            raise ConfigError(f"teacher cache {self.root} has no manifest after teacher.cache_wait_s="
+                              f"{wait_s:g}s; {writer_state(self.root)}")
         self.manifest = read_manifest(self.root)
         self.top_k = self.manifest["fingerprint"]["top_k"]
         self.sampled = bool(self.manifest["fingerprint"].get("sampled"))
@@ -363,6 +412,9 @@ class TeacherCache:
             while len(self._maps) >= OPEN_SHARDS:  # samples come in order: a few maps suffice
                 self._maps.popitem(last=False)
             d = shard_dir(self.root, j)
+            if self.wait_s > 0 and not wait_for(d / SHARD_INDEX, self.wait_s):
+                raise ConfigError(f"teacher cache {self.root}: shard {d.name} was not written within "
+                                  f"teacher.cache_wait_s={self.wait_s:g}s; {writer_state(self.root)}")
             if j not in self._checked:  # checksums, shapes and ids, the first time a shard is used
                 check_shard(self.root, self.manifest, j)
                 self._checked.add(j)

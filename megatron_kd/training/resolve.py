@@ -54,7 +54,7 @@ def resolve_run(cfg: RunConfig, check_teacher: bool = True, resume: bool = True)
         model = dataclasses.replace(model, padded_vocab_size=saved or model.padded_vocab_size)
     teacher, teacher_padded = None, None
     if cfg.teacher.cache:  # the teacher's outputs from the cache: no teacher model at all
-        cache = TeacherCache(cfg.teacher.cache)
+        cache = TeacherCache(cfg.teacher.cache, cfg.teacher.cache_wait_s)
         teacher, teacher_padded = Teacher(cache=cache), cache.manifest["teacher_padded_vocab"]
     elif cfg.teacher.checkpoint:
         ckpt, teacher_model, _ = resolve_teacher(cfg, check=check_teacher)
