@@ -244,7 +244,7 @@ def cmd_teacher_cache(args) -> int:
                           "or --top-k all")
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
-    encoding = Encoding.for_vocab(cfg.model.vocab_size, args.dtype, args.zstd)
+    encoding = Encoding.for_vocab(cfg.model.vocab_size, args.dtype, args.zstd, draws=args.sample or 0)
     planned = plan_cache(cfg, top_k, args.shard_rows, encoding, sampled=args.sample is not None)
     before_start = None
     if not checked:

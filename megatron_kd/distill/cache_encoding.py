@@ -20,6 +20,12 @@ and beyond that (17 to 24 bits: 131,072 tokens is 17) the low 16 bits as uint16 
 bits packed per sample ("ids_high": `bits - 16` bit planes, 1 bit per id at 17 bits).
 Vocabularies above 2^24 keep int32.
 
+A sampled cache (`--sample N`, random-sampling KD) stores no log-probabilities for its slots: each
+slot's draw count (0..N) in the fewest bits N needs, packed like the high id bits; the reader turns
+a count c back into log(c / N) exactly (c = 0: -inf) and the "other" mass into -inf (the draws'
+estimate sums to 1), so only the label's log-probability and the entropy take value bytes. At
+N = 12 and 131,072 tokens: 12 x (17 + 4) bits + 2 x 2 B = 35.5 B per token.
+
 A format-1 cache (before encodings) is fp32 values and int32 ids without compression.
 """
 
@@ -41,6 +47,7 @@ FORMAT = 2  # the manifest's "format": 1 = fp32 / int32 (before encodings), 2 = 
 FP16_MIN = -65504.0
 _STORED = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16 as its raw bits
 ZSTD_LEVELS = range(0, 23)  # 0 = off
+MAX_DRAWS = 255
 
 
 def value_error_bound(values: str, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +65,7 @@ class Encoding:
     values: str = "fp32"
     id_bits: int = 32
     zstd: int = 0  # zstd level per file; 0 = uncompressed (and memory-mapped when read)
+    draws: int = 0  # a sampled cache's draws per token: slots hold counts, not log-probabilities
 
     def __post_init__(self):
         if self.values not in VALUE_DTYPES:
@@ -66,10 +74,13 @@ class Encoding:
             raise ConfigError(f"cache id_bits must be in 1..32, got {self.id_bits}")
         if self.zstd not in ZSTD_LEVELS:
             raise ConfigError(f"--zstd must be a level in 0..22 (0 = off), got {self.zstd}")
+        if not 0 <= self.draws <= MAX_DRAWS:
+            raise ConfigError(f"--sample must be in 1..{MAX_DRAWS} draws per token (counts are stored in at "
+                              f"most 8 bits), got {self.draws}")
 
     @classmethod
-    def for_vocab(cls, vocab_size: int, values: str = "fp32", zstd: int = 0) -> "Encoding":
-        return cls(values, max(1, (vocab_size - 1).bit_length()), zstd)
+    def for_vocab(cls, vocab_size: int, values: str = "fp32", zstd: int = 0, draws: int = 0) -> "Encoding":
+        return cls(values, max(1, (vocab_size - 1).bit_length()), zstd, draws)
 
     @classmethod
     def from_manifest(cls, m: dict, where) -> "Encoding":
@@ -79,23 +90,26 @@ class Encoding:
         if fmt == 1 and "encoding" not in m:
             return cls()
         e = m.get("encoding")
-        if fmt != FORMAT or not isinstance(e, dict) or set(e) != {"values", "id_bits", "zstd"}:
+        if fmt != FORMAT or not isinstance(e, dict) or set(e) - {"draws"} != {"values", "id_bits", "zstd"}:
             raise ConfigError(f"teacher cache manifest {where} has format {str(fmt)[:20]} / encoding "
                               f"{str(e)[:60]}, which this version does not read (it reads format 1 and "
                               f"{FORMAT}); update megatron_kd or write the cache again")
         try:
-            if not all(isinstance(e[k], int) and not isinstance(e[k], bool) for k in ("id_bits", "zstd")):
-                raise ConfigError("id_bits and zstd must be integers")
-            return cls(e["values"], e["id_bits"], e["zstd"])
+            if not all(isinstance(e.get(k, 0), int) and not isinstance(e.get(k), bool)
+                       for k in ("id_bits", "zstd", "draws")):
+                raise ConfigError("id_bits, zstd and draws must be integers")
+            return cls(e["values"], e["id_bits"], e["zstd"], e.get("draws", 0))
         except ConfigError as exc:
             raise ConfigError(f"teacher cache manifest {where}: {exc}; write the cache again") from exc
 
     def to_manifest(self) -> dict:
-        return {"values": self.values, "id_bits": self.id_bits, "zstd": self.zstd}
+        out = {"values": self.values, "id_bits": self.id_bits, "zstd": self.zstd}
+        return out | ({"draws": self.draws} if self.draws else {})
 
     def describe(self) -> str:
         ids = "int32" if self.id_bits > 24 else f"{self.id_bits}-bit"
-        return f"{self.values} values, {ids} ids" + (f", zstd {self.zstd}" if self.zstd else "")
+        counts = f", {self.count_bits}-bit counts of {self.draws} draws" if self.draws else ""
+        return f"{self.values} values, {ids} ids{counts}" + (f", zstd {self.zstd}" if self.zstd else "")
 
     # --- what is stored ---
 
@@ -109,10 +123,18 @@ class Encoding:
     def _high_bits(self) -> int:
         return self.id_bits - 16 if 16 < self.id_bits <= 24 else 0
 
+    @property
+    def count_bits(self) -> int:
+        return self.draws.bit_length()  # counts 0..draws
+
     def files(self, top_k) -> dict[str, np.dtype]:
         """Each stored array's name and dtype."""
         names = ("logp", "label_logp", "entropy") if top_k == "all" else VALUE_FIELDS
+        if self.draws:
+            names = ("label_logp", "entropy")
         out = {name: np.dtype(_STORED[self.values]) for name in names}
+        if self.draws:
+            out["counts"] = np.dtype(np.uint8)
         if top_k != "all":
             out["ids"] = np.dtype(self._id_dtype)
             if self._high_bits:
@@ -121,8 +143,8 @@ class Encoding:
 
     def shape(self, name: str, rows: int, seq: int, width: int) -> tuple:
         """The stored array's shape in a shard of `rows` samples (`width`: K or the vocabulary)."""
-        if name == "ids_high":
-            return rows, math.ceil(seq * width * self._high_bits / 8)
+        if name in ("ids_high", "counts"):
+            return rows, math.ceil(seq * width * (self._high_bits if name == "ids_high" else self.count_bits) / 8)
         return (rows, seq) + ((width,) if name in ("ids", "logp") else ())
 
     def file_name(self, name: str) -> str:
@@ -134,6 +156,8 @@ class Encoding:
         if top_k == "all":
             return value * (vocab_size + 2)
         id_bytes = np.dtype(self._id_dtype).itemsize + self._high_bits / 8
+        if self.draws:
+            return top_k * (id_bytes + self.count_bits / 8) + 2 * value
         return top_k * (value + id_bytes) + 3 * value
 
     # --- encoding and decoding ---
@@ -142,7 +166,7 @@ class Encoding:
         """Cache rows `[b, s, ...]` (float32 values, integer ids) -> the stored arrays."""
         out = {}
         for name in rows:
-            if name == "ids":
+            if name == "ids" or (self.draws and name in ("logp", "other_logp")):
                 continue
             x = rows[name].detach().cpu().float()
             if self.values == "fp16":
@@ -157,16 +181,18 @@ class Encoding:
             ids = rows["ids"].detach().cpu().numpy().astype(np.int64)
             out["ids"] = (ids & 0xFFFF if self._high_bits else ids).astype(self._id_dtype)
             if self._high_bits:
-                high = (ids >> 16).astype(np.uint8)[..., None]  # [b, s, K, 1]
-                planes = np.unpackbits(high, axis=-1, bitorder="little")[..., :self._high_bits]
-                out["ids_high"] = np.packbits(planes.reshape(ids.shape[0], -1), axis=-1)
+                out["ids_high"] = _pack_bits(ids >> 16, self._high_bits)
+        if self.draws:
+            # log(c / N) in float32 -> c exactly (N <= 255: the nearest integer is c)
+            counts = torch.exp(rows["logp"].detach().cpu().double()) * self.draws
+            out["counts"] = _pack_bits(counts.round().clamp(0, self.draws).numpy().astype(np.int64), self.count_bits)
         return out
 
     def decode(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Stored arrays (sample-major, any leading rows) -> rows: float32 values, int32 ids."""
         out = {}
         for name, a in arrays.items():
-            if name in ("ids", "ids_high"):
+            if name in ("ids", "ids_high", "counts"):
                 continue
             if self.values == "bf16":
                 out[name] = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16).float()
@@ -175,12 +201,12 @@ class Encoding:
         if "ids" in arrays:
             ids = np.asarray(arrays["ids"]).astype(np.int32)
             if self._high_bits:
-                n = ids.shape[0]
-                count = int(np.prod(ids.shape[1:])) * self._high_bits
-                planes = np.unpackbits(np.asarray(arrays["ids_high"]), axis=-1, count=count)
-                high = np.packbits(planes.reshape(n, -1, self._high_bits), axis=-1, bitorder="little")
-                ids |= high.reshape(ids.shape).astype(np.int32) << 16
+                ids |= _unpack_bits(arrays["ids_high"], self._high_bits, ids.shape).astype(np.int32) << 16
             out["ids"] = torch.from_numpy(ids)
+            if "counts" in arrays:
+                counts = torch.from_numpy(_unpack_bits(arrays["counts"], self.count_bits, ids.shape).astype(np.float64))
+                out["logp"] = torch.log(counts / self.draws).float()  # log 0 = -inf: an undrawn slot
+                out["other_logp"] = torch.full(ids.shape[:-1], -math.inf)
         return out
 
     # --- files ---
@@ -206,3 +232,17 @@ class Encoding:
         except zstandard.ZstdError as exc:
             raise ValueError(f"not a zstd frame ({exc})") from exc
         return np.load(io.BytesIO(data))
+
+
+def _pack_bits(x: np.ndarray, bits: int) -> np.ndarray:
+    """Integers `[n, ...]` in 0..2^bits-1 -> uint8 `[n, ceil(m * bits / 8)]`: each value's low
+    `bits` bits (least significant first), the values of a row one after the other."""
+    planes = np.unpackbits(x.astype(np.uint8)[..., None], axis=-1, bitorder="little")[..., :bits]
+    return np.packbits(planes.reshape(x.shape[0], -1), axis=-1)
+
+
+def _unpack_bits(packed: np.ndarray, bits: int, shape: tuple) -> np.ndarray:
+    """The inverse of `_pack_bits`: uint8 values of `shape`."""
+    count = int(np.prod(shape[1:])) * bits
+    planes = np.unpackbits(np.asarray(packed), axis=-1, count=count)
+    return np.packbits(planes.reshape(shape[0], -1, bits), axis=-1, bitorder="little").reshape(shape)

@@ -86,6 +86,10 @@ def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
             per_token = enc.bytes_per_token(v, k)
             cells.append(f"{values} {per_token:>9,.1f} B/token {per_token * tokens / GiB:12,.1f} GiB")
         lines.append(f"  top-{k:<4} " + "   ".join(cells))
+    sampled = Encoding.for_vocab(v, "fp16", draws=12)
+    per_token = sampled.bytes_per_token(v, 12)
+    lines.append(f"  sampled, 12 draws (--sample 12, fp16; {sampled.count_bits}-bit counts): {per_token:,.1f} B/token "
+                 f"{per_token * tokens / GiB:,.1f} GiB")
     grid = {k: encodings["fp16"].bytes_per_token(v, k) * tokens * PAPER_TEACHER_CHECKPOINTS / 2 ** 40
             for k in (8, 64)}
     lines.append(f"  the paper's grid ({PAPER_TEACHER_CHECKPOINTS} teacher checkpoints) at these tokens, fp16: "

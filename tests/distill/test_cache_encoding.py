@@ -150,6 +150,31 @@ def test_unknown_encodings_are_one_line():
     with pytest.raises(ConfigError, match="--zstd must be a level"):
         Encoding(zstd=40)
     m = {"format": 2, "encoding": {"values": "fp16", "id_bits": "9", "zstd": 0}}
-    with pytest.raises(ConfigError, match="id_bits and zstd must be integers"):
+    with pytest.raises(ConfigError, match="id_bits, zstd and draws must be integers"):
         Encoding.from_manifest(m, "x")
     assert Encoding.from_manifest({}, "x") == Encoding("fp32", 32, 0)  # format 1
+
+
+@pytest.mark.parametrize("draws", [1, 12, 16, 255])
+def test_sampled_counts_round_trip_exactly_and_meet_40_bytes(draws):
+    """A sampled cache stores each slot's draw count in bit(draws) bits instead of a value: the
+    decoded rows equal the writer's exactly (log(c / N), -inf for undrawn slots, no other mass)."""
+    vocab = 300
+    g = torch.Generator().manual_seed(draws)
+    logits = torch.randn(7, 3, vocab, generator=g) * 2
+    labels = torch.randint(0, vocab, (7, 3), generator=g)
+    rows = teacher_rows(logits, labels, vocab, draws, None, sample_generator=torch.Generator().manual_seed(1))
+    enc = Encoding.for_vocab(vocab, "fp16", draws=draws)
+    stored = enc.encode(rows)
+    assert sorted(stored) == ["counts", "entropy", "ids", "label_logp"]
+    assert stored["counts"].shape == enc.shape("counts", 3, 7, draws) and stored["counts"].dtype == np.uint8
+    back = enc.decode(stored)
+    assert torch.equal(back["ids"], rows["ids"]) and torch.equal(back["logp"], rows["logp"])
+    assert torch.all(back["other_logp"] == -math.inf) and back["other_logp"].shape == rows["other_logp"].shape
+    assert Encoding.from_manifest({"format": FORMAT, "encoding": enc.to_manifest()}, "m") == enc
+    # the issue's target: <= 40 B per token at 131,072 tokens with ~12 tokens per position
+    big = Encoding.for_vocab(131072, "fp16", draws=12)
+    assert big.bytes_per_token(131072, 12) == 12 * (17 + 4) / 8 + 4 == 35.5
+    assert "4-bit counts of 12 draws" in big.describe()
+    with pytest.raises(ConfigError, match=r"--sample must be in 1..255"):
+        Encoding.for_vocab(vocab, draws=256)

@@ -74,3 +74,5 @@ def test_cache_sizes_per_encoding_and_the_paper_grid():
     assert "fp32      61.0 B/token" in top8 and "fp16      39.0 B/token" in top8  # 8 x (2 + 17/8) + 3 x 2
     grid = next(line for line in lines if "paper's grid" in line)
     assert "top-8 49.7 TiB" in grid  # 39 B x 50e9 tokens x 28 checkpoints
+    sampled = next(line for line in lines if "sampled" in line)
+    assert "35.5 B/token" in sampled and "4-bit counts" in sampled  # 12 x (17 + 4) bits + 2 x 2 B

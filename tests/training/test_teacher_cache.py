@@ -76,7 +76,8 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
     sampled = tmp_path / "cache-sampled"
     r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", sampled, "--sample", 16,
             "--dtype", "fp16", timeout=600)
-    assert "top-k 16 sampled (fp16 values, 8-bit ids)" in r.stdout
+    assert "top-k 16 sampled (fp16 values, 8-bit ids, 5-bit counts of 16 draws)" in r.stdout
+    assert list(sampled.rglob("counts.npy")) and not list(sampled.rglob("logp.npy"))  # counts, not values
     full_kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "train.steps=4"]
     r = mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={sampled}",
             f"run.dir={tmp_path / 'sampled-topk'}", timeout=600, check=False)
