@@ -76,7 +76,7 @@ def cmd_sweep(args) -> int:
                 if cache not in cache_jobs:
                     cj = job_spec(args, str(recipe), [])
                     cj.command, cj.job_name = "teacher-cache", f"mkd-cache-{Path(cache).name}"
-                    cj.command_args = ["--out", cache, "--top-k", str(point.meta["cache_top_k"])]
+                    cj.command_args = ["--out", cache, *point.meta["cache_args"].split()]
                     cache_jobs[cache] = submit(cj)
                     print(f"[sweep] teacher {point.meta['teacher']}: cache job {cache_jobs[cache]} -> {cache}")
                 job.dependency = cache_jobs[cache]

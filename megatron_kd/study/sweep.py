@@ -47,6 +47,7 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
 
+TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides"}
 GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
@@ -169,7 +170,10 @@ def _check_types(spec: dict, p: Path) -> None:
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
     for t in teachers or []:
         need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
-        need(_cache_ok(t.get("cache")), "grid.teacher[].cache", "a mapping {top_k: K} (K a positive integer or 'all')")
+        need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
+        need(_cache_ok(t.get("cache")), "grid.teacher[].cache", CACHE_HELP)
+        need(is_list(t.get("overrides"), str), "grid.teacher[].overrides",
+             "a list of key=value strings for this teacher's points (e.g. kd.top_k=8)")
     need(spec.get("data_seed") is None or (isinstance(spec["data_seed"], int) and spec["data_seed"] >= 0),
          "data_seed", "a non-negative integer")
     scheds = grid.get("alpha_schedule")
@@ -192,8 +196,7 @@ def _check_types(spec: dict, p: Path) -> None:
              "a path pattern with {model} and {tokens}")
         need(set(tg) <= {"models", "tokens", "checkpoint", "cache"}, "grid.teacher_grid",
              "a mapping with models, tokens, checkpoint and optionally cache")
-        need(_cache_ok(tg.get("cache")), "grid.teacher_grid.cache",
-             "a mapping {top_k: K} (K a positive integer or 'all')")
+        need(_cache_ok(tg.get("cache")), "grid.teacher_grid.cache", CACHE_HELP)
         try:
             [int(float(x)) for x in tg["tokens"]]
             tg["checkpoint"].format(model="m", tokens=1)
@@ -202,10 +205,31 @@ def _check_types(spec: dict, p: Path) -> None:
                               "and checkpoint a pattern using only {model} and {tokens}") from exc
 
 
+CACHE_KEYS = {"top_k", "sample", "dtype", "zstd"}  # `mkd teacher-cache --top-k / --sample / --dtype / --zstd`
+CACHE_HELP = ("a mapping {top_k: K} or {sample: N} (K a positive integer or 'all', N in 1..255), "
+              "optionally with dtype: fp32|fp16|bf16 and zstd: LEVEL")
+
+
+def _int_in(x, low: int, high: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
+
+
 def _cache_ok(cache) -> bool:
-    k = cache.get("top_k", 64) if isinstance(cache, dict) else None
-    return cache is None or (isinstance(cache, dict) and set(cache) <= {"top_k"}
-                             and (k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)))
+    if cache is None:
+        return True
+    if not isinstance(cache, dict) or not set(cache) <= CACHE_KEYS or ("top_k" in cache and "sample" in cache):
+        return False
+    k = cache.get("top_k", 64)
+    return ((k == "all" or _int_in(k, 1, 2 ** 31)) and ("sample" not in cache or _int_in(cache["sample"], 1, 255))
+            and cache.get("dtype", "fp32") in ("fp32", "fp16", "bf16") and _int_in(cache.get("zstd", 0), 0, 22))
+
+
+def cache_args(cache: dict) -> list[str]:
+    """The `mkd teacher-cache` options a teacher entry's `cache:` mapping asks for."""
+    out = ["--sample", str(cache["sample"])] if "sample" in cache else ["--top-k", str(cache.get("top_k", 64))]
+    if cache.get("dtype", "fp32") != "fp32":
+        out += ["--dtype", cache["dtype"]]
+    return out + (["--zstd", str(cache["zstd"])] if cache.get("zstd") else [])
 
 
 def _alpha_values(grid: dict) -> list:
@@ -252,13 +276,14 @@ def expand(spec: dict) -> list[Point]:
             ov += [f"teacher.checkpoint={t['checkpoint']}"]
             if t.get("model"):
                 ov.append(f"teacher.model={t['model']}")
+            ov += list(t.get("overrides") or [])  # e.g. the KD options its cache serves (kd.top_k=8)
             meta = {"student": s_name, "teacher": t["name"], "teacher_model": t.get("model"),
                     "teacher_tokens": t.get("tokens"), "seed": seed, "seed_varies": seed_varies}
             if t.get("cache"):  # one teacher pass (the cache job) serves every point of this teacher
                 cache_dir = Path(spec["out"]) / "caches" / _short(t["name"])
                 ov.append(f"teacher.cache={cache_dir}")
                 meta["teacher_cache"] = str(cache_dir)
-                meta["cache_top_k"] = t["cache"].get("top_k", 64)
+                meta["cache_args"] = " ".join(cache_args(t["cache"]))
             if isinstance(a, dict):  # a scheduled α: its start value plus kd.alpha_schedule.*
                 ov += [f"kd.alpha={a['alpha']}"] + [f"kd.alpha_schedule.{k}={v}" for k, v in a.items() if k != "alpha"]
                 parts.append(f"a{_num(a['alpha'])}-{a['kind']}-{_num(a.get('final', a['alpha']))}")
@@ -343,9 +368,9 @@ def evaluate_teachers(spec: dict) -> dict:
     valid = "{" + ", ".join(f"{k}: {v}" for k, v in base.data.valid.items()) + "}"
     out = Path(spec["out"]) / "teachers"
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, by_checkpoint = {}, {}
     for t in _teachers(spec.get("grid") or {}):
-        target = out / f"{_short(t['name'])}.json"
+        target = by_checkpoint.setdefault(t["checkpoint"], out / f"{_short(t['name'])}.json")  # once per checkpoint
         if not target.is_file():
             cmd = [sys.executable, "-m", "megatron_kd", "eval", t["checkpoint"], f"data.valid={valid}",
                    f"train.seq_length={base.train.seq_length}",
@@ -378,7 +403,7 @@ def build_caches(pending: list[tuple], nproc: int, jobs: int = 1) -> None:
             print(f"[sweep] teacher {teacher}: cache {cache} complete, reused by {len(users)} points", flush=True)
             continue
         cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(recipe), "--out", cache,
-               "--top-k", str(point.meta["cache_top_k"])] + (["--nproc", str(nproc)] if nproc > 1 else [])
+               *point.meta["cache_args"].split()] + (["--nproc", str(nproc)] if nproc > 1 else [])
         log = Path(f"{cache}.log")  # beside the cache: caches/NAME.log
 
         def done(code: int, text: str, teacher=teacher, log=log) -> None:

@@ -103,3 +103,29 @@ def test_cpu_study_sweep_is_the_grid_the_issue_asks_for():
     assert sched.kd.top_k == 64 and sched.kd.other_bucket and sched.data.seed == 7
     base = resolve_point(spec, next(p for p in points if not p.teacher))
     assert base.teacher.cache is None and base.kd.alpha == 0
+
+
+def test_cache_study_sweep_compares_five_teacher_signals():
+    """recipes/sweeps/cpu-cache.yaml: one teacher checkpoint through five signals (online, three
+    top-K caches, a sampled one), each point with the KD options its cache serves; the cache jobs
+    get the encodings' options; bad cache mappings are one line."""
+    from megatron_kd.errors import ConfigError
+    from megatron_kd.study.sweep import _check_types, cache_args, expand, load_sweep, resolve_point
+
+    spec = load_sweep("sweeps/cpu-cache")
+    points = expand(spec)
+    assert len(points) == 5 * 3 + 3
+    args = {p.meta["teacher"]: p.meta.get("cache_args") for p in points if p.teacher}
+    assert args == {"full": None, "top64-fp32": "--top-k 64", "top64-bf16": "--top-k 64 --dtype bf16",
+                    "top8-bf16": "--top-k 8 --dtype bf16", "sampled12": "--sample 12 --dtype fp16"}
+    cfgs = {p.meta["teacher"]: resolve_point(spec, p) for p in points if p.teacher and p.meta["seed"] == 1}
+    assert cfgs["top8-bf16"].kd.top_k == 8 and cfgs["top8-bf16"].kd.other_bucket
+    assert cfgs["sampled12"].kd.top_k is None and not cfgs["sampled12"].kd.other_bucket
+    assert cfgs["full"].teacher.cache is None and cfgs["sampled12"].teacher.cache.endswith("caches/sampled12")
+    assert cache_args({"top_k": "all", "zstd": 3}) == ["--top-k", "all", "--zstd", "3"]
+    for bad in ({"top_k": 8, "sample": 12}, {"sample": 300}, {"dtype": "fp8"}, {"zstd": 40}, {"k": 8}):
+        t = {"checkpoint": "c", "cache": bad}
+        with pytest.raises(ConfigError, match=r"grid.teacher\[\].cache"):
+            _check_types({"grid": {"teacher": [t]}}, "s.yaml")
+    with pytest.raises(ConfigError, match=r"grid.teacher\[\]"):
+        _check_types({"grid": {"teacher": [{"checkpoint": "c", "cahce": {}}]}}, "s.yaml")
