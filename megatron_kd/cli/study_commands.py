@@ -13,6 +13,10 @@ def add_study_parsers(sub) -> None:
     p.add_argument("--nproc", type=int, default=1, help="processes per local run")
     p.add_argument("--jobs", type=int, default=1, help="local runs at the same time")
     p.add_argument("--slurm", action="store_true", help="submit every unfinished point with sbatch")
+    p.add_argument("--stream", type=float, default=None, metavar="SECONDS",
+                   help="with --slurm: each point starts once its teacher's cache job has started (not after "
+                        "it ends) and reads the cache as it is written, waiting up to SECONDS for each shard "
+                        "(teacher.cache_wait_s)")
     p.add_argument("--only", action="append", metavar="GLOB", help="only the points whose names "
                    "match (repeatable), e.g. --only '*baseline*'; with --local no report is written")
     from megatron_kd.cli.slurm_commands import add_job_options
@@ -58,6 +62,11 @@ def cmd_sweep(args) -> int:
         from megatron_kd.errors import ConfigError
 
         raise ConfigError("choose one of --local and --slurm")
+    if args.stream is not None and (not args.slurm or args.stream <= 0):
+        from megatron_kd.errors import ConfigError
+
+        raise ConfigError(f"--stream SECONDS needs --slurm and SECONDS > 0 (got {args.stream:g}); e.g. "
+                          "--slurm --stream 3600")
     if args.slurm:
         from megatron_kd.cli.slurm_commands import job_spec
         from megatron_kd.slurm.submit import require_sbatch, submit
@@ -80,8 +89,12 @@ def cmd_sweep(args) -> int:
                     cache_jobs[cache] = submit(cj)
                     print(f"[sweep] teacher {point.meta['teacher']}: cache job {cache_jobs[cache]} -> {cache}")
                 job.dependency = cache_jobs[cache]
+                if args.stream:  # beside the cache job, reading its shards as they are written
+                    job.dependency_kind = "after"
+                    job.overrides.append(f"teacher.cache_wait_s={args.stream:g}")
+            when = "once cache job {} has started" if args.stream else "after cache job {}"
             print(f"[sweep] {point.name}: submitted job {submit(job)}"
-                  + (f" (after cache job {job.dependency})" if job.dependency else ""))
+                  + (f" ({when.format(job.dependency)})" if job.dependency else ""))
         print(f"when the jobs are done: mkd report {spec['out']}")
         return 0
     if not args.local:

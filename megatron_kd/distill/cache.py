@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import math
 import os
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -56,6 +58,7 @@ from megatron_kd.jsonio import read_json
 
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
+log = logging.getLogger("megatron_kd")
 SHARD_INDEX = "index.json"  # per shard: each file's bytes and CRC-32, written last
 OPEN_SHARDS = 4  # memory-mapped shards a reader keeps open (each holds a file and a mapping per field)
 PADDING_LOGIT = -1.0e4  # teacher logits of padding columns: never counted by the KD loss
@@ -93,6 +96,12 @@ def writer_state(root: Path) -> str:
 def wait_for(path: Path, wait_s: float, poll_s: float = 0.5) -> bool:
     """True once `path` exists, waiting up to `wait_s` seconds."""
     deadline = time.monotonic() + wait_s
+    if not path.exists() and wait_s > 0:
+        msg = f"waiting up to {wait_s:g}s for {path} (teacher.cache_wait_s): its cache job is writing it"
+        if log.hasHandlers():
+            log.info(msg)
+        else:  # before the run's logging is set up (the launch checks): still one line people see
+            print(msg, file=sys.stderr, flush=True)
     while not path.exists():
         if time.monotonic() >= deadline:
             return False

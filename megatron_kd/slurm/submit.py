@@ -53,7 +53,8 @@ class JobSpec:
     extra_sbatch: list[str] = field(default_factory=list)
     command: str = "train"  # the mkd command the job runs (train, or teacher-cache)
     command_args: list[str] = field(default_factory=list)  # its options, e.g. ["--out", DIR]
-    dependency: str | None = None  # a job id this one starts after (afterok)
+    dependency: str | None = None  # a job id this one starts after
+    dependency_kind: str = "afterok"  # after it succeeded; "after": once it has started (a streamed cache)
 
 
 def _check_value(name: str, value: str) -> str:
@@ -153,7 +154,9 @@ def render(spec: JobSpec) -> tuple[str, Path]:
     if spec.dependency:
         if not spec.dependency.isdigit():
             raise ConfigError(f"a job dependency must be a job id, got {spec.dependency!r}")
-        lines.append(f"#SBATCH --dependency=afterok:{spec.dependency}")
+        if spec.dependency_kind not in ("afterok", "after"):
+            raise ConfigError(f"a job dependency kind is afterok or after, got {spec.dependency_kind!r}")
+        lines.append(f"#SBATCH --dependency={spec.dependency_kind}:{spec.dependency}")
     prec = cfg.precision
     lines += ["", f"# recipe: {_check_value('recipe', str(recipe))}",
               f"# run dir: {_check_value('run.dir', str(run_dir))}",

@@ -80,3 +80,18 @@ def test_jobspec_values_checked_by_render(field, value, text):
     with pytest.raises(ConfigError) as e:
         render(JobSpec(recipe="train/tiny-mock", **values))
     assert text in str(e.value)
+
+
+def test_streamed_points_start_once_the_cache_job_has_started(capsys, tmp_path):
+    """`mkd sweep --slurm --stream S`: a point depends on its cache job with `after:` (it has
+    started), not `afterok:`, and waits for shards up to S seconds; --stream alone is one line."""
+    spec = dict(recipe="train/tiny-mock", overrides=[f"run.dir={tmp_path}/r", "teacher.cache_wait_s=600"],
+                gpus_per_node=0, ntasks_per_node=1, dependency="41", dependency_kind="after")
+    script, _ = render(JobSpec(**spec))
+    assert "#SBATCH --dependency=after:41" in script and "teacher.cache_wait_s=600" in script
+    assert "#SBATCH --dependency=afterok:41" in render(JobSpec(**(spec | {"dependency_kind": "afterok"})))[0]
+    with pytest.raises(ConfigError, match="afterok or after"):
+        render(JobSpec(**(spec | {"dependency_kind": "afterany"})))
+    s = tmp_path / "s.yaml"
+    s.write_text(f"name: s\nbase: train/tiny-mock\nout: {tmp_path / 'out'}\nbaseline: true\n")
+    one_error(capsys, lambda: main(["sweep", str(s), "--local", "--stream", "60"]), "--stream SECONDS needs --slurm")

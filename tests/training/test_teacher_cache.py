@@ -1,15 +1,17 @@
 """The teacher-signal cache: KD from the cache equals online KD (full caches at the student's TP=1
 and TP=2 from a teacher cache written at another TP; a top-K cache with kd.top_k and the other
 bucket), one cache serves other batch shapes, DP and resume, a killed cache job restarts to the
-same bytes, and bad caches are one line before anything starts."""
+same bytes, a student started before its cache job reads the cache as it is written (streaming),
+and bad caches are one line before anything starts."""
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import env_with, mkd, mkd_in_process, read_metrics
+from tests.helpers import ENV, MKD, REPO, env_with, mkd, mkd_in_process, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -50,6 +52,25 @@ def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
     online, cached = read_metrics(tmp_path / "online"), read_metrics(tmp_path / "tp1")
     for key in ("teacher_lm_loss", "teacher_entropy", "top1_agreement", "kd_loss"):
         _close([r[key] for r in cached], [r[key] for r in online], key)
+    # streaming: the student starts first and waits (teacher.cache_wait_s); once it says so, the
+    # cache job starts beside it (4 shards); the student reads them as they come: the same losses
+    streamed = tmp_path / "cache-streamed"
+    student = subprocess.Popen([*MKD, "train", "train/tiny-mock", *kd, f"teacher.cache={streamed}",
+                                "teacher.cache_wait_s=240", f"run.dir={tmp_path / 'streamed'}"],
+                               cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said = []
+    for line in student.stdout:  # the student is waiting for the manifest before the job exists
+        said.append(line)
+        if "teacher.cache_wait_s" in line:
+            break
+    if "waiting up to 240s" not in "".join(said):
+        student.kill()
+        pytest.fail("".join(said)[-3000:])
+    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", streamed, "--top-k", "all", "--shard-rows", 4,
+        timeout=600)
+    said += student.stdout.readlines()
+    assert student.wait(timeout=600) == 0, "".join(said)[-3000:]
+    _close(_losses(tmp_path / "streamed"), ref, "a streamed cache, read while it was written")
 
 
 def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
