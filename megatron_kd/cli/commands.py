@@ -231,6 +231,10 @@ def cmd_teacher_cache(args) -> int:
             raise ConfigError(f"--top-k must be a positive integer or 'all', got {args.top_k!r}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise ConfigError(f"--shard-rows must be >= 1, got {args.shard_rows}")
+    if args.window is not None and (args.window < 2 or args.readers < 1 or args.reader_wait <= 0):
+        raise ConfigError(f"--window needs N >= 2 shards, --readers >= 1 and --reader-wait > 0 (got --window "
+                          f"{args.window}, --readers {args.readers}, --reader-wait {args.reader_wait:g}); "
+                          "e.g. --window 4 --readers 1")
     if not 0 <= args.zstd <= 22:
         raise ConfigError(f"--zstd must be a level in 1..22 (0 = off), got {args.zstd}")
     cfg = load_config(args.recipe, [*args.overrides, "teacher.cache=null"])
@@ -245,7 +249,8 @@ def cmd_teacher_cache(args) -> int:
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
     cfg.run.dir = str(out)  # megatron-core's dataset index cache goes under it
     encoding = Encoding.for_vocab(cfg.model.vocab_size, args.dtype, args.zstd, draws=args.sample or 0)
-    planned = plan_cache(cfg, top_k, args.shard_rows, encoding, sampled=args.sample is not None)
+    planned = plan_cache(cfg, top_k, args.shard_rows, encoding, sampled=args.sample is not None,
+                         window=args.window, readers=args.readers)
     before_start = None
     if not checked:
         check_data(cfg)
@@ -260,12 +265,14 @@ def cmd_teacher_cache(args) -> int:
             before_start = lambda: lock_run_dir(out, "mkd teacher-cache", "--out")  # noqa: E731
 
     def body(cfg, rank):
-        r = write_teacher_cache(cfg, out, top_k, planned)
+        r = write_teacher_cache(cfg, out, top_k, planned, args.reader_wait)
         if rank == 0:
             tokens = r["samples"] * cfg.train.seq_length
             print(f"teacher cache {out}: {r['samples']} samples ({tokens:,} tokens), top-k "
                   f"{'all' if top_k is None else top_k}{' sampled' if args.sample else ''} ({encoding.describe()}), "
-                  f"{r['shards']} shards; "
+                  f"{r['shards']} shards"
+                  + (f" (at most {r['max_on_disk']} on disk at once, window {args.window})"
+                     if r["max_on_disk"] is not None else "") + "; "
                   "the teacher ran over the "
                   f"{'whole stream' if r['written'] == r['shards'] else 'shards that were missing'}; "
                   f"train from it with teacher.cache={out}")

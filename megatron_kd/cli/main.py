@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "always take the fewest bits the vocabulary needs")
     p.add_argument("--zstd", type=int, default=0, metavar="LEVEL",
                    help="compress each shard file with zstd at this level (1-22; default 0 = off)")
+    p.add_argument("--window", type=int, default=None, metavar="N",
+                   help="keep at most N shards on disk: write beside --readers student runs (started with "
+                        "teacher.cache_wait_s) and delete the shards all of them have checkpointed past")
+    p.add_argument("--readers", type=int, default=1, metavar="R",
+                   help="with --window: the student runs that read the cache (default 1)")
+    p.add_argument("--reader-wait", type=float, default=3600.0, metavar="SECONDS",
+                   help="with --window: how long a shard waits for the readers before the job stops (default 3600)")
     p.add_argument("--verify", metavar="DIR", help="check every shard of a cache against its manifest")
     p.set_defaults(func=commands.cmd_teacher_cache)
 

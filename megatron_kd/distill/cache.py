@@ -52,6 +52,7 @@ from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.data.tokenizer import file_sha256
 from megatron_kd.distill.cache_encoding import Encoding
+from megatron_kd.distill.cache_window import check_reader, deleted_below, refuse_deleted
 from megatron_kd.distill.vocab_parallel import Shard, all_reduce
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
@@ -271,10 +272,13 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
     if diff:
         raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
                           "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
-    missing = [j for j in range(m["num_shards"]) if not (shard_dir(root, j) / SHARD_INDEX).is_file()]
+    if m.get("window"):  # a windowed cache: this run's checkpoints must come often enough
+        check_reader(root, m["window"], m["shard_rows"], cfg.train.global_batch_size, cfg.checkpoint.save_interval)
+    gone = deleted_below(root)  # shards the window deleted (a resumed run may not need them)
+    missing = [j for j in range(gone, m["num_shards"]) if not (shard_dir(root, j) / SHARD_INDEX).is_file()]
     if streaming:
         missing = []  # the ones written so far are checked below; the rest when they are read
-    for j in range(m["num_shards"]):  # present and whole (sizes; `--verify` reads the checksums)
+    for j in range(gone, m["num_shards"]):  # present and whole (sizes; `--verify` reads the checksums)
         if j in missing or not (shard_dir(root, j) / SHARD_INDEX).is_file():
             continue
         index = read_json(shard_dir(root, j) / SHARD_INDEX, dict, "teacher cache shard index")
@@ -398,8 +402,9 @@ def _gather_columns(x: torch.Tensor, group, tp: int) -> torch.Tensor:
 class TeacherCache:
     """A complete cache directory, its shards memory-mapped on first use."""
 
-    def __init__(self, root: str | Path, wait_s: float = 0.0):
+    def __init__(self, root: str | Path, wait_s: float = 0.0, reader=None):
         self.root = Path(root)
+        self.reader = reader  # cache_window.Reader: this run's registration in a windowed cache (rank 0)
         self.wait_s = wait_s  # teacher.cache_wait_s: a shard not written yet is waited for this long
         if wait_s > 0 and not wait_for(self.root / MANIFEST, wait_s):
             raise ConfigError(f"teacher cache {self.root} has no manifest after teacher.cache_wait_s="
@@ -421,6 +426,9 @@ class TeacherCache:
             while len(self._maps) >= OPEN_SHARDS:  # samples come in order: a few maps suffice
                 self._maps.popitem(last=False)
             d = shard_dir(self.root, j)
+            refuse_deleted(self.root, j)
+            if self.reader is not None:  # before waiting: the writer's window moves with the readers
+                self.reader.moved_to(j)
             if self.wait_s > 0 and not wait_for(d / SHARD_INDEX, self.wait_s):
                 raise ConfigError(f"teacher cache {self.root}: shard {d.name} was not written within "
                                   f"teacher.cache_wait_s={self.wait_s:g}s; {writer_state(self.root)}")

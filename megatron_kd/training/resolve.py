@@ -54,7 +54,8 @@ def resolve_run(cfg: RunConfig, check_teacher: bool = True, resume: bool = True)
         model = dataclasses.replace(model, padded_vocab_size=saved or model.padded_vocab_size)
     teacher, teacher_padded = None, None
     if cfg.teacher.cache:  # the teacher's outputs from the cache: no teacher model at all
-        cache = TeacherCache(cfg.teacher.cache, cfg.teacher.cache_wait_s)
+        cache = TeacherCache(cfg.teacher.cache, cfg.teacher.cache_wait_s)  # waits for a streamed manifest
+        cache.reader = _window_reader(cfg, cache.manifest)
         teacher, teacher_padded = Teacher(cache=cache), cache.manifest["teacher_padded_vocab"]
     elif cfg.teacher.checkpoint:
         ckpt, teacher_model, _ = resolve_teacher(cfg, check=check_teacher)
@@ -68,3 +69,16 @@ def resolve_run(cfg: RunConfig, check_teacher: bool = True, resume: bool = True)
         if teacher.model is not None and teacher.model.padded_vocab_size != both:
             teacher = dataclasses.replace(teacher, model=dataclasses.replace(teacher.model, padded_vocab_size=both))
     return ResolvedRun(dataclasses.replace(cfg, model=model), resume_from, teacher)
+
+
+def _window_reader(cfg: RunConfig, m: dict):
+    """This rank's registration in a windowed teacher cache (None for a cache without a window):
+    every rank that reads rows registers (with PP only the last stage does), as its run."""
+    import torch.distributed as dist
+
+    from megatron_kd.distill.cache_window import Reader
+
+    if not m.get("window"):
+        return None
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Reader(Path(cfg.teacher.cache), Path(cfg.run.dir), m["shard_rows"], cfg.train.global_batch_size, rank)

@@ -34,6 +34,7 @@ from megatron_kd.distill.cache import (
     teacher_rows,
 )
 from megatron_kd.distill.cache_encoding import FORMAT, Encoding
+from megatron_kd.distill.cache_window import Window, deleted_below
 from megatron_kd.distill.model import build_teacher, sequence_major_logits
 from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
@@ -46,9 +47,11 @@ SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a to
 
 
 def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None,
-               encoding: Encoding | None = None, sampled: bool = False) -> dict:
+               encoding: Encoding | None = None, sampled: bool = False, window: int | None = None,
+               readers: int = 1) -> dict:
     """The manifest a cache for this recipe has (before anything is written or run). `sampled`:
-    `top_k` is the draws per token of a sampled cache (distill/cache.py)."""
+    `top_k` is the draws per token of a sampled cache (distill/cache.py); `window`: at most that
+    many shards on disk, for `readers` student runs (distill/cache_window.py)."""
     ckpt, teacher, state = resolve_teacher(cfg, check=False)
     encoding = encoding or Encoding.for_vocab(cfg.model.vocab_size)
     n = train_steps(cfg) * cfg.train.global_batch_size
@@ -59,7 +62,8 @@ def plan_cache(cfg: RunConfig, top_k: int | None, shard_rows: int | None = None,
             "num_samples": n,
             "shard_rows": rows, "teacher_padded_vocab": padded,
             "num_shards": math.ceil(n / rows), "seq_length": cfg.train.seq_length,
-            "bytes_per_token": per_token, "format": FORMAT, "encoding": encoding.to_manifest()}
+            "bytes_per_token": per_token, "format": FORMAT, "encoding": encoding.to_manifest()} | (
+                {"window": window, "readers": readers} if window else {})
 
 
 def check_out(out: Path, planned: dict) -> None:
@@ -70,14 +74,16 @@ def check_out(out: Path, planned: dict) -> None:
         raise ConfigError(f"--out {out} exists and is not a teacher cache; choose a new directory")
     have = read_manifest(out)
     diff = differing_fields(have["fingerprint"], planned["fingerprint"])
-    diff += [k for k in ("num_samples", "shard_rows", "encoding") if have.get(k) != planned.get(k)]
+    diff += [k for k in ("num_samples", "shard_rows", "encoding", "window", "readers") if have.get(k) != planned.get(k)]
     if diff:
         raise ConfigError(f"--out {out} holds a teacher cache of another run ({', '.join(diff)} differ); "
                           "choose a new directory")
 
 
-def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: dict) -> dict:
-    """Collective: every rank of the teacher's launch. Returns {shards, written, samples}."""
+def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: dict,
+                        reader_wait_s: float = 3600.0) -> dict:
+    """Collective: every rank of the teacher's launch. Returns {shards, written, samples,
+    max_on_disk (a windowed cache: the most shards it held at once)}."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -101,7 +107,9 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     # rank 0 decides which shards are missing and tells everyone: the ranks of one pipeline must
     # agree (a file system's attribute cache could let each rank see a different state)
-    missing = [[j for j in range(planned["num_shards"]) if not _complete(out, j)] if rank == 0 else None]
+    # (a windowed cache's deleted shards are not missing: every reader had passed them)
+    missing = [[j for j in range(deleted_below(out), planned["num_shards"]) if not _complete(out, j)]
+               if rank == 0 else None]
     torch.distributed.broadcast_object_list(missing, src=0)
     todo = [j for j in missing[0] if j % dp == dp_rank]
     writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
@@ -109,7 +117,11 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     micro = cfg.train.micro_batch_size
     seq = cfg.train.seq_length
     sampled = bool(planned["fingerprint"].get("sampled"))
+    window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=rank == 0) \
+        if planned.get("window") else None
     for j in todo:
+        if window is not None:  # at most `window` shards past the readers' oldest checkpoint
+            window.wait_to_write(j)
         first = j * planned["shard_rows"]
         samples = list(range(first, min(first + planned["shard_rows"], n)))
         # whole micro-batches; with virtual stages a multiple of PP of them (the schedule's groups)
@@ -145,10 +157,11 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
             _write_shard(out, j, rows, encoding)
             if shard_written is not None:
                 shard_written(j)
-            log.info("teacher cache shard %d/%d: samples %d-%d", j + 1, planned["num_shards"], samples[0],
-                     samples[-1])
+            log.info("teacher cache shard %d/%d: samples %d-%d%s", j + 1, planned["num_shards"], samples[0],
+                     samples[-1], f" ({window.on_disk()} shards on disk)" if window is not None else "")
     torch.distributed.barrier()
-    left = [[j for j in range(planned["num_shards"]) if not _complete(out, j)] if rank == 0 else None]
+    left = [[j for j in range(deleted_below(out), planned["num_shards"]) if not _complete(out, j)]
+            if rank == 0 else None]
     torch.distributed.broadcast_object_list(left, src=0)
     if left[0]:  # every rank raises (none waits at a barrier for one that left)
         raise ConfigError(f"teacher cache {out}: shards {left[0][:5]} were not written; run the job again")
@@ -157,7 +170,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         write_text_atomic(out / COMPLETE, f"{n} samples, {planned['num_shards']} shards\n")
     torch.distributed.barrier()
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
-    return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n}
+    return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n,
+            "max_on_disk": window.max_on_disk if window is not None else None}
 
 
 def _batch(dataset, index: list[int]) -> dict:
@@ -189,9 +203,11 @@ def verify_cache(root: Path) -> str:
     """Every shard present, of the manifest's shapes, with its files' checksums; one line back."""
     m = read_manifest(root)
     top_k = m["fingerprint"]["top_k"]
-    for j in range(m["num_shards"]):
+    gone = deleted_below(root)
+    for j in range(gone, m["num_shards"]):
         check_shard(root, m, j)
     if not (Path(root) / COMPLETE).is_file():
         raise ConfigError(f"teacher cache {root} is not marked complete; run `mkd teacher-cache` again")
     return (f"teacher cache {root}: {m['num_shards']} shards, {m['num_samples']} samples of "
-            f"{m['seq_length']} tokens, top-k {top_k}, {Encoding.from_manifest(m, root).describe()}: all verified")
+            f"{m['seq_length']} tokens, top-k {top_k}, {Encoding.from_manifest(m, root).describe()}: all verified"
+            + (f" ({gone} shards deleted by its window of {m['window']})" if gone else ""))

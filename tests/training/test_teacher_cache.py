@@ -53,10 +53,12 @@ def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
     for key in ("teacher_lm_loss", "teacher_entropy", "top1_agreement", "kd_loss"):
         _close([r[key] for r in cached], [r[key] for r in online], key)
     # streaming: the student starts first and waits (teacher.cache_wait_s); once it says so, the
-    # cache job starts beside it (4 shards); the student reads them as they come: the same losses
+    # cache job starts beside it (4 shards, a window of 3: at most 3 on disk, the ones the student
+    # checkpointed past deleted); the student reads them as they come: the same losses
     streamed = tmp_path / "cache-streamed"
     student = subprocess.Popen([*MKD, "train", "train/tiny-mock", *kd, f"teacher.cache={streamed}",
-                                "teacher.cache_wait_s=240", f"run.dir={tmp_path / 'streamed'}"],
+                                "teacher.cache_wait_s=240", "checkpoint.save_interval=1",
+                                f"run.dir={tmp_path / 'streamed'}"],
                                cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     said = []
     for line in student.stdout:  # the student is waiting for the manifest before the job exists
@@ -66,11 +68,14 @@ def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
     if "waiting up to 240s" not in "".join(said):
         student.kill()
         pytest.fail("".join(said)[-3000:])
-    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", streamed, "--top-k", "all", "--shard-rows", 4,
-        timeout=600)
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "--out", streamed, "--top-k", "all", "--shard-rows", 4,
+            "--window", 3, "--readers", 1, "--reader-wait", 300, timeout=600)
     said += student.stdout.readlines()
     assert student.wait(timeout=600) == 0, "".join(said)[-3000:]
+    assert "4 shards (at most 3 on disk at once, window 3)" in r.stdout, r.stdout
     _close(_losses(tmp_path / "streamed"), ref, "a streamed cache, read while it was written")
+    assert not (streamed / "shard_000000").exists()
+    assert "shards deleted by its window of 3" in mkd("teacher-cache", "--verify", streamed).stdout
 
 
 def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
