@@ -108,6 +108,8 @@ def claim2(kd, fits, id_set, level, margin) -> dict:
         helped = any(g.interval(level) and g.interval(level)[0] > 0 for g in gains)
         last = fit.contrast({pts[-2]["key"]: 1.0, pts[-1]["key"]: -1.0})  # gain(strongest) - gain(next)
         x = np.log10([float(xs[p["teacher"]]) for p in pts])
+        if len(set(x.tolist())) < 3:  # teachers of one strength (e.g. one checkpoint through several caches)
+            continue
         w = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # least-squares slope of gain on log10 x
         slope = fit.contrast({fit.baseline: 0.0, **{p["key"]: -wi for p, wi in zip(pts, w)}})
         r = {"axis": name, "alpha": alpha, "teachers": [p["teacher"] for p in pts], "tested": helped,
