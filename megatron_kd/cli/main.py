@@ -51,6 +51,7 @@ EPILOG = """examples:
   torchrun --nproc-per-node 2 -m megatron_kd train train/tiny-mock parallel.tp=2
   mkd train kd/cpu-tiny-to-small kd.alpha=0.2          (distill; needs the teacher trained)
   mkd sweep recipes/sweeps/cpu-mini.yaml --local && mkd report runs/sweeps/cpu-mini
+  mkd fit runs/sweeps/cpu-mini --out law.json && mkd advise law.json --flops 1e15
   mkd slurm submit kd/paper-8b-to-1b --nodes 4 --gpus-per-node 8 --dry-run
 
 exit codes: 0 success, 1 a bug (traceback printed: please report it), 2 input error,
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
     from megatron_kd.cli.convert_commands import add_convert_parsers
     from megatron_kd.cli.data_commands import add_data_parser
+    from megatron_kd.cli.law_commands import add_law_parsers
     from megatron_kd.cli.slurm_commands import add_plan_parser, add_slurm_parser
     from megatron_kd.cli.study_commands import add_study_parsers
 
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_convert_parsers(sub)
     add_study_parsers(sub)
+    add_law_parsers(sub)
     add_slurm_parser(sub)
     add_plan_parser(sub)
     return parser

@@ -84,10 +84,12 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
                "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
                "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
                "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens,
-               "student_params": count_parameters(cfg.model).total}
+               "student_params": count_parameters(cfg.model).total,
+               "student_nonembedding_params": count_parameters(cfg.model).non_embedding}
         if p.get("teacher"):
             _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
             row["teacher_params"] = count_parameters(tm).total
+            row["teacher_nonembedding_params"] = count_parameters(tm).non_embedding
             per_tok = train_flops_per_token(tm, cfg.train.seq_length)
             row["teacher_pass_flops"] = per_tok / 3 * tokens  # forward only, over this run's stream
             if p.get("teacher_cache"):  # one forward over the cached stream, shared by its points

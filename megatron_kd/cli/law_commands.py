@@ -1,0 +1,96 @@
+"""`mkd fit` (the distillation law from sweeps) and `mkd advise` (what to run for a budget)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_kd.errors import ConfigError
+
+
+def add_law_parsers(sub) -> None:
+    f = sub.add_parser("fit", help="fit the supervised and distillation scaling laws to sweeps' runs",
+                       description="Fit L(N, D) = E + (A/N^alpha + B/D^beta)^gamma to the baselines, then "
+                                   "Busbridge et al.'s distillation law per KD mix alpha to the KD runs "
+                                   "(Huber loss on log-loss, several starts, bootstrap intervals over runs, a "
+                                   "held-out check on the largest cell); writes law.json for `mkd advise`.")
+    f.add_argument("sources", nargs="+", metavar="SWEEP_DIR|TABLE.csv",
+                   help="sweep `out` directories and/or results tables (`mkd report --help` lists the columns)")
+    f.add_argument("--out", required=True, metavar="law.json")
+    f.add_argument("--set", default=None, help="the validation set whose loss is fitted (default: the in-domain one)")
+    f.add_argument("--params", choices=["non-embedding", "total"], default="non-embedding",
+                   help="what N counts (default non-embedding: at toy scale the embedding is most of a model)")
+    f.add_argument("--max-tokens", type=float, default=None, metavar="D",
+                   help="leave out runs past D tokens (one epoch of the corpus: the law has no repetition term)")
+    f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_fit)
+
+    a = sub.add_parser("advise", help="given a fitted law and a compute budget: distil or not, and how",
+                       description="Predict the student's loss of each option at a compute budget (per student: "
+                                   "6 N_S D_S + 2 N_T D_S + 6 N_T D_T / K) with the law's bootstrap interval: "
+                                   "supervised, an existing teacher, or a teacher to train; print the best.")
+    a.add_argument("law", help="law.json from `mkd fit`")
+    a.add_argument("--flops", type=float, default=None, help="the compute budget per student, in FLOPs")
+    a.add_argument("--gpu-hours", type=float, default=None, help="the budget in GPU-hours (with --throughput)")
+    a.add_argument("--throughput", type=float, default=None, metavar="FLOP/S",
+                   help="sustained FLOP/s per GPU, e.g. 4e14 for an H100 at 40 %% MFU in bf16")
+    a.add_argument("--student", action="append", type=float, metavar="N",
+                   help="student size(s) in the law's parameters (repeatable; default: a grid over the fitted sizes)")
+    a.add_argument("--teacher", nargs=2, type=float, metavar=("N_T", "LOSS"), default=None,
+                   help="an existing teacher: its parameters and its validation loss on the law's set")
+    a.add_argument("--students", type=int, default=1, metavar="K",
+                   help="students the teacher will serve (its training is shared among them; default 1)")
+    a.add_argument("--extrapolate", action="store_true", help="allow options outside the fitted ranges")
+    a.set_defaults(func=cmd_advise)
+
+
+def cmd_fit(args) -> int:
+    from megatron_kd.study.law_io import fit_law, rows_of, runs_of, summary, write_law
+
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    out = Path(args.out)
+    if out.exists() and not out.is_file():
+        raise ConfigError(f"--out {out} is a directory; give a file path, e.g. --out law.json")
+    rows = rows_of(args.sources)
+    sets = sorted({s for r in rows for s in (r.get("val") or {})})
+    valid_set = args.set or next((s for s in ("indomain", "heldout", "mock") if s in sets), sets[0] if sets else None)
+    if valid_set not in sets:
+        raise ConfigError(f"no run has a loss on validation set {valid_set!r}; the sets are {', '.join(sets)}")
+    runs, notes = runs_of(rows, valid_set, args.params, args.max_tokens)
+    law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set)
+    for line in notes + summary(law):
+        print(line)
+    write_law(law, out)
+    print(f"law written to {out}; next: mkd advise {out} --flops BUDGET")
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from megatron_kd.study.advise import Law, advise, recommendation
+
+    law = Law.load(args.law)
+    if (args.flops is None) == (args.gpu_hours is None):
+        raise ConfigError("give the budget as --flops F or as --gpu-hours H --throughput FLOP/S (one of them)")
+    if args.gpu_hours is not None:
+        if not args.throughput or args.throughput <= 0 or args.gpu_hours <= 0:
+            raise ConfigError("--gpu-hours needs a positive value and --throughput FLOP/S > 0 (e.g. 4e14)")
+        budget = args.gpu_hours * 3600 * args.throughput
+    else:
+        budget = args.flops
+    if args.teacher is not None and (args.teacher[0] <= 0 or args.teacher[1] <= 0):
+        raise ConfigError(f"--teacher N_T LOSS needs both > 0, got {args.teacher[0]:g} {args.teacher[1]:g}")
+    if args.student and any(n <= 0 for n in args.student):
+        raise ConfigError("--student sizes must be > 0")
+    import numpy as np
+
+    sizes = args.student or list(np.geomspace(*law.ranges["N"], 9))
+    options, notes = advise(law, budget, sizes, tuple(args.teacher) if args.teacher else None, args.students,
+                            args.extrapolate)
+    print(f"budget {budget:.3g} FLOPs per student, {args.students} student(s) per teacher; law {args.law}")
+    for o in options:
+        print(f"  {o.describe()}")
+    for n in notes:
+        print(f"  ({n})")
+    print(recommendation(options))
+    return 0
