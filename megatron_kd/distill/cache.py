@@ -52,23 +52,17 @@ from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.data.tokenizer import file_sha256
 from megatron_kd.distill.cache_encoding import Encoding
+from megatron_kd.distill.cache_layout import COMPLETE, MANIFEST, SHARD_INDEX, shard_dir  # noqa: F401 (re-exported)
 from megatron_kd.distill.cache_window import check_reader, deleted_below, refuse_deleted
 from megatron_kd.distill.vocab_parallel import Shard, all_reduce
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
-MANIFEST = "manifest.json"
-COMPLETE = "COMPLETE"
 log = logging.getLogger("megatron_kd")
-SHARD_INDEX = "index.json"  # per shard: each file's bytes and CRC-32, written last
 OPEN_SHARDS = 4  # memory-mapped shards a reader keeps open (each holds a file and a mapping per field)
 PADDING_LOGIT = -1.0e4  # teacher logits of padding columns: never counted by the KD loss
 TOPK_FIELDS = ("ids", "logp", "other_logp", "label_logp", "entropy")  # the rows' fields, decoded
 FULL_FIELDS = ("logp", "label_logp", "entropy")
-
-
-def shard_dir(root: Path, j: int) -> Path:
-    return Path(root) / f"shard_{j:06d}"
 
 
 # --- streaming: a cache that is still being written ------------------------------------------

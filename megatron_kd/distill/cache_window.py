@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
+from megatron_kd.distill.cache_layout import SHARD_INDEX, shard_dir
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 
@@ -100,7 +101,7 @@ class Window:
         if window < 2 or readers < 1:
             raise ConfigError(f"--window needs at least 2 shards and --readers at least 1 (got {window}, {readers})")
         self.root, self.window, self.readers, self.wait_s = Path(root), window, readers, wait_s
-        self.deletes = deletes  # one rank of the job deletes (rank 0)
+        self.deletes = deletes  # every rank of the job may delete (idempotent: only what all readers passed)
         self.max_on_disk = 0
 
     def registered(self) -> list[dict]:
@@ -118,22 +119,17 @@ class Window:
         runs = {r.get("run_dir") for r in regs}
         return min(int(r["safe"]) for r in regs) if len(runs) >= self.readers else None
 
-    def collect(self) -> None:
-        """Delete the shards below every registered reader's checkpoint."""
-        safe = self._safe()
+    def collect(self, safe: int | None) -> None:
+        """Delete the shards below `safe` (every registered reader's checkpoint)."""
         k = deleted_below(self.root)
         if not self.deletes or safe is None or safe <= k:
             return
-        from megatron_kd.distill.cache import shard_dir
-
         for j in range(k, safe):
             shutil.rmtree(shard_dir(self.root, j), ignore_errors=True)
         write_text_atomic(self.root / WINDOW_FILE, json.dumps({"window": self.window, "readers": self.readers,
                                                                "deleted_below": safe}))
 
     def on_disk(self) -> int:
-        from megatron_kd.distill.cache import SHARD_INDEX
-
         n = sum(1 for d in self.root.glob("shard_*") if (d / SHARD_INDEX).is_file())
         self.max_on_disk = max(self.max_on_disk, n)
         return n
@@ -142,8 +138,8 @@ class Window:
         """Until shard j fits in the window (deleting what the readers have passed meanwhile)."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            self.collect()
-            safe = self._safe()
+            safe = self._safe()  # one reading for both: what is deleted and what may be written
+            self.collect(safe)
             limit = self.window if safe is None else safe + self.window  # the first shard it may not write
             if j < limit:
                 return

@@ -14,15 +14,14 @@ from pathlib import Path
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.study.advise import FORMAT
-from megatron_kd.study.law import Fit, Run, fit_distillation, fit_supervised
+from megatron_kd.study.law import DISTILLATION, SUPERVISED, Fit, Run, fit_distillation, fit_supervised
+from megatron_kd.study.report import collect
+from megatron_kd.study.table import read_table
 
 WEAK = 10.0  # a positive parameter whose bootstrap interval spans more than this factor is weakly identified
 
 
 def rows_of(sources: list[str]) -> list[dict]:
-    from megatron_kd.study.report import collect
-    from megatron_kd.study.table import read_table
-
     rows = []
     for s in sources:
         p = Path(s)
@@ -79,8 +78,6 @@ def _fit_json(fit: Fit, names) -> dict:
 
 def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = "non-embedding",
             valid_set: str = "") -> dict:
-    from megatron_kd.study.law import DISTILLATION, SUPERVISED
-
     sup_runs = [r for r in runs if r.teacher_loss is None]
     if not sup_runs:
         raise ConfigError("no supervised runs (baselines) to fit the supervised law on; a sweep needs "

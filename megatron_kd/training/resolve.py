@@ -76,7 +76,7 @@ def _window_reader(cfg: RunConfig, m: dict):
     every rank that reads rows registers (with PP only the last stage does), as its run."""
     import torch.distributed as dist
 
-    from megatron_kd.distill.cache_window import Reader
+    from megatron_kd.distill.cache_window import Reader  # lazy: only runs from a windowed cache need it
 
     if not m.get("window"):
         return None

@@ -117,7 +117,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     micro = cfg.train.micro_batch_size
     seq = cfg.train.seq_length
     sampled = bool(planned["fingerprint"].get("sampled"))
-    window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=rank == 0) \
+    window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=True) \
         if planned.get("window") else None
     for j in todo:
         if window is not None:  # at most `window` shards past the readers' oldest checkpoint

@@ -29,7 +29,7 @@ def test_empty_grid_is_an_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
+def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path, capsys):
     teacher = tmp_path / "teacher"
     common = corpus_overrides(text_corpus) + ["train.global_batch_size=8", "train.micro_batch_size=4",
                                               "train.seq_length=32", "logging.eval_samples=16"]
@@ -74,6 +74,11 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path):
     mkd("analyze", str(teacher), str(run))
     res = json.loads((run / "analyze" / "teacher__step_0000004.json").read_text())["indomain"]
     assert res["kl_teacher_student"] > 0.01 and res["top1_agreement"] < 1.0
+    # mkd fit reads the real sweep (its runs' non-embedding sizes and tokens), and says in one
+    # line that two baselines of one size cannot fit the supervised law's five free parameters
+    rc, out_text, err = mkd_in_process(capsys, "fit", out, "--out", tmp_path / "law.json")
+    assert rc == 2 and "5 free parameters but only 2 supervised runs" in err, err
+    assert not (tmp_path / "law.json").exists()
 
 
 
