@@ -6,6 +6,7 @@
 # Re-running it resumes: the finished teacher, caches and points are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/sweep_lib.sh
 MKD=".venv/bin/mkd"
 export OMP_NUM_THREADS=1
 SWEEP=recipes/sweeps/cpu-cache.yaml
@@ -23,12 +24,7 @@ grep -E "^(done|already)" runs/study/teacher-small.log
 echo "   ($((SECONDS - T0)) s so far)"
 
 echo "== 3. the sweep: 4 caches, then 18 student runs, two at a time =="
-mkdir -p "$OUT"
-set +e
-$MKD sweep $SWEEP --local --jobs 2 2>&1 | tee "$OUT.log.txt" | grep --line-buffered -v -E ": training$"
-rc=${PIPESTATUS[0]}
-set -e
-[ "$rc" = 0 ] || { echo "the sweep failed (log: $OUT.log.txt); run make cache-study again to resume"; exit 1; }
+run_sweep "$SWEEP" "$OUT" cache-study
 
 echo "== 4. bytes per token of each cache, and the report ($OUT/report.md) =="
 .venv/bin/python - "$OUT" <<'PY'

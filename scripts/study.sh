@@ -6,6 +6,7 @@
 # Re-running it resumes: finished teachers, caches and points are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/sweep_lib.sh
 MKD=".venv/bin/mkd"
 export OMP_NUM_THREADS=1   # tiny models: two single-threaded runs beat one two-threaded run
 SWEEP=recipes/sweeps/cpu-study.yaml
@@ -31,12 +32,7 @@ echo "   ($((SECONDS - T0)) s so far)"
 
 echo
 echo "== 3. the sweep: 9 teacher caches, then 111 student runs, two at a time =="
-mkdir -p "$OUT"
-set +e
-$MKD sweep $SWEEP --local --jobs 2 2>&1 | tee "$OUT.log.txt" | grep --line-buffered -v -E ": training$"
-rc=${PIPESTATUS[0]}
-set -e
-[ "$rc" = 0 ] || { echo "the sweep failed (log: $OUT.log.txt); run make study again to resume"; exit 1; }
+run_sweep "$SWEEP" "$OUT" study
 echo "   runs finished: $(grep -c -E '(done|already complete|finished, skipped)' "$OUT.log.txt")"
 echo "   ($((SECONDS - T0)) s so far)"
 

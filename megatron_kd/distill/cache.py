@@ -398,7 +398,7 @@ class TeacherCache:
 
     def __init__(self, root: str | Path, wait_s: float = 0.0, reader=None):
         self.root = Path(root)
-        self.reader = reader  # cache_window.Reader: this run's registration in a windowed cache (rank 0)
+        self.reader = reader  # cache_window.Reader: this rank's registration in a windowed cache
         self.wait_s = wait_s  # teacher.cache_wait_s: a shard not written yet is waited for this long
         if wait_s > 0 and not wait_for(self.root / MANIFEST, wait_s):
             raise ConfigError(f"teacher cache {self.root} has no manifest after teacher.cache_wait_s="
