@@ -39,15 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
 from megatron_kd.errors import ConfigError
 
-VALUE_DTYPES = ("fp32", "fp16", "bf16")
 VALUE_FIELDS = ("logp", "other_logp", "label_logp", "entropy")
 FORMAT = 2  # the manifest's "format": 1 = fp32 / int32 (before encodings), 2 = with "encoding"
 FP16_MIN = -65504.0
 _STORED = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16 as its raw bits
-ZSTD_LEVELS = range(0, 23)  # 0 = off
-MAX_DRAWS = 255
 
 
 def value_error_bound(values: str, x: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ from pathlib import Path
 from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
 from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.config.loader import read_yaml, resolve_recipe_path
+from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
@@ -220,8 +221,8 @@ def _cache_ok(cache) -> bool:
     if not isinstance(cache, dict) or not set(cache) <= CACHE_KEYS or ("top_k" in cache and "sample" in cache):
         return False
     k = cache.get("top_k", 64)
-    return ((k == "all" or _int_in(k, 1, 2 ** 31)) and ("sample" not in cache or _int_in(cache["sample"], 1, 255))
-            and cache.get("dtype", "fp32") in ("fp32", "fp16", "bf16") and _int_in(cache.get("zstd", 0), 0, 22))
+    return ((k == "all" or _int_in(k, 1, 2 ** 31)) and ("sample" not in cache or _int_in(cache["sample"], 1, MAX_DRAWS))
+            and cache.get("dtype", "fp32") in VALUE_DTYPES and _int_in(cache.get("zstd", 0), 0, ZSTD_LEVELS[-1]))
 
 
 def cache_args(cache: dict) -> list[str]:
