@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install system-deps lint test test-fast demo study cache-study bench gpu-bundle clean help
+.PHONY: install system-deps lint test test-fast demo study cache-study law bench gpu-bundle clean help
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
 	@echo "make demo      install if needed, then run the CPU demo (about 12 minutes on 2 cores, install included)"
 	@echo "make study     install if needed, then the CPU study of the paper's claims (docs/STUDY.md)"
+	@echo "make law       the runs of the distillation law (3 sizes x 3 lengths, 5 teachers), mkd fit, mkd advise (docs/scaling-law.md)"
 	@echo "make cache-study  the five teacher signals (full, top-64 fp32/bf16, top-8 bf16, 12 draws) x 3 seeds (docs/PERFORMANCE.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
 	@echo "make gpu-bundle  fill gpu_bundle/wheels (cp312 wheels, ~25 MiB) for scripts/gpu_check.sh on a GPU machine"
@@ -69,6 +70,10 @@ demo: install
 
 study: install
 	bash scripts/study.sh
+
+# the distillation scaling law fitted on this machine's runs (docs/scaling-law.md)
+law: install
+	bash scripts/law.sh
 
 # which teacher cache to use (docs/PERFORMANCE.md section 4): five teacher signals x 3 seeds
 cache-study: install

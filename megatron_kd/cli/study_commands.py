@@ -72,18 +72,25 @@ def cmd_sweep(args) -> int:
         from megatron_kd.slurm.submit import require_sbatch, submit
 
         require_sbatch()  # before writing anything
-        from megatron_kd.study.sweep import finished
+        from megatron_kd.study.sweep import cache_recipe, expand, finished, teacher_points
 
         cache_jobs: dict[str, str] = {}  # one teacher-cache job per cached teacher, first
-        for point, recipe in write_recipes(spec, args.only):
+        trains = teacher_points(spec, expand(spec))  # teachers that points of this sweep train
+        point_jobs: dict[str, str] = {}
+        written = write_recipes(spec, args.only)
+        written.sort(key=lambda pr: pr[0].name not in set(trains.values()))  # those points first
+        for point, recipe in written:
             if finished(Path(spec["out"]) / "runs" / point.name):
                 print(f"[sweep] {point.name}: finished, skipped")
                 continue
             job = job_spec(args, str(recipe), [])
+            maker = point_jobs.get(trains.get(point.meta.get("teacher"), ""))  # its teacher's job, if submitted now
+            job.dependency = maker
             cache = point.meta.get("teacher_cache")
             if cache and not (Path(cache) / "COMPLETE").is_file():
                 if cache not in cache_jobs:
-                    cj = job_spec(args, str(recipe), [])
+                    cj = job_spec(args, str(cache_recipe(spec, cache)), [])
+                    cj.dependency = maker
                     cj.command, cj.job_name = "teacher-cache", f"mkd-cache-{Path(cache).name}"
                     cj.command_args = ["--out", cache, *point.meta["cache_args"].split()]
                     cache_jobs[cache] = submit(cj)
@@ -92,8 +99,10 @@ def cmd_sweep(args) -> int:
                 if args.stream:  # beside the cache job, reading its shards as they are written
                     job.dependency_kind = "after"
                     job.overrides.append(f"teacher.cache_wait_s={args.stream:g}")
-            when = "once cache job {} has started" if args.stream else "after cache job {}"
-            print(f"[sweep] {point.name}: submitted job {submit(job)}"
+            when = ("once cache job {} has started" if args.stream and job.dependency_kind == "after"
+                    else "after job {}")
+            point_jobs[point.name] = submit(job)
+            print(f"[sweep] {point.name}: submitted job {point_jobs[point.name]}"
                   + (f" ({when.format(job.dependency)})" if job.dependency else ""))
         print(f"when the jobs are done: mkd report {spec['out']}")
         return 0

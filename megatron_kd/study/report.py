@@ -25,7 +25,8 @@ POINT_FIELDS = {"name": str}
 POINT_OPTIONAL = {"student": str, "teacher": str, "alpha": float, "temperature": float, "kind": str,
                   "top_k": int, "teacher_tokens": (int, float), "teacher_cache": str, "cache_args": str,
                   "alpha_schedule": str,
-                  "teacher_model": str, "seed": int, "seed_varies": str, "baseline_steps": int}
+                  "teacher_model": str, "seed": int, "seed_varies": str, "baseline_steps": int,
+                  "student_steps": int}
 _RERUN = "fix the line or re-run the point (`mkd sweep ... --local --only NAME`)"
 
 

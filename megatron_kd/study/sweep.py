@@ -14,6 +14,8 @@ Sweep YAML:
                                     # frontier `mkd report` compares KD's total compute with
     grid:
       student: [models/cpu-small]               # model recipes
+      steps: [100, 200, 400]                    # student budgets: each student at each length, its
+                                                # own schedule (the student is then `small-200steps`)
       teacher:                                  # explicit teachers ...
         - {name: tiny-300, checkpoint: runs/teachers/cpu-tiny/checkpoints/tokens_614400,
            model: models/cpu-tiny, tokens: 614400}
@@ -49,7 +51,7 @@ from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
 
 TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides"}
-GRID_KEYS = {"student", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
+GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
               "data_seed"}
@@ -130,7 +132,7 @@ def grid_size(spec: dict) -> int:
                                                  if isinstance(tg, dict) else 0)
     alphas = (len(grid.get("alpha") or []) + len(grid.get("alpha_schedule") or [])) or 1
     per_student = teachers * alphas * n("temperature") * n("kind") * n("top_k") + bool(spec.get("baseline", True))
-    students, seeds = n("student"), len(spec.get("seeds") or []) or 1
+    students, seeds = n("student") * n("steps"), len(spec.get("seeds") or []) or 1
     extra = len(spec.get("baseline_seeds") or []) + seeds * len(spec.get("baseline_steps") or [])
     return seeds * students * per_student + extra * students
 
@@ -160,6 +162,12 @@ def _check_types(spec: dict, p: Path) -> None:
     need(is_list(spec.get("baseline_steps"), int) and all(x >= 1 for x in spec.get("baseline_steps") or []),
          "baseline_steps", "a list of step counts (integers >= 1)")
     need(isinstance(spec.get("baseline", True), bool), "baseline", "true or false")
+    steps_axis = (spec.get("grid") or {}).get("steps") if isinstance(spec.get("grid"), dict) else None
+    need(is_list(steps_axis, int) and all(x >= 1 for x in steps_axis or []), "grid.steps",
+         "a list of student step counts (integers >= 1)")
+    if steps_axis and spec.get("baseline_steps"):
+        raise ConfigError(f"sweep {p}: give the students' lengths as grid.steps or as baseline_steps, not both "
+                          "(grid.steps already runs each student's baseline at every length)")
     grid = spec.get("grid")
     need(grid is None or isinstance(grid, dict), "grid", "a mapping of axes to lists")
     grid = grid or {}
@@ -245,11 +253,24 @@ def _schedule_label(s: dict) -> str:
     return f"{_num(s['alpha'])}→{_num(s.get('final', s['alpha']))} {s['kind']}"
 
 
+def _students(grid: dict) -> list[tuple]:
+    """(student recipe, steps) pairs: each student at each length of grid.steps (None: the base's)."""
+    return list(itertools.product(grid.get("student") or [None], grid.get("steps") or [None]))
+
+
+def _student_at(student, steps) -> tuple[str, list[str], dict]:
+    """A student at one length is a student of its own (its own baseline, its own paired
+    comparisons): (name, overrides, point metadata)."""
+    name = _short(student) if student else "student"
+    if steps is None:
+        return name, [], {}
+    return f"{name}-{steps}steps", [f"train.steps={steps}", "train.tokens=null"], {"student_steps": steps}
+
+
 def expand(spec: dict) -> list[Point]:
     """Every point of the grid (and the baselines), with names that say the point."""
     check_size(spec)  # before any expansion
     grid = spec.get("grid") or {}
-    students = grid.get("student") or [None]
     teachers = _teachers(grid)
     axes = {k: grid.get(k) or [None] for k in ("temperature", "kind", "top_k")}
     axes = {"alpha": _alpha_values(grid), **axes}
@@ -259,14 +280,14 @@ def expand(spec: dict) -> list[Point]:
         common.append(f"data.seed={spec['data_seed']}")
     seed_varies = "initialisation" if spec.get("data_seed") is not None else "initialisation and data order"
     points = []
-    for seed, student in itertools.product(seeds, students):
-        s_name = _short(student) if student else "student"
+    for seed, (student, steps) in itertools.product(seeds, _students(grid)):
+        s_name, s_ov, s_meta = _student_at(student, steps)
         seed_tag = f"__seed{seed}" if len(seeds) > 1 else ""
-        base_ov = common + ([f"run.seed={seed}"] if seed is not None else [])
+        base_ov = common + s_ov + ([f"run.seed={seed}"] if seed is not None else [])
         if spec.get("baseline", True):
             points.append(Point(f"{s_name}__baseline{seed_tag}", student, None, base_ov + ["kd.alpha=0"],
                                 {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
-                                 "seed_varies": seed_varies}))
+                                 "seed_varies": seed_varies, **s_meta}))
         for steps in spec.get("baseline_steps") or []:  # the same run at another length, its own schedule
             points.append(Point(f"{s_name}__baseline-{steps}steps{seed_tag}", student, None,
                                 base_ov + ["kd.alpha=0", f"train.steps={steps}", "train.tokens=null"],
@@ -279,7 +300,7 @@ def expand(spec: dict) -> list[Point]:
                 ov.append(f"teacher.model={t['model']}")
             ov += list(t.get("overrides") or [])  # e.g. the KD options its cache serves (kd.top_k=8)
             meta = {"student": s_name, "teacher": t["name"], "teacher_model": t.get("model"),
-                    "teacher_tokens": t.get("tokens"), "seed": seed, "seed_varies": seed_varies}
+                    "teacher_tokens": t.get("tokens"), "seed": seed, "seed_varies": seed_varies, **s_meta}
             if t.get("cache"):  # one teacher pass (the cache job) serves every point of this teacher
                 cache_dir = Path(spec["out"]) / "caches" / _short(t["name"])
                 ov.append(f"teacher.cache={cache_dir}")
@@ -298,12 +319,12 @@ def expand(spec: dict) -> list[Point]:
                     meta[key] = val
             meta.setdefault("alpha", None)
             points.append(Point("__".join(parts) + seed_tag, student, t, ov, meta))
-    for seed, student in itertools.product(spec.get("baseline_seeds") or [], students):
-        s_name = _short(student) if student else "student"  # extra baselines: the noise band
+    for seed, (student, steps) in itertools.product(spec.get("baseline_seeds") or [], _students(grid)):
+        s_name, s_ov, s_meta = _student_at(student, steps)  # extra baselines: the noise band
         points.append(Point(f"{s_name}__baseline__seed{seed}", student, None,
-                            common + [f"run.seed={seed}", "kd.alpha=0"],
+                            common + s_ov + [f"run.seed={seed}", "kd.alpha=0"],
                             {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
-                             "seed_varies": seed_varies}))
+                             "seed_varies": seed_varies, **s_meta}))
     if not points:
         raise ConfigError(f"sweep {spec['_path']} expands to no runs: give grid.teacher(s) and/or "
                           "baseline: true")
@@ -389,7 +410,22 @@ def finished(run_dir: Path) -> bool:
     return latest is not None and read_state(latest)["kind"] == "final"
 
 
-def build_caches(pending: list[tuple], nproc: int, jobs: int = 1) -> None:
+def cache_recipe(spec: dict, cache: str) -> Path:
+    """The recipe a teacher's cache job runs: that of the longest point reading the cache, over
+    the whole grid (an --only subset included), so that one pass serves every length of
+    grid.steps. A shorter run reads the first rows of the same stream: a run from a cache builds
+    its data stream for the cache's sample count (training/loop.py)."""
+    users = [p for p in expand(spec) if p.meta.get("teacher_cache") == cache]
+    if not users:
+        raise ConfigError(f"no point of sweep {spec['_path']} reads the teacher cache {cache}")
+    longest = max(users, key=lambda p: p.meta.get("student_steps") or 0)  # the first when no steps axis
+    path = Path(cache).with_name(f"{Path(cache).name}.recipe.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dump_config(resolve_point(spec, longest), path)
+    return path
+
+
+def build_caches(spec: dict, pending: list[tuple], nproc: int, jobs: int = 1) -> None:
     """Each cached teacher's cache, once, before the points that read it (the teacher runs once
     for all of them), `jobs` cache jobs at a time; a complete cache is reused."""
     by_cache: dict[str, list] = {}
@@ -398,12 +434,12 @@ def build_caches(pending: list[tuple], nproc: int, jobs: int = 1) -> None:
             by_cache.setdefault(point.meta["teacher_cache"], []).append((point, recipe))
     todo = []
     for cache, users in by_cache.items():
-        point, recipe = users[0]
+        point = users[0][0]
         teacher = point.meta["teacher"]
         if (Path(cache) / "COMPLETE").is_file():
             print(f"[sweep] teacher {teacher}: cache {cache} complete, reused by {len(users)} points", flush=True)
             continue
-        cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(recipe), "--out", cache,
+        cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(cache_recipe(spec, cache)), "--out", cache,
                *point.meta["cache_args"].split()] + (["--nproc", str(nproc)] if nproc > 1 else [])
         log = Path(f"{cache}.log")  # beside the cache: caches/NAME.log
 
@@ -418,18 +454,53 @@ def build_caches(pending: list[tuple], nproc: int, jobs: int = 1) -> None:
     run_jobs(todo, jobs)
 
 
+def teacher_points(spec: dict, points: list[Point]) -> dict[str, str]:
+    """{teacher name: the point of this sweep that trains it}: a teacher whose checkpoint is a
+    point's run directory (or one of its checkpoints), as when each size of a scaling-law sweep
+    teaches the others. Such a point runs before any cache or point that reads it."""
+    runs = {(Path(spec["out"]) / "runs" / p.name).resolve(): p for p in points}
+    out = {}
+    for t in _teachers(spec.get("grid") or {}):
+        ckpt = Path(t["checkpoint"]).resolve()
+        for d in (ckpt, *ckpt.parents):
+            if d in runs:
+                if runs[d].teacher is not None:
+                    raise ConfigError(f"teacher {t['name']} is sweep point {runs[d].name}, which itself reads a "
+                                      "teacher; a teacher trained by the sweep must be a baseline")
+                out[t["name"]] = runs[d].name
+                break
+    return out
+
+
 def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None = None) -> list[str]:
     """Run every point here; finished runs are skipped, partial ones resume. `jobs` points run
-    at the same time (each with `nproc` processes), e.g. one per core for CPU-sized models."""
-    pending = []
+    at the same time (each with `nproc` processes), e.g. one per core for CPU-sized models.
+    Points that train a teacher of the sweep run first, then the caches, then the rest."""
+    pending, done_names = [], set()
     for point, recipe in write_recipes(spec, only):
         run_dir = Path(spec["out"]) / "runs" / point.name
         if finished(run_dir):
             print(f"[sweep] {point.name}: finished, skipped", flush=True)
+            done_names.add(point.name)
         else:
             pending.append((point, recipe, run_dir))
-    build_caches(pending, nproc, jobs)
-    ran = []
+    trains = teacher_points(spec, expand(spec))
+    first = set(trains.values())
+    for point, _, _ in pending:
+        maker = trains.get(point.meta.get("teacher"))
+        if maker and maker not in done_names and not any(p.name == maker for p, _, _ in pending) \
+                and not finished(Path(spec["out"]) / "runs" / maker):
+            raise ConfigError(f"sweep point {point.name} reads teacher {point.meta['teacher']}, which sweep point "
+                              f"{maker} trains and has not run; add it to --only (or run the whole sweep)")
+    ran: list[str] = []
+    run_jobs(_train_jobs([x for x in pending if x[0].name in first], nproc, ran), jobs)
+    rest = [x for x in pending if x[0].name not in first]
+    build_caches(spec, rest, nproc, jobs)
+    run_jobs(_train_jobs(rest, nproc, ran), jobs)
+    return ran
+
+
+def _train_jobs(pending: list[tuple], nproc: int, ran: list[str]) -> list[Job]:
     todo = []
     for point, recipe, run_dir in pending:
         cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]
@@ -444,5 +515,4 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
             ran.append(point.name)
 
         todo.append(Job(cmd, run_dir / "train.log", done, start=f"[sweep] {point.name}: training"))
-    run_jobs(todo, jobs)
-    return ran
+    return todo
