@@ -194,14 +194,16 @@ def require_sbatch() -> None:
 
 
 def submit(spec: JobSpec, dry_run: bool = False) -> str:
-    """Write RUN_DIR/slurm/job-<name>.sbatch and submit it; returns the job id (or the script)."""
+    """Write RUN_DIR/slurm/job.sbatch (job-<command>.sbatch for a job other than `mkd train`, such
+    as a sweep's cache job sharing a point's run directory) and submit it; returns the job id (or
+    the script)."""
     script, run_dir = render(spec)
     if dry_run:
         return script
     require_sbatch()
     out = run_dir / "slurm"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "job.sbatch"
+    path = out / ("job.sbatch" if spec.command == "train" else f"job-{spec.command}.sbatch")
     write_text_atomic(path, script)
     r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
     if r.returncode != 0:

@@ -68,6 +68,9 @@ class Point:
 
 
 def _short(x) -> str:
+    """`models/cpu-tiny` -> cpu-tiny; a recipe given as a file path -> its file name's stem."""
+    if str(x).endswith(".yaml") or Path(str(x)).is_absolute():
+        return Path(str(x)).stem
     return str(x).replace("models/", "").replace("/", "-")
 
 

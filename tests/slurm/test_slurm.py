@@ -91,3 +91,40 @@ def test_slurm_missing_and_fp8_without_te_are_clear_errors(tmp_path):
     assert r.returncode == 3 and "sbatch is not on PATH" in r.stderr
     r = mkd("train", "train/llama3-1b-mock-h100", f"run.dir={tmp_path / 'y'}", check=False)
     assert r.returncode == 3 and "needs Transformer Engine" in r.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sweep_streams_a_cache_from_a_teacher_the_sweep_trains(slurm, tmp_path):
+    """`mkd sweep --slurm --stream S` on the real Slurm: the sweep's baseline is also its teacher,
+    so its job goes first; the teacher's cache job waits for it (afterok), and the KD point starts
+    once the cache job has started (after), reading the shards as they are written."""
+    import yaml
+
+    env = env_for(slurm)
+    out = tmp_path / "out"
+    teacher = {"name": "own-baseline", "checkpoint": str(out / "runs" / "student__baseline"),
+               "cache": {"top_k": 8, "dtype": "fp16"}, "overrides": ["kd.top_k=8", "kd.other_bucket=true"]}
+    sweep = {"name": "streamed", "base": "train/tiny-mock", "out": str(out), "baseline": True,
+             "overrides": ["train.steps=8", "logging.eval_samples=8", "logging.log_interval=1"],
+             "grid": {"teacher": [teacher], "alpha": [0.5]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    r = mkd("sweep", str(tmp_path / "s.yaml"), "--slurm", "--stream", "300", "--gpus-per-node", "0",
+            "--ntasks-per-node", "1", "--time", "10", env=env, timeout=600)
+    lines = r.stdout.splitlines()
+    base_job = next(x for x in lines if "student__baseline: submitted" in x).split()[4]
+    cache_job = next(x for x in lines if "cache job" in x).split("cache job ")[1].split()[0]
+    kd_line = next(x for x in lines if "__a0.5: submitted" in x)
+    assert f"once cache job {cache_job} has started" in kd_line, r.stdout
+    kd_job = kd_line.split()[4]
+    for job in (base_job, cache_job, kd_job):
+        assert slurm.wait(job, 400) == "COMPLETED", r.stdout
+    assert "--dependency" not in (out / "runs" / "student__baseline" / "slurm" / "job.sbatch").read_text()
+    kd_run = next(p for p in (out / "runs").iterdir() if p.name.endswith("__a0.5"))
+    # the cache job runs the recipe of the longest point reading it, in that point's directory
+    assert f"--dependency=afterok:{base_job}" in (kd_run / "slurm" / "job-teacher-cache.sbatch").read_text()
+    script = (kd_run / "slurm" / "job.sbatch").read_text()
+    assert f"--dependency=after:{cache_job}" in script and "teacher.cache_wait_s=300" in script
+    assert (out / "caches" / "own-baseline" / "COMPLETE").is_file()
+    m = read_metrics(kd_run)
+    assert m[-1]["step"] == 8 and m[-1]["kd_loss"] > 0

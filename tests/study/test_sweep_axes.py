@@ -1,0 +1,65 @@
+"""Sweep axes that a scaling-law sweep needs: students at several lengths (grid.steps), and
+teachers that are points of the sweep itself (run first, then their caches, then the rest)."""
+
+import pytest
+import yaml
+
+from megatron_kd.errors import ConfigError
+from megatron_kd.study import sweep as sw
+
+
+def _spec(tmp_path, **extra):
+    out = tmp_path / "out"
+    spec = {"name": "law", "base": "train/tiny-mock", "out": str(out), "baseline": True,
+            "grid": {"student": ["models/tiny"], "steps": [3, 9],
+                     "teacher": [{"name": "own@9", "checkpoint": str(out / "runs" / "tiny-9steps__baseline"),
+                                  "cache": {"top_k": 8}, "overrides": ["kd.top_k=8", "kd.other_bucket=true"]}],
+                     "alpha": [0.5]}} | extra
+    (tmp_path / "law.yaml").write_text(yaml.safe_dump(spec))
+    return sw.load_sweep(tmp_path / "law.yaml")
+
+
+def test_each_student_length_is_a_student_of_its_own(tmp_path):
+    spec = _spec(tmp_path)
+    points = sw.expand(spec)
+    assert [p.name for p in points] == ["tiny-3steps__baseline", "tiny-3steps__t-own@9__a0.5",
+                                        "tiny-9steps__baseline", "tiny-9steps__t-own@9__a0.5"]
+    assert sw.grid_size(spec) == len(points)
+    cfgs = {p.name: sw.resolve_point(spec, p) for p in points}
+    assert cfgs["tiny-3steps__t-own@9__a0.5"].train.steps == 3 and cfgs["tiny-9steps__baseline"].train.steps == 9
+    assert {p.meta["student"] for p in points} == {"tiny-3steps", "tiny-9steps"}  # its own baseline, own pairs
+    assert all(p.meta["student_steps"] in (3, 9) for p in points)
+
+
+def test_a_teacher_trained_by_the_sweep_and_its_cache_recipe(tmp_path):
+    spec = _spec(tmp_path)
+    assert sw.teacher_points(spec, sw.expand(spec)) == {"own@9": "tiny-9steps__baseline"}
+    cache = sw.expand(spec)[1].meta["teacher_cache"]
+    recipe = sw.cache_recipe(spec, cache)  # the longest reader's: one pass serves both lengths
+    assert yaml.safe_load(recipe.read_text())["train"]["steps"] == 9
+
+
+def test_teacher_points_run_before_the_caches_and_the_rest(tmp_path, monkeypatch):
+    spec = _spec(tmp_path)
+    order = []
+    monkeypatch.setattr(sw, "run_jobs", lambda jobs, at_once=1: order.append([j.start for j in jobs]))
+    monkeypatch.setattr(sw, "build_caches", lambda spec, pending, nproc, jobs: order.append(
+        sorted({p.meta["teacher_cache"] for p, _, _ in pending if p.meta.get("teacher_cache")})))
+    sw.run_local(spec)
+    assert order[0] == ["[sweep] tiny-9steps__baseline: training"]
+    assert order[1] == [str(tmp_path / "out" / "caches" / "own@9")]
+    assert [s.split()[1] for s in order[2]] == ["tiny-3steps__baseline:", "tiny-3steps__t-own@9__a0.5:",
+                                                 "tiny-9steps__t-own@9__a0.5:"]
+    with pytest.raises(ConfigError, match="which sweep point tiny-9steps__baseline trains and has not run"):
+        sw.run_local(spec, only=["tiny-3steps__t-*"])
+
+
+def test_bad_length_axes_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="grid.steps` must be a list of student step counts"):
+        _spec(tmp_path, grid={"steps": [0]})
+    with pytest.raises(ConfigError, match="as grid.steps or as baseline_steps, not both"):
+        _spec(tmp_path, baseline_steps=[4])
+    spec = _spec(tmp_path)
+    spec["grid"]["teacher"][0]["checkpoint"] = str(tmp_path / "out" / "runs" / "tiny-3steps__t-own@9__a0.5")
+    with pytest.raises(ConfigError, match="itself reads a teacher; a teacher trained by the sweep must be a baseline"):
+        sw.teacher_points(spec, sw.expand(spec))
