@@ -41,6 +41,17 @@ def add_law_parsers(sub) -> None:
     a.add_argument("--students", type=int, default=1, metavar="K",
                    help="students the teacher will serve (its training is shared among them; default 1)")
     a.add_argument("--extrapolate", action="store_true", help="allow options outside the fitted ranges")
+    a.add_argument("--student-recipe", action="append", metavar="MODEL",
+                   help="candidate student model recipe(s) (repeatable): their sizes, counted as the law counts "
+                        "them, replace --student; needed by --write-recipes")
+    a.add_argument("--teacher-recipe", action="append", metavar="MODEL",
+                   help="candidate model recipe(s) for a teacher to train (repeatable; default: a grid of sizes)")
+    a.add_argument("--teacher-checkpoint", default=None, metavar="PATH",
+                   help="the existing teacher's checkpoint (with --teacher), named in the KD recipe written")
+    a.add_argument("--write-recipes", default=None, metavar="DIR",
+                   help="write the recommendation's recipes (student.yaml, or teacher.yaml and kd.yaml) to DIR")
+    a.add_argument("--base", default=None, metavar="RECIPE",
+                   help="with --write-recipes: the training recipe they start from (e.g. kd/_cpu_base)")
     a.set_defaults(func=cmd_advise)
 
 
@@ -84,13 +95,29 @@ def cmd_advise(args) -> int:
         raise ConfigError("--student sizes must be > 0")
     import numpy as np
 
-    sizes = args.student or list(np.geomspace(*law.ranges["N"], 9))
+    from megatron_kd.study.advise_recipes import recipe_size, write_recipes
+
+    if args.student and args.student_recipe:
+        raise ConfigError("give student sizes as --student N or as --student-recipe MODEL, not both")
+    if args.write_recipes and not (args.base and args.student_recipe):
+        raise ConfigError("--write-recipes DIR needs --base RECIPE (the training recipe the runs start from) and "
+                          "--student-recipe MODEL (the candidate students' architectures)")
+    if args.teacher_checkpoint and not args.teacher:
+        raise ConfigError("--teacher-checkpoint needs --teacher N_T LOSS (the existing teacher's size and loss)")
+    params = law.parameters
+    students = {r: recipe_size(r, params) for r in args.student_recipe or []}
+    teachers = {r: recipe_size(r, params) for r in args.teacher_recipe or []}
+    sizes = list(students.values()) or args.student or list(np.geomspace(*law.ranges["N"], 9))
     options, notes = advise(law, budget, sizes, tuple(args.teacher) if args.teacher else None, args.students,
-                            args.extrapolate)
+                            args.extrapolate, teacher_sizes=list(teachers.values()) or None)
     print(f"budget {budget:.3g} FLOPs per student, {args.students} student(s) per teacher; law {args.law}")
     for o in options:
         print(f"  {o.describe()}")
     for n in notes:
         print(f"  ({n})")
     print(recommendation(options))
+    if args.write_recipes:
+        written = write_recipes(options[0], Path(args.write_recipes), args.base, students, teachers,
+                                args.teacher_checkpoint)
+        print("recipes written: " + ", ".join(str(p) for p in written) + "; run them in that order with mkd train")
     return 0

@@ -35,6 +35,7 @@ class Law:
     fixed: dict
     mixes: dict  # alpha -> {"params", "samples"}
     ranges: dict  # N, D, teacher_loss: [low, high]
+    parameters: str = "non-embedding"  # what N counts
 
     @classmethod
     def load(cls, path: str | Path) -> "Law":
@@ -45,7 +46,8 @@ class Law:
                 raise ValueError(f"format {str(d.get('format'))[:40]!r}, not {FORMAT}")
             sup = d["supervised"]
             mixes = {float(a): m for a, m in d["distillation"].items() if isinstance(m, dict)}
-            return cls(sup["params"], sup.get("samples", []), sup.get("fixed", {}), mixes, d["ranges"])
+            return cls(sup["params"], sup.get("samples", []), sup.get("fixed", {}), mixes, d["ranges"],
+                       d.get("parameters", "non-embedding"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{p} is not a law written by `mkd fit` ({str(exc)[:120]}); fit one with "
                               "`mkd fit SWEEP_DIR --out law.json`") from exc

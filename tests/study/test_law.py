@@ -150,3 +150,43 @@ def test_fit_and_advise_commands(law_file, tmp_path, capsys):
     assert rc == 2 and "outside the fitted law" in err and "--extrapolate" in err
     rc, _, err = mkd_in_process(capsys, "advise", tmp_path / "nothing.json", "--flops", 1e15)
     assert rc == 2 and "is not a law written by `mkd fit`" in err
+
+
+def test_advise_writes_the_recipes_of_its_recommendation(law_file, tmp_path, capsys):
+    """--write-recipes: the sizes weighed are the recipes' own (non-embedding counts); the
+    recommendation's recipes load as they are and say its tokens, α and teacher; what cannot be
+    mapped to a recipe is one line, with nothing written."""
+    from megatron_kd.config import load_config
+    from megatron_kd.study.advise import Option
+    from megatron_kd.study.advise_recipes import recipe_size, write_recipes
+
+    small, medium = "models/cpu-small", "models/cpu-medium"
+    assert recipe_size(small, "non-embedding") == 787584.0
+    common = ["--flops", 6e13, "--student-recipe", small, "--base", "kd/_cpu_base"]
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, *common, "--teacher", 3e6, 2.65,
+                                  "--teacher-checkpoint", tmp_path / "t", "--write-recipes", tmp_path / "e")
+    assert rc == 0 and "recommendation (distil): distil at α=1 from the existing teacher" in out, err
+    kd = load_config(tmp_path / "e" / "kd.yaml")
+    assert kd.model.name == "cpu-small" and kd.kd.alpha == 1.0 and kd.teacher.checkpoint == str(tmp_path / "t")
+    d_s = 6e13 / (6 * 787584 + 2 * 3e6)  # the budget left to the student after the teacher's forward
+    assert kd.train.steps is None and abs(kd.train.tokens - d_s) <= 1
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, *common, "--write-recipes", tmp_path / "s")
+    assert rc == 0 and "recommendation (supervised wins)" in out, err
+    sup = load_config(tmp_path / "s" / "student.yaml")
+    assert sup.kd.alpha == 0 and sup.teacher.checkpoint is None and sup.train.tokens == round(6e13 / (6 * 787584))
+    # a teacher to train: its run first, and the KD run reads that run's directory
+    option = Option("train a teacher", 0.5, 787584.0, 2e6, 2582976.0, 3e6, 3.0, None, {})
+    t_path, k_path = write_recipes(option, tmp_path / "t2", "kd/_cpu_base", {small: 787584.0},
+                                   {medium: 2582976.0}, None)
+    teacher, kd = load_config(t_path), load_config(k_path)
+    assert teacher.model.name == "cpu-medium" and teacher.train.tokens == 3_000_000 and teacher.kd.alpha == 0
+    assert kd.teacher.checkpoint == teacher.run.dir and kd.teacher.model == medium and kd.kd.alpha == 0.5
+    # refusals: nothing written
+    rc, _, err = mkd_in_process(capsys, "advise", law_file, *common, "--teacher", 3e6, 2.65,
+                                "--write-recipes", tmp_path / "x")
+    assert rc == 2 and "--teacher-checkpoint PATH" in err and not (tmp_path / "x").exists()
+    rc, _, err = mkd_in_process(capsys, "advise", law_file, "--flops", 6e13, "--write-recipes", tmp_path / "y")
+    assert rc == 2 and "needs --base RECIPE" in err and not (tmp_path / "y").exists()
+    with pytest.raises(ConfigError, match="none of the recipes given; pass its model recipe with --teacher-recipe"):
+        write_recipes(option, tmp_path / "z", "kd/_cpu_base", {small: 787584.0}, {}, None)
+    assert not (tmp_path / "z").exists()
