@@ -192,6 +192,9 @@ class TeacherConfig:
     # > 0: teacher.cache may still be being written (its `mkd teacher-cache` job started beside
     # this run, on its own GPUs): the manifest and each shard are waited for up to this long
     cache_wait_s: float = 0.0
+    # true: no model at all; the training corpus's add-one unigram distribution is the teacher
+    # (the smoothing control of a study: a target with no knowledge beyond token frequencies)
+    unigram: bool = False
     # The frozen teacher's own precision: None = the run's precision.dtype; fp8 (Transformer
     # Engine, GPU) runs the teacher's GEMMs in FP8
     dtype: Optional[Literal["fp32", "bf16", "fp16"]] = None

@@ -301,6 +301,12 @@ def kd_option_problem(kind: str, temperature: float, top_k: int | None, top_p: f
 
 def _validate_kd(cfg: RunConfig) -> None:
     kd = cfg.kd
+    if cfg.teacher.unigram:
+        _require(not (cfg.teacher.checkpoint or cfg.teacher.cache or cfg.teacher.model),
+                 "teacher.unigram is a teacher of its own: unset teacher.checkpoint, teacher.cache and teacher.model")
+        _require(not cfg.data.mock, "teacher.unigram counts the tokens of data.train: set data.mock=false and "
+                                    "give a tokenized corpus")
+        _require(not kd.fused_output_layer, "teacher.unigram has no hidden states: set kd.fused_output_layer=false")
     _require(not (cfg.teacher.cache and kd.fused_output_layer),
              "teacher.cache gives the teacher's outputs, not its hidden states: set "
              "kd.fused_output_layer=false to train from a cache")

@@ -87,6 +87,10 @@ def teacher_identity(cfg: RunConfig) -> dict | None:
         fp = read_manifest(Path(cfg.teacher.cache))["fingerprint"]
         return {"cache": str(Path(cfg.teacher.cache).resolve()), "teacher": fp.get("teacher"),
                 "top_k": fp.get("top_k")}
+    if cfg.teacher.unigram:
+        from megatron_kd.distill.unigram import unigram_identity, unigram_log_probs
+
+        return unigram_identity(unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size))
     if cfg.teacher.checkpoint:
         ckpt = resolve_checkpoint(cfg.teacher.checkpoint)
         state = read_state(ckpt)
@@ -97,6 +101,8 @@ def teacher_identity(cfg: RunConfig) -> dict | None:
 def _describe_identity(ident: dict | None) -> str:
     if not ident:
         return "no teacher"
+    if "unigram" in ident:
+        return f"the unigram teacher ({ident['unigram']})"
     if "cache" in ident:
         t = ident.get("teacher") or {}
         return f"teacher cache {ident['cache']} (of {t.get('checkpoint', '?')} at step {t.get('step', '?')})"

@@ -87,7 +87,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
                "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens,
                "student_params": count_parameters(cfg.model).total,
                "student_nonembedding_params": count_parameters(cfg.model).non_embedding}
-        if p.get("teacher"):
+        if p.get("teacher") and cfg.teacher.unigram:  # no model: no parameters, no forward, no training
+            row.update(teacher_params=0, teacher_nonembedding_params=0, teacher_pass_flops=0.0,
+                       teacher_pretrain_flops=0.0, teacher_tokens=None,
+                       teacher_val=(teachers.get(p["teacher"].replace("/", "-")) or {}).get("loss", {}))
+        elif p.get("teacher"):
             _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
             row["teacher_params"] = count_parameters(tm).total
             row["teacher_nonembedding_params"] = count_parameters(tm).non_embedding

@@ -50,7 +50,7 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
 
-TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides"}
+TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "unigram"}
 GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
@@ -81,9 +81,10 @@ def _num(x) -> str:
 def _teachers(grid: dict) -> list[dict]:
     out = [dict(t) for t in grid.get("teacher") or []]
     for t in out:
-        if not isinstance(t, dict) or "checkpoint" not in t:
-            raise ConfigError(f"sweep grid.teacher entries need a checkpoint: {t}")
-        t.setdefault("name", Path(t["checkpoint"]).name)
+        if not isinstance(t, dict) or ("checkpoint" not in t) == (t.get("unigram") is not True):
+            raise ConfigError(f"sweep grid.teacher entries need a checkpoint, or unigram: true (the smoothing "
+                              f"control) and no checkpoint: {t}")
+        t.setdefault("name", "unigram" if t.get("unigram") else Path(t["checkpoint"]).name)
     tg = grid.get("teacher_grid")
     if tg:
         for key in ("models", "tokens", "checkpoint"):
@@ -181,6 +182,11 @@ def _check_types(spec: dict, p: Path) -> None:
     need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
     for t in teachers or []:
+        if t.get("unigram") is not None:
+            need(t["unigram"] is True and "checkpoint" not in t and "cache" not in t and "model" not in t,
+                 "grid.teacher[].unigram", "true, in an entry with no checkpoint, model or cache (the unigram "
+                 "teacher has none)")
+            continue
         need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
         need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
         need(_cache_ok(t.get("cache")), "grid.teacher[].cache", CACHE_HELP)
@@ -298,7 +304,7 @@ def expand(spec: dict) -> list[Point]:
                                  "seed_varies": seed_varies, "baseline_steps": steps}))
         for t, a, temp, kind, top_k in itertools.product(teachers, *axes.values()):
             parts, ov = [s_name, f"t-{_short(t['name'])}"], list(base_ov)
-            ov += [f"teacher.checkpoint={t['checkpoint']}"]
+            ov += ["teacher.unigram=true"] if t.get("unigram") else [f"teacher.checkpoint={t['checkpoint']}"]
             if t.get("model"):
                 ov.append(f"teacher.model={t['model']}")
             ov += list(t.get("overrides") or [])  # e.g. the KD options its cache serves (kd.top_k=8)
@@ -395,8 +401,11 @@ def evaluate_teachers(spec: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results, by_checkpoint = {}, {}
     for t in _teachers(spec.get("grid") or {}):
-        target = by_checkpoint.setdefault(t["checkpoint"], out / f"{_short(t['name'])}.json")  # once per checkpoint
-        if not target.is_file():
+        target = by_checkpoint.setdefault(t.get("checkpoint") or "unigram", out / f"{_short(t['name'])}.json")
+        if not target.is_file() and t.get("unigram"):
+            reader = next(p for p in expand(spec) if p.teacher is not None and p.teacher.get("unigram"))
+            _evaluate_unigram(resolve_point(spec, reader), target)
+        elif not target.is_file():  # once per checkpoint
             cmd = [sys.executable, "-m", "megatron_kd", "eval", t["checkpoint"], f"data.valid={valid}",
                    f"train.seq_length={base.train.seq_length}",
                    f"logging.eval_samples={base.logging.eval_samples}", "--json-out", str(target)]
@@ -406,6 +415,16 @@ def evaluate_teachers(spec: dict) -> dict:
                 raise ConfigError(f"evaluating teacher {t['name']} failed: {last}")
         results[t["name"]] = read_json(target, dict, "teacher evaluation")
     return results
+
+
+def _evaluate_unigram(cfg, target: Path) -> None:
+    """The unigram teacher's own loss on each validation set (of a point that reads it), in the
+    file format of `mkd eval --json-out`."""
+    from megatron_kd.distill.unigram import unigram_log_probs, unigram_loss
+
+    logp = unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size)
+    loss = {name: unigram_loss(logp, prefix) for name, prefix in cfg.data.valid.items()}
+    write_text_atomic(target, json.dumps({"loss": loss, "teacher": "unigram"}, indent=2))
 
 
 def finished(run_dir: Path) -> bool:
@@ -464,6 +483,8 @@ def teacher_points(spec: dict, points: list[Point]) -> dict[str, str]:
     runs = {(Path(spec["out"]) / "runs" / p.name).resolve(): p for p in points}
     out = {}
     for t in _teachers(spec.get("grid") or {}):
+        if t.get("unigram"):
+            continue
         ckpt = Path(t["checkpoint"]).resolve()
         for d in (ckpt, *ckpt.parents):
             if d in runs:

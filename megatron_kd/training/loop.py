@@ -109,7 +109,7 @@ def kd_step_context(run: ResolvedRun, profiler: Profiler | None = None) -> StepC
                        tp_group=parallel_state.get_tensor_model_parallel_group(),
                        alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
                        sequence_parallel=cfg.parallel.sequence_parallel, cache=run.teacher.cache,
-                       profiler=profiler)
+                       unigram=run.teacher.unigram, profiler=profiler)
 
 
 def teacher_chunks(run: ResolvedRun) -> list | None:

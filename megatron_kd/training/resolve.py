@@ -28,10 +28,13 @@ class Teacher:
     checkpoint: Path | None = None
     model: ModelConfig | None = None  # its padded vocabulary is the student's
     cache: TeacherCache | None = None
+    unigram: object = None  # teacher.unigram: log p over the real vocabulary (a float32 tensor)
 
     def describe(self) -> str:
         if self.cache is not None:
             return f"the teacher cache {self.cache.root} (top-k {self.cache.top_k})"
+        if self.unigram is not None:
+            return "the unigram teacher (data.train's token frequencies, add-one)"
         return f"{self.checkpoint} ({self.model.name})"
 
 
@@ -57,10 +60,17 @@ def resolve_run(cfg: RunConfig, check_teacher: bool = True, resume: bool = True)
         cache = TeacherCache(cfg.teacher.cache, cfg.teacher.cache_wait_s)  # waits for a streamed manifest
         cache.reader = _window_reader(cfg, cache.manifest)
         teacher, teacher_padded = Teacher(cache=cache), cache.manifest["teacher_padded_vocab"]
+    elif cfg.teacher.unigram:  # no model: a fixed distribution, sharded like the student's logits
+        import torch
+
+        from megatron_kd.distill.unigram import unigram_log_probs
+
+        logp = unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size)
+        teacher, teacher_padded = Teacher(unigram=torch.tensor(logp, dtype=torch.float32)), None
     elif cfg.teacher.checkpoint:
         ckpt, teacher_model, _ = resolve_teacher(cfg, check=check_teacher)
         teacher, teacher_padded = Teacher(ckpt, teacher_model), padded_vocab(teacher_model, cfg.parallel.tp)
-    if teacher is not None:
+    if teacher is not None and teacher_padded is not None:
         tp = cfg.parallel.tp
         student_padded = padded_vocab(model, tp)
         both = aligned_padded_vocab(student_padded, teacher_padded, tp)

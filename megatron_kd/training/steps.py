@@ -37,6 +37,7 @@ class StepContext:
     tp_group: object = None
     sequence_parallel: bool = False
     cache: object = None  # a distill.cache.TeacherCache: the teacher's outputs come from it
+    unigram: torch.Tensor | None = None  # teacher.unigram: log p [vocab], the same target at every token
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
     profiler: Profiler | None = None  # times the KD loss (mkd train --profile-steps)
 
@@ -87,6 +88,8 @@ def _make_forward_step(ctx: StepContext):
             return output, partial(lm_loss_func, batch["loss_mask"])
         if ctx.cache is not None:
             return _forward_from_cache(ctx, batch, model)
+        if ctx.unigram is not None:
+            return _forward_unigram(ctx, batch, model)
         out = model(batch["tokens"], batch["position_ids"], None)
         if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
             return out, None
@@ -121,6 +124,27 @@ def _forward_from_cache(ctx: StepContext, batch: dict, model):
     return student_logits, make_loss_func(
         ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
         CachedRows(rows, teacher_logits, sampled), ctx.tp_group)
+
+
+def _forward_unigram(ctx: StepContext, batch: dict, model):
+    """KD step against the unigram teacher: the same log-probabilities at every position, this
+    rank's vocabulary columns of them (padding columns PADDING_LOGIT, never counted)."""
+    from megatron.core import parallel_state
+
+    from megatron_kd.distill.cache import PADDING_LOGIT
+
+    student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
+    if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
+        return student_logits, None
+    s, b, width = student_logits.shape
+    start = parallel_state.get_tensor_model_parallel_rank() * width
+    row = torch.full((width,), PADDING_LOGIT, dtype=torch.float32)
+    real = ctx.unigram[start:start + width]
+    row[:real.numel()] = real
+    teacher_logits = row.to(student_logits.device).expand(s, b, width).contiguous()
+    return student_logits, make_loss_func(
+        ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
+        OnlineLogits(teacher_logits), ctx.tp_group)
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:

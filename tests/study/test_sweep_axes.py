@@ -1,6 +1,8 @@
 """Sweep axes that a scaling-law sweep needs: students at several lengths (grid.steps), and
 teachers that are points of the sweep itself (run first, then their caches, then the rest)."""
 
+import math
+
 import pytest
 import yaml
 
@@ -63,3 +65,29 @@ def test_bad_length_axes_are_one_line(tmp_path):
     spec["grid"]["teacher"][0]["checkpoint"] = str(tmp_path / "out" / "runs" / "tiny-3steps__t-own@9__a0.5")
     with pytest.raises(ConfigError, match="itself reads a teacher; a teacher trained by the sweep must be a baseline"):
         sw.teacher_points(spec, sw.expand(spec))
+
+
+def test_a_unigram_teacher_entry(text_corpus, tmp_path):
+    """grid.teacher [{unigram: true}]: its points train against the corpus's frequencies, its own
+    loss is written where the report reads a teacher's; with a checkpoint or a cache it is one line."""
+    import json
+
+    from tests.conftest import corpus_overrides
+
+    spec = {"name": "u", "base": "train/tiny-mock", "out": str(tmp_path / "out"), "baseline": True,
+            "overrides": corpus_overrides(text_corpus), "grid": {"teacher": [{"unigram": True}], "alpha": [0.2]}}
+    (tmp_path / "u.yaml").write_text(yaml.safe_dump(spec))
+    loaded = sw.load_sweep(tmp_path / "u.yaml")
+    kd = next(p for p in sw.expand(loaded) if p.teacher)
+    assert kd.name == "student__t-unigram__a0.2" and "teacher.unigram=true" in kd.overrides
+    cfg = sw.resolve_point(loaded, kd)
+    assert cfg.teacher.unigram and cfg.teacher.checkpoint is None
+    assert sw.teacher_points(loaded, sw.expand(loaded)) == {}
+    losses = sw.evaluate_teachers(loaded)["unigram"]["loss"]
+    assert set(losses) == {"indomain"} and 4.0 < losses["indomain"] < math.log(512)
+    assert json.loads((tmp_path / "out" / "teachers" / "unigram.json").read_text())["loss"] == losses
+    for bad in ({"unigram": True, "checkpoint": "x"}, {"unigram": True, "cache": {"top_k": 8}}, {"unigram": 1}):
+        spec["grid"]["teacher"] = [bad]
+        (tmp_path / "u.yaml").write_text(yaml.safe_dump(spec))
+        with pytest.raises(ConfigError, match="grid.teacher"):
+            sw.load_sweep(tmp_path / "u.yaml")
