@@ -6,7 +6,8 @@ register, so OOD loss measures generalisation rather than unknown bytes (see
 ../shared/STUDY_NOTES.md). The tokenizer is trained on the in-domain training text plus a tenth
 of the Shakespeare documents that are *not* in the OOD validation set.
 
-Output (DIR): tokenizer.model, {kjv_train,kjv_valid,shakespeare_valid}.{bin,idx,meta.json},
+Output (DIR): tokenizer.model, {kjv_train, kjv_valid, shakespeare_valid, shakespeare_dev,
+shakespeare_test}.{bin,idx,meta.json} (dev and test: the even and odd OOD validation documents),
 the JSONL they came from, and corpus.json (paths and counts, read by recipes' data sections).
 """
 
@@ -116,6 +117,9 @@ def build_corpus(out_dir: Path, vocab_size: int = 2048, workers: int = 2,
         "kjv_train": _write_jsonl(out_dir / "kjv_train.jsonl", kjv_train),
         "kjv_valid": _write_jsonl(out_dir / "kjv_valid.jsonl", kjv_valid),
         "shakespeare_valid": _write_jsonl(out_dir / "shakespeare_valid.jsonl", shk_valid),
+        # the same documents split in two (study v3): choices are made on dev, verdicts read on test
+        "shakespeare_dev": _write_jsonl(out_dir / "shakespeare_dev.jsonl", shk_valid[0::2]),
+        "shakespeare_test": _write_jsonl(out_dir / "shakespeare_test.jsonl", shk_valid[1::2]),
     }
     tok_text = out_dir / "tokenizer_train.txt"
     tok_text.write_text("\n".join(kjv_train + shk_tok), encoding="utf-8")  # a paragraph a line
