@@ -134,3 +134,23 @@ def test_cache_study_sweep_compares_five_teacher_signals():
             _check_types({"grid": {"teacher": [t]}}, "s.yaml")
     with pytest.raises(ConfigError, match=r"grid.teacher\[\]"):
         _check_types({"grid": {"teacher": [{"checkpoint": "c", "cahce": {}}]}}, "s.yaml")
+
+
+def test_study_v3_sweeps_are_the_pre_registered_design():
+    """recipes/sweeps/cpu-study-v3-{short,long}.yaml as docs/STUDY.md fixes them: 6 and 4 teachers
+    (the unigram control among them) x alpha 0.2/0.5/0.8 x seeds 1, 2; the short one's frontier
+    at 150 and 1,200 steps; every point validated on indomain, ood_dev and ood_test every 50 steps."""
+    from megatron_kd.study.sweep import expand, load_sweep, resolve_point
+
+    for name, teachers, runs in (("short", 6, 36 + 6), ("long", 4, 24 + 2)):
+        spec = load_sweep(f"sweeps/cpu-study-v3-{name}")
+        points = expand(spec)
+        kd = [p for p in points if p.teacher]
+        assert len(points) == runs and len({p.meta["teacher"] for p in kd}) == teachers
+        assert {p.meta["alpha"] for p in kd} == {0.2, 0.5, 0.8} and {p.meta["seed"] for p in points} == {1, 2}
+        cfg = resolve_point(spec, next(p for p in kd if p.meta["teacher"] == "unigram"))
+        assert cfg.teacher.unigram and cfg.kd.top_k == 64 and cfg.kd.other_bucket
+        assert set(cfg.data.valid) == {"indomain", "ood_dev", "ood_test"} and cfg.logging.eval_interval == 50
+        assert cfg.train.steps == (300 if name == "short" else 600)
+    short = [p for p in expand(load_sweep("sweeps/cpu-study-v3-short")) if p.meta.get("baseline_steps")]
+    assert sorted({p.meta["baseline_steps"] for p in short}) == [150, 1200]
