@@ -69,6 +69,7 @@ def cmd_sweep(args) -> int:
                           "--slurm --stream 3600")
     if args.slurm:
         from megatron_kd.cli.slurm_commands import job_spec
+        from megatron_kd.errors import ConfigError
         from megatron_kd.slurm.submit import require_sbatch, submit
 
         require_sbatch()  # before writing anything
@@ -79,6 +80,14 @@ def cmd_sweep(args) -> int:
         point_jobs: dict[str, str] = {}
         written = write_recipes(spec, args.only)
         written.sort(key=lambda pr: pr[0].name not in set(trains.values()))  # those points first
+        pending = {p.name for p, _ in written if not finished(Path(spec["out"]) / "runs" / p.name)}
+        for point, _ in written:
+            maker = trains.get(point.meta.get("teacher"))
+            if point.name in pending and maker and maker not in pending \
+                    and not finished(Path(spec["out"]) / "runs" / maker):
+                raise ConfigError(f"sweep point {point.name} reads teacher {point.meta['teacher']}, which sweep "
+                                  f"point {maker} trains and has not finished; add it to --only (or submit the "
+                                  "whole sweep) so the jobs can wait for it")
         for point, recipe in written:
             if finished(Path(spec["out"]) / "runs" / point.name):
                 print(f"[sweep] {point.name}: finished, skipped")
@@ -151,7 +160,8 @@ def cmd_analyze(args) -> int:
 
     ckpt = resolve_checkpoint(args.student)
     cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", f"teacher.checkpoint={args.teacher}",
-                              "teacher.model=null", *args.overrides], state=verify_checkpoint(ckpt))
+                              "teacher.model=null", "teacher.cache=null", "teacher.unigram=false", *args.overrides],
+                       state=verify_checkpoint(ckpt))
     out = ckpt.parent.parent / "analyze" / f"{Path(args.teacher).name}__{ckpt.name}.json"
 
     def body(cfg, rank):

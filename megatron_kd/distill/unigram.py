@@ -4,12 +4,14 @@ gain it gives at some α is what smoothing the student's targets does; a real te
 counts as knowledge only beyond it (docs/STUDY.md, study v3's smoothing control).
 
 p(v) = (count(v) + 1) / (N + V) over the V real tokens (add-one: no token gets probability 0,
-so the forward KL stays finite), counted over every data.train prefix, each prefix's
-distribution weighted by data.train_weights (a blend's mix, as the student sees it).
+so the forward KL stays finite), counted over every data.train prefix: pooled when the blend is
+by size (no data.train_weights), else each prefix's distribution weighted as the blend mixes
+them. Every token of a prefix counts, documents held out by data.split included.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -19,11 +21,22 @@ from megatron_kd.errors import ConfigError
 
 
 def unigram_log_probs(prefixes: list[str], weights: list[float] | None, vocab_size: int) -> np.ndarray:
-    """log p over the real vocabulary, float64 [vocab_size]."""
+    """log p over the real vocabulary, float64 [vocab_size]; counted once per process for the
+    same files (the run's teacher and its checkpoints' identity both ask)."""
+    stamp = tuple((str(p), *(lambda st: (st.st_size, st.st_mtime_ns))(Path(f"{p}.bin").stat()))
+                  for p in prefixes)
+    return _counted(stamp, tuple(weights) if weights else None, vocab_size).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _counted(stamp: tuple, weights: tuple | None, vocab_size: int) -> np.ndarray:
+    prefixes = [s[0] for s in stamp]
     from megatron_kd.data.datasets import _read_index
 
+    weights = list(weights) if weights else None
+    pooled = not weights  # a blend by size: the prefixes' tokens in proportion to their sizes
     weights = weights or [1.0] * len(prefixes)
-    mix = np.zeros(vocab_size, dtype=np.float64)
+    mix, total = np.zeros(vocab_size, dtype=np.float64), np.zeros(vocab_size, dtype=np.int64)
     for prefix, w in zip(prefixes, weights):
         _, _, dtype = _read_index(Path(f"{prefix}.idx"), "data.train")
         data = np.memmap(Path(f"{prefix}.bin"), dtype=dtype, mode="r")
@@ -35,7 +48,10 @@ def unigram_log_probs(prefixes: list[str], weights: list[float] | None, vocab_si
                 raise ConfigError(f"data.train {prefix} has token ids outside the model's vocabulary "
                                   f"({vocab_size}); the unigram teacher counts ids below model.vocab_size")
             counts += np.bincount(part, minlength=vocab_size)
+        total += counts
         mix += w / sum(weights) * (counts + 1) / (counts.sum() + vocab_size)
+    if pooled:
+        mix = (total + 1) / (total.sum() + vocab_size)
     return np.log(mix)
 
 

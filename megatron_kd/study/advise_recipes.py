@@ -59,17 +59,19 @@ def write_recipes(option, out: Path, base: str, students: dict[str, float], teac
     length = lambda tokens: ["train.steps=null", f"train.tokens={int(round(tokens))}"]  # noqa: E731
     if option.kind == "supervised":
         return [_write(base, student, ["run.name=student", f"run.dir={runs / 'student'}", "kd.alpha=0",
-                                       "teacher.checkpoint=null", "teacher.cache=null", *length(option.D_S)],
+                                       "teacher.checkpoint=null", "teacher.cache=null", "teacher.model=null",
+                                       "teacher.unigram=false", *length(option.D_S)],
                        out / "student.yaml")]
     written = []
     if teacher is not None:
         teacher_dir = runs / "teacher"
         written.append(_write(base, teacher, ["run.name=teacher", f"run.dir={teacher_dir}", "kd.alpha=0",
-                                              "teacher.checkpoint=null", "teacher.cache=null",
-                                              *length(option.D_T)], out / "teacher.yaml"))
+                                              "teacher.checkpoint=null", "teacher.cache=null", "teacher.model=null",
+                                              "teacher.unigram=false", *length(option.D_T)], out / "teacher.yaml"))
         source = [f"teacher.checkpoint={teacher_dir}", f"teacher.model={teacher}"]
     else:
-        source = [f"teacher.checkpoint={teacher_checkpoint}"]
+        source = [f"teacher.checkpoint={teacher_checkpoint}", "teacher.model=null"]
     written.append(_write(base, student, ["run.name=kd", f"run.dir={runs / 'kd'}", f"kd.alpha={option.alpha}",
-                                          "teacher.cache=null", *source, *length(option.D_S)], out / "kd.yaml"))
+                                          "teacher.cache=null", "teacher.unigram=false", *source, *length(option.D_S)],
+                          out / "kd.yaml"))
     return written

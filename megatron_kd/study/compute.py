@@ -58,7 +58,7 @@ def run_flops(r: dict) -> dict:
         return out
     alone = part("teacher_pass_flops", "teacher pass", 2.0, "teacher_params", "student_tokens")
     pretrain = part("teacher_pretrain_flops", "teacher pretraining", 6.0, "teacher_params", "teacher_tokens")
-    shared_by = max(1, int(r.get("teacher_pass_shared_by") or 1))
+    shared_by = max(1e-9, float(r.get("teacher_pass_shared_by") or 1))  # (fractional with readers of several lengths)
     out.update(alone=alone, shared=alone / shared_by if alone is not None else None, pretrain=pretrain)
     return out
 

@@ -39,7 +39,8 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "non-embedding",
             max_tokens: float | None = None) -> tuple[list[Run], list[str]]:
     """(runs, notes on what was left out)."""
     key = "student_nonembedding_params" if params == "non-embedding" else "student_params"
-    runs, notes, skipped = [], [], {"scheduled α": 0, "beyond max tokens": 0, f"no val/{valid_set}": 0}
+    runs, notes, skipped = [], [], {"scheduled α": 0, "beyond max tokens": 0, f"no val/{valid_set}": 0,
+                                    "a teacher without a model (the unigram control)": 0}
     for r in rows:
         if r.get(key) is None:
             raise ConfigError(f"run {r['name']} has no {key}; write the sweep's report again with this version "
@@ -50,6 +51,9 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "non-embedding",
             continue
         if r.get("alpha_schedule"):
             skipped["scheduled α"] += 1
+            continue
+        if r.get("teacher") and r.get("teacher_params") == 0:  # its "loss" is not a model's: off the law
+            skipped["a teacher without a model (the unigram control)"] += 1
             continue
         D = float(r.get("student_tokens") or r.get("tokens"))
         if max_tokens is not None and D > max_tokens:

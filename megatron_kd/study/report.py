@@ -97,14 +97,13 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
             row["teacher_nonembedding_params"] = count_parameters(tm).non_embedding
             per_tok = train_flops_per_token(tm, cfg.train.seq_length)
             row["teacher_pass_flops"] = per_tok / 3 * tokens  # forward only, over this run's stream
-            if p.get("teacher_cache"):  # one forward over the cached stream, shared by its points
-                row["teacher_pass_shared_by"] = sum(1 for q in points if q.get("teacher_cache") == p["teacher_cache"])
             t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
             row["teacher_pretrain_flops"] = per_tok * t_tokens
             row["teacher_tokens"] = t_tokens or None
             t_eval = teachers.get(p["teacher"].replace("/", "-"))
             row["teacher_val"] = (t_eval or {}).get("loss", {})
         rows.append(row)
+    _share_cache_passes(rows)
     if not rows and no_val:
         raise ConfigError(f"no run under {sweep_dir}/runs has a validation loss ({', '.join(no_val)[:300]}: "
                           "its metrics.jsonl has no val/ line, cut short?); re-run the point(s) with "
@@ -112,6 +111,20 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
     if not rows:
         raise ConfigError(f"no finished runs under {sweep_dir}/runs; run `mkd sweep ... --local` first")
     return rows, teachers, sorted(sets)
+
+
+def _share_cache_passes(rows: list[dict]) -> None:
+    """A cache is one teacher forward over its longest reader's stream, shared by its readers:
+    each run's share of it, as `teacher_pass_shared_by` (this run's own pass / its share), so
+    that readers of several lengths (grid.steps) are charged the one pass that was made."""
+    by_cache: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("teacher_cache") and r.get("teacher_pass_flops"):
+            by_cache.setdefault(r["teacher_cache"], []).append(r)
+    for readers in by_cache.values():
+        longest = max(r["tokens"] for r in readers)
+        for r in readers:
+            r["teacher_pass_shared_by"] = len(readers) * r["tokens"] / longest
 
 
 def finite_rows(rows: list[dict], sets: list[str]) -> list[dict]:

@@ -182,16 +182,17 @@ def _check_types(spec: dict, p: Path) -> None:
     need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
     for t in teachers or []:
-        if t.get("unigram") is not None:
+        need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
+        need(is_list(t.get("overrides"), str), "grid.teacher[].overrides",
+             "a list of key=value strings for this teacher's points (e.g. kd.top_k=8)")
+        if t.get("unigram"):
             need(t["unigram"] is True and "checkpoint" not in t and "cache" not in t and "model" not in t,
                  "grid.teacher[].unigram", "true, in an entry with no checkpoint, model or cache (the unigram "
                  "teacher has none)")
             continue
+        need(t.get("unigram") in (None, False), "grid.teacher[].unigram", "true or false")
         need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
-        need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
         need(_cache_ok(t.get("cache")), "grid.teacher[].cache", CACHE_HELP)
-        need(is_list(t.get("overrides"), str), "grid.teacher[].overrides",
-             "a list of key=value strings for this teacher's points (e.g. kd.top_k=8)")
     need(spec.get("data_seed") is None or (isinstance(spec["data_seed"], int) and spec["data_seed"] >= 0),
          "data_seed", "a non-negative integer")
     scheds = grid.get("alpha_schedule")
@@ -339,7 +340,9 @@ def expand(spec: dict) -> list[Point]:
                           "baseline: true")
     names = [p.name for p in points]
     if len(set(names)) != len(names):
-        raise ConfigError("two sweep points got the same name; give the teachers distinct names")
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"two sweep points are both named {dup}: give the teachers distinct names, and "
+                          "students given as file paths distinct file names (a point is named by the stem)")
     return points
 
 
@@ -355,6 +358,7 @@ def resolve_point(spec: dict, point: Point):
     if point.teacher is None:
         cfg.teacher.checkpoint = None
         cfg.teacher.cache = None
+        cfg.teacher.unigram = False
     if cfg.logging.wandb.project:  # W&B groups the sweep's runs; the point's coordinates are run config
         cfg.logging.wandb.group = cfg.logging.wandb.group or spec["name"]
         cfg.logging.wandb.name = point.name

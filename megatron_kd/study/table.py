@@ -7,7 +7,8 @@ statistics. Columns (README "The results table"):
   val/<set> per validation set, teacher_val/<set> per set (the teacher's own loss),
   and optional: flops (the student's training FLOPs), teacher_pretrain_flops,
   teacher_pass_flops (its forward pass over this run's tokens, as if for this run alone),
-  teacher_pass_shared_by (runs that share one pass, e.g. of a teacher cache; default 1),
+  teacher_pass_shared_by (runs that share one pass, e.g. of a teacher cache; default 1; fractional
+  when the readers have several lengths: this run's own pass over its share of the one made),
   temperature, kind, top_k, teacher_model, student_nonembedding_params and
   teacher_nonembedding_params (what `mkd fit` counts as N). Missing FLOPs are estimated as 6·N·D (training)
   and 2·N·D (forward), and the report says so.
@@ -29,7 +30,7 @@ OPTIONAL = ["flops", "teacher_pretrain_flops", "teacher_pass_flops", "teacher_pa
             "kind", "top_k", "teacher_model", "student_nonembedding_params", "teacher_nonembedding_params"]
 _NUMBERS = {"student_params": float, "student_tokens": int, "teacher_params": float, "teacher_tokens": int,
             "alpha": float, "seed": int, "data_seed": int, "flops": float, "teacher_pretrain_flops": float,
-            "teacher_pass_flops": float, "teacher_pass_shared_by": int, "temperature": float, "top_k": int,
+            "teacher_pass_flops": float, "teacher_pass_shared_by": float, "temperature": float, "top_k": int,
             "student_nonembedding_params": float, "teacher_nonembedding_params": float}
 # the report's row fields each column fills
 _FIELD = {"run": "name", "flops": "student_flops"}

@@ -23,6 +23,9 @@ def test_the_distribution_is_the_corpus_add_one_frequencies(text_corpus):
     assert np.allclose(np.exp(logp), expect[train], rtol=1e-12) and abs(np.exp(logp).sum() - 1) < 1e-12
     blend = unigram_log_probs([train, valid], [3.0, 1.0], 512)  # each prefix's distribution, weighted
     assert np.allclose(np.exp(blend), 0.75 * expect[train] + 0.25 * expect[valid], rtol=1e-12)
+    pooled = unigram_log_probs([train, valid], None, 512)  # a blend by size: the tokens pooled
+    both = np.concatenate([tokens[train], tokens[valid]])
+    assert np.allclose(np.exp(pooled), (np.bincount(both, minlength=512) + 1) / (both.size + 512), rtol=1e-12)
     assert unigram_loss(logp, valid) == pytest.approx(-np.log(expect[train][tokens[valid]]).mean(), rel=1e-12)
     with pytest.raises(ConfigError, match="token ids outside the model's vocabulary"):
         unigram_log_probs([train], None, 100)

@@ -91,3 +91,28 @@ def test_a_unigram_teacher_entry(text_corpus, tmp_path):
         (tmp_path / "u.yaml").write_text(yaml.safe_dump(spec))
         with pytest.raises(ConfigError, match="grid.teacher"):
             sw.load_sweep(tmp_path / "u.yaml")
+
+
+def test_slurm_refuses_a_point_whose_sweep_teacher_is_left_out(tmp_path, monkeypatch, capsys):
+    """On Slurm a point can wait only for a teacher job submitted with it: --only without the
+    teacher's point (not finished) is one line, before anything is submitted."""
+    from megatron_kd.cli.main import main
+    from megatron_kd.slurm import submit
+
+    _spec(tmp_path)
+    monkeypatch.setattr(submit, "require_sbatch", lambda: None)
+    monkeypatch.setattr(submit, "submit", lambda *a, **k: pytest.fail("submitted"))
+    rc = main(["sweep", str(tmp_path / "law.yaml"), "--slurm", "--only", "tiny-3steps__t-*", "--gpus-per-node", "0",
+               "--ntasks-per-node", "1"])
+    assert rc == 2 and "which sweep point tiny-9steps__baseline trains and has not finished" in capsys.readouterr().err
+
+
+def test_the_law_leaves_out_the_unigram_control():
+    from megatron_kd.study.law_io import runs_of
+
+    rows = [{"name": "u", "student_nonembedding_params": 1e5, "student_tokens": 1e6, "val": {"indomain": 4.0},
+             "teacher": "unigram", "teacher_params": 0, "alpha": 0.2, "teacher_val": {"indomain": 6.0}},
+            {"name": "b", "student_nonembedding_params": 1e5, "student_tokens": 1e6, "val": {"indomain": 4.1},
+             "teacher": None, "alpha": 0.0}]
+    runs, notes = runs_of(rows, "indomain")
+    assert [r.name for r in runs] == ["b"] and "left out 1 run(s): a teacher without a model" in notes[0]
