@@ -77,9 +77,12 @@ class Option:
         return f"{what}; student {self.N_S:.3g} parameters for {self.D_S:.3g} tokens: loss {self.loss:.4f}{iv}"
 
 
+RANGE_SLACK = 1e-3  # a value given rounded (a teacher loss typed as 3.9549) is not an extrapolation
+
+
 def _inside(law: Law, key: str, x: float) -> bool:
     lo, hi = law.ranges[key]
-    return lo * (1 - 1e-9) <= x <= hi * (1 + 1e-9)
+    return lo * (1 - RANGE_SLACK) <= x <= hi * (1 + RANGE_SLACK)
 
 
 def _interval(values: list[float]) -> tuple | None:
