@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
 
 from megatron_kd.errors import MKDError
@@ -303,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         print("mkd: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the known failure classes are one line; anything else is a bug
+        from megatron_kd.runtime import preemption  # lazy: only on a failure
+
+        if preemption.terminated_in_start_up():  # the SIGTERM's SystemExit, turned into something
+            return 128 + signal.SIGTERM          # else by the code it landed in (seen: a RecursionError)
         known = describe(exc)
         if known is None or args.debug:
             raise

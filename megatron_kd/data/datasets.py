@@ -65,7 +65,7 @@ _IDX_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6
                8: np.uint16}
 
 
-def _read_index(idx: Path, what: str) -> tuple[int, int, type]:
+def read_index(idx: Path, what: str) -> tuple[int, int, type]:
     """(tokens, bytes per token, numpy dtype) from a .idx, every size checked against the file's; read here
     rather than by megatron-core, whose reader asserts (and leaves noisy half-built objects)."""
     corrupt = f"{what}: {idx} is corrupt or truncated"
@@ -115,7 +115,7 @@ def check_prefix(prefix: str, tokenizer, what: str, token_ids: bool = False,
             f"{what} '{prefix}' was tokenized with another tokenizer (sha256 "
             f"{meta['tokenizer_sha256'][:12]}…) than data.tokenizer ({sha[:12]}…); "
             "re-run `mkd data preprocess` with the model's tokenizer")
-    tokens, dtype_size, dtype = _read_index(idx, f"{what} '{prefix}'")
+    tokens, dtype_size, dtype = read_index(idx, f"{what} '{prefix}'")
     expected = tokens * dtype_size
     if bin_.stat().st_size != expected:
         raise ConfigError(f"{what} '{prefix}': {bin_} has {bin_.stat().st_size} bytes but its "

@@ -88,7 +88,7 @@ def teacher_identity(cfg: RunConfig) -> dict | None:
         return {"cache": str(Path(cfg.teacher.cache).resolve()), "teacher": fp.get("teacher"),
                 "top_k": fp.get("top_k")}
     if cfg.teacher.unigram:
-        from megatron_kd.distill.unigram import unigram_identity, unigram_log_probs
+        from megatron_kd.distill.unigram import unigram_identity, unigram_log_probs  # lazy: unigram runs only
 
         return unigram_identity(unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size))
     if cfg.teacher.checkpoint:

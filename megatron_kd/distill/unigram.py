@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_kd.data.datasets import read_index
 from megatron_kd.errors import ConfigError
 
 
@@ -31,14 +32,12 @@ def unigram_log_probs(prefixes: list[str], weights: list[float] | None, vocab_si
 @functools.lru_cache(maxsize=4)
 def _counted(stamp: tuple, weights: tuple | None, vocab_size: int) -> np.ndarray:
     prefixes = [s[0] for s in stamp]
-    from megatron_kd.data.datasets import _read_index
-
     weights = list(weights) if weights else None
     pooled = not weights  # a blend by size: the prefixes' tokens in proportion to their sizes
     weights = weights or [1.0] * len(prefixes)
     mix, total = np.zeros(vocab_size, dtype=np.float64), np.zeros(vocab_size, dtype=np.int64)
     for prefix, w in zip(prefixes, weights):
-        _, _, dtype = _read_index(Path(f"{prefix}.idx"), "data.train")
+        _, _, dtype = read_index(Path(f"{prefix}.idx"), "data.train")
         data = np.memmap(Path(f"{prefix}.bin"), dtype=dtype, mode="r")
         counts = np.zeros(vocab_size, dtype=np.int64)
         step = 1 << 24
@@ -64,8 +63,6 @@ def unigram_loss(logp: np.ndarray, prefix: str) -> float:
     """The unigram teacher's own loss (nats/token) on a validation set: every token of it. (A
     model is scored on the set's first eval_samples sequences; for a context-free teacher the
     whole set is the steadier number, and the sequences' order does not matter.)"""
-    from megatron_kd.data.datasets import _read_index
-
-    _, _, dtype = _read_index(Path(f"{prefix}.idx"), "a validation set")
+    _, _, dtype = read_index(Path(f"{prefix}.idx"), "a validation set")
     data = np.memmap(Path(f"{prefix}.bin"), dtype=dtype, mode="r")
     return float(-logp[np.asarray(data, dtype=np.int64)].mean())

@@ -33,6 +33,11 @@ def check_start_up() -> None:
         raise SystemExit(128 + signal.SIGTERM)
 
 
+def terminated_in_start_up() -> bool:
+    """SIGTERM came before training started: whatever failed after it is its consequence."""
+    return signal.SIGTERM in _received and not _training[0]
+
+
 def training_started() -> None:
     """From now on SIGTERM asks for a checkpoint at the next step boundary."""
     check_start_up()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.errors import ConfigError
+from megatron_kd.models.params import count_parameters
 
 
 def recipe_size(recipe: str, parameters: str) -> float:
     """A model recipe's size as the law counts it (non-embedding or total parameters)."""
-    from megatron_kd.config import load_config
-    from megatron_kd.models.params import count_parameters
-
     count = count_parameters(load_config(recipe, purpose="model").model)
     return float(count.non_embedding if parameters == "non-embedding" else count.total)
 
@@ -36,8 +35,6 @@ def _by_size(recipes: dict[str, float], n: float, what: str) -> str:
 
 
 def _write(base: str, model_recipe: str, overrides: list[str], path: Path) -> Path:
-    from megatron_kd.config import dump_config, load_config, validate
-
     cfg = load_config(base, overrides)
     cfg.model = load_config(model_recipe, purpose="model").model
     validate(cfg)  # the student swapped in: heads vs TP and the rest checked again

@@ -424,7 +424,7 @@ def evaluate_teachers(spec: dict) -> dict:
 def _evaluate_unigram(cfg, target: Path) -> None:
     """The unigram teacher's own loss on each validation set (of a point that reads it), in the
     file format of `mkd eval --json-out`."""
-    from megatron_kd.distill.unigram import unigram_log_probs, unigram_loss
+    from megatron_kd.distill.unigram import unigram_log_probs, unigram_loss  # lazy: numpy and the corpus
 
     logp = unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size)
     loss = {name: unigram_loss(logp, prefix) for name, prefix in cfg.data.valid.items()}

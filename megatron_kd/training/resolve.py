@@ -63,7 +63,7 @@ def resolve_run(cfg: RunConfig, check_teacher: bool = True, resume: bool = True)
     elif cfg.teacher.unigram:  # no model: a fixed distribution, sharded like the student's logits
         import torch
 
-        from megatron_kd.distill.unigram import unigram_log_probs
+        from megatron_kd.distill.unigram import unigram_log_probs  # lazy: unigram runs only
 
         logp = unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size)
         teacher, teacher_padded = Teacher(unigram=torch.tensor(logp, dtype=torch.float32)), None

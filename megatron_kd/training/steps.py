@@ -10,7 +10,7 @@ import torch
 
 from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
-from megatron_kd.distill.cache import dense_teacher_logits
+from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits
 from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
     CachedRows,
@@ -131,7 +131,6 @@ def _forward_unigram(ctx: StepContext, batch: dict, model):
     rank's vocabulary columns of them (padding columns PADDING_LOGIT, never counted)."""
     from megatron.core import parallel_state
 
-    from megatron_kd.distill.cache import PADDING_LOGIT
 
     student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
     if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
