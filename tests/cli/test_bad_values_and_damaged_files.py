@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from megatron_kd.checkpoint.refs import read_state
-from megatron_kd.data.datasets import _read_index
+from megatron_kd.data.datasets import read_index
 from tests.cli.test_bad_input import _copy_prefix, _digest, artifacts  # noqa: F401  (the fixture)
 from tests.distributed import REPO
 from tests.helpers import ENV
@@ -159,7 +159,7 @@ def artifacts2(artifacts):  # noqa: F811  (the first round's fixture, extended)
     os.makedirs(a["locked_dir"])
     # a .bin with a token id beyond the 512-piece vocabulary
     a["big_ids"] = _copy_prefix(a["train"], tmp / "big_ids")
-    _, dtype_size, _ = _read_index(Path(a["train"] + ".idx"), "train")
+    _, dtype_size, _ = read_index(Path(a["train"] + ".idx"), "train")
     with open(a["big_ids"] + ".bin", "r+b") as f:
         f.seek(dtype_size * 10)
         f.write((511 + 7).to_bytes(dtype_size, "little"))
