@@ -14,7 +14,7 @@ OUT=runs/sweeps/cpu-cache
 T0=$SECONDS
 
 echo "== 1. the embedded corpus =="
-if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; else $MKD data corpus --out data/corpus; fi
+ensure_corpus
 
 echo "== 2. the teacher: cpu-small, 1.1M tokens (make study's strongest) =="
 mkdir -p runs/study

@@ -12,7 +12,7 @@ OUT=runs/sweeps/cpu-law
 T0=$SECONDS
 
 echo "== 1. the embedded corpus: KJV (in-domain) and Shakespeare (OOD) =="
-if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; else $MKD data corpus --out data/corpus; fi
+ensure_corpus
 
 echo
 echo "== 2. the sweep: 9 teacher/student baselines first, 5 teacher caches, then the other 54 runs, two at a time =="

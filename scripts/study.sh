@@ -14,7 +14,7 @@ OUT=runs/sweeps/cpu-study
 T0=$SECONDS
 
 echo "== 1. the embedded corpus: KJV (in-domain) and Shakespeare (OOD) =="
-if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; else $MKD data corpus --out data/corpus; fi
+ensure_corpus
 
 echo
 echo "== 2. the teacher zoo: cpu-micro, cpu-tiny, cpu-small, checkpoints at 123K / 369K / 1.1M tokens =="
