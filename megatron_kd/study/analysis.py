@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from megatron_kd.models.params import human
-from megatron_kd.study.claims import CLAIMS, best_alpha, read_claims
+from megatron_kd.study.claims import CLAIMS, ES_KEY, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.stats import point_key
 
@@ -22,6 +22,30 @@ def split_sets(sets: list[str], in_domain: str | None = None) -> tuple[str, list
     `indomain`, `heldout` or `mock` if present (else the first); every other set OOD."""
     id_set = in_domain or next((s for s in ID_SETS if s in sets), sets[0])
     return id_set, [s for s in sets if s != id_set]
+
+
+def test_sets(ood: list[str]) -> tuple[list[str], dict]:
+    """(the OOD sets verdicts read, {test set: its dev twin}): a `X_dev` set beside `X_test` is
+    for choices (best α, best teacher, the early-stopping step) and reads no verdict."""
+    dev_of = {s: s[:-5] + "_dev" for s in ood if s.endswith("_test") and s[:-5] + "_dev" in ood}
+    return [s for s in ood if s not in dev_of.values()], dev_of
+
+
+def early_stopped(base_rows: list[dict], dev: str, test: str) -> dict:
+    """{seed key: (test loss, tokens)}: each baseline run at its evaluation of lowest `dev` loss
+    (from its validation curve; a results table has none, and then this is empty)."""
+    out = {}
+    for r in base_rows:
+        curve = [v for v in r.get("curve") or [] if f"val/{dev}" in v and f"val/{test}" in v]
+        if curve:
+            best = min(curve, key=lambda v: v[f"val/{dev}"])
+            out[seed_key(r)] = (float(best[f"val/{test}"]), int(best["tokens"]))
+    return out
+
+
+def is_control(p: dict) -> bool:
+    """A teacher of no parameters (the unigram): a control, not a teacher of the claims."""
+    return bool(p.get("teacher")) and p.get("teacher_params") == 0
 
 
 def seed_key(r: dict) -> tuple:
@@ -77,11 +101,23 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
                                      "p": e.p_two_sided(), "verdict": _verdict(e, level)}
             points.append(p)
         kd = [p for p in points if p["teacher"] and p.get("alpha") is not None]
+        verdict_ood, dev_of = test_sets(ood)
+        es, es_fits = {}, {}
+        for test, dev in dev_of.items():
+            es[test] = early_stopped(base_rows, dev, test)
+            if es[test]:
+                cells = {**_cells(rs, lambda r, s=test: r["val"].get(s)),
+                         ES_KEY: {k: v for k, (v, _) in es[test].items()}}
+                es_fits[test] = PairedFit(cells, baseline)
+        controls = sorted({p["teacher"] for p in kd if is_control(p)})
         out["students"][student] = {
             "baseline": baseline, "fits": fits, "zfits": zfits, "points": points,
             "noise": {s: {"sigma": f.sigma, "df": f.df, "source": f.source} for s, f in fits.items()},
             "best_alpha": {s: best_alpha(kd, fits[s], level) for s in sets},
-            "claims": read_claims(kd, fits, zfits, baseline, id_set, ood, level, equivalence, n_boot)}
+            "early_stopped": {t: {"dev": dev_of[t], "steps": v, "fit": es_fits.get(t)} for t, v in es.items() if v},
+            "controls": controls,
+            "claims": read_claims(kd, fits, zfits, baseline, id_set, verdict_ood, level, equivalence, n_boot,
+                                  controls=controls, dev_of=dev_of, es_fits=es_fits)}
     return out
 
 
@@ -157,6 +193,15 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
         md += ["", "No student-vs-teacher law is fitted here: per α the sweep has one loss per teacher, too few "
                    "to identify a saturating form's parameters with intervals, and a quadratic can predict a "
                    "negative loss. The distillation-law fit belongs to `mkd advise` (study v3).", ""]
+        for test, e in st.get("early_stopped", {}).items():
+            fit = e["fit"]
+            md += ["", f"Early-stopped baseline on {test}: each baseline seed at its lowest {e['dev']} loss "
+                       f"(at {', '.join(human(t) for _, t in e['steps'].values())} tokens): {test} loss "
+                       f"{fit.mean(ES_KEY):.4f}, against {fit.mean(st['baseline']):.4f} at the end. Claim 3's "
+                       f"control: the best teacher has to beat it."]
+        if st.get("controls"):
+            md += ["", f"Control teacher(s) {', '.join(st['controls'])} (no parameters: token frequencies only): "
+                       "not teachers of the claims; a gain counts as knowledge only beyond theirs."]
         md += ["", f"## The paper's claims ({student})", "",
                f"Each claim as a test: its null hypothesis, its statistic, and “holds” only when the primary "
                f"test's p-value, Holm-adjusted over the claims tested, is below {1 - level:g}. Claim 2 reads "

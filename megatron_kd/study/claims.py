@@ -8,6 +8,13 @@ the level allows (tests/study/test_claims_null.py simulates it).
 
 Teacher strength is the teacher's own in-domain loss (lower = stronger). "Weak" is measured: a
 teacher whose in-domain loss is above the student's own baseline.
+
+Controls (study v3, docs/STUDY.md): a *control* teacher (no parameters: the unigram, which knows
+token frequencies and nothing else) is no teacher for claims 2-4 and not "weak" for claim 1; a
+gain counts as knowledge only where it beats the control's at the same α and set, else the claim
+"holds as smoothing". Claim 3 also needs the best teacher (chosen on the dev half of the OOD set)
+below the early-stopped baseline (the baseline at its lowest dev loss) on the test half. Choices
+(best α, best teacher) are made on dev sets; verdicts read the test sets only.
 """
 
 from __future__ import annotations
@@ -49,18 +56,35 @@ def best_alpha(kd: list[dict], fit, level: float) -> dict:
     return out
 
 
-def claim1(kd, fits, baseline_id, id_set, sets, level) -> dict:
+def _beats_control(kd, controls, fit, point, level) -> tuple[bool | None, str]:
+    """Whether `point`'s gain on `fit`'s set beats every control teacher's at the same α (paired,
+    one-sided): (None, "") when the sweep has no control at that α."""
+    ctrl = [p for p in kd if p["teacher"] in controls and p["alpha"] == point["alpha"]]
+    if not ctrl:
+        return None, ""
+    ok, parts = True, []
+    for c in ctrl:
+        d = fit.contrast({c["key"]: 1.0, point["key"]: -1.0})  # its gain minus the control's
+        pv = d.p_greater()
+        ok &= pv is not None and pv < 1 - level
+        parts.append(f"beyond the {c['teacher']} control at α={point['alpha']:g}: {_fmt(d, level)}"
+                     + (f", one-sided p = {pv:.3g}" if pv is not None else ""))
+    return ok, "; ".join(parts)
+
+
+def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
     base = fits[id_set].mean(baseline_id)
-    weak = sorted({p["teacher"] for p in kd if p["teacher_val"].get(id_set, -math.inf) > base})
+    real = [p for p in kd if p["teacher"] not in controls]
+    weak = sorted({p["teacher"] for p in real if p["teacher_val"].get(id_set, -math.inf) > base})
     null = "no weak teacher improves the student at any α on any set"
     if not weak:
         return {"verdict": "not tested", "null": null, "p": None,
                 "why": f"no teacher is worse in-domain than the student's baseline ({base:.4f})"}
-    tests = [(p, s, fits[s].gain(p["key"])) for p in kd if p["teacher"] in weak for s in sets]
+    tests = [(p, s, fits[s].gain(p["key"])) for p in real if p["teacher"] in weak for s in sets]
     p_claim = _bonferroni([e.p_greater() for *_, e in tests])
     top = max(tests, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
     hurt = all(fits[s].gain(p["key"]).interval(level) is not None
-               and fits[s].gain(p["key"]).interval(level)[1] < 0 for p in kd if p["teacher"] in weak
+               and fits[s].gain(p["key"]).interval(level)[1] < 0 for p in real if p["teacher"] in weak
                for s in [id_set])
     verdict = "does not hold" if hurt else None
     why = (f"{len(weak)} weak teacher(s) ({', '.join(weak)}), {len(tests)} comparisons (α x set); largest: "
@@ -68,12 +92,25 @@ def claim1(kd, fits, baseline_id, id_set, sets, level) -> dict:
            f"Bonferroni p = {p_claim:.3g}" if p_claim is not None else "no noise estimate")
     if hurt:
         why += "; every weak teacher hurts in-domain at every α"
+    # the control: the largest paired gain beyond the control's at the same α and set, Bonferroni
+    # over the same comparisons (the best one's own difference would be a best-of-many pick)
+    beyond = [(p, s, fits[s].contrast({c["key"]: 1.0, p["key"]: -1.0}), c["teacher"])
+              for p, s, _ in tests for c in kd if c["teacher"] in controls and c["alpha"] == p["alpha"]]
+    knowledge = None
+    if beyond:
+        p_know = _bonferroni([d.p_greater() for _, _, d, _ in beyond])
+        knowledge = p_know is not None and p_know < 1 - level
+        bp, bs, bd, bc = max(beyond, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
+        why += (f"; beyond the {bc} control at the same α and set, largest: {bp['teacher']} α={bp['alpha']:g} "
+                f"on {bs}: {_fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
     return {"verdict": verdict, "null": null, "p": p_claim, "why": why, "statistic": "max one-sided t over "
-            "weak teacher x α x set, Bonferroni", "weak": weak}
+            "weak teacher x α x set, Bonferroni", "weak": weak,
+            "as_smoothing": None if knowledge is None else not knowledge}
 
 
 def _axes(kd: list[dict]) -> list[tuple[str, list[str], dict]]:
-    """Teacher axes of 3+ teachers: one model's training tokens, or the sizes at one budget."""
+    """Teacher axes of 2+ teachers: one model's training tokens, or the sizes at one budget
+    (study v3's axes are pairs: tiny@1ep -> tiny@4ep, tiny@1ep -> small@1ep, ...)."""
     info = {}
     for p in kd:
         model = p.get("teacher_model") or p["teacher"].split("@")[0]
@@ -81,39 +118,43 @@ def _axes(kd: list[dict]) -> list[tuple[str, list[str], dict]]:
     axes = []
     for model in sorted({m for m, _, _ in info.values()}):
         ts = sorted((t for t, (m, tok, _) in info.items() if m == model and tok), key=lambda t: info[t][1])
-        if len(ts) >= 3:
+        if len(ts) >= 2:
             axes.append((f"{model}: tokens", ts, {t: info[t][1] for t in ts}))
     for tok in sorted({tok for _, tok, _ in info.values() if tok}):
         ts = sorted((t for t, (_, tk, par) in info.items() if tk == tok and par), key=lambda t: info[t][2])
-        if len(ts) >= 3 and len({info[t][2] for t in ts}) == len(ts):
+        if len(ts) >= 2 and len({info[t][2] for t in ts}) == len(ts):
             axes.append((f"{tok:,} tokens: size", ts, {t: info[t][2] for t in ts}))
     return axes
 
 
-def claim2(kd, fits, id_set, level, margin) -> dict:
+def claim2(kd, fits, id_set, level, margin, choose=None) -> dict:
+    """Each axis's teachers at their own best α (the largest gain on `choose`, the in-domain fit
+    by default); the verdict reads the last step (strongest minus next) on the in-domain fit."""
     null = ("along a teacher axis the gain still changes by more than the equivalence margin and a "
             "stronger teacher is not worse")
     fit = fits[id_set]
+    choose = choose or fit
     axes, results = _axes(kd), []
     for name, ts, xs in axes:
-        alphas = sorted({p["alpha"] for p in kd if p["teacher"] in ts})
-        # one α for the whole axis: the best mean gain averaged over the axis
-        by = {(p["teacher"], p["alpha"]): p for p in kd if p["teacher"] in ts}
-        alpha = max(alphas, key=lambda a: np.nanmean([fit.gain(by[(t, a)]["key"]).value
-                                                       for t in ts if (t, a) in by]))
-        pts = [by[(t, alpha)] for t in ts if (t, alpha) in by]
-        if len(pts) < 3:
-            continue
+        pts = []
+        for t in ts:
+            cands = [p for p in kd if p["teacher"] == t and not math.isnan(choose.gain(p["key"]).value)]
+            if cands:
+                pts.append(max(cands, key=lambda p: choose.gain(p["key"]).value))
+        if len(pts) < 2 or len({float(xs[p["teacher"]]) for p in pts}) < 2:
+            continue  # teachers of one strength (e.g. one checkpoint through several caches)
+        alphas = sorted({p["alpha"] for p in pts})
+        alpha = alphas[0] if len(alphas) == 1 else None
         gains = [fit.gain(p["key"]) for p in pts]
         helped = any(g.interval(level) and g.interval(level)[0] > 0 for g in gains)
         last = fit.contrast({pts[-2]["key"]: 1.0, pts[-1]["key"]: -1.0})  # gain(strongest) - gain(next)
         x = np.log10([float(xs[p["teacher"]]) for p in pts])
-        if len(set(x.tolist())) < 3:  # teachers of one strength (e.g. one checkpoint through several caches)
-            continue
-        w = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # least-squares slope of gain on log10 x
-        slope = fit.contrast({fit.baseline: 0.0, **{p["key"]: -wi for p, wi in zip(pts, w)}})
-        r = {"axis": name, "alpha": alpha, "teachers": [p["teacher"] for p in pts], "tested": helped,
-             "last_step": last, "slope": slope}
+        slope = None
+        if len(set(x.tolist())) >= 3:
+            w = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # least-squares slope of gain on log10 x
+            slope = fit.contrast({fit.baseline: 0.0, **{p["key"]: -wi for p, wi in zip(pts, w)}})
+        r = {"axis": name, "alpha": alpha, "alphas": [p["alpha"] for p in pts],
+             "teachers": [p["teacher"] for p in pts], "tested": helped, "last_step": last, "slope": slope}
         if helped:
             ci90 = Estimate(last.value, last.se, last.df).interval(1 - 2 * (1 - level) / 2)
             p_rev = last.p_less()
@@ -133,7 +174,7 @@ def claim2(kd, fits, id_set, level, margin) -> dict:
     tested = [r for r in results if r["tested"]]
     if not results:
         return {"verdict": "not tested", "null": null, "p": None,
-                "why": "needs a teacher axis of three or more strengths (one model at 3+ budgets, or 3+ sizes "
+                "why": "needs a teacher axis of two or more strengths (one model at 2+ budgets, or 2+ sizes "
                        "at one budget)"}
     if not tested:
         return {"verdict": "not tested", "null": null, "p": None, "axes": results,
@@ -146,22 +187,29 @@ def claim2(kd, fits, id_set, level, margin) -> dict:
         "does not hold" if "still growing" in readings else "inconclusive"
     if "still growing" in readings and readings & {"saturates", "reverses"}:
         verdict = "mixed"
-    why = "; ".join(f"{r['axis']} at α={r['alpha']:g} ({', '.join(r['teachers'])}): last step "
-                    f"{_fmt(r['last_step'], level)}, slope per decade {_fmt(r['slope'], level)}: "
+    why = "; ".join(f"{r['axis']} ({', '.join(f'{t} α={a:g}' for t, a in zip(r['teachers'], r['alphas']))}): "
+                    f"last step {_fmt(r['last_step'], level)}"
+                    + (f", slope per decade {_fmt(r['slope'], level)}" if r["slope"] is not None else "") + ": "
                     + (r.get("reading") or "no gain, not tested") for r in results)
     return {"verdict": verdict, "null": null, "p": p_claim, "axes": results, "margin": margin,
             "statistic": f"last step along each axis: reverses (below 0) or saturates (within ±{margin:g}, "
                          "two one-sided tests)", "why": why}
 
 
-def claim3(kd, zfits, ood_sets, level) -> dict:
+def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_fits=None) -> dict:
+    """Primary: the mean over the real teachers' fixed-α points of (OOD gain - in-domain gain) on
+    each OOD test set. Controls, where the sweep has them, each needed for "holds" (else "holds as
+    smoothing / slowed specialisation"): the best point (chosen on the set's dev twin) below the
+    early-stopped baseline on the test set, and its gain beyond the control teacher's at its α."""
     null = "OOD gain minus in-domain gain is zero"
     if not ood_sets:
         return {"verdict": "not tested", "null": null, "p": None, "why": "no out-of-distribution validation set"}
+    real = [p for p in kd if p["teacher"] not in controls]
     ps, parts, above, below = [], [], 0, 0
+    knowledge: list[bool] = []
     for s in ood_sets:
         z = zfits[s]
-        keys = [p["key"] for p in kd]
+        keys = [p["key"] for p in real]
         mean = z.contrast({z.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
         ps.append(mean.p_greater())
         for k in keys:  # per point, Bonferroni over the points
@@ -171,15 +219,35 @@ def claim3(kd, zfits, ood_sets, level) -> dict:
             below += pl is not None and pl * len(keys) < 1 - level
         parts.append(f"{s}: mean over {len(keys)} KD points {_fmt(mean, level)}")
         parts[-1] += f" ({above} point(s) significantly above, {below} below)"
+        dev = (dev_of or {}).get(s)
+        if fits is None or dev is None or not real:
+            continue
+        best = max(real, key=lambda p: fits[dev].gain(p["key"]).value)
+        parts.append(f"controls on {s}, for the best point on {dev} ({best['teacher']} α={best['alpha']:g})")
+        es = (es_fits or {}).get(s)
+        if es is not None:
+            d = es.contrast({ES_KEY: 1.0, best["key"]: -1.0})
+            pv = d.p_greater()
+            knowledge.append(pv is not None and pv < 1 - level)
+            parts[-1] += (f": the early-stopped baseline minus it {_fmt(d, level)}"
+                          + (f", one-sided p = {pv:.3g}" if pv is not None else ""))
+        ok, why = _beats_control(kd, controls, fits[s], best, level)
+        if ok is not None:
+            knowledge.append(ok)
+            parts[-1] += f"; {why}"
     p_claim = _bonferroni(ps)
     verdict = "mixed" if above and below else None
     if verdict is None:
-        means = [zfits[s].contrast({zfits[s].baseline: 1.0, **{p["key"]: -1.0 / len(kd) for p in kd}})
+        means = [zfits[s].contrast({zfits[s].baseline: 1.0, **{p["key"]: -1.0 / len(real) for p in real}})
                  for s in ood_sets]
         if all(m.interval(level) and m.interval(level)[1] < 0 for m in means):
             verdict = "does not hold"
     return {"verdict": verdict, "null": null, "p": p_claim, "statistic": "per run: (OOD − in-domain) loss "
-            "difference, paired model; the mean over KD points", "why": "; ".join(parts)}
+            "difference, paired model; the mean over KD points", "why": "; ".join(parts),
+            "as_smoothing": (not all(knowledge)) if knowledge else None}
+
+
+ES_KEY = ("early-stopped baseline",)  # its point key in the test set's fit (analysis.early_stopped)
 
 
 def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
@@ -250,19 +318,27 @@ def _corr_rows(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
 
 
 def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: str, ood_sets: list[str],
-                level: float = 0.95, margin: float = 0.01, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+                level: float = 0.95, margin: float = 0.01, n_boot: int = 1000, seed: int = 0,
+                controls=(), dev_of: dict | None = None, es_fits: dict | None = None) -> list[dict]:
     """[{claim, verdict, null, statistic, p, p_holm, why, ...}] for the four claims (fixed-α
-    points only: `kd` holds one dict per point with key, teacher, alpha, teacher_val, ...)."""
+    points only: `kd` holds one dict per point with key, teacher, alpha, teacher_val, ...).
+    `ood_sets` are the sets verdicts read (no dev set among them); `dev_of` maps a test set to
+    its dev twin, `controls` names the control teachers, `es_fits` holds per test set the fit
+    with the early-stopped baseline as point ES_KEY (analysis.analyse builds them)."""
     rng = np.random.default_rng(seed)
-    strength = {p["teacher"]: p["teacher_val"].get(id_set, math.nan) for p in kd}
-    out = {1: claim1(kd, fits, baseline_id, id_set, [id_set, *ood_sets], level),
-           2: claim2(kd, fits, id_set, level, margin),
-           3: claim3(kd, zfits, ood_sets, level),
-           4: claim4(kd, fits[id_set], level, strength, n_boot, rng)}
+    real = [p for p in kd if p["teacher"] not in controls]
+    strength = {p["teacher"]: p["teacher_val"].get(id_set, math.nan) for p in real}
+    out = {1: claim1(kd, fits, baseline_id, id_set, [id_set, *ood_sets], level, controls),
+           2: claim2(real, fits, id_set, level, margin),
+           3: claim3(kd, zfits, ood_sets, level, fits, controls, dev_of, es_fits),
+           4: claim4(real, fits[id_set], level, strength, n_boot, rng)}
     adjusted = holm({k: c["p"] for k, c in out.items()})  # every claim with a primary test
     for k, c in out.items():
         c["claim"] = k
         c["p_holm"] = adjusted.get(k)
         if c["verdict"] is None:
-            c["verdict"] = "holds" if c["p_holm"] is not None and c["p_holm"] < 1 - level else "inconclusive"
+            holds = c["p_holm"] is not None and c["p_holm"] < 1 - level
+            c["verdict"] = "inconclusive" if not holds else \
+                {1: "holds as smoothing", 3: "holds as smoothing / slowed specialisation"}.get(k, "holds") \
+                if c.get("as_smoothing") else "holds"
     return [out[k] for k in sorted(out)]

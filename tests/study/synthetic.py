@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BASE = {"indomain": 4.348, "ood": 6.071}
+BASE = {"indomain": 4.348, "ood": 6.071, "ood_dev": 6.05, "ood_test": 6.09}
 TEACHERS = {  # name: (params, tokens, own in-domain loss) — the study's zoo
     "micro@123K": (0.14e6, 122880, 5.917), "tiny@123K": (0.36e6, 122880, 5.500),
     "small@123K": (1.3e6, 122880, 5.089), "micro@369K": (0.14e6, 368640, 4.743),
@@ -17,22 +17,25 @@ TEACHERS = {  # name: (params, tokens, own in-domain loss) — the study's zoo
 
 
 def sweep_rows(rng, effect=None, seeds=(1, 2, 3), alphas=(0.2, 0.5, 1.0), noise=0.009, seed_sd=0.013,
-               corr=0.62, teachers=TEACHERS) -> list[dict]:
-    """Rows as the report reads them; effect(teacher, alpha, set) -> true gain (default none)."""
-    seed_eff = {s: rng.normal(0, seed_sd, 2) for s in seeds}
-    cov = noise ** 2 * np.array([[1, corr], [corr, 1]])
+               corr=0.62, teachers=TEACHERS, sets=("indomain", "ood")) -> list[dict]:
+    """Rows as the report reads them; effect(teacher, alpha, set) -> true gain (default none).
+    A teacher of 0 parameters is a control (the unigram)."""
+    k = len(sets)
+    seed_eff = {s: rng.normal(0, seed_sd, k) for s in seeds}
+    cov = noise ** 2 * (np.full((k, k), corr) + (1 - corr) * np.eye(k))
 
     def run(name, gains, seed, **kw):
-        e = seed_eff[seed] + rng.multivariate_normal([0, 0], cov)
-        val = {s: BASE[s] - gains[i] + e[i] for i, s in enumerate(("indomain", "ood"))}
+        e = seed_eff[seed] + rng.multivariate_normal(np.zeros(k), cov)
+        val = {s: BASE[s] - gains[i] + e[i] for i, s in enumerate(sets)}
         return {"name": name, "student": "s", "seed": seed, "val": val, "student_params": 0.36e6, **kw}
 
-    rows = [run(f"base-{s}", (0.0, 0.0), s, teacher=None, alpha=0.0) for s in seeds]
+    rows = [run(f"base-{s}", (0.0,) * k, s, teacher=None, alpha=0.0) for s in seeds]
     for t, (params, tokens, own) in teachers.items():
         for a in alphas:
-            g = tuple(effect(t, a, s) if effect else 0.0 for s in ("indomain", "ood"))
+            g = tuple(effect(t, a, s) if effect else 0.0 for s in sets)
             for s in seeds:
                 rows.append(run(f"{t}-a{a}-{s}", g, s, teacher=t, alpha=a, temperature=1.0, kind="forward_kl",
-                                teacher_val={"indomain": own, "ood": own + 1.5}, teacher_tokens=tokens,
+                                teacher_val={"indomain": own, **{s: own + 1.5 for s in sets[1:]}},
+                                teacher_tokens=tokens,
                                 teacher_params=params, teacher_model=t.split("@")[0]))
     return rows
