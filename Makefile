@@ -17,7 +17,7 @@ help:
 	@echo "make test-fast install if needed, then ruff and the fast tier: no slow, multiproc or slurm tests"
 	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
 	@echo "make demo      install if needed, then run the CPU demo (about 12 minutes on 2 cores, install included)"
-	@echo "make study     install if needed, then the CPU study of the paper's claims (docs/STUDY.md)"
+	@echo "make study     install if needed, then study v3: five teachers, two student regimes, controls (docs/STUDY.md)"
 	@echo "make law       the runs of the distillation law (3 sizes x 3 lengths, 5 teachers), mkd fit, mkd advise (docs/scaling-law.md)"
 	@echo "make cache-study  the five teacher signals (full, top-64 fp32/bf16, top-8 bf16, 12 draws) x 3 seeds (docs/PERFORMANCE.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"

@@ -284,6 +284,24 @@ def _eager_compile_while_importing_mcore():
         torch.compile = compile_
 
 
+@contextlib.contextmanager
+def _no_wandb_while_importing_mcore():
+    """Adapts: megatron.core.timers imports wandb (when installed) at package import, ~0.7 s in
+    every process here, for a timer writer megatron_kd never uses (its own metrics module imports
+    wandb lazily, only when logging.wandb.project is set). While megatron.core is first imported,
+    `import wandb` fails there, as if it were absent (timers keep wandb = None); the block is
+    lifted right after, so a later import of wandb works. No effect if wandb is already loaded."""
+    if "megatron.core" in sys.modules or "wandb" in sys.modules:
+        yield
+        return
+    sys.modules["wandb"] = None  # type: ignore[assignment]  # the import system's "absent" marker
+    try:
+        yield
+    finally:
+        if sys.modules.get("wandb", 0) is None:
+            del sys.modules["wandb"]
+
+
 def _in_process_checkpoint_results() -> None:
     """Adapts: dist_checkpointing's file writer returns its results through a queue that
     megatron-core creates on the first save as a *spawned* multiprocessing Manager: a helper
@@ -356,7 +374,7 @@ def activate() -> bool:
     cuda.nvtx.range_pop = _noop
     cuda.nvtx.range = _null_stream_ctx
 
-    with _eager_compile_while_importing_mcore():
+    with _eager_compile_while_importing_mcore(), _no_wandb_while_importing_mcore():
         import megatron.core  # noqa: F401  (its package import loads most of megatron-core)
     # Adapts: the RNG tracker (model-parallel / data-parallel named states) and activation
     # recomputation's save/restore of the device RNG state: on CPU the device RNG is the CPU one.

@@ -179,7 +179,8 @@ def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
 
 
 def _claims_json(c: dict) -> dict:
-    keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "why", "rho", "rho_interval", "weak", "margin")
+    keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "why", "rho", "rho_interval", "weak", "margin",
+            "as_smoothing")
     out = {k: c[k] for k in keep if k in c}
     if "axes" in c:
         out["axes"] = [{"axis": r["axis"], "alpha": r["alpha"], "teachers": r["teachers"], "tested": r["tested"],

@@ -1,5 +1,9 @@
 """Launcher detection: one process, torchrun and srun need no code changes."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from megatron_kd.errors import ConfigError, SetupError
@@ -61,3 +65,17 @@ def test_malformed_launcher_variables_are_one_line(env, text):
     with pytest.raises(ConfigError) as err:
         detect_launch_env(env)
     assert text in str(err.value) and "\n" not in str(err.value)
+
+
+def test_lean_megatron_import_leaves_torch_compile_and_wandb_as_they_were():
+    """The CPU layer keeps TorchInductor and wandb out of megatron-core's package import (~4 s per
+    process) and lifts both right after: torch.compile is torch's again, wandb imports."""
+    code = ("import sys, torch; compile_ = torch.compile\n"
+            "from megatron_kd.runtime import cpu_compat; assert cpu_compat.activate()\n"
+            "from megatron.core import timers\n"
+            "assert timers.wandb is None and 'torch._inductor.compile_fx' not in sys.modules\n"
+            "assert torch.compile is compile_\n"
+            "import wandb; print('ok', wandb.__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0 and "ok wandb" in r.stdout, r.stderr[-2000:]

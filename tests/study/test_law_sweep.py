@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import corpus_overrides
-from tests.helpers import mkd
+from tests.helpers import mkd, mkd_in_process
 
 MODELS = {"m1": {"num_layers": 1, "hidden_size": 32, "ffn_hidden_size": 64, "num_attention_heads": 2,
                  "num_query_groups": 1},
@@ -19,7 +19,7 @@ MODELS = {"m1": {"num_layers": 1, "hidden_size": 32, "ffn_hidden_size": 64, "num
 
 
 @pytest.mark.slow
-def test_fit_and_advise_on_a_tiny_real_sweep(text_corpus, tmp_path):
+def test_fit_and_advise_on_a_tiny_real_sweep(text_corpus, tmp_path, capsys):
     students = []
     for name, m in MODELS.items():
         recipe = tmp_path / f"{name}.yaml"
@@ -46,21 +46,22 @@ def test_fit_and_advise_on_a_tiny_real_sweep(text_corpus, tmp_path):
     mkd("sweep", str(tmp_path / "kd.yaml"), "--local", timeout=900)
 
     law_file = tmp_path / "law.json"
-    r = mkd("fit", str(zoo), str(kd), "--out", str(law_file), "--bootstrap", "40", timeout=600)
-    assert "supervised law (8 runs" in r.stdout and "distillation law at α=0.5 (6 runs)" in r.stdout, r.stdout
-    assert "held-out check: fitted without the largest cell" in r.stdout
+    # fit and advise start no process group: they run in this process (no interpreter start each)
+    rc, out, err = mkd_in_process(capsys, "fit", zoo, kd, "--out", law_file, "--bootstrap", 40)
+    assert rc == 0 and "supervised law (8 runs" in out and "distillation law at α=0.5 (6 runs)" in out, out + err
+    assert "held-out check: fitted without the largest cell" in out
     law = json.loads(law_file.read_text())
     assert not law["supervised"]["fixed"] and isinstance(law["distillation"]["0.5"], dict)
     assert law["supervised"]["rmse_log"] < 0.05  # the law describes the runs it was fitted on
     rows = list(csv.DictReader(open(kd / "report.csv")))
     m2 = next(r for r in rows if r["run"].startswith("m2-"))
     budget = 6 * float(m2["student_nonembedding_params"]) * int(m2["student_tokens"])  # the law's count, 6 N D
-    r = mkd("advise", str(law_file), "--flops", f"{budget:g}", timeout=120)
-    assert r.stdout.splitlines()[-1].startswith("recommendation ("), r.stdout
-    assert "supervised" in r.stdout
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", f"{budget:g}")
+    assert rc == 0 and out.splitlines()[-1].startswith("recommendation ("), out + err
+    assert "supervised" in out
     t = next(r for r in rows if r["teacher"] == "m2-32steps")
-    r = mkd("advise", str(law_file), "--flops", f"{budget:g}", "--teacher", t["teacher_nonembedding_params"],
-            t["teacher_val/indomain"], timeout=120)
-    assert "existing teacher" in r.stdout and r.stdout.splitlines()[-1].startswith("recommendation ("), r.stdout
-    r = mkd("advise", str(law_file), "--flops", "1e30", check=False, timeout=120)
-    assert r.returncode == 2 and "--extrapolate" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", f"{budget:g}", "--teacher",
+                                  t["teacher_nonembedding_params"], t["teacher_val/indomain"])
+    assert rc == 0 and "existing teacher" in out and out.splitlines()[-1].startswith("recommendation ("), out
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", "1e30")
+    assert rc == 2 and "--extrapolate" in err and "Traceback" not in err, err
