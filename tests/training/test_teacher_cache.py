@@ -78,7 +78,7 @@ def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
     assert "shards deleted by its window of 3" in mkd("teacher-cache", "--verify", streamed).stdout
 
 
-def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
+def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsys):
     kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "kd.top_k=8", "kd.other_bucket=true"]
     cache = tmp_path / "cache-16"
     mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", cache, "--top-k", 16, timeout=600)
@@ -105,9 +105,9 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path):
     assert "top-k 16 sampled (fp16 values, 8-bit ids, 5-bit counts of 16 draws)" in r.stdout
     assert list(sampled.rglob("counts.npy")) and not list(sampled.rglob("logp.npy"))  # counts, not values
     full_kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "train.steps=4"]
-    r = mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={sampled}",
-            f"run.dir={tmp_path / 'sampled-topk'}", timeout=600, check=False)
-    assert r.returncode != 0 and "set kd.top_k=null" in r.stderr
+    rc, _, err = mkd_in_process(capsys, "train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={sampled}",
+                                f"run.dir={tmp_path / 'sampled-topk'}")  # refused before any rank starts
+    assert rc == 2 and "set kd.top_k=null" in err and not (tmp_path / "sampled-topk").exists(), err
     mkd("train", "train/tiny-mock", *full_kd, f"teacher.cache={sampled}", f"run.dir={tmp_path / 'sampled'}",
         timeout=600)
     mkd("train", "train/tiny-mock", *full_kd, f"run.dir={tmp_path / 'online-full'}", timeout=600)
