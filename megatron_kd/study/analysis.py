@@ -36,7 +36,8 @@ def early_stopped(base_rows: list[dict], dev: str, test: str) -> dict:
     (from its validation curve; a results table has none, and then this is empty)."""
     out = {}
     for r in base_rows:
-        curve = [v for v in r.get("curve") or [] if f"val/{dev}" in v and f"val/{test}" in v]
+        curve = [v for v in r.get("curve") or [] if f"val/{dev}" in v and f"val/{test}" in v
+                 and math.isfinite(v[f"val/{dev}"])]
         if curve:
             best = min(curve, key=lambda v: v[f"val/{dev}"])
             out[seed_key(r)] = (float(best[f"val/{test}"]), int(best["tokens"]))
@@ -205,7 +206,11 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
         md += ["", f"## The paper's claims ({student})", "",
                f"Each claim as a test: its null hypothesis, its statistic, and “holds” only when the primary "
                f"test's p-value, Holm-adjusted over the claims tested, is below {1 - level:g}. Claim 2 reads "
-               f"“saturates” only through an equivalence test (±{a['equivalence']:g} nats).", ""]
+               f"“saturates” only through an equivalence test (±{a['equivalence']:g} nats)."
+               + (" “Holds as smoothing” (claims 1 and 3): the primary test holds but a gain does not "
+                  "beat a control (the control teacher at the same α, or, for claim 3, the early-stopped "
+                  "baseline), so it is not evidence of the teacher's knowledge." if st.get("controls") else ""),
+               ""]
         for c in st["claims"]:
             ps = (f" (p = {c['p']:.3g}, Holm {c['p_holm']:.3g})" if c.get("p") is not None else "")
             md.append(f"{c['claim']}. {CLAIMS[c['claim']]}: **{c['verdict']}**{ps} — null: {c['null']}. "

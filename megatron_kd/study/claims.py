@@ -43,6 +43,11 @@ def _bonferroni(ps: list) -> float | None:
     return min(1.0, min(ps) * len(ps)) if ps else None
 
 
+def _both(*ps) -> float | None:
+    """The p-value of "every one of these one-sided alternatives holds": the largest."""
+    return None if any(p is None for p in ps) else max(ps)
+
+
 def best_alpha(kd: list[dict], fit, level: float) -> dict:
     """Per teacher: the α with the largest mean gain over seeds, α = 0 (no KD: the baseline)
     competing, with that gain's interval (a best-of-k pick: the interval is optimistic)."""
@@ -63,9 +68,10 @@ def _beats_control(kd, controls, fit, point, level) -> tuple[bool | None, str]:
     if not ctrl:
         return None, ""
     ok, parts = True, []
+    own = fit.gain(point["key"]).p_greater()
     for c in ctrl:
         d = fit.contrast({c["key"]: 1.0, point["key"]: -1.0})  # its gain minus the control's
-        pv = d.p_greater()
+        pv = _both(d.p_greater(), own)  # a gain, and beyond the control's
         ok &= pv is not None and pv < 1 - level
         parts.append(f"beyond the {c['teacher']} control at α={point['alpha']:g}: {_fmt(d, level)}"
                      + (f", one-sided p = {pv:.3g}" if pv is not None else ""))
@@ -94,13 +100,17 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
         why += "; every weak teacher hurts in-domain at every α"
     # the control: the largest paired gain beyond the control's at the same α and set, Bonferroni
     # over the same comparisons (the best one's own difference would be a best-of-many pick)
-    beyond = [(p, s, fits[s].contrast({c["key"]: 1.0, p["key"]: -1.0}), c["teacher"])
-              for p, s, _ in tests for c in kd if c["teacher"] in controls and c["alpha"] == p["alpha"]]
+    # Each comparison must be a gain *and* beyond the control (an intersection-union test: the
+    # larger of the two one-sided p's), so a control that hurts more than a harmful teacher does
+    # not make that teacher's loss look like knowledge.
+    beyond = [(p, s, fits[s].contrast({c["key"]: 1.0, p["key"]: -1.0}), c["teacher"], e)
+              for p, s, e in tests for c in kd if c["teacher"] in controls and c["alpha"] == p["alpha"]]
     knowledge = None
     if beyond:
-        p_know = _bonferroni([d.p_greater() for _, _, d, _ in beyond])
+        p_know = _bonferroni([_both(e.p_greater(), d.p_greater()) for _, _, d, _, e in beyond])
         knowledge = p_know is not None and p_know < 1 - level
-        bp, bs, bd, bc = max(beyond, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
+        bp, bs, bd, bc, _ = max(beyond, key=lambda t: min(t[2].value / t[2].se, t[4].value / t[4].se)
+                                if t[2].se and t[4].se else -math.inf)
         why += (f"; beyond the {bc} control at the same α and set, largest: {bp['teacher']} α={bp['alpha']:g} "
                 f"on {bs}: {_fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
     return {"verdict": verdict, "null": null, "p": p_claim, "why": why, "statistic": "max one-sided t over "
@@ -156,7 +166,7 @@ def claim2(kd, fits, id_set, level, margin, choose=None) -> dict:
         r = {"axis": name, "alpha": alpha, "alphas": [p["alpha"] for p in pts],
              "teachers": [p["teacher"] for p in pts], "tested": helped, "last_step": last, "slope": slope}
         if helped:
-            ci90 = Estimate(last.value, last.se, last.df).interval(1 - 2 * (1 - level) / 2)
+            ci90 = last.interval(1 - 2 * (1 - level))  # two one-sided tests at 1 - level each
             p_rev = last.p_less()
             p_tost = (max(last.p_greater(-margin), last.p_less(margin))
                       if last.se is not None and last.df > 0 else None)
@@ -205,9 +215,13 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
     if not ood_sets:
         return {"verdict": "not tested", "null": null, "p": None, "why": "no out-of-distribution validation set"}
     real = [p for p in kd if p["teacher"] not in controls]
+    if not real:
+        return {"verdict": "not tested", "null": null, "p": None, "why": "no KD point of a real teacher"}
     ps, parts, above, below = [], [], 0, 0
     knowledge: list[bool] = []
+    missing: list[str] = []
     for s in ood_sets:
+        set_above, set_below = above, below
         z = zfits[s]
         keys = [p["key"] for p in real]
         mean = z.contrast({z.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
@@ -218,14 +232,22 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
             above += pg is not None and pg * len(keys) < 1 - level
             below += pl is not None and pl * len(keys) < 1 - level
         parts.append(f"{s}: mean over {len(keys)} KD points {_fmt(mean, level)}")
-        parts[-1] += f" ({above} point(s) significantly above, {below} below)"
+        parts[-1] += f" ({above - set_above} point(s) significantly above, {below - set_below} below)"
         dev = (dev_of or {}).get(s)
-        if fits is None or dev is None or not real:
+        if fits is None or dev is None:
+            if controls:
+                missing.append(f"{s} has no dev twin")
             continue
-        best = max(real, key=lambda p: fits[dev].gain(p["key"]).value)
+        scored = [p for p in real if not math.isnan(fits[dev].gain(p["key"]).value)]
+        if not scored:
+            missing.append(f"no point has a {dev} loss")
+            continue
+        best = max(scored, key=lambda p: fits[dev].gain(p["key"]).value)
         parts.append(f"controls on {s}, for the best point on {dev} ({best['teacher']} α={best['alpha']:g})")
         es = (es_fits or {}).get(s)
-        if es is not None:
+        if es is None:
+            missing.append(f"no early-stopped baseline on {s} (the baselines have no eval curves)")
+        else:
             d = es.contrast({ES_KEY: 1.0, best["key"]: -1.0})
             pv = d.p_greater()
             knowledge.append(pv is not None and pv < 1 - level)
@@ -235,6 +257,10 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
         if ok is not None:
             knowledge.append(ok)
             parts[-1] += f"; {why}"
+        elif controls:
+            missing.append(f"no {'/'.join(sorted(controls))} point at α={best['alpha']:g}")
+    if missing:  # a registered control that could not run: said, never silently passed
+        parts.append("controls not run: " + "; ".join(missing))
     p_claim = _bonferroni(ps)
     verdict = "mixed" if above and below else None
     if verdict is None:
@@ -244,7 +270,7 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
             verdict = "does not hold"
     return {"verdict": verdict, "null": null, "p": p_claim, "statistic": "per run: (OOD − in-domain) loss "
             "difference, paired model; the mean over KD points", "why": "; ".join(parts),
-            "as_smoothing": (not all(knowledge)) if knowledge else None}
+            "as_smoothing": (not all(knowledge)) if knowledge else None, "controls_missing": missing}
 
 
 ES_KEY = ("early-stopped baseline",)  # its point key in the test set's fit (analysis.early_stopped)
@@ -272,8 +298,10 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
     perms = np.array(list(itertools.permutations(range(len(ts))))) if len(ts) <= 8 else \
         np.argsort(rng.random((5000, len(ts))), axis=1)
     null_rhos = _corr_rows(rx, ry[perms])
-    p = float((1 + np.sum(null_rhos >= rho - 1e-12)) / (1 + len(null_rhos)))
-    p_neg = float((1 + np.sum(null_rhos <= rho + 1e-12)) / (1 + len(null_rhos)))
+    # exact: the observed order is one of the enumerated ones (count / N); sampled: (1 + count) / (1 + N)
+    add = 0 if len(ts) <= 8 else 1
+    p = float((add + np.sum(null_rhos >= rho - 1e-12)) / (add + len(null_rhos)))
+    p_neg = float((add + np.sum(null_rhos <= rho + 1e-12)) / (add + len(null_rhos)))
     # bootstrap over seeds (paired: one draw of seeds for every point) for ρ's interval
     cand = [[(0.0, None)] + [(q["alpha"], q["key"]) for q in kd if q["teacher"] == t] for t in ts]
     keys = [fit.baseline] + [k for c in cand for _, k in c[1:]]
@@ -340,5 +368,5 @@ def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: st
             holds = c["p_holm"] is not None and c["p_holm"] < 1 - level
             c["verdict"] = "inconclusive" if not holds else \
                 {1: "holds as smoothing", 3: "holds as smoothing / slowed specialisation"}.get(k, "holds") \
-                if c.get("as_smoothing") else "holds"
+                if c.get("as_smoothing") else "holds" + (" (controls not run)" if c.get("controls_missing") else "")
     return [out[k] for k in sorted(out)]

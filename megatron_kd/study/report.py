@@ -180,11 +180,12 @@ def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
 
 def _claims_json(c: dict) -> dict:
     keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "why", "rho", "rho_interval", "weak", "margin",
-            "as_smoothing")
+            "as_smoothing", "controls_missing")
     out = {k: c[k] for k in keep if k in c}
     if "axes" in c:
         out["axes"] = [{"axis": r["axis"], "alpha": r["alpha"], "teachers": r["teachers"], "tested": r["tested"],
-                        "reading": r.get("reading"), "last_step": _est(r["last_step"]), "slope": _est(r["slope"])}
+                        "reading": r.get("reading"), "last_step": _est(r["last_step"]),
+                        "slope": _est(r["slope"]) if r["slope"] is not None else None}
                        for r in c["axes"]]
     return out
 

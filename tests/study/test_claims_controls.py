@@ -104,3 +104,37 @@ def test_controls_never_make_a_claim_hold_under_no_effect():
         for k, c in _claims(rows).items():
             holds[k] += c["verdict"].startswith("holds")
     assert all(holds[k] / n <= 0.10 for k in (1, 2, 3, 4)), holds
+
+
+def test_a_control_that_hurts_more_never_turns_a_teachers_loss_into_knowledge():
+    """At α = 0.8 the unigram hurts far more than the real teachers, which hurt too: "beyond the
+    control" there is no evidence of knowledge, since the teacher's own gain is a loss."""
+    rng = np.random.default_rng(11)
+
+    def gain(t, a, s):
+        if a == 0.8:
+            return -0.5 if t == "unigram" else -0.1
+        return 0.05  # smoothing: every teacher, the unigram too
+    verdicts = Counter(_claims(sweep_rows(rng, gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8),
+                                          seeds=(1, 2)))[1]["verdict"] for _ in range(20))
+    assert verdicts["holds"] <= 2 and verdicts["holds as smoothing"] >= 16, verdicts
+
+
+def test_missing_controls_are_said_and_report_json_takes_two_teacher_axes(tmp_path):
+    from megatron_kd.study.report import report_json
+
+    rng = np.random.default_rng(13)
+
+    def ood_gain(t, a, s):
+        return 0.06 if s != "indomain" and t != "unigram" else 0.0
+    rows = sweep_rows(rng, ood_gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8), seeds=(1, 2))
+    c3 = _claims(rows)[3]  # no eval curves: no early-stopped baseline, which the verdict says
+    assert c3["verdict"] == "holds (controls not run)" and "no early-stopped baseline" in c3["why"], c3
+    # only the control distilled: claim 3 has nothing to test (not the baseline's own OOD level)
+    only = [r for r in rows if r["teacher"] in (None, "unigram")]
+    assert _claims(only)[3]["verdict"] == "not tested"
+    study = analyse(rows, list(SETS), n_boot=0)
+    out = report_json(study, list(SETS))  # the v3 axes are pairs: no slope
+    c2 = next(c for c in out["students"]["s"]["claims"] if c["claim"] == 2)
+    assert c2["axes"] and all(a["slope"] is None for a in c2["axes"])
+    assert next(c for c in out["students"]["s"]["claims"] if c["claim"] == 3)["controls_missing"]
