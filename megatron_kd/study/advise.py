@@ -161,6 +161,11 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
                           "choose a budget and sizes inside, or pass --extrapolate")
     notes = [f"{left_out} candidate(s) left out: outside the fitted ranges (--extrapolate keeps them)"] \
         if left_out else []
+    if teacher is not None and not ok("teacher_loss", teacher[1]):  # its every option is gone: say why
+        lo, hi = law.ranges["teacher_loss"]
+        notes.insert(0, f"the existing teacher's loss {teacher[1]:.4f} is outside the teacher losses the law "
+                        f"was fitted on ({lo:.4f}-{hi:.4f}): no option distils from it (--extrapolate keeps them, "
+                        "unvalidated)")
     options.sort(key=lambda o: o.loss)
     return _best_per_kind(options), notes
 

@@ -123,6 +123,11 @@ def test_advise_picks_distillation_or_supervised_where_the_law_says(law_file):
     assert next(o for o in weak if o.kind == "existing teacher").loss > weak[0].loss
     one, notes = advise(law, budget, [N_S], students=1)
     assert one[0].kind == "supervised" and "outside the fitted ranges" in notes[0]
+    # a teacher better than any the law saw: said in one note, not dropped in silence
+    lo = law.ranges["teacher_loss"][0]
+    beyond, notes = advise(law, budget, [N_S], teacher=(3e6, lo - 0.5))
+    assert all(o.kind != "existing teacher" for o in beyond)
+    assert f"existing teacher's loss {lo - 0.5:.4f} is outside the teacher losses" in notes[0], notes
     trained = {k: next(o for o in advise(law, budget, [N_S], students=k)[0] if o.kind == "train a teacher")
                for k in (1, 64)}
     assert trained[64].loss < trained[1].loss  # its training shared by 64 students
