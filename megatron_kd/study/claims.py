@@ -61,6 +61,14 @@ def best_alpha(kd: list[dict], fit, level: float) -> dict:
     return out
 
 
+def _beyond_control(fit, point, control, own_p):
+    """(gain(point) - gain(control), the p of "a gain, and beyond the control's"): both one-sided
+    alternatives must hold (an intersection-union test: the larger p), so a control that hurts
+    more than a harmful teacher does not make that teacher's loss look like knowledge."""
+    d = fit.contrast({control["key"]: 1.0, point["key"]: -1.0})
+    return d, _both(d.p_greater(), own_p)
+
+
 def _beats_control(kd, controls, fit, point, level) -> tuple[bool | None, str]:
     """Whether `point`'s gain on `fit`'s set beats every control teacher's at the same α (paired,
     one-sided): (None, "") when the sweep has no control at that α."""
@@ -70,8 +78,7 @@ def _beats_control(kd, controls, fit, point, level) -> tuple[bool | None, str]:
     ok, parts = True, []
     own = fit.gain(point["key"]).p_greater()
     for c in ctrl:
-        d = fit.contrast({c["key"]: 1.0, point["key"]: -1.0})  # its gain minus the control's
-        pv = _both(d.p_greater(), own)  # a gain, and beyond the control's
+        d, pv = _beyond_control(fit, point, c, own)
         ok &= pv is not None and pv < 1 - level
         parts.append(f"beyond the {c['teacher']} control at α={point['alpha']:g}: {_fmt(d, level)}"
                      + (f", one-sided p = {pv:.3g}" if pv is not None else ""))
@@ -98,19 +105,16 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
            f"Bonferroni p = {p_claim:.3g}" if p_claim is not None else "no noise estimate")
     if hurt:
         why += "; every weak teacher hurts in-domain at every α"
-    # the control: the largest paired gain beyond the control's at the same α and set, Bonferroni
-    # over the same comparisons (the best one's own difference would be a best-of-many pick)
-    # Each comparison must be a gain *and* beyond the control (an intersection-union test: the
-    # larger of the two one-sided p's), so a control that hurts more than a harmful teacher does
-    # not make that teacher's loss look like knowledge.
-    beyond = [(p, s, fits[s].contrast({c["key"]: 1.0, p["key"]: -1.0}), c["teacher"], e)
+    # the control: every weak comparison beyond the control at the same α and set, Bonferroni over
+    # them (the best one's own difference alone would be a best-of-many pick)
+    beyond = [(p, s, *_beyond_control(fits[s], p, c, e.p_greater()), c["teacher"], e)
               for p, s, e in tests for c in kd if c["teacher"] in controls and c["alpha"] == p["alpha"]]
     knowledge = None
     if beyond:
-        p_know = _bonferroni([_both(e.p_greater(), d.p_greater()) for _, _, d, _, e in beyond])
+        p_know = _bonferroni([pv for _, _, _, pv, _, _ in beyond])
         knowledge = p_know is not None and p_know < 1 - level
-        bp, bs, bd, bc, _ = max(beyond, key=lambda t: min(t[2].value / t[2].se, t[4].value / t[4].se)
-                                if t[2].se and t[4].se else -math.inf)
+        bp, bs, bd, _, bc, _ = max(beyond, key=lambda t: min(t[2].value / t[2].se, t[5].value / t[5].se)
+                                   if t[2].se and t[5].se else -math.inf)
         why += (f"; beyond the {bc} control at the same α and set, largest: {bp['teacher']} α={bp['alpha']:g} "
                 f"on {bs}: {_fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
     return {"verdict": verdict, "null": null, "p": p_claim, "why": why, "statistic": "max one-sided t over "
