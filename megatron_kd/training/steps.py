@@ -10,7 +10,7 @@ import torch
 
 from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
-from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits
+from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits, teacher_rows
 from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
     CachedRows,
@@ -38,6 +38,7 @@ class StepContext:
     sequence_parallel: bool = False
     cache: object = None  # a distill.cache.TeacherCache: the teacher's outputs come from it
     unigram: torch.Tensor | None = None  # teacher.unigram: log p [vocab], the same target at every token
+    unigram_row: tuple | None = None  # its top-k row, made at the first step that needs it
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
     profiler: Profiler | None = None  # times the KD loss (mkd train --profile-steps)
 
@@ -127,23 +128,57 @@ def _forward_from_cache(ctx: StepContext, batch: dict, model):
 
 
 def _forward_unigram(ctx: StepContext, batch: dict, model):
-    """KD step against the unigram teacher: the same log-probabilities at every position, this
-    rank's vocabulary columns of them (padding columns PADDING_LOGIT, never counted)."""
+    """KD step against the unigram teacher: the same log-probabilities at every position. Where
+    a top-K cache's rows would serve the objective exactly (forward KL truncated to top-k, T = 1),
+    the teacher's one top-k row is made once and broadcast, and the step takes the cached
+    teachers' sparse objective (the same numbers, distill/sparse.py); the online route's per-token
+    top-k search over identical rows cost 4x the student's own step (study v3). Otherwise the
+    rank's vocabulary columns of the dense row (padding columns PADDING_LOGIT, never counted)."""
     from megatron.core import parallel_state
-
 
     student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
     if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
         return student_logits, None
     s, b, width = student_logits.shape
+    labels, mask = batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    opts = ctx.kd.opts
+    if opts.top_k is not None and opts.top_p is None and ctx.temperature == 1.0:
+        rows = _unigram_rows(ctx, width * tp, batch["labels"].cpu())
+        if cache_is_sparse(ctx.kd, ctx.alpha, rows):
+            return student_logits, make_loss_func(
+                ctx.kd, ctx.alpha, ctx.temperature, labels, mask, CachedRows(rows, None), ctx.tp_group)
     start = parallel_state.get_tensor_model_parallel_rank() * width
     row = torch.full((width,), PADDING_LOGIT, dtype=torch.float32)
     real = ctx.unigram[start:start + width]
     row[:real.numel()] = real
     teacher_logits = row.to(student_logits.device).expand(s, b, width).contiguous()
     return student_logits, make_loss_func(
-        ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
-        OnlineLogits(teacher_logits), ctx.tp_group)
+        ctx.kd, ctx.alpha, ctx.temperature, labels, mask, OnlineLogits(teacher_logits), ctx.tp_group)
+
+
+def _unigram_rows(ctx: StepContext, padded_width: int, labels: torch.Tensor) -> dict:
+    """The unigram teacher as a top-k cache's rows `[b, s, ...]` for these labels `[b, s]`: its one
+    row, as `distill.cache.teacher_rows` writes a teacher's (made once, on the whole padded
+    vocabulary, so no rank needs another's columns), broadcast; the label's log-probability is
+    read off the row."""
+
+    key = (padded_width, ctx.kd.opts.top_k)
+    if ctx.unigram_row is None or ctx.unigram_row[0] != key:
+        z = torch.full((1, 1, padded_width), PADDING_LOGIT, dtype=torch.float32)
+        z[0, 0, :ctx.unigram.numel()] = ctx.unigram
+        row = teacher_rows(z, torch.zeros(1, 1, dtype=torch.int64), ctx.kd.opts.vocab_size,
+                           ctx.kd.opts.top_k, group=None)
+        # megatron-core's CE convention (softmax over every column), as teacher_rows' label_logp
+        flat = z.reshape(-1)
+        m = flat.amax()
+        label_logp = flat - m - torch.log(torch.exp(flat - m).sum(dtype=torch.float64)).float()
+        ctx.unigram_row = (key, {k: v.reshape(v.shape[2:]) for k, v in row.items()}, label_logp)
+    _, row, label_logp = ctx.unigram_row
+    b, s = labels.shape
+    out = {k: v.expand(b, s, *v.shape) for k, v in row.items() if k != "label_logp"}
+    out["label_logp"] = label_logp[labels.long()]
+    return out
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:
