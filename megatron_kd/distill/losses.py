@@ -75,21 +75,30 @@ def _threshold_search(keys: torch.Tensor, weight: torch.Tensor | None, target: t
 
 
 def _top_k_set(c: torch.Tensor, k: int, shard: Shard) -> torch.Tensor:
-    """Exactly k columns per row with the largest teacher logits (ties -> lowest ids)."""
-    keys = _ordered_keys(shard.mask(c, -math.inf))
+    """Exactly k columns per row with the largest teacher logits (ties -> lowest ids).
+
+    The k-th largest value over all shards is the k-th largest of the shards' own top-k values
+    (the global top k lie among them): one topk and one all-gather of `[rows, k]`, where a
+    bisection over the key space cost 34 all-reduced passes over the logits (15x the whole
+    forward-KL loss at V = 2048)."""
+    cm = shard.mask(c, -math.inf)
     n_valid = c.shape[-1] if shard.valid is None else int(shard.valid.sum())
     total = all_reduce(torch.tensor([n_valid], device=c.device), dist.ReduceOp.SUM, shard.group)
     k = min(k, int(total.item()))
-    target = torch.full(keys.shape[:-1], float(k), dtype=torch.float64, device=c.device)
-    t = _threshold_search(keys, None, target, shard.group).unsqueeze(-1)
-    above = keys > t
-    ties = keys == t
+    size = group_size(shard.group)
+    local = torch.topk(cm.float(), min(k, cm.shape[-1]), dim=-1, sorted=False).values
+    if size > 1:
+        gathered = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(gathered, local.contiguous(), group=shard.group)
+        local = torch.cat(gathered, dim=-1)
+    t = torch.topk(local, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    above = cm > t
+    ties = cm == t
     if shard.valid is not None:
         ties &= shard.valid
     n_above = all_reduce(above.sum(-1), dist.ReduceOp.SUM, shard.group)
     local_ties = ties.sum(-1)
     # How many tied columns live on lower ranks: an all-gather of per-row tie counts.
-    size = group_size(shard.group)
     if size > 1:
         gathered = [torch.empty_like(local_ties) for _ in range(size)]
         dist.all_gather(gathered, local_ties.contiguous(), group=shard.group)
@@ -97,6 +106,8 @@ def _top_k_set(c: torch.Tensor, k: int, shard: Shard) -> torch.Tensor:
     else:
         before = torch.zeros_like(local_ties)
     quota = (k - n_above - before).clamp(min=0)
+    if bool((local_ties <= quota).all()):  # the usual case (no tie split at the boundary): all taken
+        return above | ties
     take = ties & (torch.cumsum(ties.to(torch.int64), -1) <= quota.unsqueeze(-1))
     return above | take
 
