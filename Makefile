@@ -55,15 +55,17 @@ lint: install
 	$(VENV)/bin/ruff check
 
 # Both cores: pytest-xdist, one test module per worker at a time (--dist loadscope), so a
-# module's fixtures (a trained teacher, the local Slurm cluster) are built once.
+# module's fixtures (a trained teacher, the local Slurm cluster) are built once; the longest
+# modules first (tests/scheduling.py; --no-loadscope-reorder keeps that order), so the two
+# workers end together.
 TEST_WORKERS ?= 2
 
 test: install system-deps lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=12
 
 # The tier to run while working: unit and numerics tests, one process each.
 test-fast: install lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=8 -m "not slow and not multiproc and not slurm"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=8 -m "not slow and not multiproc and not slurm"
 
 demo: install
 	bash scripts/demo.sh

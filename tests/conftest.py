@@ -15,6 +15,18 @@ if os.environ.get("MKD_TEST_DEVICE"):
     torch.set_default_device(os.environ["MKD_TEST_DEVICE"])
 
 
+def pytest_configure(config):
+    from tests.scheduling import register
+
+    register(config)
+
+
+def pytest_collection_modifyitems(config, items):
+    from tests.scheduling import longest_modules_first
+
+    longest_modules_first(items)  # with --no-loadscope-reorder (Makefile): xdist keeps this order
+
+
 def pydoc_documents() -> list[str]:
     """Real English text that ships with every CPython: the pydoc topic help (~0.8 MB)."""
     from pydoc_data.topics import topics

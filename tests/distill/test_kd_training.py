@@ -36,15 +36,11 @@ def test_alpha0_is_plain_pretraining_and_tp2_matches(text_corpus, teacher, tmp_p
     assert {"teacher_lm_loss", "teacher_entropy", "top1_agreement", "temperature"} <= set(kd0[0])
     # The teacher is better than an untrained student on the same batch.
     assert kd0[0]["teacher_lm_loss"] < kd0[0]["lm_loss"]
-    # KD at TP=2 over two gloo ranks follows the one-process KD run.
-    mkd(*run(text_corpus, tmp_path / "kd_tp1", "train.steps=4", f"teacher.checkpoint={teacher}", "kd.alpha=0.5"))
-    mkd(*run(text_corpus, tmp_path / "kd_tp2", "train.steps=4", f"teacher.checkpoint={teacher}",
-             "kd.alpha=0.5", "parallel.tp=2"), "--nproc", "2")
-    for a, b in zip(read_metrics(tmp_path / "kd_tp1"), read_metrics(tmp_path / "kd_tp2")):
-        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["kd_loss"] - b["kd_loss"]) < 1e-5
-        assert abs(a["top1_agreement"] - b["top1_agreement"]) < 1e-6
     # The fused output layer + CE + KD (logits made chunk by chunk inside the loss) trains the same
-    # model: in one process with small chunks, and at TP=2 with sequence parallelism.
+    # model as the one-process KD run: in one process with small chunks, and at TP=2 over two gloo
+    # ranks with sequence parallelism. (Unfused KD at TP=2: tests/training/test_layout_invariance.py,
+    # TP=2 x PP=2.)
+    mkd(*run(text_corpus, tmp_path / "kd_tp1", "train.steps=4", f"teacher.checkpoint={teacher}", "kd.alpha=0.5"))
     mkd(*run(text_corpus, tmp_path / "fused_tp1", "train.steps=4", f"teacher.checkpoint={teacher}",
              "kd.alpha=0.5", "kd.fused_output_layer=true", "kd.chunk_size=24"))
     mkd(*run(text_corpus, tmp_path / "fused_tp2", "train.steps=4", f"teacher.checkpoint={teacher}",
