@@ -109,6 +109,9 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
     # them (the best one's own difference alone would be a best-of-many pick)
     beyond = [(p, s, *_beyond_control(fits[s], p, c, e.p_greater()), c["teacher"], e)
               for p, s, e in tests for c in kd if c["teacher"] in controls and c["alpha"] == p["alpha"]]
+    # a weak comparison at an α the control has no point at: said, never silently passed
+    missing = sorted({f"no {'/'.join(sorted(controls))} point at α={p['alpha']:g}" for p, _, _ in tests
+                      if controls and not any(c["teacher"] in controls and c["alpha"] == p["alpha"] for c in kd)})
     knowledge = None
     if beyond:
         p_know = _bonferroni([pv for _, _, _, pv, _, _ in beyond])
@@ -117,9 +120,11 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
                                    if t[2].se and t[5].se else -math.inf)
         why += (f"; beyond the {bc} control at the same α and set, largest: {bp['teacher']} α={bp['alpha']:g} "
                 f"on {bs}: {_fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
+    if missing:
+        why += "; controls not run: " + "; ".join(missing)
     return {"verdict": verdict, "null": null, "p": p_claim, "why": why, "statistic": "max one-sided t over "
             "weak teacher x α x set, Bonferroni", "weak": weak,
-            "as_smoothing": None if knowledge is None else not knowledge}
+            "as_smoothing": None if knowledge is None else not knowledge, "controls_missing": missing}
 
 
 def _axes(kd: list[dict]) -> list[tuple[str, list[str], dict]]:

@@ -130,6 +130,16 @@ def test_missing_controls_are_said_and_report_json_takes_two_teacher_axes(tmp_pa
     rows = sweep_rows(rng, ood_gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8), seeds=(1, 2))
     c3 = _claims(rows)[3]  # no eval curves: no early-stopped baseline, which the verdict says
     assert c3["verdict"] == "holds (controls not run)" and "no early-stopped baseline" in c3["why"], c3
+    # claim 1: the weak teacher gains everywhere, the control has a point at α = 0.2 only; the
+    # unchecked αs are said, and a knowledge verdict from the checked one is marked
+    weak_gain = lambda t, a, s: 0.09 if t == "small@0.3ep" else 0.0  # noqa: E731
+    rows1 = [r for r in sweep_rows(rng, weak_gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8), seeds=(1, 2))
+             if r["teacher"] != "unigram" or r["alpha"] == 0.2]
+    c1 = _claims(rows1)[1]
+    assert c1["controls_missing"] == ["no unigram point at α=0.5", "no unigram point at α=0.8"], c1
+    assert c1["verdict"] == "holds (controls not run)" and "controls not run" in c1["why"], c1
+    full = _claims(sweep_rows(rng, weak_gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8), seeds=(1, 2)))[1]
+    assert full["verdict"] == "holds" and not full["controls_missing"], full
     # only the control distilled: claim 3 has nothing to test (not the baseline's own OOD level)
     only = [r for r in rows if r["teacher"] in (None, "unigram")]
     assert _claims(only)[3]["verdict"] == "not tested"
