@@ -19,6 +19,9 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
   one-pass objective writes its gradient over the student's) plus one loss chunk's fp32
   temporaries; kd.mix=magnitude_matched (separate passes) adds the fp32 CE copy and the KD
   gradient buffer; the fused output layer holds one output-layer chunk of each model's logits;
+  from a teacher cache or the unigram (no teacher model), the student's and a loss chunk's
+  temporaries, plus fp32 teacher logits unless the objective can be the sparse one (forward KL
+  with kd.top_k);
 - a fixed reserve for the CUDA context, NCCL and fragmentation.
 """
 

@@ -76,3 +76,24 @@ def test_cache_sizes_per_encoding_and_the_paper_grid():
     assert "top-8 49.7 TiB" in grid  # 39 B x 50e9 tokens x 28 checkpoints
     sampled = next(line for line in lines if "sampled" in line)
     assert "35.5 B/token" in sampled and "4-bit counts" in sampled  # 12 x (17 + 4) bits + 2 x 2 B
+
+
+def test_a_teacher_signal_without_a_model_counts_its_logits():
+    """KD from a cache or the unigram (no teacher model): the student's logits and a loss chunk's
+    temporaries, plus fp32 teacher logits only where the objective needs them dense."""
+    cfg = load_config("kd/paper-8b-to-1b")
+    cfg.teacher.checkpoint, cfg.teacher.cache = None, "/nowhere/cache"
+    from megatron_kd.config import padded_vocab
+
+    tokens, v = cfg.train.seq_length * cfg.train.micro_batch_size, padded_vocab(cfg.model, 1)
+    supervised = estimate(load_config("train/llama3-1b-paper"), None, 32).parts["logits (last stage)"]
+    cfg.kd.top_k, cfg.kd.kind = 64, "forward_kl"
+    sparse = estimate(cfg, None, 32).parts["logits (last stage)"]
+    cfg.kd.top_k = None
+    dense = estimate(cfg, None, 32).parts["logits (last stage)"]
+    temps = dense - tokens * v * (2 + 4)
+    assert temps > 0 and temps % (v * 20) == 0 and temps // (v * 20) <= tokens  # a chunk of rows x 5 fp32
+    assert sparse == pytest.approx(tokens * v * 2 + temps)  # no teacher logits: the sparse objective
+    assert supervised == pytest.approx(tokens * v * (2 + 4))  # bf16 logits + megatron-core's fp32 copy
+    cfg.teacher.cache, cfg.teacher.unigram = None, True
+    assert estimate(cfg, None, 32).parts["logits (last stage)"] == dense
