@@ -30,6 +30,23 @@ class _DropMessages(logging.Filter):
         return not any(m in msg for m in _QUIET_LOG_MESSAGES)
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """A handler on sys.stdout as it is when a record is emitted, not when the handler was made:
+    where a caller swaps sys.stdout (pytest's capture, contextlib.redirect_stdout, an in-process
+    `mkd`), the logs follow it, and a stream an earlier swap closed is never written to."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ / setStream assign it: always sys.stdout
+        pass
+
+
 def setup_logging(level: str = "info", rank: int | None = None) -> None:
     if rank is None:  # a malformed RANK is the launch check's to report (one line), not the logger's
         raw = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
@@ -40,7 +57,7 @@ def setup_logging(level: str = "info", rank: int | None = None) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _CurrentStdout()
     fmt = "%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(message)s"
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     handler.addFilter(_DropMessages())
