@@ -86,10 +86,10 @@ def _top_k_set(c: torch.Tensor, k: int, shard: Shard) -> torch.Tensor:
     total = all_reduce(torch.tensor([n_valid], device=c.device), dist.ReduceOp.SUM, shard.group)
     k = min(k, int(total.item()))
     size = group_size(shard.group)
-    local = torch.topk(cm.float(), min(k, cm.shape[-1]), dim=-1, sorted=False).values
+    local = torch.topk(cm, min(k, cm.shape[-1]), dim=-1, sorted=False).values
     if size > 1:
         gathered = [torch.empty_like(local) for _ in range(size)]
-        dist.all_gather(gathered, local.contiguous(), group=shard.group)
+        dist.all_gather(gathered, local, group=shard.group)
         local = torch.cat(gathered, dim=-1)
     t = torch.topk(local, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     above = cm > t

@@ -76,30 +76,25 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
         if pp > 1:  # and its hidden states in the stage inputs kept for backward
             parts["activations"] += in_flight * s / (tp if cfg.parallel.sequence_parallel else 1) * b \
                 * teacher.hidden_size * wbytes
-    parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes)
-    if teacher is None and (cfg.teacher.cache or cfg.teacher.unigram) and cfg.kd.alpha > 0:
-        parts["logits (last stage)"] = _signal_logits_bytes(cfg, s * b, padded // tp, wbytes)
+    signal_only = teacher is None and bool(cfg.teacher.cache or cfg.teacher.unigram) and cfg.kd.alpha > 0
+    parts["logits (last stage)"] = _logits_bytes(cfg, teacher is not None, s * b, padded // tp, wbytes, signal_only)
     parts["reserve (CUDA, NCCL)"] = RESERVE
     return Plan(tp, pp, dp, parts, vpp)
 
 
-def _signal_logits_bytes(cfg: RunConfig, tokens: int, v_local: int, wbytes: int) -> float:
-    """KD from a teacher signal without a teacher model (teacher.cache, teacher.unigram): the
-    student's logits and one loss chunk's fp32 temporaries; where the objective may need dense
-    teacher logits (any kind but truncated forward KL, or magnitude_matched) an fp32 copy of them
-    too. A truncated forward KL may take the sparse objective (a top-K cache, the unigram's top-k
-    row): no teacher logits, the smaller count, as a floor should."""
-    rows = min(tokens, cfg.kd.chunk_size or default_row_chunk(v_local, "cuda", cfg.parallel.tp))
-    temps = rows * v_local * 4 * 5
-    sparse = cfg.kd.kind == "forward_kl" and cfg.kd.top_k is not None and cfg.kd.mix != "magnitude_matched"
-    return tokens * v_local * (wbytes if sparse else wbytes + 4) + temps
-
-
-def _logits_bytes(cfg: RunConfig, kd: bool, tokens: int, v_local: int, wbytes: int) -> float:
-    if not kd:
+def _logits_bytes(cfg: RunConfig, kd: bool, tokens: int, v_local: int, wbytes: int,
+                  signal_only: bool = False) -> float:
+    """`signal_only`: KD from a teacher cache or the unigram, no teacher model: the student's
+    logits and a loss chunk's temporaries, plus an fp32 copy of dense teacher logits unless the
+    objective can be the sparse one (truncated forward KL: a top-K cache, the unigram's top-k
+    row), which holds none (the smaller count, as a floor should)."""
+    if not kd and not signal_only:
         return tokens * v_local * (wbytes + 4)
     rows = min(tokens, cfg.kd.chunk_size or default_row_chunk(v_local, "cuda", cfg.parallel.tp))
     temps = rows * v_local * 4 * 5  # RowLoss's 4 fp32 temporaries and a chunk of gradient
+    if signal_only:
+        sparse = cfg.kd.kind == "forward_kl" and cfg.kd.top_k is not None and cfg.kd.mix != "magnitude_matched"
+        return tokens * v_local * (wbytes if sparse else wbytes + 4) + temps
     if cfg.kd.fused_output_layer:
         chunk = min(tokens, max(rows, default_gemm_chunk(v_local, "cuda")))
         return chunk * v_local * (2 * wbytes + 4) + temps

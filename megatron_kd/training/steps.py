@@ -162,19 +162,15 @@ def _unigram_rows(ctx: StepContext, padded_width: int, labels: torch.Tensor) -> 
     row, as `distill.cache.teacher_rows` writes a teacher's (made once, on the whole padded
     vocabulary, so no rank needs another's columns), broadcast; the label's log-probability is
     read off the row."""
-
-    key = (padded_width, ctx.kd.opts.top_k)
-    if ctx.unigram_row is None or ctx.unigram_row[0] != key:
+    if ctx.unigram_row is None:  # the width and top-k are the run's: made once
         z = torch.full((1, 1, padded_width), PADDING_LOGIT, dtype=torch.float32)
         z[0, 0, :ctx.unigram.numel()] = ctx.unigram
         row = teacher_rows(z, torch.zeros(1, 1, dtype=torch.int64), ctx.kd.opts.vocab_size,
                            ctx.kd.opts.top_k, group=None)
-        # megatron-core's CE convention (softmax over every column), as teacher_rows' label_logp
-        flat = z.reshape(-1)
-        m = flat.amax()
-        label_logp = flat - m - torch.log(torch.exp(flat - m).sum(dtype=torch.float64)).float()
-        ctx.unigram_row = (key, {k: v.reshape(v.shape[2:]) for k, v in row.items()}, label_logp)
-    _, row, label_logp = ctx.unigram_row
+        # every label's log-probability in megatron-core's CE convention (softmax over every column)
+        label_logp = torch.log_softmax(z.reshape(-1).double(), -1).float()
+        ctx.unigram_row = ({k: v.reshape(v.shape[2:]) for k, v in row.items()}, label_logp)
+    row, label_logp = ctx.unigram_row
     b, s = labels.shape
     out = {k: v.expand(b, s, *v.shape) for k, v in row.items() if k != "label_logp"}
     out["label_logp"] = label_logp[labels.long()]

@@ -64,7 +64,7 @@ def test_unigram_top_k_row_route_equals_the_dense_online_route(top_k, alpha):
     mask = (torch.rand(s, b, generator=g) > 0.3).float()
     rows = _unigram_rows(ctx, width, labels.t().contiguous())
     assert cache_is_sparse(kd, alpha, rows) and rows["ids"].shape == (b, s, top_k)
-    assert _unigram_rows(ctx, width, labels.t()) is not rows and ctx.unigram_row[1]["ids"].shape == (top_k,)
+    assert _unigram_rows(ctx, width, labels.t()) is not rows and ctx.unigram_row[0]["ids"].shape == (top_k,)
     dense = torch.full((width,), PADDING_LOGIT)
     dense[:48] = logp
     results = []
