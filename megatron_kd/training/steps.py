@@ -144,7 +144,7 @@ def _forward_unigram(ctx: StepContext, batch: dict, model):
     tp = parallel_state.get_tensor_model_parallel_world_size()
     opts = ctx.kd.opts
     if opts.top_k is not None and opts.top_p is None and ctx.temperature == 1.0:
-        rows = _unigram_rows(ctx, width * tp, batch["labels"].cpu())
+        rows = _unigram_rows(ctx, width * tp, batch["labels"], student_logits.device)
         if cache_is_sparse(ctx.kd, ctx.alpha, rows):
             return student_logits, make_loss_func(
                 ctx.kd, ctx.alpha, ctx.temperature, labels, mask, CachedRows(rows, None), ctx.tp_group)
@@ -157,11 +157,11 @@ def _forward_unigram(ctx: StepContext, batch: dict, model):
         ctx.kd, ctx.alpha, ctx.temperature, labels, mask, OnlineLogits(teacher_logits), ctx.tp_group)
 
 
-def _unigram_rows(ctx: StepContext, padded_width: int, labels: torch.Tensor) -> dict:
+def _unigram_rows(ctx: StepContext, padded_width: int, labels: torch.Tensor, device) -> dict:
     """The unigram teacher as a top-k cache's rows `[b, s, ...]` for these labels `[b, s]`: its one
     row, as `distill.cache.teacher_rows` writes a teacher's (made once, on the whole padded
-    vocabulary, so no rank needs another's columns), broadcast; the label's log-probability is
-    read off the row."""
+    vocabulary, so no rank needs another's columns, and kept on the student's device, so a step
+    copies nothing to it), broadcast; the label's log-probability is read off the row."""
     if ctx.unigram_row is None:  # the width and top-k are the run's: made once
         z = torch.full((1, 1, padded_width), PADDING_LOGIT, dtype=torch.float32)
         z[0, 0, :ctx.unigram.numel()] = ctx.unigram
@@ -169,11 +169,11 @@ def _unigram_rows(ctx: StepContext, padded_width: int, labels: torch.Tensor) -> 
                            ctx.kd.opts.top_k, group=None)
         # every label's log-probability in megatron-core's CE convention (softmax over every column)
         label_logp = torch.log_softmax(z.reshape(-1).double(), -1).float()
-        ctx.unigram_row = ({k: v.reshape(v.shape[2:]) for k, v in row.items()}, label_logp)
+        ctx.unigram_row = ({k: v.reshape(v.shape[2:]).to(device) for k, v in row.items()}, label_logp.to(device))
     row, label_logp = ctx.unigram_row
     b, s = labels.shape
     out = {k: v.expand(b, s, *v.shape) for k, v in row.items() if k != "label_logp"}
-    out["label_logp"] = label_logp[labels.long()]
+    out["label_logp"] = label_logp[labels.to(device, torch.long)]
     return out
 
 

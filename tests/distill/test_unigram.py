@@ -62,9 +62,10 @@ def test_unigram_top_k_row_route_equals_the_dense_online_route(top_k, alpha):
     zs[0, 0, 5] = 50.0  # a huge logit (the other mass e^-50 stays above both routes' floors)
     labels = torch.randint(0, 48, (s, b), generator=g)
     mask = (torch.rand(s, b, generator=g) > 0.3).float()
-    rows = _unigram_rows(ctx, width, labels.t().contiguous())
+    cpu = torch.device("cpu")
+    rows = _unigram_rows(ctx, width, labels.t().contiguous(), cpu)
     assert cache_is_sparse(kd, alpha, rows) and rows["ids"].shape == (b, s, top_k)
-    assert _unigram_rows(ctx, width, labels.t()) is not rows and ctx.unigram_row[0]["ids"].shape == (top_k,)
+    assert _unigram_rows(ctx, width, labels.t(), cpu) is not rows and ctx.unigram_row[0]["ids"].shape == (top_k,)
     dense = torch.full((width,), PADDING_LOGIT)
     dense[:48] = logp
     results = []
