@@ -296,6 +296,9 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
 
 # --- writing: the rows of one micro-batch -----------------------------------------------------
 
+ROW_BLOCK_LOGITS = 1 << 20  # teacher_rows' CPU work in blocks of about this many logits (4 MiB in fp32)
+
+
 def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, top_k: int | None,
                  group, sample_generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Cache rows `[b, s, ...]` from this TP rank's teacher logits `[s, b, V/TP]` (sequence-major)
@@ -310,9 +313,14 @@ def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, to
     # same bits as one block): on CPU a block's float64 copies and temporaries stay in cache,
     # where one [tokens, V] block made the cache job 3x slower than it needs to be. A sampled
     # cache's draws take the whole batch at once (the generator's stream is the batch's).
-    block = z.shape[0] if z.is_cuda or sample_generator is not None else max(16, (1 << 20) // width)
-    parts = [_block_rows(z[i:i + block], lab[i:i + block], shard, vocab_size, top_k, group, tp, sample_generator)
-             for i in range(0, max(1, z.shape[0]), block)]  # an empty batch: one empty block
+    n = z.shape[0]
+    block = n if z.is_cuda or sample_generator is not None else max(16, ROW_BLOCK_LOGITS // width)
+    starts = list(range(0, n, max(1, block))) or [0]  # an empty batch: one empty block
+    if len(starts) > 1 and n - starts[-1] < 16:  # a few-row tail joins the block before it: torch
+        starts.pop()  # splits a lone row's sum over threads, in another order than a block's rows
+    ends = starts[1:] + [n]
+    parts = [_block_rows(z[i:j], lab[i:j], shard, vocab_size, top_k, group, tp, sample_generator)
+             for i, j in zip(starts, ends)]
     rows = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
     # sequence-major rows (t * b + i) -> sample-major [b, s, ...]
     return {k: v.reshape(s_len, b, *v.shape[1:]).transpose(0, 1).contiguous() for k, v in rows.items()}

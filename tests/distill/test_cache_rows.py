@@ -45,3 +45,28 @@ def test_rows_match_float64_reference(vocab, width, s, huge):
         assert torch.equal(torch.isfinite(got), finite), key
         assert torch.allclose(got.double()[finite], want[finite], rtol=1e-5, atol=1e-4 if huge else 1e-5), key
     assert math.isclose(rows["entropy"].min().item(), max(0.0, ref["entropy"].min().item()), abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("vocab", [256, 250])  # unpadded and padded
+@pytest.mark.parametrize("top_k", [8, None])
+def test_blocks_give_the_bytes_of_one_block(monkeypatch, vocab, top_k):
+    """The cache's bytes do not depend on the block size: 70 rows in blocks of 16 (a 6-row tail
+    joins the block before it) against one block of all 70."""
+    import megatron_kd.distill.cache as cache
+
+    g = torch.Generator().manual_seed(vocab)
+    z = torch.randn(35, 2, 256, generator=g) * 4
+    labels = torch.randint(0, vocab, (35, 2), generator=g)
+    whole = teacher_rows(z, labels, vocab, top_k, None)
+    monkeypatch.setattr(cache, "ROW_BLOCK_LOGITS", 16 * 256)
+    blocked = teacher_rows(z, labels, vocab, top_k, None)
+    assert sorted(blocked) == sorted(whole)
+    for key in whole:
+        assert torch.equal(blocked[key], whole[key]), key
+
+
+def test_empty_batch_gives_empty_rows():
+    z, labels = torch.randn(0, 2, 64), torch.zeros(0, 2, dtype=torch.long)
+    for generator in (None, torch.Generator().manual_seed(0)):
+        rows = teacher_rows(z, labels, 60, 8, None, sample_generator=generator)
+        assert rows["ids"].shape == (2, 0, 8) and rows["label_logp"].shape == (2, 0)
