@@ -313,14 +313,13 @@ def teacher_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, to
     # same bits as one block): on CPU a block's float64 copies and temporaries stay in cache,
     # where one [tokens, V] block made the cache job 3x slower than it needs to be. A sampled
     # cache's draws take the whole batch at once (the generator's stream is the batch's).
+    # Blocks of equal size (none below `block` rows, no lone-row tail: torch splits a single row's
+    # sum over threads, in another order than a block's rows); an empty batch is one empty block.
     n = z.shape[0]
-    block = n if z.is_cuda or sample_generator is not None else max(16, ROW_BLOCK_LOGITS // width)
-    starts = list(range(0, n, max(1, block))) or [0]  # an empty batch: one empty block
-    if len(starts) > 1 and n - starts[-1] < 16:  # a few-row tail joins the block before it: torch
-        starts.pop()  # splits a lone row's sum over threads, in another order than a block's rows
-    ends = starts[1:] + [n]
+    blocks = 1 if z.is_cuda or sample_generator is not None else max(1, n // max(16, ROW_BLOCK_LOGITS // width))
+    bounds = [n * i // blocks for i in range(blocks + 1)]
     parts = [_block_rows(z[i:j], lab[i:j], shard, vocab_size, top_k, group, tp, sample_generator)
-             for i, j in zip(starts, ends)]
+             for i, j in zip(bounds, bounds[1:])]
     rows = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
     # sequence-major rows (t * b + i) -> sample-major [b, s, ...]
     return {k: v.reshape(s_len, b, *v.shape[1:]).transpose(0, 1).contiguous() for k, v in rows.items()}

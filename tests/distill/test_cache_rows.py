@@ -50,8 +50,8 @@ def test_rows_match_float64_reference(vocab, width, s, huge):
 @pytest.mark.parametrize("vocab", [256, 250])  # unpadded and padded
 @pytest.mark.parametrize("top_k", [8, None])
 def test_blocks_give_the_bytes_of_one_block(monkeypatch, vocab, top_k):
-    """The cache's bytes do not depend on the block size: 70 rows in blocks of 16 (a 6-row tail
-    joins the block before it) against one block of all 70."""
+    """The cache's bytes do not depend on the block size: 70 rows in 4 blocks of 17-18 (at least
+    16 each) against one block of all 70."""
     import megatron_kd.distill.cache as cache
 
     g = torch.Generator().manual_seed(vocab)
