@@ -246,6 +246,13 @@ def _describe_one(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, json.JSONDecodeError):  # a JSON file read outside jsonio's checks
         return f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix or re-create the " \
                "file", EXIT_INPUT
+    if isinstance(exc, UnicodeDecodeError):  # a file read as text outside the readers that name it
+        return f"an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); give a UTF-8 text " \
+               "file (recipes, tables and JSON files are text)", EXIT_INPUT
+    if isinstance(exc, OverflowError):  # a number past what a float or an index can hold
+        detail = " ".join(str(exc).split())[-120:]
+        return f"a number in the input is too large to compute with ({detail}); check the values given " \
+               "(flags, recipe values, table cells) for sizes or exponents out of range", EXIT_INPUT
     if isinstance(exc, RecursionError):
         return "an input is nested too deeply to read (a recipe, override or JSON value thousands of " \
                "levels deep); flatten it", EXIT_INPUT

@@ -37,6 +37,9 @@ RAISED = {
     "torch_cpu_alloc": (RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to "
                                      "allocate 512000000000 bytes"), 4, "512000000000 bytes"),
     "recursion": (RecursionError("maximum recursion depth exceeded"), 2, "nested too deeply"),
+    "overflow": (OverflowError("cannot convert float infinity to integer"), 2, "too large to compute with"),
+    "not_utf8": (UnicodeDecodeError("utf-8", b"\x7fELF\xff", 4, 5, "invalid start byte"), 2,
+                 "not UTF-8 text (invalid start byte at byte 4)"),
     "json": (json.JSONDecodeError("Expecting value", "{x", 1), 2, "invalid JSON (Expecting value"),
     "torch_save_full": (RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
                                      "writing file data/0: file write failed"), 4, "disk is probably full"),
