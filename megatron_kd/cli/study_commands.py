@@ -62,57 +62,16 @@ def cmd_sweep(args) -> int:
         from megatron_kd.errors import ConfigError
 
         raise ConfigError("choose one of --local and --slurm")
-    if args.stream is not None and (not args.slurm or args.stream <= 0):
+    if args.stream is not None and (not args.slurm or not 0 < args.stream < float("inf")):
         from megatron_kd.errors import ConfigError
 
-        raise ConfigError(f"--stream SECONDS needs --slurm and SECONDS > 0 (got {args.stream:g}); e.g. "
+        raise ConfigError(f"--stream SECONDS needs --slurm and a finite SECONDS > 0 (got {args.stream:g}); e.g. "
                           "--slurm --stream 3600")
     if args.slurm:
         from megatron_kd.cli.slurm_commands import job_spec
-        from megatron_kd.errors import ConfigError
-        from megatron_kd.slurm.submit import require_sbatch, submit
+        from megatron_kd.slurm.sweep_jobs import submit_sweep
 
-        require_sbatch()  # before writing anything
-        from megatron_kd.study.sweep import cache_recipe, expand, finished, teacher_points
-
-        cache_jobs: dict[str, str] = {}  # one teacher-cache job per cached teacher, first
-        trains = teacher_points(spec, expand(spec))  # teachers that points of this sweep train
-        point_jobs: dict[str, str] = {}
-        written = write_recipes(spec, args.only)
-        written.sort(key=lambda pr: pr[0].name not in set(trains.values()))  # those points first
-        pending = {p.name for p, _ in written if not finished(Path(spec["out"]) / "runs" / p.name)}
-        for point, _ in written:
-            maker = trains.get(point.meta.get("teacher"))
-            if point.name in pending and maker and maker not in pending \
-                    and not finished(Path(spec["out"]) / "runs" / maker):
-                raise ConfigError(f"sweep point {point.name} reads teacher {point.meta['teacher']}, which sweep "
-                                  f"point {maker} trains and has not finished; add it to --only (or submit the "
-                                  "whole sweep) so the jobs can wait for it")
-        for point, recipe in written:
-            if finished(Path(spec["out"]) / "runs" / point.name):
-                print(f"[sweep] {point.name}: finished, skipped")
-                continue
-            job = job_spec(args, str(recipe), [])
-            maker = point_jobs.get(trains.get(point.meta.get("teacher"), ""))  # its teacher's job, if submitted now
-            job.dependency = maker
-            cache = point.meta.get("teacher_cache")
-            if cache and not (Path(cache) / "COMPLETE").is_file():
-                if cache not in cache_jobs:
-                    cj = job_spec(args, str(cache_recipe(spec, cache)), [])
-                    cj.dependency = maker
-                    cj.command, cj.job_name = "teacher-cache", f"mkd-cache-{Path(cache).name}"
-                    cj.command_args = ["--out", cache, *point.meta["cache_args"].split()]
-                    cache_jobs[cache] = submit(cj)
-                    print(f"[sweep] teacher {point.meta['teacher']}: cache job {cache_jobs[cache]} -> {cache}")
-                job.dependency = cache_jobs[cache]
-                if args.stream:  # beside the cache job, reading its shards as they are written
-                    job.dependency_kind = "after"
-                    job.overrides.append(f"teacher.cache_wait_s={args.stream:g}")
-            when = ("once cache job {} has started" if args.stream and job.dependency_kind == "after"
-                    else "after job {}")
-            point_jobs[point.name] = submit(job)
-            print(f"[sweep] {point.name}: submitted job {point_jobs[point.name]}"
-                  + (f" ({when.format(job.dependency)})" if job.dependency else ""))
+        submit_sweep(spec, job_spec(args, "", []), args.only, args.stream)
         print(f"when the jobs are done: mkd report {spec['out']}")
         return 0
     if not args.local:
@@ -156,10 +115,12 @@ def cmd_report(args) -> int:
 def cmd_analyze(args) -> int:
     from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
     from megatron_kd.cli.commands import launch_ranks
+    from megatron_kd.config.overrides import override
     from megatron_kd.study.analyze import run_analyze  # torch and megatron-core: after parsing
 
     ckpt = resolve_checkpoint(args.student)
-    cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", f"teacher.checkpoint={args.teacher}",
+    run_dir = str(ckpt.parent.parent)
+    cfg = saved_config(ckpt, [override("run.dir", run_dir), override("teacher.checkpoint", args.teacher),
                               "teacher.model=null", "teacher.cache=null", "teacher.unigram=false", *args.overrides],
                        state=verify_checkpoint(ckpt))
     out = ckpt.parent.parent / "analyze" / f"{Path(args.teacher).name}__{ckpt.name}.json"

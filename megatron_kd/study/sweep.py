@@ -44,17 +44,13 @@ from pathlib import Path
 from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
 from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.config.loader import read_yaml, resolve_recipe_path
-from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
+from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
+from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, _check_types, cache_args
 
-TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "unigram"}
-GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
-SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
-SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
-              "data_seed"}
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
 
 
@@ -148,109 +144,6 @@ def check_size(spec: dict) -> None:
                           f"{MAX_POINTS:,}; split it into smaller sweeps or shorten the grid's axes")
 
 
-def _check_types(spec: dict, p: Path) -> None:
-    """Each sweep key has the shape expand() reads; a wrong one is one line naming the key."""
-    def need(ok: bool, key: str, shape: str) -> None:
-        if not ok:
-            raise ConfigError(f"sweep {p}: `{key}` must be {shape}; see recipes/sweeps/cpu-mini.yaml")
-
-    def is_list(v, kinds) -> bool:
-        return v is None or (isinstance(v, list) and all(isinstance(x, kinds) and not isinstance(x, bool)
-                                                          for x in v))
-
-    for key in ("name", "base", "out"):
-        need(spec.get(key) is None or isinstance(spec[key], str), key, "a string")
-    need(is_list(spec.get("overrides"), str), "overrides", "a list of key=value strings")
-    need(is_list(spec.get("seeds"), int), "seeds", "a list of integers")
-    need(is_list(spec.get("baseline_seeds"), int), "baseline_seeds", "a list of integers")
-    need(is_list(spec.get("baseline_steps"), int) and all(x >= 1 for x in spec.get("baseline_steps") or []),
-         "baseline_steps", "a list of step counts (integers >= 1)")
-    need(isinstance(spec.get("baseline", True), bool), "baseline", "true or false")
-    steps_axis = (spec.get("grid") or {}).get("steps") if isinstance(spec.get("grid"), dict) else None
-    need(is_list(steps_axis, int) and all(x >= 1 for x in steps_axis or []), "grid.steps",
-         "a list of student step counts (integers >= 1)")
-    if steps_axis and spec.get("baseline_steps"):
-        raise ConfigError(f"sweep {p}: give the students' lengths as grid.steps or as baseline_steps, not both "
-                          "(grid.steps already runs each student's baseline at every length)")
-    grid = spec.get("grid")
-    need(grid is None or isinstance(grid, dict), "grid", "a mapping of axes to lists")
-    grid = grid or {}
-    for key, kinds in (("alpha", (int, float)), ("temperature", (int, float)), ("kind", str),
-                       ("top_k", int), ("student", str)):
-        need(is_list(grid.get(key), kinds), f"grid.{key}", "a list of " + ("strings" if kinds is str else "numbers"))
-    teachers = grid.get("teacher")
-    need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
-         "grid.teacher", "a list of {name, checkpoint, model} mappings")
-    for t in teachers or []:
-        need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
-        need(is_list(t.get("overrides"), str), "grid.teacher[].overrides",
-             "a list of key=value strings for this teacher's points (e.g. kd.top_k=8)")
-        if t.get("unigram"):
-            need(t["unigram"] is True and "checkpoint" not in t and "cache" not in t and "model" not in t,
-                 "grid.teacher[].unigram", "true, in an entry with no checkpoint, model or cache (the unigram "
-                 "teacher has none)")
-            continue
-        need(t.get("unigram") in (None, False), "grid.teacher[].unigram", "true or false")
-        need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
-        need(_cache_ok(t.get("cache")), "grid.teacher[].cache", CACHE_HELP)
-    need(spec.get("data_seed") is None or (isinstance(spec["data_seed"], int) and spec["data_seed"] >= 0),
-         "data_seed", "a non-negative integer")
-    scheds = grid.get("alpha_schedule")
-    need(scheds is None or (isinstance(scheds, list) and all(
-        isinstance(x, dict) and set(x) <= SCHEDULE_KEYS and isinstance(x.get("alpha"), (int, float))
-        and isinstance(x.get("kind"), str) for x in scheds)), "grid.alpha_schedule",
-        "a list of {alpha, kind, final[, warmup_fraction, decay_fraction]} mappings")
-    tg = grid.get("teacher_grid")
-    cached = any(isinstance(t, dict) and t.get("cache") for t in teachers or []) or (
-        isinstance(tg, dict) and bool(tg.get("cache")))
-    if cached and len(spec.get("seeds") or []) > 1 and spec.get("data_seed") is None:
-        raise ConfigError(f"sweep {p}: a cached teacher serves one data order; with several `seeds`, set "
-                          "`data_seed: N` so the seeds vary the students' initialisation only")
-    if tg is not None:
-        need(isinstance(tg, dict), "grid.teacher_grid", "a mapping with models, tokens and checkpoint")
-        need(isinstance(tg.get("models"), dict), "grid.teacher_grid.models", "a mapping of short names to recipes")
-        need(is_list(tg.get("tokens"), (int, float, str)) and tg.get("tokens") is not None,
-             "grid.teacher_grid.tokens", "a list of token counts")
-        need(isinstance(tg.get("checkpoint"), str), "grid.teacher_grid.checkpoint",
-             "a path pattern with {model} and {tokens}")
-        need(set(tg) <= {"models", "tokens", "checkpoint", "cache"}, "grid.teacher_grid",
-             "a mapping with models, tokens, checkpoint and optionally cache")
-        need(_cache_ok(tg.get("cache")), "grid.teacher_grid.cache", CACHE_HELP)
-        try:
-            [int(float(x)) for x in tg["tokens"]]
-            tg["checkpoint"].format(model="m", tokens=1)
-        except (ValueError, KeyError, IndexError) as exc:
-            raise ConfigError(f"sweep {p}: grid.teacher_grid is malformed ({exc}); tokens are numbers "
-                              "and checkpoint a pattern using only {model} and {tokens}") from exc
-
-
-CACHE_KEYS = {"top_k", "sample", "dtype", "zstd"}  # `mkd teacher-cache --top-k / --sample / --dtype / --zstd`
-CACHE_HELP = ("a mapping {top_k: K} or {sample: N} (K a positive integer or 'all', N in 1..255), "
-              "optionally with dtype: fp32|fp16|bf16 and zstd: LEVEL")
-
-
-def _int_in(x, low: int, high: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
-
-
-def _cache_ok(cache) -> bool:
-    if cache is None:
-        return True
-    if not isinstance(cache, dict) or not set(cache) <= CACHE_KEYS or ("top_k" in cache and "sample" in cache):
-        return False
-    k = cache.get("top_k", 64)
-    return ((k == "all" or _int_in(k, 1, 2 ** 31)) and ("sample" not in cache or _int_in(cache["sample"], 1, MAX_DRAWS))
-            and cache.get("dtype", "fp32") in VALUE_DTYPES and _int_in(cache.get("zstd", 0), 0, ZSTD_LEVELS[-1]))
-
-
-def cache_args(cache: dict) -> list[str]:
-    """The `mkd teacher-cache` options a teacher entry's `cache:` mapping asks for."""
-    out = ["--sample", str(cache["sample"])] if "sample" in cache else ["--top-k", str(cache.get("top_k", 64))]
-    if cache.get("dtype", "fp32") != "fp32":
-        out += ["--dtype", cache["dtype"]]
-    return out + (["--zstd", str(cache["zstd"])] if cache.get("zstd") else [])
-
-
 def _alpha_values(grid: dict) -> list:
     """The α axis: fixed values, then each α schedule (a mapping) as one more value."""
     fixed = grid.get("alpha") or []
@@ -274,7 +167,7 @@ def _student_at(student, steps) -> tuple[str, list[str], dict]:
     name = _short(student) if student else "student"
     if steps is None:
         return name, [], {}
-    return f"{name}-{steps}steps", [f"train.steps={steps}", "train.tokens=null"], {"student_steps": steps}
+    return f"{name}-{steps}steps", [override("train.steps", steps), "train.tokens=null"], {"student_steps": steps}
 
 
 def expand(spec: dict) -> list[Point]:
@@ -287,44 +180,45 @@ def expand(spec: dict) -> list[Point]:
     seeds = spec.get("seeds") or [None]
     common = list(spec.get("overrides") or [])
     if spec.get("data_seed") is not None:  # the seeds vary the initialisation; the data order is fixed
-        common.append(f"data.seed={spec['data_seed']}")
+        common.append(override("data.seed", spec["data_seed"]))
     seed_varies = "initialisation" if spec.get("data_seed") is not None else "initialisation and data order"
     points = []
     for seed, (student, steps) in itertools.product(seeds, _students(grid)):
         s_name, s_ov, s_meta = _student_at(student, steps)
         seed_tag = f"__seed{seed}" if len(seeds) > 1 else ""
-        base_ov = common + s_ov + ([f"run.seed={seed}"] if seed is not None else [])
+        base_ov = common + s_ov + ([override("run.seed", seed)] if seed is not None else [])
         if spec.get("baseline", True):
             points.append(Point(f"{s_name}__baseline{seed_tag}", student, None, base_ov + ["kd.alpha=0"],
                                 {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
                                  "seed_varies": seed_varies, **s_meta}))
-        for steps in spec.get("baseline_steps") or []:  # the same run at another length, its own schedule
-            points.append(Point(f"{s_name}__baseline-{steps}steps{seed_tag}", student, None,
-                                base_ov + ["kd.alpha=0", f"train.steps={steps}", "train.tokens=null"],
+        for length in spec.get("baseline_steps") or []:  # the same run at another length, its own schedule
+            points.append(Point(f"{s_name}__baseline-{length}steps{seed_tag}", student, None,
+                                base_ov + ["kd.alpha=0", override("train.steps", length), "train.tokens=null"],
                                 {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
-                                 "seed_varies": seed_varies, "baseline_steps": steps}))
+                                 "seed_varies": seed_varies, "baseline_steps": length}))
         for t, a, temp, kind, top_k in itertools.product(teachers, *axes.values()):
             parts, ov = [s_name, f"t-{_short(t['name'])}"], list(base_ov)
-            ov += ["teacher.unigram=true"] if t.get("unigram") else [f"teacher.checkpoint={t['checkpoint']}"]
+            ov += ["teacher.unigram=true"] if t.get("unigram") else [override("teacher.checkpoint", t["checkpoint"])]
             if t.get("model"):
-                ov.append(f"teacher.model={t['model']}")
+                ov.append(override("teacher.model", t["model"]))
             ov += list(t.get("overrides") or [])  # e.g. the KD options its cache serves (kd.top_k=8)
             meta = {"student": s_name, "teacher": t["name"], "teacher_model": t.get("model"),
                     "teacher_tokens": t.get("tokens"), "seed": seed, "seed_varies": seed_varies, **s_meta}
-            if t.get("cache"):  # one teacher pass (the cache job) serves every point of this teacher
-                cache_dir = Path(spec["out"]) / "caches" / _short(t["name"])
-                ov.append(f"teacher.cache={cache_dir}")
+            if t.get("cache"):  # one teacher pass (the cache job) serves this teacher's points of one length
+                cache_dir = Path(spec["out"]) / "caches" / (_short(t["name"]) + (f"-{steps}steps" if steps else ""))
+                ov.append(override("teacher.cache", str(cache_dir)))
                 meta["teacher_cache"] = str(cache_dir)
                 meta["cache_args"] = " ".join(cache_args(t["cache"]))
             if isinstance(a, dict):  # a scheduled α: its start value plus kd.alpha_schedule.*
-                ov += [f"kd.alpha={a['alpha']}"] + [f"kd.alpha_schedule.{k}={v}" for k, v in a.items() if k != "alpha"]
+                ov += [override("kd.alpha", a["alpha"])] + [override(f"kd.alpha_schedule.{k}", v) for k, v in a.items()
+                                                        if k != "alpha"]
                 parts.append(f"a{_num(a['alpha'])}-{a['kind']}-{_num(a.get('final', a['alpha']))}")
                 meta["alpha_schedule"] = _schedule_label(a)
                 a = None
             for key, val, tag in (("alpha", a, "a"), ("temperature", temp, "T"), ("kind", kind, ""),
                                   ("top_k", top_k, "topk")):
                 if val is not None:
-                    ov.append(f"kd.{key}={val}")
+                    ov.append(override(f"kd.{key}", val))
                     parts.append(f"{tag}{_num(val) if key != 'kind' else val}")
                     meta[key] = val
             meta.setdefault("alpha", None)
@@ -332,7 +226,7 @@ def expand(spec: dict) -> list[Point]:
     for seed, (student, steps) in itertools.product(spec.get("baseline_seeds") or [], _students(grid)):
         s_name, s_ov, s_meta = _student_at(student, steps)  # extra baselines: the noise band
         points.append(Point(f"{s_name}__baseline__seed{seed}", student, None,
-                            common + s_ov + [f"run.seed={seed}", "kd.alpha=0"],
+                            common + s_ov + [override("run.seed", seed), "kd.alpha=0"],
                             {"student": s_name, "teacher": None, "alpha": 0.0, "seed": seed,
                              "seed_varies": seed_varies, **s_meta}))
     if not points:
@@ -348,8 +242,8 @@ def expand(spec: dict) -> list[Point]:
 
 def resolve_point(spec: dict, point: Point):
     """The full config of one point (student model from its recipe, run dir in the sweep)."""
-    cfg = load_config(spec["base"], point.overrides + [f"run.name={point.name}",
-                                         f"run.dir={Path(spec['out']) / 'runs' / point.name}"])
+    run_dir = str(Path(spec["out"]) / "runs" / point.name)
+    cfg = load_config(spec["base"], point.overrides + [override("run.name", point.name), override("run.dir", run_dir)])
     if point.student:
         model_part = load_config(point.student, purpose="model").model
         cfg.model = model_part
@@ -400,7 +294,6 @@ def write_recipes(spec: dict, only: list[str] | None = None) -> list[tuple[Point
 def evaluate_teachers(spec: dict) -> dict:
     """Each distinct teacher's own validation losses on the sweep's sets (once; cached)."""
     base = load_config(spec["base"], list(spec.get("overrides") or []))
-    valid = "{" + ", ".join(f"{k}: {v}" for k, v in base.data.valid.items()) + "}"
     out = Path(spec["out"]) / "teachers"
     out.mkdir(parents=True, exist_ok=True)
     results, by_checkpoint = {}, {}
@@ -410,15 +303,22 @@ def evaluate_teachers(spec: dict) -> dict:
             reader = next(p for p in expand(spec) if p.teacher is not None and p.teacher.get("unigram"))
             _evaluate_unigram(resolve_point(spec, reader), target)
         elif not target.is_file():  # once per checkpoint
-            cmd = [sys.executable, "-m", "megatron_kd", "eval", t["checkpoint"], f"data.valid={valid}",
-                   f"train.seq_length={base.train.seq_length}",
-                   f"logging.eval_samples={base.logging.eval_samples}", "--json-out", str(target)]
+            cmd = [sys.executable, "-m", "megatron_kd", "eval", _argument_path(t["checkpoint"]),
+                   override("data.valid", base.data.valid), override("train.seq_length", base.train.seq_length),
+                   override("logging.eval_samples", base.logging.eval_samples), "--json-out",
+                   _argument_path(target)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 last = (r.stderr.strip().splitlines() or ["failed"])[-1]
                 raise ConfigError(f"evaluating teacher {t['name']} failed: {last}")
         results[t["name"]] = read_json(target, dict, "teacher evaluation")
     return results
+
+
+def _argument_path(path) -> str:
+    """`path` as a command-line argument that no parser takes for an option (`-x` -> `./-x`)."""
+    text = str(path)
+    return f"./{text}" if text.startswith("-") else text
 
 
 def _evaluate_unigram(cfg, target: Path) -> None:
@@ -437,17 +337,18 @@ def finished(run_dir: Path) -> bool:
 
 
 def cache_recipe(spec: dict, cache: str) -> Path:
-    """The recipe a teacher's cache job runs: that of the longest point reading the cache, over
-    the whole grid (an --only subset included), so that one pass serves every length of
-    grid.steps. A shorter run reads the first rows of the same stream: a run from a cache builds
-    its data stream for the cache's sample count (training/loop.py)."""
+    """The recipe a teacher's cache job runs: that of a point reading the cache. Every reader of
+    one cache has one length (a cache per teacher and student length of grid.steps): a run from a
+    cache builds its data stream for the cache's sample count (training/loop.py), and its paired
+    baseline builds one for its own length, so a cache built for a longer run would feed the KD
+    points another stream than their baselines once the longer run crosses an epoch of the data
+    (megatron-core shuffles a stream by its number of epochs)."""
     users = [p for p in expand(spec) if p.meta.get("teacher_cache") == cache]
     if not users:
         raise ConfigError(f"no point of sweep {spec['_path']} reads the teacher cache {cache}")
-    longest = max(users, key=lambda p: p.meta.get("student_steps") or 0)  # the first when no steps axis
     path = Path(cache).with_name(f"{Path(cache).name}.recipe.yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
-    dump_config(resolve_point(spec, longest), path)
+    dump_config(resolve_point(spec, users[0]), path)
     return path
 
 
@@ -465,8 +366,9 @@ def build_caches(spec: dict, pending: list[tuple], nproc: int, jobs: int = 1) ->
         if (Path(cache) / "COMPLETE").is_file():
             print(f"[sweep] teacher {teacher}: cache {cache} complete, reused by {len(users)} points", flush=True)
             continue
-        cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", str(cache_recipe(spec, cache)), "--out", cache,
-               *point.meta["cache_args"].split()] + (["--nproc", str(nproc)] if nproc > 1 else [])
+        cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", _argument_path(cache_recipe(spec, cache)),
+               "--out", _argument_path(cache), *point.meta["cache_args"].split()]
+        cmd += ["--nproc", str(nproc)] if nproc > 1 else []
         log = Path(f"{cache}.log")  # beside the cache: caches/NAME.log
 
         def done(code: int, text: str, teacher=teacher, log=log) -> None:
@@ -531,7 +433,7 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
 def _train_jobs(pending: list[tuple], nproc: int, ran: list[str]) -> list[Job]:
     todo = []
     for point, recipe, run_dir in pending:
-        cmd = [sys.executable, "-m", "megatron_kd", "train", str(recipe)]
+        cmd = [sys.executable, "-m", "megatron_kd", "train", _argument_path(recipe)]
         cmd += ["--nproc", str(nproc)] if nproc > 1 else []
 
         def done(code: int, text: str, point=point, log=run_dir / "train.log") -> None:

@@ -2,6 +2,7 @@
 teachers that are points of the sweep itself (run first, then their caches, then the rest)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -36,9 +37,10 @@ def test_each_student_length_is_a_student_of_its_own(tmp_path):
 def test_a_teacher_trained_by_the_sweep_and_its_cache_recipe(tmp_path):
     spec = _spec(tmp_path)
     assert sw.teacher_points(spec, sw.expand(spec)) == {"own@9": "tiny-9steps__baseline"}
-    cache = sw.expand(spec)[1].meta["teacher_cache"]
-    recipe = sw.cache_recipe(spec, cache)  # the longest reader's: one pass serves both lengths
-    assert yaml.safe_load(recipe.read_text())["train"]["steps"] == 9
+    caches = [p.meta["teacher_cache"] for p in sw.expand(spec) if p.teacher is not None]
+    assert [Path(c).name for c in caches] == ["own@9-3steps", "own@9-9steps"]  # one per length: pairs share data
+    for cache, steps in zip(caches, (3, 9)):
+        assert yaml.safe_load(sw.cache_recipe(spec, cache).read_text())["train"]["steps"] == steps
 
 
 def test_teacher_points_run_before_the_caches_and_the_rest(tmp_path, monkeypatch):
@@ -49,7 +51,7 @@ def test_teacher_points_run_before_the_caches_and_the_rest(tmp_path, monkeypatch
         sorted({p.meta["teacher_cache"] for p, _, _ in pending if p.meta.get("teacher_cache")})))
     sw.run_local(spec)
     assert order[0] == ["[sweep] tiny-9steps__baseline: training"]
-    assert order[1] == [str(tmp_path / "out" / "caches" / "own@9")]
+    assert order[1] == [str(tmp_path / "out" / "caches" / f"own@9-{n}steps") for n in (3, 9)]
     assert [s.split()[1] for s in order[2]] == ["tiny-3steps__baseline:", "tiny-3steps__t-own@9__a0.5:",
                                                  "tiny-9steps__t-own@9__a0.5:"]
     with pytest.raises(ConfigError, match="which sweep point tiny-9steps__baseline trains and has not run"):

@@ -1,0 +1,151 @@
+"""The shape of a sweep YAML (see study/sweep.py's doc): each key of the type expand() reads,
+checked before anything is expanded; a wrong one is one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
+from megatron_kd.errors import ConfigError
+
+TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "unigram"}
+GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
+SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
+SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
+              "data_seed"}
+
+
+def _check_types(spec: dict, p: Path) -> None:
+    """Each sweep key has the shape expand() reads; a wrong one is one line naming the key."""
+    def need(ok: bool, key: str, shape: str) -> None:
+        if not ok:
+            raise ConfigError(f"sweep {p}: `{key}` must be {shape}; see recipes/sweeps/cpu-mini.yaml")
+
+    def is_list(v, kinds) -> bool:
+        return v is None or (isinstance(v, list) and all(isinstance(x, kinds) and not isinstance(x, bool)
+                                                          for x in v))
+
+    for key in ("name", "base", "out"):
+        need(spec.get(key) is None or isinstance(spec[key], str), key, "a string")
+    need(is_list(spec.get("overrides"), str), "overrides", "a list of key=value strings")
+    need(is_list(spec.get("seeds"), int), "seeds", "a list of integers")
+    need(is_list(spec.get("baseline_seeds"), int), "baseline_seeds", "a list of integers")
+    need(is_list(spec.get("baseline_steps"), int) and all(x >= 1 for x in spec.get("baseline_steps") or []),
+         "baseline_steps", "a list of step counts (integers >= 1)")
+    need(isinstance(spec.get("baseline", True), bool), "baseline", "true or false")
+    steps_axis = (spec.get("grid") or {}).get("steps") if isinstance(spec.get("grid"), dict) else None
+    need(is_list(steps_axis, int) and all(x >= 1 for x in steps_axis or []), "grid.steps",
+         "a list of student step counts (integers >= 1)")
+    if steps_axis and spec.get("baseline_steps"):
+        raise ConfigError(f"sweep {p}: give the students' lengths as grid.steps or as baseline_steps, not both "
+                          "(grid.steps already runs each student's baseline at every length)")
+    grid = spec.get("grid")
+    need(grid is None or isinstance(grid, dict), "grid", "a mapping of axes to lists")
+    grid = grid or {}
+    for key, kinds in (("alpha", (int, float)), ("temperature", (int, float)), ("kind", str),
+                       ("top_k", int), ("student", str)):
+        need(is_list(grid.get(key), kinds), f"grid.{key}", "a list of " + ("strings" if kinds is str else "numbers"))
+    teachers = grid.get("teacher")
+    need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
+         "grid.teacher", "a list of {name, checkpoint, model} mappings")
+    for t in teachers or []:
+        need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
+        need(is_list(t.get("overrides"), str), "grid.teacher[].overrides",
+             "a list of key=value strings for this teacher's points (e.g. kd.top_k=8)")
+        if t.get("unigram"):
+            need(t["unigram"] is True and "checkpoint" not in t and "cache" not in t and "model" not in t,
+                 "grid.teacher[].unigram", "true, in an entry with no checkpoint, model or cache (the unigram "
+                 "teacher has none)")
+            continue
+        need(t.get("unigram") in (None, False), "grid.teacher[].unigram", "true or false")
+        need(isinstance(t.get("checkpoint"), str), "grid.teacher[].checkpoint", "a path")
+        need(_cache_ok(t.get("cache")), "grid.teacher[].cache", CACHE_HELP)
+    need(spec.get("data_seed") is None or (isinstance(spec["data_seed"], int) and spec["data_seed"] >= 0),
+         "data_seed", "a non-negative integer")
+    scheds = grid.get("alpha_schedule")
+    need(scheds is None or (isinstance(scheds, list) and all(
+        isinstance(x, dict) and set(x) <= SCHEDULE_KEYS and isinstance(x.get("alpha"), (int, float))
+        and isinstance(x.get("kind"), str) for x in scheds)), "grid.alpha_schedule",
+        "a list of {alpha, kind, final[, warmup_fraction, decay_fraction]} mappings")
+    tg = grid.get("teacher_grid")
+    cached = any(isinstance(t, dict) and t.get("cache") for t in teachers or []) or (
+        isinstance(tg, dict) and bool(tg.get("cache")))
+    if cached and len(spec.get("seeds") or []) > 1 and spec.get("data_seed") is None:
+        raise ConfigError(f"sweep {p}: a cached teacher serves one data order; with several `seeds`, set "
+                          "`data_seed: N` so the seeds vary the students' initialisation only")
+    if tg is not None:
+        need(isinstance(tg, dict), "grid.teacher_grid", "a mapping with models, tokens and checkpoint")
+        need(isinstance(tg.get("models"), dict), "grid.teacher_grid.models", "a mapping of short names to recipes")
+        need(is_list(tg.get("tokens"), (int, float, str)) and tg.get("tokens") is not None,
+             "grid.teacher_grid.tokens", "a list of token counts")
+        need(isinstance(tg.get("checkpoint"), str), "grid.teacher_grid.checkpoint",
+             "a path pattern with {model} and {tokens}")
+        need(set(tg) <= {"models", "tokens", "checkpoint", "cache"}, "grid.teacher_grid",
+             "a mapping with models, tokens, checkpoint and optionally cache")
+        need(_cache_ok(tg.get("cache")), "grid.teacher_grid.cache", CACHE_HELP)
+        try:
+            [int(float(x)) for x in tg["tokens"]]
+            tg["checkpoint"].format(model="m", tokens=1)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise ConfigError(f"sweep {p}: grid.teacher_grid is malformed ({exc}); tokens are numbers "
+                              "and checkpoint a pattern using only {model} and {tokens}") from exc
+    _check_repeats(spec, grid, p)
+    _check_teacher_overrides(teachers or [], p)
+
+
+def _check_repeats(spec: dict, grid: dict, p: Path) -> None:
+    """A value given twice on one axis would be two runs of one point (and two points of one
+    name): one line naming the axis and the value, not the teachers' names."""
+    tg = grid.get("teacher_grid") if isinstance(grid.get("teacher_grid"), dict) else {}
+    axes = {key: spec.get(key) for key in ("seeds", "baseline_seeds", "baseline_steps")}
+    axes |= {f"grid.{key}": grid.get(key) for key in ("student", "steps", "alpha", "temperature", "kind", "top_k")}
+    axes["grid.teacher_grid.tokens"] = [int(float(x)) for x in tg.get("tokens") or []]
+    for key, values in axes.items():
+        seen: list = []
+        for value in values or []:
+            if value in seen:
+                raise ConfigError(f"sweep {p}: `{key}` lists {value!r} twice; give each value once (a repeated "
+                                  "value would run the same point twice)")
+            seen.append(value)
+
+
+# Keys that shape a run's token stream (which sequences, in which order): a teacher's points
+# must read the stream of the baseline they are paired with, so its overrides may not set them.
+STREAM_KEYS = ("data.", "train.steps", "train.tokens", "train.global_batch_size", "train.seq_length", "run.seed")
+
+
+def _check_teacher_overrides(teachers: list[dict], p: Path) -> None:
+    for t in teachers:
+        for text in t.get("overrides") or []:
+            key = text.partition("=")[0].strip()
+            if key.startswith(STREAM_KEYS) or key in ("data", "train", "run"):
+                raise ConfigError(f"sweep {p}: teacher {t.get('name') or t.get('checkpoint')}'s override {key} "
+                                  "changes the data its points train on, which then differs from their paired "
+                                  "baseline's; set it in the sweep's `overrides` (every point) instead")
+
+
+CACHE_KEYS = {"top_k", "sample", "dtype", "zstd"}  # `mkd teacher-cache --top-k / --sample / --dtype / --zstd`
+CACHE_HELP = ("a mapping {top_k: K} or {sample: N} (K a positive integer or 'all', N in 1..255), "
+              "optionally with dtype: fp32|fp16|bf16 and zstd: LEVEL")
+
+
+def _int_in(x, low: int, high: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
+
+
+def _cache_ok(cache) -> bool:
+    if cache is None:
+        return True
+    if not isinstance(cache, dict) or not set(cache) <= CACHE_KEYS or ("top_k" in cache and "sample" in cache):
+        return False
+    k = cache.get("top_k", 64)
+    return ((k == "all" or _int_in(k, 1, 2 ** 31)) and ("sample" not in cache or _int_in(cache["sample"], 1, MAX_DRAWS))
+            and cache.get("dtype", "fp32") in VALUE_DTYPES and _int_in(cache.get("zstd", 0), 0, ZSTD_LEVELS[-1]))
+
+
+def cache_args(cache: dict) -> list[str]:
+    """The `mkd teacher-cache` options a teacher entry's `cache:` mapping asks for."""
+    out = ["--sample", str(cache["sample"])] if "sample" in cache else ["--top-k", str(cache.get("top_k", 64))]
+    if cache.get("dtype", "fp32") != "fp32":
+        out += ["--dtype", cache["dtype"]]
+    return out + (["--zstd", str(cache["zstd"])] if cache.get("zstd") else [])
