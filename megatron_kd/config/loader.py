@@ -44,15 +44,22 @@ def resolve_recipe_path(name: str | os.PathLike, relative_to: Path | None = None
     )
 
 
+_TOO_LONG = "a number too long to read (over 4300 digits); give a value of sensible size"
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path} is not UTF-8 text (byte {exc.start}); give a YAML recipe file") from exc
     try:
         data = yaml_safe.load(text)
     except yaml_safe.YAMLRefused as exc:
         raise ConfigError(f"recipe {path}: {exc}") from exc
+    except ValueError as exc:  # Python refuses to read an integer of more than 4300 digits
+        raise ConfigError(f"recipe {path} holds {_TOO_LONG}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -76,11 +83,23 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_recipe_dict(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe with its `base:` chain merged in; the result has no `base` key."""
+MAX_RECIPE_FILES = 256  # distinct files in one recipe's `base:` graph; shipped recipes use three or four
+
+
+def load_recipe_dict(path: Path, _seen: tuple[Path, ...] = (), _loaded: dict | None = None) -> dict:
+    """A recipe with its `base:` chain merged in; the result has no `base` key. Each file is read
+    and merged once per load (`_loaded`, by resolved path): bases that share bases (a diamond)
+    would otherwise be loaded once per path through the graph, 2**depth times."""
+    loaded = {} if _loaded is None else _loaded
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"recipe bases form a cycle: {chain}; remove one `base:` entry")
+    if path in loaded:
+        return loaded[path]
+    if len(loaded) >= MAX_RECIPE_FILES:
+        raise ConfigError(f"recipe {_seen[0] if _seen else path} builds on more than {MAX_RECIPE_FILES} recipe "
+                          "files through `base:`; merge some of them")
+    loaded[path] = {}  # counted now: a wide graph is refused before all of it is read
     data = read_yaml(path)
     bases = data.pop("base", None) or []
     if isinstance(bases, str):
@@ -89,8 +108,10 @@ def load_recipe_dict(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"`base:` in {path} must be a recipe path or a list of them")
     merged: dict = {}
     for b in bases:
-        merged = deep_merge(merged, load_recipe_dict(resolve_recipe_path(b, path.parent), (*_seen, path)))
-    return deep_merge(merged, data)
+        base = load_recipe_dict(resolve_recipe_path(b, path.parent), (*_seen, path), loaded)
+        merged = deep_merge(merged, base)
+    loaded[path] = deep_merge(merged, data)
+    return loaded[path]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -105,6 +126,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml_safe.load(raw) if raw.strip() else ""
     except yaml_safe.YAMLRefused as exc:
         raise ConfigError(f"override '{key}': {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"override '{key}' holds {_TOO_LONG}") from exc
     except yaml.YAMLError:
         value = raw
     return parts, value

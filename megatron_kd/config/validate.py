@@ -16,6 +16,13 @@ SEED_MAX = 2**32 - 1  # numpy (megatron-core's dataset shuffles) takes seeds in 
 # The most sequences a run may ask for (steps x global batch): megatron-core builds its sample
 # index up front, 16 bytes a sample (64 GiB here; 2**32 sequences of 4096 tokens = 17.6T tokens).
 MAX_SAMPLES = 2**32
+INT_LIMIT = 2**63  # every integer of a config is a 64-bit one where it is used (torch, numpy, Slurm)
+SIZE_LIMIT = 2**31  # model sizes index 32-bit tensors and kernels
+MODEL_SIZES = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+               "kv_channels", "vocab_size", "make_vocab_size_divisible_by", "padded_vocab_size",
+               "max_position_embeddings")
+MAX_WAIT_S = 30 * 86400  # a streamed cache's wait (a timer beyond this overflows the platform's)
+ROTARY_BASE_MAX = 10**12  # RoPE bases in use run from 1e4 to a few 1e9; 1e30 overflows torch's int64
 
 
 def _require(ok: bool, message: str) -> None:
@@ -34,6 +41,10 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                  "vocab_size", "max_position_embeddings", "make_vocab_size_divisible_by"):
         _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
+    for name in MODEL_SIZES:
+        value = getattr(m, name)
+        _require(value is None or value < SIZE_LIMIT,
+                 f"model.{name} must be below 2**31 = {SIZE_LIMIT:,}, got {_show(value)}")
     _require(par.tp >= 1 and par.pp >= 1, f"parallel.tp and parallel.pp must be >= 1, got tp={par.tp} pp={par.pp}")
     _require(par.vpp >= 1, f"parallel.vpp must be >= 1 (1 = no virtual stages), got {par.vpp}")
     _require(par.vpp == 1 or par.pp >= 2,
@@ -51,9 +62,11 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
                  "precision.fp8 needs precision.dtype=bf16 (FP8 GEMMs with bf16 elsewhere)")
     for name in ("attention_dropout", "hidden_dropout"):
         _require(0.0 <= getattr(m, name) <= 1.0, f"model.{name} must be in [0, 1], got {getattr(m, name)}")
-    for name in ("norm_epsilon", "init_method_std", "rope_scaling_factor"):
-        _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
-    _require(m.rotary_base > 0, f"model.rotary_base must be > 0, got {m.rotary_base}")
+    for name, most in (("norm_epsilon", 1.0), ("init_method_std", 1.0), ("rope_scaling_factor", 1e4)):
+        _require(0 < getattr(m, name) <= most, f"model.{name} must be in (0, {most:g}], got {getattr(m, name)}")
+    _require(0 < m.rotary_base <= ROTARY_BASE_MAX,
+             f"model.rotary_base must be in [1, 1e12] (RoPE theta: 1e4 to a few 1e9 in use), got "
+             f"{_show(m.rotary_base)}")
     if purpose == "model":
         return
     _validate_run_dir(cfg.run.dir)
@@ -200,12 +213,22 @@ def _validate_values(cfg: RunConfig) -> None:
     and exit 0), strings hold no control characters (a newline in a path reaches generated
     scripts and log lines as a second line)."""
     for key, value in _fields(cfg):
-        if isinstance(value, float):
+        if isinstance(value, int) and not isinstance(value, bool):
+            _require(-INT_LIMIT < value < INT_LIMIT, f"{key} is {_show(value)}, beyond a 64-bit integer; give a "
+                                                     "value of sensible size")
+        elif isinstance(value, float):
             _require(math.isfinite(value), f"{key} must be a finite number, got {value}")
         elif isinstance(value, str):
             bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
             _require(bad is None, f"{key} contains the control character {bad!r}; use a value "
                                   "without newlines, tabs or other control characters")
+
+
+def _show(value) -> str:
+    """A number for an error line: a huge integer by its size, not its hundreds of digits."""
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"a {len(str(abs(value))) if value.bit_length() < 14000 else 'huge'}-digit number"
+    return str(value)
 
 
 def _validate_run_dir(run_dir: str) -> None:
@@ -311,7 +334,8 @@ def _validate_kd(cfg: RunConfig) -> None:
              "teacher.cache gives the teacher's outputs, not its hidden states: set "
              "kd.fused_output_layer=false to train from a cache")
     wait = cfg.teacher.cache_wait_s
-    _require(0.0 <= wait < float("inf"), f"teacher.cache_wait_s must be a number of seconds >= 0, got {wait}")
+    _require(0.0 <= wait <= MAX_WAIT_S, f"teacher.cache_wait_s must be a number of seconds in [0, {MAX_WAIT_S:,}] "
+                                        f"(30 days), got {wait:g}")
     _require(0.0 <= kd.alpha <= 1.0, f"kd.alpha must be in [0, 1], got {kd.alpha}")
     problem = kd_option_problem(kd.kind, kd.temperature, kd.top_k, kd.top_p, kd.other_bucket, kd.jsd_beta)
     _require(problem is None, problem or "")
