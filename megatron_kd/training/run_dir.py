@@ -20,6 +20,10 @@ _MAY_CHANGE = ("run.name", "run.dir", "run.rendezvous_timeout_s", "parallel.", "
                "train.tokens", "train.stop_at_step", "model.padded_vocab_size", "data.valid",
                "train.max_consecutive_skips", "kd.teacher_metrics", "kd.chunk_size",
                "kd.fused_output_layer")
+# Settings of the process, not of what it computes: how long a streamed cache is waited for
+# (a raised wait after a timeout must resume, not need --overwrite, which discards checkpoints),
+# and the permission to read data without a tokenizer record (the same tokens either way).
+_RUNTIME_ONLY = ("teacher.cache_wait_s", "data.trust_unverified")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -48,7 +52,7 @@ def check_run_dir(cfg: RunConfig, overwrite: bool, delete: bool = True) -> None:
     # a key added to the schema after the run started reads as its default (not as a change)
     defaults = _flat(config_to_dict(RunConfig()))
     diff = sorted(k for k in set(old) | set(new)
-                  if old.get(k, defaults.get(k)) != new.get(k) and not k.startswith(_MAY_CHANGE))
+                  if old.get(k, defaults.get(k)) != new.get(k) and not k.startswith(_MAY_CHANGE + _RUNTIME_ONLY))
     if not diff:
         return
     if overwrite:
