@@ -35,6 +35,7 @@ from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import tokens_per_step
+from megatron_kd.data.identity import run_data_identity
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 
@@ -203,6 +204,15 @@ class Checkpointer:
         self.save_hook = save_hook
         self.per_step = tokens_per_step(cfg)
         self.last_periodic_step: int | None = None  # a stop at this step needs no second save
+        self._data_identity: dict | None = None
+
+    def data_identity(self) -> dict:
+        """What this run's data holds (data/identity.py), recorded in every checkpoint so that a
+        resume on data tokenized again is refused; computed once per run (the data does not
+        change under a running job)."""
+        if self._data_identity is None:
+            self._data_identity = run_data_identity(self.cfg)
+        return self._data_identity
 
     # --- discovery ----------------------------------------------------------------------
     def latest(self) -> Path | None:
@@ -250,7 +260,8 @@ class Checkpointer:
 
         record = checkpoint_record(self.cfg, due.kind, step=state.step, consumed_samples=state.consumed_samples,
                                    tokenizer=state.tokenizer_info, scheduler=state.scheduler.state_dict(),
-                                   teacher=state.teacher_identity)
+                                   teacher=state.teacher_identity,
+                                   data=self.data_identity() if _rank() == 0 else None)  # rank 0 writes it
         final = write_checkpoint(self.root / due.name, self.cfg, record, write_shards, tokenizer_file, self.save_hook)
         if _rank() == 0:
             write_text_atomic(self.root / LATEST, due.name)

@@ -57,7 +57,7 @@ def read_state(path: str | Path) -> dict:
 _STATE_SCHEMA = {"step": (int,), "kind": (str,), "state_crc": (str,), "tokens": (int,), "consumed_samples": (int,),
                  "padded_vocab_size": (int, type(None)), "files": (dict,), "checksums": (dict,),
                  "scheduler": (dict,), "world_size": (int,), "tokenizer": (dict, type(None)),
-                 "teacher": (dict, type(None))}
+                 "teacher": (dict, type(None)), "data": (dict, type(None))}
 _REQUIRED = ("step", "kind", "tokens")
 
 
@@ -196,8 +196,10 @@ def saved_config(ckpt: Path, overrides: list[str] = (), purpose: str = "train",
                  state: dict | None = None) -> RunConfig:
     """The RunConfig `ckpt` was saved with, `overrides` applied after the padded vocabulary its
     weights have (so a later `model.padded_vocab_size=...` still wins)."""
+    from megatron_kd.config.overrides import override  # the value read back exactly
+
     state = read_state(ckpt) if state is None else state
     base = []
     if state.get("padded_vocab_size"):
-        base.append(f"model.padded_vocab_size={state['padded_vocab_size']}")
+        base.append(override("model.padded_vocab_size", state["padded_vocab_size"]))
     return load_config(ckpt / "config.yaml", [*base, *overrides], purpose=purpose)

@@ -231,9 +231,10 @@ def cmd_teacher_cache(args) -> int:
             raise ConfigError(f"--top-k must be a positive integer or 'all', got {args.top_k!r}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise ConfigError(f"--shard-rows must be >= 1, got {args.shard_rows}")
-    if args.window is not None and (args.window < 2 or args.readers < 1 or args.reader_wait <= 0):
-        raise ConfigError(f"--window needs N >= 2 shards, --readers >= 1 and --reader-wait > 0 (got --window "
-                          f"{args.window}, --readers {args.readers}, --reader-wait {args.reader_wait:g}); "
+    if args.window is not None and (args.window < 2 or args.readers < 1
+                                    or not 0 < args.reader_wait < float("inf")):  # NaN fails both
+        raise ConfigError(f"--window needs N >= 2 shards, --readers >= 1 and a finite --reader-wait > 0 (got "
+                          f"--window {args.window}, --readers {args.readers}, --reader-wait {args.reader_wait:g}); "
                           "e.g. --window 4 --readers 1")
     if not 0 <= args.zstd <= 22:
         raise ConfigError(f"--zstd must be a level in 1..22 (0 = off), got {args.zstd}")

@@ -16,6 +16,7 @@ import torch
 
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import parse_split
+from megatron_kd.data.identity import index_cache_key
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
@@ -139,7 +140,16 @@ def check_prefix(prefix: str, tokenizer, what: str, token_ids: bool = False,
     return tokens
 
 
-def _gpt_config(cfg: RunConfig, tokenizer, **kwargs):
+def index_cache_dir(cfg: RunConfig, prefixes: list[str]) -> Path:
+    """Where megatron-core keeps its dataset index files (sample and shuffle indices) for these
+    prefixes: under RUN_DIR/data_cache, in a directory named by their content (data/identity.py).
+    megatron-core names its files by the prefixes' paths and the config only, so data tokenized
+    again at the same path would reuse the old index (an IndexError at the first step, or the
+    wrong samples); a fresh directory makes it build the index for what the files hold now."""
+    return Path(cfg.run.dir) / "data_cache" / ("mock" if not prefixes else index_cache_key(prefixes))
+
+
+def _gpt_config(cfg: RunConfig, tokenizer, prefixes: list[str], **kwargs):
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
     return GPTDatasetConfig(
@@ -150,7 +160,7 @@ def _gpt_config(cfg: RunConfig, tokenizer, **kwargs):
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,
-        path_to_cache=str(Path(cfg.run.dir) / "data_cache"),
+        path_to_cache=str(index_cache_dir(cfg, prefixes)),
         **kwargs,
     )
 
@@ -174,7 +184,7 @@ def build_datasets(cfg: RunConfig, tokenizer, num_train_samples: int):
     seq = cfg.train.seq_length
     n_eval = cfg.logging.eval_samples
     if cfg.data.mock:
-        config = _gpt_config(cfg, tokenizer, split="98,2,0")
+        config = _gpt_config(cfg, tokenizer, [], split="98,2,0")
         train, valid, _ = _build_on_rank0_first(lambda: BlendedMegatronDatasetBuilder(
             MockGPTDataset, [num_train_samples, n_eval, 0], lambda: True, config).build())
         return train, {"mock": (valid, n_eval)}
@@ -183,7 +193,8 @@ def build_datasets(cfg: RunConfig, tokenizer, num_train_samples: int):
     tokens = {p: check_prefix(p, tokenizer, "data.train", trust_unverified=trust) for p in cfg.data.train}
     split = parse_split(cfg.data.split)
     weights = cfg.data.train_weights
-    config = _gpt_config(cfg, tokenizer, blend=(list(cfg.data.train), weights), split=cfg.data.split)
+    config = _gpt_config(cfg, tokenizer, list(cfg.data.train), blend=(list(cfg.data.train), weights),
+                         split=cfg.data.split)
     heldout_n = 0
     if split[1] > 0:
         heldout_tokens = sum(tokens.values()) * split[1] / sum(split)
@@ -201,7 +212,7 @@ def build_datasets(cfg: RunConfig, tokenizer, num_train_samples: int):
         if n < 1:
             raise ConfigError(f"data.valid.{name} '{prefix}' has {n_tokens} tokens, fewer than one "
                               f"sequence of train.seq_length={seq}")
-        vconfig = _gpt_config(cfg, tokenizer, blend_per_split=[None, ([prefix], None), None])
+        vconfig = _gpt_config(cfg, tokenizer, [prefix], blend_per_split=[None, ([prefix], None), None])
         _, ds, _ = _build_on_rank0_first(lambda: BlendedMegatronDatasetBuilder(
             GPTDataset, [0, n, 0], lambda: True, vconfig).build())
         valid[name] = (ds, n)

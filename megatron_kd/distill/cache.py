@@ -50,9 +50,17 @@ import torch.distributed as dist
 
 from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config.schema import KDConfig, RunConfig
+from megatron_kd.data.identity import data_identity, describe_difference
 from megatron_kd.data.tokenizer import file_sha256
-from megatron_kd.distill.cache_encoding import Encoding
-from megatron_kd.distill.cache_layout import COMPLETE, MANIFEST, SHARD_INDEX, shard_dir  # noqa: F401 (re-exported)
+from megatron_kd.distill.cache_encoding import Encoding, ShardTooLarge, stored_bytes
+from megatron_kd.distill.cache_layout import (  # noqa: F401 (re-exported)
+    COMPLETE,
+    MANIFEST,
+    SHARD_INDEX,
+    complete_shards,
+    first_gap,
+    shard_dir,
+)
 from megatron_kd.distill.cache_window import check_reader, deleted_below, refuse_deleted
 from megatron_kd.distill.vocab_parallel import Shard, all_reduce
 from megatron_kd.errors import ConfigError
@@ -81,7 +89,8 @@ def writer_state(root: Path) -> str:
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            return f"its cache job (pid {holder}) is still running: raise teacher.cache_wait_s"
+            return (f"its cache job (pid {holder}) is still running: raise teacher.cache_wait_s (e.g. "
+                    "teacher.cache_wait_s=3600) and start the run again; it resumes from its last checkpoint")
         raise
     finally:
         os.close(fd)
@@ -113,8 +122,8 @@ def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, te
     data = {"mock": d.mock}
     if not d.mock:
         data.update(tokenizer_sha256=file_sha256(Path(d.tokenizer)),
-                    train=[{"prefix": str(Path(p).resolve()), "bin_bytes": Path(f"{p}.bin").stat().st_size}
-                           for p in d.train],
+                    train=[{"prefix": prefix, "content": content}
+                           for prefix, content in data_identity(d.train).items()],
                     train_weights=d.train_weights, split=d.split)
     out = {"data": data, "seq_length": cfg.train.seq_length,
            "data_seed": d.seed if d.seed is not None else cfg.run.seed,
@@ -191,11 +200,8 @@ def check_shard(root: Path, m: dict, j: int) -> None:
         if not f.is_file() or not isinstance(info, dict) or info.get("crc32") != file_checksum(f):
             raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is missing or does not match its "
                               f"checksum (changed after it was written); {fix}")
-        try:
-            arr = enc.load(f)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} is not a NumPy array ({exc}); {fix}") from exc
         want = enc.shape(name, rows, m["seq_length"], width)
+        arr = _load_bounded(root, enc, f, stored_bytes(want, dtype), fix)
         if arr.shape != want or arr.dtype != dtype:
             raise ConfigError(f"teacher cache {root}: {d.name}/{f.name} holds {arr.dtype} {arr.shape}, the "
                               f"manifest says {dtype} {want} ({enc.describe()}); {fix}")
@@ -206,6 +212,19 @@ def check_shard(root: Path, m: dict, j: int) -> None:
         if low < 0 or high >= vocab:
             raise ConfigError(f"teacher cache {root}: {d.name}/ids holds token ids outside [0, {vocab}) "
                               f"(from {low} to {high}); {fix}")
+
+
+def _load_bounded(root: Path, enc: Encoding, f: Path, limit: int, fix: str) -> np.ndarray:
+    """A shard file, decompressed no further than `limit` bytes (its recorded shape's size)."""
+    try:
+        return enc.load(f, max_bytes=limit)
+    except ShardTooLarge as exc:
+        raise ConfigError(f"teacher cache {root}: shard {f.parent.name}/{f.name} decompresses past its recorded "
+                          f"size {exc.limit} bytes; the cache is damaged, rebuild it (delete that shard directory "
+                          "and run `mkd teacher-cache` again)") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"teacher cache {root}: {f.parent.name}/{f.name} is not a NumPy array ({exc}); "
+                          f"{fix}") from exc
 
 
 def check_kd(kd: KDConfig, top_k, sampled: bool = False) -> str | None:
@@ -262,29 +281,14 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
                        dtype=m["fingerprint"].get("dtype", "fp32"), sampled=sampled)
     if teacher_ckpt is None:
         mine["teacher"] = m["fingerprint"].get("teacher")
+    check_same_data(root, m["fingerprint"], mine)
     diff = differing_fields(m["fingerprint"], mine)
     if diff:
         raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
                           "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
     if m.get("window"):  # a windowed cache: this run's checkpoints must come often enough
         check_reader(root, m["window"], m["shard_rows"], cfg.train.global_batch_size, cfg.checkpoint.save_interval)
-    gone = deleted_below(root)  # shards the window deleted (a resumed run may not need them)
-    missing = [j for j in range(gone, m["num_shards"]) if not (shard_dir(root, j) / SHARD_INDEX).is_file()]
-    if streaming:
-        missing = []  # the ones written so far are checked below; the rest when they are read
-    for j in range(gone, m["num_shards"]):  # present and whole (sizes; `--verify` reads the checksums)
-        if j in missing or not (shard_dir(root, j) / SHARD_INDEX).is_file():
-            continue
-        index = read_json(shard_dir(root, j) / SHARD_INDEX, dict, "teacher cache shard index")
-        for name, info in index.items():
-            f = shard_dir(root, j) / name
-            if not f.is_file() or not isinstance(info, dict) or f.stat().st_size != info.get("bytes"):
-                missing.append(j)
-                break
-    if missing:
-        raise ConfigError(f"teacher cache {root}: shard {shard_dir(root, missing[0]).name} is missing or "
-                          f"truncated ({len(missing)} of {m['num_shards']}); delete the damaged shard "
-                          "directories and run `mkd teacher-cache` again (it writes what is missing)")
+    _check_shards_present(root, m, streaming)
     if need_samples > m["num_samples"]:
         raise ConfigError(f"teacher cache {root} covers {m['num_samples']} samples but this run trains on "
                           f"{need_samples}; write it for the longer run (train.steps/train.tokens)")
@@ -292,6 +296,50 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
     if why:
         raise ConfigError(f"teacher cache {root}: {why}")
     return m
+
+
+def check_same_data(root: Path, cached: dict, mine: dict) -> None:
+    """The cache was made from this run's data, by content (data/identity.py): the same documents
+    tokenized again in another order have the same paths and sizes but other rows. A cache that
+    recorded only sizes (before content identities) cannot be told from such data: refused."""
+    want = (mine.get("data") or {}).get("train")
+    have = (cached.get("data") or {}).get("train")
+    if want is None:  # mock data: its fingerprint says so, differing_fields compares it
+        return
+    if not isinstance(have, list) or not all(isinstance(e, dict) and "content" in e for e in have):
+        raise ConfigError(f"teacher cache {root} records its data by size only (it was written before caches "
+                          "recorded their data's content), so re-tokenized data cannot be told from it; rebuild "
+                          "the cache (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
+    have_ids = {str(e.get("prefix")): e.get("content") for e in have}
+    want_ids = {e["prefix"]: e["content"] for e in want}
+    if have_ids != want_ids:
+        raise ConfigError(f"teacher cache {root} was made from other data: {describe_difference(have_ids, want_ids)} "
+                          "(re-tokenized or replaced since); rebuild the cache for this data (`mkd teacher-cache "
+                          "RECIPE ... --out NEW_DIR`)")
+
+
+def _check_shards_present(root: Path, m: dict, streaming: bool) -> None:
+    """Every shard the window has not deleted is there and whole (sizes; `--verify` reads the
+    checksums); while streaming, the ones written so far. The manifest's counts are checked
+    against the shard directories that exist, never looped over."""
+    gone = deleted_below(root, m["num_shards"])
+    present = complete_shards(root, m["num_shards"])
+    damaged = []
+    for j in present:
+        if j < gone:
+            continue
+        index = read_json(shard_dir(root, j) / SHARD_INDEX, dict, "teacher cache shard index")
+        for name, info in index.items():
+            f = shard_dir(root, j) / name
+            if not f.is_file() or not isinstance(info, dict) or f.stat().st_size != info.get("bytes"):
+                damaged.append(j)
+                break
+    whole = sum(1 for j in present if j >= gone) - len(damaged)
+    if damaged or (not streaming and whole < m["num_shards"] - gone):
+        first = damaged[0] if damaged else first_gap(present, gone)
+        raise ConfigError(f"teacher cache {root}: shard {shard_dir(root, first).name} is missing or truncated "
+                          f"({m['num_shards'] - gone - whole} of {m['num_shards']}); delete the damaged shard "
+                          "directories and run `mkd teacher-cache` again (it writes what is missing)")
 
 
 # --- writing: the rows of one micro-batch -----------------------------------------------------
@@ -454,11 +502,13 @@ class TeacherCache:
             if j not in self._checked:  # checksums, shapes and ids, the first time a shard is used
                 check_shard(self.root, self.manifest, j)
                 self._checked.add(j)
-            try:
-                self._maps[j] = {f: self.encoding.load(d / self.encoding.file_name(f)) for f in self.files}
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"teacher cache shard {d} is missing or damaged ({exc}); "
-                                  "check it with `mkd teacher-cache --verify`") from exc
+            rows = min(self.rows_per_shard, self.manifest["num_samples"] - j * self.rows_per_shard)
+            width = self.vocab_size if self.top_k == "all" else self.top_k
+            fix = "check it with `mkd teacher-cache --verify`"
+            self._maps[j] = {f: _load_bounded(self.root, self.encoding, d / self.encoding.file_name(f),
+                                              stored_bytes(self.encoding.shape(f, rows, self.manifest["seq_length"],
+                                                                               width), dtype), fix)
+                             for f, dtype in self.files.items()}
         return self._maps[j]
 
     def rows(self, sample_index: torch.Tensor) -> dict[str, torch.Tensor]:

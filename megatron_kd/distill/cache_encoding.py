@@ -219,17 +219,51 @@ class Encoding:
         np.save(buf, array)
         Path(path).write_bytes(zstandard.ZstdCompressor(level=self.zstd).compress(buf.getvalue()))
 
-    def load(self, path: Path) -> np.ndarray:
-        """A stored array: memory-mapped when uncompressed, else decompressed whole."""
+    def load(self, path: Path, max_bytes: int | None = None) -> np.ndarray:
+        """A stored array: memory-mapped when uncompressed, else decompressed whole, but never
+        past `max_bytes` (what the manifest's shape takes: `stored_bytes`): a frame that claims or
+        inflates to more is refused (ShardTooLarge) before it is held in memory."""
         if not self.zstd:
             return np.load(path, mmap_mode="r")
         import zstandard
 
+        raw = Path(path).read_bytes()
         try:
-            data = zstandard.ZstdDecompressor().decompress(Path(path).read_bytes())
+            claimed = zstandard.frame_content_size(raw)  # -1: the frame does not say
+            if max_bytes is not None and claimed > max_bytes:
+                raise ShardTooLarge(max_bytes)
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw))
+            data = _read_at_most(reader, max_bytes)
         except zstandard.ZstdError as exc:
             raise ValueError(f"not a zstd frame ({exc})") from exc
         return np.load(io.BytesIO(data))
+
+
+class ShardTooLarge(ValueError):
+    """A compressed file that decompresses past the size its recorded shape allows."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"decompresses past its recorded size of {limit} bytes")
+        self.limit = limit
+
+
+NPY_HEADER_MAX = 65536 + 10  # a .npy (format 1.0) header: magic, version, length and at most 65,535 bytes
+
+
+def stored_bytes(shape: tuple, dtype) -> int:
+    """The most bytes a .npy of this shape and dtype can take (its payload and any header)."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + NPY_HEADER_MAX
+
+
+def _read_at_most(reader, limit: int | None) -> bytes:
+    """Everything `reader` yields, or ShardTooLarge as soon as it passes `limit` bytes."""
+    pieces, total = [], 0
+    while piece := reader.read(16 << 20):
+        total += len(piece)
+        if limit is not None and total > limit:
+            raise ShardTooLarge(limit)
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _pack_bits(x: np.ndarray, bits: int) -> np.ndarray:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
-from megatron_kd.distill.cache_layout import SHARD_INDEX, shard_dir
+from megatron_kd.distill.cache_layout import SHARD_INDEX, complete_shards, first_gap, shard_dir
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 
@@ -32,16 +32,23 @@ WINDOW_FILE = "window.json"  # {"window": N, "readers": R, "deleted_below": k}
 READERS = "readers"
 
 
-def deleted_below(root: Path) -> int:
-    """The first shard the window has not deleted (0 for a cache without a window)."""
+def deleted_below(root: Path, num_shards: int | None = None) -> int:
+    """The first shard the window has not deleted (0 for a cache without a window): a whole
+    number in 0..num_shards, checked before anything loops from it (-10^12 would)."""
     f = Path(root) / WINDOW_FILE
     if not f.is_file():
         return 0
     try:
-        return int(json.loads(f.read_text())["deleted_below"])
+        k = json.loads(f.read_text())["deleted_below"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"teacher cache {root}: {WINDOW_FILE} is damaged ({exc}); the window's state is "
                           "lost: write the cache again") from exc
+    top = num_shards if num_shards is not None else math.inf
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= top:
+        raise ConfigError(f"teacher cache {root}: {WINDOW_FILE} has 'deleted_below': {str(k)[:40]}, not a shard "
+                          f"count in 0..{top} (edited or damaged); the window's state is lost: write the cache "
+                          "again")
+    return k
 
 
 def refuse_deleted(root: Path, j: int) -> None:
@@ -66,6 +73,22 @@ def check_reader(root: Path, window: int, rows_per_shard: int, global_batch: int
             + ": the cache job would wait for a checkpoint that waits for a shard; set "
               f"checkpoint.save_interval <= {max(1, (window - 2) * rows_per_shard // global_batch)} or write "
               "the cache with a larger --window")
+
+
+_READER_SCHEMA = {"run_dir": str, "reading": int, "safe": int}  # what Reader.moved_to writes (and more)
+
+
+def _reader_problem(entry) -> str | None:
+    """What is wrong with a reader's registration, in words (None: nothing)."""
+    if not isinstance(entry, dict):
+        return "is not a JSON object"
+    for key, kind in _READER_SCHEMA.items():
+        value = entry.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"has '{key}': {json.dumps(value)[:40]}, not {'a string' if kind is str else 'an integer'}"
+    if not 0 <= entry["safe"] <= entry["reading"]:
+        return f"has 'safe': {entry['safe']} and 'reading': {entry['reading']}, not 0 <= safe <= reading"
+    return None
 
 
 class Reader:
@@ -97,34 +120,60 @@ class Reader:
 class Window:
     """The writer's side: when it may write a shard, and which it may delete."""
 
-    def __init__(self, root: Path, window: int, readers: int, wait_s: float, deletes: bool):
+    def __init__(self, root: Path, window: int, readers: int, wait_s: float, deletes: bool,
+                 num_shards: int | None = None):
         if window < 2 or readers < 1:
             raise ConfigError(f"--window needs at least 2 shards and --readers at least 1 (got {window}, {readers})")
+        if not (isinstance(wait_s, (int, float)) and math.isfinite(wait_s) and wait_s > 0):
+            raise ConfigError(f"--reader-wait must be a finite number of seconds above 0, got {wait_s}; "
+                              "e.g. --reader-wait 3600")
+        self.num_shards = num_shards  # the manifest's count: window.json is checked against it
         self.root, self.window, self.readers, self.wait_s = Path(root), window, readers, wait_s
         self.deletes = deletes  # every rank of the job may delete (idempotent: only what all readers passed)
         self.max_on_disk = 0
 
     def registered(self) -> list[dict]:
+        """Every reader's registration, checked against its schema (a hand-made file is one line,
+        not a traceback or a shard index of 10^12); each with its file's name under "file"."""
         out = []
         for f in sorted((self.root / READERS).glob("*.json")):
             try:
-                out.append(json.loads(f.read_text()))
+                entry = json.loads(f.read_text())
             except ValueError:  # being replaced (write_text_atomic renames): read it next time
                 continue
+            except FileNotFoundError:  # its run just removed or replaced it
+                continue
+            problem = _reader_problem(entry)
+            if problem:
+                raise ConfigError(f"teacher cache {self.root}: {READERS}/{f.name} {problem}: it is not a "
+                                  "student's registration (they write those themselves); delete it and run "
+                                  "the job again")
+            out.append(dict(entry, file=f.name))
         return out
 
     def _safe(self) -> int | None:
-        """The oldest checkpoint's shard over the readers, once all R runs have registered."""
+        """The oldest checkpoint's shard over the readers, once all R runs have registered. No
+        reader can have checkpointed past the first shard not written yet (it reads them in
+        order), so an entry that claims to is not trusted: one line, nothing deleted for it."""
         regs = self.registered()
-        runs = {r.get("run_dir") for r in regs}
-        return min(int(r["safe"]) for r in regs) if len(runs) >= self.readers else None
+        runs = {r["run_dir"] for r in regs}
+        if len(runs) < self.readers:
+            return None
+        gone = deleted_below(self.root, self.num_shards)
+        frontier = first_gap(complete_shards(self.root, self.num_shards), gone)
+        for r in regs:
+            if r["safe"] > frontier:
+                raise ConfigError(f"teacher cache {self.root}: {READERS}/{r['file']} says its run checkpointed "
+                                  f"at shard {r['safe']}, but only the shards below {frontier} are written: no "
+                                  "reader of this cache wrote that; delete it and run the job again")
+        return min(r["safe"] for r in regs)
 
     def collect(self, safe: int | None) -> None:
         """Delete the shards below `safe` (every registered reader's checkpoint)."""
-        k = deleted_below(self.root)
+        k = deleted_below(self.root, self.num_shards)
         if not self.deletes or safe is None or safe <= k:
             return
-        for j in range(k, safe):
+        for j in range(k, safe):  # safe <= the first unwritten shard (_safe): at most the window
             shutil.rmtree(shard_dir(self.root, j), ignore_errors=True)
         write_text_atomic(self.root / WINDOW_FILE, json.dumps({"window": self.window, "readers": self.readers,
                                                                "deleted_below": safe}))

@@ -9,9 +9,11 @@ same bytes. The manifest (fingerprint, shard layout) is written first and checke
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -27,8 +29,10 @@ from megatron_kd.distill.cache import (
     MANIFEST,
     SHARD_INDEX,
     check_shard,
+    complete_shards,
     differing_fields,
     fingerprint,
+    first_gap,
     read_manifest,
     shard_dir,
     teacher_rows,
@@ -43,6 +47,7 @@ from megatron_kd.training.faults import Faults
 from megatron_kd.training.run_dir import LOCK_FILE
 
 log = logging.getLogger("megatron_kd.cache")
+NEARLY_FULL = 1 << 20  # free bytes below which a failed write is taken for a full disk
 SHARD_BYTES = 64 << 20  # about this much per shard (a few thousand rows of a top-64 cache at 4k tokens)
 
 
@@ -108,8 +113,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     # rank 0 decides which shards are missing and tells everyone: the ranks of one pipeline must
     # agree (a file system's attribute cache could let each rank see a different state)
     # (a windowed cache's deleted shards are not missing: every reader had passed them)
-    missing = [[j for j in range(deleted_below(out), planned["num_shards"]) if not _complete(out, j)]
-               if rank == 0 else None]
+    missing = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
     torch.distributed.broadcast_object_list(missing, src=0)
     todo = [j for j in missing[0] if j % dp == dp_rank]
     writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
@@ -117,8 +121,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     micro = cfg.train.micro_batch_size
     seq = cfg.train.seq_length
     sampled = bool(planned["fingerprint"].get("sampled"))
-    window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=True) \
-        if planned.get("window") else None
+    window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=True,
+                    num_shards=planned["num_shards"]) if planned.get("window") else None
     for j in todo:
         if window is not None:  # at most `window` shards past the readers' oldest checkpoint
             window.wait_to_write(j)
@@ -160,8 +164,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
             log.info("teacher cache shard %d/%d: samples %d-%d%s", j + 1, planned["num_shards"], samples[0],
                      samples[-1], f" ({window.on_disk()} shards on disk)" if window is not None else "")
     torch.distributed.barrier()
-    left = [[j for j in range(deleted_below(out), planned["num_shards"]) if not _complete(out, j)]
-            if rank == 0 else None]
+    left = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
     torch.distributed.broadcast_object_list(left, src=0)
     if left[0]:  # every rank raises (none waits at a barrier for one that left)
         raise ConfigError(f"teacher cache {out}: shards {left[0][:5]} were not written; run the job again")
@@ -181,30 +184,59 @@ def _batch(dataset, index: list[int]) -> dict:
             for k in ("tokens", "labels", "position_ids")}
 
 
-def _complete(out: Path, j: int) -> bool:
-    return (shard_dir(out, j) / SHARD_INDEX).is_file()
+def _missing_shards(out: Path, num_shards: int) -> list[int]:
+    """The shards not written yet (a windowed cache's deleted shards are not missing)."""
+    present = set(complete_shards(out, num_shards))
+    return [j for j in range(deleted_below(out, num_shards), num_shards) if j not in present]
 
 
 def _write_shard(out: Path, j: int, rows: dict[str, torch.Tensor], encoding: Encoding) -> None:
+    """Shard j, written into SHARD.partial and renamed when whole. A write that fails (a full
+    disk) removes the partial shard, so it does not keep filling the disk, and names the file."""
     final = shard_dir(out, j)
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    files = {}
-    for name, array in encoding.encode(rows).items():
-        f = partial / encoding.file_name(name)
-        encoding.save(f, array)
-        files[f.name] = {"bytes": f.stat().st_size, "crc32": file_checksum(f)}
-    (partial / SHARD_INDEX).write_text(json.dumps(files, indent=1))  # last: marks the shard whole
-    partial.rename(final)
+    f = partial
+    try:
+        partial.mkdir()
+        files = {}
+        for name, array in encoding.encode(rows).items():
+            f = partial / encoding.file_name(name)
+            encoding.save(f, array)
+            files[f.name] = {"bytes": f.stat().st_size, "crc32": file_checksum(f)}
+        f = partial / SHARD_INDEX
+        f.write_text(json.dumps(files, indent=1))  # last: marks the shard whole
+        partial.rename(final)
+    except OSError as exc:
+        # numpy's short write says only "N requested and M written" (no errno): a full disk if
+        # nearly nothing is left there (looked at before the partial shard gives its space back)
+        full = exc.errno == errno.ENOSPC or (exc.errno is None and _nearly_full(partial))
+        shutil.rmtree(partial, ignore_errors=True)
+        if full or exc.filename is None:  # numpy's and zstd's writes name no file
+            raise OSError(errno.ENOSPC if full else exc.errno, os.strerror(errno.ENOSPC) if full
+                          else exc.strerror or str(exc), str(f)) from exc
+        raise
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < NEARLY_FULL
+    except OSError:
+        return False
 
 
 def verify_cache(root: Path) -> str:
     """Every shard present, of the manifest's shapes, with its files' checksums; one line back."""
     m = read_manifest(root)
     top_k = m["fingerprint"]["top_k"]
-    gone = deleted_below(root)
-    for j in range(gone, m["num_shards"]):
+    gone = deleted_below(root, m["num_shards"])
+    present = [j for j in complete_shards(root, m["num_shards"]) if j >= gone]
+    if len(present) < m["num_shards"] - gone:  # counted before any loop over the manifest's claim
+        missing = first_gap(present, gone)
+        raise ConfigError(f"teacher cache {root}: shard {shard_dir(root, missing).name} is missing or incomplete "
+                          f"({m['num_shards'] - gone - len(present)} of {m['num_shards']}); run `mkd teacher-cache` "
+                          "again to finish it")
+    for j in present:
         check_shard(root, m, j)
     if not (Path(root) / COMPLETE).is_file():
         raise ConfigError(f"teacher cache {root} is not marked complete; run `mkd teacher-cache` again")
