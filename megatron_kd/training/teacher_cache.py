@@ -28,6 +28,7 @@ from megatron_kd.distill.cache import (
     COMPLETE,
     MANIFEST,
     SHARD_INDEX,
+    check_same_data,
     check_shard,
     complete_shards,
     differing_fields,
@@ -78,6 +79,7 @@ def check_out(out: Path, planned: dict) -> None:
     if not (out / MANIFEST).is_file():
         raise ConfigError(f"--out {out} exists and is not a teacher cache; choose a new directory")
     have = read_manifest(out)
+    check_same_data(out, have["fingerprint"], planned["fingerprint"])  # re-tokenized data: named as such
     diff = differing_fields(have["fingerprint"], planned["fingerprint"])
     diff += [k for k in ("num_samples", "shard_rows", "encoding", "window", "readers") if have.get(k) != planned.get(k)]
     if diff:
