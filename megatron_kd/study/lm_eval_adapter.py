@@ -112,6 +112,9 @@ class MegatronKDLM(LM):
         return outputs
 
 
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # tasks run on local data: no downloads
+
+
 @functools.lru_cache(maxsize=4)
 def task_manager(include_path: str | None):
     """lm-eval's TaskManager over its own tasks and `include_path` (a folder of task YAMLs); built
@@ -120,6 +123,8 @@ def task_manager(include_path: str | None):
     if include_path and not Path(include_path).is_dir():
         raise ConfigError(f"--include-path {include_path} is not a directory; give the folder of your "
                           "lm-eval task YAMLs")
+    for name in OFFLINE_ENV:  # read when `datasets` is imported: before lm-eval imports it
+        os.environ.setdefault(name, "1")
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
@@ -143,14 +148,28 @@ def check_tasks(tasks: list[str], manager) -> None:
         raise ConfigError(f"unknown lm-eval task(s) {'; '.join(hints)[:600]}: not among lm-eval's "
                           f"{len(known):,} tasks{where}; check the name (`lm-eval ls tasks`) or add its "
                           "YAML with --include-path")
+    check_task_data(tasks, manager)
+
+
+def check_task_data(tasks: list[str], manager) -> None:
+    """Each task's data loads here, offline (local files or the Hugging Face cache): a task whose
+    data is not on the machine is one line saying how to provide it, before the model loads
+    (lm-eval itself fails inside the ranks with a page of traceback)."""
+    for task in tasks:
+        try:
+            manager.load_task_or_group([task])
+        except Exception as exc:  # noqa: BLE001  (datasets raises ConnectionError, FileNotFoundError, ...)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"lm-eval task {task!r}: its data is not available offline ({reason}); put the "
+                              "data on this machine and give a local task YAML that reads it (dataset_path: json "
+                              "with dataset_kwargs.data_files, as tests/study/tasks/mkd_tiny_mc.yaml) with "
+                              "--include-path DIR") from exc
 
 
 def run_tasks(model, tokenizer, cfg, tasks: list[str], include_path: str | None,
               limit: int | None = None, batch_size: int = 8) -> dict:
     """lm_eval.simple_evaluate on `tasks` (offline: local task YAMLs and data files)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    manager = task_manager(include_path)
+    manager = task_manager(include_path)  # offline (OFFLINE_ENV)
     check_tasks(tasks, manager)
     from lm_eval import simple_evaluate
     from megatron.core import parallel_state
