@@ -81,6 +81,8 @@ def _teachers(grid: dict) -> list[dict]:
             raise ConfigError(f"sweep grid.teacher entries need a checkpoint, or unigram: true (the smoothing "
                               f"control) and no checkpoint: {t}")
         t.setdefault("name", "unigram" if t.get("unigram") else Path(t["checkpoint"]).name)
+        if _short(t["name"]) in ("", ".", ".."):  # it names the teacher's points and cache directory
+            raise ConfigError(f"sweep grid.teacher entry {t} has no usable name ({t['name']!r}); give it `name: ...`")
     tg = grid.get("teacher_grid")
     if tg:
         for key in ("models", "tokens", "checkpoint"):

@@ -50,6 +50,7 @@ def _check_types(spec: dict, p: Path) -> None:
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
     for t in teachers or []:
         need(set(t) <= TEACHER_KEYS, "grid.teacher[]", f"a mapping of {', '.join(sorted(TEACHER_KEYS))}")
+        need(isinstance(t.get("name", ""), str), "grid.teacher[].name", "a string")
         need(is_list(t.get("overrides"), str), "grid.teacher[].overrides",
              "a list of key=value strings for this teacher's points (e.g. kd.top_k=8)")
         if t.get("unigram"):

@@ -92,3 +92,19 @@ def test_stream_wait_reaches_the_job_exactly(tmp_path, monkeypatch, capsys):
     assert cache_job.command_args[0] == f"--out={Path(spec['out']) / 'caches' / 't y #4'}"
     cache_id = str(101 + next(i for i, j in enumerate(submitted) if j is cache_job))
     assert all(j.dependency == cache_id and j.dependency_kind == "after" for j in kd_jobs)
+
+
+@pytest.mark.parametrize("teacher,text", [({"name": "..", "checkpoint": "/t"}, "has no usable name ('..')"),
+                                          ({"name": "", "checkpoint": "/t"}, "has no usable name ('')"),
+                                          ({"checkpoint": "/"}, "has no usable name ('')"),
+                                          ({"name": 5, "checkpoint": "/t"}, "`grid.teacher[].name` must be a string"),
+                                          ({"name": "a\nb", "checkpoint": "/t"}, "contains the control character")])
+def test_a_teacher_name_that_cannot_name_a_directory_is_one_line(tmp_path, teacher, text):
+    spec = {"name": "n", "base": "train/tiny-mock", "out": str(tmp_path / "out"),
+            "grid": {"teacher": [teacher | {"cache": {"top_k": 8}}], "alpha": [0.5]}}
+    (tmp_path / "n.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        loaded = sw.load_sweep(tmp_path / "n.yaml")
+        sw.write_recipes(loaded)
+    assert text in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
