@@ -4,6 +4,7 @@ file that is not UTF-8 text (`mkd config /bin/ls`) or holds a number too long to
 line naming it."""
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_a_binary_recipe_or_base_is_one_line(tmp_path, capsys, where):
 
 
 def test_bin_ls_is_one_line(capsys):
-    _one_error(capsys, ["config", "/bin/ls"], "is not UTF-8 text")
+    _one_error(capsys, ["config", "/bin/ls"], f"recipe {Path('/bin/ls').resolve()} is not UTF-8 text")  # names it
 
 
 def test_a_number_too_long_to_read_is_one_line(tmp_path, capsys):
