@@ -63,7 +63,8 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     for name in ("attention_dropout", "hidden_dropout"):
         _require(0.0 <= getattr(m, name) <= 1.0, f"model.{name} must be in [0, 1], got {getattr(m, name)}")
     for name, most in (("norm_epsilon", 1.0), ("init_method_std", 1.0), ("rope_scaling_factor", 1e4)):
-        _require(0 < getattr(m, name) <= most, f"model.{name} must be in (0, {most:g}], got {getattr(m, name)}")
+        _require(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
+        _require(getattr(m, name) <= most, f"model.{name} must be at most {most:g}, got {getattr(m, name)}")
     _require(0 < m.rotary_base <= ROTARY_BASE_MAX,
              f"model.rotary_base must be in [1, 1e12] (RoPE theta: 1e4 to a few 1e9 in use), got "
              f"{_show(m.rotary_base)}")
