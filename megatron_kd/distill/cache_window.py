@@ -173,10 +173,12 @@ class Window:
         k = deleted_below(self.root, self.num_shards)
         if not self.deletes or safe is None or safe <= k:
             return
-        for j in range(k, safe):  # safe <= the first unwritten shard (_safe): at most the window
-            shutil.rmtree(shard_dir(self.root, j), ignore_errors=True)
+        # recorded first: another rank of the job that lists the shards between the deletions
+        # and the record would otherwise see a gap below a reader's checkpoint (_safe refuses that)
         write_text_atomic(self.root / WINDOW_FILE, json.dumps({"window": self.window, "readers": self.readers,
                                                                "deleted_below": safe}))
+        for j in range(k, safe):  # safe <= the first unwritten shard (_safe): at most the window
+            shutil.rmtree(shard_dir(self.root, j), ignore_errors=True)
 
     def on_disk(self) -> int:
         n = sum(1 for d in self.root.glob("shard_*") if (d / SHARD_INDEX).is_file())
