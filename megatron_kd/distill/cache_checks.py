@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import math
 import os
 import sys
 import time
@@ -55,7 +56,11 @@ def writer_state(root: Path) -> str:
 
 
 def wait_for(path: Path, wait_s: float, poll_s: float = 0.5) -> bool:
-    """True once `path` exists, waiting up to `wait_s` seconds."""
+    """True once `path` exists, waiting up to `wait_s` seconds (finite: a NaN deadline is never
+    reached, so it would wait forever)."""
+    if not (isinstance(wait_s, (int, float)) and math.isfinite(wait_s) and wait_s >= 0):
+        raise ConfigError(f"teacher.cache_wait_s must be a finite number of seconds >= 0, got {wait_s}; "
+                          "e.g. teacher.cache_wait_s=600")
     deadline = time.monotonic() + wait_s
     if not path.exists() and wait_s > 0:
         msg = f"waiting up to {wait_s:g}s for {path} (teacher.cache_wait_s): its cache job is writing it"

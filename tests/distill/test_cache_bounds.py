@@ -165,6 +165,14 @@ def test_every_reader_wait_is_finite_and_positive(tmp_path, wait):
         Window(tmp_path, 3, 1, wait_s=wait, deletes=True)
 
 
+@pytest.mark.parametrize("wait", [math.nan, math.inf, -1.0])
+def test_every_student_wait_is_finite(tmp_path, wait):
+    from megatron_kd.distill.cache import wait_for
+
+    with _within(20), pytest.raises(ConfigError, match=r"teacher.cache_wait_s must be a finite number"):
+        wait_for(tmp_path / "never", wait)
+
+
 def test_reader_wait_nan_on_the_command_line(tmp_path):
     r = helpers.mkd("teacher-cache", "kd/cpu-tiny-to-small", "--out", str(tmp_path / "c"), "--window", "4",
                     "--reader-wait", "nan", check=False)
