@@ -108,11 +108,11 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
              f"{m.max_position_embeddings}; shorten the sequence or raise the model's maximum")
     _require((tr.steps is None) != (tr.tokens is None),
              "give exactly one of train.steps and train.tokens"
-             + (f" (got steps={tr.steps}, tokens={tr.tokens})" if tr.steps is not None else ""))
+             + (f" (got steps={_show(tr.steps)}, tokens={_show(tr.tokens)})" if tr.steps is not None else ""))
     _require(train_steps(cfg) >= 1,
              f"training length must be >= 1 step, got steps={tr.steps} tokens={tr.tokens}")
     _require(train_steps(cfg) * max(1, tr.global_batch_size) <= MAX_SAMPLES,
-             f"training length of {train_steps(cfg) * max(1, tr.global_batch_size):.3g} sequences is above "
+             f"training length of {_show_count(train_steps(cfg) * max(1, tr.global_batch_size))} sequences is above "
              f"the {MAX_SAMPLES:,} a dataset index can hold; lower train.steps or train.tokens")
     _require(tr.stop_at_step is None or 1 <= tr.stop_at_step,
              f"train.stop_at_step must be >= 1, got {tr.stop_at_step}")
@@ -214,6 +214,8 @@ def _validate_values(cfg: RunConfig) -> None:
     and exit 0), strings hold no control characters (a newline in a path reaches generated
     scripts and log lines as a second line)."""
     for key, value in _fields(cfg):
+        if key in _LENGTH_KEYS:
+            continue
         if isinstance(value, int) and not isinstance(value, bool):
             _require(-INT_LIMIT < value < INT_LIMIT, f"{key} is {_show(value)}, beyond a 64-bit integer; give a "
                                                      "value of sensible size")
@@ -223,6 +225,14 @@ def _validate_values(cfg: RunConfig) -> None:
             bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
             _require(bad is None, f"{key} contains the control character {bad!r}; use a value "
                                   "without newlines, tabs or other control characters")
+
+
+# Bounded by the samples a dataset index can hold (validate), whose line says so.
+_LENGTH_KEYS = ("train.steps", "train.tokens")
+
+
+def _show_count(n: int) -> str:
+    return f"{n:.3g}" if n < 10**300 else _show(n)
 
 
 def _show(value) -> str:

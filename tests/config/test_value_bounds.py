@@ -18,7 +18,10 @@ CASES = {
     "norm_epsilon_above_one": ("model.norm_epsilon=5.0", "model.norm_epsilon must be at most 1, got 5.0"),
     "init_std_huge": ("model.init_method_std=1e300", "model.init_method_std must be at most 1, got 1e+300"),
     "rope_scaling_huge": ("model.rope_scaling_factor=1e200", "model.rope_scaling_factor must be at most 10000"),
-    "steps_30_digits": (f"train.steps={10**30}", "train.steps is a 31-digit number"),
+    "steps_30_digits": (f"train.steps={10**30}", "training length of 4e+30 sequences is above"),
+    "tokens_400_digits": (["train.steps=null", f"train.tokens={10**400}"],
+                          "training length of a 399-digit number sequences is above"),
+    "steps_and_tokens": ([f"train.tokens={10**400}"], "(got steps=10, tokens=a 401-digit number)"),
     "seed_negative_huge": (f"run.seed=-{HUGE}", "run.seed is a 201-digit number"),
     "top_k_huge": (f"kd.top_k={HUGE}", "kd.top_k is a 201-digit number"),
     "save_at_tokens_huge": (f"checkpoint.save_at_tokens=[{HUGE}]", "checkpoint.save_at_tokens[0] is a 201-digit"),
@@ -37,7 +40,7 @@ def _one_error(capsys, argv, text):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_an_out_of_range_number_is_one_line(capsys, case):
     override, text = CASES[case]
-    _one_error(capsys, ["config", "train/tiny-mock", override], text)
+    _one_error(capsys, ["config", "train/tiny-mock", *([override] if isinstance(override, str) else override)], text)
 
 
 @pytest.mark.parametrize("command", [["info"], ["plan", "--gpus", "8"], ["train"]])
