@@ -165,7 +165,8 @@ class Window:
             if r["safe"] > frontier:
                 raise ConfigError(f"teacher cache {self.root}: {READERS}/{r['file']} says its run checkpointed "
                                   f"at shard {r['safe']}, but only the shards below {frontier} are written: no "
-                                  "reader of this cache wrote that; delete it and run the job again")
+                                  "reader of this cache wrote that (or shards were deleted by hand since); delete "
+                                  "it and run the job again")
         return min(r["safe"] for r in regs)
 
     def collect(self, safe: int | None) -> None:
