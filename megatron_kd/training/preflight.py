@@ -16,6 +16,7 @@ from megatron_kd.checkpoint.checkpointer import Checkpointer
 from megatron_kd.checkpoint.refs import verify_checkpoint
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
+from megatron_kd.data.identity import check_resume_data
 from megatron_kd.distill.teacher import check_same_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.training.memory import GiB, estimate
@@ -127,7 +128,9 @@ def preflight_train(cfg: RunConfig, overwrite: bool, world_size: int | None = No
     if cfg.checkpoint.resume and not overwrite:
         latest = Checkpointer(cfg).latest()
         if latest is not None:
-            check_same_teacher(cfg, verify_checkpoint(latest), latest)
+            saved_state = verify_checkpoint(latest)
+            check_same_teacher(cfg, saved_state, latest)
+            check_resume_data(cfg, saved_state, latest)
     if cfg.checkpoint.load:
         if not Path(cfg.checkpoint.load).is_dir():
             raise ConfigError(f"checkpoint.load '{cfg.checkpoint.load}' does not exist; point at a "

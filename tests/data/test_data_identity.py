@@ -139,8 +139,6 @@ def _train(text_corpus, prefix, run_dir, steps):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the preflight (training/preflight.py, not this change's) does not call "
-                                       "check_resume_data yet; strict: remove this mark once it does")
 def test_resuming_on_data_tokenized_again_is_one_line(text_corpus, retokenized, tmp_path):
     """End to end: a run checkpoints, its data is tokenized again at the same path, and the resume
     is refused in one line (it died with an IndexError in megatron-core's stale index)."""
