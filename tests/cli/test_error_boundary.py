@@ -162,6 +162,9 @@ class _Manager:  # lm-eval's TaskManager as check_tasks reads it (building the r
     def match_tasks(self, names):
         return [n for n in names if n in self.all_tasks or n == "arc_*"]
 
+    def load_task_or_group(self, names):  # the data check (tests/study/test_lm_eval_offline_data.py): all here
+        return {n: None for n in names}
+
 
 @pytest.mark.parametrize("tasks,bad", [(["hellaswagg"], "'hellaswagg' (close: hellaswag)"),
                                        (["arc_easy", "nosuchtask"], "'nosuchtask'")])
