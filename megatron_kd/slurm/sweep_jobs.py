@@ -16,7 +16,8 @@ from pathlib import Path
 from megatron_kd.config import validate
 from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
-from megatron_kd.slurm.submit import JobSpec, check_job, render, require_sbatch, submit
+from megatron_kd.slurm import submit as slurm  # looked up at call time: tests stand in for sbatch
+from megatron_kd.slurm.submit import JobSpec, check_job, render
 from megatron_kd.study.sweep import cache_recipe, expand, finished, resolve_point, select, teacher_points, write_recipes
 
 
@@ -95,7 +96,7 @@ def _job(template: JobSpec, recipe: str) -> JobSpec:
 
 def submit_sweep(spec: dict, template: JobSpec, only: list[str] | None, stream: float | None) -> None:
     """Check, plan and render every job, then submit them in order, each after the one it waits for."""
-    require_sbatch()  # before writing anything
+    slurm.require_sbatch()  # before writing anything
     check_sweep_jobs(spec, template, only, stream)
     planned = plan_sweep_jobs(spec, template, only, stream)
     for p in planned:
@@ -103,7 +104,7 @@ def submit_sweep(spec: dict, template: JobSpec, only: list[str] | None, stream: 
     ids: dict[str, str] = {}
     for p in planned:
         p.job.dependency = ids.get(p.after) if p.after else None
-        ids[p.key] = submit(p.job)
+        ids[p.key] = slurm.submit(p.job)
         line = f"[sweep] {p.label.format(id=ids[p.key])}"
         if p.key.startswith("point") and p.job.dependency:
             dep, started = p.job.dependency, p.job.dependency_kind == "after"

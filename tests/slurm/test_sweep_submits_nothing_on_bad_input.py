@@ -5,15 +5,15 @@ corrected re-run would otherwise submit the jobs that went out before the refusa
 import pytest
 import yaml
 
-import megatron_kd.slurm.sweep_jobs as jobs
+import megatron_kd.slurm.submit as slurm
 from megatron_kd.cli.main import main
 
 
 @pytest.fixture
 def sbatch_calls(monkeypatch):
     calls = []
-    monkeypatch.setattr(jobs, "require_sbatch", lambda: None)
-    monkeypatch.setattr(jobs, "submit", lambda job: calls.append(job) or str(len(calls)))
+    monkeypatch.setattr(slurm, "require_sbatch", lambda: None)
+    monkeypatch.setattr(slurm, "submit", lambda job: calls.append(job) or str(len(calls)))
     return calls
 
 

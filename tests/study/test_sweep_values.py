@@ -77,11 +77,11 @@ def test_a_path_that_looks_like_an_option_is_not_one():
 
 def test_stream_wait_reaches_the_job_exactly(tmp_path, monkeypatch, capsys):
     """`mkd sweep --slurm --stream S`: the wait reaches the point's job as the number S."""
-    import megatron_kd.slurm.sweep_jobs as jobs
+    import megatron_kd.slurm.submit as slurm
 
     submitted = []
-    monkeypatch.setattr(jobs, "require_sbatch", lambda: None)
-    monkeypatch.setattr(jobs, "submit", lambda job: submitted.append(job) or str(100 + len(submitted)))
+    monkeypatch.setattr(slurm, "require_sbatch", lambda: None)
+    monkeypatch.setattr(slurm, "submit", lambda job: submitted.append(job) or str(100 + len(submitted)))
     monkeypatch.chdir(tmp_path)
     spec = _spec(tmp_path, "y #4", cache=True)
     assert main(["sweep", spec["_path"], "--slurm", "--stream", "300", "--gpus-per-node", "0",
