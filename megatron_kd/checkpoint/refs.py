@@ -13,6 +13,7 @@ from pathlib import Path
 
 from megatron_kd.checkpoint.hf_cache import ensure_converted
 from megatron_kd.config.loader import build_dataclass, load_config, load_recipe_dict
+from megatron_kd.config.overrides import override
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
@@ -196,8 +197,6 @@ def saved_config(ckpt: Path, overrides: list[str] = (), purpose: str = "train",
                  state: dict | None = None) -> RunConfig:
     """The RunConfig `ckpt` was saved with, `overrides` applied after the padded vocabulary its
     weights have (so a later `model.padded_vocab_size=...` still wins)."""
-    from megatron_kd.config.overrides import override  # the value read back exactly
-
     state = read_state(ckpt) if state is None else state
     base = []
     if state.get("padded_vocab_size"):

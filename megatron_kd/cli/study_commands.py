@@ -69,7 +69,7 @@ def cmd_sweep(args) -> int:
                           "--slurm --stream 3600")
     if args.slurm:
         from megatron_kd.cli.slurm_commands import job_spec
-        from megatron_kd.slurm.sweep_jobs import submit_sweep
+        from megatron_kd.cli.sweep_jobs import submit_sweep
 
         submit_sweep(spec, job_spec(args, "", []), args.only, args.stream)
         print(f"when the jobs are done: mkd report {spec['out']}")

@@ -49,7 +49,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
-from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, _check_types, cache_args
+from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types
 
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
 
@@ -110,7 +110,7 @@ def load_sweep(path: str | Path) -> dict:
     unknown = set(spec) - SWEEP_KEYS
     if unknown:
         raise ConfigError(f"unknown sweep key(s) {sorted(unknown)} in {p}; valid: {sorted(SWEEP_KEYS)}")
-    _check_types(spec, p)
+    check_types(spec, p)
     grid = spec.get("grid") or {}
     unknown = set(grid) - GRID_KEYS
     if unknown:

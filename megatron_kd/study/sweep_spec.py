@@ -15,7 +15,7 @@ SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline
               "data_seed"}
 
 
-def _check_types(spec: dict, p: Path) -> None:
+def check_types(spec: dict, p: Path) -> None:
     """Each sweep key has the shape expand() reads; a wrong one is one line naming the key."""
     def need(ok: bool, key: str, shape: str) -> None:
         if not ok:

@@ -115,7 +115,7 @@ def test_cache_study_sweep_compares_five_teacher_signals():
     top-K caches, a sampled one), each point with the KD options its cache serves; the cache jobs
     get the encodings' options; bad cache mappings are one line."""
     from megatron_kd.errors import ConfigError
-    from megatron_kd.study.sweep import _check_types, cache_args, expand, load_sweep, resolve_point
+    from megatron_kd.study.sweep import cache_args, check_types, expand, load_sweep, resolve_point
 
     spec = load_sweep("sweeps/cpu-cache")
     points = expand(spec)
@@ -131,9 +131,9 @@ def test_cache_study_sweep_compares_five_teacher_signals():
     for bad in ({"top_k": 8, "sample": 12}, {"sample": 300}, {"dtype": "fp8"}, {"zstd": 40}, {"k": 8}):
         t = {"checkpoint": "c", "cache": bad}
         with pytest.raises(ConfigError, match=r"grid.teacher\[\].cache"):
-            _check_types({"grid": {"teacher": [t]}}, "s.yaml")
+            check_types({"grid": {"teacher": [t]}}, "s.yaml")
     with pytest.raises(ConfigError, match=r"grid.teacher\[\]"):
-        _check_types({"grid": {"teacher": [{"checkpoint": "c", "cahce": {}}]}}, "s.yaml")
+        check_types({"grid": {"teacher": [{"checkpoint": "c", "cahce": {}}]}}, "s.yaml")
 
 
 def test_study_v3_sweeps_are_the_pre_registered_design():
