@@ -17,6 +17,7 @@ import yaml
 from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
 from megatron_kd.config import load_config, padded_vocab, validate
 from megatron_kd.config.loader import RECIPES_ROOT, config_to_dict
+from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
@@ -313,7 +314,7 @@ def cmd_eval(args) -> int:
 
     json_out = check_json_out(args.json_out) if args.json_out else None
     ckpt = resolve_checkpoint(args.checkpoint)
-    cfg = saved_config(ckpt, [f"run.dir={ckpt.parent.parent}", "teacher.checkpoint=null",  # the student alone
+    cfg = saved_config(ckpt, [override("run.dir", ckpt.parent.parent), "teacher.checkpoint=null",  # the student alone
                               *args.overrides], state=verify_checkpoint(ckpt))
     from megatron_kd.training.preflight import check_memory
 

@@ -39,3 +39,17 @@ def test_mappings_and_lists_read_back_with_hostile_members():
 def test_an_unknown_type_is_refused():
     with pytest.raises(TypeError):
         yaml_value(object())
+
+
+def test_a_checkpoint_read_back_under_a_hostile_run_dir_keeps_it(tmp_path):
+    """`mkd eval` re-reads a checkpoint's config with run.dir set to where the checkpoint lies: a
+    directory named with ' #' or ': ' is that directory, not a shorter one."""
+    from megatron_kd.checkpoint.refs import saved_config
+    from megatron_kd.config import dump_config, load_config
+
+    run_dir = tmp_path / "runs #2: {x}"
+    ckpt = run_dir / "checkpoints" / "step_2"
+    ckpt.mkdir(parents=True)
+    dump_config(load_config("train/tiny-mock"), ckpt / "config.yaml")
+    cfg = saved_config(ckpt, [override("run.dir", ckpt.parent.parent)], state={})
+    assert cfg.run.dir == str(run_dir)
