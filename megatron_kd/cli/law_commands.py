@@ -21,8 +21,12 @@ def add_law_parsers(sub) -> None:
                    help="what N counts (default non-embedding: at toy scale the embedding is most of a model)")
     f.add_argument("--max-tokens", type=float, default=None, metavar="D",
                    help="leave out runs past D tokens (one epoch of the corpus: the law has no repetition term)")
-    f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap resamples for the intervals (default 200, at most 100000)")
+    f.add_argument("--seed", type=int, default=0, help="the bootstrap's seed, in [0, 2^32) (default 0)")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file that is not an earlier law (default: refuse; an earlier "
+                        "law is replaced, an input never)")
     f.set_defaults(func=cmd_fit)
 
     a = sub.add_parser("advise", help="given a fitted law and a compute budget: distil or not, and how",
@@ -52,17 +56,22 @@ def add_law_parsers(sub) -> None:
                    help="write the recommendation's recipes (student.yaml, or teacher.yaml and kd.yaml) to DIR")
     a.add_argument("--base", default=None, metavar="RECIPE",
                    help="with --write-recipes: the training recipe they start from (e.g. kd/_cpu_base)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="with --write-recipes: replace recipes an earlier `mkd advise --write-recipes` wrote in DIR "
+                        "(default: refuse; files it did not write are never replaced)")
     a.set_defaults(func=cmd_advise)
 
 
 def cmd_fit(args) -> int:
-    from megatron_kd.study.law_io import fit_law, rows_of, runs_of, summary, write_law
+    from megatron_kd.study.law import MAX_TOKENS, checked_number
+    from megatron_kd.study.law_io import check_out, fit_law, rows_of, runs_of, summary, write_law
 
-    if args.bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    out = Path(args.out)
-    if out.exists() and not out.is_file():
-        raise ConfigError(f"--out {out} is a directory; give a file path, e.g. --out law.json")
+    checked_number(args.bootstrap, "--bootstrap", "give a count of resamples, e.g. --bootstrap 200", 0, 100_000)
+    checked_number(args.seed, "--seed", "give a seed in [0, 2^32), e.g. --seed 0", 0, 2**32 - 1)
+    if args.max_tokens is not None:
+        checked_number(args.max_tokens, "--max-tokens", "give the corpus's tokens, e.g. --max-tokens 1e9", 0,
+                       MAX_TOKENS, low_open=True)
+    out = check_out(args.out, args.sources, args.overwrite)
     rows = rows_of(args.sources)
     sets = sorted({s for r in rows for s in (r.get("val") or {})})
     valid_set = args.set or next((s for s in ("indomain", "heldout", "mock") if s in sets), sets[0] if sets else None)
@@ -77,22 +86,48 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _budget(args) -> float:
+    """The budget per student in FLOPs, from --flops or --gpu-hours x --throughput, each finite."""
+    from megatron_kd.study.law import MAX_FLOPS, checked_number
+
+    if (args.flops is None) == (args.gpu_hours is None):
+        raise ConfigError("give the budget as --flops F or as --gpu-hours H --throughput FLOP/S (one of them)")
+    if args.flops is not None:
+        return checked_number(args.flops, "--flops", "give the budget in FLOPs, e.g. --flops 1e18", 0, MAX_FLOPS,
+                              low_open=True)
+    if args.throughput is None:
+        raise ConfigError("--gpu-hours needs --throughput FLOP/S > 0 (e.g. 4e14)")
+    hours = checked_number(args.gpu_hours, "--gpu-hours", "give a positive number of GPU-hours", 0, None, True)
+    rate = checked_number(args.throughput, "--throughput", "give FLOP/s per GPU, e.g. 4e14", 0, None, True)
+    budget = hours * 3600 * rate
+    if not budget <= MAX_FLOPS:  # an overflow to inf included
+        raise ConfigError(f"--gpu-hours {hours:g} x --throughput {rate:g} is {budget:.3g} FLOPs, beyond any real "
+                          f"budget (at most {MAX_FLOPS:g}); check both values")
+    return budget
+
+
+def _check_advise_flags(args) -> None:
+    """Sizes, losses and counts finite and in range before the law sees them (a NaN size would be
+    a NaN recommendation)."""
+    from megatron_kd.study.law import MAX_PARAMS, checked_number
+
+    if args.teacher is not None:
+        checked_number(args.teacher[0], "--teacher N_T", "give the teacher's parameters, e.g. 3e6", 0, MAX_PARAMS,
+                       True)
+        checked_number(args.teacher[1], "--teacher LOSS", "give the teacher's validation loss, e.g. 2.65", 0,
+                       None, True)
+    for n in args.student or []:
+        checked_number(n, "--student", "give student sizes in parameters, e.g. --student 1e6", 0, MAX_PARAMS, True)
+    checked_number(args.students, "--students", "give how many students the teacher serves, e.g. --students 4",
+                   1, 1e9)
+
+
 def cmd_advise(args) -> int:
     from megatron_kd.study.advise import Law, advise, recommendation
 
     law = Law.load(args.law)
-    if (args.flops is None) == (args.gpu_hours is None):
-        raise ConfigError("give the budget as --flops F or as --gpu-hours H --throughput FLOP/S (one of them)")
-    if args.gpu_hours is not None:
-        if not args.throughput or args.throughput <= 0 or args.gpu_hours <= 0:
-            raise ConfigError("--gpu-hours needs a positive value and --throughput FLOP/S > 0 (e.g. 4e14)")
-        budget = args.gpu_hours * 3600 * args.throughput
-    else:
-        budget = args.flops
-    if args.teacher is not None and (args.teacher[0] <= 0 or args.teacher[1] <= 0):
-        raise ConfigError(f"--teacher N_T LOSS needs both > 0, got {args.teacher[0]:g} {args.teacher[1]:g}")
-    if args.student and any(n <= 0 for n in args.student):
-        raise ConfigError("--student sizes must be > 0")
+    budget = _budget(args)
+    _check_advise_flags(args)
     import numpy as np
 
     from megatron_kd.study.advise_recipes import recipe_size, write_recipes
@@ -102,6 +137,8 @@ def cmd_advise(args) -> int:
     if args.write_recipes and not (args.base and args.student_recipe):
         raise ConfigError("--write-recipes DIR needs --base RECIPE (the training recipe the runs start from) and "
                           "--student-recipe MODEL (the candidate students' architectures)")
+    if args.overwrite and not args.write_recipes:
+        raise ConfigError("--overwrite replaces recipes written by --write-recipes DIR; give DIR, or drop --overwrite")
     if args.teacher_checkpoint and not args.teacher:
         raise ConfigError("--teacher-checkpoint needs --teacher N_T LOSS (the existing teacher's size and loss)")
     params = law.parameters
@@ -118,6 +155,6 @@ def cmd_advise(args) -> int:
     print(recommendation(options))
     if args.write_recipes:
         written = write_recipes(options[0], Path(args.write_recipes), args.base, students, teachers,
-                                args.teacher_checkpoint)
+                                args.teacher_checkpoint, overwrite=args.overwrite)
         print("recipes written: " + ", ".join(str(p) for p in written) + "; run them in that order with mkd train")
     return 0

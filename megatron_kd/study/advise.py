@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from megatron_kd.errors import ConfigError
-from megatron_kd.study.law import distilled_loss, supervised_loss
+from megatron_kd.study.law import (
+    DISTILLATION,
+    MAX_FLOPS,
+    MAX_PARAMS,
+    MAX_TOKENS,
+    SUPERVISED,
+    checked_number,
+    distilled_loss,
+    supervised_loss,
+)
 
 FORMAT = "megatron_kd.law/1"
 
@@ -39,18 +48,102 @@ class Law:
 
     @classmethod
     def load(cls, path: str | Path) -> "Law":
+        """The law in `path`, its schema checked where it is read: a hand-edited or damaged file
+        is one line naming the key, not a traceback or a NaN recommendation."""
         p = Path(path)
         try:
-            d = json.loads(p.read_text())
-            if d.get("format") != FORMAT:
-                raise ValueError(f"format {str(d.get('format'))[:40]!r}, not {FORMAT}")
-            sup = d["supervised"]
-            mixes = {float(a): m for a, m in d["distillation"].items() if isinstance(m, dict)}
-            return cls(sup["params"], sup.get("samples", []), sup.get("fixed", {}), mixes, d["ranges"],
-                       d.get("parameters", "non-embedding"))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(f"{p} is not a law written by `mkd fit` ({str(exc)[:120]}); fit one with "
                               "`mkd fit SWEEP_DIR --out law.json`") from exc
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = f"format {str(d.get('format'))[:40]!r}" if isinstance(d, dict) else f"a JSON {type(d).__name__}"
+            raise ConfigError(f"{p} is not a law written by `mkd fit` ({got}, not {FORMAT}); fit one with "
+                              "`mkd fit SWEEP_DIR --out law.json`")
+        return _law_from_json(d, _LawSchema(p))
+
+
+class _LawSchema:
+    """law.json's shape (study/law_io.fit_law writes it), checked key by key with one line each."""
+
+    def __init__(self, path: Path):
+        self.fix = f"the file was edited or damaged: re-run `mkd fit` to write {path} again"
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: law key {key} {problem}; {self.fix}")
+
+    def mapping(self, d: dict, key: str, name: str) -> dict:
+        if name not in d:
+            raise self.fail(key, "is missing")
+        if not isinstance(d[name], dict):
+            raise self.fail(key, f"is a {type(d[name]).__name__}, not a mapping")
+        return d[name]
+
+    def params(self, d, key: str, names: tuple, positive: tuple) -> dict:
+        """A parameter set: every name present and finite, `positive` ones > 0, the others >= 0
+        (c0 may have either sign)."""
+        if not isinstance(d, dict):
+            raise self.fail(key, f"is a {type(d).__name__}, not a mapping of parameters")
+        out = {}
+        for n in names:
+            if n not in d:
+                raise self.fail(f"{key}.{n}", "is missing")
+            low = None if n == "c0" else 0
+            out[n] = checked_number(d[n], f"{self.path}: law key {key}.{n}", self.fix, low, None, n in positive)
+        return out
+
+    def samples(self, d: dict, key: str, names: tuple, positive: tuple) -> list[dict]:
+        raw = d.get("samples", [])
+        if not isinstance(raw, list):
+            raise self.fail(f"{key}.samples", f"is a {type(raw).__name__}, not a list of parameter sets")
+        return [self.params(x, f"{key}.samples[{i}]", names, positive) for i, x in enumerate(raw)]
+
+    def interval(self, ranges: dict, name: str, high: float) -> list[float] | None:
+        v = ranges.get(name)
+        if v is None:
+            return None
+        if not isinstance(v, list) or len(v) != 2:
+            raise self.fail(f"ranges.{name}", "is not a [low, high] pair")
+        lo, hi = (checked_number(x, f"{self.path}: law key ranges.{name}", self.fix, 0, high, True) for x in v)
+        if lo > hi:
+            raise self.fail(f"ranges.{name}", f"has low {lo:g} above high {hi:g}")
+        return [lo, hi]
+
+
+def _law_from_json(d: dict, schema: _LawSchema) -> Law:
+    sup = schema.mapping(d, "supervised", "supervised")
+    positive = ("E", "A", "B", "gamma")  # the fit's free parameters are exp(); alpha, beta are 0 when fixed
+    params = schema.params(sup.get("params"), "supervised.params", SUPERVISED, positive)
+    samples = schema.samples(sup, "supervised", SUPERVISED, positive)
+    fixed = sup.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise schema.fail("supervised.fixed", "is not a mapping of parameter to reason")
+    mixes = {}
+    for a, m in schema.mapping(d, "distillation", "distillation").items():
+        try:
+            alpha = float(a)
+        except ValueError:
+            raise schema.fail(f"distillation.{a[:20]}", "is not a KD mix α") from None
+        if not 0 <= alpha <= 1:
+            raise schema.fail(f"distillation.{a[:20]}", "is a KD mix α outside [0, 1]")
+        if isinstance(m, str):  # a mix the sweep could not identify: its reason
+            continue
+        key, dist = f"distillation.{a}", ("c1", "d1", "f1")
+        if not isinstance(m, dict):
+            raise schema.fail(key, f"is a {type(m).__name__}, not a fit or the reason for none")
+        mixes[alpha] = {"params": schema.params(m.get("params"), f"{key}.params", DISTILLATION, dist),
+                        "samples": schema.samples(m, key, DISTILLATION, dist)}
+    ranges = schema.mapping(d, "ranges", "ranges")
+    checked = {"N": schema.interval(ranges, "N", MAX_PARAMS), "D": schema.interval(ranges, "D", MAX_TOKENS),
+               "teacher_loss": schema.interval(ranges, "teacher_loss", None)}
+    for name in ("N", "D") + (("teacher_loss",) if mixes else ()):
+        if checked[name] is None:
+            raise schema.fail(f"ranges.{name}", "is missing")
+    parameters = d.get("parameters", "non-embedding")
+    if parameters not in ("non-embedding", "total"):
+        raise schema.fail("parameters", f"is {str(parameters)[:40]!r}, not 'non-embedding' or 'total'")
+    return Law(params, samples, fixed, mixes, checked, parameters)
 
 
 @dataclass
@@ -94,8 +187,9 @@ def _interval(values: list[float]) -> tuple | None:
 
 
 def _supervised(law: Law, N, D, samples: bool = True):
-    loss = float(supervised_loss(law.supervised, N, D))
-    band = [float(supervised_loss(s, N, D)) for s in law.supervised_samples] if samples else []
+    with np.errstate(all="ignore"):  # an overflow is a non-finite prediction, left out by advise()
+        loss = float(supervised_loss(law.supervised, N, D))
+        band = [float(supervised_loss(s, N, D)) for s in law.supervised_samples] if samples else []
     return loss, _interval(band)
 
 
@@ -108,9 +202,10 @@ def _distilled(law: Law, alpha: float, L_T, N, D, teacher_sup: tuple | None = No
         lt = supervised_loss(sup, *teacher_sup) if teacher_sup else L_T
         return float(distilled_loss(dist, sup, lt, N, D))
 
-    loss = one(law.supervised, mix["params"])
-    sups, dists = law.supervised_samples, mix.get("samples", [])
-    band = [one(sups[i % len(sups)], d) for i, d in enumerate(dists)] if sups and dists else []
+    with np.errstate(all="ignore"):  # an overflow is a non-finite prediction, left out by advise()
+        loss = one(law.supervised, mix["params"])
+        sups, dists = law.supervised_samples, mix.get("samples", [])
+        band = [one(sups[i % len(sups)], d) for i, d in enumerate(dists)] if sups and dists else []
     return loss, _interval(band)
 
 
@@ -118,8 +213,13 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
            students: int = 1, extrapolate: bool = False, teacher_sizes: list[float] | None = None,
            shares: int = 19) -> tuple[list[Option], list[str]]:
     """(options, best first; notes). `teacher` = (N_T, L_T) of an existing teacher."""
-    if budget <= 0 or students < 1:
-        raise ConfigError(f"a budget needs FLOPs > 0 and --students >= 1 (got {budget:g}, {students})")
+    checked_number(budget, "the budget", "give FLOPs > 0, e.g. --flops 1e18", 0, MAX_FLOPS, low_open=True)
+    checked_number(students, "--students", "give how many students the teacher serves, e.g. 4", 1, 1e9)
+    for n in list(student_sizes) + list(teacher_sizes or []):
+        checked_number(n, "a model size", "give sizes in parameters > 0", 0, MAX_PARAMS, low_open=True)
+    if teacher is not None:
+        checked_number(teacher[0], "the teacher's size", "give parameters > 0", 0, MAX_PARAMS, low_open=True)
+        checked_number(teacher[1], "the teacher's loss", "give its validation loss > 0", 0, None, low_open=True)
     ok = (lambda key, x: True) if extrapolate else (lambda key, x: _inside(law, key, x))
     options, left_out = [], 0
     for N_S in student_sizes:
@@ -146,7 +246,8 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
                 for f in np.linspace(0.05, 0.95, shares):
                     D_T = f * budget * students / (6 * N_T)
                     D_S = (1 - f) * budget / (6 * N_S + 2 * N_T)
-                    L_T = float(supervised_loss(law.supervised, N_T, D_T))
+                    with np.errstate(all="ignore"):
+                        L_T = float(supervised_loss(law.supervised, N_T, D_T))
                     if not (ok("N", N_T) and ok("D", D_T) and ok("D", D_S) and ok("teacher_loss", L_T)):
                         left_out += 1
                         continue
@@ -166,7 +267,13 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
         notes.insert(0, f"the existing teacher's loss {teacher[1]:.4f} is outside the teacher losses the law "
                         f"was fitted on ({lo:.4f}-{hi:.4f}): no option distils from it (--extrapolate keeps them, "
                         "unvalidated)")
-    options.sort(key=lambda o: o.loss)
+    finite = [o for o in options if math.isfinite(o.loss)]
+    if len(finite) < len(options):  # the law overflows there (a huge exponent): no prediction, not NaN
+        notes.append(f"{len(options) - len(finite)} option(s) left out: the law predicts no finite loss there")
+    if not finite:
+        raise ConfigError("the law predicts no finite loss for any option at this budget; choose a budget and "
+                          "sizes inside the fitted ranges")
+    options = sorted(finite, key=lambda o: o.loss)
     return _best_per_kind(options), notes
 
 

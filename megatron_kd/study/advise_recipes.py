@@ -9,15 +9,27 @@ recipes. What is written, each a full resolved recipe on top of `--base`:
 - existing teacher:  kd.yaml (teacher.checkpoint = the --teacher-checkpoint given);
 - train a teacher:   teacher.yaml (the teacher for its tokens) and kd.yaml, whose teacher is the
                      teacher run's directory: `mkd train DIR/teacher.yaml`, then `mkd train DIR/kd.yaml`.
+
+Every value goes in as an override that reads back as exactly that value (config/overrides.py:
+a directory named `out #1` stays `out #1`). Each file starts with MARKER; an existing file without
+it is never replaced, one with it only with --overwrite, all checked before any file is written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from megatron_kd.config import dump_config, load_config, validate
+import yaml
+
+from megatron_kd.config import load_config, validate
+from megatron_kd.config.loader import config_to_dict
+from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
+from megatron_kd.files import write_text_atomic
 from megatron_kd.models.params import count_parameters
+
+# The first line of every recipe written here: how a later --write-recipes knows a file is its own.
+MARKER = "# written by `mkd advise --write-recipes` (megatron_kd.advise-recipe/1)\n"
 
 
 def recipe_size(recipe: str, parameters: str) -> float:
@@ -34,41 +46,77 @@ def _by_size(recipes: dict[str, float], n: float, what: str) -> str:
                       f"model recipe with --{what}-recipe")
 
 
-def _write(base: str, model_recipe: str, overrides: list[str], path: Path) -> Path:
-    cfg = load_config(base, overrides)
+def _resolved(base: str, model_recipe: str, values: dict) -> str:
+    """The recipe's YAML text: `base` with `values` set (each an override that reads back as exactly
+    that value: a path with ` #` or `: ` in it stays the path) and the model swapped in."""
+    cfg = load_config(base, [override(k, v) for k, v in values.items()])
     cfg.model = load_config(model_recipe, purpose="model").model
     validate(cfg)  # the student swapped in: heads vs TP and the rest checked again
-    dump_config(cfg, path)
-    return path
+    return MARKER + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _written_here(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline() == MARKER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_targets(out: Path, names: list[str], overwrite: bool) -> None:
+    """Nothing is replaced that this command did not write; its own recipes only with `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--write-recipes {out} is a file; give a directory")
+    for name in names:
+        path = out / name
+        if path.is_symlink() or path.is_dir() or (path.exists() and not _written_here(path)):
+            raise ConfigError(f"{path} exists and was not written by `mkd advise --write-recipes`; it is left as "
+                              "it is: choose another --write-recipes DIR or move it away")
+        if path.exists() and not overwrite:
+            raise ConfigError(f"{path} exists (an earlier recommendation's); pass --overwrite to replace it, or "
+                              "choose another --write-recipes DIR")
+
+
+def _check_path(flag: str, value) -> None:
+    if "\n" in str(value) or "\r" in str(value):  # a recipe's path on two lines is a typo, not a path
+        raise ConfigError(f"{flag} {str(value)[:80]!r} has a line break in it; give a path on one line")
 
 
 def write_recipes(option, out: Path, base: str, students: dict[str, float], teachers: dict[str, float],
-                  teacher_checkpoint: str | None) -> list[Path]:
+                  teacher_checkpoint: str | None, overwrite: bool = False) -> list[Path]:
     """The recipes of `option` (an advise.Option) in `out`; returns their paths. Refuses, before
-    writing anything, what it cannot map to a recipe."""
+    writing anything, what it cannot map to a recipe and files it would replace."""
     student = _by_size(students, option.N_S, "student")
     teacher = _by_size(teachers, option.N_T, "teacher") if option.kind == "train a teacher" else None
     if option.kind == "existing teacher" and not teacher_checkpoint:
         raise ConfigError("the recommendation distils from the existing teacher: give its checkpoint with "
                           "--teacher-checkpoint PATH so kd.yaml can name it")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_path("--write-recipes", out)
+    _check_path("--teacher-checkpoint", teacher_checkpoint or "")
     runs = out / "runs"
-    length = lambda tokens: ["train.steps=null", f"train.tokens={int(round(tokens))}"]  # noqa: E731
+    alone = {"kd.alpha": 0, "teacher.checkpoint": None, "teacher.cache": None, "teacher.model": None,
+             "teacher.unigram": False}
+
+    def length(tokens: float) -> dict:
+        return {"train.steps": None, "train.tokens": int(round(tokens))}
+
+    texts = {}  # file name -> text, all built (and validated) before any is written
     if option.kind == "supervised":
-        return [_write(base, student, ["run.name=student", f"run.dir={runs / 'student'}", "kd.alpha=0",
-                                       "teacher.checkpoint=null", "teacher.cache=null", "teacher.model=null",
-                                       "teacher.unigram=false", *length(option.D_S)],
-                       out / "student.yaml")]
-    written = []
-    if teacher is not None:
-        teacher_dir = runs / "teacher"
-        written.append(_write(base, teacher, ["run.name=teacher", f"run.dir={teacher_dir}", "kd.alpha=0",
-                                              "teacher.checkpoint=null", "teacher.cache=null", "teacher.model=null",
-                                              "teacher.unigram=false", *length(option.D_T)], out / "teacher.yaml"))
-        source = [f"teacher.checkpoint={teacher_dir}", f"teacher.model={teacher}"]
+        texts["student.yaml"] = _resolved(base, student, {"run.name": "student", "run.dir": str(runs / "student"),
+                                                          **alone, **length(option.D_S)})
     else:
-        source = [f"teacher.checkpoint={teacher_checkpoint}", "teacher.model=null"]
-    written.append(_write(base, student, ["run.name=kd", f"run.dir={runs / 'kd'}", f"kd.alpha={option.alpha}",
-                                          "teacher.cache=null", "teacher.unigram=false", *source, *length(option.D_S)],
-                          out / "kd.yaml"))
-    return written
+        if teacher is not None:
+            teacher_dir = str(runs / "teacher")
+            texts["teacher.yaml"] = _resolved(base, teacher, {"run.name": "teacher", "run.dir": teacher_dir, **alone,
+                                                              **length(option.D_T)})
+            source = {"teacher.checkpoint": teacher_dir, "teacher.model": teacher}
+        else:
+            source = {"teacher.checkpoint": str(teacher_checkpoint), "teacher.model": None}
+        texts["kd.yaml"] = _resolved(base, student, {"run.name": "kd", "run.dir": str(runs / "kd"),
+                                                     "kd.alpha": float(option.alpha), "teacher.cache": None,
+                                                     "teacher.unigram": False, **source, **length(option.D_S)})
+    _check_targets(out, list(texts), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        write_text_atomic(out / name, text)
+    return [out / name for name in texts]

@@ -32,6 +32,41 @@ from megatron_kd.errors import ConfigError
 SUPERVISED = ("E", "A", "alpha", "B", "beta", "gamma")
 DISTILLATION = ("c0", "c1", "d1", "f1")
 HUBER_DELTA = 1e-3  # on log-loss: residuals beyond 0.1 % count linearly
+# Bounds on what enters the law (flags, table cells, law.json): far past any real run, yet small
+# enough that the products the law and the advisor form (6 N D, budget x students) stay finite.
+MAX_PARAMS = 1e15
+MAX_TOKENS = 1e18
+MAX_FLOPS = 1e40
+
+
+def checked_number(value, what: str, fix: str, low: float | None = None, high: float | None = None,
+                   low_open: bool = False) -> float:
+    """`value` as a finite float in [low, high] ((low, high] with `low_open`), else one ConfigError
+    line that names `what` and ends with `fix`. A bool, a string, NaN or an infinity is refused:
+    each would pass through the law's arithmetic as a NaN or an inf prediction."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what}: {str(value)[:40]!r} is not a number; {fix}")
+    try:
+        x = float(value)
+    except OverflowError:  # an integer past a float's range
+        x = math.inf
+    if math.isnan(x):
+        raise ConfigError(f"{what} is not a number (NaN); {fix}")
+    if not math.isfinite(x):
+        raise ConfigError(f"{what} is {x} (not a finite number); {fix}")
+    too_low = low is not None and (x <= low if low_open else x < low)
+    if too_low or (high is not None and x > high):
+        if low is not None and high is not None:
+            bound = f"in {'(' if low_open else '['}{_shown(low)}, {_shown(high)}]"
+        else:
+            bound = f"{'>' if low_open else '>='} {_shown(low)}" if low is not None else f"<= {_shown(high)}"
+        raise ConfigError(f"{what} must be {bound}, got {_shown(x)}; {fix}")
+    return x
+
+
+def _shown(x: float) -> str:
+    """A bound or value as a reader wants it: 4294967295 whole, 1e+15 short."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e10 else f"{x:g}"
 
 
 @dataclass(frozen=True)
