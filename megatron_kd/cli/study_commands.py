@@ -44,6 +44,9 @@ def add_study_parsers(sub) -> None:
     r.add_argument("--in-domain", default=None, metavar="SET",
                    help="the in-domain validation set (default: indomain, heldout or mock if present, else the "
                         "first); every other set is out-of-distribution")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace report files in the output directory that `mkd report` did not write or that "
+                        "changed since (its own earlier report is replaced without it; an input never is)")
     r.set_defaults(func=cmd_report)
 
     a = sub.add_parser("analyze", help="entropy, top-1 agreement, KL and JS between two models")
@@ -101,10 +104,12 @@ def cmd_report(args) -> int:
                           "runs/sweeps/cpu-mini, or mkd report --table results.csv --out reports/mine")
     if getattr(args, "out", None) and not table:
         raise ConfigError("--out is for --table; a sweep's report is written into its directory")
+    overwrite = getattr(args, "overwrite", False)
     if table:
-        rep = build_report_from_table(Path(table), Path(args.out) if args.out else None, level, eq, in_domain)
+        rep = build_report_from_table(Path(table), Path(args.out) if args.out else None, level, eq, in_domain,
+                                      overwrite=overwrite)
     else:
-        rep = build_report(Path(args.sweep_dir), level, eq, in_domain)
+        rep = build_report(Path(args.sweep_dir), level, eq, in_domain, overwrite=overwrite)
     where = rep["out_dir"]
     print(rep["markdown"])
     print(f"\nwritten: {where / 'report.md'}, report.json, report.csv, "

@@ -10,6 +10,7 @@ from pathlib import Path
 from megatron_kd.models.params import human
 from megatron_kd.study.claims import CLAIMS, ES_KEY, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
+from megatron_kd.study.report_output import md_text, plain_text_figures
 from megatron_kd.study.stats import point_key
 
 ID_SETS = ("indomain", "heldout", "mock")
@@ -83,16 +84,19 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
         fits = {s: PairedFit(_cells(rs, lambda r, s=s: r["val"].get(s)), baseline) for s in sets}
         zfits = {s: PairedFit(_cells(rs, lambda r, s=s: (r["val"][s] - r["val"][id_set])
                                      if s in r["val"] and id_set in r["val"] else None), baseline) for s in ood}
+        runs_of: dict = {}  # point key -> its runs, grouped once (a search per point is quadratic)
+        for r in rs:
+            runs_of.setdefault(point_key(r), []).append(r)
         points = []
-        for key in sorted({point_key(r) for r in rs}, key=repr):
-            first = next(r for r in rs if point_key(r) == key)
+        for key in sorted(runs_of, key=repr):
+            first = runs_of[key][0]
             p = {"key": key, "student": student, "teacher": first.get("teacher"), "alpha": first.get("alpha"),
                  "alpha_schedule": first.get("alpha_schedule"), "temperature": first.get("temperature"),
                  "kind": first.get("kind"), "teacher_val": first.get("teacher_val") or {},
                  "teacher_tokens": first.get("teacher_tokens"), "teacher_params": first.get("teacher_params"),
                  "teacher_model": first.get("teacher_model"), "teacher_flops": first.get("teacher_pretrain_flops"),
                  "baseline_tokens": first.get("baseline_tokens"), "seeds": fits[id_set].n_seeds(key),
-                 "names": [r["name"] for r in rs if point_key(r) == key],
+                 "names": [r["name"] for r in runs_of[key]],
                  "mean": {s: fits[s].mean(key) for s in sets}, "gains": {}}
             if p["teacher"]:
                 for s in sets:
@@ -157,52 +161,56 @@ def _ci(ci, nd: int = 4) -> str:
 
 
 def markdown(a: dict, sets: list[str]) -> list[str]:
+    """The study's sections of report.md (every name from the table or sweep through md_text)."""
     level = a["level"]
     pct = f"{100 * level:g} %"
     md = []
     for student, st in a["students"].items():
+        student = md_text(student)
         md += ["", f"## Paired gains ({student})", "",
                f"Gain = the baseline's loss minus the point's, paired by seed (the same initialisation and data "
                f"order) and estimated by a point × seed model over every run of the student; intervals are "
                f"{pct} two-sided, from the t distribution at the model's degrees of freedom. Noise per set:", ""]
         for s, n in st["noise"].items():
-            md.append(f"- {s}: " + (f"residual sd {n['sigma']:.4f}; " if n["sigma"] else "") + n["source"])
-        head = ["teacher", "α", "T", "seeds"] + [f"loss {s}" for s in sets] + [f"gain {s}" for s in sets]
+            md.append(f"- {md_text(s)}: " + (f"residual sd {n['sigma']:.4f}; " if n["sigma"] else "") + n["source"])
+        head = ["teacher", "α", "T", "seeds"] + [f"loss {md_text(s)}" for s in sets] + \
+            [f"gain {md_text(s)}" for s in sets]
         md += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in sorted(st["points"], key=lambda p: (str(p["teacher"]), p.get("alpha") or 0, alpha_label(p))):
             g = [(f"{p['gains'][s]['gain']:+.4f}{_ci(p['gains'][s]['interval'])} ({p['gains'][s]['verdict']})")
                  if p["teacher"] and not math.isnan(p["gains"][s]["gain"]) else "" for s in sets]
             name = p["teacher"] or ("(baseline)" if p.get("baseline_tokens") is None
                                     else f"(baseline, {human(p['baseline_tokens'])} tokens)")
-            md.append("| " + " | ".join([name, alpha_label(p),
+            md.append("| " + " | ".join([md_text(name), md_text(alpha_label(p)),
                                          f"{p['temperature']:g}" if p.get("temperature") else "", str(p["seeds"])]
                                         + [f"{p['mean'][s]:.4f}" for s in sets] + g) + " |")
         md += ["", "Best α per teacher, from seed means (α = 0, no KD, competes; the interval is that of the "
                    "chosen point and, as the best of several, optimistic):", ""]
         for t in sorted({p["teacher"] for p in st["points"] if p["teacher"]}):
-            md.append(f"- {t}: " + "; ".join(
-                f"{s}: α={v[t]['alpha']:g} (gain {v[t]['gain']:+.4f}{_ci(v[t]['interval'])})"
+            md.append(f"- {md_text(t)}: " + "; ".join(
+                f"{md_text(s)}: α={v[t]['alpha']:g} (gain {v[t]['gain']:+.4f}{_ci(v[t]['interval'])})"
                 for s, v in st["best_alpha"].items() if t in v))
         sched = schedule_rows(st, level)
         if sched:
             md += ["", "α schedules against the same teacher's best fixed α (paired difference of the two "
                        "points; the constant is the best of several, which favours it):", ""]
             for r in sched:
-                md.append(f"- {r['teacher']}, α {r['schedule']}: " + "; ".join(
-                    f"{s}: {v['gain']:+.4f} vs {v['best_fixed_gain']:+.4f} at α={v['best_fixed_alpha']:g}, "
+                md.append(f"- {md_text(r['teacher'])}, α {md_text(r['schedule'])}: " + "; ".join(
+                    f"{md_text(s)}: {v['gain']:+.4f} vs {v['best_fixed_gain']:+.4f} at α={v['best_fixed_alpha']:g}, "
                     f"difference {v['diff']:+.4f}{_ci(v['interval'])} ({v['verdict']})" for s, v in r["sets"].items()))
         md += ["", "No student-vs-teacher law is fitted here: per α the sweep has one loss per teacher, too few "
                    "to identify a saturating form's parameters with intervals, and a quadratic can predict a "
                    "negative loss. The distillation-law fit belongs to `mkd advise` (study v3).", ""]
         for test, e in st.get("early_stopped", {}).items():
             fit = e["fit"]
-            md += ["", f"Early-stopped baseline on {test}: each baseline seed at its lowest {e['dev']} loss "
-                       f"(at {', '.join(human(t) for _, t in e['steps'].values())} tokens): {test} loss "
+            md += ["", f"Early-stopped baseline on {md_text(test)}: each baseline seed at its lowest "
+                       f"{md_text(e['dev'])} loss "
+                       f"(at {', '.join(human(t) for _, t in e['steps'].values())} tokens): {md_text(test)} loss "
                        f"{fit.mean(ES_KEY):.4f}, against {fit.mean(st['baseline']):.4f} at the end. Claim 3's "
                        f"control: the best teacher has to beat it."]
         if st.get("controls"):
-            md += ["", f"Control teacher(s) {', '.join(st['controls'])} (no parameters: token frequencies only): "
-                       "not teachers of the claims; a gain counts as knowledge only beyond theirs."]
+            md += ["", f"Control teacher(s) {', '.join(map(md_text, st['controls']))} (no parameters: token "
+                       "frequencies only): not teachers of the claims; a gain counts as knowledge only beyond theirs."]
         md += ["", f"## The paper's claims ({student})", "",
                f"Each claim as a test: its null hypothesis, its statistic, and “holds” only when the primary "
                f"test's p-value, Holm-adjusted over the claims tested, is below {1 - level:g}. Claim 2 reads "
@@ -214,15 +222,29 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
         for c in st["claims"]:
             ps = (f" (p = {c['p']:.3g}, Holm {c['p_holm']:.3g})" if c.get("p") is not None else "")
             md.append(f"{c['claim']}. {CLAIMS[c['claim']]}: **{c['verdict']}**{ps} — null: {c['null']}. "
-                      f"{c['why']}")
+                      f"{md_text(c['why'])}")
     return md
 
 
-def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
-    import matplotlib  # lazy: matplotlib is only for the report's figures
+SERIES_BARS = 50  # a series of more points draws its interval as a band: thousands of error bars take minutes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _gain_series(ax, pts: list[tuple], label: str) -> None:
+    """One teacher model's gains at one α against `pts`' x, with their intervals (error bars, or a
+    band for a long series)."""
+    xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
+    lo, hi = [e[0] for *_, e in pts], [e[1] for *_, e in pts]
+    if len(pts) <= SERIES_BARS:
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3, label=label)
+        return
+    line, = ax.plot(xs, ys, "o-", ms=2, lw=0.8, label=label)
+    ax.fill_between(xs, [y - e for y, e in zip(ys, lo)], [y + e for y, e in zip(ys, hi)], color=line.get_color(),
+                    alpha=0.2, lw=0)
+
+
+@plain_text_figures
+def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
+    import matplotlib.pyplot as plt  # lazy: matplotlib is only for the report's figures
 
     out = []
     kd = [p for st in a["students"].values() for p in st["points"] if p["teacher"]]
@@ -237,24 +259,24 @@ def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
     # gain vs teacher tokens (top row) and teacher pretraining compute (bottom row) per teacher
     # model and α, in-domain and OOD side by side
     fig, axes = plt.subplots(2, len(sets), figsize=(5 * len(sets), 8), squeeze=False)
-    models = sorted({p["teacher"].split("@")[0] for p in kd})
+    series: dict = {}  # (teacher model, α) -> its points, grouped once
+    for p in kd:
+        if p.get("alpha") is not None:
+            series.setdefault((p["teacher"].split("@")[0], p["alpha"]), []).append(p)
+    models = {m for m, _ in series}
     for row, (key, label) in enumerate((("teacher_tokens", "teacher training tokens"),
                                         ("teacher_flops", "teacher pretraining FLOPs"))):
         for ax, s in zip(axes[row], sets):
-            for model in models:
-                for alpha in sorted({p["alpha"] for p in kd if p.get("alpha") is not None}):
-                    pts = sorted(((p.get(key) or 0, p["gains"][s]["gain"], err(p["gains"][s]))
-                                  for p in kd if p.get("alpha") == alpha and p["teacher"].split("@")[0] == model),
-                                 key=lambda t: t[0])
-                    ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts],
-                                yerr=[[e[0] for *_, e in pts], [e[1] for *_, e in pts]], fmt="o-", capsize=3,
-                                label=f"{model} α={alpha:g}" if len(models) > 1 else f"α={alpha:g}")
+            for (model, alpha), ps in sorted(series.items()):
+                pts = sorted(((p.get(key) or 0, p["gains"][s]["gain"], err(p["gains"][s])) for p in ps),
+                             key=lambda t: t[0])
+                _gain_series(ax, pts, f"{model} α={alpha:g}" if len(models) > 1 else f"α={alpha:g}")
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xscale("symlog" if key == "teacher_tokens" else "log")
             ax.set_xlabel(label)
             ax.set_ylabel(f"paired gain in student {s} loss ({pct} interval)")
             ax.set_title(f"{s}" + (" (in-domain)" if s == id_set else " (OOD)"))
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="best" if len(kd) <= SERIES_BARS else "upper right")
     fig.tight_layout()
     out.append(sweep_dir / "gain_vs_teacher_tokens.png")
     fig.savefig(out[-1], dpi=100)
@@ -263,8 +285,10 @@ def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5, 4))
     for student, st in a["students"].items():
         best = st["best_alpha"][id_set]
-        xs = [(next(p for p in st["points"] if p["teacher"] == t)["teacher_val"].get(id_set, math.nan), v["alpha"])
-              for t, v in best.items()]
+        first = {}
+        for p in st["points"]:
+            first.setdefault(p["teacher"], p)
+        xs = [(first[t]["teacher_val"].get(id_set, math.nan), v["alpha"]) for t, v in best.items()]
         ax.plot([x for x, _ in xs], [y for _, y in xs], "o", label=student)
     ax.invert_xaxis()
     ax.set_xlabel(f"teacher {id_set} loss (lower = stronger)")

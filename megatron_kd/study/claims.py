@@ -52,12 +52,21 @@ def best_alpha(kd: list[dict], fit, level: float) -> dict:
     """Per teacher: the α with the largest mean gain over seeds, α = 0 (no KD: the baseline)
     competing, with that gain's interval (a best-of-k pick: the interval is optimistic)."""
     out = {}
-    for t in sorted({p["teacher"] for p in kd}):
+    for t, points in sorted(by_teacher(kd).items()):
         cands = [(0.0, Estimate(0.0, 0.0, max(fit.df, 1)))]
-        cands += [(p["alpha"], fit.gain(p["key"])) for p in kd if p["teacher"] == t]
+        cands += [(p["alpha"], fit.gain(p["key"])) for p in points]
         cands = [(a, e) for a, e in cands if not math.isnan(e.value)]
         a, e = max(cands, key=lambda c: c[1].value)
         out[t] = {"alpha": a, "gain": e.value, "interval": e.interval(level), "candidates": len(cands)}
+    return out
+
+
+def by_teacher(kd: list[dict]) -> dict:
+    """{teacher: its points}, in the points' order (grouped once: a search per teacher is
+    quadratic in a table of thousands of teachers)."""
+    out: dict = {}
+    for p in kd:
+        out.setdefault(p["teacher"], []).append(p)
     return out
 
 
@@ -93,11 +102,12 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
     if not weak:
         return {"verdict": "not tested", "null": null, "p": None,
                 "why": f"no teacher is worse in-domain than the student's baseline ({base:.4f})"}
-    tests = [(p, s, fits[s].gain(p["key"])) for p in real if p["teacher"] in weak for s in sets]
+    weak_set = set(weak)
+    tests = [(p, s, fits[s].gain(p["key"])) for p in real if p["teacher"] in weak_set for s in sets]
     p_claim = _bonferroni([e.p_greater() for *_, e in tests])
     top = max(tests, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
     hurt = all(fits[s].gain(p["key"]).interval(level) is not None
-               and fits[s].gain(p["key"]).interval(level)[1] < 0 for p in real if p["teacher"] in weak
+               and fits[s].gain(p["key"]).interval(level)[1] < 0 for p in real if p["teacher"] in weak_set
                for s in [id_set])
     verdict = "does not hold" if hurt else None
     why = (f"{len(weak)} weak teacher(s) ({', '.join(weak)}), {len(tests)} comparisons (α x set); largest: "
@@ -107,11 +117,15 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
         why += "; every weak teacher hurts in-domain at every α"
     # the control: every weak comparison beyond the control at the same α and set, Bonferroni over
     # them (the best one's own difference alone would be a best-of-many pick)
+    control_at: dict = {}  # α -> the control points at it
+    for c in kd:
+        if c["teacher"] in controls:
+            control_at.setdefault(c["alpha"], []).append(c)
     beyond = [(p, s, *_beyond_control(fits[s], p, c, e.p_greater()), c["teacher"], e)
-              for p, s, e in tests for c in kd if c["teacher"] in controls and c["alpha"] == p["alpha"]]
+              for p, s, e in tests for c in control_at.get(p["alpha"], [])]
     # a weak comparison at an α the control has no point at: said, never silently passed
     missing = sorted({f"no {'/'.join(sorted(controls))} point at α={p['alpha']:g}" for p, _, _ in tests
-                      if controls and not any(c["teacher"] in controls and c["alpha"] == p["alpha"] for c in kd)})
+                      if controls and p["alpha"] not in control_at})
     knowledge = None
     if beyond:
         p_know = _bonferroni([pv for _, _, _, pv, _, _ in beyond])
@@ -153,11 +167,11 @@ def claim2(kd, fits, id_set, level, margin, choose=None) -> dict:
             "stronger teacher is not worse")
     fit = fits[id_set]
     choose = choose or fit
-    axes, results = _axes(kd), []
+    axes, results, points_of = _axes(kd), [], by_teacher(kd)
     for name, ts, xs in axes:
         pts = []
         for t in ts:
-            cands = [p for p in kd if p["teacher"] == t and not math.isnan(choose.gain(p["key"]).value)]
+            cands = [p for p in points_of.get(t, []) if not math.isnan(choose.gain(p["key"]).value)]
             if cands:
                 pts.append(max(cands, key=lambda p: choose.gain(p["key"]).value))
         if len(pts) < 2 or len({float(xs[p["teacher"]]) for p in pts}) < 2:
@@ -290,7 +304,8 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
     ts = sorted(t for t in {p["teacher"] for p in kd} if not math.isnan(strength.get(t, math.nan)))
     if len(ts) < 3:
         return {"verdict": "not tested", "null": null, "p": None, "why": f"needs three teachers, has {len(ts)}"}
-    best = best_alpha([p for p in kd if p["teacher"] in ts], fit, level)
+    ts_set = set(ts)
+    best = best_alpha([p for p in kd if p["teacher"] in ts_set], fit, level)
     alphas = [best[t]["alpha"] for t in ts]
     x = [-strength[t] for t in ts]  # stronger = larger
     if len(set(alphas)) == 1:
@@ -304,29 +319,15 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
                 "why": f"the {len(ts)} teachers' own losses are all equal ({-x[0]:.4f}): no strength order"}
     # permutation p (one-sided, ρ > 0): exact for up to 8 teachers, else 5,000 random orders
     rx, ry = _ranks(np.asarray(x)), _ranks(np.asarray(alphas, dtype=float))
-    perms = np.array(list(itertools.permutations(range(len(ts))))) if len(ts) <= 8 else \
-        np.argsort(rng.random((5000, len(ts))), axis=1)
-    null_rhos = _corr_rows(rx, ry[perms])
+    null_rhos = _permutation_rhos(rx, ry, rng)
     # exact: the observed order is one of the enumerated ones (count / N); sampled: (1 + count) / (1 + N)
     add = 0 if len(ts) <= 8 else 1
     p = float((add + np.sum(null_rhos >= rho - 1e-12)) / (add + len(null_rhos)))
     p_neg = float((add + np.sum(null_rhos <= rho + 1e-12)) / (add + len(null_rhos)))
     # bootstrap over seeds (paired: one draw of seeds for every point) for ρ's interval
-    cand = [[(0.0, None)] + [(q["alpha"], q["key"]) for q in kd if q["teacher"] == t] for t in ts]
-    keys = [fit.baseline] + [k for c in cand for _, k in c[1:]]
-    pos = {k: i for i, k in enumerate(keys)}
-    m = fit.seed_matrix(keys)
-    boot = []
-    if n_boot and m.shape[1] > 1:
-        idx = rng.integers(0, m.shape[1], (n_boot, m.shape[1]))
-        with np.errstate(all="ignore"):
-            means = np.nanmean(m[:, idx], axis=2)  # [point, draw]
-        gains = means[0] - means  # [point, draw]
-        picks = np.stack([np.array([a for a, _ in c])[np.argmax(np.stack(
-            [np.zeros(n_boot)] + [gains[pos[k]] for _, k in c[1:]]), axis=0)] for c in cand], axis=1)
-        ranked = np.apply_along_axis(_ranks, 1, picks)
-        r = _corr_rows(rx, ranked)
-        boot = r[~np.isnan(r)]
+    points_of = by_teacher(kd)
+    cand = [[(0.0, None)] + [(q["alpha"], q["key"]) for q in points_of[t]] for t in ts]
+    boot = _bootstrap_rhos(fit, cand, rx, n_boot, rng)
     ci = (float(np.percentile(boot, 100 * (1 - level) / 2)), float(np.percentile(boot, 100 * (1 + level) / 2))) \
         if len(boot) else None
     verdict = "does not hold" if p_neg < 1 - level and rho < 0 else None
@@ -336,6 +337,42 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
             "why": f"best α, weakest first: {order}; ρ = {rho:+.2f}"
                    + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}] (bootstrap over seeds)" if ci else "")
                    + f"; permutation p = {p:.3g}"}
+
+
+_CHUNK = 4_000_000  # array elements per step of the resampling loops (memory stays ~32 MB per array)
+
+
+def _permutation_rhos(rx: np.ndarray, ry: np.ndarray, rng) -> np.ndarray:
+    """ρ of every order of the teachers (up to 8) or of 5,000 random orders, drawn in chunks
+    (the same random stream as one draw: rows of rng.random come out in order)."""
+    n = len(ry)
+    if n <= 8:
+        return _corr_rows(rx, ry[np.array(list(itertools.permutations(range(n))))])
+    step = max(1, _CHUNK // n)
+    return np.concatenate([_corr_rows(rx, ry[np.argsort(rng.random((min(step, 5000 - i), n)), axis=1)])
+                           for i in range(0, 5000, step)])
+
+
+def _bootstrap_rhos(fit, cand: list, rx: np.ndarray, n_boot: int, rng) -> np.ndarray:
+    """ρ of the best α with strength under seeds resampled (paired: one draw of seeds for every
+    point); `cand` holds per teacher its (α, point key) candidates, α = 0 (no KD) first."""
+    keys = [fit.baseline] + [k for c in cand for _, k in c[1:]]
+    pos = {k: i for i, k in enumerate(keys)}
+    m = fit.seed_matrix(keys)
+    if not n_boot or m.shape[1] < 2:
+        return np.array([])
+    idx = rng.integers(0, m.shape[1], (n_boot, m.shape[1]))
+    step = max(1, _CHUNK // m.size)
+    with np.errstate(all="ignore"):
+        means = np.concatenate([np.nanmean(m[:, idx[i:i + step]], axis=2) for i in range(0, n_boot, step)],
+                               axis=1)  # [point, draw]
+    gains = means[0] - means  # [point, draw]
+    picks = np.stack([np.array([a for a, _ in c])[np.argmax(np.stack(
+        [np.zeros(n_boot)] + [gains[pos[k]] for _, k in c[1:]]), axis=0)] for c in cand], axis=1)
+    from scipy.stats import rankdata
+
+    r = _corr_rows(rx, rankdata(picks, axis=1).astype(float))
+    return r[~np.isnan(r)]
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:

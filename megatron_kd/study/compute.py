@@ -214,11 +214,14 @@ def compute_study(rows: list[dict], study: dict, sets: list[str], level: float) 
             per_set[s] = {"front": front, "sd": sd, "df": df,
                           "nodes": [{"compute": c, "loss": y, "runs": n, "label": lab, "frontier": v}
                                     for (c, y, n, lab), v in zip(front.nodes, front.value)]}
+        runs_of: dict = {}  # point key -> its runs, grouped once (a search per point is quadratic)
+        for r in rs:
+            runs_of.setdefault(point_key(r), []).append(r)
         points = []
         for p in st["points"]:
             if not p["teacher"]:
                 continue
-            prs = [r for r in rs if point_key(r) == p["key"]]
+            prs = runs_of.get(p["key"], [])
             tot = [totals(r) for r in prs]
             t = {k: (float(np.mean([x[k] for x in tot])) if all(x[k] is not None for x in tot) else None)
                  for k in ACCOUNTINGS}

@@ -9,10 +9,19 @@ from pathlib import Path
 
 from megatron_kd.models.params import human
 from megatron_kd.study.compute import ACCOUNTINGS, GAIN_ACCOUNTINGS
+from megatron_kd.study.report_output import md_text, plain_text_figures
 
 
 def _alpha(q: dict) -> str:
     return q.get("alpha_schedule") or (f"{q['alpha']:g}" if q.get("alpha") is not None else "")
+
+
+def _points_by_teacher_alpha(points: list[dict]) -> dict:
+    """{(teacher, α label): the first such point} (a lookup per answer, not a search)."""
+    out: dict = {}
+    for p in points:
+        out.setdefault((p["teacher"], _alpha(p)), p)
+    return out
 
 
 def _gain(g: dict, nd: int = 3) -> str:
@@ -29,13 +38,14 @@ def _tally(answers: list[dict]) -> str:
         names.setdefault(a["verdict"], []).append(a["teacher"])
     order = ["worth it", "not worth it", "within noise", "beyond the frontier", "below the frontier",
              "no noise estimate", "no frontier"]
-    return "; ".join(f"{v}: {len(names[v])} ({', '.join(names[v])})" for v in order if v in names)
+    return "; ".join(f"{v}: {len(names[v])} ({', '.join(map(md_text, names[v]))})" for v in order if v in names)
 
 
 def markdown(cs: dict, sets: list[str], level: float, id_set: str) -> list[str]:
     pct = f"{100 * level:g} %"
     md = []
     for student, c in cs.items():
+        student = md_text(student)
         md += ["", f"## Is distillation worth its compute here? ({student})", "",
                "Would the compute a KD run spends have bought a lower loss spent on the student's own "
                "supervised training? Total FLOPs per run, under three accountings:", ""]
@@ -52,29 +62,29 @@ def markdown(cs: dict, sets: list[str], level: float, id_set: str) -> list[str]:
             info = c["sets"][s]
             noise = (f"per-run sd {info['sd']:.4f} ({info['df']} degrees of freedom)" if info["sd"] is not None
                      else "no per-run noise estimate (no point has two seeds)")
-            md.append(f"Frontier on {s} ({noise}): " + "; ".join(
-                f"{n['label']} {human(n['compute'])}FLOP → {n['loss']:.4f}"
+            md.append(f"Frontier on {md_text(s)} ({noise}): " + "; ".join(
+                f"{md_text(n['label'])} {human(n['compute'])}FLOP → {n['loss']:.4f}"
                 + (f" (frontier {n['frontier']:.4f})" if abs(n["frontier"] - n["loss"]) > 1e-12 else "")
                 for n in info["nodes"]) + ("" if info["nodes"] else "none"))
         if not c["points"]:
             continue
         for s in sets:
-            label = f"{s} (in-domain)" if s == id_set else f"{s} (OOD)"
+            label = f"{md_text(s)} (in-domain)" if s == id_set else f"{md_text(s)} (OOD)"
             md += ["", f"**{label}**, each teacher at its best α by seed means (the best of several, so "
                        "optimistic for KD):", "",
                    "| teacher | α | (a) FLOPs | (b) FLOPs | (c) FLOPs | gain at (b) | gain at (c) |",
                    "|---|---|---|---|---|---|---|"]
             by = {a["teacher"]: a for a in c["answers"][s]["b"]}
+            point_of = _points_by_teacher_alpha(c["points"])
             for a_c in c["answers"][s]["c"]:
                 a_b = by[a_c["teacher"]]
-                q = next(p for p in c["points"] if p["teacher"] == a_c["teacher"]
-                         and _alpha(p) == _alpha(a_c))
-                md.append(f"| {a_c['teacher']} | {_alpha(a_c)} | " + " | ".join(
+                q = point_of[a_c["teacher"], _alpha(a_c)]
+                md.append(f"| {md_text(a_c['teacher'])} | {md_text(_alpha(a_c))} | " + " | ".join(
                     human(q["compute"][k]) if q["compute"][k] is not None else "?" for k in ACCOUNTINGS)
                     + f" | {_gain(a_b)} | {_gain(a_c)} |")
             md.append("")
             for k in GAIN_ACCOUNTINGS:
-                md.append(f"- Answer on {s}, ({k}) {ACCOUNTINGS[k]}: {_tally(c['answers'][s][k])}.")
+                md.append(f"- Answer on {md_text(s)}, ({k}) {ACCOUNTINGS[k]}: {_tally(c['answers'][s][k])}.")
         est = sorted({e for p in c["points"] for e in p["estimated"]})
         if est:
             md += ["", f"FLOPs estimated as 6·N·D (training) and 2·N·D (forward) for: {', '.join(est)} "
@@ -93,14 +103,12 @@ def report_json(cs: dict) -> dict:
     return out
 
 
+@plain_text_figures
 def plot(out_dir: Path, cs: dict, sets: list[str]) -> list[Path]:
     """loss vs total compute: the frontier (line), its nodes, and each teacher's best-α point
     under (b) (circle) and (c) (triangle), one panel per set."""
     if not any(c["points"] for c in cs.values()):
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(cs), len(sets), figsize=(5.5 * len(sets), 4.5 * len(cs)), squeeze=False)
@@ -111,9 +119,9 @@ def plot(out_dir: Path, cs: dict, sets: list[str]) -> list[Path]:
                 ax.plot([n["compute"] for n in nodes], [n["frontier"] for n in nodes], "k-", lw=1.5,
                         label="supervised frontier")
                 ax.plot([n["compute"] for n in nodes], [n["loss"] for n in nodes], "ks", ms=5)
+            point_of = _points_by_teacher_alpha(c["points"])
             for k, marker in (("b", "o"), ("c", "^")):
-                pts = [(a["compute"], next(p for p in c["points"] if p["teacher"] == a["teacher"]
-                                           and _alpha(p) == _alpha(a))["loss"][s]) for a in c["answers"][s][k]
+                pts = [(a["compute"], point_of[a["teacher"], _alpha(a)]["loss"][s]) for a in c["answers"][s][k]
                        if a["compute"]]
                 pts = [(x, y) for x, y in pts if math.isfinite(y)]
                 if pts:

@@ -16,6 +16,8 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.params import count_parameters, human, train_flops_per_token
 from megatron_kd.study import analysis, compute, compute_report
+from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, plain_text_figures, record_outputs
+from megatron_kd.study.stats import point_key
 from megatron_kd.study.table import read_table, write_table
 
 log = logging.getLogger("megatron_kd")
@@ -151,7 +153,7 @@ def baselines(rows: list[dict], sets: list[str]) -> dict:
             continue
         out[student] = {}
         for s in sets:
-            xs = [r["val"][s] for r in b if s in r["val"]]
+            xs = [r["val"][s] for r in b if math.isfinite(r["val"].get(s, math.nan))]  # a diverged seed: none
             if xs:
                 out[student][s] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None)
     return out
@@ -173,7 +175,8 @@ def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
             continue
         twin = by_seed.get((r["student"], r.get("seed"), r.get("data_seed")))
         b = base.get(r["student"], {})
-        r["gain"] = {s: (twin["val"][s] if twin and s in twin["val"] else b[s][0]) - r["val"][s]
+        r["gain"] = {s: (twin["val"][s] if twin and math.isfinite(twin["val"].get(s, math.nan)) else b[s][0])
+                     - r["val"][s]
                      for s in sets if s in b and s in r["val"]}
         r["gain_paired"] = twin is not None
 
@@ -213,101 +216,141 @@ def report_json(study: dict, sets: list[str]) -> dict:
 
 
 def build_report(sweep_dir: Path, level: float = analysis.LEVEL, equivalence: float = analysis.EQUIVALENCE,
-                 in_domain: str | None = None) -> dict:
+                 in_domain: str | None = None, overwrite: bool = False) -> dict:
     """The report of a sweep directory, written beside it (report.md, report.json, report.csv
     in the results-table format, figures)."""
     sweep_dir = Path(sweep_dir)
     rows, _, sets = collect(sweep_dir)
-    return write_report(rows, sets, sweep_dir, f"Sweep report: {sweep_dir.name}", level, equivalence, in_domain)
+    return write_report(rows, sets, sweep_dir, f"Sweep report: {sweep_dir.name}", level, equivalence, in_domain,
+                        inputs=[sweep_dir / "points.json"], overwrite=overwrite)
 
 
 def build_report_from_table(table: Path, out_dir: Path | None = None, level: float = analysis.LEVEL,
-                            equivalence: float = analysis.EQUIVALENCE, in_domain: str | None = None) -> dict:
+                            equivalence: float = analysis.EQUIVALENCE, in_domain: str | None = None,
+                            overwrite: bool = False) -> dict:
     """The same report from a results table (study/table.py), written to `out_dir` (default:
     beside the table, in TABLE_report/)."""
     table = Path(table)
     rows, sets = read_table(table)
     out_dir = Path(out_dir) if out_dir else table.with_name(f"{table.stem}_report")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "report.csv").resolve() == table.resolve():
-        raise ConfigError(f"--out {out_dir} would write its report.csv over the table {table}; choose another --out")
-    return write_report(rows, sets, out_dir, f"Report: {table.name}", level, equivalence, in_domain)
+    return write_report(rows, sets, out_dir, f"Report: {table.name}", level, equivalence, in_domain,
+                        inputs=[table], overwrite=overwrite, elsewhere="choose another --out")
+
+
+def check_options(sets: list[str], level: float, equivalence: float, in_domain: str | None) -> None:
+    """The command's numbers and names, refused before anything is read further or written."""
+    if in_domain is not None and in_domain not in sets:
+        raise ConfigError(f"--in-domain {in_domain!r} is not a validation set of these runs ({', '.join(sets)[:300]})")
+    if not 0.5 <= level < 1:
+        raise ConfigError(f"--level {level} must be in [0.5, 1), e.g. 0.95 for 95 % intervals")
+    if not (math.isfinite(equivalence) and equivalence > 0):
+        raise ConfigError(f"--equivalence {equivalence} must be a finite number > 0 nats, e.g. 0.01")
+
+
+def refuse_repeated_runs(rows: list[dict]) -> None:
+    """Two runs of one point with the same seeds would be one cell of the paired fit, the
+    second silently replacing the first: refused, naming both."""
+    seen: dict = {}
+    for r in rows:
+        key = (point_key(r), analysis.seed_key(r))
+        if key in seen:
+            raise ConfigError(f"runs {seen[key][:60]!r} and {r['name'][:60]!r} are the same point (student, teacher, "
+                              f"α, T, kind, top-k, schedule) with the same seed and data_seed; keep one run per "
+                              "point and seed, or give them different seeds")
+        seen[key] = r["name"]
 
 
 def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, level: float,
-                 equivalence: float, in_domain: str | None) -> dict:
-    sweep_dir = out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if in_domain is not None and in_domain not in sets:
-        raise ConfigError(f"--in-domain {in_domain!r} is not a validation set of these runs ({', '.join(sets)})")
-    if not 0.5 <= level < 1:
-        raise ConfigError(f"--level {level} must be in [0.5, 1), e.g. 0.95 for 95 % intervals")
-    if not equivalence > 0:
-        raise ConfigError(f"--equivalence {equivalence} must be > 0 nats, e.g. 0.01")
+                 equivalence: float, in_domain: str | None, inputs: list[Path] = (), overwrite: bool = False,
+                 elsewhere: str = "") -> dict:
+    sweep_dir = out_dir = Path(out_dir)
+    check_options(sets, level, equivalence, in_domain)
     compute.mark_baseline_lengths(rows)
+    refuse_repeated_runs(rows)
+    check_outputs(out_dir, [Path(p) for p in inputs], overwrite, elsewhere)
+    out_dir.mkdir(parents=True, exist_ok=True)
     base = baselines(rows, sets)
     paired_run_gains(rows, sets)
-    header = ["run", "student", "teacher", "alpha", "T", "kind", "seed"]
-    header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets] + [f"gain {s}" for s in sets]
-    header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
-    table = []
-    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
-        f = compute.run_flops(r)
-        table.append([r["name"], r["student"], r.get("teacher") or "(baseline)",
-                      r.get("alpha_schedule") or _fmt(r.get("alpha"), 2),
-                      _fmt(r.get("temperature"), 2), r.get("kind") or "", str(r.get("seed", ""))]
-                     + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
-                     + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
-                     + [human(f.get("student") or 0), human(f.get("shared") or 0), human(f.get("pretrain") or 0)])
-    write_table(sweep_dir / "report.csv", rows, sets)
-    md = [f"# {title}", "",
-          "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
-          "baseline of the same seed minus the run's (positive: distillation helped; the baselines' mean "
-          "where no baseline shares the seed). Per-run gains are single seeds: read the paired gains and "
-          "the claims below, not this table's best row.", ""]
-    for student, b in base.items():
-        md.append(f"Baseline {student}: " + ", ".join(
-            f"{s} {m:.4f}" + (f" ± {sd:.4f} (seed std)" if sd is not None else "") for s, (m, sd) in b.items()))
-    md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table]
-    caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
-    kd_rows = [r for r in rows if r.get("teacher")]
-    online = [r for r in kd_rows if not r.get("teacher_cache")]
-    md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
-               "(one per teacher cache, shared by its runs; the table's teacher KD FLOPs split it among them: "
-               "accounting (a) below)."]
-    varies = {r.get("seed_varies") for r in rows if r.get("seed_varies")}
-    if varies:
-        md.append(f"Seeds varied: {' / '.join(sorted(varies))}.")
     study = analysis.analyse(rows, sets, level, equivalence, in_domain)
-    md += analysis.markdown(study, sets)
     cs = compute.compute_study(rows, study, sets, level)
+    md = _runs_markdown(rows, sets, base, title) + analysis.markdown(study, sets)
     md += compute_report.markdown(cs, sets, level, study["id_set"])
     plotted = finite_rows(rows, sets)
-    left_out = [r["name"] for r in rows if r not in plotted]
+    kept = {id(r) for r in plotted}
+    left_out = [r["name"] for r in rows if id(r) not in kept]
     if left_out:
-        md += ["", f"Left out of the plots (a loss that is not finite): {', '.join(left_out)}."]
+        md += ["", f"Left out of the plots (a loss that is not finite): {', '.join(map(md_text, left_out))}. "
+                   "Their non-finite losses are left out of every statistic too (baseline means, paired fits, "
+                   "intervals); their finite ones count."]
+    drawn = figure_sets(sets, study["id_set"])
+    if len(drawn) < len(sets):
+        md += ["", f"The figures draw {len(drawn)} of the {len(sets)} validation sets (the in-domain set, then the "
+                   f"others in the table's order: {', '.join(map(md_text, drawn))}); the tables above and "
+                   "report.json hold every set."]
     plots = []
     if plotted:  # the figures' numbers: those of the tables unless a diverged run was left out
         shown, shown_cs = study, cs
         if len(plotted) < len(rows):
             shown = analysis.analyse(plotted, sets, level, equivalence, in_domain, n_boot=0)
             shown_cs = compute.compute_study(plotted, shown, sets, level)
-        plots = _plots(sweep_dir, plotted, sets, base) + analysis.plots(sweep_dir, shown, sets)
-        plots += compute_report.plot(sweep_dir, shown_cs, sets)
+        plots = _plots(sweep_dir, plotted, drawn, base) + analysis.plots(sweep_dir, shown, drawn)
+        plots += compute_report.plot(sweep_dir, shown_cs, drawn)
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
-    write_text_atomic(sweep_dir / "report.md", "\n".join(md))
     doc = report_json(study, sets)
     doc["compute"] = compute_report.report_json(cs)
-    write_text_atomic(sweep_dir / "report.json",
-                      json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False))
+    write_table(sweep_dir / "report.csv", rows, sets)
+    write_text_atomic(sweep_dir / "report.md", "\n".join(md))
+    # indented for a reader up to 10^4 runs; above, compact (json indents in pure Python: ~10 s
+    # for 10^5 runs, and a file that large is read by programs)
+    write_text_atomic(sweep_dir / "report.json", json.dumps(_finite(doc), indent=2 if len(rows) <= 10_000 else None,
+                                                            default=_json_default, allow_nan=False))
+    record_outputs(out_dir, [out_dir / n for n in ("report.md", "report.json", "report.csv")] + plots)
     return {"rows": rows, "baselines": base, "sets": sets, "plots": plots, "study": study, "json": doc,
             "out_dir": out_dir,
             "markdown": "\n".join(md)}
 
 
+def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) -> list[str]:
+    """The report's head: one line per run (names escaped: they come from the table or sweep)."""
+    header = ["run", "student", "teacher", "alpha", "T", "kind", "seed"]
+    header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets] + [f"gain {s}" for s in sets]
+    header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
+    table = []
+    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
+        f = compute.run_flops(r)
+        table.append([md_text(r["name"]), md_text(r["student"]), md_text(r.get("teacher") or "(baseline)"),
+                      md_text(r.get("alpha_schedule") or _fmt(r.get("alpha"), 2)),
+                      _fmt(r.get("temperature"), 2), md_text(r.get("kind") or ""), md_text(r.get("seed", ""))]
+                     + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
+                     + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
+                     + [human(f.get("student") or 0), human(f.get("shared") or 0), human(f.get("pretrain") or 0)])
+    md = [f"# {md_text(title)}", "",
+          "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
+          "baseline of the same seed minus the run's (positive: distillation helped; the baselines' mean "
+          "where no baseline shares the seed). Per-run gains are single seeds: read the paired gains and "
+          "the claims below, not this table's best row.", ""]
+    for student, b in base.items():
+        md.append(f"Baseline {md_text(student)}: " + ", ".join(
+            f"{md_text(s)} {m:.4f}" + (f" ± {sd:.4f} (seed std)" if sd is not None else "")
+            for s, (m, sd) in b.items()))
+    md += ["", "| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in table]
+    caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
+    online = [r for r in rows if r.get("teacher") and not r.get("teacher_cache")]
+    md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
+               "(one per teacher cache, shared by its runs; the table's teacher KD FLOPs split it among them: "
+               "accounting (a) below)."]
+    varies = {r.get("seed_varies") for r in rows if r.get("seed_varies")}
+    if varies:
+        md.append(f"Seeds varied: {md_text(' / '.join(sorted(varies)))}.")
+    return md
+
+
 def _finite(x):
     """NaN and infinities as null: report.json is strict JSON."""
+    kind = type(x)  # the exact types first: this visits every value of a 10^5-run report
+    if kind is str or kind is int or kind is bool or x is None:
+        return x
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
@@ -325,10 +368,8 @@ def _json_default(x):
     raise TypeError(f"not JSON: {type(x).__name__}")
 
 
+@plain_text_figures
 def _plots(sweep_dir: Path, rows: list[dict], sets: list[str], base: dict) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = []

@@ -34,19 +34,44 @@ _NUMBERS = {"student_params": float, "student_tokens": int, "teacher_params": fl
             "student_nonembedding_params": float, "teacher_nonembedding_params": float}
 # the report's row fields each column fills
 _FIELD = {"run": "name", "flops": "student_flops"}
+_NON_NEGATIVE = {"student_params", "student_tokens", "teacher_params", "teacher_tokens", "flops",
+                 "teacher_pretrain_flops", "teacher_pass_flops", "teacher_pass_shared_by", "top_k",
+                 "student_nonembedding_params", "teacher_nonembedding_params"}
+_LARGEST = 1e30  # no count or FLOPs is near it, and products of two stay finite
+_LARGEST_LOSS = 1e6  # nats/token: a loss of 10^308 is not a measurement (and overflows the statistics)
+TEXT = ("run", "student", "teacher", "alpha_schedule", "kind", "teacher_model")
+# A text cell a spreadsheet would run as a formula (OWASP "CSV injection") is written behind a
+# single quote, which spreadsheets show but do not evaluate; read_table takes exactly that quote
+# off again, so every name round-trips (a name that itself starts with quotes before a formula
+# character gets one more, which is taken off in turn).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(v) -> str:
+def neutralise(text: str) -> str:
+    """`text` as a CSV cell no spreadsheet evaluates: a quote before a formula character."""
+    return "'" + text if text.lstrip("'").startswith(FORMULA_START) else text
+
+
+def unneutralise(cell: str) -> str:
+    """The inverse of neutralise (a cell it did not change is returned as it is)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].lstrip("'").startswith(FORMULA_START) else cell
+
+
+def _cell(v, loss: bool = False) -> str:
     if hasattr(v, "item"):  # a numpy scalar
         v = v.item()
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None:
         return ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if loss else ""  # a diverged run's loss reads back as one (_loss)
+    if isinstance(v, str):
+        return neutralise(v)
     return repr(v) if isinstance(v, float) else str(v)
 
 
 def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
     """The report's rows as the table: floats at full precision (a table read back gives the
-    same report)."""
+    same report), names neutralised against spreadsheet formulas (FORMULA_START)."""
     head = REQUIRED + [f"val/{s}" for s in sets] + [f"teacher_val/{s}" for s in sets] + OPTIONAL
     out = []
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r["name"])):
@@ -55,8 +80,8 @@ def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
         if not r.get("teacher"):
             line["teacher"] = ""
         for s in sets:
-            line[f"val/{s}"] = _cell(r["val"].get(s))
-            line[f"teacher_val/{s}"] = _cell((r.get("teacher_val") or {}).get(s))
+            line[f"val/{s}"] = _cell(r["val"].get(s), loss=True)
+            line[f"teacher_val/{s}"] = _cell((r.get("teacher_val") or {}).get(s), loss=True)
         out.append(line)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=head)
@@ -65,18 +90,68 @@ def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def _number(col: str, raw: str, where: str, fix: str):
+    """A parameter cell as its number: finite, |x| <= 1e30, whole where the column counts."""
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a number; {fix}") from None
+    if not math.isfinite(v) or abs(v) > _LARGEST:
+        raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a finite number of at most "
+                          f"{_LARGEST:g}; {fix}")
+    if col in _NON_NEGATIVE and v < 0:
+        raise ConfigError(f"{where} column {col}: {raw[:40]!r} is negative; {fix}")
+    if _NUMBERS[col] is int:
+        if v != int(v):
+            raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a whole number; {fix}")
+        return int(v)
+    return v
+
+
+def _loss(col: str, raw: str, where: str, fix: str) -> float:
+    """A loss cell: a number in (0, 1e6] nats/token, or `nan` for a diverged run (as the report
+    writes one: left out of the statistics and plots, and named)."""
+    if raw.lower() == "nan":
+        return math.nan
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a number; {fix}") from None
+    if not 0 < v <= _LARGEST_LOSS:  # also refuses inf and nan spelled otherwise
+        raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a loss in nats/token (above 0, at "
+                          f"most {_LARGEST_LOSS:g}; `nan` for a diverged run, empty for none); {fix}")
+    return v
+
+
+def _read_lines(path: Path, fix: str) -> tuple[list[str], list[dict]]:
+    """(header, lines) of a CSV file, a UTF-8 byte-order mark read as one; a header that names
+    a column twice or a line with more cells than the header is refused."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            head = list(reader.fieldnames or [])
+            lines = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a readable CSV table ({exc}); {fix}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the table ({exc.strerror or exc}); give a CSV file") from exc
+    twice = sorted({c for c in head if head.count(c) > 1})
+    if twice:
+        raise ConfigError(f"{path}: column(s) {', '.join(twice)[:200]} appear more than once in the header; "
+                          "keep one of each")
+    for i, line in enumerate(lines, start=2):
+        if None in line:  # csv.DictReader files extra cells under None
+            raise ConfigError(f"{path} row {i}: {len(head) + len(line[None])} cells, the header has "
+                              f"{len(head)}; {fix}")
+    return head, lines
+
+
 def read_table(path: Path) -> tuple[list[dict], list[str]]:
     """(rows as the report reads them, validation sets) from a results table; a bad table is one
     line naming the row and column."""
     path = Path(path)
     fix = "fix the table (columns: `mkd report --help`)"
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            head = reader.fieldnames or []
-            lines = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"{path}: not a readable CSV table ({exc}); {fix}") from exc
+    head, lines = _read_lines(path, fix)
     missing = [c for c in REQUIRED if c not in head]
     sets = [c[4:] for c in head if c.startswith("val/") and c[4:]]
     if missing or not sets:
@@ -87,43 +162,39 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
         raise ConfigError(f"{path}: unknown column(s) {', '.join(unknown)[:200]}; {fix}")
     rows, seen = [], {}
     for i, line in enumerate(lines, start=2):  # line 1 is the header
-        name = (line.get("run") or "").strip()
-        where = f"{path} row {i}" + (f" (run {name[:60]})" if name else "")
+        name = unneutralise((line.get("run") or "").strip())
+        where = f"{path} row {i}" + (f" (run {name[:60]!r})" if name else "")
         if not name:
             raise ConfigError(f"{where} column run: empty; every row names its run")
         if name in seen:
             raise ConfigError(f"{where} column run: {name[:60]!r} repeats row {seen[name]}; one row per run")
         seen[name] = i
-        r = {"name": name, "student": (line.get("student") or "").strip(), "val": {}, "teacher_val": {}}
-        if not r["student"]:
-            raise ConfigError(f"{where} column student: empty; {fix}")
-        for col in REQUIRED[2:] + OPTIONAL:
-            raw = (line.get(col) or "").strip()
-            if col in _NUMBERS and raw:
-                try:
-                    v = _NUMBERS[col](float(raw)) if _NUMBERS[col] is int else float(raw)
-                except ValueError:
-                    raise ConfigError(f"{where} column {col}: {raw[:40]!r} is not a number; {fix}") from None
-                r[_FIELD.get(col, col)] = v
-            elif col not in _NUMBERS:
-                r[col] = raw or None
-        r["tokens"] = r.get("student_tokens")
-        for s in sets:
-            for prefix, into in (("val/", "val"), ("teacher_val/", "teacher_val")):
-                raw = (line.get(prefix + s) or "").strip()
-                if not raw:
-                    continue
-                try:
-                    r[into][s] = float(raw)
-                except ValueError:
-                    raise ConfigError(f"{where} column {prefix}{s}: {raw[:40]!r} is not a number; {fix}") from None
-        if not r["val"]:
-            raise ConfigError(f"{where}: no val/<set> loss; {fix}")
-        if not r.get("teacher"):
-            r["teacher"] = None
-        elif r.get("alpha") is None and not r.get("alpha_schedule"):
-            raise ConfigError(f"{where} column alpha: empty for a KD run; give α or an alpha_schedule label")
-        rows.append(r)
+        rows.append(_row(line, name, sets, where, fix))
     if not rows:
         raise ConfigError(f"{path}: no rows; {fix}")
     return rows, sets
+
+
+def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
+    r = {"name": name, "student": unneutralise((line.get("student") or "").strip()), "val": {}, "teacher_val": {}}
+    if not r["student"]:
+        raise ConfigError(f"{where} column student: empty; {fix}")
+    for col in REQUIRED[2:] + OPTIONAL:
+        raw = (line.get(col) or "").strip()
+        if col in _NUMBERS and raw:
+            r[_FIELD.get(col, col)] = _number(col, raw, where, fix)
+        elif col not in _NUMBERS:
+            r[col] = unneutralise(raw) or None
+    r["tokens"] = r.get("student_tokens")
+    for s in sets:
+        for prefix, into in (("val/", "val"), ("teacher_val/", "teacher_val")):
+            raw = (line.get(prefix + s) or "").strip()
+            if raw:
+                r[into][s] = _loss(prefix + s, raw, where, fix)
+    if not r["val"]:
+        raise ConfigError(f"{where}: no val/<set> loss; {fix}")
+    if not r.get("teacher"):
+        r["teacher"] = None
+    elif r.get("alpha") is None and not r.get("alpha_schedule"):
+        raise ConfigError(f"{where} column alpha: empty for a KD run; give α or an alpha_schedule label")
+    return r
