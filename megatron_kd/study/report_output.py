@@ -22,7 +22,9 @@ MANIFEST = ".mkd-report.json"
 FIGURE_SETS = 6  # validation sets drawn (one panel each): a figure 152 panels wide takes minutes to lay out
 
 _LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")  # control characters, line breaks among them
-_MARKDOWN = re.compile(r"([\\`*_\[\]{}#|~$!])")  # inline syntax: emphasis, links, code, tables, math
+_MARKDOWN = re.compile(r"([\\`*\[\]{}#|~$!])")  # inline syntax: emphasis, links, code, tables, math
+# underscores emphasise only at a word's edge (CommonMark): snake_case names stay as typed
+_EDGE_UNDERSCORES = re.compile(r"(?<![0-9A-Za-z_])_+|_+(?![0-9A-Za-z_])")
 # a list item, quote or rule where the text starts a line ("- " + a name opens an item's line)
 _LINE_START = re.compile(r"^(\s*)(-|>|\+(?=\s|$))|^(\s*\d+)([.)])(?=\s|$)")
 
@@ -34,6 +36,7 @@ def md_text(value) -> str:
     text = _LINE_BREAKS.sub(" ", str(value))
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MARKDOWN.sub(r"\\\1", text)
+    text = _EDGE_UNDERSCORES.sub(lambda m: m[0].replace("_", "\\_"), text)
     return _LINE_START.sub(lambda m: f"{m[1] or m[3] or ''}\\{m[2] or m[4]}", text)
 
 
@@ -70,16 +73,26 @@ def _manifest(out_dir: Path) -> dict | None:
     return files if isinstance(files, dict) else None
 
 
+def _report_title(path: Path) -> bool:
+    """Whether `path` starts as a report.md of `mkd report` does (from before the manifest)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith(("# Report: ", "# Sweep report: "))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_outputs(out_dir: Path, inputs: list[Path], overwrite: bool, elsewhere: str = "") -> None:
     """Refuse, before anything is written, to write over an input (never allowed) or over a file
     of the report's names that the report did not write (or that changed since), unless
-    `overwrite`. A sweep directory whose report predates the manifest is the report's own.
+    `overwrite`. A directory whose report predates the manifest (a sweep directory, or a
+    report.md under the report's own title) holds the report's own files.
     `elsewhere` names the option that writes the report somewhere else (--out), if any."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is a file, not a directory; {elsewhere or 'give a directory'}")
     written = _manifest(out_dir)
-    legacy_sweep = written is None and (out_dir / "points.json").is_file()
+    legacy = written is None and ((out_dir / "points.json").is_file() or _report_title(out_dir / "report.md"))
     for name in TEXT_FILES + FIGURES + (MANIFEST,):
         path = out_dir / name
         if not path.exists():
@@ -88,7 +101,7 @@ def check_outputs(out_dir: Path, inputs: list[Path], overwrite: bool, elsewhere:
             if source.exists() and path.samefile(source):
                 raise ConfigError(f"the report would write {path} over its input {source}; "
                                   f"{elsewhere or 'move the input away'}")
-        if overwrite or legacy_sweep or name == MANIFEST:
+        if overwrite or legacy or name == MANIFEST:
             continue
         if written is None or written.get(name) != _sha256(path):
             raise ConfigError(f"{path} exists and was not written by `mkd report` (or was changed since); "

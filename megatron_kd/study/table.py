@@ -12,6 +12,13 @@ statistics. Columns (README "The results table"):
   temperature, kind, top_k, teacher_model, student_nonembedding_params and
   teacher_nonembedding_params (what `mkd fit` counts as N). Missing FLOPs are estimated as 6·N·D (training)
   and 2·N·D (forward), and the report says so.
+
+Cells are checked where they enter, one line naming row and column: numbers finite and at most
+1e30 (whole where they count, not negative where they are sizes); a loss above 0 and at most 1e6
+nats/token, `nan` for a diverged run (left out of the statistics, as in a sweep), empty for none.
+A header naming a column twice, a row with more cells than the header, two rows of one run are
+refused; a UTF-8 byte-order mark is read as one. Names that start like a spreadsheet formula are
+written behind a quote (FORMULA_START) and read back without it.
 """
 
 from __future__ import annotations

@@ -141,3 +141,14 @@ def test_a_sweep_report_is_rewritten_on_a_rerun(tmp_path, monkeypatch, capsys):
     assert main(["report", str(sweep)]) == 0  # and again, through the manifest
     (sweep / "loss_curves.png").write_bytes(b"not ours")
     one_error(capsys, main(["report", str(sweep)]), "loss_curves.png exists and was not written")
+
+
+def test_a_table_report_from_before_the_manifest_is_replaced(table, tmp_path):
+    """(docs/STUDY.md's `mkd report --table docs/study/results.csv --out docs/study/corrected` is
+    re-run over a report written before the manifest existed.)"""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.md").write_text("# Report: t.csv\n\nan earlier version's")
+    (out / "report.csv").write_text("an earlier version's table")
+    assert main(["report", "--table", str(table), "--out", str(out)]) == 0
+    assert (out / MANIFEST).is_file() and read_table(out / "report.csv")[0]
