@@ -71,6 +71,7 @@ class AdditiveFit:
     to zero within every component (no shared seed, no paired comparison)."""
 
     DENSE_MAX = 2000  # a Schur complement up to this size is factored densely
+    DENSE_ROWS_MAX = 5_000_000  # points x seeds up to this: the seed counts held as a dense matrix
 
     def __init__(self, point: np.ndarray, seed: np.ndarray, y: np.ndarray, n_points: int, n_seeds: int):
         from scipy.sparse import coo_matrix
@@ -109,7 +110,7 @@ class AdditiveFit:
         self._retain_seeds = n_q <= n_p  # factor the smaller Schur complement
         # few seeds (the usual case): each point's seed counts over its runs as a dense row, so a
         # contrast costs a few small products
-        self._rows = (counts.toarray() / self._da[:, None]) if self._retain_seeds and n_p * n_q <= 5_000_000 \
+        self._rows = (counts.toarray() / self._da[:, None]) if self._retain_seeds and n_p * n_q <= self.DENSE_ROWS_MAX \
             else None
         if self._retain_seeds:
             schur = diags(db) - counts.T @ diags(1 / self._da) @ counts
