@@ -186,7 +186,7 @@ class PairedFit:
                     seed.append(seed_index[s])
                     ys.append(float(y))
         self.n = len(ys)
-        self._fit, self._fallback, self._n_seeds = None, None, {}
+        self._fit, self._fallback, self._n_seeds, self._gains = None, None, {}, {}
         if not ys:
             self.df, self.sigma = 0, None
             self.source = "no runs"
@@ -247,7 +247,9 @@ class PairedFit:
         """The baseline's loss minus the point's (positive: distillation helped)."""
         if point == self.baseline:
             return Estimate(0.0, 0.0, max(self.df, 1))
-        return self.contrast({self.baseline: 1.0, point: -1.0})
+        if point not in self._gains:  # the table, best α and three claims each ask for it
+            self._gains[point] = self.contrast({self.baseline: 1.0, point: -1.0})
+        return self._gains[point]
 
     def seed_matrix(self, points: list) -> np.ndarray:
         """[point, seed] losses (NaN where a point lacks a seed), for resampling seeds."""
