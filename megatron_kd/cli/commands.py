@@ -27,9 +27,25 @@ from megatron_kd.models.params import count_parameters, human, train_flops_per_t
 CHECKED_ENV = "MKD_LAUNCH_CHECKED"
 
 
+def recipe_description(path: Path, width: int = 90) -> str:
+    """A recipe's first sentence, from the comment that opens it (every shipped recipe has one)."""
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(part for part in lines if part)
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[:width - 1].rstrip() + "…"
+
+
 def cmd_recipes(args) -> int:
-    for path in sorted(RECIPES_ROOT.rglob("*.yaml")):
-        print(path.relative_to(RECIPES_ROOT).with_suffix(""))
+    # Names starting with "_" are bases that other recipes build on, not runs of their own.
+    paths = [p for p in sorted(RECIPES_ROOT.rglob("*.yaml")) if not p.name.startswith("_")]
+    names = [str(p.relative_to(RECIPES_ROOT).with_suffix("")) for p in paths]
+    width = max(map(len, names), default=0)
+    for name, path in zip(names, paths):
+        print(f"{name:<{width}}  {recipe_description(path)}".rstrip())
     return 0
 
 

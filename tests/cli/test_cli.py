@@ -31,6 +31,15 @@ def test_info_prints_parameter_count(capsys):
     assert "128256 (padded to 128256 at tp=1)" in out
 
 
+def test_recipes_lists_runs_with_a_description_and_hides_private_bases(capsys):
+    rc, out, err = mkd_in_process(capsys, "recipes")
+    assert rc == 0, err
+    rows = dict(line.split(None, 1) for line in out.splitlines())
+    assert "kd/_cpu_base" not in rows and "train/tiny-mock" in rows
+    assert rows["kd/cpu-tiny-to-small"].startswith("Weak -> strong: the cpu-tiny teacher")
+    assert all(len(text) <= 90 and "\n" not in text for text in rows.values())
+
+
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_train_single_process_then_tp2_under_nproc_then_torchrun(tmp_path):
