@@ -14,7 +14,7 @@ from pathlib import Path
 from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.errors import MKDError
 from megatron_kd.files import write_text_atomic
-from megatron_kd.runtime.throughput import Profiler, step_throughput
+from megatron_kd.runtime.throughput import Profiler, device_name, step_throughput
 from megatron_kd.training.steps import KD_REPORTS
 from megatron_kd.training.trainer import Callback, StepOutput, Trainer
 
@@ -135,7 +135,8 @@ class Logging(Callback):
         extra = ""
         if self.throughput is not None and self.throughput.last is not None:
             speed = self.throughput.last
-            extra = f" | {speed['tflops_per_gpu']:.3g} TFLOP/s/GPU" + (
+            per = "/GPU" if device_name() else ""  # a CPU process is not a GPU: its rate is per process
+            extra = f" | {speed['tflops_per_gpu']:.3g} TFLOP/s{per}" + (
                 f" (MFU {100 * speed['mfu']:.1f}%)" if speed["mfu"] is not None else "")
         tps = trainer.tokens_per_step / out.seconds
         self.writer.console(out.step, trainer.total, out.step * trainer.tokens_per_step, out.metrics, tps, eta, extra)
