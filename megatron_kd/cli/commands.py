@@ -20,7 +20,8 @@ from megatron_kd.config.loader import RECIPES_ROOT, config_to_dict
 from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
-from megatron_kd.models.params import count_parameters, human, train_flops_per_token
+from megatron_kd.models.flops import flop_params, training_flops_per_token
+from megatron_kd.models.params import count_parameters, human
 
 # Set by `mkd train --nproc N` for the ranks it starts: the launch has run its start-up checks
 # (teacher resolution with the tokenizer comparison, preflight) once, the ranks skip them.
@@ -56,6 +57,7 @@ def cmd_info(args) -> int:
     c = count_parameters(m)
     head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
     groups = m.num_query_groups or m.num_attention_heads
+    seq, seq_source = _info_seq_length(args, cfg)
     rows = [
         ("model", m.name),
         ("layers x hidden", f"{m.num_layers} x {m.hidden_size} (ffn {m.ffn_hidden_size}, SwiGLU)"),
@@ -66,13 +68,27 @@ def cmd_info(args) -> int:
         ("parameters", f"{human(c.total)} ({c.total:,})"),
         ("  embedding + output", f"{human(c.embedding + c.output)} ({c.embedding + c.output:,})"),
         ("  non-embedding", f"{human(c.non_embedding)} ({c.non_embedding:,})"),
-        ("train FLOPs/token", f"{human(train_flops_per_token(m, cfg.train.seq_length))} "
-                              f"at seq {cfg.train.seq_length}"),
+        ("train FLOPs/token", f"{human(training_flops_per_token(m, seq))} at seq {seq}{seq_source}"),
+        ("  = 6 x FLOP params", f"{human(flop_params(m, seq))} (matmul weights + output layer + attention: "
+                                "the N of the report's, fit's and advise's FLOPs)"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _info_seq_length(args, cfg) -> tuple[int, str]:
+    """(sequence length, what it is when not the recipe's): the recipe's train.seq_length if the
+    recipe or an override sets it, else the model's own max_position_embeddings (a model recipe
+    has no training length; the schema's default of 32 would say little about the model)."""
+    from megatron_kd.config.loader import apply_overrides, load_recipe_dict, resolve_recipe_path
+
+    data = apply_overrides(load_recipe_dict(resolve_recipe_path(args.recipe)) if args.recipe else {},
+                           list(args.overrides or []))
+    if "seq_length" in (data.get("train") or {}):
+        return cfg.train.seq_length, ""
+    return cfg.model.max_position_embeddings, " (the model's max_position_embeddings)"
 
 
 def cmd_config(args) -> int:

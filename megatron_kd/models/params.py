@@ -1,4 +1,4 @@
-"""Analytic parameter and FLOP counts for a llama-style ModelConfig (no megatron import)."""
+"""Analytic parameter counts for a llama-style ModelConfig (no megatron import); FLOPs: models/flops.py."""
 
 from __future__ import annotations
 
@@ -42,12 +42,11 @@ def count_parameters(m: ModelConfig, vocab_size: int | None = None) -> ParamCoun
 
 
 def train_flops_per_token(m: ModelConfig, seq_length: int) -> float:
-    """Forward+backward FLOPs per token: 6 x (matmul params) + attention scores (causal)."""
-    head_dim = m.kv_channels or m.hidden_size // m.num_attention_heads
-    c = count_parameters(m)
-    matmul_params = c.per_layer * m.num_layers + c.embedding  # the output projection
-    attn = 2 * 2 * m.num_layers * m.num_attention_heads * head_dim * seq_length / 2
-    return 6.0 * matmul_params + 3.0 * attn
+    """Forward+backward FLOPs per token in the one compute currency (models/flops.py, which owns
+    the count; kept here for the callers that import it from this module)."""
+    from megatron_kd.models.flops import training_flops_per_token  # lazy: flops.py imports this module
+
+    return training_flops_per_token(m, seq_length)
 
 
 def human(n: float) -> str:

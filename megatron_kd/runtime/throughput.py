@@ -1,6 +1,7 @@
 """Throughput accounting of a training step: tokens/s per GPU, model TFLOP/s per GPU (the
-student's training FLOPs plus the teacher's forward FLOPs, attention included, counted as
-models/params.py does) and MFU against the device's peak; and `mkd train --profile-steps N`:
+student's training FLOPs plus the teacher's forward FLOPs, attention included: the one compute
+currency of models/flops.py, `step_flops_per_token`, the report's and advise's count) and MFU
+against the device's peak; and `mkd train --profile-steps N`:
 the share of the step spent in the teacher's forward and in the KD loss (CUDA events on a GPU,
 the wall clock on CPU)."""
 
@@ -41,7 +42,8 @@ def device_name() -> str | None:
 
 def step_throughput(tokens: int, seconds: float, world: int, flops_per_token: float,
                     peak: float | None) -> dict:
-    """{tokens_per_s_per_gpu, tflops_per_gpu, mfu (None without a peak)}."""
+    """{tokens_per_s_per_gpu, tflops_per_gpu, mfu (None without a peak)}; `flops_per_token` from
+    models/flops.py's `step_flops_per_token`."""
     per_gpu = tokens / seconds / world
     tflops = per_gpu * flops_per_token / 1e12
     return {"tokens_per_s_per_gpu": per_gpu, "tflops_per_gpu": tflops,

@@ -33,7 +33,8 @@ from megatron_kd.config import validate
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.errors import ConfigError
-from megatron_kd.models.params import human, train_flops_per_token
+from megatron_kd.models.flops import run_flops
+from megatron_kd.models.params import human
 from megatron_kd.training.memory import RESERVE, GiB, Plan, estimate  # noqa: F401  (re-exported for callers)
 
 
@@ -97,8 +98,8 @@ def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
             for k in (8, 64)}
     lines.append(f"  the paper's grid ({PAPER_TEACHER_CHECKPOINTS} teacher checkpoints) at these tokens, fp16: "
                  f"top-8 {grid[8]:,.1f} TiB, top-64 {grid[64]:,.1f} TiB")
-    student = train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens
-    forward = train_flops_per_token(teacher, cfg.train.seq_length) / 3 * tokens
+    flops = run_flops(cfg.model, cfg.train.seq_length, tokens, teacher)
+    student, forward = flops.student, flops.teacher_pass
     online, cached = points * (student + forward), points * student + forward
     lines.append(f"a {points}-point sweep against this teacher: {online:.3g} FLOPs online, {cached:.3g} from one "
                  f"cache ({100 * (1 - cached / online):.0f}% less; the teacher forward is "

@@ -8,6 +8,8 @@ Accountings (FLOPs of one KD point, per run):
   (b) alone:   the teacher exists; its pass serves this student alone
   (c) trained: the teacher is trained for this student: its pretraining + (b)
 Student training FLOPs are the run's own; the teacher's pass is forward-only (1/3 of training).
+All in the one compute currency of models/flops.py (6·N·D and 2·N·D, N its FLOP parameters:
+matmul weights, output layer and attention), the one `mkd fit` and `mkd advise` count in.
 
 The frontier's nodes: the student's baselines (one node per training length, the mean of its
 seeds) and teacher-zoo runs of the same architecture (the teacher's own loss at its pretraining
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import stdtrit
 
+from megatron_kd.models.flops import forward_flops, training_flops
 from megatron_kd.models.params import human
 from megatron_kd.study.stats import point_key
 
@@ -42,22 +45,25 @@ GAIN_ACCOUNTINGS = ("b", "c")
 
 
 def run_flops(r: dict) -> dict:
-    """A run's FLOPs by part: from its columns, else 6·N·D training and 2·N·D forward (said)."""
+    """A run's FLOPs by part, in the one currency (models/flops.py): from its columns, else from
+    its parameter counts by the currency's fallback (6·N·D training, 2·N·D forward, N the total
+    parameters; said in "estimated")."""
     est = []
 
-    def part(column, name, per_param_token, params, tokens):
+    def part(column, name, count, params, tokens):
         if r.get(column) is not None:
             return r[column]
         if r.get(params) and r.get(tokens):
             est.append(name)
-            return per_param_token * r[params] * r[tokens]
+            return count(float(r[params]), float(r[tokens]))
         return None
 
-    out = {"student": part("student_flops", "student", 6.0, "student_params", "student_tokens"), "estimated": est}
+    student = part("student_flops", "student", training_flops, "student_params", "student_tokens")
+    out = {"student": student, "estimated": est}
     if not r.get("teacher"):
         return out
-    alone = part("teacher_pass_flops", "teacher pass", 2.0, "teacher_params", "student_tokens")
-    pretrain = part("teacher_pretrain_flops", "teacher pretraining", 6.0, "teacher_params", "teacher_tokens")
+    alone = part("teacher_pass_flops", "teacher pass", forward_flops, "teacher_params", "student_tokens")
+    pretrain = part("teacher_pretrain_flops", "teacher pretraining", training_flops, "teacher_params", "teacher_tokens")
     shared_by = max(1e-9, float(r.get("teacher_pass_shared_by") or 1))  # (fractional with readers of several lengths)
     out.update(alone=alone, shared=alone / shared_by if alone is not None else None, pretrain=pretrain)
     return out

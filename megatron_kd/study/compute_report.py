@@ -48,7 +48,9 @@ def markdown(cs: dict, sets: list[str], level: float, id_set: str) -> list[str]:
         student = md_text(student)
         md += ["", f"## Is distillation worth its compute here? ({student})", "",
                "Would the compute a KD run spends have bought a lower loss spent on the student's own "
-               "supervised training? Total FLOPs per run, under three accountings:", ""]
+               "supervised training? Total FLOPs per run (6·N·D training, 2·N·D a teacher's forward; N: "
+               "matmul weights + output layer + attention, as `mkd fit` and `mkd advise` count), under "
+               "three accountings:", ""]
         md += [f"- ({k}) {v}" for k, v in ACCOUNTINGS.items()]
         md += ["", f"The supervised frontier is {student}'s loss against its own training FLOPs from every run "
                    "that trains it without KD: its baselines (per length; add `baseline_steps: [...]` to the "
@@ -87,8 +89,9 @@ def markdown(cs: dict, sets: list[str], level: float, id_set: str) -> list[str]:
                 md.append(f"- Answer on {md_text(s)}, ({k}) {ACCOUNTINGS[k]}: {_tally(c['answers'][s][k])}.")
         est = sorted({e for p in c["points"] for e in p["estimated"]})
         if est:
-            md += ["", f"FLOPs estimated as 6·N·D (training) and 2·N·D (forward) for: {', '.join(est)} "
-                       "(the table gave no FLOPs column)."]
+            md += ["", f"FLOPs estimated as 6·N·D (training) and 2·N·D (forward), N the total parameters, for: "
+                       f"{', '.join(est)} (the table gave no FLOPs column; the other runs count N as matmul "
+                       "weights + output layer + attention, docs/report.md)."]
     return md
 
 

@@ -14,7 +14,8 @@ from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
-from megatron_kd.models.params import count_parameters, human, train_flops_per_token
+from megatron_kd.models.flops import run_flops
+from megatron_kd.models.params import count_parameters, human
 from megatron_kd.study import analysis, compute, compute_report
 from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, plain_text_figures, record_outputs
 from megatron_kd.study.stats import point_key
@@ -86,7 +87,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
                "data_seed": cfg.data.seed, "teacher_tokens": p.get("teacher_tokens"),
                "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
                "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
-               "student_flops": train_flops_per_token(cfg.model, cfg.train.seq_length) * tokens,
+               "student_flops": run_flops(cfg.model, cfg.train.seq_length, tokens).student,
                "student_params": count_parameters(cfg.model).total,
                "student_nonembedding_params": count_parameters(cfg.model).non_embedding}
         if p.get("teacher") and cfg.teacher.unigram:  # no model: no parameters, no forward, no training
@@ -97,10 +98,10 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
             _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
             row["teacher_params"] = count_parameters(tm).total
             row["teacher_nonembedding_params"] = count_parameters(tm).non_embedding
-            per_tok = train_flops_per_token(tm, cfg.train.seq_length)
-            row["teacher_pass_flops"] = per_tok / 3 * tokens  # forward only, over this run's stream
             t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
-            row["teacher_pretrain_flops"] = per_tok * t_tokens
+            flops = run_flops(cfg.model, cfg.train.seq_length, tokens, tm, t_tokens)
+            row["teacher_pass_flops"] = flops.teacher_pass  # forward only, over this run's stream
+            row["teacher_pretrain_flops"] = flops.teacher_pretrain
             row["teacher_tokens"] = t_tokens or None
             t_eval = teachers.get(p["teacher"].replace("/", "-"))
             row["teacher_val"] = (t_eval or {}).get("loss", {})
