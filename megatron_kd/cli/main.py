@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli.convert_commands import add_convert_parsers
     from megatron_kd.cli.data_commands import add_data_parser
     from megatron_kd.cli.law_commands import add_law_parsers
+    from megatron_kd.cli.power_commands import add_power_parser
     from megatron_kd.cli.slurm_commands import add_plan_parser, add_slurm_parser
     from megatron_kd.cli.study_commands import add_study_parsers
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parsers(sub)
     add_study_parsers(sub)
     add_law_parsers(sub)
+    add_power_parser(sub)
     add_slurm_parser(sub)
     add_plan_parser(sub)
     return parser

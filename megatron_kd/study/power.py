@@ -1,0 +1,307 @@
+"""A sweep's power before it runs (`mkd power`): for each test the report will apply (claims.py),
+the minimum detectable effect (MDE) at 80 % power after the report's corrections, computed from
+the sweep's design alone (which points, which seeds) and a noise level.
+
+The design is the report's paired model (paired.py): per student and set, loss = point + seed +
+noise, least squares over every run of that student. A contrast c of the point means has
+SE = sigma * sqrt(c' (X'X)^+ c) with df = n - rank(X), whatever the losses turn out to be, so the
+SE is known before any run. A one-sided test at level a has 80 % power against an effect
+MDE = (t_{1-a}(df) + t_{0.8}(df)) * SE (the usual normal-shift approximation with t quantiles;
+the non-central t would add ~1-2 % at 20 degrees of freedom).
+
+The corrections, as claims.read_claims applies them: each claim's primary p is Holm-adjusted over
+the claims tested; here every claim gets Holm's first step, alpha/m (m: the claims the design can
+test) — the worst case, since a claim tested second or later in Holm's order gets a larger share.
+Within a claim, Bonferroni over its comparisons (claim 1: weak teacher x alpha x verdict set;
+claim 2: two tests per teacher axis; claim 3: one per OOD test set). Claim 4 is an exact
+permutation test of Spearman's rho over k teachers: its smallest p is 1/k!, however large the
+effect. How many teachers will turn out weak (worse than the student in-domain) is unknown before
+the teachers are evaluated: `weak` says how many to assume (1: the smallest family, so the
+optimistic MDE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import t as t_dist
+
+from megatron_kd.errors import ConfigError, MKDError
+from megatron_kd.study.analysis import split_sets, test_sets
+
+POWER = 0.8
+LEVEL = 0.95
+EQUIVALENCE = 0.01  # claim 2's margin (analysis.EQUIVALENCE)
+MIN_BOOTSTRAP_SEEDS = 5  # a bootstrap over fewer seeds has too few distinct resamples to be an interval
+EXACT_PERMUTATION_MAX = 8  # claims._permutation_rhos enumerates every order up to 8 teachers
+SAMPLED_PERMUTATIONS = 5000
+
+
+@dataclass
+class Noise:
+    """The residual sd of one run's loss: in-domain, out-of-distribution, and of a run's
+    (OOD - in-domain) difference (claim 3's fit). `diff` unknown: the two taken as independent,
+    sqrt(in_domain^2 + ood^2) (positively correlated sets make the true one smaller)."""
+
+    in_domain: float
+    ood: float | None = None
+    diff: float | None = None
+    source: str = "--sigma"
+
+    def __post_init__(self):
+        for name in ("in_domain", "ood", "diff"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"the noise level ({name}) must be a positive number, got {v}")
+        self.ood = self.ood if self.ood is not None else self.in_domain
+        self.diff = self.diff if self.diff is not None else math.hypot(self.in_domain, self.ood)
+
+
+@dataclass
+class StudentDesign:
+    """One student's runs as the paired model sees them: {point key: its seeds}."""
+
+    student: str
+    baseline: str
+    seeds_of: dict = field(default_factory=dict)
+    kd: list = field(default_factory=list)  # fixed-α KD points: {key, teacher, alpha, control, model, tokens}
+
+
+def designs_of(points) -> dict:
+    """{student: StudentDesign} from sweep.expand's points (a point's key: its name without the
+    seed tag, as the report pools a point's seeds)."""
+    out: dict = {}
+    for p in points:
+        meta = p.meta
+        seed = meta.get("seed")
+        key = p.name.removesuffix(f"__seed{seed}") if seed is not None else p.name
+        d = out.setdefault(meta["student"], StudentDesign(meta["student"], f"{meta['student']}__baseline"))
+        d.seeds_of.setdefault(key, []).append(seed)
+        if p.teacher is not None and meta.get("alpha") is not None and len(d.seeds_of[key]) == 1:
+            d.kd.append({"key": key, "teacher": meta["teacher"], "alpha": float(meta["alpha"]),
+                         "control": bool(p.teacher.get("unigram")), "model": meta.get("teacher_model"),
+                         "tokens": meta.get("teacher_tokens")})
+    return {s: d for s, d in out.items() if d.baseline in d.seeds_of}
+
+
+class DesignMatrix:
+    """The paired model's design X (point and seed indicators) of one student: contrast
+    variances in units of sigma^2 and the residual degrees of freedom."""
+
+    def __init__(self, design: StudentDesign):
+        self.keys = list(design.seeds_of)
+        seeds = sorted({s for ss in design.seeds_of.values() for s in ss}, key=repr)
+        self.n_seeds = {k: len(v) for k, v in design.seeds_of.items()}
+        self.baseline = design.baseline
+        col = {s: len(self.keys) + j for j, s in enumerate(seeds)}
+        rows = [(i, col[s]) for i, k in enumerate(self.keys) for s in design.seeds_of[k]]
+        x = np.zeros((len(rows), len(self.keys) + len(seeds)))
+        for r, (i, j) in enumerate(rows):
+            x[r, i] = x[r, j] = 1.0
+        self._xtx = x.T @ x
+        self._pinv = np.linalg.pinv(self._xtx)
+        self.df = len(rows) - int(np.linalg.matrix_rank(x))
+        self._index = {k: i for i, k in enumerate(self.keys)}
+
+    def se_factor(self, weights: dict) -> tuple[float | None, int]:
+        """(SE / sigma, df) of sum_k w_k mu_k. Without residual degrees of freedom the report
+        falls back to the baselines' seed spread, unpaired (paired.PairedFit): then
+        sqrt(sum w^2 / n_k) with n_baseline - 1 df; None where not estimable."""
+        if self.df == 0:
+            n_base = self.n_seeds[self.baseline]
+            if n_base < 2:
+                return None, 0
+            return math.sqrt(sum(w * w / self.n_seeds[k] for k, w in weights.items())), n_base - 1
+        c = np.zeros(len(self._xtx))
+        for k, w in weights.items():
+            c[self._index[k]] += w
+        if not np.allclose(self._xtx @ (self._pinv @ c), c, atol=1e-8):  # not in X's row space
+            return None, self.df
+        return math.sqrt(max(0.0, float(c @ self._pinv @ c))), self.df
+
+    def gain_factor(self, key) -> tuple[float | None, int]:
+        return self.se_factor({self.baseline: 1.0, key: -1.0})
+
+
+def mde(se: float | None, df: int, alpha: float, power: float = POWER) -> float | None:
+    """The effect a one-sided t test at `alpha` detects with probability `power`."""
+    if se is None or df < 1:
+        return None
+    return float((t_dist.ppf(1 - alpha, df) + t_dist.ppf(power, df)) * se)
+
+
+def teacher_axes(kd: list) -> list[tuple[str, list[str]]]:
+    """claims._axes before the teachers exist: one model at 2+ token budgets, or 2+ models at one
+    budget (their sizes are taken as distinct; the report also needs their parameter counts)."""
+    info = {p["teacher"]: (p["model"], p["tokens"]) for p in kd if not p["control"]}
+    axes = []
+    for model in sorted({m for m, _ in info.values() if m}):
+        ts = sorted((t for t, (m, tok) in info.items() if m == model and tok), key=lambda t: info[t][1])
+        if len({info[t][1] for t in ts}) >= 2:
+            axes.append((f"{model}: tokens", ts))
+    for tok in sorted({tok for _, tok in info.values() if tok}):
+        ts = sorted(t for t, (m, tk) in info.items() if tk == tok and m)
+        if len({info[t][0] for t in ts}) >= 2:
+            axes.append((f"{tok:,} tokens: size", ts))
+    return axes
+
+
+def sets_of(spec: dict, points) -> list[str]:
+    """The validation sets every run is scored on (the first point's resolved data.valid)."""
+    from megatron_kd.study.sweep import resolve_point
+
+    try:
+        sets = list(resolve_point(spec, points[0]).data.valid)
+    except MKDError:
+        sets = []
+    return sets or ["indomain", "ood"]
+
+
+@dataclass
+class Context:
+    """What every claim's power needs: the design, the noise per set and the corrections."""
+
+    design: StudentDesign
+    matrix: DesignMatrix
+    noise: Noise
+    id_set: str
+    ood_sets: list  # the OOD sets verdicts read (dev twins left out)
+    level: float
+    holm_m: int  # the claims the design can test: Holm's first step is (1 - level) / holm_m
+
+    def sigma(self, s: str) -> float:
+        return self.noise.in_domain if s == self.id_set else self.noise.ood
+
+    @property
+    def real(self) -> list:
+        return [p for p in self.design.kd if not p["control"]]
+
+
+def _row(test: str, s: str, family: int, alpha: float, factor_df: tuple, sigma: float, **extra) -> dict:
+    factor, df = factor_df
+    se = None if factor is None else factor * sigma
+    return {"test": test, "set": s, "comparisons": family, "alpha": alpha, "se": se, "df": df,
+            "mde": mde(se, df, alpha), **extra}
+
+
+def _worst(factors: list) -> tuple[float | None, int]:
+    """The largest SE factor among comparisons (the family's weakest member sets its MDE)."""
+    ok = [f for f in factors if f[0] is not None]
+    return max(ok, key=lambda f: f[0]) if ok else (None, 0)
+
+
+def point_gain_rows(c: Context) -> list[dict]:
+    """The report's per-point verdict (helps / hurts): a 95 % two-sided interval, uncorrected."""
+    alpha = (1 - c.level) / 2
+    factor = _worst([c.matrix.gain_factor(p["key"]) for p in c.design.kd])
+    return [_row("per-point gain (uncorrected)", s, 1, alpha, factor, c.sigma(s)) for s in [c.id_set, *c.ood_sets]]
+
+
+def claim1_rows(c: Context, weak: int) -> tuple[list[dict], list[str]]:
+    alphas = sorted({p["alpha"] for p in c.real})
+    sets = [c.id_set, *c.ood_sets]
+    family = weak * len(alphas) * len(sets)
+    if not c.real or family == 0:
+        return [], []
+    alpha = (1 - c.level) / c.holm_m / family
+    factor = _worst([c.matrix.gain_factor(p["key"]) for p in c.real])
+    rows = [_row("claim 1: a weak teacher's gain", s, family, alpha, factor, c.sigma(s),
+                 note=f"{weak} weak teacher(s) assumed x {len(alphas)} α x {len(sets)} set(s)") for s in sets]
+    warn = [f"claim 1 rests on one comparison ({weak} weak teacher, one α, one set)"] if family == 1 else []
+    return rows, warn
+
+
+def claim2_rows(c: Context, equivalence: float) -> tuple[list[dict], list[str]]:
+    axes = teacher_axes(c.design.kd)
+    if not axes:
+        return [], []
+    family = 2 * len(axes)  # reverses and saturates per axis, Bonferroni over the axes
+    alpha = (1 - c.level) / c.holm_m / family
+    points_of: dict = {}
+    for p in c.real:
+        points_of.setdefault(p["teacher"], []).append(p["key"])
+    steps = [c.matrix.se_factor({a: 1.0, b: -1.0}) for _, ts in axes
+             for a in points_of[ts[-2]] for b in points_of[ts[-1]]]  # the last step at any pair of α
+    factor = _worst(steps)
+    row = _row("claim 2: last step reverses", c.id_set, family, alpha, factor, c.sigma(c.id_set),
+               note=f"{len(axes)} teacher axis/axes")
+    se, df = row["se"], row["df"]
+    # equivalence (two one-sided tests at alpha each) shown 80 % of the time when the true step
+    # is 0 needs a margin of (t_{1-alpha} + t_{1-(1-power)/2}) SE
+    reach = None if se is None or df < 1 else float((t_dist.ppf(1 - alpha, df) + t_dist.ppf(1 - (1 - POWER) / 2, df))
+                                                    * se)
+    sat = {**row, "test": "claim 2: saturates (equivalence)", "mde": reach,
+           "note": f"smallest margin with 80 % power; the report's is ±{equivalence:g}"}
+    warn = []
+    if reach is not None and reach > equivalence:
+        warn.append(f"claim 2 cannot show saturation: equivalence within ±{equivalence:g} needs a margin of "
+                    f"{reach:.3f} at this noise")
+    if len(axes) == 1 and len(axes[0][1]) == 2:
+        warn.append(f"claim 2 rests on one comparison family of one member (the axis {axes[0][0]}: one step)")
+    return [row, sat], warn
+
+
+def claim3_rows(c: Context) -> tuple[list[dict], list[str]]:
+    if not c.ood_sets or not c.real:
+        return [], []
+    family = len(c.ood_sets)
+    alpha = (1 - c.level) / c.holm_m / family
+    keys = [p["key"] for p in c.real]
+    factor = c.matrix.se_factor({c.design.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
+    rows = [_row("claim 3: mean (OOD − in-domain) gain", f"{s} − {c.id_set}", family, alpha, factor,
+                 c.noise.diff, note=f"mean over {len(keys)} KD points") for s in c.ood_sets]
+    warn = [f"claim 3 rests on one comparison (one OOD test set, {c.ood_sets[0]})"] if family == 1 else []
+    return rows, warn
+
+
+def claim4_rows(c: Context) -> tuple[list[dict], list[str]]:
+    teachers = sorted({p["teacher"] for p in c.real})
+    k = len(teachers)
+    if k < 3:
+        return [], [f"claim 4 cannot be tested: it needs three real teachers, the sweep has {k}"]
+    alpha = (1 - c.level) / c.holm_m
+    smallest = 1 / math.factorial(k) if k <= EXACT_PERMUTATION_MAX else 1 / (SAMPLED_PERMUTATIONS + 1)
+    row = {"test": "claim 4: Spearman ρ (permutation)", "set": c.id_set, "comparisons": 1, "alpha": alpha,
+           "se": None, "df": None, "mde": None, "smallest_p": smallest,
+           "note": f"{k} teachers: smallest p {'1/%d!' % k if k <= EXACT_PERMUTATION_MAX else '1/5001'}"}
+    warn = []
+    if smallest >= alpha:
+        warn.append(f"claim 4 cannot hold: with {k} teachers the smallest permutation p is {smallest:.3g}, "
+                    f"not below the Holm level {alpha:.3g} even for a perfect order")
+    top = max(p["alpha"] for p in c.real)
+    if top < 1:
+        warn.append(f"claim 4's best-α search is censored: the grid's largest α is {top:g} < 1, so a teacher "
+                    "whose gain still grows there gets its maximum at the edge (ties at the edge carry no order)")
+    n_seeds = c.matrix.n_seeds[c.design.baseline]
+    if n_seeds < MIN_BOOTSTRAP_SEEDS:
+        warn.append(f"claim 4's bootstrap interval over {n_seeds} seed(s) has {math.comb(2 * n_seeds - 1, n_seeds)} "
+                    f"distinct resamples: not an interval (needs {MIN_BOOTSTRAP_SEEDS}+ seeds)")
+    return [row], warn
+
+
+def testable_claims(design: StudentDesign, ood_sets: list) -> int:
+    """m of Holm's first step: the claims this design can test (claim 1 counted whenever a real
+    teacher exists: whether one is weak is known only after the teachers' evaluation)."""
+    real = [p for p in design.kd if not p["control"]]
+    return max(1, sum([bool(real), bool(teacher_axes(design.kd)), bool(real and ood_sets),
+                       len({p["teacher"] for p in real}) >= 3]))
+
+
+def student_power(design: StudentDesign, noise: Noise, sets: list, level: float = LEVEL, weak: int = 1,
+                  equivalence: float = EQUIVALENCE) -> dict:
+    """{student, df, holm_m, rows, warnings} for one student's design."""
+    id_set, ood = split_sets(sets)
+    ood_sets, _ = test_sets(ood)
+    matrix = DesignMatrix(design)
+    c = Context(design, matrix, noise, id_set, ood_sets, level, testable_claims(design, ood_sets))
+    rows, warnings = point_gain_rows(c), []
+    if matrix.df == 0:
+        warnings.append(f"{design.student}: no residual degrees of freedom (one seed per KD point): the report "
+                        "falls back to the baselines' seed spread, unpaired")
+    for part in (claim1_rows(c, weak), claim2_rows(c, equivalence), claim3_rows(c), claim4_rows(c)):
+        rows += part[0]
+        warnings += part[1]
+    return {"student": design.student, "df": matrix.df, "holm_m": c.holm_m, "id_set": id_set,
+            "ood_sets": ood_sets, "rows": rows, "warnings": warnings}

@@ -1,0 +1,87 @@
+"""`mkd power`'s inputs and outputs: the noise level from `--sigma` or from a prior sweep's runs
+(the paired fit's residual sd per set, as the report computes it), and the console table.
+The numbers come from power.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from megatron_kd.errors import ConfigError
+from megatron_kd.study.power import EQUIVALENCE, LEVEL, Noise, designs_of, sets_of, student_power
+
+
+def noise_from(source: str | Path) -> Noise:
+    """The residual sd per set of a prior sweep (its `out` directory) or results table, pooled
+    over its students by degrees of freedom: in-domain, the largest OOD set's, and the largest
+    (OOD - in-domain) fit's."""
+    from megatron_kd.study.analysis import analyse, split_sets
+    from megatron_kd.study.report import collect
+    from megatron_kd.study.table import read_table
+
+    path = Path(source)
+    if path.is_dir():
+        rows, _, sets = collect(path)
+    elif path.is_file():
+        rows, sets = read_table(path)
+    else:
+        raise ConfigError(f"--from {source}: no such sweep directory or results table")
+    if not rows:
+        raise ConfigError(f"--from {source}: no finished runs to estimate the noise from")
+    id_set, _ = split_sets(sets)
+    students = analyse(rows, sets, n_boot=0)["students"].values()
+    pooled: dict = {}
+    for st in students:
+        fits = [(s, f) for s, f in st["fits"].items()] + [(f"{s} − {id_set}", f) for s, f in st["zfits"].items()]
+        for s, f in fits:
+            if f.sigma is not None and f.df > 0:
+                ss, df = pooled.get(s, (0.0, 0))
+                pooled[s] = (ss + f.df * f.sigma ** 2, df + f.df)
+    sd = {s: math.sqrt(ss / df) for s, (ss, df) in pooled.items()}
+    if id_set not in sd:
+        raise ConfigError(f"--from {source}: no residual degrees of freedom to estimate the noise from "
+                          "(one seed per KD point); give --sigma")
+    ood = [v for s, v in sd.items() if s != id_set and "−" not in s]
+    diff = [v for s, v in sd.items() if "−" in s]
+    dfs = ", ".join(f"{s} {v:.4f} ({pooled[s][1]} df)" for s, v in sd.items())
+    return Noise(sd[id_set], max(ood) if ood else None, max(diff) if diff else None,
+                 source=f"residual sd of {path.name}: {dfs}")
+
+
+def sweep_power(spec: dict, noise: Noise, level: float = LEVEL, weak: int = 1,
+                equivalence: float = EQUIVALENCE) -> list[dict]:
+    """student_power for every student of the sweep's expanded design."""
+    from megatron_kd.study.sweep import expand
+
+    points = expand(spec)
+    sets = sets_of(spec, points)
+    return [student_power(d, noise, sets, level, weak, equivalence) for d in designs_of(points).values()]
+
+
+def _num(v, fmt: str = ".3f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def format_power(results: list[dict], noise: Noise) -> list[str]:
+    """The console table: one line per test, then the warnings."""
+    lines = [f"noise: σ in-domain {noise.in_domain:.4f}, OOD {noise.ood:.4f}, (OOD − in-domain) "
+             f"{noise.diff:.4f} ({noise.source})",
+             f"minimum detectable effect (nats) at {100 * 0.8:.0f} % power, one-sided; Holm's first step α/m "
+             "over the claims (the worst case), Bonferroni over a claim's comparisons"]
+    for r in results:
+        lines.append(f"{r['student']}: {r['df']} residual degrees of freedom; Holm over m = {r['holm_m']} claims")
+        lines.append(f"  {'test':<38} {'set':<22} {'comps':>5} {'α each':>8} {'SE':>7} {'df':>4} {'MDE':>7}")
+        for row in r["rows"]:
+            mde = _num(row["mde"]) if "smallest_p" not in row else f"p≥{row['smallest_p']:.3g}"
+            lines.append(f"  {row['test']:<38} {row['set']:<22} {row['comparisons']:>5} {row['alpha']:>8.2g} "
+                         f"{_num(row['se'], '.4f'):>7} {_num(row['df'], 'd'):>4} {mde:>7}"
+                         + (f"  ({row['note']})" if row.get("note") else ""))
+        lines += [f"  warning: {w}" for w in r["warnings"]]
+    return lines
+
+
+def power_summary(spec: dict, sigma: Noise | float) -> list[str]:
+    """The lines `mkd power` prints, for a sweep spec (sweep.load_sweep) and a noise level: what
+    `mkd sweep` can print before launching."""
+    noise = sigma if isinstance(sigma, Noise) else Noise(float(sigma))
+    return format_power(sweep_power(spec, noise), noise)
