@@ -13,7 +13,7 @@ from scipy.stats import t as t_dist
 
 from megatron_kd.cli.main import main
 from megatron_kd.study.paired import PairedFit
-from megatron_kd.study.power import DesignMatrix, Noise, StudentDesign, designs_of, student_power
+from megatron_kd.study.power import DesignMatrix, Noise, StudentDesign, designs_of, smallest_spearman_p, student_power
 from megatron_kd.study.power_report import power_summary, sweep_power
 from megatron_kd.study.sweep import expand, load_sweep
 
@@ -150,3 +150,25 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mkd: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize("sizes", [(1, 1, 1), (1, 1, 1, 2), (2, 2, 3), (1, 1, 2, 2), (2, 2, 2), (1, 1, 1, 1, 1)])
+def test_smallest_spearman_p_is_scipys_exact_permutation_p(sizes):
+    """The best monotone order of k teachers over len(sizes) levels (the most even split):
+    scipy's exact permutation test of Spearman's rho gives the closed form's p."""
+    from scipy.stats import permutation_test, spearmanr
+
+    k = sum(sizes)
+    y = np.repeat(np.arange(len(sizes)), sizes).astype(float)
+    x = np.arange(k, dtype=float)
+    p = permutation_test((y,), lambda v: spearmanr(x, v).statistic, permutation_type="pairings",
+                         alternative="greater", n_resamples=np.inf).pvalue
+    assert smallest_spearman_p(k, len(sizes)) == pytest.approx(p, rel=1e-9)
+
+
+def test_v3_short_grid_limits_claim4_below_holm():
+    """Five real teachers but four possible best α (0, 0.2, 0.5, 0.8): a tie is forced, so the
+    smallest p is 2!/5! = 1/60 > 0.05/4."""
+    [res] = sweep_power(load_sweep(SHORT), Noise(0.016, 0.023))
+    assert row(res, "claim 4", "indomain")["smallest_p"] == pytest.approx(1 / 60)
+    assert any("claim 4 cannot hold" in w for w in res["warnings"])
