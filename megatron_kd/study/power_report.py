@@ -85,3 +85,28 @@ def power_summary(spec: dict, sigma: Noise | float) -> list[str]:
     `mkd sweep` can print before launching."""
     noise = sigma if isinstance(sigma, Noise) else Noise(float(sigma))
     return format_power(sweep_power(spec, noise), noise)
+
+
+def power_refusal(results: list[dict], required: dict) -> str | None:
+    """One line when a test the sweep requires power for cannot reach it, else None (what
+    `mkd sweep` can refuse with). `required`: {test: the effect in nats it must detect at 80 %
+    power}, a test named as the table names it from its start ("claim 1", "claim 3",
+    "per-point gain"); for "claim 4" any value: its smallest p must be below its Holm level."""
+    misses = []
+    for r in results:
+        for test, effect in required.items():
+            rows = [row for row in r["rows"] if row["test"].startswith(test)]
+            if not rows:
+                misses.append(f"{r['student']}: {test} is not tested by this design")
+            for row in rows:
+                p, a = row.get("smallest_p"), row["alpha"]
+                if p is not None:
+                    if p >= a:
+                        misses.append(f"{r['student']}: {test}'s smallest p {p:.3g} ≥ {a:.3g}")
+                elif row["mde"] is None or row["mde"] > float(effect):
+                    misses.append(f"{r['student']}: {row['test']} on {row['set']} detects {_num(row['mde'])} nats, "
+                                  f"not {float(effect):g}")
+    if not misses:
+        return None
+    return (f"the sweep cannot reach the power it requires ({'; '.join(misses[:3])}"
+            + (f"; {len(misses) - 3} more" if len(misses) > 3 else "") + "): add seeds or points, or --no-power-check")

@@ -14,7 +14,7 @@ from scipy.stats import t as t_dist
 from megatron_kd.cli.main import main
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.power import DesignMatrix, Noise, StudentDesign, designs_of, smallest_spearman_p, student_power
-from megatron_kd.study.power_report import power_summary, sweep_power
+from megatron_kd.study.power_report import power_refusal, power_summary, sweep_power
 from megatron_kd.study.sweep import expand, load_sweep
 
 SHORT, LONG = "recipes/sweeps/cpu-study-v3-short.yaml", "recipes/sweeps/cpu-study-v3-long.yaml"
@@ -172,3 +172,10 @@ def test_v3_short_grid_limits_claim4_below_holm():
     [res] = sweep_power(load_sweep(SHORT), Noise(0.016, 0.023))
     assert row(res, "claim 4", "indomain")["smallest_p"] == pytest.approx(1 / 60)
     assert any("claim 4 cannot hold" in w for w in res["warnings"])
+
+
+def test_required_power_is_refused_in_one_line():
+    results = sweep_power(load_sweep(SHORT), Noise(0.016, 0.023))
+    assert power_refusal(results, {"claim 1": 0.1}) is None
+    line = power_refusal(results, {"claim 1": 0.03, "claim 4": True})
+    assert "\n" not in line and "claim 1" in line and "claim 4" in line and "0.065" in line
