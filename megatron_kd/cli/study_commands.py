@@ -13,6 +13,8 @@ def add_study_parsers(sub) -> None:
     p.add_argument("--nproc", type=int, default=1, help="processes per local run")
     p.add_argument("--jobs", type=int, default=1, help="local runs at the same time")
     p.add_argument("--slurm", action="store_true", help="submit every unfinished point with sbatch")
+    p.add_argument("--no-power-check", action="store_true",
+                   help="launch even when a test the sweep's `power.require` names cannot reach its power")
     p.add_argument("--stream", type=float, default=None, metavar="SECONDS",
                    help="with --slurm: each point starts once its teacher's cache job has started (not after "
                         "it ends) and reads the cache as it is written, waiting up to SECONDS for each shard "
@@ -70,6 +72,7 @@ def cmd_sweep(args) -> int:
 
         raise ConfigError(f"--stream SECONDS needs --slurm and a finite SECONDS > 0 (got {args.stream:g}); e.g. "
                           "--slurm --stream 3600")
+    check_power(spec, args.no_power_check)
     if args.slurm:
         from megatron_kd.cli.slurm_commands import job_spec
         from megatron_kd.cli.sweep_jobs import submit_sweep
@@ -90,6 +93,27 @@ def cmd_sweep(args) -> int:
         return 0
     evaluate_teachers(spec)
     return cmd_report(type("A", (), {"sweep_dir": spec["out"]})())
+
+
+def check_power(spec: dict, skip: bool) -> None:
+    """With `power:` in the sweep, its design's power summary before anything runs, and the
+    refusal when a test it requires power for cannot reach it (unless `--no-power-check`)."""
+    if not spec.get("power"):
+        return
+    from megatron_kd.errors import ConfigError
+    from megatron_kd.study.power import Noise
+    from megatron_kd.study.power_report import power_refusal, power_summary, sweep_power
+
+    power = spec["power"]
+    noise = Noise(float(power["sigma"]), float(power["sigma_ood"]) if power.get("sigma_ood") else None,
+                  source="the sweep's power.sigma")
+    for line in power_summary(spec, noise):
+        print(line)
+    refusal = power_refusal(sweep_power(spec, noise), power.get("require") or {})
+    if refusal and not skip:
+        raise ConfigError(refusal)
+    if refusal:
+        print(f"[sweep] --no-power-check: launching anyway ({refusal})")
 
 
 def cmd_report(args) -> int:

@@ -12,7 +12,8 @@ TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "
 GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
-              "data_seed"}
+              "data_seed", "power"}
+POWER_KEYS = {"sigma", "sigma_ood", "require"}
 
 
 def check_types(spec: dict, p: Path) -> None:
@@ -92,6 +93,27 @@ def check_types(spec: dict, p: Path) -> None:
                               "and checkpoint a pattern using only {model} and {tokens}") from exc
     _check_repeats(spec, grid, p)
     _check_teacher_overrides(teachers or [], p)
+    _check_power(spec.get("power"), p)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
+
+
+def _check_power(power, p: Path) -> None:
+    """`power: {sigma, sigma_ood, require: {test: nats}}`: the noise `mkd sweep` checks the
+    design's power at before launching (docs/report.md, "Power before a sweep")."""
+    if power is None:
+        return
+    shape = ("a mapping {sigma: S, sigma_ood: S2, require: {'claim 1': NATS, ...}} with positive finite "
+             "numbers (sigma: the residual sd of a run's loss, e.g. from `mkd power --from` a prior sweep)")
+    ok = isinstance(power, dict) and set(power) <= POWER_KEYS and _positive(power.get("sigma"))
+    ok = ok and (power.get("sigma_ood") is None or _positive(power["sigma_ood"]))
+    require = power.get("require") if isinstance(power, dict) else None
+    ok = ok and (require is None or (isinstance(require, dict) and all(
+        isinstance(k, str) and _positive(v) for k, v in require.items())))
+    if not ok:
+        raise ConfigError(f"sweep {p}: `power` must be {shape}")
 
 
 def _check_repeats(spec: dict, grid: dict, p: Path) -> None:
