@@ -9,10 +9,12 @@ from megatron_kd.errors import ConfigError
 
 def add_law_parsers(sub) -> None:
     f = sub.add_parser("fit", help="fit the supervised and distillation scaling laws to sweeps' runs",
-                       description="Fit L(N, D) = E + (A/N^alpha + B/D^beta)^gamma to the baselines, then "
-                                   "Busbridge et al.'s distillation law per KD mix alpha to the KD runs "
-                                   "(Huber loss on log-loss, several starts, bootstrap intervals over runs, a "
-                                   "held-out check on the largest cell); writes law.json for `mkd advise`.")
+                       description="Fit L(N, D) = E + (A/N^alpha + B/D^beta)^gamma to the baselines, then per KD "
+                                   "mix alpha a distillation law to the KD runs: L_B + m (L_T - L_B), or Busbridge "
+                                   "et al.'s form at alpha = 1 where it cross-validates better (plain least squares "
+                                   "on log-loss, many starts polished to convergence, bootstrap intervals over runs, "
+                                   "each law scored by leave-one-cell-out error against ignoring the teacher); "
+                                   "writes law.json for `mkd advise`.")
     f.add_argument("sources", nargs="+", metavar="SWEEP_DIR|TABLE.csv",
                    help="sweep `out` directories and/or results tables (`mkd report --help` lists the columns)")
     f.add_argument("--out", required=True, metavar="law.json")
@@ -31,8 +33,10 @@ def add_law_parsers(sub) -> None:
 
     a = sub.add_parser("advise", help="given a fitted law and a compute budget: distil or not, and how",
                        description="Predict the student's loss of each option at a compute budget (per student: "
-                                   "6 N_S D_S + 2 N_T D_S + 6 N_T D_T / K) with the law's bootstrap interval: "
-                                   "supervised, an existing teacher, or a teacher to train; print the best.")
+                                   "6 N_S D_S + 2 N_T D_S + 6 N_T D_T / K) with the law's bootstrap interval "
+                                   "widened by its cross-validated error: supervised, an existing teacher, or a "
+                                   "teacher to train; print the best. A KD mix whose law does not beat ignoring "
+                                   "the teacher is not priced: the sweep's measured gains are shown instead.")
     a.add_argument("law", help="law.json from `mkd fit`")
     a.add_argument("--flops", type=float, default=None, help="the compute budget per student, in FLOPs")
     a.add_argument("--gpu-hours", type=float, default=None, help="the budget in GPU-hours (with --throughput)")
@@ -78,7 +82,7 @@ def cmd_fit(args) -> int:
     if valid_set not in sets:
         raise ConfigError(f"no run has a loss on validation set {valid_set!r}; the sets are {', '.join(sets)}")
     runs, notes = runs_of(rows, valid_set, args.params, args.max_tokens)
-    law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set)
+    law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set, say=lambda line: print(line, flush=True))
     for line in notes + summary(law):
         print(line)
     write_law(law, out)
@@ -123,7 +127,7 @@ def _check_advise_flags(args) -> None:
 
 
 def cmd_advise(args) -> int:
-    from megatron_kd.study.advise import Law, advise, recommendation
+    from megatron_kd.study.advise import Law, advise, gains_lines, recommendation
 
     law = Law.load(args.law)
     budget = _budget(args)
@@ -152,6 +156,9 @@ def cmd_advise(args) -> int:
         print(f"  {o.describe()}")
     for n in notes:
         print(f"  ({n})")
+    if law.unpriced:
+        for line in gains_lines(law):
+            print(f"  {line}")
     print(recommendation(options))
     if args.write_recipes:
         written = write_recipes(options[0], Path(args.write_recipes), args.base, students, teachers,

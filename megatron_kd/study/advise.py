@@ -11,30 +11,38 @@ fitted sizes, the budget's share for it on a grid) at each fitted alpha. Every p
 with the interval of the law's bootstrap; an option that needs the law outside what it was fitted
 on (sizes, tokens, teacher losses) is left out, and a budget with no option inside is refused
 unless `extrapolate`.
+
+A distilled option is priced only from a law whose leave-one-cell-out error beats ignoring the
+teacher (study/law_cv.py); for any other mix `mkd advise` says so in one line and shows the gains
+the sweep measured instead. Every interval is the bootstrap's, widened by the law's
+cross-validated rms log-error (a factor exp(±error)): the bootstrap alone sees only the noise of
+the fitted runs, not how far the law misses a cell it did not see.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.study.law import (
-    DISTILLATION,
+    FORMS,
     MAX_FLOPS,
     MAX_PARAMS,
     MAX_TOKENS,
     SUPERVISED,
     checked_number,
-    distilled_loss,
+    kd_loss,
     supervised_loss,
 )
 
 FORMAT = "megatron_kd.law/1"
+GAIN_COLUMNS = ("N", "D", "alpha", "teacher_loss", "loss", "baseline_loss")  # law.json's measured gains
+SIGNED = ("c0", "m")  # parameters of either sign
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,12 @@ class Law:
     supervised: dict
     supervised_samples: list
     fixed: dict
-    mixes: dict  # alpha -> {"params", "samples"}
+    mixes: dict  # alpha -> {"form", "params", "samples", "cv"}: the laws that beat no effect
     ranges: dict  # N, D, teacher_loss: [low, high]
     parameters: str = "non-embedding"  # what N counts
+    unpriced: dict = field(default_factory=dict)  # alpha -> the one line saying why it is not priced
+    gains: list = field(default_factory=list)  # the sweep's measured rows, GAIN_COLUMNS each
+    supervised_cv: float = 0.0  # the supervised law's leave-one-cell-out rms log-error
 
     @classmethod
     def load(cls, path: str | Path) -> "Law":
@@ -82,14 +93,14 @@ class _LawSchema:
 
     def params(self, d, key: str, names: tuple, positive: tuple) -> dict:
         """A parameter set: every name present and finite, `positive` ones > 0, the others >= 0
-        (c0 may have either sign)."""
+        (c0 and m may have either sign)."""
         if not isinstance(d, dict):
             raise self.fail(key, f"is a {type(d).__name__}, not a mapping of parameters")
         out = {}
         for n in names:
             if n not in d:
                 raise self.fail(f"{key}.{n}", "is missing")
-            low = None if n == "c0" else 0
+            low = None if n in SIGNED else 0
             out[n] = checked_number(d[n], f"{self.path}: law key {key}.{n}", self.fix, low, None, n in positive)
         return out
 
@@ -111,6 +122,53 @@ class _LawSchema:
         return [lo, hi]
 
 
+    def error(self, d: dict, key: str, name: str) -> float | None:
+        """A cross-validated rms log-error: absent or null is None, else a finite number >= 0."""
+        v = d.get(name)
+        return None if v is None else checked_number(v, f"{self.path}: law key {key}.{name}", self.fix, 0, 10)
+
+    def gains(self, d: dict) -> list:
+        g = d.get("gains")
+        if g is None:
+            return []
+        if not isinstance(g, dict) or g.get("columns") != list(GAIN_COLUMNS) or not isinstance(g.get("rows"), list):
+            raise self.fail("gains", f"is not a table with columns {list(GAIN_COLUMNS)} and a list of rows")
+        rows = []
+        for i, row in enumerate(g["rows"]):
+            if not isinstance(row, list) or len(row) != len(GAIN_COLUMNS):
+                raise self.fail(f"gains.rows[{i}]", f"is not a row of {len(GAIN_COLUMNS)} numbers")
+            rows.append([checked_number(x, f"{self.path}: law key gains.rows[{i}]", self.fix, 0, MAX_TOKENS)
+                         for x in row])
+        return rows
+
+
+def _mix_from_json(schema: _LawSchema, key: str, m) -> dict:
+    """One fitted mix: its form, parameters, samples and cross-validated errors."""
+    if not isinstance(m, dict):
+        raise schema.fail(key, f"is a {type(m).__name__}, not a fit or the reason for none")
+    form = m.get("form")
+    if form not in FORMS:
+        raise schema.fail(f"{key}.form", f"is {str(form)[:40]!r}, not one of {', '.join(FORMS)}")
+    positive = tuple(n for n in FORMS[form] if n not in SIGNED)
+    cv = m.get("cv")
+    if not isinstance(cv, dict):
+        raise schema.fail(f"{key}.cv", "is missing (the leave-one-cell-out errors that decide whether it is priced)")
+    return {"form": form, "params": schema.params(m.get("params"), f"{key}.params", FORMS[form], positive),
+            "samples": schema.samples(m, key, FORMS[form], positive),
+            "cv": schema.error(cv, f"{key}.cv", "law_rmse_log"),
+            "no_effect": schema.error(cv, f"{key}.cv", "no_effect_rmse_log")}
+
+
+def not_priced_line(alpha: float, mix: dict) -> str | None:
+    """The one line that says why a mix's law prices nothing (None: it earns its place)."""
+    law, none = mix["cv"], mix["no_effect"]
+    if law is not None and none is not None and law < none:
+        return None
+    shown = lambda x: "not measured" if x is None else f"{100 * x:.2f} %"  # noqa: E731
+    return (f"distillation at α={alpha:g} is not priced: its law's leave-one-cell-out error ({shown(law)}) does not "
+            f"beat ignoring the teacher ({shown(none)}); the sweep's measured gains follow")
+
+
 def _law_from_json(d: dict, schema: _LawSchema) -> Law:
     sup = schema.mapping(d, "supervised", "supervised")
     positive = ("E", "A", "B", "gamma")  # the fit's free parameters are exp(); alpha, beta are 0 when fixed
@@ -119,7 +177,10 @@ def _law_from_json(d: dict, schema: _LawSchema) -> Law:
     fixed = sup.get("fixed", {})
     if not isinstance(fixed, dict):
         raise schema.fail("supervised.fixed", "is not a mapping of parameter to reason")
-    mixes = {}
+    sup_cv = sup.get("cv") or {}
+    if not isinstance(sup_cv, dict):
+        raise schema.fail("supervised.cv", "is not a mapping of cross-validated errors")
+    mixes, unpriced = {}, {}
     for a, m in schema.mapping(d, "distillation", "distillation").items():
         try:
             alpha = float(a)
@@ -129,11 +190,12 @@ def _law_from_json(d: dict, schema: _LawSchema) -> Law:
             raise schema.fail(f"distillation.{a[:20]}", "is a KD mix α outside [0, 1]")
         if isinstance(m, str):  # a mix the sweep could not identify: its reason
             continue
-        key, dist = f"distillation.{a}", ("c1", "d1", "f1")
-        if not isinstance(m, dict):
-            raise schema.fail(key, f"is a {type(m).__name__}, not a fit or the reason for none")
-        mixes[alpha] = {"params": schema.params(m.get("params"), f"{key}.params", DISTILLATION, dist),
-                        "samples": schema.samples(m, key, DISTILLATION, dist)}
+        mix = _mix_from_json(schema, f"distillation.{a}", m)
+        line = not_priced_line(alpha, mix)
+        if line:
+            unpriced[alpha] = line
+        else:
+            mixes[alpha] = mix
     ranges = schema.mapping(d, "ranges", "ranges")
     checked = {"N": schema.interval(ranges, "N", MAX_PARAMS), "D": schema.interval(ranges, "D", MAX_TOKENS),
                "teacher_loss": schema.interval(ranges, "teacher_loss", None)}
@@ -143,7 +205,21 @@ def _law_from_json(d: dict, schema: _LawSchema) -> Law:
     parameters = d.get("parameters", "non-embedding")
     if parameters not in ("non-embedding", "total"):
         raise schema.fail("parameters", f"is {str(parameters)[:40]!r}, not 'non-embedding' or 'total'")
-    return Law(params, samples, fixed, mixes, checked, parameters)
+    return Law(params, samples, fixed, mixes, checked, parameters, unpriced, schema.gains(d),
+               schema.error(sup_cv, "supervised.cv", "law_rmse_log") or 0.0)
+
+
+def gains_lines(law: Law) -> list[str]:
+    """The sweep's measured gains (baseline mean minus the KD run's loss; + is distilling helped),
+    one line per student cell and mix."""
+    cells: dict = {}
+    for N, D, alpha, t_loss, loss, base in law.gains:
+        cells.setdefault((N, D, alpha), []).append((base - loss, t_loss))
+    lines = []
+    for (N, D, alpha), got in sorted(cells.items()):
+        shown = ", ".join(f"{g:+.3f} (teacher {t:.3f})" for g, t in sorted(got, reverse=True))
+        lines.append(f"measured at N={N:.3g}, D={D:.3g}, α={alpha:g}: {shown}")
+    return lines
 
 
 @dataclass
@@ -178,19 +254,20 @@ def _inside(law: Law, key: str, x: float) -> bool:
     return lo * (1 - RANGE_SLACK) <= x <= hi * (1 + RANGE_SLACK)
 
 
-def _interval(values: list[float]) -> tuple | None:
+def _interval(values: list[float], error: float = 0.0) -> tuple | None:
+    """The bootstrap's 95 % interval widened by the law's cross-validated rms log-error."""
     v = [x for x in values if math.isfinite(x)]
     if len(v) < 10:
         return None
     lo, hi = np.quantile(v, [0.025, 0.975])
-    return float(lo), float(hi)
+    return float(lo) * math.exp(-error), float(hi) * math.exp(error)
 
 
 def _supervised(law: Law, N, D, samples: bool = True):
     with np.errstate(all="ignore"):  # an overflow is a non-finite prediction, left out by advise()
         loss = float(supervised_loss(law.supervised, N, D))
         band = [float(supervised_loss(s, N, D)) for s in law.supervised_samples] if samples else []
-    return loss, _interval(band)
+    return loss, _interval(band, law.supervised_cv)
 
 
 def _distilled(law: Law, alpha: float, L_T, N, D, teacher_sup: tuple | None = None):
@@ -200,13 +277,13 @@ def _distilled(law: Law, alpha: float, L_T, N, D, teacher_sup: tuple | None = No
 
     def one(sup, dist):
         lt = supervised_loss(sup, *teacher_sup) if teacher_sup else L_T
-        return float(distilled_loss(dist, sup, lt, N, D))
+        return float(kd_loss(mix["form"], dist, sup, lt, N, D))
 
     with np.errstate(all="ignore"):  # an overflow is a non-finite prediction, left out by advise()
         loss = one(law.supervised, mix["params"])
         sups, dists = law.supervised_samples, mix.get("samples", [])
         band = [one(sups[i % len(sups)], d) for i, d in enumerate(dists)] if sups and dists else []
-    return loss, _interval(band)
+    return loss, _interval(band, mix["cv"] or 0.0)
 
 
 def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple | None = None,
@@ -262,7 +339,8 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
                           "choose a budget and sizes inside, or pass --extrapolate")
     notes = [f"{left_out} candidate(s) left out: outside the fitted ranges (--extrapolate keeps them)"] \
         if left_out else []
-    if teacher is not None and not ok("teacher_loss", teacher[1]):  # its every option is gone: say why
+    notes += list(law.unpriced.values())
+    if teacher is not None and law.mixes and not ok("teacher_loss", teacher[1]):  # its every option is gone: say why
         lo, hi = law.ranges["teacher_loss"]
         notes.insert(0, f"the existing teacher's loss {teacher[1]:.4f} is outside the teacher losses the law "
                         f"was fitted on ({lo:.4f}-{hi:.4f}): no option distils from it (--extrapolate keeps them, "

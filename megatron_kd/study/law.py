@@ -1,28 +1,32 @@
-"""The distillation scaling law of Busbridge et al. 2025 ("Distillation Scaling Laws"), fitted
-from a team's own runs (`mkd fit`), as `mkd advise` uses it.
+"""Scaling laws fitted from a team's own runs (`mkd fit`), as `mkd advise` uses them.
 
 Supervised law (the student's architecture trained alone on D tokens, N parameters):
-    L~(N, D) = E + (A / N^alpha + B / D^beta)^gamma
-Distillation law (the student's loss from a teacher of loss L_T), fitted per KD mix alpha_kd:
-    L_S = L_T + L_T^(-c0) * (1 + (L_T / (d1 * L~_S))^(1/f1))^(-c1 * f1) * (L~_S - E)
-with L~_S = L~(N_S, D_S). The published law has its own student term (A'/N^alpha' + B'/D^beta')^gamma';
-here it is the supervised law's (L~_S - E: A' = A, alpha' = alpha, ...), because a sweep of a few
-sizes cannot identify nine parameters beside the supervised six; the four left say how the
-teacher's loss and the teacher/student ratio move the student off its supervised term.
+    L_B(N, D) = E + (A / N^alpha + B / D^beta)^gamma
+Distillation laws, one per KD mix alpha_kd, in one of two forms (study/law_cv.py picks and scores):
+- "mix":       L_S = L_B + m * (L_T - L_B). m = 0 is "the teacher adds nothing" (the law nests the
+               no-KD predictor), 0 < m < 1 lets a student end below a teacher weaker than itself
+               would allow under Busbridge's form: the mixed objective (alpha_kd < 1) keeps half
+               of its pull on the data.
+- "busbridge": Busbridge et al. 2025 ("Distillation Scaling Laws"), for pure distillation only:
+               L_S = L_T + L_T^(-c0) * (1 + (L_T / (d1 * L_B))^(1/f1))^(-c1 * f1) * (L_B - E)
+               (its student term is the supervised law's: a sweep of a few sizes cannot identify
+               nine parameters beside the supervised six). It forces L_S > L_T.
 
-Fitting: least squares on log-loss residuals with a Huber loss (robust to a diverged run), from
-a grid of starts (the best kept); intervals from a bootstrap over runs; a held-out check that
-refits without the largest (N, D) cell and predicts it. A sweep with one student size cannot
-identify the N term (A, alpha: alpha is fixed at 0 and A absorbs A / N^alpha), one budget the D
-term: the fit says so and predictions off that size or budget are refused. N counts
-non-embedding parameters (at toy scale the embedding is most of a model), D training tokens;
-repetition is not modelled, so the fit keeps to runs within `max_tokens` (one epoch) when given.
+Fitting: plain least squares on log-loss residuals (residuals of 1-5 % are the runs' noise, not
+outliers: a robust loss with a small scale would be an L1 fit in disguise), each free parameter
+in log space inside wide bounds, from many starts, polished until a restart from the optimum no
+longer lowers the cost by 0.1 %. A parameter that ends on its bound is named (e.g. beta -> 0: the D
+term is exponential there, and only a combination of beta and gamma is identified). Intervals
+come from a bootstrap over runs, each resample refitted from several starts. A sweep with one
+student size cannot identify the N term (alpha is held at 0, A absorbs A / N^alpha), one budget
+the D term. N counts non-embedding parameters, D training tokens; repetition is not modelled.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,8 +34,12 @@ import numpy as np
 from megatron_kd.errors import ConfigError
 
 SUPERVISED = ("E", "A", "alpha", "B", "beta", "gamma")
-DISTILLATION = ("c0", "c1", "d1", "f1")
-HUBER_DELTA = 1e-3  # on log-loss: residuals beyond 0.1 % count linearly
+DISTILLATION = ("c0", "c1", "d1", "f1")  # Busbridge et al.'s form
+MIX = ("m",)
+FORMS = {"mix": MIX, "busbridge": DISTILLATION}
+REFIT_TOLERANCE = 1e-3  # a restart from the reported optimum may lower the cost by at most 0.1 %
+BOOTSTRAP_TOL = 1e-8  # a bootstrap refit (300 evaluations at most from each of its starts) stops here:
+# its spread is the interval, not its last digits
 # Bounds on what enters the law (flags, table cells, law.json): far past any real run, yet small
 # enough that the products the law and the advisor form (6 N D, budget x students) stay finite.
 MAX_PARAMS = 1e15
@@ -89,6 +97,16 @@ def distilled_loss(p: dict, sup: dict, L_T, N, D):
     return L_T + np.power(L_T, -p["c0"]) * np.power(1.0 + ratio, -p["c1"] * p["f1"]) * (L_s - sup["E"])
 
 
+def mixed_loss(p: dict, sup: dict, L_T, N, D):
+    """The supervised law moved a fraction m of the way to the teacher's loss."""
+    L_b = supervised_loss(sup, N, D)
+    return L_b + p["m"] * (L_T - L_b)
+
+
+def kd_loss(form: str, p: dict, sup: dict, L_T, N, D):
+    return (mixed_loss if form == "mix" else distilled_loss)(p, sup, L_T, N, D)
+
+
 @dataclass
 class Fit:
     params: dict
@@ -97,6 +115,10 @@ class Fit:
     rmse_log: float  # root mean square of log(pred) - log(loss)
     samples: list = field(default_factory=list)  # bootstrap parameter sets
     held_out: dict | None = None
+    form: str = "supervised"
+    solver: dict = field(default_factory=dict)  # the optimiser's status, cost and the refit check
+    boundary: dict = field(default_factory=dict)  # name -> what an optimum on its bound means
+    cv: dict | None = None  # leave-one-cell-out errors (study/law_cv.py)
 
     def interval(self, name: str, level: float = 0.95) -> tuple[float, float] | None:
         xs = [s[name] for s in self.samples if name in s]
@@ -106,34 +128,94 @@ class Fit:
         return float(lo), float(hi)
 
 
-def _huber(r: np.ndarray) -> float:
-    a = np.abs(r)
-    return float(np.sum(np.where(a <= HUBER_DELTA, 0.5 * r ** 2, HUBER_DELTA * (a - 0.5 * HUBER_DELTA))))
+class Progress:
+    """A line at most every `every` seconds (a long bootstrap is not silent), none if `say` is None."""
+
+    def __init__(self, say=None, every: float = 10.0):
+        self.say, self.every, self.last = say, every, time.monotonic()
+
+    def tick(self, what: str, i: int, n: int) -> None:
+        if self.say is not None and time.monotonic() - self.last >= self.every:
+            self.say(f"{what} {i}/{n}")
+            self.last = time.monotonic()
 
 
-def _least_squares(residual, starts: list[np.ndarray], keep: int = 4):
-    """The best of the solutions from the `keep` starts with the lowest initial loss (a grid of
-    starts is cheap to evaluate, each solve is not)."""
+# --- the solver ---------------------------------------------------------------------------------
+
+def _cost(residual, x) -> float:
+    with np.errstate(all="ignore"):
+        r = residual(x)
+    return float(0.5 * np.sum(r ** 2)) if np.all(np.isfinite(r)) else math.inf
+
+
+def _solve(residual, x0, bounds, tol: float = 1e-12, max_nfev: int = 2000):
+    """One bounded solve; a residual with a `jac` attribute brings its analytic Jacobian."""
     from scipy.optimize import least_squares
 
+    return least_squares(residual, np.clip(x0, *bounds), jac=getattr(residual, "jac", "2-point"), bounds=bounds,
+                         method="trf", ftol=tol, xtol=tol, gtol=tol, max_nfev=max_nfev)
+
+
+def _least_squares(residual, starts: list[np.ndarray], bounds, keep: int = 4, polish: bool = True):
+    """The best of the solutions from the `keep` starts with the lowest initial cost (a grid of
+    starts is cheap to evaluate, each solve is not), then polished: solved again from its own
+    optimum until a restart lowers the cost by less than REFIT_TOLERANCE (a bootstrap refit, one of
+    hundreds, is not: `polish` False). Returns (x, solver)."""
     if len(starts) > keep:
-        with np.errstate(all="ignore"):
-            costs = [_huber(residual(x)) for x in starts]
-        starts = [starts[i] for i in np.argsort(np.nan_to_num(costs, nan=np.inf))[:keep]]
+        costs = [_cost(residual, np.clip(x, *bounds)) for x in starts]
+        starts = [starts[i] for i in np.argsort(costs)[:keep]]
     best = None
     for x0 in starts:
         try:
-            r = least_squares(residual, x0, loss="huber", f_scale=HUBER_DELTA, max_nfev=400, method="trf")
+            r = _solve(residual, x0, bounds, *((1e-12, 2000) if polish else (BOOTSTRAP_TOL, 300)))
         except (ValueError, FloatingPointError):
             continue
         if np.all(np.isfinite(r.fun)) and (best is None or r.cost < best.cost):
             best = r
     if best is None:
         raise ConfigError("the law's fit found no finite solution from any start; check the runs' losses")
-    return best
+    for _ in range(5 if polish else 0):
+        again = _solve(residual, best.x, bounds)
+        drop = (best.cost - again.cost) / max(best.cost, 1e-300)
+        if again.cost < best.cost:
+            best = again
+        if drop < REFIT_TOLERANCE / 10:
+            break
+    return best.x, {"status": int(best.status), "message": str(best.message), "cost": float(best.cost),
+                    "nfev": int(best.nfev)}
+
+
+def refit_drop(residual, x, bounds) -> float:
+    """How much a restart from `x` lowers the cost, relative (the convergence check)."""
+    before = _cost(residual, x)
+    return (before - float(_solve(residual, x, bounds).cost)) / max(before, 1e-300)
+
+
+def _at_bounds(names, x, bounds, notes: dict) -> dict:
+    """Each parameter whose optimum is on its bound, with what that means (`notes`, else generic)."""
+    out = {}
+    for k, v, lo, hi in zip(names, x, *bounds):
+        side = "low" if v - lo < 1e-3 else "high" if hi - v < 1e-3 else None
+        if side:
+            out[k] = notes.get((k, side), f"{k} ends on its {side} bound: the data push it past any finite value")
+    return out
 
 
 # --- the supervised law ---------------------------------------------------------------------
+
+SUP_BOUNDS = {"E": (1e-3, None), "A": (1e-12, 1e20), "alpha": (1e-4, 3.0), "B": (1e-12, 1e20),
+              "beta": (1e-4, 3.0), "gamma": (1e-2, 100.0)}
+# E's upper bound is the lowest loss; gamma's 100 stops the exponential ridge (beta -> 0, gamma -> inf),
+# along which the cost falls by under 1 % while a solver crawls for thousands of evaluations.
+SUP_BOUNDARY = {
+    ("beta", "low"): "β→0: the D term is exponential here (B/D^β ≈ B·(1 − β·ln D)); only β·γ is identified",
+    ("alpha", "low"): "α→0: the N term is exponential here (A/N^α ≈ A·(1 − α·ln N)); only α·γ is identified",
+    ("gamma", "high"): "γ at its bound (100): the runs ask for the exponential limit (β or α → 0, γ → ∞), where "
+                       "only β·γ (α·γ) is identified",
+    ("E", "low"): "E→0: the runs do not reach the irreducible loss; E is a floor, not an estimate",
+    ("E", "high"): "E at the lowest measured loss: the runs flatten out at their best",
+}
+
 
 def _sup_layout(runs: list[Run]) -> tuple[list[str], dict]:
     """Which supervised parameters are free, and why the others are fixed."""
@@ -153,23 +235,26 @@ def _sup_unpack(x, free, fixed) -> dict:
     return p | {k: 0.0 for k in fixed}
 
 
-def fit_supervised(runs: list[Run], bootstrap: int = 200, seed: int = 0, held_out: bool = True) -> Fit:
-    runs = [r for r in runs if r.teacher_loss is None]
+def _sup_problem(runs: list[Run]):
+    """(free, fixed, residual_for(indices), bounds, starts) of the supervised fit on `runs`."""
     free, fixed = _sup_layout(runs)
     if len(runs) < len(free) + 1:
         raise ConfigError(f"the supervised law has {len(free)} free parameters but only {len(runs)} supervised "
                           "runs; add baselines at more sizes or lengths")
     N, D, L = (np.array([getattr(r, k) for r in runs], dtype=float) for k in ("N", "D", "loss"))
 
-    def residual_for(n, d, loss):
+    def residual_for(i):
         def residual(x):
             with np.errstate(all="ignore"):
-                pred = supervised_loss(_sup_unpack(x, free, fixed), n, d)
-            return np.where(pred > 0, np.log(np.abs(pred) + 1e-300) - np.log(loss), 10.0)
+                pred = supervised_loss(_sup_unpack(x, free, fixed), N[i], D[i])
+            return np.where(pred > 0, np.log(np.abs(pred) + 1e-300) - np.log(L[i]), 10.0)
+        residual.jac = lambda x: _sup_jacobian(_sup_unpack(x, free, fixed), free, N[i], D[i])
         return residual
 
+    box = SUP_BOUNDS | {"E": (1e-3, float(L.min()))}
+    bounds = (np.log([box[k][0] for k in free]), np.log([box[k][1] for k in free]))
     starts = []
-    for e_frac, a, b, g in itertools.product((0.3, 0.7, 0.9), (0.2, 0.5), (0.2, 0.5), (0.5, 1.0, 2.0)):
+    for e_frac, a, b, g in itertools.product((0.3, 0.7, 0.9), (0.2, 0.5), (0.05, 0.2, 0.5), (0.5, 1.0, 2.0, 8.0)):
         E = e_frac * L.min()
         excess = max(np.mean(L) - E, 1e-3) ** (1 / g) / (2 if not fixed else 1)
         p = {"E": E, "A": excess * np.median(N) ** a, "alpha": a, "B": excess * np.median(D) ** b, "beta": b,
@@ -179,21 +264,54 @@ def fit_supervised(runs: list[Run], bootstrap: int = 200, seed: int = 0, held_ou
         if "beta" in fixed:
             p["B"] = excess
         starts.append(np.log([p[k] for k in free]))
-    best = _least_squares(residual_for(N, D, L), starts)
-    params = _sup_unpack(best.x, free, fixed)
-    fit = Fit(params, fixed, len(runs), float(np.sqrt(np.mean(residual_for(N, D, L)(best.x) ** 2))))
-    rng = np.random.default_rng(seed)
-    for _ in range(bootstrap):  # over runs, each refit from the best solution
-        i = rng.integers(0, len(runs), len(runs))
-        if len({(N[j], D[j]) for j in i}) < 2:
-            continue
-        r = _least_squares(residual_for(N[i], D[i], L[i]), [best.x])
-        fit.samples.append(_sup_unpack(r.x, free, fixed))
+    return free, fixed, residual_for, bounds, starts
+
+
+def _sup_jacobian(p: dict, free: list[str], N, D) -> np.ndarray:
+    """d log L_B / d log(parameter), one column per free parameter (analytic: a finite-difference
+    Jacobian costs seven evaluations per step, and the bootstrap takes hundreds of fits)."""
+    with np.errstate(all="ignore"):
+        n_term, d_term = p["A"] * np.power(N, -p["alpha"]), p["B"] * np.power(D, -p["beta"])
+        S = n_term + d_term
+        inner = p["gamma"] * np.power(S, p["gamma"] - 1)
+        pred = p["E"] + np.power(S, p["gamma"])
+        cols = {"E": np.full_like(S, p["E"]), "A": inner * n_term, "alpha": -inner * n_term * np.log(N) * p["alpha"],
+                "B": inner * d_term, "beta": -inner * d_term * np.log(D) * p["beta"],
+                "gamma": np.power(S, p["gamma"]) * np.log(S) * p["gamma"]}
+        J = np.stack([cols[k] for k in free], axis=1) / pred[:, None]
+    return np.where(np.isfinite(J) & (pred[:, None] > 0), J, 0.0)
+
+
+def fit_supervised(runs: list[Run], bootstrap: int = 200, seed: int = 0, held_out: bool = True,
+                   progress: Progress | None = None) -> Fit:
+    runs = [r for r in runs if r.teacher_loss is None]
+    free, fixed, residual_for, bounds, starts = _sup_problem(runs)
+    everything = np.arange(len(runs))
+    x, solver = _least_squares(residual_for(everything), starts, bounds, keep=6)
+    solver["refit_drop"] = refit_drop(residual_for(everything), x, bounds)
+    fit = Fit(_sup_unpack(x, free, fixed), fixed, len(runs), float(np.sqrt(np.mean(residual_for(everything)(x) ** 2))),
+              solver=solver, boundary=_at_bounds(free, x, bounds, SUP_BOUNDARY))
+    fit.samples = _bootstrap(len(runs), bootstrap, seed, lambda i: len({(runs[j].N, runs[j].D) for j in i}) >= 2,
+                             lambda i: _least_squares(residual_for(i), [x] + starts, bounds, keep=2, polish=False)[0],
+                             lambda xb: _sup_unpack(xb, free, fixed), progress, "supervised bootstrap")
     if held_out:
         fit.held_out = _held_out(runs, lambda rest: fit_supervised(rest, 0, seed, False),
                                  lambda f, r: float(supervised_loss(f.params, r.N, r.D)),
                                  lambda f: set(f.fixed) == set(fixed))
     return fit
+
+
+def _bootstrap(n: int, times: int, seed: int, usable, solve, unpack, progress, what: str) -> list[dict]:
+    """`times` refits on runs resampled with replacement (a resample `usable` rejects is skipped)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for b in range(times):
+        i = rng.integers(0, n, n)
+        if progress:
+            progress.tick(what, b, times)
+        if usable(i):
+            samples.append(unpack(solve(i)))
+    return samples
 
 
 def _held_out(runs: list[Run], refit, predict, identified=lambda f: True) -> dict | None:
@@ -214,54 +332,61 @@ def _held_out(runs: list[Run], refit, predict, identified=lambda f: True) -> dic
             "relative_error": (pred - obs) / obs}
 
 
-# --- the distillation law ---------------------------------------------------------------------
+# --- the distillation laws --------------------------------------------------------------------
 
-def fit_distillation(runs: list[Run], sup: Fit, bootstrap: int = 200, seed: int = 0,
-                     held_out: bool = True) -> dict[float, Fit | str]:
-    """One fit per KD mix alpha; a mix the sweep cannot identify gets the reason instead."""
-    out: dict[float, Fit | str] = {}
-    kd = [r for r in runs if r.teacher_loss is not None]
-    for a in sorted({r.alpha for r in kd}):
-        rows = [r for r in kd if r.alpha == a]
-        teachers = len({r.teacher_loss for r in rows})
-        if teachers < 3 or len(rows) < len(DISTILLATION) + 1:
-            out[a] = (f"{len(rows)} runs from {teachers} teacher(s): the distillation law's 4 parameters need "
-                      "at least 3 teachers and 5 runs")
-            continue
-        out[a] = _fit_one_mix(rows, sup, bootstrap, seed, held_out)
-    return out
+KD_BOUNDS = {"mix": ([-3.0], [4.0]),  # m: any sign, past both "ignore" (0) and "copy the teacher" (1)
+             "busbridge": ([-10.0, math.log(1e-4), math.log(1e-4), math.log(1e-3)],
+                           [10.0, math.log(1e6), math.log(1e4), math.log(1e3)])}
+KD_STARTS = {"mix": [np.array([m]) for m in (0.0, 0.3, 0.8)],
+             "busbridge": [np.array([c0, math.log(c1), math.log(d1), math.log(f1)]) for c0, c1, d1, f1 in
+                           itertools.product((-1.0, 0.0, 1.0), (0.5, 2.0), (0.5, 1.0, 2.0), (0.3, 1.0))]}
 
 
-def _dist_unpack(x) -> dict:
+def kd_unpack(form: str, x) -> dict:
+    if form == "mix":
+        return {"m": float(x[0])}
     return {"c0": float(x[0]), "c1": math.exp(x[1]), "d1": math.exp(x[2]), "f1": math.exp(x[3])}
 
 
-def _fit_one_mix(rows: list[Run], sup: Fit, bootstrap: int, seed: int, held_out: bool) -> Fit:
-    N, D, L, T = (np.array([getattr(r, k) for r in rows], dtype=float) for k in ("N", "D", "loss", "teacher_loss"))
+def kd_rows_too_few(form: str, rows: list[Run]) -> str | None:
+    """Why `rows` (one mix's runs) cannot identify `form`, or None."""
+    teachers = len({r.teacher_loss for r in rows})
+    if form == "mix":
+        return None if rows else "no runs"
+    if teachers < 3 or len(rows) < len(DISTILLATION) + 1:
+        return (f"{len(rows)} runs from {teachers} teacher(s): Busbridge's 4 parameters need at least 3 teachers "
+                "and 5 runs")
+    return None
 
-    def residual_for(n, d, loss, t, s=sup.params):
+
+def fit_kd(form: str, rows: list[Run], sup: Fit, bootstrap: int = 0, seed: int = 0,
+           progress: Progress | None = None) -> Fit:
+    """One mix's runs fitted in `form` on top of the supervised law `sup` (each bootstrap resample
+    paired with a supervised law of the same bootstrap)."""
+    N, D, L, T = (np.array([getattr(r, k) for r in rows], dtype=float) for k in ("N", "D", "loss", "teacher_loss"))
+    bounds = tuple(np.array(b) for b in KD_BOUNDS[form])
+
+    def residual_for(i, s=sup.params):
         def residual(x):
             with np.errstate(all="ignore"):
-                pred = distilled_loss(_dist_unpack(x), s, t, n, d)
-            return np.where(np.isfinite(pred) & (pred > 0), np.log(np.abs(pred) + 1e-300) - np.log(loss), 10.0)
+                pred = kd_loss(form, kd_unpack(form, x), s, T[i], N[i], D[i])
+            return np.where(np.isfinite(pred) & (pred > 0), np.log(np.abs(pred) + 1e-300) - np.log(L[i]), 10.0)
         return residual
 
-    starts = [np.array([c0, math.log(c1), math.log(d1), math.log(f1)])
-              for c0, c1, d1, f1 in itertools.product((-1.0, 0.0, 1.0), (0.5, 2.0), (0.5, 1.0, 2.0), (0.3, 1.0))]
-    best = _least_squares(residual_for(N, D, L, T), starts)
-    fit = Fit(_dist_unpack(best.x), {}, len(rows), float(np.sqrt(np.mean(residual_for(N, D, L, T)(best.x) ** 2))))
-    rng = np.random.default_rng(seed)
-    for b in range(bootstrap):  # runs resampled, each with a supervised law of the same bootstrap
-        i = rng.integers(0, len(rows), len(rows))
-        s = sup.samples[b % len(sup.samples)] if sup.samples else sup.params
-        r = _least_squares(residual_for(N[i], D[i], L[i], T[i], s), [best.x])
-        fit.samples.append(_dist_unpack(r.x))
-    if held_out:
-        fit.held_out = _held_out(rows, lambda rest: _fit_one_mix(rest, sup, 0, seed, False),
-                                 lambda f, r: float(distilled_loss(f.params, sup.params, r.teacher_loss, r.N, r.D)))
-    fit.fixed = {}
-    below = sum(1 for r in rows if r.loss < r.teacher_loss)
-    if below:  # the law's form has L_S > L_T: a student that beat its teacher is out of its reach
-        fit.fixed["form"] = (f"{below} of {len(rows)} runs beat their teacher (L_S < L_T), which the law's form "
-                             "cannot express: its fit there is a floor, not a fit")
+    everything = np.arange(len(rows))
+    x, solver = _least_squares(residual_for(everything), KD_STARTS[form], bounds)
+    solver["refit_drop"] = refit_drop(residual_for(everything), x, bounds)
+    fit = Fit(kd_unpack(form, x), {}, len(rows), float(np.sqrt(np.mean(residual_for(everything)(x) ** 2))),
+              form=form, solver=solver, boundary=_at_bounds(FORMS[form], x, bounds, {}))
+    sups = sup.samples or [sup.params]
+    count = iter(range(bootstrap))
+    fit.samples = _bootstrap(len(rows), bootstrap, seed, lambda i: True,
+                             lambda i: _least_squares(residual_for(i, sups[next(count) % len(sups)]),
+                                                      [x] + KD_STARTS[form], bounds, keep=2, polish=False)[0],
+                             lambda xb: kd_unpack(form, xb), progress, f"{form} bootstrap")
+    if form == "busbridge":
+        below = sum(1 for r in rows if r.loss < r.teacher_loss)
+        if below:  # the form has L_S > L_T: a student that beat its teacher is out of its reach
+            fit.fixed["form"] = (f"{below} of {len(rows)} runs beat their teacher (L_S < L_T), which Busbridge's form "
+                                 "cannot express: its fit there is a floor, not a fit")
     return fit

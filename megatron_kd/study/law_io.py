@@ -19,19 +19,20 @@ from pathlib import Path
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
-from megatron_kd.study.advise import FORMAT
+from megatron_kd.study.advise import FORMAT, GAIN_COLUMNS
 from megatron_kd.study.law import (
-    DISTILLATION,
+    FORMS,
     MAX_FLOPS,
     MAX_PARAMS,
     MAX_TOKENS,
     SUPERVISED,
     Fit,
+    Progress,
     Run,
     checked_number,
-    fit_distillation,
     fit_supervised,
 )
+from megatron_kd.study.law_cv import fit_distillation, supervised_cv, supervised_refits
 from megatron_kd.study.report import collect
 from megatron_kd.study.table import read_table
 
@@ -172,28 +173,68 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "non-embedding",
     return runs, notes
 
 
-def _fit_json(fit: Fit, names) -> dict:
-    out = {"params": fit.params, "fixed": fit.fixed, "n_runs": fit.n_runs, "rmse_log": fit.rmse_log,
-           "held_out": fit.held_out, "intervals": {k: fit.interval(k) for k in names if k not in fit.fixed},
-           "samples": fit.samples}
-    out["weakly_identified"] = [k for k, iv in out["intervals"].items()
-                                if iv and k != "c0" and iv[0] > 0 and iv[1] / iv[0] > WEAK]
+def _identification(fit: Fit, names) -> dict:
+    """name -> how well the runs pin it down: fixed, on a bound, or its bootstrap interval's width."""
+    out = {}
+    for k in names:
+        iv = fit.interval(k)
+        if k in fit.fixed:
+            out[k] = f"fixed: {fit.fixed[k]}"
+        elif k in fit.boundary:
+            out[k] = f"on its bound: {fit.boundary[k]}"
+        elif iv is None:
+            out[k] = "no bootstrap: not assessed"
+        elif k in ("c0", "m"):  # signed: judged by the interval's width, not its ratio
+            out[k] = "identified" if iv[1] - iv[0] <= 1.0 else f"weak: interval {iv[0]:.3g} to {iv[1]:.3g}"
+        elif iv[0] > 0 and iv[1] / iv[0] > WEAK:
+            out[k] = f"weak: interval spans {iv[1] / iv[0]:.3g}x"
+        else:
+            out[k] = "identified"
     return out
 
 
+def _fit_json(fit: Fit, names) -> dict:
+    free = [k for k in names if k not in fit.fixed]
+    out = {"form": fit.form, "params": fit.params, "fixed": fit.fixed, "n_runs": fit.n_runs,
+           "rmse_log": fit.rmse_log, "solver": fit.solver, "boundary": fit.boundary, "held_out": fit.held_out,
+           "cv": fit.cv, "intervals": {k: fit.interval(k) for k in free},
+           "identification": _identification(fit, free), "samples": fit.samples}
+    out["weakly_identified"] = [k for k, v in out["identification"].items() if not v.startswith("identified")
+                                and not v.startswith("no bootstrap")]
+    return out
+
+
+def measured_gains(runs: list[Run]) -> dict:
+    """Each KD run against the mean of its student's baselines at the same (N, D): what the sweep
+    measured, kept in law.json so `mkd advise` can show it where no law earns trust."""
+    base: dict = {}
+    for r in runs:
+        if r.teacher_loss is None:
+            base.setdefault((r.N, r.D), []).append(r.loss)
+    rows = [[r.N, r.D, r.alpha, round(r.teacher_loss, 5), round(r.loss, 5),
+             round(float(sum(base[(r.N, r.D)]) / len(base[(r.N, r.D)])), 5)]
+            for r in runs if r.teacher_loss is not None and (r.N, r.D) in base]
+    return {"columns": list(GAIN_COLUMNS), "rows": sorted(rows)}
+
+
 def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = "non-embedding",
-            valid_set: str = "") -> dict:
+            valid_set: str = "", say=None) -> dict:
     sup_runs = [r for r in runs if r.teacher_loss is None]
     if not sup_runs:
         raise ConfigError("no supervised runs (baselines) to fit the supervised law on; a sweep needs "
                           "`baseline: true` and, for the N and D terms, baselines at several sizes and lengths")
-    sup = fit_supervised(runs, bootstrap, seed)
-    dist = fit_distillation(runs, sup, bootstrap, seed)
+    progress = Progress(say)
+    sup = fit_supervised(runs, bootstrap, seed, progress=progress)
+    refits = supervised_refits(runs, progress)
+    sup.cv = supervised_cv(runs, refits)
+    dist = fit_distillation(runs, sup, bootstrap, seed, progress, refits)
     kd = [r for r in runs if r.teacher_loss is not None]
     return {"format": FORMAT, "parameters": params, "valid_set": valid_set,
+            "loss": "plain least squares on log-loss",
             "supervised": _fit_json(sup, SUPERVISED),
-            "distillation": {str(a): (_fit_json(f, DISTILLATION) if isinstance(f, Fit) else f)
+            "distillation": {str(a): (_fit_json(f, FORMS[f.form]) if isinstance(f, Fit) else f)
                              for a, f in dist.items()},
+            "gains": measured_gains(runs),
             "ranges": {"N": [min(r.N for r in sup_runs), max(r.N for r in sup_runs)],
                        "D": [min(r.D for r in sup_runs), max(r.D for r in sup_runs)],
                        "teacher_loss": [min(r.teacher_loss for r in kd), max(r.teacher_loss for r in kd)] if kd
@@ -210,24 +251,46 @@ def summary(law: dict) -> list[str]:
     p = sup["params"]
     lines = [f"supervised law ({sup['n_runs']} runs, N = {law['parameters']} parameters): L = {p['E']:.4g} + "
              f"({p['A']:.4g}/N^{p['alpha']:.3g} + {p['B']:.4g}/D^{p['beta']:.3g})^{p['gamma']:.3g}; "
-             f"rms log-residual {sup['rmse_log']:.2e}"]
+             f"rms log-residual {sup['rmse_log']:.2e}", _solver_line(sup)]
     lines += [f"  {k} not identified: {why}" for k, why in sup["fixed"].items()]
+    lines += [f"  on a bound: {why}" for why in sup["boundary"].values()]
     lines += _held_out_line(sup["held_out"])
+    if sup["cv"] and sup["cv"]["law_rmse_log"] is not None:
+        lines.append(f"  leave-one-cell-out rms log-error {100 * sup['cv']['law_rmse_log']:.2f} % "
+                     f"({sup['cv']['runs']} runs)")
     if sup["weakly_identified"]:
-        lines.append(f"  weakly identified (bootstrap interval over {WEAK:g}x): {', '.join(sup['weakly_identified'])}")
+        lines.append(f"  weakly identified (bootstrap interval over {WEAK:g}x, or on a bound): "
+                     f"{', '.join(sup['weakly_identified'])}")
     for a, d in law["distillation"].items():
         if not isinstance(d, dict):
             lines.append(f"distillation law at α={a}: not fitted: {d}")
             continue
-        q = d["params"]
-        lines.append(f"distillation law at α={a} ({d['n_runs']} runs): c0={q['c0']:.3g} c1={q['c1']:.3g} "
-                     f"d1={q['d1']:.3g} f1={q['f1']:.3g}; rms log-residual {d['rmse_log']:.2e}")
-        lines += _held_out_line(d["held_out"])
+        q = ", ".join(f"{k}={v:.3g}" for k, v in d["params"].items())
+        lines.append(f"distillation law at α={a} ({d['n_runs']} runs), form {d['form']}: {q}; rms log-residual "
+                     f"{d['rmse_log']:.2e}")
+        lines.append(_solver_line(d))
+        lines.append(_cv_line(d["cv"]))
         lines += [f"  {why}" for why in d["fixed"].values()]
+        lines += [f"  on a bound: {why}" for why in d["boundary"].values()]
         if d["weakly_identified"]:
             lines.append(f"  weakly identified: {', '.join(d['weakly_identified'])} (predictions inside the "
                          "fitted ranges still hold; their values alone say little)")
     return lines
+
+
+def _solver_line(d: dict) -> str:
+    s = d["solver"]
+    return (f"  optimiser: {s['message']} (status {s['status']}, {s['nfev']} evaluations); a restart from the "
+            f"optimum lowers the cost by {100 * max(s['refit_drop'], 0.0):.2g} %")
+
+
+def _cv_line(cv: dict) -> str:
+    from megatron_kd.study.law_cv import beats_no_effect
+
+    verdict = "beats" if beats_no_effect(cv) else "does NOT beat"
+    return (f"  leave-one-cell-out ({cv['cells']} cells, {cv['runs']} runs): rms log-error "
+            f"{100 * cv['law_rmse_log']:.2f} %; ignoring the teacher (the supervised law) "
+            f"{100 * cv['no_effect_rmse_log']:.2f} %: the law {verdict} no effect")
 
 
 def _held_out_line(h: dict | None) -> list[str]:
