@@ -188,6 +188,8 @@ def _identification(fit: Fit, names) -> dict:
             out[k] = "identified" if iv[1] - iv[0] <= 1.0 else f"weak: interval {iv[0]:.3g} to {iv[1]:.3g}"
         elif iv[0] > 0 and iv[1] / iv[0] > WEAK:
             out[k] = f"weak: interval spans {iv[1] / iv[0]:.3g}x"
+        elif "gamma" in fit.boundary and k in ("alpha", "beta"):  # on the exponential ridge with gamma
+            out[k] = "identified only given γ at its bound (the runs pin α·γ and β·γ)"
         else:
             out[k] = "identified"
     return out
