@@ -64,6 +64,18 @@ def _cells(rows: list[dict], value) -> dict:
     return cells
 
 
+def comparison_family(r: dict) -> str | None:
+    """The noise family of a run's point (paired.PairedFit's `families`): the baseline (None)
+    belongs to every family; the others each have their own residual variance."""
+    if r.get("baseline_tokens") is not None:
+        return "frontier baselines"
+    if not r.get("teacher"):
+        return None
+    if is_control(r):
+        return "controls"
+    return "scheduled α" if r.get("alpha_schedule") else "fixed α"
+
+
 def _verdict(e, level: float) -> str:
     ci = e.interval(level)
     if ci is None:
@@ -81,9 +93,10 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
         if not base_rows:
             continue
         baseline = point_key(base_rows[0])
-        fits = {s: PairedFit(_cells(rs, lambda r, s=s: r["val"].get(s)), baseline) for s in sets}
+        fam = {point_key(r): comparison_family(r) for r in rs}
+        fits = {s: PairedFit(_cells(rs, lambda r, s=s: r["val"].get(s)), baseline, fam) for s in sets}
         zfits = {s: PairedFit(_cells(rs, lambda r, s=s: (r["val"][s] - r["val"][id_set])
-                                     if s in r["val"] and id_set in r["val"] else None), baseline) for s in ood}
+                                     if s in r["val"] and id_set in r["val"] else None), baseline, fam) for s in ood}
         runs_of: dict = {}  # point key -> its runs, grouped once (a search per point is quadratic)
         for r in rs:
             runs_of.setdefault(point_key(r), []).append(r)
@@ -113,11 +126,13 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
             if es[test]:
                 cells = {**_cells(rs, lambda r, s=test: r["val"].get(s)),
                          ES_KEY: {k: v for k, (v, _) in es[test].items()}}
-                es_fits[test] = PairedFit(cells, baseline)
+                es_fits[test] = PairedFit(cells, baseline, fam)  # ES_KEY: shared, like the baseline
         controls = sorted({p["teacher"] for p in kd if is_control(p)})
         out["students"][student] = {
             "baseline": baseline, "fits": fits, "zfits": zfits, "points": points,
-            "noise": {s: {"sigma": f.sigma, "df": f.df, "source": f.source} for s, f in fits.items()},
+            "noise": {s: {"sigma": f.sigma, "df": f.df, "source": f.source,
+                          **(f.families.summary() if f.families and f.families.active else {})}
+                      for s, f in fits.items()},
             "best_alpha": {s: best_alpha(kd, fits[s], level) for s in sets},
             "early_stopped": {t: {"dev": dev_of[t], "steps": v, "fit": es_fits.get(t)} for t, v in es.items() if v},
             "controls": controls,

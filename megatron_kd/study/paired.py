@@ -73,7 +73,10 @@ class AdditiveFit:
     DENSE_MAX = 2000  # a Schur complement up to this size is factored densely
     DENSE_ROWS_MAX = 5_000_000  # points x seeds up to this: the seed counts held as a dense matrix
 
-    def __init__(self, point: np.ndarray, seed: np.ndarray, y: np.ndarray, n_points: int, n_seeds: int):
+    def __init__(self, point: np.ndarray, seed: np.ndarray, y: np.ndarray, n_points: int, n_seeds: int,
+                 weight: np.ndarray | None = None):
+        """`weight`: each run's 1/variance (weighted least squares; then value_and_variance gives the
+        contrast's variance itself, not in units of sigma^2). None: unweighted."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
@@ -92,6 +95,7 @@ class AdditiveFit:
         q[free] = np.arange(len(free))
         q = q[seed]
         self._p, self._q, self._y = p, q, y
+        self._w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=float)
         self._compressed = np.full(n_points, -1)  # a point's index among the points with data
         self._compressed[used_p] = np.arange(len(used_p))
         self._solve_normal_equations(len(used_p), len(free))
@@ -99,13 +103,13 @@ class AdditiveFit:
     def _solve_normal_equations(self, n_p: int, n_q: int) -> None:
         from scipy.sparse import coo_matrix, diags
 
-        p, q, y = self._p, self._q, self._y
+        p, q, y, wt = self._p, self._q, self._y, self._w
         has_q = q >= 0
-        self._da = np.bincount(p, minlength=n_p).astype(float)
-        db = np.bincount(q[has_q], minlength=n_q).astype(float)
-        aty = np.bincount(p, weights=y, minlength=n_p)
-        bty = np.bincount(q[has_q], weights=y[has_q], minlength=n_q)
-        counts = coo_matrix((np.ones(int(has_q.sum())), (p[has_q], q[has_q])), shape=(n_p, n_q)).tocsr()
+        self._da = np.bincount(p, weights=wt, minlength=n_p).astype(float)
+        db = np.bincount(q[has_q], weights=wt[has_q], minlength=n_q).astype(float)
+        aty = np.bincount(p, weights=wt * y, minlength=n_p)
+        bty = np.bincount(q[has_q], weights=(wt * y)[has_q], minlength=n_q)
+        counts = coo_matrix((wt[has_q], (p[has_q], q[has_q])), shape=(n_p, n_q)).tocsr()
         self._counts = counts
         self._retain_seeds = n_q <= n_p  # factor the smaller Schur complement
         # few seeds (the usual case): each point's seed counts over its runs as a dense row, so a
@@ -124,7 +128,8 @@ class AdditiveFit:
             b = (bty - counts.T @ mu) / db
         self.mu = mu
         fitted = mu[p] + np.where(has_q, b[np.maximum(q, 0)] if n_q else 0.0, 0.0)
-        self.rss = float(np.sum((y - fitted) ** 2))
+        self.residual = y - fitted  # per run, in the order given
+        self.rss = float(np.sum(wt * self.residual ** 2))
 
     def _factor(self, schur) -> None:
         from scipy.linalg import cho_factor, cho_solve
@@ -169,9 +174,12 @@ class AdditiveFit:
 class PairedFit:
     """The additive point x seed model of one student on one set (or one per-run quantity).
 
-    `cells`: {point key: {seed key: loss}}; `baseline`: the baseline's point key."""
+    `cells`: {point key: {seed key: loss}}; `baseline`: the baseline's point key. `families`:
+    {point key: comparison family} (fixed-α KD, scheduled α, controls, frontier baselines; the
+    baseline and points not named belong to every family): each family gets its own residual
+    variance (NoiseFamilies), so that one family's noise never sets another's intervals."""
 
-    def __init__(self, cells: dict, baseline):
+    def __init__(self, cells: dict, baseline, families: dict | None = None):
         self.baseline = baseline
         self.points = sorted(cells, key=repr)
         self.seeds = sorted({s for c in cells.values() for s in c}, key=repr)
@@ -191,8 +199,8 @@ class PairedFit:
             self.df, self.sigma = 0, None
             self.source = "no runs"
             return
-        self._fit = AdditiveFit(np.asarray(point), np.asarray(seed), np.asarray(ys), len(self.points),
-                                len(self.seeds))
+        self.design = (np.asarray(point), np.asarray(seed), np.asarray(ys))  # each run's point, seed, loss
+        self._fit = AdditiveFit(*self.design, len(self.points), len(self.seeds))
         self.df = self._fit.df
         self.sigma = math.sqrt(self._fit.rss / self.df) if self.df > 0 else None
         self.source = (f"paired: point x seed model over {self.n} runs of {len(self.points)} points, "
@@ -205,6 +213,12 @@ class PairedFit:
                                f"(sd {sd:.4f}, {df} degrees of freedom) stands for each run's noise")
             else:
                 self.source = "no noise estimate (one baseline seed, one seed per point)"
+        from megatron_kd.study.noise_families import NoiseFamilies  # it builds PairedFits of its own
+
+        self.families = NoiseFamilies(self, families) if families and self._fallback is None and self.df > 0 \
+            else None
+        if self.families is not None and self.families.active:
+            self.source += "; " + self.families.describe()
 
     def _baseline_spread(self) -> tuple[float, int] | None:
         base = [v for v in self.cells.get(self.baseline, {}).values() if v is not None and math.isfinite(v)]
@@ -227,6 +241,12 @@ class PairedFit:
         effects cancel)."""
         if self._fit is None or any(p not in self._index or self.n_seeds(p) == 0 for p in weights):
             return Estimate(math.nan, None, 0)
+        if self.families is not None and self.families.active:
+            return self.families.contrast(weights)
+        return self.pooled_contrast(weights)
+
+    def pooled_contrast(self, weights: dict) -> Estimate:
+        """The contrast with one residual variance pooled over every run of the fit."""
         if self._fallback is not None or self.df == 0:
             # Unpaired: the difference of the points' raw means, each mean's variance sd^2/n.
             value = sum(w * self.mean(p) for p, w in weights.items())
@@ -250,6 +270,11 @@ class PairedFit:
         if point not in self._gains:  # the table, best α and three claims each ask for it
             self._gains[point] = self.contrast({self.baseline: 1.0, point: -1.0})
         return self._gains[point]
+
+    def runs(self) -> tuple[list, np.ndarray]:
+        """(each run's point key, its residual in the pooled fit), in the fit's run order."""
+        order = [p for p in self.points for s, y in self.cells[p].items() if y is not None and math.isfinite(y)]
+        return order, self._fit.residual
 
     def seed_matrix(self, points: list) -> np.ndarray:
         """[point, seed] losses (NaN where a point lacks a seed), for resampling seeds."""
