@@ -283,11 +283,13 @@ def _sup_jacobian(p: dict, free: list[str], N, D) -> np.ndarray:
 
 
 def fit_supervised(runs: list[Run], bootstrap: int = 200, seed: int = 0, held_out: bool = True,
-                   progress: Progress | None = None) -> Fit:
+                   progress: Progress | None = None, starts_kept: int = 6) -> Fit:
+    """The supervised law on `runs`' baselines, solved from the `starts_kept` most promising starts
+    (a cross-validation refit, one of many, keeps fewer)."""
     runs = [r for r in runs if r.teacher_loss is None]
     free, fixed, residual_for, bounds, starts = _sup_problem(runs)
     everything = np.arange(len(runs))
-    x, solver = _least_squares(residual_for(everything), starts, bounds, keep=6)
+    x, solver = _least_squares(residual_for(everything), starts, bounds, keep=starts_kept)
     solver["refit_drop"] = refit_drop(residual_for(everything), x, bounds)
     fit = Fit(_sup_unpack(x, free, fixed), fixed, len(runs), float(np.sqrt(np.mean(residual_for(everything)(x) ** 2))),
               solver=solver, boundary=_at_bounds(free, x, bounds, SUP_BOUNDARY))
@@ -295,7 +297,7 @@ def fit_supervised(runs: list[Run], bootstrap: int = 200, seed: int = 0, held_ou
                              lambda i: _least_squares(residual_for(i), [x] + starts, bounds, keep=2, polish=False)[0],
                              lambda xb: _sup_unpack(xb, free, fixed), progress, "supervised bootstrap")
     if held_out:
-        fit.held_out = _held_out(runs, lambda rest: fit_supervised(rest, 0, seed, False),
+        fit.held_out = _held_out(runs, lambda rest: fit_supervised(rest, 0, seed, False, starts_kept=3),
                                  lambda f, r: float(supervised_loss(f.params, r.N, r.D)),
                                  lambda f: set(f.fixed) == set(fixed))
     return fit

@@ -41,7 +41,7 @@ def supervised_refits(runs: list[Run], progress: Progress | None = None) -> dict
             progress.tick("leave-one-cell-out refits", k, len(cells))
         rest = [r for r in sup_runs if cell_of(r) != cell]
         try:
-            f = fit_supervised(rest, bootstrap=0, held_out=False)
+            f = fit_supervised(rest, bootstrap=0, held_out=False, starts_kept=3)
         except ConfigError as exc:
             out[cell] = str(exc)
             continue
