@@ -188,7 +188,9 @@ def _law_from_json(d: dict, schema: _LawSchema) -> Law:
             raise schema.fail(f"distillation.{a[:20]}", "is not a KD mix α") from None
         if not 0 <= alpha <= 1:
             raise schema.fail(f"distillation.{a[:20]}", "is a KD mix α outside [0, 1]")
-        if isinstance(m, str):  # a mix the sweep could not identify: its reason
+        if isinstance(m, str):  # a mix no law could be fitted to: its reason, and the gains instead
+            unpriced[alpha] = (f"distillation at α={alpha:g} is not priced: no law was fitted to it ({m[:160]}); "
+                               "the sweep's measured gains follow")
             continue
         mix = _mix_from_json(schema, f"distillation.{a}", m)
         line = not_priced_line(alpha, mix)

@@ -51,6 +51,15 @@ def test_a_law_that_does_not_beat_no_effect_prices_nothing_and_shows_the_gains(l
     assert not law.mixes and 1.0 in law.unpriced and len(law.gains) == 30
 
 
+def test_a_mix_without_a_law_is_said_in_one_line_with_the_gains(law_file, tmp_path, capsys):
+    path = _edited(law_file, tmp_path, lambda law: law["distillation"].update({"1.0": "2 runs from 1 teacher(s)"}))
+    rc, out, err = mkd_in_process(capsys, "advise", path, *ADVISE)
+    assert rc == 0 and "distil at" not in out, err
+    said = [line for line in out.splitlines() if "is not priced" in line]
+    assert len(said) == 1 and "no law was fitted to it (2 runs from 1 teacher(s))" in said[0], out
+    assert sum(line.strip().startswith("measured at N=") for line in out.splitlines()) == 6
+
+
 def test_intervals_widen_by_the_cross_validated_error(law_file, tmp_path):
     wide = _edited(law_file, tmp_path, lambda law: law["distillation"]["1.0"]["cv"].update(law_rmse_log=0.005))
     narrow, widened = (advise(Law.load(p), 6e13, [1e6], teacher=(3e6, 2.65))[0] for p in (law_file, wide))
