@@ -1,6 +1,7 @@
 """The README and the docs/ pages stay true to the repository: every relative link names a file
 that exists, and every `mkd ...` command quoted in a shell block parses with the CLI's own
-argument parser (commands, flags and their values as the user would type them)."""
+argument parser (commands, flags and their values as the user would type them). That each one
+also runs, in the state the page puts the user in, is tests/test_docs_commands.py's."""
 
 from __future__ import annotations
 

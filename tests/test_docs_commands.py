@@ -189,6 +189,7 @@ def validate(words: list[str], state: State) -> str:
     """What a long run checks before its first step, without the run (see the module docstring)."""
     from megatron_kd.config.loader import load_config
     from megatron_kd.config.validate import validate as validate_layout
+    from megatron_kd.config.validate import validate_layout as validate_model_layout
     from megatron_kd.distill.cache_checks import check_kd
     from megatron_kd.training.preflight import check_data
 
@@ -215,10 +216,14 @@ def validate(words: list[str], state: State) -> str:
         return "config resolved (paper scale: its data and teacher live on a GPU cluster)"
     t = cfg.teacher
     if cmd == "teacher-cache":  # what the cache will hold, for the commands after it
-        sample, top_k = _option(words, "--sample"), _option(words, "--top-k") or "64"
-        state.caches[_option(words, "--out")] = {
-            "teacher": t.checkpoint, "samples": _samples(cfg), "sampled": sample is not None,
-            "top_k": "all" if top_k == "all" else int(sample or top_k)}
+        sample, top_k, out = _option(words, "--sample"), _option(words, "--top-k") or "64", _option(words, "--out")
+        plan = {"teacher": t.checkpoint, "samples": _samples(cfg), "sampled": sample is not None,
+                "top_k": "all" if top_k == "all" else int(sample or top_k),
+                **{k: _option(words, f"--{k}") for k in ("dtype", "zstd", "window", "readers")}}
+        before = state.caches.get(out)  # a cache job continues only a cache of the same plan
+        need(before in (None, plan), f"--out {out} holds the teacher cache an earlier command wrote ("
+             f"{', '.join(k for k in plan if plan[k] != before[k]) if before else ''} differ); the job refuses it")
+        state.caches[out] = plan
     check_data(cfg)
     notes = ["data checked"]
     if t.cache:
@@ -234,6 +239,8 @@ def validate(words: list[str], state: State) -> str:
     elif t.checkpoint:
         need(state.exists(t.checkpoint), f"teacher.checkpoint '{t.checkpoint}' does not exist after `make demo`")
         notes.append(f"teacher {t.checkpoint} exists")
+        if t.model:  # the teacher is split over the student's layout
+            validate_model_layout(load_config(t.model, purpose="model").model, cfg.parallel, "teacher")
     if cfg.checkpoint.load:
         need(state.exists(cfg.checkpoint.load), f"checkpoint.load {cfg.checkpoint.load} was not written here")
     if cmd == "init":
