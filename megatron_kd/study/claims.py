@@ -106,15 +106,15 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
     tests = [(p, s, fits[s].gain(p["key"])) for p in real if p["teacher"] in weak_set for s in sets]
     p_claim = _bonferroni([e.p_greater() for *_, e in tests])
     top = max(tests, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
-    hurt = all(fits[s].gain(p["key"]).interval(level) is not None
-               and fits[s].gain(p["key"]).interval(level)[1] < 0 for p in real if p["teacher"] in weak_set
-               for s in [id_set])
-    verdict = "does not hold" if hurt else None
+    # "does not hold": every weak teacher hurts in-domain at every α (an intersection-union test:
+    # the largest one-sided p), Holm-adjusted over the claims like "holds" (read_claims)
+    p_hurt = _both(*[fits[id_set].gain(p["key"]).p_less() for p in real if p["teacher"] in weak_set])
+    hurt = p_hurt is not None and p_hurt < 1 - level
     why = (f"{len(weak)} weak teacher(s) ({', '.join(weak)}), {len(tests)} comparisons (α x set); largest: "
            f"{top[0]['teacher']} α={top[0]['alpha']:g} on {top[1]}: gain {_fmt(top[2], level)}; "
            f"Bonferroni p = {p_claim:.3g}" if p_claim is not None else "no noise estimate")
     if hurt:
-        why += "; every weak teacher hurts in-domain at every α"
+        why += f"; every weak teacher hurts in-domain at every α (largest one-sided p = {p_hurt:.3g})"
     # the control: every weak comparison beyond the control at the same α and set, Bonferroni over
     # them (the best one's own difference alone would be a best-of-many pick)
     control_at: dict = {}  # α -> the control points at it
@@ -136,7 +136,8 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
                 f"on {bs}: {_fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
     if missing:
         why += "; controls not run: " + "; ".join(missing)
-    return {"verdict": verdict, "null": null, "p": p_claim, "why": why, "statistic": "max one-sided t over "
+    return {"verdict": None, "null": null, "p": p_claim, "against": [("does not hold", p_hurt)], "why": why,
+            "statistic": "max one-sided t over "
             "weak teacher x α x set, Bonferroni", "weak": weak,
             "as_smoothing": None if knowledge is None else not knowledge, "controls_missing": missing}
 
@@ -213,18 +214,15 @@ def claim2(kd, fits, id_set, level, margin, choose=None) -> dict:
         return {"verdict": "not tested", "null": null, "p": None, "axes": results,
                 "why": "a claim about a gain needs a gain: no teacher on any axis helps the student in-domain"}
     p_claim = _bonferroni([r["p"] for r in tested])
-    readings = {r["reading"] for r in tested}
-    # holds only through a saturating or reversing axis (then Holm decides); an axis whose gain
-    # is still significantly growing, with none saturating, is evidence against
-    verdict = None if readings & {"saturates", "reverses"} else \
-        "does not hold" if "still growing" in readings else "inconclusive"
-    if "still growing" in readings and readings & {"saturates", "reverses"}:
-        verdict = "mixed"
+    # holds through a saturating or reversing axis, against through an axis whose last step still
+    # grows (Bonferroni over the axes); both Holm-adjusted over the claims (read_claims): both: mixed
+    p_grow = _bonferroni([r["last_step"].p_greater() for r in tested])
     why = "; ".join(f"{r['axis']} ({', '.join(f'{t} α={a:g}' for t, a in zip(r['teachers'], r['alphas']))}): "
                     f"last step {_fmt(r['last_step'], level)}"
                     + (f", slope per decade {_fmt(r['slope'], level)}" if r["slope"] is not None else "") + ": "
                     + (r.get("reading") or "no gain, not tested") for r in results)
-    return {"verdict": verdict, "null": null, "p": p_claim, "axes": results, "margin": margin,
+    return {"verdict": None, "null": null, "p": p_claim, "against": [("does not hold", p_grow)], "axes": results,
+            "margin": margin,
             "statistic": f"last step along each axis: reverses (below 0) or saturates (within ±{margin:g}, "
                          "two one-sided tests)", "why": why}
 
@@ -241,6 +239,7 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
     if not real:
         return {"verdict": "not tested", "null": null, "p": None, "why": "no KD point of a real teacher"}
     ps, parts, above, below = [], [], 0, 0
+    p_ups, p_downs, means = [], [], []  # per point and set, for "mixed"; per set, for "does not hold"
     knowledge: list[bool] = []
     missing: list[str] = []
     for s in ood_sets:
@@ -249,9 +248,12 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
         keys = [p["key"] for p in real]
         mean = z.contrast({z.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
         ps.append(mean.p_greater())
+        means.append(mean)
         for k in keys:  # per point, Bonferroni over the points
             e = z.gain(k)
             pg, pl = e.p_greater(), e.p_less()
+            p_ups.append(pg)
+            p_downs.append(pl)
             above += pg is not None and pg * len(keys) < 1 - level
             below += pl is not None and pl * len(keys) < 1 - level
         parts.append(f"{s}: mean over {len(keys)} KD points {_fmt(mean, level)}")
@@ -285,13 +287,12 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
     if missing:  # a registered control that could not run: said, never silently passed
         parts.append("controls not run: " + "; ".join(missing))
     p_claim = _bonferroni(ps)
-    verdict = "mixed" if above and below else None
-    if verdict is None:
-        means = [zfits[s].contrast({zfits[s].baseline: 1.0, **{p["key"]: -1.0 / len(real) for p in real}})
-                 for s in ood_sets]
-        if all(m.interval(level) and m.interval(level)[1] < 0 for m in means):
-            verdict = "does not hold"
-    return {"verdict": verdict, "null": null, "p": p_claim, "statistic": "per run: (OOD − in-domain) loss "
+    # against (Holm-adjusted over the claims in read_claims): "mixed", points significantly both
+    # ways (Bonferroni over every point and set, each way); "does not hold", every set's mean below 0
+    against = [("mixed", _both(_bonferroni(p_ups), _bonferroni(p_downs))),
+               ("does not hold", _both(*[m.p_less() for m in means]))]
+    return {"verdict": None, "null": null, "p": p_claim, "against": against,
+            "statistic": "per run: (OOD − in-domain) loss "
             "difference, paired model; the mean over KD points", "why": "; ".join(parts),
             "as_smoothing": (not all(knowledge)) if knowledge else None, "controls_missing": missing}
 
@@ -327,18 +328,23 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
     # bootstrap over seeds (paired: one draw of seeds for every point) for ρ's interval
     points_of = by_teacher(kd)
     cand = [[(0.0, None)] + [(q["alpha"], q["key"]) for q in points_of[t]] for t in ts]
-    boot = _bootstrap_rhos(fit, cand, rx, n_boot, rng)
+    n_seeds = len(fit.seeds)
+    boot = _bootstrap_rhos(fit, cand, rx, n_boot, rng) if n_seeds >= MIN_BOOTSTRAP_SEEDS else np.array([])
     ci = (float(np.percentile(boot, 100 * (1 - level) / 2)), float(np.percentile(boot, 100 * (1 + level) / 2))) \
         if len(boot) else None
-    verdict = "does not hold" if p_neg < 1 - level and rho < 0 else None
+    refused = "" if n_seeds >= MIN_BOOTSTRAP_SEEDS or not n_boot else (
+        f"; no bootstrap interval: {n_seeds} seed(s) give {math.comb(2 * n_seeds - 1, n_seeds)} distinct "
+        f"resamples, too few for an interval (it needs {MIN_BOOTSTRAP_SEEDS} seeds or more)")
     order = ", ".join(f"{t} {best[t]['alpha']:g}" for t in sorted(ts, key=lambda t: -strength[t]))
-    return {"verdict": verdict, "null": null, "p": p, "rho": rho, "rho_interval": ci,
+    return {"verdict": None, "null": null, "p": p, "against": [("does not hold", p_neg)], "rho": rho,
+            "rho_interval": ci,
             "statistic": "Spearman ρ of best α (seed means, α = 0 competing) with strength; permutation p",
             "why": f"best α, weakest first: {order}; ρ = {rho:+.2f}"
                    + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}] (bootstrap over seeds)" if ci else "")
-                   + f"; permutation p = {p:.3g}"}
+                   + f"; permutation p = {p:.3g}" + refused}
 
 
+MIN_BOOTSTRAP_SEEDS = 5  # 2 seeds give 3 distinct resamples, 4 give 35: no interval below 5
 _CHUNK = 4_000_000  # array elements per step of the resampling loops (memory stays ~32 MB per array)
 
 
@@ -407,12 +413,35 @@ def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: st
            3: claim3(kd, zfits, ood_sets, level, fits, controls, dev_of, es_fits),
            4: claim4(real, fits[id_set], level, strength, n_boot, rng)}
     adjusted = holm({k: c["p"] for k, c in out.items()})  # every claim with a primary test
+    against = holm({k: _against(c)[1] for k, c in out.items()})  # the directional verdicts, the same way
     for k, c in out.items():
         c["claim"] = k
         c["p_holm"] = adjusted.get(k)
+        c["p_against"], c["p_against_holm"] = _against(c)[1], against.get(k)
         if c["verdict"] is None:
-            holds = c["p_holm"] is not None and c["p_holm"] < 1 - level
-            c["verdict"] = "inconclusive" if not holds else \
-                {1: "holds as smoothing", 3: "holds as smoothing / slowed specialisation"}.get(k, "holds") \
-                if c.get("as_smoothing") else "holds" + (" (controls not run)" if c.get("controls_missing") else "")
+            c["verdict"] = _verdict(k, c, level)
     return [out[k] for k in sorted(out)]
+
+
+def _against(c: dict) -> tuple[str | None, float | None]:
+    """(the directional verdict, its p): of a claim's candidates ("does not hold", "mixed"), the
+    one of smallest p, Bonferroni over the candidates."""
+    cands = [(v, p) for v, p in c.get("against", []) if p is not None]
+    if not cands:
+        return None, None
+    v, p = min(cands, key=lambda t: t[1])
+    return v, min(1.0, p * len(cands))
+
+
+def _verdict(k: int, c: dict, level: float) -> str:
+    """holds / does not hold / mixed / inconclusive: "holds" and the directional verdicts each
+    need their Holm-adjusted p below 1 - level; both significant: mixed."""
+    holds = c["p_holm"] is not None and c["p_holm"] < 1 - level
+    direction = _against(c)[0] if c["p_against_holm"] is not None and c["p_against_holm"] < 1 - level else None
+    if direction is not None:
+        return "mixed" if holds or direction == "mixed" else direction
+    if not holds:
+        return "inconclusive"
+    if c.get("as_smoothing"):
+        return {1: "holds as smoothing", 3: "holds as smoothing / slowed specialisation"}.get(k, "holds")
+    return "holds" + (" (controls not run)" if c.get("controls_missing") else "")

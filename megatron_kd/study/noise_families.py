@@ -79,6 +79,11 @@ class NoiseFamilies:
     def variance_test(self) -> tuple[float, float] | None:
         """(Levene's W, its p) over the families' residuals in the pooled fit (the shared points'
         runs with the home family), or None with fewer than two families of 3+ runs."""
+        if not hasattr(self, "_variance_test"):  # asked by the noise line and the report: computed once
+            self._variance_test = self._levene()
+        return self._variance_test
+
+    def _levene(self) -> tuple[float, float] | None:
         from scipy.stats import levene
 
         keys, resid = self.fit.runs()

@@ -92,6 +92,7 @@ def test_the_variance_test_is_scipys_levene_and_flags_a_noisier_family():
     assert all(point_key(r) in fams.family_of for r in rows if r["student"] == "s")
 
 
+@pytest.mark.slow  # ~12-20 s: 150 sweeps
 def test_schedule_intervals_cover_when_schedules_are_three_times_as_noisy():
     """Schedule variance 3x the fixed-α variance (sd x sqrt 3): the schedule-minus-fixed interval
     covers its true difference in >= 93 % of 150 sweeps (Monte Carlo se ~1.8 % at 95 %)."""
