@@ -185,7 +185,9 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
         md += ["", f"## Paired gains ({student})", "",
                f"Gain = the baseline's loss minus the point's, paired by seed (the same initialisation and data "
                f"order) and estimated by a point × seed model over every run of the student; intervals are "
-               f"{pct} two-sided, from the t distribution at the model's degrees of freedom. Noise per set:", ""]
+               f"{pct} two-sided, from the t distribution at the model's degrees of freedom. Each comparison "
+               f"family (fixed α, scheduled α, controls, frontier baselines) has its own residual sd, from its "
+               f"runs and the baseline's; a contrast across families is weighted by them. Noise per set:", ""]
         for s, n in st["noise"].items():
             md.append(f"- {md_text(s)}: " + (f"residual sd {n['sigma']:.4f}; " if n["sigma"] else "") + n["source"])
         head = ["teacher", "α", "T", "seeds"] + [f"loss {md_text(s)}" for s in sets] + \
@@ -228,14 +230,18 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
                        "frequencies only): not teachers of the claims; a gain counts as knowledge only beyond theirs."]
         md += ["", f"## The paper's claims ({student})", "",
                f"Each claim as a test: its null hypothesis, its statistic, and “holds” only when the primary "
-               f"test's p-value, Holm-adjusted over the claims tested, is below {1 - level:g}. Claim 2 reads "
+               f"test's p-value, Holm-adjusted over the claims tested, is below {1 - level:g}; “does not hold” "
+               f"and “mixed” need their own p (“against”), Holm-adjusted the same way. Claim 2 reads "
                f"“saturates” only through an equivalence test (±{a['equivalence']:g} nats)."
                + (" “Holds as smoothing” (claims 1 and 3): the primary test holds but a gain does not "
                   "beat a control (the control teacher at the same α, or, for claim 3, the early-stopped "
                   "baseline), so it is not evidence of the teacher's knowledge." if st.get("controls") else ""),
                ""]
         for c in st["claims"]:
-            ps = (f" (p = {c['p']:.3g}, Holm {c['p_holm']:.3g})" if c.get("p") is not None else "")
+            ps = (f" (p = {c['p']:.3g}, Holm {c['p_holm']:.3g}" if c.get("p") is not None else "")
+            if c.get("p_against") is not None:  # the directional verdicts' test, Holm-adjusted the same way
+                ps += ("; " if ps else " (") + f"against: p = {c['p_against']:.3g}, Holm {c['p_against_holm']:.3g}"
+            ps += ")" if ps else ""
             md.append(f"{c['claim']}. {CLAIMS[c['claim']]}: **{c['verdict']}**{ps} — null: {c['null']}. "
                       f"{md_text(c['why'])}")
     return md

@@ -183,7 +183,8 @@ def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
 
 
 def _claims_json(c: dict) -> dict:
-    keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "why", "rho", "rho_interval", "weak", "margin",
+    keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "p_against", "p_against_holm",
+            "why", "rho", "rho_interval", "weak", "margin",
             "as_smoothing", "controls_missing")
     out = {k: c[k] for k in keep if k in c}
     if "axes" in c:
