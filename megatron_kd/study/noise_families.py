@@ -59,7 +59,7 @@ class NoiseFamilies:
                             for i in range(len(self.fit.points))])
             self._weighted = AdditiveFit(point, seed, y, len(self.fit.points), len(self.fit.seeds),
                                          weight=1.0 / var[point])
-        idx = np.array([self.fit.points.index(p) for p in weights], dtype=int)
+        idx = np.array([self.fit.point_index(p) for p in weights], dtype=int)
         w = np.array(list(weights.values()), dtype=float)
         if not self._weighted.estimable(idx, w):
             return Estimate(math.nan, None, 0)

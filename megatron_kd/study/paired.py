@@ -226,6 +226,10 @@ class PairedFit:
             return None
         return float(np.std(base, ddof=1)), len(base) - 1
 
+    def point_index(self, point) -> int:
+        """A point's row in the fit (a dict look-up: asked once per contrast)."""
+        return self._index[point]
+
     def n_seeds(self, point) -> int:
         if point not in self._n_seeds:  # asked once per contrast: counted once per point
             self._n_seeds[point] = sum(1 for v in self.cells.get(point, {}).values()
