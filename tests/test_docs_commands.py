@@ -21,19 +21,25 @@ How each line is run (RULES, first match wins; the test prints every line with i
              overrides resolved and validated at the command's world size (--nproc), then what the
              run would find before its first step: its data prefixes (checked as preflight does),
              its teacher checkpoint, `checkpoint.load`, a `teacher.cache` that an earlier command
-             wrote for the same teacher and at least as many samples, with KD options it can serve.
-             Paper-scale recipes (kd/paper-*, train/llama3-1b-paper) are checked up to their
-             files, which live on a GPU cluster.
+             wrote for the same teacher and at least as many samples, with KD options it can serve;
+             a cache job's --out, which must be new or hold a cache of the same plan; and
+             `mkd convert mcore-to-hf` of a run an earlier `mkd train` writes. Paper-scale recipes
+             (kd/paper-*, train/llama3-1b-paper) are checked up to their files, which live on a
+             GPU cluster.
   dry        `mkd sweep --local` / `--slurm`: the sweep without them (it expands the grid and
              writes the points' recipes, runs nothing); `mkd fit` / `mkd report` on a sweep
              directory: that directory is what a `make` target leaves.
   run        everything else, in this process, as written (`mkd recipes`, `info`, `config`,
              `plan`, `power`, `advise`, `slurm submit [--dry-run]` with its option given, ...).
+A line that fails is reported with the error it gives the user. KNOWN_FAILURES lists the lines
+that fail today where the fix is not on these pages (printed each run, not failing the test).
+
+Commands shown with their output (`$ mkd ...` in a plain block, the output under it) are run too,
+and the output must be what the page quotes (test_quoted_output_is_what_the_command_prints).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 import shutil
@@ -169,8 +175,10 @@ def _main(args: list[str]) -> int:
 
 
 def _samples(cfg) -> int:
-    steps = cfg.train.steps or math.ceil(cfg.train.tokens / (cfg.train.global_batch_size * cfg.train.seq_length))
-    return steps * cfg.train.global_batch_size
+    """The samples a run trains on: what a cache for it holds (training/teacher_cache.plan_cache)."""
+    from megatron_kd.config.validate import train_steps
+
+    return train_steps(cfg) * cfg.train.global_batch_size
 
 
 def _option(words: list[str], flag: str) -> str | None:
@@ -277,8 +285,12 @@ def run_line(line: str, state: State) -> str:
         if getattr(ns, "recipe", None) and getattr(ns, "overrides", None) is not None and not ns.recipe.startswith(
                 ("/", "ckpts/")):
             from megatron_kd.config.loader import load_config
+            from megatron_kd.config.validate import validate as validate_layout
 
-            load_config(ns.recipe, [*ns.overrides, *(["teacher.cache=null"] if words[0] == "teacher-cache" else [])])
+            cfg = load_config(ns.recipe, [*ns.overrides, *(["teacher.cache=null"] if words[0] == "teacher-cache"
+                                                            else [])])
+            validate_layout(cfg, int(_option(words, "--nproc") or 1))
+            return f"{how}: config resolved at the command's world size"
         return how
     if how == "validate":
         return f"{how}: {validate(words, state)}"
