@@ -81,15 +81,23 @@ MADE_BY = {"runs/sweeps/cpu-mini": "make demo", "runs/sweeps/cpu-study": "make s
            "runs/sweeps/cpu-law": "make law"}
 
 
-def page_commands(page: Path) -> list[str]:
-    """The page's `mkd` commands in order: shell-block lines, continuations joined, comments
-    dropped, `a && b` split."""
+def page_commands(page: Path) -> list[tuple[str, str]]:
+    """The page's `mkd` commands in order, each with its comment: shell-block lines,
+    continuations joined, `a && b` split."""
     out = []
     for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", page.read_text(), flags=re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            line = line.split(" #", 1)[0].strip()
-            out += [c.strip() for c in line.split("&&") if c.strip().startswith("mkd ")]
+            line, _, comment = line.partition(" #")
+            out += [(c.strip(), comment) for c in line.split("&&") if c.strip().startswith("mkd ")]
     return out
+
+
+CLAIM = re.compile(r"\b\d+(?:\.\d+)?(?:B|%| GiB)(?!\w)")  # "8.03B", "0.4%": what the output must show
+
+
+def unquoted_claims(comment: str, printed: str) -> list[str]:
+    """Numbers a command's comment says it prints that its output does not show."""
+    return [c for c in CLAIM.findall(comment) if c not in printed]
 
 
 def _ordered_pages() -> list[Path]:
@@ -307,7 +315,7 @@ def test_shown_commands_run_after_make_demo(user_dir, monkeypatch, capsys):
     state = State(user_dir)
     failed, report, n = [], [], 0
     for page in _ordered_pages():
-        for line in page_commands(page):
+        for line, comment in page_commands(page):
             n += 1
             try:
                 how = "run (first, as `make demo` does: the corpus later pages read)" if line == CORPUS \
@@ -318,7 +326,11 @@ def test_shown_commands_run_after_make_demo(user_dir, monkeypatch, capsys):
                 how = f"FAILED: exit {exc.code}"
             except Exception as exc:  # noqa: BLE001 (every failure is reported with its line)
                 how = f"FAILED: {type(exc).__name__}: {exc}"
-            err = [e for e in capsys.readouterr().err.splitlines() if e.startswith("mkd: error")]
+            printed = capsys.readouterr()
+            err = [e for e in printed.err.splitlines() if e.startswith("mkd: error")]
+            claims = unquoted_claims(comment, printed.out + printed.err) if how.startswith("run") else []
+            if claims and not how.startswith("FAILED"):
+                how = f"FAILED: the comment says {', '.join(claims)}; the output does not show it"
             known = KNOWN_FAILURES.get((page.name, line))
             if how.startswith("FAILED") or err:
                 how = f"FAILED: {err[-1]}" if err else how
