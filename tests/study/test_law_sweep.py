@@ -62,6 +62,11 @@ def test_fit_and_advise_on_a_tiny_real_sweep(text_corpus, tmp_path, capsys):
     t = next(r for r in rows if r["teacher"] == "m2-32steps")
     rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", f"{budget:g}", "--teacher",
                                   t["teacher_nonembedding_params"], t["teacher_val/indomain"])
-    assert rc == 0 and "existing teacher" in out and out.splitlines()[-1].startswith("recommendation ("), out
+    assert rc == 0 and out.splitlines()[-1].startswith("recommendation ("), out
+    # priced from a law that beats ignoring the teacher, or said in one line not to be, with the gains
+    cv = law["distillation"]["0.5"]["cv"]
+    priced = cv["law_rmse_log"] < cv["no_effect_rmse_log"]
+    assert ("existing teacher" in out) == priced and ("is not priced" in out) != priced, out
+    assert priced or "measured at N=" in out, out
     rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", "1e30")
     assert rc == 2 and "--extrapolate" in err and "Traceback" not in err, err
