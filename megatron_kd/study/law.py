@@ -217,7 +217,7 @@ SUP_BOUNDARY = {
 }
 
 
-def _sup_layout(runs: list[Run]) -> tuple[list[str], dict]:
+def supervised_layout(runs: list[Run]) -> tuple[list[str], dict]:
     """Which supervised parameters are free, and why the others are fixed."""
     fixed = {}
     if len({r.N for r in runs}) < 2:
@@ -237,7 +237,7 @@ def _sup_unpack(x, free, fixed) -> dict:
 
 def _sup_problem(runs: list[Run]):
     """(free, fixed, residual_for(indices), bounds, starts) of the supervised fit on `runs`."""
-    free, fixed = _sup_layout(runs)
+    free, fixed = supervised_layout(runs)
     if len(runs) < len(free) + 1:
         raise ConfigError(f"the supervised law has {len(free)} free parameters but only {len(runs)} supervised "
                           "runs; add baselines at more sizes or lengths")

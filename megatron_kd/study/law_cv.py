@@ -20,7 +20,17 @@ import math
 import numpy as np
 
 from megatron_kd.errors import ConfigError
-from megatron_kd.study.law import Fit, Progress, Run, fit_kd, fit_supervised, kd_loss, kd_rows_too_few, supervised_loss
+from megatron_kd.study.law import (
+    Fit,
+    Progress,
+    Run,
+    fit_kd,
+    fit_supervised,
+    kd_loss,
+    kd_rows_too_few,
+    supervised_layout,
+    supervised_loss,
+)
 
 CELL = "(student size N, training tokens D): the cell's baselines and KD runs held out together"
 
@@ -33,7 +43,7 @@ def supervised_refits(runs: list[Run], progress: Progress | None = None) -> dict
     """cell -> the supervised law fitted without that cell's runs (or why it cannot be), for every
     cell that holds a run; the layout (which terms are free) must be the full fit's."""
     sup_runs = [r for r in runs if r.teacher_loss is None]
-    layout = set(fit_layout(sup_runs))
+    layout = set(supervised_layout(sup_runs)[1])
     out = {}
     cells = sorted({cell_of(r) for r in runs})
     for k, cell in enumerate(cells):
@@ -47,12 +57,6 @@ def supervised_refits(runs: list[Run], progress: Progress | None = None) -> dict
             continue
         out[cell] = f if set(f.fixed) == layout else "without it the sweep has one size or budget left"
     return out
-
-
-def fit_layout(sup_runs: list[Run]) -> list[str]:
-    from megatron_kd.study.law import _sup_layout
-
-    return list(_sup_layout(sup_runs)[1])
 
 
 def supervised_cv(runs: list[Run], refits: dict) -> dict:

@@ -17,6 +17,7 @@ from megatron_kd.study import law_cv
 from megatron_kd.study.law import (
     KD_BOUNDS,
     REFIT_TOLERANCE,
+    Progress,
     Run,
     _sup_problem,
     fit_kd,
@@ -93,6 +94,13 @@ def test_a_held_out_cell_is_seen_by_no_refit(monkeypatch):
         (held,) = kd_cells - kd
         assert held not in s, held  # the supervised law under it did not see the cell's baselines
     assert calls[-1] == (kd_cells, None)  # the reported law: all runs, on the full supervised law
+
+
+def test_a_long_fit_says_where_it_is():
+    said = []
+    progress = Progress(said.append, every=0.0)
+    fit_supervised(_mix_runs(0.0), bootstrap=3, held_out=False, progress=progress)
+    assert said == ["supervised bootstrap 0/3", "supervised bootstrap 1/3", "supervised bootstrap 2/3"]
 
 
 @pytest.fixture(scope="module")
