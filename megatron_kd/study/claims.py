@@ -211,7 +211,7 @@ def claim2(kd, fits, id_set, level, margin, choose=None) -> dict:
                 "why": "needs a teacher axis of two or more strengths (one model at 2+ budgets, or 2+ sizes "
                        "at one budget)"}
     if not tested:
-        return {"verdict": "not tested", "null": null, "p": None, "axes": results,
+        return {"verdict": "not tested", "null": null, "p": None, "axes": results, "untested_by_data": True,
                 "why": "a claim about a gain needs a gain: no teacher on any axis helps the student in-domain"}
     p_claim = _bonferroni([r["p"] for r in tested])
     # holds through a saturating or reversing axis, against through an axis whose last step still
@@ -313,6 +313,7 @@ def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
         what = "no teacher helps at any α (best α = 0 throughout)" if alphas[0] == 0 else \
             f"every teacher's best α is {alphas[0]:g}"
         return {"verdict": "not tested" if alphas[0] == 0 else "inconclusive", "null": null, "p": None,
+                "untested_by_data": True,
                 "why": what}
     rho = spearman(x, alphas)
     if rho is None:  # the teachers are equally strong on this set: no order to correlate with
@@ -412,12 +413,18 @@ def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: st
            2: claim2(real, fits, id_set, level, margin),
            3: claim3(kd, zfits, ood_sets, level, fits, controls, dev_of, es_fits),
            4: claim4(real, fits[id_set], level, strength, n_boot, rng)}
-    adjusted = holm({k: c["p"] for k, c in out.items()})  # every claim with a primary test
-    against = holm({k: _against(c)[1] for k, c in out.items()})  # the directional verdicts, the same way
+    # Holm over the claims the design can test: a claim left untested by the data (no gain to
+    # follow, one best α throughout) still counts, as p = 1, or which claims enter would depend
+    # on the noise and the others' level rise with it (mkd power assumes the same count)
+    def counted(c, p):
+        return p if p is not None else 1.0 if c.get("untested_by_data") else None
+    adjusted = holm({k: counted(c, c["p"]) for k, c in out.items()})
+    against = holm({k: counted(c, _against(c)[1]) for k, c in out.items()})  # the directional verdicts
     for k, c in out.items():
         c["claim"] = k
-        c["p_holm"] = adjusted.get(k)
-        c["p_against"], c["p_against_holm"] = _against(c)[1], against.get(k)
+        c["p_holm"] = adjusted.get(k) if c["p"] is not None else None
+        c["p_against"] = _against(c)[1]
+        c["p_against_holm"] = against.get(k) if c["p_against"] is not None else None
         if c["verdict"] is None:
             c["verdict"] = _verdict(k, c, level)
     return [out[k] for k in sorted(out)]

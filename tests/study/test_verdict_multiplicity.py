@@ -41,3 +41,30 @@ def test_candidates_are_bonferroni_corrected_and_both_ways_is_mixed():
     assert verdicts == {2: "mixed", 3: "mixed"}  # 2: both ways significant; 3: points both ways
     claims[2]["against"] = [("does not hold", 0.2)]
     assert _read(claims)[2] == "holds"
+
+
+def test_a_claim_left_untested_by_the_data_still_counts_in_holm():
+    """read_claims: claim 2 with no gain to follow enters Holm as p = 1, so claim 3's 0.02 is not
+    read at 0.05/2 when the design registered more claims than the data let through."""
+    import numpy as np
+
+    from megatron_kd.study import claims as claims_mod
+
+    made = {1: {"verdict": None, "null": "", "p": 0.5, "against": []},
+            2: {"verdict": "not tested", "null": "", "p": None, "untested_by_data": True},
+            3: {"verdict": None, "null": "", "p": 0.02, "against": []},
+            4: {"verdict": "not tested", "null": "", "p": None}}  # untested by design: not counted
+
+    def fake(name):
+        return lambda *a, **k: dict(made[name])
+    mp = pytest.MonkeyPatch()
+    for k in made:
+        mp.setattr(claims_mod, f"claim{k}", fake(k))
+    try:
+        out = {c["claim"]: c for c in claims_mod.read_claims([], {"i": None}, {}, None, "i", [],
+                                                              n_boot=0, seed=0)}
+    finally:
+        mp.undo()
+    assert out[3]["p_holm"] == pytest.approx(0.06) and out[3]["verdict"] == "inconclusive"
+    assert out[2]["p_holm"] is None and out[2]["verdict"] == "not tested"
+    assert np.isclose(out[1]["p_holm"], 1.0)
