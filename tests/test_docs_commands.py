@@ -22,7 +22,9 @@ How each line is run (RULES, first match wins; the test prints every line with i
              run would find before its first step: its data prefixes (checked as preflight does),
              its teacher checkpoint, `checkpoint.load`, a `teacher.cache` that an earlier command
              wrote for the same teacher and at least as many samples, with KD options it can serve;
-             a cache job's --out, which must be new or hold a cache of the same plan; and
+             a cache job's --out, which must be new or hold a cache of the same plan; a train's
+             run.dir, which must not hold an earlier shown run of another config (refused) or of
+             as many steps (a resume that trains nothing); and
              `mkd convert mcore-to-hf` of a run an earlier `mkd train` writes. Paper-scale recipes
              (kd/paper-*, train/llama3-1b-paper) are checked up to their files, which live on a
              GPU cluster.
@@ -133,6 +135,7 @@ class State:
         self.root = root
         self.caches: dict[str, dict] = {}
         self.validated: dict[str, str] = {}  # directory -> the validated (not run) command that writes it
+        self.steps: dict[str, int] = {}  # run.dir -> the steps the run there has trained
 
     def exists(self, path: str | None) -> bool:
         return bool(path) and (self.root / path).exists()
@@ -224,6 +227,8 @@ def validate(words: list[str], state: State) -> str:
     cfg = load_config(recipe, overrides)
     nproc = int(_option(words, "--nproc") or 1)
     validate_layout(cfg, nproc)
+    if cmd == "train":
+        check_run_dir_as_a_run_would(cfg, words, state)
     if PAPER_SCALE.match(recipe):
         if cfg.checkpoint.load:
             need(state.exists(cfg.checkpoint.load), f"checkpoint.load {cfg.checkpoint.load} was not written here")
@@ -264,6 +269,28 @@ def validate(words: list[str], state: State) -> str:
     elif cmd == "train":
         state.make_dir(cfg.run.dir, "mkd " + " ".join(words))
     return "; ".join(notes)
+
+
+def check_run_dir_as_a_run_would(cfg, words: list[str], state: State) -> None:
+    """A second shown `mkd train` into the run.dir of an earlier one: refused when it is another
+    run (training/run_dir.check_run_dir, on the config.yaml the earlier run wrote), a no-op when it
+    resumes a run already as long. Then this run's config.yaml is written, as a run's start does."""
+    import yaml
+
+    from megatron_kd.config.loader import config_to_dict
+    from megatron_kd.config.validate import train_steps
+    from megatron_kd.training.run_dir import check_run_dir
+
+    saved = state.root / cfg.run.dir / "config.yaml"
+    if saved.is_file() and "--overwrite" not in words:
+        check_run_dir(cfg, overwrite=False, delete=False)
+        before = state.validated.get(cfg.run.dir, "an earlier command")
+        need(state.steps.get(cfg.run.dir, 0) < train_steps(cfg),
+             f"run.dir {cfg.run.dir} holds the finished run of `{before}`: this one resumes it and trains "
+             "nothing; give it its own run.dir")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    state.steps[cfg.run.dir] = train_steps(cfg)
 
 
 def dry(words: list[str], state: State) -> str:
