@@ -336,6 +336,7 @@ def run_line(line: str, state: State) -> str:
     return how
 
 
+@pytest.mark.slow  # builds the real corpus and validates ~50 commands: ~30 s
 def test_shown_commands_run_after_make_demo(user_dir, monkeypatch, capsys):
     monkeypatch.chdir(user_dir)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
