@@ -386,6 +386,7 @@ def page_transcripts(page: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
+@pytest.mark.slow  # shares the corpus the module's fixture builds
 def test_quoted_output_is_what_the_command_prints(user_dir, monkeypatch, capsys):
     """Commands shown with their output (`$ mkd ...` and the lines under it) print that output;
     `...` in a quoted line stands for any text (an absolute path)."""
