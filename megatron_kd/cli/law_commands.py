@@ -19,8 +19,14 @@ def add_law_parsers(sub) -> None:
                    help="sweep `out` directories and/or results tables (`mkd report --help` lists the columns)")
     f.add_argument("--out", required=True, metavar="law.json")
     f.add_argument("--set", default=None, help="the validation set whose loss is fitted (default: the in-domain one)")
-    f.add_argument("--params", choices=["non-embedding", "total"], default="non-embedding",
-                   help="what N counts (default non-embedding: at toy scale the embedding is most of a model)")
+    f.add_argument("--params", choices=["flop", "non-embedding", "total"], default="flop",
+                   help="what N counts (default flop: FLOP parameters, the report's currency, models/flops.py: "
+                        "matmul weights + output layer + attention; from each run's FLOPs column, else its total "
+                        "parameters); non-embedding and total are kept as options, and their FLOPs are not the "
+                        "report's")
+    f.add_argument("--seq-length", type=int, default=None, metavar="S",
+                   help="the sequence length the runs were at, recorded in law.json (FLOP parameters count "
+                        "attention at it); a sweep directory's recipes give it, a table does not")
     f.add_argument("--max-tokens", type=float, default=None, metavar="D",
                    help="leave out runs past D tokens (one epoch of the corpus: the law has no repetition term)")
     f.add_argument("--bootstrap", type=int, default=200,
@@ -33,7 +39,8 @@ def add_law_parsers(sub) -> None:
 
     a = sub.add_parser("advise", help="given a fitted law and a compute budget: distil or not, and how",
                        description="Predict the student's loss of each option at a compute budget (per student: "
-                                   "6 N_S D_S + 2 N_T D_S + 6 N_T D_T / K) with the law's bootstrap interval "
+                                   "6 N_S D_S + 2 N_T D_S + 6 N_T D_T / K, N in FLOP parameters: the report's "
+                                   "currency, models/flops.py) with the law's bootstrap interval "
                                    "widened by its cross-validated error: supervised, an existing teacher, or a "
                                    "teacher to train; print the best. A KD mix whose law does not beat ignoring "
                                    "the teacher is not priced: the sweep's measured gains are shown instead.")
@@ -43,9 +50,12 @@ def add_law_parsers(sub) -> None:
     a.add_argument("--throughput", type=float, default=None, metavar="FLOP/S",
                    help="sustained FLOP/s per GPU, e.g. 4e14 for an H100 at 40 %% MFU in bf16")
     a.add_argument("--student", action="append", type=float, metavar="N",
-                   help="student size(s) in the law's parameters (repeatable; default: a grid over the fitted sizes)")
+                   help="student size(s) in the law's parameters, by default FLOP parameters (`mkd plan` prints "
+                        "a recipe's FLOPs/token = 6 N) (repeatable; default: a grid over the fitted sizes)")
     a.add_argument("--teacher", nargs=2, type=float, metavar=("N_T", "LOSS"), default=None,
-                   help="an existing teacher: its parameters and its validation loss on the law's set")
+                   help="an existing teacher: its parameters as the law counts them (by default FLOP parameters: "
+                        "a report row's teacher_pass_flops / (2 student_tokens)) and its validation loss on the "
+                        "law's set")
     a.add_argument("--students", type=int, default=1, metavar="K",
                    help="students the teacher will serve (its training is shared among them; default 1)")
     a.add_argument("--extrapolate", action="store_true", help="allow options outside the fitted ranges")
@@ -68,7 +78,7 @@ def add_law_parsers(sub) -> None:
 
 def cmd_fit(args) -> int:
     from megatron_kd.study.law import MAX_TOKENS, checked_number
-    from megatron_kd.study.law_io import check_out, fit_law, rows_of, runs_of, summary, write_law
+    from megatron_kd.study.law_io import check_out, fit_law, rows_of, runs_of, seq_length_of, summary, write_law
 
     checked_number(args.bootstrap, "--bootstrap", "give a count of resamples, e.g. --bootstrap 200", 0, 100_000)
     checked_number(args.seed, "--seed", "give a seed in [0, 2^32), e.g. --seed 0", 0, 2**32 - 1)
@@ -81,8 +91,14 @@ def cmd_fit(args) -> int:
     valid_set = args.set or next((s for s in ("indomain", "heldout", "mock") if s in sets), sets[0] if sets else None)
     if valid_set not in sets:
         raise ConfigError(f"no run has a loss on validation set {valid_set!r}; the sets are {', '.join(sets)}")
+    if args.seq_length is not None:
+        checked_number(args.seq_length, "--seq-length", "give the runs' sequence length, e.g. --seq-length 128", 0,
+                       1e9, low_open=True)
     runs, notes = runs_of(rows, valid_set, args.params, args.max_tokens)
-    law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set, say=lambda line: print(line, flush=True))
+    seq, seq_notes = seq_length_of(rows, args.seq_length)
+    law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set, say=lambda line: print(line, flush=True),
+                  seq_length=seq)
+    notes += seq_notes if args.params == "flop" else []
     for line in notes + summary(law):
         print(line)
     write_law(law, out)
@@ -134,7 +150,7 @@ def cmd_advise(args) -> int:
     _check_advise_flags(args)
     import numpy as np
 
-    from megatron_kd.study.advise_recipes import recipe_size, write_recipes
+    from megatron_kd.study.advise_recipes import recipe_size, seq_length_for, write_recipes
 
     if args.student and args.student_recipe:
         raise ConfigError("give student sizes as --student N or as --student-recipe MODEL, not both")
@@ -146,12 +162,15 @@ def cmd_advise(args) -> int:
     if args.teacher_checkpoint and not args.teacher:
         raise ConfigError("--teacher-checkpoint needs --teacher N_T LOSS (the existing teacher's size and loss)")
     params = law.parameters
-    students = {r: recipe_size(r, params) for r in args.student_recipe or []}
-    teachers = {r: recipe_size(r, params) for r in args.teacher_recipe or []}
+    seq = seq_length_for(law.seq_length, args.base) if args.student_recipe or args.teacher_recipe else None
+    students = {r: recipe_size(r, params, seq) for r in args.student_recipe or []}
+    teachers = {r: recipe_size(r, params, seq) for r in args.teacher_recipe or []}
     sizes = list(students.values()) or args.student or list(np.geomspace(*law.ranges["N"], 9))
     options, notes = advise(law, budget, sizes, tuple(args.teacher) if args.teacher else None, args.students,
                             args.extrapolate, teacher_sizes=list(teachers.values()) or None)
-    print(f"budget {budget:.3g} FLOPs per student, {args.students} student(s) per teacher; law {args.law}")
+    at = f" at sequence length {law.seq_length}" if law.seq_length else ""
+    print(f"budget {budget:.3g} FLOPs per student, {args.students} student(s) per teacher; law {args.law} "
+          f"(N: {params} parameters{at})")
     for o in options:
         print(f"  {o.describe()}")
     for n in notes:

@@ -1,10 +1,14 @@
 """`mkd advise`: given a fitted law (law.json from `mkd fit`) and a compute budget, should one
 distil, from which teacher, and how long should the student train?
 
-Compute per student (FLOPs), as Busbridge et al. count it:
+Compute per student (FLOPs), as Busbridge et al. count it and in the report's currency
+(models/flops.py: `training_flops`, `forward_flops`, `tokens_for_budget`; `charge` below):
     C = 6 N_S D_S  +  2 N_T D_S  +  6 N_T D_T / K
 (the student's training, the teacher's forward over the student's tokens, and the teacher's own
-training shared by the K students it serves; 0 for a teacher that already exists). For each
+training shared by the K students it serves; 0 for a teacher that already exists). N_S and N_T
+are FLOP parameters (flops.flop_params: matmul weights + output layer + causal attention at the
+law's sequence length), the law's N when law.json says `"parameters": "flop"` (the default): then
+an option's FLOPs are the report's `student_flops + teacher_pass_flops` for the same run. For each
 option the student's tokens are what the budget leaves; the options are the supervised run, an
 existing teacher at each fitted alpha, and a teacher to train (its size on a grid over the
 fitted sizes, the budget's share for it on a grid) at each fitted alpha. Every prediction comes
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_kd.errors import ConfigError
+from megatron_kd.models.flops import forward_flops, tokens_for_budget, training_flops
 from megatron_kd.study.law import (
     FORMS,
     MAX_FLOPS,
@@ -43,6 +48,8 @@ from megatron_kd.study.law import (
 FORMAT = "megatron_kd.law/1"
 GAIN_COLUMNS = ("N", "D", "alpha", "teacher_loss", "loss", "baseline_loss")  # law.json's measured gains
 SIGNED = ("c0", "m")  # parameters of either sign
+PARAMETERS = ("flop", "non-embedding", "total")  # what a law's N counts (study/law_io.py)
+TEACHER_SHARE = "teacher training (this student's share)"
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,11 @@ class Law:
     fixed: dict
     mixes: dict  # alpha -> {"form", "params", "samples", "cv"}: the laws that beat no effect
     ranges: dict  # N, D, teacher_loss: [low, high]
-    parameters: str = "non-embedding"  # what N counts
+    parameters: str = "flop"  # what N counts: FLOP parameters (models/flops.py), or non-embedding / total
     unpriced: dict = field(default_factory=dict)  # alpha -> the one line saying why it is not priced
     gains: list = field(default_factory=list)  # the sweep's measured rows, GAIN_COLUMNS each
     supervised_cv: float = 0.0  # the supervised law's leave-one-cell-out rms log-error
+    seq_length: int | None = None  # the runs' sequence length (FLOP parameters count attention at it)
 
     @classmethod
     def load(cls, path: str | Path) -> "Law":
@@ -204,11 +212,17 @@ def _law_from_json(d: dict, schema: _LawSchema) -> Law:
     for name in ("N", "D") + (("teacher_loss",) if mixes else ()):
         if checked[name] is None:
             raise schema.fail(f"ranges.{name}", "is missing")
-    parameters = d.get("parameters", "non-embedding")
-    if parameters not in ("non-embedding", "total"):
-        raise schema.fail("parameters", f"is {str(parameters)[:40]!r}, not 'non-embedding' or 'total'")
+    parameters = d.get("parameters", "non-embedding")  # a law.json from before "flop" always wrote it
+    if parameters not in PARAMETERS:
+        raise schema.fail("parameters", f"is {str(parameters)[:40]!r}, not one of {', '.join(map(repr, PARAMETERS))}")
+    seq = d.get("seq_length")
+    if seq is not None:
+        seq = checked_number(seq, f"{schema.path}: law key seq_length", schema.fix, 0, 1e9, low_open=True)
+        if seq != int(seq):
+            raise schema.fail("seq_length", f"is {seq:g}, not a whole number of tokens")
+        seq = int(seq)
     return Law(params, samples, fixed, mixes, checked, parameters, unpriced, schema.gains(d),
-               schema.error(sup_cv, "supervised.cv", "law_rmse_log") or 0.0)
+               schema.error(sup_cv, "supervised.cv", "law_rmse_log") or 0.0, seq)
 
 
 def gains_lines(law: Law) -> list[str]:
@@ -288,10 +302,24 @@ def _distilled(law: Law, alpha: float, L_T, N, D, teacher_sup: tuple | None = No
     return loss, _interval(band, mix["cv"] or 0.0)
 
 
+def charge(N_S: float, D_S: float, N_T: float | None = None, D_T: float | None = None,
+           students: int = 1) -> dict:
+    """An option's FLOPs per student by part, in models/flops.py's currency: the student's training
+    on D_S tokens, an (existing or trained) teacher's forward over them, and a trained teacher's own
+    training on D_T tokens shared by `students`. N_S and N_T are FLOP parameters."""
+    flops = {"student": training_flops(N_S, D_S)}
+    if N_T is not None:
+        flops["teacher forward"] = forward_flops(N_T, D_S)
+    if N_T is not None and D_T is not None:
+        flops[TEACHER_SHARE] = training_flops(N_T, D_T) / students
+    return flops
+
+
 def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple | None = None,
            students: int = 1, extrapolate: bool = False, teacher_sizes: list[float] | None = None,
            shares: int = 19) -> tuple[list[Option], list[str]]:
-    """(options, best first; notes). `teacher` = (N_T, L_T) of an existing teacher."""
+    """(options, best first; notes). Sizes (`student_sizes`, `teacher_sizes`, N_T of `teacher` =
+    (N_T, L_T), an existing teacher) are FLOP parameters where the law's are (`law.parameters`)."""
     checked_number(budget, "the budget", "give FLOPs > 0, e.g. --flops 1e18", 0, MAX_FLOPS, low_open=True)
     checked_number(students, "--students", "give how many students the teacher serves, e.g. 4", 1, 1e9)
     for n in list(student_sizes) + list(teacher_sizes or []):
@@ -305,26 +333,26 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
         if not ok("N", N_S):
             left_out += 1
             continue
-        D = budget / (6 * N_S)
+        D = tokens_for_budget(budget, N_S)
         if ok("D", D):
             loss, iv = _supervised(law, N_S, D)
-            options.append(Option("supervised", None, N_S, D, None, None, loss, iv, {"student": budget}))
+            options.append(Option("supervised", None, N_S, D, None, None, loss, iv, charge(N_S, D)))
         else:
             left_out += 1
         for alpha in law.mixes:
             if teacher is not None:
                 N_T, L_T = teacher
-                D_S = budget / (6 * N_S + 2 * N_T)
+                D_S = tokens_for_budget(budget, N_S, N_T)
                 if ok("D", D_S) and ok("teacher_loss", L_T):
                     loss, iv = _distilled(law, alpha, L_T, N_S, D_S)
                     options.append(Option("existing teacher", alpha, N_S, D_S, N_T, None, loss, iv,
-                                          {"student": 6 * N_S * D_S, "teacher forward": 2 * N_T * D_S}))
+                                          charge(N_S, D_S, N_T)))
                 else:
                     left_out += 1
             for N_T in teacher_sizes or _grid(*law.ranges["N"], 9):
                 for f in np.linspace(0.05, 0.95, shares):
-                    D_T = f * budget * students / (6 * N_T)
-                    D_S = (1 - f) * budget / (6 * N_S + 2 * N_T)
+                    D_T = tokens_for_budget(f * budget * students, N_T)  # its training, shared by the K
+                    D_S = tokens_for_budget((1 - f) * budget, N_S, N_T)
                     with np.errstate(all="ignore"):
                         L_T = float(supervised_loss(law.supervised, N_T, D_T))
                     if not (ok("N", N_T) and ok("D", D_T) and ok("D", D_S) and ok("teacher_loss", L_T)):
@@ -332,8 +360,7 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
                         continue
                     loss, iv = _distilled(law, alpha, None, N_S, D_S, teacher_sup=(N_T, D_T))
                     options.append(Option("train a teacher", alpha, N_S, D_S, N_T, D_T, loss, iv,
-                                          {"student": 6 * N_S * D_S, "teacher forward": 2 * N_T * D_S,
-                                           "teacher training (this student's share)": f * budget}))
+                                          charge(N_S, D_S, N_T, D_T, students)))
     if not options:
         lo, hi = law.ranges["D"]
         raise ConfigError(f"a budget of {budget:.3g} FLOPs puts every option outside the fitted law (student "
@@ -342,6 +369,9 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
     notes = [f"{left_out} candidate(s) left out: outside the fitted ranges (--extrapolate keeps them)"] \
         if left_out else []
     notes += list(law.unpriced.values())
+    if law.parameters != "flop":
+        notes.append(f"the law counts N as {law.parameters} parameters, so these FLOPs are not the report's "
+                     "(models/flops.py); refit with `mkd fit` (its default --params flop) to price in one currency")
     if teacher is not None and law.mixes and not ok("teacher_loss", teacher[1]):  # its every option is gone: say why
         lo, hi = law.ranges["teacher_loss"]
         notes.insert(0, f"the existing teacher's loss {teacher[1]:.4f} is outside the teacher losses the law "

@@ -2,8 +2,9 @@
 
 The law speaks in parameter counts; recipes are architectures. So the candidates come from
 model recipes (`--student-recipe`, `--teacher-recipe`: their sizes, counted as the law counts
-them, are the sizes `mkd advise` weighs), and the recommendation's sizes map back to those
-recipes. What is written, each a full resolved recipe on top of `--base`:
+them, are the sizes `mkd advise` weighs: by default FLOP parameters, models/flops.flop_params at
+the law's sequence length, else the base recipe's train.seq_length), and the recommendation's
+sizes map back to those recipes. What is written, each a full resolved recipe on top of `--base`:
 
 - supervised:        student.yaml (the student alone for the tokens the budget buys);
 - existing teacher:  kd.yaml (teacher.checkpoint = the --teacher-checkpoint given);
@@ -26,16 +27,33 @@ from megatron_kd.config.loader import config_to_dict
 from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
+from megatron_kd.models.flops import flop_params
 from megatron_kd.models.params import count_parameters
 
 # The first line of every recipe written here: how a later --write-recipes knows a file is its own.
 MARKER = "# written by `mkd advise --write-recipes` (megatron_kd.advise-recipe/1)\n"
 
 
-def recipe_size(recipe: str, parameters: str) -> float:
-    """A model recipe's size as the law counts it (non-embedding or total parameters)."""
-    count = count_parameters(load_config(recipe, purpose="model").model)
+def recipe_size(recipe: str, parameters: str, seq_length: int | None = None) -> float:
+    """A model recipe's size as the law counts it: FLOP parameters at `seq_length` ("flop"), or
+    non-embedding or total parameters."""
+    model = load_config(recipe, purpose="model").model
+    if parameters == "flop":
+        if seq_length is None:
+            raise ConfigError(f"counting {recipe}'s FLOP parameters needs a sequence length (attention's share "
+                              "depends on it): the law records none; give --base RECIPE (its train.seq_length) "
+                              "or refit with `mkd fit --seq-length S`")
+        return flop_params(model, seq_length)
+    count = count_parameters(model)
     return float(count.non_embedding if parameters == "non-embedding" else count.total)
+
+
+def seq_length_for(law_seq: int | None, base: str | None) -> int | None:
+    """The sequence length recipes are counted at: the law's (its N was counted there), else the
+    base recipe's train.seq_length, else None."""
+    if law_seq is not None:
+        return law_seq
+    return load_config(base).train.seq_length if base else None
 
 
 def _by_size(recipes: dict[str, float], n: float, what: str) -> str:

@@ -19,7 +19,9 @@ longer lowers the cost by 0.1 %. A parameter that ends on its bound is named (e.
 term is exponential there, and only a combination of beta and gamma is identified). Intervals
 come from a bootstrap over runs, each resample refitted from several starts. A sweep with one
 student size cannot identify the N term (alpha is held at 0, A absorbs A / N^alpha), one budget
-the D term. N counts non-embedding parameters, D training tokens; repetition is not modelled.
+the D term. N counts FLOP parameters (models/flops.py: the work per token in weight units, the
+report's currency; `mkd fit --params` keeps non-embedding or total counts as stated options), D
+training tokens; repetition is not modelled.
 """
 
 from __future__ import annotations
@@ -80,11 +82,12 @@ def _shown(x: float) -> str:
 @dataclass(frozen=True)
 class Run:
     name: str
-    N: float  # student (non-embedding) parameters
+    N: float  # student parameters as law.json's `parameters` counts them (default: FLOP parameters)
     D: float  # student training tokens
     loss: float
     teacher_loss: float | None = None  # None: a supervised run
     alpha: float | None = None  # the KD mix
+    N_T: float | None = None  # the teacher's parameters, counted as N is (None: not known / no teacher)
 
 
 def supervised_loss(p: dict, N, D):

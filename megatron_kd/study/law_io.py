@@ -17,8 +17,10 @@ import json
 import os
 from pathlib import Path
 
+from megatron_kd.config import load_config
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
+from megatron_kd.models.flops import row_flop_params
 from megatron_kd.study.advise import FORMAT, GAIN_COLUMNS
 from megatron_kd.study.law import (
     FORMS,
@@ -47,7 +49,7 @@ ROW_BOUNDS = {
     "student_flops": (0, MAX_FLOPS, False), "teacher_pretrain_flops": (0, MAX_FLOPS, False),
     "teacher_pass_flops": (0, MAX_FLOPS, False), "teacher_pass_shared_by": (0, 1e9, True),
     "temperature": (0, 1e6, True), "top_k": (1, 1e12, False), "seed": (0, 2**32 - 1, False),
-    "data_seed": (0, 2**32 - 1, False),
+    "data_seed": (0, 2**32 - 1, False), "seq_length": (0, 1e9, True),
 }
 _FIX = "fix the run's results (or its table's row) and run `mkd fit` again"
 
@@ -81,6 +83,8 @@ def rows_of(sources: list[str]) -> list[dict]:
         by_path[resolved] = s
         if p.is_dir():
             got = collect(p)[0]
+            for r in got:  # the length its N (FLOP parameters, through attention) was counted at
+                r["seq_length"] = load_config(p / "recipes" / f"{r['name']}.yaml").train.seq_length
         elif p.is_file():
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
             if digest in by_content:
@@ -135,16 +139,29 @@ def check_out(target: str, sources: list[str], overwrite: bool) -> Path:
     return out
 
 
-def runs_of(rows: list[dict], valid_set: str, params: str = "non-embedding",
+PARAMETERS = ("flop", "non-embedding", "total")  # what N counts; "flop" is the report's currency
+PARAMETER_WORDS = {"flop": "FLOP parameters (models/flops.py, the report's currency)",
+                   "non-embedding": "non-embedding parameters", "total": "total parameters"}
+
+
+def _size(r: dict, who: str, params: str) -> tuple[float | None, bool]:
+    """(N of `who` as `params` counts it, whether it is flops.py's fallback: total parameters)."""
+    if params == "flop":
+        return row_flop_params(r, who)
+    v = r.get(f"{who}_nonembedding_params" if params == "non-embedding" else f"{who}_params")
+    return (None if v is None else float(v)), False
+
+
+def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
             max_tokens: float | None = None) -> tuple[list[Run], list[str]]:
-    """(runs, notes on what was left out)."""
-    key = "student_nonembedding_params" if params == "non-embedding" else "student_params"
+    """(runs, notes on what was left out). N is `params`: by default a run's FLOP parameters
+    (flops.row_flop_params: from its FLOPs column and tokens, else its total parameters)."""
+    if params not in PARAMETERS:
+        raise ConfigError(f"parameters {str(params)[:40]!r} is not one of {', '.join(PARAMETERS)}")
     runs, notes, skipped = [], [], {"scheduled α": 0, "beyond max tokens": 0, f"no val/{valid_set}": 0,
                                     "a teacher without a model (the unigram control)": 0}
+    fallback = 0
     for r in rows:
-        if r.get(key) is None:
-            raise ConfigError(f"run {r['name']} has no {key}; write the sweep's report again with this version "
-                              "(`mkd report DIR`) or pass --params total")
         loss = (r.get("val") or {}).get(valid_set)
         if loss is None:
             skipped[f"no val/{valid_set}"] += 1
@@ -161,16 +178,50 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "non-embedding",
         if max_tokens is not None and D > max_tokens:
             skipped["beyond max tokens"] += 1
             continue
+        N, is_fallback = _size(r, "student", params)
+        if N is None:
+            have = ("neither a FLOPs column (flops) nor student_params" if params == "flop"
+                    else f"no student_{'nonembedding_' if params == 'non-embedding' else ''}params")
+            raise ConfigError(f"run {r['name']} has {have}: its N ({params} parameters) is unknown; write the "
+                              "sweep's report again with this version (`mkd report DIR`) or give the column")
         teacher = r.get("teacher")
         if teacher and r.get("alpha"):
             t_loss = (r.get("teacher_val") or {}).get(valid_set)
             if t_loss is None:
                 raise ConfigError(f"run {r['name']}: its teacher {teacher} has no validation loss on {valid_set}")
-            runs.append(Run(r["name"], float(r[key]), D, float(loss), float(t_loss), float(r["alpha"])))
+            N_T, t_fallback = _size(r, "teacher", params)
+            if N_T is None and params == "flop":
+                raise ConfigError(f"run {r['name']}: its teacher {teacher} has no teacher_pass_flops with the "
+                                  "student's tokens, nor teacher_params: its FLOP parameters are unknown; give "
+                                  "the column")
+            fallback += is_fallback or t_fallback
+            runs.append(Run(r["name"], N, D, float(loss), float(t_loss), float(r["alpha"]), N_T))
         elif not teacher:
-            runs.append(Run(r["name"], float(r[key]), D, float(loss)))
+            fallback += is_fallback
+            runs.append(Run(r["name"], N, D, float(loss)))
     notes += [f"left out {n} run(s): {why}" for why, n in skipped.items() if n]
+    if fallback:
+        notes.append(f"{fallback} run(s) have no FLOPs column: their N is their total parameters (flops.py's "
+                     "fallback: the input embedding in, attention out)")
     return runs, notes
+
+
+def seq_length_of(rows: list[dict], given: int | None = None) -> tuple[int | None, list[str]]:
+    """(the sequence length the runs were at, notes): `given` (--seq-length), else the one length
+    the rows carry (a sweep directory's recipes), else None. FLOP parameters depend on it through
+    attention, so law.json states it and `mkd advise --student-recipe` counts a recipe at it."""
+    seen = {int(r["seq_length"]) for r in rows if r.get("seq_length") is not None}
+    if given is not None:
+        if seen - {given}:
+            raise ConfigError(f"--seq-length {given}: the sweeps' runs were at {', '.join(map(str, sorted(seen)))}; "
+                              "leave --seq-length out, or give their length")
+        return given, []
+    if len(seen) == 1:
+        return seen.pop(), []
+    if len(seen) > 1:
+        return None, [f"the runs are at several sequence lengths ({', '.join(map(str, sorted(seen)))}): law.json "
+                      "records none"]
+    return None, ["the sequence length is not recorded (a table has no column for it): pass --seq-length S"]
 
 
 def _identification(fit: Fit, names) -> dict:
@@ -219,8 +270,10 @@ def measured_gains(runs: list[Run]) -> dict:
     return {"columns": list(GAIN_COLUMNS), "rows": sorted(rows)}
 
 
-def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = "non-embedding",
-            valid_set: str = "", say=None) -> dict:
+def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = "flop",
+            valid_set: str = "", say=None, seq_length: int | None = None) -> dict:
+    """law.json: the laws, with what N counts (`parameters`) and the sequence length the runs were
+    at (`seq_length`, None where not known; FLOP parameters depend on it through attention)."""
     sup_runs = [r for r in runs if r.teacher_loss is None]
     if not sup_runs:
         raise ConfigError("no supervised runs (baselines) to fit the supervised law on; a sweep needs "
@@ -231,7 +284,8 @@ def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = 
     sup.cv = supervised_cv(runs, refits)
     dist = fit_distillation(runs, sup, bootstrap, seed, progress, refits)
     kd = [r for r in runs if r.teacher_loss is not None]
-    return {"format": FORMAT, "parameters": params, "valid_set": valid_set,
+    teachers = [r.N_T for r in kd if r.N_T is not None]
+    return {"format": FORMAT, "parameters": params, "seq_length": seq_length, "valid_set": valid_set,
             "loss": "plain least squares on log-loss",
             "supervised": _fit_json(sup, SUPERVISED),
             "distillation": {str(a): (_fit_json(f, FORMS[f.form]) if isinstance(f, Fit) else f)
@@ -240,7 +294,7 @@ def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = 
             "ranges": {"N": [min(r.N for r in sup_runs), max(r.N for r in sup_runs)],
                        "D": [min(r.D for r in sup_runs), max(r.D for r in sup_runs)],
                        "teacher_loss": [min(r.teacher_loss for r in kd), max(r.teacher_loss for r in kd)] if kd
-                       else None}}
+                       else None, "teacher_N": [min(teachers), max(teachers)] if teachers else None}}
 
 
 def write_law(law: dict, out: Path) -> None:
@@ -251,7 +305,9 @@ def write_law(law: dict, out: Path) -> None:
 def summary(law: dict) -> list[str]:
     sup = law["supervised"]
     p = sup["params"]
-    lines = [f"supervised law ({sup['n_runs']} runs, N = {law['parameters']} parameters): L = {p['E']:.4g} + "
+    seq = law.get("seq_length")
+    lines = [f"supervised law ({sup['n_runs']} runs, N = {PARAMETER_WORDS[law['parameters']]}"
+             f"{f' at sequence length {seq}' if seq else ''}): L = {p['E']:.4g} + "
              f"({p['A']:.4g}/N^{p['alpha']:.3g} + {p['B']:.4g}/D^{p['beta']:.3g})^{p['gamma']:.3g}; "
              f"rms log-residual {sup['rmse_log']:.2e}", _solver_line(sup)]
     lines += [f"  {k} not identified: {why}" for k, why in sup["fixed"].items()]

@@ -14,8 +14,10 @@ from tests.study.test_law import _runs as planted_runs
 
 
 def table_rows(runs: list[Run]) -> list[dict]:
-    """`runs` as the report's rows (N twice over in total parameters: an embedding as large)."""
-    return [{"name": r.name, "student": "s", "student_params": r.N * 2, "student_nonembedding_params": r.N,
+    """`runs` as the report's rows: N the FLOP parameters their FLOPs columns say (6 N D, 2 N_T D),
+    the parameter counts other numbers (total twice N, non-embedding N / 2)."""
+    return [{"name": r.name, "student": "s", "student_params": r.N * 2, "student_nonembedding_params": r.N / 2,
+             "student_flops": 6 * r.N * int(r.D), "teacher_pass_flops": 2 * 3e6 * int(r.D) if r.teacher_loss else None,
              "student_tokens": int(r.D), "teacher": f"t{r.teacher_loss}" if r.teacher_loss else None,
              "teacher_params": 3e6 if r.teacher_loss else None, "alpha": r.alpha if r.teacher_loss else 0.0,
              "seed": 1, "data_seed": 1, "val": {"indomain": r.loss},

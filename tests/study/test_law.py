@@ -144,15 +144,24 @@ def test_advise_picks_distillation_or_supervised_where_the_law_says(law_file):
 def test_fit_and_advise_commands(law_file, tmp_path, capsys):
     from megatron_kd.study.table import write_table
 
-    rows = [{"name": r.name, "student": "s", "student_params": r.N * 2, "student_nonembedding_params": r.N,
-             "student_tokens": int(r.D), "teacher": f"t{r.teacher_loss}" if r.teacher_loss else None,
-             "alpha": r.alpha if r.teacher_loss else 0.0, "seed": 1, "data_seed": 1, "val": {"indomain": r.loss},
-             "teacher_val": {"indomain": r.teacher_loss} if r.teacher_loss else {}} for r in _runs()]
+    rows = [{"name": r.name, "student": "s", "student_params": r.N * 2, "student_nonembedding_params": r.N / 2,
+             "student_flops": 6 * r.N * int(r.D), "student_tokens": int(r.D),
+             "teacher": f"t{r.teacher_loss}" if r.teacher_loss else None, "teacher_params": 3e6 if r.teacher_loss
+             else None, "alpha": r.alpha if r.teacher_loss else 0.0, "seed": 1, "data_seed": 1,
+             "val": {"indomain": r.loss}, "teacher_val": {"indomain": r.teacher_loss} if r.teacher_loss else {}}
+            for r in _runs()]
     table = tmp_path / "runs.csv"
     write_table(table, rows, ["indomain"])
-    rc, out, err = mkd_in_process(capsys, "fit", table, "--out", tmp_path / "law.json", "--bootstrap", 20)
+    rc, out, err = mkd_in_process(capsys, "fit", table, "--out", tmp_path / "law.json", "--bootstrap", 20,
+                                  "--seq-length", 128)
     assert rc == 0, err
-    assert "supervised law (16 runs, N = non-embedding parameters)" in out and "held-out check" in out
+    assert "supervised law (16 runs, N = FLOP parameters (models/flops.py, the report's currency) at sequence " \
+           "length 128)" in out and "held-out check" in out
+    # the teachers have no FLOPs column: their N is flops.py's fallback, and the fit says so
+    assert "30 run(s) have no FLOPs column: their N is their total parameters" in out
+    law = json.loads((tmp_path / "law.json").read_text())
+    assert law["parameters"] == "flop" and law["seq_length"] == 128 and law["ranges"]["teacher_N"] == [3e6, 3e6]
+    assert law["ranges"]["N"] == [min(SIZES), max(SIZES)]  # N from the FLOPs column: 6 N D / (6 D)
     assert "distillation law at α=1.0 (30 runs), form busbridge" in out and "the law beats no effect" in out
     rc, out, err = mkd_in_process(capsys, "advise", tmp_path / "law.json", "--gpu-hours", 1e-3, "--throughput",
                                   6 * 1e6 * 1e7 / 3.6, "--student", 1e6, "--teacher", 3e6, 2.65)
@@ -165,31 +174,37 @@ def test_fit_and_advise_commands(law_file, tmp_path, capsys):
 
 
 def test_advise_writes_the_recipes_of_its_recommendation(law_file, tmp_path, capsys):
-    """--write-recipes: the sizes weighed are the recipes' own (non-embedding counts); the
+    """--write-recipes: the sizes weighed are the recipes' own (FLOP parameters at the base recipe's
+    sequence length, the law recording none); the
     recommendation's recipes load as they are and say its tokens, α and teacher; what cannot be
     mapped to a recipe is one line, with nothing written."""
     from megatron_kd.config import load_config
+    from megatron_kd.models.flops import flop_params
     from megatron_kd.study.advise import Option
     from megatron_kd.study.advise_recipes import recipe_size, write_recipes
 
     small, medium = "models/cpu-small", "models/cpu-medium"
-    assert recipe_size(small, "non-embedding") == 787584.0
+    assert recipe_size(small, "non-embedding") == 787584.0  # the stated options
+    n_small = recipe_size(small, "flop", 128)  # 787,584 + 256 x 1,280 output layer + 3 x 4 x 64 x 128 attention
+    assert n_small == 1115136.0 == flop_params(load_config(small, purpose="model").model, 128)
+    with pytest.raises(ConfigError, match="needs a sequence length"):
+        recipe_size(small, "flop")
     common = ["--flops", 6e13, "--student-recipe", small, "--base", "kd/_cpu_base"]
     rc, out, err = mkd_in_process(capsys, "advise", law_file, *common, "--teacher", 3e6, 2.65,
                                   "--teacher-checkpoint", tmp_path / "t", "--write-recipes", tmp_path / "e")
     assert rc == 0 and "recommendation (distil): distil at α=1 from the existing teacher" in out, err
     kd = load_config(tmp_path / "e" / "kd.yaml")
     assert kd.model.name == "cpu-small" and kd.kd.alpha == 1.0 and kd.teacher.checkpoint == str(tmp_path / "t")
-    d_s = 6e13 / (6 * 787584 + 2 * 3e6)  # the budget left to the student after the teacher's forward
+    d_s = 6e13 / (6 * n_small + 2 * 3e6)  # the budget left to the student after the teacher's forward
     assert kd.train.steps is None and abs(kd.train.tokens - d_s) <= 1
     rc, out, err = mkd_in_process(capsys, "advise", law_file, *common, "--write-recipes", tmp_path / "s")
     assert rc == 0 and "recommendation (supervised wins)" in out, err
     sup = load_config(tmp_path / "s" / "student.yaml")
-    assert sup.kd.alpha == 0 and sup.teacher.checkpoint is None and sup.train.tokens == round(6e13 / (6 * 787584))
+    assert sup.kd.alpha == 0 and sup.teacher.checkpoint is None and sup.train.tokens == round(6e13 / (6 * n_small))
     # a teacher to train: its run first, and the KD run reads that run's directory
-    option = Option("train a teacher", 0.5, 787584.0, 2e6, 2582976.0, 3e6, 3.0, None, {})
-    t_path, k_path = write_recipes(option, tmp_path / "t2", "kd/_cpu_base", {small: 787584.0},
-                                   {medium: 2582976.0}, None)
+    option = Option("train a teacher", 0.5, n_small, 2e6, 3123456.0, 3e6, 3.0, None, {})
+    t_path, k_path = write_recipes(option, tmp_path / "t2", "kd/_cpu_base", {small: n_small},
+                                   {medium: 3123456.0}, None)
     teacher, kd = load_config(t_path), load_config(k_path)
     assert teacher.model.name == "cpu-medium" and teacher.train.tokens == 3_000_000 and teacher.kd.alpha == 0
     assert kd.teacher.checkpoint == teacher.run.dir and kd.teacher.model == medium and kd.kd.alpha == 0.5
@@ -200,5 +215,5 @@ def test_advise_writes_the_recipes_of_its_recommendation(law_file, tmp_path, cap
     rc, _, err = mkd_in_process(capsys, "advise", law_file, "--flops", 6e13, "--write-recipes", tmp_path / "y")
     assert rc == 2 and "needs --base RECIPE" in err and not (tmp_path / "y").exists()
     with pytest.raises(ConfigError, match="none of the recipes given; pass its model recipe with --teacher-recipe"):
-        write_recipes(option, tmp_path / "z", "kd/_cpu_base", {small: 787584.0}, {}, None)
+        write_recipes(option, tmp_path / "z", "kd/_cpu_base", {small: n_small}, {}, None)
     assert not (tmp_path / "z").exists()

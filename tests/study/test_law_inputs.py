@@ -132,3 +132,28 @@ def test_a_flag_out_of_range_is_refused(table, tmp_path, capsys, flags, message)
 def test_a_run_without_tokens_is_one_line(table, tmp_path, capsys):
     edit_cell(table, SUPERVISED_RUN, "student_tokens", "")
     assert "has no student_tokens" in _refused(capsys, table, "--out", tmp_path / "law.json")
+
+
+def test_a_run_whose_flop_parameters_are_unknown_is_one_line(table, tmp_path, capsys):
+    """N is a run's FLOP parameters (its FLOPs column, else its total parameters): a row with
+    neither, or a teacher with neither its pass's FLOPs nor its parameters, is refused in one line."""
+    edit_cell(table, SUPERVISED_RUN, "flops", "")
+    edit_cell(table, SUPERVISED_RUN, "student_params", "")
+    assert "has neither a FLOPs column (flops) nor student_params" in _refused(capsys, table, "--out",
+                                                                                 tmp_path / "law.json")
+    table = write_runs_table(tmp_path / "kd.csv")
+    edit_cell(table, KD_RUN, "teacher_pass_flops", "")
+    edit_cell(table, KD_RUN, "teacher_params", "")
+    assert "no teacher_pass_flops with the student's tokens, nor teacher_params" in _refused(
+        capsys, table, "--out", tmp_path / "law.json")
+
+
+def test_a_seq_length_the_runs_were_not_at_is_refused():
+    from megatron_kd.study.law_io import seq_length_of
+
+    rows = [{"seq_length": 128}, {"seq_length": 128}]
+    assert seq_length_of(rows) == (128, []) and seq_length_of(rows, 128) == (128, [])
+    with pytest.raises(ConfigError, match="--seq-length 256: the sweeps' runs were at 128"):
+        seq_length_of(rows, 256)
+    assert seq_length_of([{}])[0] is None and "pass --seq-length S" in seq_length_of([{}])[1][0]
+    assert seq_length_of([{"seq_length": 64}, {"seq_length": 128}])[0] is None

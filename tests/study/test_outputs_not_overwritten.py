@@ -19,7 +19,7 @@ from tests.helpers import mkd_in_process
 from tests.study.law_data import write_fitted_law, write_runs_table
 
 SMALL, MEDIUM = "models/cpu-small", "models/cpu-medium"
-SMALL_N, MEDIUM_N = 787584.0, 2582976.0
+SMALL_N, MEDIUM_N = 1115136.0, 3123456.0  # cpu-small, cpu-medium in FLOP parameters at 128 tokens
 SUPERVISED = Option("supervised", None, SMALL_N, 2e6, None, None, 3.0, None, {})
 EXISTING = Option("existing teacher", 1.0, SMALL_N, 2e6, 3e6, None, 3.0, None, {})
 TRAINED = Option("train a teacher", 0.5, SMALL_N, 2e6, MEDIUM_N, 3e6, 3.0, None, {})
