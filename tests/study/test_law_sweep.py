@@ -51,17 +51,19 @@ def test_fit_and_advise_on_a_tiny_real_sweep(text_corpus, tmp_path, capsys):
     assert rc == 0 and "supervised law (8 runs" in out and "distillation law at α=0.5 (6 runs)" in out, out + err
     assert "held-out check: fitted without the largest cell" in out
     law = json.loads(law_file.read_text())
+    assert law["parameters"] == "flop" and law["seq_length"] == 32  # from the sweeps' recipes
     assert not law["supervised"]["fixed"] and isinstance(law["distillation"]["0.5"], dict)
     assert law["supervised"]["rmse_log"] < 0.05  # the law describes the runs it was fitted on
     rows = list(csv.DictReader(open(kd / "report.csv")))
     m2 = next(r for r in rows if r["run"].startswith("m2-"))
-    budget = 6 * float(m2["student_nonembedding_params"]) * int(m2["student_tokens"])  # the law's count, 6 N D
+    budget = float(m2["flops"])  # the report's student_flops: the law's and advise's currency too
     rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", f"{budget:g}")
     assert rc == 0 and out.splitlines()[-1].startswith("recommendation ("), out + err
     assert "supervised" in out
     t = next(r for r in rows if r["teacher"] == "m2-32steps")
     rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", f"{budget:g}", "--teacher",
-                                  t["teacher_nonembedding_params"], t["teacher_val/indomain"])
+                                  float(t["teacher_pass_flops"]) / (2 * int(t["student_tokens"])),  # its N
+                                  t["teacher_val/indomain"])
     assert rc == 0 and out.splitlines()[-1].startswith("recommendation ("), out
     # priced from a law that beats ignoring the teacher, or said in one line not to be, with the gains
     cv = law["distillation"]["0.5"]["cv"]
