@@ -50,8 +50,8 @@ def add_law_parsers(sub) -> None:
     a.add_argument("--throughput", type=float, default=None, metavar="FLOP/S",
                    help="sustained FLOP/s per GPU, e.g. 4e14 for an H100 at 40 %% MFU in bf16")
     a.add_argument("--student", action="append", type=float, metavar="N",
-                   help="student size(s) in the law's parameters, by default FLOP parameters (`mkd plan` prints "
-                        "a recipe's FLOPs/token = 6 N) (repeatable; default: a grid over the fitted sizes)")
+                   help="student size(s) in the law's parameters, by default FLOP parameters (`mkd info RECIPE` prints "
+                        "them) (repeatable; default: a grid over the fitted sizes)")
     a.add_argument("--teacher", nargs=2, type=float, metavar=("N_T", "LOSS"), default=None,
                    help="an existing teacher: its parameters as the law counts them (by default FLOP parameters: "
                         "a report row's teacher_pass_flops / (2 student_tokens)) and its validation loss on the "
