@@ -25,16 +25,16 @@ $MKD fit "$OUT" --out "$OUT/law.json"
 
 echo
 echo "== 4. mkd advise at the budget of one cpu-tiny student at 400 steps (no teacher yet) =="
-# The budget in the law's own count, 6 N D with N non-embedding parameters (mkd advise charges
-# every option that way), and the existing teacher (small@400: its size and loss), from the
-# sweep's own table.
+# The budget in the report's currency (models/flops.py: 6 N D for training, 2 N D for a teacher
+# pass, N the model's FLOP parameters, as mkd fit and mkd advise count), and the existing teacher
+# (small@400: its FLOP parameters and loss), from the sweep's own table.
 read -r BUDGET N_T L_T < <(.venv/bin/python - "$OUT/report.csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 tiny = next(r for r in rows if r["run"] == "cpu-tiny-400steps__baseline")
 kd = next(r for r in rows if r["teacher"] == "small@400")
-print(6 * float(tiny["student_nonembedding_params"]) * float(tiny["student_tokens"]),
-      kd["teacher_nonembedding_params"], kd["teacher_val/indomain"])
+print(float(tiny["flops"]), float(kd["teacher_pass_flops"]) / (2 * float(kd["student_tokens"])),
+      kd["teacher_val/indomain"])
 PY
 )
 $MKD advise "$OUT/law.json" --flops "$BUDGET"

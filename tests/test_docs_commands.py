@@ -67,17 +67,7 @@ LONG_RUNS = {"train", "init", "eval", "teacher-cache"}
 # (docs/scaling-law.md: `mkd advise` on make law's law.json; the two `mkd train` lines after it
 # read the recipes that advise would have written). Reported on every run; the test does not
 # fail on them, and says when one passes again (then remove it here).
-KNOWN_FAILURES = {
-    ("scaling-law.md", "mkd advise law.json --flops 1e15 --student 3.6e5"):
-        "every option outside the fitted law",
-    ("scaling-law.md", "mkd advise law.json --gpu-hours 100 --throughput 4e14 --teacher 1.3e6 3.9 --students 8"):
-        "every option outside the fitted law",
-    ("scaling-law.md", "mkd advise law.json --flops 4.9e11 --student-recipe models/cpu-tiny --student-recipe "
-                       "models/cpu-small  --teacher-recipe models/cpu-small --base kd/_cpu_base --write-recipes "
-                       "runs/advice"): "every option outside the fitted law",
-    ("scaling-law.md", "mkd train runs/advice/teacher.yaml"): "the advise line above writes no recipes",
-    ("scaling-law.md", "mkd train runs/advice/kd.yaml"): "the advise line above writes no recipes",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 # The sweep directories the make targets leave (each sweep's `out:`).
 MADE_BY = {"runs/sweeps/cpu-mini": "make demo", "runs/sweeps/cpu-study": "make study",
            "runs/sweeps/cpu-law": "make law"}

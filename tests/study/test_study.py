@@ -74,7 +74,7 @@ def test_two_point_sweep_runs_resumes_and_reports(text_corpus, tmp_path, capsys)
     mkd("analyze", str(teacher), str(run))
     res = json.loads((run / "analyze" / "teacher__step_0000004.json").read_text())["indomain"]
     assert res["kl_teacher_student"] > 0.01 and res["top1_agreement"] < 1.0
-    # mkd fit reads the real sweep (its runs' non-embedding sizes and tokens), and says in one
+    # mkd fit reads the real sweep (its runs' FLOP-parameter sizes (models/flops.py) and tokens), and says in one
     # line that two baselines of one size cannot fit the supervised law's five free parameters
     rc, out_text, err = mkd_in_process(capsys, "fit", out, "--out", tmp_path / "law.json")
     assert rc == 2 and "5 free parameters but only 2 supervised runs" in err, err

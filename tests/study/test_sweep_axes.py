@@ -114,7 +114,7 @@ def test_the_law_leaves_out_the_unigram_control():
 
     rows = [{"name": "u", "student_nonembedding_params": 1e5, "student_tokens": 1e6, "val": {"indomain": 4.0},
              "teacher": "unigram", "teacher_params": 0, "alpha": 0.2, "teacher_val": {"indomain": 6.0}},
-            {"name": "b", "student_nonembedding_params": 1e5, "student_tokens": 1e6, "val": {"indomain": 4.1},
-             "teacher": None, "alpha": 0.0}]
+            {"name": "b", "student_nonembedding_params": 1e5, "student_params": 3e5, "student_tokens": 1e6,
+             "val": {"indomain": 4.1}, "teacher": None, "alpha": 0.0}]
     runs, notes = runs_of(rows, "indomain")
     assert [r.name for r in runs] == ["b"] and "left out 1 run(s): a teacher without a model" in notes[0]
