@@ -237,7 +237,9 @@ def _check_cache_for_run(cfg) -> None:
 
 
 def cmd_teacher_cache(args) -> int:
+    from megatron_kd.config.validate import MAX_WAIT_S
     from megatron_kd.distill.cache_encoding import Encoding
+    from megatron_kd.distill.cache_window import MAX_WINDOW
     from megatron_kd.distill.teacher import resolve_teacher
     from megatron_kd.training.preflight import check_data
     from megatron_kd.training.teacher_cache import check_out, plan_cache, verify_cache, write_teacher_cache
@@ -264,11 +266,14 @@ def cmd_teacher_cache(args) -> int:
             raise ConfigError(f"--top-k must be a positive integer or 'all', got {args.top_k!r}")
     if args.shard_rows is not None and args.shard_rows < 1:
         raise ConfigError(f"--shard-rows must be >= 1, got {args.shard_rows}")
-    if args.window is not None and (args.window < 2 or args.readers < 1
+    if args.window is not None and (not 2 <= args.window <= MAX_WINDOW or not 1 <= args.readers <= MAX_WINDOW
                                     or not 0 < args.reader_wait < float("inf")):  # NaN fails both
         raise ConfigError(f"--window needs N >= 2 shards, --readers >= 1 and a finite --reader-wait > 0 (got "
                           f"--window {args.window}, --readers {args.readers}, --reader-wait {args.reader_wait:g}); "
                           "e.g. --window 4 --readers 1")
+    if args.window is not None and args.reader_wait > MAX_WAIT_S:  # a wait that long is a wait forever
+        raise ConfigError(f"--reader-wait must be at most {MAX_WAIT_S:,} seconds (30 days), got "
+                          f"{args.reader_wait:g}; e.g. --reader-wait 3600")
     if not 0 <= args.zstd <= 22:
         raise ConfigError(f"--zstd must be a level in 1..22 (0 = off), got {args.zstd}")
     cfg = load_config(args.recipe, [*args.overrides, "teacher.cache=null"])
@@ -278,6 +283,9 @@ def cmd_teacher_cache(args) -> int:
     checked = os.environ.get(CHECKED_ENV) == "1"
     _, teacher, _ = resolve_teacher(cfg, check=not checked)
     if top_k is not None and top_k > cfg.model.vocab_size:
+        if args.sample is not None:
+            raise ConfigError(f"--sample {top_k} is above the vocabulary of {cfg.model.vocab_size} (draws per token); "
+                              "use a smaller N, or --top-k all")
         raise ConfigError(f"--top-k {top_k} is above the vocabulary of {cfg.model.vocab_size}; use a smaller K "
                           "or --top-k all")
     cfg.model = teacher  # the job's model is the teacher: the layout is checked against it
@@ -345,6 +353,9 @@ def cmd_eval(args) -> int:
     from megatron_kd.study.evaluation import run_eval
 
     json_out = check_json_out(args.json_out) if args.json_out else None
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: give the number of examples per task, at least 1 (or leave "
+                          "--limit out for every example)")
     ckpt = resolve_checkpoint(args.checkpoint)
     cfg = saved_config(ckpt, [override("run.dir", ckpt.parent.parent), "teacher.checkpoint=null",  # the student alone
                               *args.overrides], state=verify_checkpoint(ckpt))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -130,7 +131,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{key}' holds {_TOO_LONG}") from exc
     except yaml.YAMLError:
         value = raw
+    if _comment_cut(raw, value):  # `run.dir=/data/out #3` means that path, not a YAML comment
+        value = raw.strip()
     return parts, value
+
+
+def _comment_cut(raw: str, value: Any) -> bool:
+    """Whether YAML read part of a plain (unquoted) value as a comment: ` #` in a path typed on
+    the command line is part of the path (no one writes a comment inside one argument)."""
+    text = raw.strip()
+    plain = bool(text) and text[0] not in "'\"[{"
+    return plain and (value is None or isinstance(value, str)) and re.search(r"(^|\s)#", text) is not None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -247,7 +247,9 @@ def resolve_point(spec: dict, point: Point):
     run_dir = str(Path(spec["out"]) / "runs" / point.name)
     cfg = load_config(spec["base"], point.overrides + [override("run.name", point.name), override("run.dir", run_dir)])
     if point.student:
-        model_part = load_config(point.student, purpose="model").model
+        # The sweep's own model.* overrides (e.g. model.hidden_dropout) hold for every student too.
+        model_overrides = [o for o in point.overrides if o.partition("=")[0].strip().startswith("model.")]
+        model_part = load_config(point.student, model_overrides, purpose="model").model
         cfg.model = model_part
         # re-validate the combination (e.g. heads vs TP) with the student swapped in
         validate(cfg)

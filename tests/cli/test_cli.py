@@ -88,3 +88,9 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys):
         assert rc == code, (args, rc, out[-2000:], stderr[-2000:])
         assert err and err[-1].startswith("mkd: error: ") and text in err[-1], (args, err)
         assert "Traceback" not in stderr, args
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_eval_limit_below_one_is_one_line(capsys, tmp_path, limit):
+    rc, out, err = mkd_in_process(capsys, "eval", str(tmp_path), "--tasks", "mkd_tiny_mc", "--limit", limit)
+    assert rc == 2 and err.count("mkd: error:") == 1 and f"--limit {limit}" in err and "at least 1" in err

@@ -53,3 +53,12 @@ def test_a_checkpoint_read_back_under_a_hostile_run_dir_keeps_it(tmp_path):
     dump_config(load_config("train/tiny-mock"), ckpt / "config.yaml")
     cfg = saved_config(ckpt, [override("run.dir", ckpt.parent.parent)], state={})
     assert cfg.run.dir == str(run_dir)
+
+
+@pytest.mark.parametrize("typed, value", [("run.dir=/data/out #3", "/data/out #3"), ("run.dir=#x", "#x"),
+                                          ("run.name= a #b ", "a #b"), ('run.dir="q #1"', "q #1"),
+                                          ('data.valid={"w #1": "/d #2"}', {"w #1": "/d #2"}),
+                                          ("train.steps=20", 20)])
+def test_a_typed_override_with_a_hash_keeps_its_value(typed, value):
+    """On the command line ` #` in a plain value is part of it (a path), never a YAML comment."""
+    assert parse_override(typed)[1] == value

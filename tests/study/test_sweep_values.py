@@ -108,3 +108,17 @@ def test_a_teacher_name_that_cannot_name_a_directory_is_one_line(tmp_path, teach
         sw.write_recipes(loaded)
     assert text in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_sweeps_model_overrides_hold_for_every_student(tmp_path):
+    """`overrides: [model.hidden_dropout=0.3]` is applied to every point, also when grid.student
+    swaps each point's model in (the student's recipe was loaded without them)."""
+    spec = {"name": "m", "base": "train/tiny-mock", "out": str(tmp_path / "out"), "baseline": True,
+            "overrides": ["model.hidden_dropout=0.3"],
+            "grid": {"student": ["models/tiny", "models/cpu-micro"]}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec))
+    spec = sw.load_sweep(tmp_path / "m.yaml")
+    cfgs = [sw.resolve_point(spec, p) for p in sw.expand(spec)]
+    assert len(cfgs) == 2 and all(c.model.hidden_dropout == 0.3 for c in cfgs)
+    assert {c.model.name for c in cfgs} == {load_config(s, purpose="model").model.name
+                                           for s in ("models/tiny", "models/cpu-micro")}
