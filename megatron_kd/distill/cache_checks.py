@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from megatron_kd.data.identity import data_identity, describe_difference
 from megatron_kd.data.tokenizer import file_sha256
 from megatron_kd.distill.cache_encoding import Encoding, ShardTooLarge, stored_bytes
 from megatron_kd.distill.cache_layout import COMPLETE, MANIFEST, SHARD_INDEX, complete_shards, first_gap, shard_dir
-from megatron_kd.distill.cache_window import check_reader, deleted_below
+from megatron_kd.distill.cache_window import MAX_WINDOW, WINDOW_FILE, check_reader, deleted_below
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
@@ -138,7 +139,27 @@ def read_manifest(root: Path) -> dict:
                           f"shards of {m['shard_rows']} rows are not {m['num_shards']} shards (edited?); "
                           "write the cache again")
     Encoding.from_manifest(m, where)  # an encoding this version cannot read is one line here
+    _check_window_keys(root, m)
     return m
+
+
+def _check_window_keys(root: Path, m: dict) -> None:
+    """A windowed cache's `window` and `readers` (both, or neither: plan_cache writes them together,
+    and only a windowed job writes window.json): whole numbers in range, before any arithmetic on
+    them ("abc" - 2 was a traceback; a window.json without them a KeyError in --verify)."""
+    where = Path(root) / MANIFEST
+    state = (Path(root) / WINDOW_FILE).is_file()
+    if not ("window" in m or "readers" in m or state):
+        return
+    if state:  # a damaged window.json is named as such first
+        deleted_below(root, m["num_shards"])
+    for key, low in (("window", 2), ("readers", 1)):
+        v = m.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= MAX_WINDOW:
+            said = "no '" + key + "'" if key not in m else f"'{key}': {json.dumps(v)[:40]}"
+            raise ConfigError(f"teacher cache manifest {where} has {said}, not an integer in {low}..{MAX_WINDOW} "
+                              f"(a windowed cache{' with a ' + WINDOW_FILE if state else ''}); "
+                              "the cache is damaged, rebuild it (`mkd teacher-cache ... --out NEW_DIR`)")
 
 
 def check_shard(root: Path, m: dict, j: int) -> None:

@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
+from megatron_kd.config.validate import MAX_WAIT_S
 from megatron_kd.distill.cache_layout import SHARD_INDEX, complete_shards, first_gap, shard_dir
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 
 WINDOW_FILE = "window.json"  # {"window": N, "readers": R, "deleted_below": k}
 READERS = "readers"
+MAX_WINDOW = 10**9  # --window and --readers above this are not a cache's own (a manifest edited)
 
 
 def deleted_below(root: Path, num_shards: int | None = None) -> int:
@@ -124,9 +126,9 @@ class Window:
                  num_shards: int | None = None):
         if window < 2 or readers < 1:
             raise ConfigError(f"--window needs at least 2 shards and --readers at least 1 (got {window}, {readers})")
-        if not (isinstance(wait_s, (int, float)) and math.isfinite(wait_s) and wait_s > 0):
-            raise ConfigError(f"--reader-wait must be a finite number of seconds above 0, got {wait_s}; "
-                              "e.g. --reader-wait 3600")
+        if not (isinstance(wait_s, (int, float)) and math.isfinite(wait_s) and 0 < wait_s <= MAX_WAIT_S):
+            raise ConfigError(f"--reader-wait must be a finite number of seconds above 0 and at most {MAX_WAIT_S:,} "
+                              f"(30 days), got {wait_s}; e.g. --reader-wait 3600")
         self.num_shards = num_shards  # the manifest's count: window.json is checked against it
         self.root, self.window, self.readers, self.wait_s = Path(root), window, readers, wait_s
         self.deletes = deletes  # every rank of the job may delete (idempotent: only what all readers passed)

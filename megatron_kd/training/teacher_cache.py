@@ -110,7 +110,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         chunk.eval()
     tokenizer = load_tokenizer(cfg)
     n = planned["num_samples"]
-    dataset, _ = build_datasets(cfg, tokenizer, n)
+    dataset = _build_dataset(cfg, tokenizer, n, out)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     # rank 0 decides which shards are missing and tells everyone: the ranks of one pipeline must
     # agree (a file system's attribute cache could let each rank see a different state)
@@ -177,6 +177,26 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
     return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n,
             "max_on_disk": window.max_on_disk if window is not None else None}
+
+
+def _build_dataset(cfg: RunConfig, tokenizer, n: int, out: Path):
+    """The samples the student trains on. megatron-core writes their index under OUT/data_cache and
+    wraps a failed write in a bare Exception (its advice: "supply a directory to which you have
+    write access"); a full disk there is said as such (exit 4), and its partial index removed."""
+    try:
+        return build_datasets(cfg, tokenizer, n)[0]
+    except Exception as exc:
+        cause, seen = exc, 0
+        while cause is not None and not isinstance(cause, OSError) and seen < 16:
+            cause, seen = cause.__cause__, seen + 1
+        index_dir = out / "data_cache"
+        # numpy's short write carries no errno: a full disk if nearly nothing is left there
+        if not isinstance(cause, OSError) or not (cause.errno == errno.ENOSPC
+                                                  or (cause.errno is None and _nearly_full(out))):
+            raise
+        shutil.rmtree(index_dir, ignore_errors=True)  # the job's own index files: rebuilt next time
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the disk is full: writing megatron-core's "
+                      "data index for the cache job)", str(index_dir)) from exc
 
 
 def _batch(dataset, index: list[int]) -> dict:

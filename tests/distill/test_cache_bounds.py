@@ -224,3 +224,77 @@ def test_the_pre_launch_check_counts_shards_without_looping_over_the_claim(cache
     (cache / WINDOW_FILE).write_text(json.dumps({"window": 3, "readers": 1, "deleted_below": -10**12}))
     with _within(20), pytest.raises(ConfigError, match=r"'deleted_below': -1000000000000, not a shard count"):
         check_run(cfg, SHARDS * ROWS, None, None)
+
+
+# --- a manifest's window keys, --reader-wait's ceiling, --sample's name, a full disk under the index ---
+
+@pytest.mark.parametrize("edit, said", [({"window": "abc", "readers": 1}, "'window': \"abc\""),
+                                        ({"window": -1, "readers": 1}, "'window': -1"),
+                                        ({"window": 1e30, "readers": 1}, "'window': 1e+30"),
+                                        ({"window": 10**30, "readers": 1}, "'window': 1000000000000000000000000000000"),
+                                        ({"window": 3, "readers": "x"}, "'readers': \"x\""),
+                                        ({"window": 3}, "no 'readers'"),
+                                        ({}, "no 'window'")])
+def test_a_manifest_s_window_keys_are_checked_where_it_is_read(cache, tmp_path, edit, said):
+    """`window` and `readers` were never checked: "abc" was a TypeError at train time, a window.json
+    without them a KeyError in --verify, -1 and 1e30 passed --verify."""
+    from megatron_kd.config.loader import load_config
+    from megatron_kd.distill.cache import check_run, fingerprint
+
+    (cache / WINDOW_FILE).write_text(json.dumps({"window": 3, "readers": 1, "deleted_below": 1}))
+    shutil.rmtree(shard_dir(cache, 0))
+    cfg = load_config("train/tiny-mock", [f"run.dir={tmp_path / 'run'}", f"model.vocab_size={VOCAB}",
+                                          f"train.seq_length={SEQ}"])
+    cfg.teacher.cache = str(cache)
+    cfg.kd.kind, cfg.kd.top_k, cfg.kd.temperature = "forward_kl", K, 1.0
+    _edit_manifest(cache, fingerprint=fingerprint(cfg, K, None, None, dtype="fp16"), **edit)
+    for read in (lambda: verify_cache(cache), lambda: check_run(cfg, SHARDS * ROWS, None, None)):
+        with pytest.raises(ConfigError, match="the cache is damaged, rebuild it") as err:
+            read()
+        assert said in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_missing_window_key_on_the_command_line_is_one_line(cache, capsys):
+    (cache / WINDOW_FILE).write_text(json.dumps({"window": 3, "readers": 1, "deleted_below": 1}))
+    shutil.rmtree(shard_dir(cache, 0))
+    rc, _, err = helpers.mkd_in_process(capsys, "teacher-cache", "--verify", cache)
+    assert rc == 2 and "no 'window'" in err and "rebuild it" in err and "Traceback" not in err, err
+
+
+def test_a_reader_wait_past_30_days_is_refused(tmp_path, capsys):
+    """--reader-wait 1e300 waited forever (as teacher.cache_wait_s, capped at 30 days)."""
+    with pytest.raises(ConfigError, match=r"--reader-wait must be .* at most 2,592,000"):
+        Window(tmp_path, 3, 1, wait_s=1e300, deletes=True)
+    rc, _, err = helpers.mkd_in_process(capsys, "teacher-cache", "kd/cpu-tiny-to-small", "--out", tmp_path / "c",
+                                        "--window", "2", "--readers", "1", "--reader-wait", "1e300")
+    assert rc == 2 and "--reader-wait must be at most 2,592,000 seconds" in err and "1e+300" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A real 3-step run of the tiny model: the cache job's teacher."""
+    run = tmp_path_factory.mktemp("cache_bounds") / "teacher"
+    helpers.mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3", "train.warmup_steps=0")
+    return run
+
+
+def test_sample_above_the_vocabulary_names_sample(teacher_run, tmp_path, capsys):
+    rc, _, err = helpers.mkd_in_process(capsys, "teacher-cache", "train/tiny-mock", f"teacher.checkpoint={teacher_run}",
+                                        "--out", tmp_path / "c", "--sample", "1000000000")
+    assert rc == 2 and "--sample 1000000000 is above the vocabulary" in err and "--top-k 1000000000" not in err, err
+
+
+def test_a_full_disk_under_the_data_index_is_one_line_exit_4(teacher_run, tmp_path):
+    """megatron-core's dataset builder wraps the failed index write in a bare Exception ("supply a
+    directory to which you have write access"): 54 lines of traceback on a full disk."""
+    with helpers.small_disk(tmp_path / "small", "40k") as disk:
+        out = disk / "c"
+        r = helpers.mkd("teacher-cache", "train/tiny-mock", f"teacher.checkpoint={teacher_run}", "train.steps=2",
+                        "train.warmup_steps=0", "--out", out, "--top-k", "8", check=False)
+        assert r.returncode == 4, r.stderr[-3000:]
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+        assert f"no space left on the device: {out / 'data_cache'}" in errors[0], errors[0]
+        assert not (out / "data_cache").exists()  # its partial index gives the space back
+        shutil.rmtree(out)
