@@ -129,13 +129,13 @@ def _budget(args) -> float:
 def _check_advise_flags(args) -> None:
     """Sizes, losses and counts finite and in range before the law sees them (a NaN size would be
     a NaN recommendation)."""
-    from megatron_kd.study.law import MAX_PARAMS, checked_number
+    from megatron_kd.study.law import MAX_LOSS, MAX_PARAMS, checked_number
 
     if args.teacher is not None:
         checked_number(args.teacher[0], "--teacher N_T", "give the teacher's parameters, e.g. 3e6", 0, MAX_PARAMS,
                        True)
         checked_number(args.teacher[1], "--teacher LOSS", "give the teacher's validation loss, e.g. 2.65", 0,
-                       None, True)
+                       MAX_LOSS, True)
     for n in args.student or []:
         checked_number(n, "--student", "give student sizes in parameters, e.g. --student 1e6", 0, MAX_PARAMS, True)
     checked_number(args.students, "--students", "give how many students the teacher serves, e.g. --students 4",

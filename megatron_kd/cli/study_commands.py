@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+MAX_EQUIVALENCE = 10.0  # nats: claim 2's margin; a margin past any loss gap makes every claim hold
 
 
 def add_study_parsers(sub) -> None:
@@ -128,6 +131,8 @@ def cmd_report(args) -> int:
                           "runs/sweeps/cpu-mini, or mkd report --table results.csv --out reports/mine")
     if getattr(args, "out", None) and not table:
         raise ConfigError("--out is for --table; a sweep's report is written into its directory")
+    if math.isfinite(eq) and eq > MAX_EQUIVALENCE:  # a margin of 1e308 nats makes claim 2 hold always
+        raise ConfigError(f"--equivalence {eq:g} must be at most {MAX_EQUIVALENCE:g} nats, e.g. 0.01")
     overwrite = getattr(args, "overwrite", False)
     if table:
         rep = build_report_from_table(Path(table), Path(args.out) if args.out else None, level, eq, in_domain,

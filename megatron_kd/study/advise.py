@@ -37,6 +37,7 @@ from megatron_kd.models.flops import forward_flops, tokens_for_budget, training_
 from megatron_kd.study.law import (
     FORMS,
     MAX_FLOPS,
+    MAX_LOSS,
     MAX_PARAMS,
     MAX_TOKENS,
     SUPERVISED,
@@ -109,7 +110,8 @@ class _LawSchema:
             if n not in d:
                 raise self.fail(f"{key}.{n}", "is missing")
             low = None if n in SIGNED else 0
-            out[n] = checked_number(d[n], f"{self.path}: law key {key}.{n}", self.fix, low, None, n in positive)
+            high = MAX_LOSS if n == "E" else None  # the irreducible loss is a loss (nats/token)
+            out[n] = checked_number(d[n], f"{self.path}: law key {key}.{n}", self.fix, low, high, n in positive)
         return out
 
     def samples(self, d: dict, key: str, names: tuple, positive: tuple) -> list[dict]:
@@ -208,7 +210,7 @@ def _law_from_json(d: dict, schema: _LawSchema) -> Law:
             mixes[alpha] = mix
     ranges = schema.mapping(d, "ranges", "ranges")
     checked = {"N": schema.interval(ranges, "N", MAX_PARAMS), "D": schema.interval(ranges, "D", MAX_TOKENS),
-               "teacher_loss": schema.interval(ranges, "teacher_loss", None)}
+               "teacher_loss": schema.interval(ranges, "teacher_loss", MAX_LOSS)}
     for name in ("N", "D") + (("teacher_loss",) if mixes else ()):
         if checked[name] is None:
             raise schema.fail(f"ranges.{name}", "is missing")
@@ -326,7 +328,8 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
         checked_number(n, "a model size", "give sizes in parameters > 0", 0, MAX_PARAMS, low_open=True)
     if teacher is not None:
         checked_number(teacher[0], "the teacher's size", "give parameters > 0", 0, MAX_PARAMS, low_open=True)
-        checked_number(teacher[1], "the teacher's loss", "give its validation loss > 0", 0, None, low_open=True)
+        checked_number(teacher[1], "the teacher's loss", f"give its validation loss in (0, {MAX_LOSS:g}] nats", 0,
+                       MAX_LOSS, low_open=True)
     ok = (lambda key, x: True) if extrapolate else (lambda key, x: _inside(law, key, x))
     options, left_out = [], 0
     for N_S in student_sizes:
@@ -377,12 +380,13 @@ def advise(law: Law, budget: float, student_sizes: list[float], teacher: tuple |
         notes.insert(0, f"the existing teacher's loss {teacher[1]:.4f} is outside the teacher losses the law "
                         f"was fitted on ({lo:.4f}-{hi:.4f}): no option distils from it (--extrapolate keeps them, "
                         "unvalidated)")
-    finite = [o for o in options if math.isfinite(o.loss)]
+    finite = [o for o in options if math.isfinite(o.loss) and 0 < o.loss <= MAX_LOSS]
     if len(finite) < len(options):  # the law overflows there (a huge exponent): no prediction, not NaN
-        notes.append(f"{len(options) - len(finite)} option(s) left out: the law predicts no finite loss there")
+        notes.append(f"{len(options) - len(finite)} option(s) left out: the law predicts no finite loss "
+                     f"(in (0, {MAX_LOSS:g}] nats) there")
     if not finite:
-        raise ConfigError("the law predicts no finite loss for any option at this budget; choose a budget and "
-                          "sizes inside the fitted ranges")
+        raise ConfigError(f"the law predicts no finite loss (in (0, {MAX_LOSS:g}] nats) for any option at this budget; "
+                          "choose a budget and sizes inside the fitted ranges")
     options = sorted(finite, key=lambda o: o.loss)
     return _best_per_kind(options), notes
 

@@ -47,6 +47,21 @@ BOOTSTRAP_TOL = 1e-8  # a bootstrap refit (300 evaluations at most from each of 
 MAX_PARAMS = 1e15
 MAX_TOKENS = 1e18
 MAX_FLOPS = 1e40
+MAX_LOSS = 1e6  # nats/token, as the results table bounds its losses: 10^308 is not a loss
+# A row's numbers the fit reads or carries, and the results table's cells (one rule for both):
+# field -> (low, high, low excluded). A student has at least one parameter; a teacher's 0 parameters
+# is the unigram control's (left out of the law, not refused). teacher_pass_shared_by is fractional
+# when a pass's readers have several lengths (study/report.py), so only > 0.
+ROW_BOUNDS = {
+    "student_params": (1, MAX_PARAMS, False), "student_nonembedding_params": (0, MAX_PARAMS, True),
+    "teacher_params": (0, MAX_PARAMS, False), "teacher_nonembedding_params": (0, MAX_PARAMS, False),
+    "student_tokens": (0, MAX_TOKENS, True), "tokens": (0, MAX_TOKENS, True),
+    "teacher_tokens": (0, MAX_TOKENS, False), "alpha": (0, 1, False),
+    "student_flops": (0, MAX_FLOPS, False), "teacher_pretrain_flops": (0, MAX_FLOPS, False),
+    "teacher_pass_flops": (0, MAX_FLOPS, False), "teacher_pass_shared_by": (0, 1e9, True),
+    "temperature": (0, 1e6, True), "top_k": (1, 1e12, False), "seed": (0, 2**32 - 1, False),
+    "data_seed": (0, 2**32 - 1, False), "seq_length": (0, 1e9, True),
+}
 
 
 def checked_number(value, what: str, fix: str, low: float | None = None, high: float | None = None,

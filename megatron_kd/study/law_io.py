@@ -24,9 +24,8 @@ from megatron_kd.models.flops import row_flop_params
 from megatron_kd.study.advise import FORMAT, GAIN_COLUMNS
 from megatron_kd.study.law import (
     FORMS,
-    MAX_FLOPS,
-    MAX_PARAMS,
-    MAX_TOKENS,
+    MAX_LOSS,
+    ROW_BOUNDS,
     SUPERVISED,
     Fit,
     Progress,
@@ -39,18 +38,6 @@ from megatron_kd.study.report import collect
 from megatron_kd.study.table import read_table
 
 WEAK = 10.0  # a positive parameter whose bootstrap interval spans more than this factor is weakly identified
-# A row's numbers the fit reads or carries: field -> (low, high, low excluded). A teacher's 0
-# parameters is the unigram control's (left out of the law, not refused).
-ROW_BOUNDS = {
-    "student_params": (0, MAX_PARAMS, True), "student_nonembedding_params": (0, MAX_PARAMS, True),
-    "teacher_params": (0, MAX_PARAMS, False), "teacher_nonembedding_params": (0, MAX_PARAMS, False),
-    "student_tokens": (0, MAX_TOKENS, True), "tokens": (0, MAX_TOKENS, True),
-    "teacher_tokens": (0, MAX_TOKENS, False), "alpha": (0, 1, False),
-    "student_flops": (0, MAX_FLOPS, False), "teacher_pretrain_flops": (0, MAX_FLOPS, False),
-    "teacher_pass_flops": (0, MAX_FLOPS, False), "teacher_pass_shared_by": (0, 1e9, True),
-    "temperature": (0, 1e6, True), "top_k": (1, 1e12, False), "seed": (0, 2**32 - 1, False),
-    "data_seed": (0, 2**32 - 1, False), "seq_length": (0, 1e9, True),
-}
 _FIX = "fix the run's results (or its table's row) and run `mkd fit` again"
 
 
@@ -67,7 +54,7 @@ def check_row(r: dict, source: str) -> None:
             raise ConfigError(f"{where} {into}: not a mapping of validation set to loss; {_FIX}")
         for name, loss in losses.items():
             if loss is not None:
-                checked_number(loss, f"{where} {into}/{name}", _FIX, 0, None, low_open=True)
+                checked_number(loss, f"{where} {into}/{name}", _FIX, 0, MAX_LOSS, low_open=True)
 
 
 def rows_of(sources: list[str]) -> list[dict]:

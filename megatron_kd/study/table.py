@@ -30,6 +30,7 @@ from pathlib import Path
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
+from megatron_kd.study.law import ROW_BOUNDS, checked_number
 
 REQUIRED = ["run", "student", "student_params", "student_tokens", "teacher", "teacher_params", "teacher_tokens",
             "alpha", "alpha_schedule", "seed", "data_seed"]
@@ -189,7 +190,10 @@ def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
     for col in REQUIRED[2:] + OPTIONAL:
         raw = (line.get(col) or "").strip()
         if col in _NUMBERS and raw:
-            r[_FIELD.get(col, col)] = _number(col, raw, where, fix)
+            field = _FIELD.get(col, col)
+            r[field] = _number(col, raw, where, fix)
+            if field in ROW_BOUNDS:  # the range `mkd fit` holds it to (a temperature of 1e29 is no run's)
+                checked_number(r[field], f"{where} column {col}", fix, *ROW_BOUNDS[field])
         elif col not in _NUMBERS:
             r[col] = unneutralise(raw) or None
     r["tokens"] = r.get("student_tokens")

@@ -47,7 +47,7 @@ BAD_FLAGS = [
     (["--flops", "6e13", "--teacher", "nan", "2.65"], "--teacher N_T is not a number"),
     (["--flops", "6e13", "--teacher", "3e6", "nan"], "--teacher LOSS is not a number"),
     (["--flops", "6e13", "--teacher", "3e6", "inf", "--extrapolate"], "--teacher LOSS is inf"),
-    (["--flops", "6e13", "--teacher", "3e6", "-1"], "--teacher LOSS must be > 0"),
+    (["--flops", "6e13", "--teacher", "3e6", "-1"], "--teacher LOSS must be in (0, 1000000]"),
     (["--flops", "6e13", "--students", "0"], "--students must be in [1, 1000000000]"),
     (["--flops", "6e13", "--students", str(10**30)], "--students must be in [1, 1000000000]"),
 ]
@@ -100,7 +100,7 @@ EDITS = [
     ("E infinite", _set(["supervised", "params", "E"], float("inf")), "supervised.params.E is inf"),
     ("E missing", _drop(["supervised", "params", "E"]), "supervised.params.E is missing"),
     ("E a string", _set(["supervised", "params", "E"], "1.8"), "supervised.params.E: '1.8' is not a number"),
-    ("E negative", _set(["supervised", "params", "E"], -1.0), "supervised.params.E must be > 0"),
+    ("E negative", _set(["supervised", "params", "E"], -1.0), "supervised.params.E must be in (0, 1000000]"),
     ("gamma a string", _set(["supervised", "params", "gamma"], "x"), "supervised.params.gamma"),
     ("gamma zero", _set(["supervised", "params", "gamma"], 0), "supervised.params.gamma must be > 0"),
     ("alpha negative", _set(["supervised", "params", "alpha"], -0.3), "supervised.params.alpha must be >= 0"),
@@ -156,5 +156,28 @@ def test_a_law_that_overflows_everywhere_recommends_nothing(law_file, tmp_path, 
     for p in [law["supervised"]["params"], *law["supervised"]["samples"]]:
         p.update(B=1e10, gamma=1e3)
     edited = tmp_path / "overflow.json"
+    edited.write_text(json.dumps(law))
+    assert "predicts no finite loss" in _refused(capsys, edited, "--flops", 6e13, "--student", 1e6)
+
+
+def test_a_loss_past_any_measurement_is_refused(law_file, tmp_path, capsys):
+    """E = 1e308 (a law key) or a teacher loss of 1e308 is not a loss: one line, never a
+    recommendation of "loss 1000...0"."""
+    law = json.loads(law_file.read_text())
+    law["supervised"]["params"]["E"] = 1e308
+    edited = tmp_path / "e_huge.json"
+    edited.write_text(json.dumps(law))
+    assert "supervised.params.E must be in (0, 1000000]" in _refused(capsys, edited, "--flops", 1e14,
+                                                                       "--extrapolate")
+    err = _refused(capsys, law_file, "--flops", 1e14, "--teacher", 1e6, 1e308)
+    assert "--teacher LOSS must be in (0, 1000000]" in err
+
+
+def test_a_predicted_loss_past_any_measurement_is_left_out(law_file, tmp_path, capsys):
+    """Finite parameters whose prediction is finite but past 1e6 nats: no option either."""
+    law = json.loads(law_file.read_text())
+    for p in [law["supervised"]["params"], *law["supervised"]["samples"]]:
+        p.update(A=1e300, alpha=0.0)
+    edited = tmp_path / "huge_a.json"
     edited.write_text(json.dumps(law))
     assert "predicts no finite loss" in _refused(capsys, edited, "--flops", 6e13, "--student", 1e6)

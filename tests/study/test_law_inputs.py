@@ -87,6 +87,9 @@ BAD_CELLS = [
     (SUPERVISED_RUN, "val/indomain", "inf"),
     (KD_RUN, "teacher_val/indomain", "-inf"),
     (KD_RUN, "teacher_val/indomain", "-1"),
+    (SUPERVISED_RUN, "student_params", "0.5"),  # a student has at least one parameter
+    (KD_RUN, "temperature", "1e29"),
+    (SUPERVISED_RUN, "data_seed", "1e29"),
 ]
 
 
@@ -157,3 +160,10 @@ def test_a_seq_length_the_runs_were_not_at_is_refused():
         seq_length_of(rows, 256)
     assert seq_length_of([{}])[0] is None and "pass --seq-length S" in seq_length_of([{}])[1][0]
     assert seq_length_of([{"seq_length": 64}, {"seq_length": 128}])[0] is None
+
+
+def test_a_sweeps_loss_past_any_measurement_is_refused():
+    """A sweep row's loss of 1e308 is refused as a table's is (at most 1e6 nats)."""
+    row = {"name": "r", "student_params": 1e6, "val": {"indomain": 1e308}}
+    with pytest.raises(ConfigError, match=r"val/indomain must be in \(0, 1000000\]"):
+        check_row(row, "sweep")

@@ -103,6 +103,11 @@ def test_extra_cells_are_refused(table, capsys, tmp_path):
     ("val/indomain", "1e308", "column val/indomain: '1e308' is not a loss"),
     ("val/ood", "inf", "column val/ood: 'inf' is not a loss"),
     ("teacher_val/indomain", "-1", "column teacher_val/indomain: '-1' is not a loss"),
+    # the ranges `mkd fit` holds a row to (law.ROW_BOUNDS), so the two readers agree
+    ("student_params", "0.5", "column student_params must be in [1, 1e+15]"),
+    ("temperature", "1e29", "column temperature must be in (0, 1000000]"),
+    ("data_seed", "1e29", "column data_seed must be in [0, 4294967295]"),
+    ("teacher_pass_shared_by", "0", "column teacher_pass_shared_by must be in (0, 1000000000]"),
 ])
 def test_numbers_are_checked_where_they_enter(table, col, value, text, capsys, tmp_path):
     set_cell(table, 4, col, value)
@@ -123,6 +128,7 @@ def test_all_losses_huge_is_one_line(table, capsys, tmp_path):
     ("--equivalence", "inf", "--equivalence inf must be a finite number > 0"),
     ("--equivalence", "nan", "--equivalence nan must be a finite number > 0"),
     ("--level", "nan", "--level nan must be in [0.5, 1)"),
+    ("--equivalence", "1e308", "--equivalence 1e+308 must be at most 10 nats"),
 ])
 def test_options_are_checked_before_anything_is_written(table, flag, value, text, capsys, tmp_path):
     refused(capsys, table, tmp_path, text, flag, value)
