@@ -3,6 +3,7 @@ checked before anything is expanded; a wrong one is one line naming the key."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
@@ -130,6 +131,11 @@ def _check_repeats(spec: dict, grid: dict, p: Path) -> None:
                 raise ConfigError(f"sweep {p}: `{key}` lists {value!r} twice; give each value once (a repeated "
                                   "value would run the same point twice)")
             seen.append(value)
+    both = [x for x in spec.get("baseline_seeds") or [] if x in (spec.get("seeds") or [])]
+    if both:
+        raise ConfigError(f"sweep {p}: seed {both[0]!r} is in both `seeds` and `baseline_seeds`; baseline_seeds "
+                          "are extra seeds for the baselines only (every seed in `seeds` already runs a "
+                          "baseline): list it once")
 
 
 # Keys that shape a run's token stream (which sequences, in which order): a teacher's points
@@ -138,6 +144,16 @@ STREAM_KEYS = ("data.", "train.steps", "train.tokens", "train.global_batch_size"
 
 
 def _check_teacher_overrides(teachers: list[dict], p: Path) -> None:
+    seen: dict = {}
+    for t in teachers:  # one teacher under two names would count twice in the report
+        same = (os.path.normpath(t["checkpoint"]) if isinstance(t.get("checkpoint"), str) else None,
+                bool(t.get("unigram")), repr(t.get("model")), repr(t.get("tokens")), repr(t.get("cache")),
+                tuple(t.get("overrides") or []))
+        if same in seen:
+            raise ConfigError(f"sweep {p}: grid.teacher entries {seen[same]!r} and {t.get('name')!r} are the same "
+                              "teacher (checkpoint, model, cache and overrides): it would count twice in the "
+                              "report; keep one entry")
+        seen[same] = t.get("name")
     for t in teachers:
         for text in t.get("overrides") or []:
             key = text.partition("=")[0].strip()

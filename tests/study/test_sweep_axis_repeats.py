@@ -33,3 +33,36 @@ def test_a_repeated_axis_value_is_one_line(tmp_path, case):
     assert text in str(err.value) and "give each value once" in str(err.value) and "\n" not in str(err.value)
     assert "teachers distinct names" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def _load_refused(tmp_path, extra: dict) -> str:
+    spec = {"name": "r", "base": "train/tiny-mock", "out": str(tmp_path / "out"), "baseline": True} | extra
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        sw.load_sweep(tmp_path / "r.yaml")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+    return str(err.value)
+
+
+def test_a_seed_in_seeds_and_baseline_seeds_is_named(tmp_path):
+    err = _load_refused(tmp_path, {"seeds": [1, 2], "baseline_seeds": [1]})
+    assert "seed 1 is in both `seeds` and `baseline_seeds`" in err
+    assert "teachers distinct names" not in err
+
+
+def test_one_teacher_under_two_names_is_refused(tmp_path):
+    """Same checkpoint (spelled ./ or not), model, cache and overrides: the report would count it twice."""
+    err = _load_refused(tmp_path, {"grid": {"teacher": [{"name": "a", "checkpoint": "/ckpt/t"},
+                                                        {"name": "b", "checkpoint": "/ckpt/./t"}]}})
+    assert "grid.teacher entries 'a' and 'b' are the same teacher" in err
+
+
+def test_one_checkpoint_with_different_overrides_is_two_teachers(tmp_path):
+    spec = {"name": "r", "base": "train/tiny-mock", "out": str(tmp_path / "out"), "baseline": True,
+            "grid": {"teacher": [{"name": "a", "checkpoint": "/ckpt/t"},
+                                 {"name": "b", "checkpoint": "/ckpt/t", "overrides": ["kd.top_k=8"]}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(spec))
+    try:
+        sw.load_sweep(tmp_path / "r.yaml")
+    except ConfigError as exc:
+        assert "same teacher" not in str(exc)
