@@ -136,6 +136,10 @@ def _read_lines(path: Path, fix: str) -> tuple[list[str], list[dict]]:
     a column twice or a line with more cells than the header is refused."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
+            if f.read(4096).lstrip()[:1] in ("{", "["):  # report.json, law.json: not a table
+                raise ConfigError(f"{path}: JSON (it starts with {{ or [), not a CSV results table; give the "
+                                  "report's report.csv (or another CSV: `mkd report --help` lists its columns)")
+            f.seek(0)
             reader = csv.DictReader(f)
             head = list(reader.fieldnames or [])
             lines = list(reader)

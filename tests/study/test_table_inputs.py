@@ -167,3 +167,12 @@ def test_a_sweep_with_a_nan_baseline_of_two_reports(tmp_path, monkeypatch, capsy
     assert "Traceback" not in out.out + out.err
     md = (sweep / "report.md").read_text()
     assert "Baseline s: mock 4.0000" in md and "a loss that is not finite): b2." in md
+
+
+def test_a_json_file_given_as_the_table_is_named(table, capsys, tmp_path):
+    """report.json given for report.csv: "not a CSV results table", not a row's cell count."""
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"level": 0.95, "runs": [{"name": "a", "val": 3.0}]}, indent=1))
+    refused(capsys, path, tmp_path, "JSON (it starts with { or [), not a CSV results table")
+    path.write_text("\ufeff  [1, 2]\n")
+    refused(capsys, path, tmp_path, "report.csv")
