@@ -14,7 +14,9 @@ statistics. Columns (README "The results table"):
   and 2·N·D (forward), and the report says so.
 
 Cells are checked where they enter, one line naming row and column: numbers finite and at most
-1e30 (whole where they count, not negative where they are sizes); a loss above 0 and at most 1e6
+1e30 (whole where they count, not negative where they are sizes) and in the range `mkd fit` holds
+a run to (law.ROW_BOUNDS: a student of >= 1 parameter, a temperature in (0, 1e6], seeds in
+[0, 2^32), ...); a JSON file (report.json) is named as not a table; a loss above 0 and at most 1e6
 nats/token, `nan` for a diverged run (left out of the statistics, as in a sweep), empty for none.
 A header naming a column twice, a row with more cells than the header, two rows of one run are
 refused; a UTF-8 byte-order mark is read as one. Names that start like a spreadsheet formula are
