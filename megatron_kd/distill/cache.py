@@ -52,6 +52,7 @@ from megatron_kd.distill.cache_checks import (  # noqa: F401 (re-exported: the c
     check_run,
     check_same_data,
     check_shard,
+    check_window_keys,
     differing_fields,
     fingerprint,
     load_bounded,

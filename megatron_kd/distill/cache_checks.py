@@ -139,17 +139,17 @@ def read_manifest(root: Path) -> dict:
                           f"shards of {m['shard_rows']} rows are not {m['num_shards']} shards (edited?); "
                           "write the cache again")
     Encoding.from_manifest(m, where)  # an encoding this version cannot read is one line here
-    _check_window_keys(root, m)
+    check_window_keys(root, m)
     return m
 
 
-def _check_window_keys(root: Path, m: dict) -> None:
-    """A windowed cache's `window` and `readers` (both, or neither: plan_cache writes them together,
-    and only a windowed job writes window.json): whole numbers in range, before any arithmetic on
-    them ("abc" - 2 was a traceback; a window.json without them a KeyError in --verify)."""
+def check_window_keys(root: Path, m: dict, need: bool = False) -> None:
+    """A windowed cache's `window` and `readers` (both, or neither: plan_cache writes them together):
+    whole numbers in range, before any arithmetic on them ("abc" - 2 was a traceback at train
+    time). `need` (--verify): a window.json (written only by a windowed job) makes them required."""
     where = Path(root) / MANIFEST
     state = (Path(root) / WINDOW_FILE).is_file()
-    if not ("window" in m or "readers" in m or state):
+    if not ("window" in m or "readers" in m or (need and state)):
         return
     if state:  # a damaged window.json is named as such first
         deleted_below(root, m["num_shards"])

@@ -30,6 +30,7 @@ from megatron_kd.distill.cache import (
     SHARD_INDEX,
     check_same_data,
     check_shard,
+    check_window_keys,
     complete_shards,
     differing_fields,
     fingerprint,
@@ -250,6 +251,7 @@ def _nearly_full(path: Path) -> bool:
 def verify_cache(root: Path) -> str:
     """Every shard present, of the manifest's shapes, with its files' checksums; one line back."""
     m = read_manifest(root)
+    check_window_keys(root, m, need=True)  # shards deleted by a window the manifest does not record
     top_k = m["fingerprint"]["top_k"]
     gone = deleted_below(root, m["num_shards"])
     present = [j for j in complete_shards(root, m["num_shards"]) if j >= gone]
