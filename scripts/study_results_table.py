@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from megatron_kd.config import load_config
-from megatron_kd.models.params import count_parameters, train_flops_per_token
+from megatron_kd.models.flops import training_flops_per_token
+from megatron_kd.models.params import count_parameters
 from megatron_kd.study.table import write_table
 
 STUDENT_TOKENS, SEQ, DATA_SEED = 300 * 16 * 128, 128, 7
@@ -30,7 +31,7 @@ def main(src: str, dst: str) -> None:
     lines = [line for line in Path(src).read_text().splitlines() if line.startswith("| cpu-tiny__")]
     models = {n: _model(n) for n in ("micro", "tiny", "small")}
     student = models["tiny"]
-    per_tok = {n: train_flops_per_token(m, SEQ) for n, m in models.items()}
+    per_tok = {n: training_flops_per_token(m, SEQ) for n, m in models.items()}
     rows = []
     for line in lines:
         c = [x.strip() for x in line.strip("|").split("|")]

@@ -41,14 +41,6 @@ def count_parameters(m: ModelConfig, vocab_size: int | None = None) -> ParamCoun
     return ParamCount(embedding, output, per_layer, m.hidden_size, m.num_layers)
 
 
-def train_flops_per_token(m: ModelConfig, seq_length: int) -> float:
-    """Forward+backward FLOPs per token in the one compute currency (models/flops.py, which owns
-    the count; kept here for the callers that import it from this module)."""
-    from megatron_kd.models.flops import training_flops_per_token  # lazy: flops.py imports this module
-
-    return training_flops_per_token(m, seq_length)
-
-
 def human(n: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:

@@ -33,7 +33,7 @@ from megatron_kd.study.law import (
     checked_number,
     fit_supervised,
 )
-from megatron_kd.study.law_cv import fit_distillation, supervised_cv, supervised_refits
+from megatron_kd.study.law_cv import beats_no_effect, fit_distillation, supervised_cv, supervised_refits
 from megatron_kd.study.report import collect
 from megatron_kd.study.table import read_table
 
@@ -330,8 +330,6 @@ def _solver_line(d: dict) -> str:
 
 
 def _cv_line(cv: dict) -> str:
-    from megatron_kd.study.law_cv import beats_no_effect
-
     verdict = "beats" if beats_no_effect(cv) else "does NOT beat"
     return (f"  leave-one-cell-out ({cv['cells']} cells, {cv['runs']} runs): rms log-error "
             f"{100 * cv['law_rmse_log']:.2f} %; ignoring the teacher (the supervised law) "

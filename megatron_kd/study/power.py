@@ -30,6 +30,7 @@ from scipy.stats import t as t_dist
 
 from megatron_kd.errors import ConfigError, MKDError
 from megatron_kd.study.analysis import split_sets, test_sets
+from megatron_kd.study.sweep import resolve_point
 
 POWER = 0.8
 LEVEL = 0.95
@@ -150,8 +151,6 @@ def teacher_axes(kd: list) -> list[tuple[str, list[str]]]:
 
 def sets_of(spec: dict, points) -> list[str]:
     """The validation sets every run is scored on (the first point's resolved data.valid)."""
-    from megatron_kd.study.sweep import resolve_point
-
     try:
         sets = list(resolve_point(spec, points[0]).data.valid)
     except MKDError:

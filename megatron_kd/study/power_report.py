@@ -8,16 +8,17 @@ import math
 from pathlib import Path
 
 from megatron_kd.errors import ConfigError
+from megatron_kd.study.analysis import analyse, split_sets
 from megatron_kd.study.power import EQUIVALENCE, LEVEL, Noise, designs_of, sets_of, student_power
+from megatron_kd.study.report import collect
+from megatron_kd.study.sweep import expand
+from megatron_kd.study.table import read_table
 
 
 def noise_from(source: str | Path) -> Noise:
     """The residual sd per set of a prior sweep (its `out` directory) or results table, pooled
     over its students by degrees of freedom: in-domain, the largest OOD set's, and the largest
     (OOD - in-domain) fit's."""
-    from megatron_kd.study.analysis import analyse, split_sets
-    from megatron_kd.study.report import collect
-    from megatron_kd.study.table import read_table
 
     path = Path(source)
     if path.is_dir():
@@ -51,7 +52,6 @@ def noise_from(source: str | Path) -> Noise:
 def sweep_power(spec: dict, noise: Noise, level: float = LEVEL, weak: int = 1,
                 equivalence: float = EQUIVALENCE) -> list[dict]:
     """student_power for every student of the sweep's expanded design."""
-    from megatron_kd.study.sweep import expand
 
     points = expand(spec)
     sets = sets_of(spec, points)

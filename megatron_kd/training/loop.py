@@ -23,7 +23,7 @@ from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.distill.model import build_teacher
 from megatron_kd.distill.objective import KDObjective
 from megatron_kd.distill.teacher import teacher_identity
-from megatron_kd.models.params import train_flops_per_token
+from megatron_kd.models.flops import training_flops_per_token
 from megatron_kd.runtime import preemption
 from megatron_kd.runtime.throughput import Profiler, device_name, peak_tflops
 from megatron_kd.training import callbacks
@@ -197,9 +197,9 @@ def _callbacks(cfg: RunConfig, run: ResolvedRun, state, ctx: StepContext, checkp
     if profiler is not None:
         out.append(callbacks.Profile(profiler, profile_steps, run_dir, write=rank == 0))
     out.append(callbacks.SkipBudget(cfg.train.max_consecutive_skips, checkpointer.latest))
-    flops_per_token = train_flops_per_token(cfg.model, cfg.train.seq_length)
+    flops_per_token = training_flops_per_token(cfg.model, cfg.train.seq_length)
     if run.teacher is not None and run.teacher.model is not None:  # the online teacher's forward
-        flops_per_token += train_flops_per_token(run.teacher.model, cfg.train.seq_length) / 3
+        flops_per_token += training_flops_per_token(run.teacher.model, cfg.train.seq_length) / 3
     speed = callbacks.Throughput(torch.distributed.get_world_size(), flops_per_token,
                                  peak_tflops(device_name(), cfg.precision.dtype, cfg.precision.fp8 is not None))
     out.append(speed)

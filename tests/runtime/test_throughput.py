@@ -3,7 +3,7 @@
 import pytest
 
 from megatron_kd.config.schema import ModelConfig
-from megatron_kd.models.params import train_flops_per_token
+from megatron_kd.models.flops import training_flops_per_token
 from megatron_kd.runtime.throughput import Profiler, peak_tflops, step_throughput
 
 
@@ -15,7 +15,7 @@ def test_flops_of_a_llama_config_by_hand():
     # projection 1000*64 = 187,136; x6 (forward+backward) = 1,122,816. Causal attention (QK^T and
     # AV): 2 matmuls * 2 FLOPs * 2 layers * 4 heads * 16 dims * 128 positions / 2 = 32,768
     # forward, x3 = 98,304
-    assert train_flops_per_token(m, 128) == 1_122_816 + 98_304
+    assert training_flops_per_token(m, 128) == 1_122_816 + 98_304
     s = step_throughput(tokens=1000, seconds=0.5, world=2, flops_per_token=1e12, peak=989.4)
     assert s["tokens_per_s_per_gpu"] == 1000 and s["tflops_per_gpu"] == 1000
     assert s["mfu"] == pytest.approx(1000 / 989.4)

@@ -1,4 +1,4 @@
-"""A residual variance per comparison family (study/noise_families.py): real-teacher intervals do
+"""A residual variance per comparison family (study/paired.py, NoiseFamilies): real-teacher intervals do
 not move when only the control's or the frontier's runs change; a cross-family contrast is the
 weighted least squares of every run (checked against a dense weighted lstsq); Levene's test is
 scipy's on the families' residuals; with schedules 3x as noisy as the fixed-α points the
