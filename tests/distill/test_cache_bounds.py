@@ -281,12 +281,14 @@ def teacher_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # trains a teacher (the module fixture)
 def test_sample_above_the_vocabulary_names_sample(teacher_run, tmp_path, capsys):
     rc, _, err = helpers.mkd_in_process(capsys, "teacher-cache", "train/tiny-mock", f"teacher.checkpoint={teacher_run}",
                                         "--out", tmp_path / "c", "--sample", "1000000000")
     assert rc == 2 and "--sample 1000000000 is above the vocabulary" in err and "--top-k 1000000000" not in err, err
 
 
+@pytest.mark.slow  # trains a teacher (the module fixture)
 def test_a_full_disk_under_the_data_index_is_one_line_exit_4(teacher_run, tmp_path):
     """megatron-core's dataset builder wraps the failed index write in a bare Exception ("supply a
     directory to which you have write access"): 54 lines of traceback on a full disk."""

@@ -43,6 +43,7 @@ def test_claim4_exact_permutation_p_matches_scipys_permutation_test(alphas):
     assert ours == pytest.approx(ref.pvalue, abs=1e-12)
 
 
+@pytest.mark.slow  # importing statsmodels takes ~6 s
 def test_holm_matches_statsmodels():
     multitest = pytest.importorskip("statsmodels.stats.multitest")
     rng = np.random.default_rng(3)
