@@ -236,20 +236,12 @@ def _check_cache_for_run(cfg) -> None:
     check_run(cfg, train_steps(cfg) * cfg.train.global_batch_size, ckpt, state)
 
 
-def cmd_teacher_cache(args) -> int:
+def _cache_flags(args) -> int | None:
+    """`mkd teacher-cache`'s flags checked (and --sample folded into --top-k): the K to cache,
+    None for the whole distribution."""
     from megatron_kd.config.validate import MAX_WAIT_S
-    from megatron_kd.distill.cache_encoding import Encoding
     from megatron_kd.distill.cache_window import MAX_WINDOW
-    from megatron_kd.distill.teacher import resolve_teacher
-    from megatron_kd.training.preflight import check_data
-    from megatron_kd.training.teacher_cache import check_out, plan_cache, verify_cache, write_teacher_cache
 
-    if args.verify:
-        print(verify_cache(Path(args.verify)))
-        return 0
-    if not args.recipe or not args.out:
-        raise ConfigError("give a KD recipe and --out DIR (or --verify DIR); e.g. "
-                          "mkd teacher-cache kd/cpu-tiny-to-small --out runs/cache-tiny --top-k 64")
     top_k = None
     if args.sample is not None:
         if args.sample < 1 or args.top_k is not None:
@@ -276,6 +268,22 @@ def cmd_teacher_cache(args) -> int:
                           f"{args.reader_wait:g}; e.g. --reader-wait 3600")
     if not 0 <= args.zstd <= 22:
         raise ConfigError(f"--zstd must be a level in 1..22 (0 = off), got {args.zstd}")
+    return top_k
+
+
+def cmd_teacher_cache(args) -> int:
+    from megatron_kd.distill.cache_encoding import Encoding
+    from megatron_kd.distill.teacher import resolve_teacher
+    from megatron_kd.training.preflight import check_data
+    from megatron_kd.training.teacher_cache import check_out, plan_cache, verify_cache, write_teacher_cache
+
+    if args.verify:
+        print(verify_cache(Path(args.verify)))
+        return 0
+    if not args.recipe or not args.out:
+        raise ConfigError("give a KD recipe and --out DIR (or --verify DIR); e.g. "
+                          "mkd teacher-cache kd/cpu-tiny-to-small --out runs/cache-tiny --top-k 64")
+    top_k = _cache_flags(args)
     cfg = load_config(args.recipe, [*args.overrides, "teacher.cache=null"])
     if not cfg.teacher.checkpoint:
         raise ConfigError(f"{args.recipe} names no teacher.checkpoint; the cache job runs a KD recipe's teacher")

@@ -76,6 +76,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"mkd: error: {self.prog}: {_bounded(message)}; see `{self.prog} --help`\n")
 
 
+def add_teacher_cache_parser(sub) -> None:
+    """`mkd teacher-cache`: its flags (checked in commands._cache_flags)."""
+    from megatron_kd.cli import commands
+
+    p = sub.add_parser("teacher-cache", help="run a KD recipe's teacher once over its student's data and "
+                                             "cache its outputs for every run of a sweep",
+                       description="Write the teacher-signal cache of a KD recipe: the teacher's top-K "
+                                   "token ids and log-probabilities (or all of them), the mass outside, "
+                                   "the label's log-probability and the entropy, for every token the "
+                                   "recipe's student trains on. parallel.* overrides and --nproc give "
+                                   "the teacher its own layout. Train from it with teacher.cache=DIR.")
+    p.add_argument("recipe", nargs="?", help="the KD recipe (the student's data, length and teacher)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--out", help="the cache directory (an unfinished one is continued)")
+    p.add_argument("--top-k", default=None, help="tokens kept per position, or 'all' (default 64)")
+    p.add_argument("--nproc", type=int, default=1, help="processes for the teacher (its TP x PP x DP)")
+    p.add_argument("--shard-rows", type=int, default=None, help="samples per shard (default: ~64 MiB shards)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="random-sampling KD: store N draws per token from the teacher's distribution "
+                        "(unbiased KD gradient; train with kd.top_k=null) instead of the top-K")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="precision of the stored log-probabilities: fp32 exact (default); fp16 half the "
+                        "bytes, within 2^-11 relative (the 16-bit choice); bf16 within 2^-8. Token ids "
+                        "always take the fewest bits the vocabulary needs")
+    p.add_argument("--zstd", type=int, default=0, metavar="LEVEL",
+                   help="compress each shard file with zstd at this level (1-22; default 0 = off)")
+    p.add_argument("--window", type=int, default=None, metavar="N",
+                   help="keep at most N shards on disk: write beside --readers student runs (started with "
+                        "teacher.cache_wait_s) and delete the shards all of them have checkpointed past")
+    p.add_argument("--readers", type=int, default=1, metavar="R",
+                   help="with --window: the student runs that read the cache (default 1)")
+    p.add_argument("--reader-wait", type=float, default=3600.0, metavar="SECONDS",
+                   help="with --window: how long a shard waits for the readers before the job stops (default 3600)")
+    p.add_argument("--verify", metavar="DIR", help="check every shard of a cache against its manifest")
+    p.set_defaults(func=commands.cmd_teacher_cache)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from megatron_kd.cli import commands
     from megatron_kd.cli.convert_commands import add_convert_parsers
@@ -145,37 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes (the layout it is written at; any loads it)")
     p.set_defaults(func=commands.cmd_init)
 
-    p = sub.add_parser("teacher-cache", help="run a KD recipe's teacher once over its student's data and "
-                                             "cache its outputs for every run of a sweep",
-                       description="Write the teacher-signal cache of a KD recipe: the teacher's top-K "
-                                   "token ids and log-probabilities (or all of them), the mass outside, "
-                                   "the label's log-probability and the entropy, for every token the "
-                                   "recipe's student trains on. parallel.* overrides and --nproc give "
-                                   "the teacher its own layout. Train from it with teacher.cache=DIR.")
-    p.add_argument("recipe", nargs="?", help="the KD recipe (the student's data, length and teacher)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--out", help="the cache directory (an unfinished one is continued)")
-    p.add_argument("--top-k", default=None, help="tokens kept per position, or 'all' (default 64)")
-    p.add_argument("--nproc", type=int, default=1, help="processes for the teacher (its TP x PP x DP)")
-    p.add_argument("--shard-rows", type=int, default=None, help="samples per shard (default: ~64 MiB shards)")
-    p.add_argument("--sample", type=int, default=None, metavar="N",
-                   help="random-sampling KD: store N draws per token from the teacher's distribution "
-                        "(unbiased KD gradient; train with kd.top_k=null) instead of the top-K")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="precision of the stored log-probabilities: fp32 exact (default); fp16 half the "
-                        "bytes, within 2^-11 relative (the 16-bit choice); bf16 within 2^-8. Token ids "
-                        "always take the fewest bits the vocabulary needs")
-    p.add_argument("--zstd", type=int, default=0, metavar="LEVEL",
-                   help="compress each shard file with zstd at this level (1-22; default 0 = off)")
-    p.add_argument("--window", type=int, default=None, metavar="N",
-                   help="keep at most N shards on disk: write beside --readers student runs (started with "
-                        "teacher.cache_wait_s) and delete the shards all of them have checkpointed past")
-    p.add_argument("--readers", type=int, default=1, metavar="R",
-                   help="with --window: the student runs that read the cache (default 1)")
-    p.add_argument("--reader-wait", type=float, default=3600.0, metavar="SECONDS",
-                   help="with --window: how long a shard waits for the readers before the job stops (default 3600)")
-    p.add_argument("--verify", metavar="DIR", help="check every shard of a cache against its manifest")
-    p.set_defaults(func=commands.cmd_teacher_cache)
+    add_teacher_cache_parser(sub)
 
     add_data_parser(sub)
     add_convert_parsers(sub)

@@ -36,6 +36,16 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     `world_size` is the launcher's; when given, the layout must fit it. `purpose="model"`
     checks only what building the model needs (model recipes, `mkd info`).
     """
+    _validate_model(cfg)
+    if purpose == "model":
+        return
+    _validate_training(cfg)
+    _validate_schedule_and_outputs(cfg)
+    _validate_world(cfg, world_size)
+
+
+def _validate_model(cfg: RunConfig) -> None:
+    """The values, the model's sizes and the parallel layout: what building the model needs."""
     m, par, tr, prec = cfg.model, cfg.parallel, cfg.train, cfg.precision
     _validate_values(cfg)
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -68,8 +78,11 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
     _require(0 < m.rotary_base <= ROTARY_BASE_MAX,
              f"model.rotary_base must be in [1, 1e12] (RoPE theta: 1e4 to a few 1e9 in use), got "
              f"{_show(m.rotary_base)}")
-    if purpose == "model":
-        return
+
+
+def _validate_training(cfg: RunConfig) -> None:
+    """The run, its optimizer, precision and length, its data and its KD options."""
+    m, par, tr, prec = cfg.model, cfg.parallel, cfg.train, cfg.precision
     _validate_run_dir(cfg.run.dir)
     _require(0 <= cfg.run.seed <= SEED_MAX, f"run.seed must be in [0, {SEED_MAX}], got {cfg.run.seed}")
     _require(1 <= cfg.run.rendezvous_timeout_s <= 86400,
@@ -118,6 +131,11 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
              f"train.stop_at_step must be >= 1, got {tr.stop_at_step}")
     _validate_data(cfg)
     _validate_kd(cfg)
+
+
+def _validate_schedule_and_outputs(cfg: RunConfig) -> None:
+    """Checkpoints, logging, batch sizes and the LR schedule."""
+    tr = cfg.train
     ck, lg = cfg.checkpoint, cfg.logging
     _require(ck.save_interval >= 0, f"checkpoint.save_interval must be >= 0, got {ck.save_interval}")
     _require(all(t > 0 for t in ck.save_at_tokens),
@@ -138,6 +156,11 @@ def validate(cfg: RunConfig, world_size: int | None = None, purpose: str = "trai
              f"train.wsd_decay_fraction must be in (0, 1], got {tr.wsd_decay_fraction}")
     _require(tr.clip_grad >= 0, f"train.clip_grad must be >= 0 (0 disables), got {tr.clip_grad}")
     _require(cfg.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {cfg.checkpoint.keep_last}")
+
+
+def _validate_world(cfg: RunConfig, world_size: int | None) -> None:
+    """The launch's layout against the world size (the launcher's, else parallel.world_size)."""
+    par, tr = cfg.parallel, cfg.train
     world = par.world_size if world_size is None else world_size
     if par.world_size is not None and world_size is not None and par.world_size != world_size:
         raise ConfigError(

@@ -88,6 +88,30 @@ def check_out(out: Path, planned: dict) -> None:
                           "choose a new directory")
 
 
+def _prepare_out(out: Path, planned: dict, rank: int) -> None:
+    """Collective: the manifest written once, a killed job's partial shards removed."""
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / MANIFEST).is_file():
+            write_text_atomic(out / MANIFEST, json.dumps(planned, indent=2))
+        for p in out.glob("*.partial"):  # left by a killed job
+            shutil.rmtree(p, ignore_errors=True)
+    torch.distributed.barrier()
+
+
+def _finish_cache(out: Path, planned: dict, rank: int) -> None:
+    """Collective: every shard on disk (checked by rank 0 for all), then the cache marked complete."""
+    torch.distributed.barrier()
+    left = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
+    torch.distributed.broadcast_object_list(left, src=0)
+    if left[0]:  # every rank raises (none waits at a barrier for one that left)
+        raise ConfigError(f"teacher cache {out}: shards {left[0][:5]} were not written; run the job again")
+    if rank == 0:
+        shutil.rmtree(out / "data_cache", ignore_errors=True)  # megatron-core's index files: the job's own
+        write_text_atomic(out / COMPLETE, f"{planned['num_samples']} samples, {planned['num_shards']} shards\n")
+    torch.distributed.barrier()
+
+
 def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: dict,
                         reader_wait_s: float = 3600.0) -> dict:
     """Collective: every rank of the teacher's launch. Returns {shards, written, samples,
@@ -97,13 +121,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
 
     rank = torch.distributed.get_rank()
     encoding = Encoding.from_manifest(planned, "the planned manifest")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / MANIFEST).is_file():
-            write_text_atomic(out / MANIFEST, json.dumps(planned, indent=2))
-        for p in out.glob("*.partial"):  # left by a killed job
-            shutil.rmtree(p, ignore_errors=True)
-    torch.distributed.barrier()
+    _prepare_out(out, planned, rank)
     shard_written = Faults.from_env().cache_shard_hook()  # None unless a restart test asks
     ckpt, teacher_model, _ = resolve_teacher(cfg, check=False)
     teacher = build_teacher(cfg, teacher_model, ckpt)  # one chunk per virtual pipeline stage
@@ -166,15 +184,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
                 shard_written(j)
             log.info("teacher cache shard %d/%d: samples %d-%d%s", j + 1, planned["num_shards"], samples[0],
                      samples[-1], f" ({window.on_disk()} shards on disk)" if window is not None else "")
-    torch.distributed.barrier()
-    left = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
-    torch.distributed.broadcast_object_list(left, src=0)
-    if left[0]:  # every rank raises (none waits at a barrier for one that left)
-        raise ConfigError(f"teacher cache {out}: shards {left[0][:5]} were not written; run the job again")
-    if rank == 0:
-        shutil.rmtree(out / "data_cache", ignore_errors=True)  # megatron-core's index files: the job's own
-        write_text_atomic(out / COMPLETE, f"{n} samples, {planned['num_shards']} shards\n")
-    torch.distributed.barrier()
+    _finish_cache(out, planned, rank)
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
     return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n,
             "max_on_disk": window.max_on_disk if window is not None else None}
