@@ -97,6 +97,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/cache_rows.py --json-out bench/results/cache_rows.json
 	test -f data/corpus/corpus.json || $(VENV)/bin/mkd data corpus --out data/corpus
 	$(PY) bench/preprocess.py --mb 300 --json-out bench/results/preprocess.json
+	$(PY) bench/report_table.py --rows 1000 10000 100000 --wide --json-out bench/results/report_table.json
 
 # scripts/gpu_check.sh runs on a GPU machine with Python 3.12, CUDA torch and triton and no network:
 # what else it imports travels in gpu_bundle/ (git-ignored). --no-deps: torch and triton are there.
