@@ -150,7 +150,7 @@ def cmd_advise(args) -> int:
     _check_advise_flags(args)
     import numpy as np
 
-    from megatron_kd.study.advise_recipes import recipe_size, seq_length_for, write_recipes
+    from megatron_kd.study.advise_recipes import recipe_size, run_order_lines, seq_length_for, write_recipes
 
     if args.student and args.student_recipe:
         raise ConfigError("give student sizes as --student N or as --student-recipe MODEL, not both")
@@ -182,5 +182,5 @@ def cmd_advise(args) -> int:
     if args.write_recipes:
         written = write_recipes(options[0], Path(args.write_recipes), args.base, students, teachers,
                                 args.teacher_checkpoint, overwrite=args.overwrite)
-        print("recipes written: " + ", ".join(str(p) for p in written) + "; run them in that order with mkd train")
+        print("\n".join(run_order_lines(written)))
     return 0

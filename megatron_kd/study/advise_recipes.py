@@ -18,6 +18,7 @@ it is never replaced, one with it only with --overwrite, all checked before any 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import yaml
@@ -138,3 +139,13 @@ def write_recipes(option, out: Path, base: str, students: dict[str, float], teac
     for name, text in texts.items():
         write_text_atomic(out / name, text)
     return [out / name for name in texts]
+
+
+def run_order_lines(written: list[Path]) -> list[str]:
+    """What to print after writing: every recipe written, each as the `mkd train` command that runs
+    it, numbered in the order they must run (a teacher before the KD run that reads its directory)."""
+    if len(written) == 1:
+        return [f"recipe written: {written[0]}; run it with: mkd train {shlex.quote(str(written[0]))}"]
+    lines = [f"{len(written)} recipes written; run them in this order, each after the one before has finished:"]
+    lines += [f"  {i}. mkd train {shlex.quote(str(path))}" for i, path in enumerate(written, 1)]
+    return lines

@@ -181,3 +181,22 @@ def test_a_predicted_loss_past_any_measurement_is_left_out(law_file, tmp_path, c
     edited = tmp_path / "huge_a.json"
     edited.write_text(json.dumps(law))
     assert "predicts no finite loss" in _refused(capsys, edited, "--flops", 6e13, "--student", 1e6)
+
+
+def test_write_recipes_names_every_recipe_in_the_order_to_run(law_file, tmp_path, capsys):
+    """What --write-recipes prints names each file it wrote, as the `mkd train` command that runs it:
+    one recipe alone, or the teacher's before the KD run that reads its directory."""
+    common = ["--student-recipe", "models/cpu-small", "--teacher-recipe", "models/cpu-medium",
+              "--base", "kd/_cpu_base", "--extrapolate"]
+    one = tmp_path / "one dir"
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", 1e15, *common, "--write-recipes", one)
+    assert rc == 0 and "recommendation (supervised wins)" in out, err
+    assert out.splitlines()[-1] == f"recipe written: {one}/student.yaml; run it with: mkd train '{one}/student.yaml'"
+    two = tmp_path / "two"
+    rc, out, err = mkd_in_process(capsys, "advise", law_file, "--flops", 1e15, "--students", 100, *common,
+                                  "--write-recipes", two)
+    assert rc == 0 and "recommendation (distil): train a teacher" in out, err
+    assert sorted(p.name for p in two.iterdir()) == ["kd.yaml", "teacher.yaml"]
+    assert out.splitlines()[-3:] == [
+        "2 recipes written; run them in this order, each after the one before has finished:",
+        f"  1. mkd train {two}/teacher.yaml", f"  2. mkd train {two}/kd.yaml"]
