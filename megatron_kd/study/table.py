@@ -1,6 +1,6 @@
 """The results table `mkd report --table` reads and every sweep report writes (report.csv): one
 row per run, so results from another framework or a paper's tables read with the same
-statistics. Columns (README "The results table"):
+statistics. Columns (docs/report.md, "The results table"):
 
   run, student, student_params, student_tokens, teacher (empty: a baseline), teacher_params,
   teacher_tokens, alpha, alpha_schedule (empty unless scheduled), seed, data_seed,
