@@ -18,6 +18,12 @@ permutation test of Spearman's rho over k teachers: its smallest p is 1/k!, howe
 effect. How many teachers will turn out weak (worse than the student in-domain) is unknown before
 the teachers are evaluated: `weak` says how many to assume (1: the smallest family, so the
 optimistic MDE).
+
+Noise per comparison family, as the report reads it (paired.NoiseFamilies): every claim compares
+real teachers at fixed α, so its contrasts are estimated from the fixed-α family's own fit (its
+points and the baselines), with that family's residual degrees of freedom, and `noise` is that
+family's sd (power_report.noise_from reads it so from a prior sweep). Scheduled-α points, controls
+and frontier baselines have their own noise and do not lend the claims degrees of freedom.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ POWER = 0.8
 LEVEL = 0.95
 EQUIVALENCE = 0.01  # claim 2's margin (analysis.EQUIVALENCE)
 MIN_BOOTSTRAP_SEEDS = 5  # a bootstrap over fewer seeds has too few distinct resamples to be an interval
+FIXED_ALPHA = "fixed α"  # analysis.comparison_family's name of the claims' family
 EXACT_PERMUTATION_MAX = 8  # claims._permutation_rhos enumerates every order up to 8 teachers
 SAMPLED_PERMUTATIONS = 5000
 
@@ -68,6 +75,12 @@ class StudentDesign:
     baseline: str
     seeds_of: dict = field(default_factory=dict)
     kd: list = field(default_factory=list)  # fixed-α KD points: {key, teacher, alpha, control, model, tokens}
+    family_of: dict = field(default_factory=dict)  # key -> its comparison family (None: the baseline, shared)
+
+    def fixed_alpha(self) -> StudentDesign:
+        """The design of the fixed-α family's own fit: its points and the shared baseline."""
+        keep = {k: v for k, v in self.seeds_of.items() if self.family_of.get(k) in (None, FIXED_ALPHA)}
+        return StudentDesign(self.student, self.baseline, keep, self.kd, self.family_of)
 
 
 def designs_of(points) -> dict:
@@ -80,11 +93,23 @@ def designs_of(points) -> dict:
         key = p.name.removesuffix(f"__seed{seed}") if seed is not None else p.name
         d = out.setdefault(meta["student"], StudentDesign(meta["student"], f"{meta['student']}__baseline"))
         d.seeds_of.setdefault(key, []).append(seed)
+        d.family_of[key] = _family(p, key == d.baseline)
         if p.teacher is not None and meta.get("alpha") is not None and len(d.seeds_of[key]) == 1:
             d.kd.append({"key": key, "teacher": meta["teacher"], "alpha": float(meta["alpha"]),
                          "control": bool(p.teacher.get("unigram")), "model": meta.get("teacher_model"),
                          "tokens": meta.get("teacher_tokens")})
     return {s: d for s, d in out.items() if d.baseline in d.seeds_of}
+
+
+def _family(point, is_baseline: bool) -> str | None:
+    """The point's comparison family, named as analysis.comparison_family names a run's."""
+    if is_baseline:
+        return None
+    if point.teacher is None:
+        return "frontier baselines"
+    if point.teacher.get("unigram"):
+        return "controls"
+    return "scheduled α" if point.meta.get("alpha_schedule") else FIXED_ALPHA
 
 
 class DesignMatrix:
@@ -194,7 +219,7 @@ def _worst(factors: list) -> tuple[float | None, int]:
 def point_gain_rows(c: Context) -> list[dict]:
     """The report's per-point verdict (helps / hurts): a 95 % two-sided interval, uncorrected."""
     alpha = (1 - c.level) / 2
-    factor = _worst([c.matrix.gain_factor(p["key"]) for p in c.design.kd])
+    factor = _worst([c.matrix.gain_factor(p["key"]) for p in c.real])  # a control's gain is read in its own family
     return [_row("per-point gain (uncorrected)", s, 1, alpha, factor, c.sigma(s)) for s in [c.id_set, *c.ood_sets]]
 
 
@@ -308,7 +333,9 @@ def student_power(design: StudentDesign, noise: Noise, sets: list, level: float 
     """{student, df, holm_m, rows, warnings} for one student's design."""
     id_set, ood = split_sets(sets)
     ood_sets, _ = test_sets(ood)
-    matrix = DesignMatrix(design)
+    matrix = DesignMatrix(design.fixed_alpha())
+    if matrix.df == 0 and len(design.fixed_alpha().seeds_of) < len(design.seeds_of):
+        matrix = DesignMatrix(design)  # the report pools the families when the fixed-α one has no df of its own
     c = Context(design, matrix, noise, id_set, ood_sets, level, testable_claims(design, ood_sets))
     rows, warnings = point_gain_rows(c), []
     if matrix.df == 0:

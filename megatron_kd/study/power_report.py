@@ -9,15 +9,16 @@ from pathlib import Path
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.study.analysis import analyse, split_sets
-from megatron_kd.study.power import EQUIVALENCE, LEVEL, Noise, designs_of, sets_of, student_power
+from megatron_kd.study.power import EQUIVALENCE, FIXED_ALPHA, LEVEL, Noise, designs_of, sets_of, student_power
 from megatron_kd.study.report import collect
 from megatron_kd.study.sweep import expand
 from megatron_kd.study.table import read_table
 
 
 def noise_from(source: str | Path) -> Noise:
-    """The residual sd per set of a prior sweep (its `out` directory) or results table, pooled
-    over its students by degrees of freedom: in-domain, the largest OOD set's, and the largest
+    """The residual sd per set of a prior sweep (its `out` directory) or results table, in the
+    family the claims are read in (fixed α; claims_noise), pooled over its students by degrees of
+    freedom: in-domain, the largest OOD set's, and the largest
     (OOD - in-domain) fit's."""
 
     path = Path(source)
@@ -35,9 +36,10 @@ def noise_from(source: str | Path) -> Noise:
     for st in students:
         fits = [(s, f) for s, f in st["fits"].items()] + [(f"{s} − {id_set}", f) for s, f in st["zfits"].items()]
         for s, f in fits:
-            if f.sigma is not None and f.df > 0:
+            sigma, df_f = claims_noise(f)
+            if sigma is not None and df_f > 0:
                 ss, df = pooled.get(s, (0.0, 0))
-                pooled[s] = (ss + f.df * f.sigma ** 2, df + f.df)
+                pooled[s] = (ss + df_f * sigma ** 2, df + df_f)
     sd = {s: math.sqrt(ss / df) for s, (ss, df) in pooled.items()}
     if id_set not in sd:
         raise ConfigError(f"--from {source}: no residual degrees of freedom to estimate the noise from "
@@ -47,6 +49,15 @@ def noise_from(source: str | Path) -> Noise:
     dfs = ", ".join(f"{s} {v:.4f} ({pooled[s][1]} df)" for s, v in sd.items())
     return Noise(sd[id_set], max(ood) if ood else None, max(diff) if diff else None,
                  source=f"residual sd of {path.name}: {dfs}")
+
+
+def claims_noise(fit) -> tuple[float | None, int]:
+    """(sd, df) of the family the claims are read in (fixed α) where the fit has families of its
+    own, else the fit's pooled residual sd."""
+    fam = getattr(fit, "families", None)
+    if fam is not None and FIXED_ALPHA in fam.names:
+        return fam.sigma_df(FIXED_ALPHA)
+    return fit.sigma, fit.df
 
 
 def sweep_power(spec: dict, noise: Noise, level: float = LEVEL, weak: int = 1,

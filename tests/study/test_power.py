@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from scipy.stats import t as t_dist
 from megatron_kd.cli.main import main
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.power import DesignMatrix, Noise, StudentDesign, designs_of, smallest_spearman_p, student_power
-from megatron_kd.study.power_report import power_refusal, power_summary, sweep_power
+from megatron_kd.study.power_report import noise_from, power_refusal, power_summary, sweep_power
 from megatron_kd.study.sweep import expand, load_sweep
 
 SHORT, LONG = "recipes/sweeps/cpu-study-v3-short.yaml", "recipes/sweeps/cpu-study-v3-long.yaml"
@@ -130,7 +131,23 @@ def test_cli_prints_and_writes_json(tmp_path, capsys):
     assert main(["power", SHORT, "--sigma", "0.016", "--sigma-ood", "0.023", "--json-out", str(out)]) == 0
     assert "claim 1" in capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert data["students"][0]["df"] == 20
+    assert data["students"][0]["df"] == 15  # the fixed-α family's own: the unigram control's runs lend none
+
+
+def test_claims_are_powered_in_the_fixed_alpha_family_as_the_report_reads_them():
+    """Controls and α schedules have their own noise in the report (paired.NoiseFamilies): they
+    add no residual degrees of freedom to the claims, and a prior table's noise is the fixed-α
+    family's sd (docs/study/results.csv: 0.0111 in-domain over 54 df, where the pooled sd is
+    0.0139 over 72)."""
+    d = hand_design(3, alphas=(0.2, 0.5))
+    before = student_power(d, Noise(0.016), ["indomain"])
+    for key, family in (("s__t__sched", "scheduled α"), ("s__unigram__a0.5", "controls")):
+        d.seeds_of[key], d.family_of[key] = [0, 1, 2], family
+    after = student_power(d, Noise(0.016), ["indomain"])
+    assert after["df"] == before["df"] == 4 and row(after, "claim 1", "indomain") == row(before, "claim 1", "indomain")
+    assert DesignMatrix(d).df == 8  # pooled, the two other families would have lent 4 more
+    noise = noise_from(Path(__file__).parents[2] / "docs" / "study" / "results.csv")
+    assert noise.in_domain == pytest.approx(0.0111, abs=5e-5) and "(54 df)" in noise.source
 
 
 def test_cli_estimates_the_noise_from_a_results_table(capsys):
@@ -178,4 +195,4 @@ def test_required_power_is_refused_in_one_line():
     results = sweep_power(load_sweep(SHORT), Noise(0.016, 0.023))
     assert power_refusal(results, {"claim 1": 0.1}) is None
     line = power_refusal(results, {"claim 1": 0.03, "claim 4": True})
-    assert "\n" not in line and "claim 1" in line and "claim 4" in line and "0.065" in line
+    assert "\n" not in line and "claim 1" in line and "claim 4" in line and "0.068" in line

@@ -24,7 +24,7 @@ def test_a_sweep_that_cannot_reach_its_required_power_is_refused_before_anything
     rc, out, err = mkd_in_process(capsys, "sweep", str(path))
     assert rc == 2 and "claim 1: a weak teacher's gain" in out  # the summary came first
     errors = [line for line in err.splitlines() if line.strip()]
-    assert len(errors) == 1 and "detects 0.065 nats, not 0.03" in errors[0] and "--no-power-check" in errors[0]
+    assert len(errors) == 1 and "detects 0.068 nats, not 0.03" in errors[0] and "--no-power-check" in errors[0]
     assert not (tmp_path / "out").exists()
 
 
