@@ -1,0 +1,89 @@
+"""The README and docs/*.md speak of the product: no words about how it is developed (sessions,
+issues, review rounds, time allowances), and provenance (a commit, a date) only in a section
+whose heading says it holds results ("What it measured", "Measured times", "Where and when"),
+never in running prose."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.test_docs import PAGES
+
+# Phrases that speak of the project's process rather than the product (case-insensitive).
+PROCESS_WORDS = [
+    r"\bsessions?\b", r"\bissue #?\d+", r"\bthe issue\b", r"\bissue's\b", r"\bissue [\"“]",
+    r"\b(?:review|first|second|third|fourth|fifth|next|last|previous|earlier|this) round(?:s|'s)?\b",
+    r"\breview round", r"\bafter a review\b", r"\ba review of\b", r"\breview mends\b",
+    r"\bhostile re-?check", r"\bmaintainers?\b", r"\breviewers?\b", r"\bhelper (?:session|agent)s?\b",
+    r"\blent\b", r"\b\d+ minutes? allowed\b", r"\binside the \d+ (?:allowed|minutes)\b",
+    r"\bsharing the (?:two|2) cores\b", r"\btest runs? of that\b", r"\ba test module ran\b",
+    r"\bthis project's\b", r"\bdeadline\b",
+]
+PROCESS = re.compile("|".join(PROCESS_WORDS), re.I)
+# A commit (7 to 40 hex digits with a digit and a letter) or an ISO date.
+PROVENANCE = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b|\b20\d\d-\d\d-\d\d\b")
+RESULTS_HEADING = re.compile(r"measured|where and when|results", re.I)
+# docs/STUDY.md is another page's owner's: these lines are reported on every run until mended
+# (the test fails once one is gone, so that it is removed here).
+KNOWN: dict[str, list[str]] = {
+    "STUDY.md": [
+        "~6 min: about 85 minutes, inside the 90 allowed.",
+        '**What must be built before it runs** (issue "Study v3 and the compute advisor"): the unigram',
+        "A review of the claim tests (2026-12-06), while the v3 run was under way and before any of its",
+        "**`mkd advise` at the paper's scale.** The issue asks for the advisor's answer with Busbridge et",
+        "# Study v2 (2026-12-02)",
+        "teacher phase a test module ran beside it). The first run of the same design (2026-12-06, commit",
+        "## Study v3: the design, fixed before it runs (pre-registered 2026-12-04)",
+        "gain = mean baseline − run; 2026-12-07, a fresh clone of 00360c4):",
+        "9 min 44 s for `time make demo` on a fresh clone of 74f169b (2026-12-07; the install, ~2 min",
+        "with a warm pip cache, and the corpus included; 12 min 2 s on 00360c4 the same day, before the",
+        "cache rows were made in blocks), with every number of the table above unchanged. Since 2026-12-03 the",
+        "report's claim 4 reads the exact permutation p (1/6, mended on 2026-12-06) for 0.2.",
+    ],
+}
+
+
+def findings(text: str) -> list[tuple[int, str, str]]:
+    """(line number, line, what is wrong) for each line that speaks of the process or carries a
+    commit or date outside a results section. Shell blocks are commands, not prose."""
+    out, in_results, fenced = [], False, False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        heading = re.match(r"#{1,6} ", line)
+        if heading:
+            in_results = bool(RESULTS_HEADING.search(line))
+        word = PROCESS.search(line)
+        if word:
+            out.append((number, line, f"speaks of the process ({word.group(0)!r})"))
+        elif PROVENANCE.search(line) and not in_results:
+            out.append((number, line, f"provenance ({PROVENANCE.search(line).group(0)}) outside a "
+                                      "results section: move it into the page's \"What it measured\" "
+                                      "or \"Where and when\" section"))
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_pages_speak_of_the_product(page):
+    known = KNOWN.get(page.name, [])
+    found = findings(page.read_text())
+    new = [f"{page.name}:{n}: {what}: {line.strip()}" for n, line, what in found
+           if line.strip() not in known]
+    assert not new, "\n".join(new)
+    for line in known:
+        print(f"known, for {page.name}'s owner to mend: {line}")
+    still = {line.strip() for _, line, _ in found}
+    mended = [line for line in known if line not in still]
+    assert not mended, f"{page.name}: mended, remove from KNOWN: {mended}"
+
+
+def test_the_check_finds_process_words_and_stray_provenance():
+    text = ("# Page\n\nThis was measured in the third round's run.\nNo GPU lent to it.\n"
+            "A result of 2026-12-07 in prose.\n```bash\nmkd fit 2026-12-07\n```\n"
+            "## What it measured\n\nOn a fresh clone of 74f169b (2026-12-07): fine here.\n")
+    assert [n for n, _, _ in findings(text)] == [3, 4, 5]
