@@ -54,3 +54,13 @@ def test_quoted_mkd_commands_parse():
                 bad.append(f"{page.name}: {line}  ({exc})")
     assert seen >= 25, f"only {seen} quoted mkd commands found: is the block syntax still ```bash?"
     assert not bad, "quoted commands that do not parse:\n  " + "\n  ".join(bad)
+
+
+def test_readme_first_screen_says_what_is_not_verified():
+    """The README's first screen names what has not been verified: no GPU run, and the pinned
+    megatron-core (requirements.txt's pin) installed on a Python it does not declare."""
+    pin = re.search(r"^megatron-core==(\S+)", (REPO / "requirements.txt").read_text(), re.M).group(1)
+    first_screen = " ".join((REPO / "README.md").read_text().splitlines()[:25])
+    for phrase in ("Not verified yet", "nothing has run on a GPU", f"pinned to {pin}",
+                   "Python 3.11", "--ignore-requires-python"):
+        assert phrase in first_screen, f"README's first 25 lines no longer say {phrase!r}"
