@@ -90,7 +90,7 @@ def write_state(directory: Path, meta: dict) -> None:
     """Write the state file of a checkpoint whose other files are all written: `meta` plus every
     file's size and checksum (verify_checkpoint checks them) and the state's own checksum. The
     files were just written, so they are read back from the page cache (the measured cost:
-    docs/reliability.md, "Checked during a run")."""
+    docs/PERFORMANCE.md, "Measured times")."""
     files = [f for f in sorted(directory.rglob("*")) if f.is_file() and f.name != STATE_FILE]
     meta = dict(meta, files={str(f.relative_to(directory)): f.stat().st_size for f in files},
                 checksums={str(f.relative_to(directory)): file_checksum(f) for f in files})

@@ -90,7 +90,7 @@ def read_index(idx: Path, what: str) -> tuple[int, int, type]:
 
 def largest_token_id(bin_: Path, dtype) -> int:
     """The largest token id in a .bin, read through a memory map in 64 MiB slices (vectorised;
-    the cost per GB is in docs/reliability.md, "Checked before any process starts")."""
+    the cost per GB is in docs/PERFORMANCE.md, "Measured times")."""
     data = np.memmap(bin_, dtype=dtype, mode="r")
     step = (64 << 20) // data.itemsize
     return max((int(data[i:i + step].max()) for i in range(0, len(data), step)), default=-1)
