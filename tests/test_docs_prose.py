@@ -87,3 +87,55 @@ def test_the_check_finds_process_words_and_stray_provenance():
             "A result of 2026-12-07 in prose.\n```bash\nmkd fit 2026-12-07\n```\n"
             "## What it measured\n\nOn a fresh clone of 74f169b (2026-12-07): fine here.\n")
     assert [n for n, _, _ in findings(text)] == [3, 4, 5]
+
+
+# A run's duration (minutes or hours) is quoted in one place, PERFORMANCE.md's "Measured times"
+# table; elsewhere a page links to it. Lines of other owners' files that still quote one:
+DURATION = re.compile(r"\b\d+(?:[.,]\d+)? ?(?:min|minutes?|hours?|h)\b|\bminutes? (?:on|for)\b", re.I)
+DURATION_KNOWN: dict[str, list[str]] = {
+    "docs/STUDY.md": [
+        "run, two runs at a time): teachers ~14 min, caches ~5 min, 64 student runs ~60 min, frontier",
+        "~6 min: about 85 minutes, inside the 90 allowed.",
+        "at a time: **67 min 58 s**, install included (corpus and teachers 7.9 min, short sweep 28.9 min",
+        "with its 5 caches, long sweep 29.2 min with its 3, reports 14 s; for about a minute of the",
+        "ca148ce) took 98 min 18 s: its unigram control runs took the online route to the top-64",
+        "at a time: **4,764 s (79 min)** after the install — the teacher zoo 213 s, the nine cache passes",
+        "11 min, the 111 student runs 64 min, the teacher evaluations and the report 1 min. Re-running it",
+        "9 min 44 s for `time make demo` on a fresh clone of 74f169b (2026-12-07; the install, ~2 min",
+        "with a warm pip cache, and the corpus included; 12 min 2 s on 00360c4 the same day, before the",
+    ],
+    "Makefile": [
+        '@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"',
+        '@echo "make demo      install if needed, then run the CPU demo '
+        '(about 12 minutes on 2 cores, install included)"',
+    ],
+}
+
+
+def quoted_durations(path) -> list[str]:
+    """The lines of a page (outside shell blocks) or of the Makefile's help that quote a duration."""
+    lines, fenced = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and DURATION.search(line) and (path.suffix == ".md" or "@echo" in line):
+            lines.append(line.strip())
+    return lines
+
+
+def test_measured_times_live_in_one_table():
+    from tests.distributed import REPO
+
+    new, mended = [], []
+    for path in [*PAGES, REPO / "Makefile"]:
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "docs/PERFORMANCE.md":
+            continue
+        found, known = quoted_durations(path), DURATION_KNOWN.get(rel, [])
+        new += [f"{rel}: {line}" for line in found if line not in known]
+        mended += [f"{rel}: {line}" for line in known if line not in found]
+        for line in known:
+            print(f"known, for {rel}'s owner: link docs/PERFORMANCE.md#measured-times instead of: {line}")
+    assert not new, ("durations quoted outside docs/PERFORMANCE.md's \"Measured times\" table (put the "
+                     "number there and link to it):\n  " + "\n  ".join(new))
+    assert not mended, "mended, remove from DURATION_KNOWN:\n  " + "\n  ".join(mended)
