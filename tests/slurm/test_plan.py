@@ -18,12 +18,20 @@ def test_paper_pairs_fit_h100(pair):
     assert "teacher weights" in r.stdout
 
 
+def _part(out: str, name: str) -> float:
+    return float(next(line for line in out.splitlines() if line.strip().startswith(name)).split()[-2])
+
+
 def test_over_budget_suggests_a_layout():
-    # 4 x 8192 tokens x 128k vocabulary: the two models' bf16 logits alone are 16 GiB at TP=1
-    r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=4", "--gpus", "32")
+    # 8 x 8192 tokens x 128k vocabulary: the two models' bf16 logits alone are 32 GiB at TP=1
+    r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=8", "--gpus", "32")
     assert r.returncode == 5 and "DOES NOT FIT" in r.stdout and "suggested: tp=2" in r.stdout
-    # the fused output layer never holds them: the same run fits at TP=1
-    r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=4", "kd.fused_output_layer=true", "--gpus", "32")
+    assert _part(r.stdout, "logits (last stage)") == 31.62
+    # the fused output layer never holds them: one output-layer chunk of each
+    r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=8", "kd.fused_output_layer=true", "--gpus", "32")
+    assert _part(r.stdout, "logits (last stage)") < 1, r.stdout + r.stderr
+    # at 4 x 8192 tokens (16 GiB of logits) the run fits at TP=1 either way
+    r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=4", "--gpus", "32")
     assert r.returncode == 0 and "fits" in r.stdout, r.stdout + r.stderr
 
 
