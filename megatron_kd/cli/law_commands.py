@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import threading
 from pathlib import Path
 
+from megatron_kd.console import Every, hms
 from megatron_kd.errors import ConfigError
 
 
@@ -96,14 +100,104 @@ def cmd_fit(args) -> int:
                        1e9, low_open=True)
     runs, notes = runs_of(rows, valid_set, args.params, args.max_tokens)
     seq, seq_notes = seq_length_of(rows, args.seq_length)
-    law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set, say=lambda line: print(line, flush=True),
-                  seq_length=seq)
+    console = FitConsole(runs, args.bootstrap)
+    with console.following():
+        law = fit_law(runs, args.bootstrap, args.seed, args.params, valid_set, say=console.say, seq_length=seq)
+    console.finished(law)
     notes += seq_notes if args.params == "flop" else []
     for line in notes + summary(law):
         print(line)
     write_law(law, out)
     print(f"law written to {out}; next: mkd advise {out} --flops BUDGET")
     return 0
+
+
+_TICK = re.compile(r"^(?P<stage>.+?) (?P<i>\d+)/(?P<n>\d+)$")
+
+
+class FitConsole:
+    """`mkd fit`'s progress lines: its plan (the stages), each stage as the fit reports it
+    (study/law.py's Progress: a bootstrap's or the leave-one-cell-out refits' count, every 10 s at
+    most), a line every PROGRESS_EVERY_S while it reports nothing (a mix's cross-validation
+    reports no count), and the stages' results at the end."""
+
+    def __init__(self, runs: list, bootstrap: int, every: Every | None = None, write=None):
+        self.runs, self.bootstrap = runs, bootstrap
+        self.every = every or Every()
+        self.write = write or _write_line
+        self.stage: str | None = None
+        self.last = "the supervised law"
+        self.lock = threading.Lock()
+
+    def plan(self) -> list[str]:
+        kd = [r for r in self.runs if r.teacher_loss is not None]
+        sup = len(self.runs) - len(kd)
+        cells = len({(r.N, r.D) for r in self.runs})
+        alphas = sorted({r.alpha for r in kd})
+        boot = f", {self.bootstrap} bootstrap resamples each" if self.bootstrap else ""
+        lines = [f"fit: 1. the supervised law on {sup} baselines{boot}",
+                 f"fit: 2. leave-one-cell-out refits of the supervised law ({cells} cells)"]
+        lines += [f"fit: {3 + k}. the distillation law at alpha {a:g} ({sum(r.alpha == a for r in kd)} runs): each "
+                  f"form {'(mix, busbridge) ' if a == 1.0 else '(mix) '}cross-validated over the cells, the best fitted"
+                  for k, a in enumerate(alphas)]
+        return lines
+
+    def say(self, line: str) -> None:
+        """A count from the fit: a new stage's first is said as the stage starting."""
+        m = _TICK.match(line)
+        with self.lock:
+            if m and m["stage"] != self.stage:
+                self.stage = m["stage"]
+                self._emit(f"fit: {m['stage']}: {m['i']}/{m['n']} ({hms(self.every.elapsed())} elapsed)")
+            else:
+                self._emit(f"fit: {line} ({hms(self.every.elapsed())} elapsed)")
+            self.last = line
+
+    def _emit(self, line: str) -> None:
+        self.every.last = self.every.clock()  # a line said: the quiet timer restarts
+        self.write(line)
+
+    def beat(self) -> None:
+        """The line while the fit reports nothing (called every few seconds)."""
+        with self.lock:
+            if self.every.due():
+                self.write(f"fit: still fitting, last at {self.last} ({hms(self.every.elapsed())} elapsed)")
+
+    def following(self):
+        for line in self.plan():
+            self.write(line)
+        return _Beating(self)
+
+    def finished(self, law: dict) -> None:
+        done = [f"{float(a):g} ({f['form'] if isinstance(f, dict) and 'form' in f else 'not fitted'})"
+                for a, f in law.get("distillation", {}).items()]
+        self.write(f"fit: done in {hms(self.every.elapsed())}: the supervised law"
+                   + (f"; distillation laws at alpha {', '.join(done)}" if done else ""))
+
+
+class _Beating:
+    """A thread calling FitConsole.beat every second while the fit runs."""
+
+    def __init__(self, console: FitConsole):
+        self.console, self.stop = console, threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="fit-progress", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            self.console.beat()
+
+    def __enter__(self):
+        self.thread.start()
+        return self.console
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _write_line(line: str) -> None:
+    sys.stdout.write(line + "\n")  # one write: the progress thread and the fit print side by side
+    sys.stdout.flush()
 
 
 def _budget(args) -> float:

@@ -21,13 +21,8 @@ _QUIET_WARNINGS = (
     r".*argument order of load has been changed.*",
     r".*Please use DTensor instead and we are deprecating ShardedTensor.*",
 )
-_QUIET_LOG_MESSAGES = ("GPTModel IS DEPRECATED", "MCore's async save is deprecated")
-
-
-class _DropMessages(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return not any(m in msg for m in _QUIET_LOG_MESSAGES)
+# megatron-core's deprecation notices are said once per process tree by runtime/cpu_compat.py, on
+# their own loggers (where they are raised), not dropped here.
 
 
 class _CurrentStdout(logging.StreamHandler):
@@ -60,7 +55,6 @@ def setup_logging(level: str = "info", rank: int | None = None) -> None:
     handler = _CurrentStdout()
     fmt = "%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(message)s"
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
-    handler.addFilter(_DropMessages())
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("megatron_kd").setLevel(numeric)

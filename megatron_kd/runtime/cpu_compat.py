@@ -7,7 +7,8 @@ cluster megatron-core runs untouched.
 
 Call :func:`activate` once per process, before building any megatron-core object. It is
 idempotent, refuses an untested megatron-core version with a clear message, and is a no-op
-(returning False) when CUDA is available.
+(returning False) when CUDA is available, except for one thing that holds on any device: the
+upstream deprecation notices below are said once per process tree (:func:`quiet_upstream_notices`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from megatron_kd.console import NOTICES_SHOWN_ENV
 from megatron_kd.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -338,6 +340,57 @@ def _check_version() -> None:
         )
 
 
+# megatron-core 0.19.2's notices about APIs this package uses on purpose, logged at WARNING each time
+# the object is built (a run builds one GPTModel per virtual pipeline stage, its teacher more).
+#
+# GPTModel's is said once per process tree, in one line that says why (NOTICES_SHOWN_ENV, which
+# the processes started after it inherit: torchrun's ranks, a sweep's jobs). Why this package
+# stays on GPTModel: HybridModel, its successor, builds another module tree (layers from a
+# layer-pattern string), so its state-dict keys differ from GPTModel's, and every checkpoint
+# written here, the Hugging Face converters (convert/hf.py, tested against transformers' logits)
+# and the TP/PP/VPP layouts tested within 1e-5 of TP=1 are GPTModel's; megatron-core 0.19.x still
+# takes GPTModel's critical fixes. Moving is a change of the pinned version of its own, with the
+# converters and the layout tests redone.
+#
+# The async-save notice is never said: checkpoint/ saves synchronously, and megatron-core 0.19.2's
+# synchronous torch_dist save itself goes through the deprecated path (strategies/torch.py: save()
+# calls async_save(async_strategy="mcore")), so no setting of ours would change it.
+GPT_MODEL_NOTICE = ("megatron-core marks GPTModel deprecated (HybridModel replaces it); megatron_kd stays "
+                    "on GPTModel, whose checkpoints, converters and parallel layouts it is tested with")
+UPSTREAM_NOTICES = {  # logger -> (the message's start, its one line: None = never said)
+    "megatron.core.models.gpt.gpt_model": ("GPTModel IS DEPRECATED", GPT_MODEL_NOTICE),
+    "megatron.core.dist_checkpointing.strategies.torch": ("MCore's async save is deprecated", None),
+}
+
+
+class _OncePerProcessTree(logging.Filter):
+    """A notice, in its one line, the first time in a process tree; then never in it or in the
+    processes it starts (their environment says it was shown)."""
+
+    def __init__(self, start: str, line: str | None):
+        super().__init__()
+        self.start, self.line = start, line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.start):
+            return True
+        key = self.start.split()[0]
+        shown = [k for k in os.environ.get(NOTICES_SHOWN_ENV, "").split(",") if k]
+        if self.line is None or key in shown or "all" in shown:
+            return False
+        os.environ[NOTICES_SHOWN_ENV] = ",".join([*shown, key])
+        record.msg, record.args = self.line, ()
+        return True
+
+
+def quiet_upstream_notices() -> None:
+    """Install the once-per-process-tree filter on each notice's own logger (idempotent)."""
+    for name, (start, line) in UPSTREAM_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OncePerProcessTree) for f in logger.filters):
+            logger.addFilter(_OncePerProcessTree(start, line))
+
+
 def activate() -> bool:
     """Patch this process so megatron-core runs on CPU. Returns True when active.
 
@@ -345,6 +398,7 @@ def activate() -> bool:
     GPU machine, e.g. for debugging).
     """
     global _ACTIVE, _MODE
+    quiet_upstream_notices()  # on any device: before the first model is built
     if _ACTIVE:
         return True
     if torch.cuda.is_available() and os.environ.get("MKD_FORCE_CPU") != "1":

@@ -36,6 +36,8 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -45,10 +47,12 @@ from megatron_kd.checkpoint.refs import latest_checkpoint, read_state
 from megatron_kd.config import dump_config, load_config, validate
 from megatron_kd.config.loader import read_yaml, resolve_recipe_path
 from megatron_kd.config.overrides import override
+from megatron_kd.console import NOTICES_SHOWN_ENV
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
+from megatron_kd.study.sweep_progress import JobsProgress, following, say
 from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types
 
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
@@ -368,7 +372,7 @@ def build_caches(spec: dict, pending: list[tuple], nproc: int, jobs: int = 1) ->
         point = users[0][0]
         teacher = point.meta["teacher"]
         if (Path(cache) / "COMPLETE").is_file():
-            print(f"[sweep] teacher {teacher}: cache {cache} complete, reused by {len(users)} points", flush=True)
+            say(f"[sweep] teacher {teacher}: cache {cache} complete, reused by {len(users)} points")
             continue
         cmd = [sys.executable, "-m", "megatron_kd", "teacher-cache", _argument_path(cache_recipe(spec, cache)),
                "--out", _argument_path(cache), *point.meta["cache_args"].split()]
@@ -379,11 +383,39 @@ def build_caches(spec: dict, pending: list[tuple], nproc: int, jobs: int = 1) ->
             last = (text.strip().splitlines() or ["(no output)"])[-1]
             if code != 0:
                 raise ConfigError(f"the teacher cache job for {teacher} failed: {last}; log: {log}")
-            print(f"[sweep] {last}", flush=True)
+            say(f"[sweep] {last}")
 
-        todo.append(Job(cmd, log, done, start=f"[sweep] teacher {teacher}: one teacher pass into {cache} for "
-                                              f"{len(users)} points"))
-    run_jobs(todo, jobs)
+        todo.append((f"cache {Path(cache).name}",
+                     Job(cmd, log, done, start=f"[sweep] teacher {teacher}: one teacher pass into {cache} for "
+                                               f"{len(users)} points")))
+    run_followed("teacher caches", todo, jobs, done_before=len(by_cache) - len(todo), total=len(by_cache))
+
+
+def run_followed(what: str, named: list[tuple[str, Job]], lanes: int, done_before: int = 0,
+                 total: int | None = None) -> None:
+    """study/jobs.run_jobs, with a progress line every PROGRESS_EVERY_S while no job ends
+    (study/sweep_progress.py): the jobs write only to their logs."""
+    if not named:
+        return
+    progress = JobsProgress(what, [(name, job.log) for name, job in named], lanes, done_before, total)
+    for name, job in named:
+        def done(code: int, text: str, then=job.done, name=name) -> None:
+            then(code, text)  # prints the job's own line, or raises
+            progress.finished(name)
+
+        job.done = done
+    # The sweep and its jobs are one process tree: megatron-core's deprecation notices, which each
+    # job would write into its log, are not said (runtime/cpu_compat.py).
+    shown = os.environ.get(NOTICES_SHOWN_ENV)
+    os.environ[NOTICES_SHOWN_ENV] = "all"
+    try:
+        with following(progress):
+            run_jobs([job for _, job in named], lanes)
+    finally:
+        if shown is None:
+            os.environ.pop(NOTICES_SHOWN_ENV, None)
+        else:
+            os.environ[NOTICES_SHOWN_ENV] = shown
 
 
 def teacher_points(spec: dict, points: list[Point]) -> dict[str, str]:
@@ -414,7 +446,7 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
     for point, recipe in write_recipes(spec, only):
         run_dir = Path(spec["out"]) / "runs" / point.name
         if finished(run_dir):
-            print(f"[sweep] {point.name}: finished, skipped", flush=True)
+            say(f"[sweep] {point.name}: finished, skipped")
             done_names.add(point.name)
         else:
             pending.append((point, recipe, run_dir))
@@ -427,26 +459,59 @@ def run_local(spec: dict, nproc: int = 1, jobs: int = 1, only: list[str] | None 
             raise ConfigError(f"sweep point {point.name} reads teacher {point.meta['teacher']}, which sweep point "
                               f"{maker} trains and has not run; add it to --only (or run the whole sweep)")
     ran: list[str] = []
-    run_jobs(_train_jobs([x for x in pending if x[0].name in first], nproc, ran), jobs)
+    total = len(pending) + len(done_names)
+    teachers_first = [x for x in pending if x[0].name in first]
+    run_followed("runs", _train_jobs(teachers_first, nproc, ran), jobs, len(done_names), total)
     rest = [x for x in pending if x[0].name not in first]
     build_caches(spec, rest, nproc, jobs)
-    run_jobs(_train_jobs(rest, nproc, ran), jobs)
+    run_followed("runs", _train_jobs(rest, nproc, ran), jobs, len(done_names) + len(ran), total)
     return ran
 
 
-def _train_jobs(pending: list[tuple], nproc: int, ran: list[str]) -> list[Job]:
+def _train_jobs(pending: list[tuple], nproc: int, ran: list[str]) -> list[tuple[str, Job]]:
     todo = []
     for point, recipe, run_dir in pending:
         cmd = [sys.executable, "-m", "megatron_kd", "train", _argument_path(recipe)]
         cmd += ["--nproc", str(nproc)] if nproc > 1 else []
 
-        def done(code: int, text: str, point=point, log=run_dir / "train.log") -> None:
+        def done(code: int, text: str, point=point, run_dir=run_dir) -> None:
             if code != 0:
                 last = (text.strip().splitlines() or ["failed"])[-1]
-                raise ConfigError(f"sweep point {point.name} failed ({last}); log: {log}")
+                raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
             ends = [line for line in text.splitlines() if line.startswith(("done:", "already complete:"))]
-            print(f"[sweep] {point.name}: {ends[-1] if ends else 'finished'}", flush=True)
+            say(f"[sweep] {point.name}: {named_final_loss(ends[-1], run_dir) if ends else 'finished'}")
             ran.append(point.name)
 
-        todo.append(Job(cmd, run_dir / "train.log", done, start=f"[sweep] {point.name}: training"))
+        todo.append((point.name, Job(cmd, run_dir / "train.log", done, start=f"[sweep] {point.name}: training")))
     return todo
+
+
+_FINAL_LOSS = re.compile(r"final loss (\S+?),")
+
+
+def named_final_loss(line: str, run_dir: Path) -> str:
+    """`mkd train`'s last line with its final loss named: a KD run's is its training objective
+    (at α = 1 the KD term alone, e.g. 0.05 beside validation losses near 5), a baseline's the CE.
+    The run's last metrics record says which (a KD run's has kd_loss)."""
+    last = _last_record(run_dir / "metrics.jsonl")
+    if last is None or "loss" not in last:
+        return line
+    if "kd_loss" in last:
+        name = (f"final train objective (mix of CE and T^2*KD at alpha {last.get('alpha', float('nan')):g}) "
+                f"{last['loss']:.4f}, train CE {last.get('lm_loss', float('nan')):.4f},")
+    else:
+        name = f"final train CE {last['loss']:.4f},"
+    return _FINAL_LOSS.sub(lambda _: name, line, count=1)
+
+
+def _last_record(path: Path) -> dict | None:
+    """The last JSON line of a metrics.jsonl (None when there is none): read from its end, as a
+    long run's file holds a line per logged step."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None

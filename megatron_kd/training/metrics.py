@@ -51,6 +51,17 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, run_name: str, config: dict):
     return run
 
 
+def loss_field(m: dict) -> str:
+    """The step line's loss, named: a distillation run optimises a mix (kd.mix, its first log
+    line) of the student's CE and the T²-scaled KD term, which at α = 1 is the KD term alone, far
+    below the validation CE printed beside it; a run without a teacher optimises the CE itself.
+    ASCII only: a cluster's job log may be written under a C locale."""
+    if "kd loss" not in m:
+        return f"loss (train CE) {m['loss']:.4f}"
+    return (f"loss (train objective: mix of CE and T^2*KD) {m['loss']:.4f} "
+            f"(CE {m['lm loss']:.4f}, T^2*KD {m['kd loss']:.4f}, alpha {m['alpha']:.3g})")
+
+
 class MetricsWriter:
     def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool, wandb: WandbConfig | None = None,
                  run_name: str = "", run_config: dict | None = None):
@@ -89,12 +100,8 @@ class MetricsWriter:
                 extra: str = ""):
         if not self.enabled:
             return
-        kd = ""
-        if "kd loss" in m:  # distillation: the two terms and the mix
-            kd = f" (lm {m['lm loss']:.4f}, kd {m['kd loss']:.4f}, alpha {m['alpha']:.3g})"
-        log.info("step %d/%d | tokens %d | loss %.4f%s | lr %.3e | grad norm %.3f%s | %.0f tok/s | ETA %s",
-                 step, total, tokens, m["loss"], kd, m["lr"], m["grad_norm"], extra, tok_per_s,
-                 hms(eta_s))
+        log.info("step %d/%d | tokens %d | %s | lr %.3e | grad norm %.3f%s | %.0f tok/s | ETA %s",
+                 step, total, tokens, loss_field(m), m["lr"], m["grad_norm"], extra, tok_per_s, hms(eta_s))
 
     def close(self) -> None:
         if not self.enabled:

@@ -23,6 +23,7 @@ from megatron_kd.checkpoint.refs import file_checksum
 from megatron_kd.config import padded_vocab
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.config.validate import train_steps
+from megatron_kd.console import Every, hms
 from megatron_kd.data.datasets import build_datasets, load_tokenizer
 from megatron_kd.distill.cache import (
     COMPLETE,
@@ -144,6 +145,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     sampled = bool(planned["fingerprint"].get("sampled"))
     window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=True,
                     num_shards=planned["num_shards"]) if planned.get("window") else None
+    ticker = CacheProgress(sum(_micro_batches(planned, j, micro, len(teacher), cfg.parallel.pp) for j in todo),
+                           planned["num_shards"], len(teacher))
     for j in todo:
         if window is not None:  # at most `window` shards past the readers' oldest checkpoint
             window.wait_to_write(j)
@@ -154,7 +157,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         padded = samples + [samples[-1]] * (-len(samples) % group_rows)
         collected: list[dict] = []
 
-        def forward_step(data_iterator, model):
+        def forward_step(data_iterator, model, j=j):
+            ticker.step(j)
             batch = next(data_iterator)
             logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
 
@@ -188,6 +192,37 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
     return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n,
             "max_on_disk": window.max_on_disk if window is not None else None}
+
+
+def _micro_batches(planned: dict, j: int, micro: int, chunks: int, pp: int) -> int:
+    """Shard j's micro-batches, as write_teacher_cache pads them (whole groups of micro-batches)."""
+    first = j * planned["shard_rows"]
+    rows = min(planned["shard_rows"], planned["num_samples"] - first)
+    group_rows = micro * (pp if chunks > 1 else 1)
+    return -(-rows // group_rows) * group_rows // micro
+
+
+class CacheProgress:
+    """`teacher cache: micro-batch 40/384 (shard 1/3) | ETA 0:01:00` every PROGRESS_EVERY_S at
+    most (a shard can take minutes, and its own line comes once it is written), over the shards
+    this rank runs; a local sweep reads these lines from the job's log. Counted where the
+    teacher's forward step starts, which with virtual pipeline stages runs once per chunk."""
+
+    def __init__(self, micro_batches: int, num_shards: int, chunks: int = 1, every: Every | None = None):
+        self.total, self.num_shards, self.chunks = micro_batches, num_shards, max(1, chunks)
+        self.every = every or Every()
+        self.calls = 0
+
+    def step(self, shard: int) -> None:
+        self.calls += 1
+        if self.every.due():
+            log.info("%s", self.line(shard))
+
+    def line(self, shard: int) -> str:
+        done = self.calls // self.chunks
+        left = self.every.elapsed() / max(1, done) * max(0, self.total - done)
+        return (f"teacher cache: micro-batch {done}/{self.total} (shard {shard + 1}/{self.num_shards}) "
+                f"| ETA {hms(left)}")
 
 
 def _build_dataset(cfg: RunConfig, tokenizer, n: int, out: Path):
