@@ -9,11 +9,16 @@ Estimates (bytes per GPU, the most loaded pipeline stage):
   divided by DP with the distributed optimizer;
 - teacher: weights only (frozen, no grads or optimizer state), in the run's dtype; under PP its
   hidden states in the stage inputs kept for backward, one per micro-batch in flight;
-- activations: s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence parallelism), attention
-  scores not kept (flash/fused kernels; `train.recompute: selective` gives the same on any
-  kernel); with `train.recompute: full` each recompute unit's input (s*b*h) plus one unit's
-  activations; times the micro-batches in flight on the first stage (PP for 1F1B; interleaved
-  1F1B, `parallel.vpp` = v, keeps (1 + (PP-1)/(PP*v)) times as much, Korthikanti et al. 2022);
+- activations: s*b*h*(10 + 24/TP) per layer (s*b*h*34/TP with sequence parallelism); with
+  `train.recompute: full` each recompute unit's input (s*b*h) plus one unit's activations; times
+  the micro-batches in flight on the first stage (PP for 1F1B; interleaved 1F1B, `parallel.vpp`
+  = v, keeps (1 + (PP-1)/(PP*v)) times as much, Korthikanti et al. 2022). Attention's s x s
+  scores: none with Transformer Engine's flash/fused kernels (taken wherever TE runs; fp8 needs
+  it); megatron-core's unfused attention keeps, per layer, a/TP*s*s*b x (fp32 softmax output 4 +
+  the 16-bit probabilities 2) bytes and the 1-byte s*s causal mask (`train.recompute: selective`
+  recomputes this core attention in backward: none kept, one layer's live while recomputed),
+  plus one reused a/TP*s*s*b score buffer. The line after the total gives the activations under the
+  other kernel and recompute settings;
 - logits on the last stage, s*b*V/TP each: without a teacher the student's (dtype) and
   megatron-core's fp32 copy for its CE; with one, the student's and the teacher's (dtype: the
   one-pass objective writes its gradient over the student's) plus one loss chunk's fp32
@@ -115,7 +120,7 @@ def format_plan(plan: Plan, gpu_bytes: float, title: str) -> list[str]:
         lines.append(f"  {k:<{width}}  {v / GiB:8.2f} GiB")
     verdict = "fits" if plan.total <= gpu_bytes else "DOES NOT FIT"
     lines.append(f"  {'total per GPU':<{width}}  {plan.total / GiB:8.2f} GiB of {gpu_bytes / GiB:.0f} GiB: {verdict}")
-    return lines
+    return lines + [f"  {note}" for note in plan.notes]
 
 
 def pipeline_line(cfg: RunConfig, plan: Plan, teacher: ModelConfig | None, gpus: int) -> str | None:
