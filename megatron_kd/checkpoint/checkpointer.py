@@ -1,5 +1,6 @@
-"""The one owner of how a checkpoint is written: the staged directory, the state file's format,
-the checksum manifest, discovery of the newest one, and when a run saves.
+"""The one owner of a run's checkpoints: how one is written (the staged directory, the state
+file's format, the checksum manifest), which one a run resumes from, loading it, when a run saves,
+and clearing saves that never completed. A launch builds one `Checkpointer` and hands it down.
 
 Every checkpoint the package writes goes through `write_checkpoint`: a run's periodic, token
 budget and final saves (`Checkpointer.save`), the seed checkpoint of `mkd init`, and a converted
@@ -18,6 +19,7 @@ complete, so a process killed mid-save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -51,13 +53,16 @@ FULL_BELOW = 64 << 20  # bytes free: a write that failed with less left is taken
 SaveHook = Callable[[str, int], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointInfo:
+    """What a load restored, read from the checkpoint's state file."""
+
     path: Path
     step: int
-    consumed_samples: int
+    consumed_samples: int  # the data position the run continues from
     tokens: int
     kind: str
+    resumed: bool = False  # the whole training state (optimizer, LR schedule, RNG); False: weights only
 
 
 def _barrier():
@@ -193,10 +198,12 @@ class SaveDue:
 
 
 class Checkpointer:
-    """A run's checkpoints: where they live, which is newest, when one is due, and the save.
+    """A run's checkpoints, one object per launch: where they live, which one the run resumes from
+    (`resume_point`), restoring it (`load`), when one is due (`due`, `due_at_end`), the save
+    (`save`) and removing saves that never completed (`clean_partial`).
 
-    The save policy (`due`, `due_at_end`) is plain arithmetic on steps, so it is unit-tested
-    without a model; `save` is collective."""
+    The save policy is plain arithmetic on steps and discovery reads only the state files, so
+    both are unit-tested without a model; `load` and `save` are collective."""
 
     def __init__(self, cfg: RunConfig, save_hook: SaveHook | None = None):
         self.cfg = cfg
@@ -205,6 +212,17 @@ class Checkpointer:
         self.per_step = tokens_per_step(cfg)
         self.last_periodic_step: int | None = None  # a stop at this step needs no second save
         self._data_identity: dict | None = None
+
+    def use_resolved_config(self, cfg: RunConfig) -> None:
+        """Record `cfg` in every later save: the run's config once training/resolve.py has given
+        it the padded vocabulary its weights and teacher need, the one thing it may change (the
+        resume point, which resolution reads, is found before it)."""
+        unpadded = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, padded_vocab_size=self.cfg.model.padded_vocab_size))
+        if unpadded != self.cfg:
+            raise ValueError(f"the resolved config of {cfg.run.dir} differs from this run's beyond "
+                             "model.padded_vocab_size; build a Checkpointer for it")
+        self.cfg = cfg
 
     def data_identity(self) -> dict:
         """What this run's data holds (data/identity.py), recorded in every checkpoint so that a
@@ -216,14 +234,30 @@ class Checkpointer:
 
     # --- discovery ----------------------------------------------------------------------
     def latest(self) -> Path | None:
+        """The newest complete checkpoint of this run (what `latest` names), or None."""
         return latest_checkpoint(self.root)
 
-    def remove_partial_saves(self) -> None:
-        """Delete NAME.partial directories: saves that never completed (the process died)."""
-        if self.root.is_dir():
-            for p in self.root.glob("*.partial"):
-                log.warning("removing %s: a save that did not complete", p)
-                shutil.rmtree(p, ignore_errors=True)
+    def resume_point(self) -> Path | None:
+        """The checkpoint this run resumes from: its newest complete one, or None (no checkpoint
+        yet, or checkpoint.resume=false). Looked up when asked: `--overwrite` may have removed
+        the checkpoints since the last look."""
+        return self.latest() if self.cfg.checkpoint.resume else None
+
+    # --- loading ------------------------------------------------------------------------
+    def load(self, state, resume_from: Path | None) -> CheckpointInfo | None:
+        """Collective. Restores what the run starts from into `state`'s model, optimizer, LR
+        schedule and RNG: `resume_from` (the resume point the run was resolved with) whole, else
+        checkpoint.load's weights only, else nothing (None: a run from scratch). The data
+        position is returned, not set: the caller starts `state` at `info.step`."""
+        if resume_from is not None:
+            info = load_checkpoint(resume_from, state)
+            log.info("resumed from %s at step %d (%d tokens)", resume_from, info.step, info.tokens)
+            return info
+        if self.cfg.checkpoint.load:
+            info = load_checkpoint(Path(self.cfg.checkpoint.load), state, load_optimizer=False)
+            log.info("initial weights from %s (step %d)", self.cfg.checkpoint.load, info.step)
+            return info
+        return None
 
     # --- policy -------------------------------------------------------------------------
     def due(self, step: int, total: int, preempted: bool = False) -> list[SaveDue]:
@@ -272,6 +306,16 @@ class Checkpointer:
         log.info("saved checkpoint %s (step %d, %s)", final, state.step, due.kind)
         return final
 
+    def clean_partial(self) -> list[Path]:
+        """Delete NAME.partial directories, saves that never completed (the process died
+        mid-save; the checkpoint they were to replace is intact), and return them. One rank's
+        job, before the run resolves its resume point."""
+        removed = sorted(self.root.glob("*.partial")) if self.root.is_dir() else []
+        for p in removed:
+            log.warning("removing %s: a save that did not complete", p)
+            shutil.rmtree(p, ignore_errors=True)
+        return removed
+
     def _prune(self) -> None:
         periodic = sorted((p for p in self.root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()
                            and read_state(p)["kind"] == "periodic"), key=lambda p: read_state(p)["step"])
@@ -286,8 +330,9 @@ def _step_name(step: int) -> str:
 
 
 def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> CheckpointInfo:
-    """Collective. Restores model (any saved TP/PP), optimizer, scheduler, data position; RNG
-    too when the world size is the one it was saved with."""
+    """Collective. Restores `path` into `state`'s model (any saved TP/PP) and, with
+    `load_optimizer`, its optimizer and LR schedule, and the RNG when the world size is the one
+    it was saved with. `state.step` and the data position are left to the caller (returned)."""
     from megatron.core import dist_checkpointing
 
     path = Path(path)
@@ -300,8 +345,6 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         state.scheduler.load_state_dict(meta["scheduler"])
-        state.step = meta["step"]
-        state.consumed_samples = meta["consumed_samples"]
         rng_file = path / "rng" / f"rank{_rank()}.pt"
         if meta.get("world_size") == _world() and rng_file.is_file():
             try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
@@ -311,4 +354,5 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
                                   f"({type(exc).__name__}); the checkpoint may be tampered with "
                                   "or corrupt: resume from another one") from exc
             _set_rng_state(rng)
-    return CheckpointInfo(path, meta["step"], meta["consumed_samples"], meta["tokens"], meta["kind"])
+    return CheckpointInfo(path, meta["step"], meta["consumed_samples"], meta["tokens"], meta["kind"],
+                          resumed=optimizer is not None)

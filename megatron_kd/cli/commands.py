@@ -165,33 +165,28 @@ def cmd_train(args) -> int:
     from megatron_kd.runtime import preemption
 
     preemption.install()  # first: a warning signal during start-up must not kill the run
-    from megatron_kd.distill.teacher import resolve_teacher
+    from megatron_kd.checkpoint.checkpointer import Checkpointer
+    from megatron_kd.runtime.distributed import detect_launch_env
     from megatron_kd.training.faults import Faults
     from megatron_kd.training.loop import run_training
     from megatron_kd.training.preflight import preflight_train
-
-    outcome = {}
-
-    from megatron_kd.runtime.distributed import detect_launch_env
     from megatron_kd.training.run_dir import lock_run_dir, remove_unused_run_dir
 
     if args.profile_steps < 0:
         raise ConfigError(f"--profile-steps must be >= 0, got {args.profile_steps}")
     cfg = load_config(args.recipe, args.overrides)
-    before_start = None
+    faults = Faults.from_env()
+    checkpointer = Checkpointer(cfg, save_hook=faults.save_hook())  # this launch's one: checks, load, saves
+    outcome, checked, before_start = {}, None, None
     if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
-        if cfg.teacher.cache:  # the cache was made for this run's data, length and teacher
-            _check_cache_for_run(cfg)
-        elif cfg.teacher.checkpoint:  # never train against a teacher that cannot teach
-            resolve_teacher(cfg)
-        preflight_train(cfg, args.overwrite, world_size=args.nproc)
+        checked = preflight_train(cfg, checkpointer, args.overwrite, world_size=args.nproc)
         if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run
             def before_start():  # after launch_ranks' checks
                 outcome["created_dir"] = lock_run_dir(cfg.run.dir)
 
     def body(cfg, rank):
-        result = run_training(cfg, overwrite=args.overwrite, teacher_checked=True,
-                              profile_steps=args.profile_steps, faults=Faults.from_env())
+        result = run_training(cfg, checkpointer, checked, overwrite=args.overwrite,
+                              profile_steps=args.profile_steps, faults=faults)
         outcome["preempted"] = result.status == "preempted"
         if rank == 0:
             print(describe_result(result, cfg.run.dir))
@@ -223,17 +218,6 @@ def describe_result(result, run_dir: str) -> str:
     if result.status == "stopped":
         line += f" (train.stop_at_step: {result.step} of {result.total} steps; start again to continue)"
     return line
-
-
-def _check_cache_for_run(cfg) -> None:
-    from megatron_kd.config.validate import train_steps
-    from megatron_kd.distill.cache import check_run
-    from megatron_kd.distill.teacher import resolve_teacher
-
-    ckpt = state = None
-    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).exists():  # its identity must match too
-        ckpt, _, state = resolve_teacher(cfg, check=False)
-    check_run(cfg, train_steps(cfg) * cfg.train.global_batch_size, ckpt, state)
 
 
 def _cache_flags(args) -> int | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_kd.checkpoint.checkpointer import Checkpointer, load_checkpoint
+from megatron_kd.checkpoint.checkpointer import Checkpointer
 from megatron_kd.config import dump_config
 from megatron_kd.config.loader import config_to_dict
 from megatron_kd.config.schema import RunConfig
@@ -30,7 +30,7 @@ from megatron_kd.training import callbacks
 from megatron_kd.training.evaluate import evaluate
 from megatron_kd.training.faults import Faults
 from megatron_kd.training.metrics import MetricsWriter
-from megatron_kd.training.resolve import ResolvedRun, resolve_run
+from megatron_kd.training.resolve import CheckedLaunch, ResolvedRun, resolve_run
 from megatron_kd.training.run_dir import check_run_dir
 from megatron_kd.training.setup import TrainState, build_train_state
 from megatron_kd.training.steps import (
@@ -121,42 +121,32 @@ def teacher_chunks(run: ResolvedRun) -> list | None:
     return build_teacher(run.cfg, t.model, t.checkpoint)
 
 
-def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool = False,
-                 profile_steps: int = 0, faults: Faults | None = None) -> TrainResult:
+def run_training(cfg: RunConfig, checkpointer: Checkpointer, checked: CheckedLaunch | None = None,
+                 overwrite: bool = False, profile_steps: int = 0, faults: Faults | None = None) -> TrainResult:
     """Train (or resume) to the configured length; the result is the same on all ranks.
-    With `teacher.checkpoint` or `teacher.cache` set, the student learns from the frozen teacher
-    (kd section); `teacher_checked`: the launch already verified it. `profile_steps`: time the
-    teacher forward and the KD loss over that many steps (after the first) and log their shares
-    of the step (RUN_DIR/profile.json). `faults`: injected faults (tests; default none)."""
+    `checkpointer`: the launch's (built once for `cfg`; it finds the resume point, loads it and
+    saves). `checked`: what this process's launch checks found (training/preflight.py), None in
+    the ranks that a checked launcher started. With `teacher.checkpoint` or `teacher.cache` set,
+    the student learns from the frozen teacher (kd section). `profile_steps`: time the teacher
+    forward and the KD loss over that many steps (after the first) and log their shares of the
+    step (RUN_DIR/profile.json). `faults`: injected faults (tests; default none)."""
     from megatron.core import parallel_state
 
     faults = faults or Faults()
-    rank = torch.distributed.get_rank()
-    run_dir = Path(cfg.run.dir)
-    # Every rank checks (so all fail together); only rank 0 deletes on --overwrite.
-    check_run_dir(cfg, overwrite, delete=rank == 0)
-    if rank == 0:
-        Checkpointer(cfg).remove_partial_saves()  # left by a process killed mid-save
-    torch.distributed.barrier()
-    run = resolve_run(cfg, check_teacher=not teacher_checked)
+    run = _resolve(cfg, checkpointer, checked, overwrite)
     cfg = run.cfg  # from here on the resolved config, never changed
     profiler = Profiler() if profile_steps else None
     ctx = kd_step_context(run, profiler)
-    if rank == 0:
-        dump_config(cfg, run_dir / "config.yaml")
+    if torch.distributed.get_rank() == 0:
+        dump_config(cfg, Path(cfg.run.dir) / "config.yaml")
     tokenizer = load_tokenizer(cfg)
-    teacher = teacher_chunks(run)
-    state = build_train_state(cfg, teacher=teacher, profiler=profiler)
+    state = build_train_state(cfg, teacher=teacher_chunks(run), profiler=profiler)
     state.tokenizer_info = tokenizer.describe()
     state.teacher_identity = teacher_identity(cfg)
     total = train_steps(cfg)
-
-    if run.resume_from is not None:
-        info = load_checkpoint(run.resume_from, state)
-        log.info("resumed from %s at step %d (%d tokens)", run.resume_from, info.step, info.tokens)
-    elif cfg.checkpoint.load:
-        info = load_checkpoint(Path(cfg.checkpoint.load), state, load_optimizer=False)
-        log.info("initial weights from %s (step %d)", cfg.checkpoint.load, info.step)
+    start = checkpointer.load(state, run.resume_from)
+    if start is not None and start.resumed:  # the step and data position it was saved at
+        state.step, state.consumed_samples = start.step, start.consumed_samples
 
     # From a cache: the stream is built exactly as the cache job built it (same sample count)
     n_samples = ctx.cache.manifest["num_samples"] if ctx.cache is not None else total * cfg.train.global_batch_size
@@ -165,8 +155,6 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
         train_ds, cfg.train.micro_batch_size, parallel_state.get_data_parallel_rank(),
         parallel_state.get_data_parallel_world_size(), len(state.model), consumed_samples=state.consumed_samples)
     preemption.check_start_up()  # a SIGTERM swallowed during start-up: stop before writing metrics
-
-    checkpointer = Checkpointer(cfg, save_hook=faults.save_hook())
     after_backward = faults.after_backward()
 
     def step() -> dict[str, float]:
@@ -185,6 +173,21 @@ def run_training(cfg: RunConfig, overwrite: bool = False, teacher_checked: bool 
         vals = {f"val/{k}": v for k, v in evaluate(cfg, state.model, valid_sets).items()}
         result = TrainResult(result.status, result.step, result.total, 0, vals)
     return result
+
+
+def _resolve(cfg: RunConfig, checkpointer: Checkpointer, checked: CheckedLaunch | None,
+             overwrite: bool) -> ResolvedRun:
+    """The run directory made ready (--overwrite's deletion, saves that never completed
+    removed), then the run resolved from its resume point."""
+    rank = torch.distributed.get_rank()
+    # Every rank checks (so all fail together); only rank 0 deletes on --overwrite.
+    check_run_dir(cfg, overwrite, delete=rank == 0)
+    if rank == 0:
+        checkpointer.clean_partial()  # left by a process killed mid-save
+    torch.distributed.barrier()
+    run = resolve_run(cfg, checkpointer, checked)
+    checkpointer.use_resolved_config(run.cfg)  # its saves record the padded vocabulary the run has
+    return run
 
 
 def _callbacks(cfg: RunConfig, run: ResolvedRun, state, ctx: StepContext, checkpointer: Checkpointer,

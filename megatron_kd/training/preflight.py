@@ -1,8 +1,10 @@
 """Checks a training run makes before any process starts (so a 64-rank job fails in seconds,
-with one line, instead of after the process groups and models are up): the run directory is
-this run's and writable, every data prefix is whole and made with the model's tokenizer, and
-the checkpoint it would resume from or load is complete, and the model fits this machine's
-memory (`check_memory`). Reads only; changes nothing.
+with one line, instead of after the process groups and models are up): the teacher can teach
+this student (or the cache was made for this run), the model fits this machine's memory
+(`check_memory`), the run directory is this run's and writable, every data prefix is whole and
+made with the model's tokenizer, and the checkpoint it would resume from or load is complete.
+Reads only; changes nothing. What the checks resolved and verified is returned
+(`CheckedLaunch`) for the run in the same process, which then checks none of it again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from pathlib import Path
 from megatron_kd.checkpoint.checkpointer import Checkpointer
 from megatron_kd.checkpoint.refs import verify_checkpoint
 from megatron_kd.config.schema import ModelConfig, RunConfig
+from megatron_kd.config.validate import train_steps
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
 from megatron_kd.data.identity import check_resume_data
-from megatron_kd.distill.teacher import check_same_teacher
+from megatron_kd.distill.cache_checks import check_run
+from megatron_kd.distill.teacher import check_same_teacher, resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.training.memory import GiB, estimate
 from megatron_kd.training.metrics import import_wandb
+from megatron_kd.training.resolve import CheckedLaunch, Teacher
 from megatron_kd.training.run_dir import check_run_dir
 
 
@@ -109,30 +114,50 @@ def check_memory(cfg: RunConfig, teacher: ModelConfig | None = None, training: b
                           "a shorter train.seq_length or train.micro_batch_size, or more tp/pp")
 
 
-def _teacher_in_memory(cfg: RunConfig) -> ModelConfig | None:
-    """The teacher model a KD run holds (none when it reads a cache), for the memory check."""
-    if cfg.teacher.cache or not cfg.teacher.checkpoint or not Path(cfg.teacher.checkpoint).exists():
+def check_teacher(cfg: RunConfig) -> Teacher | None:
+    """A KD run never trains against a teacher that cannot teach it: a teacher checkpoint is
+    resolved, its files verified and its tokenizer, vocabulary and length checked against the
+    student, and returned (its model is what the run builds); a cache must have been made for
+    this run's data, length and teacher (None: the run reads the cache, resolved by the run)."""
+    if cfg.teacher.cache:
+        ckpt = state = None
+        if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).exists():  # its identity must match too
+            ckpt, _, state = resolve_teacher(cfg, check=False)
+        check_run(cfg, train_steps(cfg) * cfg.train.global_batch_size, ckpt, state)
         return None
-    from megatron_kd.distill.teacher import teacher_model  # lazy: only KD runs with a checkpoint
+    if cfg.teacher.checkpoint:
+        ckpt, model, _ = resolve_teacher(cfg)
+        return Teacher(ckpt, model)
+    return None
 
-    return teacher_model(cfg)
 
-
-def preflight_train(cfg: RunConfig, overwrite: bool, world_size: int | None = None) -> None:
-    if cfg.logging.wandb.project:  # before any process starts: the optional package is there
-        import_wandb()
-    check_memory(cfg, _teacher_in_memory(cfg), world_size=world_size)
-    check_run_dir(cfg, overwrite, delete=False)
-    check_writable(Path(cfg.run.dir), "run.dir")
-    check_data(cfg)
-    if cfg.checkpoint.resume and not overwrite:
-        latest = Checkpointer(cfg).latest()
-        if latest is not None:
-            saved_state = verify_checkpoint(latest)
-            check_same_teacher(cfg, saved_state, latest)
-            check_resume_data(cfg, saved_state, latest)
+def check_start_checkpoints(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool) -> dict[Path, dict]:
+    """The checkpoints the run starts from, verified (every file whole and unchanged), as
+    {path: state}: the resume point, which must also name this run's teacher and data (not
+    looked at with --overwrite, which may discard it), and checkpoint.load."""
+    verified = {}
+    latest = checkpointer.resume_point() if not overwrite else None
+    if latest is not None:
+        saved_state = verified[latest] = verify_checkpoint(latest)
+        check_same_teacher(cfg, saved_state, latest)
+        check_resume_data(cfg, saved_state, latest)
     if cfg.checkpoint.load:
         if not Path(cfg.checkpoint.load).is_dir():
             raise ConfigError(f"checkpoint.load '{cfg.checkpoint.load}' does not exist; point at a "
                               "checkpoint directory (RUN_DIR/checkpoints/NAME)")
-        verify_checkpoint(Path(cfg.checkpoint.load))
+        verified[Path(cfg.checkpoint.load)] = verify_checkpoint(Path(cfg.checkpoint.load))
+    return verified
+
+
+def preflight_train(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool = False,
+                    world_size: int | None = None) -> CheckedLaunch:
+    """Every check of `mkd train`, once per launch (its ranks get the result): the teacher
+    first, then memory, the run directory, the data and the checkpoints it starts from."""
+    teacher = check_teacher(cfg)
+    if cfg.logging.wandb.project:  # before any process starts: the optional package is there
+        import_wandb()
+    check_memory(cfg, teacher.model if teacher is not None else None, world_size=world_size)
+    check_run_dir(cfg, overwrite, delete=False)
+    check_writable(Path(cfg.run.dir), "run.dir")
+    check_data(cfg)
+    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite))
