@@ -67,8 +67,12 @@ test: install system-deps lint
 test-fast: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=8 -m "not slow and not multiproc and not slurm"
 
+# The demo's teachers and sweeps run in two lanes that write to log files: follow_logs puts their
+# progress on the terminal (a finished run at once, otherwise a line every 25-30 s).
+DEMO_LOGS := runs/teacher-cpu-medium.log runs/teacher-cpu-tiny.log runs/lane-a.log runs/lane-b.log \
+             runs/sweeps/cpu-mini.log.txt
 demo: install
-	bash scripts/demo.sh
+	$(PY) -m megatron_kd.study.follow_logs $(DEMO_LOGS) -- bash scripts/demo.sh
 
 study: install
 	bash scripts/study.sh

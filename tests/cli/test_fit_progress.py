@@ -1,0 +1,66 @@
+"""`mkd fit` says its stages (cli/law_commands.py's FitConsole): its plan, each stage as the fit
+counts it, a line while a stage counts nothing, and what it fitted. Fake runs and clock: fast;
+the one `mkd fit` of a table is marked slow."""
+
+import pytest
+
+from megatron_kd.cli.law_commands import FitConsole
+from megatron_kd.console import Every
+from megatron_kd.study.law import Run
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _console():
+    runs = [Run("b1", 1e6, 1e7, 3.0), Run("b2", 2e6, 1e7, 2.9), Run("k1", 1e6, 1e7, 2.95, 2.5, 1.0),
+            Run("k2", 2e6, 1e7, 2.85, 2.5, 0.5)]
+    clock, lines = Clock(), []
+    return FitConsole(runs, 200, Every(25, clock), lines.append), clock, lines
+
+
+def test_the_plan_names_every_stage():
+    console, _, lines = _console()
+    assert console.plan() == [
+        "fit: 1. the supervised law on 2 baselines, 200 bootstrap resamples each",
+        "fit: 2. leave-one-cell-out refits of the supervised law (2 cells)",
+        "fit: 3. the distillation law at alpha 0.5 (1 runs): each form (mix) cross-validated over the cells, "
+        "the best fitted",
+        "fit: 4. the distillation law at alpha 1 (1 runs): each form (mix, busbridge) cross-validated over the "
+        "cells, the best fitted"]
+
+
+def test_stages_as_the_fit_counts_them_and_a_line_while_it_counts_nothing():
+    console, clock, lines = _console()
+    clock.t = 10
+    console.say("supervised bootstrap 120/200")
+    clock.t = 20
+    console.say("leave-one-cell-out refits 1/2")
+    assert lines == ["fit: supervised bootstrap: 120/200 (0:00:10 elapsed)",
+                     "fit: leave-one-cell-out refits: 1/2 (0:00:20 elapsed)"]
+    clock.t = 44
+    console.beat()
+    assert len(lines) == 2  # 24 s since the last line
+    clock.t = 45
+    console.beat()
+    assert lines[-1] == "fit: still fitting, last at leave-one-cell-out refits 1/2 (0:00:45 elapsed)"
+    console.finished({"distillation": {"0.5": {"form": "mix"}, "1.0": "too few cells"}})
+    assert lines[-1] == ("fit: done in 0:00:45: the supervised law; distillation laws at alpha 0.5 (mix), "
+                         "1 (not fitted)")
+
+
+@pytest.mark.slow
+def test_mkd_fit_prints_its_stages(tmp_path, capsys):
+    from tests.helpers import mkd_in_process
+    from tests.study.law_data import write_runs_table
+
+    table = write_runs_table(tmp_path / "runs.csv")
+    rc, out, err = mkd_in_process(capsys, "fit", table, "--out", tmp_path / "law.json", "--bootstrap", 0)
+    assert rc == 0, err
+    assert out.startswith("fit: 1. the supervised law on 16 baselines\nfit: 2. leave-one-cell-out refits"), out
+    assert "fit: done in " in out and "distillation laws at alpha 1 (busbridge)" in out, out
