@@ -11,6 +11,24 @@ from typing import Any, Literal, Optional
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-experts MLPs: megatron-core's MoE layer in place of the dense MLP. num_experts 0
+    (the default) is a dense model."""
+
+    num_experts: int = 0  # routed experts per MoE layer
+    router_topk: int = 2  # experts each token is sent to
+    ffn_hidden_size: Optional[int] = None  # one expert's SwiGLU inner size; None = model.ffn_hidden_size
+    shared_expert_ffn_hidden_size: Optional[int] = None  # a shared expert every token passes (None: none)
+    layer_freq: Any = 1  # which layers are MoE: 1 = every layer, k = every k-th, or a list of 0/1 per layer
+    score_function: Literal["softmax", "sigmoid"] = "softmax"  # router scores (DeepSeek-V3: sigmoid)
+    pre_softmax: bool = False  # softmax over all experts before top-k (false: over the chosen, Qwen3-MoE)
+    aux_loss_coeff: float = 0.0  # load-balancing loss weight, added to the student's objective
+    z_loss_coeff: Optional[float] = None  # router z-loss weight (None: none)
+    capacity_factor: Optional[float] = None  # tokens an expert takes, x its fair share; None = dropless
+    token_dispatcher: Literal["alltoall", "allgather"] = "alltoall"  # how tokens reach their experts' EP ranks
+
+
+@dataclass
 class ModelConfig:
     """A llama-style decoder (RMSNorm, SwiGLU, RoPE, GQA, no biases)."""
 
@@ -34,6 +52,7 @@ class ModelConfig:
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    moe: MoEConfig = field(default_factory=MoEConfig)  # experts in place of the dense MLP (model.moe.num_experts)
 
 
 @dataclass
@@ -43,6 +62,8 @@ class ParallelConfig:
     tp: int = 1  # tensor parallel size
     pp: int = 1  # pipeline parallel size
     vpp: int = 1  # virtual stages per pipeline rank (interleaved 1F1B when > 1; needs pp >= 2)
+    ep: int = 1  # expert parallel size: the experts of an MoE layer split over this many ranks
+    etp: Optional[int] = None  # expert tensor parallel size (each expert's weights split); None = tp
     sequence_parallel: bool = False  # shard activations along sequence in TP regions (tp > 1)
     distributed_optimizer: bool = False  # shard optimizer state over data parallel ranks
     overlap_grad_reduce: bool = False  # reduce gradient buckets while backward still runs

@@ -61,6 +61,7 @@ def _validate_model(cfg: RunConfig) -> None:
              f"parallel.vpp={par.vpp} splits each pipeline rank's layers into virtual stages and needs "
              f"parallel.pp >= 2, got pp={par.pp}; set parallel.vpp=1 or raise parallel.pp")
     validate_layout(m, par)
+    validate_moe(m, par)
     _require(not par.sequence_parallel or par.tp > 1,
              "parallel.sequence_parallel=true needs parallel.tp > 1; set it to false")
     if par.sequence_parallel:
@@ -172,6 +173,10 @@ def _validate_world(cfg: RunConfig, world_size: int | None) -> None:
                  f"world size {world} is not divisible by parallel.tp x parallel.pp = {mp}; "
                  f"launch a multiple of {mp} processes")
         dp = world // mp
+        expert_mp = par.ep * (par.etp or par.tp) * par.pp
+        _require(par.ep == 1 or world % expert_mp == 0,
+                 f"world size {world} is not divisible by parallel.ep x expert TP x parallel.pp = {expert_mp} "
+                 f"(expert TP: parallel.etp, else parallel.tp); launch a multiple of {expert_mp} processes")
         _require(tr.global_batch_size % (tr.micro_batch_size * dp) == 0,
                  f"train.global_batch_size={tr.global_batch_size} is not divisible by "
                  f"micro_batch_size x data-parallel size = {tr.micro_batch_size} x {dp}")
@@ -181,6 +186,51 @@ def _validate_world(cfg: RunConfig, world_size: int | None) -> None:
                  f"parallel.vpp={par.vpp} needs the micro-batches per step ({micro} = global_batch_size / "
                  f"(micro_batch_size x data-parallel size {dp})) to be a multiple of parallel.pp={par.pp}; "
                  f"set train.global_batch_size to a multiple of {tr.micro_batch_size * dp * par.pp}")
+
+
+def moe_layers(m: ModelConfig) -> list[bool]:
+    """Which decoder layers are MoE layers (model.moe.layer_freq), first layer first."""
+    freq = m.moe.layer_freq
+    if m.moe.num_experts == 0:
+        return [False] * m.num_layers
+    if isinstance(freq, list):
+        return [bool(x) for x in freq]
+    return [i % freq == 0 for i in range(m.num_layers)]
+
+
+def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model") -> None:
+    """model.moe and parallel.ep / parallel.etp: one message each."""
+    moe = m.moe
+    _require(moe.num_experts >= 0, f"{key}.moe.num_experts must be >= 0 (0: a dense model), got {moe.num_experts}")
+    _require(par.ep >= 1 and (par.etp is None or par.etp >= 1),
+             f"parallel.ep and parallel.etp must be >= 1, got ep={par.ep} etp={par.etp}")
+    if moe.num_experts == 0:
+        _require(par.ep == 1 and par.etp in (None, par.tp),
+                 f"parallel.ep={par.ep} / parallel.etp={par.etp} split experts, and {key}.moe.num_experts is 0 "
+                 f"(a dense model); set {key}.moe.num_experts or parallel.ep=1")
+        return
+    _require(moe.num_experts % par.ep == 0,
+             f"{key}.moe.num_experts={moe.num_experts} is not divisible by parallel.ep={par.ep}; each expert-parallel "
+             "rank holds the same number of experts")
+    _require(1 <= moe.router_topk <= moe.num_experts,
+             f"{key}.moe.router_topk must be in [1, num_experts={moe.num_experts}], got {moe.router_topk}")
+    freq = moe.layer_freq
+    ok = (isinstance(freq, int) and not isinstance(freq, bool) and 1 <= freq <= m.num_layers) or (
+        isinstance(freq, list) and len(freq) == m.num_layers and all(x in (0, 1) for x in freq) and any(freq))
+    _require(ok, f"{key}.moe.layer_freq must be k in [1, num_layers={m.num_layers}] (every k-th layer) or a list "
+                 f"of {m.num_layers} 0/1 flags with at least one 1, got {_show(freq)}")
+    for name in ("ffn_hidden_size", "shared_expert_ffn_hidden_size"):
+        value = getattr(moe, name)
+        _require(value is None or 0 < value < SIZE_LIMIT, f"{key}.moe.{name} must be in [1, 2**31) or null, "
+                                                          f"got {_show(value)}")
+    for name in ("aux_loss_coeff", "z_loss_coeff"):
+        value = getattr(moe, name)
+        _require(value is None or (math.isfinite(value) and 0 <= value <= 1),
+                 f"{key}.moe.{name} must be in [0, 1], got {_show(value)}")
+    _require(moe.capacity_factor is None or (math.isfinite(moe.capacity_factor) and moe.capacity_factor > 0),
+             f"{key}.moe.capacity_factor must be > 0 (or null: dropless), got {_show(moe.capacity_factor)}")
+    _require(not (moe.score_function == "sigmoid" and moe.pre_softmax),
+             f"{key}.moe.pre_softmax applies to softmax scores; set it to false with score_function=sigmoid")
 
 
 def validate_layout(m: ModelConfig, par: ParallelConfig, key: str = "model") -> None:

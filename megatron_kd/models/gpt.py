@@ -80,6 +80,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
             fp8_param=precision.fp8_param,
         )
     return TransformerConfig(
+        **moe_kwargs(model, parallel, on_gpu),
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,
@@ -132,12 +133,46 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig,
     )
 
 
-def layer_spec(model: ModelConfig, use_te: bool | None = None):
-    """ModuleSpec for one decoder layer: TE fused layers on GPU when available, else local."""
+def moe_kwargs(model: ModelConfig, parallel: ParallelConfig, on_gpu: bool) -> dict:
+    """megatron-core's MoE fields for model.moe and parallel.ep/etp (none for a dense model)."""
+    moe = model.moe
+    if moe.num_experts == 0:
+        return {}
+    return dict(
+        num_moe_experts=moe.num_experts,
+        moe_router_topk=moe.router_topk,
+        moe_ffn_hidden_size=moe.ffn_hidden_size or model.ffn_hidden_size,
+        moe_shared_expert_intermediate_size=moe.shared_expert_ffn_hidden_size,
+        moe_layer_freq=moe.layer_freq,
+        moe_router_score_function=moe.score_function,
+        moe_router_pre_softmax=moe.pre_softmax,
+        moe_router_load_balancing_type="aux_loss" if moe.aux_loss_coeff > 0 else "none",
+        moe_aux_loss_coeff=moe.aux_loss_coeff,
+        moe_z_loss_coeff=moe.z_loss_coeff,
+        moe_expert_capacity_factor=moe.capacity_factor,
+        moe_pad_expert_input_to_capacity=False,
+        moe_token_dispatcher_type=moe.token_dispatcher,
+        moe_grouped_gemm=on_gpu and have_transformer_engine(),  # TE's grouped GEMM; SequentialMLP on CPU
+        moe_router_dtype="fp32",  # routing decisions in fp32 whatever the model's dtype
+        expert_model_parallel_size=parallel.ep,
+        expert_tensor_parallel_size=parallel.etp or parallel.tp,
+    )
+
+
+def layer_spec(model: ModelConfig, use_te: bool | None = None, config=None, vp_stage: int | None = None):
+    """ModuleSpec for the decoder: TE fused layers on GPU when available, else local. An MoE model
+    gets megatron-core's block spec (its layers dense or MoE by model.moe.layer_freq) for this
+    pipeline stage, which needs its TransformerConfig."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
     if use_te is None:
         use_te = have_transformer_engine()
+    if model.moe.num_experts:
+        from megatron.core import parallel_state
+
+        return specs.get_gpt_decoder_block_spec(config, use_transformer_engine=use_te, normalization="RMSNorm",
+                                                vp_stage=vp_stage,
+                                                pp_rank=parallel_state.get_pipeline_model_parallel_rank())
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
     return specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model.qk_layernorm)
@@ -166,7 +201,7 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
                                           recompute=recompute)
     gpt = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(model),
+        transformer_layer_spec=layer_spec(model, config=config, vp_stage=vp_stage),
         vocab_size=padded_vocab(model, parallel.tp),
         max_sequence_length=model.max_position_embeddings,
         pre_process=pre_process,

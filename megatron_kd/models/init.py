@@ -26,9 +26,10 @@ import torch
 from megatron_kd.config.schema import ModelConfig
 from megatron_kd.errors import SetupError
 
-_SCALED = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+_SCALED = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight", "linear_fc2.weight")
 _NORMAL = ("embedding.word_embeddings.weight", "output_layer.weight", "self_attention.linear_qkv.weight",
-           "mlp.linear_fc1.weight")
+           "mlp.linear_fc1.weight", "linear_fc1.weight", "mlp.router.weight")
+_EXPERT = re.compile(r"(.*\.mlp\.experts\.local_experts\.)(\d+)(\..*)")  # SequentialMLP's experts
 
 
 def layout_free_name(model, local_name: str, param) -> str:
@@ -38,8 +39,26 @@ def layout_free_name(model, local_name: str, param) -> str:
     m = re.match(r"decoder\.layers\.(\d+)\.(.*)", local_name)
     if m:
         layer = model.decoder.layers[int(m.group(1))]
-        return f"decoder.layers.{layer.layer_number - 1}.{m.group(2)}"
+        local_name = f"decoder.layers.{layer.layer_number - 1}.{m.group(2)}"
+    e = _EXPERT.match(local_name)
+    if e:  # an expert-parallel rank holds experts [rank * local, (rank + 1) * local) of the layer
+        from megatron.core import parallel_state
+
+        local = len(model.decoder.layers[int(m.group(1))].mlp.experts.local_experts)
+        index = parallel_state.get_expert_model_parallel_rank() * local + int(e.group(2))
+        return f"{e.group(1)}{index}{e.group(3)}"
     return local_name
+
+
+def _tp_of(name: str, tp: int, tp_rank: int) -> tuple[int, int]:
+    """(split, rank) of the tensor-parallel group a parameter is sharded over: the experts'
+    (expert TP) for an expert's weights, the model's otherwise."""
+    if _EXPERT.match(name):
+        from megatron.core import parallel_state
+
+        return (parallel_state.get_expert_tensor_parallel_world_size(),
+                parallel_state.get_expert_tensor_parallel_rank())
+    return tp, tp_rank
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
@@ -51,7 +70,7 @@ def _shard(full: torch.Tensor, param, name: str, tp: int, rank: int, gated: bool
     if tp == 1 or not getattr(param, "tensor_model_parallel", False):
         return full
     dim = param.partition_dim
-    if gated and name.endswith("mlp.linear_fc1.weight"):
+    if gated and name.endswith("linear_fc1.weight"):
         # SwiGLU's fused input: logically [gate; up], each rank holds [gate_r; up_r] (what
         # megatron-core's checkpoints assume when they reshard it)
         gate, up = full.chunk(2, dim=dim)
@@ -80,9 +99,10 @@ def init_by_name(gpt, model_cfg: ModelConfig, seed: int, tp: int, tp_rank: int) 
         else:
             raise SetupError(f"no initialisation rule for parameter {local_name}; add one to "
                              "megatron_kd/models/init.py")
-        split = tp if getattr(param, "tensor_model_parallel", False) else 1
+        group, rank = _tp_of(name, tp, tp_rank)
+        split = group if getattr(param, "tensor_model_parallel", False) else 1
         shape = list(param.shape)
         if split > 1:
             shape[param.partition_dim] *= split
         full = torch.empty(shape, dtype=torch.float32).normal_(0.0, sigma, generator=_generator(seed, name))
-        param.copy_(_shard(full, param, name, split, tp_rank, gated=True))
+        param.copy_(_shard(full, param, name, split, rank, gated=True))

@@ -316,6 +316,23 @@ def _in_process_checkpoint_results() -> None:
         filesystem_async._results_queue = queue.Queue()
 
 
+def _alltoall_split_sizes_as_lists() -> None:
+    """Adapts: the alltoall MoE token dispatcher hands its split sizes to all_to_all_single as
+    tensors, which NCCL's binding takes and gloo's refuses (only Python lists). The same numbers
+    as lists; the backward reads them back from ctx, lists too."""
+    from megatron.core.tensor_parallel import mappings
+
+    forward = mappings._AllToAll.forward
+
+    def forward_with_lists(ctx, group, input, output_split_sizes, input_split_sizes, use_nccl_stream=False):
+        def as_list(sizes):
+            return sizes.tolist() if isinstance(sizes, torch.Tensor) else sizes
+
+        return forward(ctx, group, input, as_list(output_split_sizes), as_list(input_split_sizes), use_nccl_stream)
+
+    mappings._AllToAll.forward = staticmethod(forward_with_lists)
+
+
 def installed_mcore_version() -> str:
     """The installed distribution's version. (megatron.core.__version__ appends the git hash
     of whatever repository the process runs in, so it is not used.)"""
@@ -443,6 +460,7 @@ def activate() -> bool:
     _cuda_to_cpu_in_recompute()
     _in_process_checkpoint_results()
     _distributed_optimizer_loads_without_apex()
+    _alltoall_split_sizes_as_lists()
 
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()

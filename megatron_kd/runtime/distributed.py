@@ -151,6 +151,8 @@ def init_distributed(parallel: ParallelConfig, seed: int, launch: LaunchEnv | No
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.vpp if parallel.vpp > 1 else None,
+        expert_model_parallel_size=parallel.ep,
+        expert_tensor_parallel_size=parallel.etp or parallel.tp,
     )
     seed_everything(seed)
     return launch

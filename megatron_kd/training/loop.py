@@ -29,6 +29,7 @@ from megatron_kd.runtime.throughput import Profiler, device_name, peak_tflops
 from megatron_kd.training import callbacks
 from megatron_kd.training.evaluate import evaluate
 from megatron_kd.training.faults import Faults
+from megatron_kd.training.grad_clip import grad_norm_and_clip
 from megatron_kd.training.metrics import MetricsWriter
 from megatron_kd.training.resolve import CheckedLaunch, ResolvedRun, resolve_run
 from megatron_kd.training.run_dir import check_run_dir
@@ -77,10 +78,7 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
     # megatron-core's optimizer step, split so a non-finite loss or gradient norm skips the
     # update (parameters, Adam state and LR schedule untouched) instead of poisoning the model.
     found_inf = state.optimizer.prepare_grads()
-    if cfg.train.clip_grad > 0:
-        grad_norm = state.optimizer.clip_grad_norm(cfg.train.clip_grad)
-    else:
-        grad_norm = state.optimizer.get_grad_norm()
+    grad_norm = grad_norm_and_clip(state.optimizer, cfg.train.clip_grad)
     finite = (not found_inf and grad_norm is not None and math.isfinite(float(grad_norm))
               and math.isfinite(metrics["loss"]))
     update_ok = bool(finite and state.optimizer.step_with_ready_grads())
