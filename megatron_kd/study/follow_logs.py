@@ -25,7 +25,7 @@ from megatron_kd.console import PROGRESS_EVERY_S, hms
 
 POLL_S = 2.0
 
-_FINISHED = re.compile(r"^(\[sweep\] \S+: )?(done|already complete|stopped): ")
+_FINISHED = re.compile(r"^(\[sweep\] \S+: )?(done|already complete|stopped): |^\[sweep\] teacher cache \S+: ")
 _SWEEP_PROGRESS = re.compile(r"^\[sweep\] (.* done \| .*)$")
 _STEP = re.compile(r"\bstep (\d+/\d+)\b.*?\bETA (\d+:\d\d:\d\d)")
 _CACHE = re.compile(r"\b(teacher cache: micro-batch \d+/\d+.*)$")
@@ -35,7 +35,7 @@ def finished_line(line: str) -> str | None:
     """A job's finished line, without its run directory (the terminal line stays short)."""
     if not _FINISHED.match(line):
         return None
-    return re.sub(r", run dir \S+", "", line)
+    return re.sub(r", run dir \S+|; the teacher ran .*", "", line)
 
 
 def status_of(line: str) -> str | None:
@@ -62,6 +62,7 @@ class FollowedLog:
     partial: str = ""
     status: str | None = field(default=None)  # the newest progress it reported
     status_at: float = 0.0  # when that was read
+    running: bool = False  # written since its last finished line
 
     @property
     def label(self) -> str:
@@ -111,9 +112,11 @@ class Follower:
                 done = finished_line(line)
                 if done:
                     out.append(f"  {log.label}: {done}")
-                    log.status = None  # its job ended: nothing of it to report until the next
-                elif status_of(line):
-                    log.status, log.status_at = status_of(line), now
+                    log.status, log.running = None, False  # its job ended: nothing to report until the next
+                else:
+                    log.running = True
+                    if status_of(line):
+                        log.status, log.status_at = status_of(line), now
         if out:
             self.last_line = now
         elif now - self.last_line >= self.every:
@@ -125,9 +128,9 @@ class Follower:
         """`[0:03:30] lane-a: runs 1/3 done | ... ; teacher-x: step 200/500, ETA 0:01:10 (40 s ago)`."""
         known = [f"{log.label}: {log.status}" + (f" ({now - log.status_at:.0f} s ago)"
                                                  if now - log.status_at >= self.every else "")
-                 for log in self.logs if log.status]
-        return f"  [{hms(now - self.started)}] " + (" ; ".join(known) if known else
-                                                   "working (no progress line in the logs yet)")
+                 if log.status else f"{log.label}: running, no step line yet"
+                 for log in self.logs if log.status or log.running]
+        return f"  [{hms(now - self.started)}] " + (" ; ".join(known) or "working")
 
 
 def run_followed(command: list[str], logs: list[Path], every: float = PROGRESS_EVERY_S,

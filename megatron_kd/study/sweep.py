@@ -37,7 +37,6 @@ import fnmatch
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
-from megatron_kd.study.sweep_progress import JobsProgress, following, say
+from megatron_kd.study.sweep_progress import JobsProgress, following, named_final_loss, say
 from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types
 
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
@@ -484,34 +483,3 @@ def _train_jobs(pending: list[tuple], nproc: int, ran: list[str]) -> list[tuple[
 
         todo.append((point.name, Job(cmd, run_dir / "train.log", done, start=f"[sweep] {point.name}: training")))
     return todo
-
-
-_FINAL_LOSS = re.compile(r"final loss (\S+?),")
-
-
-def named_final_loss(line: str, run_dir: Path) -> str:
-    """`mkd train`'s last line with its final loss named: a KD run's is its training objective
-    (at α = 1 the KD term alone, e.g. 0.05 beside validation losses near 5), a baseline's the CE.
-    The run's last metrics record says which (a KD run's has kd_loss)."""
-    last = _last_record(run_dir / "metrics.jsonl")
-    if last is None or "loss" not in last:
-        return line
-    if "kd_loss" in last:
-        name = (f"final train objective (mix of CE and T^2*KD at alpha {last.get('alpha', float('nan')):g}) "
-                f"{last['loss']:.4f}, train CE {last.get('lm_loss', float('nan')):.4f},")
-    else:
-        name = f"final train CE {last['loss']:.4f},"
-    return _FINAL_LOSS.sub(lambda _: name, line, count=1)
-
-
-def _last_record(path: Path) -> dict | None:
-    """The last JSON line of a metrics.jsonl (None when there is none): read from its end, as a
-    long run's file holds a line per logged step."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
-            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None

@@ -10,6 +10,7 @@ clock and fake logs); `following` runs it on a thread beside study/jobs.run_jobs
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 import threading
@@ -56,13 +57,25 @@ def last_position(log: Path) -> Position | None:
     return Position(found.group(1), done, total) if 0 < total else None
 
 
+def shared_prefix(names: list[str]) -> str:
+    """The start every point name shares, up to its last `__` (the student: `cpu-small__`), which
+    the progress line leaves off to stay short; none when there is one name."""
+    if len(names) < 2:
+        return ""
+    common = names[0]
+    for name in names[1:]:
+        while not name.startswith(common):
+            common = common[:-1]
+    return common[:common.rfind("__") + 2] if "__" in common else ""
+
+
 def progress_line(what: str, done: int, total: int, running: list[tuple[str, Position | None]],
                   eta_s: float | None) -> str:
     """`[sweep] runs 3/12 done | running: NAME step 40/80, NAME (starting) | ETA 0:04:10`."""
     parts = [f"[sweep] {what} {done}/{total} done"]
     if running:
         parts.append("running: " + ", ".join(f"{name} {pos if pos else '(starting)'}" for name, pos in running))
-    parts.append(f"ETA {hms(eta_s)}" if eta_s is not None else "ETA unknown (no job has reported a step yet)")
+    parts.append(f"ETA {hms(eta_s)}" if eta_s is not None else "ETA once a job reports a step")
     return " | ".join(parts)
 
 
@@ -108,8 +121,9 @@ class JobsProgress:
         now = self.clock()
         starts = self._starts()
         running = [(name, last_position(log)) for name, log in self.jobs if name in starts and name not in self.ended]
-        return progress_line(self.what, self.done_before + len(self.ended), self.total, running,
-                             self._eta(now, starts, running))
+        cut = len(shared_prefix([name for name, _ in self.jobs]))
+        return progress_line(self.what, self.done_before + len(self.ended), self.total,
+                             [(name[cut:], pos) for name, pos in running], self._eta(now, starts, running))
 
     def _eta(self, now: float, starts: dict, running: list) -> float | None:
         """Remaining time: each running job's from its own rate (or the mean duration), the queued
@@ -136,6 +150,37 @@ class JobsProgress:
                 return None
             self.last_line_at = self.clock()
             return self._line()
+
+
+_FINAL_LOSS = re.compile(r"final loss (\S+?),")
+
+
+def named_final_loss(line: str, run_dir: Path) -> str:
+    """`mkd train`'s last line with its final loss named: a KD run's is its training objective
+    (at α = 1 the KD term alone, e.g. 0.05 beside validation losses near 5), a baseline's the CE.
+    The run's last metrics record says which (a KD run's has kd_loss)."""
+    last = _last_record(run_dir / "metrics.jsonl")
+    if last is None or "loss" not in last:
+        return line
+    if "kd_loss" in last:
+        name = (f"final train objective (mix of CE and T^2*KD at alpha {last.get('alpha', float('nan')):g}) "
+                f"{last['loss']:.4f}, train CE {last.get('lm_loss', float('nan')):.4f},")
+    else:
+        name = f"final train CE {last['loss']:.4f},"
+    return _FINAL_LOSS.sub(lambda _: name, line, count=1)
+
+
+def _last_record(path: Path) -> dict | None:
+    """The last JSON line of a metrics.jsonl (None when there is none): read from its end, as a
+    long run's file holds a line per logged step."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
 
 
 def say(line: str) -> None:

@@ -25,6 +25,8 @@ def test_what_a_line_reports():
     assert finished_line("[sweep] x: done: 80 steps, final train CE 5.1, indomain 5.2, run dir runs/x") == (
         "[sweep] x: done: 80 steps, final train CE 5.1, indomain 5.2")
     assert finished_line("[sweep] x: finished, skipped") is None
+    assert finished_line("[sweep] teacher cache c/t: 8 samples, top-k 64; the teacher ran over it; train from it") == (
+        "[sweep] teacher cache c/t: 8 samples, top-k 64")
 
 
 def test_finished_lines_at_once_progress_once_a_period(tmp_path):
@@ -34,7 +36,14 @@ def test_finished_lines_at_once_progress_once_a_period(tmp_path):
     os.utime(old, (1, 1))  # an earlier run's log: not read until written again
     f = Follower([lane, teacher, old], every=30, clock=clock)
     assert f.poll() == []
-    teacher.write_text("12:00:00 step 100/250 | loss (train CE) 5 | ETA 0:01:10\n12:00:01 step 2")  # half a line
+    clock.t = 30
+    assert f.poll() == ["  [0:00:30] working"]  # nothing written yet
+    teacher.write_text("12:00:00 distilling from x\n")
+    clock.t = 60
+    assert f.poll() == ["  [0:01:00] teacher: running, no step line yet"]
+    clock.t = f.started = f.last_line = 0  # the steps below count from here
+    with open(teacher, "a") as out:
+        out.write("12:00:00 step 100/250 | loss (train CE) 5 | ETA 0:01:10\n12:00:01 step 2")  # half a line
     lane.write_text("[sweep] runs 0/2 done | running: a step 20/80 | ETA 0:02:00\n")
     clock.t = 10
     assert f.poll() == []

@@ -7,7 +7,15 @@ import time
 import pytest
 
 from megatron_kd.study import sweep as sw
-from megatron_kd.study.sweep_progress import JobsProgress, Position, following, last_position, progress_line
+from megatron_kd.study.sweep_progress import (
+    JobsProgress,
+    Position,
+    following,
+    last_position,
+    named_final_loss,
+    progress_line,
+    shared_prefix,
+)
 
 STEP = "12:00:00 step {i}/{n} | tokens 1 | loss (train CE) 5.0 | lr 1e-3 | grad norm 1 | 9 tok/s | ETA 0:00:09\n"
 
@@ -68,7 +76,16 @@ def test_a_finished_job_restarts_the_quiet_timer_and_its_lane_starts_the_next(tm
 
 def test_no_step_yet_says_so(tmp_path):
     assert progress_line("teacher caches", 0, 2, [("x", None)], None) == (
-        "[sweep] teacher caches 0/2 done | running: x (starting) | ETA unknown (no job has reported a step yet)")
+        "[sweep] teacher caches 0/2 done | running: x (starting) | ETA once a job reports a step")
+
+
+def test_the_line_leaves_off_the_student_every_point_name_shares(tmp_path):
+    assert shared_prefix(["cpu-small__baseline", "cpu-small__t-tiny@205K__a0.5"]) == "cpu-small__"
+    assert shared_prefix(["small__t-a__a1", "small__t-a__a0.5"]) == "small__t-a__"
+    assert shared_prefix(["cache tiny@205K"]) == shared_prefix(["ab", "ac"]) == ""
+    clock = Clock()
+    p = JobsProgress("runs", _logs(tmp_path, ["s__baseline", "s__t-x__a1"]), lanes=2, clock=clock, every=0)
+    assert "running: baseline (starting), t-x__a1 (starting)" in p.poll()
 
 
 def test_the_thread_prints_the_line_while_the_jobs_run(tmp_path, capsys):
@@ -110,5 +127,5 @@ def test_run_followed_marks_each_job_finished_and_keeps_notices_to_none(tmp_path
 def test_the_finished_line_names_its_loss(tmp_path, record, named):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n" + json.dumps(record) + "\n")
     line = "done: 80 steps, final loss 0.0524, indomain 5.1000, run dir runs/x"
-    assert sw.named_final_loss(line, tmp_path) == f"done: 80 steps, {named} indomain 5.1000, run dir runs/x"
-    assert sw.named_final_loss(line, tmp_path / "missing") == line  # no metrics: the line as it was
+    assert named_final_loss(line, tmp_path) == f"done: 80 steps, {named} indomain 5.1000, run dir runs/x"
+    assert named_final_loss(line, tmp_path / "missing") == line  # no metrics: the line as it was
