@@ -24,28 +24,32 @@ import math
 
 import numpy as np
 
+from megatron_kd.study.claim_parts import (
+    ES_KEY,
+    axis_text,
+    beyond_control,
+    bonferroni,
+    both,
+    by_teacher,
+    fmt,
+    read_axis,
+    read_ood_set,
+    teacher_axes,
+)
+from megatron_kd.study.claims_primary import claim1_registered, claim2_registered, claim3_registered
 from megatron_kd.study.paired import Estimate, holm
+from megatron_kd.study.primary import check_names, current, parse_primary
 from megatron_kd.study.stats import spearman
+
+__all__ = ["CLAIMS", "ES_KEY", "best_alpha", "by_teacher", "read_claims"]
 
 CLAIMS = {1: "with a proper LM/KD mix, weak teachers (worse than the student's own baseline) improve the student",
           2: "more teacher (parameters or training tokens) saturates or reverses the gain",
           3: "KD helps out-of-distribution more than in-domain",
           4: "the best α grows with the teacher's strength"}
-
-
-def _fmt(e: Estimate, level: float) -> str:
-    ci = e.interval(level)
-    return f"{e.value:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else " (no noise estimate)")
-
-
-def _bonferroni(ps: list) -> float | None:
-    ps = [p for p in ps if p is not None]
-    return min(1.0, min(ps) * len(ps)) if ps else None
-
-
-def _both(*ps) -> float | None:
-    """The p-value of "every one of these one-sided alternatives holds": the largest."""
-    return None if any(p is None for p in ps) else max(ps)
+CLAIM2_NULL = ("along a teacher axis the gain still changes by more than the equivalence margin and a "
+               "stronger teacher is not worse")
+CLAIM3_NULL = "OOD gain minus in-domain gain is zero"
 
 
 def best_alpha(kd: list[dict], fit, level: float) -> dict:
@@ -61,39 +65,6 @@ def best_alpha(kd: list[dict], fit, level: float) -> dict:
     return out
 
 
-def by_teacher(kd: list[dict]) -> dict:
-    """{teacher: its points}, in the points' order (grouped once: a search per teacher is
-    quadratic in a table of thousands of teachers)."""
-    out: dict = {}
-    for p in kd:
-        out.setdefault(p["teacher"], []).append(p)
-    return out
-
-
-def _beyond_control(fit, point, control, own_p):
-    """(gain(point) - gain(control), the p of "a gain, and beyond the control's"): both one-sided
-    alternatives must hold (an intersection-union test: the larger p), so a control that hurts
-    more than a harmful teacher does not make that teacher's loss look like knowledge."""
-    d = fit.contrast({control["key"]: 1.0, point["key"]: -1.0})
-    return d, _both(d.p_greater(), own_p)
-
-
-def _beats_control(kd, controls, fit, point, level) -> tuple[bool | None, str]:
-    """Whether `point`'s gain on `fit`'s set beats every control teacher's at the same α (paired,
-    one-sided): (None, "") when the sweep has no control at that α."""
-    ctrl = [p for p in kd if p["teacher"] in controls and p["alpha"] == point["alpha"]]
-    if not ctrl:
-        return None, ""
-    ok, parts = True, []
-    own = fit.gain(point["key"]).p_greater()
-    for c in ctrl:
-        d, pv = _beyond_control(fit, point, c, own)
-        ok &= pv is not None and pv < 1 - level
-        parts.append(f"beyond the {c['teacher']} control at α={point['alpha']:g}: {_fmt(d, level)}"
-                     + (f", one-sided p = {pv:.3g}" if pv is not None else ""))
-    return ok, "; ".join(parts)
-
-
 def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
     base = fits[id_set].mean(baseline_id)
     real = [p for p in kd if p["teacher"] not in controls]
@@ -104,14 +75,14 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
                 "why": f"no teacher is worse in-domain than the student's baseline ({base:.4f})"}
     weak_set = set(weak)
     tests = [(p, s, fits[s].gain(p["key"])) for p in real if p["teacher"] in weak_set for s in sets]
-    p_claim = _bonferroni([e.p_greater() for *_, e in tests])
+    p_claim = bonferroni([e.p_greater() for *_, e in tests])
     top = max(tests, key=lambda t: (t[2].value / t[2].se) if t[2].se else -math.inf)
     # "does not hold": every weak teacher hurts in-domain at every α (an intersection-union test:
     # the largest one-sided p), Holm-adjusted over the claims like "holds" (read_claims)
-    p_hurt = _both(*[fits[id_set].gain(p["key"]).p_less() for p in real if p["teacher"] in weak_set])
+    p_hurt = both(*[fits[id_set].gain(p["key"]).p_less() for p in real if p["teacher"] in weak_set])
     hurt = p_hurt is not None and p_hurt < 1 - level
     why = (f"{len(weak)} weak teacher(s) ({', '.join(weak)}), {len(tests)} comparisons (α x set); largest: "
-           f"{top[0]['teacher']} α={top[0]['alpha']:g} on {top[1]}: gain {_fmt(top[2], level)}; "
+           f"{top[0]['teacher']} α={top[0]['alpha']:g} on {top[1]}: gain {fmt(top[2], level)}; "
            f"Bonferroni p = {p_claim:.3g}" if p_claim is not None else "no noise estimate")
     if hurt:
         why += f"; every weak teacher hurts in-domain at every α (largest one-sided p = {p_hurt:.3g})"
@@ -121,19 +92,19 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
     for c in kd:
         if c["teacher"] in controls:
             control_at.setdefault(c["alpha"], []).append(c)
-    beyond = [(p, s, *_beyond_control(fits[s], p, c, e.p_greater()), c["teacher"], e)
+    beyond = [(p, s, *beyond_control(fits[s], p, c, e.p_greater()), c["teacher"], e)
               for p, s, e in tests for c in control_at.get(p["alpha"], [])]
     # a weak comparison at an α the control has no point at: said, never silently passed
     missing = sorted({f"no {'/'.join(sorted(controls))} point at α={p['alpha']:g}" for p, _, _ in tests
                       if controls and p["alpha"] not in control_at})
     knowledge = None
     if beyond:
-        p_know = _bonferroni([pv for _, _, _, pv, _, _ in beyond])
+        p_know = bonferroni([pv for _, _, _, pv, _, _ in beyond])
         knowledge = p_know is not None and p_know < 1 - level
         bp, bs, bd, _, bc, _ = max(beyond, key=lambda t: min(t[2].value / t[2].se, t[5].value / t[5].se)
                                    if t[2].se and t[5].se else -math.inf)
         why += (f"; beyond the {bc} control at the same α and set, largest: {bp['teacher']} α={bp['alpha']:g} "
-                f"on {bs}: {_fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
+                f"on {bs}: {fmt(bd, level)}, Bonferroni p = " + (f"{p_know:.3g}" if p_know is not None else "n/a"))
     if missing:
         why += "; controls not run: " + "; ".join(missing)
     return {"verdict": None, "null": null, "p": p_claim, "against": [("does not hold", p_hurt)], "why": why,
@@ -142,87 +113,28 @@ def claim1(kd, fits, baseline_id, id_set, sets, level, controls=()) -> dict:
             "as_smoothing": None if knowledge is None else not knowledge, "controls_missing": missing}
 
 
-def _axes(kd: list[dict]) -> list[tuple[str, list[str], dict]]:
-    """Teacher axes of 2+ teachers: one model's training tokens, or the sizes at one budget
-    (study v3's axes are pairs: tiny@1ep -> tiny@4ep, tiny@1ep -> small@1ep, ...)."""
-    info = {}
-    for p in kd:
-        model = p.get("teacher_model") or p["teacher"].split("@")[0]
-        info[p["teacher"]] = (model, p.get("teacher_tokens"), p.get("teacher_params"))
-    axes = []
-    for model in sorted({m for m, _, _ in info.values()}):
-        ts = sorted((t for t, (m, tok, _) in info.items() if m == model and tok), key=lambda t: info[t][1])
-        if len(ts) >= 2:
-            axes.append((f"{model}: tokens", ts, {t: info[t][1] for t in ts}))
-    for tok in sorted({tok for _, tok, _ in info.values() if tok}):
-        ts = sorted((t for t, (_, tk, par) in info.items() if tk == tok and par), key=lambda t: info[t][2])
-        if len(ts) >= 2 and len({info[t][2] for t in ts}) == len(ts):
-            axes.append((f"{tok:,} tokens: size", ts, {t: info[t][2] for t in ts}))
-    return axes
-
-
 def claim2(kd, fits, id_set, level, margin, choose=None) -> dict:
     """Each axis's teachers at their own best α (the largest gain on `choose`, the in-domain fit
     by default); the verdict reads the last step (strongest minus next) on the in-domain fit."""
-    null = ("along a teacher axis the gain still changes by more than the equivalence margin and a "
-            "stronger teacher is not worse")
     fit = fits[id_set]
-    choose = choose or fit
-    axes, results, points_of = _axes(kd), [], by_teacher(kd)
-    for name, ts, xs in axes:
-        pts = []
-        for t in ts:
-            cands = [p for p in points_of.get(t, []) if not math.isnan(choose.gain(p["key"]).value)]
-            if cands:
-                pts.append(max(cands, key=lambda p: choose.gain(p["key"]).value))
-        if len(pts) < 2 or len({float(xs[p["teacher"]]) for p in pts}) < 2:
-            continue  # teachers of one strength (e.g. one checkpoint through several caches)
-        alphas = sorted({p["alpha"] for p in pts})
-        alpha = alphas[0] if len(alphas) == 1 else None
-        gains = [fit.gain(p["key"]) for p in pts]
-        helped = any(g.interval(level) and g.interval(level)[0] > 0 for g in gains)
-        last = fit.contrast({pts[-2]["key"]: 1.0, pts[-1]["key"]: -1.0})  # gain(strongest) - gain(next)
-        x = np.log10([float(xs[p["teacher"]]) for p in pts])
-        slope = None
-        if len(set(x.tolist())) >= 3:
-            w = (x - x.mean()) / np.sum((x - x.mean()) ** 2)  # least-squares slope of gain on log10 x
-            slope = fit.contrast({fit.baseline: 0.0, **{p["key"]: -wi for p, wi in zip(pts, w)}})
-        r = {"axis": name, "alpha": alpha, "alphas": [p["alpha"] for p in pts],
-             "teachers": [p["teacher"] for p in pts], "tested": helped, "last_step": last, "slope": slope}
-        if helped:
-            ci90 = last.interval(1 - 2 * (1 - level))  # two one-sided tests at 1 - level each
-            p_rev = last.p_less()
-            p_tost = (max(last.p_greater(-margin), last.p_less(margin))
-                      if last.se is not None and last.df > 0 else None)
-            ci = last.interval(level)
-            r["p"] = _bonferroni([p_rev, p_tost])
-            if ci and ci[1] < 0:
-                r["reading"] = "reverses"
-            elif ci90 and -margin < ci90[0] and ci90[1] < margin:
-                r["reading"] = "saturates"
-            elif ci and ci[0] > 0:
-                r["reading"] = "still growing"
-            else:
-                r["reading"] = "inconclusive"
-        results.append(r)
+    points_of = by_teacher(kd)
+    results = [r for name, ts, xs in teacher_axes(kd)
+               if (r := read_axis(name, ts, xs, points_of, fit, choose or fit, level, margin)) is not None]
     tested = [r for r in results if r["tested"]]
     if not results:
-        return {"verdict": "not tested", "null": null, "p": None,
+        return {"verdict": "not tested", "null": CLAIM2_NULL, "p": None,
                 "why": "needs a teacher axis of two or more strengths (one model at 2+ budgets, or 2+ sizes "
                        "at one budget)"}
     if not tested:
-        return {"verdict": "not tested", "null": null, "p": None, "axes": results, "untested_by_data": True,
+        return {"verdict": "not tested", "null": CLAIM2_NULL, "p": None, "axes": results, "untested_by_data": True,
                 "why": "a claim about a gain needs a gain: no teacher on any axis helps the student in-domain"}
-    p_claim = _bonferroni([r["p"] for r in tested])
+    p_claim = bonferroni([r["p"] for r in tested])
     # holds through a saturating or reversing axis, against through an axis whose last step still
     # grows (Bonferroni over the axes); both Holm-adjusted over the claims (read_claims): both: mixed
-    p_grow = _bonferroni([r["last_step"].p_greater() for r in tested])
-    why = "; ".join(f"{r['axis']} ({', '.join(f'{t} α={a:g}' for t, a in zip(r['teachers'], r['alphas']))}): "
-                    f"last step {_fmt(r['last_step'], level)}"
-                    + (f", slope per decade {_fmt(r['slope'], level)}" if r["slope"] is not None else "") + ": "
-                    + (r.get("reading") or "no gain, not tested") for r in results)
-    return {"verdict": None, "null": null, "p": p_claim, "against": [("does not hold", p_grow)], "axes": results,
-            "margin": margin,
+    p_grow = bonferroni([r["last_step"].p_greater() for r in tested])
+    why = "; ".join(axis_text(r, level) for r in results)
+    return {"verdict": None, "null": CLAIM2_NULL, "p": p_claim, "against": [("does not hold", p_grow)],
+            "axes": results, "margin": margin,
             "statistic": f"last step along each axis: reverses (below 0) or saturates (within ±{margin:g}, "
                          "two one-sided tests)", "why": why}
 
@@ -232,72 +144,27 @@ def claim3(kd, zfits, ood_sets, level, fits=None, controls=(), dev_of=None, es_f
     each OOD test set. Controls, where the sweep has them, each needed for "holds" (else "holds as
     smoothing / slowed specialisation"): the best point (chosen on the set's dev twin) below the
     early-stopped baseline on the test set, and its gain beyond the control teacher's at its α."""
-    null = "OOD gain minus in-domain gain is zero"
     if not ood_sets:
-        return {"verdict": "not tested", "null": null, "p": None, "why": "no out-of-distribution validation set"}
+        return {"verdict": "not tested", "null": CLAIM3_NULL, "p": None, "why": "no out-of-distribution validation set"}
     real = [p for p in kd if p["teacher"] not in controls]
     if not real:
-        return {"verdict": "not tested", "null": null, "p": None, "why": "no KD point of a real teacher"}
-    ps, parts, above, below = [], [], 0, 0
-    p_ups, p_downs, means = [], [], []  # per point and set, for "mixed"; per set, for "does not hold"
-    knowledge: list[bool] = []
-    missing: list[str] = []
-    for s in ood_sets:
-        set_above, set_below = above, below
-        z = zfits[s]
-        keys = [p["key"] for p in real]
-        mean = z.contrast({z.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
-        ps.append(mean.p_greater())
-        means.append(mean)
-        for k in keys:  # per point, Bonferroni over the points
-            e = z.gain(k)
-            pg, pl = e.p_greater(), e.p_less()
-            p_ups.append(pg)
-            p_downs.append(pl)
-            above += pg is not None and pg * len(keys) < 1 - level
-            below += pl is not None and pl * len(keys) < 1 - level
-        parts.append(f"{s}: mean over {len(keys)} KD points {_fmt(mean, level)}")
-        parts[-1] += f" ({above - set_above} point(s) significantly above, {below - set_below} below)"
-        dev = (dev_of or {}).get(s)
-        if fits is None or dev is None:
-            if controls:
-                missing.append(f"{s} has no dev twin")
-            continue
-        scored = [p for p in real if not math.isnan(fits[dev].gain(p["key"]).value)]
-        if not scored:
-            missing.append(f"no point has a {dev} loss")
-            continue
-        best = max(scored, key=lambda p: fits[dev].gain(p["key"]).value)
-        parts.append(f"controls on {s}, for the best point on {dev} ({best['teacher']} α={best['alpha']:g})")
-        es = (es_fits or {}).get(s)
-        if es is None:
-            missing.append(f"no early-stopped baseline on {s} (the baselines have no eval curves)")
-        else:
-            d = es.contrast({ES_KEY: 1.0, best["key"]: -1.0})
-            pv = d.p_greater()
-            knowledge.append(pv is not None and pv < 1 - level)
-            parts[-1] += (f": the early-stopped baseline minus it {_fmt(d, level)}"
-                          + (f", one-sided p = {pv:.3g}" if pv is not None else ""))
-        ok, why = _beats_control(kd, controls, fits[s], best, level)
-        if ok is not None:
-            knowledge.append(ok)
-            parts[-1] += f"; {why}"
-        elif controls:
-            missing.append(f"no {'/'.join(sorted(controls))} point at α={best['alpha']:g}")
+        return {"verdict": "not tested", "null": CLAIM3_NULL, "p": None, "why": "no KD point of a real teacher"}
+    sets = [read_ood_set(s, real, kd, zfits, level, fits, controls, dev_of, es_fits) for s in ood_sets]
+    parts = [part for r in sets for part in r["parts"]]
+    missing = [m for r in sets for m in r["missing"]]
+    knowledge = [k for r in sets for k in r["knowledge"]]
     if missing:  # a registered control that could not run: said, never silently passed
         parts.append("controls not run: " + "; ".join(missing))
-    p_claim = _bonferroni(ps)
+    p_claim = bonferroni([r["mean"].p_greater() for r in sets])
     # against (Holm-adjusted over the claims in read_claims): "mixed", points significantly both
     # ways (Bonferroni over every point and set, each way); "does not hold", every set's mean below 0
-    against = [("mixed", _both(_bonferroni(p_ups), _bonferroni(p_downs))),
-               ("does not hold", _both(*[m.p_less() for m in means]))]
-    return {"verdict": None, "null": null, "p": p_claim, "against": against,
+    against = [("mixed", both(bonferroni([p for r in sets for p in r["p_ups"]]),
+                              bonferroni([p for r in sets for p in r["p_downs"]]))),
+               ("does not hold", both(*[r["mean"].p_less() for r in sets]))]
+    return {"verdict": None, "null": CLAIM3_NULL, "p": p_claim, "against": against,
             "statistic": "per run: (OOD − in-domain) loss "
             "difference, paired model; the mean over KD points", "why": "; ".join(parts),
             "as_smoothing": (not all(knowledge)) if knowledge else None, "controls_missing": missing}
-
-
-ES_KEY = ("early-stopped baseline",)  # its point key in the test set's fit (analysis.early_stopped)
 
 
 def claim4(kd, fit, level, strength: dict, n_boot: int, rng) -> dict:
@@ -400,18 +267,26 @@ def _corr_rows(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
 
 def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: str, ood_sets: list[str],
                 level: float = 0.95, margin: float = 0.01, n_boot: int = 1000, seed: int = 0,
-                controls=(), dev_of: dict | None = None, es_fits: dict | None = None) -> list[dict]:
+                controls=(), dev_of: dict | None = None, es_fits: dict | None = None,
+                primary: dict | None = None) -> list[dict]:
     """[{claim, verdict, null, statistic, p, p_holm, why, ...}] for the four claims (fixed-α
     points only: `kd` holds one dict per point with key, teacher, alpha, teacher_val, ...).
     `ood_sets` are the sets verdicts read (no dev set among them); `dev_of` maps a test set to
     its dev twin, `controls` names the control teachers, `es_fits` holds per test set the fit
-    with the early-stopped baseline as point ES_KEY (analysis.analyse builds them)."""
+    with the early-stopped baseline as point ES_KEY (analysis.analyse builds them). `primary`: a
+    sweep's `primary:` block (primary.py; default: the one `primary.registered` holds, if any): a
+    registered claim is read through its one contrast (claims_primary.py)."""
     rng = np.random.default_rng(seed)
     real = [p for p in kd if p["teacher"] not in controls]
     strength = {p["teacher"]: p["teacher_val"].get(id_set, math.nan) for p in real}
-    out = {1: claim1(kd, fits, baseline_id, id_set, [id_set, *ood_sets], level, controls),
-           2: claim2(real, fits, id_set, level, margin),
-           3: claim3(kd, zfits, ood_sets, level, fits, controls, dev_of, es_fits),
+    reg = _registered(primary, kd, fits, id_set, ood_sets, controls, dev_of)
+    sets = [id_set, *ood_sets]
+    out = {1: claim1_registered(kd, fits, baseline_id, id_set, sets, level, controls, reg[1]) if 1 in reg
+           else claim1(kd, fits, baseline_id, id_set, sets, level, controls),
+           2: claim2_registered(real, fits, id_set, level, margin, reg[2]) if 2 in reg
+           else claim2(real, fits, id_set, level, margin),
+           3: claim3_registered(kd, zfits, ood_sets, level, fits, controls, dev_of, es_fits, reg[3]) if 3 in reg
+           else claim3(kd, zfits, ood_sets, level, fits, controls, dev_of, es_fits),
            4: claim4(real, fits[id_set], level, strength, n_boot, rng)}
     # Holm over the claims the design can test: a claim left untested by the data (no gain to
     # follow, one best α throughout) still counts, as p = 1, or which claims enter would depend
@@ -428,6 +303,19 @@ def read_claims(kd: list[dict], fits: dict, zfits: dict, baseline_id, id_set: st
         if c["verdict"] is None:
             c["verdict"] = _verdict(k, c, level)
     return [out[k] for k in sorted(out)]
+
+
+def _registered(primary, kd, fits, id_set, ood_sets, controls, dev_of) -> dict[int, dict]:
+    """{claim: its registered entry}, the names checked against these runs (one line on an
+    unknown teacher, α or set); {} when nothing is registered."""
+    primary, source = (primary, "primary") if primary is not None else (current() or (None, ""))
+    if not primary:
+        return {}
+    reg = parse_primary(primary, source)
+    check_names(reg, source, {p["teacher"] for p in kd}, controls,
+                alphas={p["alpha"] for p in kd if p["teacher"] not in controls}, verdict_sets=[id_set, *ood_sets],
+                ood_sets=ood_sets, dev_sets=(dev_of or {}).values())
+    return reg
 
 
 def _against(c: dict) -> tuple[str | None, float | None]:
