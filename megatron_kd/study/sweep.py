@@ -310,6 +310,7 @@ def evaluate_teachers(spec: dict) -> dict:
             reader = next(p for p in expand(spec) if p.teacher is not None and p.teacher.get("unigram"))
             _evaluate_unigram(resolve_point(spec, reader), target)
         elif not target.is_file():  # once per checkpoint
+            say(f"[sweep] teacher {t['name']}: evaluating it on {', '.join(base.data.valid) or 'its validation sets'}")
             cmd = [sys.executable, "-m", "megatron_kd", "eval", _argument_path(t["checkpoint"]),
                    override("data.valid", base.data.valid), override("train.seq_length", base.train.seq_length),
                    override("logging.eval_samples", base.logging.eval_samples), "--json-out",
