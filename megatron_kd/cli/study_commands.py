@@ -52,7 +52,13 @@ def add_study_parsers(sub) -> None:
     r.add_argument("--overwrite", action="store_true",
                    help="replace report files in the output directory that `mkd report` did not write or that "
                         "changed since (its own earlier report is replaced without it; an input never is)")
-    r.set_defaults(func=cmd_report)
+    r.add_argument("--primary", metavar="SWEEP.yaml",
+                   help="read the claims through the registered primary contrasts of this sweep file's `primary:` "
+                        "block (one pre-named test per claim, no Bonferroni within it; the other comparisons "
+                        "listed as secondary, uncorrected); its teachers, α and sets must be those of these runs")
+    from megatron_kd.cli.report_primary import with_registered_primary
+
+    r.set_defaults(func=with_registered_primary(cmd_report))
 
     a = sub.add_parser("analyze", help="entropy, top-1 agreement, KL and JS between two models")
     a.add_argument("teacher", help="teacher checkpoint / run dir / HF dir")
