@@ -29,7 +29,7 @@ def _cfg(run_dir: Path, *overrides: str):
     return load_config("train/tiny-mock", [f"run.dir={run_dir}", *overrides])
 
 
-def _save(cfg, step: int, kind: str = "periodic", killed: bool = False) -> Path:
+def write_run_checkpoint(cfg, step: int, kind: str = "periodic", killed: bool = False) -> Path:
     """A checkpoint of `step` as Checkpointer.save writes it (a small file for the shards);
     `killed`: the process dies before the rename, leaving NAME.partial and `latest` as they were."""
     name = f"step_{step:07d}"
@@ -56,9 +56,9 @@ def test_resume_point_is_the_newest_complete_checkpoint(tmp_path):
     cfg = _cfg(tmp_path / "run")
     ck = Checkpointer(cfg)
     assert ck.resume_point() is None  # no run directory yet
-    _save(cfg, 2)
-    newest = _save(cfg, 4)
-    partial = _save(cfg, 6, killed=True)
+    write_run_checkpoint(cfg, 2)
+    newest = write_run_checkpoint(cfg, 4)
+    partial = write_run_checkpoint(cfg, 6, killed=True)
     assert partial.is_dir() and ck.resume_point() == newest  # a save that never completed is not one
     (ck.root / LATEST).unlink()  # a save killed while replacing: the most steps wins
     assert ck.resume_point() == newest
@@ -70,8 +70,8 @@ def test_clean_partial_removes_only_saves_that_never_completed(tmp_path):
     cfg = _cfg(tmp_path / "run")
     ck = Checkpointer(cfg)
     assert ck.clean_partial() == []  # no run directory: nothing to do
-    done = _save(cfg, 2)
-    partial = _save(cfg, 4, killed=True)
+    done = write_run_checkpoint(cfg, 2)
+    partial = write_run_checkpoint(cfg, 4, killed=True)
     assert ck.clean_partial() == [partial]
     assert not partial.exists() and read_state(done)["step"] == 2
     assert sorted(p.name for p in ck.root.iterdir()) == [LATEST, done.name]
@@ -111,7 +111,7 @@ def test_saves_record_the_resolved_config_and_no_other_run(tmp_path):
 
 def test_a_checked_launch_is_neither_verified_nor_resolved_again(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path / "run")
-    resume = _save(cfg, 2)
+    resume = write_run_checkpoint(cfg, 2)
     saved = dict(read_state(resume), padded_vocab_size=768)  # what the launch's verification read
 
     def no_second_look(*args, **kwargs):
