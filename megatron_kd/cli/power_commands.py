@@ -14,7 +14,9 @@ def add_power_parser(sub) -> None:
                        description="For the sweep's design (its points, seeds, baselines) and a noise level, print "
                                    "each test the report will apply (the per-point gains, the paper's four claims) "
                                    "with its minimum detectable effect at 80 %% power after the report's corrections "
-                                   "(Holm's first step over the claims, Bonferroni within a claim), the smallest p "
+                                   "(Holm's first step over the claims, Bonferroni within a claim; a claim registered "
+                                   "in the sweep's `primary:` block is priced as its one contrast, no Bonferroni), "
+                                   "the smallest p "
                                    "its permutation test can reach, and warnings for designs that cannot answer.")
     p.add_argument("sweep", help="a sweep YAML (recipes/sweeps/...)")
     p.add_argument("--sigma", type=float, default=None,
@@ -23,8 +25,12 @@ def add_power_parser(sub) -> None:
     p.add_argument("--from", dest="source", default=None, metavar="SWEEP_DIR|TABLE.csv",
                    help="estimate the noise from a prior sweep's runs or results table instead")
     p.add_argument("--level", type=float, default=0.95, help="the report's confidence level (default 0.95)")
-    p.add_argument("--weak-teachers", type=int, default=1, metavar="K",
-                   help="teachers assumed weak for claim 1's family (default 1: the optimistic MDE)")
+    p.add_argument("--weak-teachers", type=int, default=None, metavar="K",
+                   help="teachers assumed weak for claim 1 (weakness is known only once the teachers are scored): "
+                        "unregistered, the size of its Bonferroni family (default 1: the optimistic MDE); with "
+                        "`primary: {claim 1: {teachers: weak, ...}}` in the sweep, the mean is priced over the first "
+                        "K real teachers in the sweep's teacher order, list the weakest first (default: all of them; "
+                        "in a balanced design only K matters)")
     p.add_argument("--equivalence", type=float, default=0.01, help="claim 2's margin, nats (default 0.01)")
     p.add_argument("--json-out", default=None, metavar="FILE", help="write the numbers as JSON")
     p.set_defaults(func=cmd_power)
@@ -47,7 +53,7 @@ def _noise(args):
 def _check(args) -> None:
     if not (math.isfinite(args.level) and 0.5 <= args.level < 1):
         raise ConfigError(f"--level must be in [0.5, 1), got {args.level}")
-    if not 0 <= args.weak_teachers <= 1000:
+    if args.weak_teachers is not None and not 0 <= args.weak_teachers <= 1000:
         raise ConfigError(f"--weak-teachers must be in [0, 1000], got {args.weak_teachers}")
     if not (math.isfinite(args.equivalence) and args.equivalence > 0):
         raise ConfigError(f"--equivalence must be a positive number of nats, got {args.equivalence}")

@@ -118,8 +118,9 @@ def claim2_registered(kd, fits, id_set, level, margin, entry: dict) -> dict:
               if (o := read_axis(name, a_ts, xs, points_of, fit, fit, level, margin)) is not None]
     secondary = [{"comparison": f"{o['axis']} last step", "value": o["last_step"].value, "p": o.get("p"),
                   "reading": o.get("reading")} for o in others]
-    rest = "".join(f"; secondary, uncorrected (no verdict): {axis_text(o, level)}"
-                   + (f", p = {o['p']:.3g}" if o.get("p") is not None else "") for o in others)
+    rest = ("; secondary, uncorrected (no verdict): " + "; ".join(
+        axis_text(o, level) + (f", p = {o['p']:.3g}" if o.get("p") is not None else "") for o in others)) \
+        if others else ""
     if not r["tested"]:
         return _not_tested(null, "a claim about a gain needs a gain: no teacher on the registered axis helps the "
                                  f"student in-domain; {axis_text(r, level)}{rest}", axes=[r, *others],

@@ -19,6 +19,13 @@ effect. How many teachers will turn out weak (worse than the student in-domain) 
 the teachers are evaluated: `weak` says how many to assume (1: the smallest family, so the
 optimistic MDE).
 
+A claim registered in the sweep's `primary:` block (primary.py) is one test: its contrast's SE
+from the design (the mean over its points: weights 1/n on each, -1 on the baseline), at Holm's
+first step with no Bonferroni within the claim (claim 2's registered axis keeps its two readings,
+reverses and saturates). A registered `teachers: weak` is priced for the first `weak` real
+teachers the sweep lists (all of them by default); in a balanced design (every teacher at every
+α and seed) which ones does not change the SE, only how many.
+
 Noise per comparison family, as the report reads it (paired.NoiseFamilies): every claim compares
 real teachers at fixed α, so its contrasts are estimated from the fixed-α family's own fit (its
 points and the baselines), with that family's residual degrees of freedom, and `noise` is that
@@ -36,6 +43,7 @@ from scipy.stats import t as t_dist
 
 from megatron_kd.errors import ConfigError, MKDError
 from megatron_kd.study.analysis import split_sets, test_sets
+from megatron_kd.study.primary import describe_alphas
 from megatron_kd.study.sweep import resolve_point
 
 POWER = 0.8
@@ -241,28 +249,35 @@ def claim2_rows(c: Context, equivalence: float) -> tuple[list[dict], list[str]]:
     axes = teacher_axes(c.design.kd)
     if not axes:
         return [], []
+    return _last_step_rows(c, axes, equivalence, "claim 2: last step reverses", f"{len(axes)} teacher axis/axes")
+
+
+def _last_step_rows(c: Context, axes: list, equivalence: float, test: str, note: str,
+                    registered: bool = False) -> tuple[list[dict], list[str]]:
+    """The last step of each axis (reverses; saturates: the equivalence margin it reaches),
+    Bonferroni over two tests per axis. `registered`: one axis chosen in advance (one step by
+    design, not a design that leaves one)."""
     family = 2 * len(axes)  # reverses and saturates per axis, Bonferroni over the axes
     alpha = (1 - c.level) / c.holm_m / family
     points_of: dict = {}
     for p in c.real:
         points_of.setdefault(p["teacher"], []).append(p["key"])
     steps = [c.matrix.se_factor({a: 1.0, b: -1.0}) for _, ts in axes
-             for a in points_of[ts[-2]] for b in points_of[ts[-1]]]  # the last step at any pair of α
+             for a in points_of.get(ts[-2], []) for b in points_of.get(ts[-1], [])]  # the last step at any α pair
     factor = _worst(steps)
-    row = _row("claim 2: last step reverses", c.id_set, family, alpha, factor, c.sigma(c.id_set),
-               note=f"{len(axes)} teacher axis/axes")
+    row = _row(test, c.id_set, family, alpha, factor, c.sigma(c.id_set), note=note)
     se, df = row["se"], row["df"]
     # equivalence (two one-sided tests at alpha each) shown 80 % of the time when the true step
     # is 0 needs a margin of (t_{1-alpha} + t_{1-(1-power)/2}) SE
     reach = None if se is None or df < 1 else float((t_dist.ppf(1 - alpha, df) + t_dist.ppf(1 - (1 - POWER) / 2, df))
                                                     * se)
-    sat = {**row, "test": "claim 2: saturates (equivalence)", "mde": reach,
+    sat = {**row, "test": test.replace("last step reverses", "saturates (equivalence)"), "mde": reach,
            "note": f"smallest margin with 80 % power; the report's is ±{equivalence:g}"}
     warn = []
     if reach is not None and reach > equivalence:
         warn.append(f"claim 2 cannot show saturation: equivalence within ±{equivalence:g} needs a margin of "
                     f"{reach:.3f} at this noise")
-    if len(axes) == 1 and len(axes[0][1]) == 2:
+    if len(axes) == 1 and len(axes[0][1]) == 2 and not registered:
         warn.append(f"claim 2 rests on one comparison family of one member (the axis {axes[0][0]}: one step)")
     return [row, sat], warn
 
@@ -278,6 +293,56 @@ def claim3_rows(c: Context) -> tuple[list[dict], list[str]]:
                  c.noise.diff, note=f"mean over {len(keys)} KD points") for s in c.ood_sets]
     warn = [f"claim 3 rests on one comparison (one OOD test set, {c.ood_sets[0]})"] if family == 1 else []
     return rows, warn
+
+
+def teacher_order(c: Context) -> list[str]:
+    """The real teachers in the sweep's order (grid.teacher, then teacher_grid)."""
+    return list(dict.fromkeys(p["teacher"] for p in c.real))
+
+
+def claim1_registered_rows(c: Context, entry: dict, weak: int | None) -> tuple[list[dict], list[str]]:
+    """The registered mean gain over teachers x α on one set: one test, Holm's first step. For
+    `teachers: weak` (decided when the teachers are scored), the first `weak` real teachers as the
+    sweep lists them (all by default; in a balanced design any `weak` of them give the same SE)."""
+    order = teacher_order(c)
+    warn = []
+    if entry["teachers"] == "weak":
+        k = len(order) if weak is None else min(weak, len(order))
+        chosen = order[:k]
+        who = f"{k} weak teacher(s) assumed" + (f" (the first {k} listed)" if k < len(order) else " (every one listed)")
+    else:
+        chosen = list(entry["teachers"])
+        who = f"teachers {', '.join(chosen)}"
+        if weak is not None:
+            warn.append("--weak-teachers is not used by claim 1: its registered contrast names its teachers")
+    alphas = set(entry["alpha"])
+    pts = [p for p in c.real if p["teacher"] in set(chosen) and p["alpha"] in alphas]
+    if not pts:
+        return [], warn + ["claim 1's registered contrast has no point to price (no weak teacher assumed)"]
+    factor = c.matrix.se_factor({c.design.baseline: 1.0, **{p["key"]: -1.0 / len(pts) for p in pts}})
+    s = entry["set"]
+    note = f"registered: mean over {len(pts)} points, {who} x α ∈ {describe_alphas(alphas)}"
+    return [_row("claim 1 (registered): mean gain", s, 1, (1 - c.level) / c.holm_m, factor, c.sigma(s),
+                 note=note)], warn
+
+
+def claim2_registered_rows(c: Context, entry: dict, equivalence: float) -> tuple[list[dict], list[str]]:
+    """The registered axis: its last step (the last two teachers at any pair of their α), reverses
+    and saturates (two tests, Bonferroni over them), Holm's first step."""
+    ts = list(entry["axis"])
+    axis = f"registered {' → '.join(ts)}"
+    return _last_step_rows(c, [(axis, ts)], equivalence, "claim 2 (registered): last step reverses", "registered axis",
+                           registered=True)
+
+
+def claim3_registered_rows(c: Context, entry: dict) -> tuple[list[dict], list[str]]:
+    keys = [p["key"] for p in c.real]
+    if not keys:
+        return [], []
+    factor = c.matrix.se_factor({c.design.baseline: 1.0, **{k: -1.0 / len(keys) for k in keys}})
+    return [_row("claim 3 (registered): mean (OOD − in-domain) gain", f"{entry['set']} − {c.id_set}", 1,
+                 (1 - c.level) / c.holm_m, factor, c.noise.diff,
+                 note=f"registered: mean over {len(keys)} KD points")], []
 
 
 def claim4_rows(c: Context) -> tuple[list[dict], list[str]]:
@@ -328,9 +393,12 @@ def testable_claims(design: StudentDesign, ood_sets: list) -> int:
                        len({p["teacher"] for p in real}) >= 3]))
 
 
-def student_power(design: StudentDesign, noise: Noise, sets: list, level: float = LEVEL, weak: int = 1,
-                  equivalence: float = EQUIVALENCE) -> dict:
-    """{student, df, holm_m, rows, warnings} for one student's design."""
+def student_power(design: StudentDesign, noise: Noise, sets: list, level: float = LEVEL, weak: int | None = None,
+                  equivalence: float = EQUIVALENCE, primary: dict | None = None) -> dict:
+    """{student, df, holm_m, rows, warnings} for one student's design. `weak`: the weak teachers
+    assumed (None: 1 for the unregistered claim 1, every listed one for a registered `weak`);
+    `primary`: {claim: its registered entry} (primary.parse_primary): those claims are priced as
+    their one registered test."""
     id_set, ood = split_sets(sets)
     ood_sets, _ = test_sets(ood)
     matrix = DesignMatrix(design.fixed_alpha())
@@ -341,7 +409,11 @@ def student_power(design: StudentDesign, noise: Noise, sets: list, level: float 
     if matrix.df == 0:
         warnings.append(f"{design.student}: no residual degrees of freedom (one seed per KD point): the report "
                         "falls back to the baselines' seed spread, unpaired")
-    for part in (claim1_rows(c, weak), claim2_rows(c, equivalence), claim3_rows(c), claim4_rows(c)):
+    reg = primary or {}
+    parts = (claim1_registered_rows(c, reg[1], weak) if 1 in reg else claim1_rows(c, 1 if weak is None else weak),
+             claim2_registered_rows(c, reg[2], equivalence) if 2 in reg else claim2_rows(c, equivalence),
+             claim3_registered_rows(c, reg[3]) if 3 in reg else claim3_rows(c), claim4_rows(c))
+    for part in parts:
         rows += part[0]
         warnings += part[1]
     return {"student": design.student, "df": matrix.df, "holm_m": c.holm_m, "id_set": id_set,

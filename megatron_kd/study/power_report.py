@@ -8,8 +8,9 @@ import math
 from pathlib import Path
 
 from megatron_kd.errors import ConfigError
-from megatron_kd.study.analysis import analyse, split_sets
+from megatron_kd.study.analysis import analyse, split_sets, test_sets
 from megatron_kd.study.power import EQUIVALENCE, FIXED_ALPHA, LEVEL, Noise, designs_of, sets_of, student_power
+from megatron_kd.study.primary import check_names, parse_primary
 from megatron_kd.study.report import collect
 from megatron_kd.study.sweep import expand
 from megatron_kd.study.table import read_table
@@ -60,13 +61,32 @@ def claims_noise(fit) -> tuple[float | None, int]:
     return fit.sigma, fit.df
 
 
-def sweep_power(spec: dict, noise: Noise, level: float = LEVEL, weak: int = 1,
+def sweep_power(spec: dict, noise: Noise, level: float = LEVEL, weak: int | None = None,
                 equivalence: float = EQUIVALENCE) -> list[dict]:
-    """student_power for every student of the sweep's expanded design."""
+    """student_power for every student of the sweep's expanded design, each registered claim of
+    its `primary:` block (its names checked against the design) priced as its one test."""
 
     points = expand(spec)
     sets = sets_of(spec, points)
-    return [student_power(d, noise, sets, level, weak, equivalence) for d in designs_of(points).values()]
+    designs = designs_of(points).values()
+    reg = registered_in(spec, designs, sets)
+    return [student_power(d, noise, sets, level, weak, equivalence, reg) for d in designs]
+
+
+def registered_in(spec: dict, designs, sets: list) -> dict:
+    """{claim: its registered entry} of the sweep's `primary:` block, every teacher, α and set it
+    names checked against the expanded design (one line on an unknown one); {} without one."""
+    if not spec.get("primary"):
+        return {}
+    where = f"sweep {spec.get('_path', spec.get('name'))}"
+    reg = parse_primary(spec["primary"], where)
+    id_set, ood = split_sets(sets)
+    ood_sets, dev_of = test_sets(ood)
+    kd = [p for d in designs for p in d.kd]
+    check_names(reg, where, {p["teacher"] for p in kd}, {p["teacher"] for p in kd if p["control"]},
+                alphas={p["alpha"] for p in kd if not p["control"]}, verdict_sets=[id_set, *ood_sets],
+                ood_sets=ood_sets, dev_sets=dev_of.values())
+    return reg
 
 
 def _num(v, fmt: str = ".3f") -> str:
@@ -78,13 +98,16 @@ def format_power(results: list[dict], noise: Noise) -> list[str]:
     lines = [f"noise: σ in-domain {noise.in_domain:.4f}, OOD {noise.ood:.4f}, (OOD − in-domain) "
              f"{noise.diff:.4f} ({noise.source})",
              f"minimum detectable effect (nats) at {100 * 0.8:.0f} % power, one-sided; Holm's first step α/m "
-             "over the claims (the worst case), Bonferroni over a claim's comparisons"]
+             "over the claims (the worst case), Bonferroni over a claim's comparisons"
+             + ("; a registered primary contrast is one test" if any("(registered)" in row["test"] for r in results
+                                                                    for row in r["rows"]) else "")]
     for r in results:
         lines.append(f"{r['student']}: {r['df']} residual degrees of freedom; Holm over m = {r['holm_m']} claims")
-        lines.append(f"  {'test':<38} {'set':<22} {'comps':>5} {'α each':>8} {'SE':>7} {'df':>4} {'MDE':>7}")
+        w = max([38] + [len(row["test"]) for row in r["rows"]])  # a registered test's name is longer
+        lines.append(f"  {'test':<{w}} {'set':<22} {'comps':>5} {'α each':>8} {'SE':>7} {'df':>4} {'MDE':>7}")
         for row in r["rows"]:
             mde = _num(row["mde"]) if "smallest_p" not in row else f"p≥{row['smallest_p']:.3g}"
-            lines.append(f"  {row['test']:<38} {row['set']:<22} {row['comparisons']:>5} {row['alpha']:>8.2g} "
+            lines.append(f"  {row['test']:<{w}} {row['set']:<22} {row['comparisons']:>5} {row['alpha']:>8.2g} "
                          f"{_num(row['se'], '.4f'):>7} {_num(row['df'], 'd'):>4} {mde:>7}"
                          + (f"  ({row['note']})" if row.get("note") else ""))
         lines += [f"  warning: {w}" for w in r["warnings"]]

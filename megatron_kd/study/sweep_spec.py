@@ -8,12 +8,13 @@ from pathlib import Path
 
 from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
 from megatron_kd.errors import ConfigError
+from megatron_kd.study.primary import check_names, parse_primary
 
 TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "unigram"}
 GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
-              "data_seed", "power"}
+              "data_seed", "power", "primary"}
 POWER_KEYS = {"sigma", "sigma_ood", "require"}
 
 
@@ -95,6 +96,8 @@ def check_types(spec: dict, p: Path) -> None:
     _check_repeats(spec, grid, p)
     _check_teacher_overrides(teachers or [], p)
     _check_power(spec.get("power"), p)
+    if spec.get("primary") is not None:
+        check_primary(spec, p)
 
 
 def _positive(x) -> bool:
@@ -115,6 +118,36 @@ def _check_power(power, p: Path) -> None:
         isinstance(k, str) and _positive(v) for k, v in require.items())))
     if not ok:
         raise ConfigError(f"sweep {p}: `power` must be {shape}")
+
+
+def check_primary(spec: dict, p: Path) -> None:
+    """`primary: {claim N: its contrast}` (study/primary.py): the shape, and the teachers and α it
+    names against the grid's (its sets are checked once the recipe's validation sets are known:
+    `mkd power`, `mkd report`)."""
+    reg = parse_primary(spec["primary"], f"sweep {p}")
+    grid = spec.get("grid") or {}
+    teachers = grid_teacher_names(grid)
+    controls = {t.get("name", "unigram") for t in grid.get("teacher") or [] if t.get("unigram")}
+    check_names(reg, f"sweep {p}", teachers, controls, alphas=grid.get("alpha") or [])
+
+
+def grid_teacher_names(grid: dict) -> set[str]:
+    """The names the sweep's points give their teachers (sweep.expand): an entry's `name` (else
+    the unigram's or its checkpoint directory's), a teacher_grid's MODEL@TOKENS."""
+    names = {t.get("name") or ("unigram" if t.get("unigram") else Path(t["checkpoint"]).name)
+             for t in grid.get("teacher") or []}
+    tg = grid.get("teacher_grid") or {}
+    for short in tg.get("models") or {}:
+        names |= {f"{short}@{tokens_label(int(float(tok)))}" for tok in tg.get("tokens") or []}
+    return names
+
+
+def tokens_label(n: int) -> str:
+    """A token count as teacher names carry it: 1.11M, 369K, 512."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
 
 
 def _check_repeats(spec: dict, grid: dict, p: Path) -> None:
