@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -304,6 +305,19 @@ def _no_wandb_while_importing_mcore():
             del sys.modules["wandb"]
 
 
+@contextlib.contextmanager
+def _no_gpu_kernel_warnings_while_importing_mcore():
+    """megatron-core's package import warns, once per module (optimizer, clip_grads, FSDP's mixed
+    precision), that Transformer Engine and Apex are not installed and it falls back to torch's
+    kernels. On CPU neither can be installed and the fallbacks are this layer's path, so those
+    warnings say nothing in any CPU process (a `mkd` command, a test, the API): they are not shown
+    while megatron.core is first imported here. Every other warning of the import still is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(Transformer Engine|TransformerEngine|Apex).* not installed",
+                                category=UserWarning)
+        yield
+
+
 def _in_process_checkpoint_results() -> None:
     """Adapts: dist_checkpointing's file writer returns its results through a queue that
     megatron-core creates on the first save as a *spawned* multiprocessing Manager: a helper
@@ -445,7 +459,8 @@ def activate() -> bool:
     cuda.nvtx.range_pop = _noop
     cuda.nvtx.range = _null_stream_ctx
 
-    with _eager_compile_while_importing_mcore(), _no_wandb_while_importing_mcore():
+    with _eager_compile_while_importing_mcore(), _no_wandb_while_importing_mcore(), \
+            _no_gpu_kernel_warnings_while_importing_mcore():
         import megatron.core  # noqa: F401  (its package import loads most of megatron-core)
     # Adapts: the RNG tracker (model-parallel / data-parallel named states) and activation
     # recomputation's save/restore of the device RNG state: on CPU the device RNG is the CPU one.
