@@ -1,62 +1,62 @@
 #!/usr/bin/env bash
-# The CPU mini-study behind `make demo` (see README for the measured time on 2 cores): the paper's question in
-# miniature. corpus -> tokenizer -> two teachers (the larger one checkpointed at three token
-# budgets) -> a student distilled from each teacher checkpoint with alpha in {0.2, 0.5, 1} plus
-# its no-KD baseline (two seeds: the noise band) -> in-domain and OOD evaluation -> report + plots.
-# Re-running it skips what is finished.
+# `make demo`: the CPU mini-study of recipes/sweeps/cpu-mini.yaml, sized to end in a finding
+# (docs/STUDY.md, "The demo"; its measured time: docs/PERFORMANCE.md, "Measured times").
+# corpus -> two teachers: a small one trained long (cpu-micro, 4 epochs of the KJV) and a weak one
+# (cpu-tiny stopped at 100 steps) -> the cpu-tiny student distilled from each at alpha 0.2 and 0.8,
+# two seeds per point, beside its baselines (200 and 400 steps, both seeds) -> the report.
+# The work runs in two lanes, one core each, whose output goes to runs/demo/*.log; meanwhile
+# study/follow_logs puts their progress on the terminal. Re-running it skips what is finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/sweep_lib.sh
 MKD=".venv/bin/mkd"
+SWEEP=recipes/sweeps/cpu-mini.yaml
+OUT=runs/sweeps/cpu-mini
+LOGS=runs/demo
 # Tiny models use one core well and two poorly: two runs at a time, one thread each.
 export OMP_NUM_THREADS=1
 
+# `scripts/demo.sh lanes`: stage 2 alone, its output in the logs (the follower below runs it).
+if [ "${1:-}" = lanes ]; then
+  ( $MKD train train/teacher-cpu-micro > $LOGS/teacher-cpu-micro.log 2>&1 &&
+    $MKD sweep $SWEEP --local --only '*micro@4ep*' --only '*400steps__seed2' > $LOGS/lane-a.log 2>&1 ) &
+  lane_a=$!
+  # The weak teacher is cpu-tiny's 100-step checkpoint: stop there (its 300-step schedule kept).
+  ( $MKD train train/teacher-cpu-tiny logging.log_interval=50 train.stop_at_step=100 > $LOGS/teacher-cpu-tiny.log 2>&1 &&
+    $MKD sweep $SWEEP --local --only '*baseline__*' --only '*tiny@205K*' --only '*400steps__seed1' \
+      > $LOGS/lane-b.log 2>&1 ) &
+  lane_b=$!
+  status=0
+  wait "$lane_a" || status=1
+  wait "$lane_b" || status=1
+  [ "$status" = 0 ] || { tail -n 5 $LOGS/*.log; echo "a lane failed (logs: $LOGS/); run make demo again to resume"; }
+  exit "$status"
+fi
+
+T0=$SECONDS
 echo "== 1. the embedded corpus: KJV (in-domain) and Shakespeare (OOD), tokenized =="
-if [ -f data/corpus/corpus.json ]; then echo "(already built: data/corpus)"; else $MKD data corpus --out data/corpus; fi
+ensure_corpus
 
 echo
-mkdir -p runs
-echo "== 2. teachers and students: two lanes (one core each), then the rest two at a time =="
-echo "   lane A: cpu-medium teacher (3.4M, larger than the student; checkpoints at 50, 100, 250 steps),"
-echo "           then the students of its 100-step checkpoint and one of its 250-step checkpoint"
-echo "   lane B: cpu-tiny teacher (0.36M, weaker than the student), the no-KD baselines (2 seeds, and"
-echo "           one of 160 steps: the supervised frontier), the"
-echo "           students distilled from the tiny teacher, then from cpu-medium's 50-step checkpoint"
-echo "   then:   the other two students of cpu-medium's 250-step checkpoint, side by side"
-echo "   students: cpu-small (1.1M), alpha in {0.2, 0.5, 1} per teacher, each teacher checkpoint run once"
-echo "   into a top-64 cache that its three students read"
-SECONDS=0
-SWEEP=recipes/sweeps/cpu-mini.yaml
-mkdir -p runs/sweeps
-( $MKD train train/teacher-cpu-medium logging.log_interval=100 > runs/teacher-cpu-medium.log 2>&1 &&
-  $MKD sweep $SWEEP --local --only '*medium@205K*' --only '*medium@512K__a1' > runs/lane-a.log 2>&1 ) &
-lane_a=$!
-# The weak teacher is cpu-tiny's 100-step checkpoint: stop there (its 300-step schedule kept).
-# Then cpu-medium's first budget (50 steps) is on disk (a checkpoint's state file is written
-# last): its students fill lane B while lane A's teacher trains on (the lanes end together).
-FIRST=runs/teachers/cpu-medium/checkpoints/tokens_102400/mkd_state.json
-( $MKD train train/teacher-cpu-tiny logging.log_interval=100 train.stop_at_step=100 > runs/teacher-cpu-tiny.log 2>&1 &&
-  $MKD sweep $SWEEP --local --only '*baseline*' --only '*tiny@*' > runs/lane-b.log 2>&1 &&
-  until [ -e "$FIRST" ] || ! kill -0 "$lane_a" 2>/dev/null; do sleep 2; done && [ -e "$FIRST" ] &&
-  $MKD sweep $SWEEP --local --only '*medium@102K*' >> runs/lane-b.log 2>&1 ) &
-lane_b=$!
-status=0
-wait "$lane_a" || status=1
-wait "$lane_b" || status=1
-if [ "$status" = 0 ]; then
-  $MKD sweep $SWEEP --local --jobs 2 --only '*medium@*' >> runs/lane-a.log 2>&1 || status=1
-fi
-grep -h -E "validation|^done" runs/teacher-cpu-tiny.log runs/teacher-cpu-medium.log || true
-grep -h -E "^\[sweep\].*(done|finished)" runs/lane-a.log runs/lane-b.log 2>/dev/null || true
-if [ "$status" != 0 ]; then
-  tail -n 5 runs/teacher-cpu-*.log runs/lane-*.log 2>/dev/null; exit 1
-fi
-echo "   (${SECONDS}s)"
+echo "== 2. teachers and students, two lanes (one core each; logs in $LOGS/) =="
+echo "   lane A: the strong teacher cpu-micro (12K non-embedding parameters, 4 epochs of the KJV),"
+echo "           its top-64 cache, its four students (alpha 0.2 and 0.8, seeds 1 and 2), a 400-step baseline"
+echo "   lane B: the weak teacher cpu-tiny (stopped at 100 steps), the student's baselines (200 steps,"
+echo "           seeds 1 and 2), the weak teacher's cache and its four students, the other 400-step baseline"
+echo "   student: cpu-tiny (99K non-embedding parameters), 200 steps x 16 x 128 tokens"
+mkdir -p $LOGS "$OUT"
+.venv/bin/python -m megatron_kd.study.follow_logs $LOGS/teacher-cpu-micro.log $LOGS/teacher-cpu-tiny.log \
+  $LOGS/lane-a.log $LOGS/lane-b.log -- bash scripts/demo.sh lanes
+echo "   ($((SECONDS - T0)) s so far)"
 
 echo
-echo "== 3. the sweep, complete: teachers evaluated on both sets (every run above is skipped) =="
-$MKD sweep $SWEEP --local > runs/sweeps/cpu-mini.log.txt 2>&1 || { tail -n 20 runs/sweeps/cpu-mini.log.txt; exit 1; }
-grep -c "finished, skipped" runs/sweeps/cpu-mini.log.txt | sed 's/^/   runs finished: /'
+echo "== 3. the sweep, complete: teachers evaluated on both sets, the report written =="
+$MKD sweep $SWEEP --local > "$OUT.log.txt" 2>&1 \
+  || { tail -n 20 "$OUT.log.txt"; echo "the sweep failed; run make demo again to resume"; exit 1; }
+echo "   runs finished: $(grep -c 'finished, skipped' "$OUT.log.txt")"
 
 echo
-echo "== 4. the report (runs/sweeps/cpu-mini/report.md, report.csv, *.png) =="
-$MKD report runs/sweeps/cpu-mini
+echo "== 4. the report ($OUT/report.md, report.json, report.csv, figures) =="
+$MKD report "$OUT"
+echo
+echo "demo done in $((SECONDS - T0)) s"
