@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from megatron_kd.console import Every
 from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.errors import MKDError
 from megatron_kd.files import write_text_atomic
@@ -121,15 +122,20 @@ class Evaluation(Callback):
 
 class Logging(Callback):
     """The console line every `interval` steps (and at evaluations and the last step), and the
-    record to metrics.jsonl / TensorBoard / W&B (`writer`: training/metrics.MetricsWriter)."""
+    record to metrics.jsonl / TensorBoard / W&B (`writer`: training/metrics.MetricsWriter). A run
+    whose interval takes longer than PROGRESS_EVERY_S also gets the console line (only) when that
+    much time has passed since the last: a sweep follows its runs by their logs' step lines."""
 
-    def __init__(self, writer, interval: int, throughput: Throughput | None = None):
+    def __init__(self, writer, interval: int, throughput: Throughput | None = None, every: Every | None = None):
         self.writer, self.interval, self.throughput = writer, interval, throughput
+        self.every = every or Every()
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         validated = any(k.startswith("val/") for k in out.record)
-        if not (out.step % self.interval == 0 or out.last or validated):
+        logged = out.step % self.interval == 0 or out.last or validated
+        if not (self.every.due() or logged):
             return
+        self.every.last = self.every.clock()  # a line said: the next in a full period at most
         elapsed = time.perf_counter() - trainer.started_at
         eta = elapsed / max(1, out.step - trainer.start_step) * (trainer.total - out.step)
         extra = ""
@@ -140,6 +146,8 @@ class Logging(Callback):
                 f" (MFU {100 * speed['mfu']:.1f}%)" if speed["mfu"] is not None else "")
         tps = trainer.tokens_per_step / out.seconds
         self.writer.console(out.step, trainer.total, out.step * trainer.tokens_per_step, out.metrics, tps, eta, extra)
+        if not logged:
+            return
         vals = {k: v for k, v in out.record.items() if k.startswith("val/")}
         if vals:
             log.info("validation at step %d: %s", out.step, " | ".join(f"{k[4:]} {v:.4f}" for k, v in vals.items()))

@@ -1,10 +1,14 @@
 """The lines a run prints while it works: the step line names the loss it prints
 (training/metrics.py), and a teacher-cache job says its micro-batch count and ETA every period
-(training/teacher_cache.py). No training: fast."""
+(training/teacher_cache.py), and a run with a long log interval says its step every period
+(training/callbacks.py). No training: fast."""
 
 import logging
+import time
+from types import SimpleNamespace
 
 from megatron_kd.console import Every
+from megatron_kd.training import callbacks
 from megatron_kd.training.metrics import MetricsWriter, loss_field
 from megatron_kd.training.teacher_cache import CacheProgress, _micro_batches
 
@@ -46,3 +50,17 @@ def test_a_shards_micro_batches_as_the_job_pads_them():
     planned = {"shard_rows": 10, "num_samples": 25}
     assert [_micro_batches(planned, j, 4, 1, 1) for j in range(3)] == [3, 3, 2]  # 10 -> 12 rows, 5 -> 8
     assert _micro_batches(planned, 0, 4, 2, 2) == 4  # virtual stages: whole groups of PP micro-batches
+
+
+def test_a_run_with_a_long_log_interval_still_says_its_step_every_period():
+    clock, lines, records = Clock(), [], []
+    writer = SimpleNamespace(console=lambda step, *a: lines.append(step), write=records.append)
+    logging_cb = callbacks.Logging(writer, interval=100, every=Every(25, clock))
+    trainer = SimpleNamespace(started_at=time.perf_counter(), start_step=0, total=300, tokens_per_step=8)
+    for step in range(1, 201):
+        clock.t = 10.0 * step  # 10 s a step
+        out = SimpleNamespace(step=step, record={"step": step}, last=False, seconds=10.0, metrics={})
+        logging_cb.after_step(trainer, out)
+    assert lines[:4] == [3, 6, 9, 12] and 100 in lines and 200 in lines  # every 30 s, and at the interval
+    assert 101 not in lines and 103 in lines  # the quiet period restarts at the interval's line
+    assert [r["step"] for r in records] == [100, 200]  # the record keeps its interval
