@@ -32,7 +32,8 @@ def add_study_parsers(sub) -> None:
     r = sub.add_parser("report", help="paired gains, claims as tests, best alpha and plots of a sweep directory",
                        description="Read a sweep directory's finished runs and write report.md, report.json "
                                    "(each point's paired gain and interval, each claim's verdict), report.csv "
-                                   "and the figures beside them.")
+                                   "and the figures beside them; print a one-screen summary (the headline, "
+                                   "each claim's verdict, the compute answer, the files written).")
     r.add_argument("sweep_dir", nargs="?", help="a sweep's `out` directory (or give --table)")
     r.add_argument("--table", metavar="FILE.csv",
                    help="report from a results table instead, one row per run: run, student, student_params, "
@@ -128,6 +129,7 @@ def check_power(spec: dict, skip: bool) -> None:
 def cmd_report(args) -> int:
     from megatron_kd.errors import ConfigError
     from megatron_kd.study.report import build_report, build_report_from_table
+    from megatron_kd.study.report_summary import summary_lines
 
     level, eq, in_domain = getattr(args, "level", 0.95), getattr(args, "equivalence", 0.01), \
         getattr(args, "in_domain", None)
@@ -145,10 +147,7 @@ def cmd_report(args) -> int:
                                       overwrite=overwrite)
     else:
         rep = build_report(Path(args.sweep_dir), level, eq, in_domain, overwrite=overwrite)
-    where = rep["out_dir"]
-    print(rep["markdown"])
-    print(f"\nwritten: {where / 'report.md'}, report.json, report.csv, "
-          + ", ".join(p.name for p in rep["plots"]))
+    print("\n".join(summary_lines(rep)))  # one screen; the whole report is report.md
     return 0
 
 

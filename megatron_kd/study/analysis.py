@@ -1,16 +1,16 @@
 """The study section of `mkd report`: paired gains per point (paired.py), best α from seed
 means, the α schedules against the best fixed α, the four claims as stated tests (claims.py),
-and their plots. Pure functions of the report's rows: tested on synthetic sweeps."""
+and the one definition of a gain that the report's tables share (pairs_by_seed). Pure
+functions of the report's rows: tested on synthetic sweeps; the figures are report_figures.py's."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from megatron_kd.models.params import human
 from megatron_kd.study.claims import CLAIMS, ES_KEY, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
-from megatron_kd.study.report_output import md_text, plain_text_figures
+from megatron_kd.study.report_output import md_text
 from megatron_kd.study.stats import point_key
 
 ID_SETS = ("indomain", "heldout", "mock")
@@ -74,6 +74,14 @@ def comparison_family(r: dict) -> str | None:
     if is_control(r):
         return "controls"
     return "scheduled α" if r.get("alpha_schedule") else "fixed α"
+
+
+def pairs_by_seed(fit: PairedFit) -> bool:
+    """Whether a fit's gains are paired by seed. Its point x seed model pairs when it has residual
+    degrees of freedom; without (one seed per KD point, as in the demo) paired.py reads a gain as
+    the difference of the points' means, unpaired, and its `source` says so. The per-run table
+    follows the same reading, so that a run shows the same gain in both tables."""
+    return fit.source.startswith("paired")
 
 
 def _verdict(e, level: float) -> str:
@@ -182,16 +190,20 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
     md = []
     for student, st in a["students"].items():
         student = md_text(student)
+        unpaired = [s for s in sets if not pairs_by_seed(st["fits"][s])]
         md += ["", f"## Paired gains ({student})", "",
                f"Gain = the baseline's loss minus the point's, paired by seed (the same initialisation and data "
                f"order) and estimated by a point × seed model over every run of the student; intervals are "
-               f"{pct} two-sided, from the t distribution at the model's degrees of freedom. Each comparison "
+               f"{pct} two-sided, from the t distribution at the model's degrees of freedom. It is the per-run "
+               f"table's gain: with every seed at every point, a point's gain here is the mean of its runs' "
+               f"gains there (otherwise the model's estimate, each seed's effect read from every point that "
+               f"has it). Each comparison "
                f"family (fixed α, scheduled α, controls, frontier baselines) has its own residual sd, from its "
                f"runs and the baseline's; a contrast across families is weighted by them. Noise per set:", ""]
         for s, n in st["noise"].items():
             md.append(f"- {md_text(s)}: " + (f"residual sd {n['sigma']:.4f}; " if n["sigma"] else "") + n["source"])
         head = ["teacher", "α", "T", "seeds"] + [f"loss {md_text(s)}" for s in sets] + \
-            [f"gain {md_text(s)}" for s in sets]
+            [f"gain {md_text(s)}" + (" †" if s in unpaired else "") for s in sets]
         md += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in sorted(st["points"], key=lambda p: (str(p["teacher"]), p.get("alpha") or 0, alpha_label(p))):
             g = [(f"{p['gains'][s]['gain']:+.4f}{_ci(p['gains'][s]['interval'])} ({p['gains'][s]['verdict']})")
@@ -201,6 +213,10 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
             md.append("| " + " | ".join([md_text(name), md_text(alpha_label(p)),
                                          f"{p['temperature']:g}" if p.get("temperature") else "", str(p["seeds"])]
                                         + [f"{p['mean'][s]:.4f}" for s in sets] + g) + " |")
+        if unpaired:
+            md += ["", f"† Not paired on {', '.join(map(md_text, unpaired))}: the point × seed model has no residual "
+                       "degrees of freedom there (one seed per KD point), so a gain is the baselines' mean loss "
+                       "minus the point's mean, as in the per-run table's † cells."]
         md += ["", "Best α per teacher, from seed means (α = 0, no KD, competes; the interval is that of the "
                    "chosen point and, as the best of several, optimistic):", ""]
         for t in sorted({p["teacher"] for p in st["points"] if p["teacher"]}):
@@ -245,77 +261,3 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
             md.append(f"{c['claim']}. {CLAIMS[c['claim']]}: **{c['verdict']}**{ps} — null: {c['null']}. "
                       f"{md_text(c['why'])}")
     return md
-
-
-SERIES_BARS = 50  # a series of more points draws its interval as a band: thousands of error bars take minutes
-
-
-def _gain_series(ax, pts: list[tuple], label: str) -> None:
-    """One teacher model's gains at one α against `pts`' x, with their intervals (error bars, or a
-    band for a long series)."""
-    xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
-    lo, hi = [e[0] for *_, e in pts], [e[1] for *_, e in pts]
-    if len(pts) <= SERIES_BARS:
-        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3, label=label)
-        return
-    line, = ax.plot(xs, ys, "o-", ms=2, lw=0.8, label=label)
-    ax.fill_between(xs, [y - e for y, e in zip(ys, lo)], [y + e for y, e in zip(ys, hi)], color=line.get_color(),
-                    alpha=0.2, lw=0)
-
-
-@plain_text_figures
-def plots(sweep_dir: Path, a: dict, sets: list[str]) -> list[Path]:
-    import matplotlib.pyplot as plt  # lazy: matplotlib is only for the report's figures
-
-    out = []
-    kd = [p for st in a["students"].values() for p in st["points"] if p["teacher"]]
-    if not kd:
-        return out
-    id_set, pct = a["id_set"], f"{100 * a['level']:g} %"
-
-    def err(g):  # the interval as error bars (zero where there is no noise estimate)
-        ci = g["interval"]
-        return (g["gain"] - ci[0], ci[1] - g["gain"]) if ci else (0.0, 0.0)
-
-    # gain vs teacher tokens (top row) and teacher pretraining compute (bottom row) per teacher
-    # model and α, in-domain and OOD side by side
-    fig, axes = plt.subplots(2, len(sets), figsize=(5 * len(sets), 8), squeeze=False)
-    series: dict = {}  # (teacher model, α) -> its points, grouped once
-    for p in kd:
-        if p.get("alpha") is not None:
-            series.setdefault((p["teacher"].split("@")[0], p["alpha"]), []).append(p)
-    models = {m for m, _ in series}
-    for row, (key, label) in enumerate((("teacher_tokens", "teacher training tokens"),
-                                        ("teacher_flops", "teacher pretraining FLOPs"))):
-        for ax, s in zip(axes[row], sets):
-            for (model, alpha), ps in sorted(series.items()):
-                pts = sorted(((p.get(key) or 0, p["gains"][s]["gain"], err(p["gains"][s])) for p in ps),
-                             key=lambda t: t[0])
-                _gain_series(ax, pts, f"{model} α={alpha:g}" if len(models) > 1 else f"α={alpha:g}")
-            ax.axhline(0, color="grey", lw=0.8)
-            ax.set_xscale("symlog" if key == "teacher_tokens" else "log")
-            ax.set_xlabel(label)
-            ax.set_ylabel(f"paired gain in student {s} loss ({pct} interval)")
-            ax.set_title(f"{s}" + (" (in-domain)" if s == id_set else " (OOD)"))
-            ax.legend(fontsize=6, loc="best" if len(kd) <= SERIES_BARS else "upper right")
-    fig.tight_layout()
-    out.append(sweep_dir / "gain_vs_teacher_tokens.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-    # best α (from seed means, α = 0 competing) vs teacher strength
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for student, st in a["students"].items():
-        best = st["best_alpha"][id_set]
-        first = {}
-        for p in st["points"]:
-            first.setdefault(p["teacher"], p)
-        xs = [(first[t]["teacher_val"].get(id_set, math.nan), v["alpha"]) for t, v in best.items()]
-        ax.plot([x for x, _ in xs], [y for _, y in xs], "o", label=student)
-    ax.invert_xaxis()
-    ax.set_xlabel(f"teacher {id_set} loss (lower = stronger)")
-    ax.set_ylabel("best α (seed means; 0 = no KD)")
-    fig.tight_layout()
-    out.append(sweep_dir / "best_alpha_vs_teacher.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-    return out

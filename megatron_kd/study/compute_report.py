@@ -9,7 +9,10 @@ from pathlib import Path
 
 from megatron_kd.models.params import human
 from megatron_kd.study.compute import ACCOUNTINGS, GAIN_ACCOUNTINGS
-from megatron_kd.study.report_output import md_text, plain_text_figures
+from megatron_kd.study.report_output import figure_text, md_text, plain_text_figures
+from megatron_kd.study.report_style import SIGNIFICANT, Style, fill_handles, log_axis, points, save, spread, subplots
+
+LABELLED = 30  # up to this many KD points of a panel carry their teacher's name
 
 
 def _alpha(q: dict) -> str:
@@ -106,36 +109,75 @@ def report_json(cs: dict) -> dict:
     return out
 
 
-@plain_text_figures
-def plot(out_dir: Path, cs: dict, sets: list[str]) -> list[Path]:
-    """loss vs total compute: the frontier (line), its nodes, and each teacher's best-α point
-    under (b) (circle) and (c) (triangle), one panel per set."""
-    if not any(c["points"] for c in cs.values()):
-        return []
-    import matplotlib.pyplot as plt
+def _kd_points(ax, c: dict, s: str, style: Style) -> None:
+    """Each teacher's best-α point at its compute under (b), filled where the verdict is
+    significant, with the compute-matched gain's interval as its error bar and its teacher's
+    name; the same loss at (c)'s compute faded, joined to it by a dotted line. One call per α
+    marker, however many teachers."""
+    from matplotlib.collections import LineCollection  # lazy: matplotlib is only for the report's figures
 
-    fig, axes = plt.subplots(len(cs), len(sets), figsize=(5.5 * len(sets), 4.5 * len(cs)), squeeze=False)
+    point_of = _points_by_teacher_alpha(c["points"])
+    at_c = {a["teacher"]: a for a in c["answers"][s]["c"]}
+    drawn = [(a, point_of[a["teacher"], _alpha(a)]["loss"][s]) for a in c["answers"][s]["b"]
+             if a["compute"] and a["compute"] > 0 and math.isfinite(point_of[a["teacher"], _alpha(a)]["loss"][s])]
+    same_x: dict = {}  # teachers at one compute (one student, teachers of one cost) side by side
+    for a, _ in drawn:
+        same_x.setdefault(a["compute"], []).append(a["teacher"])
+    slot = {t: i for group in same_x.values() for i, t in enumerate(group)}
+    by_marker: dict = {}
+    for a, loss in drawn:
+        group = same_x[a["compute"]]
+        x = spread([a["compute"]], slot[a["teacher"]], len(group), log=True)[0]
+        ci = a["interval"]
+        other = at_c.get(a["teacher"])
+        by_marker.setdefault(style.marker(_alpha(a)), []).append(
+            (x, loss, style.colour(a["teacher"]), a["verdict"] in SIGNIFICANT,
+             (ci[1] - a["gain"], a["gain"] - ci[0]) if ci else (0.0, 0.0),  # loss = frontier - gain: mirrored
+             other["compute"] if other and (other["compute"] or 0) > 0 else None, a["teacher"]))
+    for marker, pts in by_marker.items():
+        xs, ys, colours, filled, errors, c_xs, _ = zip(*pts)
+        points(ax, xs, ys, colours, marker, filled, errors, zorder=4)
+        faded = [(x, y, col, cx) for x, y, col, cx in zip(xs, ys, colours, c_xs) if cx]
+        if faded:
+            ax.add_collection(LineCollection([((x, y), (cx, y)) for x, y, _, cx in faded], colors=[f[2] for f in faded],
+                                             linestyles=":", linewidths=0.9, zorder=2))
+            ax.scatter([f[3] for f in faded], [f[1] for f in faded], s=22, marker=marker, c=[f[2] for f in faded],
+                       alpha=0.35, zorder=2)
+    if len(drawn) <= LABELLED:
+        for pts in by_marker.values():
+            for x, y, colour, *_, teacher in pts:
+                ax.annotate(figure_text(teacher), (x, y), xytext=(5, -3), textcoords="offset points", fontsize=7,
+                            color=colour)
+
+
+@plain_text_figures
+def plot(out_dir: Path, cs: dict, sets: list[str], style: Style, level: float) -> list[Path]:
+    """loss vs total compute: the supervised frontier (line) and its nodes, and each teacher's
+    best-α point at its compute under (b), its compute under (c) faded beside it; one panel per
+    student and set."""
+    drawable = [n for c in cs.values() for s in sets for n in c["sets"][s]["nodes"] if n["compute"] > 0] + \
+        [a for c in cs.values() if c["points"] for s in sets for a in c["answers"][s]["b"] if (a["compute"] or 0) > 0]
+    if not any(c["points"] for c in cs.values()) or not drawable:  # no FLOPs (a table without them): no figure
+        return []
+    from matplotlib.lines import Line2D  # lazy: matplotlib is only for the report's figures
+
+    fig, axes = subplots(len(cs), len(sets), 5.5, 4.5)
     for row, (student, c) in enumerate(cs.items()):
         for ax, s in zip(axes[row], sets):
-            nodes = c["sets"][s]["nodes"]
+            nodes = [n for n in c["sets"][s]["nodes"] if n["compute"] > 0]
             if nodes:
-                ax.plot([n["compute"] for n in nodes], [n["frontier"] for n in nodes], "k-", lw=1.5,
-                        label="supervised frontier")
-                ax.plot([n["compute"] for n in nodes], [n["loss"] for n in nodes], "ks", ms=5)
-            point_of = _points_by_teacher_alpha(c["points"])
-            for k, marker in (("b", "o"), ("c", "^")):
-                pts = [(a["compute"], point_of[a["teacher"], _alpha(a)]["loss"][s]) for a in c["answers"][s][k]
-                       if a["compute"]]
-                pts = [(x, y) for x, y in pts if math.isfinite(y)]
-                if pts:
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], marker, ls="none", alpha=0.7,
-                            label=f"KD, best α, compute ({k})")
-            ax.set_xscale("log")
+                ax.plot([n["compute"] for n in nodes], [n["frontier"] for n in nodes], "k-", lw=1.5, zorder=1)
+                ax.plot([n["compute"] for n in nodes], [n["loss"] for n in nodes], "ks", ms=5, zorder=1)
+            _kd_points(ax, c, s, style)
+            if ax.has_data():  # a log axis needs a positive compute (a table without FLOPs has none)
+                log_axis(ax)
             ax.set_xlabel("total training FLOPs")
-            ax.set_ylabel(f"{student} {s} loss")
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = out_dir / "loss_vs_compute.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+            ax.set_ylabel(figure_text(f"{student} {s} loss"))
+            ax.set_title(figure_text(f"{s}" + (f", student {student}" if len(cs) > 1 else "")), fontsize=9)
+    extra = [Line2D([], [], color="black", lw=1.5, marker="s", ms=5, label="supervised frontier (its runs)"),
+             Line2D([], [], color="dimgrey", ls=":", marker="o", alpha=0.5,
+                    label="faded: + teacher pretraining (c)"), *fill_handles(level)]
+    style.legend(fig, extra=extra)
+    return [save(fig, out_dir / "loss_vs_compute.png",
+                 f"Loss vs total compute: each teacher at its best α under (b), {100 * level:g} % intervals of "
+                 "the compute-matched gain")]

@@ -16,8 +16,8 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.flops import run_flops
 from megatron_kd.models.params import count_parameters, human
-from megatron_kd.study import analysis, compute, compute_report
-from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, plain_text_figures, record_outputs
+from megatron_kd.study import analysis, compute, compute_report, report_figures
+from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, record_outputs
 from megatron_kd.study.stats import point_key
 from megatron_kd.study.table import read_table, write_table
 
@@ -164,22 +164,30 @@ def _fmt(x, nd=4) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def paired_run_gains(rows: list[dict], sets: list[str]) -> None:
-    """Each run's own gain: its student's baseline *of the same seed* minus the run's loss (the
-    baselines' mean where no baseline shares its seed)."""
+def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> None:
+    """Each run's gain by the paired table's definition (analysis.pairs_by_seed): its student's
+    baseline run *of the same seed* minus the run's loss, where the student's paired fit on that
+    set pairs by seed; else the baselines' mean minus the run's loss, and r["gain_unpaired"] says
+    why per set (the tables mark those cells)."""
     base = baselines(rows, sets)
-    by_seed = {(r["student"], r.get("seed"), r.get("data_seed")): r for r in rows
+    by_seed = {(r["student"], analysis.seed_key(r)): r for r in rows
                if not r.get("teacher") and r.get("baseline_tokens") is None}
     for r in rows:
+        r["gain"], r["gain_unpaired"] = {}, {}
         if r.get("baseline_tokens") is not None:  # a baseline of another length: a frontier point, no gain
-            r["gain"], r["gain_paired"] = {}, False
             continue
-        twin = by_seed.get((r["student"], r.get("seed"), r.get("data_seed")))
-        b = base.get(r["student"], {})
-        r["gain"] = {s: (twin["val"][s] if twin and math.isfinite(twin["val"].get(s, math.nan)) else b[s][0])
-                     - r["val"][s]
-                     for s in sets if s in b and s in r["val"]}
-        r["gain_paired"] = twin is not None
+        st = study["students"].get(r["student"])
+        twin = by_seed.get((r["student"], analysis.seed_key(r)))
+        for s in sets:
+            b = base.get(r["student"], {}).get(s)
+            if b is None or s not in r["val"]:
+                continue
+            same_seed = twin["val"].get(s, math.nan) if twin else math.nan
+            if st is not None and not analysis.pairs_by_seed(st["fits"][s]):
+                r["gain_unpaired"][s] = "no residual degrees of freedom to pair by seed"
+            elif not math.isfinite(same_seed):
+                r["gain_unpaired"][s] = "no baseline run of its seed"
+            r["gain"][s] = (b[0] if s in r["gain_unpaired"] else same_seed) - r["val"][s]
 
 
 def _claims_json(c: dict) -> dict:
@@ -272,8 +280,8 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     check_outputs(out_dir, [Path(p) for p in inputs], overwrite, elsewhere)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = baselines(rows, sets)
-    paired_run_gains(rows, sets)
     study = analysis.analyse(rows, sets, level, equivalence, in_domain)
+    paired_run_gains(rows, sets, study)
     cs = compute.compute_study(rows, study, sets, level)
     md = _runs_markdown(rows, sets, base, title) + analysis.markdown(study, sets)
     md += compute_report.markdown(cs, sets, level, study["id_set"])
@@ -295,8 +303,9 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
         if len(plotted) < len(rows):
             shown = analysis.analyse(plotted, sets, level, equivalence, in_domain, n_boot=0)
             shown_cs = compute.compute_study(plotted, shown, sets, level)
-        plots = _plots(sweep_dir, plotted, drawn, base) + analysis.plots(sweep_dir, shown, drawn)
-        plots += compute_report.plot(sweep_dir, shown_cs, drawn)
+        style = report_figures.style_of(shown)
+        plots = report_figures.draw(sweep_dir, plotted, shown, drawn, style)
+        plots += compute_report.plot(sweep_dir, shown_cs, drawn, style, level)
     md += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     doc = report_json(study, sets)
     doc["compute"] = compute_report.report_json(cs)
@@ -308,14 +317,15 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
                                                             default=_json_default, allow_nan=False))
     record_outputs(out_dir, [out_dir / n for n in ("report.md", "report.json", "report.csv")] + plots)
     return {"rows": rows, "baselines": base, "sets": sets, "plots": plots, "study": study, "json": doc,
-            "out_dir": out_dir,
-            "markdown": "\n".join(md)}
+            "compute": cs, "out_dir": out_dir, "title": title, "left_out": left_out, "markdown": "\n".join(md)}
 
 
 def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) -> list[str]:
     """The report's head: one line per run (names escaped: they come from the table or sweep)."""
+    marked = {s for r in rows for s in r.get("gain_unpaired", {})}
     header = ["run", "student", "teacher", "alpha", "T", "kind", "seed"]
-    header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets] + [f"gain {s}" for s in sets]
+    header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets]
+    header += [f"gain {s}" + (" †" if s in marked else "") for s in sets]
     header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
     table = []
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
@@ -324,19 +334,22 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) ->
                       md_text(r.get("alpha_schedule") or _fmt(r.get("alpha"), 2)),
                       _fmt(r.get("temperature"), 2), md_text(r.get("kind") or ""), md_text(r.get("seed", ""))]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
-                     + [_fmt(r["val"].get(s)) for s in sets] + [_fmt(r["gain"].get(s)) for s in sets]
+                     + [_fmt(r["val"].get(s)) for s in sets]
+                     + [_fmt(r["gain"].get(s)) + (" †" if s in r.get("gain_unpaired", {}) else "") for s in sets]
                      + [human(f.get("student") or 0), human(f.get("shared") or 0), human(f.get("pretrain") or 0)])
     md = [f"# {md_text(title)}", "",
           "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
-          "baseline of the same seed minus the run's (positive: distillation helped; the baselines' mean "
-          "where no baseline shares the seed). Per-run gains are single seeds: read the paired gains and "
-          "the claims below, not this table's best row.", ""]
+          "baseline run of the same seed minus the run's (positive: distillation helped), the definition of the "
+          "paired gains below, whose point gain is the mean of its runs' gains when every point has every "
+          "seed. Per-run gains are single seeds: read the paired gains and the claims below, not this "
+          "table's best row.", ""]
     for student, b in base.items():
         md.append(f"Baseline {md_text(student)}: " + ", ".join(
             f"{md_text(s)} {m:.4f}" + (f" ± {sd:.4f} (seed std)" if sd is not None else "")
             for s, (m, sd) in b.items()))
     md += ["", "| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
+    md += _unpaired_note(rows)
     caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
     online = [r for r in rows if r.get("teacher") and not r.get("teacher_cache")]
     md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
@@ -346,6 +359,17 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) ->
     if varies:
         md.append(f"Seeds varied: {md_text(' / '.join(sorted(varies)))}.")
     return md
+
+
+def _unpaired_note(rows: list[dict]) -> list[str]:
+    """The footnote of the per-run table's † cells: gains against the baselines' mean, and why."""
+    why: dict = {}
+    for r in rows:
+        for s, reason in r.get("gain_unpaired", {}).items():
+            why.setdefault((r["student"], reason), set()).add(s)
+    return ["", "† Against the baselines' mean, not paired: " + "; ".join(
+        f"{md_text(student)} on {', '.join(map(md_text, sorted(sets)))}: {reason}"
+        for (student, reason), sets in sorted(why.items())) + "."] if why else []
 
 
 def _finite(x):
@@ -368,57 +392,3 @@ def _json_default(x):
     if hasattr(x, "item"):
         return x.item()
     raise TypeError(f"not JSON: {type(x).__name__}")
-
-
-@plain_text_figures
-def _plots(sweep_dir: Path, rows: list[dict], sets: list[str], base: dict) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = []
-    kd_rows = [r for r in rows if r.get("teacher") and r.get("gain")]
-    if kd_rows:
-        fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
-        for ax, s in zip(axes[0], sets):
-            for a in sorted({r["alpha"] for r in kd_rows if r.get("alpha") is not None}):
-                pts = sorted((((r.get("teacher_val") or {}).get(s, math.nan)), r["gain"].get(s, math.nan))
-                             for r in kd_rows if r.get("alpha") == a)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"α={a:g}")
-            ax.axhline(0, color="grey", lw=0.8)
-            sds = [b[s][1] for b in base.values() if s in b and b[s][1] is not None]
-            if sds:  # the baseline's seed-to-seed noise band
-                ax.axhspan(-max(sds), max(sds), color="grey", alpha=0.15, label="baseline seed std")
-            ax.set_xlabel(f"teacher {s} loss (lower = stronger)")
-            ax.set_ylabel(f"gain in student {s} loss")
-            ax.invert_xaxis()
-            ax.legend()
-        fig.tight_layout()
-        out.append(sweep_dir / "gain_vs_teacher.png")
-        fig.savefig(out[-1], dpi=100)
-        plt.close(fig)
-    # Validation curves, the seeds of a point averaged (one line per point; the baseline bold).
-    curves: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["student"], r.get("teacher") or "(baseline)", r.get("alpha_schedule") or _fmt(r.get("alpha"), 2))
-        for v in r.get("curve") or []:  # a results table has none
-            for s in sets:
-                if f"val/{s}" in v:
-                    curves.setdefault(key, {}).setdefault(s, {}).setdefault(v["tokens"], []).append(v[f"val/{s}"])
-    if not curves:
-        return out
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 5), squeeze=False)
-    for ax, s in zip(axes[0], sets):
-        for key, per in sorted(curves.items()):
-            c = sorted((t, statistics.fmean(xs)) for t, xs in per.get(s, {}).items())
-            if c:
-                base_line = key[1] == "(baseline)"
-                ax.plot([x for x, _ in c], [y for _, y in c], label=" ".join(k for k in key[1:] if k),
-                        lw=2.5 if base_line else 0.8, color="black" if base_line else None)
-        ax.set_xlabel("tokens")
-        ax.set_ylabel(f"val {s} loss (mean over seeds)")
-    if len(curves) <= 16:
-        axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    out.append(sweep_dir / "loss_curves.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-    return out

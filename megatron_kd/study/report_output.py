@@ -40,6 +40,12 @@ def md_text(value) -> str:
     return _LINE_START.sub(lambda m: f"{m[1] or m[3] or ''}\\{m[2] or m[4]}", text)
 
 
+def figure_text(value) -> str:
+    """`value` as a figure label: control characters and line breaks as spaces (no font draws
+    them), the rest as typed (the figures draw with mathtext off: plain_text_figures)."""
+    return _LINE_BREAKS.sub(" ", str(value))
+
+
 def figure_sets(sets: list[str], id_set: str) -> list[str]:
     """The sets the figures draw: the in-domain set, then the others in the table's order, up to
     FIGURE_SETS (the tables and report.json hold every set)."""
