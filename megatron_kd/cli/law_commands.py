@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from pathlib import Path
@@ -112,9 +111,6 @@ def cmd_fit(args) -> int:
     return 0
 
 
-_TICK = re.compile(r"^(?P<stage>.+?) (?P<i>\d+)/(?P<n>\d+)$")
-
-
 class FitConsole:
     """`mkd fit`'s progress lines: its plan (the stages), each stage as the fit reports it
     (study/law.py's Progress: a bootstrap's or the leave-one-cell-out refits' count, every 10 s at
@@ -125,7 +121,6 @@ class FitConsole:
         self.runs, self.bootstrap = runs, bootstrap
         self.every = every or Every()
         self.write = write or _write_line
-        self.stage: str | None = None
         self.last = "the supervised law"
         self.lock = threading.Lock()
 
@@ -137,20 +132,17 @@ class FitConsole:
         boot = f", {self.bootstrap} bootstrap resamples each" if self.bootstrap else ""
         lines = [f"fit: 1. the supervised law on {sup} baselines{boot}",
                  f"fit: 2. leave-one-cell-out refits of the supervised law ({cells} cells)"]
-        lines += [f"fit: {3 + k}. the distillation law at alpha {a:g} ({sum(r.alpha == a for r in kd)} runs): each "
-                  f"form {'(mix, busbridge) ' if a == 1.0 else '(mix) '}cross-validated over the cells, the best fitted"
-                  for k, a in enumerate(alphas)]
+        for k, a in enumerate(alphas):
+            n = sum(r.alpha == a for r in kd)
+            forms = "mix, busbridge" if a == 1.0 else "mix"  # study/law_cv.py's candidates
+            lines.append(f"fit: {3 + k}. the distillation law at alpha {a:g} ({n} run{'s' * (n != 1)}): each form "
+                         f"({forms}) cross-validated over the cells, the best fitted")
         return lines
 
     def say(self, line: str) -> None:
-        """A count from the fit: a new stage's first is said as the stage starting."""
-        m = _TICK.match(line)
+        """A count from the fit (`supervised bootstrap 120/200`), with the time so far."""
         with self.lock:
-            if m and m["stage"] != self.stage:
-                self.stage = m["stage"]
-                self._emit(f"fit: {m['stage']}: {m['i']}/{m['n']} ({hms(self.every.elapsed())} elapsed)")
-            else:
-                self._emit(f"fit: {line} ({hms(self.every.elapsed())} elapsed)")
+            self._emit(f"fit: {line} ({hms(self.every.elapsed())} elapsed)")
             self.last = line
 
     def _emit(self, line: str) -> None:

@@ -29,9 +29,9 @@ def test_the_plan_names_every_stage():
     assert console.plan() == [
         "fit: 1. the supervised law on 2 baselines, 200 bootstrap resamples each",
         "fit: 2. leave-one-cell-out refits of the supervised law (2 cells)",
-        "fit: 3. the distillation law at alpha 0.5 (1 runs): each form (mix) cross-validated over the cells, "
+        "fit: 3. the distillation law at alpha 0.5 (1 run): each form (mix) cross-validated over the cells, "
         "the best fitted",
-        "fit: 4. the distillation law at alpha 1 (1 runs): each form (mix, busbridge) cross-validated over the "
+        "fit: 4. the distillation law at alpha 1 (1 run): each form (mix, busbridge) cross-validated over the "
         "cells, the best fitted"]
 
 
@@ -41,8 +41,8 @@ def test_stages_as_the_fit_counts_them_and_a_line_while_it_counts_nothing():
     console.say("supervised bootstrap 120/200")
     clock.t = 20
     console.say("leave-one-cell-out refits 1/2")
-    assert lines == ["fit: supervised bootstrap: 120/200 (0:00:10 elapsed)",
-                     "fit: leave-one-cell-out refits: 1/2 (0:00:20 elapsed)"]
+    assert lines == ["fit: supervised bootstrap 120/200 (0:00:10 elapsed)",
+                     "fit: leave-one-cell-out refits 1/2 (0:00:20 elapsed)"]
     clock.t = 44
     console.beat()
     assert len(lines) == 2  # 24 s since the last line
