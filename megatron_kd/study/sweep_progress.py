@@ -86,11 +86,11 @@ class JobsProgress:
 
     def __init__(self, what: str, jobs: list[tuple[str, Path]], lanes: int, done_before: int = 0,
                  total: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 every: float = PROGRESS_EVERY_S):
+                 every: float | None = None):
         self.what, self.jobs, self.lanes = what, list(jobs), max(1, lanes)
         self.done_before = done_before
         self.total = total if total is not None else done_before + len(self.jobs)
-        self.clock, self.every = clock, every
+        self.clock, self.every = clock, PROGRESS_EVERY_S if every is None else every
         self.started_at = clock()
         self.last_line_at = self.started_at
         self.ended: dict[str, float] = {}  # name -> the clock when its job ended
@@ -190,9 +190,10 @@ def say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def following(progress: JobsProgress, poll_s: float = POLL_S) -> Iterator[JobsProgress]:
+def following(progress: JobsProgress, poll_s: float | None = None) -> Iterator[JobsProgress]:
     """Print `progress`'s line whenever it is due, on a thread, while the block runs."""
     stop = threading.Event()
+    poll_s = POLL_S if poll_s is None else poll_s
 
     def loop() -> None:
         while not stop.wait(poll_s):

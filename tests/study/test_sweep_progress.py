@@ -129,3 +129,22 @@ def test_the_finished_line_names_its_loss(tmp_path, record, named):
     line = "done: 80 steps, final loss 0.0524, indomain 5.1000, run dir runs/x"
     assert named_final_loss(line, tmp_path) == f"done: 80 steps, {named} indomain 5.1000, run dir runs/x"
     assert named_final_loss(line, tmp_path / "missing") == line  # no metrics: the line as it was
+
+
+@pytest.mark.slow
+def test_a_sweep_of_short_real_jobs_prints_their_progress(tmp_path, monkeypatch, capsys):
+    """Two subprocess jobs, one lane: each writes a step line and lingers; the sweep's line reads
+    it from the job's log while the job runs (periods shortened to fit a second)."""
+    from megatron_kd.study import sweep_progress
+
+    monkeypatch.setattr(sweep_progress, "PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setattr(sweep_progress, "POLL_S", 0.05)
+    said = []
+    jobs = [(name, sw.Job(["sh", "-c", f"echo '12:00:00 step {i}/2 | ETA 0:00:01'; sleep 0.6"],
+                          tmp_path / f"{name}.log", lambda code, text, name=name: said.append(name)))
+            for i, name in ((1, "s__a"), (2, "s__b"))]
+    sw.run_followed("runs", jobs, lanes=1, done_before=1, total=3)
+    out = capsys.readouterr().out
+    assert said == ["s__a", "s__b"]
+    assert "[sweep] runs 1/3 done | running: a step 1/2 | ETA " in out, out
+    assert "[sweep] runs 2/3 done | running: b step 2/2 | ETA " in out, out
