@@ -4,7 +4,10 @@ inconclusive / not tested — with its numbers. "Holds" needs its primary test's
 adjusted over the claims tested, below 1 - level; a claim resting on several comparisons (every
 weak teacher, α and set) takes the smallest p times their number (Bonferroni), so picking the
 best of many never passes for evidence. Under no effect no claim says "holds" more often than
-the level allows (tests/study/test_claims_null.py simulates it).
+the level allows (tests/study/test_claims_null.py simulates it). A sweep may register one primary
+contrast per claim in advance (its `primary:` block, primary.py): that claim is then that one
+test, with no Bonferroni within it, and its other comparisons are listed as secondary
+(claims_primary.py; tests/study/test_claims_primary*.py).
 
 Teacher strength is the teacher's own in-domain loss (lower = stronger). "Weak" is measured: a
 teacher whose in-domain loss is above the student's own baseline.
