@@ -96,8 +96,7 @@ def check_types(spec: dict, p: Path) -> None:
     _check_repeats(spec, grid, p)
     _check_teacher_overrides(teachers or [], p)
     _check_power(spec.get("power"), p)
-    if spec.get("primary") is not None:
-        check_primary(spec, p)
+    check_primary(spec, p)
 
 
 def _positive(x) -> bool:
@@ -124,6 +123,8 @@ def check_primary(spec: dict, p: Path) -> None:
     """`primary: {claim N: its contrast}` (study/primary.py): the shape, and the teachers and α it
     names against the grid's (its sets are checked once the recipe's validation sets are known:
     `mkd power`, `mkd report`)."""
+    if spec.get("primary") is None:
+        return
     reg = parse_primary(spec["primary"], f"sweep {p}")
     grid = spec.get("grid") or {}
     teachers = grid_teacher_names(grid)
