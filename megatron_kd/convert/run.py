@@ -26,6 +26,7 @@ from megatron_kd.convert.hf import (
     iter_hf_tensors,
     load_hf_weights,
 )
+from megatron_kd.convert.hf_tokenizer import export_tokenizer
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.files import staged_directory
 from megatron_kd.models.gpt import build_gpt_model
@@ -124,4 +125,5 @@ def _write_hf(model, cfg, ckpt: Path, stage: Path, shard_bytes: int) -> None:
         {"metadata": {"total_size": total_bytes},
          "weight_map": dict(sorted(final_map.items()))}, indent=2))
     (stage / "config.json").write_text(json.dumps(model_config_to_hf(cfg.model, cfg.precision.dtype), indent=2))
-    copy_tokenizer_files(ckpt, stage)
+    # tokenizer.json and the BOS/EOS settings too, so AutoTokenizer encodes as the run did
+    export_tokenizer(ckpt, stage, cfg.data.tokenizer, cfg.data.eod_token, cfg.model.max_position_embeddings)

@@ -91,6 +91,8 @@ def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
     docs = pydoc_documents()
     tok = _hf_tokenizer(tmp_path / "tokenizer.json", docs[:200])
     hf = make_hf_model(tmp_path / "hf", "llama", tokenizer_json=tok)
+    (hf / "tokenizer_config.json").write_text(json.dumps({  # the teacher's own settings
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|end_of_text|>", "model_max_length": 77}))
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:120]))
     mkd("data", "preprocess", "--input", str(tmp_path / "d.jsonl"), "--tokenizer", str(hf / "tokenizer.json"),
         "--output-prefix", str(tmp_path / "d"))
@@ -112,3 +114,11 @@ def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
     r = mkd(*[c if not c.startswith("data.tokenizer=") else f"data.tokenizer={other}" for c in common],
             f"run.dir={tmp_path / 'run2'}", env=env, check=False)
     assert r.returncode == 2 and "tokenizers differ" in r.stderr, r.stderr
+    # The exported student tokenizes as its teacher: the teacher's settings beside its tokenizer.json.
+    from transformers import AutoTokenizer
+
+    mkd("convert", "mcore-to-hf", str(tmp_path / "run"), str(tmp_path / "student-hf"), env=env)
+    student, teacher = (AutoTokenizer.from_pretrained(d) for d in (tmp_path / "student-hf", hf))
+    text = docs[-1][:200]
+    assert student(text)["input_ids"] == teacher(text)["input_ids"]
+    assert student.model_max_length == 77 and student.eos_token_id == teacher.eos_token_id == 1
