@@ -70,7 +70,7 @@ from megatron_kd.distill.cache_layout import (  # noqa: F401 (re-exported)
     shard_dir,
 )
 from megatron_kd.distill.cache_window import refuse_deleted
-from megatron_kd.distill.vocab_parallel import Shard, all_reduce
+from megatron_kd.distill.vocab_parallel import LabelColumns, Shard, all_reduce
 from megatron_kd.errors import ConfigError
 
 log = logging.getLogger("megatron_kd")
@@ -118,10 +118,7 @@ def _block_rows(z: torch.Tensor, lab: torch.Tensor, shard: Shard, vocab_size: in
     # label log-probability in megatron-core's CE convention: softmax over every column
     m_all = all_reduce(z.amax(-1), dist.ReduceOp.MAX, group)
     se_all = all_reduce(torch.exp(z - m_all.unsqueeze(-1)).sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)
-    local = (lab >= shard.start) & (lab < shard.start + width)
-    pos = (lab - shard.start).clamp(0, width - 1)
-    label_z = all_reduce(torch.where(local, z.gather(1, pos.unsqueeze(1)).squeeze(1), torch.zeros_like(m_all)),
-                          dist.ReduceOp.SUM, group)
+    label_z = all_reduce(LabelColumns(lab, shard).read(z), dist.ReduceOp.SUM, group)
     label_logp = label_z - m_all - torch.log(se_all).float()
     # log-probabilities over the real columns: with no padding column anywhere (the same answer on
     # every rank) they are the columns above, and their max and sum are the ones just reduced

@@ -30,9 +30,11 @@ import torch.distributed as dist
 
 from megatron_kd.distill.options import KINDS, KDOptions  # noqa: F401  (KINDS: the public list)
 from megatron_kd.distill.vocab_parallel import (
+    LabelColumns,
     Shard,
     all_reduce,
     argmax_ids,
+    cross_entropy,
     group_size,
     log_softmax,
     row_sum,
@@ -122,6 +124,20 @@ def _top_p_set(p_t: torch.Tensor, top_p: float, shard: Shard) -> torch.Tensor:
     return keep & (p_t > 0)
 
 
+def other_bucket_kl(q_other: torch.Tensor, s_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "other" class of a truncated forward KL, per row in float64: its term
+    q_o·(log q_o - log s_o) (0 where the teacher keeps all its mass) and the factor 1 - q_o/s_o of
+    the student's probability in the KD gradient on the real columns outside the kept set. q_o is
+    the teacher's mass outside the kept set, s_o the student's, which the caller sums directly:
+    1 - sum(kept) cancels to nothing when the student is nearly certain of a kept token. s_o is
+    floored at 1e-30 so that the factor stays finite in fp32 where p (its multiplier) underflows."""
+    q_other = q_other.double()
+    s_other = s_other.double().clamp(min=1e-30)
+    term = torch.where(q_other > 0, q_other * (torch.log(q_other.clamp(min=1e-300)) - torch.log(s_other)),
+                       torch.zeros_like(q_other))
+    return term, 1.0 - q_other / s_other
+
+
 def chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
                          shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss [n] and d loss / d student logits [n, V_local], fp32."""
@@ -133,7 +149,8 @@ def chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
     group = shard.group
     # The general path (every kind and option, hostile inputs) accumulates row sums in float64:
     # its gradients are differences of such sums. The plain forward-KL hot path is elsewhere.
-    sum_ = lambda x: all_reduce(x.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group).float()  # noqa: E731
+    sum64 = lambda x: all_reduce(x.sum(-1, dtype=torch.float64), dist.ReduceOp.SUM, group)  # noqa: E731
+    sum_ = lambda x: sum64(x).float()  # noqa: E731
 
     if opt.kind == "hard":
         cm = shard.mask(c, -math.inf)
@@ -153,17 +170,14 @@ def chunk_loss_and_grad(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions,
         else:
             keep = _top_k_set(c, opt.top_k, shard) if opt.top_k else _top_p_set(p_t, opt.top_p, shard)
             kept_t = torch.where(keep, p_t, torch.zeros_like(p_t))
-            mass_t = sum_(kept_t)  # teacher mass kept
+            mass_t = sum64(kept_t)  # teacher mass kept
             if opt.other_bucket:
-                q_o = (1 - mass_t).clamp(min=0)
-                # the student's mass outside the kept set, summed directly: 1 - sum(kept) cancels to
-                # nothing when the student is nearly certain of a kept token
-                s_o = sum_(torch.where(keep, torch.zeros_like(p_s), p_s)).clamp(min=1e-30)
-                loss = sum_(_xlogy_terms(kept_t, logp_t, logp_s))
-                loss = loss + torch.where(q_o > 0, q_o * (torch.log(q_o.clamp(min=1e-30)) - torch.log(s_o)),
-                                          torch.zeros_like(q_o))
-                grad = torch.where(keep, p_s - p_t, p_s * (1 - (q_o / s_o).unsqueeze(-1)))
+                other, factor = other_bucket_kl((1 - mass_t).clamp(min=0),
+                                                sum64(torch.where(keep, torch.zeros_like(p_s), p_s)))
+                loss = sum_(_xlogy_terms(kept_t, logp_t, logp_s)) + other.float()
+                grad = torch.where(keep, p_s - p_t, p_s * factor.float().unsqueeze(-1))
             else:
+                mass_t = mass_t.float()
                 pt_tilde = kept_t / mass_t.unsqueeze(-1)
                 logpt_tilde = logp_t - torch.log(mass_t).unsqueeze(-1)
                 loss = sum_(_xlogy_terms(pt_tilde, logpt_tilde, logp_s))
@@ -275,21 +289,6 @@ def forward_kl_fast(zs: torch.Tensor, zt: torch.Tensor, opt: KDOptions, shard: S
     return loss
 
 
-def shift_exp_label(z: torch.Tensor, labels: torch.Tensor, shard: Shard):
-    """The pieces of a cross entropy over every local column (megatron-core's convention,
-    padding included): t = z - row max (max over the group), e = exp(t) (fp32, new buffers),
-    and the label's shifted logit where this rank holds the label, else 0. Summed over the group,
-    log(sum e) - that logit is the CE; the caller batches those sums into one all-reduce."""
-    m = all_reduce(z.amax(-1), dist.ReduceOp.MAX, shard.group)
-    t = torch.sub(z, m.float().unsqueeze(-1))  # fp32 whatever z's dtype: one pass
-    e = torch.exp(t)
-    width = z.shape[-1]
-    local = labels.reshape(-1) - shard.start
-    mine = (local >= 0) & (local < width)
-    picked = t.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
-    return t, e, torch.where(mine, picked, torch.zeros_like(picked)), local, mine
-
-
 @torch.no_grad()
 def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                     labels: torch.Tensor, shard: Shard) -> torch.Tensor:
@@ -298,7 +297,7 @@ def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     and top-1 agreement between the models. One exp over the teacher's chunk; logits are model
     outputs (finite)."""
     nv = valid_width(shard)
-    t, e, label_logit, _, _ = shift_exp_label(teacher_logits, labels, shard)
+    ce, t, e = cross_entropy(teacher_logits, LabelColumns(labels, shard), shard.group)
     if shard.padded:  # the entropy's softmax is over the real columns: its own maximum
         c = teacher_logits[:, :nv]
         local_max = c.amax(-1).float() if nv else torch.full(c.shape[:1], -math.inf, device=c.device)
@@ -306,24 +305,38 @@ def teacher_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         e_v = torch.exp(t_v)
     else:
         t_v, e_v = t, e
-    sums = torch.stack([row_sum(e), row_sum(e_v), row_sum(e_v * t_v), label_logit.double()])
-    sums = all_reduce(sums, dist.ReduceOp.SUM, shard.group)
-    ce = torch.log(sums[0]) - sums[3]
-    entropy = torch.log(sums[1]) - sums[2] / sums[1]
+    sums = all_reduce(torch.stack([row_sum(e_v), row_sum(e_v * t_v)]), dist.ReduceOp.SUM, shard.group)
+    entropy = torch.log(sums[0]) - sums[1] / sums[0]
     agree = argmax_ids(student_logits[:, :nv], shard) == argmax_ids(teacher_logits[:, :nv], shard)
     return torch.stack([ce.float(), entropy.float(), agree.float()])
 
 
-def default_chunk_size(local_vocab: int, device: torch.device | str = "cpu", tp_size: int = 1) -> int:
-    """Tokens per chunk. GPU: ~64 MiB of fp32 per temporary (large kernels; still a small
-    fraction of a logits buffer). CPU, one rank: ~1 MiB per temporary, at least 16 tokens
-    (cache-sized: faster than larger ones here). CPU under TP: ~16 MiB, because every chunk
-    costs a few all-reduces over gloo and their count, not the cache, decides (8192 x 32768 at
-    TP=2: 4.6 s at 16-token chunks, 2.2 s at 256; docs/PERFORMANCE.md)."""
+def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_size: int = 1, *,
+                      mixed: bool = True, in_place_rows: int | None = None) -> int:
+    """Tokens per chunk, for every KD objective (kd.chunk_size overrides it). A budget of fp32
+    elements per temporary:
+    - GPU: 2^24 (~64 MiB: large kernels, still a small fraction of a logits buffer), >= 64 tokens;
+    - CPU under TP: 2^22 (~16 MiB), because every chunk costs a few all-reduces over gloo and
+      their count, not the cache, decides (8192 x 32768 at TP=2: 4.6 s at 16-token chunks, 2.2 s
+      at 256; docs/PERFORMANCE.md);
+    - CPU, one rank: 2^18 (~1 MiB, cache-sized) for `kd_loss` alone, 2^20 for the `mixed`
+      objectives (CE and KD, and the teacher metrics, ~50 small torch calls per chunk: ~0.5 ms of
+      Python and dispatch, and that, not the cache, decides). Measured on 8 x 128 tokens, one
+      micro-batch forward+backward: V = 2048: 24.7 / 20.4 / 17.7 / 34.0 ms at 2^18 / 2^19 / 2^20
+      / 2^21 elements; V = 8192: 101 ms at 2^20 vs 116-119 ms either side; V = 32768: 415 ms vs
+      481 ms at 2^19. At least 16 tokens.
+    `in_place_rows`: an objective that exponentiates the logits in place, so that its only
+    full-width buffer is the logits themselves, takes all of these rows at once (chunks would
+    bound only its [rows, k] arrays, and each costs ~50 small calls: one chunk measured 1.3-1.5x
+    faster than 2^20-element ones at V = 2048 and 8192, 1024 rows, CPU)."""
+    if in_place_rows is not None:
+        return max(1, in_place_rows)
     if torch.device(device).type == "cuda":
         budget, floor = (1 << 24), 64
+    elif tp_size > 1:
+        budget, floor = (1 << 22), 16
     else:
-        budget, floor = ((1 << 18) if tp_size == 1 else (1 << 22)), 16
+        budget, floor = ((1 << 20) if mixed else (1 << 18)), 16
     return max(floor, budget // max(1, local_vocab))
 
 
@@ -339,7 +352,7 @@ class _KDLossFunction(torch.autograd.Function):
         # The one extra logits-sized buffer: the gradient, in the student's dtype.
         grad = torch.empty_like(zs) if student.requires_grad else None
         m = None if mask is None else mask.reshape(-1).to(torch.float32)
-        step = chunk_size or default_chunk_size(zs.shape[-1], zs.device, group_size(group))
+        step = chunk_size or default_row_chunk(zs.shape[-1], zs.device, group_size(group), mixed=False)
         fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         scratch = Scratch()
         for s in range(0, n, step):

@@ -31,37 +31,23 @@ from megatron_kd.distill.losses import (
     Scratch,
     ScratchPool,
     chunk_loss_and_grad,
-    default_chunk_size,
+    default_row_chunk,
     forward_kl_fast,
     require_same_shape,
-    shift_exp_label,
     teacher_metrics,
 )
 from megatron_kd.distill.options import KDOptions
-from megatron_kd.distill.vocab_parallel import Shard, all_reduce, group_size, row_sum, valid_width
+from megatron_kd.distill.vocab_parallel import (
+    LabelColumns,
+    Shard,
+    all_reduce,
+    cross_entropy,
+    group_size,
+    row_sum,
+    valid_width,
+)
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
-
-
-def _vocab_parallel_ce(z: torch.Tensor, labels: torch.Tensor, shard: Shard, out: torch.Tensor):
-    """Per-row CE [n] (softmax over every local column) with d CE / d z written into `out`."""
-    _, e, label_logit, local, mine = shift_exp_label(z, labels, shard)
-    sums = all_reduce(torch.stack([row_sum(e), label_logit.double()]), dist.ReduceOp.SUM,
-                       shard.group)
-    torch.mul(e, (1.0 / sums[0]).float().unsqueeze(-1), out=out)
-    rows = mine.nonzero().squeeze(-1)
-    out[rows, local[rows]] -= 1.0
-    return (torch.log(sums[0]) - sums[1]).float()
-
-
-def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_size: int = 1) -> int:
-    """Tokens per RowLoss chunk. On one CPU rank ~4 MiB of fp32 per temporary (2^20 elements),
-    larger than `kd_loss`'s 1 MiB: a RowLoss chunk issues ~50 small torch calls (~0.5 ms of
-    Python and dispatch on CPU) and that, not the cache, decides. Measured on 8 x 128 tokens, one
-    micro-batch forward+backward: V = 2048: 24.7 / 20.4 / 17.7 / 34.0 ms at 2^18 / 2^19 / 2^20 /
-    2^21 elements; V = 8192: 101 ms at 2^20 vs 116-119 ms either side; V = 32768: 415 ms vs
-    481 ms at 2^19. Under TP and on GPU: `kd_loss`'s (larger) chunks."""
-    return max(default_chunk_size(local_vocab, device, tp_size), (1 << 20) // max(1, local_vocab))
 
 
 class RowLoss:
@@ -105,9 +91,9 @@ class RowLoss:
         if self.metrics:
             per_tok = teacher_metrics(zs, zt, labels, self.shard_kd)
             stats[2:] += (per_tok.double() * w.double()).sum(-1)
-        ce = _vocab_parallel_ce(zs, labels, self.shard_all, g)
-        stats[0] += (ce * w).sum(dtype=torch.float64)
-        g.mul_((w * self.ce_weight).unsqueeze(-1))
+        ce, _, _ = cross_entropy(zs, LabelColumns(labels, self.shard_all), self.shard_all.group, g,
+                                 w * self.ce_weight)
+        stats[0] += (ce * w.double()).sum()
         kd = None
         if self.fast:
             g_kd = self.kd_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
@@ -145,13 +131,9 @@ class RowLoss:
         torch.sub(zs, maxes[0].unsqueeze(-1), out=x)  # fp32 whatever the logits' dtype
         torch.sub(zt, maxes[1].unsqueeze(-1), out=y)
         xv, yv, eyv, dv = x[:, :nv], y[:, :nv], e_y[:, :nv], d[:, :nv]
-        local = labels - shard.start
-        mine = (local >= 0) & (local < width)
-        at = local.clamp(0, width - 1).unsqueeze(-1)
-        zero = torch.zeros(n, dtype=torch.float32, device=zs.device)
+        label = LabelColumns(labels, shard)
         # Row sums, all-reduced together: name -> per-row tensor.
-        part = {"label_s": torch.where(mine, x.gather(-1, at).squeeze(-1), zero).double(),
-                "label_t": torch.where(mine, y.gather(-1, at).squeeze(-1), zero).double()}
+        part = {"label_s": label.read(x).double(), "label_t": label.read(y).double()}
         if self.metrics:
             part["first_max"] = self._first_max_ids(xv, yv, dv)
         torch.exp(y, out=e_y)
@@ -188,8 +170,7 @@ class RowLoss:
         torch.addcmul(xv.mul_(coef_s), eyv, coef_t, out=g[:, :nv])
         if nv < width:  # padding: the CE's softmax only
             torch.mul(x[:, nv:], (wd * ce_w / s_sa).float().unsqueeze(-1), out=g[:, nv:])
-        hit = mine.nonzero().squeeze(-1)
-        g[hit, local[hit]] -= (w[hit] * ce_w).to(g.dtype)
+        label.subtract(g, w * ce_w)
         return out
 
     def _first_max_ids(self, xv, yv, tmp) -> torch.Tensor:

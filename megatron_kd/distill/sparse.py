@@ -23,18 +23,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.mixed import default_row_chunk
-from megatron_kd.distill.vocab_parallel import Shard, all_reduce, group_size, row_sum, valid_width
+from megatron_kd.distill.losses import default_row_chunk, other_bucket_kl
+from megatron_kd.distill.vocab_parallel import LabelColumns, Shard, all_reduce, group_size, row_sum, valid_width
 
 
 @dataclass
 class _Columns:
-    """Where a chunk's label and kept tokens sit on this rank's vocabulary shard. `*_here`: the
-    id is one of this rank's columns; `*_col`: its column (clamped, so reads stay in bounds)."""
+    """Where a chunk's label and kept tokens sit on this rank's vocabulary shard. `kept_here`:
+    the id is one of this rank's columns; `kept_col`: its column (clamped, so reads stay in bounds)."""
 
-    row: torch.Tensor  # [rows] 0..rows-1
-    label_here: torch.Tensor
-    label_col: torch.Tensor
+    label: LabelColumns
     kept_here: torch.Tensor  # [rows, k]
     kept_col: torch.Tensor
     kept_row: torch.Tensor  # the row of each kept entry, for index_put_
@@ -43,18 +41,16 @@ class _Columns:
     def of(cls, labels, ids, shard: Shard, width: int) -> "_Columns":
         row = torch.arange(labels.shape[0], device=labels.device)
         kept_col = (ids - shard.start).clamp(0, width - 1)
-        return cls(row, (labels >= shard.start) & (labels < shard.start + width),
-                   (labels - shard.start).clamp(0, width - 1), (ids >= shard.start) & (ids < shard.start + width),
+        return cls(LabelColumns(labels, shard), (ids >= shard.start) & (ids < shard.start + width),
                    kept_col, row.unsqueeze(-1).expand_as(kept_col))
 
 
 def _read_logits(zc, cols: _Columns, whole: bool, group):
     """The label's logit and the kept columns' logits of every row (summed over the shards, so
     each rank holds all of them), read before the exponentials may overwrite the logits."""
+    label_z = cols.label.read(zc).float()
     if whole:
-        return zc[cols.row, cols.label_col].float(), zc.gather(1, cols.kept_col).float()
-    label_z = torch.where(cols.label_here, zc[cols.row, cols.label_col].float(), torch.zeros_like(cols.label_col,
-                                                                                                  dtype=torch.float32))
+        return label_z, zc.gather(1, cols.kept_col).float()
     kept_z = torch.where(cols.kept_here, zc.gather(1, cols.kept_col).float(),
                          torch.zeros_like(cols.kept_col, dtype=torch.float32))
     return all_reduce(label_z, dist.ReduceOp.SUM, group), all_reduce(kept_z, dist.ReduceOp.SUM, group)
@@ -109,12 +105,9 @@ def _kl_to_teacher(q_logp, other_logp, logp_kept, other_mass, other_bucket: bool
     real columns outside the kept set in the KD gradient)."""
     q = torch.exp(q_logp)
     if other_bucket:
-        q_other = torch.exp(other_logp)
-        other_mass = other_mass.clamp(min=1e-300)
-        kl = (q * (q_logp - logp_kept)).sum(-1)
-        kl = kl + torch.where(q_other > 0, q_other * (torch.log(q_other.clamp(min=1e-300)) - torch.log(other_mass)),
-                              torch.zeros_like(q_other))
-        return kl.clamp(min=0.0).float(), q, 1.0 - q_other / other_mass
+        other, factor = other_bucket_kl(torch.exp(other_logp), other_mass)
+        kl = (q * (q_logp - logp_kept)).sum(-1) + other
+        return kl.clamp(min=0.0).float(), q, factor
     log_target = q_logp - torch.logsumexp(q_logp, dim=-1, keepdim=True)  # renormalised, no 0 x log 0
     target = torch.exp(log_target)
     kl = torch.where(target > 0, target * (log_target - logp_kept), torch.zeros_like(target)).sum(-1)
@@ -181,8 +174,7 @@ class _SparseKD(torch.autograd.Function):
             else:
                 here = cols.kept_here
                 ex.index_put_((cols.kept_row[here], cols.kept_col[here]), kept_grad[here])
-            label_onehot = torch.where(cols.label_here, -ce_w * w, torch.zeros_like(w))
-            ex.index_put_((cols.row, cols.label_col), label_onehot, accumulate=True)
+            cols.label.subtract(ex, ce_w * w)
             if not in_place:
                 z[begin:end] = ex.to(z.dtype)
             sums += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
@@ -219,13 +211,9 @@ def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torc
         other = torch.logaddexp(other, tail)
         ids_f, q_f = ids_f[:, :top_k], q_f[:, :top_k]
     tp = group_size(tp_group)
-    if chunk_size is None and student_logits.dtype == torch.float32 and vocab_size >= width * tp:
-        # exponentiated in place (no full-width temporary): chunks would only bound the [rows, K]
-        # arrays, and each costs ~50 small calls; one chunk measured 1.3-1.5x faster than 2^20-element
-        # ones at V = 2048 and 8192 (1024 rows, CPU)
-        chunk = n
-    else:
-        chunk = chunk_size or default_row_chunk(width, student_logits.device, tp)
+    # exponentiated in place (fp32 logits, no padding): the logits are the only full-width buffer
+    in_place = student_logits.dtype == torch.float32 and vocab_size >= width * tp
+    chunk = chunk_size or default_row_chunk(width, student_logits.device, tp, in_place_rows=n if in_place else None)
     total, sums = _SparseKD.apply(student_logits, ids_f.contiguous(), q_f.contiguous(), other.float(),
                                   labels.reshape(n), loss_mask.reshape(n), float(ce_weight), float(kd_weight),
                                   bool(other_bucket), int(vocab_size), tp_group, max(1, int(chunk)))

@@ -49,6 +49,45 @@ class Shard:
         return x if self.valid is None else x.masked_fill(~self.valid, fill)
 
 
+class LabelColumns:
+    """Where each row's label sits on this rank's vocabulary shard: `here` (this rank holds it)
+    and `col` (its column, clamped so reads stay in bounds). The cross entropy's two touches of
+    the label, shared by every objective: reading its logit, and the one-hot of the gradient."""
+
+    def __init__(self, labels: torch.Tensor, shard: "Shard"):
+        width = shard.ids.numel()
+        local = labels.reshape(-1) - shard.start
+        self.here = (local >= 0) & (local < width)
+        self.col = local.clamp(0, width - 1)
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """x at each row's label where this rank holds it, else 0: summed over the group, every
+        rank has every row's."""
+        picked = x.gather(-1, self.col.unsqueeze(-1)).squeeze(-1)
+        return torch.where(self.here, picked, torch.zeros_like(picked))
+
+    def subtract(self, g: torch.Tensor, amount: torch.Tensor) -> None:
+        """g[row, label] -= amount[row] on the rows whose label this rank holds."""
+        rows = self.here.nonzero().squeeze(-1)
+        g[rows, self.col[rows]] -= amount[rows].to(g.dtype)
+
+
+def cross_entropy(z: torch.Tensor, labels: LabelColumns, group, grad_out: torch.Tensor | None = None,
+                  weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """megatron-core's vocab-parallel cross entropy per row (softmax over every local column,
+    padding included), float64, with the pieces other row sums may reuse: (CE, z - row max, its
+    exp; fp32). With `grad_out`: weight·(softmax - one-hot of the label) written there. The
+    objectives that take CE and KD from one exp per model read the label through `labels` too."""
+    m = all_reduce(z.amax(-1), dist.ReduceOp.MAX, group)
+    t = torch.sub(z, m.float().unsqueeze(-1))  # fp32 whatever z's dtype: one pass
+    e = torch.exp(t)
+    sums = all_reduce(torch.stack([row_sum(e), labels.read(t).double()]), dist.ReduceOp.SUM, group)
+    if grad_out is not None:
+        torch.mul(e, (weight.double() / sums[0]).float().unsqueeze(-1), out=grad_out)
+        labels.subtract(grad_out, weight)
+    return torch.log(sums[0]) - sums[1], t, e
+
+
 def row_sum(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
     """Row sums in float64 for the per-token scalar arithmetic that follows. The reduction runs
     in the input's fp32 (torch's cascade summation: ~1e-7 relative); asking torch for a float64
