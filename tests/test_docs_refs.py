@@ -34,9 +34,6 @@ KNOWN_STALE: dict[tuple[str, str], str] = {
     ("megatron_kd/runtime/cpu_compat.py", "README"):
         "end the message with `(GPU cluster: docs/slurm-and-gpus.md, \\\"Installing on a GPU cluster\\\")`"
         " instead of `(GPU cluster, see README)`",
-    ("scripts/demo.sh", "README"):
-        "line 2: `(measured time: docs/PERFORMANCE.md, \"Measured times\")` instead of"
-        " `(see README for the measured time on 2 cores)`",
 }
 
 
