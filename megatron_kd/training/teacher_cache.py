@@ -157,8 +157,8 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
         padded = samples + [samples[-1]] * (-len(samples) % group_rows)
         collected: list[dict] = []
 
-        def forward_step(data_iterator, model, j=j):
-            ticker.step(j)
+        def forward_step(data_iterator, model):  # (megatron-core may pass a third argument: no defaults)
+            ticker.step(j)  # called within this shard's pass
             batch = next(data_iterator)
             logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
 
