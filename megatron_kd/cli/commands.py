@@ -170,6 +170,7 @@ def cmd_train(args) -> int:
     from megatron_kd.training.faults import Faults
     from megatron_kd.training.loop import run_training
     from megatron_kd.training.preflight import preflight_train
+    from megatron_kd.training.resolve import CheckedLaunch
     from megatron_kd.training.run_dir import lock_run_dir, remove_unused_run_dir
 
     if args.profile_steps < 0:
@@ -177,7 +178,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
     faults = Faults.from_env()
     checkpointer = Checkpointer(cfg, save_hook=faults.save_hook())  # this launch's one: checks, load, saves
-    outcome, checked, before_start = {}, None, None
+    outcome, before_start = {}, None
+    checked = CheckedLaunch(teacher_checked=True)  # a rank that the checked launcher started
     if os.environ.get(CHECKED_ENV) != "1":  # once per launch, before any process group starts
         checked = preflight_train(cfg, checkpointer, args.overwrite, world_size=args.nproc)
         if detect_launch_env().rank == 0:  # the launching process holds it while the ranks run

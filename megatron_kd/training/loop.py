@@ -123,8 +123,8 @@ def run_training(cfg: RunConfig, checkpointer: Checkpointer, checked: CheckedLau
                  overwrite: bool = False, profile_steps: int = 0, faults: Faults | None = None) -> TrainResult:
     """Train (or resume) to the configured length; the result is the same on all ranks.
     `checkpointer`: the launch's (built once for `cfg`; it finds the resume point, loads it and
-    saves). `checked`: what this process's launch checks found (training/preflight.py), None in
-    the ranks that a checked launcher started. With `teacher.checkpoint` or `teacher.cache` set,
+    saves). `checked`: what the launch's checks found (training/preflight.py); None: nothing
+    was checked, the teacher is checked here. With `teacher.checkpoint` or `teacher.cache` set,
     the student learns from the frozen teacher (kd section). `profile_steps`: time the teacher
     forward and the KD loss over that many steps (after the first) and log their shares of the
     step (RUN_DIR/profile.json). `faults`: injected faults (tests; default none)."""

@@ -160,4 +160,4 @@ def preflight_train(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool 
     check_run_dir(cfg, overwrite, delete=False)
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)
-    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite))
+    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite), teacher_checked=True)

@@ -43,12 +43,14 @@ class Teacher:
 @dataclass(frozen=True)
 class CheckedLaunch:
     """What a launch's checks found (training/preflight.py), handed to the run in the same
-    process so that nothing is resolved or verified twice."""
+    process so that nothing is resolved or verified twice. The ranks that a checked launcher
+    started (mkd train --nproc) know only that it checked: `CheckedLaunch(teacher_checked=True)`."""
 
     # teacher.checkpoint resolved and checked against the student (the padding its weights have;
     # resolve_run aligns it with the student's)
     teacher: Teacher | None = None
     verified: dict[Path, dict] = field(default_factory=dict)  # checkpoint -> its verified state
+    teacher_checked: bool = False  # the teacher passed the launch's checks (resolved here unchecked)
 
     def checkpoint_state(self, path: Path) -> dict:
         """`path`'s state file, verified (every file whole and unchanged) by the launch or now."""
@@ -67,9 +69,8 @@ def resolve_run(cfg: RunConfig, checkpointer: Checkpointer | None = None, checke
                 resume: bool = True) -> ResolvedRun:
     """`checkpointer`: the run's, which names its resume point (a job outside a launch gets one
     of its own); `resume=False` for jobs that never resume a run (analysis, tests). `checked`:
-    what this launch's checks resolved (the teacher) and verified (the checkpoints); without it,
-    the checkpoint the weights come from is verified here and the teacher resolved unchecked
-    (the ranks of a launch whose launcher checked it)."""
+    what this launch's checks resolved (the teacher) and verified (the checkpoints); what it
+    does not hold is checked here (the teacher: unless `checked.teacher_checked`)."""
     checked = checked or CheckedLaunch()
     resume_from = (checkpointer or Checkpointer(cfg)).resume_point() if resume else None
     model = cfg.model
@@ -105,7 +106,7 @@ def _teacher(cfg: RunConfig, checked: CheckedLaunch) -> tuple[Teacher | None, in
     if cfg.teacher.checkpoint:
         teacher = checked.teacher
         if teacher is None:
-            ckpt, teacher_model, _ = resolve_teacher(cfg, check=False)
+            ckpt, teacher_model, _ = resolve_teacher(cfg, check=not checked.teacher_checked)
             teacher = Teacher(ckpt, teacher_model)
         return teacher, padded_vocab(teacher.model, cfg.parallel.tp)
     return None, None

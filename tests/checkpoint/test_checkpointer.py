@@ -131,3 +131,17 @@ def test_a_checked_launch_is_neither_verified_nor_resolved_again(tmp_path, monke
     assert run.cfg.model.padded_vocab_size == 1024  # the student takes the teacher's padding
     with pytest.raises(AssertionError, match="checked by the launch"):  # a checkpoint it did not verify
         resolve_run(cfg, ck, CheckedLaunch())
+
+
+def test_a_teacher_no_launch_checked_is_checked_by_the_run(tmp_path, monkeypatch):
+    checks = []
+
+    def resolve_teacher(cfg, check=True):
+        checks.append(check)
+        return tmp_path / "teacher", cfg.model, {}
+
+    monkeypatch.setattr(resolve, "resolve_teacher", resolve_teacher)
+    kd = _cfg(tmp_path / "run", f"teacher.checkpoint={tmp_path / 'teacher'}", "kd.alpha=0.5")
+    resolve_run(kd, resume=False)  # mkd analyze: no launch checked it
+    resolve_run(kd, Checkpointer(kd), CheckedLaunch(teacher_checked=True))  # a rank of a checked launch
+    assert checks == [True, False]
