@@ -79,7 +79,7 @@ class Style:
         else:
             models = sorted({self.model_of[t] for t in names})[:LEGEND_TEACHERS]
             handles = [Line2D([], [], color=self.model_colour[m], lw=3, label=figure_text(m)) for m in models]
-            title = f"teacher model ({len(names)} teachers; lighter = fewer tokens)"
+            title = f"teacher model\n({len(names)} teachers;\nlighter: fewer tokens)"
         handles += [Line2D([], [], color="dimgrey", marker=self.markers[a], ls="none", label=f"α {figure_text(a)}")
                     for a in self.alphas[:len(MARKERS)]]
         handles += list(extra)
