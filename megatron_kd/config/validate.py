@@ -61,7 +61,8 @@ def _validate_model(cfg: RunConfig) -> None:
              f"parallel.vpp={par.vpp} splits each pipeline rank's layers into virtual stages and needs "
              f"parallel.pp >= 2, got pp={par.pp}; set parallel.vpp=1 or raise parallel.pp")
     validate_layout(m, par)
-    validate_moe(m, par)
+    # a KD teacher's experts may be what EP splits: checked again when the teacher is resolved
+    validate_moe(m, par, other_has_experts=bool(cfg.teacher.checkpoint or cfg.teacher.model))
     _require(not par.sequence_parallel or par.tp > 1,
              "parallel.sequence_parallel=true needs parallel.tp > 1; set it to false")
     if par.sequence_parallel:
@@ -198,14 +199,15 @@ def moe_layers(m: ModelConfig) -> list[bool]:
     return [i % freq == 0 for i in range(m.num_layers)]
 
 
-def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model") -> None:
-    """model.moe and parallel.ep / parallel.etp: one message each."""
+def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model", other_has_experts: bool = False) -> None:
+    """model.moe and parallel.ep / parallel.etp: one message each. `other_has_experts`: the other
+    model of the run (a KD teacher, or its student) may be the one whose experts EP splits."""
     moe = m.moe
     _require(moe.num_experts >= 0, f"{key}.moe.num_experts must be >= 0 (0: a dense model), got {moe.num_experts}")
     _require(par.ep >= 1 and (par.etp is None or par.etp >= 1),
              f"parallel.ep and parallel.etp must be >= 1, got ep={par.ep} etp={par.etp}")
     if moe.num_experts == 0:
-        _require(par.ep == 1 and par.etp in (None, par.tp),
+        _require(other_has_experts or (par.ep == 1 and par.etp in (None, par.tp)),
                  f"parallel.ep={par.ep} / parallel.etp={par.etp} split experts, and {key}.moe.num_experts is 0 "
                  f"(a dense model); set {key}.moe.num_experts or parallel.ep=1")
         return

@@ -24,7 +24,7 @@ from megatron_kd.checkpoint.refs import (
 from megatron_kd.config import load_config, padded_vocab
 from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
 from megatron_kd.config.schema import ModelConfig, RunConfig
-from megatron_kd.config.validate import validate_layout
+from megatron_kd.config.validate import validate_layout, validate_moe
 from megatron_kd.data.tokenizer import Tokenizer, file_sha256
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.hf_config import hf_to_model_config, read_hf_config
@@ -33,7 +33,7 @@ log = logging.getLogger("megatron_kd.distill")
 
 _ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                  "num_query_groups", "kv_channels", "vocab_size", "untie_embeddings_and_output_weights",
-                 "qk_layernorm")
+                 "qk_layernorm", "moe")
 
 
 def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConfig, dict]:
@@ -62,6 +62,7 @@ def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConf
     else:
         teacher = saved
     validate_layout(teacher, cfg.parallel, key="the teacher's model")  # split over the student's layout
+    validate_moe(teacher, cfg.parallel, key="the teacher's model", other_has_experts=cfg.model.moe.num_experts > 0)
     if check:
         require_compatible(str(ckpt), cfg)  # tokenizer meaning, vocabulary, sequence length
     return ckpt, teacher, state

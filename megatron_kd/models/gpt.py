@@ -214,6 +214,14 @@ def build_gpt_model(model: ModelConfig, parallel: ParallelConfig, precision: Pre
         rope_scaling_factor=model.rope_scaling_factor,
         vp_stage=vp_stage,
     )
+    if model.moe.num_experts:
+        # megatron-core marks experts' weights (allreduce=False: reduced over the expert data-parallel
+        # group, stepped by an expert optimizer of their own) only under expert parallelism, so
+        # the optimizer's state, and its checkpoint, would change shape between EP=1 and EP>1. At
+        # EP=1 the expert data-parallel group is the data-parallel group: the same reduction.
+        for name, param in gpt.named_parameters():
+            if ".mlp.experts." in name:
+                param.allreduce = False
     if init_seed is not None:  # drawn in fp32 on the CPU, cast into each parameter
         init_by_name(gpt, model, init_seed, parallel.tp, parallel_state.get_tensor_model_parallel_rank())
     if precision.dtype != "fp32":

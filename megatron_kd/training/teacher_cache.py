@@ -137,7 +137,11 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     # (a windowed cache's deleted shards are not missing: every reader had passed them)
     missing = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
     torch.distributed.broadcast_object_list(missing, src=0)
-    todo = [j for j in missing[0] if j % dp == dp_rank]
+    # an MoE teacher split over expert-parallel ranks exchanges tokens in every forward: each
+    # data-parallel rank then runs the same passes of the same length (a rank with no shard left
+    # repeats one, unwritten)
+    lockstep = teacher_model.moe.num_experts > 0 and cfg.parallel.ep > 1
+    todo = _passes(missing[0], dp, dp_rank, lockstep)
     writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
     group = parallel_state.get_tensor_model_parallel_group()
     micro = cfg.train.micro_batch_size
@@ -145,16 +149,17 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     sampled = bool(planned["fingerprint"].get("sampled"))
     window = Window(out, planned["window"], planned["readers"], reader_wait_s, deletes=True,
                     num_shards=planned["num_shards"]) if planned.get("window") else None
-    ticker = CacheProgress(sum(_micro_batches(planned, j, micro, len(teacher), cfg.parallel.pp) for j in todo),
+    ticker = CacheProgress(sum(_micro_batches(planned, j, micro, len(teacher), cfg.parallel.pp) for j, _ in todo),
                            planned["num_shards"], len(teacher))
-    for j in todo:
-        if window is not None:  # at most `window` shards past the readers' oldest checkpoint
+    for j, write in todo:
+        if window is not None and write:  # at most `window` shards past the readers' oldest checkpoint
             window.wait_to_write(j)
         first = j * planned["shard_rows"]
         samples = list(range(first, min(first + planned["shard_rows"], n)))
         # whole micro-batches; with virtual stages a multiple of PP of them (the schedule's groups)
         group_rows = micro * (cfg.parallel.pp if len(teacher) > 1 else 1)
-        padded = samples + [samples[-1]] * (-len(samples) % group_rows)
+        rows = planned["shard_rows"] if lockstep else len(samples)  # in lockstep every pass is a full shard's
+        padded = samples + [samples[-1]] * (rows - len(samples) + (-rows % group_rows))
         collected: list[dict] = []
 
         def forward_step(data_iterator, model):  # (megatron-core may pass a third argument: no defaults)
@@ -181,7 +186,7 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
                                         data_iterator=batches[0] if len(teacher) == 1 else batches, model=teacher,
                                         num_microbatches=len(padded) // micro, seq_length=seq,
                                         micro_batch_size=micro, forward_only=True)
-        if writer:
+        if writer and write:
             rows = {k: torch.cat([c[k] for c in collected])[:len(samples)] for k in collected[0]}
             _write_shard(out, j, rows, encoding)
             if shard_written is not None:
@@ -192,6 +197,16 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
     return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n,
             "max_on_disk": window.max_on_disk if window is not None else None}
+
+
+def _passes(missing: list, dp: int, dp_rank: int, lockstep: bool) -> list[tuple[int, bool]]:
+    """This data-parallel rank's shard passes, (shard, write it): its share of the missing shards,
+    and in lockstep as many passes as the busiest rank (a repeat of a missing shard, not written)."""
+    mine = [(j, True) for j in missing if j % dp == dp_rank]
+    if lockstep and missing:
+        busiest = max(sum(1 for j in missing if j % dp == r) for r in range(dp))
+        mine += [(missing[0], False)] * (busiest - len(mine))
+    return mine
 
 
 def _micro_batches(planned: dict, j: int, micro: int, chunks: int, pp: int) -> int:
