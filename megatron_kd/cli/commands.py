@@ -18,6 +18,7 @@ from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify
 from megatron_kd.config import load_config, padded_vocab, validate
 from megatron_kd.config.loader import RECIPES_ROOT, config_to_dict
 from megatron_kd.config.overrides import override
+from megatron_kd.config.validate import moe_layers
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.models.flops import flop_params, training_flops_per_token
@@ -68,6 +69,7 @@ def cmd_info(args) -> int:
         ("parameters", f"{human(c.total)} ({c.total:,})"),
         ("  embedding + output", f"{human(c.embedding + c.output)} ({c.embedding + c.output:,})"),
         ("  non-embedding", f"{human(c.non_embedding)} ({c.non_embedding:,})"),
+        *_moe_rows(m, c),
         ("train FLOPs/token", f"{human(training_flops_per_token(m, seq))} at seq {seq}{seq_source}"),
         ("  = 6 x FLOP params", f"{human(flop_params(m, seq))} (matmul weights + output layer + attention: "
                                 "the N of the report's, fit's and advise's FLOPs)"),
@@ -76,6 +78,20 @@ def cmd_info(args) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _moe_rows(m, c) -> list[tuple[str, str]]:
+    """mkd info's lines for an MoE model: its experts and the parameters one token uses."""
+    if not m.moe.num_experts:
+        return []
+    moe = m.moe
+    layers = sum(moe_layers(m))
+    return [("experts", f"{moe.num_experts} per MoE layer ({layers} of {m.num_layers} layers), top-{moe.router_topk}, "
+                        f"expert ffn {moe.ffn_hidden_size or m.ffn_hidden_size}"
+                        + (f", shared expert ffn {moe.shared_expert_ffn_hidden_size}"
+                           if moe.shared_expert_ffn_hidden_size else "")),
+            ("  active per token", f"{human(c.active)} ({c.active:,}; the FLOPs below count these)"),
+            ("  routed experts", f"{human(c.experts)} ({c.experts:,}; split over parallel.ep)")]
 
 
 def _info_seq_length(args, cfg) -> tuple[int, str]:

@@ -231,6 +231,9 @@ def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model", other_
                  f"{key}.moe.{name} must be in [0, 1], got {_show(value)}")
     _require(moe.capacity_factor is None or (math.isfinite(moe.capacity_factor) and moe.capacity_factor > 0),
              f"{key}.moe.capacity_factor must be > 0 (or null: dropless), got {_show(moe.capacity_factor)}")
+    _require(not (moe.router_topk == 1 and moe.score_function == "softmax" and not moe.pre_softmax),
+             f"{key}.moe.router_topk=1 with softmax scores needs {key}.moe.pre_softmax=true (a softmax over the "
+             "one chosen expert is always 1: the router would get no gradient)")
     _require(not (moe.score_function == "sigmoid" and moe.pre_softmax),
              f"{key}.moe.pre_softmax applies to softmax scores; set it to false with score_function=sigmoid")
 

@@ -4,7 +4,9 @@ and (through `training_flops`/`forward_flops`/`tokens_for_budget`) by `mkd fit` 
 
 The currency is 6·N·D for training and 2·N·D for a forward pass, where N is a model's *FLOP
 parameters* (`flop_params`): the work per token in units of one weight's multiply-add.
-  N = matmul weights                    (each layer's; norm weights are counted with them, as
+  N = matmul weights                    (each layer's, of an MoE layer the ones a token uses:
+                                         router, top-k experts, shared expert; norm weights are
+                                         counted with them, as
                                          `count_parameters` does: 2·h per layer, < 0.5 % of it)
     + output layer, vocab x hidden      (tied or not: the logits are computed either way)
     + L · heads · head_dim · seq        (causal attention's QK^T and AV, averaged over positions)
@@ -38,7 +40,7 @@ def flop_params(m: ModelConfig, seq_length: int) -> float:
     """N of the currency (module docstring): matmul weights + output layer + attention at `seq_length`."""
     c = count_parameters(m)
     output_layer = c.embedding  # vocab x hidden, whether or not it shares the embedding's weights
-    return float(c.per_layer * c.num_layers + output_layer) + attention_flop_params(m, seq_length)
+    return float(c.layers_active + output_layer) + attention_flop_params(m, seq_length)
 
 
 def training_flops(n_flop_params: float, tokens: float) -> float:

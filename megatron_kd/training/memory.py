@@ -36,10 +36,14 @@ def _bytes(dtype: str) -> int:
     return 4 if dtype == "fp32" else 2
 
 
-def _stage_params(m: ModelConfig, tp: int, pp: int, padded_vocab: int) -> tuple[float, float]:
-    """(params on the heaviest stage / TP, of which vocabulary matrices)."""
+def _stage_params(m: ModelConfig, tp: int, pp: int, padded_vocab: int, ep: int = 1,
+                  etp: int | None = None) -> tuple[float, float]:
+    """(params on the heaviest stage / TP, of which vocabulary matrices). An MoE model's routed
+    experts are split over EP x expert TP instead of TP."""
     c = count_parameters(m, padded_vocab)
-    layers = c.per_layer * math.ceil(m.num_layers / pp)
+    share = math.ceil(m.num_layers / pp) / m.num_layers
+    experts_per_tp = c.experts * share * tp / (ep * (etp or tp))  # in the units of the / tp below
+    layers = (c.layers_total - c.experts) * share + experts_per_tp
     vocab_first = c.embedding
     vocab_last = c.output if m.untie_embeddings_and_output_weights else c.embedding * (pp > 1)
     vocab = vocab_first + vocab_last if pp == 1 else max(vocab_first, vocab_last)
@@ -60,12 +64,12 @@ def estimate(cfg: RunConfig, teacher: ModelConfig | None, gpus: int, tp: int | N
     m, tr = cfg.model, cfg.train
     wbytes = _bytes(cfg.precision.dtype)
     padded = padded_vocab(m, tp)
-    params, _ = _stage_params(m, tp, pp, padded)
+    params, _ = _stage_params(m, tp, pp, padded, cfg.parallel.ep, cfg.parallel.etp)
     opt_bytes = 12 if wbytes == 2 else 8
     parts = {"student weights": params * wbytes, "gradients": params * 4,
              "optimizer state": params * opt_bytes / (dp if dist_opt else 1)}
     if teacher is not None:
-        t_params, _ = _stage_params(teacher, tp, pp, padded)
+        t_params, _ = _stage_params(teacher, tp, pp, padded, cfg.parallel.ep, cfg.parallel.etp)
         parts["teacher weights"] = t_params * wbytes
     s, b = tr.seq_length, tr.micro_batch_size
     fused = attention_is_fused(cfg) if fused_attention is None else fused_attention

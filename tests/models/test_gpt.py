@@ -12,7 +12,7 @@ from tests.distributed import run_distributed
 def test_built_models_match_analytic_counts(tmp_path):
     (r,) = run_distributed("tests.workers.models:build_and_count", 1, tmp_path)
     assert r["cpu_layer_active"]
-    for name in ("llama_untied", "qwen_tied_qknorm", "bf16"):
+    for name in ("llama_untied", "qwen_tied_qknorm", "bf16", "moe", "moe_shared_second_layer"):
         assert r[name]["built"] == r[name]["analytic"], (name, r[name])
         assert r[name]["logits_shape"] == [2, 8, 256] and r[name]["finite"]
     assert r["qwen_tied_qknorm"]["built"] < r["llama_untied"]["built"]  # one embedding fewer

@@ -26,6 +26,7 @@ def _config(*overrides):
     ([*MOE, "model.moe.router_topk=5"], "router_topk must be in [1, num_experts=4]"),
     ([*MOE, "model.moe.layer_freq=[1,0,1]"], "a list of 2 0/1 flags"),
     ([*MOE, "model.moe.capacity_factor=0"], "capacity_factor must be > 0"),
+    ([*MOE, "model.moe.router_topk=1"], "needs model.moe.pre_softmax=true"),
     ([*MOE, "model.moe.score_function=sigmoid", "model.moe.pre_softmax=true"], "pre_softmax applies to softmax"),
 ])
 def test_moe_config_errors_are_one_line(overrides, text):
@@ -59,3 +60,15 @@ def test_moe_teacher_and_student_at_ep1_ep2_and_through_a_cache(tmp_path):
     assert len(ep1) == 4 and ep1[-1]["kd_loss"] > 0
     for key in ("loss", "lm_loss", "kd_loss"):
         assert max(abs(a[key] - b[key]) for a, b in zip(ep1, ep2)) < 1e-5, key
+
+
+def test_active_parameters_and_flops_count_what_a_token_uses():
+    from megatron_kd.models.flops import flop_params
+    from megatron_kd.models.params import count_parameters
+
+    dense, moe = _config().model, load_config("models/tiny-moe", purpose="model").model
+    c = count_parameters(moe)
+    h, f, e, k = 64, 128, 4, 2
+    assert c.experts == 2 * e * 3 * h * f and c.total - c.active == 2 * (e - k) * 3 * h * f
+    # top-2 of experts half the dense FFN: a token's matmuls are the dense model's plus the router's
+    assert flop_params(moe, 32) - flop_params(dense, 32) == 2 * e * h

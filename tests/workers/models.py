@@ -17,6 +17,10 @@ def build_and_count(workdir: str) -> dict:
         "llama_untied": ["model.num_query_groups=2"],
         "qwen_tied_qknorm": ["model.untie_embeddings_and_output_weights=false", "model.qk_layernorm=true"],
         "bf16": ["precision.dtype=bf16"],
+        "moe": ["model.moe.num_experts=4", "model.moe.ffn_hidden_size=128"],
+        "moe_shared_second_layer": ["model.moe.num_experts=4", "model.moe.shared_expert_ffn_hidden_size=32",
+                                    "model.moe.layer_freq=[0,1]", "model.moe.router_topk=1",
+                                    "model.moe.pre_softmax=true"],
     }
     for i, (name, ov) in enumerate(variants.items()):
         cfg = load_config("train/tiny-mock", ov)
