@@ -31,6 +31,7 @@ from megatron_kd.training.evaluate import evaluate
 from megatron_kd.training.faults import Faults
 from megatron_kd.training.grad_clip import grad_norm_and_clip
 from megatron_kd.training.metrics import MetricsWriter
+from megatron_kd.training.moe_metrics import moe_step_metrics
 from megatron_kd.training.resolve import CheckedLaunch, ResolvedRun, resolve_run
 from megatron_kd.training.run_dir import check_run_dir
 from megatron_kd.training.setup import TrainState, build_train_state
@@ -73,6 +74,7 @@ def train_step(cfg: RunConfig, state: TrainState, data_iterator,
     lr = state.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
     metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
     metrics = broadcast_from_last_stage(metrics, ctx.report_keys)
+    metrics.update(moe_step_metrics(cfg, num_micro, state.step + 1))
     if after_backward is not None:
         after_backward(state.step + 1, state.model)
     # megatron-core's optimizer step, split so a non-finite loss or gradient norm skips the

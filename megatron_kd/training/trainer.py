@@ -110,4 +110,4 @@ class Trainer:
     def _record(self, step: int, m: dict, seconds: float) -> dict:
         return {"step": step, "tokens": step * self.tokens_per_step, "loss": m["loss"], "lm_loss": m["lm loss"],
                 "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens_per_s": self.tokens_per_step / seconds,
-                "skipped": int(m["skipped"])}
+                "skipped": int(m["skipped"]), **{k: v for k, v in m.items() if k.startswith("moe_")}}
