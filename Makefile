@@ -16,8 +16,8 @@ help:
 	@echo "make lint      ruff check (rules in pyproject.toml)"
 	@echo "make test-fast install if needed, then ruff and the fast tier: no slow, multiproc or slurm tests"
 	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
-	@echo "make demo      install if needed, then run the CPU demo (about 12 minutes on 2 cores, install included)"
-	@echo "make study     install if needed, then study v3: five teachers, two student regimes, controls (docs/STUDY.md)"
+	@echo "make demo      install if needed, then run the CPU demo: a small teacher trained long vs a weak one (docs/STUDY.md)"
+	@echo "make study     install if needed, then study v4 (scripts/study.sh; study v3: scripts/study-v3.sh; docs/STUDY.md)"
 	@echo "make law       the runs of the distillation law (3 sizes x 3 lengths, 5 teachers), mkd fit, mkd advise (docs/scaling-law.md)"
 	@echo "make cache-study  the five teacher signals (full, top-64 fp32/bf16, top-8 bf16, 12 draws) x 3 seeds (docs/PERFORMANCE.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
@@ -67,12 +67,8 @@ test: install system-deps lint
 test-fast: install lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=8 -m "not slow and not multiproc and not slurm"
 
-# The demo's teachers and sweeps run in two lanes that write to log files: follow_logs puts their
-# progress on the terminal (a finished run at once, otherwise a line every 25-30 s).
-DEMO_LOGS := runs/teacher-cpu-medium.log runs/teacher-cpu-tiny.log runs/lane-a.log runs/lane-b.log \
-             runs/sweeps/cpu-mini.log.txt
 demo: install
-	$(PY) -m megatron_kd.study.follow_logs $(DEMO_LOGS) -- bash scripts/demo.sh
+	bash scripts/demo.sh
 
 study: install
 	bash scripts/study.sh

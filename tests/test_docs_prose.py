@@ -107,8 +107,6 @@ DURATION_KNOWN: dict[str, list[str]] = {
     ],
     "Makefile": [
         '@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"',
-        '@echo "make demo      install if needed, then run the '
-        'CPU demo (about 12 minutes on 2 cores, install included)"',
     ],
 }
 
