@@ -53,7 +53,6 @@ echo
 echo "== 3. the sweep, complete: teachers evaluated on both sets, the report written =="
 $MKD sweep $SWEEP --local > "$OUT.log.txt" 2>&1 \
   || { tail -n 20 "$OUT.log.txt"; echo "the sweep failed; run make demo again to resume"; exit 1; }
-echo "   runs finished: $(grep -c 'finished, skipped' "$OUT.log.txt")"
 
 echo
 echo "== 4. the report ($OUT/report.md, report.json, report.csv, figures) =="
