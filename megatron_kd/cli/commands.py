@@ -232,7 +232,11 @@ def describe_result(result, run_dir: str) -> str:
     if result.steps_run == 0:  # stopped: train.stop_at_step at or below the step it resumed at
         return (f"stopped: the run is at step {result.step} of {result.total}, at or past train.stop_at_step{vals}; "
                 f"raise or drop train.stop_at_step to continue, run dir {run_dir}")
-    line = f"done: {result.step} steps, final loss {m['loss']:.4f}{vals}, run dir {run_dir}"
+    # A KD run's loss is its training objective (at alpha 1 the KD term alone, e.g. 0.05 beside
+    # validation losses near 5): named as such, with the train CE beside it.
+    loss = (f"final train objective (mix of CE and T^2*KD at alpha {m['alpha']:.3g}) {m['loss']:.4f}, "
+            f"train CE {m['lm loss']:.4f}" if "kd loss" in m else f"final train CE {m['loss']:.4f}")
+    line = f"done: {result.step} steps, {loss}{vals}, run dir {run_dir}"
     if result.status == "stopped":
         line += f" (train.stop_at_step: {result.step} of {result.total} steps; start again to continue)"
     return line

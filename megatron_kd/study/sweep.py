@@ -51,7 +51,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
-from megatron_kd.study.sweep_progress import JobsProgress, following, named_final_loss, say
+from megatron_kd.study.sweep_progress import JobsProgress, following, say
 from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types
 
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
@@ -479,7 +479,7 @@ def _train_jobs(pending: list[tuple], nproc: int, ran: list[str]) -> list[tuple[
                 last = (text.strip().splitlines() or ["failed"])[-1]
                 raise ConfigError(f"sweep point {point.name} failed ({last}); log: {run_dir / 'train.log'}")
             ends = [line for line in text.splitlines() if line.startswith(("done:", "already complete:"))]
-            say(f"[sweep] {point.name}: {named_final_loss(ends[-1], run_dir) if ends else 'finished'}")
+            say(f"[sweep] {point.name}: {ends[-1] if ends else 'finished'}")
             ran.append(point.name)
 
         todo.append((point.name, Job(cmd, run_dir / "train.log", done, start=f"[sweep] {point.name}: training")))

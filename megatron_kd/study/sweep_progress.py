@@ -10,7 +10,6 @@ clock and fake logs); `following` runs it on a thread beside study/jobs.run_jobs
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import sys
 import threading
@@ -150,37 +149,6 @@ class JobsProgress:
                 return None
             self.last_line_at = self.clock()
             return self._line()
-
-
-_FINAL_LOSS = re.compile(r"final loss (\S+?),")
-
-
-def named_final_loss(line: str, run_dir: Path) -> str:
-    """`mkd train`'s last line with its final loss named: a KD run's is its training objective
-    (at α = 1 the KD term alone, e.g. 0.05 beside validation losses near 5), a baseline's the CE.
-    The run's last metrics record says which (a KD run's has kd_loss)."""
-    last = _last_record(run_dir / "metrics.jsonl")
-    if last is None or "loss" not in last:
-        return line
-    if "kd_loss" in last:
-        name = (f"final train objective (mix of CE and T^2*KD at alpha {last.get('alpha', float('nan')):g}) "
-                f"{last['loss']:.4f}, train CE {last.get('lm_loss', float('nan')):.4f},")
-    else:
-        name = f"final train CE {last['loss']:.4f},"
-    return _FINAL_LOSS.sub(lambda _: name, line, count=1)
-
-
-def _last_record(path: Path) -> dict | None:
-    """The last JSON line of a metrics.jsonl (None when there is none): read from its end, as a
-    long run's file holds a line per logged step."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
-            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None
 
 
 def say(line: str) -> None:

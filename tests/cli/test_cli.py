@@ -12,9 +12,25 @@ from tests.helpers import ENV, mkd, mkd_in_process
 
 
 def final_loss(stdout):
-    m = re.search(r"done: (\d+) steps, final loss ([0-9.]+)", stdout)
+    m = re.search(r"done: (\d+) steps, final train (?:CE|objective[^)]*\)) ([0-9.]+)", stdout)
     assert m, stdout[-3000:]
     return int(m.group(1)), float(m.group(2))
+
+
+@pytest.mark.parametrize("metrics, named", [
+    ({"loss": 0.0524, "lm loss": 4.91, "kd loss": 0.0524, "alpha": 1.0},
+     "final train objective (mix of CE and T^2*KD at alpha 1) 0.0524, train CE 4.9100"),
+    ({"loss": 4.91, "lm loss": 4.91}, "final train CE 4.9100"),
+])
+def test_the_done_line_names_its_loss(metrics, named):
+    """A KD run's loss is its training objective (at alpha 1 the KD term alone), a baseline's the CE."""
+    from megatron_kd.cli.commands import describe_result
+    from megatron_kd.training.trainer import TrainResult
+
+    result = TrainResult("completed", 80, 80, 80, {**metrics, "val/indomain": 5.1})
+    line = describe_result(result, "runs/x")
+    assert line == f"done: 80 steps, {named}, indomain 5.1000, run dir runs/x"
+    assert final_loss(line) == (80, metrics["loss"])  # the regex the tests below read it with
 
 
 def test_help_lists_commands():

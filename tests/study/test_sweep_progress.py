@@ -1,7 +1,6 @@
 """A local sweep's progress line (study/sweep_progress.py) from fake job logs and a fake clock, its
-thread, and the finished line that names its loss (study/sweep.py). No job runs: fast."""
+thread, and the jobs run_followed runs beside it (study/sweep.py). No job runs: fast."""
 
-import json
 import time
 
 import pytest
@@ -12,7 +11,6 @@ from megatron_kd.study.sweep_progress import (
     Position,
     following,
     last_position,
-    named_final_loss,
     progress_line,
     shared_prefix,
 )
@@ -117,18 +115,6 @@ def test_run_followed_marks_each_job_finished_and_keeps_notices_to_none(tmp_path
     sw.run_followed("runs", [("a", job)], 1)
     assert ended == ["done: 2 steps"] and seen == ["all"]
     assert sw.NOTICES_SHOWN_ENV not in sw.os.environ  # the sweep's own environment as it was
-
-
-@pytest.mark.parametrize("record, named", [
-    ({"loss": 0.0524, "lm_loss": 4.91, "kd_loss": 0.0524, "alpha": 1.0},
-     "final train objective (mix of CE and T^2*KD at alpha 1) 0.0524, train CE 4.9100,"),
-    ({"loss": 4.91, "lm_loss": 4.91}, "final train CE 4.9100,"),
-])
-def test_the_finished_line_names_its_loss(tmp_path, record, named):
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n" + json.dumps(record) + "\n")
-    line = "done: 80 steps, final loss 0.0524, indomain 5.1000, run dir runs/x"
-    assert named_final_loss(line, tmp_path) == f"done: 80 steps, {named} indomain 5.1000, run dir runs/x"
-    assert named_final_loss(line, tmp_path / "missing") == line  # no metrics: the line as it was
 
 
 @pytest.mark.slow
