@@ -113,9 +113,9 @@ def cmd_fit(args) -> int:
 
 class FitConsole:
     """`mkd fit`'s progress lines: its plan (the stages), each stage as the fit reports it
-    (study/law.py's Progress: a bootstrap's or the leave-one-cell-out refits' count, every 10 s at
-    most), a line every PROGRESS_EVERY_S while it reports nothing (a mix's cross-validation
-    reports no count), and the stages' results at the end."""
+    (study/law.py's Progress: each stage as it begins, then a bootstrap's, the leave-one-cell-out
+    refits' or a form's cross-validation folds' count, every 10 s at most), a line every
+    PROGRESS_EVERY_S while it reports nothing (one long solve), and the stages' results at the end."""
 
     def __init__(self, runs: list, bootstrap: int, every: Every | None = None, write=None):
         self.runs, self.bootstrap = runs, bootstrap

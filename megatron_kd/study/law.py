@@ -152,6 +152,12 @@ class Progress:
     def __init__(self, say=None, every: float = 10.0):
         self.say, self.every, self.last = say, every, time.monotonic()
 
+    def stage(self, what: str) -> None:
+        """A stage begins: said at once (a stage that counts nothing is not silent till its end)."""
+        if self.say is not None:
+            self.say(what)
+            self.last = time.monotonic()
+
     def tick(self, what: str, i: int, n: int) -> None:
         if self.say is not None and time.monotonic() - self.last >= self.every:
             self.say(f"{what} {i}/{n}")

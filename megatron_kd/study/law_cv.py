@@ -72,10 +72,13 @@ def supervised_cv(runs: list[Run], refits: dict) -> dict:
     return _scores({"law": errors}, skipped)
 
 
-def loco(form: str, rows: list[Run], refits: dict) -> dict:
+def loco(form: str, rows: list[Run], refits: dict, progress: Progress | None = None) -> dict:
     """`form`'s and the no-KD predictor's leave-one-cell-out errors on one mix's runs `rows`."""
     law, none, skipped, cells = [], [], [], 0
-    for cell in sorted({cell_of(r) for r in rows}):
+    held_out = sorted({cell_of(r) for r in rows})
+    for k, cell in enumerate(held_out):
+        if progress:
+            progress.tick(f"alpha {rows[0].alpha:g} {form} folds", k, len(held_out))
         sup = refits.get(cell)
         train = [r for r in rows if cell_of(r) != cell]
         why = sup if not isinstance(sup, Fit) else kd_rows_too_few(form, train)
@@ -117,8 +120,10 @@ def fit_distillation(runs: list[Run], sup: Fit, bootstrap: int = 200, seed: int 
         rows = [r for r in kd if r.alpha == a]
         tried = {}
         for form in ("mix", "busbridge") if a == 1.0 else ("mix",):
+            if progress:
+                progress.stage(f"alpha {a:g}: form {form}, cross-validation")
             why = kd_rows_too_few(form, rows)
-            tried[form] = why if why else loco(form, rows, refits)
+            tried[form] = why if why else loco(form, rows, refits, progress)
         scored = {f: c for f, c in tried.items() if isinstance(c, dict) and c["law_rmse_log"] is not None}
         if not scored:
             out[a] = "; ".join(f"{f}: {c if isinstance(c, str) else 'no cell could be held out'}"

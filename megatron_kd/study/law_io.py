@@ -266,7 +266,9 @@ def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = 
         raise ConfigError("no supervised runs (baselines) to fit the supervised law on; a sweep needs "
                           "`baseline: true` and, for the N and D terms, baselines at several sizes and lengths")
     progress = Progress(say)
+    progress.stage("the supervised law")
     sup = fit_supervised(runs, bootstrap, seed, progress=progress)
+    progress.stage("leave-one-cell-out refits")
     refits = supervised_refits(runs, progress)
     sup.cv = supervised_cv(runs, refits)
     dist = fit_distillation(runs, sup, bootstrap, seed, progress, refits)

@@ -1,12 +1,13 @@
-"""`mkd fit` says its stages (cli/law_commands.py's FitConsole): its plan, each stage as the fit
-counts it, a line while a stage counts nothing, and what it fitted. Fake runs and clock: fast;
-the one `mkd fit` of a table is marked slow."""
+"""`mkd fit` says its stages (cli/law_commands.py's FitConsole): its plan, each stage as it begins
+(study/law.py's Progress.stage) and as the fit counts it, a line while a stage counts nothing,
+and what it fitted. Fake runs and clock: fast; the one `mkd fit` of a table is marked slow."""
 
 import pytest
 
 from megatron_kd.cli.law_commands import FitConsole
 from megatron_kd.console import Every
-from megatron_kd.study.law import Run
+from megatron_kd.study.law import Progress, Run
+from megatron_kd.study.law_cv import fit_distillation
 
 
 class Clock:
@@ -54,6 +55,30 @@ def test_stages_as_the_fit_counts_them_and_a_line_while_it_counts_nothing():
                          "1 (not fitted)")
 
 
+def test_a_stage_is_said_as_it_begins_and_restarts_the_count_timer():
+    lines = []
+    progress = Progress(lines.append, every=3600)
+    progress.last -= 7200  # a count would be due...
+    progress.stage("the supervised law")
+    progress.tick("supervised bootstrap", 1, 200)  # ...but the stage line was just said
+    assert lines == ["the supervised law"]
+    Progress(None).stage("nothing to say to")  # no say: silent
+
+
+def test_each_forms_cross_validation_is_a_stage_and_its_folds_are_counted():
+    """Every cell's refit unusable: each form's folds are counted and skipped, nothing is fitted."""
+    kd = [Run(f"k{i}", n, d, 2.9, t, a) for i, (n, d, t, a) in enumerate(
+        [(1e6, 1e7, 2.5, 0.5), (2e6, 1e7, 2.5, 0.5), (1e6, 1e7, 2.4, 1.0), (2e6, 2e7, 2.3, 1.0),
+         (1e6, 2e7, 2.2, 1.0), (2e6, 1e7, 2.1, 1.0), (1e6, 1e7, 2.0, 1.0)])]
+    refits = {(r.N, r.D): "held out" for r in kd}
+    lines = []
+    out = fit_distillation(kd, None, 0, 0, Progress(lines.append, every=0), refits)
+    assert set(out) == {0.5, 1.0} and all(isinstance(why, str) for why in out.values())
+    assert lines == ["alpha 0.5: form mix, cross-validation", "alpha 0.5 mix folds 0/2", "alpha 0.5 mix folds 1/2",
+                     "alpha 1: form mix, cross-validation", *[f"alpha 1 mix folds {k}/4" for k in range(4)],
+                     "alpha 1: form busbridge, cross-validation", *[f"alpha 1 busbridge folds {k}/4" for k in range(4)]]
+
+
 @pytest.mark.slow
 def test_mkd_fit_prints_its_stages(tmp_path, capsys):
     from tests.helpers import mkd_in_process
@@ -63,4 +88,7 @@ def test_mkd_fit_prints_its_stages(tmp_path, capsys):
     rc, out, err = mkd_in_process(capsys, "fit", table, "--out", tmp_path / "law.json", "--bootstrap", 0)
     assert rc == 0, err
     assert out.startswith("fit: 1. the supervised law on 16 baselines\nfit: 2. leave-one-cell-out refits"), out
+    for stage in ("the supervised law", "leave-one-cell-out refits", "alpha 1: form mix, cross-validation",
+                  "alpha 1: form busbridge, cross-validation"):
+        assert f"\nfit: {stage} (0:" in out, out
     assert "fit: done in " in out and "distillation laws at alpha 1 (busbridge)" in out, out
