@@ -240,9 +240,8 @@ def _bootstrap_rhos(fit, cand: list, rx: np.ndarray, n_boot: int, rng) -> np.nda
         return np.array([])
     idx = rng.integers(0, m.shape[1], (n_boot, m.shape[1]))
     step = max(1, _CHUNK // m.size)
-    with np.errstate(all="ignore"):
-        means = np.concatenate([np.nanmean(m[:, idx[i:i + step]], axis=2) for i in range(0, n_boot, step)],
-                               axis=1)  # [point, draw]
+    means = np.concatenate([_seed_means(m[:, idx[i:i + step]]) for i in range(0, n_boot, step)],
+                           axis=1)  # [point, draw]
     gains = means[0] - means  # [point, draw]
     picks = np.stack([np.array([a for a, _ in c])[np.argmax(np.stack(
         [np.zeros(n_boot)] + [gains[pos[k]] for _, k in c[1:]]), axis=0)] for c in cand], axis=1)
@@ -250,6 +249,14 @@ def _bootstrap_rhos(fit, cand: list, rx: np.ndarray, n_boot: int, rng) -> np.nda
 
     r = _corr_rows(rx, rankdata(picks, axis=1).astype(float))
     return r[~np.isnan(r)]
+
+
+def _seed_means(x: np.ndarray) -> np.ndarray:
+    """The mean over the last axis (resampled seeds) of the finite values, NaN where a point has
+    none in a draw: np.nanmean's "Mean of empty slice" warning is a Python warning that
+    np.errstate does not silence."""
+    counts = np.sum(~np.isnan(x), axis=-1)
+    return np.where(counts > 0, np.nansum(x, axis=-1) / np.maximum(counts, 1), np.nan)
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:
