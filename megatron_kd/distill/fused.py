@@ -10,7 +10,8 @@ output weight, then drops the chunk's logits. Peak memory is a chunk of logits, 
 It returns the mixed loss `ce_weight·Σ mask·CE + kd_weight·Σ mask·KD` (a scalar: the gradients
 are computed in the forward pass, so the backward only scales them by the incoming scalar) and
 the per-step sums the unfused path reports: each chunk's CE, KD and teacher metrics are
-mixed.py's `RowLoss`, the same arithmetic as `mixed_kd_loss` on whole logits. Under TP the
+mixed.py's `RowLoss`, the same row kernel `mixed_kd_loss` runs on whole logits, under the same
+autograd.Function (losses.ChunkedLoss, fed by `HiddenRows` instead of logits). Under TP the
 caller passes hidden states through `copy_to_tensor_model_parallel_region` / the
 sequence-parallel gather, whose backward sums the partial input gradients of the vocabulary
 shards.
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_kd.distill.losses import ScratchPool
-from megatron_kd.distill.mixed import STATS, RowLoss, default_row_chunk
+from megatron_kd.distill.losses import ChunkedLoss, ScratchPool, default_row_chunk
+from megatron_kd.distill.mixed import STATS, RowLoss
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.vocab_parallel import group_size
 
@@ -36,51 +37,41 @@ def default_gemm_chunk(local_vocab: int, device: torch.device | str = "cpu") -> 
     return max(floor, budget // max(1, local_vocab))
 
 
-class _FusedOutputKD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, labels, mask, ce_weight, kd_weight, opt: KDOptions,
-                group, chunk_size, gemm_chunk_size, metrics, scratch):
-        n = h_s.shape[0]
-        width = w_s.shape[0]
-        scratch = scratch or ScratchPool()
-        rows = RowLoss(opt, ce_weight, kd_weight, width, group, h_s.device, metrics, scratch)
+class HiddenRows:
+    """Hidden states and output weights as the input of ChunkedLoss (distill/losses.py): tall
+    chunks of tokens for the matmuls, each made into both models' logits, and short sub-chunks
+    (cache-sized temporaries on CPU) for the row kernel; each chunk's gradient w.r.t. its logits
+    becomes the gradients of the student's hidden states and output weight, and is dropped."""
+
+    def __init__(self, h_t, w_t, labels, weight, group, chunk_size, gemm_chunk_size, scratch: ScratchPool):
+        self.h_t, self.w_t, self.labels, self.weight = h_t.detach(), w_t.detach(), labels, weight
+        self.group, self.chunk_size, self.gemm_chunk_size, self.scratch = group, chunk_size, gemm_chunk_size, scratch
+
+    def run(self, kernel, stats, inputs) -> tuple[None, tuple]:
+        h_s, w_s = inputs
+        n, width = h_s.shape[0], w_s.shape[0]
         need_grad = h_s.requires_grad or w_s.requires_grad
         grad_h = torch.zeros_like(h_s) if need_grad else None
         grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if need_grad else None
-        stats = torch.zeros(len(STATS), dtype=torch.float64, device=h_s.device)
-        m = mask.reshape(-1).float()
-        # Two levels: tall chunks for the matmuls, short sub-chunks (cache-sized temporaries on
-        # CPU) for the softmax arithmetic. `chunk_size` (kd.chunk_size) sets the sub-chunk.
-        sub = chunk_size or default_row_chunk(width, h_s.device, group_size(group))
-        step = max(sub, gemm_chunk_size or default_gemm_chunk(width, h_s.device))
-        chunk_grad = scratch.get("fused_chunk_grad", h_s.device)  # d loss / d logits of a chunk
-        h_t, w_sd, w_td = h_t.detach(), w_s.detach(), w_t.detach()
+        # `chunk_size` (kd.chunk_size) sets the sub-chunk
+        sub = self.chunk_size or default_row_chunk(width, h_s.device, group_size(self.group))
+        step = max(sub, self.gemm_chunk_size or default_gemm_chunk(width, h_s.device))
+        chunk_grad = self.scratch.get("fused_chunk_grad", h_s.device)  # d loss / d logits of a chunk
+        w_sd = w_s.detach()
         for s in range(0, n, step):
             e = min(n, s + step)
             hs = h_s[s:e].detach()
             zs = hs @ w_sd.t()  # [chunk, V/TP] in the model's dtype, as the output layer
-            zt = h_t[s:e] @ w_td.t()
+            zt = self.h_t[s:e] @ self.w_t.t()
             g = chunk_grad.take(1, zs.shape[0], zs.shape[1], zs.device)[0]
             for i in range(0, e - s, sub):
                 j = min(e - s, i + sub)
-                rows.add(zs[i:j], zt[i:j], labels[s + i:s + j], m[s + i:s + j], g[i:j], stats)
+                kernel.add(zs[i:j], zt[i:j], self.labels[s + i:s + j], self.weight[s + i:s + j], g[i:j], stats)
             del zt
             if need_grad:
                 grad_h[s:e] = (g.to(h_s.dtype) @ w_sd).to(grad_h.dtype)
                 grad_w.addmm_(g.t(), hs.float())
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.w_dtype = w_s.dtype
-        ctx.mark_non_differentiable(stats)
-        total = (ce_weight * stats[0] + kd_weight * stats[1]).float()
-        return total, stats
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_stats):
-        grad_h, grad_w = ctx.saved_tensors
-        if grad_h is None:
-            return (None,) * 14
-        g = grad_total.float()
-        return (grad_h.mul_(g.to(grad_h.dtype)), grad_w.mul_(g).to(ctx.w_dtype)) + (None,) * 12
+        return None, (grad_h, grad_w)
 
 
 def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
@@ -102,7 +93,9 @@ def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t
     if h_s.shape[0] != h_t.shape[0] or h_s.shape[0] != labels.numel():
         raise ValueError(f"token counts differ: student {h_s.shape[0]}, teacher {h_t.shape[0]}, "
                          f"labels {labels.numel()}")
-    total, stats = _FusedOutputKD.apply(h_s, w_s, h_t, w_t, labels.reshape(-1), loss_mask, float(ce_weight),
-                                        float(kd_weight), opt, tp_group, chunk_size,
-                                        gemm_chunk_size, metrics, scratch)
+    scratch = scratch or ScratchPool()
+    kernel = RowLoss(opt, float(ce_weight), float(kd_weight), w_s.shape[0], tp_group, h_s.device, metrics, scratch)
+    source = HiddenRows(h_t, w_t, labels.reshape(-1), loss_mask.reshape(-1).float(), tp_group, chunk_size,
+                        gemm_chunk_size, scratch)
+    total, stats = ChunkedLoss.apply(source, kernel, h_s, w_s)
     return total, dict(zip(STATS, stats.unbind(0)))

@@ -19,6 +19,9 @@ Numerics: fp32 accumulation whatever the input dtype; columns at or past `vocab_
 padding) never contribute; masked tokens have zero loss and gradient; the teacher is a constant
 (no gradient). The gradient is computed analytically in the forward pass, chunk by chunk over
 tokens, into one logits-sized buffer; backward only scales it. No autograd graph through softmax.
+`ChunkedLoss` is that one autograd.Function for every objective of the package: a source of rows
+(logits here and in mixed.py and sparse.py, hidden states in fused.py) and a row kernel
+(`DenseKD` here, mixed.RowLoss, sparse.SparseKD).
 """
 
 from __future__ import annotations
@@ -340,49 +343,150 @@ def default_row_chunk(local_vocab: int, device: torch.device | str = "cpu", tp_s
     return max(floor, budget // max(1, local_vocab))
 
 
-class _KDLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, teacher, mask, opt: KDOptions, group, chunk_size):
-        shape = student.shape
-        zs = student.reshape(-1, shape[-1])
-        zt = teacher.detach().reshape(-1, teacher.shape[-1])
+class RowKernel:
+    """What ChunkedLoss runs on each chunk of rows: `add(zs, teacher_rows, labels, weights, g,
+    stats)` writes the rows' masked loss sums into `stats` (named by `stats`), the gradient of
+    their weighted loss w.r.t. the student's logits `zs` [rows, V/TP] into `g` and returns the
+    rows' masked loss (used by per-token sources). `mixed`: its chunks are the mixed objectives'
+    (default_row_chunk); `any_dtype`: `g` may be in the student's dtype, else fp32. The kernels:
+    `DenseKD` (here), mixed.RowLoss (CE and KD from dense teacher logits, one exp per model at
+    T = 1), sparse.SparseKD (over the teacher's kept ids, with the other bucket)."""
+
+    stats: tuple = ("ce", "kd")
+    mixed = True
+    any_dtype = False
+    ce_weight = 0.0
+    kd_weight = 1.0
+
+    def in_place_rows(self, zs: torch.Tensor, grad: torch.Tensor | None) -> int | None:
+        """Rows in one chunk where the kernel needs no full-width temporary (see default_row_chunk)."""
+        return None
+
+    def total(self, stats: torch.Tensor) -> torch.Tensor:
+        """The mixed loss from the sums."""
+        return (self.ce_weight * stats[0] + self.kd_weight * stats[1]).float()
+
+
+class DenseKD(RowKernel):
+    """The dense row kernel, every kind and temperature: KD rows of the student's logits against
+    the teacher's, by the plain forward KL's few passes where rows are finite (`forward_kl_fast`)
+    and `chunk_loss_and_grad` for the rest. `kd_loss` runs it alone; the mixed objective adds
+    its rows to the cross entropy's (mixed.RowLoss)."""
+
+    stats = ("kd",)
+    mixed = False  # its chunks: kd_loss's, cache-sized (default_row_chunk)
+    any_dtype = True  # writes its gradient in the student's dtype (no fp32 chunk in between)
+
+    def __init__(self, opt: KDOptions, width: int, group, device, scratch: Scratch | None = None):
+        self.opt = opt
+        self.shard = Shard(width, opt.vocab_size, group, device)
+        self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
+        self.scratch = scratch or Scratch()
+
+    def kd_rows(self, zs: torch.Tensor, zt: torch.Tensor, weight: torch.Tensor | None,
+                g: torch.Tensor | None) -> torch.Tensor:
+        """KD per row [n] (fp32, unweighted) of rows `zs`/`zt` [n, V/TP]; weight·d KD / d zs
+        written into `g` (None: not needed), 0 on rows of weight 0."""
+        if self.fast:
+            kd = forward_kl_fast(zs, zt, self.opt, self.shard, g, weight, self.scratch)
+            if kd is not None:
+                return kd
+        kd, grad = chunk_loss_and_grad(zs, zt, self.opt, self.shard)
+        if g is not None:
+            if weight is not None:
+                w = weight.unsqueeze(-1)
+                grad = torch.where(w > 0, grad * w, torch.zeros_like(grad))
+            g.copy_(grad)
+        return kd
+
+    def add(self, zs, zt, labels, w, g, stats) -> torch.Tensor:
+        """The row-kernel interface (see ChunkedLoss): masked KD per row."""
+        kd = self.kd_rows(zs, zt, w, g)
+        if w is not None:
+            kd = torch.where(w > 0, kd * w, torch.zeros_like(kd))
+        stats[0] += kd.sum(dtype=torch.float64)
+        return kd
+
+    def total(self, stats: torch.Tensor) -> torch.Tensor:
+        return stats[0].float()
+
+
+class LogitRows:
+    """The student's logits as the input of ChunkedLoss: rows `[n, V/TP]` (any leading shape) in
+    chunks, with the teacher's rows for each chunk (dense logits, or any object sliced by rows),
+    labels and weights. The gradient goes into one logits-sized buffer in the student's dtype, or
+    over the logits themselves (`overwrite`: they are read chunk by chunk before their gradient is
+    written); kernels that write fp32 only go through a chunk-sized fp32 buffer for other dtypes.
+    `per_row`: the loss is per token (kd_loss), not a sum."""
+
+    def __init__(self, teacher, labels, weight, group, chunk_size, *, overwrite=False, per_row=False):
+        self.teacher, self.labels, self.weight = teacher, labels, weight
+        self.group, self.chunk_size, self.overwrite, self.per_row = group, chunk_size, overwrite, per_row
+
+    def run(self, kernel, stats, inputs) -> tuple[torch.Tensor | None, tuple]:
+        (student,) = inputs
+        width = student.shape[-1]
+        zs = student.detach().reshape(-1, width)
         n = zs.shape[0]
-        shard = Shard(zs.shape[-1], opt.vocab_size, group, zs.device)
-        loss = torch.zeros(n, dtype=torch.float32, device=zs.device)
-        # The one extra logits-sized buffer: the gradient, in the student's dtype.
-        grad = torch.empty_like(zs) if student.requires_grad else None
-        m = None if mask is None else mask.reshape(-1).to(torch.float32)
-        step = chunk_size or default_row_chunk(zs.shape[-1], zs.device, group_size(group), mixed=False)
-        fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
-        scratch = Scratch()
+        grad = None
+        if student.requires_grad:  # contiguous: written through a [rows, V/TP] view
+            overwrite = self.overwrite and student.is_contiguous()
+            grad = student.detach() if overwrite else torch.empty(student.shape, dtype=student.dtype,
+                                                                   device=student.device)
+        flat = None if grad is None else grad.view(-1, width)
+        direct = flat is not None and (flat.dtype == torch.float32 or kernel.any_dtype)
+        step = self.chunk_size or default_row_chunk(width, zs.device, group_size(self.group), mixed=kernel.mixed,
+                                                    in_place_rows=kernel.in_place_rows(zs, flat))
+        rows = torch.zeros(n, dtype=torch.float32, device=zs.device) if self.per_row else None
+        chunk_grad = Scratch()
         for s in range(0, n, step):
             e = min(n, s + step)
-            w = None if m is None else m[s:e]
-            if fast:
-                lc = forward_kl_fast(zs[s:e], zt[s:e], opt, shard, None if grad is None else grad[s:e],
-                                      w, scratch)
-                if lc is not None:
-                    loss[s:e] = lc if w is None else torch.where(w > 0, lc * w, torch.zeros_like(lc))
-                    continue
-            lc, g = chunk_loss_and_grad(zs[s:e], zt[s:e], opt, shard)
-            if m is not None:
-                w = m[s:e]
-                lc = torch.where(w > 0, lc * w, torch.zeros_like(lc))
-                g = torch.where(w.unsqueeze(-1) > 0, g * w.unsqueeze(-1), torch.zeros_like(g))
-            loss[s:e] = lc
-            if grad is not None:
-                grad[s:e] = g.to(grad.dtype)
-        ctx.save_for_backward(grad)
-        ctx.shape = shape
-        return loss.reshape(shape[:-1])
+            if direct:
+                g = flat[s:e]
+            elif flat is None and kernel.any_dtype:
+                g = None
+            else:
+                g = chunk_grad.take(1, e - s, width, zs.device)[0]
+            w = None if self.weight is None else self.weight[s:e]
+            labels = None if self.labels is None else self.labels[s:e]
+            r = kernel.add(zs[s:e], self.teacher[s:e], labels, w, g, stats)
+            if rows is not None:
+                rows[s:e] = r
+            if flat is not None and not direct:
+                flat[s:e] = g
+        return (None if rows is None else rows.reshape(student.shape[:-1])), (grad,)
+
+
+class ChunkedLoss(torch.autograd.Function):
+    """The one autograd.Function of every KD objective. Forward: `source` (LogitRows, or
+    fused.HiddenRows) feeds `kernel` chunks of rows; the kernel writes each chunk's loss sums into
+    `stats` and the gradient of its weighted loss w.r.t. the chunk's student logits into the
+    buffer the source gives it: `kernel.add(zs, teacher_rows, labels, weights, g, stats)` returns
+    the rows' masked loss. The source turns those into the gradients of `inputs`. Backward only
+    scales them (in place: no second buffer). Returns (the per-token loss when the source asks
+    for it, else the kernel's total; the stats)."""
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        if grad is None:
-            return None, None, None, None, None, None
-        g = grad.mul_(grad_loss.reshape(-1, 1).to(grad.dtype))  # in place: no second buffer
-        return g.reshape(ctx.shape), None, None, None, None, None
+    def forward(ctx, source, kernel, *inputs):
+        stats = torch.zeros(len(kernel.stats), dtype=torch.float64, device=inputs[0].device)
+        rows, grads = source.run(kernel, stats, inputs)
+        ctx.save_for_backward(*grads)
+        ctx.per_row = rows is not None
+        ctx.dtypes = [x.dtype for x in inputs]
+        ctx.mark_non_differentiable(stats)
+        return (rows if rows is not None else kernel.total(stats)), stats
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_stats):
+        scale = grad_out.reshape(-1, 1) if ctx.per_row else grad_out
+        grads = []
+        for g, dtype in zip(ctx.saved_tensors, ctx.dtypes):
+            if g is not None:
+                flat = g.view(-1, g.shape[-1]) if ctx.per_row else g
+                flat.mul_(scale.to(g.dtype))
+                g = g.to(dtype)
+            grads.append(g)
+        return (None, None, *grads)
 
 
 def require_same_shape(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -403,4 +507,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, opt: KDO
     `chunk_size`: tokens per chunk (bounds fp32 temporaries).
     """
     require_same_shape(student_logits, teacher_logits)
-    return _KDLossFunction.apply(student_logits, teacher_logits, loss_mask, opt, tp_group, chunk_size)
+    width = student_logits.shape[-1]
+    kernel = DenseKD(opt, width, tp_group, student_logits.device)
+    weight = None if loss_mask is None else loss_mask.reshape(-1).to(torch.float32)
+    source = LogitRows(teacher_logits.detach().reshape(-1, width), None, weight, tp_group, chunk_size, per_row=True)
+    loss, _ = ChunkedLoss.apply(source, kernel, student_logits)
+    return loss

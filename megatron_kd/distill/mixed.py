@@ -16,8 +16,9 @@ take the general route (teacher metrics, CE and `kd_loss`'s arithmetic one after
 The gradient w.r.t. the student logits is computed in the forward pass, chunk by chunk over
 tokens, into one logits-sized buffer, or over the student's logits themselves
 (`overwrite_logits`, what the training objective does: no logits-sized buffer at all);
-backward only scales it. `fused_output_kd` (fused.py) calls the same `RowLoss` on
-logits it makes chunk by chunk from hidden states.
+backward only scales it (losses.ChunkedLoss, every objective's one autograd.Function, with
+`RowLoss` as its row kernel). `fused_output_kd` (fused.py) runs the same `RowLoss` on logits it
+makes chunk by chunk from hidden states.
 """
 
 from __future__ import annotations
@@ -28,31 +29,32 @@ import torch
 import torch.distributed as dist
 
 from megatron_kd.distill.losses import (
+    ChunkedLoss,
+    DenseKD,
+    LogitRows,
+    RowKernel,
     Scratch,
     ScratchPool,
-    chunk_loss_and_grad,
-    default_row_chunk,
-    forward_kl_fast,
+    default_row_chunk,  # noqa: F401  (the one chunk rule, also imported from here: training/memory.py)
     require_same_shape,
     teacher_metrics,
 )
 from megatron_kd.distill.options import KDOptions
-from megatron_kd.distill.vocab_parallel import (
-    LabelColumns,
-    Shard,
-    all_reduce,
-    cross_entropy,
-    group_size,
-    row_sum,
-    valid_width,
-)
+from megatron_kd.distill.vocab_parallel import LabelColumns, Shard, all_reduce, cross_entropy, row_sum, valid_width
 
 STATS = ("ce", "kd", "teacher_ce", "teacher_entropy", "top1_agreement")
 
 
-class RowLoss:
-    """CE, KD and teacher metrics of a few rows of logits at a time, for one call: the options,
-    weights, vocabulary shards and reused temporaries every chunk of that call shares."""
+class RowLoss(RowKernel):
+    """The dense row kernels of the mixed objective (distill.losses.ChunkedLoss): CE, KD and
+    teacher metrics of a few rows of logits at a time, from one exp per model for the plain
+    forward KL at T = 1 (`_ce_kd_at_t1`), else the cross entropy and the general dense kernel
+    (losses.DenseKD) one after the other. Holds what every chunk of one call shares: the options,
+    weights, vocabulary shards and reused temporaries."""
+
+    stats = STATS
+    mixed = True  # its chunks: the mixed objectives' (default_row_chunk)
+    any_dtype = False  # writes fp32 gradients
 
     def __init__(self, opt: KDOptions, ce_weight: float, kd_weight: float, width: int, group,
                  device, metrics: bool, scratch: ScratchPool | None = None):
@@ -62,6 +64,7 @@ class RowLoss:
         self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
         self.one_exp = self.fast and opt.temperature == 1.0
         self.scratch = (scratch or ScratchPool()).get("rows", device)  # RowLoss's 4 chunk temporaries
+        self.dense = DenseKD(opt, width, group, device, self.scratch)
         self.kd_grad, self.general_grad = Scratch(), Scratch()
         self._desc = None  # _first_max_ids' column scores
 
@@ -94,17 +97,9 @@ class RowLoss:
         ce, _, _ = cross_entropy(zs, LabelColumns(labels, self.shard_all), self.shard_all.group, g,
                                  w * self.ce_weight)
         stats[0] += (ce * w.double()).sum()
-        kd = None
-        if self.fast:
-            g_kd = self.kd_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
-            kd = forward_kl_fast(zs, zt, self.opt, self.shard_kd, g_kd, w * self.kd_weight,
-                                  self.scratch)
-            if kd is not None:
-                g.add_(g_kd)
-        if kd is None:
-            kd, g_kd = chunk_loss_and_grad(zs, zt, self.opt, self.shard_kd)
-            g.add_(torch.where(w.unsqueeze(-1) > 0, g_kd * (w * self.kd_weight).unsqueeze(-1),
-                               torch.zeros_like(g_kd)))
+        g_kd = self.kd_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
+        kd = self.dense.kd_rows(zs, zt, w * self.kd_weight, g_kd)
+        g.add_(g_kd)
         stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
 
     def _ce_kd_at_t1(self, zs, zt, labels, w, g):
@@ -190,46 +185,6 @@ class RowLoss:
         return torch.stack(ids)
 
 
-class _MixedLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, teacher, labels, mask, ce_weight, kd_weight, opt: KDOptions, group,
-                chunk_size, metrics, overwrite, scratch):
-        shape = student.shape
-        zs = student.detach().reshape(-1, shape[-1])
-        zt = teacher.detach().reshape(-1, shape[-1])
-        n, width = zs.shape
-        rows = RowLoss(opt, ce_weight, kd_weight, width, group, zs.device, metrics, scratch)
-        stats = torch.zeros(len(STATS), dtype=torch.float64, device=zs.device)
-        m = mask.reshape(-1).float()
-        # The gradient, in the student's dtype: written over the student's logits (each chunk is
-        # read before its gradient is written) or into one new logits-sized buffer. RowLoss
-        # writes fp32; other dtypes go through a chunk-sized fp32 buffer.
-        grad = None
-        if student.requires_grad:
-            grad = zs if overwrite else torch.empty_like(zs)
-        direct = grad is not None and grad.dtype == torch.float32
-        chunk_grad = Scratch()
-        step = chunk_size or default_row_chunk(width, zs.device, group_size(group))
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            g = grad[s:e] if direct else chunk_grad.take(1, e - s, width, zs.device)[0]
-            rows.add(zs[s:e], zt[s:e], labels[s:e], m[s:e], g, stats)
-            if grad is not None and not direct:
-                grad[s:e] = g
-        ctx.save_for_backward(grad)
-        ctx.shape = shape
-        ctx.mark_non_differentiable(stats)
-        return (ce_weight * stats[0] + kd_weight * stats[1]).float(), stats
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_stats):
-        (grad,) = ctx.saved_tensors
-        if grad is None:
-            return (None,) * 12
-        g = grad.mul_(grad_total.to(grad.dtype))  # in place: no second buffer
-        return (g.reshape(ctx.shape),) + (None,) * 11
-
-
 def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                   labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
                   ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
@@ -251,7 +206,10 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             loss_mask.numel() != labels.numel():
         raise ValueError(f"labels {tuple(labels.shape)} and loss_mask {tuple(loss_mask.shape)} "
                          f"must have one entry per token of the logits {tuple(student_logits.shape)}")
-    total, stats = _MixedLoss.apply(student_logits, teacher_logits, labels.reshape(-1), loss_mask,
-                                    float(ce_weight), float(kd_weight), opt, tp_group, chunk_size,
-                                    metrics, overwrite_logits, scratch)
+    width = student_logits.shape[-1]
+    kernel = RowLoss(opt, float(ce_weight), float(kd_weight), width, tp_group, student_logits.device, metrics,
+                     scratch)
+    source = LogitRows(teacher_logits.detach().reshape(-1, width), labels.reshape(-1),
+                       loss_mask.reshape(-1).float(), tp_group, chunk_size, overwrite=overwrite_logits)
+    total, stats = ChunkedLoss.apply(source, kernel, student_logits)
     return total, dict(zip(STATS, stats.unbind(0)))

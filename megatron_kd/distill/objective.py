@@ -1,7 +1,8 @@
 """The mixed objective (1 - α)·CE + α·T²·KD and the per-step distillation metrics.
 
 `make_loss_func` is the one entrance: given what the teacher gave this micro-batch (its logits,
-its hidden states and output weight, or the cache's rows) it returns what megatron-core's
+its hidden states and output weight, the cache's rows, or the unigram distribution) it chooses
+the objective (`choose_route`: the one place that does) and returns what megatron-core's
 schedules call on the last pipeline stage, a function of the student's output giving (sum of
 per-token losses, token count, reports). Every route gives the same report type (`LossSums`).
 """
@@ -15,12 +16,13 @@ from typing import Callable, Union
 import torch
 
 from megatron_kd.config.schema import KDConfig
+from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits, teacher_rows
 from megatron_kd.distill.fused import fused_output_kd
 from megatron_kd.distill.losses import ScratchPool, kd_loss, teacher_metrics
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.sparse import sparse_kd_loss
-from megatron_kd.distill.vocab_parallel import Shard, argmax_ids, valid_width
+from megatron_kd.distill.vocab_parallel import Shard, argmax_ids, group_rank, group_size, valid_width
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class KDObjective:
     fused_output_layer: bool
     # the loss's reusable temporaries, for the objective's life (not part of its identity)
     scratch: ScratchPool = field(default_factory=ScratchPool, compare=False, repr=False)
+    # the unigram teacher's one top-k row per (padded vocabulary, device): made at the first step
+    unigram_rows: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, kd: KDConfig, vocab_size: int) -> "KDObjective":
@@ -83,15 +87,21 @@ class FusedOutput:
 
 @dataclass(frozen=True)
 class CachedRows:
-    """The teacher cache's rows for the micro-batch (sample-major `[b, s, ...]`), and the teacher
-    logits rebuilt from them where the objective needs logits (None for the sparse one)."""
+    """The teacher cache's rows for the micro-batch (sample-major `[b, s, ...]`)."""
 
     rows: dict
-    logits: torch.Tensor | None
     sampled: bool = False  # a sampled cache (random-sampling KD, distill/cache.py)
 
 
-TeacherSignal = Union[OnlineLogits, FusedOutput, CachedRows]
+@dataclass(frozen=True)
+class UnigramTeacher:
+    """teacher.unigram: log p over the real vocabulary `[V]`, the same target at every token
+    (distill/unigram.py)."""
+
+    logp: torch.Tensor
+
+
+TeacherSignal = Union[OnlineLogits, FusedOutput, CachedRows, UnigramTeacher]
 TEACHER_REPORTS = ("teacher lm loss", "teacher entropy", "top1 agreement")
 
 
@@ -127,18 +137,60 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
     `[..., V/TP]`, or its hidden states for FusedOutput."""
     w = mix_weights(kd.mix, alpha)
     opts = kd.opts.at(temperature)
-    if isinstance(teacher, FusedOutput):
-        objective = _fused(kd, w, opts, labels, teacher, tp_group)
-    elif isinstance(teacher, CachedRows):
-        objective = _from_cache(kd, alpha, w, opts, labels, teacher, tp_group)
-    elif kd.mix == "magnitude_matched" or w.kd == 0:
-        # the one-pass objective cannot give the same result here: magnitude_matched's KD weight
-        # depends on the whole micro-batch's sums, and α = 0 stays bit for bit the plain
-        # pretraining run (megatron-core's CE)
-        objective = _separate_passes(kd, w, opts, labels, teacher.logits, tp_group)
+    route = choose_route(kd, alpha, temperature, teacher)
+    if route == "fused":
+        return _counted(_fused(kd, w, opts, labels, teacher, tp_group), loss_mask)
+    # a teacher that is not a model reports the teacher metrics from its own values (exact, where
+    # rebuilt logits would only approximate a top-K teacher); the dense unigram row is its logits
+    rows = _teacher_rows(kd, teacher, labels, tp_group, sparse=route == "sparse")
+    inner_kd = kd if rows is None else dataclasses.replace(kd, teacher_metrics=False)
+    if route == "sparse":
+        objective = _sparse(inner_kd, w, labels, rows, tp_group)
     else:
-        objective = _one_pass(kd, w, opts, labels, teacher.logits, tp_group)
+        passes = _separate_passes if route == "separate" else _one_pass
+        objective = passes(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group)
+    if rows is not None and kd.teacher_metrics:
+        objective = _with_cached_metrics(kd, rows, objective, tp_group)
+    return _counted(objective, loss_mask)
 
+
+def choose_route(kd: KDObjective, alpha: float, temperature: float, teacher: TeacherSignal) -> str:
+    """How a micro-batch's loss is computed, from the raw teacher signal (the one place that
+    decides): "fused" (hidden states and output weights: fused.py), "sparse" (the teacher's kept
+    ids: a top-K or sampled cache, or the unigram's one top-k row; sparse.py), "separate"
+    (magnitude_matched, whose KD weight depends on the whole micro-batch's sums, and α = 0, which
+    stays bit for bit the plain pretraining run: megatron-core's CE, kd_loss, teacher metrics) or
+    "one_pass" (mixed.py) on dense teacher logits, rebuilt where the signal is not logits."""
+    w = mix_weights(kd.mix, alpha)
+    if isinstance(teacher, FusedOutput):
+        return "fused"
+    if isinstance(teacher, CachedRows) and cache_is_sparse(kd, alpha, teacher.rows, teacher.sampled):
+        return "sparse"
+    if isinstance(teacher, UnigramTeacher) and _unigram_is_sparse(kd, w, temperature):
+        return "sparse"
+    if kd.mix == "magnitude_matched" or w.kd == 0:
+        return "separate"
+    return "one_pass"
+
+
+def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict, sampled: bool = False) -> bool:
+    """Whether a KD step from these cache rows takes the sparse objective (a top-K or sampled
+    cache, forward KL) or the dense objective on rebuilt teacher logits (the rest). A sampled cache
+    always takes the sparse one: its rows rebuild no teacher logits."""
+    return ("ids" in rows and kd.opts.kind == "forward_kl" and kd.mix != "magnitude_matched"
+            and (sampled or mix_weights(kd.mix, alpha).kd != 0))
+
+
+def _unigram_is_sparse(kd: KDObjective, w: MixWeights, temperature: float) -> bool:
+    """The unigram's one top-k row serves forward KL truncated to top-k at T = 1 exactly (as a
+    top-K cache's rows would); the online route's per-token top-k search over identical rows cost
+    4x the student's own step (study v3)."""
+    o = kd.opts
+    return (o.kind == "forward_kl" and o.top_k is not None and o.top_p is None and temperature == 1.0
+            and kd.mix != "magnitude_matched" and w.kd != 0)
+
+
+def _counted(objective, loss_mask) -> Callable:
     def loss_func(student_output: torch.Tensor):
         mask = loss_mask.float()
         count = mask.sum()
@@ -148,11 +200,65 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
     return loss_func
 
 
-def _one_pass(kd, w, opts, labels, teacher_logits, tp_group):
+def _teacher_rows(kd: KDObjective, teacher: TeacherSignal, labels, tp_group, sparse: bool) -> Callable | None:
+    """A function of the student's logits giving the teacher's rows `[b, s, ...]` (cache-row
+    fields), for the signals that come as rows: a cache's, or the unigram's top-k row where the
+    sparse objective takes it; None for logits (online teachers, the dense unigram)."""
+    if isinstance(teacher, CachedRows):
+        return lambda student_logits: teacher.rows
+    if isinstance(teacher, UnigramTeacher) and sparse:
+        return lambda student_logits: _unigram_rows(kd, teacher.logp, student_logits, labels.t(), tp_group)
+    return None
+
+
+def _dense_teacher(kd: KDObjective, teacher: TeacherSignal, tp_group) -> Callable:
+    """A function of the student's logits `[s, b, V/TP]` giving the teacher's logits for the same
+    vocabulary columns: the online teacher's; rebuilt from a cache's rows (distill/cache.py); the
+    unigram row broadcast (padding columns PADDING_LOGIT, never counted)."""
+    if isinstance(teacher, OnlineLogits):
+        return lambda student_logits: teacher.logits
+
+    def rebuilt(student_logits):
+        s, b, width = student_logits.shape
+        start = group_rank(tp_group) * width
+        if isinstance(teacher, CachedRows):
+            return dense_teacher_logits(teacher.rows, start, width, kd.opts.vocab_size, student_logits.device)
+        row = torch.full((width,), PADDING_LOGIT, dtype=torch.float32)
+        real = teacher.logp[start:start + width]
+        row[:real.numel()] = real
+        return row.to(student_logits.device).expand(s, b, width).contiguous()
+
+    return rebuilt
+
+
+def _unigram_rows(kd: KDObjective, logp: torch.Tensor, student_logits, labels: torch.Tensor, tp_group) -> dict:
+    """The unigram teacher as a top-k cache's rows `[b, s, ...]` for these labels `[b, s]`: its one
+    row, as `distill.cache.teacher_rows` writes a teacher's (made once per padded vocabulary and
+    device, on the whole padded vocabulary, so no rank needs another's columns, and kept on the
+    student's device, so a step copies nothing to it), broadcast; the label's log-probability is
+    read off the row."""
+    device = student_logits.device
+    key = (student_logits.shape[-1] * group_size(tp_group), str(device))
+    if key not in kd.unigram_rows:
+        padded_width = key[0]
+        z = torch.full((1, 1, padded_width), PADDING_LOGIT, dtype=torch.float32)
+        z[0, 0, :logp.numel()] = logp
+        row = teacher_rows(z, torch.zeros(1, 1, dtype=torch.int64), kd.opts.vocab_size, kd.opts.top_k, group=None)
+        # every label's log-probability in megatron-core's CE convention (softmax over every column)
+        label_logp = torch.log_softmax(z.reshape(-1).double(), -1).float()
+        kd.unigram_rows[key] = ({k: v.reshape(v.shape[2:]).to(device) for k, v in row.items()}, label_logp.to(device))
+    row, label_logp = kd.unigram_rows[key]
+    b, s = labels.shape
+    out = {k: v.expand(b, s, *v.shape) for k, v in row.items() if k != "label_logp"}
+    out["label_logp"] = label_logp[labels.to(device, torch.long)]
+    return out
+
+
+def _one_pass(kd, w, opts, labels, teacher, tp_group):
     """CE, KD and teacher metrics in one pass over the logits (mixed.py)."""
     def objective(student_logits, mask):
         total, sums = mixed_kd_loss(
-            student_logits, teacher_logits, labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
+            student_logits, teacher(student_logits), labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
             tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
             overwrite_logits=True, scratch=kd.scratch)  # their last reader
         return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd))
@@ -160,24 +266,25 @@ def _one_pass(kd, w, opts, labels, teacher_logits, tp_group):
     return objective
 
 
-def _separate_passes(kd, w, opts, labels, teacher_logits, tp_group):
+def _separate_passes(kd, w, opts, labels, teacher, tp_group):
     """megatron-core's CE, `kd_loss` and `teacher_metrics`, each its own pass, on sequence-major
     logits `[s, b, V/TP]` with labels and loss_mask `[s, b]`."""
     from megatron.core import tensor_parallel
 
     def objective(student_logits, mask):
+        teacher_logits = teacher(student_logits)
         # Order matters: megatron-core's vocab_parallel_cross_entropy overwrites its input with
         # the softmax (in place, for fp32 logits), so every reader of the logits goes first and
         # each cross entropy is the last use of its logits.
         kd_tok = kd_loss(student_logits, teacher_logits, opts, loss_mask=mask, tp_group=tp_group,
                          chunk_size=kd.chunk_size)
-        teacher = None
+        metrics = None
         if kd.teacher_metrics:
             width = student_logits.shape[-1]
             shard = Shard(width, opts.vocab_size, tp_group, student_logits.device)
             per_tok = teacher_metrics(student_logits.detach().reshape(-1, width),
                                       teacher_logits.reshape(-1, width), labels, shard)
-            teacher = tuple((per_tok * mask.reshape(1, -1)).sum(-1).unbind(0))
+            metrics = tuple((per_tok * mask.reshape(1, -1)).sum(-1).unbind(0))
         ce = tensor_parallel.vocab_parallel_cross_entropy(student_logits.float(), labels, tp_group=tp_group)
         # Summed in the batch-major order of megatron-core's own LM loss (steps.lm_loss_func):
         # at α = 0 the run is plain pretraining bit for bit, its reported loss included.
@@ -186,7 +293,33 @@ def _separate_passes(kd, w, opts, labels, teacher_logits, tp_group):
         kd_weight = w.kd
         if kd.mix == "magnitude_matched" and kd_sum.item() > 0:
             kd_weight = w.kd * (ce_sum.detach() / kd_sum.detach())
-        return LossSums(w.ce * ce_sum + kd_weight * kd_sum, ce_sum, kd_sum, teacher)
+        return LossSums(w.ce * ce_sum + kd_weight * kd_sum, ce_sum, kd_sum, metrics)
+
+    return objective
+
+
+def _sparse(kd, w, labels, rows, tp_group):
+    """Forward KL over the teacher's kept ids (a top-K or sampled cache's rows, or the unigram's
+    top-k row) with CE, on the student's logits (sparse.py): no teacher logits."""
+    def objective(student_logits, mask):
+        got = rows(student_logits)
+        seq = lambda t: t.transpose(0, 1).to(student_logits.device)  # noqa: E731  [b, s, ...] -> [s, b, ...]
+        total, sums = sparse_kd_loss(
+            student_logits, seq(got["ids"]), seq(got["logp"]), seq(got["other_logp"]), labels, mask,
+            top_k=kd.opts.top_k or got["ids"].shape[-1], other_bucket=kd.opts.other_bucket,
+            ce_weight=w.ce, kd_weight=w.kd, vocab_size=kd.opts.vocab_size, tp_group=tp_group,
+            chunk_size=kd.chunk_size)
+        return LossSums(total, sums["ce"], sums["kd"])
+
+    return objective
+
+
+def _with_cached_metrics(kd, rows, inner, tp_group):
+    """`inner` with the teacher metrics from the teacher's rows, read before it (it writes its
+    gradient over the logits)."""
+    def objective(student_logits, mask):
+        cached = _cached_teacher_sums(kd, rows(student_logits), student_logits, mask, tp_group)
+        return dataclasses.replace(inner(student_logits, mask), teacher=cached)
 
     return objective
 
@@ -217,43 +350,6 @@ def _fused(kd, w, opts, labels, teacher: FusedOutput, tp_group):
             ce_weight=w.ce, kd_weight=w.kd, tp_group=tp_group, chunk_size=kd.chunk_size,
             metrics=kd.teacher_metrics, scratch=kd.scratch)
         return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd))
-
-    return objective
-
-
-def cache_is_sparse(kd: KDObjective, alpha: float, rows: dict, sampled: bool = False) -> bool:
-    """Whether a KD step from these cache rows takes the sparse objective (distill/sparse.py: a
-    top-K or sampled cache, forward KL) or the online objective on rebuilt teacher logits (the
-    rest). A sampled cache always takes the sparse one: its rows rebuild no teacher logits."""
-    return ("ids" in rows and kd.opts.kind == "forward_kl" and kd.mix != "magnitude_matched"
-            and (sampled or mix_weights(kd.mix, alpha).kd != 0))
-
-
-def _from_cache(kd, alpha, w, opts, labels, teacher: CachedRows, tp_group):
-    """A KD step from the teacher cache: the sparse objective on a top-K cache's rows, else the
-    online objective on the teacher logits rebuilt from them (distill/cache.py). The teacher
-    metrics come from the cached values (exact, where rebuilt logits would only approximate a
-    top-K teacher)."""
-    rows = teacher.rows
-    if cache_is_sparse(kd, alpha, rows, teacher.sampled):  # the kept set is known: no teacher logits
-        def inner(student_logits, mask):
-            seq = lambda t: t.transpose(0, 1).to(student_logits.device)  # noqa: E731  [b, s, ...] -> [s, b, ...]
-            total, sums = sparse_kd_loss(
-                student_logits, seq(rows["ids"]), seq(rows["logp"]), seq(rows["other_logp"]), labels, mask,
-                top_k=kd.opts.top_k or rows["ids"].shape[-1], other_bucket=kd.opts.other_bucket,
-                ce_weight=w.ce, kd_weight=w.kd,
-                vocab_size=kd.opts.vocab_size, tp_group=tp_group, chunk_size=kd.chunk_size)
-            return LossSums(total, sums["ce"], sums["kd"])
-    else:
-        without_metrics = dataclasses.replace(kd, teacher_metrics=False)
-        if kd.mix == "magnitude_matched" or w.kd == 0:
-            inner = _separate_passes(without_metrics, w, opts, labels, teacher.logits, tp_group)
-        else:
-            inner = _one_pass(without_metrics, w, opts, labels, teacher.logits, tp_group)
-
-    def objective(student_logits, mask):
-        cached = _cached_teacher_sums(kd, rows, student_logits, mask, tp_group) if kd.teacher_metrics else None
-        return dataclasses.replace(inner(student_logits, mask), teacher=cached)
 
     return objective
 

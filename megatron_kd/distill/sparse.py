@@ -13,6 +13,7 @@ probabilities (Q their sum):
 CE follows megatron-core (softmax over every column, padding included). Each TP rank returns
 the same per-token loss, and its backward gives exactly the gradient of its own shard; the
 gradient is written over the logits (their last reader), as the online objective does.
+`SparseKD` is the row kernel, run by losses.ChunkedLoss like every objective's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_kd.distill.losses import default_row_chunk, other_bucket_kl
+from megatron_kd.distill.losses import ChunkedLoss, LogitRows, RowKernel, Scratch, other_bucket_kl
 from megatron_kd.distill.vocab_parallel import LabelColumns, Shard, all_reduce, group_size, row_sum, valid_width
 
 
@@ -114,81 +115,83 @@ def _kl_to_teacher(q_logp, other_logp, logp_kept, other_mass, other_bucket: bool
     return kl.clamp(min=0.0).float(), target, torch.ones_like(q_logp[:, 0])
 
 
-class _SparseKD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, ids, q_logp, other_logp, labels, mask, ce_w, kd_w, other_bucket, vocab_size,
-                group, chunk):
-        width = logits.shape[-1]
-        z = logits.detach().reshape(-1, width)  # a view: the gradient is written over the logits
-        n = z.shape[0]
-        shard = Shard(width, vocab_size, group, z.device)
-        n_valid = valid_width(shard)
+@dataclass
+class KeptRows:
+    """The teacher's kept ids and log-probabilities `[n, k]` and the log of its mass outside them
+    `[n]`, sliced by rows (what LogitRows hands the kernel for each chunk)."""
+
+    ids: torch.Tensor
+    q_logp: torch.Tensor
+    other_logp: torch.Tensor
+
+    def __getitem__(self, rows: slice) -> "KeptRows":
+        return KeptRows(self.ids[rows], self.q_logp[rows], self.other_logp[rows])
+
+
+class SparseKD(RowKernel):
+    """The sparse row kernel (distill.losses.ChunkedLoss): CE and forward KL over the teacher's
+    kept ids, renormalised or with the other bucket, of a chunk of student logits."""
+
+    def __init__(self, ce_weight: float, kd_weight: float, other_bucket: bool, vocab_size: int, width: int,
+                 group, device):
+        self.ce_weight, self.kd_weight, self.other_bucket, self.group = ce_weight, kd_weight, other_bucket, group
+        self.shard = Shard(width, vocab_size, group, device)
+        self.n_valid = valid_width(self.shard)
         # one rank holds the whole vocabulary (no TP): every label and kept id is a column here, so
         # the kept columns are read and written by index, without masks (boolean indexing costs a
         # nonzero() and a copy per use)
-        whole = group_size(group) == 1
-        # exp(z - max) is the only full-width temporary (fp32), turned into the gradient; for fp32
-        # logits without vocabulary padding it is the logits themselves (their last reader), which
-        # saves the temporary and the final copy
-        in_place = not shard.padded and z.dtype == torch.float32
-        sums = torch.zeros(2, dtype=torch.float64, device=z.device)
-        scratch = torch.empty(0, device=z.device)
-        for begin in range(0, n, chunk):
-            end = min(n, begin + chunk)
-            rows = end - begin
-            zc = z[begin:end]
-            w = mask[begin:end].float()
-            cols = _Columns.of(labels[begin:end], ids[begin:end].long(), shard, width)
-            max_all = all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
-            label_z, kept_z = _read_logits(zc, cols, whole, group)
-            if in_place:
-                ex = zc.sub_(max_all.unsqueeze(-1)).exp_()
-            else:
-                if scratch.numel() < rows * width:
-                    scratch = torch.empty(rows * width, device=z.device)
-                ex = torch.sub(zc, max_all.unsqueeze(-1), out=scratch[:rows * width].view(rows, width)).exp_()
-            total, other_mass, kept_ex = _student_mass(ex, cols, shard.padded, whole, group)
-            ce = (torch.log(total) + max_all.double() - label_z.double()).float()  # megatron-core's CE
-            lse_real, p_real, padded_other = _real_columns(zc, cols, n_valid, width, max_all, total, shard.padded,
-                                                           group)
-            if shard.padded:
-                other_mass = padded_other
-            # the kept columns: their logits (all-reduced over the shards) give log p exactly
-            logp_kept = kept_z.double() - lse_real.unsqueeze(-1)
-            kl, target, rest = _kl_to_teacher(q_logp[begin:end].double(), other_logp[begin:end].double(),
-                                              logp_kept, other_mass, other_bucket)
-            # gradient = w * [ce_w (p_all - onehot) + kd_w (p_real * rest on the real columns outside
-            # the kept set; p_real - target on the kept ones)], p_all = ex / total. The kept columns
-            # are written whole (no large term added and taken away again).
-            coef = w.double() / total
-            if shard.padded:
-                ex.mul_((coef * ce_w).float().unsqueeze(-1))
-                ex[:, :n_valid].add_(p_real.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
-            else:
-                ex.mul_((coef * (ce_w + kd_w * rest)).float().unsqueeze(-1))
-            p_all_kept = kept_ex.double() * (1.0 / total).unsqueeze(-1)
-            kept_grad = (ce_w * p_all_kept + kd_w * (torch.exp(logp_kept) - target)) * w.double().unsqueeze(-1)
-            kept_grad = kept_grad.float()
-            if whole:
-                ex.scatter_(1, cols.kept_col, kept_grad)
-            else:
-                here = cols.kept_here
-                ex.index_put_((cols.kept_row[here], cols.kept_col[here]), kept_grad[here])
-            cols.label.subtract(ex, ce_w * w)
-            if not in_place:
-                z[begin:end] = ex.to(z.dtype)
-            sums += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
-        loss = (ce_w * sums[0] + kd_w * sums[1]).float()
-        ctx.save_for_backward(z)
-        ctx.shape = logits.shape
-        out = sums.float()
-        ctx.mark_non_differentiable(out)
-        return loss, out
+        self.whole = group_size(group) == 1
+        self.scratch = Scratch()
 
-    @staticmethod
-    def backward(ctx, grad_total, grad_sums):
-        (grad,) = ctx.saved_tensors
-        return (grad.mul_(grad_total.to(grad.dtype)).reshape(ctx.shape),) + (None,) * 11
+    def in_place_rows(self, zs: torch.Tensor, grad: torch.Tensor | None) -> int | None:
+        """All rows in one chunk where exp(z - max) can overwrite the logits (the gradient goes over
+        them, fp32, no padding): the logits are then its only full-width buffer."""
+        over = grad is not None and grad.data_ptr() == zs.data_ptr() and zs.dtype == torch.float32
+        return zs.shape[0] if over and not self.shard.padded else None
+
+    def add(self, zc, kept: KeptRows, labels, w, g, stats) -> None:
+        """The row-kernel interface: masked CE and KD sums into `stats`, their weighted gradient into
+        `g` (fp32; it may be the logits `zc` themselves)."""
+        shard, group, ce_w, kd_w = self.shard, self.group, self.ce_weight, self.kd_weight
+        rows, width = zc.shape
+        cols = _Columns.of(labels, kept.ids.long(), shard, width)
+        max_all = all_reduce(zc.amax(-1).float(), dist.ReduceOp.MAX, group)
+        label_z, kept_z = _read_logits(zc, cols, self.whole, group)
+        # exp(z - max) is the only full-width temporary (fp32), turned into the gradient; over the
+        # logits, their last reader, where nothing reads them again (no padding)
+        over = g.data_ptr() == zc.data_ptr()
+        ex = self.scratch.take(1, rows, width, zc.device)[0] if over and shard.padded else g
+        torch.sub(zc, max_all.unsqueeze(-1), out=ex).exp_()
+        total, other_mass, kept_ex = _student_mass(ex, cols, shard.padded, self.whole, group)
+        ce = (torch.log(total) + max_all.double() - label_z.double()).float()  # megatron-core's CE
+        lse_real, p_real, padded_other = _real_columns(zc, cols, self.n_valid, width, max_all, total, shard.padded,
+                                                       group)
+        if shard.padded:
+            other_mass = padded_other
+        # the kept columns: their logits (all-reduced over the shards) give log p exactly
+        logp_kept = kept_z.double() - lse_real.unsqueeze(-1)
+        kl, target, rest = _kl_to_teacher(kept.q_logp.double(), kept.other_logp.double(), logp_kept, other_mass,
+                                          self.other_bucket)
+        # gradient = w * [ce_w (p_all - onehot) + kd_w (p_real * rest on the real columns outside
+        # the kept set; p_real - target on the kept ones)], p_all = ex / total. The kept columns
+        # are written whole (no large term added and taken away again).
+        coef = w.double() / total
+        if shard.padded:
+            ex.mul_((coef * ce_w).float().unsqueeze(-1))
+            ex[:, :self.n_valid].add_(p_real.mul_((kd_w * rest * w.double()).float().unsqueeze(-1)))
+        else:
+            ex.mul_((coef * (ce_w + kd_w * rest)).float().unsqueeze(-1))
+        p_all_kept = kept_ex.double() * (1.0 / total).unsqueeze(-1)
+        kept_grad = ((ce_w * p_all_kept + kd_w * (torch.exp(logp_kept) - target)) * w.double().unsqueeze(-1)).float()
+        if self.whole:
+            ex.scatter_(1, cols.kept_col, kept_grad)
+        else:
+            here = cols.kept_here
+            ex.index_put_((cols.kept_row[here], cols.kept_col[here]), kept_grad[here])
+        cols.label.subtract(ex, ce_w * w)
+        if ex is not g:
+            g.copy_(ex)
+        stats += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
 
 
 def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torch.Tensor,
@@ -210,11 +213,9 @@ def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torc
         tail = torch.logsumexp(q_f[:, top_k:].double(), dim=-1)
         other = torch.logaddexp(other, tail)
         ids_f, q_f = ids_f[:, :top_k], q_f[:, :top_k]
-    tp = group_size(tp_group)
-    # exponentiated in place (fp32 logits, no padding): the logits are the only full-width buffer
-    in_place = student_logits.dtype == torch.float32 and vocab_size >= width * tp
-    chunk = chunk_size or default_row_chunk(width, student_logits.device, tp, in_place_rows=n if in_place else None)
-    total, sums = _SparseKD.apply(student_logits, ids_f.contiguous(), q_f.contiguous(), other.float(),
-                                  labels.reshape(n), loss_mask.reshape(n), float(ce_weight), float(kd_weight),
-                                  bool(other_bucket), int(vocab_size), tp_group, max(1, int(chunk)))
-    return total, {"ce": sums[0], "kd": sums[1]}
+    kernel = SparseKD(float(ce_weight), float(kd_weight), bool(other_bucket), int(vocab_size), width, tp_group,
+                      student_logits.device)
+    source = LogitRows(KeptRows(ids_f.contiguous(), q_f.contiguous(), other.float()), labels.reshape(n),
+                       loss_mask.reshape(n).float(), tp_group, chunk_size, overwrite=True)
+    total, sums = ChunkedLoss.apply(source, kernel, student_logits)
+    return total, {"ce": sums[0].float(), "kd": sums[1].float()}

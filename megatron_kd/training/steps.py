@@ -10,14 +10,13 @@ import torch
 
 from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
-from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits, teacher_rows
 from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
     CachedRows,
     FusedOutput,
     KDObjective,
     OnlineLogits,
-    cache_is_sparse,
+    UnigramTeacher,
     make_loss_func,
 )
 from megatron_kd.runtime.throughput import Profiler
@@ -38,7 +37,6 @@ class StepContext:
     sequence_parallel: bool = False
     cache: object = None  # a distill.cache.TeacherCache: the teacher's outputs come from it
     unigram: torch.Tensor | None = None  # teacher.unigram: log p [vocab], the same target at every token
-    unigram_row: tuple | None = None  # its top-k row, made at the first step that needs it
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
     profiler: Profiler | None = None  # times the KD loss (mkd train --profile-steps)
 
@@ -87,10 +85,11 @@ def _make_forward_step(ctx: StepContext):
         if ctx.kd is None:
             output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
             return output, partial(lm_loss_func, batch["loss_mask"])
-        if ctx.cache is not None:
-            return _forward_from_cache(ctx, batch, model)
+        if ctx.cache is not None:  # the teacher's outputs for this micro-batch's samples, from the cache
+            return _forward_without_teacher_model(ctx, batch, model, lambda: CachedRows(
+                ctx.cache.rows(batch["sample_index"].cpu()), getattr(ctx.cache, "sampled", False)))
         if ctx.unigram is not None:
-            return _forward_unigram(ctx, batch, model)
+            return _forward_without_teacher_model(ctx, batch, model, lambda: UnigramTeacher(ctx.unigram))
         out = model(batch["tokens"], batch["position_ids"], None)
         if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
             return out, None
@@ -108,73 +107,16 @@ def _make_forward_step(ctx: StepContext):
     return forward_step
 
 
-def _forward_from_cache(ctx: StepContext, batch: dict, model):
-    """KD step with the teacher's outputs read from the cache for this micro-batch's samples."""
-    from megatron.core import parallel_state
-
+def _forward_without_teacher_model(ctx: StepContext, batch: dict, model, teacher_signal):
+    """KD step whose teacher is not a model (a cache's rows, the unigram distribution): the
+    student's logits, and the loss from `teacher_signal()` (read on the last pipeline stage only);
+    which objective serves it is make_loss_func's choice."""
     student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
     if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
         return student_logits, None
-    rows = ctx.cache.rows(batch["sample_index"].cpu())
-    width = student_logits.shape[-1]
-    start = parallel_state.get_tensor_model_parallel_rank() * width
-    teacher_logits = None
-    sampled = getattr(ctx.cache, "sampled", False)
-    if not cache_is_sparse(ctx.kd, ctx.alpha, rows, sampled):  # the sparse objective needs no teacher logits
-        teacher_logits = dense_teacher_logits(rows, start, width, ctx.kd.opts.vocab_size, student_logits.device)
     return student_logits, make_loss_func(
         ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
-        CachedRows(rows, teacher_logits, sampled), ctx.tp_group)
-
-
-def _forward_unigram(ctx: StepContext, batch: dict, model):
-    """KD step against the unigram teacher: the same log-probabilities at every position. Where
-    a top-K cache's rows would serve the objective exactly (forward KL truncated to top-k, T = 1),
-    the teacher's one top-k row is made once and broadcast, and the step takes the cached
-    teachers' sparse objective (the same numbers, distill/sparse.py); the online route's per-token
-    top-k search over identical rows cost 4x the student's own step (study v3). Otherwise the
-    rank's vocabulary columns of the dense row (padding columns PADDING_LOGIT, never counted)."""
-    from megatron.core import parallel_state
-
-    student_logits = model(batch["tokens"], batch["position_ids"], None, output_processor=sequence_major_logits)
-    if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
-        return student_logits, None
-    s, b, width = student_logits.shape
-    labels, mask = batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous()
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    opts = ctx.kd.opts
-    if opts.top_k is not None and opts.top_p is None and ctx.temperature == 1.0:
-        rows = _unigram_rows(ctx, width * tp, batch["labels"], student_logits.device)
-        if cache_is_sparse(ctx.kd, ctx.alpha, rows):
-            return student_logits, make_loss_func(
-                ctx.kd, ctx.alpha, ctx.temperature, labels, mask, CachedRows(rows, None), ctx.tp_group)
-    start = parallel_state.get_tensor_model_parallel_rank() * width
-    row = torch.full((width,), PADDING_LOGIT, dtype=torch.float32)
-    real = ctx.unigram[start:start + width]
-    row[:real.numel()] = real
-    teacher_logits = row.to(student_logits.device).expand(s, b, width).contiguous()
-    return student_logits, make_loss_func(
-        ctx.kd, ctx.alpha, ctx.temperature, labels, mask, OnlineLogits(teacher_logits), ctx.tp_group)
-
-
-def _unigram_rows(ctx: StepContext, padded_width: int, labels: torch.Tensor, device) -> dict:
-    """The unigram teacher as a top-k cache's rows `[b, s, ...]` for these labels `[b, s]`: its one
-    row, as `distill.cache.teacher_rows` writes a teacher's (made once, on the whole padded
-    vocabulary, so no rank needs another's columns, and kept on the student's device, so a step
-    copies nothing to it), broadcast; the label's log-probability is read off the row."""
-    if ctx.unigram_row is None:  # the width and top-k are the run's: made once
-        z = torch.full((1, 1, padded_width), PADDING_LOGIT, dtype=torch.float32)
-        z[0, 0, :ctx.unigram.numel()] = ctx.unigram
-        row = teacher_rows(z, torch.zeros(1, 1, dtype=torch.int64), ctx.kd.opts.vocab_size,
-                           ctx.kd.opts.top_k, group=None)
-        # every label's log-probability in megatron-core's CE convention (softmax over every column)
-        label_logp = torch.log_softmax(z.reshape(-1).double(), -1).float()
-        ctx.unigram_row = ({k: v.reshape(v.shape[2:]).to(device) for k, v in row.items()}, label_logp.to(device))
-    row, label_logp = ctx.unigram_row
-    b, s = labels.shape
-    out = {k: v.expand(b, s, *v.shape) for k, v in row.items() if k != "label_logp"}
-    out["label_logp"] = label_logp[labels.to(device, torch.long)]
-    return out
+        teacher_signal(), ctx.tp_group)
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:

@@ -88,19 +88,19 @@ def test_one_entrance_cache_route_sparse_and_dense_agree_with_cached_teacher_met
     """A top-K cache's rows: the sparse objective (forward KL) and the dense route on rebuilt
     logits (reverse KL) each report the teacher metrics from the cached values, equal to those
     the online route computes from the full teacher."""
-    from megatron_kd.distill.cache import dense_teacher_logits, teacher_rows
-    from megatron_kd.distill.objective import CachedRows, OnlineLogits, cache_is_sparse, make_loss_func
+    from megatron_kd.distill.cache import teacher_rows
+    from megatron_kd.distill.objective import CachedRows, OnlineLogits, choose_route, make_loss_func
 
     zs, zt, labels, mask = _batch(seed=1)
     rows = teacher_rows(zt, labels, 48, 48, None)  # K = V: the kept set is everything
     kd = _kd(alpha=0.5, top_k=48)
-    assert cache_is_sparse(kd, 0.5, rows) and not cache_is_sparse(kd, 0.0, rows)
+    cached = CachedRows(rows)
+    assert choose_route(kd, 0.5, 1.0, cached) == "sparse" and choose_route(kd, 0.0, 1.0, cached) == "separate"
     _, _, online = make_loss_func(kd, 0.5, 1.0, labels, mask, OnlineLogits(zt), None)(zs.clone())
-    _, _, sparse = make_loss_func(kd, 0.5, 1.0, labels, mask, CachedRows(rows, None), None)(zs.clone())
+    _, _, sparse = make_loss_func(kd, 0.5, 1.0, labels, mask, cached, None)(zs.clone())
     rkl = _kd(alpha=0.5, kind="reverse_kl")
-    assert not cache_is_sparse(rkl, 0.5, rows)
-    rebuilt = dense_teacher_logits(rows, 0, 48, 48, "cpu")
-    _, _, dense = make_loss_func(rkl, 0.5, 1.0, labels, mask, CachedRows(rows, rebuilt), None)(zs.clone())
+    assert choose_route(rkl, 0.5, 1.0, cached) == "one_pass"  # on teacher logits rebuilt from the rows
+    _, _, dense = make_loss_func(rkl, 0.5, 1.0, labels, mask, cached, None)(zs.clone())
     assert set(sparse) == set(online) == set(dense)
     for key in online:
         assert float(sparse[key][0]) == pytest.approx(float(online[key][0]), rel=1e-4, abs=1e-4), key

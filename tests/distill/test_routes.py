@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron_kd.config.schema import KDConfig
-from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits, teacher_rows
+from megatron_kd.distill.cache import teacher_rows
 from megatron_kd.distill.cache_encoding import Encoding
 from megatron_kd.distill.fused import fused_output_kd
 from megatron_kd.distill.losses import kd_loss
@@ -33,7 +33,7 @@ from megatron_kd.distill.objective import (
     FusedOutput,
     KDObjective,
     OnlineLogits,
-    cache_is_sparse,
+    UnigramTeacher,
     make_loss_func,
 )
 from megatron_kd.distill.options import KDOptions
@@ -181,14 +181,13 @@ class Case:
                                   self.group)
 
     def cached(self, kd: dict, rows: dict, sampled: bool = False) -> dict:
-        """A cache route as the training step takes it: rebuilt teacher logits where the sparse
-        objective does not apply."""
+        """A cache's rows as the training step passes them (make_loss_func rebuilds teacher logits
+        where the sparse objective does not apply)."""
+        return _through_loss_func(kd, self.zs_local, self.labels, self.mask, CachedRows(rows, sampled), self.group)
 
-        obj = _objective(**kd)
-        logits = None
-        if not cache_is_sparse(obj, kd.get("alpha", 0.5), rows, sampled):
-            logits = dense_teacher_logits(rows, self.cols.start, self.width, V, "cpu")
-        return _through_loss_func(kd, self.zs_local, self.labels, self.mask, CachedRows(rows, logits, sampled),
+    def unigram(self, kd: dict) -> dict:
+        """The unigram teacher (with kd.top_k: its one top-k row, broadcast, the sparse objective)."""
+        return _through_loss_func(kd, self.zs_local, self.labels, self.mask, UnigramTeacher(_unigram_logp()),
                                   self.group)
 
     def kd_loss(self, opts: dict) -> dict:
@@ -230,6 +229,7 @@ def routes(case: Case) -> dict:
     rows_f32, rows_bf16 = case.rows("fp32"), case.rows("bf16")
     sampled = case.rows(draws=DRAWS)
     full = case.rows(top_k=None)
+    uni = _unigram_logp().double().expand(S * B, V)
     return {
         "online/fkl_t1": (lambda: case.online({}), ref("forward_kl", dense)),
         "online/fkl_t2": (lambda: case.online({"temperature": 2.0}),
@@ -267,6 +267,9 @@ def routes(case: Case) -> dict:
         "cache_full/reverse": (lambda: case.cached({"kind": "reverse_kl"}, full), ref("reverse_kl", c1)),
         "cache_full/fkl_t2": (lambda: case.cached({"temperature": 2.0}, full),
                               ref("forward_kl", truncated_target(c2), T=2.0)),
+        "unigram/top_k_row": (lambda: case.unigram({"top_k": 6, "other_bucket": True}),
+                              ref("forward_kl", truncated_target(uni, 6, other_bucket=True))),
+        "unigram/dense": (lambda: case.unigram({}), ref("forward_kl", truncated_target(uni))),
     }
 
 
@@ -311,15 +314,15 @@ def check(results: dict) -> None:
 
 def test_every_route_matches_the_float64_reference_at_tp1():
     results = compare()
-    assert len(results) == len(INPUTS) * 21
+    assert len(results) == len(INPUTS) * 23
     check(results)
 
 
 # --- the routes that need megatron-core, and TP=2: one gloo spawn -------------------------------
 
 def _megatron_routes(case: Case) -> dict:
-    """The separate passes (megatron-core's CE), the fused objective through make_loss_func (its
-    tensor-parallel regions) and the unigram teacher (the training step's rows)."""
+    """The separate passes (megatron-core's CE) and the fused objective through make_loss_func (its
+    tensor-parallel regions)."""
 
     zs, lab, mask = case.zs, case.labels, case.mask
     c1 = case.teacher_logits()
@@ -333,19 +336,6 @@ def _megatron_routes(case: Case) -> dict:
                                  mask.t().contiguous(), signal, case.group)
         return got | {"grad": got["grad"][..., case.cols]}
 
-    def unigram(top_k):
-        from megatron_kd.training.steps import StepContext, _unigram_rows
-
-        ctx = StepContext(kd=_objective(top_k=top_k, other_bucket=bool(top_k)), unigram=_unigram_logp())
-        if top_k:  # the teacher's one top-k row, broadcast: the cached teachers' sparse objective
-            return case.cached({"top_k": top_k, "other_bucket": True},
-                               _unigram_rows(ctx, VPAD, lab.t().contiguous(), "cpu"))
-        row = torch.full((VPAD,), PADDING_LOGIT)
-        row[:V] = ctx.unigram
-        return _through_loss_func({}, case.zs_local, lab, mask, OnlineLogits(row[case.cols].expand(S, B, -1)
-                                                                             .contiguous()), case.group)
-
-    uni = _unigram_logp().double().expand(S * B, V)
     return {
         "separate/alpha0": (lambda: case.online({"alpha": 0.0}), ref("forward_kl", truncated_target(c1),
                                                                       ce_w=1.0, kd_w=0.0)),
@@ -355,8 +345,6 @@ def _megatron_routes(case: Case) -> dict:
             lambda: case.cached({"mix": "magnitude_matched", "top_k": 5, "other_bucket": True}, rows),
             ref("forward_kl", rows_target(rows, 5, True), magnitude_matched=True)),
         "fused/loss_func": (fused_loss_func, ref("forward_kl", truncated_target(c1))),
-        "unigram/top_k_row": (lambda: unigram(6), ref("forward_kl", truncated_target(uni, 6, other_bucket=True))),
-        "unigram/dense": (lambda: unigram(None), ref("forward_kl", truncated_target(uni))),
     }
 
 

@@ -42,39 +42,38 @@ def test_unigram_teacher_refuses_what_it_cannot_be(text_corpus, tmp_path):
 
 @pytest.mark.parametrize("top_k, alpha", [(8, 0.5), (47, 1.0), (1, 0.2)])
 def test_unigram_top_k_row_route_equals_the_dense_online_route(top_k, alpha):
-    """The unigram step's sparse route (its one top-k row, broadcast: training/steps.py) gives the
-    dense online route's loss, reports and gradient: 48 real tokens in 64 padded columns, masked
-    tokens, huge student logits, ties in the unigram's counts (add-one zeros)."""
+    """The unigram teacher's sparse route (its one top-k row, broadcast: make_loss_func chooses it
+    at T = 1 for kd.top_k) gives the dense online route's loss, reports and gradient: 48 real
+    tokens in 64 padded columns, masked tokens, huge student logits, ties in the unigram's counts
+    (add-one zeros)."""
     import torch
 
     from megatron_kd.config.schema import KDConfig
     from megatron_kd.distill.cache import PADDING_LOGIT
-    from megatron_kd.distill.objective import CachedRows, KDObjective, OnlineLogits, cache_is_sparse, make_loss_func
-    from megatron_kd.training.steps import StepContext, _unigram_rows
+    from megatron_kd.distill.objective import KDObjective, OnlineLogits, UnigramTeacher, choose_route, make_loss_func
 
     g = torch.Generator().manual_seed(top_k)
     counts = torch.randint(0, 6, (48,), generator=g).double()  # many equal counts: ties
     logp = torch.log((counts + 1) / (counts.sum() + 48)).float()
     kd = KDObjective.from_config(KDConfig(alpha=alpha, top_k=top_k, other_bucket=True, teacher_metrics=True), 48)
-    ctx = StepContext(kd=kd, alpha=alpha, unigram=logp)
     s, b, width = 6, 3, 64
     zs = torch.randn(s, b, width, generator=g) * 4
     zs[0, 0, 5] = 50.0  # a huge logit (the other mass e^-50 stays above both routes' floors)
     labels = torch.randint(0, 48, (s, b), generator=g)
     mask = (torch.rand(s, b, generator=g) > 0.3).float()
-    cpu = torch.device("cpu")
-    rows = _unigram_rows(ctx, width, labels.t().contiguous(), cpu)
-    assert cache_is_sparse(kd, alpha, rows) and rows["ids"].shape == (b, s, top_k)
-    assert _unigram_rows(ctx, width, labels.t(), cpu) is not rows and ctx.unigram_row[0]["ids"].shape == (top_k,)
+    unigram = UnigramTeacher(logp)
+    assert choose_route(kd, alpha, 1.0, unigram) == "sparse" and choose_route(kd, alpha, 2.0, unigram) == "one_pass"
     dense = torch.full((width,), PADDING_LOGIT)
     dense[:48] = logp
     results = []
-    for signal in (CachedRows(rows, None), OnlineLogits(dense.expand(s, b, width).contiguous())):
+    for signal in (unigram, unigram, OnlineLogits(dense.expand(s, b, width).contiguous())):
         z = zs.clone().requires_grad_(True)
         total, count, reports = make_loss_func(kd, alpha, 1.0, labels, mask, signal, None)(z)
         (2.0 * total).backward()
         results.append((total.detach(), reports, z.grad))
-    (t_sparse, r_sparse, g_sparse), (t_dense, r_dense, g_dense) = results
+    # the row is made once per run (per padded vocabulary and device), at the first step
+    assert len(kd.unigram_rows) == 1 and next(iter(kd.unigram_rows.values()))[0]["ids"].shape == (top_k,)
+    (t_sparse, r_sparse, g_sparse), _, (t_dense, r_dense, g_dense) = results
     assert float(t_sparse) == pytest.approx(float(t_dense), rel=1e-5, abs=1e-5)
     assert set(r_sparse) == set(r_dense)
     for key in r_dense:
