@@ -193,7 +193,7 @@ def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> None:
 def _claims_json(c: dict) -> dict:
     keep = ("claim", "verdict", "null", "statistic", "p", "p_holm", "p_against", "p_against_holm",
             "why", "rho", "rho_interval", "weak", "margin",
-            "as_smoothing", "controls_missing")
+            "as_smoothing", "controls_missing", "primary", "secondary")
     out = {k: c[k] for k in keep if k in c}
     if "axes" in c:
         out["axes"] = [{"axis": r["axis"], "alpha": r["alpha"], "teachers": r["teachers"], "tested": r["tested"],

@@ -5,6 +5,7 @@ wrong block is one line naming the key."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.study.analysis import analyse
 from megatron_kd.study.power import Noise, student_power
 from megatron_kd.study.primary import parse_primary, registered
+from megatron_kd.study.report import report_json
 from megatron_kd.study.sweep import expand, load_sweep
 from megatron_kd.study.sweep_spec import grid_teacher_names
 from tests.study.synthetic_v3 import SETS, v3_rows
@@ -153,3 +155,15 @@ def test_report_cli_takes_the_block_from_a_sweep_file(tmp_path, capsys):
     plain.write_text(yaml.safe_dump(spec))
     assert main(["report", "--table", str(tmp_path / "none.csv"), "--primary", str(plain)]) == 2
     assert "has no `primary:` block" in capsys.readouterr().err
+
+
+def test_report_json_carries_the_registered_contrast_and_its_secondary_comparisons():
+    rng = np.random.default_rng(3)
+    rows = v3_rows(rng, lambda t, a, s: 0.08 if t in WEAK and a in (0.2, 0.5) and s == "indomain" else 0.0)
+    with registered(PRIMARY):
+        study = analyse(rows, list(SETS), n_boot=0)
+    claims = {c["claim"]: c for c in json.loads(json.dumps(report_json(study, list(SETS))))["students"]["s"]["claims"]}
+    assert claims[1]["primary"]["contrast"].startswith("the mean paired gain over the weak teachers")
+    assert claims[1]["primary"]["p"] == claims[1]["p"] and len(claims[1]["secondary"]) == 2 * 3 * 2
+    assert claims[3]["primary"]["contrast"].endswith("ood_test")
+    assert "primary" not in claims[4]  # one test already: nothing registered
