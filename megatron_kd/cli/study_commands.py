@@ -56,7 +56,8 @@ def add_study_parsers(sub) -> None:
     r.add_argument("--primary", metavar="SWEEP.yaml",
                    help="read the claims through the registered primary contrasts of this sweep file's `primary:` "
                         "block (one pre-named test per claim, no Bonferroni within it; the other comparisons "
-                        "listed as secondary, uncorrected); its teachers, α and sets must be those of these runs")
+                        "listed as secondary, uncorrected); its teachers, α and sets must be those of these runs. "
+                        "A sweep directory's own block (its primary.json) is read without it; --primary wins")
     from megatron_kd.cli.report_primary import with_registered_primary
 
     r.set_defaults(func=with_registered_primary(cmd_report))
@@ -102,7 +103,10 @@ def cmd_sweep(args) -> int:
               f"the report: mkd report {spec['out']}")
         return 0
     evaluate_teachers(spec)
-    return cmd_report(type("A", (), {"sweep_dir": spec["out"]})())
+    from megatron_kd.study.primary import registered
+
+    with registered(spec.get("primary"), f"sweep {spec['_path']}"):
+        return cmd_report(type("A", (), {"sweep_dir": spec["out"]})())
 
 
 def check_power(spec: dict, skip: bool) -> None:

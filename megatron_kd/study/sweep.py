@@ -54,6 +54,7 @@ from megatron_kd.study.jobs import Job, run_jobs
 from megatron_kd.study.sweep_progress import JobsProgress, following, say
 from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types
 
+PRIMARY_FILE = "primary.json"  # in a sweep directory: its `primary:` block
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
 
 
@@ -295,6 +296,9 @@ def write_recipes(spec: dict, only: list[str] | None = None) -> list[tuple[Point
         written.append((point, path))
     # points.json lists the whole grid: the report reads it, whatever subset ran this time.
     write_text_atomic(out / "points.json", json.dumps([{"name": p.name, **p.meta} for p in all_points], indent=2))
+    # The registered primary contrasts (null without a `primary:` block): `mkd report SWEEP_DIR`
+    # reads the claims through them, as the sweep's own report does.
+    write_text_atomic(out / PRIMARY_FILE, json.dumps(spec.get("primary")) + "\n")
     return written
 
 

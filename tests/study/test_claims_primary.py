@@ -167,3 +167,54 @@ def test_report_json_carries_the_registered_contrast_and_its_secondary_compariso
     assert claims[1]["primary"]["p"] == claims[1]["p"] and len(claims[1]["secondary"]) == 2 * 3 * 2
     assert claims[3]["primary"]["contrast"].endswith("ood_test")
     assert "primary" not in claims[4]  # one test already: nothing registered
+
+
+def _sweep_with(tmp_path: Path, primary) -> tuple[Path, Path]:
+    """Study v3's short sweep with a `primary:` block, writing into tmp_path/sweep: (file, dir)."""
+    path = v3_with(tmp_path, primary)
+    spec = yaml.safe_load(path.read_text())
+    spec["out"] = str(tmp_path / "sweep")
+    path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return path, tmp_path / "sweep"
+
+
+def _registered_while(monkeypatch, module) -> list:
+    """What `module.cmd_report` sees registered when it runs (it records, reports nothing)."""
+    from megatron_kd.study.primary import current
+
+    seen = []
+    monkeypatch.setattr(module, "cmd_report", lambda args: seen.append(current()) or 0)
+    return seen
+
+
+def test_a_sweep_directory_keeps_its_block_and_mkd_report_reads_it(tmp_path, monkeypatch, capsys):
+    from megatron_kd.cli import study_commands
+    from megatron_kd.cli.report_primary import with_registered_primary
+
+    path, out = _sweep_with(tmp_path, {"claim 3": {"set": "ood_test"}})
+    assert main(["sweep", str(path), "--only", "*baseline*", "--no-power-check"]) == 0
+    assert json.loads((out / "primary.json").read_text()) == {"claim 3": {"set": "ood_test"}}
+    seen = _registered_while(monkeypatch, study_commands)
+    report = with_registered_primary(study_commands.cmd_report)  # as `mkd report` runs it
+    report(type("A", (), {"sweep_dir": str(out), "primary": None})())
+    assert seen[-1][0] == {"claim 3": {"set": "ood_test"}} and "primary.json" in seen[-1][1]
+    report(type("A", (), {"sweep_dir": str(out), "primary": str(v3_with(tmp_path, PRIMARY))})())
+    assert seen[-1] == (PRIMARY, f"--primary {tmp_path / 'v3.yaml'}")  # given explicitly, it wins
+    # a sweep without the block writes null: an earlier block is not read any more
+    plain, _ = _sweep_with(tmp_path, None)
+    assert main(["sweep", str(plain), "--only", "*baseline*", "--no-power-check"]) == 0
+    assert (out / "primary.json").read_text().strip() == "null"
+    report(type("A", (), {"sweep_dir": str(out), "primary": None})())
+    assert seen[-1] is None
+
+
+def test_the_report_after_a_local_sweep_reads_its_registered_block(tmp_path, monkeypatch):
+    from megatron_kd.cli import study_commands
+    from megatron_kd.study import sweep
+
+    path, _ = _sweep_with(tmp_path, PRIMARY)
+    monkeypatch.setattr(sweep, "run_local", lambda *a: None)
+    monkeypatch.setattr(sweep, "evaluate_teachers", lambda spec: {})
+    seen = _registered_while(monkeypatch, study_commands)
+    assert main(["sweep", str(path), "--local", "--no-power-check"]) == 0
+    assert seen == [(PRIMARY, f"sweep {path}")]
