@@ -11,6 +11,7 @@ import json
 import zlib
 from pathlib import Path
 
+from megatron_kd.checkpoint import megatron_lm
 from megatron_kd.checkpoint.hf_cache import ensure_converted
 from megatron_kd.config.loader import build_dataclass, load_config, load_recipe_dict
 from megatron_kd.config.overrides import override
@@ -171,17 +172,20 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def resolve_checkpoint(ref: str | Path) -> Path:
     """A checkpoint directory as given; a run directory: its latest checkpoint; a Hugging Face
-    directory: its converted checkpoint (converted once, then cached, see hf_cache)."""
+    directory or a Megatron-LM one (a save dir or an iter_* dir): its converted checkpoint
+    (converted once, then cached, see hf_cache and megatron_lm)."""
     path = Path(ref)
     if is_checkpoint(path):
         return path
     if is_hf_dir(path):
         return ensure_converted(path)
+    if megatron_lm.is_megatron_lm_dir(path):
+        return megatron_lm.ensure_converted(path)
     latest = latest_checkpoint(path / "checkpoints")
     if latest is not None:
         return latest
     raise ConfigError(f"'{path}' is neither a checkpoint nor a run directory with checkpoints; "
-                      "pass RUN_DIR or RUN_DIR/checkpoints/NAME")
+                      "pass RUN_DIR, RUN_DIR/checkpoints/NAME, a Hugging Face or a Megatron-LM directory")
 
 
 def saved_model(ckpt: Path, state: dict | None = None) -> ModelConfig:

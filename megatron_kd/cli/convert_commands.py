@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def add_convert_parsers(sub) -> None:
-    p = sub.add_parser("convert", help="Hugging Face <-> megatron-core checkpoints (Llama, Qwen3)")
+    p = sub.add_parser("convert", help="Hugging Face (Llama, Qwen3) and Megatron-LM <-> megatron_kd checkpoints")
     csub = p.add_subparsers(dest="convert_command", metavar="DIRECTION", required=True)
     a = csub.add_parser("hf-to-mcore", help="HF directory -> megatron_kd checkpoint (loads at any TP/PP)")
     a.add_argument("hf_dir")
@@ -19,6 +19,17 @@ def add_convert_parsers(sub) -> None:
     b.add_argument("out_dir")
     b.add_argument("--shard-size-gb", type=float, default=2.0)
     b.set_defaults(func=cmd_mcore_to_hf)
+    m = csub.add_parser("megatron-lm-to-mcore",
+                        help="Megatron-LM / Bridge checkpoint (save or iter_* dir) -> megatron_kd checkpoint")
+    m.add_argument("src")
+    m.add_argument("out_dir")
+    m.add_argument("--model", default=None,
+                   help="model recipe, where the checkpoint's own args or run_config.yaml cannot be read")
+    m.set_defaults(func=cmd_megatron_lm_to_mcore)
+    e = csub.add_parser("mcore-to-megatron-lm", help="megatron_kd checkpoint (or run dir) -> Megatron-LM save dir")
+    e.add_argument("checkpoint")
+    e.add_argument("out_dir")
+    e.set_defaults(func=cmd_mcore_to_megatron_lm)
 
     c = sub.add_parser("check-pair", help="can TEACHER distill into STUDENT? (tokenizer, vocab, length)")
     c.add_argument("teacher", help="checkpoint, run dir, HF dir or recipe")
@@ -56,6 +67,33 @@ def cmd_mcore_to_hf(args) -> int:
     finally:
         shutdown(barrier=False)
     print(f"wrote {out} (config.json, safetensors, tokenizer files)")
+    return 0
+
+
+def cmd_megatron_lm_to_mcore(args) -> int:
+    from megatron_kd.convert.megatron_lm import megatron_lm_to_mcore
+    from megatron_kd.runtime.distributed import shutdown
+
+    _quiet()
+    try:
+        out = megatron_lm_to_mcore(Path(args.src), Path(args.out_dir), args.model)
+    finally:
+        shutdown(barrier=False)
+    print(f"wrote {out} (megatron-core dist checkpoint; model recipe {out / 'model.yaml'})")
+    return 0
+
+
+def cmd_mcore_to_megatron_lm(args) -> int:
+    from megatron_kd.convert.megatron_lm import mcore_to_megatron_lm
+    from megatron_kd.runtime.distributed import shutdown
+
+    _quiet()
+    try:
+        out = mcore_to_megatron_lm(Path(args.checkpoint), Path(args.out_dir))
+    finally:
+        shutdown(barrier=False)
+    print(f"wrote {out} (Megatron-LM torch_dist save dir; load it with --load {out} --no-load-optim "
+          "--no-load-rng)")
     return 0
 
 

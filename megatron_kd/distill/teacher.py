@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_kd.checkpoint import megatron_lm
 from megatron_kd.checkpoint.refs import (
+    is_checkpoint,
     is_hf_dir,
     read_state,
     resolve_checkpoint,
@@ -46,7 +48,7 @@ def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConf
     if not Path(ref).exists():
         raise ConfigError(f"teacher.checkpoint '{ref}' does not exist; train the teacher first "
                           "(`mkd train ...`) or point at its run dir / checkpoint / HF directory")
-    ckpt = resolve_checkpoint(ref)
+    ckpt = teacher_checkpoint(cfg)
     state = verify_checkpoint(ckpt) if check else read_state(ckpt)
     saved = saved_model(ckpt, state)
     if cfg.teacher.model:
@@ -68,13 +70,23 @@ def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConf
     return ckpt, teacher, state
 
 
+def teacher_checkpoint(cfg: RunConfig) -> Path:
+    """The megatron_kd checkpoint teacher.checkpoint means; a Megatron-LM directory is converted
+    with teacher.model's architecture where one is given (its true vocabulary: Megatron-LM's
+    args hold only the padded one), else with its saved args."""
+    ref = cfg.teacher.checkpoint
+    if megatron_lm.is_megatron_lm_dir(ref) and not is_checkpoint(ref):
+        return megatron_lm.ensure_converted(ref, cfg.teacher.model)
+    return resolve_checkpoint(ref)
+
+
 def teacher_model(cfg: RunConfig) -> ModelConfig | None:
     """The teacher's ModelConfig for planning (no file checks): teacher.model's recipe, else the
     checkpoint's saved model (padded vocabulary applied); None without a teacher."""
     if cfg.teacher.model:
         return load_config(cfg.teacher.model, purpose="model").model
     if cfg.teacher.checkpoint:
-        return saved_model(resolve_checkpoint(cfg.teacher.checkpoint))
+        return saved_model(teacher_checkpoint(cfg))
     return None
 
 
@@ -93,7 +105,7 @@ def teacher_identity(cfg: RunConfig) -> dict | None:
 
         return unigram_identity(unigram_log_probs(cfg.data.train, cfg.data.train_weights, cfg.model.vocab_size))
     if cfg.teacher.checkpoint:
-        ckpt = resolve_checkpoint(cfg.teacher.checkpoint)
+        ckpt = teacher_checkpoint(cfg)
         state = read_state(ckpt)
         return {"checkpoint": str(ckpt.resolve()), "step": state["step"], "state_crc": state["state_crc"]}
     return None
