@@ -1,4 +1,4 @@
-"""Hugging Face <-> megatron-core checkpoints for Llama-family and Qwen3-style models.
+"""Hugging Face <-> megatron-core checkpoints for Llama-family, Qwen3 and Qwen3-MoE models.
 
 hf_to_mcore: a HF directory (config.json, *.safetensors [+ index], tokenizer files) becomes a
 megatron_kd checkpoint directory: megatron-core dist_checkpointing files (reshardable: they load
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from megatron_kd.config.schema import ModelConfig
+from megatron_kd.config.validate import moe_layers
 from megatron_kd.errors import ConfigError
 
 log = logging.getLogger("megatron_kd.convert")
@@ -47,19 +48,40 @@ def _qkv_to_hf(qkv, m: ModelConfig):
     return (q.reshape(heads * hd, -1), k.reshape(groups * hd, -1), v.reshape(groups * hd, -1))
 
 
-def _layer_map(i: int, m: ModelConfig) -> dict[str, str]:
-    """megatron name -> HF name for the one-to-one tensors of layer i."""
+def _layer_pairs(i: int, m: ModelConfig, moe: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """Layer i's tensors: (megatron name, HF names). One HF name is copied as it is; two are
+    SwiGLU's gate and up, concatenated into megatron's linear_fc1; three are q, k and v, fused.
+    An MoE layer (Qwen3-MoE's sparse block) has a router and the routed experts in place of the
+    MLP; at EP=1 megatron-core names its experts local_experts.0 .. num_experts - 1."""
     h, mc = f"model.layers.{i}.", f"decoder.layers.{i}."
-    out = {
-        mc + "input_layernorm.weight": h + "input_layernorm.weight",
-        mc + "self_attention.linear_proj.weight": h + "self_attn.o_proj.weight",
-        mc + "pre_mlp_layernorm.weight": h + "post_attention_layernorm.weight",
-        mc + "mlp.linear_fc2.weight": h + "mlp.down_proj.weight",
-    }
+    out = [(mc + "input_layernorm.weight", (h + "input_layernorm.weight",)),
+           (mc + "self_attention.linear_qkv.weight",
+            tuple(h + f"self_attn.{x}_proj.weight" for x in "qkv")),
+           (mc + "self_attention.linear_proj.weight", (h + "self_attn.o_proj.weight",)),
+           (mc + "pre_mlp_layernorm.weight", (h + "post_attention_layernorm.weight",))]
     if m.qk_layernorm:
-        out[mc + "self_attention.q_layernorm.weight"] = h + "self_attn.q_norm.weight"
-        out[mc + "self_attention.k_layernorm.weight"] = h + "self_attn.k_norm.weight"
+        out += [(mc + "self_attention.q_layernorm.weight", (h + "self_attn.q_norm.weight",)),
+                (mc + "self_attention.k_layernorm.weight", (h + "self_attn.k_norm.weight",))]
+    mlps = [(mc + "mlp.", h + "mlp.")]
+    if moe:
+        out.append((mc + "mlp.router.weight", (h + "mlp.gate.weight",)))
+        mlps = [(mc + f"mlp.experts.local_experts.{e}.", h + f"mlp.experts.{e}.") for e in range(m.moe.num_experts)]
+    for ours, theirs in mlps:
+        out += [(ours + "linear_fc1.weight", (theirs + "gate_proj.weight", theirs + "up_proj.weight")),
+                (ours + "linear_fc2.weight", (theirs + "down_proj.weight",))]
     return out
+
+
+def _to_megatron(hf: list[torch.Tensor], m: ModelConfig) -> torch.Tensor:
+    if len(hf) == 3:
+        return _qkv_from_hf(*hf, m)
+    return torch.cat(hf) if len(hf) == 2 else hf[0]
+
+
+def _from_megatron(t: torch.Tensor, n: int, m: ModelConfig) -> tuple[torch.Tensor, ...]:
+    if n == 3:
+        return _qkv_to_hf(t, m)
+    return tuple(torch.chunk(t, 2, dim=0)) if n == 2 else (t,)
 
 
 class SafetensorsReader:
@@ -109,7 +131,7 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 @torch.no_grad()
 def load_hf_weights(model, reader: SafetensorsReader, m: ModelConfig) -> None:
-    """Copy HF tensors into a TP=1, PP=1 megatron GPTModel, one tensor at a time."""
+    """Copy HF tensors into a TP=1, PP=1, EP=1 megatron GPTModel, one tensor at a time."""
     params = dict(model.named_parameters())
     done = set()
 
@@ -123,16 +145,10 @@ def load_hf_weights(model, reader: SafetensorsReader, m: ModelConfig) -> None:
 
     rows = params["embedding.word_embeddings.weight"].shape[0]
     put("embedding.word_embeddings.weight", _pad_rows(reader.get("model.embed_tokens.weight"), rows))
-    for i in range(m.num_layers):
+    for i, moe in enumerate(moe_layers(m)):
         _progress("import", i, m.num_layers)
-        pre = f"model.layers.{i}."
-        for mc, hf in _layer_map(i, m).items():
-            put(mc, reader.get(hf))
-        put(f"decoder.layers.{i}.self_attention.linear_qkv.weight",
-            _qkv_from_hf(reader.get(pre + "self_attn.q_proj.weight"), reader.get(pre + "self_attn.k_proj.weight"),
-                         reader.get(pre + "self_attn.v_proj.weight"), m))
-        put(f"decoder.layers.{i}.mlp.linear_fc1.weight",
-            torch.cat([reader.get(pre + "mlp.gate_proj.weight"), reader.get(pre + "mlp.up_proj.weight")]))
+        for mc, hf in _layer_pairs(i, m, moe):
+            put(mc, _to_megatron([reader.get(name) for name in hf], m))
     put("decoder.final_layernorm.weight", reader.get("model.norm.weight"))
     if m.untie_embeddings_and_output_weights:
         put("output_layer.weight", _pad_rows(reader.get("lm_head.weight"), rows))
@@ -143,21 +159,13 @@ def load_hf_weights(model, reader: SafetensorsReader, m: ModelConfig) -> None:
 
 @torch.no_grad()
 def iter_hf_tensors(model, m: ModelConfig):
-    """(HF name, tensor) pairs of a TP=1, PP=1 megatron GPTModel, padding removed."""
+    """(HF name, tensor) pairs of a TP=1, PP=1, EP=1 megatron GPTModel, padding removed."""
     p = dict(model.named_parameters())
     yield "model.embed_tokens.weight", p["embedding.word_embeddings.weight"][: m.vocab_size]
-    for i in range(m.num_layers):
+    for i, moe in enumerate(moe_layers(m)):
         _progress("export", i, m.num_layers)
-        pre = f"model.layers.{i}."
-        for mc, hf in _layer_map(i, m).items():
-            yield hf, p[mc]
-        q, k, v = _qkv_to_hf(p[f"decoder.layers.{i}.self_attention.linear_qkv.weight"], m)
-        yield pre + "self_attn.q_proj.weight", q
-        yield pre + "self_attn.k_proj.weight", k
-        yield pre + "self_attn.v_proj.weight", v
-        gate, up = torch.chunk(p[f"decoder.layers.{i}.mlp.linear_fc1.weight"], 2, dim=0)
-        yield pre + "mlp.gate_proj.weight", gate
-        yield pre + "mlp.up_proj.weight", up
+        for mc, hf in _layer_pairs(i, m, moe):
+            yield from zip(hf, _from_megatron(p[mc], len(hf), m))
     yield "model.norm.weight", p["decoder.final_layernorm.weight"]
     if m.untie_embeddings_and_output_weights:
         yield "lm_head.weight", p["output_layer.weight"][: m.vocab_size]

@@ -1,4 +1,4 @@
-"""Conversion drivers (one process, TP=1: the dist checkpoint written loads at any TP/PP)."""
+"""Conversion drivers (one process, TP=1, EP=1: the dist checkpoint written loads at any TP/PP/EP)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _ensure_process_group(seed: int = 0) -> None:
 
 
 def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
-    """Convert a HF Llama/Qwen3 directory into a megatron_kd checkpoint directory."""
+    """Convert a HF Llama/Qwen3/Qwen3-MoE directory into a megatron_kd checkpoint directory."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_cfg = read_hf_config(hf_dir)
     model_cfg = hf_to_model_config(hf_cfg, hf_dir.name)
@@ -79,8 +79,9 @@ def mcore_to_hf(checkpoint: Path, out_dir: Path, shard_bytes: int = 2 << 30) -> 
     """Write a megatron_kd checkpoint as a HF directory (sharded safetensors + index)."""
     ckpt = resolve_checkpoint(checkpoint)
     state = verify_checkpoint(ckpt)
-    cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "parallel.vpp=1", "teacher.checkpoint=null"],
-                       purpose="model", state=state)
+    # one process: the experts of a run trained at EP > 1 (or its teacher's) come back whole
+    cfg = saved_config(ckpt, ["parallel.tp=1", "parallel.pp=1", "parallel.vpp=1", "parallel.ep=1",
+                              "parallel.etp=null", "teacher.checkpoint=null"], purpose="model", state=state)
     out_dir = Path(out_dir)
     check_new_checkpoint_dir(out_dir, "output directory")
     _ensure_process_group()

@@ -1,16 +1,18 @@
-"""A Hugging Face `config.json` <-> our typed ModelConfig (Llama, Qwen3): the architecture facts
-only, no weights and no torch, so checkpoint references and pair checks can read an HF directory
-without the converter."""
+"""A Hugging Face `config.json` <-> our typed ModelConfig (Llama, Qwen3, Qwen3-MoE): the
+architecture facts only, no weights and no torch, so checkpoint references and pair checks can
+read an HF directory without the converter."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from megatron_kd.config.schema import ModelConfig
+from megatron_kd.config.schema import ModelConfig, MoEConfig
+from megatron_kd.config.validate import moe_layers
 from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
-SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
+SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2",
+             "Qwen3MoeForCausalLM": "qwen3_moe"}
 HF_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -22,7 +24,7 @@ def read_hf_config(hf_dir: Path) -> dict:
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch not in SUPPORTED:
         raise ConfigError(f"unsupported Hugging Face architecture {arch} in {path}; supported: "
-                          f"{', '.join(SUPPORTED)}")
+                          f"{', '.join(a for a in SUPPORTED if a != 'Qwen2ForCausalLM')}")
     return cfg
 
 
@@ -41,15 +43,47 @@ def _rope(cfg: dict) -> tuple[float, bool, float]:
     return theta, True, float(scaling.get("factor", 8.0))
 
 
+def hf_num_experts(cfg: dict) -> int:
+    """Routed experts of a Qwen3-MoE config.json: the hub's files say num_experts, transformers 5
+    writes num_local_experts."""
+    return int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+
+
+def _moe_from_hf(cfg: dict) -> MoEConfig:
+    """Qwen3-MoE's sparse blocks as model.moe. Its router is a softmax over all experts, then the
+    top k; norm_topk_prob=true renormalises the k chosen probabilities, which equals a softmax
+    over the k chosen logits: megatron-core's pre_softmax=false. Without renormalising it is the
+    softmax over all experts cut to the top k: pre_softmax=true."""
+    experts, layers = hf_num_experts(cfg), cfg["num_hidden_layers"]
+    step, dense = cfg.get("decoder_sparse_step", 1) or 1, set(cfg.get("mlp_only_layers") or [])
+    pattern = [int(i not in dense and (i + 1) % step == 0) for i in range(layers)]
+    if experts == 0 or not any(pattern):
+        return MoEConfig()  # no sparse block: a dense Qwen3 with Qwen3-MoE's tensor names
+    topk, renormalise = cfg.get("num_experts_per_tok", 8), bool(cfg.get("norm_topk_prob", False))
+    if topk == 1 and renormalise:
+        raise ConfigError("Qwen3-MoE with num_experts_per_tok=1 and norm_topk_prob=true (every routing weight "
+                          "exactly 1) is not supported: megatron-core's top-1 softmax router needs "
+                          "pre_softmax (norm_topk_prob=false)")
+    return MoEConfig(num_experts=experts, router_topk=topk, ffn_hidden_size=cfg["moe_intermediate_size"],
+                     layer_freq=1 if all(pattern) else pattern, pre_softmax=not renormalise,
+                     aux_loss_coeff=float(cfg.get("router_aux_loss_coef") or 0.0))
+
+
 def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
     arch = SUPPORTED[cfg["architectures"][0]]
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     if arch == "qwen2" or cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ConfigError(f"unsupported Hugging Face model {cfg['architectures'][0]} with biases; "
-                          "megatron_kd's llama-style models have no biases (Llama, Qwen3)")
+                          "megatron_kd's llama-style models have no biases (Llama, Qwen3, Qwen3-MoE)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"unsupported activation {cfg.get('hidden_act')}; SwiGLU (silu) only")
+    if cfg.get("use_sliding_window"):
+        raise ConfigError("unsupported sliding-window attention (use_sliding_window=true in config.json); "
+                          "megatron_kd's models attend over the whole sequence")
+    if cfg.get("quantization_config"):
+        raise ConfigError(f"unsupported quantized checkpoint ({cfg['quantization_config'].get('quant_method', '?')}"
+                          " in config.json); convert the unquantized (bf16) release")
     theta, scaling, factor = _rope(cfg)
     return ModelConfig(
         name=name, num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
@@ -60,8 +94,33 @@ def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
         rotary_base=int(theta), rope_scaling=scaling, rope_scaling_factor=factor,
         untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", False),
-        qk_layernorm=arch == "qwen3", norm_epsilon=cfg.get("rms_norm_eps", 1e-5),
-        init_method_std=cfg.get("initializer_range", 0.02))
+        qk_layernorm=arch in ("qwen3", "qwen3_moe"), norm_epsilon=cfg.get("rms_norm_eps", 1e-5),
+        init_method_std=cfg.get("initializer_range", 0.02),
+        moe=_moe_from_hf(cfg) if arch == "qwen3_moe" else MoEConfig())
+
+
+def _moe_to_hf(m: ModelConfig) -> dict:
+    """Qwen3-MoE's config.json fields for model.moe, refusing in one line what Qwen3-MoE cannot
+    express. (capacity_factor, token_dispatcher and z_loss_coeff are how training routes, not
+    what the weights compute: transformers' model is dropless.)"""
+    moe = m.moe
+    cannot = [why for bad, why in (
+        (not m.qk_layernorm, "model.qk_layernorm=false (Qwen3-MoE always normalises queries and keys)"),
+        (moe.score_function != "softmax",
+         f"model.moe.score_function={moe.score_function} (Qwen3-MoE routes by softmax)"),
+        (moe.shared_expert_ffn_hidden_size, "a shared expert (model.moe.shared_expert_ffn_hidden_size; Qwen3-MoE "
+                                            "has none)"),
+    ) if bad]
+    if cannot:
+        raise ConfigError(f"model {m.name} cannot be written as Hugging Face Qwen3-MoE: {'; '.join(cannot)}")
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "num_experts": moe.num_experts, "num_experts_per_tok": moe.router_topk,
+        "moe_intermediate_size": moe.ffn_hidden_size or m.ffn_hidden_size,
+        "decoder_sparse_step": 1, "mlp_only_layers": [i for i, s in enumerate(moe_layers(m)) if not s],
+        "norm_topk_prob": not moe.pre_softmax, "router_aux_loss_coef": moe.aux_loss_coeff,
+        "output_router_logits": False, "use_sliding_window": False, "sliding_window": None,
+    }
 
 
 def model_config_to_hf(m: ModelConfig, dtype: str) -> dict:
@@ -81,4 +140,5 @@ def model_config_to_hf(m: ModelConfig, dtype: str) -> dict:
         "tie_word_embeddings": not m.untie_embeddings_and_output_weights,
         "attention_bias": False, "mlp_bias": False, "initializer_range": m.init_method_std,
         "torch_dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
+        **(_moe_to_hf(m) if m.moe.num_experts else {}),
     }
