@@ -77,10 +77,11 @@ def comparison_family(r: dict) -> str | None:
 
 
 def pairs_by_seed(fit: PairedFit) -> bool:
-    """Whether a fit's gains are paired by seed. Its point x seed model pairs when it has residual
-    degrees of freedom; without (one seed per KD point, as in the demo) paired.py reads a gain as
-    the difference of the points' means, unpaired, and its `source` says so. The per-run table
-    follows the same reading, so that a run shows the same gain in both tables."""
+    """Whether a fit's gains are paired by seed. Its point x seed model pairs when it has a noise
+    estimate: residual degrees of freedom, or else (one seed per KD point, as in the demo) the
+    baselines' seed spread standing for sigma beside the exact fit's same-seed gains. With
+    neither (one baseline seed) its `source` says so and the per-run table marks its gains, so
+    that a run shows the same reading in both tables."""
     return fit.source.startswith("paired")
 
 
@@ -215,8 +216,8 @@ def markdown(a: dict, sets: list[str]) -> list[str]:
                                         + [f"{p['mean'][s]:.4f}" for s in sets] + g) + " |")
         if unpaired:
             md += ["", f"† Not paired on {', '.join(map(md_text, unpaired))}: the point × seed model has no residual "
-                       "degrees of freedom there (one seed per KD point), so a gain is the baselines' mean loss "
-                       "minus the point's mean, as in the per-run table's † cells."]
+                       "degrees of freedom there and one baseline seed, so no noise estimate; a gain is the "
+                       "baseline's loss minus the point's mean, as in the per-run table's † cells."]
         md += ["", "Best α per teacher, from seed means (α = 0, no KD, competes; the interval is that of the "
                    "chosen point and, as the best of several, optimistic):", ""]
         for t in sorted({p["teacher"] for p in st["points"] if p["teacher"]}):

@@ -9,10 +9,11 @@ sigma is pooled over all points, with N - rank degrees of freedom. A point's gai
 mu[baseline] - mu[point], its standard error from the fit's covariance, its interval from the t
 distribution at those degrees of freedom.
 
-With no residual degrees of freedom (the demo: each KD point has one seed, the baseline two) the
-seed effect cannot be separated from the noise: the gain's error then comes from the baselines'
-own seed spread, as if unpaired (var = s_b^2 (1/n_point + 1/n_baseline), n_b - 1 degrees of
-freedom), and the report says so. With fewer than two baseline seeds there is no noise estimate
+With no residual degrees of freedom (each KD point at one seed, the baseline at two) the model
+fits every run exactly: a gain is still the same-seed difference, but sigma cannot be estimated,
+so the baselines' own seed spread s_b stands for it (var = s_b^2 c'(X'X)^- c, n_b - 1 degrees of
+freedom; a contrast the seeds do not pair is the difference of the points' means, var = s_b^2
+sum w^2/n), and the report says so. With fewer than two baseline seeds there is no noise estimate
 and no verdict.
 """
 
@@ -209,7 +210,7 @@ class PairedFit:
             self._fallback = self._baseline_spread()
             if self._fallback is not None:
                 sd, df = self._fallback
-                self.source = (f"unpaired: no residual degrees of freedom, so the baselines' seed spread "
+                self.source = (f"paired by seed, no residual degrees of freedom: the baselines' seed spread "
                                f"(sd {sd:.4f}, {df} degrees of freedom) stands for each run's noise")
             else:
                 self.source = "no noise estimate (one baseline seed, one seed per point)"
@@ -249,16 +250,21 @@ class PairedFit:
 
     def pooled_contrast(self, weights: dict) -> Estimate:
         """The contrast with one residual variance pooled over every run of the fit."""
+        idx = np.array([self._index[p] for p in weights], dtype=int)
+        w = np.array(list(weights.values()), dtype=float)
         if self._fallback is not None or self.df == 0:
-            # Unpaired: the difference of the points' raw means, each mean's variance sd^2/n.
-            value = sum(w * self.mean(p) for p, w in weights.items())
+            # No residual degrees of freedom: the exact fit's value (a gain is the same-seed
+            # difference) where the seeds pair the points, else the difference of their raw means
+            # (each mean's variance sd^2/n); the baselines' seed spread sd stands for sigma.
+            if self._fit.estimable(idx, w):
+                value, var = self._fit.value_and_variance(idx, w)
+            else:
+                value = sum(w_p * self.mean(p) for p, w_p in weights.items())
+                var = sum(w_p * w_p / self.n_seeds(p) for p, w_p in weights.items())
             if self._fallback is None:
                 return Estimate(value, None, 0)
             sd, df = self._fallback
-            se = sd * math.sqrt(sum(w * w / self.n_seeds(p) for p, w in weights.items()))
-            return Estimate(value, se, df)
-        idx = np.array([self._index[p] for p in weights], dtype=int)
-        w = np.array(list(weights.values()), dtype=float)
+            return Estimate(value, sd * math.sqrt(max(0.0, var)), df)
         if not self._fit.estimable(idx, w):  # points that share no seed, directly or through others
             return Estimate(math.nan, None, 0)
         value, var = self._fit.value_and_variance(idx, w)

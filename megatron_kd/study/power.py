@@ -140,20 +140,25 @@ class DesignMatrix:
         self._index = {k: i for i, k in enumerate(self.keys)}
 
     def se_factor(self, weights: dict) -> tuple[float | None, int]:
-        """(SE / sigma, df) of sum_k w_k mu_k. Without residual degrees of freedom the report
-        falls back to the baselines' seed spread, unpaired (paired.PairedFit): then
-        sqrt(sum w^2 / n_k) with n_baseline - 1 df; None where not estimable."""
+        """(SE / sigma, df) of sum_k w_k mu_k; None where not estimable. Without residual degrees
+        of freedom the report's sigma is the baselines' seed spread (paired.PairedFit), with
+        n_baseline - 1 df, and a contrast the seeds do not pair is a difference of means:
+        sqrt(sum w^2 / n_k)."""
+        c = np.zeros(len(self._xtx))
+        for k, w in weights.items():
+            c[self._index[k]] += w
+        estimable = np.allclose(self._xtx @ (self._pinv @ c), c, atol=1e-8)  # in X's row space
+        df = self.df
         if self.df == 0:
             n_base = self.n_seeds[self.baseline]
             if n_base < 2:
                 return None, 0
-            return math.sqrt(sum(w * w / self.n_seeds[k] for k, w in weights.items())), n_base - 1
-        c = np.zeros(len(self._xtx))
-        for k, w in weights.items():
-            c[self._index[k]] += w
-        if not np.allclose(self._xtx @ (self._pinv @ c), c, atol=1e-8):  # not in X's row space
-            return None, self.df
-        return math.sqrt(max(0.0, float(c @ self._pinv @ c))), self.df
+            df = n_base - 1
+            if not estimable:
+                return math.sqrt(sum(w * w / self.n_seeds[k] for k, w in weights.items())), df
+        if not estimable:
+            return None, df
+        return math.sqrt(max(0.0, float(c @ self._pinv @ c))), df
 
     def gain_factor(self, key) -> tuple[float | None, int]:
         return self.se_factor({self.baseline: 1.0, key: -1.0})
@@ -408,7 +413,7 @@ def student_power(design: StudentDesign, noise: Noise, sets: list, level: float 
     rows, warnings = point_gain_rows(c), []
     if matrix.df == 0:
         warnings.append(f"{design.student}: no residual degrees of freedom (one seed per KD point): the report "
-                        "falls back to the baselines' seed spread, unpaired")
+                        "reads the baselines' seed spread as each run's noise")
     reg = primary or {}
     parts = (claim1_registered_rows(c, reg[1], weak) if 1 in reg else claim1_rows(c, 1 if weak is None else weak),
              claim2_registered_rows(c, reg[2], equivalence) if 2 in reg else claim2_rows(c, equivalence),

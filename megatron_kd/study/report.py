@@ -184,7 +184,7 @@ def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> None:
                 continue
             same_seed = twin["val"].get(s, math.nan) if twin else math.nan
             if st is not None and not analysis.pairs_by_seed(st["fits"][s]):
-                r["gain_unpaired"][s] = "no residual degrees of freedom to pair by seed"
+                r["gain_unpaired"][s] = "no residual degrees of freedom and one baseline seed: no noise estimate"
             elif not math.isfinite(same_seed):
                 r["gain_unpaired"][s] = "no baseline run of its seed"
             r["gain"][s] = (b[0] if s in r["gain_unpaired"] else same_seed) - r["val"][s]

@@ -48,13 +48,18 @@ def test_paired_interval_is_narrower_and_covers_the_planted_gain():
 
 
 def test_one_seed_points_use_the_baselines_spread_and_say_so():
+    """No residual degrees of freedom: the gain is still the same-seed difference (the exact
+    fit's), its error the baselines' seed spread standing for sigma (two runs: var 2 sd^2)."""
     cells = {"base": {1: 4.00, 2: 4.02}, "kd": {1: 3.95}}
     fit = PairedFit(cells, "base")
-    assert fit.df == 0 and "baselines' seed spread" in fit.source
+    assert fit.df == 0 and fit.source.startswith("paired by seed") and "baselines' seed spread" in fit.source
     g = fit.gain("kd")
     sd = np.std([4.00, 4.02], ddof=1)
-    assert g.value == pytest.approx(4.01 - 3.95) and g.df == 1
-    assert g.se == pytest.approx(sd * math.sqrt(1 + 1 / 2))
+    assert g.value == pytest.approx(4.00 - 3.95) and g.df == 1
+    assert g.se == pytest.approx(sd * math.sqrt(2))
+    # a point at a seed no baseline has: nothing pairs it, the difference of means (var sd^2 (1/2 + 1))
+    apart = PairedFit({"base": {1: 4.00, 2: 4.02}, "kd": {3: 3.95}}, "base").gain("kd")
+    assert apart.value == pytest.approx(4.01 - 3.95) and apart.se == pytest.approx(sd * math.sqrt(1 / 2 + 1))
     lone = PairedFit({"base": {1: 4.0}, "kd": {1: 3.9}}, "base").gain("kd")
     assert lone.se is None and lone.interval(0.95) is None and "no noise estimate" in \
         PairedFit({"base": {1: 4.0}, "kd": {1: 3.9}}, "base").source

@@ -120,6 +120,17 @@ def test_one_seed_per_kd_point_is_flagged():
     assert res["df"] == 0 and any("no residual degrees of freedom" in w for w in res["warnings"])
 
 
+def test_without_residual_df_power_prices_the_reports_fallback_errors():
+    """One seed per KD point: the SE factor is the report's (paired.PairedFit) over the baselines'
+    seed spread: the same-seed contrast where the seeds pair, the difference of means where not."""
+    d = StudentDesign("s", "b", {"b": [1, 2], "k": [1], "far": [3]})
+    fit = PairedFit({"b": {1: 4.00, 2: 4.02}, "k": {1: 3.95}, "far": {3: 3.9}}, "b")
+    sd = np.std([4.00, 4.02], ddof=1)
+    for key in ("k", "far"):
+        factor, df = DesignMatrix(d).gain_factor(key)
+        assert (factor * sd, df) == (pytest.approx(fit.gain(key).se), fit.gain(key).df)
+
+
 def test_power_summary_is_the_console_table():
     lines = power_summary(load_sweep(SHORT), 0.016)
     assert any(line.lstrip().startswith("claim 1") for line in lines)

@@ -38,16 +38,15 @@ def _paired_gain(md: str, teacher: str) -> str:
 
 
 def test_one_seed_per_point_reads_the_same_gain_in_both_tables(tmp_path):
-    """Two baseline seeds 0.14 nats apart and one KD seed (the demo's design): no residual degrees
-    of freedom to pair, so both tables read the baselines' mean and mark it; before, the per-run
-    table said -0.035 and the paired table +0.035 for this run."""
+    """Two baseline seeds 0.14 nats apart and one KD seed per point (the demo's design): no
+    residual degrees of freedom, yet the seeds still pair each run with its baseline run, so both
+    tables read the same-seed gain, unmarked (the baselines' seed spread stands for the noise)."""
     rows = [_run("b1", 1, 4.00), _run("b2", 2, 4.14), _run("k", 1, 4.035, "t", 0.5), _run("j", 2, 4.20, "u", 0.5)]
     md = write_report(rows, ["indomain"], tmp_path / "r", "t", 0.95, 0.01, None)["markdown"]
-    assert _cell(md, "k", 9) == "0.0350 †" and _paired_gain(md, "t") == "+0.0350"
-    assert _cell(md, "j", 9) == "-0.1300 †" and _paired_gain(md, "u") == "-0.1300"
-    assert "| gain indomain † |" in md
-    assert "† Against the baselines' mean, not paired: s on indomain: no residual degrees of freedom" in md
-    assert "† Not paired on indomain" in md
+    assert _cell(md, "k", 9) == "-0.0350" and _paired_gain(md, "t") == "-0.0350"
+    assert _cell(md, "j", 9) == "-0.0600" and _paired_gain(md, "u") == "-0.0600"
+    assert "†" not in md
+    assert "- indomain: paired by seed, no residual degrees of freedom: the baselines' seed spread (sd 0.0990" in md
 
 
 def test_paired_design_point_gain_is_the_mean_of_its_runs_gains(tmp_path):
