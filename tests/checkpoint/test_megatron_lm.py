@@ -127,16 +127,20 @@ def test_transformer_engine_names_are_chosen_per_layer():
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_a_tp2_megatron_lm_checkpoint_teaches_at_tp1_and_is_written_back(tmp_path, monkeypatch):
+def test_tp2_megatron_lm_checkpoints_teach_at_tp1_and_are_written_back(tmp_path, monkeypatch):
+    """A dense and an MoE model (layer 0 dense, layer 1 experts split over the TP ranks), in the
+    same processes: their starts are most of the time."""
     monkeypatch.setenv("MKD_CACHE", str(tmp_path / "cache"))
-    save = tmp_path / "mlm"
+    saves = {"dense": str(tmp_path / "mlm-dense"), "moe": str(tmp_path / "mlm-moe")}
     saved = run_distributed("tests.workers.megatron_lm:save_like_megatron_lm", 2, tmp_path / "w2",
-                            save_dir=str(save), tp=2, iteration=7)
-    r = run_distributed("tests.workers.megatron_lm:load_as_teacher_and_export", 1, tmp_path / "w1",
-                        save_dir=str(save), run_dir=str(tmp_path / "run"))[0]
-    assert r["teacher"] == {"num_layers": 2, "num_query_groups": 2, "padded_vocab_size": 256, "kv_channels": None,
-                            "untie_embeddings_and_output_weights": True}
-    assert (r["step"], r["consumed_samples"], r["tracker"]) == (7, 56, "7")
-    at_tp2, loaded = torch.tensor(saved[0]["logits"]), torch.tensor(r["loaded"])
-    assert (loaded - at_tp2).abs().max() < 1e-5  # TP=1 sums in another order than TP=2
-    assert torch.equal(torch.tensor(r["exported"]), loaded)  # written back and read again: the same weights
+                            save_dirs=saves, tp=2, iteration=7)[0]
+    results = run_distributed("tests.workers.megatron_lm:load_as_teacher_and_export", 1, tmp_path / "w1",
+                              save_dirs=saves, run_dir=str(tmp_path / "run"))[0]
+    for kind, r in results.items():
+        assert r["teacher"] == {"num_layers": 2, "num_query_groups": 2, "padded_vocab_size": 256,
+                                "kv_channels": None, "untie_embeddings_and_output_weights": True}, kind
+        assert r["moe"] == ([4, 2, [0, 1]] if kind == "moe" else [0, 2, 1])
+        assert (r["step"], r["consumed_samples"], r["tracker"]) == (7, 56, "7")
+        at_tp2, loaded = torch.tensor(saved[kind]), torch.tensor(r["loaded"])
+        assert (loaded - at_tp2).abs().max() < 1e-5, kind  # TP=1 sums in another order than TP=2
+        assert torch.equal(torch.tensor(r["exported"]), loaded), kind  # written back and read again
