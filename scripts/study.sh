@@ -18,13 +18,13 @@ if [ -f data/corpus-v4/corpus.json ]; then echo "(already built: data/corpus-v4)
 else $MKD data corpus --out data/corpus-v4 --hold-out-books wisdom; fi
 
 echo
-echo "== 2. the weak-teacher ladder: micro@300/350/400/500, tiny@300 (two at a time) =="
+echo "== 2. the teachers: the weak-teacher ladder micro@300/350/400/500, tiny@300, and tiny@600 (two at a time) =="
 mkdir -p runs/study4
 teacher() { $MKD train "train/study4-teacher-$1" > "runs/study4/teacher-$1.log" 2>&1 \
             || { echo "teacher $1 failed:"; tail -n 5 "runs/study4/teacher-$1.log"; return 1; }
             echo "   $1: $(grep -E '^(done|already)' "runs/study4/teacher-$1.log" | tail -n 1)"; }
 export -f teacher; export MKD
-printf '%s\n' micro-500 tiny-300 micro-400 micro-350 micro-300 \
+printf '%s\n' tiny-600 micro-500 tiny-300 micro-400 micro-350 micro-300 \
   | xargs -P 2 -I{} bash -c 'teacher {}' || { echo "a teacher failed; run make study again to resume"; exit 1; }
 echo "   ($((SECONDS - T0)) s so far)"
 
