@@ -104,7 +104,6 @@ DURATION_KNOWN: dict[str, list[str]] = {
         '11 min, the 111 student runs 64 min, the teacher evaluations and the report 1 min. Re-running it',
         '9 min 44 s for `time make demo` on a fresh clone of 74f169b (2026-12-07; the install, ~2 min',
         'with a warm pip cache, and the corpus included; 12 min 2 s on 00360c4 the same day, before the',
-        'budget estimate grows by ~12 minutes, to about 87). The registered contrasts do not change:',
     ],
     "Makefile": [
         '@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"',
