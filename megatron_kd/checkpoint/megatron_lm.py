@@ -87,10 +87,14 @@ def _enum_stand_in(name: str):
     return value_of
 
 
+_OTHER_ENUMS = ("signal.Signals",)  # Megatron-LM's --exit-signal
+
+
 def _allowed_globals() -> list:
-    """What an args pickle may name: the Namespace, and megatron-core's enums (as stand-ins)."""
+    """What an args pickle may name: the Namespace, and enums (as stand-ins)."""
     return [argparse.Namespace,
-            *((_enum_stand_in(n), f"megatron.core.transformer.enums.{n}") for n in _ENUMS)]
+            *((_enum_stand_in(n), f"megatron.core.transformer.enums.{n}") for n in _ENUMS),
+            *((_enum_stand_in(q.rsplit(".", 1)[1]), q) for q in _OTHER_ENUMS)]
 
 
 def _first_reason(exc: Exception) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -15,31 +14,53 @@ ARCH = dict(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_head
 MOE = dict(num_experts=4, router_topk=2, ffn_hidden_size=32, layer_freq=[0, 1])
 
 
-def megatron_lm_args(tp: int, moe: bool) -> argparse.Namespace:
-    """The args Namespace as Megatron-LM's parse_args/validate_args leave it for this model
-    (the architecture fields, derived ones included, and values of other types its args hold:
-    a torch dtype, a megatron-core enum, lists)."""
-    from megatron.core.transformer.enums import AttnBackend
-
+def megatron_lm_argv(tp: int, moe: bool, save_dir: str) -> list[str]:
+    """pretrain_gpt.py's command line for this model (the local layer spec megatron_kd builds on CPU)."""
     a = ARCH
-    return argparse.Namespace(
-        num_layers=a["num_layers"], hidden_size=a["hidden_size"], ffn_hidden_size=a["ffn_hidden_size"],
-        num_attention_heads=a["num_attention_heads"], group_query_attention=True,
-        num_query_groups=a["num_query_groups"], kv_channels=a["hidden_size"] // a["num_attention_heads"],
-        max_position_embeddings=a["max_position_embeddings"], seq_length=32, position_embedding_type="rope",
-        rotary_base=a["rotary_base"], rotary_percent=1.0, rotary_interleaved=False, use_rope_scaling=False,
-        normalization="RMSNorm", norm_epsilon=1e-5, swiglu=True, add_bias_linear=False, add_qkv_bias=False,
-        untie_embeddings_and_output_weights=True, qk_layernorm=False, apply_layernorm_1p=False,
-        multi_latent_attention=False, padded_vocab_size=a["padded_vocab_size"],
-        vocab_size=None, make_vocab_size_divisible_by=128, tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=1, ckpt_format="torch_dist", params_dtype=torch.float32, bf16=False,
-        fp16=False, attention_backend=AttnBackend.auto, cuda_graph_modules=[], init_method_std=0.02,
-        attention_dropout=0.0, hidden_dropout=0.0, consumed_train_samples=56, tokenizer_type="NullTokenizer",
-        **(dict(num_experts=MOE["num_experts"], moe_router_topk=MOE["router_topk"],
-                moe_ffn_hidden_size=MOE["ffn_hidden_size"], moe_layer_freq=MOE["layer_freq"],
-                moe_router_score_function="softmax", moe_router_pre_softmax=False, moe_grouped_gemm=False,
-                moe_token_dispatcher_type="alltoall", moe_aux_loss_coeff=0.0, sequence_parallel=tp > 1)
-           if moe else {"num_experts": None}))
+    argv = ["--num-layers", a["num_layers"], "--hidden-size", a["hidden_size"], "--ffn-hidden-size",
+            a["ffn_hidden_size"], "--num-attention-heads", a["num_attention_heads"], "--group-query-attention",
+            "--num-query-groups", a["num_query_groups"], "--seq-length", 32, "--max-position-embeddings",
+            a["max_position_embeddings"], "--position-embedding-type", "rope", "--normalization", "RMSNorm",
+            "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+            "--tensor-model-parallel-size", tp, "--micro-batch-size", 1, "--global-batch-size", 8,
+            "--train-iters", 10, "--lr", 1e-4, "--save", save_dir, "--save-interval", 7, "--ckpt-format",
+            "torch_dist", "--tokenizer-type", "NullTokenizer", "--vocab-size", a["vocab_size"], "--no-save-optim",
+            "--no-save-rng", "--transformer-impl", "local", "--no-gradient-accumulation-fusion",
+            "--no-bias-swiglu-fusion", "--no-rope-fusion", "--no-masked-softmax-fusion",
+            "--attention-dropout", 0, "--hidden-dropout", 0]
+    if moe:
+        argv += ["--num-experts", MOE["num_experts"], "--moe-router-topk", MOE["router_topk"],
+                 "--moe-ffn-hidden-size", MOE["ffn_hidden_size"], "--moe-layer-freq", "[0,1]",
+                 "--moe-token-dispatcher-type", "alltoall", "--sequence-parallel"]
+    return ["pretrain_gpt.py", *map(str, argv)]
+
+
+def _megatron_lm_save(model, tp: int, moe: bool, save_dir: str, iteration: int) -> None:
+    """Megatron-LM's own save_checkpoint (megatron/training, shipped with megatron-core 0.19.2),
+    its args from its own parse_args/validate_args. Three adaptations to a CPU machine on Python
+    3.11: typing.override (3.12) for megatron/training's imports; the GPU generation that
+    validate_args asks for at TP>1 (only to advise on CUDA_DEVICE_MAX_CONNECTIONS) given as
+    Blackwell's; and get_rng_state, which reads the CUDA generator, returns nothing (its result
+    is not saved with --no-save-rng)."""
+    import sys
+    import typing
+
+    typing.override = getattr(typing, "override", lambda f: f)
+    from megatron.training import arguments, checkpointing, global_vars
+
+    arguments.get_device_arch_version = lambda: 10
+
+    argv, sys.argv = sys.argv, megatron_lm_argv(tp, moe, save_dir)
+    try:
+        args = arguments.parse_args()
+    finally:
+        sys.argv = argv
+    arguments.validate_args(args, {})
+    args.padded_vocab_size = ARCH["padded_vocab_size"]  # what its tokenizer builder pads 250 to at TP=2
+    global_vars._GLOBAL_ARGS = None
+    global_vars.set_args(args)
+    checkpointing.get_rng_state = lambda *a, **k: None
+    checkpointing.save_checkpoint(iteration, [model], None, None, 0)
 
 
 def _model(tp: int, moe: bool):
@@ -65,13 +86,8 @@ def _logits(model) -> list:
     return out.tolist()
 
 
-def save_like_megatron_lm(workdir: str, save_dirs: dict, tp: int, iteration: int) -> dict:
-    """Save a GPTModel at TP=`tp` as megatron/training/checkpointing.py's save_checkpoint does for
-    ckpt_format=torch_dist: generate_state_dict's {"args", "checkpoint_version": 3.0,
-    "iteration", "model": the model's sharded_state_dict(metadata={"dp_cp_group": ...})} written by
-    megatron-core's dist_checkpointing.save into iter_NNNNNNN, then the tracker by rank 0."""
-    from megatron.core import dist_checkpointing, parallel_state
-
+def save_with_megatron_lm(workdir: str, save_dirs: dict, tp: int, iteration: int) -> dict:
+    """Each model at TP=`tp`, saved by Megatron-LM's save_checkpoint; its logits."""
     from megatron_kd.config.schema import ParallelConfig
     from megatron_kd.runtime.distributed import init_distributed, shutdown
 
@@ -79,16 +95,7 @@ def save_like_megatron_lm(workdir: str, save_dirs: dict, tp: int, iteration: int
     logits = {}
     for kind, save_dir in save_dirs.items():
         model = _model(tp, kind == "moe")
-        iter_dir = Path(save_dir) / f"iter_{iteration:07d}"
-        if torch.distributed.get_rank() == 0:
-            iter_dir.mkdir(parents=True)
-        torch.distributed.barrier()
-        metadata = {"dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True)}
-        state = {"args": megatron_lm_args(tp, kind == "moe"), "checkpoint_version": 3.0, "iteration": iteration,
-                 "model": model.sharded_state_dict(metadata=metadata)}
-        dist_checkpointing.save(state, str(iter_dir))
-        if torch.distributed.get_rank() == 0:
-            (Path(save_dir) / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+        _megatron_lm_save(model, tp, kind == "moe", save_dir, iteration)
         logits[kind] = _logits(model)
     shutdown()
     return logits
@@ -109,7 +116,7 @@ def load_as_teacher_and_export(workdir: str, save_dirs: dict, run_dir: str) -> d
     results = {}
     for kind, save_dir in save_dirs.items():
         cfg = load_config(None, ["model.num_layers=1", "model.hidden_size=32", "model.ffn_hidden_size=64",
-                                 "model.num_attention_heads=4", f"model.vocab_size={ARCH['padded_vocab_size']}",
+                                 "model.num_attention_heads=4", f"model.vocab_size={ARCH['vocab_size']}",
                                  "model.max_position_embeddings=32", "train.seq_length=32", "train.steps=1",
                                  "data.mock=true", f"teacher.checkpoint={save_dir}", "kd.alpha=0.5",
                                  f"run.dir={run_dir}"])
@@ -121,7 +128,7 @@ def load_as_teacher_and_export(workdir: str, save_dirs: dict, run_dir: str) -> d
         mcore_to_megatron_lm(ckpt, exported)
         again = _model(1, kind == "moe")
         load_megatron_lm_weights(again, iteration_dir(exported))
-        fields = ("num_layers", "num_query_groups", "padded_vocab_size", "kv_channels",
+        fields = ("num_layers", "num_query_groups", "vocab_size", "padded_vocab_size", "kv_channels",
                   "untie_embeddings_and_output_weights")
         results[kind] = {"teacher": {k: getattr(teacher, k) for k in fields},
                          "moe": [teacher.moe.num_experts, teacher.moe.router_topk, teacher.moe.layer_freq],
