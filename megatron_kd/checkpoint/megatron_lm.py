@@ -367,7 +367,8 @@ def model_config_to_args(model: ModelConfig, dtype: str, iteration: int, consume
         num_attention_heads=heads, group_query_attention=model.num_query_groups is not None,
         num_query_groups=model.num_query_groups or heads, kv_channels=model.kv_channels or model.hidden_size // heads,
         max_position_embeddings=model.max_position_embeddings, seq_length=model.max_position_embeddings,
-        position_embedding_type="rope", use_rotary_position_embeddings=True, add_position_embedding=False,
+        position_embedding_type="rope", use_rotary_position_embeddings=True,
+        add_position_embedding=True,  # Megatron-LM's default; position_embedding_type decides (checked on load)
         rotary_base=model.rotary_base, rotary_percent=1.0, rotary_interleaved=False,
         use_rope_scaling=model.rope_scaling, rope_scaling_factor=model.rope_scaling_factor,
         add_bias_linear=False, add_qkv_bias=False, swiglu=True, squared_relu=False,

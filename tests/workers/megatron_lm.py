@@ -35,6 +35,30 @@ def megatron_lm_argv(tp: int, moe: bool, save_dir: str) -> list[str]:
     return ["pretrain_gpt.py", *map(str, argv)]
 
 
+def _megatron_lm_args(argv: list[str], global_variables: bool):
+    """Megatron-LM's args for `argv`, parsed and validated by its own code and made its globals."""
+    import sys
+    import typing
+
+    typing.override = getattr(typing, "override", lambda f: f)
+    from megatron.training import arguments, global_vars
+
+    arguments.get_device_arch_version = lambda: 10
+    saved, sys.argv = sys.argv, argv
+    try:
+        args = arguments.parse_args()
+    finally:
+        sys.argv = saved
+    arguments.validate_args(args, {})
+    args.padded_vocab_size = ARCH["padded_vocab_size"]  # what its tokenizer builder pads 250 to at TP=2
+    global_vars.unset_global_variables()
+    if global_variables:  # the microbatch calculator load_checkpoint updates
+        global_vars.set_global_variables(args, build_tokenizer=False)
+    else:
+        global_vars.set_args(args)
+    return args
+
+
 def _megatron_lm_save(model, tp: int, moe: bool, save_dir: str, iteration: int) -> None:
     """Megatron-LM's own save_checkpoint (megatron/training, shipped with megatron-core 0.19.2),
     its args from its own parse_args/validate_args. Three adaptations to a CPU machine on Python
@@ -42,23 +66,8 @@ def _megatron_lm_save(model, tp: int, moe: bool, save_dir: str, iteration: int) 
     validate_args asks for at TP>1 (only to advise on CUDA_DEVICE_MAX_CONNECTIONS) given as
     Blackwell's; and get_rng_state, which reads the CUDA generator, returns nothing (its result
     is not saved with --no-save-rng)."""
-    import sys
-    import typing
-
-    typing.override = getattr(typing, "override", lambda f: f)
-    from megatron.training import arguments, checkpointing, global_vars
-
-    arguments.get_device_arch_version = lambda: 10
-
-    argv, sys.argv = sys.argv, megatron_lm_argv(tp, moe, save_dir)
-    try:
-        args = arguments.parse_args()
-    finally:
-        sys.argv = argv
-    arguments.validate_args(args, {})
-    args.padded_vocab_size = ARCH["padded_vocab_size"]  # what its tokenizer builder pads 250 to at TP=2
-    global_vars._GLOBAL_ARGS = None
-    global_vars.set_args(args)
+    _megatron_lm_args(megatron_lm_argv(tp, moe, save_dir), global_variables=False)
+    from megatron.training import checkpointing
     checkpointing.get_rng_state = lambda *a, **k: None
     checkpointing.save_checkpoint(iteration, [model], None, None, 0)
 
@@ -102,13 +111,13 @@ def save_with_megatron_lm(workdir: str, save_dirs: dict, tp: int, iteration: int
 
 
 def load_as_teacher_and_export(workdir: str, save_dirs: dict, run_dir: str) -> dict:
-    """Resolve the Megatron-LM save dir as a KD teacher (converted once into $MKD_CACHE), load it
-    at TP=1; write it back as a Megatron-LM save dir and load that one too."""
-    from megatron_kd.checkpoint.megatron_lm import iteration_dir
+    """Resolve each Megatron-LM save dir as a KD teacher (converted once into $MKD_CACHE), load it
+    at TP=1; write it back as a Megatron-LM save dir and load that with Megatron-LM's own
+    load_checkpoint (--no-load-optim --no-load-rng)."""
     from megatron_kd.checkpoint.model_io import load_model_weights
     from megatron_kd.config import load_config
     from megatron_kd.config.schema import ParallelConfig
-    from megatron_kd.convert.megatron_lm import load_megatron_lm_weights, mcore_to_megatron_lm
+    from megatron_kd.convert.megatron_lm import mcore_to_megatron_lm
     from megatron_kd.distill.teacher import resolve_teacher
     from megatron_kd.runtime.distributed import init_distributed, shutdown
 
@@ -126,14 +135,18 @@ def load_as_teacher_and_export(workdir: str, save_dirs: dict, run_dir: str) -> d
         loaded = _logits(model)
         exported = Path(workdir) / f"exported-{kind}"
         mcore_to_megatron_lm(ckpt, exported)
-        again = _model(1, kind == "moe")
-        load_megatron_lm_weights(again, iteration_dir(exported))
+        again = _model(1, kind == "moe")  # read back by Megatron-LM's own load_checkpoint
+        _megatron_lm_args(megatron_lm_argv(1, kind == "moe", str(exported)) + [
+            "--load", str(exported), "--no-load-optim", "--no-load-rng"], global_variables=True)
+        from megatron.training.checkpointing import load_checkpoint
+
+        iteration, _ = load_checkpoint([again], None, None)
         fields = ("num_layers", "num_query_groups", "vocab_size", "padded_vocab_size", "kv_channels",
                   "untie_embeddings_and_output_weights")
         results[kind] = {"teacher": {k: getattr(teacher, k) for k in fields},
                          "moe": [teacher.moe.num_experts, teacher.moe.router_topk, teacher.moe.layer_freq],
                          "step": state["step"], "consumed_samples": state["consumed_samples"], "loaded": loaded,
-                         "exported": _logits(again),
+                         "exported": _logits(again), "megatron_lm_iteration": iteration,
                          "tracker": (exported / "latest_checkpointed_iteration.txt").read_text()}
     shutdown()
     return results
