@@ -181,10 +181,20 @@ class ScheduleConfig:
 
 
 @dataclass
+class AutoAlphaConfig:
+    """kd.auto: each token's KD weight from the teacher's advantage on its label,
+    α_t = kd.alpha · sigmoid((log p_T(y) - log p_S(y)) / tau) (megatron_kd/distill/auto_alpha.py)."""
+
+    enabled: bool = False  # true: kd.alpha is the ceiling of the per-token weights (1.0 suits)
+    tau: float = 1.0  # nats of teacher advantage over which a token's weight goes from half to ~3/4
+
+
+@dataclass
 class KDConfig:
     """The distillation objective: mix * CE + ... * T^2 * KD (see megatron_kd/distill)."""
 
-    alpha: float = 0.5  # KD weight; 0 = plain pretraining, 1 = pure KD
+    alpha: float = 0.5  # KD weight; 0 = plain pretraining, 1 = pure KD; with kd.auto: its ceiling
+    auto: AutoAlphaConfig = field(default_factory=AutoAlphaConfig)
     mix: Literal["convex", "keep_ce", "keep_kd", "magnitude_matched"] = "convex"
     kind: Literal["forward_kl", "reverse_kl", "jsd", "hard"] = "forward_kl"
     temperature: float = 1.0  # on both logits

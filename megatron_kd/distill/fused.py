@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from megatron_kd.distill.auto_alpha import AutoAlpha
 from megatron_kd.distill.losses import ChunkedLoss, ScratchPool, default_row_chunk
-from megatron_kd.distill.mixed import STATS, RowLoss
+from megatron_kd.distill.mixed import RowLoss
 from megatron_kd.distill.options import KDOptions
 from megatron_kd.distill.vocab_parallel import group_size
 
@@ -79,13 +80,15 @@ def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t
                     ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
                     gemm_chunk_size: int | None = None,
                     metrics: bool = True,
-                    scratch: ScratchPool | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    scratch: ScratchPool | None = None,
+                    auto: AutoAlpha | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}).
 
     h_s `[N, H_s]`, w_s `[V/TP, H_s]`, h_t `[N, H_t]`, w_t `[V/TP, H_t]`, labels and loss_mask `[N]`;
     `opt`: the KD options. `gemm_chunk_size`: tokens per output-layer chunk (default:
     default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk);
-    `scratch`: the caller's reusable temporaries (KDObjective.scratch; None: fresh ones).
+    `scratch`: the caller's reusable temporaries (KDObjective.scratch; None: fresh ones); `auto`:
+    kd.auto's per-token weights (mixed_kd_loss).
     """
     if w_s.shape[0] != w_t.shape[0]:
         raise ValueError(f"student and teacher output layers have {w_s.shape[0]} and {w_t.shape[0]} "
@@ -94,8 +97,9 @@ def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t
         raise ValueError(f"token counts differ: student {h_s.shape[0]}, teacher {h_t.shape[0]}, "
                          f"labels {labels.numel()}")
     scratch = scratch or ScratchPool()
-    kernel = RowLoss(opt, float(ce_weight), float(kd_weight), w_s.shape[0], tp_group, h_s.device, metrics, scratch)
+    kernel = RowLoss(opt, float(ce_weight), float(kd_weight), w_s.shape[0], tp_group, h_s.device, metrics, scratch,
+                     auto)
     source = HiddenRows(h_t, w_t, labels.reshape(-1), loss_mask.reshape(-1).float(), tp_group, chunk_size,
                         gemm_chunk_size, scratch)
     total, stats = ChunkedLoss.apply(source, kernel, h_s, w_s)
-    return total, dict(zip(STATS, stats.unbind(0)))
+    return total, dict(zip(kernel.stats, stats.unbind(0)))

@@ -28,6 +28,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from megatron_kd.distill.auto_alpha import AUTO_STATS, AutoAlpha
 from megatron_kd.distill.losses import (
     ChunkedLoss,
     DenseKD,
@@ -57,8 +58,11 @@ class RowLoss(RowKernel):
     any_dtype = False  # writes fp32 gradients
 
     def __init__(self, opt: KDOptions, ce_weight: float, kd_weight: float, width: int, group,
-                 device, metrics: bool, scratch: ScratchPool | None = None):
+                 device, metrics: bool, scratch: ScratchPool | None = None, auto: AutoAlpha | None = None):
         self.opt, self.ce_weight, self.kd_weight, self.metrics = opt, ce_weight, kd_weight, metrics
+        self.auto = auto  # kd.auto: per-token weights from the teacher's advantage (auto_alpha.py)
+        if auto is not None:
+            self.stats = STATS + AUTO_STATS
         self.shard_kd = Shard(width, opt.vocab_size, group, device)  # padding excluded (KD)
         self.shard_all = Shard(width, None, group, device)  # megatron's CE: every column
         self.fast = opt.kind == "forward_kl" and opt.top_k is None and opt.top_p is None
@@ -72,13 +76,17 @@ class RowLoss(RowKernel):
         """Masked sums of rows `zs`/`zt` ([n, V/TP], any float dtype) into `stats` ([5] float64),
         the mixed loss's gradient w.r.t. `zs` into `g` ([n, V/TP] fp32), weighted by `w` [n]."""
         if self.one_exp:
-            rows = self._ce_kd_at_t1(zs, zt, labels, w, g)
-            if rows is not None:  # ce, kd, teacher ce, teacher entropy, top-1 agreement
+            got = self._ce_kd_at_t1(zs, zt, labels, w, g)
+            if got is not None:  # rows: ce, kd, teacher ce, teacher entropy, top-1 agreement
+                rows, weights = got
                 wd = w.double()
+                kd = torch.where(w > 0, rows[1], torch.zeros_like(wd))
                 stats[0] += (rows[0] * wd).sum()
-                stats[1] += torch.where(w > 0, rows[1] * wd, torch.zeros_like(wd)).sum()
+                stats[1] += (kd * wd).sum()
                 if self.metrics:
-                    stats[2:] += rows[2:].mul_(wd).sum(-1)
+                    stats[2:5] += rows[2:].mul(wd).sum(-1)
+                if weights is not None:
+                    self.auto.add_stats(stats, rows[0], kd, w, *weights)
                 return
         if g.untyped_storage().data_ptr() == zs.untyped_storage().data_ptr():
             # g overwrites the logits (mixed_kd_loss(overwrite_logits=True)), which the general
@@ -91,22 +99,36 @@ class RowLoss(RowKernel):
 
     def _general(self, zs, zt, labels, w, g, stats) -> None:
         """Every kind, temperature and hostile input: teacher metrics, CE and KD one by one."""
+        teacher_ce = None
         if self.metrics:
             per_tok = teacher_metrics(zs, zt, labels, self.shard_kd)
-            stats[2:] += (per_tok.double() * w.double()).sum(-1)
-        ce, _, _ = cross_entropy(zs, LabelColumns(labels, self.shard_all), self.shard_all.group, g,
-                                 w * self.ce_weight)
+            stats[2:5] += (per_tok.double() * w.double()).sum(-1)
+            teacher_ce = per_tok[0]
+        label = LabelColumns(labels, self.shard_all)
+        if self.auto is None:
+            ce, _, _ = cross_entropy(zs, label, self.shard_all.group, g, w * self.ce_weight)
+            kd_weight = w * self.kd_weight
+        else:  # the weights need the CE first: its unit-weight gradient, scaled per row after
+            if teacher_ce is None:
+                teacher_ce = cross_entropy(zt, label, self.shard_all.group)[0]
+            ce, _, _ = cross_entropy(zs, label, self.shard_all.group, g, w)
+            weights = self.auto.weights(ce, teacher_ce)
+            g.mul_(weights[2].float().unsqueeze(-1))
+            kd_weight = (w.double() * weights[3]).float()
         stats[0] += (ce * w.double()).sum()
         g_kd = self.kd_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
-        kd = self.dense.kd_rows(zs, zt, w * self.kd_weight, g_kd)
+        kd = torch.where(w > 0, self.dense.kd_rows(zs, zt, kd_weight, g_kd), torch.zeros_like(w))
         g.add_(g_kd)
-        stats[1] += torch.where(w > 0, kd * w, torch.zeros_like(kd)).sum(dtype=torch.float64)
+        stats[1] += (kd * w).sum(dtype=torch.float64)
+        if self.auto is not None:
+            self.auto.add_stats(stats, ce, kd, w, *weights)
 
     def _ce_kd_at_t1(self, zs, zt, labels, w, g):
         """Plain forward KL at T = 1: CE, KD and the teacher's CE and entropy from one exp per
         model. Writes the gradient into `g`; returns [5, n] float64 rows (ce, kd, teacher_ce,
-        teacher_entropy, top1_agreement; the last three 0 without metrics), or None when a row
-        is not finite (the general route takes it).
+        teacher_entropy, top1_agreement; the last three 0 without metrics, teacher_ce kept under
+        kd.auto) and kd.auto's per-row weights (None without), or None when a row is not finite
+        (the general route takes it).
 
         Each model's logits are shifted by their maximum over the real columns: the KD and
         entropy sums never underflow, and a padding column far above that maximum overflows the
@@ -151,22 +173,31 @@ class RowLoss(RowKernel):
         kd = (sums["cross"] / s_tv + torch.log(s_sv) - torch.log(s_tv)).clamp(min=0.0)
         out = torch.zeros(5, n, dtype=torch.float64, device=zs.device)
         out[0], out[1] = ce, kd
-        if self.metrics:
+        if self.metrics or self.auto is not None:
             out[2] = torch.log(s_ta) - sums["label_t"]
+        if self.metrics:
             out[3] = torch.log(s_tv) - sums["entropy_dot"] / s_tv
             ids = all_reduce(first_max, dist.ReduceOp.MIN, shard.group)
             out[4] = (ids[0] == ids[1]).double()
         if not bool(torch.isfinite(out).all()):
             return None
         wd = w.double()
-        ce_w, kd_w = self.ce_weight, self.kd_weight
+        ce_w, kd_w, weights = self.ce_weight, self.kd_weight, None
+        if self.auto is not None:
+            weights = self.auto.weights(ce, out[2])
+            ce_w, kd_w = weights[2], weights[3]
         coef_s = (wd * (ce_w / s_sa + kd_w / s_sv)).float().unsqueeze(-1)
         coef_t = (-wd * kd_w / s_tv).float().unsqueeze(-1)
         torch.addcmul(xv.mul_(coef_s), eyv, coef_t, out=g[:, :nv])
         if nv < width:  # padding: the CE's softmax only
             torch.mul(x[:, nv:], (wd * ce_w / s_sa).float().unsqueeze(-1), out=g[:, nv:])
-        label.subtract(g, w * ce_w)
-        return out
+        label.subtract(g, w * ce_w if weights is None else wd * ce_w)
+        return out, weights
+
+    def total(self, stats: torch.Tensor) -> torch.Tensor:
+        if self.auto is not None:
+            return stats[len(STATS)].float()
+        return super().total(stats)
 
     def _first_max_ids(self, xv, yv, tmp) -> torch.Tensor:
         """[2, n] global vocabulary id of each model's first (lowest-id) maximum on this rank,
@@ -189,7 +220,8 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                   labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
                   ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
                   metrics: bool = True, overwrite_logits: bool = False,
-                  scratch: ScratchPool | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  scratch: ScratchPool | None = None,
+                  auto: AutoAlpha | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}) from
     vocab-sharded logits `[..., V/TP]` of both models, labels and loss_mask `[...]`.
 
@@ -199,7 +231,9 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     `metrics`: compute the teacher metrics (else their sums are 0); `overwrite_logits`: write
     the gradient over `student_logits` (as megatron-core's CE writes its softmax over its
     input): no new logits-sized buffer, and the logits are gone after the call; `scratch`: the
-    caller's reusable temporaries (KDObjective.scratch; None: fresh ones for this call).
+    caller's reusable temporaries (KDObjective.scratch; None: fresh ones for this call);
+    `auto`: kd.auto's per-token weights in place of ce_weight / kd_weight (the sums then also
+    hold AUTO_STATS, and the loss is their "weighted").
     """
     require_same_shape(student_logits, teacher_logits)
     if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \
@@ -208,8 +242,8 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          f"must have one entry per token of the logits {tuple(student_logits.shape)}")
     width = student_logits.shape[-1]
     kernel = RowLoss(opt, float(ce_weight), float(kd_weight), width, tp_group, student_logits.device, metrics,
-                     scratch)
+                     scratch, auto)
     source = LogitRows(teacher_logits.detach().reshape(-1, width), labels.reshape(-1),
                        loss_mask.reshape(-1).float(), tp_group, chunk_size, overwrite=overwrite_logits)
     total, stats = ChunkedLoss.apply(source, kernel, student_logits)
-    return total, dict(zip(STATS, stats.unbind(0)))
+    return total, dict(zip(kernel.stats, stats.unbind(0)))

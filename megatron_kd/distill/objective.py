@@ -16,6 +16,7 @@ from typing import Callable, Union
 import torch
 
 from megatron_kd.config.schema import KDConfig
+from megatron_kd.distill.auto_alpha import AutoAlpha, auto_sums
 from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits, teacher_rows
 from megatron_kd.distill.fused import fused_output_kd
 from megatron_kd.distill.losses import ScratchPool, kd_loss, teacher_metrics
@@ -46,12 +47,18 @@ class KDObjective:
     scratch: ScratchPool = field(default_factory=ScratchPool, compare=False, repr=False)
     # the unigram teacher's one top-k row per (padded vocabulary, device): made at the first step
     unigram_rows: dict = field(default_factory=dict, compare=False, repr=False)
+    # kd.auto: the weights' softness τ (nats); None: one α for every token
+    auto_tau: float | None = None
 
     @classmethod
     def from_config(cls, kd: KDConfig, vocab_size: int) -> "KDObjective":
         mix_weights(kd.mix, kd.alpha)  # an unknown mix fails here, once
         return cls(KDOptions.from_config(kd, vocab_size), kd.mix, kd.chunk_size, kd.teacher_metrics,
-                   kd.fused_output_layer)
+                   kd.fused_output_layer, auto_tau=kd.auto.tau if kd.auto.enabled else None)
+
+    def auto_alpha(self, alpha: float) -> AutoAlpha | None:
+        """kd.auto's weighting of a step whose α (the ceiling α_max) is `alpha`; None for fixed α."""
+        return None if self.auto_tau is None else AutoAlpha(alpha, self.auto_tau, self.mix)
 
 
 def mix_weights(mix: str, alpha: float) -> MixWeights:
@@ -103,17 +110,20 @@ class UnigramTeacher:
 
 TeacherSignal = Union[OnlineLogits, FusedOutput, CachedRows, UnigramTeacher]
 TEACHER_REPORTS = ("teacher lm loss", "teacher entropy", "top1 agreement")
+AUTO_REPORTS = ("kd/alpha_effective", "kd/auto_share", "kd/teacher_advantage")  # kd.auto (auto_alpha.py)
 
 
 @dataclass(frozen=True)
 class LossSums:
     """A micro-batch's masked sums: the mixed loss, its CE and KD terms, and (kd.teacher_metrics)
-    the teacher's CE, entropy and top-1 agreement with the student."""
+    the teacher's CE, entropy and top-1 agreement with the student, and (kd.auto) Σ α_t, the
+    tokens the teacher leads on and Σ a_t."""
 
     total: torch.Tensor
     ce: torch.Tensor
     kd: torch.Tensor
     teacher: tuple | None = None
+    auto: tuple | None = None
 
     def reports(self, count: torch.Tensor) -> dict[str, torch.Tensor]:
         """megatron-core's per-step reports: (masked sum, token count) pairs, averaged over
@@ -121,6 +131,8 @@ class LossSums:
         pairs = {"lm loss": self.ce, "kd loss": self.kd, "loss": self.total}
         if self.teacher is not None:
             pairs.update(zip(TEACHER_REPORTS, self.teacher))
+        if self.auto is not None:
+            pairs.update(zip(AUTO_REPORTS, self.auto))
         return {key: torch.stack([value.detach().float(), count.detach().float()]) for key, value in pairs.items()}
 
 
@@ -138,17 +150,22 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
     w = mix_weights(kd.mix, alpha)
     opts = kd.opts.at(temperature)
     route = choose_route(kd, alpha, temperature, teacher)
+    auto = kd.auto_alpha(alpha)
+    if auto is not None and route == "separate":
+        raise ValueError(f"kd.auto weights tokens under kd.alpha > 0 and kd.mix other than magnitude_matched, "
+                         f"not kd.alpha={alpha}, kd.mix={kd.mix}")
     if route == "fused":
-        return _counted(_fused(kd, w, opts, labels, teacher, tp_group), loss_mask)
+        return _counted(_fused(kd, w, opts, labels, teacher, tp_group, auto), loss_mask)
     # a teacher that is not a model reports the teacher metrics from its own values (exact, where
     # rebuilt logits would only approximate a top-K teacher); the dense unigram row is its logits
     rows = _teacher_rows(kd, teacher, labels, tp_group, sparse=route == "sparse")
     inner_kd = kd if rows is None else dataclasses.replace(kd, teacher_metrics=False)
     if route == "sparse":
-        objective = _sparse(inner_kd, w, labels, rows, tp_group)
+        objective = _sparse(inner_kd, w, labels, rows, tp_group, auto)
+    elif route == "separate":
+        objective = _separate_passes(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group)
     else:
-        passes = _separate_passes if route == "separate" else _one_pass
-        objective = passes(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group)
+        objective = _one_pass(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group, auto)
     if rows is not None and kd.teacher_metrics:
         objective = _with_cached_metrics(kd, rows, objective, tp_group)
     return _counted(objective, loss_mask)
@@ -254,14 +271,14 @@ def _unigram_rows(kd: KDObjective, logp: torch.Tensor, student_logits, labels: t
     return out
 
 
-def _one_pass(kd, w, opts, labels, teacher, tp_group):
+def _one_pass(kd, w, opts, labels, teacher, tp_group, auto):
     """CE, KD and teacher metrics in one pass over the logits (mixed.py)."""
     def objective(student_logits, mask):
         total, sums = mixed_kd_loss(
             student_logits, teacher(student_logits), labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
             tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
-            overwrite_logits=True, scratch=kd.scratch)  # their last reader
-        return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd))
+            overwrite_logits=True, scratch=kd.scratch, auto=auto)  # their last reader
+        return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd), _auto_sums(sums, auto))
 
     return objective
 
@@ -298,18 +315,29 @@ def _separate_passes(kd, w, opts, labels, teacher, tp_group):
     return objective
 
 
-def _sparse(kd, w, labels, rows, tp_group):
+def _auto_sums(sums: dict, auto: AutoAlpha | None) -> tuple | None:
+    return None if auto is None else auto_sums(sums)
+
+
+def _sparse(kd, w, labels, rows, tp_group, auto):
     """Forward KL over the teacher's kept ids (a top-K or sampled cache's rows, or the unigram's
-    top-k row) with CE, on the student's logits (sparse.py): no teacher logits."""
+    top-k row) with CE, on the student's logits (sparse.py): no teacher logits. kd.auto reads the
+    teacher's label log-probability from the rows (every cache kind stores it)."""
     def objective(student_logits, mask):
         got = rows(student_logits)
         seq = lambda t: t.transpose(0, 1).to(student_logits.device)  # noqa: E731  [b, s, ...] -> [s, b, ...]
+        label_logp = None
+        if auto is not None:
+            if "label_logp" not in got:
+                raise ValueError("this teacher cache has no label_logp, which kd.auto.enabled needs: write it "
+                                 "again with mkd teacher-cache, or set kd.auto.enabled=false")
+            label_logp = seq(got["label_logp"])
         total, sums = sparse_kd_loss(
             student_logits, seq(got["ids"]), seq(got["logp"]), seq(got["other_logp"]), labels, mask,
             top_k=kd.opts.top_k or got["ids"].shape[-1], other_bucket=kd.opts.other_bucket,
             ce_weight=w.ce, kd_weight=w.kd, vocab_size=kd.opts.vocab_size, tp_group=tp_group,
-            chunk_size=kd.chunk_size)
-        return LossSums(total, sums["ce"], sums["kd"])
+            chunk_size=kd.chunk_size, label_logp=label_logp, auto=auto)
+        return LossSums(total, sums["ce"], sums["kd"], auto=_auto_sums(sums, auto))
 
     return objective
 
@@ -338,7 +366,7 @@ def _tokens_first(h: torch.Tensor, tp_group, sequence_parallel: bool, trainable:
     return h.transpose(0, 1).reshape(-1, h.shape[-1])
 
 
-def _fused(kd, w, opts, labels, teacher: FusedOutput, tp_group):
+def _fused(kd, w, opts, labels, teacher: FusedOutput, tp_group, auto):
     """kd.fused_output_layer: the same objective from hidden states and output weights, labels
     and loss_mask batch-major `[b, s]` (the hidden states' order after _tokens_first)."""
     def objective(student_hidden, mask):
@@ -348,8 +376,8 @@ def _fused(kd, w, opts, labels, teacher: FusedOutput, tp_group):
         total, sums = fused_output_kd(
             h_s, teacher.student_weight, h_t, teacher.weight, labels.reshape(-1), mask.reshape(-1), opts,
             ce_weight=w.ce, kd_weight=w.kd, tp_group=tp_group, chunk_size=kd.chunk_size,
-            metrics=kd.teacher_metrics, scratch=kd.scratch)
-        return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd))
+            metrics=kd.teacher_metrics, scratch=kd.scratch, auto=auto)
+        return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd), _auto_sums(sums, auto))
 
     return objective
 

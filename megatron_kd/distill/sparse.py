@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megatron_kd.distill.auto_alpha import AUTO_STATS, AutoAlpha
 from megatron_kd.distill.losses import ChunkedLoss, LogitRows, RowKernel, Scratch, other_bucket_kl
 from megatron_kd.distill.vocab_parallel import LabelColumns, Shard, all_reduce, group_size, row_sum, valid_width
 
@@ -118,14 +119,17 @@ def _kl_to_teacher(q_logp, other_logp, logp_kept, other_mass, other_bucket: bool
 @dataclass
 class KeptRows:
     """The teacher's kept ids and log-probabilities `[n, k]` and the log of its mass outside them
-    `[n]`, sliced by rows (what LogitRows hands the kernel for each chunk)."""
+    `[n]`, sliced by rows (what LogitRows hands the kernel for each chunk); under kd.auto also the
+    teacher's log-probability of the label `[n]` (the cache's `label_logp`, exact whatever K)."""
 
     ids: torch.Tensor
     q_logp: torch.Tensor
     other_logp: torch.Tensor
+    label_logp: torch.Tensor | None = None
 
     def __getitem__(self, rows: slice) -> "KeptRows":
-        return KeptRows(self.ids[rows], self.q_logp[rows], self.other_logp[rows])
+        label = None if self.label_logp is None else self.label_logp[rows]
+        return KeptRows(self.ids[rows], self.q_logp[rows], self.other_logp[rows], label)
 
 
 class SparseKD(RowKernel):
@@ -133,8 +137,11 @@ class SparseKD(RowKernel):
     kept ids, renormalised or with the other bucket, of a chunk of student logits."""
 
     def __init__(self, ce_weight: float, kd_weight: float, other_bucket: bool, vocab_size: int, width: int,
-                 group, device):
+                 group, device, auto: AutoAlpha | None = None):
         self.ce_weight, self.kd_weight, self.other_bucket, self.group = ce_weight, kd_weight, other_bucket, group
+        self.auto = auto  # kd.auto: per-token weights from the teacher's advantage (auto_alpha.py)
+        if auto is not None:
+            self.stats = RowKernel.stats + AUTO_STATS
         self.shard = Shard(width, vocab_size, group, device)
         self.n_valid = valid_width(self.shard)
         # one rank holds the whole vocabulary (no TP): every label and kept id is a column here, so
@@ -148,6 +155,11 @@ class SparseKD(RowKernel):
         them, fp32, no padding): the logits are then its only full-width buffer."""
         over = grad is not None and grad.data_ptr() == zs.data_ptr() and zs.dtype == torch.float32
         return zs.shape[0] if over and not self.shard.padded else None
+
+    def total(self, stats: torch.Tensor) -> torch.Tensor:
+        if self.auto is not None:
+            return stats[2].float()
+        return super().total(stats)
 
     def add(self, zc, kept: KeptRows, labels, w, g, stats) -> None:
         """The row-kernel interface: masked CE and KD sums into `stats`, their weighted gradient into
@@ -164,6 +176,10 @@ class SparseKD(RowKernel):
         torch.sub(zc, max_all.unsqueeze(-1), out=ex).exp_()
         total, other_mass, kept_ex = _student_mass(ex, cols, shard.padded, self.whole, group)
         ce = (torch.log(total) + max_all.double() - label_z.double()).float()  # megatron-core's CE
+        weights = None
+        if self.auto is not None:  # per-row tensors in place of the two weights
+            weights = self.auto.weights(ce, -kept.label_logp.double())
+            ce_w, kd_w = weights[2], weights[3]
         lse_real, p_real, padded_other = _real_columns(zc, cols, self.n_valid, width, max_all, total, shard.padded,
                                                        group)
         if shard.padded:
@@ -182,7 +198,9 @@ class SparseKD(RowKernel):
         else:
             ex.mul_((coef * (ce_w + kd_w * rest)).float().unsqueeze(-1))
         p_all_kept = kept_ex.double() * (1.0 / total).unsqueeze(-1)
-        kept_grad = ((ce_w * p_all_kept + kd_w * (torch.exp(logp_kept) - target)) * w.double().unsqueeze(-1)).float()
+        col = (lambda x: x.unsqueeze(-1)) if weights is not None else (lambda x: x)  # noqa: E731
+        kept_grad = ((col(ce_w) * p_all_kept + col(kd_w) * (torch.exp(logp_kept) - target))
+                     * w.double().unsqueeze(-1)).float()
         if self.whole:
             ex.scatter_(1, cols.kept_col, kept_grad)
         else:
@@ -191,17 +209,21 @@ class SparseKD(RowKernel):
         cols.label.subtract(ex, ce_w * w)
         if ex is not g:
             g.copy_(ex)
-        stats += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
+        stats[:2] += torch.stack([(ce * w).sum(dtype=torch.float64), (kl * w).sum(dtype=torch.float64)])
+        if weights is not None:
+            self.auto.add_stats(stats, ce, torch.where(w > 0, kl, torch.zeros_like(kl)), w, *weights)
 
 
 def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torch.Tensor,
                    other_logp: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, *, top_k: int,
                    other_bucket: bool, ce_weight: float, kd_weight: float, vocab_size: int, tp_group=None,
-                   chunk_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   chunk_size: int | None = None, label_logp: torch.Tensor | None = None,
+                   auto: AutoAlpha | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd: masked sums}) from vocab-sharded student logits `[..., V/TP]` and a
     top-K cache's rows in the same token order (`ids`, `q_logp` `[..., K]`, `other_logp` `[...]`):
     forward KL to the teacher's top-`top_k` (<= K) tokens. The logits are overwritten with the
-    gradient (they must not be read afterwards)."""
+    gradient (they must not be read afterwards). `auto`: kd.auto's per-token weights, from the
+    teacher's `label_logp` `[...]` (the sums then also hold AUTO_STATS)."""
     width = student_logits.shape[-1]
     n = student_logits.numel() // width
     K = ids.shape[-1]
@@ -213,9 +235,15 @@ def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torc
         tail = torch.logsumexp(q_f[:, top_k:].double(), dim=-1)
         other = torch.logaddexp(other, tail)
         ids_f, q_f = ids_f[:, :top_k], q_f[:, :top_k]
+    if auto is not None and label_logp is None:
+        raise ValueError("kd.auto needs the teacher's log-probability of each label (a cache's label_logp)")
     kernel = SparseKD(float(ce_weight), float(kd_weight), bool(other_bucket), int(vocab_size), width, tp_group,
-                      student_logits.device)
-    source = LogitRows(KeptRows(ids_f.contiguous(), q_f.contiguous(), other.float()), labels.reshape(n),
+                      student_logits.device, auto)
+    label = None if auto is None else label_logp.reshape(n).float()
+    source = LogitRows(KeptRows(ids_f.contiguous(), q_f.contiguous(), other.float(), label), labels.reshape(n),
                        loss_mask.reshape(n).float(), tp_group, chunk_size, overwrite=True)
     total, sums = ChunkedLoss.apply(source, kernel, student_logits)
-    return total, {"ce": sums[0].float(), "kd": sums[1].float()}
+    out = {"ce": sums[0].float(), "kd": sums[1].float()}
+    if auto is not None:
+        out.update(zip(AUTO_STATS, sums[2:].unbind(0)))
+    return total, out

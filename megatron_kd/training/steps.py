@@ -12,6 +12,7 @@ from megatron_kd.checkpoint.model_io import unwrap
 from megatron_kd.config.schema import RunConfig
 from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
+    AUTO_REPORTS,
     CachedRows,
     FusedOutput,
     KDObjective,
@@ -22,7 +23,8 @@ from megatron_kd.distill.objective import (
 from megatron_kd.runtime.throughput import Profiler
 
 # What the KD loss reports per step (token-weighted means); α and T are logged by the loop.
-KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement"]
+# kd.auto's (its mean weight, share of tokens weighted, teacher advantage) only under kd.auto.
+KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement", *AUTO_REPORTS]
 
 
 @dataclass
@@ -39,6 +41,12 @@ class StepContext:
     unigram: torch.Tensor | None = None  # teacher.unigram: log p [vocab], the same target at every token
     report_keys: list = field(default_factory=lambda: ["loss", "lm loss"])
     profiler: Profiler | None = None  # times the KD loss (mkd train --profile-steps)
+
+    def __post_init__(self):
+        # The keys follow the objective: kd.auto's are reported by its steps only, so a fixed-α
+        # run's reductions and records never carry them (as NaN).
+        if self.kd is None or self.kd.auto_tau is None:
+            self.report_keys = [k for k in self.report_keys if k not in AUTO_REPORTS]
 
 
 def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):

@@ -5,7 +5,8 @@ truncated / reverse / JSD / hard kinds, `kd_loss` alone (the KD term of the sepa
 separate passes themselves (α = 0, magnitude_matched), the fused output layer, the top-K cache
 (the other bucket stored in fp32 and bf16, renormalised, k' < K), the sampled cache, the full
 cache and the top-K cache through rebuilt teacher logits, and the unigram teacher (its one top-k
-row, and its dense row). Inputs: vocabulary padding (59 real of 64 columns), masked tokens, tied
+row, and its dense row); kd.auto's per-token weights on the one-pass, general, fused and cache
+routes. Inputs: vocabulary padding (59 real of 64 columns), masked tokens, tied
 teacher logits, huge logits.
 
 Tensor-parallel convention (megatron-core's vocab_parallel_cross_entropy): every rank returns the
@@ -23,7 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megatron_kd.config.schema import KDConfig
+from megatron_kd.config.schema import AutoAlphaConfig, KDConfig
+from megatron_kd.distill.auto_alpha import AutoAlpha
 from megatron_kd.distill.cache import teacher_rows
 from megatron_kd.distill.cache_encoding import Encoding
 from megatron_kd.distill.fused import fused_output_kd
@@ -119,10 +121,12 @@ def kd_per_token(a: torch.Tensor, kind: str, teacher, jsd_beta: float = 0.5) -> 
 
 
 def reference(zs, labels, mask, kind, teacher, *, T=1.0, t2_scale=True, ce_w=0.5, kd_w=0.5, jsd_beta=0.5,
-              magnitude_matched=False) -> dict:
+              magnitude_matched=False, auto=None) -> dict:
     """ce_w·Σ mask·CE + kd_w·Σ mask·T²·KD and its gradient w.r.t. the student's logits [S, B, VPAD].
     CE is megatron-core's (softmax over every column, padding included), KD over the real ones.
-    `teacher` as kd_per_token's, on tempered logits; magnitude_matched: the KD weight kd_w·CE/KD."""
+    `teacher` as kd_per_token's, on tempered logits; magnitude_matched: the KD weight kd_w·CE/KD;
+    `auto` = (α_max, τ, keep_ce, the teacher's label log-probabilities [S*B]): kd.auto's weights
+    α_t = α_max·σ((log p_T(y) - log p_S(y)) / τ), constants of the step."""
     z = zs.double().reshape(-1, VPAD).requires_grad_(True)
     m = mask.reshape(-1).double() > 0
     zero = torch.zeros(z.shape[0], dtype=torch.float64)
@@ -130,16 +134,25 @@ def reference(zs, labels, mask, kind, teacher, *, T=1.0, t2_scale=True, ce_w=0.5
     kd = torch.where(m, kd_per_token(z[:, :V] / T, kind, teacher, jsd_beta), zero) * (T * T if t2_scale else 1.0)
     ce_sum, kd_sum = ce.sum(), kd.sum()
     weight = kd_w * (ce_sum / kd_sum).detach() if magnitude_matched else kd_w
-    total = ce_w * ce_sum + weight * kd_sum
+    out = {}
+    if auto is None:
+        total = ce_w * ce_sum + weight * kd_sum
+    else:
+        alpha_max, tau, keep_ce, teacher_label = auto
+        student_label = F.log_softmax(z.detach(), -1).gather(-1, labels.reshape(-1, 1)).squeeze(-1)
+        alpha = alpha_max * torch.sigmoid((teacher_label.double() - student_label) / tau)
+        total = ((1.0 if keep_ce else 1.0 - alpha) * ce + alpha * kd).sum()
+        out["alpha"] = torch.where(m, alpha, zero).sum()
     total.backward()
-    return {"total": total.detach(), "ce": ce_sum.detach(), "kd": kd_sum.detach(), "kd_tok": kd.detach(),
-            "grad": z.grad.reshape(S, B, VPAD)}
+    return out | {"total": total.detach(), "ce": ce_sum.detach(), "kd": kd_sum.detach(), "kd_tok": kd.detach(),
+                  "grad": z.grad.reshape(S, B, VPAD)}
 
 
 # --- the routes ---------------------------------------------------------------------------------
 
 def _objective(**kd):
-
+    if "auto" in kd:
+        kd = kd | {"auto": AutoAlphaConfig(enabled=True, **kd["auto"])}
     return KDObjective.from_config(KDConfig(**kd), V)
 
 
@@ -151,7 +164,10 @@ def _through_loss_func(kd: dict, student, labels, mask, signal, group) -> dict:
     total, _, reports = make_loss_func(obj, kd.get("alpha", 0.5), kd.get("temperature", 1.0), labels, mask,
                                        signal, group)(x * 1.0)
     (2.0 * total).backward()  # the incoming gradient scales the saved one
-    return {"total": total, "ce": reports["lm loss"][0], "kd": reports["kd loss"][0], "grad": x.grad / 2}
+    out = {"total": total, "ce": reports["lm loss"][0], "kd": reports["kd loss"][0], "grad": x.grad / 2}
+    if "auto" in kd:
+        out["alpha"] = reports["kd/alpha_effective"][0]
+    return out
 
 
 class Case:
@@ -199,7 +215,11 @@ class Case:
         tok.sum().backward()
         return {"kd_tok": tok.reshape(-1), "kd": tok.sum(), "total": tok.sum(), "grad": x.grad}
 
-    def fused(self, opts: dict, ce_w: float, kd_w: float) -> dict:
+    def teacher_label_logp(self) -> torch.Tensor:
+        """log p_T(y) [S*B] in megatron-core's CE convention (softmax over every column)."""
+        return F.log_softmax(self.zt.double().reshape(-1, VPAD), -1).gather(-1, self.labels.reshape(-1, 1))[:, 0]
+
+    def fused(self, opts: dict, ce_w: float, kd_w: float, auto: AutoAlpha | None = None) -> dict:
         """fused_output_kd with the logits as hidden states and identity output layers: the hidden
         states' gradient is the logits' (summed over the ranks' shards, as megatron-core's
         copy-to-tensor-parallel region does)."""
@@ -210,12 +230,13 @@ class Case:
         h = tokens(self.zs).clone().requires_grad_(True)
         total, sums = fused_output_kd(h, eye, tokens(self.zt), eye, self.labels.reshape(-1), self.mask.reshape(-1),
                                       KDOptions(vocab_size=V, **opts), ce_weight=ce_w, kd_weight=kd_w,
-                                      tp_group=self.group, chunk_size=4, gemm_chunk_size=5)
+                                      tp_group=self.group, chunk_size=4, gemm_chunk_size=5, auto=auto)
         total.backward()
         grad = h.grad.clone()
         if self.group is not None:
             dist.all_reduce(grad, group=self.group)
-        return {"total": total, "ce": sums["ce"], "kd": sums["kd"], "grad": grad.reshape(S, B, VPAD)[..., self.cols]}
+        out = {"total": total, "ce": sums["ce"], "kd": sums["kd"], "grad": grad.reshape(S, B, VPAD)[..., self.cols]}
+        return out | ({"alpha": sums["alpha"]} if auto is not None else {})
 
 
 def routes(case: Case) -> dict:
@@ -270,6 +291,34 @@ def routes(case: Case) -> dict:
         "unigram/top_k_row": (lambda: case.unigram({"top_k": 6, "other_bucket": True}),
                               ref("forward_kl", truncated_target(uni, 6, other_bucket=True))),
         "unigram/dense": (lambda: case.unigram({}), ref("forward_kl", truncated_target(uni))),
+    } | auto_routes(case, dense, top5o, rows_f32, full)
+
+
+def auto_routes(case: Case, dense, top5o, rows, full) -> dict:
+    """kd.auto on each kernel: the one-pass T = 1 kernel, the general one (T = 2, no teacher
+    metrics: the teacher's CE computed for the weights; reverse KL from a full cache), the fused
+    output layer and the top-K cache's sparse kernel (the label's log-probability from the rows)."""
+    zs, lab, mask = case.zs, case.labels, case.mask
+    online_label = case.teacher_label_logp()
+    row_label = rows["label_logp"].transpose(0, 1).reshape(-1)
+    # rebuilt teacher logits (a full cache's) are log-probabilities over the real columns only
+    rebuilt_label = F.log_softmax(case.teacher_logits(), -1).gather(-1, lab.reshape(-1, 1))[:, 0]
+    ref = lambda kind, teacher, auto, **kw: lambda: reference(zs, lab, mask, kind, teacher, auto=auto, **kw)  # noqa: E731
+    t2 = (dense[0], torch.softmax(case.teacher_logits(2.0), -1), dense[2])
+    return {
+        "auto/online_t1": (lambda: case.online({"alpha": 1.0, "auto": {}}),
+                           ref("forward_kl", dense, (1.0, 1.0, False, online_label))),
+        "auto/online_t2_keep_ce": (
+            lambda: case.online({"alpha": 0.8, "auto": {"tau": 0.5}, "temperature": 2.0, "mix": "keep_ce",
+                                 "teacher_metrics": False}),
+            ref("forward_kl", t2, (0.8, 0.5, True, online_label), T=2.0)),
+        "auto/fused": (lambda: case.fused({}, 0.0, 1.0, AutoAlpha(1.0, 2.0)),
+                       ref("forward_kl", dense, (1.0, 2.0, False, online_label))),
+        "auto/cache_topk_other": (lambda: case.cached({"alpha": 1.0, "auto": {}, "top_k": 5, "other_bucket": True},
+                                                      rows),
+                                  ref("forward_kl", rows_target(rows, 5, True), (1.0, 1.0, False, row_label))),
+        "auto/cache_full_reverse": (lambda: case.cached({"alpha": 0.6, "auto": {}, "kind": "reverse_kl"}, full),
+                                    ref("reverse_kl", case.teacher_logits(), (0.6, 1.0, False, rebuilt_label))),
     }
 
 
@@ -283,7 +332,7 @@ def _rel(got, want) -> float:
 def errors(got: dict, want: dict, cols: slice) -> dict:
     """Relative errors (to the reference's largest magnitude, at least 1) of every quantity the
     route reports; the gradient on this rank's columns only."""
-    out = {key: _rel(got[key], want[key]) for key in ("total", "ce", "kd", "kd_tok") if key in got}
+    out = {key: _rel(got[key], want[key]) for key in ("total", "ce", "kd", "kd_tok", "alpha") if key in got}
     out["grad"] = _rel(got["grad"].reshape(S, B, -1), want["grad"][..., cols])
     out["finite"] = bool(torch.isfinite(torch.as_tensor(got["total"])).all() and torch.isfinite(got["grad"]).all())
     return out
@@ -314,7 +363,7 @@ def check(results: dict) -> None:
 
 def test_every_route_matches_the_float64_reference_at_tp1():
     results = compare()
-    assert len(results) == len(INPUTS) * 23
+    assert len(results) == len(INPUTS) * 28
     check(results)
 
 
@@ -372,5 +421,5 @@ def run_on_ranks(workdir: str) -> dict:
 def test_every_route_matches_the_float64_reference_at_tp1_and_tp2(tmp_path):
     per_rank = run_distributed("tests.distill.test_routes:run_on_ranks", 2, tmp_path)
     for results in per_rank:  # each rank checks its own shard
-        assert len(results) == 2 * len(INPUTS) * 27
+        assert len(results) == 2 * len(INPUTS) * 32
         check(results)
