@@ -172,8 +172,7 @@ def saved_args(iter_dir: Path) -> dict | None:
 
 # Megatron-Bridge's model config uses TransformerConfig's names; these differ from the args'.
 _BRIDGE_NAMES = {"num_moe_experts": "num_experts", "layernorm_epsilon": "norm_epsilon",
-                 "seq_length": "seq_length", "gated_linear_unit": "swiglu",
-                 "moe_router_load_balancing_type": "moe_router_load_balancing_type"}
+                 "gated_linear_unit": "swiglu"}
 
 
 def _bridge_args(path: Path) -> dict:
