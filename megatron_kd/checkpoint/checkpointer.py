@@ -32,7 +32,14 @@ from pathlib import Path
 import torch
 
 from megatron_kd.checkpoint.model_io import chunks_of, load_model_state, require_finite_weights, sharded_model_state
-from megatron_kd.checkpoint.refs import LATEST, STATE_FILE, latest_checkpoint, read_state, write_state
+from megatron_kd.checkpoint.refs import (
+    LATEST,
+    STATE_FILE,
+    latest_checkpoint,
+    read_state,
+    resolve_checkpoint,
+    write_state,
+)
 from megatron_kd.checkpoint.safe_load import check_checkpoint_pickles
 from megatron_kd.config import dump_config, padded_vocab
 from megatron_kd.config.schema import RunConfig
@@ -254,7 +261,7 @@ class Checkpointer:
             log.info("resumed from %s at step %d (%d tokens)", resume_from, info.step, info.tokens)
             return info
         if self.cfg.checkpoint.load:
-            info = load_checkpoint(Path(self.cfg.checkpoint.load), state, load_optimizer=False)
+            info = load_checkpoint(resolve_checkpoint(self.cfg.checkpoint.load), state, load_optimizer=False)
             log.info("initial weights from %s (step %d)", self.cfg.checkpoint.load, info.step)
             return info
         return None

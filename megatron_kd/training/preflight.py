@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from megatron_kd.checkpoint.checkpointer import Checkpointer
-from megatron_kd.checkpoint.refs import verify_checkpoint
+from megatron_kd.checkpoint.refs import resolve_checkpoint, verify_checkpoint
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.config.validate import train_steps
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
@@ -145,7 +145,8 @@ def check_start_checkpoints(cfg: RunConfig, checkpointer: Checkpointer, overwrit
         if not Path(cfg.checkpoint.load).is_dir():
             raise ConfigError(f"checkpoint.load '{cfg.checkpoint.load}' does not exist; point at a "
                               "checkpoint directory (RUN_DIR/checkpoints/NAME)")
-        verified[Path(cfg.checkpoint.load)] = verify_checkpoint(Path(cfg.checkpoint.load))
+        load = resolve_checkpoint(cfg.checkpoint.load)  # a Megatron-LM or HF directory is converted once
+        verified[load] = verify_checkpoint(load)
     return verified
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_kd.checkpoint.checkpointer import Checkpointer
-from megatron_kd.checkpoint.refs import verify_checkpoint
+from megatron_kd.checkpoint.refs import resolve_checkpoint, verify_checkpoint
 from megatron_kd.config import padded_vocab
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.distill.cache import TeacherCache
@@ -74,7 +74,7 @@ def resolve_run(cfg: RunConfig, checkpointer: Checkpointer | None = None, checke
     checked = checked or CheckedLaunch()
     resume_from = (checkpointer or Checkpointer(cfg)).resume_point() if resume else None
     model = cfg.model
-    weights = resume_from or (Path(cfg.checkpoint.load) if cfg.checkpoint.load else None)
+    weights = resume_from or (resolve_checkpoint(cfg.checkpoint.load) if cfg.checkpoint.load else None)
     if weights is not None:  # built with the padded vocabulary the weights were saved with
         saved = checked.checkpoint_state(weights).get("padded_vocab_size")
         model = dataclasses.replace(model, padded_vocab_size=saved or model.padded_vocab_size)

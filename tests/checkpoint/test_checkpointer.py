@@ -14,7 +14,7 @@ import pytest
 
 from megatron_kd.checkpoint import checkpointer as checkpointer_module
 from megatron_kd.checkpoint.checkpointer import Checkpointer, CheckpointInfo, checkpoint_record, write_checkpoint
-from megatron_kd.checkpoint.refs import LATEST, read_state
+from megatron_kd.checkpoint.refs import LATEST, STATE_FILE, read_state
 from megatron_kd.config import load_config
 from megatron_kd.files import write_text_atomic
 from megatron_kd.training import resolve
@@ -88,6 +88,8 @@ def test_load_restores_the_resume_point_whole_else_checkpoint_load_weights_only(
     monkeypatch.setattr(checkpointer_module, "load_checkpoint", load_checkpoint)
     state = SimpleNamespace(step=0, consumed_samples=0)
     seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / STATE_FILE).write_text("{}")  # a checkpoint as resolve_checkpoint recognises one
     fresh = Checkpointer(_cfg(tmp_path / "run"))
     assert fresh.load(state, None) is None and calls == []  # from scratch: nothing loaded
     initial = Checkpointer(_cfg(tmp_path / "run", f"checkpoint.load={seed}"))
