@@ -34,6 +34,7 @@ def test_alpha0_is_plain_pretraining_and_tp2_matches(text_corpus, teacher, tmp_p
     assert plain[-1]["val/indomain"] == kd0[-1]["val/indomain"]
     assert all(m["alpha"] == 0 and m["kd_loss"] > 0 for m in kd0)
     assert {"teacher_lm_loss", "teacher_entropy", "top1_agreement", "temperature"} <= set(kd0[0])
+    assert not any(k.startswith("kd/") for k in kd0[0])  # kd.auto's reports: its runs only
     # The teacher is better than an untrained student on the same batch.
     assert kd0[0]["teacher_lm_loss"] < kd0[0]["lm_loss"]
     # The fused output layer + CE + KD (logits made chunk by chunk inside the loss) trains the same
@@ -97,3 +98,17 @@ def test_missing_or_mismatched_teacher_fails_clearly(text_corpus, teacher, tmp_p
                   "parallel.vpp=4", "--nproc", "2")
     assert "the teacher's model.num_layers=4 is not divisible by parallel.pp x parallel.vpp = 2 x 4" in err
     assert not (tmp_path / "v").exists()
+
+
+def test_kd_auto_trains_and_logs_its_weights(text_corpus, teacher, tmp_path):
+    """kd.auto through the CLI: the per-token weights' mean, share and the teacher's advantage in
+    metrics.jsonl each step (a fixed-α run has none of them: test_alpha0_is_plain_pretraining...)."""
+    mkd(*run(text_corpus, tmp_path / "auto", "train.steps=3", f"teacher.checkpoint={teacher}", "kd.alpha=1.0",
+             "kd.auto.enabled=true", "kd.auto.tau=0.5"))
+    rows = read_metrics(tmp_path / "auto")
+    assert len(rows) == 3
+    for m in rows:
+        assert 0.0 < m["kd/alpha_effective"] < 1.0 and 0.0 <= m["kd/auto_share"] <= 1.0
+        # a teacher that predicts the data better than the untrained student leads on most tokens
+        assert m["kd/teacher_advantage"] > 0 and m["kd/auto_share"] > 0.5
+        assert m["alpha"] == 1.0  # the ceiling
