@@ -29,7 +29,7 @@ from megatron_kd.convert.hf import (
 from megatron_kd.convert.hf_tokenizer import export_tokenizer
 from megatron_kd.data.tokenizer import Tokenizer
 from megatron_kd.files import staged_directory
-from megatron_kd.models.gpt import build_gpt_model
+from megatron_kd.models.gpt import build_gpt_model, build_transformer_config
 from megatron_kd.models.hf_config import HF_DTYPES, hf_to_model_config, model_config_to_hf, read_hf_config
 from megatron_kd.runtime.distributed import init_distributed
 
@@ -50,7 +50,11 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
     reader = SafetensorsReader(hf_dir)
     _ensure_process_group()
     precision = PrecisionConfig(dtype=dtype)
-    model = build_gpt_model(model_cfg, ParallelConfig(), precision, pre_process=True, post_process=True)
+    # every weight is overwritten from the safetensors: megatron-core's random draw (minutes on
+    # the CPU for a 30B model) is skipped
+    config = build_transformer_config(model_cfg, ParallelConfig(), precision, perform_initialization=False)
+    model = build_gpt_model(model_cfg, ParallelConfig(), precision, pre_process=True, post_process=True,
+                            config=config)
     print(f"converting {hf_dir} ({hf_cfg['architectures'][0]}, {model_cfg.num_layers} layers) ...",
           file=sys.stderr)
     load_hf_weights(model, reader, model_cfg)
