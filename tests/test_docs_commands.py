@@ -53,7 +53,7 @@ from tests.distributed import REPO
 from tests.test_docs import PAGES
 
 # The README's documentation table gives the reading order; pages it does not list come last.
-ORDER = ["README.md", "training.md", "data.md", "distillation.md", "teacher-cache.md", "checkpoints.md",
+ORDER = ["README.md", "training.md", "data.md", "distillation.md", "teacher-cache.md", "checkpoints.md", "moe.md",
          "report.md", "scaling-law.md", "STUDY.md", "slurm-and-gpus.md", "reliability.md",
          "PERFORMANCE.md", "architecture.md"]
 PLACEHOLDER = re.compile(r"<[^>]+>|[A-Z][A-Z0-9_]{2,}")  # RECIPE, NAME, TEACHER_RUN, <HF dir>

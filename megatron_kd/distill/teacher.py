@@ -35,7 +35,18 @@ log = logging.getLogger("megatron_kd.distill")
 
 _ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                  "num_query_groups", "kv_channels", "vocab_size", "untie_embeddings_and_output_weights",
-                 "qk_layernorm", "moe")
+                 "qk_layernorm")
+# what an MoE teacher computes; its training-only fields (aux/z loss, dispatcher) may differ
+_MOE_ARCHITECTURE = ("num_experts", "router_topk", "ffn_hidden_size", "shared_expert_ffn_hidden_size",
+                     "layer_freq", "score_function", "pre_softmax", "capacity_factor")
+
+
+def architecture_diff(recipe: ModelConfig, saved: ModelConfig) -> list[str]:
+    """The architecture fields where a teacher recipe and its checkpoint differ."""
+    diff = [f"{a}: recipe {getattr(recipe, a)} vs checkpoint {getattr(saved, a)}"
+            for a in _ARCHITECTURE if getattr(recipe, a) != getattr(saved, a)]
+    return diff + [f"moe.{a}: recipe {getattr(recipe.moe, a)} vs checkpoint {getattr(saved.moe, a)}"
+                   for a in _MOE_ARCHITECTURE if getattr(recipe.moe, a) != getattr(saved.moe, a)]
 
 
 def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConfig, dict]:
@@ -54,8 +65,7 @@ def resolve_teacher(cfg: RunConfig, check: bool = True) -> tuple[Path, ModelConf
     if cfg.teacher.model:
         recipe = resolve_recipe_path(cfg.teacher.model)
         teacher = build_dataclass(ModelConfig, load_recipe_dict(recipe).get("model", {}), "model", str(recipe))
-        diff = [f"{a}: recipe {getattr(teacher, a)} vs checkpoint {getattr(saved, a)}"
-                for a in _ARCHITECTURE if getattr(teacher, a) != getattr(saved, a)]
+        diff = architecture_diff(teacher, saved)
         if diff:
             raise ConfigError(f"teacher checkpoint {ckpt} is another architecture than "
                               f"teacher.model={cfg.teacher.model} ({'; '.join(diff)}); point "
