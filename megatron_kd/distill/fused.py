@@ -88,7 +88,7 @@ def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t
     `opt`: the KD options. `gemm_chunk_size`: tokens per output-layer chunk (default:
     default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk);
     `scratch`: the caller's reusable temporaries (KDObjective.scratch; None: fresh ones); `auto`:
-    kd.auto's per-token weights (mixed_kd_loss).
+    kd.auto's weighting (mixed_kd_loss).
     """
     if w_s.shape[0] != w_t.shape[0]:
         raise ValueError(f"student and teacher output layers have {w_s.shape[0]} and {w_t.shape[0]} "

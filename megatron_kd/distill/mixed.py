@@ -60,7 +60,9 @@ class RowLoss(RowKernel):
     def __init__(self, opt: KDOptions, ce_weight: float, kd_weight: float, width: int, group,
                  device, metrics: bool, scratch: ScratchPool | None = None, auto: AutoAlpha | None = None):
         self.opt, self.ce_weight, self.kd_weight, self.metrics = opt, ce_weight, kd_weight, metrics
-        self.auto = auto  # kd.auto: per-token weights from the teacher's advantage (auto_alpha.py)
+        # kd.auto: the micro-batch's α, as per-row weights (the kernels take either), and the
+        # teacher's advantage on each label, read for the reports and the run's trend (auto_alpha.py)
+        self.auto = auto
         if auto is not None:
             self.stats = STATS + AUTO_STATS
         self.shard_kd = Shard(width, opt.vocab_size, group, device)  # padding excluded (KD)
@@ -108,7 +110,7 @@ class RowLoss(RowKernel):
         if self.auto is None:
             ce, _, _ = cross_entropy(zs, label, self.shard_all.group, g, w * self.ce_weight)
             kd_weight = w * self.kd_weight
-        else:  # the weights need the CE first: its unit-weight gradient, scaled per row after
+        else:  # the weights come with the CE: its unit-weight gradient, scaled per row after
             if teacher_ce is None:
                 teacher_ce = cross_entropy(zt, label, self.shard_all.group)[0]
             ce, _, _ = cross_entropy(zs, label, self.shard_all.group, g, w)
@@ -232,8 +234,8 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     the gradient over `student_logits` (as megatron-core's CE writes its softmax over its
     input): no new logits-sized buffer, and the logits are gone after the call; `scratch`: the
     caller's reusable temporaries (KDObjective.scratch; None: fresh ones for this call);
-    `auto`: kd.auto's per-token weights in place of ce_weight / kd_weight (the sums then also
-    hold AUTO_STATS, and the loss is their "weighted").
+    `auto`: kd.auto's weighting in place of ce_weight / kd_weight (the sums then also hold
+    AUTO_STATS, the teacher's advantage among them, and the loss is their "weighted").
     """
     require_same_shape(student_logits, teacher_logits)
     if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \

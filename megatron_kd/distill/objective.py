@@ -16,7 +16,7 @@ from typing import Callable, Union
 import torch
 
 from megatron_kd.config.schema import KDConfig
-from megatron_kd.distill.auto_alpha import AutoAlpha, auto_sums
+from megatron_kd.distill.auto_alpha import AdvantageTrend, AutoAlpha, auto_sums
 from megatron_kd.distill.cache import PADDING_LOGIT, dense_teacher_logits, teacher_rows
 from megatron_kd.distill.fused import fused_output_kd
 from megatron_kd.distill.losses import ScratchPool, kd_loss, teacher_metrics
@@ -47,8 +47,10 @@ class KDObjective:
     scratch: ScratchPool = field(default_factory=ScratchPool, compare=False, repr=False)
     # the unigram teacher's one top-k row per (padded vocabulary, device): made at the first step
     unigram_rows: dict = field(default_factory=dict, compare=False, repr=False)
-    # kd.auto: the weights' softness τ (nats); None: one α for every token
+    # kd.auto: the advantage scale τ (nats); None: the scheduled α
     auto_tau: float | None = None
+    # kd.auto: the running mean of the teacher's advantage that sets each micro-batch's α
+    trend: AdvantageTrend = field(default_factory=AdvantageTrend, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, kd: KDConfig, vocab_size: int) -> "KDObjective":
@@ -57,8 +59,11 @@ class KDObjective:
                    kd.fused_output_layer, auto_tau=kd.auto.tau if kd.auto.enabled else None)
 
     def auto_alpha(self, alpha: float) -> AutoAlpha | None:
-        """kd.auto's weighting of a step whose α (the ceiling α_max) is `alpha`; None for fixed α."""
-        return None if self.auto_tau is None else AutoAlpha(alpha, self.auto_tau, self.mix)
+        """kd.auto's weighting of the next micro-batch, under the ceiling `alpha` (the step's
+        kd.alpha); None for a fixed α."""
+        if self.auto_tau is None:
+            return None
+        return AutoAlpha(alpha, self.trend.level(alpha, self.auto_tau), self.mix)
 
 
 def mix_weights(mix: str, alpha: float) -> MixWeights:
@@ -152,10 +157,11 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
     route = choose_route(kd, alpha, temperature, teacher)
     auto = kd.auto_alpha(alpha)
     if auto is not None and route == "separate":
-        raise ValueError(f"kd.auto weights tokens under kd.alpha > 0 and kd.mix other than magnitude_matched, "
-                         f"not kd.alpha={alpha}, kd.mix={kd.mix}")
+        raise ValueError(f"kd.auto needs kd.alpha > 0 (its ceiling) and a kd.mix other than magnitude_matched, "
+                         f"got kd.alpha={alpha}, kd.mix={kd.mix}")
+    trend = None if auto is None else kd.trend
     if route == "fused":
-        return _counted(_fused(kd, w, opts, labels, teacher, tp_group, auto), loss_mask)
+        return _counted(_fused(kd, w, opts, labels, teacher, tp_group, auto), loss_mask, trend)
     # a teacher that is not a model reports the teacher metrics from its own values (exact, where
     # rebuilt logits would only approximate a top-K teacher); the dense unigram row is its logits
     rows = _teacher_rows(kd, teacher, labels, tp_group, sparse=route == "sparse")
@@ -168,7 +174,7 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
         objective = _one_pass(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group, auto)
     if rows is not None and kd.teacher_metrics:
         objective = _with_cached_metrics(kd, rows, objective, tp_group)
-    return _counted(objective, loss_mask)
+    return _counted(objective, loss_mask, trend)
 
 
 def choose_route(kd: KDObjective, alpha: float, temperature: float, teacher: TeacherSignal) -> str:
@@ -207,11 +213,13 @@ def _unigram_is_sparse(kd: KDObjective, w: MixWeights, temperature: float) -> bo
             and kd.mix != "magnitude_matched" and w.kd != 0)
 
 
-def _counted(objective, loss_mask) -> Callable:
+def _counted(objective, loss_mask, trend: AdvantageTrend | None = None) -> Callable:
     def loss_func(student_output: torch.Tensor):
         mask = loss_mask.float()
         count = mask.sum()
         sums = objective(student_output, mask)
+        if trend is not None:  # kd.auto: the next micro-batch's α follows this one's advantage
+            trend.update(sums.auto[2], count)
         return sums.total, count.to(torch.int), sums.reports(count)
 
     return loss_func

@@ -139,7 +139,7 @@ class SparseKD(RowKernel):
     def __init__(self, ce_weight: float, kd_weight: float, other_bucket: bool, vocab_size: int, width: int,
                  group, device, auto: AutoAlpha | None = None):
         self.ce_weight, self.kd_weight, self.other_bucket, self.group = ce_weight, kd_weight, other_bucket, group
-        self.auto = auto  # kd.auto: per-token weights from the teacher's advantage (auto_alpha.py)
+        self.auto = auto  # kd.auto: its α as per-row weights, and the teacher's advantage (auto_alpha.py)
         if auto is not None:
             self.stats = RowKernel.stats + AUTO_STATS
         self.shard = Shard(width, vocab_size, group, device)
@@ -222,8 +222,8 @@ def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, q_logp: torc
     """(mixed loss, {ce, kd: masked sums}) from vocab-sharded student logits `[..., V/TP]` and a
     top-K cache's rows in the same token order (`ids`, `q_logp` `[..., K]`, `other_logp` `[...]`):
     forward KL to the teacher's top-`top_k` (<= K) tokens. The logits are overwritten with the
-    gradient (they must not be read afterwards). `auto`: kd.auto's per-token weights, from the
-    teacher's `label_logp` `[...]` (the sums then also hold AUTO_STATS)."""
+    gradient (they must not be read afterwards). `auto`: kd.auto's weighting, the teacher's
+    advantage read from its `label_logp` `[...]` (the sums then also hold AUTO_STATS)."""
     width = student_logits.shape[-1]
     n = student_logits.numel() // width
     K = ids.shape[-1]

@@ -1,16 +1,18 @@
-"""kd.auto's per-token weights on synthetic student/teacher pairs with a known answer: a teacher
-that is the labels gets the ceiling, a uniform teacher (worse than the student) gets ~0, a teacher
-right on half the tokens gets those tokens; every cache kind carries what the weights need."""
+"""kd.auto on synthetic student/teacher pairs with a known answer: a teacher that is the labels
+keeps KD on (α = α_max·tanh(advantage / τ)), a uniform teacher (worse than the student) switches
+it off, a teacher right on half the tokens leads on exactly those; the weights are constants of
+the micro-batch; a cache without the label's log-probability is refused."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from megatron_kd.config.schema import AutoAlphaConfig, KDConfig
-from megatron_kd.distill.auto_alpha import AutoAlpha
+from megatron_kd.distill.auto_alpha import AdvantageTrend, AutoAlpha
 from megatron_kd.distill.mixed import mixed_kd_loss
 from megatron_kd.distill.objective import CachedRows, KDObjective, OnlineLogits, make_loss_func
 from megatron_kd.distill.options import KDOptions
@@ -31,67 +33,72 @@ def _pair(teacher: str, seed: int = 0):
     return zs, zt, labels
 
 
-def _weights(teacher: str, mask=None, alpha_max=1.0, tau=1.0) -> dict:
+def _run(teacher: str, micro_batches: int, alpha_max: float = 1.0, tau: float = 1.0, mask=None) -> list[dict]:
+    """kd.auto over `micro_batches` micro-batches of one pair through make_loss_func (the training
+    step's entrance): each one's token means of the reports."""
     zs, zt, labels = _pair(teacher)
-    mask = torch.ones(N) if mask is None else mask
-    _, sums = mixed_kd_loss(zs.requires_grad_(True), zt, labels, mask, KDOptions(vocab_size=V), ce_weight=0.0,
-                            kd_weight=0.0, auto=AutoAlpha(alpha_max, tau))
-    count = mask.sum()
-    return {"alpha": sums["alpha"] / count, "share": sums["share"] / count, "advantage": sums["advantage"] / count}
+    obj = _objective(tau=tau)
+    mask = torch.ones(N, 1) if mask is None else mask[:, None]
+    out = []
+    for _ in range(micro_batches):
+        _, count, reports = make_loss_func(obj, alpha_max, 1.0, labels[:, None], mask, OnlineLogits(zt[:, None]),
+                                           None)(zs[:, None].clone().requires_grad_(True))
+        out.append({k: float(v[0] / v[1]) for k, v in reports.items()})
+    return out
 
 
-def test_a_teacher_that_is_the_labels_gets_the_ceiling():
-    got = _weights("labels", alpha_max=0.8)
-    assert got["advantage"] > 0.3 and got["share"] == 1.0
-    assert 0.8 * 0.55 < got["alpha"] < 0.8  # the student already knows its labels fairly well
+def test_a_teacher_that_is_the_labels_keeps_kd_on():
+    steps = _run("labels", 3, alpha_max=0.8)
+    advantage = steps[0]["kd/teacher_advantage"]
+    assert advantage > 0.3 and all(s["kd/auto_share"] == 1.0 for s in steps)
+    assert steps[0]["kd/alpha_effective"] == pytest.approx(0.8)  # the ceiling until an advantage is known
+    assert steps[-1]["kd/alpha_effective"] == pytest.approx(0.8 * math.tanh(advantage), rel=1e-5)
 
 
 def test_a_uniform_teacher_worse_than_the_student_is_switched_off():
-    got = _weights("uniform")
-    assert got["advantage"] < -2.5 and got["share"] == 0.0
-    assert got["alpha"] < 0.06
+    steps = _run("uniform", 2)
+    assert steps[0]["kd/teacher_advantage"] < -2.5 and steps[0]["kd/auto_share"] == 0.0
+    assert steps[1]["kd/alpha_effective"] == 0.0
 
 
-def test_a_teacher_right_on_half_the_tokens_weights_those_tokens():
+def test_a_teacher_right_on_half_the_tokens_leads_on_those_tokens():
     even = (torch.arange(N) % 2 == 0).float()
-    right, wrong, both = _weights("half", even), _weights("half", 1 - even), _weights("half")
-    assert right["alpha"] > 0.55 and wrong["alpha"] < 0.06
-    assert both["share"] == 0.5
-    assert torch.isclose(both["alpha"], (right["alpha"] + wrong["alpha"]) / 2)
+    right, wrong, both = _run("half", 1, mask=even)[0], _run("half", 1, mask=1 - even)[0], _run("half", 2)
+    assert right["kd/auto_share"] == 1.0 and wrong["kd/auto_share"] == 0.0 and both[0]["kd/auto_share"] == 0.5
+    mean = (right["kd/teacher_advantage"] + wrong["kd/teacher_advantage"]) / 2
+    assert both[0]["kd/teacher_advantage"] == pytest.approx(mean, rel=1e-6)
+    # on average the student is the better predictor here: KD off after the first micro-batch
+    assert mean < 0 and both[1]["kd/alpha_effective"] == 0.0
 
 
-def test_the_weights_are_constants_of_the_step():
-    """The gradient is the weighted objective's with α_t held fixed (float64 autograd with the
-    weights detached), not that of α_t's own dependence on the student."""
+def test_the_trend_is_a_running_mean_and_sets_the_level():
+    trend = AdvantageTrend()
+    assert trend.level(0.9, 1.0) == 0.9
+    trend.update(torch.tensor(4.0), torch.tensor(2.0))
+    trend.update(torch.tensor(0.0), torch.tensor(0.0))  # an empty micro-batch changes nothing
+    trend.update(torch.tensor(-2.0), torch.tensor(2.0))
+    assert trend.mean == pytest.approx(0.9 * 2.0 - 0.1)
+    assert trend.level(0.9, 2.0) == pytest.approx(0.9 * math.tanh(1.7 / 2.0))
+
+
+def test_the_weights_are_constants_of_the_micro_batch():
+    """kd.auto at level α is the fixed-α objective at α, loss and gradient (no gradient through α)."""
     zs, zt, labels = _pair("half")
-    x = zs.clone().requires_grad_(True)
-    total, _ = mixed_kd_loss(x, zt, labels, torch.ones(N), KDOptions(vocab_size=V), ce_weight=0.0, kd_weight=0.0,
-                             auto=AutoAlpha(1.0, 0.5))
-    total.backward()
-    z = zs.double().requires_grad_(True)
-    logp_s, logp_t = torch.log_softmax(z, -1), torch.log_softmax(zt.double(), -1)
-    ce = -logp_s.gather(-1, labels[:, None])[:, 0]
-    kl = (logp_t.exp() * (logp_t - logp_s)).sum(-1)
-    alpha = torch.sigmoid((logp_t.gather(-1, labels[:, None])[:, 0] + ce.detach()) / 0.5)
-    want = ((1 - alpha) * ce + alpha * kl).sum()
-    want.backward()
-    assert abs(total.item() - want.item()) < 1e-5 * want.item()
-    assert (x.grad.double() - z.grad).abs().max() < 1e-6
+    grads, totals = [], []
+    for kwargs in ({"ce_weight": 0.0, "kd_weight": 0.0, "auto": AutoAlpha(1.0, 0.3)},
+                   {"ce_weight": 0.7, "kd_weight": 0.3}):
+        x = zs.clone().requires_grad_(True)
+        total, _ = mixed_kd_loss(x, zt, labels, torch.ones(N), KDOptions(vocab_size=V), **kwargs)
+        total.backward()
+        grads.append(x.grad)
+        totals.append(total.item())
+    assert totals[0] == pytest.approx(totals[1], rel=1e-6)
+    assert (grads[0] - grads[1]).abs().max() < 1e-7
 
 
 def _objective(**auto) -> KDObjective:
     return KDObjective.from_config(KDConfig(alpha=1.0, auto=AutoAlphaConfig(enabled=True, **auto),
                                             teacher_metrics=False), V)
-
-
-def test_the_reports_carry_the_weights_mean_share_and_advantage():
-    zs, zt, labels = _pair("half")
-    mask = torch.ones(N, 1)
-    _, count, reports = make_loss_func(_objective(), 1.0, 1.0, labels[:, None], mask, OnlineLogits(zt[:, None]),
-                                       None)(zs[:, None].clone().requires_grad_(True))
-    mean = {k: float(v[0] / v[1]) for k, v in reports.items()}
-    assert mean["kd/auto_share"] == 0.5
-    assert 0.3 < mean["kd/alpha_effective"] < 0.5 and mean["kd/teacher_advantage"] < 0
 
 
 def test_a_cache_without_the_labels_log_probability_is_refused():

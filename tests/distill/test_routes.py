@@ -125,8 +125,8 @@ def reference(zs, labels, mask, kind, teacher, *, T=1.0, t2_scale=True, ce_w=0.5
     """ce_w·Σ mask·CE + kd_w·Σ mask·T²·KD and its gradient w.r.t. the student's logits [S, B, VPAD].
     CE is megatron-core's (softmax over every column, padding included), KD over the real ones.
     `teacher` as kd_per_token's, on tempered logits; magnitude_matched: the KD weight kd_w·CE/KD;
-    `auto` = (α_max, τ, keep_ce, the teacher's label log-probabilities [S*B]): kd.auto's weights
-    α_t = α_max·σ((log p_T(y) - log p_S(y)) / τ), constants of the step."""
+    `auto` = (α, keep_ce, the teacher's label log-probabilities [S*B]): kd.auto's α (a constant)
+    with the reports it adds: Σ mask·α and the teacher's advantage Σ mask·(log p_T(y) - log p_S(y))."""
     z = zs.double().reshape(-1, VPAD).requires_grad_(True)
     m = mask.reshape(-1).double() > 0
     zero = torch.zeros(z.shape[0], dtype=torch.float64)
@@ -138,11 +138,11 @@ def reference(zs, labels, mask, kind, teacher, *, T=1.0, t2_scale=True, ce_w=0.5
     if auto is None:
         total = ce_w * ce_sum + weight * kd_sum
     else:
-        alpha_max, tau, keep_ce, teacher_label = auto
+        alpha, keep_ce, teacher_label = auto
         student_label = F.log_softmax(z.detach(), -1).gather(-1, labels.reshape(-1, 1)).squeeze(-1)
-        alpha = alpha_max * torch.sigmoid((teacher_label.double() - student_label) / tau)
-        total = ((1.0 if keep_ce else 1.0 - alpha) * ce + alpha * kd).sum()
-        out["alpha"] = torch.where(m, alpha, zero).sum()
+        total = ((1.0 if keep_ce else 1.0 - alpha) * ce_sum + alpha * kd_sum)
+        out["alpha"] = alpha * m.double().sum()
+        out["advantage"] = torch.where(m, teacher_label.double() - student_label, zero).sum()
     total.backward()
     return out | {"total": total.detach(), "ce": ce_sum.detach(), "kd": kd_sum.detach(), "kd_tok": kd.detach(),
                   "grad": z.grad.reshape(S, B, VPAD)}
@@ -167,6 +167,7 @@ def _through_loss_func(kd: dict, student, labels, mask, signal, group) -> dict:
     out = {"total": total, "ce": reports["lm loss"][0], "kd": reports["kd loss"][0], "grad": x.grad / 2}
     if "auto" in kd:
         out["alpha"] = reports["kd/alpha_effective"][0]
+        out["advantage"] = reports["kd/teacher_advantage"][0]
     return out
 
 
@@ -236,7 +237,7 @@ class Case:
         if self.group is not None:
             dist.all_reduce(grad, group=self.group)
         out = {"total": total, "ce": sums["ce"], "kd": sums["kd"], "grad": grad.reshape(S, B, VPAD)[..., self.cols]}
-        return out | ({"alpha": sums["alpha"]} if auto is not None else {})
+        return out | ({"alpha": sums["alpha"], "advantage": sums["advantage"]} if auto is not None else {})
 
 
 def routes(case: Case) -> dict:
@@ -295,9 +296,10 @@ def routes(case: Case) -> dict:
 
 
 def auto_routes(case: Case, dense, top5o, rows, full) -> dict:
-    """kd.auto on each kernel: the one-pass T = 1 kernel, the general one (T = 2, no teacher
-    metrics: the teacher's CE computed for the weights; reverse KL from a full cache), the fused
-    output layer and the top-K cache's sparse kernel (the label's log-probability from the rows)."""
+    """kd.auto on each kernel (its first micro-batch: α = the ceiling), with the teacher's
+    advantage it reads: the one-pass T = 1 kernel, the general one (T = 2, no teacher metrics:
+    the teacher's CE computed for it; reverse KL from a full cache), the fused output layer and
+    the top-K cache's sparse kernel (the label's log-probability from the rows)."""
     zs, lab, mask = case.zs, case.labels, case.mask
     online_label = case.teacher_label_logp()
     row_label = rows["label_logp"].transpose(0, 1).reshape(-1)
@@ -307,18 +309,18 @@ def auto_routes(case: Case, dense, top5o, rows, full) -> dict:
     t2 = (dense[0], torch.softmax(case.teacher_logits(2.0), -1), dense[2])
     return {
         "auto/online_t1": (lambda: case.online({"alpha": 1.0, "auto": {}}),
-                           ref("forward_kl", dense, (1.0, 1.0, False, online_label))),
+                           ref("forward_kl", dense, (1.0, False, online_label))),
         "auto/online_t2_keep_ce": (
             lambda: case.online({"alpha": 0.8, "auto": {"tau": 0.5}, "temperature": 2.0, "mix": "keep_ce",
                                  "teacher_metrics": False}),
-            ref("forward_kl", t2, (0.8, 0.5, True, online_label), T=2.0)),
-        "auto/fused": (lambda: case.fused({}, 0.0, 1.0, AutoAlpha(1.0, 2.0)),
-                       ref("forward_kl", dense, (1.0, 2.0, False, online_label))),
+            ref("forward_kl", t2, (0.8, True, online_label), T=2.0)),
+        "auto/fused": (lambda: case.fused({}, 0.0, 1.0, AutoAlpha(1.0, 0.3)),
+                       ref("forward_kl", dense, (0.3, False, online_label))),
         "auto/cache_topk_other": (lambda: case.cached({"alpha": 1.0, "auto": {}, "top_k": 5, "other_bucket": True},
                                                       rows),
-                                  ref("forward_kl", rows_target(rows, 5, True), (1.0, 1.0, False, row_label))),
+                                  ref("forward_kl", rows_target(rows, 5, True), (1.0, False, row_label))),
         "auto/cache_full_reverse": (lambda: case.cached({"alpha": 0.6, "auto": {}, "kind": "reverse_kl"}, full),
-                                    ref("reverse_kl", case.teacher_logits(), (0.6, 1.0, False, rebuilt_label))),
+                                    ref("reverse_kl", case.teacher_logits(), (0.6, False, rebuilt_label))),
     }
 
 
@@ -332,7 +334,8 @@ def _rel(got, want) -> float:
 def errors(got: dict, want: dict, cols: slice) -> dict:
     """Relative errors (to the reference's largest magnitude, at least 1) of every quantity the
     route reports; the gradient on this rank's columns only."""
-    out = {key: _rel(got[key], want[key]) for key in ("total", "ce", "kd", "kd_tok", "alpha") if key in got}
+    out = {key: _rel(got[key], want[key]) for key in ("total", "ce", "kd", "kd_tok", "alpha", "advantage")
+           if key in got}
     out["grad"] = _rel(got["grad"].reshape(S, B, -1), want["grad"][..., cols])
     out["finite"] = bool(torch.isfinite(torch.as_tensor(got["total"])).all() and torch.isfinite(got["grad"]).all())
     return out
