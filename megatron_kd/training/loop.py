@@ -103,8 +103,8 @@ def kd_step_context(run: ResolvedRun, profiler: Profiler | None = None) -> StepC
         return StepContext(profiler=profiler)
     keys = ["loss", "lm loss"] + [k for k in KD_REPORTS if cfg.kd.teacher_metrics or
                                   not k.startswith(("teacher", "top1"))]
-    log.info("distilling from %s: alpha %.3g, %s, T=%.3g, mix %s", run.teacher.describe(), cfg.kd.alpha,
-             cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
+    log.info("distilling from %s: alpha %.3g%s, %s, T=%.3g, mix %s", run.teacher.describe(), cfg.kd.alpha,
+             " (the ceiling of kd.auto)" if cfg.kd.auto.enabled else "", cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
     return StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), report_keys=keys,
                        tp_group=parallel_state.get_tensor_model_parallel_group(),
                        alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,

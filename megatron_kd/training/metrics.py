@@ -58,8 +58,10 @@ def loss_field(m: dict) -> str:
     ASCII only: a cluster's job log may be written under a C locale."""
     if "kd loss" not in m:
         return f"loss (train CE) {m['loss']:.4f}"
+    alpha = (f"alpha_eff {m['kd/alpha_effective']:.3g} (kd.auto, ceiling {m['alpha']:.3g})"
+             if "kd/alpha_effective" in m else f"alpha {m['alpha']:.3g}")
     return (f"loss (train objective: mix of CE and T^2*KD) {m['loss']:.4f} "
-            f"(CE {m['lm loss']:.4f}, T^2*KD {m['kd loss']:.4f}, alpha {m['alpha']:.3g})")
+            f"(CE {m['lm loss']:.4f}, T^2*KD {m['kd loss']:.4f}, {alpha})")
 
 
 class MetricsWriter:
