@@ -86,7 +86,7 @@ def fused_output_kd(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t
 
     h_s `[N, H_s]`, w_s `[V/TP, H_s]`, h_t `[N, H_t]`, w_t `[V/TP, H_t]`, labels and loss_mask `[N]`;
     `opt`: the KD options. `gemm_chunk_size`: tokens per output-layer chunk (default:
-    default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: mixed.default_row_chunk);
+    default_gemm_chunk); `chunk_size`: tokens per softmax sub-chunk (default: losses.default_row_chunk);
     `scratch`: the caller's reusable temporaries (KDObjective.scratch; None: fresh ones); `auto`:
     kd.auto's weighting (mixed_kd_loss).
     """

@@ -36,7 +36,6 @@ from megatron_kd.distill.losses import (
     RowKernel,
     Scratch,
     ScratchPool,
-    default_row_chunk,  # noqa: F401  (the one chunk rule, also imported from here: training/memory.py)
     require_same_shape,
     teacher_metrics,
 )

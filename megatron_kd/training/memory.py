@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from megatron_kd.config import padded_vocab
 from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.distill.fused import default_gemm_chunk
-from megatron_kd.distill.mixed import default_row_chunk
+from megatron_kd.distill.losses import default_row_chunk
 from megatron_kd.models.params import count_parameters
 
 GiB = 1 << 30
