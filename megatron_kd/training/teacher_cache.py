@@ -131,17 +131,11 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
     tokenizer = load_tokenizer(cfg)
     n = planned["num_samples"]
     dataset = _build_dataset(cfg, tokenizer, n, out)
-    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    # rank 0 decides which shards are missing and tells everyone: the ranks of one pipeline must
-    # agree (a file system's attribute cache could let each rank see a different state)
-    # (a windowed cache's deleted shards are not missing: every reader had passed them)
-    missing = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
-    torch.distributed.broadcast_object_list(missing, src=0)
     # an MoE teacher split over expert-parallel ranks exchanges tokens in every forward: each
     # data-parallel rank then runs the same passes of the same length (a rank with no shard left
     # repeats one, unwritten)
     lockstep = teacher_model.moe.num_experts > 0 and cfg.parallel.ep > 1
-    todo = _passes(missing[0], dp, dp_rank, lockstep)
+    missing, todo = _shards_to_write(out, planned, rank, lockstep)
     writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
     group = parallel_state.get_tensor_model_parallel_group()
     micro = cfg.train.micro_batch_size
@@ -195,8 +189,21 @@ def write_teacher_cache(cfg: RunConfig, out: Path, top_k: int | None, planned: d
                      samples[-1], f" ({window.on_disk()} shards on disk)" if window is not None else "")
     _finish_cache(out, planned, rank)
     # every shard that was missing has been written, by some rank (the last pipeline stage's)
-    return {"shards": planned["num_shards"], "written": len(missing[0]), "samples": n,
+    return {"shards": planned["num_shards"], "written": len(missing), "samples": n,
             "max_on_disk": window.max_on_disk if window is not None else None}
+
+
+def _shards_to_write(out: Path, planned: dict, rank: int, lockstep: bool) -> tuple[list, list[tuple[int, bool]]]:
+    """(the missing shards, this rank's passes). Rank 0 decides which shards are missing and tells
+    everyone: the ranks of one pipeline must agree (a file system's attribute cache could let each
+    rank see a different state); a windowed cache's deleted shards are not missing (every reader
+    had passed them)."""
+    from megatron.core import parallel_state
+
+    missing = [_missing_shards(out, planned["num_shards"]) if rank == 0 else None]
+    torch.distributed.broadcast_object_list(missing, src=0)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    return missing[0], _passes(missing[0], dp, dp_rank, lockstep)
 
 
 def _passes(missing: list, dp: int, dp_rank: int, lockstep: bool) -> list[tuple[int, bool]]:
