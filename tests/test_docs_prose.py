@@ -35,11 +35,6 @@ KNOWN: dict[str, list[str]] = {
         'A review of the claim tests (2026-12-06), while the v3 run was under way and before any of its',
         'teacher phase a test module ran beside it). The first run of the same design (2026-12-06, commit',
         '# Study v2 (2026-12-02)',
-        'gain = mean baseline − run; 2026-12-07, a fresh clone of 00360c4):',
-        '9 min 44 s for `time make demo` on a fresh clone of 74f169b (2026-12-07; the install, ~2 min',
-        'with a warm pip cache, and the corpus included; 12 min 2 s on 00360c4 the same day, before the',
-        'cache rows were made in blocks), with every number of the table above unchanged. Since 2026-12-03 the',
-        "report's claim 4 reads the exact permutation p (1/6, mended on 2026-12-06) for 0.2.",
         "**`mkd advise` at the paper's scale.** The issue asks for the advisor's answer with Busbridge et",
     ],
 }
@@ -102,8 +97,6 @@ DURATION_KNOWN: dict[str, list[str]] = {
         'ca148ce) took 98 min 18 s: its unigram control runs took the online route to the top-64',
         'at a time: **4,764 s (79 min)** after the install — the teacher zoo 213 s, the nine cache passes',
         '11 min, the 111 student runs 64 min, the teacher evaluations and the report 1 min. Re-running it',
-        '9 min 44 s for `time make demo` on a fresh clone of 74f169b (2026-12-07; the install, ~2 min',
-        'with a warm pip cache, and the corpus included; 12 min 2 s on 00360c4 the same day, before the',
     ],
     "Makefile": [
         '@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"',
