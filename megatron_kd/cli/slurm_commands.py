@@ -77,7 +77,7 @@ def cmd_plan(args) -> int:
     from megatron_kd.config import load_config, validate
     from megatron_kd.config.validate import validate_layout
     from megatron_kd.distill.teacher import teacher_model
-    from megatron_kd.slurm.plan import GiB, cache_lines, estimate, format_plan, pipeline_line, suggest
+    from megatron_kd.slurm.plan import GiB, cache_lines, estimate, expert_lines, format_plan, pipeline_line, suggest
 
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
@@ -95,6 +95,8 @@ def cmd_plan(args) -> int:
     who = f"student {cfg.model.name}" + (f" + teacher {teacher.name}" if teacher else "")
     for line in format_plan(plan, gpu, f"{who} on {args.gpus} GPUs, {cfg.precision.dtype}"
                                        + (f"+fp8 ({cfg.precision.fp8})" if cfg.precision.fp8 else "")):
+        print(line)
+    for line in expert_lines(cfg, teacher):
         print(line)
     pipeline = pipeline_line(cfg, plan, teacher, args.gpus)
     if pipeline:

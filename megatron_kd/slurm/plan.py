@@ -39,7 +39,7 @@ from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.config.validate import tokens_per_step, train_steps
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.flops import run_flops
-from megatron_kd.models.params import human
+from megatron_kd.models.params import count_parameters, human
 from megatron_kd.training.memory import RESERVE, GiB, Plan, estimate  # noqa: F401  (re-exported for callers)
 
 
@@ -109,6 +109,20 @@ def cache_lines(cfg: RunConfig, teacher: ModelConfig, points: int) -> list[str]:
     lines.append(f"a {points}-point sweep against this teacher: {online:.3g} FLOPs online, {cached:.3g} from one "
                  f"cache ({100 * (1 - cached / online):.0f}% less; the teacher forward is "
                  f"{forward / student:.2f}x a student run)")
+    return lines
+
+
+def expert_lines(cfg: RunConfig, teacher: ModelConfig | None) -> list[str]:
+    """An MoE model's total and active parameters and how its experts are split (none for dense)."""
+    lines = []
+    for who, m in (("student", cfg.model), ("teacher", teacher)):
+        if m is None or not m.moe.num_experts:
+            continue
+        c = count_parameters(m)
+        etp = cfg.parallel.etp or cfg.parallel.tp
+        lines.append(f"  {who} {m.name}: {human(c.total)} parameters, {human(c.active)} active per token "
+                     f"({m.moe.num_experts} experts, top-{m.moe.router_topk}); routed experts {human(c.experts)} "
+                     f"split over ep={cfg.parallel.ep} x expert tp={etp}")
     return lines
 
 

@@ -105,3 +105,17 @@ def test_a_teacher_signal_without_a_model_counts_its_logits():
     assert supervised == pytest.approx(tokens * v * (2 + 4))  # bf16 logits + megatron-core's fp32 copy
     cfg.teacher.cache, cfg.teacher.unigram = None, True
     assert estimate(cfg, None, 32).parts["logits (last stage)"] == dense
+
+
+def test_an_moe_teacher_is_counted_by_its_experts_split_over_ep():
+    from megatron_kd.distill.teacher import teacher_model
+    from megatron_kd.slurm.plan import expert_lines
+
+    cfg = load_config("kd/paper-qwen3-30b-a3b-to-1b")
+    teacher = teacher_model(cfg)
+    [line] = expert_lines(cfg, teacher)
+    assert "30.53B parameters, 3.35B active per token (128 experts, top-8)" in line and f"ep={cfg.parallel.ep}" in line
+    wide = estimate(cfg, teacher, 8).parts["teacher weights"]
+    at_ep1 = load_config("kd/paper-qwen3-30b-a3b-to-1b", ["parallel.ep=1"])
+    one_ep = estimate(at_ep1, teacher, 8).parts["teacher weights"]
+    assert one_ep / wide > 4  # the routed experts (95 % of the weights) split over EP
