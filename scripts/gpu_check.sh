@@ -14,7 +14,9 @@
 # objective) against float64; 3. bench/kd_loss.py and 4. bench/fused_output.py at 8192 tokens x
 # a 131072 vocabulary in bf16 (ours vs plain torch: time and peak memory); 5. a 50-step bf16 KD
 # run of a ~140M student from a ~390M teacher on one GPU (NCCL) with tokens/s/GPU, MFU and the
-# teacher-forward / KD-loss shares (--profile-steps). It writes OUT/gpu_check.json (every step's
+# teacher-forward / KD-loss shares (--profile-steps); 6. mixture of experts on CUDA: an MoE teacher
+# distilled into an MoE student (bf16, the alltoall dispatcher, the router's aux loss; Transformer
+# Engine's grouped GEMM and FP8 are not in the bundle). It writes OUT/gpu_check.json (every step's
 # status, seconds and numbers) and OUT/gpu_check.log (everything printed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,11 +41,12 @@ export OMP_NUM_THREADS=8 TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 STEPS=(
   "install|30|$PY -m pip install --quiet --no-index --no-deps --target $SITE $BUNDLE/wheels/*.whl"
   "environment|30|$PY -c 'import torch, megatron.core, megatron_kd; assert torch.cuda.is_available(), \"no CUDA device\"; print(\"torch\", torch.__version__, \"| megatron-core\", megatron.core.__version__, \"|\", torch.cuda.get_device_name(0))'"
-  "numerics|120|MKD_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -m 'not slow and not multiproc' tests/distill/test_losses.py tests/distill/test_objective.py tests/distill/test_fused.py tests/distill/test_sparse.py"
+  "numerics|110|MKD_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -m 'not slow and not multiproc' tests/distill/test_losses.py tests/distill/test_objective.py tests/distill/test_fused.py tests/distill/test_sparse.py"
   "kd_loss|60|$PY bench/kd_loss.py --device cuda --tokens 8192 --vocab 131072 --dtypes bf16 --tp 1 --no-modelopt --repeats 5 --json-out $OUT/kd_loss.json"
   "fused_output|60|$PY bench/fused_output.py --device cuda --tokens 8192 --hidden 2048 --vocab 131072 --dtype bf16 --repeats 5 --json-out $OUT/fused_output.json"
   "teacher_weights|40|$PY -m megatron_kd init train/gpu-check-teacher --out $OUT/teacher"
   "kd_run|120|$PY -m megatron_kd train kd/gpu-check run.dir=$OUT/kd teacher.checkpoint=$OUT/teacher --profile-steps 10"
+  "moe_kd|30|$PY -m megatron_kd init train/tiny-mock model.moe.num_experts=4 model.moe.ffn_hidden_size=128 --out $OUT/moe_teacher && $PY -m megatron_kd train train/tiny-mock precision.dtype=bf16 train.steps=20 teacher.checkpoint=$OUT/moe_teacher kd.alpha=0.5 model.moe.num_experts=4 model.moe.ffn_hidden_size=128 model.moe.aux_loss_coeff=0.01 run.dir=$OUT/moe_kd"
 )
 
 if [ "$DRY" = 1 ]; then

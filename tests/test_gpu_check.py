@@ -15,7 +15,8 @@ def test_dry_run_prints_the_plan_within_eight_minutes():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     steps = [line.split()[1] for line in lines if line[:1].isdigit() and ". " in line[:4]]
-    assert steps == ["install", "environment", "numerics", "kd_loss", "fused_output", "teacher_weights", "kd_run"]
+    assert steps == ["install", "environment", "numerics", "kd_loss", "fused_output", "teacher_weights", "kd_run",
+                     "moe_kd"]
     total = int(next(line for line in lines if line.startswith("time allowed")).split()[4])
     assert total <= 8 * 60
     assert "--vocab 131072" in r.stdout and "--dtypes bf16" in r.stdout and "--profile-steps" in r.stdout
