@@ -15,13 +15,13 @@ help:
 	@echo "make test      install if needed (and Slurm's Debian packages), then ruff and the whole test suite"
 	@echo "make lint      ruff check (rules in pyproject.toml)"
 	@echo "make test-fast install if needed, then ruff and the fast tier: no slow, multiproc or slurm tests"
-	@echo "               (under 3 minutes on 2 cores; markers in pyproject.toml)"
+	@echo "               (markers in pyproject.toml; time: docs/PERFORMANCE.md, 'Measured times')"
 	@echo "make demo      install if needed, then run the CPU demo: a small teacher trained long vs a weak one (docs/STUDY.md)"
 	@echo "make study     install if needed, then study v4 (scripts/study.sh; study v3: scripts/study-v3.sh; docs/STUDY.md)"
 	@echo "make law       the runs of the distillation law (3 sizes x 3 lengths, 5 teachers), mkd fit, mkd advise (docs/scaling-law.md)"
 	@echo "make cache-study  the five teacher signals (full, top-64 fp32/bf16, top-8 bf16, 12 draws) x 3 seeds (docs/PERFORMANCE.md)"
 	@echo "make bench     install the benchmarks' extras, then run bench/ (docs/PERFORMANCE.md)"
-	@echo "make gpu-bundle  fill gpu_bundle/wheels (cp312 wheels, ~25 MiB) for scripts/gpu_check.sh on a GPU machine"
+	@echo "make gpu-bundle  fill gpu_bundle/wheels (cp312 wheels; size: docs/PERFORMANCE.md section 7) for scripts/gpu_check.sh on a GPU machine"
 
 install: $(STAMP)
 

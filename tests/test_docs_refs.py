@@ -30,11 +30,7 @@ SECTION_BEFORE = re.compile(rf"{QUOTE},? (?:section )?(?:in|of) (?:the )?$")
 GENERATED = re.compile(r"^docs/(study|law)/")  # report pages a command writes, not documentation
 # Pointers in files of other owners that are stale today, each with the fix it needs. The test
 # reports them on every run and fails once one resolves (then remove it here).
-KNOWN_STALE: dict[tuple[str, str], str] = {
-    ("megatron_kd/runtime/cpu_compat.py", "README"):
-        "end the message with `(GPU cluster: docs/slurm-and-gpus.md, \\\"Installing on a GPU cluster\\\")`"
-        " instead of `(GPU cluster, see README)`",
-}
+KNOWN_STALE: dict[tuple[str, str], str] = {}
 
 
 def _plain(text: str) -> str:

@@ -357,7 +357,7 @@ def installed_mcore_version() -> str:
     except metadata.PackageNotFoundError as exc:
         raise SetupError(
             "megatron-core is not installed; run `make install` (CPU) or "
-            "`pip install -r requirements.txt` (GPU cluster, see README)"
+            "`pip install -r requirements.txt` (GPU cluster: docs/slurm-and-gpus.md, \"Installing on a GPU cluster\")"
         ) from exc
 
 
