@@ -1,8 +1,9 @@
-"""The teacher-signal cache: KD from the cache equals online KD (full caches at the student's TP=1
-and TP=2 from a teacher cache written at another TP; a top-K cache with kd.top_k and the other
-bucket), one cache serves other batch shapes, DP and resume, a killed cache job restarts to the
-same bytes, a student started before its cache job reads the cache as it is written (streaming),
-and bad caches are one line before anything starts."""
+"""The teacher-signal cache through the CLI: KD from the cache equals online KD (a full cache
+written at TP=2 read by a TP=1 student; a top-K cache with kd.top_k and the other bucket), one
+cache serves other batch shapes, DP and resume, a killed cache job restarts to the same bytes, a
+student started before its cache job reads the cache as it is written (streaming), and bad
+caches are one line before anything starts. What each cache encoding gives the objective, at
+TP=1 and TP=2, is tests/distill/test_routes.py's (one float64 reference, in-process)."""
 
 import json
 import shutil
@@ -46,9 +47,7 @@ def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
     r = mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", f"run.dir={tmp_path / 'tp1'}", timeout=600)
     assert "distilling from the teacher cache" in r.stdout + r.stderr  # no teacher model built
     _close(_losses(tmp_path / "tp1"), ref, "cache, student tp1")
-    mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", "parallel.tp=2", "--nproc", 2,
-        f"run.dir={tmp_path / 'tp2'}", timeout=600)
-    _close(_losses(tmp_path / "tp2"), ref, "cache, student tp2")
+    # (the student at TP=2 from a cache: tests/distill/test_routes.py, every encoding at TP=1 and 2)
     online, cached = read_metrics(tmp_path / "online"), read_metrics(tmp_path / "tp1")
     for key in ("teacher_lm_loss", "teacher_entropy", "top1_agreement", "kd_loss"):
         _close([r[key] for r in cached], [r[key] for r in online], key)
@@ -91,17 +90,14 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsy
                 f"run.dir={cached}", "checkpoint.save_at_end=true", timeout=600)
     assert "resumed from" in r.stdout + r.stderr
     _close(_losses(cached), _losses(tmp_path / "online"), "top-k + other bucket, stopped and resumed")
-    # a compact cache (bf16 values, 8-bit ids, zstd): within 1e-3 of the fp32 cache's losses
+    # a compact cache (bf16 values, 8-bit ids, zstd): under half the fp32 cache's bytes
     compact = tmp_path / "cache-16-bf16"
     r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", compact, "--top-k", 16,
             "--dtype", "bf16", "--zstd", 3, timeout=600)
     assert "(bf16 values, 8-bit ids, zstd 3)" in r.stdout
     assert sum(f.stat().st_size for f in compact.rglob("*.zst")) < 0.5 * sum(
         f.stat().st_size for f in cache.rglob("*.npy"))
-    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={compact}",
-        f"run.dir={tmp_path / 'compact'}", timeout=600)
-    a, b = _losses(tmp_path / "compact"), _losses(tmp_path / "cached")
-    assert len(a) == len(b) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
+    # (what a bf16 cache's rows give the objective: tests/distill/test_routes.py)
     # random-sampling KD: 16 draws per token (fp16), read by the sparse objective, refused with top_k
     sampled = tmp_path / "cache-sampled"
     r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", sampled, "--sample", 16,
@@ -120,9 +116,7 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsy
     assert abs(got[0]["lm_loss"] - want[0]["lm_loss"]) < 1e-5
     assert abs(got[0]["teacher_lm_loss"] - want[0]["teacher_lm_loss"]) < 1e-3
     assert all(abs(g["lm_loss"] - w["lm_loss"]) < 0.05 for g, w in zip(got, want)), (got, want)
-    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", "parallel.tp=2",
-        f"run.dir={tmp_path / 'cached-tp2'}", "--nproc", 2, timeout=600)  # the sparse objective under TP
-    _close(_losses(tmp_path / "cached-tp2"), _losses(tmp_path / "online"), "top-k + other bucket, tp2")
+    # (the sparse objective under TP: tests/distill/test_routes.py at TP=2)
     # other micro/global batch sizes and DP=2 read the same rows (same 16 samples)
     shape = ["train.steps=8", "train.global_batch_size=2", "train.micro_batch_size=1"]
     mkd("train", "train/tiny-mock", *kd, *shape, f"run.dir={tmp_path / 'online-dp'}", "--nproc", 2, timeout=600)
