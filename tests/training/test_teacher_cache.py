@@ -110,12 +110,11 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsy
     assert rc == 2 and "set kd.top_k=null" in err and not (tmp_path / "sampled-topk").exists(), err
     mkd("train", "train/tiny-mock", *full_kd, f"teacher.cache={sampled}", f"run.dir={tmp_path / 'sampled'}",
         timeout=600)
-    mkd("train", "train/tiny-mock", *full_kd, f"run.dir={tmp_path / 'online-full'}", timeout=600)
-    got, want = read_metrics(tmp_path / "sampled"), read_metrics(tmp_path / "online-full")
-    # the same CE path and teacher metrics; the KD term an estimate of full KD's (close, not equal)
-    assert abs(got[0]["lm_loss"] - want[0]["lm_loss"]) < 1e-5
+    got, want = read_metrics(tmp_path / "sampled"), read_metrics(tmp_path / "online")
+    # the same initial CE and teacher metrics as the online run (its KD term is another estimate of
+    # full KD: what the sampled rows give the objective is tests/distill/test_routes.py's)
+    assert len(got) == 4 and abs(got[0]["lm_loss"] - want[0]["lm_loss"]) < 1e-5
     assert abs(got[0]["teacher_lm_loss"] - want[0]["teacher_lm_loss"]) < 1e-3
-    assert all(abs(g["lm_loss"] - w["lm_loss"]) < 0.05 for g, w in zip(got, want)), (got, want)
     # (the sparse objective under TP: tests/distill/test_routes.py at TP=2)
     # other micro/global batch sizes and DP=2 read the same rows (same 16 samples)
     shape = ["train.steps=8", "train.global_batch_size=2", "train.micro_batch_size=1"]
