@@ -56,13 +56,20 @@ def ensure_converted(hf_dir: Path, timeout_s: float = 3600) -> Path:
         return out
     print(f"rank {rank}: waiting up to {timeout_s:.0f} s for rank 0 to convert {hf_dir} into {out}",
           file=sys.stderr, flush=True)
+    return wait_for_rank0(out, failed, timeout_s,
+                          f"waited {timeout_s:.0f} s for rank 0 to convert {hf_dir} into {out}, and it did not finish; "
+                          f"convert it once beforehand (`mkd convert hf-to-mcore {hf_dir} DIR`) and give DIR as the "
+                          "teacher")
+
+
+def wait_for_rank0(out: Path, failed: Path, timeout_s: float, timed_out: str) -> Path:
+    """The other ranks of a launch wait for rank 0's conversion into `out` (its DONE file), and
+    fail with rank 0's message (`failed`, written since they started waiting) or `timed_out`."""
     deadline = time.time() + timeout_s
     while not (out / DONE).is_file():
         if failed.is_file() and failed.stat().st_mtime >= deadline - timeout_s - 60:
             raise ConfigError(f"rank 0 reported: {failed.read_text()[:500]}")
         if time.time() > deadline:
-            raise ConfigError(f"waited {timeout_s:.0f} s for rank 0 to convert {hf_dir} into {out}, and it did not "
-                              f"finish; convert it once beforehand (`mkd convert hf-to-mcore {hf_dir} DIR`) and "
-                              "give DIR as the teacher")
+            raise ConfigError(timed_out)
         time.sleep(2)
     return out

@@ -26,16 +26,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from megatron_kd.checkpoint.hf_cache import DONE, wait_for_rank0
 from megatron_kd.config import yaml_safe
 from megatron_kd.config.schema import ModelConfig, MoEConfig
 from megatron_kd.errors import ConfigError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 BRIDGE_CONFIG = "run_config.yaml"
-DONE = "CONVERTED"
 
 
 def is_megatron_lm_iter_dir(path: str | Path) -> bool:
@@ -422,12 +421,6 @@ def ensure_converted(ref: str | Path, model_recipe: str | None = None, timeout_s
         (tmp / DONE).write_text(json.dumps({"source": str(iter_dir.resolve())}))
         tmp.rename(out)
         return out
-    deadline = time.time() + timeout_s
-    while not (out / DONE).is_file():
-        if failed.is_file() and failed.stat().st_mtime >= deadline - timeout_s - 60:
-            raise ConfigError(f"rank 0 reported: {failed.read_text()[:500]}")
-        if time.time() > deadline:
-            raise ConfigError(f"waited {timeout_s:.0f} s for rank 0 to convert {iter_dir}; convert it beforehand "
-                              f"(`mkd convert megatron-lm-to-mcore {iter_dir} DIR`) and give DIR")
-        time.sleep(2)
-    return out
+    return wait_for_rank0(out, failed, timeout_s,
+                          f"waited {timeout_s:.0f} s for rank 0 to convert {iter_dir}; convert it beforehand "
+                          f"(`mkd convert megatron-lm-to-mcore {iter_dir} DIR`) and give DIR")

@@ -46,53 +46,45 @@ def _quiet():
 
 def cmd_hf_to_mcore(args) -> int:
     from megatron_kd.convert.run import hf_to_mcore
-    from megatron_kd.runtime.distributed import shutdown
 
-    _quiet()
-    try:
-        out = hf_to_mcore(Path(args.hf_dir), Path(args.out_dir), args.dtype)
-    finally:
-        shutdown(barrier=False)
+    out = _converted(hf_to_mcore, Path(args.hf_dir), Path(args.out_dir), args.dtype)
     print(f"wrote {out} (megatron-core dist checkpoint; model recipe {out / 'model.yaml'})")
     print(f"use it as a teacher:  teacher.checkpoint={out} teacher.model={out / 'model.yaml'}")
     return 0
 
 
-def cmd_mcore_to_hf(args) -> int:
-    from megatron_kd.convert.run import mcore_to_hf
+def _converted(convert, *args):
+    """Run a converter (it may start megatron-core's process groups) with the console quiet,
+    tearing the groups down whatever happens; returns what it wrote."""
     from megatron_kd.runtime.distributed import shutdown
 
     _quiet()
     try:
-        out = mcore_to_hf(Path(args.checkpoint), Path(args.out_dir), int(args.shard_size_gb * (1 << 30)))
+        return convert(*args)
     finally:
         shutdown(barrier=False)
+
+
+def cmd_mcore_to_hf(args) -> int:
+    from megatron_kd.convert.run import mcore_to_hf
+
+    out = _converted(mcore_to_hf, Path(args.checkpoint), Path(args.out_dir), int(args.shard_size_gb * (1 << 30)))
     print(f"wrote {out} (config.json, safetensors, tokenizer files)")
     return 0
 
 
 def cmd_megatron_lm_to_mcore(args) -> int:
     from megatron_kd.convert.megatron_lm import megatron_lm_to_mcore
-    from megatron_kd.runtime.distributed import shutdown
 
-    _quiet()
-    try:
-        out = megatron_lm_to_mcore(Path(args.src), Path(args.out_dir), args.model)
-    finally:
-        shutdown(barrier=False)
+    out = _converted(megatron_lm_to_mcore, Path(args.src), Path(args.out_dir), args.model)
     print(f"wrote {out} (megatron-core dist checkpoint; model recipe {out / 'model.yaml'})")
     return 0
 
 
 def cmd_mcore_to_megatron_lm(args) -> int:
     from megatron_kd.convert.megatron_lm import mcore_to_megatron_lm
-    from megatron_kd.runtime.distributed import shutdown
 
-    _quiet()
-    try:
-        out = mcore_to_megatron_lm(Path(args.checkpoint), Path(args.out_dir))
-    finally:
-        shutdown(barrier=False)
+    out = _converted(mcore_to_megatron_lm, Path(args.checkpoint), Path(args.out_dir))
     print(f"wrote {out} (Megatron-LM torch_dist save dir; load it with --load {out} --no-load-optim "
           "--no-load-rng)")
     return 0

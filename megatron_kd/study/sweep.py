@@ -52,7 +52,7 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
 from megatron_kd.study.jobs import Job, run_jobs
 from megatron_kd.study.sweep_progress import JobsProgress, following, say
-from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types
+from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types, tokens_label
 
 PRIMARY_FILE = "primary.json"  # in a sweep directory: its `primary:` block
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
@@ -94,18 +94,11 @@ def _teachers(grid: dict) -> list[dict]:
                 raise ConfigError(f"sweep grid.teacher_grid needs '{key}'")
         for (short, recipe), tokens in itertools.product(tg["models"].items(), tg["tokens"]):
             tok = int(float(tokens))
-            out.append({"name": f"{short}@{_tokens_label(tok)}", "model": recipe, "tokens": tok,
+            out.append({"name": f"{short}@{tokens_label(tok)}", "model": recipe, "tokens": tok,
                         "checkpoint": tg["checkpoint"].format(model=short, tokens=tok)})
             if tg.get("cache"):
                 out[-1]["cache"] = dict(tg["cache"])
     return out
-
-
-def _tokens_label(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(n)
 
 
 def load_sweep(path: str | Path) -> dict:
