@@ -1,7 +1,8 @@
 """Study v4's registered check of its near-OOD set, run after the teachers and the baselines and
-before any KD run (docs/STUDY.md, "Study v4: the design"):
+before any KD run (docs/STUDY.md, "Study v4: the design"), and with --table the final validation
+losses of every teacher and baseline run it read, one row each:
 
-    python scripts/study4_near_ood_check.py
+    python scripts/study4_near_ood_check.py [--table docs/study/v4/teachers_and_baselines.csv]
 
 (a) the student's baseline still improves on wisdom_dev at its length: its 300-step loss is below
 its 150-step loss at every seed; (b) the strongest teacher (lowest in-domain loss) beats the
@@ -11,6 +12,8 @@ then goes on only with MKD_STUDY_ANYWAY=1, and the page reports the failed check
 
 from __future__ import annotations
 
+import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -35,7 +38,25 @@ def last_validation(run_dir: Path) -> dict:
     return vals
 
 
+def write_table(path: Path) -> None:
+    """Every teacher's and baseline's last validation losses, one row per run."""
+    runs = sorted(p for p in TEACHERS.iterdir() if p.is_dir()) + sorted(SWEEP.glob("cpu-tiny__baseline*"))
+    rows = [{"run": p.name, **last_validation(p)} for p in runs]
+    sets = sorted({k for r in rows for k in r if k.startswith("val/")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["run", *sets])
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    print(f"wrote {path}: {len(rows)} runs")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description="study v4's near-OOD check")
+    parser.add_argument("--table", type=Path, help="also write the teachers' and baselines' losses here (CSV)")
+    args = parser.parse_args()
+    if args.table:
+        write_table(args.table)
     seeds = sorted(p.name.rsplit("__seed", 1)[1] for p in SWEEP.glob("cpu-tiny__baseline__seed*"))
     if not seeds:
         sys.exit(f"no baselines under {SWEEP}: run them first")
