@@ -68,8 +68,8 @@ class AutoAlpha:
 @dataclass
 class AdvantageTrend:
     """The run's running mean of the teacher's advantage (nats per token), over micro-batches;
-    None before the first. Kept by the run's KD objective (not in checkpoints: a resumed run
-    starts it again, from α_max)."""
+    None before the first. Kept by the run's KD objective and saved with its checkpoints
+    (`state_dict`), so a resumed run goes on with the same α."""
 
     mean: float | None = None
 
@@ -85,6 +85,18 @@ class AdvantageTrend:
             return
         value = float(advantage_sum) / n
         self.mean = value if self.mean is None else TREND_DECAY * self.mean + (1 - TREND_DECAY) * value
+
+    def state_dict(self) -> dict:
+        """Plain JSON values (a Python float survives a JSON round trip exactly)."""
+        return {"mean": self.mean}
+
+    def load_state_dict(self, state: dict) -> None:
+        mean = state.get("mean") if isinstance(state, dict) and set(state) == {"mean"} else math.nan
+        if mean is not None and (isinstance(mean, bool) or not isinstance(mean, (int, float))
+                                 or not math.isfinite(mean)):
+            raise ValueError(f"kd.auto's saved advantage trend must be {{'mean': a finite number or null}}, "
+                             f"got {state!r}: the checkpoint is damaged; resume from another one")
+        self.mean = None if mean is None else float(mean)
 
 
 def auto_sums(stats: dict) -> tuple:

@@ -65,6 +65,17 @@ class KDObjective:
             return None
         return AutoAlpha(alpha, self.trend.level(alpha, self.auto_tau), self.mix)
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the config (plain JSON values): kd.auto's advantage
+        trend (its mean is None for a fixed α, or before the first micro-batch)."""
+        return {"auto_trend": self.trend.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"auto_trend"}:
+            raise ValueError(f"the KD objective's saved state must be {{'auto_trend': ...}}, got {state!r}: "
+                             f"the checkpoint is damaged; resume from another one")
+        self.trend.load_state_dict(state["auto_trend"])
+
 
 def mix_weights(mix: str, alpha: float) -> MixWeights:
     """CE and KD weights for each mixing convention (the paper's is "convex")."""

@@ -6,6 +6,7 @@ the micro-batch; a cache without the label's log-probability is refused."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -122,3 +123,31 @@ def test_the_sparse_kernel_needs_the_labels_log_probability():
                        torch.full((N,), -1.0), labels, torch.ones(N), top_k=4, other_bucket=True, ce_weight=0.0,
                        kd_weight=1.0, vocab_size=V,
                        auto=AutoAlpha(1.0, 1.0))
+
+
+def test_the_trend_resumes_exactly_from_its_json_state():
+    """A run resumed from the saved state uses the same α as the run that went on."""
+    zs, zt, labels = _pair("half")
+    mask = (torch.arange(N) % 3 != 0).float()[:, None]
+
+    def step(obj):
+        total, _, reports = make_loss_func(obj, 0.9, 1.0, labels[:, None], mask, OnlineLogits(zt[:, None]),
+                                           None)(zs[:, None].clone().requires_grad_(True))
+        return total.item(), float(reports["kd/alpha_effective"][0])
+
+    running = _objective(tau=0.5)
+    assert json.loads(json.dumps(running.state_dict())) == {"auto_trend": {"mean": None}}
+    step(running)
+    step(running)
+    resumed = _objective(tau=0.5)
+    resumed.load_state_dict(json.loads(json.dumps(running.state_dict())))
+    assert resumed.trend.mean == running.trend.mean is not None
+    assert step(resumed) == step(running)
+
+
+@pytest.mark.parametrize("state", [{"auto_trend": {"mean": "x"}}, {"auto_trend": {"mean": math.inf}},
+                                   {"auto_trend": {}}, {"trend": {"mean": 0.1}}, None])
+def test_a_damaged_trend_state_is_refused_in_one_line(state):
+    with pytest.raises(ValueError, match=r"^[^\n]*checkpoint is damaged") as info:
+        _objective().load_state_dict(state)
+    assert "\n" not in str(info.value)
