@@ -83,6 +83,14 @@ def describe_difference(saved: dict, now: dict) -> str:
     return "the same prefixes"
 
 
+def _same_stream(saved: dict, now: dict) -> bool:
+    """The same training prefixes' bytes in the same order, wherever they now lie: a project
+    moved or copied to another directory resumes (the data stream depends on the order and the
+    bytes of the prefixes, not on their absolute paths)."""
+    a, b = saved.get("prefixes"), now.get("prefixes")
+    return bool(a) and bool(b) and list(a.values()) == list(b.values())
+
+
 def _short(identity: str | None) -> str:
     if identity is None:
         return "absent"
@@ -98,7 +106,7 @@ def check_resume_data(cfg, saved_state: dict, ckpt) -> None:
     if saved is None:
         return
     now = run_data_identity(cfg)
-    if saved == now:
+    if saved == now or _same_stream(saved, now):
         return
     if saved.get("mock") or now.get("mock"):
         what = f"{'mock' if saved.get('mock') else 'real'} data, and this run names " \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -154,3 +155,17 @@ def test_resuming_on_data_tokenized_again_is_one_line(text_corpus, retokenized, 
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert "IndexError" not in r.stderr
     assert r.returncode == 2 and len(errors) == 1 and "trained on other data" in errors[0], r.stderr[-3000:]
+
+
+def test_a_project_moved_to_another_directory_resumes_on_its_data(text_corpus, retokenized, tmp_path):
+    """The same bytes in the same order at another absolute path resume; other bytes there do not."""
+    prefix, again = retokenized
+    state = {"data": run_data_identity(_cfg(text_corpus, prefix, tmp_path / "run"))}
+    moved = tmp_path / "moved" / "train"
+    moved.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(prefix.with_suffix(suffix), moved.with_suffix(suffix))
+    check_resume_data(_cfg(text_corpus, moved, tmp_path / "run"), state, "run/checkpoints/step_2")
+    again()
+    with pytest.raises(ConfigError, match="trained on other data"):
+        check_resume_data(_cfg(text_corpus, prefix, tmp_path / "run"), state, "run/checkpoints/step_2")
