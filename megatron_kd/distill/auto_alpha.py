@@ -26,6 +26,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+
+from megatron_kd.distill.vocab_parallel import all_reduce
 
 # The row kernels' extra masked sums under kd.auto (after their own): the weighted objective,
 # Σ α, the tokens the teacher leads on, Σ a_t.
@@ -79,11 +82,18 @@ class AdvantageTrend:
             return alpha_max
         return alpha_max * max(0.0, math.tanh(self.mean / tau))
 
-    def update(self, advantage_sum: torch.Tensor, count: torch.Tensor) -> None:
-        n = float(count)
+    def update(self, advantage_sum: torch.Tensor, count: torch.Tensor, group=None) -> None:
+        """One micro-batch's masked Σ a_t over its token count, summed over `group` first (the
+        data-parallel ranks, each holding other tokens of the micro-batch: every rank then takes
+        the same step, the one a single process would take on the whole micro-batch). Tensor-
+        parallel ranks already hold equal sums (megatron-core's CE convention); under pipeline
+        parallelism only the last stage, which computes the loss, keeps the trend."""
+        pair = torch.stack([advantage_sum.detach().double(), count.detach().double()])
+        all_reduce(pair, dist.ReduceOp.SUM, group)
+        total, n = pair.tolist()
         if n <= 0:
             return
-        value = float(advantage_sum) / n
+        value = total / n
         self.mean = value if self.mean is None else TREND_DECAY * self.mean + (1 - TREND_DECAY) * value
 
     def state_dict(self) -> dict:

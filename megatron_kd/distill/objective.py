@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Union
 
 import torch
@@ -51,12 +52,16 @@ class KDObjective:
     auto_tau: float | None = None
     # kd.auto: the running mean of the teacher's advantage that sets each micro-batch's α
     trend: AdvantageTrend = field(default_factory=AdvantageTrend, compare=False, repr=False)
+    # kd.auto: the ranks that hold other tokens of each micro-batch (the data-parallel group),
+    # whose advantage sums make one trend update, so that every rank uses the same α; None: one
+    trend_group: object = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, kd: KDConfig, vocab_size: int) -> "KDObjective":
+    def from_config(cls, kd: KDConfig, vocab_size: int, data_parallel_group=None) -> "KDObjective":
         mix_weights(kd.mix, kd.alpha)  # an unknown mix fails here, once
         return cls(KDOptions.from_config(kd, vocab_size), kd.mix, kd.chunk_size, kd.teacher_metrics,
-                   kd.fused_output_layer, auto_tau=kd.auto.tau if kd.auto.enabled else None)
+                   kd.fused_output_layer, auto_tau=kd.auto.tau if kd.auto.enabled else None,
+                   trend_group=data_parallel_group)
 
     def auto_alpha(self, alpha: float) -> AutoAlpha | None:
         """kd.auto's weighting of the next micro-batch, under the ceiling `alpha` (the step's
@@ -170,7 +175,7 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
     if auto is not None and route == "separate":
         raise ValueError(f"kd.auto needs kd.alpha > 0 (its ceiling) and a kd.mix other than magnitude_matched, "
                          f"got kd.alpha={alpha}, kd.mix={kd.mix}")
-    trend = None if auto is None else kd.trend
+    trend = None if auto is None else partial(kd.trend.update, group=kd.trend_group)
     if route == "fused":
         return _counted(_fused(kd, w, opts, labels, teacher, tp_group, auto), loss_mask, trend)
     # a teacher that is not a model reports the teacher metrics from its own values (exact, where
@@ -224,13 +229,13 @@ def _unigram_is_sparse(kd: KDObjective, w: MixWeights, temperature: float) -> bo
             and kd.mix != "magnitude_matched" and w.kd != 0)
 
 
-def _counted(objective, loss_mask, trend: AdvantageTrend | None = None) -> Callable:
+def _counted(objective, loss_mask, update_trend: Callable | None = None) -> Callable:
     def loss_func(student_output: torch.Tensor):
         mask = loss_mask.float()
         count = mask.sum()
         sums = objective(student_output, mask)
-        if trend is not None:  # kd.auto: the next micro-batch's α follows this one's advantage
-            trend.update(sums.auto[2], count)
+        if update_trend is not None:  # kd.auto: the next micro-batch's α follows this one's advantage
+            update_trend(sums.auto[2], count)
         return sums.total, count.to(torch.int), sums.reports(count)
 
     return loss_func
