@@ -75,9 +75,11 @@ class RowLoss(RowKernel):
 
     def add(self, zs, zt, labels, w, g, stats) -> None:
         """Masked sums of rows `zs`/`zt` ([n, V/TP], any float dtype) into `stats` ([5] float64),
-        the mixed loss's gradient w.r.t. `zs` into `g` ([n, V/TP] fp32), weighted by `w` [n]."""
+        the mixed loss's gradient w.r.t. `zs` into `g` ([n, V/TP] fp32), weighted by `w` [n].
+        `zt` may come with the teacher's stored label log-probabilities (`TeacherWithLabels`)."""
+        zt, teacher_label = (zt.logits, zt.label_logp) if isinstance(zt, TeacherWithLabels) else (zt, None)
         if self.one_exp:
-            got = self._ce_kd_at_t1(zs, zt, labels, w, g)
+            got = self._ce_kd_at_t1(zs, zt, labels, w, g, teacher_label)
             if got is not None:  # rows: ce, kd, teacher ce, teacher entropy, top-1 agreement
                 rows, weights = got
                 wd = w.double()
@@ -93,12 +95,12 @@ class RowLoss(RowKernel):
             # g overwrites the logits (mixed_kd_loss(overwrite_logits=True)), which the general
             # route reads again after writing its CE gradient: a buffer in between
             tmp = self.general_grad.take(1, g.shape[0], g.shape[1], g.device)[0]
-            self._general(zs, zt, labels, w, tmp, stats)
+            self._general(zs, zt, labels, w, tmp, stats, teacher_label)
             g.copy_(tmp)
             return
-        self._general(zs, zt, labels, w, g, stats)
+        self._general(zs, zt, labels, w, g, stats, teacher_label)
 
-    def _general(self, zs, zt, labels, w, g, stats) -> None:
+    def _general(self, zs, zt, labels, w, g, stats, teacher_label=None) -> None:
         """Every kind, temperature and hostile input: teacher metrics, CE and KD one by one."""
         teacher_ce = None
         if self.metrics:
@@ -110,7 +112,9 @@ class RowLoss(RowKernel):
             ce, _, _ = cross_entropy(zs, label, self.shard_all.group, g, w * self.ce_weight)
             kd_weight = w * self.kd_weight
         else:  # the weights come with the CE: its unit-weight gradient, scaled per row after
-            if teacher_ce is None:
+            if teacher_label is not None:  # kd.auto's advantage: the stored value, not the rebuilt logits'
+                teacher_ce = -teacher_label.double()
+            elif teacher_ce is None:
                 teacher_ce = cross_entropy(zt, label, self.shard_all.group)[0]
             ce, _, _ = cross_entropy(zs, label, self.shard_all.group, g, w)
             weights = self.auto.weights(ce, teacher_ce)
@@ -124,7 +128,7 @@ class RowLoss(RowKernel):
         if self.auto is not None:
             self.auto.add_stats(stats, ce, kd, w, *weights)
 
-    def _ce_kd_at_t1(self, zs, zt, labels, w, g):
+    def _ce_kd_at_t1(self, zs, zt, labels, w, g, teacher_label=None):
         """Plain forward KL at T = 1: CE, KD and the teacher's CE and entropy from one exp per
         model. Writes the gradient into `g`; returns [5, n] float64 rows (ce, kd, teacher_ce,
         teacher_entropy, top1_agreement; the last three 0 without metrics, teacher_ce kept under
@@ -185,7 +189,7 @@ class RowLoss(RowKernel):
         wd = w.double()
         ce_w, kd_w, weights = self.ce_weight, self.kd_weight, None
         if self.auto is not None:
-            weights = self.auto.weights(ce, out[2])
+            weights = self.auto.weights(ce, out[2] if teacher_label is None else -teacher_label.double())
             ce_w, kd_w = weights[2], weights[3]
         coef_s = (wd * (ce_w / s_sa + kd_w / s_sv)).float().unsqueeze(-1)
         coef_t = (-wd * kd_w / s_tv).float().unsqueeze(-1)
@@ -217,12 +221,25 @@ class RowLoss(RowKernel):
         return torch.stack(ids)
 
 
+class TeacherWithLabels:
+    """Teacher logits `[n, V/TP]` with the teacher's stored log-probability of each label `[n]`,
+    sliced together by rows: a top-K cache's rebuilt logits hold the label's log-probability
+    only where the label is among the K, its rows hold it always (kd.auto's advantage reads it)."""
+
+    def __init__(self, logits: torch.Tensor, label_logp: torch.Tensor):
+        self.logits, self.label_logp = logits, label_logp
+
+    def __getitem__(self, rows: slice) -> "TeacherWithLabels":
+        return TeacherWithLabels(self.logits[rows], self.label_logp[rows])
+
+
 def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                   labels: torch.Tensor, loss_mask: torch.Tensor, opt: KDOptions = KDOptions(), *,
                   ce_weight: float, kd_weight: float, tp_group=None, chunk_size: int | None = None,
                   metrics: bool = True, overwrite_logits: bool = False,
                   scratch: ScratchPool | None = None,
-                  auto: AutoAlpha | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  auto: AutoAlpha | None = None,
+                  teacher_label_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mixed loss, {ce, kd, teacher_ce, teacher_entropy, top1_agreement: masked sums}) from
     vocab-sharded logits `[..., V/TP]` of both models, labels and loss_mask `[...]`.
 
@@ -234,7 +251,9 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     input): no new logits-sized buffer, and the logits are gone after the call; `scratch`: the
     caller's reusable temporaries (KDObjective.scratch; None: fresh ones for this call);
     `auto`: kd.auto's weighting in place of ce_weight / kd_weight (the sums then also hold
-    AUTO_STATS, the teacher's advantage among them, and the loss is their "weighted").
+    AUTO_STATS, the teacher's advantage among them, and the loss is their "weighted");
+    `teacher_label_logp`: the teacher's log-probability of each label `[...]` where the teacher
+    logits do not hold it exactly (rebuilt from a top-K cache): kd.auto's advantage reads it.
     """
     require_same_shape(student_logits, teacher_logits)
     if labels.numel() * student_logits.shape[-1] != student_logits.numel() or \
@@ -244,7 +263,13 @@ def mixed_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     width = student_logits.shape[-1]
     kernel = RowLoss(opt, float(ce_weight), float(kd_weight), width, tp_group, student_logits.device, metrics,
                      scratch, auto)
-    source = LogitRows(teacher_logits.detach().reshape(-1, width), labels.reshape(-1),
+    teacher = teacher_logits.detach().reshape(-1, width)
+    if teacher_label_logp is not None and auto is not None:
+        if teacher_label_logp.numel() != labels.numel():
+            raise ValueError(f"teacher_label_logp {tuple(teacher_label_logp.shape)} must have one entry per "
+                             f"label {tuple(labels.shape)}")
+        teacher = TeacherWithLabels(teacher, teacher_label_logp.reshape(-1).to(teacher.device))
+    source = LogitRows(teacher, labels.reshape(-1),
                        loss_mask.reshape(-1).float(), tp_group, chunk_size, overwrite=overwrite_logits)
     total, stats = ChunkedLoss.apply(source, kernel, student_logits)
     return total, dict(zip(kernel.stats, stats.unbind(0)))

@@ -129,6 +129,8 @@ class UnigramTeacher:
     logp: torch.Tensor
 
 
+NO_LABEL_LOGP = ("this teacher cache has no label_logp, which kd.auto.enabled needs: write it again with "
+                 "mkd teacher-cache, or set kd.auto.enabled=false")
 TeacherSignal = Union[OnlineLogits, FusedOutput, CachedRows, UnigramTeacher]
 TEACHER_REPORTS = ("teacher lm loss", "teacher entropy", "top1 agreement")
 AUTO_REPORTS = ("kd/alpha_effective", "kd/auto_share", "kd/teacher_advantage")  # kd.auto (auto_alpha.py)
@@ -187,7 +189,8 @@ def make_loss_func(kd: KDObjective, alpha: float, temperature: float, labels, lo
     elif route == "separate":
         objective = _separate_passes(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group)
     else:
-        objective = _one_pass(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group, auto)
+        objective = _one_pass(inner_kd, w, opts, labels, _dense_teacher(kd, teacher, tp_group), tp_group, auto,
+                              _stored_label_logp(teacher, auto))
     if rows is not None and kd.teacher_metrics:
         objective = _with_cached_metrics(kd, rows, objective, tp_group)
     return _counted(objective, loss_mask, trend)
@@ -295,13 +298,26 @@ def _unigram_rows(kd: KDObjective, logp: torch.Tensor, student_logits, labels: t
     return out
 
 
-def _one_pass(kd, w, opts, labels, teacher, tp_group, auto):
+def _stored_label_logp(teacher: TeacherSignal, auto: AutoAlpha | None) -> torch.Tensor | None:
+    """kd.auto from a top-K cache on the dense route (kd.kind=hard): the teacher's label
+    log-probability `[s, b]` from the rows, which hold it for every label, where the rebuilt
+    logits hold it only for the K kept ids. A full cache's rebuilt logits are its whole
+    distribution; online and unigram logits are the teacher's own: None, read off the logits."""
+    if auto is None or not isinstance(teacher, CachedRows) or "ids" not in teacher.rows:
+        return None
+    if "label_logp" not in teacher.rows:
+        raise ValueError(NO_LABEL_LOGP)
+    return teacher.rows["label_logp"].transpose(0, 1)
+
+
+def _one_pass(kd, w, opts, labels, teacher, tp_group, auto, label_logp=None):
     """CE, KD and teacher metrics in one pass over the logits (mixed.py)."""
     def objective(student_logits, mask):
         total, sums = mixed_kd_loss(
             student_logits, teacher(student_logits), labels, mask, opts, ce_weight=w.ce, kd_weight=w.kd,
             tp_group=tp_group, chunk_size=kd.chunk_size, metrics=kd.teacher_metrics,
-            overwrite_logits=True, scratch=kd.scratch, auto=auto)  # their last reader
+            overwrite_logits=True, scratch=kd.scratch, auto=auto,  # their last reader
+            teacher_label_logp=label_logp)
         return LossSums(total, sums["ce"], sums["kd"], _teacher_sums(sums, kd), _auto_sums(sums, auto))
 
     return objective
@@ -353,8 +369,7 @@ def _sparse(kd, w, labels, rows, tp_group, auto):
         label_logp = None
         if auto is not None:
             if "label_logp" not in got:
-                raise ValueError("this teacher cache has no label_logp, which kd.auto.enabled needs: write it "
-                                 "again with mkd teacher-cache, or set kd.auto.enabled=false")
+                raise ValueError(NO_LABEL_LOGP)
             label_logp = seq(got["label_logp"])
         total, sums = sparse_kd_loss(
             student_logits, seq(got["ids"]), seq(got["logp"]), seq(got["other_logp"]), labels, mask,
