@@ -1,7 +1,9 @@
-"""The callbacks of a training run (training/trainer.py), in the order run_training installs them:
-the KD schedule, profiling, the non-finite-step budget, throughput, evaluation, logging,
+"""The callbacks of a training run (training/trainer.py), in the order their priorities run them:
+the KD reports, profiling, the non-finite-step budget, throughput, evaluation, logging,
 preemption and checkpointing. Each takes what it needs in its constructor (no process-wide
-state), so a test can drive one with a fake trainer and fake steps."""
+state) and none holds another: what one measures it records through the trainer, and a later
+one (lower priority) reads it from the step's output, so a test can drive one with a fake
+trainer and fake steps."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from megatron_kd.console import Every
-from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.errors import MKDError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.runtime.throughput import Profiler, device_name, step_throughput
@@ -22,28 +23,26 @@ from megatron_kd.training.trainer import Callback, StepOutput, Trainer
 log = logging.getLogger("megatron_kd.train")
 
 
-class KDSchedule(Callback):
-    """Sets each step's α and T on the step context (kd.alpha_schedule, kd.temperature_schedule,
-    over the run's progress) and logs them with the KD reports."""
+class KDReports(Callback):
+    """A KD step's α and T (the settings the trainer's schedule gave it: steps.KDSettings) into
+    its metrics, and with the KD loss's reports into its record."""
 
-    def __init__(self, ctx, kd_cfg):
-        self.ctx, self.kd = ctx, kd_cfg
-
-    def before_step(self, trainer: Trainer) -> None:
-        progress = trainer.state.step / max(1, trainer.total)
-        self.ctx.alpha = scheduled_value(self.kd.alpha, self.kd.alpha_schedule, progress)
-        self.ctx.temperature = scheduled_value(self.kd.temperature, self.kd.temperature_schedule, progress)
+    priority = 80
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
-        out.metrics["alpha"], out.metrics["temperature"] = self.ctx.alpha, self.ctx.temperature
-        out.record.update({k.replace(" ", "_"): out.metrics[k] for k in ["alpha", "temperature", *KD_REPORTS]
-                           if k in out.metrics})
+        trainer.record("alpha", out.settings.alpha, metric=True)
+        trainer.record("temperature", out.settings.temperature, metric=True)
+        for k in KD_REPORTS:
+            if k in out.metrics:
+                trainer.record(k.replace(" ", "_"), out.metrics[k])
 
 
 class Profile(Callback):
     """`mkd train --profile-steps N`: times the teacher forward and the KD loss (sections of
     `profiler`, which the model and the loss share) over N steps after the first, then logs
     their shares of the step and writes RUN_DIR/profile.json (rank 0)."""
+
+    priority = 70
 
     def __init__(self, profiler: Profiler, steps: int, run_dir: Path, write: bool):
         self.profiler, self.steps, self.run_dir, self.write = profiler, steps, run_dir, write
@@ -76,6 +75,8 @@ class SkipBudget(Callback):
     """A step whose loss or gradient norm is not finite is skipped by train_step (no update);
     more than `budget` in a row stop the run with one line naming the last good checkpoint."""
 
+    priority = 60  # before the step is logged or saved: a run over its budget ends here
+
     def __init__(self, budget: int, latest_checkpoint: Callable[[], Path | None]):
         self.budget, self.latest = budget, latest_checkpoint
         self.in_a_row = 0
@@ -97,19 +98,23 @@ class SkipBudget(Callback):
 class Throughput(Callback):
     """Tokens/s per GPU, TFLOP/s per GPU and MFU (with a known peak) into the record."""
 
+    priority = 50
+
     def __init__(self, world: int, flops_per_token: float, peak_tflops: float | None):
         self.world, self.flops, self.peak = world, flops_per_token, peak_tflops
-        self.last: dict | None = None
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         speed = step_throughput(trainer.tokens_per_step, out.seconds, self.world, self.flops, self.peak)
-        out.record.update({k: v for k, v in speed.items() if v is not None})
-        self.last = speed
+        for k, v in speed.items():
+            if v is not None:
+                trainer.record(k, v)
 
 
 class Evaluation(Callback):
     """Validation losses every `interval` steps and at the last one (val/NAME in record and
     metrics). `evaluate()` returns {name: loss}."""
+
+    priority = 40
 
     def __init__(self, interval: int, evaluate: Callable[[], dict]):
         self.interval, self.evaluate = interval, evaluate
@@ -117,17 +122,20 @@ class Evaluation(Callback):
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         if (self.interval and out.step % self.interval == 0) or out.last:
             for name, value in self.evaluate().items():
-                out.record[f"val/{name}"] = out.metrics[f"val/{name}"] = value
+                trainer.record(f"val/{name}", value, metric=True)
 
 
 class Logging(Callback):
     """The console line every `interval` steps (and at evaluations and the last step), and the
     record to metrics.jsonl / TensorBoard / W&B (`writer`: training/metrics.MetricsWriter). A run
     whose interval takes longer than PROGRESS_EVERY_S also gets the console line (only) when that
-    much time has passed since the last: a sweep follows its runs by their logs' step lines."""
+    much time has passed since the last: a sweep follows its runs by their logs' step lines.
+    It reads what the callbacks before it recorded (validation losses, TFLOP/s and MFU)."""
 
-    def __init__(self, writer, interval: int, throughput: Throughput | None = None, every: Every | None = None):
-        self.writer, self.interval, self.throughput = writer, interval, throughput
+    priority = 30
+
+    def __init__(self, writer, interval: int, every: Every | None = None):
+        self.writer, self.interval = writer, interval
         self.every = every or Every()
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
@@ -139,11 +147,10 @@ class Logging(Callback):
         elapsed = time.perf_counter() - trainer.started_at
         eta = elapsed / max(1, out.step - trainer.start_step) * (trainer.total - out.step)
         extra = ""
-        if self.throughput is not None and self.throughput.last is not None:
-            speed = self.throughput.last
+        if "tflops_per_gpu" in out.record:  # recorded by Throughput
             per = "/GPU" if device_name() else ""  # a CPU process is not a GPU: its rate is per process
-            extra = f" | {speed['tflops_per_gpu']:.3g} TFLOP/s{per}" + (
-                f" (MFU {100 * speed['mfu']:.1f}%)" if speed["mfu"] is not None else "")
+            extra = f" | {out.record['tflops_per_gpu']:.3g} TFLOP/s{per}" + (
+                f" (MFU {100 * out.record['mfu']:.1f}%)" if "mfu" in out.record else "")
         tps = trainer.tokens_per_step / out.seconds
         self.writer.console(out.step, trainer.total, out.step * trainer.tokens_per_step, out.metrics, tps, eta, extra)
         if not logged:
@@ -159,31 +166,35 @@ class Logging(Callback):
 
 class Preemption(Callback):
     """A preemption signal (SIGUSR1 / SIGTERM, on any rank: `requested()` agrees across ranks)
-    ends the run after this step; Checkpointing, installed after it, writes the checkpoint. At
-    the last step the run just completes (its final save is the checkpoint)."""
+    cancels the run after this step with status "preempted"; Checkpointing (lower priority)
+    writes the checkpoint. At the last step the run just completes (its final save is the
+    checkpoint)."""
+
+    priority = 20
 
     def __init__(self, requested: Callable[[], bool], signal_names: Callable[[], str]):
         self.requested, self.signal_names = requested, signal_names
-        self.preempted = False
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         if self.requested():
             log.warning("preemption signal %s at step %d: checkpointing, then exiting for requeue",
                         self.signal_names(), out.step)
             if not out.last:
-                self.preempted = True
-                trainer.request_stop("preempted")
+                trainer.cancel("preempted")
 
 
 class Checkpointing(Callback):
     """Saves what the Checkpointer's policy says is due: token budgets, periodic saves, the
-    preemption checkpoint, and at the end the stop or final one. `save(due)` is collective."""
+    checkpoint of a run cancelled as preempted, and at the end the stop or final one.
+    `save(due)` is collective. Last: a step is saved once everything else has acted on it."""
 
-    def __init__(self, checkpointer, save: Callable, preemption: Preemption | None = None):
-        self.checkpointer, self.save, self.preemption = checkpointer, save, preemption
+    priority = 10
+
+    def __init__(self, checkpointer, save: Callable):
+        self.checkpointer, self.save = checkpointer, save
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
-        preempted = self.preemption is not None and self.preemption.preempted
+        preempted = trainer.cancelled == "preempted"
         for due in self.checkpointer.due(out.step, trainer.total, preempted=preempted):
             self.save(due)
 

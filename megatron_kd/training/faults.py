@@ -3,8 +3,8 @@ SIGKILL after a cache shard) at chosen points of a real run.
 
 The tests ask for them through the environment of the job they launch (the faults must reach
 ranks started by `mkd train --nproc N`); this module reads it once, when a job builds its
-hooks, and nothing else in the package looks at it. A normal run gets `Faults()`: no hook is
-installed and the hot path has nothing to check.
+hooks, and nothing else in the package looks at it. A normal run gets `Faults()`: no hook or
+callback is installed and the hot path has nothing to check.
 
     MKD_INJECT_NAN_STEPS=3,4               those steps' gradients are NaN (the non-finite guard)
     MKD_INJECT_KILL_IN_SAVE=STEP:POINT     SIGKILL at POINT (after_shards | before_rename) of
@@ -19,6 +19,8 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from megatron_kd.training.trainer import Callback
 
 
 @dataclass(frozen=True)
@@ -35,19 +37,9 @@ class Faults:
         shard = env.get("MKD_INJECT_KILL_CACHE_SHARD", "")
         return cls(nan, (int(step), point) if save else None, int(shard) if shard else None)
 
-    def after_backward(self):
-        """A hook for train_step (step, model chunks) -> None, or None without NaN faults."""
-        if not self.nan_grad_steps:
-            return None
-
-        def poison(step: int, model) -> None:
-            if step in self.nan_grad_steps:
-                for chunk in model:
-                    for p in chunk.parameters():
-                        if getattr(p, "main_grad", None) is not None:
-                            p.main_grad.fill_(math.nan)
-
-        return poison
+    def callbacks(self) -> list[Callback]:
+        """The trainer's callbacks that inject these faults (none without NaN faults)."""
+        return [NaNGradients(self.nan_grad_steps)] if self.nan_grad_steps else []
 
     def save_hook(self):
         """A Checkpointer save hook (point, step) -> None, or None without a save fault."""
@@ -70,3 +62,18 @@ class Faults:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return kill
+
+
+class NaNGradients(Callback):
+    """At the chosen steps every gradient is NaN once backward is done, before the optimizer
+    step sees it (the non-finite guard's path)."""
+
+    def __init__(self, steps: frozenset[int]):
+        self.steps = steps
+
+    def pre_optim_step(self, trainer, step: int) -> None:
+        if step in self.steps:
+            for chunk in trainer.state.model:
+                for p in chunk.parameters():
+                    if getattr(p, "main_grad", None) is not None:
+                        p.main_grad.fill_(math.nan)

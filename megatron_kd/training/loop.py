@@ -1,6 +1,7 @@
 """A training run on every rank: resolve the config once, build the model, data and callbacks,
-and hand them to the Trainer (training/trainer.py). `train_step` is one optimizer step with
-megatron-core's pipeline schedules, DDP and optimizer.
+and hand them to the Trainer (training/trainer.py). `RunStep` is one optimizer step with
+megatron-core's pipeline schedules, DDP and optimizer, in the trainer's two halves
+(`train_step`: both at once, outside a trainer).
 
 `run_training` is what `mkd train` runs on every rank after the process groups are up.
 """
@@ -37,6 +38,7 @@ from megatron_kd.training.run_dir import check_run_dir
 from megatron_kd.training.setup import TrainState, build_train_state
 from megatron_kd.training.steps import (
     KD_REPORTS,
+    KDSettings,
     StepContext,
     broadcast_from_last_stage,
     make_forward_step,
@@ -47,50 +49,70 @@ from megatron_kd.training.trainer import Trainer, TrainResult
 log = logging.getLogger("megatron_kd.train")
 
 
-def train_step(cfg: RunConfig, state: TrainState, data_iterator,
-               ctx: StepContext | None = None, after_backward=None) -> dict[str, float]:
-    """One optimizer step over the global batch (every rank; the metrics are the same on all).
-    `after_backward(step, model)`: a hook between the gradients and the update (fault injection,
-    training/faults.py)."""
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+class RunStep:
+    """A run's optimizer step in the trainer's two halves (training/trainer.TrainStep), on every
+    rank (the metrics are the same on all): megatron-core's forward-backward schedule over the
+    global batch with the step's KDSettings, then megatron-core's optimizer step."""
 
-    ctx = ctx or StepContext()
-    for chunk in state.model:
-        chunk.zero_grad_buffer()
-    state.optimizer.zero_grad()
-    dp = parallel_state.get_data_parallel_world_size()
-    num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-    reports = get_forward_backward_func()(
-        forward_step_func=make_forward_step(ctx),
-        data_iterator=data_iterator,
-        model=state.model,
-        num_microbatches=num_micro,
-        seq_length=cfg.train.seq_length,
-        micro_batch_size=cfg.train.micro_batch_size,
-        forward_only=False,
-        **state.schedule_kwargs,
-    )
-    lr = state.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
-    metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
-    metrics = broadcast_from_last_stage(metrics, ctx.report_keys)
-    metrics.update(moe_step_metrics(cfg, num_micro, state.step + 1))
-    if after_backward is not None:
-        after_backward(state.step + 1, state.model)
-    # megatron-core's optimizer step, split so a non-finite loss or gradient norm skips the
-    # update (parameters, Adam state and LR schedule untouched) instead of poisoning the model.
-    found_inf = state.optimizer.prepare_grads()
-    grad_norm = grad_norm_and_clip(state.optimizer, cfg.train.clip_grad)
-    finite = (not found_inf and grad_norm is not None and math.isfinite(float(grad_norm))
-              and math.isfinite(metrics["loss"]))
-    update_ok = bool(finite and state.optimizer.step_with_ready_grads())
-    if update_ok:
-        state.scheduler.step(increment=1)
-    state.step += 1
-    state.consumed_samples += cfg.train.global_batch_size
-    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
-    metrics["lr"] = lr
-    metrics["skipped"] = 0.0 if update_ok else 1.0
+    def __init__(self, cfg: RunConfig, state: TrainState, data_iterator, ctx: StepContext | None = None):
+        self.cfg, self.state, self.data_iterator = cfg, state, data_iterator
+        self.ctx = ctx or StepContext()
+
+    def forward_backward(self, settings: KDSettings | None) -> dict[str, float]:
+        from megatron.core import parallel_state
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        cfg, state = self.cfg, self.state
+        for chunk in state.model:
+            chunk.zero_grad_buffer()
+        state.optimizer.zero_grad()
+        dp = parallel_state.get_data_parallel_world_size()
+        num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
+        reports = get_forward_backward_func()(
+            forward_step_func=make_forward_step(self.ctx, settings),
+            data_iterator=self.data_iterator,
+            model=state.model,
+            num_microbatches=num_micro,
+            seq_length=cfg.train.seq_length,
+            micro_batch_size=cfg.train.micro_batch_size,
+            forward_only=False,
+            **state.schedule_kwargs,
+        )
+        metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else {}
+        metrics = broadcast_from_last_stage(metrics, self.ctx.report_keys)
+        metrics.update(moe_step_metrics(cfg, num_micro, state.step + 1))
+        return metrics
+
+    def optim_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        state = self.state
+        lr = state.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
+        # megatron-core's optimizer step, split so a non-finite loss or gradient norm skips the
+        # update (parameters, Adam state and LR schedule untouched) instead of poisoning the model.
+        found_inf = state.optimizer.prepare_grads()
+        grad_norm = grad_norm_and_clip(state.optimizer, self.cfg.train.clip_grad)
+        finite = (not found_inf and grad_norm is not None and math.isfinite(float(grad_norm))
+                  and math.isfinite(metrics["loss"]))
+        update_ok = bool(finite and state.optimizer.step_with_ready_grads())
+        if update_ok:
+            state.scheduler.step(increment=1)
+        state.step += 1
+        state.consumed_samples += self.cfg.train.global_batch_size
+        profiler = self.ctx.profiler
+        if profiler is not None and profiler.active and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the step's whole time, for the profile's shares
+        return {"grad_norm": float(grad_norm) if grad_norm is not None else math.nan, "lr": lr,
+                "skipped": 0.0 if update_ok else 1.0}
+
+
+def train_step(cfg: RunConfig, state: TrainState, data_iterator, ctx: StepContext | None = None,
+               settings: KDSettings | None = None) -> dict[str, float]:
+    """One whole optimizer step outside a trainer (benchmarks, tests). A KD step without
+    `settings` takes the recipe's kd.alpha and kd.temperature (no schedule)."""
+    step = RunStep(cfg, state, data_iterator, ctx)
+    if settings is None and step.ctx.kd is not None:
+        settings = KDSettings(cfg.kd.alpha, cfg.kd.temperature)
+    metrics = step.forward_backward(settings)
+    metrics.update(step.optim_step(metrics))
     return metrics
 
 
@@ -107,7 +129,6 @@ def kd_step_context(run: ResolvedRun, profiler: Profiler | None = None) -> StepC
              " (the ceiling of kd.auto)" if cfg.kd.auto.enabled else "", cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
     return StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), report_keys=keys,
                        tp_group=parallel_state.get_tensor_model_parallel_group(),
-                       alpha=cfg.kd.alpha, temperature=cfg.kd.temperature,
                        sequence_parallel=cfg.parallel.sequence_parallel, cache=run.teacher.cache,
                        unigram=run.teacher.unigram, profiler=profiler)
 
@@ -155,16 +176,11 @@ def run_training(cfg: RunConfig, checkpointer: Checkpointer, checked: CheckedLau
         train_ds, cfg.train.micro_batch_size, parallel_state.get_data_parallel_rank(),
         parallel_state.get_data_parallel_world_size(), len(state.model), consumed_samples=state.consumed_samples)
     preemption.check_start_up()  # a SIGTERM swallowed during start-up: stop before writing metrics
-    after_backward = faults.after_backward()
-
-    def step() -> dict[str, float]:
-        metrics = train_step(cfg, state, data_iterator, ctx, after_backward)
-        if profiler is not None and profiler.active and torch.cuda.is_available():
-            torch.cuda.synchronize()  # the step's whole time, for the profile's shares
-        return metrics
-
-    trainer = Trainer(state, step, total=total, stop=cfg.train.stop_at_step, tokens_per_step=tokens_per_step(cfg),
-                      callbacks=_callbacks(cfg, run, state, ctx, checkpointer, profiler, profile_steps, valid_sets))
+    schedule = (lambda progress: KDSettings.scheduled(cfg.kd, progress)) if ctx.kd is not None else None
+    trainer = Trainer(state, RunStep(cfg, state, data_iterator, ctx), total=total, stop=cfg.train.stop_at_step,
+                      tokens_per_step=tokens_per_step(cfg), schedule=schedule,
+                      callbacks=_callbacks(cfg, run, state, ctx, checkpointer, profiler, profile_steps, valid_sets)
+                      + faults.callbacks())
     for chunk in state.model:
         chunk.train()
     preemption.training_started()
@@ -196,22 +212,20 @@ def _callbacks(cfg: RunConfig, run: ResolvedRun, state, ctx: StepContext, checkp
     run_dir = Path(cfg.run.dir)
     out = []
     if ctx.kd is not None:
-        out.append(callbacks.KDSchedule(ctx, cfg.kd))
+        out.append(callbacks.KDReports())
     if profiler is not None:
         out.append(callbacks.Profile(profiler, profile_steps, run_dir, write=rank == 0))
     out.append(callbacks.SkipBudget(cfg.train.max_consecutive_skips, checkpointer.latest))
     flops_per_token = training_flops_per_token(cfg.model, cfg.train.seq_length)
     if run.teacher is not None and run.teacher.model is not None:  # the online teacher's forward
         flops_per_token += training_flops_per_token(run.teacher.model, cfg.train.seq_length) / 3
-    speed = callbacks.Throughput(torch.distributed.get_world_size(), flops_per_token,
-                                 peak_tflops(device_name(), cfg.precision.dtype, cfg.precision.fp8 is not None))
-    out.append(speed)
+    out.append(callbacks.Throughput(torch.distributed.get_world_size(), flops_per_token,
+                                    peak_tflops(device_name(), cfg.precision.dtype, cfg.precision.fp8 is not None)))
     out.append(callbacks.Evaluation(cfg.logging.eval_interval, lambda: evaluate(cfg, state.model, valid_sets)))
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=rank == 0, wandb=cfg.logging.wandb,
                            run_name=cfg.run.name, run_config=config_to_dict(cfg))
-    out.append(callbacks.Logging(writer, cfg.logging.log_interval, speed))
-    stop = callbacks.Preemption(preemption.requested, preemption.signal_names)
-    out.append(stop)
+    out.append(callbacks.Logging(writer, cfg.logging.log_interval))
+    out.append(callbacks.Preemption(preemption.requested, preemption.signal_names))
     tokenizer_file = cfg.data.tokenizer
-    out.append(callbacks.Checkpointing(checkpointer, lambda due: checkpointer.save(state, due, tokenizer_file), stop))
+    out.append(callbacks.Checkpointing(checkpointer, lambda due: checkpointer.save(state, due, tokenizer_file)))
     return out

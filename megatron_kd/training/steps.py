@@ -9,7 +9,7 @@ from functools import partial
 import torch
 
 from megatron_kd.checkpoint.model_io import unwrap
-from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.distill.model import DistillationModel, sequence_major_logits, widened_p2p
 from megatron_kd.distill.objective import (
     AUTO_REPORTS,
@@ -20,6 +20,7 @@ from megatron_kd.distill.objective import (
     UnigramTeacher,
     make_loss_func,
 )
+from megatron_kd.distill.schedules import scheduled_value
 from megatron_kd.runtime.throughput import Profiler
 
 # What the KD loss reports per step (token-weighted means); α and T are logged by the loop.
@@ -27,14 +28,27 @@ from megatron_kd.runtime.throughput import Profiler
 KD_REPORTS = ["kd loss", "teacher lm loss", "teacher entropy", "top1 agreement", *AUTO_REPORTS]
 
 
+@dataclass(frozen=True)
+class KDSettings:
+    """One step's α and T, the only KD values that change during a run: each step is given its
+    own (the trainer's schedule), nothing stores them between steps."""
+
+    alpha: float
+    temperature: float
+
+    @classmethod
+    def scheduled(cls, kd: KDConfig, progress: float) -> KDSettings:
+        """kd.alpha_schedule and kd.temperature_schedule at the run's progress in [0, 1]."""
+        return cls(scheduled_value(kd.alpha, kd.alpha_schedule, progress),
+                   scheduled_value(kd.temperature, kd.temperature_schedule, progress))
+
+
 @dataclass
 class StepContext:
-    """Per-step inputs of the forward step beyond the batch: the run's KD objective (bound once)
-    and this step's scheduled α and T, the only KD values that change."""
+    """What the forward step needs beyond the batch and the step's KDSettings, fixed for the
+    run: its KD objective (bound once) and where the teacher's outputs come from."""
 
     kd: KDObjective | None = None
-    alpha: float = 0.0
-    temperature: float = 1.0
     tp_group: object = None
     sequence_parallel: bool = False
     cache: object = None  # a distill.cache.TeacherCache: the teacher's outputs come from it
@@ -75,8 +89,11 @@ def _timed(loss_func, profiler: Profiler):
     return timed
 
 
-def make_forward_step(ctx: StepContext):
-    inner = _make_forward_step(ctx)
+def make_forward_step(ctx: StepContext, settings: KDSettings | None = None):
+    """megatron-core's forward_step_func for one step; `settings`: its α and T (a KD run's)."""
+    if ctx.kd is not None and settings is None:
+        raise ValueError("a KD step needs its KDSettings (α and T)")
+    inner = _make_forward_step(ctx, settings)
 
     def forward_step(data_iterator, model):
         output, loss_func = inner(data_iterator, model)
@@ -87,17 +104,17 @@ def make_forward_step(ctx: StepContext):
     return forward_step
 
 
-def _make_forward_step(ctx: StepContext):
+def _make_forward_step(ctx: StepContext, settings: KDSettings | None):
     def forward_step(data_iterator, model):
         batch = _batch_to_device(next(data_iterator))
         if ctx.kd is None:
             output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
             return output, partial(lm_loss_func, batch["loss_mask"])
         if ctx.cache is not None:  # the teacher's outputs for this micro-batch's samples, from the cache
-            return _forward_without_teacher_model(ctx, batch, model, lambda: CachedRows(
+            return _forward_without_teacher_model(ctx, settings, batch, model, lambda: CachedRows(
                 ctx.cache.rows(batch["sample_index"].cpu()), getattr(ctx.cache, "sampled", False)))
         if ctx.unigram is not None:
-            return _forward_without_teacher_model(ctx, batch, model, lambda: UnigramTeacher(ctx.unigram))
+            return _forward_without_teacher_model(ctx, settings, batch, model, lambda: UnigramTeacher(ctx.unigram))
         out = model(batch["tokens"], batch["position_ids"], None)
         if not isinstance(out, tuple):  # not the last pipeline stage: hidden states go on
             return out, None
@@ -105,17 +122,17 @@ def _make_forward_step(ctx: StepContext):
         if ctx.kd.fused_output_layer:  # (hidden states, output weight) of each model
             (h_s, w_s), (h_t, w_t) = student_logits, teacher_logits
             return h_s, make_loss_func(
-                ctx.kd, ctx.alpha, ctx.temperature, batch["labels"], batch["loss_mask"],
+                ctx.kd, settings.alpha, settings.temperature, batch["labels"], batch["loss_mask"],
                 FusedOutput(w_s, h_t, w_t, ctx.sequence_parallel), ctx.tp_group)
         # the logits are sequence-major [s, b, V/TP]: labels and mask [b, s] are transposed
         return student_logits, make_loss_func(
-            ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(),
+            ctx.kd, settings.alpha, settings.temperature, batch["labels"].t().contiguous(),
             batch["loss_mask"].t().contiguous(), OnlineLogits(teacher_logits), ctx.tp_group)
 
     return forward_step
 
 
-def _forward_without_teacher_model(ctx: StepContext, batch: dict, model, teacher_signal):
+def _forward_without_teacher_model(ctx: StepContext, settings: KDSettings, batch: dict, model, teacher_signal):
     """KD step whose teacher is not a model (a cache's rows, the unigram distribution): the
     student's logits, and the loss from `teacher_signal()` (read on the last pipeline stage only);
     which objective serves it is make_loss_func's choice."""
@@ -123,8 +140,8 @@ def _forward_without_teacher_model(ctx: StepContext, batch: dict, model, teacher
     if not unwrap(model).post_process:  # not the last (virtual) pipeline stage: hidden states go on
         return student_logits, None
     return student_logits, make_loss_func(
-        ctx.kd, ctx.alpha, ctx.temperature, batch["labels"].t().contiguous(), batch["loss_mask"].t().contiguous(),
-        teacher_signal(), ctx.tp_group)
+        ctx.kd, settings.alpha, settings.temperature, batch["labels"].t().contiguous(),
+        batch["loss_mask"].t().contiguous(), teacher_signal(), ctx.tp_group)
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:

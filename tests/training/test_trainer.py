@@ -15,6 +15,7 @@ from megatron_kd.config import load_config
 from megatron_kd.errors import MKDError
 from megatron_kd.training import callbacks
 from megatron_kd.training.faults import Faults
+from megatron_kd.training.steps import KDSettings
 from megatron_kd.training.trainer import Callback, Trainer
 
 TOKENS_PER_STEP = 4 * 32  # tiny-mock: global batch 4, sequence 32
@@ -24,14 +25,22 @@ def _cfg(*overrides: str):
     return load_config("train/tiny-mock", ["run.dir=/nonexistent/run", *overrides])
 
 
-def _fake_step(state, losses=None):
-    """A step that advances the state and reports loss 1/step (or `losses[step]`)."""
-    def step():
-        state.step += 1
-        loss = (losses or {}).get(state.step, 1.0 / state.step)
-        return {"loss": loss, "lm loss": loss, "lr": 1e-3, "grad_norm": 0.5,
-                "skipped": 0.0 if math.isfinite(loss) else 1.0}
-    return step
+class _FakeStep:
+    """A step that reports loss 1/step (or `losses[step]`) and advances the state in its
+    optimizer half; `calls` lists both halves with the settings each step was given."""
+
+    def __init__(self, state, losses=None):
+        self.state, self.losses, self.calls = state, losses or {}, []
+
+    def forward_backward(self, settings):
+        self.calls.append(("forward_backward", self.state.step + 1, settings))
+        loss = self.losses.get(self.state.step + 1, 1.0 / (self.state.step + 1))
+        return {"loss": loss, "lm loss": loss}
+
+    def optim_step(self, metrics):
+        self.state.step += 1
+        self.calls.append(("optim_step", self.state.step))
+        return {"lr": 1e-3, "grad_norm": 0.5, "skipped": 0.0 if math.isfinite(metrics["loss"]) else 1.0}
 
 
 class _Recorder(Callback):
@@ -65,17 +74,106 @@ class _Saves:
 def test_fit_runs_to_the_end_and_calls_every_hook_in_order():
     state = SimpleNamespace(step=0)
     rec = _Recorder()
-    result = Trainer(state, _fake_step(state), total=3, tokens_per_step=TOKENS_PER_STEP, callbacks=[rec]).fit()
+    result = Trainer(state, _FakeStep(state), total=3, tokens_per_step=TOKENS_PER_STEP, callbacks=[rec]).fit()
     assert (result.status, result.step, result.total, result.steps_run) == ("completed", 3, 3, 3)
     assert result.metrics["loss"] == pytest.approx(1 / 3)
     assert rec.events == [("start", 0), ("step", 1, False), ("step", 2, False), ("step", 3, True),
                           ("end", "completed"), ("close",)]
 
 
+class _Named(Callback):
+    """Logs (name, hook, step) into a shared list; `act(trainer, out)` runs in after_step."""
+
+    def __init__(self, name, priority, log, act=None):
+        self.name, self.priority, self.log, self.act = name, priority, log, act
+
+    def before_step(self, trainer):
+        self.log.append((self.name, "before", trainer.state.step + 1))
+
+    def pre_optim_step(self, trainer, step):
+        self.log.append((self.name, "pre_optim", step))
+
+    def after_step(self, trainer, out):
+        self.log.append((self.name, "after", out.step))
+        if self.act is not None:
+            self.act(trainer, out)
+
+    def on_end(self, trainer, status):
+        self.log.append((self.name, "end", status))
+
+
+def test_callbacks_run_by_priority_then_in_the_order_given():
+    state, log = SimpleNamespace(step=0), []
+    cbs = [_Named("low", 0, log), _Named("high", 50, log), _Named("mid-a", 10, log), _Named("mid-b", 10, log)]
+    Trainer(state, _FakeStep(state), total=1, tokens_per_step=1, callbacks=cbs).fit()
+    order = ["high", "mid-a", "mid-b", "low"]
+    assert [e[0] for e in log if e[1] == "before"] == order
+    assert [e[0] for e in log if e[1] == "pre_optim"] == order
+    assert [e[0] for e in log if e[1] == "after"] == order
+    assert [e[0] for e in log if e[1] == "end"] == order
+
+
+def test_a_recorded_value_is_seen_by_lower_priorities_and_written_once():
+    state, log, seen = SimpleNamespace(step=0), [], {}
+
+    def measure(trainer, out):
+        trainer.record("speed", 2.0 * out.step)  # the record only (metrics.jsonl)
+        trainer.record("val/x", 1.0 * out.step, metric=True)  # also the console line and the result
+
+    def read(name):
+        return lambda trainer, out: seen.setdefault(name, []).append(
+            (out.record.get("speed"), out.metrics.get("val/x")))
+
+    cbs = [_Named("reader", 1, log, read("after")), _Named("writer", 10, log, measure),
+           _Named("early", 20, log, read("before"))]
+    result = Trainer(state, _FakeStep(state), total=2, tokens_per_step=1, callbacks=cbs).fit()
+    assert seen == {"before": [(None, None), (None, None)], "after": [(2.0, 1.0), (4.0, 2.0)]}
+    assert result.metrics["val/x"] == 2.0 and "speed" not in result.metrics
+
+    def twice(trainer, out):
+        trainer.record("loss", 0.0)  # the trainer's own key
+
+    fresh = SimpleNamespace(step=0)
+    with pytest.raises(AssertionError, match="loss recorded twice at step 1"):
+        Trainer(fresh, _FakeStep(fresh), total=2, tokens_per_step=1, callbacks=[_Named("again", 0, [], twice)]).fit()
+
+
+def test_cancel_ends_the_run_after_that_steps_callbacks():
+    state, log = SimpleNamespace(step=0), []
+
+    def cancel_at_2(trainer, out):
+        if out.step == 2:
+            trainer.cancel("preempted")
+
+    def seen_by_later(trainer, out):
+        log.append(("saver", "cancelled", trainer.cancelled))
+
+    cbs = [_Named("saver", 0, log, seen_by_later), _Named("signal", 5, log, cancel_at_2)]
+    result = Trainer(state, _FakeStep(state), total=5, tokens_per_step=1, callbacks=cbs).fit()
+    assert (result.status, result.step, result.steps_run) == ("preempted", 2, 2)
+    assert [e for e in log if e[0] == "saver" and e[1] != "before"] == [
+        ("saver", "pre_optim", 1), ("saver", "after", 1), ("saver", "cancelled", None),
+        ("saver", "pre_optim", 2), ("saver", "after", 2), ("saver", "cancelled", "preempted"),
+        ("saver", "end", "preempted")]
+
+
+def test_pre_optim_step_comes_once_per_step_between_backward_and_the_optimizer():
+    state = SimpleNamespace(step=0)
+    step = _FakeStep(state)
+
+    class Probe(Callback):
+        def pre_optim_step(self, trainer, n):
+            step.calls.append(("pre_optim_step", n, trainer.state.step))  # state.step not yet advanced
+
+    Trainer(state, step, total=3, tokens_per_step=1, callbacks=[Probe()], schedule=lambda p: round(p, 3)).fit()
+    assert step.calls == [c for n in (1, 2, 3) for c in (
+        ("forward_backward", n, round((n - 1) / 3, 3)), ("pre_optim_step", n, n - 1), ("optim_step", n))]
+
+
 def test_nothing_to_do_is_already_complete_or_stopped_and_still_closes():
     for step, stop, status in ((5, None, "already_complete"), (2, 2, "stopped")):
         state, rec = SimpleNamespace(step=step), _Recorder()
-        result = Trainer(state, _fake_step(state), total=5, stop=stop, tokens_per_step=1, callbacks=[rec]).fit()
+        result = Trainer(state, _FakeStep(state), total=5, stop=stop, tokens_per_step=1, callbacks=[rec]).fit()
         assert (result.status, result.steps_run, result.step) == (status, 0, step)
         assert rec.events == [("close",)]
 
@@ -85,7 +183,7 @@ def test_stop_at_step_stops_early_and_leaves_a_checkpoint():
     state = SimpleNamespace(step=0)
     ck = Checkpointer(cfg)
     saves = _Saves(ck)
-    result = Trainer(state, _fake_step(state), total=10, stop=4, tokens_per_step=TOKENS_PER_STEP,
+    result = Trainer(state, _FakeStep(state), total=10, stop=4, tokens_per_step=TOKENS_PER_STEP,
                      callbacks=[callbacks.Checkpointing(ck, saves)]).fit()
     assert (result.status, result.step) == ("stopped", 4)
     assert saves.saved == [("step_0000004", "periodic")]
@@ -100,8 +198,8 @@ def test_preemption_saves_budgets_then_a_periodic_checkpoint_and_stops():
     ck = Checkpointer(cfg)
     saves = _Saves(ck)
     stop = callbacks.Preemption(lambda: state.step >= 3, lambda: "SIGUSR1")
-    result = Trainer(state, _fake_step(state), total=10, tokens_per_step=TOKENS_PER_STEP,
-                     callbacks=[stop, callbacks.Checkpointing(ck, saves, stop)]).fit()
+    result = Trainer(state, _FakeStep(state), total=10, tokens_per_step=TOKENS_PER_STEP,
+                     callbacks=[callbacks.Checkpointing(ck, saves), stop]).fit()  # priority, not list order
     assert (result.status, result.step) == ("preempted", 3)
     assert saves.saved == [(f"tokens_{budget}", "budget"), ("step_0000003", "periodic")]
 
@@ -112,9 +210,9 @@ def test_preemption_at_the_last_step_completes_with_the_final_checkpoint():
     ck = Checkpointer(cfg)
     saves = _Saves(ck)
     stop = callbacks.Preemption(lambda: state.step == 3, lambda: "SIGTERM")
-    result = Trainer(state, _fake_step(state), total=3, tokens_per_step=TOKENS_PER_STEP,
-                     callbacks=[stop, callbacks.Checkpointing(ck, saves, stop)]).fit()
-    assert result.status == "completed" and not stop.preempted
+    result = Trainer(state, _FakeStep(state), total=3, tokens_per_step=TOKENS_PER_STEP,
+                     callbacks=[stop, callbacks.Checkpointing(ck, saves)]).fit()
+    assert result.status == "completed"
     assert saves.saved == [("step_0000003", "final")]
 
 
@@ -147,14 +245,13 @@ def test_skip_budget_counts_consecutive_skips_and_names_the_last_checkpoint():
     # steps 3 and 4 skipped, 5 fine (the count resets), then 6, 7, 8 in a row: over the budget
     losses = {3: nan, 4: nan, 6: nan, 7: nan, 8: nan}
     with pytest.raises(MKDError, match=r"3 consecutive steps .* \(step 8\).*step_0000002"):
-        Trainer(state, _fake_step(state, losses), total=20, tokens_per_step=1, callbacks=[budget]).fit()
+        Trainer(state, _FakeStep(state, losses), total=20, tokens_per_step=1, callbacks=[budget]).fit()
     assert state.step == 8
 
 
 def test_evaluation_logging_and_the_kd_schedule_fill_the_record():
     cfg = _cfg("kd.alpha=0.5", "kd.alpha_schedule.kind=linear", "kd.alpha_schedule.final=0.0")
     state = SimpleNamespace(step=0)
-    ctx = SimpleNamespace(alpha=None, temperature=None)
     evals = []
 
     def evaluate():
@@ -176,9 +273,12 @@ def test_evaluation_logging_and_the_kd_schedule_fill_the_record():
 
     writer = Writer()
     speed = callbacks.Throughput(world=2, flops_per_token=1e6, peak_tflops=None)
-    cbs = [callbacks.KDSchedule(ctx, cfg.kd), speed, callbacks.Evaluation(2, evaluate),
-           callbacks.Logging(writer, interval=4, throughput=speed)]
-    result = Trainer(state, _fake_step(state), total=5, tokens_per_step=TOKENS_PER_STEP, callbacks=cbs).fit()
+    cbs = [callbacks.Logging(writer, interval=4), callbacks.Evaluation(2, evaluate), speed, callbacks.KDReports()]
+    step = _FakeStep(state)
+    result = Trainer(state, step, total=5, tokens_per_step=TOKENS_PER_STEP, callbacks=cbs,
+                     schedule=lambda progress: KDSettings.scheduled(cfg.kd, progress)).fit()
+    given = [c[2] for c in step.calls if c[0] == "forward_backward"]
+    assert given[1] == KDSettings(pytest.approx(0.5 * (1 - 1 / 5)), 1.0)  # step 2: progress 1/5
     assert evals == [2, 4, 5]  # every 2 steps and the last
     assert [r["step"] for r in writer.records] == [2, 4, 5]  # logged at evaluations too
     assert writer.closed and result.metrics["val/indomain"] == 7.0
@@ -191,7 +291,7 @@ def test_evaluation_logging_and_the_kd_schedule_fill_the_record():
 
 def test_faults_are_read_once_and_absent_by_default():
     none = Faults.from_env({})
-    assert none.after_backward() is None and none.save_hook() is None and none.cache_shard_hook() is None
+    assert none.callbacks() == [] and none.save_hook() is None and none.cache_shard_hook() is None
     f = Faults.from_env({"MKD_INJECT_NAN_STEPS": "3, 4", "MKD_INJECT_KILL_IN_SAVE": "6:after_shards",
                          "MKD_INJECT_KILL_CACHE_SHARD": "1"})
     assert f == Faults(frozenset({3, 4}), (6, "after_shards"), 1)
@@ -201,8 +301,9 @@ def test_faults_are_read_once_and_absent_by_default():
     p.main_grad = torch.zeros(2)
     chunk = torch.nn.Module()
     chunk.w = p
-    poison = f.after_backward()
-    poison(2, [chunk])
+    [poison] = f.callbacks()
+    trainer = SimpleNamespace(state=SimpleNamespace(model=[chunk]))
+    poison.pre_optim_step(trainer, 2)
     assert torch.equal(p.main_grad, torch.zeros(2))
-    poison(3, [chunk])
+    poison.pre_optim_step(trainer, 3)
     assert torch.isnan(p.main_grad).all()
