@@ -11,7 +11,7 @@ from megatron_kd.models.params import human
 from megatron_kd.study.claims import CLAIMS, ES_KEY, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.report_output import md_text
-from megatron_kd.study.stats import point_key
+from megatron_kd.study.stats import AUTO_FAMILY, is_auto, point_key
 
 ID_SETS = ("indomain", "heldout", "mock")
 LEVEL = 0.95
@@ -73,6 +73,8 @@ def comparison_family(r: dict) -> str | None:
         return None
     if is_control(r):
         return "controls"
+    if is_auto(r):
+        return AUTO_FAMILY
     return "scheduled α" if r.get("alpha_schedule") else "fixed α"
 
 
@@ -113,7 +115,8 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
         for key in sorted(runs_of, key=repr):
             first = runs_of[key][0]
             p = {"key": key, "student": student, "teacher": first.get("teacher"), "alpha": first.get("alpha"),
-                 "alpha_schedule": first.get("alpha_schedule"), "temperature": first.get("temperature"),
+                 "alpha_schedule": first.get("alpha_schedule"), "auto_ceiling": first.get("auto_ceiling"),
+                 "temperature": first.get("temperature"),
                  "kind": first.get("kind"), "teacher_val": first.get("teacher_val") or {},
                  "teacher_tokens": first.get("teacher_tokens"), "teacher_params": first.get("teacher_params"),
                  "teacher_model": first.get("teacher_model"), "teacher_flops": first.get("teacher_pretrain_flops"),
@@ -151,7 +154,9 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
 
 
 def alpha_label(p: dict) -> str:
-    """A point's α as the tables print it: the value, or its schedule."""
+    """A point's α as the tables print it: the value, its schedule, or `auto` (kd.auto)."""
+    if is_auto(p):
+        return "auto"
     if p.get("alpha_schedule"):
         return p["alpha_schedule"]
     return f"{p['alpha']:g}" if p.get("alpha") is not None else ""

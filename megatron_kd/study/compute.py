@@ -36,7 +36,7 @@ from scipy.special import stdtrit
 
 from megatron_kd.models.flops import forward_flops, training_flops
 from megatron_kd.models.params import human
-from megatron_kd.study.stats import point_key
+from megatron_kd.study.stats import is_auto, point_key
 
 ACCOUNTINGS = {"a": "teacher exists, its pass shared by the runs of one cache",
                "b": "teacher exists, its pass serves this student alone",
@@ -235,7 +235,8 @@ def compute_study(rows: list[dict], study: dict, sets: list[str], level: float) 
                                          per_set[s]["sd"], per_set[s]["df"], level) for s in sets}
                      for k in GAIN_ACCOUNTINGS}
             points.append({"key": p["key"], "teacher": p["teacher"], "alpha": p["alpha"],
-                           "alpha_schedule": p["alpha_schedule"], "seeds": p["seeds"], "loss": p["mean"],
+                           "alpha_schedule": p["alpha_schedule"], "auto_ceiling": p.get("auto_ceiling"),
+                           "seeds": p["seeds"], "loss": p["mean"],
                            "compute": t, "matched_gain": gains,
                            "estimated": sorted({e for r in prs for e in run_flops(r)["estimated"]})})
         answers = {}
@@ -244,6 +245,8 @@ def compute_study(rows: list[dict], study: dict, sets: list[str], level: float) 
             for k in GAIN_ACCOUNTINGS:
                 best = {}
                 for q in points:
+                    if is_auto(q):  # the answer is the grid's best α; kd.auto has its own test
+                        continue
                     cur = best.get(q["teacher"])
                     if math.isfinite(q["loss"][s]) and (cur is None or q["loss"][s] < cur["loss"][s]):
                         best[q["teacher"]] = q

@@ -11,11 +11,14 @@ from megatron_kd.models.params import human
 from megatron_kd.study.compute import ACCOUNTINGS, GAIN_ACCOUNTINGS
 from megatron_kd.study.report_output import figure_text, md_text, plain_text_figures
 from megatron_kd.study.report_style import SIGNIFICANT, Style, fill_handles, log_axis, points, save, spread, subplots
+from megatron_kd.study.stats import is_auto
 
 LABELLED = 30  # up to this many KD points of a panel carry their teacher's name
 
 
 def _alpha(q: dict) -> str:
+    if is_auto(q):
+        return "auto"
     return q.get("alpha_schedule") or (f"{q['alpha']:g}" if q.get("alpha") is not None else "")
 
 
@@ -103,8 +106,9 @@ def report_json(cs: dict) -> dict:
     for student, c in cs.items():
         out[student] = {
             "frontier": {s: {"sd": v["sd"], "df": v["df"], "nodes": v["nodes"]} for s, v in c["sets"].items()},
-            "points": [{k: p[k] for k in ("teacher", "alpha", "alpha_schedule", "seeds", "loss", "compute",
-                                          "matched_gain", "estimated")} for p in c["points"]],
+            "points": [{**{k: p[k] for k in ("teacher", "alpha", "alpha_schedule", "seeds", "loss", "compute",
+                                             "matched_gain", "estimated")},
+                        **({"auto_ceiling": p["auto_ceiling"]} if is_auto(p) else {})} for p in c["points"]],
             "answers": c["answers"]}
     return out
 

@@ -35,6 +35,7 @@ from megatron_kd.study.law import (
 )
 from megatron_kd.study.law_cv import beats_no_effect, fit_distillation, supervised_cv, supervised_refits
 from megatron_kd.study.report import collect
+from megatron_kd.study.stats import is_auto
 from megatron_kd.study.table import read_table
 
 WEAK = 10.0  # a positive parameter whose bootstrap interval spans more than this factor is weakly identified
@@ -155,6 +156,9 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
             continue
         if r.get("alpha_schedule"):
             skipped["scheduled α"] += 1
+            continue
+        if is_auto(r):  # no one α to put in the law
+            skipped["kd.auto (α set by the run)"] = skipped.get("kd.auto (α set by the run)", 0) + 1
             continue
         if r.get("teacher") and r.get("teacher_params") == 0:  # its "loss" is not a model's: off the law
             skipped["a teacher without a model (the unigram control)"] += 1

@@ -44,6 +44,7 @@ from scipy.stats import t as t_dist
 from megatron_kd.errors import ConfigError, MKDError
 from megatron_kd.study.analysis import split_sets, test_sets
 from megatron_kd.study.primary import describe_alphas
+from megatron_kd.study.stats import AUTO_FAMILY, is_auto
 from megatron_kd.study.sweep import resolve_point
 
 POWER = 0.8
@@ -117,6 +118,8 @@ def _family(point, is_baseline: bool) -> str | None:
         return "frontier baselines"
     if point.teacher.get("unigram"):
         return "controls"
+    if is_auto(point.meta):
+        return AUTO_FAMILY
     return "scheduled α" if point.meta.get("alpha_schedule") else FIXED_ALPHA
 
 

@@ -18,7 +18,7 @@ from megatron_kd.models.flops import run_flops
 from megatron_kd.models.params import count_parameters, human
 from megatron_kd.study import analysis, compute, compute_report, report_figures
 from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, record_outputs
-from megatron_kd.study.stats import point_key
+from megatron_kd.study.stats import is_auto, point_key
 from megatron_kd.study.table import read_table, write_table
 
 log = logging.getLogger("megatron_kd")
@@ -27,7 +27,7 @@ log = logging.getLogger("megatron_kd")
 POINT_FIELDS = {"name": str}
 POINT_OPTIONAL = {"student": str, "teacher": str, "alpha": float, "temperature": float, "kind": str,
                   "top_k": int, "teacher_tokens": (int, float), "teacher_cache": str, "cache_args": str,
-                  "alpha_schedule": str,
+                  "alpha_schedule": str, "auto_ceiling": float,
                   "teacher_model": str, "seed": int, "seed_varies": str, "baseline_steps": int,
                   "student_steps": int}
 _RERUN = "fix the line or re-run the point (`mkd sweep ... --local --only NAME`)"
@@ -215,6 +215,7 @@ def report_json(study: dict, sets: list[str]) -> dict:
         out["students"][student] = {
             "noise": st["noise"],
             "points": [{"teacher": p["teacher"], "alpha": p["alpha"], "alpha_schedule": p["alpha_schedule"],
+                        **({"auto_ceiling": p["auto_ceiling"]} if is_auto(p) else {}),
                         "temperature": p["temperature"], "kind": p["kind"], "seeds": p["seeds"], "runs": p["names"],
                         "loss": p["mean"], "gain": {s: {"gain": g["gain"], "se": g["se"], "df": g["df"],
                                                         "interval": g["interval"], "p": g["p"],
@@ -331,7 +332,7 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) ->
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
         f = compute.run_flops(r)
         table.append([md_text(r["name"]), md_text(r["student"]), md_text(r.get("teacher") or "(baseline)"),
-                      md_text(r.get("alpha_schedule") or _fmt(r.get("alpha"), 2)),
+                      md_text("auto" if is_auto(r) else r.get("alpha_schedule") or _fmt(r.get("alpha"), 2)),
                       _fmt(r.get("temperature"), 2), md_text(r.get("kind") or ""), md_text(r.get("seed", ""))]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
                      + [_fmt(r["val"].get(s)) for s in sets]

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from megatron_kd.study.report_output import figure_text
+from megatron_kd.study.stats import is_auto
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 LEGEND_INCHES = 2.8  # room right of the panels for the legends (a tight bounding box costs a second layout)
@@ -89,6 +90,8 @@ class Style:
 
 def alpha_text(p: dict) -> str:
     """A point's α as every figure names it: the value, or its schedule."""
+    if is_auto(p):
+        return "auto"
     if p.get("alpha_schedule"):
         return str(p["alpha_schedule"])
     return f"{p['alpha']:g}" if p.get("alpha") is not None else ""

@@ -6,12 +6,20 @@ from __future__ import annotations
 import math
 import statistics
 
+AUTO_FAMILY = "auto α"  # the comparison family of kd.auto points (their own residual variance)
+
+
+def is_auto(r: dict) -> bool:
+    """A kd.auto run or point (α set by the run; `auto_ceiling` its kd.alpha): no fixed α."""
+    return r.get("auto_ceiling") is not None
+
 
 def point_key(r: dict) -> tuple:
     """A sweep point's coordinates: every grid axis (seeds pooled), and a baseline's length when it
-    is not its student's KD length (compute.mark_baseline_lengths)."""
-    return (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"),
-            r.get("alpha_schedule"), r.get("baseline_tokens"))
+    is not its student's KD length (compute.mark_baseline_lengths); a kd.auto point's ceiling last."""
+    key = (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"),
+           r.get("alpha_schedule"), r.get("baseline_tokens"))
+    return key + (("auto", r["auto_ceiling"]),) if is_auto(r) else key
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

@@ -12,6 +12,7 @@ Sweep YAML:
     baseline_seeds: [1235]          # extra baseline seeds only (a cheaper noise band)
     baseline_steps: [100, 400]      # baselines at other lengths, each seed: the supervised
                                     # frontier `mkd report` compares KD's total compute with
+    auto_ceiling: 1.0               # kd.alpha of grid.alpha's `auto` points (default 1.0)
     grid:
       student: [models/cpu-small]               # model recipes
       steps: [100, 200, 400]                    # student budgets: each student at each length, its
@@ -23,7 +24,8 @@ Sweep YAML:
         models: {0.5b: models/llama3-0.5b}
         tokens: [5e9, 50e9]
         checkpoint: runs/teachers/{model}/checkpoints/tokens_{tokens}
-      alpha: [0.2, 0.5, 1.0]
+      alpha: [0.2, 0.5, 1.0, auto]              # auto: one kd.auto point per teacher (α set by
+                                                # the run; kd.alpha = the sweep's auto_ceiling, 1.0)
       alpha_schedule:                           # extra points per teacher: α over training
         - {alpha: 1.0, kind: cosine, final: 0.0}  # kd.alpha + kd.alpha_schedule.*
       temperature: [1.0]
@@ -50,9 +52,10 @@ from megatron_kd.console import NOTICES_SHOWN_ENV
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json
+from megatron_kd.study import sweep_spec
 from megatron_kd.study.jobs import Job, run_jobs
 from megatron_kd.study.sweep_progress import JobsProgress, following, say
-from megatron_kd.study.sweep_spec import GRID_KEYS, SWEEP_KEYS, cache_args, check_types, tokens_label
+from megatron_kd.study.sweep_spec import AUTO, GRID_KEYS, SWEEP_KEYS, cache_args, check_types, tokens_label
 
 PRIMARY_FILE = "primary.json"  # in a sweep directory: its `primary:` block
 MAX_POINTS = 10_000  # runs of one sweep; a paper-sized grid is a few hundred
@@ -214,6 +217,11 @@ def expand(spec: dict) -> list[Point]:
                 parts.append(f"a{_num(a['alpha'])}-{a['kind']}-{_num(a.get('final', a['alpha']))}")
                 meta["alpha_schedule"] = _schedule_label(a)
                 a = None
+            elif a == AUTO:  # α set by the run (kd.auto), kd.alpha its ceiling; named like the fixed values
+                ov += ["kd.auto.enabled=true", override("kd.alpha", sweep_spec.auto_ceiling(spec))]
+                parts.append(f"a{AUTO}")
+                meta["auto_ceiling"] = sweep_spec.auto_ceiling(spec)
+                a = None
             for key, val, tag in (("alpha", a, "a"), ("temperature", temp, "T"), ("kind", kind, ""),
                                   ("top_k", top_k, "topk")):
                 if val is not None:
@@ -259,7 +267,7 @@ def resolve_point(spec: dict, point: Point):
         cfg.logging.wandb.name = point.name
         cfg.logging.wandb.point = {k: v for k, v in point.meta.items()
                                    if k in ("student", "teacher", "teacher_tokens", "alpha", "alpha_schedule",
-                                            "temperature", "kind", "top_k", "seed", "seed_varies")}
+                                            "auto_ceiling", "temperature", "kind", "top_k", "seed", "seed_varies")}
     return cfg
 
 

@@ -14,7 +14,9 @@ TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "
 GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
 SCHEDULE_KEYS = {"alpha", "kind", "final", "warmup_fraction", "decay_fraction"}
 SWEEP_KEYS = {"name", "base", "out", "overrides", "seeds", "baseline", "baseline_seeds", "baseline_steps", "grid",
-              "data_seed", "power", "primary"}
+              "data_seed", "power", "primary", "auto_ceiling"}
+AUTO = "auto"  # grid.alpha's value for a kd.auto point (α set by the run, kd.alpha its ceiling)
+DEFAULT_AUTO_CEILING = 1.0
 POWER_KEYS = {"sigma", "sigma_ood", "require"}
 
 
@@ -45,9 +47,15 @@ def check_types(spec: dict, p: Path) -> None:
     grid = spec.get("grid")
     need(grid is None or isinstance(grid, dict), "grid", "a mapping of axes to lists")
     grid = grid or {}
-    for key, kinds in (("alpha", (int, float)), ("temperature", (int, float)), ("kind", str),
-                       ("top_k", int), ("student", str)):
+    for key, kinds in (("temperature", (int, float)), ("kind", str), ("top_k", int), ("student", str)):
         need(is_list(grid.get(key), kinds), f"grid.{key}", "a list of " + ("strings" if kinds is str else "numbers"))
+    need(is_list([a for a in grid.get("alpha") or [] if a != AUTO], (int, float)), "grid.alpha",
+         f"a list of numbers, and optionally `{AUTO}` (a kd.auto point per teacher)")
+    ceiling = spec.get("auto_ceiling")
+    need(ceiling is None or (_positive(ceiling) and ceiling <= 1), "auto_ceiling",
+         "a number in (0, 1]: kd.alpha of the `auto` points (the most KD weight kd.auto may give)")
+    need(ceiling is None or AUTO in (grid.get("alpha") or []), "auto_ceiling",
+         f"given with `{AUTO}` in grid.alpha (it is the ceiling of the auto points)")
     teachers = grid.get("teacher")
     need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
@@ -129,7 +137,17 @@ def check_primary(spec: dict, p: Path) -> None:
     grid = spec.get("grid") or {}
     teachers = grid_teacher_names(grid)
     controls = {t.get("name", "unigram") for t in grid.get("teacher") or [] if t.get("unigram")}
-    check_names(reg, f"sweep {p}", teachers, controls, alphas=grid.get("alpha") or [])
+    check_names(reg, f"sweep {p}", teachers, controls, alphas=fixed_alphas(grid))
+
+
+def fixed_alphas(grid: dict) -> list:
+    """grid.alpha's fixed values (without its `auto` point)."""
+    return [a for a in grid.get("alpha") or [] if a != AUTO]
+
+
+def auto_ceiling(spec: dict) -> float:
+    """kd.alpha of the sweep's `auto` points: the most KD weight kd.auto may give."""
+    return float(spec.get("auto_ceiling", DEFAULT_AUTO_CEILING))
 
 
 def grid_teacher_names(grid: dict) -> set[str]:

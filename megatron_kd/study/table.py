@@ -11,7 +11,9 @@ statistics. Columns (docs/report.md, "The results table"):
   when the readers have several lengths: this run's own pass over its share of the one made),
   temperature, kind, top_k, teacher_model, student_nonembedding_params and
   teacher_nonembedding_params (what `mkd fit` counts as N). Missing FLOPs are estimated as 6·N·D (training)
-  and 2·N·D (forward), and the report says so.
+  and 2·N·D (forward), and the report says so. A kd.auto run (α set by the run) has `auto` as its
+  alpha and its ceiling (kd.alpha) in an auto_ceiling column (default 1), which a table without
+  such runs does not have.
 
 Cells are checked where they enter, one line naming row and column: numbers finite and at most
 1e30 (whole where they count, not negative where they are sizes) and in the range `mkd fit` holds
@@ -33,6 +35,7 @@ from pathlib import Path
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.study.law import ROW_BOUNDS, checked_number
+from megatron_kd.study.stats import is_auto
 
 REQUIRED = ["run", "student", "student_params", "student_tokens", "teacher", "teacher_params", "teacher_tokens",
             "alpha", "alpha_schedule", "seed", "data_seed"]
@@ -47,6 +50,8 @@ _FIELD = {"run": "name", "flops": "student_flops"}
 _NON_NEGATIVE = {"student_params", "student_tokens", "teacher_params", "teacher_tokens", "flops",
                  "teacher_pretrain_flops", "teacher_pass_flops", "teacher_pass_shared_by", "top_k",
                  "student_nonembedding_params", "teacher_nonembedding_params"}
+AUTO = "auto"  # the alpha cell of a kd.auto run
+AUTO_COLUMN = "auto_ceiling"  # its kd.alpha; a column only where some run is one (older tables stay as they were)
 _LARGEST = 1e30  # no count or FLOPs is near it, and products of two stay finite
 _LARGEST_LOSS = 1e6  # nats/token: a loss of 10^308 is not a measurement (and overflows the statistics)
 TEXT = ("run", "student", "teacher", "alpha_schedule", "kind", "teacher_model")
@@ -82,11 +87,14 @@ def _cell(v, loss: bool = False) -> str:
 def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
     """The report's rows as the table: floats at full precision (a table read back gives the
     same report), names neutralised against spreadsheet formulas (FORMULA_START)."""
-    head = REQUIRED + [f"val/{s}" for s in sets] + [f"teacher_val/{s}" for s in sets] + OPTIONAL
+    auto = [AUTO_COLUMN] if any(is_auto(r) for r in rows) else []
+    head = REQUIRED + [f"val/{s}" for s in sets] + [f"teacher_val/{s}" for s in sets] + OPTIONAL + auto
     out = []
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r["name"])):
-        line = {c: _cell(r.get(_FIELD.get(c, c))) for c in REQUIRED + OPTIONAL}
+        line = {c: _cell(r.get(_FIELD.get(c, c))) for c in REQUIRED + OPTIONAL + auto}
         line["student_tokens"] = _cell(r.get("student_tokens", r.get("tokens")))
+        if is_auto(r):
+            line["alpha"] = AUTO
         if not r.get("teacher"):
             line["teacher"] = ""
         for s in sets:
@@ -171,7 +179,8 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
     if missing or not sets:
         what = f"missing column(s) {', '.join(missing)}" if missing else "no val/<set> column"
         raise ConfigError(f"{path}: {what}; {fix}")
-    unknown = [c for c in head if c not in REQUIRED + OPTIONAL and not c.startswith(("val/", "teacher_val/"))]
+    unknown = [c for c in head if c not in REQUIRED + OPTIONAL + [AUTO_COLUMN]
+               and not c.startswith(("val/", "teacher_val/"))]
     if unknown:
         raise ConfigError(f"{path}: unknown column(s) {', '.join(unknown)[:200]}; {fix}")
     rows, seen = [], {}
@@ -195,7 +204,9 @@ def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
         raise ConfigError(f"{where} column student: empty; {fix}")
     for col in REQUIRED[2:] + OPTIONAL:
         raw = (line.get(col) or "").strip()
-        if col in _NUMBERS and raw:
+        if col == "alpha" and raw == AUTO:
+            r["auto_ceiling"] = _auto_ceiling((line.get(AUTO_COLUMN) or "").strip(), where, fix)
+        elif col in _NUMBERS and raw:
             field = _FIELD.get(col, col)
             r[field] = _number(col, raw, where, fix)
             if field in ROW_BOUNDS:  # the range `mkd fit` holds it to (a temperature of 1e29 is no run's)
@@ -210,8 +221,30 @@ def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
                 r[into][s] = _loss(prefix + s, raw, where, fix)
     if not r["val"]:
         raise ConfigError(f"{where}: no val/<set> loss; {fix}")
+    if (line.get(AUTO_COLUMN) or "").strip() and not is_auto(r):
+        raise ConfigError(f"{where} column {AUTO_COLUMN}: given for a run whose alpha is not `{AUTO}`; leave it "
+                          "empty, or write `auto` in its alpha column")
     if not r.get("teacher"):
+        if is_auto(r):
+            raise ConfigError(f"{where} column alpha: `{AUTO}` for a baseline (no teacher); give 0 or empty")
         r["teacher"] = None
-    elif r.get("alpha") is None and not r.get("alpha_schedule"):
-        raise ConfigError(f"{where} column alpha: empty for a KD run; give α or an alpha_schedule label")
+    elif r.get("alpha") is None and not r.get("alpha_schedule") and not is_auto(r):
+        raise ConfigError(f"{where} column alpha: empty for a KD run; give α, `{AUTO}` (kd.auto) or an "
+                          "alpha_schedule label")
+    elif is_auto(r) and r.get("alpha_schedule"):
+        raise ConfigError(f"{where} column alpha_schedule: given for a kd.auto run (alpha `{AUTO}`); leave it empty")
     return r
+
+
+def _auto_ceiling(raw: str, where: str, fix: str) -> float:
+    """A kd.auto run's ceiling (its kd.alpha): a number in (0, 1], 1 when the cell is empty."""
+    if not raw:
+        return 1.0
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= 1:
+        raise ConfigError(f"{where} column {AUTO_COLUMN}: {raw[:40]!r} is not a number in (0, 1] (kd.alpha of a "
+                          f"kd.auto run); {fix}")
+    return v
