@@ -10,7 +10,8 @@ Hugging Face model. Layout of RUN_DIR/checkpoints:
     step_0000500/        final, always kept
     latest               name of the newest complete checkpoint (written last)
 Each checkpoint holds megatron-core's sharded files, `mkd_state.json` (step, consumed samples,
-tokens, kind, layout, padded vocabulary, tokenizer, every file's size and checksum),
+tokens, kind, layout, padded vocabulary, tokenizer, every file's size and checksum; a KD run's
+objective state per rank, `kd_objective`),
 `config.yaml` (the config it was made with), the tokenizer file, and for a run's saves the
 scheduler state and `rng/rank*.pt`. It is written into NAME.partial and renamed into place when
 complete, so a process killed mid-save leaves the previous checkpoint intact.
@@ -26,7 +27,7 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,6 +71,7 @@ class CheckpointInfo:
     tokens: int
     kind: str
     resumed: bool = False  # the whole training state (optimizer, LR schedule, RNG); False: weights only
+    state: dict = field(default_factory=dict, repr=False, compare=False)  # its state file, as read
 
 
 def _barrier():
@@ -83,6 +85,15 @@ def _rank() -> int:
 
 def _world() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def _gathered(value) -> list | None:
+    """Collective: every rank's `value` (plain data), in rank order, on rank 0 (None elsewhere)."""
+    if not torch.distributed.is_initialized():
+        return [value]
+    out = [None] * _world() if _rank() == 0 else None
+    torch.distributed.gather_object(value, out, dst=0)
+    return out
 
 
 def sharded_state(model_chunks, optimizer=None, is_loading: bool = False) -> dict:
@@ -258,6 +269,7 @@ class Checkpointer:
         position is returned, not set: the caller starts `state` at `info.step`."""
         if resume_from is not None:
             info = load_checkpoint(resume_from, state)
+            self._restore_objective(getattr(state, "kd_objective", None), info)
             log.info("resumed from %s at step %d (%d tokens)", resume_from, info.step, info.tokens)
             return info
         if self.cfg.checkpoint.load:
@@ -265,6 +277,35 @@ class Checkpointer:
             log.info("initial weights from %s (step %d)", self.cfg.checkpoint.load, info.step)
             return info
         return None
+
+    def _restore_objective(self, objective, info: CheckpointInfo) -> None:
+        """The KD objective's running state as this rank saved it (kd.auto's advantage trend:
+        each rank keeps its own, from the micro-batches it saw), so a resumed run sets the same
+        α as an uninterrupted one. At another world size or layout the rank that saved it may
+        not exist: as with the RNG the run cannot continue exactly, and every rank takes the
+        first saved state that has moved from a fresh objective's (a last pipeline stage's).
+        A checkpoint without it (written before it was saved, or by a run without KD) resumes a
+        kd.auto run with a warning, its trend started again from α = kd.alpha: refusing would
+        strand runs saved before, and the trend forgets its start within a few steps."""
+        if objective is None:
+            return
+        saved = info.state.get("kd_objective")
+        if saved is None:
+            if self.cfg.kd.auto.enabled:
+                log.warning("checkpoint %s holds no KD objective state: kd.auto's advantage trend starts again "
+                            "(alpha from kd.alpha=%g), so the run does not continue exactly as it would have",
+                            info.path, self.cfg.kd.alpha)
+            return
+        if not isinstance(saved, list) or not saved:
+            raise ConfigError(f"checkpoint {info.path} is damaged: its kd_objective is not a list of states, one per "
+                              "rank; delete it to resume from an earlier checkpoint")
+        par = self.cfg.parallel
+        same = info.state.get("parallel") == {"tp": par.tp, "pp": par.pp, "vpp": par.vpp} and len(saved) == _world()
+        mine = saved[_rank()] if same else next((s for s in saved if s != objective.state_dict()), saved[0])
+        try:
+            objective.load_state_dict(mine)
+        except ValueError as exc:
+            raise ConfigError(f"checkpoint {info.path}: {exc}") from exc
 
     # --- policy -------------------------------------------------------------------------
     def due(self, step: int, total: int, preempted: bool = False) -> list[SaveDue]:
@@ -299,10 +340,13 @@ class Checkpointer:
             (stage / "rng").mkdir(exist_ok=True)
             torch.save(_rng_state(), stage / "rng" / f"rank{_rank()}.pt")
 
+        objective = getattr(state, "kd_objective", None)
+        extra = {} if objective is None else {"kd_objective": _gathered(objective.state_dict())}
         record = checkpoint_record(self.cfg, due.kind, step=state.step, consumed_samples=state.consumed_samples,
                                    tokenizer=state.tokenizer_info, scheduler=state.scheduler.state_dict(),
                                    teacher=state.teacher_identity,
-                                   data=self.data_identity() if _rank() == 0 else None)  # rank 0 writes it
+                                   data=self.data_identity() if _rank() == 0 else None,  # rank 0 writes it
+                                   **extra)
         final = write_checkpoint(self.root / due.name, self.cfg, record, write_shards, tokenizer_file, self.save_hook)
         if _rank() == 0:
             write_text_atomic(self.root / LATEST, due.name)
@@ -362,4 +406,4 @@ def load_checkpoint(path: Path, state, load_optimizer: bool = True) -> Checkpoin
                                   "or corrupt: resume from another one") from exc
             _set_rng_state(rng)
     return CheckpointInfo(path, meta["step"], meta["consumed_samples"], meta["tokens"], meta["kind"],
-                          resumed=optimizer is not None)
+                          resumed=optimizer is not None, state=meta)

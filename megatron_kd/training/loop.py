@@ -164,6 +164,7 @@ def run_training(cfg: RunConfig, checkpointer: Checkpointer, checked: CheckedLau
     state = build_train_state(cfg, teacher=teacher_chunks(run), profiler=profiler)
     state.tokenizer_info = tokenizer.describe()
     state.teacher_identity = teacher_identity(cfg)
+    state.kd_objective = ctx.kd  # the objective the steps use: its state is saved and resumed
     total = train_steps(cfg)
     start = checkpointer.load(state, run.resume_from)
     if start is not None and start.resumed:  # the step and data position it was saved at

@@ -23,6 +23,9 @@ class TrainState:
     consumed_samples: int = 0
     tokenizer_info: dict | None = None  # recorded in checkpoints
     teacher_identity: dict | None = None  # recorded in checkpoints: a resume must name the same teacher
+    # the run's KD objective (distill.objective.KDObjective; None without KD): its running state
+    # (kd.auto's advantage trend) is saved with each checkpoint and restored on resume
+    kd_objective: Any = None
     schedule_kwargs: dict = field(default_factory=dict)  # extra arguments of the pipeline schedule
 
 
