@@ -1,4 +1,4 @@
-"""Hugging Face <-> megatron-core checkpoints for Llama-family, Qwen3 and Qwen3-MoE models.
+"""Hugging Face <-> megatron-core checkpoints for Llama-family, Qwen3, Qwen3-MoE and Mixtral models.
 
 hf_to_mcore: a HF directory (config.json, *.safetensors [+ index], tokenizer files) becomes a
 megatron_kd checkpoint directory: megatron-core dist_checkpointing files (reshardable: they load
@@ -21,6 +21,7 @@ import torch
 from megatron_kd.config.schema import ModelConfig
 from megatron_kd.config.validate import moe_layers
 from megatron_kd.errors import ConfigError
+from megatron_kd.models.hf_config import hf_moe_family
 
 log = logging.getLogger("megatron_kd.convert")
 
@@ -29,6 +30,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 # --- tensor name and layout mapping -------------------------------------------------------
+
+# A SwiGLU MLP's gate, up and down projections: Llama's and Qwen's (and each Qwen3-MoE expert's)
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+# An MoE layer's Hugging Face names: the sparse block (its router is BLOCK.gate) and an expert's
+# gate, up and down projections (BLOCK.experts.E.NAME)
+MOE_NAMES = {"qwen3_moe": ("mlp.", MLP_NAMES), "mixtral": ("block_sparse_moe.", ("w1", "w3", "w2"))}
 
 def _qkv_from_hf(q, k, v, m: ModelConfig) -> torch.Tensor:
     """megatron-core's fused QKV: per query group, its query heads then one key and one value."""
@@ -51,8 +58,8 @@ def _qkv_to_hf(qkv, m: ModelConfig):
 def _layer_pairs(i: int, m: ModelConfig, moe: bool) -> list[tuple[str, tuple[str, ...]]]:
     """Layer i's tensors: (megatron name, HF names). One HF name is copied as it is; two are
     SwiGLU's gate and up, concatenated into megatron's linear_fc1; three are q, k and v, fused.
-    An MoE layer (Qwen3-MoE's sparse block) has a router and the routed experts in place of the
-    MLP; at EP=1 megatron-core names its experts local_experts.0 .. num_experts - 1."""
+    An MoE layer (Qwen3-MoE's or Mixtral's sparse block) has a router and the routed experts in
+    place of the MLP; at EP=1 megatron-core names its experts local_experts.0 .. num_experts - 1."""
     h, mc = f"model.layers.{i}.", f"decoder.layers.{i}."
     out = [(mc + "input_layernorm.weight", (h + "input_layernorm.weight",)),
            (mc + "self_attention.linear_qkv.weight",
@@ -62,13 +69,14 @@ def _layer_pairs(i: int, m: ModelConfig, moe: bool) -> list[tuple[str, tuple[str
     if m.qk_layernorm:
         out += [(mc + "self_attention.q_layernorm.weight", (h + "self_attn.q_norm.weight",)),
                 (mc + "self_attention.k_layernorm.weight", (h + "self_attn.k_norm.weight",))]
-    mlps = [(mc + "mlp.", h + "mlp.")]
+    mlps, (gate, up, down) = [(mc + "mlp.", h + "mlp.")], MLP_NAMES
     if moe:
-        out.append((mc + "mlp.router.weight", (h + "mlp.gate.weight",)))
-        mlps = [(mc + f"mlp.experts.local_experts.{e}.", h + f"mlp.experts.{e}.") for e in range(m.moe.num_experts)]
+        block, (gate, up, down) = MOE_NAMES[hf_moe_family(m)]
+        out.append((mc + "mlp.router.weight", (h + block + "gate.weight",)))
+        mlps = [(mc + f"mlp.experts.local_experts.{e}.", h + f"{block}experts.{e}.") for e in range(m.moe.num_experts)]
     for ours, theirs in mlps:
-        out += [(ours + "linear_fc1.weight", (theirs + "gate_proj.weight", theirs + "up_proj.weight")),
-                (ours + "linear_fc2.weight", (theirs + "down_proj.weight",))]
+        out += [(ours + "linear_fc1.weight", (theirs + gate + ".weight", theirs + up + ".weight")),
+                (ours + "linear_fc2.weight", (theirs + down + ".weight",))]
     return out
 
 

@@ -40,7 +40,7 @@ def _ensure_process_group(seed: int = 0) -> None:
 
 
 def hf_to_mcore(hf_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:
-    """Convert a HF Llama/Qwen3/Qwen3-MoE directory into a megatron_kd checkpoint directory."""
+    """Convert a HF Llama/Qwen3/Qwen3-MoE/Mixtral directory into a megatron_kd checkpoint directory."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_cfg = read_hf_config(hf_dir)
     model_cfg = hf_to_model_config(hf_cfg, hf_dir.name)

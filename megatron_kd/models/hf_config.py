@@ -1,4 +1,4 @@
-"""A Hugging Face `config.json` <-> our typed ModelConfig (Llama, Qwen3, Qwen3-MoE): the
+"""A Hugging Face `config.json` <-> our typed ModelConfig (Llama, Qwen3, Qwen3-MoE, Mixtral): the
 architecture facts only, no weights and no torch, so checkpoint references and pair checks can
 read an HF directory without the converter."""
 
@@ -12,7 +12,7 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.jsonio import read_json
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2",
-             "Qwen3MoeForCausalLM": "qwen3_moe"}
+             "Qwen3MoeForCausalLM": "qwen3_moe", "MixtralForCausalLM": "mixtral"}
 HF_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -44,8 +44,8 @@ def _rope(cfg: dict) -> tuple[float, bool, float]:
 
 
 def hf_num_experts(cfg: dict) -> int:
-    """Routed experts of a Qwen3-MoE config.json: the hub's files say num_experts, transformers 5
-    writes num_local_experts."""
+    """Routed experts of a Qwen3-MoE or Mixtral config.json: Qwen3-MoE's files on the hub say
+    num_experts, transformers 5 and Mixtral's say num_local_experts."""
     return int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
 
 
@@ -69,17 +69,42 @@ def _moe_from_hf(cfg: dict) -> MoEConfig:
                      aux_loss_coeff=float(cfg.get("router_aux_loss_coef") or 0.0))
 
 
+def _mixtral_moe(cfg: dict) -> MoEConfig:
+    """Mixtral's sparse blocks as model.moe: every layer, experts of intermediate_size, and the
+    top k of a softmax over all experts renormalised, which is a softmax over the k largest
+    logits (pre_softmax=false)."""
+    topk, jitter = cfg.get("num_experts_per_tok", 2), float(cfg.get("router_jitter_noise") or 0.0)
+    if topk == 1:
+        raise ConfigError("Mixtral with num_experts_per_tok=1 (every routing weight exactly 1) is not supported: "
+                          "megatron-core's top-1 softmax router needs routing weights that are not renormalised")
+    if jitter:
+        raise ConfigError(f"unsupported router_jitter_noise={jitter} in config.json (Mixtral's training-time "
+                          "noise on the router's input); set it to 0.0")
+    return MoEConfig(num_experts=hf_num_experts(cfg), router_topk=topk, ffn_hidden_size=cfg["intermediate_size"],
+                     layer_freq=1, pre_softmax=False, aux_loss_coeff=float(cfg.get("router_aux_loss_coef") or 0.0))
+
+
+def hf_moe_family(m: ModelConfig) -> str:
+    """The Hugging Face family an MoE model is read and written as: Qwen3-MoE normalises queries
+    and keys, Mixtral does not (as dense models are Qwen3 or Llama)."""
+    return "qwen3_moe" if m.qk_layernorm else "mixtral"
+
+
 def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
     arch = SUPPORTED[cfg["architectures"][0]]
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     if arch == "qwen2" or cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ConfigError(f"unsupported Hugging Face model {cfg['architectures'][0]} with biases; "
-                          "megatron_kd's llama-style models have no biases (Llama, Qwen3, Qwen3-MoE)")
+                          "megatron_kd's llama-style models have no biases (Llama, Qwen3, Qwen3-MoE, Mixtral)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"unsupported activation {cfg.get('hidden_act')}; SwiGLU (silu) only")
-    if cfg.get("use_sliding_window"):
-        raise ConfigError("unsupported sliding-window attention (use_sliding_window=true in config.json); "
+    # Qwen's files carry a sliding_window that use_sliding_window=false leaves unused; Mixtral's applies when set
+    window = "use_sliding_window=true" if cfg.get("use_sliding_window") else None
+    if arch == "mixtral" and cfg.get("sliding_window"):
+        window = f"sliding_window={cfg['sliding_window']}"
+    if window:
+        raise ConfigError(f"unsupported sliding-window attention ({window} in config.json); "
                           "megatron_kd's models attend over the whole sequence")
     if cfg.get("quantization_config"):
         raise ConfigError(f"unsupported quantized checkpoint ({cfg['quantization_config'].get('quant_method', '?')}"
@@ -96,23 +121,38 @@ def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
         untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", False),
         qk_layernorm=arch in ("qwen3", "qwen3_moe"), norm_epsilon=cfg.get("rms_norm_eps", 1e-5),
         init_method_std=cfg.get("initializer_range", 0.02),
-        moe=_moe_from_hf(cfg) if arch == "qwen3_moe" else MoEConfig())
+        moe={"qwen3_moe": _moe_from_hf, "mixtral": _mixtral_moe}.get(arch, lambda _: MoEConfig())(cfg))
+
+
+def _refuse_unwritable(m: ModelConfig, family: str) -> None:
+    """One line naming what `family` (Qwen3-MoE or Mixtral) cannot express of model.moe."""
+    moe, title = m.moe, {"qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral"}[family]
+    cannot = [why for bad, why in (
+        (moe.score_function != "softmax", f"model.moe.score_function={moe.score_function} ({title} routes by softmax)"),
+        (moe.shared_expert_ffn_hidden_size,
+         f"a shared expert (model.moe.shared_expert_ffn_hidden_size; {title} has none)"),
+        (family == "mixtral" and moe.pre_softmax,
+         "model.moe.pre_softmax=true (Mixtral renormalises its top-k routing weights: pre_softmax=false)"),
+        (family == "mixtral" and not all(moe_layers(m)),
+         "a dense layer (model.moe.layer_freq; every Mixtral layer is an MoE layer)"),
+    ) if bad]
+    if cannot:
+        hint = "; a model with model.qk_layernorm=true is written as Qwen3-MoE" if family == "mixtral" else ""
+        raise ConfigError(f"model {m.name} cannot be written as Hugging Face {title}: {'; '.join(cannot)}{hint}")
 
 
 def _moe_to_hf(m: ModelConfig) -> dict:
-    """Qwen3-MoE's config.json fields for model.moe, refusing in one line what Qwen3-MoE cannot
-    express. (capacity_factor, token_dispatcher and z_loss_coeff are how training routes, not
-    what the weights compute: transformers' model is dropless.)"""
-    moe = m.moe
-    cannot = [why for bad, why in (
-        (not m.qk_layernorm, "model.qk_layernorm=false (Qwen3-MoE always normalises queries and keys)"),
-        (moe.score_function != "softmax",
-         f"model.moe.score_function={moe.score_function} (Qwen3-MoE routes by softmax)"),
-        (moe.shared_expert_ffn_hidden_size, "a shared expert (model.moe.shared_expert_ffn_hidden_size; Qwen3-MoE "
-                                            "has none)"),
-    ) if bad]
-    if cannot:
-        raise ConfigError(f"model {m.name} cannot be written as Hugging Face Qwen3-MoE: {'; '.join(cannot)}")
+    """Qwen3-MoE's or Mixtral's config.json fields for model.moe, refusing in one line what that
+    family cannot express. (capacity_factor, token_dispatcher and z_loss_coeff are how training
+    routes, not what the weights compute: transformers' model is dropless.)"""
+    moe, family = m.moe, hf_moe_family(m)
+    _refuse_unwritable(m, family)
+    if family == "mixtral":
+        return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                "num_local_experts": moe.num_experts, "num_experts_per_tok": moe.router_topk,
+                "intermediate_size": moe.ffn_hidden_size or m.ffn_hidden_size,
+                "router_aux_loss_coef": moe.aux_loss_coeff, "router_jitter_noise": 0.0,
+                "output_router_logits": False, "sliding_window": None}
     return {
         "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
         "num_experts": moe.num_experts, "num_experts_per_tok": moe.router_topk,
