@@ -163,7 +163,8 @@ def run_training(cfg: RunConfig, checkpointer: Checkpointer, checked: CheckedLau
     tokenizer = load_tokenizer(cfg)
     state = build_train_state(cfg, teacher=teacher_chunks(run), profiler=profiler)
     state.tokenizer_info = tokenizer.describe()
-    state.teacher_identity = teacher_identity(cfg)
+    # what its checkpoints record as the teacher: read once per launch (by its checks, else here)
+    state.teacher_identity = run.teacher_identity if run.teacher_identity is not None else teacher_identity(cfg)
     state.kd_objective = ctx.kd  # the objective the steps use: its state is saved and resumed
     total = train_steps(cfg)
     start = checkpointer.load(state, run.resume_from)

@@ -21,7 +21,7 @@ from megatron_kd.config.validate import train_steps
 from megatron_kd.data.datasets import check_prefix, load_tokenizer
 from megatron_kd.data.identity import check_resume_data
 from megatron_kd.distill.cache_checks import check_run
-from megatron_kd.distill.teacher import check_same_teacher, resolve_teacher
+from megatron_kd.distill.teacher import check_same_teacher, resolve_teacher, teacher_identity
 from megatron_kd.errors import ConfigError
 from megatron_kd.training.memory import GiB, estimate
 from megatron_kd.training.metrics import import_wandb
@@ -161,4 +161,5 @@ def preflight_train(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool 
     check_run_dir(cfg, overwrite, delete=False)
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)
-    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite), teacher_checked=True)
+    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite), teacher_checked=True,
+                         teacher_identity=teacher_identity(cfg))

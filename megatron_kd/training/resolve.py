@@ -51,6 +51,7 @@ class CheckedLaunch:
     teacher: Teacher | None = None
     verified: dict[Path, dict] = field(default_factory=dict)  # checkpoint -> its verified state
     teacher_checked: bool = False  # the teacher passed the launch's checks (resolved here unchecked)
+    teacher_identity: dict | None = None  # what the launch's checks found the run learns from (None: not read)
 
     def checkpoint_state(self, path: Path) -> dict:
         """`path`'s state file, verified (every file whole and unchanged) by the launch or now."""
@@ -63,6 +64,9 @@ class ResolvedRun:
     cfg: RunConfig  # model.padded_vocab_size as the weights and the teacher need it
     resume_from: Path | None  # the Checkpointer's resume point (checkpoint.resume), or None
     teacher: Teacher | None  # None without KD
+    # what its checkpoints record as its teacher (distill.teacher.teacher_identity), as the launch's
+    # checks read it; None: not read yet (a rank the launcher started, a run without a launch)
+    teacher_identity: dict | None = None
 
 
 def resolve_run(cfg: RunConfig, checkpointer: Checkpointer | None = None, checked: CheckedLaunch | None = None,
@@ -87,7 +91,7 @@ def resolve_run(cfg: RunConfig, checkpointer: Checkpointer | None = None, checke
             model = dataclasses.replace(model, padded_vocab_size=both)
         if teacher.model is not None and teacher.model.padded_vocab_size != both:
             teacher = dataclasses.replace(teacher, model=dataclasses.replace(teacher.model, padded_vocab_size=both))
-    return ResolvedRun(dataclasses.replace(cfg, model=model), resume_from, teacher)
+    return ResolvedRun(dataclasses.replace(cfg, model=model), resume_from, teacher, checked.teacher_identity)
 
 
 def _teacher(cfg: RunConfig, checked: CheckedLaunch) -> tuple[Teacher | None, int | None]:

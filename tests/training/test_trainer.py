@@ -307,3 +307,11 @@ def test_faults_are_read_once_and_absent_by_default():
     assert torch.equal(p.main_grad, torch.zeros(2))
     poison.pre_optim_step(trainer, 3)
     assert torch.isnan(p.main_grad).all()
+
+
+def test_the_teacher_identity_the_launch_read_is_handed_down():
+    from megatron_kd.training import resolve
+
+    launch = resolve.CheckedLaunch(teacher_checked=True, teacher_identity={"checkpoint": "/t", "step": 3})
+    assert resolve.resolve_run(_cfg(), checked=launch, resume=False).teacher_identity == {"checkpoint": "/t", "step": 3}
+    assert resolve.resolve_run(_cfg(), resume=False).teacher_identity is None  # not read: the run reads it
