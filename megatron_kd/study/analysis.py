@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import math
 
+from megatron_kd.errors import ConfigError
 from megatron_kd.models.params import human
+from megatron_kd.study.auto_test import auto_test
 from megatron_kd.study.claims import CLAIMS, ES_KEY, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
+from megatron_kd.study.primary import current, parse_auto
 from megatron_kd.study.report_output import md_text
 from megatron_kd.study.stats import AUTO_FAMILY, is_auto, point_key
 
@@ -140,7 +143,7 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
                          ES_KEY: {k: v for k, (v, _) in es[test].items()}}
                 es_fits[test] = PairedFit(cells, baseline, fam)  # ES_KEY: shared, like the baseline
         controls = sorted({p["teacher"] for p in kd if is_control(p)})
-        out["students"][student] = {
+        st = out["students"][student] = {
             "baseline": baseline, "fits": fits, "zfits": zfits, "points": points,
             "noise": {s: {"sigma": f.sigma, "df": f.df, "source": f.source,
                           **(f.families.summary() if f.families and f.families.active else {})}
@@ -150,7 +153,19 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
             "controls": controls,
             "claims": read_claims(kd, fits, zfits, baseline, id_set, verdict_ood, level, equivalence, n_boot,
                                   controls=controls, dev_of=dev_of, es_fits=es_fits)}
+        st["auto"] = auto_test(st, id_set, verdict_ood, level, registered_auto(sets), controls)
     return out
+
+
+def registered_auto(sets: list[str]) -> dict | None:
+    """The registered kd.auto test's entry (primary.auto of the block `primary.registered` holds),
+    its set checked against these runs' sets; None when none is registered."""
+    block, source = current() or (None, "")
+    entry = parse_auto(block, source)
+    if entry is not None and entry["set"] not in sets:
+        raise ConfigError(f"{source}: primary.auto's set {entry['set']!r} is not a validation set of these runs "
+                          f"({', '.join(sets)[:300]})")
+    return entry
 
 
 def alpha_label(p: dict) -> str:

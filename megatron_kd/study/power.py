@@ -43,6 +43,8 @@ from scipy.stats import t as t_dist
 
 from megatron_kd.errors import ConfigError, MKDError
 from megatron_kd.study.analysis import split_sets, test_sets
+from megatron_kd.study.auto_test import MARGIN_FLOOR as AUTO_MARGIN_FLOOR
+from megatron_kd.study.auto_test import ONE_SIDED as AUTO_ONE_SIDED
 from megatron_kd.study.primary import describe_alphas
 from megatron_kd.study.stats import AUTO_FAMILY, is_auto
 from megatron_kd.study.sweep import resolve_point
@@ -85,6 +87,7 @@ class StudentDesign:
     seeds_of: dict = field(default_factory=dict)
     kd: list = field(default_factory=list)  # fixed-α KD points: {key, teacher, alpha, control, model, tokens}
     family_of: dict = field(default_factory=dict)  # key -> its comparison family (None: the baseline, shared)
+    auto: list = field(default_factory=list)  # kd.auto points: {key, teacher}
 
     def fixed_alpha(self) -> StudentDesign:
         """The design of the fixed-α family's own fit: its points and the shared baseline."""
@@ -107,6 +110,8 @@ def designs_of(points) -> dict:
             d.kd.append({"key": key, "teacher": meta["teacher"], "alpha": float(meta["alpha"]),
                          "control": bool(p.teacher.get("unigram")), "model": meta.get("teacher_model"),
                          "tokens": meta.get("teacher_tokens")})
+        if p.teacher is not None and is_auto(meta) and not p.teacher.get("unigram") and len(d.seeds_of[key]) == 1:
+            d.auto.append({"key": key, "teacher": meta["teacher"]})
     return {s: d for s, d in out.items() if d.baseline in d.seeds_of}
 
 
@@ -393,6 +398,24 @@ def smallest_spearman_p(k: int, levels: int) -> float:
     return math.prod(math.factorial(n) for n in sizes) / math.factorial(k)
 
 
+def auto_rows(c: Context, entry: dict | None) -> list[dict]:
+    """The kd.auto test's per-teacher MDE (auto_test.py): a paired (auto − reference) difference over
+    the auto point's seeds, SE σ·√(2/n), one-sided at its registered 0.05, and the margin it sets,
+    max(floor, MDE): the registered `primary.auto` ({set, margin}), else the in-domain set and 0.01."""
+    s = (entry or {}).get("set", c.id_set)
+    floor = (entry or {}).get("margin", AUTO_MARGIN_FLOOR)
+    tag = " (registered)" if entry else ""
+    rows = []
+    for p in c.design.auto:
+        n = len(c.design.seeds_of[p["key"]])
+        row = _row(f"kd.auto not worse than the grid{tag}: {p['teacher']}", s, 1, AUTO_ONE_SIDED,
+                   (math.sqrt(2 / n), c.matrix.df), c.sigma(s))
+        if row["mde"] is not None:
+            row["note"] = f"margin max({floor:g}, MDE) = {max(floor, row['mde']):.3f}; {n} seeds"
+        rows.append(row)
+    return rows
+
+
 def testable_claims(design: StudentDesign, ood_sets: list) -> int:
     """m of Holm's first step: the claims this design can test (claim 1 counted whenever a real
     teacher exists: whether one is weak is known only after the teachers' evaluation)."""
@@ -402,11 +425,12 @@ def testable_claims(design: StudentDesign, ood_sets: list) -> int:
 
 
 def student_power(design: StudentDesign, noise: Noise, sets: list, level: float = LEVEL, weak: int | None = None,
-                  equivalence: float = EQUIVALENCE, primary: dict | None = None) -> dict:
+                  equivalence: float = EQUIVALENCE, primary: dict | None = None, auto: dict | None = None) -> dict:
     """{student, df, holm_m, rows, warnings} for one student's design. `weak`: the weak teachers
     assumed (None: 1 for the unregistered claim 1, every listed one for a registered `weak`);
     `primary`: {claim: its registered entry} (primary.parse_primary): those claims are priced as
-    their one registered test."""
+    their one registered test; `auto`: the registered `primary.auto` entry (the kd.auto points' test
+    is priced per teacher whenever the design has them)."""
     id_set, ood = split_sets(sets)
     ood_sets, _ = test_sets(ood)
     matrix = DesignMatrix(design.fixed_alpha())
@@ -424,5 +448,6 @@ def student_power(design: StudentDesign, noise: Noise, sets: list, level: float 
     for part in parts:
         rows += part[0]
         warnings += part[1]
+    rows += auto_rows(c, auto)
     return {"student": design.student, "df": matrix.df, "holm_m": c.holm_m, "id_set": id_set,
             "ood_sets": ood_sets, "rows": rows, "warnings": warnings}

@@ -10,7 +10,7 @@ from pathlib import Path
 from megatron_kd.errors import ConfigError
 from megatron_kd.study.analysis import analyse, split_sets, test_sets
 from megatron_kd.study.power import EQUIVALENCE, FIXED_ALPHA, LEVEL, Noise, designs_of, sets_of, student_power
-from megatron_kd.study.primary import check_names, parse_primary
+from megatron_kd.study.primary import check_names, parse_auto, parse_primary
 from megatron_kd.study.report import collect
 from megatron_kd.study.sweep import expand
 from megatron_kd.study.table import read_table
@@ -70,7 +70,8 @@ def sweep_power(spec: dict, noise: Noise, level: float = LEVEL, weak: int | None
     sets = sets_of(spec, points)
     designs = designs_of(points).values()
     reg = registered_in(spec, designs, sets)
-    return [student_power(d, noise, sets, level, weak, equivalence, reg) for d in designs]
+    auto = parse_auto(spec.get("primary"), f"sweep {spec.get('_path', spec.get('name'))}")
+    return [student_power(d, noise, sets, level, weak, equivalence, reg, auto) for d in designs]
 
 
 def registered_in(spec: dict, designs, sets: list) -> dict:

@@ -5,12 +5,15 @@ test each claim's verdict reads, in place of the largest of many comparisons:
       claim 1: {teachers: weak, alpha: [0.2, 0.5], set: indomain}  # the mean paired gain over those points > 0
       claim 2: {axis: [tiny@1ep, tiny@4ep]}   # the last step of this one axis (weakest teacher first)
       claim 3: {set: ood_test}                # the mean (OOD − in-domain) gain on this OOD test set > 0
+      auto: {set: indomain, margin: 0.01}     # kd.auto against each teacher's best grid point (auto_test.py)
 
 claim 1's `teachers` is `weak` (the teachers whose in-domain loss is above the student's
 baseline, decided when the report reads the runs) or a list of teacher names; its contrast is the
 baseline's loss minus the mean loss over those teachers × α on `set`. A registered claim is one
 test: no Bonferroni within the claim; Holm over the claims as before (claims.read_claims).
-Claims without an entry keep their multi-comparison test; claim 4 has one test already.
+Claims without an entry keep their multi-comparison test; claim 4 has one test already. `auto`
+registers the test of a sweep's `auto` points (study/auto_test.py), outside the claims' Holm family:
+the set it reads and the floor of its non-inferiority margin (parse_auto).
 
 `mkd report --primary SWEEP.yaml` reads the block for one report (`registered`: the report's
 pipeline between the command and claims.read_claims carries no claim options, so a context
@@ -28,6 +31,10 @@ ENTRY_KEYS = {1: ("teachers", "alpha", "set"), 2: ("axis",), 3: ("set",)}
 CLAIM_KEYS = {f"claim {k}": k for k in ENTRY_KEYS}
 EXAMPLE = "{'claim 1': {teachers: weak, alpha: [0.2, 0.5], set: indomain}, 'claim 2': {axis: [T1, T2]}, " \
           "'claim 3': {set: ood_test}}"
+
+AUTO_KEY = "auto"  # the kd.auto test's entry: not a claim
+AUTO_ENTRY_KEYS = ("set", "margin")
+MAX_AUTO_MARGIN = 1.0  # nats: a margin past any loss gap would call every kd.auto run "not worse"
 
 _REGISTERED: ContextVar = ContextVar("registered primary contrasts", default=None)
 
@@ -47,10 +54,14 @@ def parse_primary(primary, where: str) -> dict[int, dict]:
         raise ConfigError(f"{where}: `primary` must be a mapping of claims to their registered contrasts, "
                           f"e.g. {EXAMPLE}")
     out = {}
+    parse_auto(primary, where)  # its shape; the claims' entries follow
     for key, entry in primary.items():
+        if key == AUTO_KEY:
+            continue
         if key not in CLAIM_KEYS:
             extra = " (claim 4 is one test already: Spearman's ρ)" if key == "claim 4" else ""
-            raise ConfigError(f"{where}: unknown key {key!r} in `primary`{extra}; valid: {', '.join(CLAIM_KEYS)}")
+            raise ConfigError(f"{where}: unknown key {key!r} in `primary`{extra}; valid: {', '.join(CLAIM_KEYS)}, "
+                              f"{AUTO_KEY}")
         claim = CLAIM_KEYS[key]
         keys = ENTRY_KEYS[claim]
         if not isinstance(entry, dict):
@@ -87,6 +98,21 @@ def _entry(claim: int, key: str, entry: dict, where: str) -> dict:
              "a list of two or more distinct teacher names, weakest first")
         return {"axis": tuple(axis)}
     return {"set": entry["set"]}
+
+
+def parse_auto(primary, where: str) -> dict | None:
+    """The `auto: {set: SET, margin: NATS}` entry of a `primary:` block (None without one): the set
+    the kd.auto test reads and its margin's floor, in (0, MAX_AUTO_MARGIN] nats."""
+    if not isinstance(primary, dict) or AUTO_KEY not in primary:
+        return None
+    entry = primary[AUTO_KEY]
+    shape = (f"a mapping {{set: SET, margin: NATS}} (the set the kd.auto test reads, the floor of its margin in "
+             f"(0, {MAX_AUTO_MARGIN:g}] nats), e.g. {{set: indomain, margin: 0.01}}")
+    ok = isinstance(entry, dict) and set(entry) == set(AUTO_ENTRY_KEYS) and isinstance(entry.get("set"), str) \
+        and bool(entry["set"]) and _number(entry.get("margin")) and 0 < entry["margin"] <= MAX_AUTO_MARGIN
+    if not ok:
+        raise ConfigError(f"{where}: `primary.{AUTO_KEY}` must be {shape}")
+    return {"set": entry["set"], "margin": float(entry["margin"])}
 
 
 def check_names(reg: dict[int, dict], where: str, teachers, controls=(), alphas=None, verdict_sets=None,

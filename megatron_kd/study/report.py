@@ -16,7 +16,7 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.jsonio import read_json, read_jsonl, require_fields
 from megatron_kd.models.flops import run_flops
 from megatron_kd.models.params import count_parameters, human
-from megatron_kd.study import analysis, compute, compute_report, report_figures
+from megatron_kd.study import analysis, compute, compute_report, report_auto, report_figures
 from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, record_outputs
 from megatron_kd.study.stats import is_auto, point_key
 from megatron_kd.study.table import read_table, write_table
@@ -223,6 +223,8 @@ def report_json(study: dict, sets: list[str]) -> dict:
                        for p in st["points"]],
             "best_alpha": st["best_alpha"],
             "claims": [_claims_json(c) for c in st["claims"]]}
+        if st.get("auto"):
+            out["students"][student]["auto"] = report_auto.report_json(st)
     return out
 
 
@@ -284,7 +286,8 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     study = analysis.analyse(rows, sets, level, equivalence, in_domain)
     paired_run_gains(rows, sets, study)
     cs = compute.compute_study(rows, study, sets, level)
-    md = _runs_markdown(rows, sets, base, title) + analysis.markdown(study, sets)
+    report_auto.attach_compute(study, cs, rows)
+    md = _runs_markdown(rows, sets, base, title) + analysis.markdown(study, sets) + report_auto.markdown(study)
     md += compute_report.markdown(cs, sets, level, study["id_set"])
     plotted = finite_rows(rows, sets)
     kept = {id(r) for r in plotted}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from megatron_kd.study.compute import ACCOUNTINGS
+from megatron_kd.study.report_auto import summary_line
 from megatron_kd.study.report_style import alpha_text
 
 SCREEN_LINES = 25
@@ -64,6 +65,7 @@ def summary_lines(rep: dict) -> list[str]:
     for student, st in students[:STUDENTS]:
         lines.append(f"{student}: {_headline(st, id_set, pct)}")
         lines += [_claim(c) for c in st["claims"]]
+        lines += [line for line in [summary_line(st)] if line]
         lines += _compute(rep["compute"].get(student), id_set)
     if len(students) > STUDENTS:
         more = len(students) - STUDENTS

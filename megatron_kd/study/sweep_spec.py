@@ -8,7 +8,7 @@ from pathlib import Path
 
 from megatron_kd.distill.cache_layout import MAX_DRAWS, VALUE_DTYPES, ZSTD_LEVELS
 from megatron_kd.errors import ConfigError
-from megatron_kd.study.primary import check_names, parse_primary
+from megatron_kd.study.primary import check_names, parse_auto, parse_primary
 
 TEACHER_KEYS = {"name", "checkpoint", "model", "tokens", "cache", "overrides", "unigram"}
 GRID_KEYS = {"student", "steps", "teacher", "teacher_grid", "alpha", "alpha_schedule", "temperature", "kind", "top_k"}
@@ -138,6 +138,9 @@ def check_primary(spec: dict, p: Path) -> None:
     teachers = grid_teacher_names(grid)
     controls = {t.get("name", "unigram") for t in grid.get("teacher") or [] if t.get("unigram")}
     check_names(reg, f"sweep {p}", teachers, controls, alphas=fixed_alphas(grid))
+    if parse_auto(spec["primary"], f"sweep {p}") and AUTO not in (grid.get("alpha") or []):
+        raise ConfigError(f"sweep {p}: `primary.auto` registers the test of the kd.auto points, and grid.alpha "
+                          f"has no `{AUTO}`; add it to grid.alpha or drop the entry")
 
 
 def fixed_alphas(grid: dict) -> list:

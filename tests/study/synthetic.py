@@ -17,9 +17,11 @@ TEACHERS = {  # name: (params, tokens, own in-domain loss) — the study's zoo
 
 
 def sweep_rows(rng, effect=None, seeds=(1, 2, 3), alphas=(0.2, 0.5, 1.0), noise=0.009, seed_sd=0.013,
-               corr=0.62, teachers=TEACHERS, sets=("indomain", "ood")) -> list[dict]:
+               corr=0.62, teachers=TEACHERS, sets=("indomain", "ood"), auto=None) -> list[dict]:
     """Rows as the report reads them; effect(teacher, alpha, set) -> true gain (default none).
-    A teacher of 0 parameters is a control (the unigram)."""
+    A teacher of 0 parameters is a control (the unigram). auto(teacher, set) -> the true gain of
+    a kd.auto point per teacher (ceiling 1), drawn after every other run (the same rng gives the
+    same fixed-α rows with or without them)."""
     k = len(sets)
     seed_eff = {s: rng.normal(0, seed_sd, k) for s in seeds}
     cov = noise ** 2 * (np.full((k, k), corr) + (1 - corr) * np.eye(k))
@@ -38,4 +40,10 @@ def sweep_rows(rng, effect=None, seeds=(1, 2, 3), alphas=(0.2, 0.5, 1.0), noise=
                                 teacher_val={"indomain": own, **{s: own + 1.5 for s in sets[1:]}},
                                 teacher_tokens=tokens,
                                 teacher_params=params, teacher_model=t.split("@")[0]))
+    for t, (params, tokens, own) in teachers.items() if auto else ():
+        g = tuple(auto(t, s) for s in sets)
+        for s in seeds:
+            rows.append(run(f"{t}-aauto-{s}", g, s, teacher=t, alpha=None, auto_ceiling=1.0, temperature=1.0,
+                            kind="forward_kl", teacher_val={"indomain": own, **{s: own + 1.5 for s in sets[1:]}},
+                            teacher_tokens=tokens, teacher_params=params, teacher_model=t.split("@")[0]))
     return rows
