@@ -62,13 +62,17 @@ def summary_lines(rep: dict) -> list[str]:
     students = list(study["students"].items())
     if not students:
         lines.append("no student has a no-KD baseline: no paired gains, claims or compute answer")
-    for student, st in students[:STUDENTS]:
-        lines.append(f"{student}: {_headline(st, id_set, pct)}")
-        lines += [_claim(c) for c in st["claims"]]
-        lines += [line for line in [summary_line(st)] if line]
-        lines += _compute(rep["compute"].get(student), id_set)
-    if len(students) > STUDENTS:
-        more = len(students) - STUDENTS
+    blocks = [[f"{student}: {_headline(st, id_set, pct)}", *[_claim(c) for c in st["claims"]],
+               *[line for line in [summary_line(st)] if line], *_compute(rep["compute"].get(student), id_set)]
+              for student, st in students[:STUDENTS]]
+    tail = 2 + bool(rep.get("left_out"))
+    shown = len(blocks)  # as many students as the screen holds (at least one), the rest in report.md
+    while shown > 1 and len(lines) + sum(map(len, blocks[:shown])) + tail + (shown < len(students)) > SCREEN_LINES:
+        shown -= 1
+    for block in blocks[:shown]:
+        lines += block
+    if len(students) > shown:
+        more = len(students) - shown
         lines.append(f"... and {more} more student{'s' if more > 1 else ''} (report.md)")
     if rep.get("left_out"):
         lines.append(f"{len(rep['left_out'])} run(s) with a non-finite loss left out of the figures (report.md)")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from megatron_kd.errors import ConfigError
-from megatron_kd.study import analysis, auto_test, report_auto
+from megatron_kd.study import analysis, auto_test, compute, report_auto
 from megatron_kd.study.primary import parse_auto, parse_primary, registered
+from megatron_kd.study.report_summary import SCREEN_LINES, summary_lines
 from tests.study.synthetic import TEACHERS, sweep_rows
 
 SETS = ["indomain", "ood_dev", "ood_test"]
@@ -103,3 +104,18 @@ def test_the_report_section_and_console_line():
     assert line == "  kd.auto against the grid: auto matches the grid (3 of 3 teachers not worse, margin 0.010)"
     doc = report_auto.report_json(study["students"]["s"])
     assert doc["verdict"] == "auto matches the grid" and len(doc["teachers"]) == 3 and "key" not in doc["teachers"][0]
+
+
+def test_the_console_summary_of_four_students_with_auto_points_fits_one_screen(tmp_path):
+    rows = []
+    for i in range(4):
+        for r in sweep_rows(np.random.default_rng(i), effect=lambda t, a, s: 0.02 * a, seeds=(1, 2, 3, 4),
+                            noise=0.003, teachers=THREE, sets=tuple(SETS), auto=lambda t, s: 0.02):
+            rows.append({**r, "name": f"s{i}-{r['name']}", "student": f"s{i}", "student_tokens": 614400,
+                         "tokens": 614400, "data_seed": 7})
+    study = analysis.analyse(rows, SETS, n_boot=0)
+    rep = {"study": study, "out_dir": tmp_path, "title": "t", "rows": rows, "plots": [],
+           "compute": compute.compute_study(rows, study, SETS, 0.95)}
+    lines = summary_lines(rep)
+    assert len(lines) <= SCREEN_LINES and lines.count(report_auto.summary_line(study["students"]["s0"])) >= 2
+    assert lines[-3].startswith("... and ") and lines[-3].endswith(" more students (report.md)")
