@@ -59,7 +59,8 @@ def read_state(path: str | Path) -> dict:
 _STATE_SCHEMA = {"step": (int,), "kind": (str,), "state_crc": (str,), "tokens": (int,), "consumed_samples": (int,),
                  "padded_vocab_size": (int, type(None)), "files": (dict,), "checksums": (dict,),
                  "scheduler": (dict,), "world_size": (int,), "tokenizer": (dict, type(None)),
-                 "teacher": (dict, type(None)), "data": (dict, type(None))}
+                 "teacher": (dict, type(None)), "data": (dict, type(None)),
+                 "kd_objective": (list,)}
 _REQUIRED = ("step", "kind", "tokens")
 
 

@@ -132,13 +132,15 @@ def _describe_identity(ident: dict | None) -> str:
     return f"{ident['checkpoint']} at step {ident['step']} ({ident['state_crc']})"
 
 
-def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path) -> None:
+def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path, now: dict | None = None) -> None:
     """A run resumes against the teacher its checkpoint was trained with, or not at all: a
     teacher retrained in place, another cache, or a teacher added or removed is one line naming
-    both. Checkpoints written before the record existed (no 'teacher' key) are let through."""
+    both. Checkpoints written before the record existed (no 'teacher' key) are let through. `now`:
+    this run's teacher identity when the caller has read it already (it reads the teacher's files)."""
     if "teacher" not in saved_state:
         return
-    saved, now = saved_state["teacher"], teacher_identity(cfg)
+    saved = saved_state["teacher"]
+    now = teacher_identity(cfg) if now is None else now
     if saved != now:
         hint = (f"set teacher.checkpoint={saved['checkpoint']} to resume against the teacher it started with, "
                 if saved and "checkpoint" in saved else "")

@@ -131,15 +131,17 @@ def check_teacher(cfg: RunConfig) -> Teacher | None:
     return None
 
 
-def check_start_checkpoints(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool) -> dict[Path, dict]:
+def check_start_checkpoints(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool,
+                            identity: dict | None = None) -> dict[Path, dict]:
     """The checkpoints the run starts from, verified (every file whole and unchanged), as
     {path: state}: the resume point, which must also name this run's teacher and data (not
-    looked at with --overwrite, which may discard it), and checkpoint.load."""
+    looked at with --overwrite, which may discard it), and checkpoint.load. `identity`: this run's
+    teacher identity, when the caller has read it."""
     verified = {}
     latest = checkpointer.resume_point() if not overwrite else None
     if latest is not None:
         saved_state = verified[latest] = verify_checkpoint(latest)
-        check_same_teacher(cfg, saved_state, latest)
+        check_same_teacher(cfg, saved_state, latest, now=identity)
         check_resume_data(cfg, saved_state, latest)
     if cfg.checkpoint.load:
         if not Path(cfg.checkpoint.load).is_dir():
@@ -161,5 +163,6 @@ def preflight_train(cfg: RunConfig, checkpointer: Checkpointer, overwrite: bool 
     check_run_dir(cfg, overwrite, delete=False)
     check_writable(Path(cfg.run.dir), "run.dir")
     check_data(cfg)
-    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite), teacher_checked=True,
-                         teacher_identity=teacher_identity(cfg))
+    identity = teacher_identity(cfg)  # read once: the resume check and the run's checkpoints use it
+    return CheckedLaunch(teacher, check_start_checkpoints(cfg, checkpointer, overwrite, identity),
+                         teacher_checked=True, teacher_identity=identity)
