@@ -171,10 +171,16 @@ def saved_args(iter_dir: Path) -> dict | None:
 
 # Megatron-Bridge's model config uses TransformerConfig's names; these differ from the args'.
 _BRIDGE_NAMES = {"num_moe_experts": "num_experts", "layernorm_epsilon": "norm_epsilon",
-                 "gated_linear_unit": "swiglu"}
+                 "gated_linear_unit": "swiglu", "rope_scaling": "use_rope_scaling"}
+# Llama 3.1's RoPE scaling as Bridge's Llama 3.1/3.2 providers hold it, and the one megatron-core applies
+_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "old_context_len": 8192}
 
 
-def _bridge_args(path: Path) -> dict:
+def _bridge_model(path: Path) -> dict:
+    """run_config.yaml's model section as one flat mapping. Bridge writes it in two shapes: a model
+    provider (a TransformerConfig subclass: every field at one level, `_target_` naming the
+    provider) or a GPT model config (`_builder_`; the TransformerConfig's fields nested under
+    `transformer`, the embedding and RoPE fields beside it)."""
     try:
         doc = yaml_safe.load(path.read_text())
     except Exception as exc:  # the safe loader refuses tags and oversized documents
@@ -182,14 +188,42 @@ def _bridge_args(path: Path) -> dict:
     model = doc.get("model") if isinstance(doc, dict) else None
     if not isinstance(model, dict):
         raise ConfigError(f"{path} has no 'model' mapping (Megatron-Bridge writes one); give teacher.model")
+    nested = model.get("transformer")
+    if isinstance(nested, dict):
+        return {**nested, **{k: v for k, v in model.items() if k != "transformer"}}
+    return model
+
+
+def _activation(model: dict, path: Path) -> str:
+    """The activation's name: a provider writes the function as {_target_: torch.nn.functional.silu},
+    Bridge's GPT model config as `silu`. Megatron-LM's own GPT model config leaves callables out."""
+    value = model.get("activation_func")
+    if isinstance(value, dict):
+        value = value.get("_target_")
+    if not isinstance(value, str):
+        raise ConfigError(f"{path} does not record the model's activation function (model.activation_func); "
+                          "give the architecture with teacher.model (or --model)")
+    return value.rsplit(".", 1)[-1]
+
+
+def _bridge_args(path: Path) -> dict:
+    """run_config.yaml's model section in Megatron-LM's argument names."""
+    model = _bridge_model(path)
     args = {_BRIDGE_NAMES.get(k, k): v for k, v in model.items()}
     if "share_embeddings_and_output_weights" in model:
         args["untie_embeddings_and_output_weights"] = not model["share_embeddings_and_output_weights"]
-    activation = str((model.get("activation_func") or {}).get("_target_", "silu")
-                     if isinstance(model.get("activation_func"), dict) else model.get("activation_func", "silu"))
-    if args.get("swiglu") and "silu" not in activation:
+    if args.get("swiglu") and _activation(model, path) != "silu":
         args["swiglu"] = False  # a gated unit with another activation (GeGLU) is not SwiGLU
     args.setdefault("max_position_embeddings", model.get("seq_length"))
+    if "padded_vocab_size" not in args and args.get("vocab_size"):
+        # Bridge pads the vocabulary only with should_pad_vocab, as Megatron-LM does: to a multiple of
+        # make_vocab_size_divisible_by x TP
+        unit = int(args.get("make_vocab_size_divisible_by") or 128) * int(args.get("tensor_model_parallel_size") or 1)
+        vocab = int(args["vocab_size"])
+        args["padded_vocab_size"] = -(-vocab // unit) * unit if args.get("should_pad_vocab") else vocab
+    if model.get("scale_factor") is not None and "old_context_len" in model:  # Llama 3.1's scaled RoPE
+        args["use_rope_scaling"], args["rope_scaling_factor"] = True, model["scale_factor"]
+        args["llama3_rope"] = {k: model.get(k) for k in _LLAMA3_ROPE}
     return args
 
 
@@ -208,14 +242,21 @@ _MUST = (("normalization", "RMSNorm", "LayerNorm instead of RMSNorm"),
          ("qk_l2_norm", False, "L2-normalised queries and keys"),
          ("use_legacy_models", False, "a legacy (non megatron-core) model"),
          ("moe_router_enable_expert_bias", False, "a router expert bias"),
-         ("moe_shared_expert_gate", False, "a gated shared expert"))
+         ("moe_shared_expert_gate", False, "a gated shared expert"),
+         ("softmax_type", "vanilla", "an attention softmax with sink or learnable offsets (softmax_type)"),
+         ("attention_output_gate", False, "a gated attention output"))
 # (argument, what it is) refused when set to anything but None / 0 / empty
 _UNSET = (("mtp_num_layers", "multi-token-prediction layers"), ("window_size", "sliding-window attention"),
           ("hybrid_override_pattern", "a hybrid (Mamba) layer pattern"),
           ("experimental_attention_variant", "an experimental attention variant"),
           ("moe_router_num_groups", "group-limited routing"),
           ("moe_router_topk_scaling_factor", "a top-k scaling factor"),
-          ("heterogeneous_layers_config_path", "heterogeneous layers"))
+          ("heterogeneous_layers_config_path", "heterogeneous layers"),
+          ("heterogeneous_block_specs", "heterogeneous layers"),
+          ("glu_linear_offset", "an offset inside the gated unit (glu_linear_offset)"),
+          ("activation_func_clamp_value", "a clamped activation"),
+          ("no_rope_freq", "layers without RoPE (no_rope_freq)"),
+          ("moe_latent_size", "latent-space experts (moe_latent_size)"))
 _DEFAULTS = {"normalization": "LayerNorm", "swiglu": False, "position_embedding_type": "learned_absolute",
              "add_bias_linear": True, "add_qkv_bias": False}  # Megatron-LM's defaults where args lack one
 
@@ -226,6 +267,9 @@ def unsupported_features(args: dict) -> list[str]:
     found += [what for key, what in _UNSET if args.get(key) not in (None, 0, "", [], False)]
     if args.get("rotary_percent", 1.0) != 1.0:
         found.append(f"partial RoPE (rotary_percent={args['rotary_percent']})")
+    llama3 = args.get("llama3_rope") or {}
+    if any(float(llama3.get(k, v)) != v for k, v in _LLAMA3_ROPE.items()):
+        found.append(f"RoPE scaling other than Llama 3.1's ({llama3})")
     return found
 
 
@@ -276,7 +320,7 @@ def args_to_model_config(args: dict, source: str, name: str = "megatron-lm") -> 
         make_vocab_size_divisible_by=int(args.get("make_vocab_size_divisible_by") or 128),
         padded_vocab_size=padded,
         max_position_embeddings=int(args.get("max_position_embeddings") or _need(args, "seq_length", source)),
-        rotary_base=int(args.get("rotary_base") or 10000),
+        rotary_base=int(float(args.get("rotary_base") or 10000)),
         rope_scaling=bool(args.get("use_rope_scaling", False)),
         rope_scaling_factor=float(args.get("rope_scaling_factor") or 8.0),
         untie_embeddings_and_output_weights=bool(args.get("untie_embeddings_and_output_weights", False)),

@@ -91,19 +91,120 @@ def test_saved_args_are_read_from_the_tracker_and_anything_else_is_refused(tmp_p
         megatron_lm.iteration_dir(tmp_path / "save")
 
 
-def test_bridge_run_config_and_teacher_model_fallback(tmp_path):
+def test_without_args_or_run_config_the_architecture_is_asked_for(tmp_path):
     it = _common(tmp_path, {"iteration": 10})
     with pytest.raises(ConfigError, match="neither saved args nor run_config.yaml; give its architecture"):
         megatron_lm.checkpoint_model(it)
-    (it / "run_config.yaml").write_text(
-        "model:\n  num_layers: 2\n  hidden_size: 32\n  ffn_hidden_size: 64\n  num_attention_heads: 4\n"
-        "  num_query_groups: 2\n  kv_channels: 8\n  padded_vocab_size: 256\n  seq_length: 64\n"
-        "  normalization: RMSNorm\n  gated_linear_unit: true\n  activation_func: {_target_: torch.nn.functional.silu}\n"
-        "  position_embedding_type: rope\n  add_bias_linear: false\n  share_embeddings_and_output_weights: false\n"
-        "  layernorm_epsilon: 1.0e-06\n")
-    m = megatron_lm.checkpoint_model(it)
-    assert (m.num_layers, m.num_query_groups, m.max_position_embeddings, m.norm_epsilon) == (2, 2, 64, 1e-6)
-    assert m.untie_embeddings_and_output_weights
+
+
+def _megatron_training():
+    """Megatron-LM's config serialisation (megatron/training, shipped with megatron-core), importable
+    on Python 3.11 once typing.override (3.12) is there."""
+    import typing
+
+    typing.override = getattr(typing, "override", lambda f: f)
+    from megatron.training.config import container, training_config, yaml_utils
+    from megatron.training.models import gpt
+
+    return container.ConfigContainerBase, training_config, yaml_utils.safe_yaml_representers, gpt.GPTModelConfig
+
+
+def _bridge_run_config(model: dict) -> str:
+    """A run_config.yaml as Megatron-Bridge's save_checkpoint writes it (ConfigContainer.to_yaml):
+    Megatron-LM's ConfigContainerBase, which Bridge's container extends, turns each section into a
+    mapping (dataclasses with their `_target_`, a GPT model config through its as_dict), dumped
+    under Megatron-LM's YAML representers (functions, partials, enums and dtypes as `_target_`
+    mappings). Bridge's own classes need Transformer Engine and cannot be imported here."""
+    import yaml
+
+    container, training_config, representers, _ = _megatron_training()
+    sections = {"checkpoint": training_config.CheckpointConfig(save="/ckpts/run", ckpt_format="torch_dist"),
+                "train": training_config.TrainingConfig()}
+    doc = {"_target_": "megatron.bridge.training.config.ConfigContainer", "model": model,
+           **{name: container._convert_value_to_dict(section) for name, section in sections.items()}}
+    with representers():
+        return yaml.safe_dump(doc, default_flow_style=False)
+
+
+def _transformer_config(**fields):
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    base = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                kv_channels=16, normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
+                add_bias_linear=False, layernorm_epsilon=1e-6, attention_dropout=0.0, hidden_dropout=0.0)
+    return TransformerConfig, {**base, **fields}
+
+
+# A Bridge GPT model provider's own fields, beside TransformerConfig's (as its run_config.yaml names them)
+PROVIDER = dict(vocab_size=250, make_vocab_size_divisible_by=128, should_pad_vocab=False, seq_length=64,
+                share_embeddings_and_output_weights=True, position_embedding_type="rope", rotary_base=10000.0,
+                rotary_percent=1.0)
+
+
+def _provider(target: str, provider: dict, **transformer_fields) -> dict:
+    """Bridge's model provider as run_config.yaml holds it: a TransformerConfig subclass, serialised
+    as a dataclass, its own fields (PROVIDER and `provider`) at the level of TransformerConfig's."""
+    import dataclasses
+
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    container, *_ = _megatron_training()
+    config_cls, transformer = _transformer_config(**transformer_fields)
+    own = {"transformer_layer_spec": get_gpt_layer_local_spec, **PROVIDER, **provider}
+    cls = dataclasses.make_dataclass("Provider", [(k, object, dataclasses.field(default=v)) for k, v in own.items()],
+                                     bases=(config_cls,))
+    return {**container._convert_value_to_dict(cls(**transformer)), "_target_": target}
+
+
+@pytest.mark.slow  # megatron/training's import, ~5 s in a fresh process
+def test_run_config_yaml_as_megatron_bridge_writes_it(tmp_path):
+    """Both shapes Bridge writes: a Llama 3.1 provider (scaled RoPE, tied embeddings, a vocabulary
+    not padded), a Qwen3-MoE-like provider (experts, QK-norm, should_pad_vocab at TP=2) and a GPT
+    model config (its transformer nested); Megatron-LM's own GPT model config, which leaves the
+    activation function out, is refused in one line."""
+    import yaml
+
+    def model_of(section: dict, name: str):
+        it = _common(tmp_path / name, {"iteration": 10})
+        (it / "run_config.yaml").write_text(_bridge_run_config(section))
+        return megatron_lm.checkpoint_model(megatron_lm.iteration_dir(tmp_path / name / "save"))
+
+    llama = model_of(_provider("megatron.bridge.models.llama.llama_provider.Llama31ModelProvider",
+                               dict(rotary_base=500000.0, scale_factor=32.0, low_freq_factor=1.0,
+                                    high_freq_factor=4.0, old_context_len=8192)), "llama")
+    assert (llama.num_layers, llama.hidden_size, llama.num_query_groups, llama.kv_channels) == (2, 64, 2, None)
+    assert (llama.vocab_size, llama.padded_vocab_size, llama.max_position_embeddings) == (250, 250, 64)
+    assert (llama.rotary_base, llama.rope_scaling, llama.rope_scaling_factor) == (500000, True, 32.0)
+    assert not llama.untie_embeddings_and_output_weights and not llama.qk_layernorm and llama.norm_epsilon == 1e-6
+    assert llama.moe.num_experts == 0
+
+    moe = model_of(_provider("megatron.bridge.models.qwen.qwen_provider.Qwen3MoEModelProvider",
+                             dict(should_pad_vocab=True, share_embeddings_and_output_weights=False),
+                             tensor_model_parallel_size=2, sequence_parallel=True, num_moe_experts=4,
+                             moe_router_topk=2, moe_ffn_hidden_size=32, qk_layernorm=True, moe_aux_loss_coeff=0.001,
+                             moe_token_dispatcher_type="alltoall"), "moe")
+    assert (moe.padded_vocab_size, moe.qk_layernorm, moe.untie_embeddings_and_output_weights) == (256, True, True)
+    assert (moe.moe.num_experts, moe.moe.router_topk, moe.moe.ffn_hidden_size, moe.moe.layer_freq) == (4, 2, 32, 1)
+    assert (moe.moe.pre_softmax, moe.moe.aux_loss_coeff, moe.rope_scaling) == (False, 0.001, False)
+
+    container, _, _, gpt_model_config = _megatron_training()
+    config_cls, transformer = _transformer_config(num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32)
+    plain = container._convert_value_to_dict(gpt_model_config(
+        transformer=config_cls(**transformer), vocab_size=250, seq_length=64, position_embedding_type="rope",
+        rotary_base=1000000, share_embeddings_and_output_weights=False))
+    assert "activation_func" not in plain["transformer"]  # callables are left out: the activation is unknown
+    with pytest.raises(ConfigError, match=r"does not record the model's activation function") as info:
+        model_of(plain, "plain")
+    assert "\n" not in str(info.value)
+    # Bridge's GPT model config writes the activation by name (its as_dict adds it to Megatron-LM's)
+    bridge = yaml.safe_load(_bridge_run_config(plain))["model"]
+    bridge["_target_"] = "megatron.bridge.models.gpt.model_config.BridgeGPTModelConfig"
+    bridge["transformer"]["activation_func"] = "silu"
+    nested = model_of(bridge, "nested")
+    assert (nested.num_layers, nested.padded_vocab_size, nested.rotary_base) == (2, 250, 1000000)
+    assert nested.untie_embeddings_and_output_weights and nested.norm_epsilon == 1e-6
+    assert (nested.moe.num_experts, nested.moe.router_topk, nested.moe.ffn_hidden_size) == (4, 2, 32)
 
 
 def test_transformer_engine_names_are_chosen_per_layer():
