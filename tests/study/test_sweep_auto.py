@@ -142,3 +142,24 @@ def test_auto_points_leave_the_claims_and_the_fixed_alpha_family_as_they_were():
         fam = b["noise"][s]["families"]
         assert set(fam) == {"fixed α", "auto α"}
         assert (fam["fixed α"]["sigma"], fam["fixed α"]["df"]) == (a["noise"][s]["sigma"], a["noise"][s]["df"])
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_gains_its_auto_point_from_the_same_cache(mock_teacher, tmp_path):
+    """End to end at the smallest size: a fixed-α sweep from a top-k cache runs, `auto` is added,
+    and the re-run trains only the kd.auto point, from the cache the fixed point read."""
+    out = tmp_path / "out"
+    spec = {"name": "auto", "base": "train/tiny-mock", "out": str(out), "overrides": ["train.steps=3"],
+            "baseline": False,
+            "grid": {"teacher": [{"name": "t", "checkpoint": str(mock_teacher), "cache": {"top_k": 8},
+                                  "overrides": ["kd.top_k=8", "kd.other_bucket=true"]}], "alpha": [0.5]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert sw.run_local(sw.load_sweep(tmp_path / "s.yaml")) == ["student__t-t__a0.5"]
+    cache = out / "caches" / "t"
+    stamp = (cache / "COMPLETE").stat().st_mtime_ns
+    spec["grid"]["alpha"].append("auto")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert sw.run_local(sw.load_sweep(tmp_path / "s.yaml")) == ["student__t-t__aauto"]
+    assert (cache / "COMPLETE").stat().st_mtime_ns == stamp  # the teacher did not run again
+    metrics = [json.loads(line) for line in (out / "runs" / "student__t-t__aauto" / "metrics.jsonl").open()]
+    assert all("kd/alpha_effective" in m for m in metrics if "loss" in m)
