@@ -182,11 +182,13 @@ class ScheduleConfig:
 
 @dataclass
 class AutoAlphaConfig:
-    """kd.auto: each token's KD weight from the teacher's advantage on its label,
-    α_t = kd.alpha · sigmoid((log p_T(y) - log p_S(y)) / tau) (megatron_kd/distill/auto_alpha.py)."""
+    """kd.auto: the KD weight of each micro-batch from the teacher's advantage on the labels,
+    α = kd.alpha · max(0, tanh(ā / tau)), ā a running mean (over micro-batches, the same on every
+    rank) of log p_T(y) - log p_S(y); one α for all of a micro-batch's tokens, a constant of it
+    (megatron_kd/distill/auto_alpha.py)."""
 
-    enabled: bool = False  # true: kd.alpha is the ceiling of the per-token weights (1.0 suits)
-    tau: float = 1.0  # nats of teacher advantage over which a token's weight goes from half to ~3/4
+    enabled: bool = False  # true: kd.alpha is the ceiling of α (1.0 suits), kd.alpha_schedule stays constant
+    tau: float = 1.0  # nats of mean teacher advantage at which α reaches tanh(1) = 76% of the ceiling
 
 
 @dataclass
