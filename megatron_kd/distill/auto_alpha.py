@@ -4,7 +4,8 @@ On each token t the teacher's advantage is a_t = log p_T(y_t) - log p_S(y_t) (bo
 megatron-core's CE convention: softmax over every column), which the objectives already have (the
 one-pass kernel reads both models' label logits; a cache stores the teacher's `label_logp`). The
 run keeps a running mean ā of it over the micro-batches seen (`AdvantageTrend`, an exponential
-mean), and each micro-batch's α is
+mean; each micro-batch's sums added over the data-parallel ranks first, so every rank holds the
+same ā and uses the same α), and each micro-batch's α is
 
     α = α_max · max(0, tanh(ā / τ))
 

@@ -1,7 +1,7 @@
 """kd.auto's α trajectory on 2 gloo ranks, laid out as DP=2 (each rank half of each micro-batch's
 samples) and then as TP=2 (each rank half of the vocabulary columns), beside the one-process run
 on the same global micro-batches, for each kind of teacher signal (online at T = 1 and T = 2, a
-top-K cache with its other bucket, a sampled cache, a full cache)."""
+top-K cache with its other bucket and through rebuilt logits, a sampled cache, a full cache)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ ROUTES = {  # name -> (kd options, teacher signal kind)
     "online_t1": ({}, "online"),
     "online_t2": ({"temperature": 2.0, "teacher_metrics": False}, "online"),
     "cache_topk_other": ({"top_k": 6, "other_bucket": True}, "topk"),
+    "cache_topk_hard": ({"kind": "hard"}, "topk"),  # rebuilt logits, the label's log-probability from the rows
     "cache_sampled": ({}, "sampled"),
     "cache_full_reverse": ({"kind": "reverse_kl"}, "full"),
 }
