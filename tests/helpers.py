@@ -1,12 +1,16 @@
 """What the tests share: the environment their subprocesses run in, `mkd` as a user runs it (a
-real subprocess) and a run's metrics.jsonl. Multi-rank test bodies go through
-tests/distributed.py's run_distributed instead."""
+real subprocess), a run's metrics.jsonl, and what is built once per test session (a trained
+teacher, the text corpus) for every module and xdist worker that needs it. Multi-rank test
+bodies go through tests/distributed.py's run_distributed instead."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +80,64 @@ def small_disk(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def session_dir(tmp_path_factory) -> Path:
+    """A directory every xdist worker of this pytest session sees: the parent of the worker's
+    base temp dir under xdist (pytest-N/, shared by popen-gw0 and popen-gw1), the base temp dir
+    without it (its parent is shared by every session: not there)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def config_key(*parts) -> str:
+    """A short name for a configuration: what it was built from, hashed."""
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def build_once(tmp_path_factory, name: str):
+    """Yield (directory, built): `directory` is this session's one copy of `name`; `built` says
+    whether an earlier holder finished it. The caller builds it when not built, and on a clean
+    exit it is marked built. A file lock makes the other xdist worker wait for it instead of
+    building its own; a build that failed is cleared and built again by the next holder."""
+    root = session_dir(tmp_path_factory) / "built-once"
+    root.mkdir(exist_ok=True)
+    directory, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            built = done.exists()
+            if not built and directory.exists():
+                shutil.rmtree(directory)
+            yield directory, built
+            done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def trained_teacher(tmp_path_factory, recipe: str, *overrides: str) -> Path:
+    """The run directory of `mkd train RECIPE OVERRIDES...`, trained once per test session and
+    configuration (every module and xdist worker asking for the same one reads the same run).
+    Read it, never write into it: it is shared."""
+    with build_once(tmp_path_factory, "teacher-" + config_key(recipe, *overrides)) as (run_dir, built):
+        if not built:
+            mkd("train", recipe, *overrides, f"run.dir={run_dir}", timeout=600)
+    return run_dir
+
+
+def tree_digest(path: Path) -> str:
+    """A SHA-256 of every file under `path` (names and bytes): equal digests, an untouched tree."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def copy_prefix(src: str, dst: Path) -> str:
+    """A copy of a tokenized dataset prefix (.idx, .bin and .meta.json where present) at `dst`."""
+    for ext in (".idx", ".bin", ".meta.json"):
+        if Path(src + ext).exists():
+            shutil.copy(src + ext, str(dst) + ext)
+    return str(dst)

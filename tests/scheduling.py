@@ -1,13 +1,14 @@
 """The suite's order under pytest-xdist: the longest test modules first.
 
-`make test` runs `-n 2 --dist loadscope`: each module goes whole to one worker (its fixtures, a
-trained teacher or the local Slurm cluster, are built once). xdist's default queues modules by
-their number of tests, so a module of one two-minute end-to-end test could start last and run
-alone while the other worker idles. Queued longest first instead (LPT scheduling), the two
-workers end close together. A module's cost is what `tests/module_seconds.json` measured (the
-call, setup and teardown seconds of its tests on a fresh clone here); a module not in it is
-costed by its tests' markers. The table only orders the suite: a stale one costs balance, never
-a test.
+`make test` runs `-n 2 --dist loadscope`: each module goes whole to one worker (its module
+fixtures are built once; the teachers and the text corpus of tests/conftest.py once per
+session, by whichever worker asks first while the other waits: tests/helpers.py build_once).
+xdist's default queues modules by their number of tests, so a module of one two-minute
+end-to-end test could start last and run alone while the other worker idles. Queued longest
+first instead (LPT scheduling), the two workers end close together. A module's cost is what
+`tests/module_seconds.json` measured (the call, setup and teardown seconds of its tests on a
+fresh clone here); a module not in it is costed by its tests' markers. The table only orders
+the suite: a stale one costs balance, never a test.
 
 Refresh it: `MKD_RECORD_MODULE_SECONDS=tests/module_seconds.json make test`.
 """
