@@ -238,3 +238,12 @@ def test_tp2_megatron_lm_checkpoints_teach_at_tp1_and_are_written_back(tmp_path,
         at_tp2, loaded = torch.tensor(saved[kind]), torch.tensor(r["loaded"])
         assert (loaded - at_tp2).abs().max() < 1e-5, kind  # TP=1 sums in another order than TP=2
         assert torch.equal(torch.tensor(r["exported"]), loaded), kind  # written back, read by Megatron-LM
+    # Megatron-LM trains on from the exports: its setup_model_and_optimizer loads each (DDP, Adam, LR
+    # schedule; --no-load-optim --no-load-rng) at the saved iteration, and its train_step's loss is
+    # the exported weights' own on the same batches; the update is taken and moves every parameter
+    exported = {kind: str(tmp_path / "w1" / f"exported-{kind}") for kind in saves}
+    trained = run_distributed("tests.workers.megatron_lm_train:train_on_from_export", 1, tmp_path / "w3",
+                              exported=exported)[0]
+    for kind, t in trained.items():
+        assert (t["iteration"], t["skipped"], t["moved"]) == (7, 0, t["parameters"]), (kind, t)
+        assert abs(t["loss"] - t["exported_loss"]) < 1e-5, (kind, t)
