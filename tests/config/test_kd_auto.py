@@ -16,9 +16,9 @@ def test_kd_auto_parses_with_its_defaults_and_tau():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["kd.alpha=0", "kd.auto.enabled=true"], r"weights each token's KD by up to kd.alpha: set kd.alpha > 0"),
+    (["kd.alpha=0", "kd.auto.enabled=true"], r"kd.auto.enabled .*kd.alpha.*: set kd.alpha > 0"),
     ([*AUTO, "kd.auto.tau=0"], r"kd.auto.tau must be > 0 and finite"),
-    ([*AUTO, "kd.alpha_schedule.kind=cosine"], r"kd.auto.enabled sets the KD weight per token .*kind=constant"),
+    ([*AUTO, "kd.alpha_schedule.kind=cosine"], r"kd.auto.enabled sets the KD weight .*kind=constant"),
     ([*AUTO, "kd.mix=magnitude_matched"], r"kd.mix=magnitude_matched rescales the whole batch"),
     (["kd.auto.enable=true"], r"unknown key 'kd.auto.enable'.*did you mean 'kd.auto.enabled'"),
     (["kd.auto.tau=soft"], r"kd.auto.tau = 'soft' .* has the wrong type: expected float"),
