@@ -35,21 +35,21 @@ import numpy as np
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.flops import forward_flops, tokens_for_budget, training_flops
 from megatron_kd.study.law import (
+    FORMAT,
     FORMS,
+    GAIN_COLUMNS,
     MAX_FLOPS,
     MAX_LOSS,
     MAX_PARAMS,
     MAX_TOKENS,
+    PARAMETERS,
     SUPERVISED,
     checked_number,
     kd_loss,
     supervised_loss,
 )
 
-FORMAT = "megatron_kd.law/1"
-GAIN_COLUMNS = ("N", "D", "alpha", "teacher_loss", "loss", "baseline_loss")  # law.json's measured gains
 SIGNED = ("c0", "m")  # parameters of either sign
-PARAMETERS = ("flop", "non-embedding", "total")  # what a law's N counts (study/law_io.py)
 TEACHER_SHARE = "teacher training (this student's share)"
 
 

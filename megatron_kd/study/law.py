@@ -35,6 +35,9 @@ import numpy as np
 
 from megatron_kd.errors import ConfigError
 
+FORMAT = "megatron_kd.law/1"  # law.json's version tag: `mkd fit` writes it (law_io.py), `mkd advise` reads it
+GAIN_COLUMNS = ("N", "D", "alpha", "teacher_loss", "loss", "baseline_loss")  # law.json's measured gains
+PARAMETERS = ("flop", "non-embedding", "total")  # what a law's N counts; "flop" is the report's currency
 SUPERVISED = ("E", "A", "alpha", "B", "beta", "gamma")
 DISTILLATION = ("c0", "c1", "d1", "f1")  # Busbridge et al.'s form
 MIX = ("m",)

@@ -1,6 +1,6 @@
 """`mkd fit`: a sweep's runs (or results tables) -> the law's fit -> law.json and one summary.
 
-Rows are the report's (study/report.collect for a sweep directory, study/table.read_table for a
+Rows are the report's (study/sweep_dir.collect for a sweep directory, study/table.read_table for a
 CSV): a baseline row (no teacher, alpha 0) is a supervised run; a KD row at a fixed alpha is a
 distillation run whose teacher's loss is its own validation loss on the same set. Scheduled
 alphas are left out (the law is per mix). Every source counts once: the same path or bytes given
@@ -21,10 +21,12 @@ from megatron_kd.config import load_config
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.models.flops import row_flop_params
-from megatron_kd.study.advise import FORMAT, GAIN_COLUMNS
 from megatron_kd.study.law import (
+    FORMAT,
     FORMS,
+    GAIN_COLUMNS,
     MAX_LOSS,
+    PARAMETERS,
     ROW_BOUNDS,
     SUPERVISED,
     Fit,
@@ -34,8 +36,8 @@ from megatron_kd.study.law import (
     fit_supervised,
 )
 from megatron_kd.study.law_cv import beats_no_effect, fit_distillation, supervised_cv, supervised_refits
-from megatron_kd.study.report import collect
 from megatron_kd.study.stats import is_auto
+from megatron_kd.study.sweep_dir import collect
 from megatron_kd.study.table import read_table
 
 WEAK = 10.0  # a positive parameter whose bootstrap interval spans more than this factor is weakly identified
@@ -127,7 +129,6 @@ def check_out(target: str, sources: list[str], overwrite: bool) -> Path:
     return out
 
 
-PARAMETERS = ("flop", "non-embedding", "total")  # what N counts; "flop" is the report's currency
 PARAMETER_WORDS = {"flop": "FLOP parameters (models/flops.py, the report's currency)",
                    "non-embedding": "non-embedding parameters", "total": "total parameters"}
 

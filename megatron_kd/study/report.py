@@ -9,125 +9,16 @@ import math
 import statistics
 from pathlib import Path
 
-from megatron_kd.config import load_config
-from megatron_kd.distill.teacher import resolve_teacher
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
-from megatron_kd.jsonio import read_json, read_jsonl, require_fields
-from megatron_kd.models.flops import run_flops
-from megatron_kd.models.params import count_parameters, human
-from megatron_kd.study import analysis, compute, compute_report, report_auto, report_figures
+from megatron_kd.models.params import human
+from megatron_kd.study import analysis, compute, compute_report, report_auto, report_figures, report_study
 from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, record_outputs
 from megatron_kd.study.stats import is_auto, point_key
+from megatron_kd.study.sweep_dir import collect
 from megatron_kd.study.table import read_table, write_table
 
 log = logging.getLogger("megatron_kd")
-
-# What the report reads of each file (hand-edited ones fail as one line naming file and field).
-POINT_FIELDS = {"name": str}
-POINT_OPTIONAL = {"student": str, "teacher": str, "alpha": float, "temperature": float, "kind": str,
-                  "top_k": int, "teacher_tokens": (int, float), "teacher_cache": str, "cache_args": str,
-                  "alpha_schedule": str, "auto_ceiling": float,
-                  "teacher_model": str, "seed": int, "seed_varies": str, "baseline_steps": int,
-                  "student_steps": int}
-_RERUN = "fix the line or re-run the point (`mkd sweep ... --local --only NAME`)"
-
-
-def _final(run_dir: Path) -> dict | None:
-    f = run_dir / "metrics.jsonl"
-    if not f.is_file():
-        return None
-    rows = read_jsonl(f)
-    if not rows:
-        return None
-    for i, r in enumerate(rows):  # every line the report reads: the curve's and the last
-        val = {k: v for k, v in r.items() if k.startswith("val/")}
-        if val or i == len(rows) - 1:
-            require_fields(r, {"tokens": int, **{k: float for k in val}}, f"{f} (record {i + 1})", _RERUN)
-    vals = [r for r in rows if any(k.startswith("val/") for k in r)]
-    return {"last": rows[-1], "final_val": vals[-1] if vals else {}, "curve": vals}
-
-
-def _teacher_eval(f: Path) -> dict:
-    t = read_json(f, dict, "teacher evaluation")
-    fix = "delete it (the sweep evaluates the teacher again)"
-    require_fields(t, {}, f"teacher evaluation {f}", fix, optional={"loss": dict})
-    require_fields(t.get("loss") or {}, {}, f"teacher evaluation {f} 'loss'", fix,
-                   optional={k: float for k in t.get("loss") or {}})
-    return t
-
-
-def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
-    if not (sweep_dir / "points.json").is_file():
-        raise ConfigError(f"{sweep_dir} is not a sweep directory (no points.json); give the `out` "
-                          "directory of a sweep, after `mkd sweep SWEEP.yaml --local` or --slurm")
-    points = read_json(sweep_dir / "points.json", list, "sweep points")
-    for i, p in enumerate(points):
-        require_fields(p, POINT_FIELDS, f"{sweep_dir / 'points.json'} point {i + 1}",
-                       "re-create it with `mkd sweep SWEEP.yaml`", optional=POINT_OPTIONAL)
-    teachers = {}
-    for f in (sweep_dir / "teachers").glob("*.json") if (sweep_dir / "teachers").is_dir() else []:
-        teachers[f.stem] = _teacher_eval(f)
-    rows, sets, no_val = [], set(), []
-    for p in points:
-        run = sweep_dir / "runs" / p["name"]
-        res = _final(run)
-        if res is None:
-            continue
-        if not res["curve"]:  # e.g. its last line (the final validation) was cut short
-            log.warning("run %s has no validation loss in %s (cut short?); left out of the report",
-                        p["name"], run / "metrics.jsonl")
-            no_val.append(p["name"])
-            continue
-        cfg = load_config(sweep_dir / "recipes" / f"{p['name']}.yaml")
-        vals = {k[4:]: v for k, v in res["final_val"].items() if k.startswith("val/")}
-        sets |= set(vals)
-        tokens = res["last"]["tokens"]
-        row = {**p, "val": vals, "tokens": tokens, "student_tokens": tokens, "curve": res["curve"],
-               "data_seed": cfg.data.seed, "teacher_tokens": p.get("teacher_tokens"),
-               "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
-               "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
-               "student_flops": run_flops(cfg.model, cfg.train.seq_length, tokens).student,
-               "student_params": count_parameters(cfg.model).total,
-               "student_nonembedding_params": count_parameters(cfg.model).non_embedding}
-        if p.get("teacher") and cfg.teacher.unigram:  # no model: no parameters, no forward, no training
-            row.update(teacher_params=0, teacher_nonembedding_params=0, teacher_pass_flops=0.0,
-                       teacher_pretrain_flops=0.0, teacher_tokens=None,
-                       teacher_val=(teachers.get(p["teacher"].replace("/", "-")) or {}).get("loss", {}))
-        elif p.get("teacher"):
-            _, tm, state = resolve_teacher(cfg, check=False)  # its model and token count only
-            row["teacher_params"] = count_parameters(tm).total
-            row["teacher_nonembedding_params"] = count_parameters(tm).non_embedding
-            t_tokens = p.get("teacher_tokens") or state.get("tokens") or 0
-            flops = run_flops(cfg.model, cfg.train.seq_length, tokens, tm, t_tokens)
-            row["teacher_pass_flops"] = flops.teacher_pass  # forward only, over this run's stream
-            row["teacher_pretrain_flops"] = flops.teacher_pretrain
-            row["teacher_tokens"] = t_tokens or None
-            t_eval = teachers.get(p["teacher"].replace("/", "-"))
-            row["teacher_val"] = (t_eval or {}).get("loss", {})
-        rows.append(row)
-    _share_cache_passes(rows)
-    if not rows and no_val:
-        raise ConfigError(f"no run under {sweep_dir}/runs has a validation loss ({', '.join(no_val)[:300]}: "
-                          "its metrics.jsonl has no val/ line, cut short?); re-run the point(s) with "
-                          "`mkd sweep ... --local`")
-    if not rows:
-        raise ConfigError(f"no finished runs under {sweep_dir}/runs; run `mkd sweep ... --local` first")
-    return rows, teachers, sorted(sets)
-
-
-def _share_cache_passes(rows: list[dict]) -> None:
-    """A cache is one teacher forward over its longest reader's stream, shared by its readers:
-    each run's share of it, as `teacher_pass_shared_by` (this run's own pass / its share), so
-    that readers of several lengths (grid.steps) are charged the one pass that was made."""
-    by_cache: dict[str, list[dict]] = {}
-    for r in rows:
-        if r.get("teacher_cache") and r.get("teacher_pass_flops"):
-            by_cache.setdefault(r["teacher_cache"], []).append(r)
-    for readers in by_cache.values():
-        longest = max(r["tokens"] for r in readers)
-        for r in readers:
-            r["teacher_pass_shared_by"] = len(readers) * r["tokens"] / longest
 
 
 def finite_rows(rows: list[dict], sets: list[str]) -> list[dict]:
@@ -287,7 +178,7 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     paired_run_gains(rows, sets, study)
     cs = compute.compute_study(rows, study, sets, level)
     report_auto.attach_compute(study, cs, rows)
-    md = _runs_markdown(rows, sets, base, title) + analysis.markdown(study, sets) + report_auto.markdown(study)
+    md = _runs_markdown(rows, sets, base, title) + report_study.markdown(study, sets) + report_auto.markdown(study)
     md += compute_report.markdown(cs, sets, level, study["id_set"])
     plotted = finite_rows(rows, sets)
     kept = {id(r) for r in plotted}

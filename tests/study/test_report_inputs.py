@@ -13,7 +13,7 @@ import pytest
 
 from megatron_kd.cli.main import main
 from megatron_kd.config import dump_config, load_config
-from megatron_kd.study import report
+from megatron_kd.study import sweep_dir
 
 
 def one_error(capsys, rc: int, text: str, code: int = 2) -> str:
@@ -46,7 +46,7 @@ def make_sweep(root: Path, kd_val: float = 3.5) -> Path:
 
 @pytest.fixture
 def sweep(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
+    monkeypatch.setattr(sweep_dir, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
     return make_sweep(tmp_path / "s")
 
 
@@ -85,7 +85,7 @@ def test_damaged_file_is_one_line(case, sweep, capsys):
 
 
 def test_nan_loss_is_left_out_of_the_plots(tmp_path, monkeypatch, capsys, caplog):
-    monkeypatch.setattr(report, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
+    monkeypatch.setattr(sweep_dir, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
     sweep = make_sweep(tmp_path / "s", kd_val=float("nan"))
     assert main(["report", str(sweep)]) == 0
     out = capsys.readouterr()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from megatron_kd.cli.main import main
-from megatron_kd.study import report
+from megatron_kd.study import sweep_dir
 from megatron_kd.study.report_output import FIGURE_SETS, MANIFEST, md_text
 from megatron_kd.study.table import FORMULA_START, read_table, write_table
 from tests.study.synthetic import sweep_rows
@@ -134,7 +134,7 @@ def test_foreign_files_are_refused_own_ones_replaced(table, tmp_path, capsys):
 
 
 def test_a_sweep_report_is_rewritten_on_a_rerun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
+    monkeypatch.setattr(sweep_dir, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
     sweep = make_sweep(tmp_path / "s")
     (sweep / "report.md").write_text("# Sweep report: s\n(an earlier version's, before the manifest)")
     assert main(["report", str(sweep)]) == 0  # a sweep's own report, from before the manifest

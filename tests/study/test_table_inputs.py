@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from megatron_kd.cli.main import main
-from megatron_kd.study import report
+from megatron_kd.study import sweep_dir
 from megatron_kd.study.table import read_table, write_table
 from tests.study.synthetic import sweep_rows
 from tests.study.test_report_inputs import make_sweep, one_error
@@ -153,7 +153,7 @@ def test_a_diverged_baseline_in_a_table_is_left_out_of_the_statistics(table, cap
 def test_a_sweep_with_a_nan_baseline_of_two_reports(tmp_path, monkeypatch, capsys):
     """One of two baselines diverged (NaN validation loss): the report used to die in
     statistics.stdev; now that baseline is left out of the statistics, and said."""
-    monkeypatch.setattr(report, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
+    monkeypatch.setattr(sweep_dir, "resolve_teacher", lambda cfg, check=False: (None, cfg.model, {"tokens": 1000}))
     sweep = make_sweep(tmp_path / "s")
     points = json.loads((sweep / "points.json").read_text())
     points.append({"name": "b2", "student": "s", "teacher": None, "alpha": 0.0, "seed": 2})
