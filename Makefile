@@ -94,6 +94,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/kd_loss.py --repeats 3 --tokens 2048 --vocab 131072 --json-out bench/results/kd_loss_128k.json
 	$(PY) bench/fused_output.py --gemm-chunks 16 256 --json-out bench/results/fused_output.json
 	$(PY) bench/kd_step.py --steps 40 --json-out bench/results/kd_step.json
+	$(PY) bench/kd_step.py --rows auto --steps 16 --json-out bench/results/kd_step_auto.json
 	$(PY) bench/cache_rows.py --json-out bench/results/cache_rows.json
 	test -f data/corpus/corpus.json || $(VENV)/bin/mkd data corpus --out data/corpus
 	$(PY) bench/preprocess.py --mb 300 --json-out bench/results/preprocess.json

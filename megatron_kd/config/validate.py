@@ -449,14 +449,14 @@ def _validate_kd(cfg: RunConfig) -> None:
 
 
 def _validate_kd_auto(kd) -> None:
-    """kd.auto: the per-token weights replace α's schedule and any batch-level rescaling."""
-    _require(kd.alpha > 0, f"kd.auto.enabled weights each token's KD by up to kd.alpha: set kd.alpha > 0 "
+    """kd.auto: its α per micro-batch replaces α's schedule and any batch-level rescaling."""
+    _require(kd.alpha > 0, f"kd.auto.enabled sets α up to kd.alpha (its ceiling): set kd.alpha > 0 "
                            f"(1.0 is the usual ceiling), got {kd.alpha}")
     _require(math.isfinite(kd.auto.tau) and kd.auto.tau > 0, f"kd.auto.tau must be > 0 and finite (nats), "
                                                              f"got {kd.auto.tau}")
-    _require(kd.alpha_schedule.kind == "constant", "kd.auto.enabled sets the KD weight per token from the run: "
+    _require(kd.alpha_schedule.kind == "constant", "kd.auto.enabled sets the KD weight from the run: "
                                                    "set kd.alpha_schedule.kind=constant")
-    _require(kd.mix != "magnitude_matched", "kd.auto.enabled weights each token, kd.mix=magnitude_matched "
+    _require(kd.mix != "magnitude_matched", "kd.auto.enabled sets α from the run, kd.mix=magnitude_matched "
                                             "rescales the whole batch: use kd.mix=convex")
 
 

@@ -127,7 +127,11 @@ def kd_step_context(run: ResolvedRun, profiler: Profiler | None = None) -> StepC
                                   not k.startswith(("teacher", "top1"))]
     log.info("distilling from %s: alpha %.3g%s, %s, T=%.3g, mix %s", run.teacher.describe(), cfg.kd.alpha,
              " (the ceiling of kd.auto)" if cfg.kd.auto.enabled else "", cfg.kd.kind, cfg.kd.temperature, cfg.kd.mix)
-    return StepContext(kd=KDObjective.from_config(cfg.kd, cfg.model.vocab_size), report_keys=keys,
+    # kd.auto's trend sums every data-parallel (and context-parallel) rank's micro-batches: one α on all
+    objective = KDObjective.from_config(cfg.kd, cfg.model.vocab_size,
+                                        data_parallel_group=parallel_state.get_data_parallel_group(
+                                            with_context_parallel=True))
+    return StepContext(kd=objective, report_keys=keys,
                        tp_group=parallel_state.get_tensor_model_parallel_group(),
                        sequence_parallel=cfg.parallel.sequence_parallel, cache=run.teacher.cache,
                        unigram=run.teacher.unigram, profiler=profiler)

@@ -5,7 +5,7 @@ truncated / reverse / JSD / hard kinds, `kd_loss` alone (the KD term of the sepa
 separate passes themselves (α = 0, magnitude_matched), the fused output layer, the top-K cache
 (the other bucket stored in fp32 and bf16, renormalised, k' < K), the sampled cache, the full
 cache and the top-K cache through rebuilt teacher logits, and the unigram teacher (its one top-k
-row, and its dense row); kd.auto's per-token weights on the one-pass, general, fused and cache
+row, and its dense row); kd.auto's per-micro-batch α on the one-pass, general, fused and cache
 routes. Inputs: vocabulary padding (59 real of 64 columns), masked tokens, tied
 teacher logits, huge logits.
 
