@@ -62,7 +62,7 @@ def _check(args) -> None:
 def cmd_power(args) -> int:
     from megatron_kd.files import write_text_atomic
     from megatron_kd.study.power_report import format_power, sweep_power
-    from megatron_kd.study.sweep import load_sweep
+    from megatron_kd.study.sweep_grid import load_sweep
 
     _check(args)
     noise = _noise(args)

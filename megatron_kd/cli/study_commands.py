@@ -71,7 +71,10 @@ def add_study_parsers(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from megatron_kd.study.sweep import evaluate_teachers, load_sweep, run_local, write_recipes
+    from megatron_kd.study.sweep_grid import load_sweep
+    from megatron_kd.study.sweep_local import run_local
+    from megatron_kd.study.sweep_recipes import write_recipes
+    from megatron_kd.study.sweep_teachers import evaluate_teachers
 
     spec = load_sweep(args.sweep)
     if args.slurm and args.local:

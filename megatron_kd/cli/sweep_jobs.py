@@ -18,7 +18,9 @@ from megatron_kd.config.overrides import override
 from megatron_kd.errors import ConfigError
 from megatron_kd.slurm import submit as slurm  # looked up at call time: tests stand in for sbatch
 from megatron_kd.slurm.submit import JobSpec, check_job, render
-from megatron_kd.study.sweep import cache_recipe, expand, finished, resolve_point, select, teacher_points, write_recipes
+from megatron_kd.study.sweep_grid import expand, select, teacher_points
+from megatron_kd.study.sweep_local import finished
+from megatron_kd.study.sweep_recipes import cache_recipe, resolve_point, write_recipes
 
 
 @dataclass

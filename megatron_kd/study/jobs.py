@@ -100,3 +100,9 @@ def _finish_one(running: list) -> None:
                 job.done(proc.returncode, job.log.read_text())
                 return
         time.sleep(0.5)
+
+
+def argument_path(path) -> str:
+    """`path` as a command-line argument that no parser takes for an option (`-x` -> `./-x`)."""
+    text = str(path)
+    return f"./{text}" if text.startswith("-") else text

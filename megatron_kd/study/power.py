@@ -47,7 +47,7 @@ from megatron_kd.study.auto_test import MARGIN_FLOOR as AUTO_MARGIN_FLOOR
 from megatron_kd.study.auto_test import ONE_SIDED as AUTO_ONE_SIDED
 from megatron_kd.study.primary import describe_alphas
 from megatron_kd.study.stats import AUTO_FAMILY, is_auto
-from megatron_kd.study.sweep import resolve_point
+from megatron_kd.study.sweep_recipes import resolve_point
 
 POWER = 0.8
 LEVEL = 0.95

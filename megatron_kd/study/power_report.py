@@ -11,8 +11,8 @@ from megatron_kd.errors import ConfigError
 from megatron_kd.study.analysis import analyse, split_sets, test_sets
 from megatron_kd.study.power import EQUIVALENCE, FIXED_ALPHA, LEVEL, Noise, designs_of, sets_of, student_power
 from megatron_kd.study.primary import check_names, parse_auto, parse_primary
-from megatron_kd.study.sweep import expand
 from megatron_kd.study.sweep_dir import collect
+from megatron_kd.study.sweep_grid import expand
 from megatron_kd.study.table import read_table
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from megatron_kd.cli.main import main
 from megatron_kd.errors import ConfigError
-from megatron_kd.study import analysis, power
+from megatron_kd.study import analysis, power, sweep_local
 from megatron_kd.study import sweep as sw
 from megatron_kd.study.table import read_table, write_table
 from tests.study.synthetic import TEACHERS, sweep_rows
@@ -77,9 +77,10 @@ def test_resume_runs_only_the_auto_points_added_to_a_finished_sweep(tmp_path, mo
     sweep re-run: only the new points train, the cache is reused, the recipes of the done ones are
     rewritten byte for byte."""
     done, trained, caches = set(), [], []
-    monkeypatch.setattr(sw, "finished", lambda run_dir: run_dir.name in done)
-    monkeypatch.setattr(sw, "run_jobs", lambda jobs, at_once=1: trained.extend(j.start.split()[1][:-1] for j in jobs))
-    monkeypatch.setattr(sw, "build_caches", lambda spec, pending, nproc, jobs: caches.extend(
+    monkeypatch.setattr(sweep_local, "finished", lambda run_dir: run_dir.name in done)
+    monkeypatch.setattr(sweep_local, "run_jobs",
+                        lambda jobs, at_once=1: trained.extend(j.start.split()[1][:-1] for j in jobs))
+    monkeypatch.setattr(sweep_local, "build_caches", lambda spec, pending, nproc, jobs: caches.extend(
         p.meta["teacher_cache"] for p, _, _ in pending if p.meta.get("teacher_cache")))
     first = sw.load_sweep(_write(tmp_path, [0.2, 1.0]))
     sw.run_local(first)

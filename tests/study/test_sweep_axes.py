@@ -9,6 +9,7 @@ import yaml
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.study import sweep as sw
+from megatron_kd.study import sweep_local
 
 
 def _spec(tmp_path, **extra):
@@ -46,8 +47,8 @@ def test_a_teacher_trained_by_the_sweep_and_its_cache_recipe(tmp_path):
 def test_teacher_points_run_before_the_caches_and_the_rest(tmp_path, monkeypatch):
     spec = _spec(tmp_path)
     order = []
-    monkeypatch.setattr(sw, "run_jobs", lambda jobs, at_once=1: order.append([j.start for j in jobs]))
-    monkeypatch.setattr(sw, "build_caches", lambda spec, pending, nproc, jobs: order.append(
+    monkeypatch.setattr(sweep_local, "run_jobs", lambda jobs, at_once=1: order.append([j.start for j in jobs]))
+    monkeypatch.setattr(sweep_local, "build_caches", lambda spec, pending, nproc, jobs: order.append(
         sorted({p.meta["teacher_cache"] for p, _, _ in pending if p.meta.get("teacher_cache")})))
     sw.run_local(spec)
     assert order[0] == ["[sweep] tiny-9steps__baseline: training"]

@@ -1,11 +1,15 @@
 """A local sweep's progress line (study/sweep_progress.py) from fake job logs and a fake clock, its
 thread, and the jobs run_followed runs beside it (study/sweep.py). No job runs: fast."""
 
+import os
 import time
 
 import pytest
 
+from megatron_kd.console import NOTICES_SHOWN_ENV
 from megatron_kd.study import sweep as sw
+from megatron_kd.study import sweep_local
+from megatron_kd.study.jobs import Job
 from megatron_kd.study.sweep_progress import (
     JobsProgress,
     Position,
@@ -104,17 +108,17 @@ def test_run_followed_marks_each_job_finished_and_keeps_notices_to_none(tmp_path
     seen = []
 
     def fake_run_jobs(jobs, at_once=1):
-        seen.append(sw.os.environ.get(sw.NOTICES_SHOWN_ENV))
+        seen.append(os.environ.get(NOTICES_SHOWN_ENV))
         for job in jobs:
             job.done(0, "done: 2 steps")
 
-    monkeypatch.setattr(sw, "run_jobs", fake_run_jobs)
-    monkeypatch.delenv(sw.NOTICES_SHOWN_ENV, raising=False)
+    monkeypatch.setattr(sweep_local, "run_jobs", fake_run_jobs)
+    monkeypatch.delenv(NOTICES_SHOWN_ENV, raising=False)
     ended = []
-    job = sw.Job(["true"], tmp_path / "a.log", lambda code, text: ended.append(text))
+    job = Job(["true"], tmp_path / "a.log", lambda code, text: ended.append(text))
     sw.run_followed("runs", [("a", job)], 1)
     assert ended == ["done: 2 steps"] and seen == ["all"]
-    assert sw.NOTICES_SHOWN_ENV not in sw.os.environ  # the sweep's own environment as it was
+    assert NOTICES_SHOWN_ENV not in os.environ  # the sweep's own environment as it was
 
 
 @pytest.mark.slow
@@ -126,7 +130,7 @@ def test_a_sweep_of_short_real_jobs_prints_their_progress(tmp_path, monkeypatch,
     monkeypatch.setattr(sweep_progress, "PROGRESS_EVERY_S", 0.2)
     monkeypatch.setattr(sweep_progress, "POLL_S", 0.05)
     said = []
-    jobs = [(name, sw.Job(["sh", "-c", f"echo '12:00:00 step {i}/2 | ETA 0:00:01'; sleep 0.6"],
+    jobs = [(name, Job(["sh", "-c", f"echo '12:00:00 step {i}/2 | ETA 0:00:01'; sleep 0.6"],
                           tmp_path / f"{name}.log", lambda code, text, name=name: said.append(name)))
             for i, name in ((1, "s__a"), (2, "s__b"))]
     sw.run_followed("runs", jobs, lanes=1, done_before=1, total=3)

@@ -12,6 +12,8 @@ from megatron_kd.cli.main import main
 from megatron_kd.config.loader import load_config, parse_override
 from megatron_kd.errors import ConfigError
 from megatron_kd.study import sweep as sw
+from megatron_kd.study import sweep_teachers
+from megatron_kd.study.jobs import argument_path
 
 HOSTILE = ["x #3", "a: b", "{c}", "[d]", "-e", "&f", "*g", "!h", "'i'", '"j"', "k, l", "% m", "null", "1e-06"]
 
@@ -59,7 +61,7 @@ def test_teacher_evaluation_command_reads_back_exactly(tmp_path, monkeypatch):
         seen.append(cmd)
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(sw.subprocess, "run", fake_run)
+    monkeypatch.setattr(sweep_teachers.subprocess, "run", fake_run)
     with pytest.raises(ConfigError, match="stop here"):
         sw.evaluate_teachers(spec)
     (cmd,) = seen
@@ -71,8 +73,8 @@ def test_teacher_evaluation_command_reads_back_exactly(tmp_path, monkeypatch):
 
 
 def test_a_path_that_looks_like_an_option_is_not_one():
-    assert sw._argument_path("-c #1/x") == "./-c #1/x"
-    assert sw._argument_path("/abs/-c") == "/abs/-c"
+    assert argument_path("-c #1/x") == "./-c #1/x"
+    assert argument_path("/abs/-c") == "/abs/-c"
 
 
 def test_stream_wait_reaches_the_job_exactly(tmp_path, monkeypatch, capsys):
