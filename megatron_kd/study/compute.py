@@ -169,9 +169,11 @@ def matched_gain(front: Frontier, compute: float, loss: float, n_runs: int, sd: 
     return {"gain": g, "interval": ci, "kind": kind, "verdict": verdict}
 
 
-def mark_baseline_lengths(rows: list[dict]) -> None:
-    """A baseline trained for another length than its student's KD runs (`baseline_steps`, or a
-    table's row) is its own point (`baseline_tokens`): a frontier node, not the paired baseline."""
+def with_baseline_lengths(rows: list[dict]) -> list[dict]:
+    """The rows, a baseline trained for another length than its student's KD runs (`baseline_steps`,
+    or a table's row) marked as its own point (a copy with `baseline_tokens`): a frontier node, not
+    the paired baseline. The rows given are not changed."""
+    other: dict = {}  # id of a row -> its length
     for student in {r["student"] for r in rows}:
         rs = [r for r in rows if r["student"] == student]
         kd = [r.get("student_tokens") for r in rs if r.get("teacher")]
@@ -182,7 +184,8 @@ def mark_baseline_lengths(rows: list[dict]) -> None:
             main = max((t for t in base if t is not None), default=None)
         for r in rs:
             if not r.get("teacher") and main is not None and r.get("student_tokens") not in (None, main):
-                r["baseline_tokens"] = r["student_tokens"]
+                other[id(r)] = r["student_tokens"]
+    return [{**r, "baseline_tokens": other[id(r)]} if id(r) in other else r for r in rows]
 
 
 def frontier_nodes(rows: list[dict], student: str, s: str) -> list[tuple[float, float, int, str]]:

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_kd.errors import ConfigError
@@ -55,16 +56,25 @@ def _fmt(x, nd=4) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> None:
-    """Each run's gain by the paired table's definition (analysis.pairs_by_seed): its student's
-    baseline run *of the same seed* minus the run's loss, where the student's paired fit on that
-    set pairs by seed; else the baselines' mean minus the run's loss, and r["gain_unpaired"] says
-    why per set (the tables mark those cells)."""
+@dataclass(frozen=True)
+class RunGains:
+    """One run's gain per set (the per-run table's), and why a set's gain is not paired."""
+
+    gain: dict = field(default_factory=dict)  # set -> gain (nats; positive: distillation helped)
+    unpaired: dict = field(default_factory=dict)  # set -> why it is against the baselines' mean
+
+
+def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> dict[str, RunGains]:
+    """{run name: its gains} by the paired table's definition (analysis.pairs_by_seed): its
+    student's baseline run *of the same seed* minus the run's loss, where the student's paired fit
+    on that set pairs by seed; else the baselines' mean minus the run's loss, and `unpaired` says
+    why per set (the tables mark those cells). A baseline of another length has none."""
     base = baselines(rows, sets)
     by_seed = {(r["student"], analysis.seed_key(r)): r for r in rows
                if not r.get("teacher") and r.get("baseline_tokens") is None}
+    out = {}
     for r in rows:
-        r["gain"], r["gain_unpaired"] = {}, {}
+        gains = out[r["name"]] = RunGains()
         if r.get("baseline_tokens") is not None:  # a baseline of another length: a frontier point, no gain
             continue
         st = study["students"].get(r["student"])
@@ -75,10 +85,11 @@ def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> None:
                 continue
             same_seed = twin["val"].get(s, math.nan) if twin else math.nan
             if st is not None and not analysis.pairs_by_seed(st["fits"][s]):
-                r["gain_unpaired"][s] = "no residual degrees of freedom and one baseline seed: no noise estimate"
+                gains.unpaired[s] = "no residual degrees of freedom and one baseline seed: no noise estimate"
             elif not math.isfinite(same_seed):
-                r["gain_unpaired"][s] = "no baseline run of its seed"
-            r["gain"][s] = (b[0] if s in r["gain_unpaired"] else same_seed) - r["val"][s]
+                gains.unpaired[s] = "no baseline run of its seed"
+            gains.gain[s] = (b[0] if s in gains.unpaired else same_seed) - r["val"][s]
+    return out
 
 
 def _claims_json(c: dict) -> dict:
@@ -169,16 +180,17 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
                  elsewhere: str = "") -> dict:
     sweep_dir = out_dir = Path(out_dir)
     check_options(sets, level, equivalence, in_domain)
-    compute.mark_baseline_lengths(rows)
+    rows = compute.with_baseline_lengths(rows)
     refuse_repeated_runs(rows)
     check_outputs(out_dir, [Path(p) for p in inputs], overwrite, elsewhere)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = baselines(rows, sets)
     study = analysis.analyse(rows, sets, level, equivalence, in_domain)
-    paired_run_gains(rows, sets, study)
+    run_gains = paired_run_gains(rows, sets, study)
     cs = compute.compute_study(rows, study, sets, level)
     report_auto.attach_compute(study, cs, rows)
-    md = _runs_markdown(rows, sets, base, title) + report_study.markdown(study, sets) + report_auto.markdown(study)
+    md = _runs_markdown(rows, sets, base, title, run_gains) + report_study.markdown(study, sets)
+    md += report_auto.markdown(study)
     md += compute_report.markdown(cs, sets, level, study["id_set"])
     plotted = finite_rows(rows, sets)
     kept = {id(r) for r in plotted}
@@ -212,12 +224,14 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
                                                             default=_json_default, allow_nan=False))
     record_outputs(out_dir, [out_dir / n for n in ("report.md", "report.json", "report.csv")] + plots)
     return {"rows": rows, "baselines": base, "sets": sets, "plots": plots, "study": study, "json": doc,
-            "compute": cs, "out_dir": out_dir, "title": title, "left_out": left_out, "markdown": "\n".join(md)}
+            "run_gains": run_gains, "compute": cs, "out_dir": out_dir, "title": title, "left_out": left_out,
+            "markdown": "\n".join(md)}
 
 
-def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) -> list[str]:
+def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str,
+                   run_gains: dict[str, RunGains]) -> list[str]:
     """The report's head: one line per run (names escaped: they come from the table or sweep)."""
-    marked = {s for r in rows for s in r.get("gain_unpaired", {})}
+    marked = {s for g in run_gains.values() for s in g.unpaired}
     header = ["run", "student", "teacher", "alpha", "T", "kind", "seed"]
     header += [f"teacher {s}" for s in sets] + [f"val {s}" for s in sets]
     header += [f"gain {s}" + (" †" if s in marked else "") for s in sets]
@@ -230,7 +244,8 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) ->
                       _fmt(r.get("temperature"), 2), md_text(r.get("kind") or ""), md_text(r.get("seed", ""))]
                      + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
                      + [_fmt(r["val"].get(s)) for s in sets]
-                     + [_fmt(r["gain"].get(s)) + (" †" if s in r.get("gain_unpaired", {}) else "") for s in sets]
+                     + [_fmt(run_gains[r["name"]].gain.get(s)) + (" †" if s in run_gains[r["name"]].unpaired else "")
+                        for s in sets]
                      + [human(f.get("student") or 0), human(f.get("shared") or 0), human(f.get("pretrain") or 0)])
     md = [f"# {md_text(title)}", "",
           "Final validation loss (nats/token) per run; a run's gain = the loss of its student's no-KD "
@@ -244,7 +259,7 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) ->
             for s, (m, sd) in b.items()))
     md += ["", "| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
-    md += _unpaired_note(rows)
+    md += _unpaired_note(rows, run_gains)
     caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
     online = [r for r in rows if r.get("teacher") and not r.get("teacher_cache")]
     md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
@@ -256,11 +271,11 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str) ->
     return md
 
 
-def _unpaired_note(rows: list[dict]) -> list[str]:
+def _unpaired_note(rows: list[dict], run_gains: dict[str, RunGains]) -> list[str]:
     """The footnote of the per-run table's † cells: gains against the baselines' mean, and why."""
     why: dict = {}
     for r in rows:
-        for s, reason in r.get("gain_unpaired", {}).items():
+        for s, reason in run_gains[r["name"]].unpaired.items():
             why.setdefault((r["student"], reason), set()).add(s)
     return ["", "† Against the baselines' mean, not paired: " + "; ".join(
         f"{md_text(student)} on {', '.join(map(md_text, sorted(sets)))}: {reason}"

@@ -16,7 +16,7 @@ def is_auto(r: dict) -> bool:
 
 def point_key(r: dict) -> tuple:
     """A sweep point's coordinates: every grid axis (seeds pooled), and a baseline's length when it
-    is not its student's KD length (compute.mark_baseline_lengths); a kd.auto point's ceiling last."""
+    is not its student's KD length (compute.with_baseline_lengths); a kd.auto point's ceiling last."""
     key = (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"),
            r.get("alpha_schedule"), r.get("baseline_tokens"))
     return key + (("auto", r["auto_ceiling"]),) if is_auto(r) else key

@@ -98,7 +98,7 @@ def _frontier_sweep(rng, noise=0.005):
 
 def test_compute_matched_gains_on_a_known_frontier(tmp_path):
     rows, law = _frontier_sweep(np.random.default_rng(0))
-    compute.mark_baseline_lengths(rows)  # the 4000-token baselines pair with the KD runs
+    rows = compute.with_baseline_lengths(rows)  # the 4000-token baselines pair with the KD runs
     assert {r.get("baseline_tokens") for r in rows if not r["teacher"]} == {None, 1000, 16000}
     study = analysis.analyse(rows, SETS, n_boot=0)
     st = study["students"]["s"]
