@@ -194,16 +194,18 @@ def _bridge_model(path: Path) -> dict:
     return model
 
 
-def _activation(model: dict, path: Path) -> str:
+# Set in the args read from a run_config.yaml that does not say which activation the model has
+ACTIVATION_UNKNOWN = "activation_unknown"
+
+
+def _activation(model: dict) -> str | None:
     """The activation's name: a provider writes the function as {_target_: torch.nn.functional.silu},
-    Bridge's GPT model config as `silu`. Megatron-LM's own GPT model config leaves callables out."""
+    Bridge's GPT model config as `silu`; Megatron-LM's own GPT model config leaves callables out
+    (None)."""
     value = model.get("activation_func")
     if isinstance(value, dict):
         value = value.get("_target_")
-    if not isinstance(value, str):
-        raise ConfigError(f"{path} does not record the model's activation function (model.activation_func); "
-                          "give the architecture with teacher.model (or --model)")
-    return value.rsplit(".", 1)[-1]
+    return value.rsplit(".", 1)[-1] if isinstance(value, str) else None
 
 
 def _bridge_args(path: Path) -> dict:
@@ -212,7 +214,10 @@ def _bridge_args(path: Path) -> dict:
     args = {_BRIDGE_NAMES.get(k, k): v for k, v in model.items()}
     if "share_embeddings_and_output_weights" in model:
         args["untie_embeddings_and_output_weights"] = not model["share_embeddings_and_output_weights"]
-    if args.get("swiglu") and _activation(model, path) != "silu":
+    activation = _activation(model)
+    if activation is None:
+        args[ACTIVATION_UNKNOWN] = True  # checkpoint_model takes it from the recipe given, else asks for one
+    elif args.get("swiglu") and activation != "silu":
         args["swiglu"] = False  # a gated unit with another activation (GeGLU) is not SwiGLU
     args.setdefault("max_position_embeddings", model.get("seq_length"))
     if "padded_vocab_size" not in args and args.get("vocab_size"):
@@ -342,7 +347,10 @@ def checkpoint_model(iter_dir: Path, model: ModelConfig | None = None) -> ModelC
             raise ConfigError(f"{iter_dir} holds neither saved args nor {BRIDGE_CONFIG}; give its architecture "
                               "with teacher.model (or --model RECIPE)")
         return model
-    saved = args_to_model_config(args, str(iter_dir))
+    if model is None and args.get(ACTIVATION_UNKNOWN):
+        raise ConfigError(f"{iter_dir}'s {BRIDGE_CONFIG} does not record the model's activation function "
+                          "(model.activation_func); give the architecture with teacher.model (or --model RECIPE)")
+    saved = args_to_model_config(args, str(iter_dir))  # with a recipe, a gated unit is taken as its SwiGLU
     if model is None:
         return saved
     fields = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",

@@ -162,7 +162,9 @@ def test_run_config_yaml_as_megatron_bridge_writes_it(tmp_path):
     """Both shapes Bridge writes: a Llama 3.1 provider (scaled RoPE, tied embeddings, a vocabulary
     not padded), a Qwen3-MoE-like provider (experts, QK-norm, should_pad_vocab at TP=2) and a GPT
     model config (its transformer nested); Megatron-LM's own GPT model config, which leaves the
-    activation function out, is refused in one line."""
+    activation function out, is refused in one line unless the recipe is given."""
+    import dataclasses
+
     import yaml
 
     def model_of(section: dict, name: str):
@@ -194,9 +196,6 @@ def test_run_config_yaml_as_megatron_bridge_writes_it(tmp_path):
         transformer=config_cls(**transformer), vocab_size=250, seq_length=64, position_embedding_type="rope",
         rotary_base=1000000, share_embeddings_and_output_weights=False))
     assert "activation_func" not in plain["transformer"]  # callables are left out: the activation is unknown
-    with pytest.raises(ConfigError, match=r"does not record the model's activation function") as info:
-        model_of(plain, "plain")
-    assert "\n" not in str(info.value)
     # Bridge's GPT model config writes the activation by name (its as_dict adds it to Megatron-LM's)
     bridge = yaml.safe_load(_bridge_run_config(plain))["model"]
     bridge["_target_"] = "megatron.bridge.models.gpt.model_config.BridgeGPTModelConfig"
@@ -205,6 +204,14 @@ def test_run_config_yaml_as_megatron_bridge_writes_it(tmp_path):
     assert (nested.num_layers, nested.padded_vocab_size, nested.rotary_base) == (2, 250, 1000000)
     assert nested.untie_embeddings_and_output_weights and nested.norm_epsilon == 1e-6
     assert (nested.moe.num_experts, nested.moe.router_topk, nested.moe.ffn_hidden_size) == (4, 2, 32)
+    # without the activation: one line asking for the recipe, which is then checked against the rest
+    with pytest.raises(ConfigError, match=r"does not record the model's activation function") as info:
+        model_of(plain, "plain")
+    assert "\n" not in str(info.value)
+    it = megatron_lm.iteration_dir(tmp_path / "plain" / "save")
+    assert megatron_lm.checkpoint_model(it, nested) == nested
+    with pytest.raises(ConfigError, match="another architecture than the recipe given .num_layers: recipe 3"):
+        megatron_lm.checkpoint_model(it, dataclasses.replace(nested, num_layers=3))
 
 
 def test_transformer_engine_names_are_chosen_per_layer():
