@@ -49,13 +49,7 @@ def check_types(spec: dict, p: Path) -> None:
     grid = grid or {}
     for key, kinds in (("temperature", (int, float)), ("kind", str), ("top_k", int), ("student", str)):
         need(is_list(grid.get(key), kinds), f"grid.{key}", "a list of " + ("strings" if kinds is str else "numbers"))
-    need(is_list([a for a in grid.get("alpha") or [] if a != AUTO], (int, float)), "grid.alpha",
-         f"a list of numbers, and optionally `{AUTO}` (a kd.auto point per teacher)")
-    ceiling = spec.get("auto_ceiling")
-    need(ceiling is None or (_positive(ceiling) and ceiling <= 1), "auto_ceiling",
-         "a number in (0, 1]: kd.alpha of the `auto` points (the most KD weight kd.auto may give)")
-    need(ceiling is None or AUTO in (grid.get("alpha") or []), "auto_ceiling",
-         f"given with `{AUTO}` in grid.alpha (it is the ceiling of the auto points)")
+    _check_alpha(spec, grid, need, is_list)
     teachers = grid.get("teacher")
     need(teachers is None or (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)),
          "grid.teacher", "a list of {name, checkpoint, model} mappings")
@@ -105,6 +99,17 @@ def check_types(spec: dict, p: Path) -> None:
     _check_teacher_overrides(teachers or [], p)
     _check_power(spec.get("power"), p)
     check_primary(spec, p)
+
+
+def _check_alpha(spec: dict, grid: dict, need, is_list) -> None:
+    """grid.alpha: numbers and optionally `auto`; auto_ceiling in (0, 1], given with an `auto`."""
+    need(is_list([a for a in grid.get("alpha") or [] if a != AUTO], (int, float)), "grid.alpha",
+         f"a list of numbers, and optionally `{AUTO}` (a kd.auto point per teacher)")
+    ceiling = spec.get("auto_ceiling")
+    need(ceiling is None or (_positive(ceiling) and ceiling <= 1), "auto_ceiling",
+         "a number in (0, 1]: kd.alpha of the `auto` points (the most KD weight kd.auto may give)")
+    need(ceiling is None or AUTO in (grid.get("alpha") or []), "auto_ceiling",
+         f"given with `{AUTO}` in grid.alpha (it is the ceiling of the auto points)")
 
 
 def _positive(x) -> bool:
