@@ -1,7 +1,7 @@
 """The teacher-signal cache through the CLI: KD from the cache equals online KD (a full cache
-written at TP=2 read by a TP=1 student; a top-K cache with kd.top_k and the other bucket), one
-cache serves other batch shapes, DP and resume, a killed cache job restarts to the same bytes, a
-student started before its cache job reads the cache as it is written (streaming), and bad
+written at TP=2 and streamed to a TP=1 student started before its cache job; a top-K cache with
+kd.top_k and the other bucket, read at another batch shape, over DP and across a resume), a
+killed cache job restarts to the same bytes, a sweep's KD points share one teacher pass, and bad
 caches are one line before anything starts. What each cache encoding gives the objective, at
 TP=1 and TP=2, is tests/distill/test_routes.py's (one float64 reference, in-process)."""
 
@@ -28,32 +28,21 @@ def _close(a, b, what):
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cache") / "teacher"
-    mkd("train", "train/tiny-mock", "train.steps=3", "run.seed=5", f"run.dir={d}", timeout=600)
-    return d
+def teacher(mock_teacher):
+    return mock_teacher
 
 
-def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
+def test_full_cache_written_at_tp2_streams_to_a_tp1_student_as_online(teacher, tmp_path, capsys):
+    """The student starts first and waits (teacher.cache_wait_s); once it says so, the cache job
+    starts beside it with the teacher at TP=2 (4 shards, a window of 3: at most 3 on disk, the
+    ones the student checkpointed past deleted); the student, at TP=1, reads them as they come
+    and trains as the online run does, teacher metrics included. (A complete cache read after
+    its job: the top-K test below and the sweep test; the student at TP=2 from a cache:
+    tests/distill/test_routes.py, every encoding at TP=1 and 2.)"""
     kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "kd.temperature=2.0"]
-    cache = tmp_path / "cache-all"
-    r = mkd("teacher-cache", "train/tiny-mock", *kd, "parallel.tp=2", "--nproc", 2, "--out", cache,
-            "--top-k", "all", timeout=600)  # the teacher at TP=2
-    assert "the teacher ran over the whole stream" in r.stdout
-    assert "all verified" in mkd("teacher-cache", "--verify", cache).stdout
     mkd("train", "train/tiny-mock", *kd, f"run.dir={tmp_path / 'online'}", timeout=600)
     ref = _losses(tmp_path / "online")
     assert len(ref) == 4
-    r = mkd("train", "train/tiny-mock", *kd, f"teacher.cache={cache}", f"run.dir={tmp_path / 'tp1'}", timeout=600)
-    assert "distilling from the teacher cache" in r.stdout + r.stderr  # no teacher model built
-    _close(_losses(tmp_path / "tp1"), ref, "cache, student tp1")
-    # (the student at TP=2 from a cache: tests/distill/test_routes.py, every encoding at TP=1 and 2)
-    online, cached = read_metrics(tmp_path / "online"), read_metrics(tmp_path / "tp1")
-    for key in ("teacher_lm_loss", "teacher_entropy", "top1_agreement", "kd_loss"):
-        _close([r[key] for r in cached], [r[key] for r in online], key)
-    # streaming: the student starts first and waits (teacher.cache_wait_s); once it says so, the
-    # cache job starts beside it (4 shards, a window of 3: at most 3 on disk, the ones the student
-    # checkpointed past deleted); the student reads them as they come: the same losses
     streamed = tmp_path / "cache-streamed"
     student = subprocess.Popen([*MKD, "train", "train/tiny-mock", *kd, f"teacher.cache={streamed}",
                                 "teacher.cache_wait_s=240", "checkpoint.save_interval=1",
@@ -67,14 +56,20 @@ def test_full_cache_equals_online_at_any_student_tp(teacher, tmp_path):
     if "waiting up to 240s" not in "".join(said):
         student.kill()
         pytest.fail("".join(said)[-3000:])
-    r = mkd("teacher-cache", "train/tiny-mock", *kd, "--out", streamed, "--top-k", "all", "--shard-rows", 4,
-            "--window", 3, "--readers", 1, "--reader-wait", 300, timeout=600)
+    r = mkd("teacher-cache", "train/tiny-mock", *kd, "parallel.tp=2", "--nproc", 2, "--out", streamed,
+            "--top-k", "all", "--shard-rows", 4, "--window", 3, "--readers", 1, "--reader-wait", 300, timeout=600)
     said += student.stdout.readlines()
     assert student.wait(timeout=600) == 0, "".join(said)[-3000:]
+    assert "the teacher ran over the whole stream" in r.stdout, r.stdout
     assert "4 shards (at most 3 on disk at once, window 3)" in r.stdout, r.stdout
+    assert "distilling from the teacher cache" in "".join(said)  # no teacher model built
     _close(_losses(tmp_path / "streamed"), ref, "a streamed cache, read while it was written")
+    online, cached = read_metrics(tmp_path / "online"), read_metrics(tmp_path / "streamed")
+    for key in ("teacher_lm_loss", "teacher_entropy", "top1_agreement", "kd_loss"):
+        _close([r[key] for r in cached], [r[key] for r in online], key)
     assert not (streamed / "shard_000000").exists()
-    assert "shards deleted by its window of 3" in mkd("teacher-cache", "--verify", streamed).stdout
+    rc, out, err = mkd_in_process(capsys, "teacher-cache", "--verify", streamed)
+    assert rc == 0 and "shards deleted by its window of 3" in out, out + err
 
 
 def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsys):
@@ -124,10 +119,21 @@ def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsy
     _close(_losses(tmp_path / "cached-dp"), _losses(tmp_path / "online-dp"), "dp2, other batch shape")
 
 
-def test_killed_cache_job_restarts_to_the_same_bytes(teacher, tmp_path):
-    kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.top_k=4"]
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", ref, "--top-k", 8, "--shard-rows", 4, timeout=600)
+TOP8 = [*RUN, "train.steps=4", "kd.top_k=4"]
+
+
+@pytest.fixture(scope="module")
+def top8_cache(teacher, tmp_path_factory):
+    """A complete top-8 cache in 4 shards of 4 samples (the recipe's 4 steps of 4)."""
+    cache = tmp_path_factory.mktemp("top8") / "cache"
+    mkd("teacher-cache", "train/tiny-mock", *TOP8, f"teacher.checkpoint={teacher}", "--out", cache, "--top-k", 8,
+        "--shard-rows", 4, timeout=600)
+    return cache
+
+
+def test_killed_cache_job_restarts_to_the_same_bytes(teacher, top8_cache, tmp_path):
+    kd = [*TOP8, f"teacher.checkpoint={teacher}"]
+    ref, cut = top8_cache, tmp_path / "cut"
     r = mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cut, "--top-k", 8, "--shard-rows", 4,
             env=env_with(MKD_INJECT_KILL_CACHE_SHARD="1"), check=False, timeout=600)
     assert r.returncode != 0 and not (cut / "COMPLETE").exists() and (cut / "shard_000001").is_dir()
@@ -140,10 +146,11 @@ def test_killed_cache_job_restarts_to_the_same_bytes(teacher, tmp_path):
             assert f.read_bytes() == (cut / s / f.name).read_bytes(), (s, f.name)
 
 
-def test_bad_caches_are_one_line_before_start(teacher, tmp_path, capsys):
-    kd = [*RUN, "train.steps=4", f"teacher.checkpoint={teacher}", "kd.top_k=4"]
-    cache = tmp_path / "cache"
-    mkd("teacher-cache", "train/tiny-mock", *kd, "--out", cache, "--top-k", 8, "--shard-rows", 8, timeout=600)
+def test_bad_caches_are_one_line_before_start(teacher, top8_cache, tmp_path, capsys):
+    kd = [*TOP8, f"teacher.checkpoint={teacher}"]
+    cache = top8_cache
+    rc, out, err = mkd_in_process(capsys, "teacher-cache", "--verify", cache)
+    assert rc == 0 and "all verified" in out and "deleted" not in out, out + err
 
     def refused(*extra, text):
         run = tmp_path / "run"
@@ -187,18 +194,20 @@ def test_bad_caches_are_one_line_before_start(teacher, tmp_path, capsys):
     assert Path(cache / "COMPLETE").is_file()
 
 
-def test_two_alpha_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tmp_path):
+def test_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tmp_path, capsys):
+    """One KD point at two seeds and the baseline at both: the two KD runs read one teacher pass,
+    the report pairs each run with its seed's baseline, and a second launch runs nothing."""
     import yaml
 
     sweep = {"name": "cached", "base": "train/tiny-mock", "out": str(tmp_path / "sweep"),
              "overrides": ["logging.tensorboard=false", "train.lr=3e-3", "train.steps=3"], "baseline": True,
              "seeds": [1, 2], "data_seed": 11,
              "grid": {"teacher": [{"name": "t3", "checkpoint": str(teacher), "cache": {"top_k": "all"}}],
-                      "alpha": [0.3, 0.8]}}
+                      "alpha": [0.3]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
     passes = [line for line in r.stdout.splitlines() if "one teacher pass" in line]
-    assert len(passes) == 1 and "for 4 points" in passes[0], r.stdout
+    assert len(passes) == 1 and "for 2 points" in passes[0], r.stdout
     cache = tmp_path / "sweep" / "caches" / "t3"
     assert (cache / "COMPLETE").is_file()
     for run in (tmp_path / "sweep" / "runs").iterdir():
@@ -214,15 +223,17 @@ def test_two_alpha_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tm
     lines = report.splitlines()
     assert any(line.startswith("| t3 | 0.3 |") and "| 2 |" in line for line in lines), lines
     assert any(line.startswith("| (baseline) |") and "| 2 |" in line for line in lines)
-    assert "point x seed model over 6 runs of 3 points, 2 degrees of freedom" in report
+    assert "point x seed model over 4 runs of 2 points, 1 degrees of freedom" in report
     assert "## Is distillation worth its compute here? (student)" in report
     doc = json.loads((tmp_path / "sweep" / "report.json").read_text())
     claims = doc["students"]["student"]["claims"]
     assert [c["claim"] for c in claims] == [1, 2, 3, 4]
     assert {c["verdict"] for c in claims} <= {"holds", "does not hold", "mixed", "inconclusive", "not tested"}
     assert {p["compute"]["a"] < p["compute"]["b"] for p in doc["compute"]["student"]["points"]} == {True}
-    mkd("report", "--table", str(tmp_path / "sweep" / "report.csv"), "--out", str(tmp_path / "again"))
+    rc, _, err = mkd_in_process(capsys, "report", "--table", tmp_path / "sweep" / "report.csv", "--out",
+                                tmp_path / "again")
+    assert rc == 0, err
     assert json.loads((tmp_path / "again" / "report.json").read_text()) == doc
     # run again: every point is finished, the teacher does not run again
     r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
-    assert r.stdout.count("finished, skipped") == 6 and "one teacher pass" not in r.stdout
+    assert r.stdout.count("finished, skipped") == 4 and "one teacher pass" not in r.stdout
