@@ -211,6 +211,9 @@ def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model", other_
                  f"parallel.ep={par.ep} / parallel.etp={par.etp} split experts, and {key}.moe.num_experts is 0 "
                  f"(a dense model); set {key}.moe.num_experts or parallel.ep=1")
         return
+    _require(key != "model" or par.tp == 1 or par.sequence_parallel,  # a frozen teacher runs in eval mode
+             f"{key}.moe at parallel.tp={par.tp} needs parallel.sequence_parallel=true (megatron-core trains MoE "
+             "layers split over tensor-parallel ranks only with it); set it, or parallel.tp=1")
     _require(moe.num_experts % par.ep == 0,
              f"{key}.moe.num_experts={moe.num_experts} is not divisible by parallel.ep={par.ep}; each expert-parallel "
              "rank holds the same number of experts")

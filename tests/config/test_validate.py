@@ -74,3 +74,9 @@ def test_padded_vocab():
     assert padded_vocab_size(128256, 128, 8) == 129024
     assert padded_vocab_size(151936, 128, 4) == 152064  # the Qwen padding users trip over
     assert padded_vocab_size(250, 64, 2) == 256
+
+
+def test_an_moe_student_split_over_tensor_parallel_ranks_needs_sequence_parallel():
+    with pytest.raises(ConfigError, match=r"model.moe at parallel.tp=2 needs parallel.sequence_parallel=true"):
+        load_config("train/teacher-cpu-moe", ["parallel.tp=2"])
+    load_config("train/teacher-cpu-moe", ["parallel.tp=2", "parallel.sequence_parallel=true"])
