@@ -5,10 +5,7 @@ The cases run through `mkd`'s real entry point in one helper process (tests/work
 tests/cli/test_cli.py runs a few of them as separate `mkd` processes, exit codes included.
 """
 
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import REPO
-from tests.helpers import ENV, mkd
+from tests.helpers import ENV, tree_digest
 
 # id -> (exit code, text the one error line must contain)
 EXPECTED = {
@@ -56,83 +53,9 @@ EXPECTED = {
 }
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def _copy_prefix(src: str, dst: Path) -> str:
-    for ext in (".idx", ".bin", ".meta.json"):
-        if Path(src + ext).exists():
-            shutil.copy(src + ext, str(dst) + ext)
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
-def artifacts(text_corpus, tmp_path_factory):
-    """Good inputs (a corpus, a trained teacher) and the broken ones the catalogue feeds mkd."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    from megatron_kd.data.preprocess import preprocess
-    from megatron_kd.data.tokenizer import train_sentencepiece
-    from tests.conftest import corpus_overrides, pydoc_documents
-
-    tmp = tmp_path_factory.mktemp("bad_input")
-    a = {"tmp": str(tmp), "tokenizer": text_corpus["tokenizer"], "train": text_corpus["train"],
-         "valid": text_corpus["valid"]}
-    # Another tokenizer with the same vocabulary size (different pieces), and data made with it.
-    other = tmp / "other"
-    other.mkdir()
-    (other / "text.txt").write_text("\n".join(" ".join(w[::-1] for w in d.split()) for d in pydoc_documents()))
-    a["other_tokenizer"] = str(train_sentencepiece([other / "text.txt"], other, 512))
-    preprocess([Path(text_corpus["dir"]) / "valid.jsonl"], a["other_tokenizer"], other / "valid",
-               workers=1, progress=False)
-    a["other_train"] = str(other / "valid")
-    # Broken data: an empty dataset, a corrupt index, a truncated .bin.
-    builder = IndexedDatasetBuilder(str(tmp / "empty.bin"))
-    builder.finalize(str(tmp / "empty.idx"))
-    a["empty"] = str(tmp / "empty")
-    a["corrupt_idx"] = _copy_prefix(text_corpus["train"], tmp / "corrupt")
-    with open(a["corrupt_idx"] + ".idx", "r+b") as f:
-        f.write(b"\0" * 16)
-    a["truncated_bin"] = _copy_prefix(text_corpus["train"], tmp / "truncated")
-    size = os.path.getsize(a["truncated_bin"] + ".bin")
-    os.truncate(a["truncated_bin"] + ".bin", size // 2)
-    # A trained teacher (2 steps) and a truncated copy of its checkpoint.
-    teacher = tmp / "teacher"
-    r = mkd("train", "train/tiny-mock", *corpus_overrides(text_corpus), f"run.dir={teacher}", "train.steps=3")
-    assert r.returncode == 0, r.stderr[-3000:]
-    a["teacher"] = str(teacher)
-    ckpt = next(p for p in (teacher / "checkpoints").iterdir() if p.is_dir())
-    shutil.copytree(ckpt, tmp / "truncated_ckpt")
-    biggest = max((p for p in (tmp / "truncated_ckpt").rglob("*.distcp")), key=lambda p: p.stat().st_size)
-    os.truncate(biggest, biggest.stat().st_size // 3)
-    a["truncated_ckpt"] = str(tmp / "truncated_ckpt")
-    # Files for the other commands.
-    (tmp / "gpt2").mkdir()
-    (tmp / "gpt2" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"],
-                                                          "model_type": "gpt2"}))
-    a["gpt2_dir"] = str(tmp / "gpt2")
-    sweep = {"name": "s", "base": "train/tiny-mock", "out": str(tmp / "sweep-out")}
-    for name, extra in (("empty_sweep", {"baseline": False, "grid": {"alpha": [0.5]}}),
-                        ("one_point_sweep", {"baseline": True}),
-                        ("bad_sweep_key", {"baseline": True, "gird": {}})):
-        (tmp / f"{name}.yaml").write_text(json.dumps({**sweep, **extra}))
-        a[name] = str(tmp / f"{name}.yaml")
-    (tmp / "bad.yaml").write_text("base: train/tiny-mock\ntrain:\n  steps: 3\n  lr: [1e-3,\n")
-    a["bad_yaml"] = str(tmp / "bad.yaml")
-    (tmp / "empty-sweep-dir").mkdir()
-    a["teacher_digest"] = _digest(teacher)
-    (tmp / "artifacts.json").write_text(json.dumps(a))
-    return a
-
-
-@pytest.fixture(scope="module")
-def results(artifacts):
-    tmp = Path(artifacts["tmp"])
+def results(catalogue_inputs):
+    tmp = Path(catalogue_inputs["tmp"])
     r = subprocess.run([sys.executable, "-m", "tests.workers.bad_input", str(tmp / "artifacts.json"),
                         str(tmp / "results.json")], cwd=REPO, env=ENV, capture_output=True,
                        text=True, timeout=600)
@@ -145,7 +68,7 @@ def test_catalogue_has_every_case(results):
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
-def test_bad_input(case, results, artifacts):
+def test_bad_input(case, results, catalogue_inputs):
     r = results[case]
     code, text = EXPECTED[case]
     assert r["escaped"] is None, (case, r["escaped"])
@@ -156,5 +79,5 @@ def test_bad_input(case, results, artifacts):
     errors = [line for line in err if "error:" in line]
     assert len(errors) == 1 and text in errors[0], (case, err)
     # Nothing created: the case's fresh run dir / outputs do not exist; the teacher run is intact.
-    assert not any((Path(artifacts["tmp"]) / "runs").glob("*")), case
-    assert _digest(Path(artifacts["teacher"])) == artifacts["teacher_digest"], case
+    assert not any((Path(catalogue_inputs["tmp"]) / "runs").glob("*")), case
+    assert tree_digest(Path(catalogue_inputs["teacher"])) == catalogue_inputs["teacher_digest"], case

@@ -1,7 +1,10 @@
-"""The bad-input catalogue of values and damaged files: the cases of a hostile round against the CLI (issue
-#20), each held to the first round's rules (tests/cli/test_bad_input.py): the exit code, exactly
-one `error:` line of bounded length naming the problem and the fix, no traceback, nothing
-created, the neighbouring teacher run untouched (hash)."""
+"""The bad-input catalogue of values and damaged files: non-finite and out-of-range numbers,
+unsafe run directories, YAML duplicate keys and alias bombs, edited or bit-flipped checkpoints
+and state files, token ids beyond the vocabulary, malformed rank environments, sweep, report,
+convert, plan and submit inputs, and settings this machine cannot run. Each is held to the rules
+of tests/cli/test_bad_input.py: the exit code, exactly one `error:` line of bounded length
+naming the problem and the fix, no traceback, nothing created, the neighbouring teacher run and
+the damaged inputs themselves untouched (hash)."""
 
 import json
 import os
@@ -14,9 +17,8 @@ import pytest
 
 from megatron_kd.checkpoint.refs import read_state
 from megatron_kd.data.datasets import read_index
-from tests.cli.test_bad_input import _copy_prefix, _digest, artifacts  # noqa: F401  (the fixture)
 from tests.distributed import REPO
-from tests.helpers import ENV
+from tests.helpers import ENV, copy_prefix, tree_digest
 from tests.workers.bad_values_and_damaged_files import _bomb
 
 pytestmark = pytest.mark.slow
@@ -132,10 +134,12 @@ def _checkpoint_copy(src: Path, dst: Path, edit=None) -> str:
 
 
 @pytest.fixture(scope="module")
-def artifacts2(artifacts):  # noqa: F811  (the first round's fixture, extended)
-    tmp = Path(artifacts["tmp"]) / "round2"
+def damaged_inputs(catalogue_inputs):
+    """tests/cli/conftest.py's catalogue inputs, and beside them (in values_and_files/) the
+    damaged checkpoints, data, recipes, sweeps and reports of this catalogue."""
+    tmp = Path(catalogue_inputs["tmp"]) / "values_and_files"
     tmp.mkdir()
-    a = dict(artifacts, home=str(Path.home()))
+    a = dict(catalogue_inputs, home=str(Path.home()))
     teacher = Path(a["teacher"])
     ckpt = next(p for p in sorted((teacher / "checkpoints").iterdir()) if p.is_dir() and not p.is_symlink())
     a["teacher_ckpt"] = str(ckpt)
@@ -155,10 +159,10 @@ def artifacts2(artifacts):  # noqa: F811  (the first round's fixture, extended)
     shutil.copytree(teacher, other)
     (other / "checkpoints" / "latest").write_text(f"../../../{teacher.name}/checkpoints/{ckpt.name}")
     a["latest_other"] = str(other)
-    a["locked_dir"] = str(tmp.parent / "locked")  # outside round2/: the lock file appears in it
+    a["locked_dir"] = str(tmp.parent / "locked")  # outside values_and_files/: the lock file appears in it
     os.makedirs(a["locked_dir"])
     # a .bin with a token id beyond the 512-piece vocabulary
-    a["big_ids"] = _copy_prefix(a["train"], tmp / "big_ids")
+    a["big_ids"] = copy_prefix(a["train"], tmp / "big_ids")
     _, dtype_size, _ = read_index(Path(a["train"] + ".idx"), "train")
     with open(a["big_ids"] + ".bin", "r+b") as f:
         f.seek(dtype_size * 10)
@@ -196,30 +200,31 @@ def artifacts2(artifacts):  # noqa: F811  (the first round's fixture, extended)
         (tmp / name).mkdir()
         (tmp / name / "config.json").write_text(text)
         a[name] = str(tmp / name)
-    a["round2_digest"] = _digest(tmp)
+    a["inputs_digest"] = tree_digest(tmp)
     (tmp / "artifacts.json").write_text(json.dumps(a))
     return a
 
 
 @pytest.fixture(scope="module")
-def results2(artifacts2):
-    tmp = Path(artifacts2["tmp"]) / "round2"
+def outcomes(damaged_inputs):
+    """Each case's exit code, output and any escaped exception, from one helper process."""
+    tmp = Path(damaged_inputs["tmp"]) / "values_and_files"
     r = subprocess.run([sys.executable, "-m", "tests.workers.bad_values_and_damaged_files", str(tmp / "artifacts.json"),
                         str(tmp / "results.json")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads((tmp / "results.json").read_text())
 
 
-def test_values_and_files_catalogue_is_complete(results2):
-    from tests.cli.test_bad_input import EXPECTED as ROUND1
+def test_values_and_files_catalogue_is_complete(outcomes):
+    from tests.cli.test_bad_input import EXPECTED as FIRST_CATALOGUE
 
-    assert set(results2) == set(EXPECTED)
-    assert len(ROUND1) + len(EXPECTED) >= 100
+    assert set(outcomes) == set(EXPECTED)
+    assert len(FIRST_CATALOGUE) + len(EXPECTED) >= 100
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
-def test_bad_value_or_damaged_file(case, results2, artifacts2):
-    r = results2[case]
+def test_bad_value_or_damaged_file(case, outcomes, damaged_inputs):
+    r = outcomes[case]
     code, text = EXPECTED[case]
     assert r["escaped"] is None, (case, r["escaped"])
     assert r["rc"] == code, (case, r)
@@ -227,19 +232,19 @@ def test_bad_value_or_damaged_file(case, results2, artifacts2):
     errors = [line for line in r["stderr"].splitlines() if "error:" in line]
     assert len(errors) == 1 and text in errors[0], (case, r["stderr"][-2000:])
     assert len(errors[0]) <= 1100, (case, len(errors[0]))
-    tmp = Path(artifacts2["tmp"])
+    tmp = Path(damaged_inputs["tmp"])
     assert not any((tmp / "runs").glob("*")), (case, list((tmp / "runs").glob("*")))
-    assert _digest(Path(artifacts2["teacher"])) == artifacts2["teacher_digest"], case
-    assert not (Path(artifacts2["locked_dir"]) / "config.yaml").exists(), case
+    assert tree_digest(Path(damaged_inputs["teacher"])) == damaged_inputs["teacher_digest"], case
+    assert not (Path(damaged_inputs["locked_dir"]) / "config.yaml").exists(), case
 
 
-def test_neighbouring_inputs_untouched(results2, artifacts2):
-    tmp = Path(artifacts2["tmp"]) / "round2"
+def test_neighbouring_inputs_untouched(outcomes, damaged_inputs):
+    tmp = Path(damaged_inputs["tmp"]) / "values_and_files"
     for name in ("results.json", "artifacts.json"):
-        (tmp / name).rename(tmp.parent / f"round2-{name}")
+        (tmp / name).rename(tmp.parent / f"values_and_files-{name}")
     try:
-        assert _digest(tmp) == artifacts2["round2_digest"]
+        assert tree_digest(tmp) == damaged_inputs["inputs_digest"]
     finally:
         for name in ("results.json", "artifacts.json"):
-            (tmp.parent / f"round2-{name}").rename(tmp / name)
-    assert read_state(Path(artifacts2["teacher_ckpt"]))["step"] == 3
+            (tmp.parent / f"values_and_files-{name}").rename(tmp / name)
+    assert read_state(Path(damaged_inputs["teacher_ckpt"]))["step"] == 3
