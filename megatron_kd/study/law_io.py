@@ -164,9 +164,9 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
         if r.get("teacher") and r.get("teacher_params") == 0:  # its "loss" is not a model's: off the law
             skipped["a teacher without a model (the unigram control)"] += 1
             continue
-        if (r.get("student_tokens") or r.get("tokens")) is None:
+        if r.get("student_tokens") is None:
             raise ConfigError(f"run {r['name']} has no student_tokens; give the tokens each run trained on")
-        D = float(r.get("student_tokens") or r.get("tokens"))
+        D = float(r["student_tokens"])
         if max_tokens is not None and D > max_tokens:
             skipped["beyond max tokens"] += 1
             continue

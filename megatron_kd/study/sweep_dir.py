@@ -78,7 +78,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], dict, list[str]]:
         vals = {k[4:]: v for k, v in res["final_val"].items() if k.startswith("val/")}
         sets |= set(vals)
         tokens = res["last"]["tokens"]
-        row = {**p, "val": vals, "tokens": tokens, "student_tokens": tokens, "curve": res["curve"],
+        row = {**p, "val": vals, "student_tokens": tokens, "curve": res["curve"],
                "data_seed": cfg.data.seed, "teacher_tokens": p.get("teacher_tokens"),
                "temperature": p.get("temperature", cfg.kd.temperature if p.get("teacher") else None),
                "kind": p.get("kind", cfg.kd.kind if p.get("teacher") else None),
@@ -120,6 +120,6 @@ def _share_cache_passes(rows: list[dict]) -> None:
         if r.get("teacher_cache") and r.get("teacher_pass_flops"):
             by_cache.setdefault(r["teacher_cache"], []).append(r)
     for readers in by_cache.values():
-        longest = max(r["tokens"] for r in readers)
+        longest = max(r["student_tokens"] for r in readers)
         for r in readers:
-            r["teacher_pass_shared_by"] = len(readers) * r["tokens"] / longest
+            r["teacher_pass_shared_by"] = len(readers) * r["student_tokens"] / longest

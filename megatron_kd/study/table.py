@@ -92,7 +92,6 @@ def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
     out = []
     for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r["name"])):
         line = {c: _cell(r.get(_FIELD.get(c, c))) for c in REQUIRED + OPTIONAL + auto}
-        line["student_tokens"] = _cell(r.get("student_tokens", r.get("tokens")))
         if is_auto(r):
             line["alpha"] = AUTO
         if not r.get("teacher"):
@@ -213,7 +212,6 @@ def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
                 checked_number(r[field], f"{where} column {col}", fix, *ROW_BOUNDS[field])
         elif col not in _NUMBERS:
             r[col] = unneutralise(raw) or None
-    r["tokens"] = r.get("student_tokens")
     for s in sets:
         for prefix, into in (("val/", "val"), ("teacher_val/", "teacher_val")):
             raw = (line.get(prefix + s) or "").strip()
