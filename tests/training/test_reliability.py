@@ -43,18 +43,20 @@ class _Evil:
         return (os.system, (f"touch {os.environ.get('MKD_PWNED', '/tmp/mkd_pwned')}",))
 
 
-def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
+def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "train.stop_at_step=2")
     assert r.returncode == 0, r.stderr[-2000:]
     rng = run / "checkpoints" / "step_0000002" / "rng" / "rank0.pt"
     marker = tmp_path / "pwned"
+    monkeypatch.setenv("MKD_PWNED", str(marker))
     with open(rng, "wb") as f:
         pickle.dump({"cpu": _Evil()}, f)
-    # The swapped file no longer has the size the save recorded: refused before loading.
-    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4",
-            env=env_with(MKD_PWNED=str(marker)), check=False)
-    assert r.returncode == 2 and "rng/rank0.pt has" in r.stderr.strip().splitlines()[-1]
+    # The swapped file no longer has the size the save recorded: refused before loading, before
+    # any rank starts (so in this process).
+    rc, _, err = mkd_in_process(capsys, "train", "train/tiny-mock", f"run.dir={run}", "train.steps=4")
+    assert rc == 2 and "rng/rank0.pt has" in err.strip().splitlines()[-1], err[-2000:]
+    assert not marker.exists()
     # An attacker who also fixes the recorded size still gets nothing executed: weights_only.
     state_file = run / "checkpoints" / "step_0000002" / "mkd_state.json"
     state = json.loads(state_file.read_text())
@@ -133,27 +135,25 @@ def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path)
                                      env=env_with(MKD_INJECT_KILL_IN_SAVE="9:before_rename")))
     assert rc == -signal.SIGKILL and "resumed from" in log.read_text(), log.read_text()[-2000:]
     assert (ckpts / "latest").read_text() == "step_0000006" and (ckpts / "step_0000009.partial").is_dir()
-    r = mkd(*args, f"run.dir={run}")
-    assert r.returncode == 0 and f"resumed from {ckpts / 'step_0000006'}" in r.stdout, r.stdout[-2000:]
-    assert not list(ckpts.glob("*.partial"))  # the dead saves are cleaned up
-    got = _trajectory(run)
-    assert sorted(got) == sorted(ref) and all(abs(got[s] - ref[s]) <= 1e-6 for s in ref), (got, ref)
-
-    # SIGKILL from outside at whatever step the run has reached (not at a save).
-    run = tmp_path / "killed_mid_run"
-    proc = mkd_to_be_killed(tmp_path / "killed_mid_run.log", *args, f"run.dir={run}")
+    # Resumed from step 6, then SIGKILLed from outside at whatever step it has reached (not at an
+    # injected point) once it has redone two steps; resumed again, it ends where the reference did.
+    metrics = run / "metrics.jsonl"
+    logged = len(metrics.read_text().splitlines())
+    log = tmp_path / "killed_mid_run.log"
+    proc = mkd_to_be_killed(log, *args, f"run.dir={run}")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        f = run / "metrics.jsonl"
-        if f.is_file() and len(f.read_text().splitlines()) >= 7:
+        if len(metrics.read_text().splitlines()) >= logged + 2:
             break
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and anything it started
     proc.wait()
-    killed_at = len((run / "metrics.jsonl").read_text().splitlines())
-    assert killed_at < 12, "the run finished before it could be killed"
+    assert f"resumed from {ckpts / 'step_0000006'}" in log.read_text(), log.read_text()[-2000:]
+    killed_at = 6 + len(metrics.read_text().splitlines()[logged:])  # one line a step
+    assert 8 <= killed_at < 12, ("the run finished before it could be killed", killed_at)
     r = mkd(*args, f"run.dir={run}")
-    assert r.returncode == 0 and "resumed from" in r.stdout
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stdout[-2000:]
+    assert not list(ckpts.glob("*.partial"))  # the dead saves are cleaned up
     got = _trajectory(run)
     assert sorted(got) == sorted(ref) and all(abs(got[s] - ref[s]) <= 1e-6 for s in ref), (killed_at, got, ref)
 
