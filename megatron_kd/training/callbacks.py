@@ -160,6 +160,9 @@ class Logging(Callback):
             log.info("validation at step %d: %s", out.step, " | ".join(f"{k[4:]} {v:.4f}" for k, v in vals.items()))
         self.writer.write(out.record)
 
+    def on_error(self, trainer: Trainer, error: BaseException) -> None:
+        self.writer.failed = True  # W&B shows the run as failed, not finished
+
     def close(self) -> None:
         self.writer.close()
 

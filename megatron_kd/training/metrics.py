@@ -70,6 +70,7 @@ class MetricsWriter:
         self.enabled = enabled
         self.tb = None
         self.wandb = None
+        self.failed = False  # set when the run ends in an error: W&B records a non-zero exit
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,4 +113,4 @@ class MetricsWriter:
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if self.failed else 0)

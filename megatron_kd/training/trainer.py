@@ -7,6 +7,8 @@ assembles them for a real run. The callbacks do not hold each other: they run in
 `priority` at every hook, write what they measure into the step's record through the trainer
 (`record`), read it from the step's output, and end the run through it (`cancel`); the loop
 stops after that step's callbacks have run (a preemption checkpoint is written before it exits).
+A run that raises tells every callback (`on_error`: W&B marks the run failed) before the error
+goes on.
 
 A step is two calls, with a hook between them: `forward_backward(settings)` (the gradients;
 `settings` are the step's scheduled inputs, a KD run's α and T), the callbacks'
@@ -15,10 +17,13 @@ A step is two calls, with a hook between them: `forward_backward(settings)` (the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+log = logging.getLogger(__name__)
 
 # Why fit() returned: the run reached train.steps; a preemption signal stopped it (checkpoint
 # written, exit 75 for requeue); it reached train.stop_at_step; or it had nothing left to do.
@@ -69,6 +74,10 @@ class Callback:
 
     def on_end(self, trainer: Trainer, status: str) -> None:
         """After the last step (not after an exception): final saves and reports."""
+
+    def on_error(self, trainer: Trainer, error: BaseException) -> None:
+        """The run is failing with `error` (re-raised after every callback's on_error, before
+        close): mark it failed where it is reported. Never save state here: it may be broken."""
 
     def close(self) -> None:
         """Always, last (files and loggers)."""
@@ -127,6 +136,9 @@ class Trainer:
                 metrics = self._one_step()
             status = self.cancelled or ("completed" if state.step >= self.total else "stopped")
             self._each("on_end", status)
+        except BaseException as error:
+            self._tell_error(error)
+            raise
         finally:
             for cb in self.callbacks:
                 cb.close()
@@ -148,6 +160,15 @@ class Trainer:
         finally:
             self._out = None
         return metrics
+
+    def _tell_error(self, error: BaseException) -> None:
+        """Every callback's on_error; one that fails itself is logged, not raised, so the run's
+        own error is the one that reaches the user."""
+        for cb in self.callbacks:
+            try:
+                cb.on_error(self, error)
+            except Exception:  # noqa: BLE001 - the original error matters more than a reporter's
+                log.exception("%s.on_error failed while the run was failing", type(cb).__name__)
 
     def _each(self, hook: str, *args) -> None:
         for cb in self.callbacks:

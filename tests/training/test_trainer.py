@@ -315,3 +315,33 @@ def test_the_teacher_identity_the_launch_read_is_handed_down():
     launch = resolve.CheckedLaunch(teacher_checked=True, teacher_identity={"checkpoint": "/t", "step": 3})
     assert resolve.resolve_run(_cfg(), checked=launch, resume=False).teacher_identity == {"checkpoint": "/t", "step": 3}
     assert resolve.resolve_run(_cfg(), resume=False).teacher_identity is None  # not read: the run reads it
+
+
+def test_a_failing_run_tells_every_callback_before_closing_and_raises_its_own_error(tmp_path):
+    """on_error reaches every callback (one that fails itself does not hide the run's error),
+    then close; on_end does not run; Logging marks the writer failed (W&B's exit code 1)."""
+    class Broken(_FakeStep):
+        def optim_step(self, metrics):
+            if self.state.step == 1:
+                raise RuntimeError("the optimizer step failed")
+            return super().optim_step(metrics)
+
+    class Told(_Recorder):
+        def on_error(self, trainer, error):
+            self.events.append(("error", str(error)))
+
+    class Clumsy(Callback):
+        priority = 99
+
+        def on_error(self, trainer, error):
+            raise ValueError("a reporter's own bug")
+
+    from megatron_kd.training.metrics import MetricsWriter
+    state = SimpleNamespace(step=0)
+    told, writer = Told(), MetricsWriter(tmp_path, tensorboard=False, enabled=True)
+    trainer = Trainer(state, Broken(state), total=3, tokens_per_step=TOKENS_PER_STEP,
+                      callbacks=[told, Clumsy(), callbacks.Logging(writer, interval=1)])
+    with pytest.raises(RuntimeError, match="the optimizer step failed"):
+        trainer.fit()
+    assert told.events == [("start", 0), ("step", 1, False), ("error", "the optimizer step failed"), ("close",)]
+    assert writer.failed and writer.jsonl.closed
