@@ -84,8 +84,10 @@ def _hf_tokenizer(path, docs, vocab=250):
 
 
 @pytest.mark.slow
-def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
-    """A KD recipe names the HF directory directly: converted once (cached), checked, trained."""
+def test_kd_from_a_hugging_face_teacher_directory(tmp_path, capsys, monkeypatch):
+    """A KD recipe names the HF directory directly: converted once (cached), checked, trained.
+    What ends before any rank starts (preprocessing, the pair check, a refused pair) runs in
+    this process."""
     from tests.conftest import pydoc_documents
 
     docs = pydoc_documents()
@@ -94,9 +96,11 @@ def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
     (hf / "tokenizer_config.json").write_text(json.dumps({  # the teacher's own settings
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|end_of_text|>", "model_max_length": 77}))
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:120]))
-    mkd("data", "preprocess", "--input", str(tmp_path / "d.jsonl"), "--tokenizer", str(hf / "tokenizer.json"),
-        "--output-prefix", str(tmp_path / "d"))
+    rc, _, err = mkd_in_process(capsys, "data", "preprocess", "--input", tmp_path / "d.jsonl", "--tokenizer",
+                                hf / "tokenizer.json", "--output-prefix", tmp_path / "d")
+    assert rc == 0, err
     env = env_with(MKD_CACHE=str(tmp_path / "cache"))
+    monkeypatch.setenv("MKD_CACHE", env["MKD_CACHE"])  # the same cache for the in-process commands
     common = ["train", "train/tiny-mock", "data.mock=false", f"data.tokenizer={hf / 'tokenizer.json'}",
               f"data.train=[{tmp_path / 'd'}]", f"data.valid={{indomain: {tmp_path / 'd'}}}",
               "model.vocab_size=250", "train.steps=3", "logging.eval_samples=8",
@@ -108,12 +112,13 @@ def test_kd_from_a_hugging_face_teacher_directory(tmp_path):
     cached = list((tmp_path / "cache" / "hf").iterdir())
     assert len(cached) == 1 and (cached[0] / "CONVERTED").is_file()
     # The pair check agrees; a student tokenized with another tokenizer is refused.
-    r = mkd("check-pair", str(hf), str(tmp_path / "run"), env=env)
-    assert "verdict: compatible" in r.stdout and "same meaning for every id" in r.stdout
+    rc, out, err = mkd_in_process(capsys, "check-pair", hf, tmp_path / "run")
+    assert rc == 0 and "verdict: compatible" in out and "same meaning for every id" in out, out + err
     other = _hf_tokenizer(tmp_path / "other.json", docs[200:400])
-    r = mkd(*[c if not c.startswith("data.tokenizer=") else f"data.tokenizer={other}" for c in common],
-            f"run.dir={tmp_path / 'run2'}", env=env, check=False)
-    assert r.returncode == 2 and "tokenizers differ" in r.stderr, r.stderr
+    rc, _, err = mkd_in_process(capsys, *[c if not c.startswith("data.tokenizer=") else f"data.tokenizer={other}"
+                                          for c in common], f"run.dir={tmp_path / 'run2'}")
+    assert rc == 2 and "tokenizers differ" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run2").exists() and len(list((tmp_path / "cache" / "hf").iterdir())) == 1
     # The exported student tokenizes as its teacher: the teacher's settings beside its tokenizer.json.
     from transformers import AutoTokenizer
 
