@@ -296,14 +296,17 @@ class Checkpointer:
                             "(alpha from kd.alpha=%g), so the run does not continue exactly as it would have",
                             info.path, self.cfg.kd.alpha)
             return
-        if not isinstance(saved, list) or not saved:
+        saved_world = info.state.get("world_size", len(saved) if isinstance(saved, list) else None)
+        if not isinstance(saved, list) or not saved or len(saved) != saved_world:
             raise ConfigError(f"checkpoint {info.path} is damaged: its kd_objective is not a list of states, one per "
-                              "rank; delete it to resume from an earlier checkpoint")
+                              f"rank of the {saved_world} that saved it; delete it to resume from an earlier one")
         par = self.cfg.parallel
         same = info.state.get("parallel") == {"tp": par.tp, "pp": par.pp, "vpp": par.vpp} and len(saved) == _world()
-        mine = saved[_rank()] if same else next((s for s in saved if s != objective.state_dict()), saved[0])
-        try:
-            objective.load_state_dict(mine)
+        fresh = objective.state_dict()
+        mine = saved[_rank()] if same else next((s for s in saved if s != fresh), saved[0])
+        try:  # every rank checks every entry, so a damaged one stops all ranks alike, not one
+            for state in [*saved, mine]:
+                objective.load_state_dict(state)
         except ValueError as exc:
             raise ConfigError(f"checkpoint {info.path}: {exc}") from exc
 

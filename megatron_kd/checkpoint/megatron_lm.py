@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from megatron_kd.checkpoint.hf_cache import DONE, wait_for_rank0
 from megatron_kd.config import yaml_safe
+from megatron_kd.config.loader import checked_model, coerce_value
 from megatron_kd.config.schema import ModelConfig, MoEConfig
 from megatron_kd.errors import ConfigError
 
@@ -223,8 +225,9 @@ def _bridge_args(path: Path) -> dict:
     if "padded_vocab_size" not in args and args.get("vocab_size"):
         # Bridge pads the vocabulary only with should_pad_vocab, as Megatron-LM does: to a multiple of
         # make_vocab_size_divisible_by x TP
-        unit = int(args.get("make_vocab_size_divisible_by") or 128) * int(args.get("tensor_model_parallel_size") or 1)
-        vocab = int(args["vocab_size"])
+        unit = _arg(args, "make_vocab_size_divisible_by", int, str(path), 128) * \
+            _arg(args, "tensor_model_parallel_size", int, str(path), 1)
+        vocab = _arg(args, "vocab_size", int, str(path))
         args["padded_vocab_size"] = -(-vocab // unit) * unit if args.get("should_pad_vocab") else vocab
     if model.get("scale_factor") is not None and "old_context_len" in model:  # Llama 3.1's scaled RoPE
         args["use_rope_scaling"], args["rope_scaling_factor"] = True, model["scale_factor"]
@@ -273,7 +276,7 @@ def unsupported_features(args: dict) -> list[str]:
     if args.get("rotary_percent", 1.0) != 1.0:
         found.append(f"partial RoPE (rotary_percent={args['rotary_percent']})")
     llama3 = args.get("llama3_rope") or {}
-    if any(float(llama3.get(k, v)) != v for k, v in _LLAMA3_ROPE.items()):
+    if any(not isinstance(llama3.get(k, v), (int, float)) or llama3.get(k, v) != v for k, v in _LLAMA3_ROPE.items()):
         found.append(f"RoPE scaling other than Llama 3.1's ({llama3})")
     return found
 
@@ -285,21 +288,30 @@ def _need(args: dict, key: str, source: str):
     return args[key]
 
 
-def _moe_config(args: dict) -> MoEConfig:
+def _arg(args: dict, key: str, tp: type, source: str, default=None):
+    """args[key] as `tp` (an int written 4.0 is 4; 4.5, "four" or a list are one line naming the
+    key and the file); `default` where it is unset, 0 or empty, as Megatron-LM reads its args."""
+    value = args.get(key)
+    if value is None or (isinstance(value, (int, float, str, list)) and not isinstance(value, bool) and not value):
+        return default
+    return coerce_value(value, tp, key, f"{source}'s saved args")
+
+
+def _moe_config(args: dict, source: str) -> MoEConfig:
     if not args.get("num_experts"):
         return MoEConfig()
     freq = args.get("moe_layer_freq", 1)
     dispatcher = args.get("moe_token_dispatcher_type") or "alltoall"
     return MoEConfig(
-        num_experts=int(args["num_experts"]), router_topk=int(args.get("moe_router_topk") or 2),
-        ffn_hidden_size=args.get("moe_ffn_hidden_size"),
-        shared_expert_ffn_hidden_size=args.get("moe_shared_expert_intermediate_size"),
-        layer_freq=list(freq) if isinstance(freq, (list, tuple)) else int(freq),
+        num_experts=_arg(args, "num_experts", int, source), router_topk=_arg(args, "moe_router_topk", int, source, 2),
+        ffn_hidden_size=_arg(args, "moe_ffn_hidden_size", int, source),
+        shared_expert_ffn_hidden_size=_arg(args, "moe_shared_expert_intermediate_size", int, source),
+        layer_freq=list(freq) if isinstance(freq, (list, tuple)) else freq,
         score_function=args.get("moe_router_score_function") or "softmax",
-        pre_softmax=bool(args.get("moe_router_pre_softmax", False)),
-        aux_loss_coeff=float(args.get("moe_aux_loss_coeff") or 0.0),
-        z_loss_coeff=args.get("moe_z_loss_coeff"),
-        capacity_factor=args.get("moe_expert_capacity_factor"),
+        pre_softmax=args.get("moe_router_pre_softmax", False),
+        aux_loss_coeff=_arg(args, "moe_aux_loss_coeff", float, source, 0.0),
+        z_loss_coeff=_arg(args, "moe_z_loss_coeff", float, source),
+        capacity_factor=_arg(args, "moe_expert_capacity_factor", float, source),
         # how tokens travel (flex is DeepEP's) does not change what the layer computes
         token_dispatcher=dispatcher if dispatcher in ("alltoall", "allgather") else "alltoall")
 
@@ -311,30 +323,43 @@ def args_to_model_config(args: dict, source: str, name: str = "megatron-lm") -> 
     if unsupported:
         raise ConfigError(f"{source} is a model megatron_kd cannot build: {'; '.join(unsupported)} "
                           "(megatron_kd builds llama-style decoders: RMSNorm, SwiGLU, RoPE, no biases)")
-    hidden, heads = int(_need(args, "hidden_size", source)), int(_need(args, "num_attention_heads", source))
-    padded = int(_need(args, "padded_vocab_size", source))
-    kv = args.get("kv_channels")
-    groups = args.get("num_query_groups") if args.get("group_query_attention", "num_query_groups" in args) else None
-    return ModelConfig(
-        name=name, num_layers=int(_need(args, "num_layers", source)), hidden_size=hidden,
-        ffn_hidden_size=int(_need(args, "ffn_hidden_size", source)), num_attention_heads=heads,
-        num_query_groups=int(groups) if groups and groups != heads else None,
-        kv_channels=int(kv) if kv and kv != hidden // heads else None,
+    def number(key: str, tp: type = int, default=None, needed: bool = False):
+        if needed:
+            _need(args, key, source)
+        return _arg(args, key, tp, source, default)
+
+    hidden, heads, padded = number("hidden_size", needed=True), number("num_attention_heads", needed=True), \
+        number("padded_vocab_size", needed=True)
+    kv = number("kv_channels")
+    groups = number("num_query_groups") if args.get("group_query_attention", "num_query_groups" in args) else None
+    return checked_model(ModelConfig(
+        name=name, num_layers=number("num_layers", needed=True), hidden_size=hidden,
+        ffn_hidden_size=number("ffn_hidden_size", needed=True), num_attention_heads=heads,
+        num_query_groups=groups if groups and groups != heads else None,
+        kv_channels=kv if kv and heads and kv != hidden // heads else None,
         # Megatron-LM keeps only the padded vocabulary unless --vocab-size was given
-        vocab_size=int(args.get("vocab_size") or padded),
-        make_vocab_size_divisible_by=int(args.get("make_vocab_size_divisible_by") or 128),
+        vocab_size=number("vocab_size", default=padded),
+        make_vocab_size_divisible_by=number("make_vocab_size_divisible_by", default=128),
         padded_vocab_size=padded,
-        max_position_embeddings=int(args.get("max_position_embeddings") or _need(args, "seq_length", source)),
-        rotary_base=int(float(args.get("rotary_base") or 10000)),
-        rope_scaling=bool(args.get("use_rope_scaling", False)),
-        rope_scaling_factor=float(args.get("rope_scaling_factor") or 8.0),
-        untie_embeddings_and_output_weights=bool(args.get("untie_embeddings_and_output_weights", False)),
-        qk_layernorm=bool(args.get("qk_layernorm", False)),
-        norm_epsilon=float(args.get("norm_epsilon") or 1e-5),
-        init_method_std=float(args.get("init_method_std") or 0.02),
-        attention_dropout=float(args.get("attention_dropout") or 0.0),
-        hidden_dropout=float(args.get("hidden_dropout") or 0.0),
-        moe=_moe_config(args))
+        max_position_embeddings=number("max_position_embeddings") or number("seq_length", needed=True),
+        rotary_base=_rotary_base(number("rotary_base", float, 10000.0), source),
+        rope_scaling=args.get("use_rope_scaling", False),
+        rope_scaling_factor=number("rope_scaling_factor", float, 8.0),
+        untie_embeddings_and_output_weights=args.get("untie_embeddings_and_output_weights", False),
+        qk_layernorm=args.get("qk_layernorm", False),
+        norm_epsilon=number("norm_epsilon", float, 1e-5),
+        init_method_std=number("init_method_std", float, 0.02),
+        attention_dropout=number("attention_dropout", float, 0.0),
+        hidden_dropout=number("hidden_dropout", float, 0.0),
+        moe=_moe_config(args, source)), f"{source}'s saved architecture")
+
+
+def _rotary_base(value: float, source: str) -> int:
+    """RoPE's base, a whole number however it was written (Bridge writes 500000.0)."""
+    if not (math.isfinite(value) and value.is_integer()):
+        raise ConfigError(f"rotary_base = {value!r} in {source}'s saved args is not a whole number; give the "
+                          "architecture with teacher.model (or --model)")
+    return int(value)
 
 
 def checkpoint_model(iter_dir: Path, model: ModelConfig | None = None) -> ModelConfig:

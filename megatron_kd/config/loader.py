@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from megatron_kd.config import yaml_safe
-from megatron_kd.config.schema import RunConfig
+from megatron_kd.config.schema import ModelConfig, RunConfig
 from megatron_kd.config.validate import validate
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
@@ -242,6 +242,25 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise bad
     raise bad
+
+
+def coerce_value(value: Any, tp: Any, key: str, source: str) -> Any:
+    """`value` as type `tp` where that loses nothing (an int written 4.0 or "4"), else one line
+    naming `key` and `source`: for values read from other tools' files (Megatron-LM's args)."""
+    return _coerce(value, tp, key, source)
+
+
+def checked_model(m: ModelConfig, source: str) -> ModelConfig:
+    """A ModelConfig made from another tool's file (a Hugging Face config.json, Megatron-LM's
+    saved args), typed and validated as a model recipe is: a value a recipe could not hold
+    (a float size, an unknown router score function, 0 experts per token) is one line naming
+    the file, before any tensor is allocated from it."""
+    m = build_dataclass(ModelConfig, dataclasses.asdict(m), "", source)
+    try:
+        validate(RunConfig(model=m), purpose="model")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return m
 
 
 def build_dataclass(cls: type, data: Any, prefix: str, source: str) -> Any:

@@ -11,7 +11,6 @@ mcore_to_hf: the reverse (padding removed), written as sharded safetensors with 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from megatron_kd.config.schema import ModelConfig
 from megatron_kd.config.validate import moe_layers
 from megatron_kd.errors import ConfigError
+from megatron_kd.jsonio import read_json
 from megatron_kd.models.hf_config import hf_moe_family
 
 log = logging.getLogger("megatron_kd.convert")
@@ -96,28 +96,49 @@ class SafetensorsReader:
     """Lazy access to the tensors of a HF directory (single file or sharded with an index)."""
 
     def __init__(self, hf_dir: Path):
-        from safetensors import safe_open
-
         index = hf_dir / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json(index, dict, "Hugging Face weight index").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ConfigError(f"{index} has no 'weight_map' mapping; restore or re-download it")
         elif (hf_dir / "model.safetensors").is_file():
-            with safe_open(hf_dir / "model.safetensors", "pt") as f:
-                weight_map = {k: "model.safetensors" for k in f.keys()}
+            weight_map = {k: "model.safetensors" for k in self._file(hf_dir / "model.safetensors").keys()}
         else:
             raise ConfigError(f"no safetensors weights in {hf_dir} (model.safetensors or its index); "
                               "only safetensors checkpoints are read (never pickles)")
-        self.dir, self.map, self._open = hf_dir, weight_map, {}
+        self.dir, self.map, self._open, self.read = hf_dir, weight_map, {}, set()
+
+    @staticmethod
+    def _file(path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            return safe_open(path, "pt")
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"cannot read {path} ({str(exc).splitlines()[0][:120]}): it is truncated or "
+                              "not a safetensors file; re-download it") from None
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
+        from safetensors import SafetensorError
 
         if name not in self.map:
             raise ConfigError(f"tensor {name} missing from the Hugging Face checkpoint {self.dir}")
         file = self.map[name]
         if file not in self._open:
-            self._open[file] = safe_open(self.dir / file, "pt")
-        return self._open[file].get_tensor(name)
+            self._open[file] = self._file(self.dir / file)
+        try:
+            tensor = self._open[file].get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"cannot read tensor {name} from {self.dir / file} ({str(exc)[:120]}): the file "
+                              "is damaged; re-download it") from None
+        self.read.add(name)
+        return tensor
+
+    def unread(self) -> list[str]:
+        """The tensors no get() asked for, less those conversion may leave (RoPE's cached inverse
+        frequencies, which the model recomputes, and an output layer the model ties to its embedding)."""
+        skippable = ("rotary_emb.inv_freq", "lm_head.weight")
+        return sorted(n for n in self.map if n not in self.read and not n.endswith(skippable))
 
     def __contains__(self, name: str) -> bool:
         return name in self.map
@@ -163,6 +184,10 @@ def load_hf_weights(model, reader: SafetensorsReader, m: ModelConfig) -> None:
     missing = set(params) - done
     if missing:
         raise ConfigError(f"no Hugging Face tensor for {sorted(missing)[:5]}; unsupported layout")
+    unread = reader.unread()
+    if unread:  # more experts or layers than config.json says, or blocks this model has no place for
+        raise ConfigError(f"{len(unread)} tensor(s) of {reader.dir} have no place in the model its config.json "
+                          f"describes (first: {unread[0]}); the config and weights disagree: restore config.json")
 
 
 @torch.no_grad()

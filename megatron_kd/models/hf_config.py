@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_kd.config.loader import checked_model
 from megatron_kd.config.schema import ModelConfig, MoEConfig
 from megatron_kd.config.validate import moe_layers
 from megatron_kd.errors import ConfigError
@@ -46,7 +47,13 @@ def _rope(cfg: dict) -> tuple[float, bool, float]:
 def hf_num_experts(cfg: dict) -> int:
     """Routed experts of a Qwen3-MoE or Mixtral config.json: Qwen3-MoE's files on the hub say
     num_experts, transformers 5 and Mixtral's say num_local_experts."""
-    return int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    value = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"config.json's number of experts (num_experts / num_local_experts) is {value!r}, not a "
+                          "whole number >= 0; restore the file as the model was released")
+    return value
 
 
 def _moe_from_hf(cfg: dict) -> MoEConfig:
@@ -66,14 +73,17 @@ def _moe_from_hf(cfg: dict) -> MoEConfig:
                           "pre_softmax (norm_topk_prob=false)")
     return MoEConfig(num_experts=experts, router_topk=topk, ffn_hidden_size=cfg["moe_intermediate_size"],
                      layer_freq=1 if all(pattern) else pattern, pre_softmax=not renormalise,
-                     aux_loss_coeff=float(cfg.get("router_aux_loss_coef") or 0.0))
+                     aux_loss_coeff=cfg.get("router_aux_loss_coef") or 0.0)
 
 
 def _mixtral_moe(cfg: dict) -> MoEConfig:
     """Mixtral's sparse blocks as model.moe: every layer, experts of intermediate_size, and the
     top k of a softmax over all experts renormalised, which is a softmax over the k largest
     logits (pre_softmax=false)."""
-    topk, jitter = cfg.get("num_experts_per_tok", 2), float(cfg.get("router_jitter_noise") or 0.0)
+    if not cfg.get("num_local_experts"):
+        raise ConfigError("Mixtral's config.json gives no num_local_experts (its experts per layer); restore "
+                          "the file as the model was released")
+    topk, jitter = cfg.get("num_experts_per_tok", 2), cfg.get("router_jitter_noise") or 0.0
     if topk == 1:
         raise ConfigError("Mixtral with num_experts_per_tok=1 (every routing weight exactly 1) is not supported: "
                           "megatron-core's top-1 softmax router needs routing weights that are not renormalised")
@@ -91,6 +101,18 @@ def hf_moe_family(m: ModelConfig) -> str:
 
 
 def hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
+    """The ModelConfig of a config.json, checked as a model recipe is (one line naming the file
+    for a missing key or a value of the wrong type or range)."""
+    source = f"{name}/config.json"
+    try:
+        m = _hf_to_model_config(cfg, name)
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else f"a value of the wrong type ({exc})"
+        raise ConfigError(f"{source} has {what}; restore the file as the model was released") from None
+    return checked_model(m, source)
+
+
+def _hf_to_model_config(cfg: dict, name: str) -> ModelConfig:
     arch = SUPPORTED[cfg["architectures"][0]]
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
