@@ -492,7 +492,7 @@ def ensure_converted(ref: str | Path, model_recipe: str | None = None, timeout_s
         r = subprocess.run(cmd + (["--model", model_recipe] if model_recipe else []),
                            capture_output=True, text=True, env=env)
         if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["conversion failed"])[-1]
+            last = (r.stderr.strip().splitlines() or ["conversion failed"])[-1].removeprefix("mkd: error: ")
             failed.write_text(f"converting the Megatron-LM checkpoint {iter_dir} failed: {last}")
             raise ConfigError(failed.read_text())
         (tmp / DONE).write_text(json.dumps({"source": str(iter_dir.resolve())}))

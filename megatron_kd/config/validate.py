@@ -22,6 +22,7 @@ MODEL_SIZES = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
                "kv_channels", "vocab_size", "make_vocab_size_divisible_by", "padded_vocab_size",
                "max_position_embeddings")
 MAX_WAIT_S = 30 * 86400  # a streamed cache's wait (a timer beyond this overflows the platform's)
+MAX_EXPERTS = 2**16  # routed experts per layer (models in use: 8 to 512); more would take hours to build
 ROTARY_BASE_MAX = 10**12  # RoPE bases in use run from 1e4 to a few 1e9; 1e30 overflows torch's int64
 
 
@@ -203,7 +204,9 @@ def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model", other_
     """model.moe and parallel.ep / parallel.etp: one message each. `other_has_experts`: the other
     model of the run (a KD teacher, or its student) may be the one whose experts EP splits."""
     moe = m.moe
-    _require(moe.num_experts >= 0, f"{key}.moe.num_experts must be >= 0 (0: a dense model), got {moe.num_experts}")
+    _require(0 <= moe.num_experts <= MAX_EXPERTS,
+             f"{key}.moe.num_experts must be in [0, {MAX_EXPERTS}] (0: a dense model; each expert is a module of its "
+             f"own), got {_show(moe.num_experts)}")
     _require(par.ep >= 1 and (par.etp is None or par.etp >= 1),
              f"parallel.ep and parallel.etp must be >= 1, got ep={par.ep} etp={par.etp}")
     if moe.num_experts == 0:
@@ -228,6 +231,14 @@ def validate_moe(m: ModelConfig, par: ParallelConfig, key: str = "model", other_
         value = getattr(moe, name)
         _require(value is None or 0 < value < SIZE_LIMIT, f"{key}.moe.{name} must be in [1, 2**31) or null, "
                                                           f"got {_show(value)}")
+    expert_tp, expert_ffn = par.etp or par.tp, moe.ffn_hidden_size or m.ffn_hidden_size
+    _require(expert_ffn % expert_tp == 0,
+             f"{key}.moe.ffn_hidden_size={expert_ffn} (an expert's inner size) is not divisible by the expert "
+             f"tensor-parallel size {expert_tp} (parallel.etp, else parallel.tp); use an etp that divides it")
+    shared = moe.shared_expert_ffn_hidden_size
+    _require(shared is None or shared % par.tp == 0,
+             f"{key}.moe.shared_expert_ffn_hidden_size={shared} is not divisible by parallel.tp={par.tp} (the shared "
+             "expert is split as the dense MLP is); use a tp that divides it")
     for name in ("aux_loss_coeff", "z_loss_coeff"):
         value = getattr(moe, name)
         _require(value is None or (math.isfinite(value) and 0 <= value <= 1),

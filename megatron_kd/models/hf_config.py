@@ -159,7 +159,8 @@ def _refuse_unwritable(m: ModelConfig, family: str) -> None:
          "a dense layer (model.moe.layer_freq; every Mixtral layer is an MoE layer)"),
     ) if bad]
     if cannot:
-        hint = "; a model with model.qk_layernorm=true is written as Qwen3-MoE" if family == "mixtral" else ""
+        qwen3_holds = family == "mixtral" and moe.score_function == "softmax" and not moe.shared_expert_ffn_hidden_size
+        hint = "; a model with model.qk_layernorm=true is written as Qwen3-MoE" if qwen3_holds else ""
         raise ConfigError(f"model {m.name} cannot be written as Hugging Face {title}: {'; '.join(cannot)}{hint}")
 
 

@@ -178,3 +178,38 @@ def test_a_saved_trend_of_this_layout_is_restored():
 def test_a_damaged_kd_objective_is_refused_in_one_line(state, message):
     with pytest.raises(ConfigError, match=message):
         _restore(json.loads(json.dumps(state)))
+
+
+# --- model.moe against the parallel layout -------------------------------------------------------
+
+MOE = ["model.moe.num_experts=4", "model.moe.ffn_hidden_size=128"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.moe.num_experts=1000000000000"], r"model.moe.num_experts must be in \[0, 65536\]"),
+    ([*MOE, "parallel.tp=2", "parallel.sequence_parallel=true", "parallel.etp=3"],
+     r"model.moe.ffn_hidden_size=128 \(an expert's inner size\) is not divisible by the expert tensor-parallel size 3"),
+    ([*MOE, "model.moe.ffn_hidden_size=null", "parallel.etp=3"], r"model.moe.ffn_hidden_size=256 .* size 3"),
+    ([*MOE, "model.moe.shared_expert_ffn_hidden_size=33", "parallel.tp=2", "parallel.sequence_parallel=true"],
+     r"model.moe.shared_expert_ffn_hidden_size=33 is not divisible by parallel.tp=2"),
+])
+def test_moe_sizes_the_layout_cannot_split_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("train/tiny-mock", overrides)
+
+
+def test_moe_sizes_the_layout_splits_load():
+    cfg = load_config("train/tiny-mock", [*MOE, "model.moe.shared_expert_ffn_hidden_size=64", "parallel.tp=2",
+                                          "parallel.sequence_parallel=true", "parallel.etp=1"])
+    assert (cfg.parallel.etp, cfg.model.moe.shared_expert_ffn_hidden_size) == (1, 64)
+
+
+def test_a_shared_expert_export_does_not_suggest_qwen3_moe():
+    from megatron_kd.models.hf_config import model_config_to_hf
+
+    cfg = load_config("train/tiny-mock", [*MOE, "model.moe.shared_expert_ffn_hidden_size=64"])
+    with pytest.raises(ConfigError, match=r"a shared expert .*Mixtral has none\)$"):
+        model_config_to_hf(cfg.model, "fp32")
+    pre_softmax = load_config("train/tiny-mock", [*MOE, "model.moe.pre_softmax=true"])
+    with pytest.raises(ConfigError, match=r"pre_softmax=true .*written as Qwen3-MoE$"):
+        model_config_to_hf(pre_softmax.model, "fp32")
