@@ -458,6 +458,8 @@ def _validate_kd(cfg: RunConfig) -> None:
     if kd.temperature_schedule.final is not None:
         _require(kd.temperature_schedule.final > 0,
                  f"kd.temperature_schedule.final must be > 0, got {kd.temperature_schedule.final}")
+    _require(math.isfinite(kd.auto.tau) and kd.auto.tau > 0, f"kd.auto.tau must be > 0 and finite (nats), "
+                                                             f"got {kd.auto.tau}")
     if kd.auto.enabled:
         _validate_kd_auto(kd)
 
@@ -466,8 +468,6 @@ def _validate_kd_auto(kd) -> None:
     """kd.auto: its α per micro-batch replaces α's schedule and any batch-level rescaling."""
     _require(kd.alpha > 0, f"kd.auto.enabled sets α up to kd.alpha (its ceiling): set kd.alpha > 0 "
                            f"(1.0 is the usual ceiling), got {kd.alpha}")
-    _require(math.isfinite(kd.auto.tau) and kd.auto.tau > 0, f"kd.auto.tau must be > 0 and finite (nats), "
-                                                             f"got {kd.auto.tau}")
     _require(kd.alpha_schedule.kind == "constant", "kd.auto.enabled sets the KD weight from the run: "
                                                    "set kd.alpha_schedule.kind=constant")
     _require(kd.mix != "magnitude_matched", "kd.auto.enabled sets α from the run, kd.mix=magnitude_matched "

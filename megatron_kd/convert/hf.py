@@ -101,6 +101,10 @@ class SafetensorsReader:
             weight_map = read_json(index, dict, "Hugging Face weight index").get("weight_map")
             if not isinstance(weight_map, dict):
                 raise ConfigError(f"{index} has no 'weight_map' mapping; restore or re-download it")
+            bad = next((f for f in weight_map.values() if not isinstance(f, str) or Path(f).name != f), None)
+            if bad is not None:  # shards lie beside the index: a path elsewhere is not read
+                raise ConfigError(f"{index} maps tensors to {bad!r}, not a file name in {hf_dir}; restore or "
+                                  "re-download it")
         elif (hf_dir / "model.safetensors").is_file():
             weight_map = {k: "model.safetensors" for k in self._file(hf_dir / "model.safetensors").keys()}
         else:

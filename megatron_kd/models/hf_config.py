@@ -22,7 +22,8 @@ def read_hf_config(hf_dir: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"'{hf_dir}' is not a Hugging Face model directory (no config.json)")
     cfg = read_json(path, dict, "Hugging Face config")
-    arch = (cfg.get("architectures") or ["?"])[0]
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else repr(archs)
     if arch not in SUPPORTED:
         raise ConfigError(f"unsupported Hugging Face architecture {arch} in {path}; supported: "
                           f"{', '.join(a for a in SUPPORTED if a != 'Qwen2ForCausalLM')}")

@@ -213,3 +213,24 @@ def test_a_shared_expert_export_does_not_suggest_qwen3_moe():
     pre_softmax = load_config("train/tiny-mock", [*MOE, "model.moe.pre_softmax=true"])
     with pytest.raises(ConfigError, match=r"pre_softmax=true .*written as Qwen3-MoE$"):
         model_config_to_hf(pre_softmax.model, "fp32")
+
+
+def test_architectures_that_are_not_a_list_of_names_are_one_line(tmp_path):
+    from megatron_kd.models.hf_config import read_hf_config
+
+    (tmp_path / "config.json").write_text(json.dumps({**MIXTRAL, "architectures": 5}))
+    with pytest.raises(ConfigError, match="unsupported Hugging Face architecture 5"):
+        read_hf_config(tmp_path)
+
+
+def test_a_weight_index_pointing_outside_its_directory_is_refused(tmp_path):
+    _weights(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../model.safetensors"}}))
+    with pytest.raises(ConfigError, match=r"maps tensors to '../model.safetensors', not a file name in"):
+        SafetensorsReader(tmp_path)
+
+
+@pytest.mark.parametrize("tau", ["-1", "0", "nan"])
+def test_kd_auto_tau_out_of_range_is_refused_even_while_kd_auto_is_off(tau):
+    with pytest.raises(ConfigError, match=r"kd.auto.tau must be (> 0 and )?(a )?finite"):
+        load_config("train/tiny-mock", [f"kd.auto.tau={tau}"])
