@@ -11,7 +11,7 @@ import pytest
 from megatron_kd.config import dump_config, load_config
 from megatron_kd.config.schema import ModelConfig
 from megatron_kd.models import flops
-from megatron_kd.study import report
+from megatron_kd.study import sweep_dir
 from megatron_kd.study.table import read_table
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "law" / "results.csv"
@@ -48,7 +48,7 @@ def test_advise_and_the_report_count_one_runs_flops_alike(tmp_path, monkeypatch)
     (as the law reads it) and from the model configs."""
     cfg = load_config("kd/cpu-tiny-to-small")
     teacher = load_config("models/cpu-tiny", purpose="model").model
-    monkeypatch.setattr(report, "resolve_teacher", lambda c, check=False: (None, teacher, {"tokens": 614_400}))
+    monkeypatch.setattr(sweep_dir, "resolve_teacher", lambda c, check=False: (None, teacher, {"tokens": 614_400}))
     root = tmp_path / "sweep"
     (root / "teachers").mkdir(parents=True)
     (root / "runs" / "k").mkdir(parents=True)
@@ -56,7 +56,7 @@ def test_advise_and_the_report_count_one_runs_flops_alike(tmp_path, monkeypatch)
     (root / "runs" / "k" / "metrics.jsonl").write_text(json.dumps({"step": 300, "tokens": 614_400, "val/x": 4.0}))
     (root / "points.json").write_text(json.dumps([{"name": "k", "student": "s", "teacher": "t", "alpha": 0.5}]))
     (root / "teachers" / "t.json").write_text(json.dumps({"loss": {"x": 3.0}}))
-    row = report.collect(root)[0][0]
+    row = sweep_dir.collect(root)[0][0]
     n_s, fallback_s = flops.row_flop_params(row, "student")
     n_t, fallback_t = flops.row_flop_params(row, "teacher")
     assert not fallback_s and not fallback_t
