@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make study`: study v4, the pre-registered design of docs/STUDY.md. The corpus with the wisdom
-# books held out (data/corpus-v4: the near-OOD set) -> the weak-teacher ladder, five teachers each
-# annealed to its own budget (recipes/train/study4-teacher-*) -> one sweep of a cpu-tiny student
-# (recipes/sweeps/cpu-study-v4.yaml: 5 teachers x alpha 0.1/0.2/0.35/0.6/1.0 x 4 seeds, baselines
-# at 150/300/600 steps) -> its report and results table. Each teacher pass is cached once.
+# books held out (data/corpus-v4: the near-OOD set) -> six teachers, each annealed to its own
+# budget (recipes/train/study4-teacher-*: the weak-teacher ladder and a strong tiny@600) -> one
+# sweep of a cpu-tiny student (recipes/sweeps/cpu-study-v4.yaml: 6 teachers x alpha
+# 0.1/0.2/0.35/0.6/1.0 and one kd.auto point x 4 seeds, baselines at 150/300/600 steps) -> its
+# report and results table. Each teacher pass is cached once.
 # Re-running it resumes: finished teachers, caches and points are skipped. (Study v3:
 # scripts/study-v3.sh.)
 set -euo pipefail
