@@ -40,8 +40,9 @@ def add_study_parsers(sub) -> None:
                         "student_tokens, teacher (empty: baseline), teacher_params, teacher_tokens, alpha, "
                         "alpha_schedule, seed, data_seed, val/<set>..., teacher_val/<set>...; optional flops, "
                         "teacher_pretrain_flops, teacher_pass_flops, teacher_pass_shared_by, temperature, kind, top_k, "
-                        "teacher_model, student_nonembedding_params, teacher_nonembedding_params (a sweep's "
-                        "report.csv is this table; missing FLOPs are estimated as 6ND / 2ND)")
+                        "teacher_model, student_nonembedding_params, teacher_nonembedding_params, auto_ceiling "
+                        "(alpha `auto`: a kd.auto run, its kd.alpha there, default 1) (a sweep's report.csv is "
+                        "this table; missing FLOPs are estimated as 6ND / 2ND)")
     r.add_argument("--out", metavar="DIR", help="with --table: where the report goes (default FILE_report/)")
     r.add_argument("--level", type=float, default=0.95,
                    help="two-sided confidence level of every interval and test (default 0.95)")

@@ -210,11 +210,11 @@ def test_a_sweep_directory_keeps_its_block_and_mkd_report_reads_it(tmp_path, mon
 
 def test_the_report_after_a_local_sweep_reads_its_registered_block(tmp_path, monkeypatch):
     from megatron_kd.cli import study_commands
-    from megatron_kd.study import sweep
+    from megatron_kd.study import sweep_local, sweep_teachers
 
     path, _ = _sweep_with(tmp_path, PRIMARY)
-    monkeypatch.setattr(sweep, "run_local", lambda *a: None)
-    monkeypatch.setattr(sweep, "evaluate_teachers", lambda spec: {})
+    monkeypatch.setattr(sweep_local, "run_local", lambda *a: None)
+    monkeypatch.setattr(sweep_teachers, "evaluate_teachers", lambda spec: {})
     seen = _registered_while(monkeypatch, study_commands)
     assert main(["sweep", str(path), "--local", "--no-power-check"]) == 0
     assert seen == [(PRIMARY, f"sweep {path}")]
