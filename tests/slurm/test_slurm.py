@@ -20,12 +20,14 @@ def env_for(slurm):
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_kd_job_with_two_tasks_runs_to_completion(slurm, text_corpus, text_teacher, tmp_path):
+def test_kd_job_with_two_tasks_runs_to_completion(slurm, text_corpus, tmp_path):
     env = env_for(slurm)
+    teacher = tmp_path / "teacher"
     common = corpus_overrides(text_corpus) + ["train.seq_length=32", "logging.eval_samples=8"]
+    mkd("train", "train/tiny-mock", *common, f"run.dir={teacher}", "train.steps=6", env=env, timeout=600)
     run = tmp_path / "student"
     r = mkd("slurm", "submit", "train/tiny-mock", *common, f"run.dir={run}", "train.steps=6",
-            f"teacher.checkpoint={text_teacher}", "kd.alpha=0.5", "parallel.tp=2",
+            f"teacher.checkpoint={teacher}", "kd.alpha=0.5", "parallel.tp=2",
             "--gpus-per-node", "0", "--ntasks-per-node", "2", "--time", "10", env=env, timeout=600)
     job = r.stdout.split()[-1]
     assert slurm.wait(job, 300) == "COMPLETED", (run / "slurm").glob("*.out")
