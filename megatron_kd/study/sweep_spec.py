@@ -103,12 +103,14 @@ def check_types(spec: dict, p: Path) -> None:
 
 def _check_alpha(spec: dict, grid: dict, need, is_list) -> None:
     """grid.alpha: numbers and optionally `auto`; auto_ceiling in (0, 1], given with an `auto`."""
-    need(is_list([a for a in grid.get("alpha") or [] if a != AUTO], (int, float)), "grid.alpha",
+    alphas = grid.get("alpha")
+    numbers = [a for a in alphas if a != AUTO] if isinstance(alphas, list) else alphas  # a scalar: refused
+    need(is_list(numbers, (int, float)), "grid.alpha",
          f"a list of numbers, and optionally `{AUTO}` (a kd.auto point per teacher)")
     ceiling = spec.get("auto_ceiling")
     need(ceiling is None or (_positive(ceiling) and ceiling <= 1), "auto_ceiling",
          "a number in (0, 1]: kd.alpha of the `auto` points (the most KD weight kd.auto may give)")
-    need(ceiling is None or AUTO in (grid.get("alpha") or []), "auto_ceiling",
+    need(ceiling is None or (isinstance(alphas, list) and AUTO in alphas), "auto_ceiling",
          f"given with `{AUTO}` in grid.alpha (it is the ceiling of the auto points)")
 
 
