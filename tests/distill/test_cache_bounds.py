@@ -273,12 +273,10 @@ def test_a_reader_wait_past_30_days_is_refused(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    """A real 3-step run of the tiny model: the cache job's teacher."""
-    run = tmp_path_factory.mktemp("cache_bounds") / "teacher"
-    helpers.mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3", "train.warmup_steps=0")
-    return run
+@pytest.fixture
+def teacher_run(mock_teacher):
+    """The cache job's teacher: the session's trained tiny teacher (tests/conftest.py)."""
+    return mock_teacher
 
 
 @pytest.mark.slow  # trains a teacher (the module fixture)
