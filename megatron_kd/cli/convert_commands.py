@@ -6,8 +6,8 @@ from pathlib import Path
 
 
 def add_convert_parsers(sub) -> None:
-    p = sub.add_parser("convert",
-                       help="Hugging Face (Llama, Qwen3, Qwen3-MoE, Mixtral) and Megatron-LM <-> megatron_kd checkpoints")
+    p = sub.add_parser("convert", help="Hugging Face (Llama, Qwen3, Qwen3-MoE, Mixtral) and Megatron-LM <-> "
+                                       "megatron_kd checkpoints")
     csub = p.add_subparsers(dest="convert_command", metavar="DIRECTION", required=True)
     a = csub.add_parser("hf-to-mcore", help="HF directory -> megatron_kd checkpoint (loads at any TP/PP)")
     a.add_argument("hf_dir")
