@@ -38,7 +38,7 @@ $(STAMP): requirements.txt requirements-cpu.txt requirements-dev.txt pyproject.t
 	grep -v -E '^megatron-core==' requirements.txt > $(VENV)/requirements-rest.txt
 	$(PIP) -r $(VENV)/requirements-rest.txt -c requirements-cpu.txt
 	$(PIP) -r requirements-dev.txt -c requirements-cpu.txt
-	$(PIP) --no-deps --no-build-isolation -e .
+	PYTHONWARNINGS=ignore $(PIP) --no-deps --no-build-isolation -e .  # setuptools' editable-install notice is not for users
 	$(PY) -c "import torch, megatron.core, megatron_kd; print('installed: torch', torch.__version__)" 2>/dev/null
 	@touch $(STAMP)
 
