@@ -15,10 +15,17 @@ import time
 from pathlib import Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen (two calls of a
+    one-port helper can return the same port, and slurmctld and slurmd must not share one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class LocalSlurm:
@@ -41,9 +48,10 @@ class LocalSlurm:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
         cpus = os.cpu_count() or 2
+        ctld_port, slurmd_port = _free_ports(2)
         self.conf.write_text("\n".join([
             "ClusterName=mkdtest", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={ctld_port}", f"SlurmdPort={slurmd_port}",
             "AuthType=auth/munge", "CredType=cred/munge", "AuthInfo=cred_expire=10",
             f"StateSaveLocation={self.root / 'state'}", f"SlurmdSpoolDir={self.root / 'spool'}",
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}", f"SlurmdPidFile={self.root / 'slurmd.pid'}",

@@ -22,6 +22,7 @@ def _part(out: str, name: str) -> float:
     return float(next(line for line in out.splitlines() if line.strip().startswith(name)).split()[-2])
 
 
+@pytest.mark.slow  # searches every layout of a large model
 def test_over_budget_suggests_a_layout():
     # 8 x 8192 tokens x 128k vocabulary: the two models' bf16 logits alone are 32 GiB at TP=1
     r = plan("kd/paper-8b-to-1b", "train.micro_batch_size=8", "--gpus", "32")

@@ -44,14 +44,18 @@ def uninterrupted_and_resumed(workdir: str, overrides: list[str]) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_a_resumed_kd_auto_run_continues_exactly(text_corpus, tmp_path):
-    """Two data-parallel ranks: the trend sums both ranks' micro-batches, so both save the same one."""
+@pytest.mark.parametrize("layout", ["dp2", "pp2"])
+def test_a_resumed_kd_auto_run_continues_exactly(text_corpus, tmp_path, layout):
+    """Two data-parallel ranks: the trend sums both ranks' micro-batches, so both save the same one.
+    Two pipeline stages: the last, which computes the loss, keeps the trend; the first has none."""
+    stages = ["parallel.pp=2"] if layout == "pp2" else []
     r, _ = run_distributed("tests.training.test_auto_resume:uninterrupted_and_resumed", 2, tmp_path,
-                           overrides=[*corpus_overrides(text_corpus), *AUTO])
+                           overrides=[*corpus_overrides(text_corpus), *AUTO, *stages])
     whole, split = r["uninterrupted"]["rows"], r["split"]["rows"]
     assert r["split"]["status"] == "completed" and [m["step"] for m in split] == [1, 2, 3, 4]
-    saved, other = r["saved"]["kd_objective"]  # one per rank, the same α on both
-    assert saved == other and saved["auto_trend"]["mean"] > 0  # the unigram teacher leads an untrained student
+    first, saved = r["saved"]["kd_objective"]  # one per rank
+    assert first == saved if layout == "dp2" else first["auto_trend"]["mean"] is None
+    assert saved["auto_trend"]["mean"] > 0  # the unigram teacher leads an untrained student
     # a trend started again would weigh step 3's first micro-batch at kd.alpha: its mean α and
     # every loss after it would differ
     assert whole[2]["kd/alpha_effective"] < 0.75

@@ -17,6 +17,7 @@ from tests.distributed import REPO
 from tests.helpers import ENV, MKD, env_with, mkd, mkd_in_process, read_metrics
 
 
+@pytest.mark.slow  # a whole training run
 def test_nan_steps_are_skipped_then_budget_stops_the_run(tmp_path):
     r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'a'}", "train.steps=6",
             env=env_with(MKD_INJECT_NAN_STEPS="3,4"))
@@ -43,6 +44,7 @@ class _Evil:
         return (os.system, (f"touch {os.environ.get('MKD_PWNED', '/tmp/mkd_pwned')}",))
 
 
+@pytest.mark.slow  # trains the run whose checkpoint it forges
 def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "train.stop_at_step=2")
@@ -158,6 +160,7 @@ def test_sigkill_mid_save_or_mid_run_loses_nothing_and_resumes_exactly(tmp_path)
     assert sorted(got) == sorted(ref) and all(abs(got[s] - ref[s]) <= 1e-6 for s in ref), (killed_at, got, ref)
 
 
+@pytest.mark.slow  # a whole training run
 def test_preemption_warning_during_start_up_checkpoints_and_exits_for_requeue(tmp_path):
     """Slurm's SIGUSR1 can come while torch and megatron-core are still being imported (a
     requeued job starting late in its time slot): its default action would end the process
