@@ -141,3 +141,15 @@ def copy_prefix(src: str, dst: Path) -> str:
         if Path(src + ext).exists():
             shutil.copy(src + ext, str(dst) + ext)
     return str(dst)
+
+
+def auto_objective(mean: float | None):
+    """A kd.auto KD objective (tiny-mock, ceiling 0.8) whose advantage trend stands at `mean`
+    (None: no micro-batch seen yet): the state a checkpoint saves and a resume restores."""
+    from megatron_kd.config import load_config
+    from megatron_kd.distill.objective import KDObjective
+
+    cfg = load_config("train/tiny-mock", ["kd.alpha=0.8", "kd.auto.enabled=true"])
+    objective = KDObjective.from_config(cfg.kd, cfg.model.vocab_size)
+    objective.trend.mean = mean
+    return objective

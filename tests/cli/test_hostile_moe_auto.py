@@ -18,6 +18,7 @@ from megatron_kd.convert.hf import SafetensorsReader
 from megatron_kd.distill.objective import KDObjective
 from megatron_kd.errors import ConfigError
 from megatron_kd.models.hf_config import hf_to_model_config
+from tests.helpers import auto_objective
 
 MIXTRAL = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 256, "hidden_size": 64,
            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -141,15 +142,8 @@ def test_a_bad_bridge_run_config_value_is_one_line(tmp_path, edit, message):
 LAYOUT = {"tp": 1, "pp": 1, "vpp": 1}
 
 
-def _objective(mean: float | None) -> KDObjective:
-    cfg = load_config("train/tiny-mock", ["kd.alpha=0.8", "kd.auto.enabled=true"])
-    objective = KDObjective.from_config(cfg.kd, cfg.model.vocab_size)
-    objective.trend.mean = mean
-    return objective
-
-
 def _restore(state: dict) -> KDObjective:
-    objective = _objective(None)
+    objective = auto_objective(None)
     checkpointer = Checkpointer(load_config("train/tiny-mock", ["run.dir=/nonexistent/run", "kd.alpha=0.8",
                                                                 "kd.auto.enabled=true"]))
     info = CheckpointInfo(Path("/runs/r/checkpoints/step_0000002"), 2, 8, 256, "periodic", True, state)
@@ -158,7 +152,7 @@ def _restore(state: dict) -> KDObjective:
 
 
 def test_a_saved_trend_of_this_layout_is_restored():
-    saved = {"parallel": LAYOUT, "world_size": 1, "kd_objective": [_objective(0.25).state_dict()]}
+    saved = {"parallel": LAYOUT, "world_size": 1, "kd_objective": [auto_objective(0.25).state_dict()]}
     assert _restore(saved).trend.mean == 0.25
 
 

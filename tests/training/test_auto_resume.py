@@ -12,10 +12,10 @@ import pytest
 
 from megatron_kd.checkpoint.checkpointer import Checkpointer, CheckpointInfo
 from megatron_kd.config import load_config
-from megatron_kd.distill.objective import KDObjective
 from megatron_kd.errors import ConfigError
 from tests.conftest import corpus_overrides
 from tests.distributed import run_distributed
+from tests.helpers import auto_objective
 
 AUTO = ["teacher.unigram=true", "kd.alpha=0.8", "kd.auto.enabled=true", "kd.auto.tau=2.0", "train.steps=4",
         "logging.tensorboard=false", "checkpoint.save_at_end=false", "logging.eval_interval=0"]
@@ -64,13 +64,6 @@ def test_a_resumed_kd_auto_run_continues_exactly(text_corpus, tmp_path, layout):
             assert a[key] == b[key], (a["step"], key, a[key], b[key])
 
 
-def _objective(mean: float | None) -> KDObjective:
-    cfg = load_config("train/tiny-mock", ["kd.alpha=0.8", "kd.auto.enabled=true"])
-    objective = KDObjective.from_config(cfg.kd, cfg.model.vocab_size)
-    objective.trend.mean = mean
-    return objective
-
-
 def _info(state: dict) -> CheckpointInfo:
     return CheckpointInfo(Path("/runs/r/checkpoints/step_0000002"), 2, 8, 256, "periodic", True, state)
 
@@ -82,19 +75,19 @@ def _checkpointer(*overrides: str) -> Checkpointer:
 def test_the_saved_trend_is_restored_and_a_missing_one_warns_a_kd_auto_run(caplog):
     layout = {"parallel": {"tp": 1, "pp": 1, "vpp": 1}}
     auto = _checkpointer("kd.alpha=0.8", "kd.auto.enabled=true")
-    resumed = _objective(None)
-    auto._restore_objective(resumed, _info({**layout, "kd_objective": [_objective(0.25).state_dict()]}))
+    resumed = auto_objective(None)
+    auto._restore_objective(resumed, _info({**layout, "kd_objective": [auto_objective(0.25).state_dict()]}))
     assert resumed.trend.mean == 0.25
     # saved at another layout (two pipeline stages: the first has no trend): the one that moved
-    resumed = _objective(None)
+    resumed = auto_objective(None)
     other = {"parallel": {"tp": 1, "pp": 2, "vpp": 1},
-             "kd_objective": [_objective(None).state_dict(), _objective(0.5).state_dict()]}
+             "kd_objective": [auto_objective(None).state_dict(), auto_objective(0.5).state_dict()]}
     auto._restore_objective(resumed, _info(other))
     assert resumed.trend.mean == 0.5
     with caplog.at_level(logging.WARNING, logger="megatron_kd.checkpoint"):
-        fresh = _objective(None)
+        fresh = auto_objective(None)
         auto._restore_objective(fresh, _info(layout))  # saved before the state was recorded
-        _checkpointer("kd.alpha=0.8")._restore_objective(_objective(None), _info(layout))  # a fixed α: quiet
+        _checkpointer("kd.alpha=0.8")._restore_objective(auto_objective(None), _info(layout))  # a fixed α: quiet
     assert fresh.trend.mean is None
     [warning] = [r.getMessage() for r in caplog.records]
     assert "holds no KD objective state" in warning and "kd.alpha=0.8" in warning
@@ -106,4 +99,4 @@ def test_a_damaged_saved_trend_is_refused_in_one_line(saved):
     with pytest.raises(ConfigError, match=r"checkpoint /runs/r/checkpoints/step_0000002.*resume from|"
                                           r"checkpoint /runs/r/checkpoints/step_0000002 is damaged"):
         _checkpointer("kd.alpha=0.8", "kd.auto.enabled=true")._restore_objective(
-            _objective(None), _info({"parallel": {"tp": 1, "pp": 1, "vpp": 1}, **saved}))
+            auto_objective(None), _info({"parallel": {"tp": 1, "pp": 1, "vpp": 1}, **saved}))
