@@ -17,7 +17,7 @@ LAYERS = [
     {"checkpoint"},
     {"distill"},
     {"training"},
-    {"study", "convert", "slurm"},
+    {"study", "evals", "convert", "slurm"},
     {"cli"},
     {"__main__"},
 ]

@@ -364,7 +364,7 @@ def check_json_out(target: str) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from megatron_kd.study.evaluation import run_eval
+    from megatron_kd.evals.checkpoint_eval import run_eval
 
     json_out = check_json_out(args.json_out) if args.json_out else None
     if args.limit is not None and args.limit < 1:
@@ -378,7 +378,7 @@ def cmd_eval(args) -> int:
     check_memory(cfg, training=False)  # forward only: weights, activations, logits
     tasks = [t for t in (args.tasks or "").split(",") if t]
     if tasks and os.environ.get(CHECKED_ENV) != "1":  # an unknown task is refused before the model loads
-        from megatron_kd.study.lm_eval_adapter import check_tasks, task_manager  # lazy: lm-eval is optional
+        from megatron_kd.evals.lm_eval_adapter import check_tasks, task_manager  # lazy: lm-eval is optional
 
         check_tasks(tasks, task_manager(args.include_path))
 

@@ -163,7 +163,7 @@ def cmd_analyze(args) -> int:
     from megatron_kd.checkpoint.refs import resolve_checkpoint, saved_config, verify_checkpoint
     from megatron_kd.cli.commands import launch_ranks
     from megatron_kd.config.overrides import override
-    from megatron_kd.study.analyze import run_analyze  # torch and megatron-core: after parsing
+    from megatron_kd.evals.analyze import run_analyze  # torch and megatron-core: after parsing
 
     ckpt = resolve_checkpoint(args.student)
     run_dir = str(ckpt.parent.parent)

@@ -170,7 +170,7 @@ class _Manager:  # lm-eval's TaskManager as check_tasks reads it (building the r
                                        (["arc_easy", "nosuchtask"], "'nosuchtask'")])
 def test_unknown_lm_eval_task_is_one_line(tasks, bad):
     from megatron_kd.errors import ConfigError
-    from megatron_kd.study.lm_eval_adapter import check_tasks
+    from megatron_kd.evals.lm_eval_adapter import check_tasks
 
     with pytest.raises(ConfigError, match="unknown lm-eval task") as e:
         check_tasks(tasks, _Manager())

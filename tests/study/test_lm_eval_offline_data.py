@@ -15,7 +15,7 @@ TINY = "tests/study/tasks/mkd_tiny_mc.yaml"
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory):
-    from megatron_kd.study.lm_eval_adapter import task_manager
+    from megatron_kd.evals.lm_eval_adapter import task_manager
 
     folder = tmp_path_factory.mktemp("tasks")
     local = yaml.safe_load(open(TINY))
@@ -31,7 +31,7 @@ def manager(tmp_path_factory):
 
 @pytest.mark.parametrize("task", ["mkd_hub_only", "mkd_missing_file"])
 def test_a_task_without_local_data_is_one_line(manager, task):
-    from megatron_kd.study.lm_eval_adapter import check_tasks
+    from megatron_kd.evals.lm_eval_adapter import check_tasks
 
     with pytest.raises(ConfigError) as err:
         check_tasks([task], manager)
@@ -41,6 +41,6 @@ def test_a_task_without_local_data_is_one_line(manager, task):
 
 
 def test_a_task_with_local_data_passes(manager):
-    from megatron_kd.study.lm_eval_adapter import check_tasks
+    from megatron_kd.evals.lm_eval_adapter import check_tasks
 
     check_tasks(["mkd_tiny_mc"], manager)

@@ -29,7 +29,7 @@ def run_eval(cfg: RunConfig, checkpoint: Path, tasks: list[str] | None = None,
     losses = evaluate(cfg, state.model, valid)
     tasks_out = None
     if tasks:
-        from megatron_kd.study.lm_eval_adapter import run_tasks  # lazy: lm-eval is optional (and ~3 s to import)
+        from megatron_kd.evals.lm_eval_adapter import run_tasks  # lazy: lm-eval is optional (and ~3 s to import)
 
         if cfg.parallel.pp != 1:
             raise ConfigError("--tasks runs with parallel.pp=1 (any TP); set parallel.pp=1 parallel.vpp=1")
