@@ -88,6 +88,21 @@ def state_checksum(state: dict) -> str:
     return f"crc32:{zlib.crc32(body.encode()):08x}"
 
 
+def without_location(identity: dict | None) -> dict | None:
+    """A teacher identity (a checkpoint's, or a teacher cache's and its teacher's) as its content
+    alone: a checkpoint is its step and state checksum (which covers every file's checksum), so
+    a project moved or copied to another directory keeps its teachers and caches; a checkpoint
+    recorded without a checksum keeps its path."""
+    if not isinstance(identity, dict):
+        return identity
+    out = {k: v for k, v in identity.items() if k != "cache"}  # a cache by what it holds (its fingerprint)
+    if out.get("state_crc"):
+        out.pop("checkpoint", None)
+    if isinstance(out.get("teacher"), dict):
+        out["teacher"] = without_location(out["teacher"])
+    return out
+
+
 def write_state(directory: Path, meta: dict) -> None:
     """Write the state file of a checkpoint whose other files are all written: `meta` plus every
     file's size and checksum (verify_checkpoint checks them) and the state's own checksum. The

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_kd.checkpoint.refs import file_checksum
+from megatron_kd.checkpoint.refs import file_checksum, without_location
 from megatron_kd.config.schema import KDConfig, RunConfig
 from megatron_kd.data.identity import data_identity, describe_difference
 from megatron_kd.data.tokenizer import file_sha256
@@ -98,6 +98,15 @@ def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, te
                           "state_crc": teacher_state.get("state_crc"),
                           "dtype": cfg.teacher.dtype or cfg.precision.dtype,
                           "fp8": cfg.teacher.fp8 or cfg.precision.fp8}
+    return out
+
+
+def _comparable(fp: dict) -> dict:
+    """A fingerprint without where its inputs lie (check_same_data compares the training data by
+    content): a moved or copied project reads the caches it made."""
+    out = dict(fp, teacher=without_location(fp.get("teacher")))
+    if isinstance((fp.get("data") or {}).get("train"), list):
+        out["data"] = {k: v for k, v in fp["data"].items() if k != "train"}
     return out
 
 
@@ -265,7 +274,7 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
     if teacher_ckpt is None:
         mine["teacher"] = m["fingerprint"].get("teacher")
     check_same_data(root, m["fingerprint"], mine)
-    diff = differing_fields(m["fingerprint"], mine)
+    diff = differing_fields(_comparable(m["fingerprint"]), _comparable(mine))
     if diff:
         raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
                           "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
@@ -295,7 +304,8 @@ def check_same_data(root: Path, cached: dict, mine: dict) -> None:
                           "the cache (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
     have_ids = {str(e.get("prefix")): e.get("content") for e in have}
     want_ids = {e["prefix"]: e["content"] for e in want}
-    if have_ids != want_ids:
+    # the same prefixes' bytes in the same order, wherever they lie now (a moved project)
+    if [e.get("content") for e in have] != [e["content"] for e in want]:
         raise ConfigError(f"teacher cache {root} was made from other data: {describe_difference(have_ids, want_ids)} "
                           "(re-tokenized or replaced since); rebuild the cache for this data (`mkd teacher-cache "
                           "RECIPE ... --out NEW_DIR`)")

@@ -22,6 +22,7 @@ from megatron_kd.checkpoint.refs import (
     saved_config,
     saved_model,
     verify_checkpoint,
+    without_location,
 )
 from megatron_kd.config import load_config, padded_vocab
 from megatron_kd.config.loader import build_dataclass, load_recipe_dict, resolve_recipe_path
@@ -141,7 +142,7 @@ def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path, now: dict 
         return
     saved = saved_state["teacher"]
     now = teacher_identity(cfg) if now is None else now
-    if saved != now:
+    if without_location(saved) != without_location(now):
         hint = (f"set teacher.checkpoint={saved['checkpoint']} to resume against the teacher it started with, "
                 if saved and "checkpoint" in saved else "")
         raise ConfigError(f"checkpoint {ckpt} was trained against {_describe_identity(saved)}, but this run "

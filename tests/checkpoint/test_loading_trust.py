@@ -157,6 +157,26 @@ def test_resume_against_another_teacher_is_refused(trained, tmp_path):
         check_same_teacher(no_teacher, saved, tmp_path)
 
 
+def test_a_moved_project_resumes_against_its_teacher(trained, tmp_path):
+    """The teacher is known by its step and state checksum (every file's checksum), not by its
+    absolute path: a project copied elsewhere resumes; another teacher there still does not."""
+    teacher = tmp_path / "project" / "teacher"
+    shutil.copytree(trained, teacher)
+    cfg = load_config("train/tiny-mock", [f"run.dir={tmp_path / 'student'}", f"teacher.checkpoint={teacher}"])
+    saved = {"teacher": teacher_identity(cfg)}
+    moved = tmp_path / "moved" / "teacher"
+    shutil.copytree(teacher, moved)
+    at_moved = load_config("train/tiny-mock", [f"run.dir={tmp_path / 'student'}", f"teacher.checkpoint={moved}"])
+    assert teacher_identity(at_moved)["checkpoint"] != saved["teacher"]["checkpoint"]
+    check_same_teacher(at_moved, saved, tmp_path)
+    ckpt = _ckpt(moved)
+    state = read_state(ckpt)
+    write_state(ckpt, {**{k: v for k, v in state.items() if k not in ("files", "checksums", "state_crc")},
+                       "tokens": state["tokens"] + 1})  # other content at the same step
+    with pytest.raises(ConfigError, match="was trained against"):
+        check_same_teacher(at_moved, saved, tmp_path)
+
+
 @pytest.mark.parametrize("where", ["state_file", "inside_checkpoint", "inside_run_dir", "other_file"])
 def test_json_out_never_overwrites_what_it_does_not_own(where, trained, tmp_path, capsys):
     run = tmp_path / "run"

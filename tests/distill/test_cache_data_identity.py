@@ -7,6 +7,7 @@ before) is refused with "rebuild". Real tokenized data, the real pre-launch chec
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,25 @@ def test_another_data_seed_is_still_refused(run):
     cfg.data.seed = 4321
     with pytest.raises(ConfigError, match=r"was made for another run: data_seed differ"):
         check_run(cfg, ROWS, None, None)
+
+
+def test_a_moved_project_reads_its_cache_and_a_reordered_one_does_not(run, tmp_path):
+    """The data's bytes in the same order and the teacher's checksum, wherever they lie: a project
+    copied to another directory reads the cache it made (its teacher at another path too)."""
+    cfg, prefix, _ = run
+    teacher_state = {"step": 5, "state_crc": "crc32:0badf00d"}
+    manifest = Path(cfg.teacher.cache) / MANIFEST
+    m = json.loads(manifest.read_text())
+    m["fingerprint"] = fingerprint(cfg, K, tmp_path / "teacher", teacher_state)
+    manifest.write_text(json.dumps(m))
+    moved = tmp_path / "moved" / "train"
+    moved.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(prefix.with_suffix(suffix), moved.with_suffix(suffix))
+    cfg.data.train = [str(moved)]
+    check_run(cfg, ROWS, tmp_path / "moved" / "teacher", teacher_state)
+    with pytest.raises(ConfigError, match=r"made for another run: teacher.state_crc differ"):
+        check_run(cfg, ROWS, tmp_path / "moved" / "teacher", {**teacher_state, "state_crc": "crc32:00000000"})
+    cfg.data.train = [str(moved), str(prefix)]  # two prefixes where it had one
+    with pytest.raises(ConfigError, match="was made from other data"):
+        check_run(cfg, ROWS, tmp_path / "moved" / "teacher", teacher_state)
