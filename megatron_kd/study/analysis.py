@@ -13,7 +13,8 @@ from megatron_kd.study.auto_test import auto_test
 from megatron_kd.study.claims import ES_KEY, best_alpha, read_claims
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.primary import current, parse_auto
-from megatron_kd.study.stats import AUTO_FAMILY, is_auto, point_key
+from megatron_kd.study.rows import RunRow
+from megatron_kd.study.stats import AUTO_FAMILY, is_auto
 
 ID_SETS = ("indomain", "heldout", "mock")
 LEVEL = 0.95
@@ -34,50 +35,46 @@ def test_sets(ood: list[str]) -> tuple[list[str], dict]:
     return [s for s in ood if s not in dev_of.values()], dev_of
 
 
-def early_stopped(base_rows: list[dict], dev: str, test: str) -> dict:
+def early_stopped(base_rows: list[RunRow], dev: str, test: str) -> dict:
     """{seed key: (test loss, tokens)}: each baseline run at its evaluation of lowest `dev` loss
     (from its validation curve; a results table has none, and then this is empty)."""
     out = {}
     for r in base_rows:
-        curve = [v for v in r.get("curve") or [] if f"val/{dev}" in v and f"val/{test}" in v
+        curve = [v for v in r.curve if f"val/{dev}" in v and f"val/{test}" in v
                  and math.isfinite(v[f"val/{dev}"])]
         if curve:
             best = min(curve, key=lambda v: v[f"val/{dev}"])
-            out[seed_key(r)] = (float(best[f"val/{test}"]), int(best["tokens"]))
+            out[r.seed_key] = (float(best[f"val/{test}"]), int(best["tokens"]))
     return out
 
 
 def is_control(p: dict) -> bool:
-    """A teacher of no parameters (the unigram): a control, not a teacher of the claims."""
+    """A point whose teacher has no parameters (the unigram): a control, not a teacher of the
+    claims (a run's row says it itself: RunRow.is_control)."""
     return bool(p.get("teacher")) and p.get("teacher_params") == 0
 
 
-def seed_key(r: dict) -> tuple:
-    """What a run shares with the baseline it is paired with: its seeds."""
-    return (r.get("seed"), r.get("data_seed"))
-
-
-def _cells(rows: list[dict], value) -> dict:
+def _cells(rows: list[RunRow], value) -> dict:
     cells: dict = {}
     for r in rows:
         v = value(r)
         if v is not None:
-            cells.setdefault(point_key(r), {})[seed_key(r)] = v
+            cells.setdefault(r.point_key, {})[r.seed_key] = v
     return cells
 
 
-def comparison_family(r: dict) -> str | None:
+def comparison_family(r: RunRow) -> str | None:
     """The noise family of a run's point (paired.PairedFit's `families`): the baseline (None)
     belongs to every family; the others each have their own residual variance."""
-    if r.get("baseline_tokens") is not None:
+    if r.baseline_tokens is not None:
         return "frontier baselines"
-    if not r.get("teacher"):
+    if not r.teacher:
         return None
-    if is_control(r):
+    if r.is_control:
         return "controls"
-    if is_auto(r):
+    if r.is_auto:
         return AUTO_FAMILY
-    return "scheduled α" if r.get("alpha_schedule") else "fixed α"
+    return "scheduled α" if r.alpha_schedule else "fixed α"
 
 
 def pairs_by_seed(fit: PairedFit) -> bool:
@@ -96,34 +93,34 @@ def _verdict(e, level: float) -> str:
     return "helps" if ci[0] > 0 else "hurts" if ci[1] < 0 else "within noise"
 
 
-def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence: float = EQUIVALENCE,
+def analyse(rows: list[RunRow], sets: list[str], level: float = LEVEL, equivalence: float = EQUIVALENCE,
             in_domain: str | None = None, n_boot: int = 1000) -> dict:
     id_set, ood = split_sets(sets, in_domain)
     out = {"id_set": id_set, "ood_sets": ood, "level": level, "equivalence": equivalence, "students": {}}
-    for student in sorted({r["student"] for r in rows}):
-        rs = [r for r in rows if r["student"] == student]
-        base_rows = [r for r in rs if not r.get("teacher") and r.get("baseline_tokens") is None]
+    for student in sorted({r.student for r in rows}):
+        rs = [r for r in rows if r.student == student]
+        base_rows = [r for r in rs if not r.teacher and r.baseline_tokens is None]
         if not base_rows:
             continue
-        baseline = point_key(base_rows[0])
-        fam = {point_key(r): comparison_family(r) for r in rs}
-        fits = {s: PairedFit(_cells(rs, lambda r, s=s: r["val"].get(s)), baseline, fam) for s in sets}
-        zfits = {s: PairedFit(_cells(rs, lambda r, s=s: (r["val"][s] - r["val"][id_set])
-                                     if s in r["val"] and id_set in r["val"] else None), baseline, fam) for s in ood}
+        baseline = base_rows[0].point_key
+        fam = {r.point_key: comparison_family(r) for r in rs}
+        fits = {s: PairedFit(_cells(rs, lambda r, s=s: r.val.get(s)), baseline, fam) for s in sets}
+        zfits = {s: PairedFit(_cells(rs, lambda r, s=s: (r.val[s] - r.val[id_set])
+                                     if s in r.val and id_set in r.val else None), baseline, fam) for s in ood}
         runs_of: dict = {}  # point key -> its runs, grouped once (a search per point is quadratic)
         for r in rs:
-            runs_of.setdefault(point_key(r), []).append(r)
+            runs_of.setdefault(r.point_key, []).append(r)
         points = []
         for key in sorted(runs_of, key=repr):
             first = runs_of[key][0]
-            p = {"key": key, "student": student, "teacher": first.get("teacher"), "alpha": first.get("alpha"),
-                 "alpha_schedule": first.get("alpha_schedule"), "auto_ceiling": first.get("auto_ceiling"),
-                 "temperature": first.get("temperature"),
-                 "kind": first.get("kind"), "teacher_val": first.get("teacher_val") or {},
-                 "teacher_tokens": first.get("teacher_tokens"), "teacher_params": first.get("teacher_params"),
-                 "teacher_model": first.get("teacher_model"), "teacher_flops": first.get("teacher_pretrain_flops"),
-                 "baseline_tokens": first.get("baseline_tokens"), "seeds": fits[id_set].n_seeds(key),
-                 "names": [r["name"] for r in runs_of[key]],
+            p = {"key": key, "student": student, "teacher": first.teacher, "alpha": first.alpha,
+                 "alpha_schedule": first.alpha_schedule, "auto_ceiling": first.auto_ceiling,
+                 "temperature": first.temperature,
+                 "kind": first.kind, "teacher_val": dict(first.teacher_val),
+                 "teacher_tokens": first.teacher_tokens, "teacher_params": first.teacher_params,
+                 "teacher_model": first.teacher_model, "teacher_flops": first.teacher_pretrain_flops,
+                 "baseline_tokens": first.baseline_tokens, "seeds": fits[id_set].n_seeds(key),
+                 "names": [r.name for r in runs_of[key]],
                  "mean": {s: fits[s].mean(key) for s in sets}, "gains": {}}
             if p["teacher"]:
                 for s in sets:
@@ -138,7 +135,7 @@ def analyse(rows: list[dict], sets: list[str], level: float = LEVEL, equivalence
         for test, dev in dev_of.items():
             es[test] = early_stopped(base_rows, dev, test)
             if es[test]:
-                cells = {**_cells(rs, lambda r, s=test: r["val"].get(s)),
+                cells = {**_cells(rs, lambda r, s=test: r.val.get(s)),
                          ES_KEY: {k: v for k, (v, _) in es[test].items()}}
                 es_fits[test] = PairedFit(cells, baseline, fam)  # ES_KEY: shared, like the baseline
         controls = sorted({p["teacher"] for p in kd if is_control(p)})

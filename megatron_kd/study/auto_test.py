@@ -140,7 +140,7 @@ def grid_compute(test: dict, compute_points: list[dict], baseline_compute: dict)
         auto = by_key.get(r["key"])
         if auto is None:
             continue
-        # its grid at the auto point's temperature, kind and top-k (stats.point_key's fields 3 to 5)
+        # its grid at the auto point's temperature, kind and top-k (RunRow.point_key's fields 3 to 5)
         grid = [q for q in compute_points if q["teacher"] == r["teacher"] and q.get("alpha") is not None
                 and not q.get("alpha_schedule") and not is_auto(q) and q["key"][3:6] == r["key"][3:6]]
         per = {}

@@ -29,6 +29,7 @@ Pure functions of the report's rows: tested on synthetic rows with known answers
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ from scipy.special import stdtrit
 
 from megatron_kd.models.flops import forward_flops, training_flops
 from megatron_kd.models.params import human
-from megatron_kd.study.stats import is_auto, point_key
+from megatron_kd.study.rows import RunRow
+from megatron_kd.study.stats import is_auto
 
 ACCOUNTINGS = {"a": "teacher exists, its pass shared by the runs of one cache",
                "b": "teacher exists, its pass serves this student alone",
@@ -44,56 +46,56 @@ ACCOUNTINGS = {"a": "teacher exists, its pass shared by the runs of one cache",
 GAIN_ACCOUNTINGS = ("b", "c")
 
 
-def run_flops(r: dict) -> dict:
+def run_flops(r: RunRow) -> dict:
     """A run's FLOPs by part, in the one currency (models/flops.py): from its columns, else from
     its parameter counts by the currency's fallback (6·N·D training, 2·N·D forward, N the total
     parameters; said in "estimated")."""
     est = []
 
     def part(column, name, count, params, tokens):
-        if r.get(column) is not None:
-            return r[column]
-        if r.get(params) and r.get(tokens):
+        if getattr(r, column) is not None:
+            return getattr(r, column)
+        if getattr(r, params) and getattr(r, tokens):
             est.append(name)
-            return count(float(r[params]), float(r[tokens]))
+            return count(float(getattr(r, params)), float(getattr(r, tokens)))
         return None
 
     student = part("student_flops", "student", training_flops, "student_params", "student_tokens")
     out = {"student": student, "estimated": est}
-    if not r.get("teacher"):
+    if not r.teacher:
         return out
     alone = part("teacher_pass_flops", "teacher pass", forward_flops, "teacher_params", "student_tokens")
     pretrain = part("teacher_pretrain_flops", "teacher pretraining", training_flops, "teacher_params", "teacher_tokens")
-    shared_by = max(1e-9, float(r.get("teacher_pass_shared_by") or 1))  # (fractional with readers of several lengths)
+    shared_by = max(1e-9, float(r.teacher_pass_shared_by or 1))  # (fractional with readers of several lengths)
     out.update(alone=alone, shared=alone / shared_by if alone is not None else None, pretrain=pretrain)
     return out
 
 
-def totals(r: dict) -> dict:
+def totals(r: RunRow) -> dict:
     """{accounting: total FLOPs} of one run (None where a part is unknown)."""
     f = run_flops(r)
     s = f["student"]
-    if not r.get("teacher"):
+    if not r.teacher:
         return {k: s for k in ACCOUNTINGS}
     add = lambda *xs: None if s is None or any(x is None for x in xs) else s + sum(xs)  # noqa: E731
     return {"a": add(f["shared"]), "b": add(f["alone"]), "c": add(f["alone"], f["pretrain"])}
 
 
-def same_architecture(r: dict, student: str) -> bool:
+def same_architecture(r: RunRow, student: str) -> bool:
     """Is this run's teacher the student's own model? By its model recipe's name, else (a table
     without teacher_model) by an equal parameter count."""
-    if r.get("teacher_model"):
-        return Path(str(r["teacher_model"])).stem == student
-    return bool(r.get("teacher_params")) and r.get("teacher_params") == r.get("student_params")
+    if r.teacher_model:
+        return Path(str(r.teacher_model)).stem == student
+    return bool(r.teacher_params) and r.teacher_params == r.student_params
 
 
-def run_noise(rows: list[dict], s: str) -> tuple[float | None, int]:
+def run_noise(rows: list[RunRow], s: str) -> tuple[float | None, int]:
     """(per-run sd, degrees of freedom): the seed spread pooled over points with >= 2 runs."""
     groups: dict = {}
     for r in rows:
-        v = r["val"].get(s)
+        v = r.val.get(s)
         if v is not None and math.isfinite(v):
-            groups.setdefault(point_key(r), []).append(v)
+            groups.setdefault(r.point_key, []).append(v)
     ss = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in groups.values() if len(g) > 1)
     df = sum(len(g) - 1 for g in groups.values() if len(g) > 1)
     return (math.sqrt(ss / df) if df else None), df
@@ -169,53 +171,53 @@ def matched_gain(front: Frontier, compute: float, loss: float, n_runs: int, sd: 
     return {"gain": g, "interval": ci, "kind": kind, "verdict": verdict}
 
 
-def with_baseline_lengths(rows: list[dict]) -> list[dict]:
+def with_baseline_lengths(rows: list[RunRow]) -> list[RunRow]:
     """The rows, a baseline trained for another length than its student's KD runs (`baseline_steps`,
     or a table's row) marked as its own point (a copy with `baseline_tokens`): a frontier node, not
     the paired baseline. The rows given are not changed."""
     other: dict = {}  # id of a row -> its length
-    for student in {r["student"] for r in rows}:
-        rs = [r for r in rows if r["student"] == student]
-        kd = [r.get("student_tokens") for r in rs if r.get("teacher")]
-        base = [r.get("student_tokens") for r in rs if not r.get("teacher")]
+    for student in {r.student for r in rows}:
+        rs = [r for r in rows if r.student == student]
+        kd = [r.student_tokens for r in rs if r.teacher]
+        base = [r.student_tokens for r in rs if not r.teacher]
         if kd:
             main = max(set(kd), key=lambda t: (kd.count(t), t or 0))
         else:
             main = max((t for t in base if t is not None), default=None)
         for r in rs:
-            if not r.get("teacher") and main is not None and r.get("student_tokens") not in (None, main):
-                other[id(r)] = r["student_tokens"]
-    return [{**r, "baseline_tokens": other[id(r)]} if id(r) in other else r for r in rows]
+            if not r.teacher and main is not None and r.student_tokens not in (None, main):
+                other[id(r)] = r.student_tokens
+    return [replace(r, baseline_tokens=other[id(r)]) if id(r) in other else r for r in rows]
 
 
-def frontier_nodes(rows: list[dict], student: str, s: str) -> list[tuple[float, float, int, str]]:
+def frontier_nodes(rows: list[RunRow], student: str, s: str) -> list[tuple[float, float, int, str]]:
     """The student's supervised runs on set `s`: (compute, mean loss, runs, label) per node."""
     nodes, groups, zoo = [], {}, {}
     for r in rows:
-        if r["student"] != student:
+        if r.student != student:
             continue
-        if not r.get("teacher") and r["val"].get(s) is not None:
-            groups.setdefault(r.get("student_tokens"), []).append(r)
-        elif r.get("teacher") and same_architecture(r, student) and (r.get("teacher_val") or {}).get(s) is not None:
-            zoo.setdefault(r["teacher"], r)
+        if not r.teacher and r.val.get(s) is not None:
+            groups.setdefault(r.student_tokens, []).append(r)
+        elif r.teacher and same_architecture(r, student) and r.teacher_val.get(s) is not None:
+            zoo.setdefault(r.teacher, r)
     for tokens, rs in groups.items():
         flops = [run_flops(r)["student"] for r in rs]
         if all(f is not None for f in flops):
-            nodes.append((float(np.mean(flops)), float(np.mean([r["val"][s] for r in rs])), len(rs),
+            nodes.append((float(np.mean(flops)), float(np.mean([r.val[s] for r in rs])), len(rs),
                           f"baseline, {human(tokens or 0)} tokens"))
     for name, r in zoo.items():
         pre = run_flops(r)["pretrain"]
         if pre:
-            nodes.append((pre, r["teacher_val"][s], 1, f"teacher {name} (same model)"))
+            nodes.append((pre, r.teacher_val[s], 1, f"teacher {name} (same model)"))
     return nodes
 
 
-def compute_study(rows: list[dict], study: dict, sets: list[str], level: float) -> dict:
+def compute_study(rows: list[RunRow], study: dict, sets: list[str], level: float) -> dict:
     """Per student: the frontier per set, every KD point's totals and compute-matched gains, and
     per set and accounting the answer at each teacher's best α (by seed means)."""
     out = {}
     for student, st in study["students"].items():
-        rs = [r for r in rows if r["student"] == student]
+        rs = [r for r in rows if r.student == student]
         per_set = {}
         for s in sets:
             sd, df = run_noise(rs, s)
@@ -225,7 +227,7 @@ def compute_study(rows: list[dict], study: dict, sets: list[str], level: float) 
                                     for (c, y, n, lab), v in zip(front.nodes, front.value)]}
         runs_of: dict = {}  # point key -> its runs, grouped once (a search per point is quadratic)
         for r in rs:
-            runs_of.setdefault(point_key(r), []).append(r)
+            runs_of.setdefault(r.point_key, []).append(r)
         points = []
         for p in st["points"]:
             if not p["teacher"]:

@@ -58,7 +58,7 @@ MAX_LOSS = 1e6  # nats/token, as the results table bounds its losses: 10^308 is 
 ROW_BOUNDS = {
     "student_params": (1, MAX_PARAMS, False), "student_nonembedding_params": (0, MAX_PARAMS, True),
     "teacher_params": (0, MAX_PARAMS, False), "teacher_nonembedding_params": (0, MAX_PARAMS, False),
-    "student_tokens": (0, MAX_TOKENS, True), "tokens": (0, MAX_TOKENS, True),
+    "student_tokens": (0, MAX_TOKENS, True),
     "teacher_tokens": (0, MAX_TOKENS, False), "alpha": (0, 1, False),
     "student_flops": (0, MAX_FLOPS, False), "teacher_pretrain_flops": (0, MAX_FLOPS, False),
     "teacher_pass_flops": (0, MAX_FLOPS, False), "teacher_pass_shared_by": (0, 1e9, True),

@@ -17,7 +17,6 @@ import json
 import os
 from pathlib import Path
 
-from megatron_kd.config import load_config
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.models.flops import row_flop_params
@@ -36,7 +35,7 @@ from megatron_kd.study.law import (
     fit_supervised,
 )
 from megatron_kd.study.law_cv import beats_no_effect, fit_distillation, supervised_cv, supervised_refits
-from megatron_kd.study.stats import is_auto
+from megatron_kd.study.rows import RunRow
 from megatron_kd.study.sweep_dir import collect
 from megatron_kd.study.table import read_table
 
@@ -44,23 +43,20 @@ WEAK = 10.0  # a positive parameter whose bootstrap interval spans more than thi
 _FIX = "fix the run's results (or its table's row) and run `mkd fit` again"
 
 
-def check_row(r: dict, source: str) -> None:
+def check_row(r: RunRow, source: str) -> None:
     """Every number of one run finite and in its range, where it enters the fit: a NaN loss, a
     negative size or an alpha of 5 is one line naming the run and the field, not a fit of garbage."""
-    where = f"{source}: run {str(r.get('name'))[:60]!r}"
+    where = f"{source}: run {str(r.name)[:60]!r}"
     for field, (low, high, low_open) in ROW_BOUNDS.items():
-        if r.get(field) is not None:
-            checked_number(r[field], f"{where} {field}", _FIX, low, high, low_open)
-    for into in ("val", "teacher_val"):
-        losses = r.get(into) or {}
-        if not isinstance(losses, dict):
-            raise ConfigError(f"{where} {into}: not a mapping of validation set to loss; {_FIX}")
+        if getattr(r, field) is not None:
+            checked_number(getattr(r, field), f"{where} {field}", _FIX, low, high, low_open)
+    for into, losses in (("val", r.val), ("teacher_val", r.teacher_val)):
         for name, loss in losses.items():
             if loss is not None:
                 checked_number(loss, f"{where} {into}/{name}", _FIX, 0, MAX_LOSS, low_open=True)
 
 
-def rows_of(sources: list[str]) -> list[dict]:
+def rows_of(sources: list[str]) -> list[RunRow]:
     """Every source's rows; a source given twice (the same path, or a file with the same bytes)
     or a run in two sources is refused: its runs would count twice and narrow every interval."""
     rows, by_path, by_content, run_source = [], {}, {}, {}
@@ -72,9 +68,7 @@ def rows_of(sources: list[str]) -> list[dict]:
                               "give each sweep directory or table once")
         by_path[resolved] = s
         if p.is_dir():
-            got = collect(p)[0]
-            for r in got:  # the length its N (FLOP parameters, through attention) was counted at
-                r["seq_length"] = load_config(p / "recipes" / f"{r['name']}.yaml").train.seq_length
+            got = collect(p)[0]  # each with the sequence length its N (FLOP parameters) was counted at
         elif p.is_file():
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
             if digest in by_content:
@@ -87,7 +81,7 @@ def rows_of(sources: list[str]) -> list[dict]:
                               "directory or a CSV (`mkd report --help` lists its columns)")
         for r in got:
             check_row(r, s)
-            name = r["name"]
+            name = r.name
             if name in run_source:
                 raise ConfigError(f"run {name[:60]!r} is in {run_source[name]} and in {s}: it would count twice; "
                                   "give each run once (leave out one source, or rename the run in one table)")
@@ -133,15 +127,15 @@ PARAMETER_WORDS = {"flop": "FLOP parameters (models/flops.py, the report's curre
                    "non-embedding": "non-embedding parameters", "total": "total parameters"}
 
 
-def _size(r: dict, who: str, params: str) -> tuple[float | None, bool]:
+def _size(r: RunRow, who: str, params: str) -> tuple[float | None, bool]:
     """(N of `who` as `params` counts it, whether it is flops.py's fallback: total parameters)."""
     if params == "flop":
-        return row_flop_params(r, who)
-    v = r.get(f"{who}_nonembedding_params" if params == "non-embedding" else f"{who}_params")
+        return row_flop_params(r.flop_columns(), who)
+    v = getattr(r, f"{who}_nonembedding_params" if params == "non-embedding" else f"{who}_params")
     return (None if v is None else float(v)), False
 
 
-def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
+def runs_of(rows: list[RunRow], valid_set: str, params: str = "flop",
             max_tokens: float | None = None) -> tuple[list[Run], list[str]]:
     """(runs, notes on what was left out). N is `params`: by default a run's FLOP parameters
     (flops.row_flop_params: from its FLOPs column and tokens, else its total parameters)."""
@@ -151,22 +145,22 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
                                     "a teacher without a model (the unigram control)": 0}
     fallback = 0
     for r in rows:
-        loss = (r.get("val") or {}).get(valid_set)
+        loss = r.val.get(valid_set)
         if loss is None:
             skipped[f"no val/{valid_set}"] += 1
             continue
-        if r.get("alpha_schedule"):
+        if r.alpha_schedule:
             skipped["scheduled α"] += 1
             continue
-        if is_auto(r):  # no one α to put in the law
+        if r.is_auto:  # no one α to put in the law
             skipped["kd.auto (α set by the run)"] = skipped.get("kd.auto (α set by the run)", 0) + 1
             continue
-        if r.get("teacher") and r.get("teacher_params") == 0:  # its "loss" is not a model's: off the law
+        if r.teacher and r.teacher_params == 0:  # its "loss" is not a model's: off the law
             skipped["a teacher without a model (the unigram control)"] += 1
             continue
-        if r.get("student_tokens") is None:
-            raise ConfigError(f"run {r['name']} has no student_tokens; give the tokens each run trained on")
-        D = float(r["student_tokens"])
+        if r.student_tokens is None:
+            raise ConfigError(f"run {r.name} has no student_tokens; give the tokens each run trained on")
+        D = float(r.student_tokens)
         if max_tokens is not None and D > max_tokens:
             skipped["beyond max tokens"] += 1
             continue
@@ -174,23 +168,23 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
         if N is None:
             have = ("neither a FLOPs column (flops) nor student_params" if params == "flop"
                     else f"no student_{'nonembedding_' if params == 'non-embedding' else ''}params")
-            raise ConfigError(f"run {r['name']} has {have}: its N ({params} parameters) is unknown; write the "
+            raise ConfigError(f"run {r.name} has {have}: its N ({params} parameters) is unknown; write the "
                               "sweep's report again with this version (`mkd report DIR`) or give the column")
-        teacher = r.get("teacher")
-        if teacher and r.get("alpha"):
-            t_loss = (r.get("teacher_val") or {}).get(valid_set)
+        teacher = r.teacher
+        if teacher and r.alpha:
+            t_loss = r.teacher_val.get(valid_set)
             if t_loss is None:
-                raise ConfigError(f"run {r['name']}: its teacher {teacher} has no validation loss on {valid_set}")
+                raise ConfigError(f"run {r.name}: its teacher {teacher} has no validation loss on {valid_set}")
             N_T, t_fallback = _size(r, "teacher", params)
             if N_T is None and params == "flop":
-                raise ConfigError(f"run {r['name']}: its teacher {teacher} has no teacher_pass_flops with the "
+                raise ConfigError(f"run {r.name}: its teacher {teacher} has no teacher_pass_flops with the "
                                   "student's tokens, nor teacher_params: its FLOP parameters are unknown; give "
                                   "the column")
             fallback += is_fallback or t_fallback
-            runs.append(Run(r["name"], N, D, float(loss), float(t_loss), float(r["alpha"]), N_T))
+            runs.append(Run(r.name, N, D, float(loss), float(t_loss), float(r.alpha), N_T))
         elif not teacher:
             fallback += is_fallback
-            runs.append(Run(r["name"], N, D, float(loss)))
+            runs.append(Run(r.name, N, D, float(loss)))
     notes += [f"left out {n} run(s): {why}" for why, n in skipped.items() if n]
     if fallback:
         notes.append(f"{fallback} run(s) have no FLOPs column: their N is their total parameters (flops.py's "
@@ -198,11 +192,11 @@ def runs_of(rows: list[dict], valid_set: str, params: str = "flop",
     return runs, notes
 
 
-def seq_length_of(rows: list[dict], given: int | None = None) -> tuple[int | None, list[str]]:
+def seq_length_of(rows: list[RunRow], given: int | None = None) -> tuple[int | None, list[str]]:
     """(the sequence length the runs were at, notes): `given` (--seq-length), else the one length
     the rows carry (a sweep directory's recipes), else None. FLOP parameters depend on it through
     attention, so law.json states it and `mkd advise --student-recipe` counts a recipe at it."""
-    seen = {int(r["seq_length"]) for r in rows if r.get("seq_length") is not None}
+    seen = {int(r.seq_length) for r in rows if r.seq_length is not None}
     if given is not None:
         if seen - {given}:
             raise ConfigError(f"--seq-length {given}: the sweeps' runs were at {', '.join(map(str, sorted(seen)))}; "

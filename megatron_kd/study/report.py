@@ -15,38 +15,39 @@ from megatron_kd.files import write_text_atomic
 from megatron_kd.models.params import human
 from megatron_kd.study import analysis, compute, compute_report, report_auto, report_figures, report_study
 from megatron_kd.study.report_output import check_outputs, figure_sets, md_text, record_outputs
-from megatron_kd.study.stats import is_auto, point_key
+from megatron_kd.study.rows import RunRow
+from megatron_kd.study.stats import is_auto
 from megatron_kd.study.sweep_dir import collect
 from megatron_kd.study.table import read_table, write_table
 
 log = logging.getLogger("megatron_kd")
 
 
-def finite_rows(rows: list[dict], sets: list[str]) -> list[dict]:
+def finite_rows(rows: list[RunRow], sets: list[str]) -> list[RunRow]:
     """The rows whose losses are all finite (plots cannot place a NaN: a diverged run); the others
     are named in a warning, and stay in the tables."""
     keep = []
     for r in rows:
-        bad = [s for s in sets if not math.isfinite(r["val"].get(s, 0.0))
-               or not math.isfinite((r.get("teacher_val") or {}).get(s, 0.0))]
+        bad = [s for s in sets if not math.isfinite(r.val.get(s, 0.0))
+               or not math.isfinite(r.teacher_val.get(s, 0.0))]
         if bad:
             log.warning("run %s: the %s loss is not finite (diverged?); left out of the plots",
-                        r["name"], ", ".join(bad))
+                        r.name, ", ".join(bad))
         else:
             keep.append(r)
     return keep
 
 
-def baselines(rows: list[dict], sets: list[str]) -> dict:
+def baselines(rows: list[RunRow], sets: list[str]) -> dict:
     """Per student: mean (and std over seeds) of the baseline's final validation losses."""
     out = {}
-    for student in {r["student"] for r in rows}:
-        b = [r for r in rows if r["student"] == student and not r.get("teacher") and r.get("baseline_tokens") is None]
+    for student in {r.student for r in rows}:
+        b = [r for r in rows if r.student == student and not r.teacher and r.baseline_tokens is None]
         if not b:
             continue
         out[student] = {}
         for s in sets:
-            xs = [r["val"][s] for r in b if math.isfinite(r["val"].get(s, math.nan))]  # a diverged seed: none
+            xs = [r.val[s] for r in b if math.isfinite(r.val.get(s, math.nan))]  # a diverged seed: none
             if xs:
                 out[student][s] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None)
     return out
@@ -64,31 +65,31 @@ class RunGains:
     unpaired: dict = field(default_factory=dict)  # set -> why it is against the baselines' mean
 
 
-def paired_run_gains(rows: list[dict], sets: list[str], study: dict) -> dict[str, RunGains]:
+def paired_run_gains(rows: list[RunRow], sets: list[str], study: dict) -> dict[str, RunGains]:
     """{run name: its gains} by the paired table's definition (analysis.pairs_by_seed): its
     student's baseline run *of the same seed* minus the run's loss, where the student's paired fit
     on that set pairs by seed; else the baselines' mean minus the run's loss, and `unpaired` says
     why per set (the tables mark those cells). A baseline of another length has none."""
     base = baselines(rows, sets)
-    by_seed = {(r["student"], analysis.seed_key(r)): r for r in rows
-               if not r.get("teacher") and r.get("baseline_tokens") is None}
+    by_seed = {(r.student, r.seed_key): r for r in rows
+               if not r.teacher and r.baseline_tokens is None}
     out = {}
     for r in rows:
-        gains = out[r["name"]] = RunGains()
-        if r.get("baseline_tokens") is not None:  # a baseline of another length: a frontier point, no gain
+        gains = out[r.name] = RunGains()
+        if r.baseline_tokens is not None:  # a baseline of another length: a frontier point, no gain
             continue
-        st = study["students"].get(r["student"])
-        twin = by_seed.get((r["student"], analysis.seed_key(r)))
+        st = study["students"].get(r.student)
+        twin = by_seed.get((r.student, r.seed_key))
         for s in sets:
-            b = base.get(r["student"], {}).get(s)
-            if b is None or s not in r["val"]:
+            b = base.get(r.student, {}).get(s)
+            if b is None or s not in r.val:
                 continue
-            same_seed = twin["val"].get(s, math.nan) if twin else math.nan
+            same_seed = twin.val.get(s, math.nan) if twin else math.nan
             if st is not None and not analysis.pairs_by_seed(st["fits"][s]):
                 gains.unpaired[s] = "no residual degrees of freedom and one baseline seed: no noise estimate"
             elif not math.isfinite(same_seed):
                 gains.unpaired[s] = "no baseline run of its seed"
-            gains.gain[s] = (b[0] if s in gains.unpaired else same_seed) - r["val"][s]
+            gains.gain[s] = (b[0] if s in gains.unpaired else same_seed) - r.val[s]
     return out
 
 
@@ -162,20 +163,20 @@ def check_options(sets: list[str], level: float, equivalence: float, in_domain: 
         raise ConfigError(f"--equivalence {equivalence} must be a finite number > 0 nats, e.g. 0.01")
 
 
-def refuse_repeated_runs(rows: list[dict]) -> None:
+def refuse_repeated_runs(rows: list[RunRow]) -> None:
     """Two runs of one point with the same seeds would be one cell of the paired fit, the
     second silently replacing the first: refused, naming both."""
     seen: dict = {}
     for r in rows:
-        key = (point_key(r), analysis.seed_key(r))
+        key = (r.point_key, r.seed_key)
         if key in seen:
-            raise ConfigError(f"runs {seen[key][:60]!r} and {r['name'][:60]!r} are the same point (student, teacher, "
+            raise ConfigError(f"runs {seen[key][:60]!r} and {r.name[:60]!r} are the same point (student, teacher, "
                               f"α, T, kind, top-k, schedule) with the same seed and data_seed; keep one run per "
                               "point and seed, or give them different seeds")
-        seen[key] = r["name"]
+        seen[key] = r.name
 
 
-def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, level: float,
+def write_report(rows: list[RunRow], sets: list[str], out_dir: Path, title: str, level: float,
                  equivalence: float, in_domain: str | None, inputs: list[Path] = (), overwrite: bool = False,
                  elsewhere: str = "") -> dict:
     sweep_dir = out_dir = Path(out_dir)
@@ -194,7 +195,7 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
     md += compute_report.markdown(cs, sets, level, study["id_set"])
     plotted = finite_rows(rows, sets)
     kept = {id(r) for r in plotted}
-    left_out = [r["name"] for r in rows if id(r) not in kept]
+    left_out = [r.name for r in rows if id(r) not in kept]
     if left_out:
         md += ["", f"Left out of the plots (a loss that is not finite): {', '.join(map(md_text, left_out))}. "
                    "Their non-finite losses are left out of every statistic too (baseline means, paired fits, "
@@ -228,7 +229,7 @@ def write_report(rows: list[dict], sets: list[str], out_dir: Path, title: str, l
             "markdown": "\n".join(md)}
 
 
-def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str,
+def _runs_markdown(rows: list[RunRow], sets: list[str], base: dict, title: str,
                    run_gains: dict[str, RunGains]) -> list[str]:
     """The report's head: one line per run (names escaped: they come from the table or sweep)."""
     marked = {s for g in run_gains.values() for s in g.unpaired}
@@ -237,14 +238,14 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str,
     header += [f"gain {s}" + (" †" if s in marked else "") for s in sets]
     header += ["student FLOPs", "teacher KD FLOPs", "teacher pretrain FLOPs"]
     table = []
-    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r.get("alpha") or 0, r["name"])):
+    for r in sorted(rows, key=lambda r: (r.student, str(r.teacher), r.alpha or 0, r.name)):
         f = compute.run_flops(r)
-        table.append([md_text(r["name"]), md_text(r["student"]), md_text(r.get("teacher") or "(baseline)"),
-                      md_text("auto" if is_auto(r) else r.get("alpha_schedule") or _fmt(r.get("alpha"), 2)),
-                      _fmt(r.get("temperature"), 2), md_text(r.get("kind") or ""), md_text(r.get("seed", ""))]
-                     + [_fmt((r.get("teacher_val") or {}).get(s)) for s in sets]
-                     + [_fmt(r["val"].get(s)) for s in sets]
-                     + [_fmt(run_gains[r["name"]].gain.get(s)) + (" †" if s in run_gains[r["name"]].unpaired else "")
+        table.append([md_text(r.name), md_text(r.student), md_text(r.teacher or "(baseline)"),
+                      md_text("auto" if r.is_auto else r.alpha_schedule or _fmt(r.alpha, 2)),
+                      _fmt(r.temperature, 2), md_text(r.kind or ""), md_text(r.seed if r.seed is not None else "")]
+                     + [_fmt(r.teacher_val.get(s)) for s in sets]
+                     + [_fmt(r.val.get(s)) for s in sets]
+                     + [_fmt(run_gains[r.name].gain.get(s)) + (" †" if s in run_gains[r.name].unpaired else "")
                         for s in sets]
                      + [human(f.get("student") or 0), human(f.get("shared") or 0), human(f.get("pretrain") or 0)])
     md = [f"# {md_text(title)}", "",
@@ -260,23 +261,23 @@ def _runs_markdown(rows: list[dict], sets: list[str], base: dict, title: str,
     md += ["", "| " + " | ".join(map(md_text, header)) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
     md += _unpaired_note(rows, run_gains)
-    caches = {r["teacher_cache"]: r for r in rows if r.get("teacher_cache")}
-    online = [r for r in rows if r.get("teacher") and not r.get("teacher_cache")]
+    caches = {r.teacher_cache: r for r in rows if r.teacher_cache}
+    online = [r for r in rows if r.teacher and not r.teacher_cache]
     md += ["", f"Teacher forward passes: {len(online)} online (one per KD run) and {len(caches)} cached "
                "(one per teacher cache, shared by its runs; the table's teacher KD FLOPs split it among them: "
                "accounting (a) below)."]
-    varies = {r.get("seed_varies") for r in rows if r.get("seed_varies")}
+    varies = {r.seed_varies for r in rows if r.seed_varies}
     if varies:
         md.append(f"Seeds varied: {md_text(' / '.join(sorted(varies)))}.")
     return md
 
 
-def _unpaired_note(rows: list[dict], run_gains: dict[str, RunGains]) -> list[str]:
+def _unpaired_note(rows: list[RunRow], run_gains: dict[str, RunGains]) -> list[str]:
     """The footnote of the per-run table's † cells: gains against the baselines' mean, and why."""
     why: dict = {}
     for r in rows:
-        for s, reason in run_gains[r["name"]].unpaired.items():
-            why.setdefault((r["student"], reason), set()).add(s)
+        for s, reason in run_gains[r.name].unpaired.items():
+            why.setdefault((r.student, reason), set()).add(s)
     return ["", "† Against the baselines' mean, not paired: " + "; ".join(
         f"{md_text(student)} on {', '.join(map(md_text, sorted(sets)))}: {reason}"
         for (student, reason), sets in sorted(why.items())) + "."] if why else []

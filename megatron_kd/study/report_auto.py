@@ -11,19 +11,20 @@ from megatron_kd.models.params import human
 from megatron_kd.study.auto_test import grid_compute
 from megatron_kd.study.compute import ACCOUNTINGS, totals
 from megatron_kd.study.report_output import md_text
+from megatron_kd.study.rows import RunRow
 
 ACCOUNTING = "b"  # the one the table shows: the teacher exists, its pass serves this run alone
 TEACHER_FIELDS = ("teacher", "reference_alpha", "reference_loss", "auto_loss", "seeds", "d", "se", "df", "upper",
                   "mde", "margin", "not_worse", "p_worse", "p_worse_holm", "secondary", "compute")
 
 
-def attach_compute(study: dict, cs: dict, rows: list[dict]) -> None:
+def attach_compute(study: dict, cs: dict, rows: list[RunRow]) -> None:
     """Each student's kd.auto test gains the compute per teacher (auto_test.grid_compute)."""
     for student, st in study["students"].items():
         if not st.get("auto") or student not in cs:
             continue
-        base = [totals(r) for r in rows if r["student"] == student and not r.get("teacher")
-                and r.get("baseline_tokens") is None]
+        base = [totals(r) for r in rows if r.student == student and not r.teacher
+                and r.baseline_tokens is None]
         base_compute = {k: (statistics.fmean(b[k] for b in base) if base and all(b[k] is not None for b in base)
                             else None) for k in ACCOUNTINGS}
         per_teacher = grid_compute(st["auto"], cs[student]["points"], base_compute)

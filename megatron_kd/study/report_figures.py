@@ -19,6 +19,7 @@ from megatron_kd.study.report_style import (
     SIGNIFICANT,
     Style,
     alpha_text,
+    alpha_words,
     fill_handles,
     log_axis,
     points,
@@ -27,6 +28,7 @@ from megatron_kd.study.report_style import (
     subplots,
     tick_text,
 )
+from megatron_kd.study.rows import RunRow
 
 SERIES_LINE = 50  # a series of more points is drawn without its joining line (a line through noise)
 LABELLED = 30  # up to this many points of a panel carry their teacher's name
@@ -178,20 +180,20 @@ def best_alpha_vs_teacher(out_dir: Path, a: dict, style: Style) -> list[Path]:
                  f"Best α per teacher on {id_set} (filled: its gain's interval excludes 0)")]
 
 
-def _curves(rows: list[dict], sets: list[str]) -> dict:
+def _curves(rows: list[RunRow], sets: list[str]) -> dict:
     """{student: {(teacher or None, α, baseline tokens): {set: {tokens: [loss per seed]}}}}."""
     curves: dict = {}
     for r in rows:
-        key = (r.get("teacher"), alpha_text(r) if r.get("teacher") else "", r.get("baseline_tokens"))
-        for v in r.get("curve") or []:  # a results table has none
+        key = (r.teacher, alpha_words(r.alpha, r.alpha_schedule, r.is_auto) if r.teacher else "", r.baseline_tokens)
+        for v in r.curve:  # a results table has none
             for s in sets:
                 if f"val/{s}" in v and math.isfinite(v[f"val/{s}"]):
-                    curves.setdefault(r["student"], {}).setdefault(key, {}).setdefault(s, {}) \
+                    curves.setdefault(r.student, {}).setdefault(key, {}).setdefault(s, {}) \
                         .setdefault(v["tokens"], []).append(v[f"val/{s}"])
     return curves
 
 
-def loss_curves(out_dir: Path, rows: list[dict], sets: list[str], id_set: str, style: Style) -> list[Path]:
+def loss_curves(out_dir: Path, rows: list[RunRow], sets: list[str], id_set: str, style: Style) -> list[Path]:
     from matplotlib.lines import Line2D  # lazy: matplotlib is only for the report's figures
     from matplotlib.ticker import FuncFormatter
 
@@ -223,7 +225,7 @@ def loss_curves(out_dir: Path, rows: list[dict], sets: list[str], id_set: str, s
 
 
 @plain_text_figures
-def draw(out_dir: Path, rows: list[dict], a: dict, sets: list[str], style: Style) -> list[Path]:
+def draw(out_dir: Path, rows: list[RunRow], a: dict, sets: list[str], style: Style) -> list[Path]:
     """Every figure of this module, in the report's order."""
     return (gain_vs_teacher(out_dir, a, sets, style) + loss_curves(out_dir, rows, sets, a["id_set"], style)
             + gain_vs_teacher_tokens(out_dir, a, sets, style) + best_alpha_vs_teacher(out_dir, a, style))

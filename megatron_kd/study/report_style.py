@@ -90,11 +90,16 @@ class Style:
 
 def alpha_text(p: dict) -> str:
     """A point's α as every figure names it: the value, or its schedule."""
-    if is_auto(p):
+    return alpha_words(p.get("alpha"), p.get("alpha_schedule"), is_auto(p))
+
+
+def alpha_words(alpha: float | None, schedule: str | None, auto: bool) -> str:
+    """An α as every figure names it (a point's or a run's): `auto`, its schedule, or the value."""
+    if auto:
         return "auto"
-    if p.get("alpha_schedule"):
-        return str(p["alpha_schedule"])
-    return f"{p['alpha']:g}" if p.get("alpha") is not None else ""
+    if schedule:
+        return str(schedule)
+    return f"{alpha:g}" if alpha is not None else ""
 
 
 def _is_number(text: str) -> bool:

@@ -1,4 +1,5 @@
-"""Small statistics helpers of the study: a sweep point's coordinates and rank correlation.
+"""Small statistics helpers of the study: whether a point is kd.auto's, and rank correlation (a run's
+coordinates are RunRow.point_key).
 The paired model and its intervals are in paired.py, the claims in claims.py."""
 
 from __future__ import annotations
@@ -10,16 +11,9 @@ AUTO_FAMILY = "auto α"  # the comparison family of kd.auto points (their own re
 
 
 def is_auto(r: dict) -> bool:
-    """A kd.auto run or point (α set by the run; `auto_ceiling` its kd.alpha): no fixed α."""
+    """A kd.auto point (α set by the run; `auto_ceiling` its kd.alpha): no fixed α. A run's row
+    says it itself (RunRow.is_auto)."""
     return r.get("auto_ceiling") is not None
-
-
-def point_key(r: dict) -> tuple:
-    """A sweep point's coordinates: every grid axis (seeds pooled), and a baseline's length when it
-    is not its student's KD length (compute.with_baseline_lengths); a kd.auto point's ceiling last."""
-    key = (r["student"], r.get("teacher"), r.get("alpha"), r.get("temperature"), r.get("kind"), r.get("top_k"),
-           r.get("alpha_schedule"), r.get("baseline_tokens"))
-    return key + (("auto", r["auto_ceiling"]),) if is_auto(r) else key
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:

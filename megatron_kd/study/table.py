@@ -35,7 +35,7 @@ from pathlib import Path
 from megatron_kd.errors import ConfigError
 from megatron_kd.files import write_text_atomic
 from megatron_kd.study.law import ROW_BOUNDS, checked_number
-from megatron_kd.study.stats import is_auto
+from megatron_kd.study.rows import RunRow, frozen_losses
 
 REQUIRED = ["run", "student", "student_params", "student_tokens", "teacher", "teacher_params", "teacher_tokens",
             "alpha", "alpha_schedule", "seed", "data_seed"]
@@ -84,21 +84,21 @@ def _cell(v, loss: bool = False) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def write_table(path: Path, rows: list[dict], sets: list[str]) -> None:
+def write_table(path: Path, rows: list[RunRow], sets: list[str]) -> None:
     """The report's rows as the table: floats at full precision (a table read back gives the
     same report), names neutralised against spreadsheet formulas (FORMULA_START)."""
-    auto = [AUTO_COLUMN] if any(is_auto(r) for r in rows) else []
+    auto = [AUTO_COLUMN] if any(r.is_auto for r in rows) else []
     head = REQUIRED + [f"val/{s}" for s in sets] + [f"teacher_val/{s}" for s in sets] + OPTIONAL + auto
     out = []
-    for r in sorted(rows, key=lambda r: (r["student"], str(r.get("teacher")), r["name"])):
-        line = {c: _cell(r.get(_FIELD.get(c, c))) for c in REQUIRED + OPTIONAL + auto}
-        if is_auto(r):
+    for r in sorted(rows, key=lambda r: (r.student, str(r.teacher), r.name)):
+        line = {c: _cell(getattr(r, _FIELD.get(c, c))) for c in REQUIRED + OPTIONAL + auto}
+        if r.is_auto:
             line["alpha"] = AUTO
-        if not r.get("teacher"):
+        if not r.teacher:
             line["teacher"] = ""
         for s in sets:
-            line[f"val/{s}"] = _cell(r["val"].get(s), loss=True)
-            line[f"teacher_val/{s}"] = _cell((r.get("teacher_val") or {}).get(s), loss=True)
+            line[f"val/{s}"] = _cell(r.val.get(s), loss=True)
+            line[f"teacher_val/{s}"] = _cell(r.teacher_val.get(s), loss=True)
         out.append(line)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=head)
@@ -167,7 +167,7 @@ def _read_lines(path: Path, fix: str) -> tuple[list[str], list[dict]]:
     return head, lines
 
 
-def read_table(path: Path) -> tuple[list[dict], list[str]]:
+def read_table(path: Path) -> tuple[list[RunRow], list[str]]:
     """(rows as the report reads them, validation sets) from a results table; a bad table is one
     line naming the row and column."""
     path = Path(path)
@@ -197,7 +197,7 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
     return rows, sets
 
 
-def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
+def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> RunRow:
     r = {"name": name, "student": unneutralise((line.get("student") or "").strip()), "val": {}, "teacher_val": {}}
     if not r["student"]:
         raise ConfigError(f"{where} column student: empty; {fix}")
@@ -219,19 +219,20 @@ def _row(line: dict, name: str, sets: list[str], where: str, fix: str) -> dict:
                 r[into][s] = _loss(prefix + s, raw, where, fix)
     if not r["val"]:
         raise ConfigError(f"{where}: no val/<set> loss; {fix}")
-    if (line.get(AUTO_COLUMN) or "").strip() and not is_auto(r):
+    auto = r.get("auto_ceiling") is not None
+    if (line.get(AUTO_COLUMN) or "").strip() and not auto:
         raise ConfigError(f"{where} column {AUTO_COLUMN}: given for a run whose alpha is not `{AUTO}`; leave it "
                           "empty, or write `auto` in its alpha column")
     if not r.get("teacher"):
-        if is_auto(r):
+        if auto:
             raise ConfigError(f"{where} column alpha: `{AUTO}` for a baseline (no teacher); give 0 or empty")
         r["teacher"] = None
-    elif r.get("alpha") is None and not r.get("alpha_schedule") and not is_auto(r):
+    elif r.get("alpha") is None and not r.get("alpha_schedule") and not auto:
         raise ConfigError(f"{where} column alpha: empty for a KD run; give α, `{AUTO}` (kd.auto) or an "
                           "alpha_schedule label")
-    elif is_auto(r) and r.get("alpha_schedule"):
+    elif auto and r.get("alpha_schedule"):
         raise ConfigError(f"{where} column alpha_schedule: given for a kd.auto run (alpha `{AUTO}`); leave it empty")
-    return r
+    return RunRow(**{**r, "val": frozen_losses(r["val"]), "teacher_val": frozen_losses(r["teacher_val"])})
 
 
 def _auto_ceiling(raw: str, where: str, fix: str) -> float:

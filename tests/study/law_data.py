@@ -9,19 +9,21 @@ from pathlib import Path
 
 from megatron_kd.study.law import Run
 from megatron_kd.study.law_io import fit_law, write_law
+from megatron_kd.study.rows import RunRow
 from megatron_kd.study.table import write_table
+from tests.study.runrow import run_row
 from tests.study.test_law import _runs as planted_runs
 
 
-def table_rows(runs: list[Run]) -> list[dict]:
+def table_rows(runs: list[Run]) -> list[RunRow]:
     """`runs` as the report's rows: N the FLOP parameters their FLOPs columns say (6 N D, 2 N_T D),
     the parameter counts other numbers (total twice N, non-embedding N / 2)."""
-    return [{"name": r.name, "student": "s", "student_params": r.N * 2, "student_nonembedding_params": r.N / 2,
-             "student_flops": 6 * r.N * int(r.D), "teacher_pass_flops": 2 * 3e6 * int(r.D) if r.teacher_loss else None,
-             "student_tokens": int(r.D), "teacher": f"t{r.teacher_loss}" if r.teacher_loss else None,
-             "teacher_params": 3e6 if r.teacher_loss else None, "alpha": r.alpha if r.teacher_loss else 0.0,
-             "seed": 1, "data_seed": 1, "val": {"indomain": r.loss},
-             "teacher_val": {"indomain": r.teacher_loss} if r.teacher_loss else {}} for r in runs]
+    return [run_row(r.name, "s", student_params=r.N * 2, student_nonembedding_params=r.N / 2,
+                    student_flops=6 * r.N * int(r.D), teacher_pass_flops=2 * 3e6 * int(r.D) if r.teacher_loss else None,
+                    student_tokens=int(r.D), teacher=f"t{r.teacher_loss}" if r.teacher_loss else None,
+                    teacher_params=3e6 if r.teacher_loss else None, alpha=r.alpha if r.teacher_loss else 0.0,
+                    seed=1, data_seed=1, val={"indomain": r.loss},
+                    teacher_val={"indomain": r.teacher_loss} if r.teacher_loss else {}) for r in runs]
 
 
 def write_runs_table(path: Path, runs: list[Run] | None = None) -> Path:

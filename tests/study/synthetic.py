@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from megatron_kd.study.rows import RunRow
+from tests.study.runrow import run_row
+
 BASE = {"indomain": 4.348, "ood": 6.071, "ood_dev": 6.05, "ood_test": 6.09}
 TEACHERS = {  # name: (params, tokens, own in-domain loss) — the study's zoo
     "micro@123K": (0.14e6, 122880, 5.917), "tiny@123K": (0.36e6, 122880, 5.500),
@@ -17,11 +20,11 @@ TEACHERS = {  # name: (params, tokens, own in-domain loss) — the study's zoo
 
 
 def sweep_rows(rng, effect=None, seeds=(1, 2, 3), alphas=(0.2, 0.5, 1.0), noise=0.009, seed_sd=0.013,
-               corr=0.62, teachers=TEACHERS, sets=("indomain", "ood"), auto=None) -> list[dict]:
+               corr=0.62, teachers=TEACHERS, sets=("indomain", "ood"), auto=None, common=None) -> list[RunRow]:
     """Rows as the report reads them; effect(teacher, alpha, set) -> true gain (default none).
     A teacher of 0 parameters is a control (the unigram). auto(teacher, set) -> the true gain of
     a kd.auto point per teacher (ceiling 1), drawn after every other run (the same rng gives the
-    same fixed-α rows with or without them)."""
+    same fixed-α rows with or without them). `common`: fields every run has (e.g. its data_seed)."""
     k = len(sets)
     seed_eff = {s: rng.normal(0, seed_sd, k) for s in seeds}
     cov = noise ** 2 * (np.full((k, k), corr) + (1 - corr) * np.eye(k))
@@ -29,7 +32,8 @@ def sweep_rows(rng, effect=None, seeds=(1, 2, 3), alphas=(0.2, 0.5, 1.0), noise=
     def run(name, gains, seed, **kw):
         e = seed_eff[seed] + rng.multivariate_normal(np.zeros(k), cov)
         val = {s: BASE[s] - gains[i] + e[i] for i, s in enumerate(sets)}
-        return {"name": name, "student": "s", "seed": seed, "val": val, "student_params": 0.36e6, **kw}
+        return run_row(**{"name": name, "student": "s", "val": val, "seed": seed, "student_params": 0.36e6, **kw,
+                          **(common or {})})
 
     rows = [run(f"base-{s}", (0.0,) * k, s, teacher=None, alpha=0.0) for s in seeds]
     for t, (params, tokens, own) in teachers.items():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from megatron_kd.study.rows import RunRow
+from tests.study.runrow import run_row
+
 SIGMA = {"indomain": 0.016, "ood_dev": 0.023, "ood_test": 0.023}  # the study's measured residual sd
 SETS = ("indomain", "ood_dev", "ood_test")
 BASE = {"indomain": 4.348, "ood_dev": 6.05, "ood_test": 6.09}
@@ -20,7 +23,7 @@ FRONTIER = (614400 // 2, 614400 * 4)  # the baselines at 150 and 1,200 steps (to
 
 
 def v3_rows(rng, effect=None, seeds=SEEDS, schedules=(), scale=None, corr=0.62, seed_sd=0.013,
-            sigma=None) -> list[dict]:
+            sigma=None) -> list[RunRow]:
     """Rows as the report reads them. effect(teacher, α or schedule, set) -> true gain (none by
     default); scale(family) -> a multiplier of the noise sd (1 by default), family one of
     "baseline", "fixed α", "scheduled α", "controls", "frontier baselines"."""
@@ -31,7 +34,7 @@ def v3_rows(rng, effect=None, seeds=SEEDS, schedules=(), scale=None, corr=0.62, 
     def run(name, family, gains, seed, **kw):
         e = seed_eff[seed] + (scale(family) if scale else 1.0) * rng.multivariate_normal(np.zeros(3), cov)
         val = {s: BASE[s] - gains[i] + e[i] for i, s in enumerate(SETS)}
-        return {"name": name, "student": "s", "seed": seed, "val": val, "student_params": 98624, **kw}
+        return run_row(name, "s", val=val, seed=seed, student_params=98624, **kw)
 
     rows = [run(f"base-{s}", "baseline", (0.0,) * 3, s, teacher=None, alpha=0.0) for s in seeds]
     rows += [run(f"base{n}-{s}", "frontier baselines", (0.0,) * 3, s, teacher=None, alpha=0.0, baseline_tokens=n)

@@ -5,6 +5,8 @@ on rows given directly, the margin's floor and MDE, and the report's and power's
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -111,8 +113,7 @@ def test_the_console_summary_of_four_students_with_auto_points_fits_one_screen(t
     for i in range(4):
         for r in sweep_rows(np.random.default_rng(i), effect=lambda t, a, s: 0.02 * a, seeds=(1, 2, 3, 4),
                             noise=0.003, teachers=THREE, sets=tuple(SETS), auto=lambda t, s: 0.02):
-            rows.append({**r, "name": f"s{i}-{r['name']}", "student": f"s{i}", "student_tokens": 614400,
-                         "tokens": 614400, "data_seed": 7})
+            rows.append(replace(r, name=f"s{i}-{r.name}", student=f"s{i}", student_tokens=614400, data_seed=7))
     study = analysis.analyse(rows, SETS, n_boot=0)
     rep = {"study": study, "out_dir": tmp_path, "title": "t", "rows": rows, "plots": [],
            "compute": compute.compute_study(rows, study, SETS, 0.95)}

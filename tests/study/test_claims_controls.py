@@ -6,10 +6,12 @@ of two teachers (one model at two budgets, two sizes at one budget) are read."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
 from megatron_kd.study.analysis import analyse
+from megatron_kd.study.rows import frozen_curve
 from tests.study.synthetic import BASE, sweep_rows
 
 SETS = ("indomain", "ood_dev", "ood_test")
@@ -30,13 +32,16 @@ def _claims(rows):
 def _with_curves(rows, rng, early_drop):
     """Baseline curves: at half the run each seed's OOD loss is `early_drop` lower than at its end
     (the baseline specialises after it), in both halves."""
+    out = []
     for r in rows:
-        if r["teacher"] is None:
-            v = r["val"]
+        if r.teacher is None:
+            v = r.val
             mid = {f"val/{s}": v[s] - (early_drop + rng.normal(0, 0.002) if s != "indomain" else -0.3)
                    for s in SETS}
-            r["curve"] = [{"tokens": 100, **mid}, {"tokens": 200, **{f"val/{s}": v[s] for s in SETS}}]
-    return rows
+            r = replace(r, curve=frozen_curve([{"tokens": 100, **mid},
+                                               {"tokens": 200, **{f"val/{s}": v[s] for s in SETS}}]))
+        out.append(r)
+    return out
 
 
 def test_weak_teachers_that_only_smooth_hold_as_smoothing():
@@ -134,14 +139,14 @@ def test_missing_controls_are_said_and_report_json_takes_two_teacher_axes(tmp_pa
     # unchecked αs are said, and a knowledge verdict from the checked one is marked
     weak_gain = lambda t, a, s: 0.09 if t == "small@0.3ep" else 0.0  # noqa: E731
     rows1 = [r for r in sweep_rows(rng, weak_gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8), seeds=(1, 2))
-             if r["teacher"] != "unigram" or r["alpha"] == 0.2]
+             if r.teacher != "unigram" or r.alpha == 0.2]
     c1 = _claims(rows1)[1]
     assert c1["controls_missing"] == ["no unigram point at α=0.5", "no unigram point at α=0.8"], c1
     assert c1["verdict"] == "holds (controls not run)" and "controls not run" in c1["why"], c1
     full = _claims(sweep_rows(rng, weak_gain, teachers=V3, sets=SETS, alphas=(0.2, 0.5, 0.8), seeds=(1, 2)))[1]
     assert full["verdict"] == "holds" and not full["controls_missing"], full
     # only the control distilled: claim 3 has nothing to test (not the baseline's own OOD level)
-    only = [r for r in rows if r["teacher"] in (None, "unigram")]
+    only = [r for r in rows if r.teacher in (None, "unigram")]
     assert _claims(only)[3]["verdict"] == "not tested"
     study = analyse(rows, list(SETS), n_boot=0)
     out = report_json(study, list(SETS))  # the v3 axes are pairs: no slope

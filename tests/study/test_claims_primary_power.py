@@ -12,14 +12,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from megatron_kd.study.analysis import comparison_family, seed_key
+from megatron_kd.study.analysis import comparison_family
 from megatron_kd.study.claims import read_claims
 from megatron_kd.study.claims_primary import claim1_registered, claim3_registered
 from megatron_kd.study.paired import PairedFit
 from megatron_kd.study.power import Noise
 from megatron_kd.study.power_report import sweep_power
 from megatron_kd.study.primary import parse_primary
-from megatron_kd.study.stats import point_key
 from megatron_kd.study.sweep import load_sweep
 from tests.study.synthetic_v3 import SIGMA, v3_rows
 from tests.study.test_claims_primary import PRIMARY, WEAK, v3_with
@@ -43,24 +42,24 @@ def fits_of(rows, sets, diff_sets=()):
     """The report's fits (analysis.analyse's, without its tables): per set, and per OOD set of the
     per-run (OOD − in-domain) difference; the KD points as claims.read_claims reads them."""
     rows = fixed_alpha(rows)
-    base = point_key(next(r for r in rows if not r.get("teacher") and r.get("baseline_tokens") is None))
-    fam = {point_key(r): comparison_family(r) for r in rows}
+    base = next(r for r in rows if not r.teacher and r.baseline_tokens is None).point_key
+    fam = {r.point_key: comparison_family(r) for r in rows}
 
     def fit(value):
         cells: dict = {}
         for r in rows:
-            cells.setdefault(point_key(r), {})[seed_key(r)] = value(r)
+            cells.setdefault(r.point_key, {})[r.seed_key] = value(r)
         return PairedFit(cells, base, fam)
 
-    fits = {s: fit(lambda r, s=s: r["val"][s]) for s in sets}
-    zfits = {s: fit(lambda r, s=s: r["val"][s] - r["val"]["indomain"]) for s in diff_sets}
+    fits = {s: fit(lambda r, s=s: r.val[s]) for s in sets}
+    zfits = {s: fit(lambda r, s=s: r.val[s] - r.val["indomain"]) for s in diff_sets}
     kd, seen = [], set()
     for r in rows:
-        if r.get("teacher") and r.get("alpha") is not None and point_key(r) not in seen:
-            seen.add(point_key(r))
-            kd.append({"key": point_key(r), "teacher": r["teacher"], "alpha": r["alpha"],
-                       "teacher_val": r["teacher_val"], "teacher_model": r["teacher_model"],
-                       "teacher_tokens": r["teacher_tokens"], "teacher_params": r["teacher_params"]})
+        if r.teacher and r.alpha is not None and r.point_key not in seen:
+            seen.add(r.point_key)
+            kd.append({"key": r.point_key, "teacher": r.teacher, "alpha": r.alpha,
+                       "teacher_val": r.teacher_val, "teacher_model": r.teacher_model,
+                       "teacher_tokens": r.teacher_tokens, "teacher_params": r.teacher_params})
     return base, fits, zfits, kd
 
 

@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from megatron_kd.study import analysis, compute
 from megatron_kd.study.report import write_report
+from megatron_kd.study.rows import RunRow, frozen_losses
 from megatron_kd.study.sweep import expand, grid_size
 from megatron_kd.study.table import read_table, write_table
+from tests.study.runrow import run_row
 
 SETS = ["indomain", "ood"]
 F_TOK = 6.0 * 1e6  # the student's training FLOPs per token (6N, N = 1M)
 
 
-def _kd(**kw) -> dict:
-    r = {"name": "kd", "student": "s", "teacher": "t@1", "alpha": 0.5, "student_params": 1e6,
-         "student_tokens": 1000, "student_flops": 6e9, "teacher_params": 4e6, "teacher_tokens": 5000,
-         "teacher_pass_flops": 8e9, "teacher_pretrain_flops": 1.2e11, "teacher_pass_shared_by": 4, "val": {}}
-    r.update(kw)
-    return r
+def _kd(**kw) -> RunRow:
+    return run_row(**{"name": "kd", "student": "s", "teacher": "t@1", "alpha": 0.5, "student_params": 1e6,
+                      "student_tokens": 1000, "student_flops": 6e9, "teacher_params": 4e6, "teacher_tokens": 5000,
+                      "teacher_pass_flops": 8e9, "teacher_pretrain_flops": 1.2e11, "teacher_pass_shared_by": 4, **kw})
 
 
 def test_three_accountings_and_the_6nd_estimate():
@@ -33,7 +34,7 @@ def test_three_accountings_and_the_6nd_estimate():
     f = compute.run_flops(bare)
     assert f["student"] == 6 * 1e6 * 1000 and f["alone"] == 2 * 4e6 * 1000 and f["pretrain"] == 6 * 4e6 * 5000
     assert f["shared"] == f["alone"] and len(f["estimated"]) == 3
-    assert compute.totals({"student": "s", "teacher": None, "student_flops": 5.0}) == {"a": 5.0, "b": 5.0, "c": 5.0}
+    assert compute.totals(run_row(student_flops=5.0)) == {"a": 5.0, "b": 5.0, "c": 5.0}
 
 
 def test_frontier_is_the_best_loss_at_or_below_a_compute_joined_in_log_log():
@@ -76,30 +77,29 @@ def _frontier_sweep(rng, noise=0.005):
     for tokens in (1000, 4000, 16000):
         for seed in (1, 2, 3):
             c = F_TOK * tokens
-            rows.append({"name": f"base{tokens}-{seed}", "student": "s", "teacher": None, "alpha": 0.0, "seed": seed,
-                         "data_seed": 0, "student_params": 1e6, "student_tokens": tokens, "student_flops": c,
-                         "val": {s: law(c) + rng.normal(0, noise) for s in SETS}})
+            rows.append(run_row(f"base{tokens}-{seed}", "s", teacher=None, alpha=0.0, seed=seed,
+                                data_seed=0, student_params=1e6, student_tokens=tokens, student_flops=c,
+                                val={s: law(c) + rng.normal(0, noise) for s in SETS}))
     zoo_c = F_TOK * 64000  # the student's own model trained 16x longer: the frontier's top
     for name, target, t_params, t_model in (("good@1", -0.1, 0.5e6, "m"), ("bad@1", 0.1, 0.5e6, "m"),
                                             ("s@64K", 0.0, 1e6, "models/s")):
         for seed in (1, 2, 3):
-            r = {"name": f"{name}-{seed}", "student": "s", "teacher": name, "alpha": 0.5, "seed": seed,
-                 "data_seed": 0, "student_params": 1e6, "student_tokens": 4000, "student_flops": F_TOK * 4000,
-                 "teacher_params": t_params, "teacher_tokens": 10000, "teacher_model": t_model,
-                 "teacher_pass_flops": 2 * t_params * 4000, "teacher_pretrain_flops": 6 * t_params * 10000,
-                 "teacher_val": {s: law(zoo_c) for s in SETS}}
-            if t_model == "models/s":
-                r["teacher_tokens"], r["teacher_pretrain_flops"] = 64000, zoo_c
+            zoo = t_model == "models/s"
+            r = run_row(f"{name}-{seed}", "s", teacher=name, alpha=0.5, seed=seed,
+                        data_seed=0, student_params=1e6, student_tokens=4000, student_flops=F_TOK * 4000,
+                        teacher_params=t_params, teacher_tokens=64000 if zoo else 10000, teacher_model=t_model,
+                        teacher_pass_flops=2 * t_params * 4000,
+                        teacher_pretrain_flops=zoo_c if zoo else 6 * t_params * 10000,
+                        teacher_val={s: law(zoo_c) for s in SETS})
             total_b = compute.totals(r)["b"]
-            r["val"] = {s: law(total_b) + target + rng.normal(0, noise) for s in SETS}
-            rows.append(r)
+            rows.append(replace(r, val=frozen_losses({s: law(total_b) + target + rng.normal(0, noise) for s in SETS})))
     return rows, law
 
 
 def test_compute_matched_gains_on_a_known_frontier(tmp_path):
     rows, law = _frontier_sweep(np.random.default_rng(0))
     rows = compute.with_baseline_lengths(rows)  # the 4000-token baselines pair with the KD runs
-    assert {r.get("baseline_tokens") for r in rows if not r["teacher"]} == {None, 1000, 16000}
+    assert {r.baseline_tokens for r in rows if not r.teacher} == {None, 1000, 16000}
     study = analysis.analyse(rows, SETS, n_boot=0)
     st = study["students"]["s"]
     assert st["baseline"][-1] is None  # the paired baseline is the KD runs' length

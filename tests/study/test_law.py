@@ -7,6 +7,7 @@ and supervised training where the law says each wins, and refuses budgets outsid
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -143,13 +144,9 @@ def test_advise_picks_distillation_or_supervised_where_the_law_says(law_file):
 
 def test_fit_and_advise_commands(law_file, tmp_path, capsys):
     from megatron_kd.study.table import write_table
+    from tests.study.law_data import table_rows  # lazy: law_data reads this module's planted runs
 
-    rows = [{"name": r.name, "student": "s", "student_params": r.N * 2, "student_nonembedding_params": r.N / 2,
-             "student_flops": 6 * r.N * int(r.D), "student_tokens": int(r.D),
-             "teacher": f"t{r.teacher_loss}" if r.teacher_loss else None, "teacher_params": 3e6 if r.teacher_loss
-             else None, "alpha": r.alpha if r.teacher_loss else 0.0, "seed": 1, "data_seed": 1,
-             "val": {"indomain": r.loss}, "teacher_val": {"indomain": r.teacher_loss} if r.teacher_loss else {}}
-            for r in _runs()]
+    rows = [replace(r, teacher_pass_flops=None) for r in table_rows(_runs())]  # the teachers: no FLOPs column
     table = tmp_path / "runs.csv"
     write_table(table, rows, ["indomain"])
     rc, out, err = mkd_in_process(capsys, "fit", table, "--out", tmp_path / "law.json", "--bootstrap", 20,

@@ -6,13 +6,16 @@ line naming the problem, exit 2, no traceback, and no law written."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.study.law_io import check_row
+from megatron_kd.study.rows import frozen_losses
 from tests.helpers import mkd_in_process
 from tests.study.law_data import edit_cell, planted_runs, write_runs_table
+from tests.study.runrow import run_row
 
 SUPERVISED_RUN, KD_RUN = "s100000-1e+06", "kd100000-3e+06-2.63"
 
@@ -105,12 +108,12 @@ def test_a_number_out_of_range_is_refused_naming_the_run_and_column(table, tmp_p
 def test_a_sweeps_rows_are_checked_as_a_tables_are():
     """A sweep directory's rows (report.collect) go through the same check: a JSON value that is
     not a number, or a loss that is not a mapping, is one line."""
-    row = {"name": "r", "student_params": 1e6, "val": {"indomain": 3.0}}
+    row = run_row("r", student_params=1e6, val={"indomain": 3.0})
     check_row(row, "sweep")
-    for bad in ({"alpha": "0.5"}, {"alpha": True}, {"student_tokens": float("nan")}, {"val": [3.0]},
-                {"teacher_val": {"indomain": "x"}}, {"student_params": 10**400}):
+    for bad in ({"alpha": "0.5"}, {"alpha": True}, {"student_tokens": float("nan")},
+                {"teacher_val": frozen_losses({"indomain": "x"})}, {"student_params": 10**400}):
         with pytest.raises(ConfigError, match=r"sweep: run 'r' "):
-            check_row(row | bad, "sweep")
+            check_row(replace(row, **bad), "sweep")
 
 
 BAD_FLAGS = [
@@ -154,16 +157,16 @@ def test_a_run_whose_flop_parameters_are_unknown_is_one_line(table, tmp_path, ca
 def test_a_seq_length_the_runs_were_not_at_is_refused():
     from megatron_kd.study.law_io import seq_length_of
 
-    rows = [{"seq_length": 128}, {"seq_length": 128}]
+    rows = [run_row(seq_length=128), run_row(seq_length=128)]
     assert seq_length_of(rows) == (128, []) and seq_length_of(rows, 128) == (128, [])
     with pytest.raises(ConfigError, match="--seq-length 256: the sweeps' runs were at 128"):
         seq_length_of(rows, 256)
-    assert seq_length_of([{}])[0] is None and "pass --seq-length S" in seq_length_of([{}])[1][0]
-    assert seq_length_of([{"seq_length": 64}, {"seq_length": 128}])[0] is None
+    assert seq_length_of([run_row()])[0] is None and "pass --seq-length S" in seq_length_of([run_row()])[1][0]
+    assert seq_length_of([run_row(seq_length=64), run_row(seq_length=128)])[0] is None
 
 
 def test_a_sweeps_loss_past_any_measurement_is_refused():
     """A sweep row's loss of 1e308 is refused as a table's is (at most 1e6 nats)."""
-    row = {"name": "r", "student_params": 1e6, "val": {"indomain": 1e308}}
+    row = run_row("r", student_params=1e6, val={"indomain": 1e308})
     with pytest.raises(ConfigError, match=r"val/indomain must be in \(0, 1000000\]"):
         check_row(row, "sweep")

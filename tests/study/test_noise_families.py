@@ -7,13 +7,14 @@ schedule-vs-fixed intervals still cover (>= 93 %)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from megatron_kd.study.analysis import analyse
-from megatron_kd.study.stats import point_key
+from megatron_kd.study.rows import frozen_losses
 from tests.study.synthetic_v3 import SETS, v3_rows
 
 
@@ -31,9 +32,10 @@ def test_real_teacher_intervals_do_not_depend_on_control_or_frontier_runs(moved)
     rows = v3_rows(np.random.default_rng(4))
     before = _student(rows)
     rng = np.random.default_rng(9)
-    for r in rows:  # only the control's (or the frontier's) runs change, by a lot
-        if (r.get("teacher") == "unigram") if moved == "unigram" else r.get("baseline_tokens") is not None:
-            r["val"] = {s: v + rng.normal(0, 0.2) for s, v in r["val"].items()}
+    changed = lambda r: (r.teacher == "unigram") if moved == "unigram" else r.baseline_tokens is not None  # noqa: E731
+    # only the control's (or the frontier's) runs change, by a lot
+    rows = [replace(r, val=frozen_losses({s: v + rng.normal(0, 0.2) for s, v in r.val.items()})) if changed(r) else r
+            for r in rows]
     after = _student(rows)
     a, b = _real_intervals(before), _real_intervals(after)
     assert a.keys() == b.keys() and len(a) == 15 * 3
@@ -89,7 +91,7 @@ def test_the_variance_test_is_scipys_levene_and_flags_a_noisier_family():
     assert fams.variance_test() == pytest.approx((ref.statistic, ref.pvalue))
     assert fams.variance_test()[1] < 0.05 and "their variances differ" in fit.source
     assert {f for f in fams.names} == {"controls", "fixed α", "frontier baselines", "scheduled α"}
-    assert all(point_key(r) in fams.family_of for r in rows if r["student"] == "s")
+    assert all(r.point_key in fams.family_of for r in rows if r.student == "s")
 
 
 @pytest.mark.slow  # ~12-20 s: 150 sweeps

@@ -3,6 +3,8 @@ files written — and leaves the full report to report.md."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -24,9 +26,8 @@ def _table(tmp_path, students=("s",)):
     rows = []
     for i, student in enumerate(students):
         for r in v3_rows(np.random.default_rng(i)):
-            tokens = r.get("baseline_tokens") or 614400
-            rows.append({**r, "name": f"{student}-{r['name']}", "student": student, "student_tokens": tokens,
-                         "tokens": tokens, "data_seed": 7})
+            rows.append(replace(r, name=f"{student}-{r.name}", student=student,
+                                student_tokens=r.baseline_tokens or 614400, data_seed=7))
     path = tmp_path / "results.csv"
     write_table(path, rows, list(SETS))
     return path

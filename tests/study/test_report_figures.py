@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,23 +15,23 @@ from megatron_kd.study import analysis, compute_report, report_figures
 from megatron_kd.study.report import write_report
 from megatron_kd.study.report_output import FIGURES
 from megatron_kd.study.report_style import Style
+from megatron_kd.study.rows import RunRow, frozen_curve
 from tests.study.synthetic_v3 import SETS, v3_rows
 
 
-def _rows(flops: bool = True) -> list[dict]:
+def _rows(flops: bool = True) -> list[RunRow]:
     """Study v3's shape (five teachers, the unigram control, an α schedule, frontier baselines)
     with three evaluations per run (for the curves) and, with `flops`, the FLOPs columns."""
     rows = v3_rows(np.random.default_rng(1), effect=lambda t, a, s: 0.05 if t.startswith("small") else 0.0,
                    schedules=("1-cosine-0",))
+    out = []
     for r in rows:
-        tokens = r.get("baseline_tokens") or 614400
-        r.update(student_tokens=tokens, tokens=tokens, data_seed=7)
-        r["curve"] = [{"tokens": tokens * k // 3, **{f"val/{s}": v + 0.3 * (3 - k) for s, v in r["val"].items()}}
-                      for k in (1, 2, 3)]
-        if not flops:
-            r.pop("student_params")
-            r.pop("teacher_params", None)
-    return rows
+        tokens = r.baseline_tokens or 614400
+        curve = [{"tokens": tokens * k // 3, **{f"val/{s}": v + 0.3 * (3 - k) for s, v in r.val.items()}}
+                 for k in (1, 2, 3)]
+        r = replace(r, student_tokens=tokens, data_seed=7, curve=frozen_curve(curve))
+        out.append(r if flops else replace(r, student_params=None, teacher_params=None))
+    return out
 
 
 @pytest.mark.slow

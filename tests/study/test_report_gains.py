@@ -11,6 +11,7 @@ import pytest
 
 from megatron_kd.study import compute_report, report_figures
 from megatron_kd.study.report import write_report
+from tests.study.runrow import run_row
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +24,8 @@ def no_figures(monkeypatch):
 def _run(name, seed, loss, teacher=None, alpha=0.0):
     kd = dict(teacher_val={"indomain": 3.9}, temperature=1.0, kind="forward_kl", teacher_params=1e6,
               teacher_tokens=10**6) if teacher else {}
-    return {"name": name, "student": "s", "seed": seed, "data_seed": 7, "teacher": teacher, "alpha": alpha,
-            "val": {"indomain": loss}, "student_params": 1e5, "student_tokens": 10**5, **kd}
+    return run_row(name, "s", seed=seed, data_seed=7, teacher=teacher, alpha=alpha,
+                   val={"indomain": loss}, student_params=1e5, student_tokens=10**5, **kd)
 
 
 def _cell(md: str, run: str, column: int) -> str:
@@ -58,13 +59,13 @@ def test_paired_design_point_gain_is_the_mean_of_its_runs_gains(tmp_path):
     out = write_report(rows, ["indomain"], tmp_path / "r", "t", 0.95, 0.01, None)
     md = out["markdown"]
     assert "†" not in md
-    base = {r["seed"]: r["val"]["indomain"] for r in rows if not r["teacher"]}
+    base = {r.seed: r.val["indomain"] for r in rows if not r.teacher}
     for t in ("t", "u"):
-        runs = [r for r in out["rows"] if r["teacher"] == t]
-        gain = {r["name"]: out["run_gains"][r["name"]].gain["indomain"] for r in runs}
+        runs = [r for r in out["rows"] if r.teacher == t]
+        gain = {r.name: out["run_gains"][r.name].gain["indomain"] for r in runs}
         for r in runs:  # each run against the baseline run of its seed
-            assert gain[r["name"]] == pytest.approx(base[r["seed"]] - r["val"]["indomain"], abs=1e-12)
-            assert _cell(md, r["name"], 9) == f"{gain[r['name']]:.4f}"
+            assert gain[r.name] == pytest.approx(base[r.seed] - r.val["indomain"], abs=1e-12)
+            assert _cell(md, r.name, 9) == f"{gain[r.name]:.4f}"
         mean = float(np.mean(list(gain.values())))
         point = next(p for p in out["study"]["students"]["s"]["points"] if p["teacher"] == t)
         assert point["gains"]["indomain"]["gain"] == pytest.approx(mean, abs=1e-12)

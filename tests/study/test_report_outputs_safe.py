@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from megatron_kd.cli.main import main
 from megatron_kd.study import sweep_dir
 from megatron_kd.study.report_output import FIGURE_SETS, MANIFEST, md_text
+from megatron_kd.study.rows import frozen_losses
 from megatron_kd.study.table import FORMULA_START, read_table, write_table
 from tests.study.synthetic import sweep_rows
 from tests.study.test_report_inputs import make_sweep, one_error
@@ -27,14 +29,11 @@ FORMULAS = ['=HYPERLINK("http://evil.example","click")', "@SUM(1+1)*cmd|' /C cal
 
 def rows_named(run_names=(), teacher=None, student="s", sets=SETS):
     rows = sweep_rows(np.random.default_rng(3), teachers={"tiny@1": (0.36e6, 122880, 5.5),
-                                                          "small@1": (1.3e6, 122880, 5.0)}, sets=tuple(sets))
-    for i, r in enumerate(rows):
-        r["data_seed"], r["tokens"], r["student_tokens"], r["student"] = 7, 614400, 614400, student
-        if i < len(run_names):
-            r["name"] = run_names[i]
-        if teacher and r.get("teacher") == "tiny@1":
-            r["teacher"] = teacher
-    return rows
+                                                          "small@1": (1.3e6, 122880, 5.0)}, sets=tuple(sets),
+                      common={"data_seed": 7, "student_tokens": 614400, "student": student})
+    names = list(run_names) + [r.name for r in rows[len(run_names):]]
+    return [replace(r, name=name, teacher=teacher if teacher and r.teacher == "tiny@1" else r.teacher)
+            for r, name in zip(rows, names)]
 
 
 def test_formula_names_are_neutralised_and_read_back(tmp_path):
@@ -47,12 +46,12 @@ def test_formula_names_are_neutralised_and_read_back(tmp_path):
         if c.startswith(FORMULA_START):
             float(c)
     back = read_table(path)[0]
-    assert sorted(r["name"] for r in back) == sorted(r["name"] for r in rows)
-    assert {r["teacher"] for r in back} == {r.get("teacher") for r in rows}
-    assert {r["student"] for r in back} == {"@student"}
+    assert sorted(r.name for r in back) == sorted(r.name for r in rows)
+    assert {r.teacher for r in back} == {r.teacher for r in rows}
+    assert {r.student for r in back} == {"@student"}
     assert main(["report", "--table", str(path), "--out", str(tmp_path / "r")]) == 0
     again = read_table(tmp_path / "r" / "report.csv")[0]  # the report's own table, read back
-    assert sorted(r["name"] for r in again) == sorted(r["name"] for r in rows)
+    assert sorted(r.name for r in again) == sorted(r.name for r in rows)
 
 
 def test_names_cannot_add_markdown_or_html(tmp_path, capsys):
@@ -87,10 +86,8 @@ def test_dollar_names_are_drawn_as_text(tmp_path):
 def test_many_sets_draw_a_stated_few(tmp_path):
     sets = ["indomain"] + [f"ood{i}" for i in range(FIGURE_SETS + 2)]
     rows = rows_named(sets=["indomain", "ood"])
-    for r in rows:  # every extra set a copy of ood
-        r["val"].update({s: r["val"]["ood"] for s in sets[1:]})
-        if r.get("teacher_val"):
-            r["teacher_val"].update({s: r["teacher_val"]["ood"] for s in sets[1:]})
+    copied = lambda losses: frozen_losses({**losses, **{s: losses["ood"] for s in sets[1:]}} if losses else {})  # noqa: E731
+    rows = [replace(r, val=copied(r.val), teacher_val=copied(r.teacher_val)) for r in rows]  # each extra set: ood's
     path = tmp_path / "t.csv"
     write_table(path, rows, sets)
     assert main(["report", "--table", str(path), "--out", str(tmp_path / "r")]) == 0

@@ -101,9 +101,8 @@ def _rows(auto_effect=None):
     its true gain, one auto point per teacher; the fixed rows are the same draws either way."""
     rows = sweep_rows(np.random.default_rng(11), effect=lambda t, a, s: 0.02 * a, seeds=(1, 2, 3, 4),
                       teachers=dict(list(TEACHERS.items())[:3]), sets=tuple(SETS),
-                      auto=None if auto_effect is None else lambda t, s: auto_effect(t))
-    for r in rows:
-        r["data_seed"], r["tokens"], r["student_tokens"] = 7, 614400, 614400
+                      auto=None if auto_effect is None else lambda t, s: auto_effect(t),
+                      common={"data_seed": 7, "student_tokens": 614400})
     return rows
 
 
@@ -111,8 +110,8 @@ def test_the_table_round_trips_auto_runs(tmp_path):
     rows = _rows(auto_effect=lambda t: 0.0)
     write_table(tmp_path / "a.csv", rows, SETS)
     back, _ = read_table(tmp_path / "a.csv")
-    autos = [r for r in back if r.get("auto_ceiling") is not None]
-    assert len(autos) == 12 and all(r.get("alpha") is None and r["auto_ceiling"] == 1.0 for r in autos)
+    autos = [r for r in back if r.auto_ceiling is not None]
+    assert len(autos) == 12 and all(r.alpha is None and r.auto_ceiling == 1.0 for r in autos)
     line = next(x for x in (tmp_path / "a.csv").read_text().splitlines() if "-aauto-" in x)
     assert ",auto," in line and line.endswith(",1.0")
     write_table(tmp_path / "b.csv", back, SETS)

@@ -10,6 +10,7 @@ import yaml
 from megatron_kd.errors import ConfigError
 from megatron_kd.study import sweep as sw
 from megatron_kd.study import sweep_local
+from tests.study.runrow import run_row
 
 
 def _spec(tmp_path, **extra):
@@ -113,9 +114,9 @@ def test_slurm_refuses_a_point_whose_sweep_teacher_is_left_out(tmp_path, monkeyp
 def test_the_law_leaves_out_the_unigram_control():
     from megatron_kd.study.law_io import runs_of
 
-    rows = [{"name": "u", "student_nonembedding_params": 1e5, "student_tokens": 1e6, "val": {"indomain": 4.0},
-             "teacher": "unigram", "teacher_params": 0, "alpha": 0.2, "teacher_val": {"indomain": 6.0}},
-            {"name": "b", "student_nonembedding_params": 1e5, "student_params": 3e5, "student_tokens": 1e6,
-             "val": {"indomain": 4.1}, "teacher": None, "alpha": 0.0}]
+    rows = [run_row("u", student_nonembedding_params=1e5, student_tokens=1e6, val={"indomain": 4.0},
+                    teacher="unigram", teacher_params=0, alpha=0.2, teacher_val={"indomain": 6.0}),
+            run_row("b", student_nonembedding_params=1e5, student_params=3e5, student_tokens=1e6,
+                    val={"indomain": 4.1}, teacher=None, alpha=0.0)]
     runs, notes = runs_of(rows, "indomain")
     assert [r.name for r in runs] == ["b"] and "left out 1 run(s): a teacher without a model" in notes[0]

@@ -19,9 +19,7 @@ SETS = ["indomain", "ood"]
 
 @pytest.fixture
 def table(tmp_path):
-    rows = sweep_rows(np.random.default_rng(3))
-    for r in rows:
-        r["data_seed"], r["tokens"], r["student_tokens"] = 7, 614400, 614400
+    rows = sweep_rows(np.random.default_rng(3), common={"data_seed": 7, "student_tokens": 614400})
     path = tmp_path / "results.csv"
     write_table(path, rows, SETS)
     return path, rows

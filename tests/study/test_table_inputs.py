@@ -24,9 +24,8 @@ SETS = ["indomain", "ood"]
 @pytest.fixture
 def table(tmp_path):
     rows = sweep_rows(np.random.default_rng(3), teachers={"tiny@1": (0.36e6, 122880, 5.5),
-                                                          "small@1": (1.3e6, 122880, 5.0)})
-    for r in rows:
-        r["data_seed"], r["tokens"], r["student_tokens"] = 7, 614400, 614400
+                                                          "small@1": (1.3e6, 122880, 5.0)},
+                      common={"data_seed": 7, "student_tokens": 614400})
     path = tmp_path / "results.csv"
     write_table(path, rows, SETS)
     return path
@@ -83,7 +82,7 @@ def test_byte_order_mark_is_read_as_one(table, tmp_path):
     text = table.read_text(encoding="utf-8")
     table.write_bytes("\ufeff".encode() + text.encode())
     back, back_sets = read_table(table)
-    assert back_sets == sets and [r["name"] for r in back] == [r["name"] for r in rows]
+    assert back_sets == sets and [r.name for r in back] == [r.name for r in rows]
 
 
 def test_extra_cells_are_refused(table, capsys, tmp_path):
@@ -146,8 +145,8 @@ def test_a_diverged_baseline_in_a_table_is_left_out_of_the_statistics(table, cap
     doc = json.loads((tmp_path / "r" / "report.json").read_text())
     assert doc["students"]["s"]["noise"]["indomain"]["sigma"] is not None
     # the report's own table writes the diverged loss back as nan, and reads it again
-    again = {r["name"]: r for r in read_table(tmp_path / "r" / "report.csv")[0]}
-    assert np.isnan(again["base-1"]["val"]["indomain"])
+    again = {r.name: r for r in read_table(tmp_path / "r" / "report.csv")[0]}
+    assert np.isnan(again["base-1"].val["indomain"])
 
 
 def test_a_sweep_with_a_nan_baseline_of_two_reports(tmp_path, monkeypatch, capsys):
