@@ -98,7 +98,9 @@ def _shown(x: float) -> str:
 
 
 @dataclass(frozen=True)
-class Run:
+class FitPoint:
+    """One run as the laws fit it (law_io.fit_point projects a study RunRow to it)."""
+
     name: str
     N: float  # student parameters as law.json's `parameters` counts them (default: FLOP parameters)
     D: float  # student training tokens
@@ -106,6 +108,7 @@ class Run:
     teacher_loss: float | None = None  # None: a supervised run
     alpha: float | None = None  # the KD mix
     N_T: float | None = None  # the teacher's parameters, counted as N is (None: not known / no teacher)
+    total_params: bool = False  # N or N_T is total parameters: flops.py's fallback for a row without FLOPs
 
 
 def supervised_loss(p: dict, N, D):
@@ -244,7 +247,7 @@ SUP_BOUNDARY = {
 }
 
 
-def supervised_layout(runs: list[Run]) -> tuple[list[str], dict]:
+def supervised_layout(runs: list[FitPoint]) -> tuple[list[str], dict]:
     """Which supervised parameters are free, and why the others are fixed."""
     fixed = {}
     if len({r.N for r in runs}) < 2:
@@ -262,7 +265,7 @@ def _sup_unpack(x, free, fixed) -> dict:
     return p | {k: 0.0 for k in fixed}
 
 
-def _sup_problem(runs: list[Run]):
+def _sup_problem(runs: list[FitPoint]):
     """(free, fixed, residual_for(indices), bounds, starts) of the supervised fit on `runs`."""
     free, fixed = supervised_layout(runs)
     if len(runs) < len(free) + 1:
@@ -309,7 +312,7 @@ def _sup_jacobian(p: dict, free: list[str], N, D) -> np.ndarray:
     return np.where(np.isfinite(J) & (pred[:, None] > 0), J, 0.0)
 
 
-def fit_supervised(runs: list[Run], bootstrap: int = 200, seed: int = 0, held_out: bool = True,
+def fit_supervised(runs: list[FitPoint], bootstrap: int = 200, seed: int = 0, held_out: bool = True,
                    progress: Progress | None = None, starts_kept: int = 6) -> Fit:
     """The supervised law on `runs`' baselines, solved from the `starts_kept` most promising starts
     (a cross-validation refit, one of many, keeps fewer)."""
@@ -343,7 +346,7 @@ def _bootstrap(n: int, times: int, seed: int, usable, solve, unpack, progress, w
     return samples
 
 
-def _held_out(runs: list[Run], refit, predict, identified=lambda f: True) -> dict | None:
+def _held_out(runs: list[FitPoint], refit, predict, identified=lambda f: True) -> dict | None:
     """Refit without the largest (N, D) cell and predict its runs: the law's extrapolation error."""
     cells = sorted({(r.N, r.D) for r in runs})
     top = cells[-1]
@@ -377,7 +380,7 @@ def kd_unpack(form: str, x) -> dict:
     return {"c0": float(x[0]), "c1": math.exp(x[1]), "d1": math.exp(x[2]), "f1": math.exp(x[3])}
 
 
-def kd_rows_too_few(form: str, rows: list[Run]) -> str | None:
+def kd_rows_too_few(form: str, rows: list[FitPoint]) -> str | None:
     """Why `rows` (one mix's runs) cannot identify `form`, or None."""
     teachers = len({r.teacher_loss for r in rows})
     if form == "mix":
@@ -388,7 +391,7 @@ def kd_rows_too_few(form: str, rows: list[Run]) -> str | None:
     return None
 
 
-def fit_kd(form: str, rows: list[Run], sup: Fit, bootstrap: int = 0, seed: int = 0,
+def fit_kd(form: str, rows: list[FitPoint], sup: Fit, bootstrap: int = 0, seed: int = 0,
            progress: Progress | None = None) -> Fit:
     """One mix's runs fitted in `form` on top of the supervised law `sup` (each bootstrap resample
     paired with a supervised law of the same bootstrap)."""

@@ -22,8 +22,8 @@ import numpy as np
 from megatron_kd.errors import ConfigError
 from megatron_kd.study.law import (
     Fit,
+    FitPoint,
     Progress,
-    Run,
     fit_kd,
     fit_supervised,
     kd_loss,
@@ -35,11 +35,11 @@ from megatron_kd.study.law import (
 CELL = "(student size N, training tokens D): the cell's baselines and KD runs held out together"
 
 
-def cell_of(r: Run) -> tuple[float, float]:
+def cell_of(r: FitPoint) -> tuple[float, float]:
     return (r.N, r.D)
 
 
-def supervised_refits(runs: list[Run], progress: Progress | None = None) -> dict:
+def supervised_refits(runs: list[FitPoint], progress: Progress | None = None) -> dict:
     """cell -> the supervised law fitted without that cell's runs (or why it cannot be), for every
     cell that holds a run; the layout (which terms are free) must be the full fit's."""
     sup_runs = [r for r in runs if r.teacher_loss is None]
@@ -59,7 +59,7 @@ def supervised_refits(runs: list[Run], progress: Progress | None = None) -> dict
     return out
 
 
-def supervised_cv(runs: list[Run], refits: dict) -> dict:
+def supervised_cv(runs: list[FitPoint], refits: dict) -> dict:
     """The supervised law's own leave-one-cell-out error on the baselines."""
     errors, skipped = [], []
     for cell in sorted({cell_of(r) for r in runs if r.teacher_loss is None}):
@@ -72,7 +72,7 @@ def supervised_cv(runs: list[Run], refits: dict) -> dict:
     return _scores({"law": errors}, skipped)
 
 
-def loco(form: str, rows: list[Run], refits: dict, progress: Progress | None = None) -> dict:
+def loco(form: str, rows: list[FitPoint], refits: dict, progress: Progress | None = None) -> dict:
     """`form`'s and the no-KD predictor's leave-one-cell-out errors on one mix's runs `rows`."""
     law, none, skipped, cells = [], [], [], 0
     held_out = sorted({cell_of(r) for r in rows})
@@ -109,7 +109,7 @@ def beats_no_effect(cv: dict | None) -> bool:
                 and cv["law_rmse_log"] < cv["no_effect_rmse_log"])
 
 
-def fit_distillation(runs: list[Run], sup: Fit, bootstrap: int = 200, seed: int = 0,
+def fit_distillation(runs: list[FitPoint], sup: Fit, bootstrap: int = 200, seed: int = 0,
                      progress: Progress | None = None, refits: dict | None = None) -> dict[float, Fit | str]:
     """One law per KD mix alpha, its form chosen by cross-validated error (see the module's
     docstring); a mix no form can be fitted to gets the reason instead."""

@@ -1,13 +1,13 @@
 """`mkd fit`: a sweep's runs (or results tables) -> the law's fit -> law.json and one summary.
 
-Rows are the report's (study/sweep_dir.collect for a sweep directory, study/table.read_table for a
-CSV): a baseline row (no teacher, alpha 0) is a supervised run; a KD row at a fixed alpha is a
-distillation run whose teacher's loss is its own validation loss on the same set. Scheduled
-alphas are left out (the law is per mix). Every source counts once: the same path or bytes given
-twice, or a run in two sources, is refused (it would double the runs and narrow every interval),
-and every number a run brings is checked finite and in range where it enters (check_row).
-law.json never replaces an input, and replaces an existing file other than an earlier law only
-with --overwrite (check_out).
+Rows are the report's RunRows (study/sweep_dir.collect for a sweep directory, study/table.read_table
+for a CSV), each projected by fit_point to the FitPoint the laws fit: a baseline row (no teacher,
+alpha 0) is a supervised run; a KD row at a fixed alpha is a distillation run whose teacher's loss
+is its own validation loss on the same set. Scheduled alphas are left out (the law is per mix).
+Every source counts once: the same path or bytes given twice, or a run in two sources, is refused
+(it would double the runs and narrow every interval), and every number a run brings is checked
+finite and in range where it enters (check_row). law.json never replaces an input, and replaces an
+existing file other than an earlier law only with --overwrite (check_out).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from megatron_kd.study.law import (
     ROW_BOUNDS,
     SUPERVISED,
     Fit,
+    FitPoint,
     Progress,
-    Run,
     checked_number,
     fit_supervised,
 )
@@ -135,61 +135,67 @@ def _size(r: RunRow, who: str, params: str) -> tuple[float | None, bool]:
     return (None if v is None else float(v)), False
 
 
+def fit_point(r: RunRow, valid_set: str, params: str = "flop",
+              max_tokens: float | None = None) -> FitPoint | str | None:
+    """One run as the fit reads it: a FitPoint (N counted as `params`, D its tokens, its loss on
+    `valid_set`; a KD run at a fixed α with its teacher's loss there, α and N_T), or why it is left
+    out (a note's words), or None for a KD row at α 0 (neither a baseline nor a mix). A run the fit
+    should read but cannot is one line naming it and what it lacks."""
+    loss = r.val.get(valid_set)
+    if loss is None:
+        return f"no val/{valid_set}"
+    if r.alpha_schedule:
+        return "scheduled α"
+    if r.is_auto:  # no one α to put in the law
+        return "kd.auto (α set by the run)"
+    if r.teacher and r.teacher_params == 0:  # its "loss" is not a model's: off the law
+        return "a teacher without a model (the unigram control)"
+    if r.student_tokens is None:
+        raise ConfigError(f"run {r.name} has no student_tokens; give the tokens each run trained on")
+    D = float(r.student_tokens)
+    if max_tokens is not None and D > max_tokens:
+        return "beyond max tokens"
+    N, is_fallback = _size(r, "student", params)
+    if N is None:
+        have = ("neither a FLOPs column (flops) nor student_params" if params == "flop"
+                else f"no student_{'nonembedding_' if params == 'non-embedding' else ''}params")
+        raise ConfigError(f"run {r.name} has {have}: its N ({params} parameters) is unknown; write the "
+                          "sweep's report again with this version (`mkd report DIR`) or give the column")
+    if not r.teacher:
+        return FitPoint(r.name, N, D, float(loss), total_params=is_fallback)
+    if not r.alpha:
+        return None
+    t_loss = r.teacher_val.get(valid_set)
+    if t_loss is None:
+        raise ConfigError(f"run {r.name}: its teacher {r.teacher} has no validation loss on {valid_set}")
+    N_T, t_fallback = _size(r, "teacher", params)
+    if N_T is None and params == "flop":
+        raise ConfigError(f"run {r.name}: its teacher {r.teacher} has no teacher_pass_flops with the "
+                          "student's tokens, nor teacher_params: its FLOP parameters are unknown; give "
+                          "the column")
+    return FitPoint(r.name, N, D, float(loss), float(t_loss), float(r.alpha), N_T, is_fallback or t_fallback)
+
+
 def runs_of(rows: list[RunRow], valid_set: str, params: str = "flop",
-            max_tokens: float | None = None) -> tuple[list[Run], list[str]]:
-    """(runs, notes on what was left out). N is `params`: by default a run's FLOP parameters
-    (flops.row_flop_params: from its FLOPs column and tokens, else its total parameters)."""
+            max_tokens: float | None = None) -> tuple[list[FitPoint], list[str]]:
+    """(the rows' fit points, notes on what was left out). N is `params`: by default a run's FLOP
+    parameters (flops.row_flop_params: from its FLOPs column and tokens, else its total parameters)."""
     if params not in PARAMETERS:
         raise ConfigError(f"parameters {str(params)[:40]!r} is not one of {', '.join(PARAMETERS)}")
-    runs, notes, skipped = [], [], {"scheduled α": 0, "beyond max tokens": 0, f"no val/{valid_set}": 0,
-                                    "a teacher without a model (the unigram control)": 0}
-    fallback = 0
+    points, skipped = [], {"scheduled α": 0, "beyond max tokens": 0, f"no val/{valid_set}": 0,
+                           "a teacher without a model (the unigram control)": 0}
     for r in rows:
-        loss = r.val.get(valid_set)
-        if loss is None:
-            skipped[f"no val/{valid_set}"] += 1
-            continue
-        if r.alpha_schedule:
-            skipped["scheduled α"] += 1
-            continue
-        if r.is_auto:  # no one α to put in the law
-            skipped["kd.auto (α set by the run)"] = skipped.get("kd.auto (α set by the run)", 0) + 1
-            continue
-        if r.teacher and r.teacher_params == 0:  # its "loss" is not a model's: off the law
-            skipped["a teacher without a model (the unigram control)"] += 1
-            continue
-        if r.student_tokens is None:
-            raise ConfigError(f"run {r.name} has no student_tokens; give the tokens each run trained on")
-        D = float(r.student_tokens)
-        if max_tokens is not None and D > max_tokens:
-            skipped["beyond max tokens"] += 1
-            continue
-        N, is_fallback = _size(r, "student", params)
-        if N is None:
-            have = ("neither a FLOPs column (flops) nor student_params" if params == "flop"
-                    else f"no student_{'nonembedding_' if params == 'non-embedding' else ''}params")
-            raise ConfigError(f"run {r.name} has {have}: its N ({params} parameters) is unknown; write the "
-                              "sweep's report again with this version (`mkd report DIR`) or give the column")
-        teacher = r.teacher
-        if teacher and r.alpha:
-            t_loss = r.teacher_val.get(valid_set)
-            if t_loss is None:
-                raise ConfigError(f"run {r.name}: its teacher {teacher} has no validation loss on {valid_set}")
-            N_T, t_fallback = _size(r, "teacher", params)
-            if N_T is None and params == "flop":
-                raise ConfigError(f"run {r.name}: its teacher {teacher} has no teacher_pass_flops with the "
-                                  "student's tokens, nor teacher_params: its FLOP parameters are unknown; give "
-                                  "the column")
-            fallback += is_fallback or t_fallback
-            runs.append(Run(r.name, N, D, float(loss), float(t_loss), float(r.alpha), N_T))
-        elif not teacher:
-            fallback += is_fallback
-            runs.append(Run(r.name, N, D, float(loss)))
-    notes += [f"left out {n} run(s): {why}" for why, n in skipped.items() if n]
+        got = fit_point(r, valid_set, params, max_tokens)
+        if isinstance(got, FitPoint):
+            points.append(got)
+        elif got is not None:
+            skipped[got] = skipped.get(got, 0) + 1
+    notes = [f"left out {n} run(s): {why}" for why, n in skipped.items() if n]
+    fallback = sum(p.total_params for p in points)
     if fallback:
         notes.append(f"{fallback} run(s) have no FLOPs column: their N is their total parameters (flops.py's "
                      "fallback: the input embedding in, attention out)")
-    return runs, notes
+    return points, notes
 
 
 def seq_length_of(rows: list[RunRow], given: int | None = None) -> tuple[int | None, list[str]]:
@@ -243,7 +249,7 @@ def _fit_json(fit: Fit, names) -> dict:
     return out
 
 
-def measured_gains(runs: list[Run]) -> dict:
+def measured_gains(runs: list[FitPoint]) -> dict:
     """Each KD run against the mean of its student's baselines at the same (N, D): what the sweep
     measured, kept in law.json so `mkd advise` can show it where no law earns trust."""
     base: dict = {}
@@ -256,7 +262,7 @@ def measured_gains(runs: list[Run]) -> dict:
     return {"columns": list(GAIN_COLUMNS), "rows": sorted(rows)}
 
 
-def fit_law(runs: list[Run], bootstrap: int = 200, seed: int = 0, params: str = "flop",
+def fit_law(runs: list[FitPoint], bootstrap: int = 200, seed: int = 0, params: str = "flop",
             valid_set: str = "", say=None, seq_length: int | None = None) -> dict:
     """law.json: the laws, with what N counts (`parameters`) and the sequence length the runs were
     at (`seq_length`, None where not known; FLOP parameters depend on it through attention)."""

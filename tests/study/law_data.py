@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from megatron_kd.study.law import Run
+from megatron_kd.study.law import FitPoint
 from megatron_kd.study.law_io import fit_law, write_law
 from megatron_kd.study.rows import RunRow
 from megatron_kd.study.table import write_table
@@ -15,7 +15,7 @@ from tests.study.runrow import run_row
 from tests.study.test_law import _runs as planted_runs
 
 
-def table_rows(runs: list[Run]) -> list[RunRow]:
+def table_rows(runs: list[FitPoint]) -> list[RunRow]:
     """`runs` as the report's rows: N the FLOP parameters their FLOPs columns say (6 N D, 2 N_T D),
     the parameter counts other numbers (total twice N, non-embedding N / 2)."""
     return [run_row(r.name, "s", student_params=r.N * 2, student_nonembedding_params=r.N / 2,
@@ -26,7 +26,7 @@ def table_rows(runs: list[Run]) -> list[RunRow]:
                     teacher_val={"indomain": r.teacher_loss} if r.teacher_loss else {}) for r in runs]
 
 
-def write_runs_table(path: Path, runs: list[Run] | None = None) -> Path:
+def write_runs_table(path: Path, runs: list[FitPoint] | None = None) -> Path:
     write_table(path, table_rows(planted_runs() if runs is None else runs), ["indomain"])
     return path
 

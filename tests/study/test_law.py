@@ -14,7 +14,7 @@ import pytest
 
 from megatron_kd.errors import ConfigError
 from megatron_kd.study.advise import Law, advise, recommendation
-from megatron_kd.study.law import Run, distilled_loss, fit_kd, fit_supervised, supervised_loss
+from megatron_kd.study.law import FitPoint, distilled_loss, fit_kd, fit_supervised, supervised_loss
 from megatron_kd.study.law_cv import fit_distillation
 from megatron_kd.study.law_io import fit_law, write_law
 from tests.helpers import mkd_in_process
@@ -26,11 +26,11 @@ TEACHERS = (2.63, 2.86, 3.26, 3.89, 4.69)  # the supervised law at (3e6, 1e8), (
 NOISE = 0.002  # log-normal, 0.2 % of the loss
 
 
-def _runs(sizes=SIZES, seed=1) -> list[Run]:
+def _runs(sizes=SIZES, seed=1) -> list[FitPoint]:
     rng = np.random.default_rng(seed)
     noisy = lambda x: float(x * np.exp(rng.normal(0, NOISE)))  # noqa: E731
-    runs = [Run(f"s{N:g}-{D:g}", N, D, noisy(supervised_loss(SUP, N, D))) for N in sizes for D in BUDGETS]
-    runs += [Run(f"kd{N:g}-{D:g}-{t}", N, D, noisy(distilled_loss(DIST, SUP, t, N, D)), t, 1.0)
+    runs = [FitPoint(f"s{N:g}-{D:g}", N, D, noisy(supervised_loss(SUP, N, D))) for N in sizes for D in BUDGETS]
+    runs += [FitPoint(f"kd{N:g}-{D:g}-{t}", N, D, noisy(distilled_loss(DIST, SUP, t, N, D)), t, 1.0)
              for N in sizes[:3] for D in BUDGETS[1::2] for t in TEACHERS]
     return runs
 
@@ -82,14 +82,15 @@ def test_distillation_fit_predicts_and_flags_what_it_cannot_pin_down(law_file):
     few = [r for r in runs if r.teacher_loss in (None,) + TEACHERS[:2]]
     fitted = fit_distillation(few, sup, bootstrap=0)[1.0]
     assert fitted.form == "mix" and "from 2 teacher(s)" in fitted.cv["forms"]["busbridge"]
-    beat = [r if r.teacher_loss != TEACHERS[-1] else Run(r.name, r.N, r.D, r.teacher_loss - 0.1, r.teacher_loss, 1.0)
+    beat = [r if r.teacher_loss != TEACHERS[-1]
+            else FitPoint(r.name, r.N, r.D, r.teacher_loss - 0.1, r.teacher_loss, 1.0)
             for r in runs if r.teacher_loss is not None]
     assert "beat their teacher" in fit_kd("busbridge", beat, sup).fixed["form"]
 
 
 def test_one_student_size_leaves_the_n_term_unidentified_and_advise_stays_on_it(tmp_path):
     rng = np.random.default_rng(3)
-    runs = [Run(f"one{D:g}", 3e5, D, float(supervised_loss(SUP, 3e5, D) * np.exp(rng.normal(0, NOISE))))
+    runs = [FitPoint(f"one{D:g}", 3e5, D, float(supervised_loss(SUP, 3e5, D) * np.exp(rng.normal(0, NOISE))))
             for D in np.geomspace(1e6, 3e7, 7)]
     fit = fit_supervised(runs, bootstrap=0)
     assert set(fit.fixed) == {"alpha"} and "one student size" in fit.fixed["alpha"]

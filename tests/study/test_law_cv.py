@@ -17,8 +17,8 @@ from megatron_kd.study import law_cv
 from megatron_kd.study.law import (
     KD_BOUNDS,
     REFIT_TOLERANCE,
+    FitPoint,
     Progress,
-    Run,
     _sup_problem,
     fit_kd,
     fit_supervised,
@@ -33,16 +33,16 @@ from tests.study.test_law import BUDGETS, NOISE, SIZES, SUP, TEACHERS
 SHIPPED = Path(__file__).resolve().parents[2] / "docs" / "law"
 
 
-def _mix_runs(m: float, seed: int = 5, noise: float = NOISE) -> list[Run]:
+def _mix_runs(m: float, seed: int = 5, noise: float = NOISE) -> list[FitPoint]:
     """Baselines of the planted supervised law and KD runs at α = 0.5 moved a fraction m toward
     their teacher's loss, each with log-normal noise."""
     rng = np.random.default_rng(seed)
     noisy = lambda x: float(x * np.exp(rng.normal(0, noise)))  # noqa: E731
-    runs = [Run(f"s{N:g}-{D:g}", N, D, noisy(supervised_loss(SUP, N, D))) for N in SIZES for D in BUDGETS]
+    runs = [FitPoint(f"s{N:g}-{D:g}", N, D, noisy(supervised_loss(SUP, N, D))) for N in SIZES for D in BUDGETS]
     for N in SIZES[:3]:
         for D in BUDGETS[1::2]:
             base = supervised_loss(SUP, N, D)
-            runs += [Run(f"kd{N:g}-{D:g}-{t}", N, D, noisy(base + m * (t - base)), t, 0.5) for t in TEACHERS]
+            runs += [FitPoint(f"kd{N:g}-{D:g}-{t}", N, D, noisy(base + m * (t - base)), t, 0.5) for t in TEACHERS]
     return runs
 
 
