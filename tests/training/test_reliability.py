@@ -6,6 +6,7 @@ preemption warning that arrives while the trainer is still starting up is kept, 
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import time
@@ -19,23 +20,21 @@ from tests.helpers import ENV, MKD, env_with, mkd, mkd_in_process, read_metrics
 
 @pytest.mark.slow  # a whole training run
 def test_nan_steps_are_skipped_then_budget_stops_the_run(tmp_path):
-    r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'a'}", "train.steps=6",
-            env=env_with(MKD_INJECT_NAN_STEPS="3,4"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    """Two non-finite steps in a row are within a budget of 2 and skipped; the run learns on; three
+    in a row later (the count restarted at the good steps between) stop it."""
+    r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'a'}", "train.steps=10",
+            "train.max_consecutive_skips=2", "checkpoint.save_interval=1", "logging.eval_interval=6",
+            env=env_with(MKD_INJECT_NAN_STEPS="3,4,7,8,9"), check=False)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     m = read_metrics(tmp_path / "a")
-    assert [x["skipped"] for x in m] == [0, 0, 1, 1, 0, 0]
+    assert [x["skipped"] for x in m[:8]] == [0, 0, 1, 1, 0, 0, 1, 1], m
     assert m[2]["lr"] == m[3]["lr"] == m[4]["lr"]  # the schedule waits for a real update
-    assert all(x["loss"] == x["loss"] for x in m) and m[-1]["val/mock"] < 6  # finite, learning
+    assert all(x["loss"] == x["loss"] for x in m) and m[5]["val/mock"] < 6  # finite, learning
     assert "step 3 skipped" in r.stdout
-
-    r = mkd("train", "train/tiny-mock", f"run.dir={tmp_path / 'b'}", "train.steps=8",
-            "train.max_consecutive_skips=2", "checkpoint.save_interval=1",
-            env=env_with(MKD_INJECT_NAN_STEPS="3,4,5,6"), check=False)
-    assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert "3 consecutive steps had a non-finite loss or gradient" in last
     # Skipped steps leave the parameters untouched: the newest checkpoint is still good.
-    latest = (tmp_path / "b" / "checkpoints" / "latest").read_text()
+    latest = (tmp_path / "a" / "checkpoints" / "latest").read_text()
     assert latest in last and "Traceback" not in r.stderr
 
 
@@ -44,12 +43,19 @@ class _Evil:
         return (os.system, (f"touch {os.environ.get('MKD_PWNED', '/tmp/mkd_pwned')}",))
 
 
-@pytest.mark.slow  # trains the run whose checkpoint it forges
-def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 3-step run; a test copies it (a run directory may move) before touching it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3").returncode == 0
+    return run
+
+
+@pytest.mark.slow  # resumes the run whose checkpoint it forges
+def test_malicious_pickle_in_a_checkpoint_is_refused(finished_run, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4", "train.stop_at_step=2")
-    assert r.returncode == 0, r.stderr[-2000:]
-    rng = run / "checkpoints" / "step_0000002" / "rng" / "rank0.pt"
+    shutil.copytree(finished_run, run)
+    rng = run / "checkpoints" / "step_0000003" / "rng" / "rank0.pt"
     marker = tmp_path / "pwned"
     monkeypatch.setenv("MKD_PWNED", str(marker))
     with open(rng, "wb") as f:
@@ -60,7 +66,7 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path, capsys, monkeypat
     assert rc == 2 and "rng/rank0.pt has" in err.strip().splitlines()[-1], err[-2000:]
     assert not marker.exists()
     # An attacker who also fixes the recorded size still gets nothing executed: weights_only.
-    state_file = run / "checkpoints" / "step_0000002" / "mkd_state.json"
+    state_file = run / "checkpoints" / "step_0000003" / "mkd_state.json"
     state = json.loads(state_file.read_text())
     state["files"]["rng/rank0.pt"] = rng.stat().st_size
     # ... and its checksum, and the state file's own (CRC-32 is no secret: a forger can)
@@ -76,9 +82,9 @@ def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.slow
-def test_a_different_run_in_the_run_dir_is_refused(tmp_path, capsys):
+def test_a_different_run_in_the_run_dir_is_refused(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
-    assert mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=3").returncode == 0
+    shutil.copytree(finished_run, run)
     # The same run, longer: resumes.
     r = mkd("train", "train/tiny-mock", f"run.dir={run}", "train.steps=4")
     assert r.returncode == 0 and "resumed from" in r.stdout

@@ -72,53 +72,6 @@ def test_full_cache_written_at_tp2_streams_to_a_tp1_student_as_online(teacher, t
     assert rc == 0 and "shards deleted by its window of 3" in out, out + err
 
 
-def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, tmp_path, capsys):
-    kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "kd.top_k=8", "kd.other_bucket=true"]
-    cache = tmp_path / "cache-16"
-    mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", cache, "--top-k", 16, timeout=600)
-    # top-8 + other bucket, as the online run
-    mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"run.dir={tmp_path / 'online'}", timeout=600)
-    # from the cache, stopped at step 2 and resumed: the online run's losses
-    cached = tmp_path / "cached"
-    for stop in ("train.stop_at_step=2", "train.stop_at_step=null"):
-        r = mkd("train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={cache}", stop,
-                f"run.dir={cached}", "checkpoint.save_at_end=true", timeout=600)
-    assert "resumed from" in r.stdout + r.stderr
-    _close(_losses(cached), _losses(tmp_path / "online"), "top-k + other bucket, stopped and resumed")
-    # a compact cache (bf16 values, 8-bit ids, zstd): under half the fp32 cache's bytes
-    compact = tmp_path / "cache-16-bf16"
-    r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", compact, "--top-k", 16,
-            "--dtype", "bf16", "--zstd", 3, timeout=600)
-    assert "(bf16 values, 8-bit ids, zstd 3)" in r.stdout
-    assert sum(f.stat().st_size for f in compact.rglob("*.zst")) < 0.5 * sum(
-        f.stat().st_size for f in cache.rglob("*.npy"))
-    # (what a bf16 cache's rows give the objective: tests/distill/test_routes.py)
-    # random-sampling KD: 16 draws per token (fp16), read by the sparse objective, refused with top_k
-    sampled = tmp_path / "cache-sampled"
-    r = mkd("teacher-cache", "train/tiny-mock", *kd, "train.steps=4", "--out", sampled, "--sample", 16,
-            "--dtype", "fp16", timeout=600)
-    assert "top-k 16 sampled (fp16 values, 8-bit ids, 5-bit counts of 16 draws)" in r.stdout
-    assert list(sampled.rglob("counts.npy")) and not list(sampled.rglob("logp.npy"))  # counts, not values
-    full_kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "train.steps=4"]
-    rc, _, err = mkd_in_process(capsys, "train", "train/tiny-mock", *kd, "train.steps=4", f"teacher.cache={sampled}",
-                                f"run.dir={tmp_path / 'sampled-topk'}")  # refused before any rank starts
-    assert rc == 2 and "set kd.top_k=null" in err and not (tmp_path / "sampled-topk").exists(), err
-    mkd("train", "train/tiny-mock", *full_kd, f"teacher.cache={sampled}", f"run.dir={tmp_path / 'sampled'}",
-        timeout=600)
-    got, want = read_metrics(tmp_path / "sampled"), read_metrics(tmp_path / "online")
-    # the same initial CE and teacher metrics as the online run (its KD term is another estimate of
-    # full KD: what the sampled rows give the objective is tests/distill/test_routes.py's)
-    assert len(got) == 4 and abs(got[0]["lm_loss"] - want[0]["lm_loss"]) < 1e-5
-    assert abs(got[0]["teacher_lm_loss"] - want[0]["teacher_lm_loss"]) < 1e-3
-    # (the sparse objective under TP: tests/distill/test_routes.py at TP=2)
-    # other micro/global batch sizes and DP=2 read the same rows (same 16 samples)
-    shape = ["train.steps=8", "train.global_batch_size=2", "train.micro_batch_size=1"]
-    mkd("train", "train/tiny-mock", *kd, *shape, f"run.dir={tmp_path / 'online-dp'}", "--nproc", 2, timeout=600)
-    mkd("train", "train/tiny-mock", *kd, *shape, f"teacher.cache={cache}", f"run.dir={tmp_path / 'cached-dp'}",
-        "--nproc", 2, timeout=600)
-    _close(_losses(tmp_path / "cached-dp"), _losses(tmp_path / "online-dp"), "dp2, other batch shape")
-
-
 TOP8 = [*RUN, "train.steps=4", "kd.top_k=4"]
 
 
@@ -129,6 +82,49 @@ def top8_cache(teacher, tmp_path_factory):
     mkd("teacher-cache", "train/tiny-mock", *TOP8, f"teacher.checkpoint={teacher}", "--out", cache, "--top-k", 8,
         "--shard-rows", 4, timeout=600)
     return cache
+
+
+def test_top_k_cache_serves_other_batches_dp_and_resume(teacher, top8_cache, tmp_path, capsys):
+    """The top-8 cache (written at 4 steps of 4 samples) read with kd.top_k=4 (k' < K) and the
+    other bucket at another batch shape (8 steps of 2, 1 a micro-batch) over DP=2, stopped after 4
+    steps and resumed in one process: the online run's losses. A compact and a sampled cache of
+    the same teacher: what the command line writes and what a run reading them is given."""
+    kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", "kd.top_k=4", "kd.other_bucket=true"]
+    shape = ["train.steps=8", "train.global_batch_size=2", "train.micro_batch_size=1"]
+    online = tmp_path / "online-dp"
+    mkd("train", "train/tiny-mock", *kd, *shape, f"run.dir={online}", "--nproc", 2, timeout=600)
+    cached = tmp_path / "cached"
+    from_cache = [*kd, *shape, f"teacher.cache={top8_cache}", f"run.dir={cached}", "checkpoint.save_at_end=true"]
+    mkd("train", "train/tiny-mock", *from_cache, "train.stop_at_step=4", "--nproc", 2, timeout=600)
+    r = mkd("train", "train/tiny-mock", *from_cache, timeout=600)
+    assert "resumed from" in r.stdout + r.stderr
+    _close(_losses(cached), _losses(online), "top-k + other bucket, dp2, other batch shape, stopped and resumed")
+    # a compact cache (bf16 values, 8-bit ids, zstd): under half the fp32 cache's bytes
+    compact = tmp_path / "cache-8-bf16"
+    r = mkd("teacher-cache", "train/tiny-mock", *TOP8, f"teacher.checkpoint={teacher}", "--out", compact,
+            "--top-k", 8, "--shard-rows", 4, "--dtype", "bf16", "--zstd", 3, timeout=600)
+    assert "(bf16 values, 8-bit ids, zstd 3)" in r.stdout
+    assert sum(f.stat().st_size for f in compact.rglob("*.zst")) < 0.5 * sum(
+        f.stat().st_size for f in top8_cache.rglob("*.npy"))
+    # (what a bf16 cache's rows give the objective: tests/distill/test_routes.py)
+    # random-sampling KD: 16 draws per token (fp16), read by the sparse objective, refused with top_k
+    sampled = tmp_path / "cache-sampled"
+    r = mkd("teacher-cache", "train/tiny-mock", *TOP8, f"teacher.checkpoint={teacher}", "--out", sampled,
+            "--sample", 16, "--dtype", "fp16", timeout=600)
+    assert "top-k 16 sampled (fp16 values, 8-bit ids, 5-bit counts of 16 draws)" in r.stdout
+    assert list(sampled.rglob("counts.npy")) and not list(sampled.rglob("logp.npy"))  # counts, not values
+    rc, _, err = mkd_in_process(capsys, "train", "train/tiny-mock", *kd, *shape, f"teacher.cache={sampled}",
+                                f"run.dir={tmp_path / 'sampled-topk'}")  # refused before any rank starts
+    assert rc == 2 and "set kd.top_k=null" in err and not (tmp_path / "sampled-topk").exists(), err
+    full_kd = [*RUN, f"teacher.checkpoint={teacher}", "kd.alpha=0.7", *shape]
+    mkd("train", "train/tiny-mock", *full_kd, f"teacher.cache={sampled}", f"run.dir={tmp_path / 'sampled'}",
+        timeout=600)
+    got, want = read_metrics(tmp_path / "sampled"), read_metrics(online)
+    # the same initial CE and teacher metrics as the online run (its KD term is another estimate of
+    # full KD: what the sampled rows give the objective is tests/distill/test_routes.py's)
+    assert len(got) == 8 and abs(got[0]["lm_loss"] - want[0]["lm_loss"]) < 1e-5
+    assert abs(got[0]["teacher_lm_loss"] - want[0]["teacher_lm_loss"]) < 1e-3
+    # (the sparse objective under TP: tests/distill/test_routes.py at TP=2)
 
 
 def test_killed_cache_job_restarts_to_the_same_bytes(teacher, top8_cache, tmp_path):
@@ -205,9 +201,11 @@ def test_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tmp_path, ca
              "grid": {"teacher": [{"name": "t3", "checkpoint": str(teacher), "cache": {"top_k": "all"}}],
                       "alpha": [0.3]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
-    r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
-    passes = [line for line in r.stdout.splitlines() if "one teacher pass" in line]
-    assert len(passes) == 1 and "for 2 points" in passes[0], r.stdout
+    # the sweep itself in this process (its runs and its cache job are its subprocesses)
+    rc, out, err = mkd_in_process(capsys, "sweep", tmp_path / "s.yaml", "--local")
+    assert rc == 0, out[-3000:] + err[-3000:]
+    passes = [line for line in out.splitlines() if "one teacher pass" in line]
+    assert len(passes) == 1 and "for 2 points" in passes[0], out
     cache = tmp_path / "sweep" / "caches" / "t3"
     assert (cache / "COMPLETE").is_file()
     for run in (tmp_path / "sweep" / "runs").iterdir():
@@ -235,5 +233,5 @@ def test_sweep_with_a_cached_teacher_runs_the_teacher_once(teacher, tmp_path, ca
     assert rc == 0, err
     assert json.loads((tmp_path / "again" / "report.json").read_text()) == doc
     # run again: every point is finished, the teacher does not run again
-    r = mkd("sweep", tmp_path / "s.yaml", "--local", timeout=900)
-    assert r.stdout.count("finished, skipped") == 4 and "one teacher pass" not in r.stdout
+    rc, out, err = mkd_in_process(capsys, "sweep", tmp_path / "s.yaml", "--local")
+    assert rc == 0 and out.count("finished, skipped") == 4 and "one teacher pass" not in out, out + err
