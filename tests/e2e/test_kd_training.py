@@ -49,7 +49,7 @@ def test_fused_output_layer_at_tp2_trains_the_one_process_kd_model(text_corpus, 
     here) at TP=2 over two gloo ranks with sequence parallelism trains the same model as the
     one-process unfused KD run. (The fused objective against the unfused one and float64, at
     TP=1 and TP=2, loss and gradients: tests/distill/test_fused.py and test_routes.py; unfused
-    KD at TP=2: tests/training/test_layout_invariance.py, TP=2 x PP=2.)"""
+    KD at TP=2: tests/e2e/test_layout_invariance.py, TP=2 x PP=2.)"""
     kd = ["train.steps=4", f"teacher.checkpoint={text_teacher}", "kd.alpha=0.5"]
     mkd(*run(text_corpus, tmp_path / "kd_tp1", *kd))
     mkd(*run(text_corpus, tmp_path / "fused_tp2", *kd, "kd.fused_output_layer=true", "kd.chunk_size=24",

@@ -1,7 +1,7 @@
 """The trainer's loop, its callbacks and the Checkpointer's save policy, with fake steps: what a
 run does around its steps (statuses, preemption, the skip budget, evaluation, logging, which
 checkpoint is due when) without a model. The real runs (tests/e2e/test_pretraining.py,
-test_reliability.py) check the same mechanisms end to end."""
+tests/e2e/test_reliability.py) check the same mechanisms end to end."""
 
 from __future__ import annotations
 
