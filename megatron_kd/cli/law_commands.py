@@ -90,7 +90,7 @@ def cmd_fit(args) -> int:
                        MAX_TOKENS, low_open=True)
     out = check_out(args.out, args.sources, args.overwrite)
     rows = rows_of(args.sources)
-    sets = sorted({s for r in rows for s in (r.get("val") or {})})
+    sets = sorted({s for r in rows for s in r.val})
     valid_set = args.set or next((s for s in ("indomain", "heldout", "mock") if s in sets), sets[0] if sets else None)
     if valid_set not in sets:
         raise ConfigError(f"no run has a loss on validation set {valid_set!r}; the sets are {', '.join(sets)}")

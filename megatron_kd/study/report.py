@@ -41,7 +41,7 @@ def finite_rows(rows: list[RunRow], sets: list[str]) -> list[RunRow]:
 def baselines(rows: list[RunRow], sets: list[str]) -> dict:
     """Per student: mean (and std over seeds) of the baseline's final validation losses."""
     out = {}
-    for student in {r.student for r in rows}:
+    for student in sorted({r.student for r in rows}):  # one order in every process (set order follows the hash seed)
         b = [r for r in rows if r.student == student and not r.teacher and r.baseline_tokens is None]
         if not b:
             continue

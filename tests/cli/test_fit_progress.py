@@ -6,7 +6,7 @@ import pytest
 
 from megatron_kd.cli.law_commands import FitConsole
 from megatron_kd.console import Every
-from megatron_kd.study.law import Progress, Run
+from megatron_kd.study.law import FitPoint, Progress
 from megatron_kd.study.law_cv import fit_distillation
 
 
@@ -19,8 +19,8 @@ class Clock:
 
 
 def _console():
-    runs = [Run("b1", 1e6, 1e7, 3.0), Run("b2", 2e6, 1e7, 2.9), Run("k1", 1e6, 1e7, 2.95, 2.5, 1.0),
-            Run("k2", 2e6, 1e7, 2.85, 2.5, 0.5)]
+    runs = [FitPoint("b1", 1e6, 1e7, 3.0), FitPoint("b2", 2e6, 1e7, 2.9), FitPoint("k1", 1e6, 1e7, 2.95, 2.5, 1.0),
+            FitPoint("k2", 2e6, 1e7, 2.85, 2.5, 0.5)]
     clock, lines = Clock(), []
     return FitConsole(runs, 200, Every(25, clock), lines.append), clock, lines
 
@@ -67,7 +67,7 @@ def test_a_stage_is_said_as_it_begins_and_restarts_the_count_timer():
 
 def test_each_forms_cross_validation_is_a_stage_and_its_folds_are_counted():
     """Every cell's refit unusable: each form's folds are counted and skipped, nothing is fitted."""
-    kd = [Run(f"k{i}", n, d, 2.9, t, a) for i, (n, d, t, a) in enumerate(
+    kd = [FitPoint(f"k{i}", n, d, 2.9, t, a) for i, (n, d, t, a) in enumerate(
         [(1e6, 1e7, 2.5, 0.5), (2e6, 1e7, 2.5, 0.5), (1e6, 1e7, 2.4, 1.0), (2e6, 2e7, 2.3, 1.0),
          (1e6, 2e7, 2.2, 1.0), (2e6, 1e7, 2.1, 1.0), (1e6, 1e7, 2.0, 1.0)])]
     refits = {(r.N, r.D): "held out" for r in kd}

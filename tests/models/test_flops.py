@@ -57,16 +57,16 @@ def test_advise_and_the_report_count_one_runs_flops_alike(tmp_path, monkeypatch)
     (root / "points.json").write_text(json.dumps([{"name": "k", "student": "s", "teacher": "t", "alpha": 0.5}]))
     (root / "teachers" / "t.json").write_text(json.dumps({"loss": {"x": 3.0}}))
     row = sweep_dir.collect(root)[0][0]
-    n_s, fallback_s = flops.row_flop_params(row, "student")
-    n_t, fallback_t = flops.row_flop_params(row, "teacher")
+    n_s, fallback_s = flops.row_flop_params(row.flop_columns(), "student")
+    n_t, fallback_t = flops.row_flop_params(row.flop_columns(), "teacher")
     assert not fallback_s and not fallback_t
     assert n_s == pytest.approx(flops.flop_params(cfg.model, 128))
     assert n_t == pytest.approx(flops.flop_params(teacher, 128))
-    D = row["student_tokens"]
+    D = row.student_tokens
     advise = flops.training_flops(n_s, D) + flops.forward_flops(n_t, D)
-    assert advise == pytest.approx(row["student_flops"] + row["teacher_pass_flops"], rel=1e-12)
+    assert advise == pytest.approx(row.student_flops + row.teacher_pass_flops, rel=1e-12)
     assert flops.tokens_for_budget(advise, n_s, n_t) == pytest.approx(D, rel=1e-12)
-    assert row["teacher_pretrain_flops"] == pytest.approx(flops.training_flops(n_t, 614_400), rel=1e-12)
+    assert row.teacher_pretrain_flops == pytest.approx(flops.training_flops(n_t, 614_400), rel=1e-12)
 
 
 def test_every_checked_in_run_costs_the_same_in_both():
@@ -75,15 +75,15 @@ def test_every_checked_in_run_costs_the_same_in_both():
     rows, _ = read_table(RESULTS)
     models = {}
     for r in rows:
-        name = "cpu-" + r["student"].split("-")[1]  # e.g. cpu-micro-100steps -> cpu-micro
+        name = "cpu-" + r.student.split("-")[1]  # e.g. cpu-micro-100steps -> cpu-micro
         m = models.setdefault(name, load_config(f"models/{name}", purpose="model").model)
-        n_s, _ = flops.row_flop_params(r)
-        assert n_s == pytest.approx(flops.flop_params(m, 128), rel=1e-12), r["name"]
-        assert flops.training_flops(n_s, r["student_tokens"]) == pytest.approx(r["student_flops"], rel=1e-12)
-        if r.get("teacher_model"):
-            n_t, _ = flops.row_flop_params(r, "teacher")
-            t = load_config(r["teacher_model"], purpose="model").model
-            assert n_t == pytest.approx(flops.flop_params(t, 128), rel=1e-12), r["name"]
+        n_s, _ = flops.row_flop_params(r.flop_columns())
+        assert n_s == pytest.approx(flops.flop_params(m, 128), rel=1e-12), r.name
+        assert flops.training_flops(n_s, r.student_tokens) == pytest.approx(r.student_flops, rel=1e-12)
+        if r.teacher_model:
+            n_t, _ = flops.row_flop_params(r.flop_columns(), "teacher")
+            t = load_config(r.teacher_model, purpose="model").model
+            assert n_t == pytest.approx(flops.flop_params(t, 128), rel=1e-12), r.name
 
 
 def test_a_row_with_only_parameter_counts_falls_back_to_total_parameters():

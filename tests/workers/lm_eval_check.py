@@ -14,9 +14,9 @@ def compare(workdir: str, checkpoint: str, tp: int = 1) -> dict:
     from megatron_kd.checkpoint.refs import read_state
     from megatron_kd.config import load_config
     from megatron_kd.data.tokenizer import Tokenizer
+    from megatron_kd.evals.lm_eval_adapter import MegatronKDLM
     from megatron_kd.models.gpt import build_gpt_model
     from megatron_kd.runtime.distributed import init_distributed, shutdown
-    from megatron_kd.evals.lm_eval_adapter import MegatronKDLM
 
     ckpt = Path(checkpoint)
     padded = read_state(ckpt)["padded_vocab_size"]
