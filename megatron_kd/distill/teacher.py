@@ -110,7 +110,7 @@ def teacher_identity(cfg: RunConfig) -> dict | None:
 
         fp = read_manifest(Path(cfg.teacher.cache))["fingerprint"]
         return {"cache": str(Path(cfg.teacher.cache).resolve()), "teacher": fp.get("teacher"),
-                "top_k": fp.get("top_k")}
+                "top_k": fp.get("top_k"), "sampled": bool(fp.get("sampled")), "dtype": fp.get("dtype", "fp32")}
     if cfg.teacher.unigram:
         from megatron_kd.distill.unigram import unigram_identity, unigram_log_probs  # lazy: unigram runs only
 
@@ -133,6 +133,15 @@ def _describe_identity(ident: dict | None) -> str:
     return f"{ident['checkpoint']} at step {ident['step']} ({ident['state_crc']})"
 
 
+def _same_teacher(saved: dict | None, now: dict | None) -> bool:
+    """The same teacher wherever it lies now (checkpoint.refs.without_location). A cache recorded
+    before its value kind was (sampled draws or top-k, its dtype) is compared on what it holds."""
+    a, b = without_location(saved), without_location(now)
+    if isinstance(a, dict) and isinstance(b, dict) and "cache" in saved and "sampled" not in saved:
+        b = {k: v for k, v in b.items() if k not in ("sampled", "dtype")}
+    return a == b
+
+
 def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path, now: dict | None = None) -> None:
     """A run resumes against the teacher its checkpoint was trained with, or not at all: a
     teacher retrained in place, another cache, or a teacher added or removed is one line naming
@@ -142,7 +151,7 @@ def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path, now: dict 
         return
     saved = saved_state["teacher"]
     now = teacher_identity(cfg) if now is None else now
-    if without_location(saved) != without_location(now):
+    if not _same_teacher(saved, now):
         hint = (f"set teacher.checkpoint={saved['checkpoint']} to resume against the teacher it started with, "
                 if saved and "checkpoint" in saved else "")
         raise ConfigError(f"checkpoint {ckpt} was trained against {_describe_identity(saved)}, but this run "

@@ -202,3 +202,22 @@ def test_json_out_may_replace_an_earlier_result(tmp_path):
     earlier.write_text(json.dumps({"checkpoint": "c", "step": 3, "tokens": 12, "loss": {"mock": 5.0}}))
     assert check_json_out(str(earlier)) == earlier.absolute()
     assert check_json_out(str(tmp_path / "new" / "x.json")) == (tmp_path / "new" / "x.json").absolute()
+
+
+def test_a_cache_teacher_is_known_by_what_it_holds_not_where():
+    """A teacher cache moved with its project resumes; another value kind of the same teacher
+    (sampled draws, not top-k) does not; a record from before the value kind was kept is
+    compared on what it holds."""
+    cfg = load_config("train/tiny-mock", [])
+    teacher = {"checkpoint": "/a/teacher", "step": 3, "state_crc": "crc32:0000abcd"}
+    saved = {"cache": "/a/cache", "teacher": teacher, "top_k": 64, "sampled": False, "dtype": "fp32"}
+    moved = dict(saved, cache="/b/cache", teacher=dict(teacher, checkpoint="/b/teacher"))
+    check_same_teacher(cfg, {"teacher": saved}, Path("ckpt"), now=moved)
+    for other in (dict(moved, sampled=True), dict(moved, top_k=32), dict(moved, dtype="bf16"),
+                  dict(moved, teacher=dict(teacher, state_crc="crc32:0000abce"))):
+        with pytest.raises(ConfigError, match="was trained against"):
+            check_same_teacher(cfg, {"teacher": saved}, Path("ckpt"), now=other)
+    old = {k: v for k, v in saved.items() if k not in ("sampled", "dtype")}
+    check_same_teacher(cfg, {"teacher": old}, Path("ckpt"), now=moved)
+    with pytest.raises(ConfigError, match="was trained against"):
+        check_same_teacher(cfg, {"teacher": old}, Path("ckpt"), now=dict(moved, top_k=32))
