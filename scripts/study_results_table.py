@@ -17,6 +17,7 @@ from pathlib import Path
 from megatron_kd.config import load_config
 from megatron_kd.models.flops import training_flops_per_token
 from megatron_kd.models.params import count_parameters
+from megatron_kd.study.rows import RunRow, frozen_losses
 from megatron_kd.study.table import write_table
 
 STUDENT_TOKENS, SEQ, DATA_SEED = 300 * 16 * 128, 128, 7
@@ -57,7 +58,7 @@ def main(src: str, dst: str) -> None:
                 r.update(alpha=None, alpha_schedule=alpha)
             else:
                 r["alpha"] = float(alpha)
-        rows.append(r)
+        rows.append(RunRow(**{**r, "val": frozen_losses(r["val"]), "teacher_val": frozen_losses(r.get("teacher_val"))}))
     write_table(Path(dst), rows, ["indomain", "ood"])
     print(f"{len(rows)} runs -> {dst}")
 

@@ -55,6 +55,7 @@ from megatron_kd.distill.cache_checks import (  # noqa: F401 (re-exported: the c
     check_window_keys,
     differing_fields,
     fingerprint,
+    fingerprint_difference,
     load_bounded,
     read_manifest,
     wait_for,

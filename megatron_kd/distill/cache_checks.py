@@ -21,7 +21,7 @@ import numpy as np
 
 from megatron_kd.checkpoint.refs import file_checksum, without_location
 from megatron_kd.config.schema import KDConfig, RunConfig
-from megatron_kd.data.identity import data_identity, describe_difference
+from megatron_kd.data.identity import data_identity
 from megatron_kd.data.tokenizer import file_sha256
 from megatron_kd.distill.cache_encoding import Encoding, ShardTooLarge, stored_bytes
 from megatron_kd.distill.cache_layout import COMPLETE, MANIFEST, SHARD_INDEX, complete_shards, first_gap, shard_dir
@@ -99,6 +99,12 @@ def fingerprint(cfg: RunConfig, top_k: int | None, teacher_ckpt: Path | None, te
                           "dtype": cfg.teacher.dtype or cfg.precision.dtype,
                           "fp8": cfg.teacher.fp8 or cfg.precision.fp8}
     return out
+
+
+def fingerprint_difference(have: dict, want: dict) -> list[str]:
+    """The fields two cache fingerprints differ in, wherever their inputs lie (check_same_data
+    compares the training data themselves)."""
+    return differing_fields(_comparable(have), _comparable(want))
 
 
 def _comparable(fp: dict) -> dict:
@@ -274,7 +280,7 @@ def check_run(cfg: RunConfig, need_samples: int, teacher_ckpt: Path | None, teac
     if teacher_ckpt is None:
         mine["teacher"] = m["fingerprint"].get("teacher")
     check_same_data(root, m["fingerprint"], mine)
-    diff = differing_fields(_comparable(m["fingerprint"]), _comparable(mine))
+    diff = fingerprint_difference(m["fingerprint"], mine)
     if diff:
         raise ConfigError(f"teacher cache {root} was made for another run: {', '.join(diff)} differ; write a "
                           "cache for this recipe (`mkd teacher-cache RECIPE ... --out DIR`)")
@@ -302,13 +308,23 @@ def check_same_data(root: Path, cached: dict, mine: dict) -> None:
         raise ConfigError(f"teacher cache {root} records its data by size only (it was written before caches "
                           "recorded their data's content), so re-tokenized data cannot be told from it; rebuild "
                           "the cache (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
-    have_ids = {str(e.get("prefix")): e.get("content") for e in have}
-    want_ids = {e["prefix"]: e["content"] for e in want}
     # the same prefixes' bytes in the same order, wherever they lie now (a moved project)
-    if [e.get("content") for e in have] != [e["content"] for e in want]:
-        raise ConfigError(f"teacher cache {root} was made from other data: {describe_difference(have_ids, want_ids)} "
-                          "(re-tokenized or replaced since); rebuild the cache for this data (`mkd teacher-cache "
-                          "RECIPE ... --out NEW_DIR`)")
+    have_ids, want_ids = [e.get("content") for e in have], [e["content"] for e in want]
+    if have_ids != want_ids:
+        raise ConfigError(f"teacher cache {root} was made from other data: {_stream_difference(have, want)}; "
+                          "rebuild the cache for this data (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
+
+
+def _stream_difference(have: list[dict], want: list[dict]) -> str:
+    """Where a run's training prefixes part from a cache's: another order, or the first position
+    whose content differs (named by both paths and identities)."""
+    if sorted(map(str, (e.get("content") for e in have))) == sorted(map(str, (e["content"] for e in want))):
+        return "the same prefixes' data in another order (the order decides the samples)"
+    if len(have) != len(want):
+        return f"{len(want)} training prefix(es), the cache was made from {len(have)}"
+    i = next(i for i, (a, b) in enumerate(zip(have, want)) if a.get("content") != b["content"])
+    return (f"training prefix {i + 1}: the cache's {have[i].get('prefix')} was {str(have[i].get('content'))[:19]}…, "
+            f"this run's {want[i]['prefix']} is {str(want[i]['content'])[:19]}… (re-tokenized or replaced since)")
 
 
 def _check_shards_present(root: Path, m: dict, streaming: bool) -> None:

@@ -135,11 +135,11 @@ def _describe_identity(ident: dict | None) -> str:
 
 def _same_teacher(saved: dict | None, now: dict | None) -> bool:
     """The same teacher wherever it lies now (checkpoint.refs.without_location). A cache recorded
-    before its value kind was (sampled draws or top-k, its dtype) is compared on what it holds."""
-    a, b = without_location(saved), without_location(now)
-    if isinstance(a, dict) and isinstance(b, dict) and "cache" in saved and "sampled" not in saved:
-        b = {k: v for k, v in b.items() if k not in ("sampled", "dtype")}
-    return a == b
+    before its value kind was (sampled draws or top-k, its dtype) is compared as it was then,
+    its path included: that record cannot tell a bf16 cache of the same teacher from its own."""
+    if isinstance(saved, dict) and isinstance(now, dict) and "cache" in saved and "sampled" not in saved:
+        return saved == {k: now.get(k) for k in saved}  # as then: by its path too (the kind is not known)
+    return without_location(saved) == without_location(now)
 
 
 def check_same_teacher(cfg: RunConfig, saved_state: dict, ckpt: Path, now: dict | None = None) -> None:

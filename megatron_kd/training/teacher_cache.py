@@ -33,8 +33,8 @@ from megatron_kd.distill.cache import (
     check_shard,
     check_window_keys,
     complete_shards,
-    differing_fields,
     fingerprint,
+    fingerprint_difference,
     first_gap,
     read_manifest,
     shard_dir,
@@ -82,7 +82,7 @@ def check_out(out: Path, planned: dict) -> None:
         raise ConfigError(f"--out {out} exists and is not a teacher cache; choose a new directory")
     have = read_manifest(out)
     check_same_data(out, have["fingerprint"], planned["fingerprint"])  # re-tokenized data: named as such
-    diff = differing_fields(have["fingerprint"], planned["fingerprint"])
+    diff = fingerprint_difference(have["fingerprint"], planned["fingerprint"])  # wherever the project lies now
     diff += [k for k in ("num_samples", "shard_rows", "encoding", "window", "readers") if have.get(k) != planned.get(k)]
     if diff:
         raise ConfigError(f"--out {out} holds a teacher cache of another run ({', '.join(diff)} differ); "

@@ -17,7 +17,7 @@ from megatron_kd.data.identity import prefix_identity
 from megatron_kd.distill.cache import COMPLETE, MANIFEST, check_run, fingerprint, teacher_rows
 from megatron_kd.distill.cache_encoding import FORMAT, Encoding
 from megatron_kd.errors import ConfigError
-from megatron_kd.training.teacher_cache import _write_shard
+from megatron_kd.training.teacher_cache import _write_shard, check_out
 from tests.data.test_data_identity import _cfg, retokenized  # noqa: F401 (a fixture)
 
 VOCAB, SEQ, K, ROWS = 512, 32, 4, 4
@@ -92,5 +92,42 @@ def test_a_moved_project_reads_its_cache_and_a_reordered_one_does_not(run, tmp_p
     with pytest.raises(ConfigError, match=r"made for another run: teacher.state_crc differ"):
         check_run(cfg, ROWS, tmp_path / "moved" / "teacher", {**teacher_state, "state_crc": "crc32:00000000"})
     cfg.data.train = [str(moved), str(prefix)]  # two prefixes where it had one
-    with pytest.raises(ConfigError, match="was made from other data"):
+    with pytest.raises(ConfigError, match=r"was made from other data: 2 training prefix\(es\), .* from 1"):
         check_run(cfg, ROWS, tmp_path / "moved" / "teacher", teacher_state)
+
+
+def test_a_blend_in_another_order_is_refused_as_such(run, retokenized, tmp_path):  # noqa: F811
+    """A cache made from prefixes [a, b] does not serve [b, a]: the order decides the samples."""
+    cfg, prefix, _ = run
+    other = tmp_path / "other" / "train"
+    other.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(prefix.with_suffix(suffix), other.with_suffix(suffix))
+    with open(other.with_suffix(".bin"), "r+b") as f:  # other content, same size
+        f.write(b"\x01\x02\x03\x04")
+    cfg.data.train = [str(prefix), str(other)]
+    manifest = Path(cfg.teacher.cache) / MANIFEST
+    m = json.loads(manifest.read_text())
+    m["fingerprint"] = fingerprint(cfg, K, None, None)
+    manifest.write_text(json.dumps(m))
+    check_run(cfg, ROWS, None, None)
+    cfg.data.train = [str(other), str(prefix)]
+    with pytest.raises(ConfigError, match="the same prefixes' data in another order"):
+        check_run(cfg, ROWS, None, None)
+
+
+def test_a_moved_project_continues_its_cache_job(run, tmp_path):
+    """`mkd teacher-cache --out` on the cache a moved project made (half-written or not)
+    continues it: the job's check compares the same fingerprint fields as a reader's."""
+    cfg, prefix, _ = run
+    root = Path(cfg.teacher.cache)
+    have = json.loads((root / MANIFEST).read_text())
+    moved = tmp_path / "moved" / "train"
+    moved.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(prefix.with_suffix(suffix), moved.with_suffix(suffix))
+    cfg.data.train = [str(moved)]
+    check_out(root, dict(have, fingerprint=fingerprint(cfg, K, None, None)))
+    cfg.data.seed = 4321
+    with pytest.raises(ConfigError, match=r"holds a teacher cache of another run \(data_seed differ\)"):
+        check_out(root, dict(have, fingerprint=fingerprint(cfg, K, None, None)))

@@ -106,8 +106,8 @@ def test_a_number_out_of_range_is_refused_naming_the_run_and_column(table, tmp_p
 
 
 def test_a_sweeps_rows_are_checked_as_a_tables_are():
-    """A sweep directory's rows (report.collect) go through the same check: a JSON value that is
-    not a number, or a loss that is not a mapping, is one line."""
+    """A sweep directory's rows (sweep_dir.collect) go through the same check: a JSON value that
+    is not a number, or a loss that is not a number, is one line."""
     row = run_row("r", student_params=1e6, val={"indomain": 3.0})
     check_row(row, "sweep")
     for bad in ({"alpha": "0.5"}, {"alpha": True}, {"student_tokens": float("nan")},

@@ -70,3 +70,15 @@ def test_bad_table_is_one_line(table, row, col, value, text, capsys, tmp_path):
 
 def test_sweep_dir_or_table_not_both(capsys, table):
     assert main(["report"]) == 2 and "give a sweep directory or --table" in capsys.readouterr().err
+
+
+def test_the_v2_results_table_is_rebuilt_byte_for_byte_from_its_report(tmp_path):
+    """scripts/study_results_table.py, the documented way docs/study/results.csv was made from
+    docs/study/report.md, still makes exactly it."""
+    import runpy
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    script = runpy.run_path(str(repo / "scripts" / "study_results_table.py"))
+    script["main"](str(repo / "docs" / "study" / "report.md"), str(tmp_path / "results.csv"))
+    assert (tmp_path / "results.csv").read_bytes() == (repo / "docs" / "study" / "results.csv").read_bytes()
