@@ -162,7 +162,7 @@ def check_task_data(tasks: list[str], manager) -> None:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ConfigError(f"lm-eval task {task!r}: its data is not available offline ({reason}); put the "
                               "data on this machine and give a local task YAML that reads it (dataset_path: json "
-                              "with dataset_kwargs.data_files, as tests/study/tasks/mkd_tiny_mc.yaml) with "
+                              "with dataset_kwargs.data_files, as tests/evals/tasks/mkd_tiny_mc.yaml) with "
                               "--include-path DIR") from exc
 
 

@@ -162,7 +162,7 @@ class _Manager:  # lm-eval's TaskManager as check_tasks reads it (building the r
     def match_tasks(self, names):
         return [n for n in names if n in self.all_tasks or n == "arc_*"]
 
-    def load_task_or_group(self, names):  # the data check (tests/study/test_lm_eval_offline_data.py): all here
+    def load_task_or_group(self, names):  # the data check (tests/evals/test_lm_eval_offline_data.py): all here
         return {n: None for n in names}
 
 

@@ -10,7 +10,7 @@ from megatron_kd.errors import ConfigError
 pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow  # lm-eval indexes its ~10,000 task YAMLs first (about 20 s)
 
-TINY = "tests/study/tasks/mkd_tiny_mc.yaml"
+TINY = "tests/evals/tasks/mkd_tiny_mc.yaml"
 
 
 @pytest.fixture(scope="module")

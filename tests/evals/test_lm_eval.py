@@ -30,7 +30,7 @@ def test_adapter_loglikelihoods_equal_the_models_cross_entropy(trained, tmp_path
 
 @pytest.mark.slow
 def test_mkd_eval_runs_a_local_lm_eval_task(trained):
-    r = mkd("eval", str(trained), "--tasks", "mkd_tiny_mc", "--include-path", "tests/study/tasks")
+    r = mkd("eval", str(trained), "--tasks", "mkd_tiny_mc", "--include-path", "tests/evals/tasks")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "task mkd_tiny_mc: acc" in r.stdout
     out = json.loads((trained.parent.parent / "eval" / "step_0000010.json").read_text())

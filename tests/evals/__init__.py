@@ -1,0 +1,1 @@
+"""Tests of megatron_kd/evals: lm-eval tasks on a checkpoint, offline."""
