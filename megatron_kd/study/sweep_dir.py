@@ -20,8 +20,8 @@ from megatron_kd.study.rows import RunRow, frozen_curve, frozen_losses
 log = logging.getLogger("megatron_kd")
 
 # What the report reads of each file (hand-edited ones fail as one line naming file and field).
-POINT_FIELDS = {"name": str}
-POINT_OPTIONAL = {"student": str, "teacher": str, "alpha": float, "temperature": float, "kind": str,
+POINT_FIELDS = {"name": str, "student": str}  # every point `mkd sweep` writes names its student
+POINT_OPTIONAL = {"teacher": str, "alpha": float, "temperature": float, "kind": str,
                   "top_k": int, "teacher_tokens": (int, float), "teacher_cache": str, "cache_args": str,
                   "alpha_schedule": str, "auto_ceiling": float,
                   "teacher_model": str, "seed": int, "seed_varies": str, "baseline_steps": int,

@@ -55,11 +55,13 @@ def listing(root: Path) -> list[str]:
 
 
 DAMAGE = {  # file -> new text, and what the one line says
-    "points_field_wrong_type": ("points.json", json.dumps([{"name": "b", "alpha": "high"}]),
+    "points_field_wrong_type": ("points.json", json.dumps([{"name": "b", "student": "s", "alpha": "high"}]),
                                 "points.json point 1 has 'high' as its 'alpha' (a number or null expected)"),
     "points_name_missing": ("points.json", json.dumps([{"student": "s"}]), "points.json point 1 has no 'name'"),
     "points_entry_not_mapping": ("points.json", json.dumps([["b"]]), "point 1 is a JSON list, not a mapping"),
-    "points_teacher_a_number": ("points.json", json.dumps([{"name": "k", "teacher": 5}]), "as its 'teacher'"),
+    "points_teacher_a_number": ("points.json", json.dumps([{"name": "k", "student": "s", "teacher": 5}]),
+                                "as its 'teacher'"),
+    "points_student_missing": ("points.json", json.dumps([{"name": "b"}]), "points.json point 1 has no 'student'"),
     "metrics_without_tokens": ("runs/b/metrics.jsonl", metrics({"step": 2, "val/mock": 4.0}),
                                "metrics.jsonl (record 1) has no 'tokens'"),
     "metrics_tokens_a_string": ("runs/b/metrics.jsonl", metrics({"step": 2, "tokens": "200", "val/mock": 4.0}),
