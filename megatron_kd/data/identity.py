@@ -74,21 +74,22 @@ def index_cache_key(prefixes) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def describe_difference(saved: dict, now: dict) -> str:
-    """The first prefix whose identity differs between two {prefix: identity} maps, in words."""
-    for prefix in sorted(set(saved) | set(now)):
-        a, b = saved.get(prefix), now.get(prefix)
-        if a != b:
-            return (f"{prefix} was {_short(a)} and is now {_short(b)}")
-    return "the same prefixes"
-
-
-def _same_stream(saved: dict, now: dict) -> bool:
-    """The same training prefixes' bytes in the same order, wherever they now lie: a project
-    moved or copied to another directory resumes (the data stream depends on the order and the
-    bytes of the prefixes, not on their absolute paths)."""
-    a, b = saved.get("prefixes"), now.get("prefixes")
-    return bool(a) and bool(b) and list(a.values()) == list(b.values())
+def stream_difference(saved: list[tuple[str, str | None]], now: list[tuple[str, str]]) -> str | None:
+    """Where two training streams, each (prefix, identity) in order, part: None when the same
+    prefixes' bytes come in the same order wherever they lie now (a project moved or copied to
+    another directory: the stream depends on the order and the bytes, not on absolute paths);
+    else another order, another number of prefixes, or the first position whose bytes differ,
+    named by both paths and identities."""
+    a, b = [ident for _, ident in saved], [ident for _, ident in now]
+    if a == b:
+        return None
+    if sorted(map(str, a)) == sorted(map(str, b)):
+        return "the same prefixes' data in another order (the order decides the samples)"
+    if len(a) != len(b):
+        return f"{len(b)} training prefix(es), where there were {len(a)}"
+    i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    return (f"training prefix {i + 1}: {saved[i][0]} was {_short(a[i])}, {now[i][0]} is {_short(b[i])} "
+            "(re-tokenized or replaced since)")
 
 
 def _short(identity: str | None) -> str:
@@ -106,12 +107,15 @@ def check_resume_data(cfg, saved_state: dict, ckpt) -> None:
     if saved is None:
         return
     now = run_data_identity(cfg)
-    if saved == now or _same_stream(saved, now):
+    if saved == now:
         return
     if saved.get("mock") or now.get("mock"):
         what = f"{'mock' if saved.get('mock') else 'real'} data, and this run names " \
                f"{'mock' if now.get('mock') else 'real'} data"
     else:
-        what = describe_difference(saved.get("prefixes") or {}, now.get("prefixes") or {})
+        what = stream_difference(list((saved.get("prefixes") or {}).items()),
+                                 list((now.get("prefixes") or {}).items()))
+        if what is None:
+            return
     raise ConfigError(f"checkpoint {ckpt} was trained on other data than this run's: {what}; resume with the data "
                       "it was trained on, or start a new run.dir (or --overwrite) on the new data")

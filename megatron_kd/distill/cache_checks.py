@@ -21,7 +21,7 @@ import numpy as np
 
 from megatron_kd.checkpoint.refs import file_checksum, without_location
 from megatron_kd.config.schema import KDConfig, RunConfig
-from megatron_kd.data.identity import data_identity
+from megatron_kd.data.identity import data_identity, stream_difference
 from megatron_kd.data.tokenizer import file_sha256
 from megatron_kd.distill.cache_encoding import Encoding, ShardTooLarge, stored_bytes
 from megatron_kd.distill.cache_layout import COMPLETE, MANIFEST, SHARD_INDEX, complete_shards, first_gap, shard_dir
@@ -308,23 +308,11 @@ def check_same_data(root: Path, cached: dict, mine: dict) -> None:
         raise ConfigError(f"teacher cache {root} records its data by size only (it was written before caches "
                           "recorded their data's content), so re-tokenized data cannot be told from it; rebuild "
                           "the cache (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
-    # the same prefixes' bytes in the same order, wherever they lie now (a moved project)
-    have_ids, want_ids = [e.get("content") for e in have], [e["content"] for e in want]
-    if have_ids != want_ids:
-        raise ConfigError(f"teacher cache {root} was made from other data: {_stream_difference(have, want)}; "
-                          "rebuild the cache for this data (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
-
-
-def _stream_difference(have: list[dict], want: list[dict]) -> str:
-    """Where a run's training prefixes part from a cache's: another order, or the first position
-    whose content differs (named by both paths and identities)."""
-    if sorted(map(str, (e.get("content") for e in have))) == sorted(map(str, (e["content"] for e in want))):
-        return "the same prefixes' data in another order (the order decides the samples)"
-    if len(have) != len(want):
-        return f"{len(want)} training prefix(es), the cache was made from {len(have)}"
-    i = next(i for i, (a, b) in enumerate(zip(have, want)) if a.get("content") != b["content"])
-    return (f"training prefix {i + 1}: the cache's {have[i].get('prefix')} was {str(have[i].get('content'))[:19]}…, "
-            f"this run's {want[i]['prefix']} is {str(want[i]['content'])[:19]}… (re-tokenized or replaced since)")
+    what = stream_difference([(str(e.get("prefix")), e.get("content")) for e in have],
+                             [(e["prefix"], e["content"]) for e in want])
+    if what is not None:
+        raise ConfigError(f"teacher cache {root} was made from other data: {what}; rebuild the cache for this "
+                          "data (`mkd teacher-cache RECIPE ... --out NEW_DIR`)")
 
 
 def _check_shards_present(root: Path, m: dict, streaming: bool) -> None:

@@ -92,7 +92,7 @@ def test_a_moved_project_reads_its_cache_and_a_reordered_one_does_not(run, tmp_p
     with pytest.raises(ConfigError, match=r"made for another run: teacher.state_crc differ"):
         check_run(cfg, ROWS, tmp_path / "moved" / "teacher", {**teacher_state, "state_crc": "crc32:00000000"})
     cfg.data.train = [str(moved), str(prefix)]  # two prefixes where it had one
-    with pytest.raises(ConfigError, match=r"was made from other data: 2 training prefix\(es\), .* from 1"):
+    with pytest.raises(ConfigError, match=r"was made from other data: 2 training prefix\(es\), where there were 1"):
         check_run(cfg, ROWS, tmp_path / "moved" / "teacher", teacher_state)
 
 
