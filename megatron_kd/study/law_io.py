@@ -148,7 +148,7 @@ def fit_point(r: RunRow, valid_set: str, params: str = "flop",
         return "scheduled α"
     if r.is_auto:  # no one α to put in the law
         return "kd.auto (α set by the run)"
-    if r.teacher and r.teacher_params == 0:  # its "loss" is not a model's: off the law
+    if r.is_control:  # its "loss" is not a model's: off the law
         return "a teacher without a model (the unigram control)"
     if r.student_tokens is None:
         raise ConfigError(f"run {r.name} has no student_tokens; give the tokens each run trained on")
